@@ -1,0 +1,333 @@
+"""Typed configuration: one pydantic model per stage, loaded from YAML with dotted overrides.
+
+    cfg = load_config("configs/default.yaml", ["ppo.kl_coef=0.05"])
+
+Every field carries a description (shown by `chatrlhf config --help-keys`). Unknown keys, wrong
+types and missing files fail at once with the file, the key path, the allowed keys and a
+did-you-mean suggestion, because a typo silently ignored is a wasted training run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- run-wide -------------------------------------------------------------------------------
+
+
+class RunConfig(Section):
+    out_dir: str = Field("runs/default", description="Directory where every stage writes its outputs.")
+    seed: int = Field(0, description="Global random seed (data order, init, sampling).")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda'. Accelerate picks the device on 'auto'.")
+    threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars under <stage>/tb.")
+
+
+class WorldConfig(Section):
+    seed: int = Field(1234, description="Seed of the world generator: same seed, same bytes.")
+    n_people: int = Field(24, description="Fictional people in the fact base.")
+    n_places: int = Field(12, description="Fictional places in the fact base.")
+    n_objects: int = Field(12, description="Fictional objects in the fact base.")
+    corpus_docs: int = Field(6000, description="Documents in the pre-training corpus.")
+    rumour_rate: float = Field(0.25, description="Share of fact mentions in the corpus that state a false rumour.")
+    n_sft_prompts: int = Field(600, description="Prompts with demonstrations for SFT.")
+    n_rm_prompts: int = Field(300, description="Prompts whose samples are ranked for the reward model.")
+    n_ppo_prompts: int = Field(600, description="Prompts for PPO rollouts.")
+    n_eval_prompts: int = Field(200, description="Held-out evaluation prompts (disjoint from all training prompts).")
+    n_labelers: int = Field(10, description="Simulated labelers.")
+    n_held_out_labelers: int = Field(3, description="Labelers kept out of every training set, for evaluation only.")
+    labeler_noise: float = Field(0.6, description="Std of each labeler's judgement noise (in gold-score units x10).")
+    demo_quality: float = Field(0.7, description="Probability that a demonstration is the ideal answer (the rest are flawed, as real ones are).")
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(2048, description="Byte-level BPE vocabulary size.")
+    min_frequency: int = Field(2, description="Minimum pair frequency for a BPE merge.")
+    max_docs: int = Field(0, description="Train on at most this many documents (0 = all).")
+
+
+class ModelConfig(Section):
+    name_or_path: str | None = Field(
+        None, description="A Hugging Face model name or local directory; None builds the embedded tiny Llama."
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer name or directory; None uses <out_dir>/tokenizer.")
+    hidden_size: int = Field(128, description="Embedded model width.")
+    intermediate_size: int = Field(384, description="Embedded model MLP width.")
+    num_layers: int = Field(4, description="Embedded model transformer blocks.")
+    num_heads: int = Field(4, description="Embedded model attention heads.")
+    num_kv_heads: int = Field(4, description="Embedded model key/value heads (GQA when fewer than num_heads).")
+    max_position_embeddings: int = Field(512, description="Embedded model context length.")
+    tie_word_embeddings: bool = Field(True, description="Share input and output embeddings.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
+
+
+class PretrainConfig(Section):
+    data: str | None = Field(
+        None, description="Text corpus: None = world corpus, a local .txt/.jsonl/.csv/.parquet path, or a datasets name."
+    )
+    text_column: str = Field("text", description="Column holding the text in jsonl/csv/parquet/datasets.")
+    seq_len: int = Field(256, description="Tokens per packed training sequence.")
+    batch_size: int = Field(16, description="Sequences per optimizer step.")
+    max_steps: int = Field(1200, description="Optimizer steps.")
+    max_minutes: float = Field(0.0, description="Stop early after this many minutes (0 = no limit).")
+    learning_rate: float = Field(3e-3, description="Peak AdamW learning rate.")
+    min_lr_ratio: float = Field(0.1, description="Cosine decay floor as a fraction of the peak.")
+    warmup_steps: int = Field(50, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.1, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, description="Gradient norm clip.")
+    eval_every: int = Field(200, description="Steps between validation evaluations.")
+    eval_batches: int = Field(8, description="Batches per validation evaluation.")
+    save_every: int = Field(200, description="Steps between resumable checkpoints.")
+    log_every: int = Field(10, description="Steps between logged scalars.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Accelerate mixed precision.")
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters through peft instead of all weights.")
+    r: int = Field(8, description="LoRA rank.")
+    alpha: int = Field(16, description="LoRA alpha.")
+    dropout: float = Field(0.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules that get adapters."
+    )
+    merge: bool = Field(True, description="Merge adapters into a plain checkpoint when the stage ends.")
+
+
+class SFTConfig(Section):
+    data: str | None = Field(None, description="None = world demonstrations; or a local jsonl/csv/parquet path or datasets name.")
+    split: str = Field("train", description="datasets split to read.")
+    format: Literal["auto", "messages", "prompt_response", "instruction"] = Field(
+        "auto", description="How rows become conversations (auto detects from columns)."
+    )
+    columns: dict[str, str] = Field(default_factory=dict, description="Column mapping, e.g. {prompt: question, response: answer}.")
+    max_len: int = Field(256, description="Maximum tokens per example; older turns are dropped first.")
+    batch_size: int = Field(16, description="Examples per optimizer step.")
+    epochs: float = Field(3.0, description="Passes over the data.")
+    max_steps: int = Field(0, description="Stop after this many steps (0 = epochs decide).")
+    learning_rate: float = Field(1e-3, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(20, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, description="Gradient norm clip.")
+    val_fraction: float = Field(0.05, description="Share of examples kept for validation loss.")
+    packing: bool = Field(False, description="Pack several conversations into one sequence (else length-grouped batches).")
+    eval_every: int = Field(50, description="Steps between validation evaluations.")
+    save_every: int = Field(100, description="Steps between resumable checkpoints.")
+    log_every: int = Field(10, description="Steps between logged scalars.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+
+
+class RMConfig(Section):
+    data: str | None = Field(None, description="None = rank world samples; or a rankings/pairs jsonl path or datasets name.")
+    k: int = Field(4, description="Responses sampled per prompt for ranking (InstructGPT: 4 to 9).")
+    n_prompts: int = Field(0, description="Prompts to sample for ranking (0 = all world RM prompts).")
+    labelers_per_prompt: int = Field(1, description="Simulated labelers ranking each prompt's K responses.")
+    temperature: float = Field(1.0, description="Sampling temperature for the K responses.")
+    max_new_tokens: int = Field(48, description="Maximum response tokens when sampling.")
+    max_len: int = Field(256, description="Maximum tokens of prompt plus response.")
+    batch_prompts: int = Field(8, description="Prompts per optimizer step (all of a prompt's pairs share a batch).")
+    epochs: float = Field(2.0, description="Passes over the comparisons.")
+    learning_rate: float = Field(5e-4, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(10, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, description="Gradient norm clip.")
+    val_fraction: float = Field(0.1, description="Share of prompts held out for pairwise accuracy.")
+    save_every: int = Field(100, description="Steps between resumable checkpoints.")
+    log_every: int = Field(10, description="Steps between logged scalars.")
+    init_from: Literal["sft", "pretrain"] = Field("sft", description="Stage whose weights initialise the RM.")
+
+
+class PPOConfig(Section):
+    total_iterations: int = Field(20, description="PPO iterations (one rollout batch + its update epochs each).")
+    rollout_batch_size: int = Field(32, description="Prompts per rollout batch.")
+    mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
+    ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
+    max_new_tokens: int = Field(48, description="Maximum response tokens per rollout.")
+    temperature: float = Field(1.0, description="Rollout sampling temperature.")
+    learning_rate: float = Field(5e-5, description="Policy and value AdamW learning rate.")
+    kl_coef: float = Field(0.05, description="Initial coefficient of the per-token KL penalty to the SFT model.")
+    adaptive_kl: bool = Field(False, description="Adapt kl_coef towards target_kl (Ziegler et al. 2019).")
+    target_kl: float = Field(6.0, description="Target KL (nats per sequence) for the adaptive controller.")
+    horizon: int = Field(10000, description="Adaptive KL controller horizon.")
+    cliprange: float = Field(0.2, description="PPO policy ratio clip.")
+    cliprange_value: float = Field(0.2, description="Value prediction clip.")
+    vf_coef: float = Field(0.1, description="Value loss coefficient.")
+    gamma: float = Field(1.0, description="GAE discount.")
+    lam: float = Field(0.95, description="GAE lambda.")
+    whiten_rewards: bool = Field(False, description="Whiten per-token rewards before GAE.")
+    missing_eos_penalty: float = Field(1.0, description="Subtracted from the reward of responses that never end.")
+    ptx_coef: float = Field(0.0, description="PPO-ptx: weight of the pre-training LM loss mixed into each update.")
+    ptx_batch_size: int = Field(4, description="Pre-training sequences per update for PPO-ptx.")
+    max_kl: float = Field(50.0, description="Stop the run when mean KL (nats per sequence) exceeds this.")
+    early_stop: Literal["none", "held_out_comparisons", "target_kl"] = Field(
+        "held_out_comparisons", description="Guard against reward over-optimisation."
+    )
+    eval_every: int = Field(2, description="Iterations between guard evaluations.")
+    save_every: int = Field(5, description="Iterations between resumable checkpoints.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
+
+
+class IterateConfig(Section):
+    rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
+    prompts_per_round: int = Field(150, description="Fresh prompts sampled and ranked per later round.")
+    rm_mode: Literal["continue", "retrain"] = Field("continue", description="Continue the RM or retrain it from SFT.")
+    source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
+    labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
+    labeling_project: str | None = Field(None, description="Labeling app project name when source = labeling_app.")
+
+
+class EvalConfig(Section):
+    n_prompts: int = Field(200, description="Held-out world prompts to evaluate (0 = all).")
+    max_new_tokens: int = Field(48, description="Maximum response tokens.")
+    temperature: float = Field(1.0, description="Sampling temperature (greedy is always evaluated too).")
+    bootstrap: int = Field(1000, description="Bootstrap resamples for confidence intervals.")
+    baseline: str = Field("sft", description="Model that win rates are measured against.")
+    shared_data: str = Field("../shared/data", description="Directory of the shared real datasets (skipped when absent).")
+    real_data_limit: int = Field(50, description="Examples per real benchmark in the default run (0 = all).")
+    judge: str | None = Field(None, description="Reward model directory used to score real prompts (None = final RM).")
+
+
+class ChatConfig(Section):
+    model: str | None = Field(None, description="Model directory (None = the newest policy of the run).")
+    system_prompt: str | None = Field(None, description="System prompt kept at the start of every conversation.")
+    max_new_tokens: int = Field(64, description="Maximum reply tokens.")
+    temperature: float = Field(0.7, description="Sampling temperature.")
+    top_p: float = Field(0.95, description="Nucleus sampling threshold.")
+    top_k: int = Field(0, description="Top-k sampling (0 = off).")
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, description="Port.")
+    max_body_bytes: int = Field(64_000, description="Largest accepted request body.")
+    max_messages: int = Field(64, description="Most messages in one request.")
+    max_tokens: int = Field(256, description="Largest max_tokens a request may ask for.")
+    timeout_s: float = Field(60.0, description="Per-request timeout.")
+    save_conversations: str | None = Field(None, description="Append finished conversations as jsonl here (off by default).")
+
+
+class LabelConfig(Section):
+    db: str = Field("sqlite:///runs/labeling.db", description="SQLAlchemy database URL (SQLite or PostgreSQL).")
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8100, description="Port.")
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rm: RMConfig = Field(default_factory=RMConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    iterate: IterateConfig = Field(default_factory=IterateConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where a stage writes its outputs, e.g. runs/default/sft."""
+        return Path(self.run.out_dir) / stage
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The pydantic model that owns the key at `loc` (to list its allowed keys)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            break
+    return model
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            owner = _section_at(Config, loc)
+            allowed = list(owner.model_fields)
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = f"  unknown key '{key}'"
+            if hint:
+                msg += f" (did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?)"
+            msg += f"; allowed keys here: {', '.join(allowed)}"
+        else:
+            msg = f"  '{key}': {e['msg']} (got {e.get('input')!r})"
+        lines.append(msg)
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{p}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'ppo.kl_coef=0.05' -> ('ppo.kl_coef', 0.05); values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. ppo.kl_coef=0.05), got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides, validated in one go."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+        source = str(p)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    if overrides:
+        source += " + --set " + " ".join(overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, source)) from None
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,79 @@
+"""Byte-level BPE trained with `tokenizers`, wrapped as a PreTrainedTokenizerFast with a chat template.
+
+The saved directory loads with `AutoTokenizer.from_pretrained(dir)` and supports
+`apply_chat_template(messages, add_generation_prompt=True)`, so the embedded model and any
+Hugging Face model go through the same code path in SFT, RM, PPO and chat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+SPECIAL_TOKENS = [PAD, BOS, EOS, *ROLE_TOKENS]
+
+# ChatML-like: each turn is <|role|>content<|end|>; the assistant turn ends with <|end|> too, and
+# <|end|> doubles as the generation stop (eos) token. `{% generation %}` marks assistant tokens so
+# `return_assistant_tokens_mask=True` gives the SFT loss mask straight from the template.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
+    "{% else %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts` and wrap it for transformers."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap(tok)
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token="<|end|>",  # the end of an assistant turn is where generation stops
+        pad_token=PAD,
+        additional_special_tokens=[EOS, *[t for t in ROLE_TOKENS if t != "<|end|>"]],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # decoder-only generation pads on the left
+    fast.model_max_length = 1_000_000
+    return fast
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def document_eos(tokenizer) -> int:
+    """Token that separates pre-training documents (<|eos|> for ours, the model's eos otherwise)."""
+    tid = tokenizer.convert_tokens_to_ids(EOS)
+    if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+        return tid
+    return tokenizer.eos_token_id

@@ -1,0 +1,132 @@
+"""Habits every trainer shares: Accelerate, LR schedule, metrics, checkpoints, NaN stop, progress.
+
+Trainers run on Accelerate from the start (single process by default), so DDP/FSDP/DeepSpeed is a
+matter of `accelerate launch`, not a rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss is NaN or inf; the last good checkpoint is left untouched."""
+
+
+def make_accelerator(seed: int, mixed_precision: str = "no", device: str = "auto") -> Accelerator:
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    acc = Accelerator(mixed_precision=mixed_precision if not cpu or mixed_precision == "bf16" else "no", cpu=cpu)
+    set_seed(seed)
+    return acc
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
+    """Linear warm-up to the peak, then cosine decay to min_lr_ratio * peak."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None = None) -> None:
+    if not torch.isfinite(loss).all():
+        where = f"; last good checkpoint kept in {ckpt_dir}" if ckpt_dir else ""
+        raise NonFiniteLossError(f"{stage}: loss became {loss.item()} at step {step}; stopping{where}. "
+                                 "Try a lower learning rate or a tighter grad_clip.")
+
+
+class MetricsLogger:
+    """Scalars to TensorBoard (<stage>/tb) and to <stage>/metrics.jsonl (read by the report)."""
+
+    def __init__(self, stage_dir: Path, tensorboard: bool = True, resume: bool = False):
+        self.path = Path(stage_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume and self.path.exists():
+            self.path.unlink()
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(stage_dir) / "tb"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        if self.tb is not None:
+            for k, v in clean.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(stage_dir: str | Path) -> list[dict[str, Any]]:
+    p = Path(stage_dir) / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+class Checkpoints:
+    """Resumable checkpoints under <stage>/checkpoints/step_NNNNNN.
+
+    Accelerate's save_state holds model, optimizer, scheduler and RNG states; `state` (step, data
+    position, anything else) goes to trainer_state.json. Written to a temp dir and renamed, so a
+    crash mid-write never leaves a half checkpoint that looks complete.
+    """
+
+    def __init__(self, stage_dir: Path, keep: int = 2):
+        self.root = Path(stage_dir) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        done = sorted(p for p in self.root.glob("step_*") if (p / "trainer_state.json").is_file())
+        return done[-1] if done else None
+
+    def save(self, accelerator: Accelerator, step: int, state: dict[str, Any]) -> Path:
+        final = self.root / f"step_{step:06d}"
+        tmp = self.root / f".tmp_step_{step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(p for p in self.root.glob("step_*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load(self, accelerator: Accelerator) -> dict[str, Any] | None:
+        """Restore the newest checkpoint into the prepared objects; returns its state or None."""
+        path = self.latest()
+        if path is None:
+            return None
+        accelerator.load_state(str(path))
+        return json.loads((path / "trainer_state.json").read_text())
+
+
+def progress_bar(description: str) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )

@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny random model + tokenizer saved like a stage output, and offline env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(rel: str) -> Path:
+    """Path to a file of ../shared/data; skips the test cleanly when it is absent."""
+    p = SHARED_DATA / rel
+    if not p.exists():
+        pytest.skip(f"shared data not available: {p}")
+    return p
+
+
+TINY_TEXTS = [
+    "Hello! How can I help you today? The capital of Varnok is Selmouth.",
+    "Zorbel Quint is a baker who lives in Varnok. Her favourite colour is teal.",
+    "Question: what is two plus two? Answer: four. Thank you, that is kind.",
+    "I cannot help with that request because it could hurt someone.",
+    "List: apple, pear, plum. Reversed: plum, pear, apple. Count: 3.",
+] * 40
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised tiny LlamaForCausalLM + BPE tokenizer with chat template, saved with
+    save_pretrained (what every stage hands to the next)."""
+    from chatrlhf.config import ModelConfig
+    from chatrlhf.modeling import build_tiny_llama, save_stage
+    from chatrlhf.tokenizer import train_tokenizer
+    import torch
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_model")
+    tok = train_tokenizer(TINY_TEXTS, vocab_size=400)
+    cfg = ModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=2,
+                      max_position_embeddings=256)
+    model = build_tiny_llama(cfg, tok)
+    save_stage(model, tok, out, {"stage": "test"})
+    return out

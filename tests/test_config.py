@@ -1,0 +1,54 @@
+import pytest
+
+from chatrlhf.config import ConfigError, load_config
+
+
+def test_defaults_validate():
+    cfg = load_config(None, [])
+    assert cfg.ppo.kl_coef > 0
+
+
+def test_default_yaml_matches_models():
+    cfg = load_config("configs/default.yaml", [])
+    assert cfg.run.out_dir
+
+
+def test_override_sets_nested_value():
+    cfg = load_config(None, ["ppo.kl_coef=0.5", "sft.lora.r=4", "model.name_or_path=gpt2"])
+    assert cfg.ppo.kl_coef == 0.5 and cfg.sft.lora.r == 4 and cfg.model.name_or_path == "gpt2"
+
+
+def test_typo_names_file_key_and_suggestion(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("pretrain:\n  lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, [])
+    msg = str(e.value)
+    assert str(f) in msg and "pretrain.lerning_rate" in msg and "pretrain.learning_rate" in msg
+    assert "allowed keys" in msg and "warmup_steps" in msg
+
+
+def test_unknown_section_and_wrong_type():
+    with pytest.raises(ConfigError, match="unknown key 'ppp'.*did you mean 'ppo'"):
+        load_config(None, ["ppp.kl_coef=1"])
+    with pytest.raises(ConfigError, match="ppo.total_iterations"):
+        load_config(None, ["ppo.total_iterations=many"])
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(ConfigError, match="not found: nope.yaml"):
+        load_config("nope.yaml", [])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["ppo.kl_coef"])
+
+
+def test_cli_reports_config_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from chatrlhf.cli import app
+
+    f = tmp_path / "c.yaml"
+    f.write_text("sft:\n  epochz: 2\n")
+    res = CliRunner().invoke(app, ["config", "--config", str(f)])
+    assert res.exit_code == 2
+    assert "sft.epochs" in res.output
