@@ -1,0 +1,120 @@
+"""Loss functions, each formula once, named after its paper; pure functions unit-tested by hand.
+
+Sections: reward model (ranking loss) and PPO (KL-penalised rewards, GAE, clipped surrogate,
+clipped value loss, entropy). Tensors are (B, T) over response tokens with a 0/1 `mask` unless
+noted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+# --- reward model (Ouyang et al. 2022, eq. 1; Bradley-Terry) ---------------------------------
+
+
+def ranking_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, weight: torch.Tensor, n_groups: int | None = None
+) -> torch.Tensor:
+    """InstructGPT eq. 1: loss = -1/C(K,2) * sum_pairs log sigmoid(r(x, y_w) - r(x, y_l)), averaged over
+    rankings. chosen, rejected, weight: (P,) per pair; `weight` carries the 1/C(K,2) of the pair's
+    ranking, so dividing by the number of rankings in the batch (`n_groups`, default sum(weight))
+    gives every ranking the same total weight whatever its K."""
+    per_pair = -F.logsigmoid(chosen - rejected)  # log sigmoid keeps large margins finite
+    denom = float(n_groups) if n_groups else weight.sum().clamp(min=1e-8)
+    return (weight * per_pair).sum() / denom
+
+
+# --- PPO (Schulman et al. 2017; Ziegler et al. 2019; Ouyang et al. 2022) ----------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; shift_mean=False keeps the mean (for rewards)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """InstructGPT eq. 2 as per-token rewards: r_t = -kl_coef * (log pi(y_t) - log pi_SFT(y_t)) on every
+    response token, plus the RM score r(x, y) on the last one. scores: (B,). Returns (rewards, kl)."""
+    kl = (logprobs - ref_logprobs) * mask  # k1 estimator of KL(pi || pi_SFT), per token
+    rewards = -kl_coef * kl
+    last = (mask.sum(1).long() - 1).clamp(min=0)  # index of the last response token (EOS or cut-off)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16):
+    delta_t = r_t + gamma V_{t+1} - V_t,  A_t = sum_l (gamma lam)^l delta_{t+l}.  Returns (advantages, returns).
+    Tokens after the response end (mask 0) are terminal: V = 0 and r = 0 there."""
+    values = values * mask
+    rewards = rewards * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last_gae)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_gae = delta + gamma * lam * last_gae * (mask[:, t + 1] if t + 1 < T else 0.0)
+        adv[:, t] = last_gae
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    cliprange: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate (PPO eq. 7): -E[min(rho A, clip(rho, 1-eps, 1+eps) A)], rho = pi/pi_old."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    loss1 = -advantages * ratio
+    loss2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(loss1, loss2), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((loss2 > loss1).float(), mask),
+            "approx_kl": 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+    cliprange_value: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (as in OpenAI baselines / TRL): 0.5 * max((V - R)^2, (V_clip - R)^2),
+    V_clip = V_old + clip(V - V_old, -eps_v, eps_v), so the critic cannot jump far in one batch."""
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    loss1 = (values - returns) ** 2
+    loss2 = (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(loss1, loss2), mask)
+    with torch.no_grad():
+        stats = {"vf_clipfrac": masked_mean((loss2 > loss1).float(), mask)}
+    return loss, stats
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy H = logsumexp(z) - sum softmax(z) z; (..., V) -> (...)."""
+    p = F.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log pi(y_t) of the given tokens: logits (B, T, V), tokens (B, T) -> (B, T)."""
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
