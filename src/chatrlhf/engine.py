@@ -1,0 +1,367 @@
+"""Batched generation with the transformers KV cache: shared by chat, the server, sampling and PPO.
+
+    eng = Engine(model, tokenizer)
+    gens = eng.generate(prompt_id_lists, SamplingParams(max_new_tokens=48, temperature=1.0, seed=0))
+    for piece in eng.stream(prompt_ids, params): print(piece, end="")
+    ro = eng.rollout(prompt_id_lists, params)   # padded tensors + sampled-token mask for the PPO loss
+
+One prefill over the left-padded batch, then one token per step with `past_key_values`. Rows that
+finish (eos or a stop string) are dropped from the batch and its cache, so a long straggler does not
+make the finished rows pay for more forward passes. Each row samples with its own torch.Generator
+(seed + row), so a row's sample depends on its seed and logits only, not on what it is batched with.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+PLAIN_STOP = "\nUser:"  # base models (no chat template) talk in "User: ...\nAssistant: ..." turns
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = 0  # None = a fresh random seed per call
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    token_ids: list[int]  # response only; includes the eos token when one was produced
+    text: str  # decoded without special tokens, cut before a stop string
+    finished: bool  # ended at eos or a stop string (False: ran out of max_new_tokens)
+    finish_reason: str = "length"  # "eos" | "stop" | "length" | "cancelled"
+
+
+@dataclass
+class Rollout:
+    """Padded tensors for PPO: left-padded queries followed by right-padded responses."""
+
+    input_ids: torch.Tensor  # (B, Q + R) query + response ids, pad elsewhere
+    attention_mask: torch.Tensor  # (B, Q + R) 1 on real tokens
+    response_mask: torch.Tensor  # (B, Q + R) 1 on sampled response tokens (eos included)
+    query_len: int  # Q: responses start at this column
+    generations: list[Generation]
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row from (B, V) logits with per-row temperature/top-k/top-p.
+
+    Inverse-CDF sampling with one uniform number per row, so each row's randomness comes from its
+    own generator. Rows with temperature 0 take the argmax.
+    """
+    greedy = temperature <= 0
+    x = logits.float() / temperature.clamp_min(1e-5).unsqueeze(1)
+    need_sort = bool((top_k > 0).any() or (top_p < 1.0).any())
+    if need_sort:
+        x, order = x.sort(dim=-1, descending=True)
+        rank = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
+        x = x.masked_fill((top_k > 0).unsqueeze(1) & (rank >= top_k.unsqueeze(1)), float("-inf"))
+        probs = x.softmax(-1)
+        # nucleus (Holtzman et al. 2020): keep the smallest prefix whose mass reaches top_p
+        x = x.masked_fill(probs.cumsum(-1) - probs >= top_p.unsqueeze(1), float("-inf"))
+    probs = x.softmax(-1)
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(1)).clamp_max(x.shape[-1] - 1)
+    picked = order.gather(1, idx) if need_sort else idx
+    return torch.where(greedy, logits.argmax(-1), picked.squeeze(1))
+
+
+# --- one decoding batch ---------------------------------------------------------------------
+
+
+class DecodeBatch:
+    """A batch being decoded: `step()` adds one token to every live row until `done`.
+
+    Per-row SamplingParams (the server batches requests with different settings). Rows can be
+    cancelled (a client went away); their cache rows are dropped at the next step.
+    """
+
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+                 seeds: Sequence[int | None] | None = None):
+        if len(prompts) != len(params) or not prompts:
+            raise ValueError("DecodeBatch needs one SamplingParams per prompt and at least one prompt")
+        self.eng, self.params = engine, list(params)
+        self.prompts = [list(map(int, p)) for p in prompts]
+        for i, p in enumerate(self.prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+        self.max_new = [engine.budget(len(p), sp.max_new_tokens) for p, sp in zip(self.prompts, self.params)]
+        n = len(self.prompts)
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.reason: list[str | None] = [None] * n
+        self.text: list[str] = [""] * n  # decoded so far (kept for rows with stop strings or streaming)
+        self.stop_at: list[int | None] = [None] * n
+        self.emitted = [0] * n
+        seeds = seeds if seeds is not None else [sp.seed for sp in self.params]
+        self.gens = [torch.Generator().manual_seed(s if s is not None else random.getrandbits(62)) for s in seeds]
+        self.cancelled: set[int] = set()
+        self.steps = 0
+        self._prefill()
+
+    @property
+    def done(self) -> bool:
+        return all(r is not None for r in self.reason)
+
+    def _prefill(self) -> None:
+        eng, dev = self.eng, self.eng.device
+        width = max(len(p) for p in self.prompts)
+        ids = torch.full((len(self.prompts), width), eng.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(self.prompts):  # left padding: every prompt ends at the last column
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        self.active = torch.arange(len(self.prompts))  # batch row -> prompt index
+        # one mask buffer for the whole run, sliced per step, instead of a torch.cat per token
+        self.mask = torch.cat([mask, torch.ones(len(self.prompts), max(self.max_new), dtype=torch.long)], 1).to(dev)
+        self.width = width
+        self.pos = (mask.sum(1) - 1).to(dev)  # position of each row's last real token
+        position_ids = (mask.cumsum(1) - 1).clamp_min(0).to(dev)  # right positions under left padding
+        self.cache = DynamicCache(config=eng.model.config)
+        out = eng.forward(ids.to(dev), self.mask[:, :width], position_ids, self.cache, last_only=True)
+        self.logits = out[:, -1]
+
+    def cancel(self, row: int) -> None:
+        if self.reason[row] is None:
+            self.cancelled.add(row)
+
+    def step(self) -> list[int]:
+        """Sample one token for every live row; returns the prompt indices that got a token."""
+        if self.done:
+            return []
+        rows = self.active.tolist()
+        ps = [self.params[r] for r in rows]
+        dev = self.logits.device
+        temp = torch.tensor([p.temperature for p in ps], device=dev)
+        top_k = torch.tensor([p.top_k for p in ps], device=dev)
+        top_p = torch.tensor([p.top_p for p in ps], device=dev)
+        u = torch.stack([torch.rand((), generator=self.gens[r]) for r in rows])
+        nxt = sample_tokens(self.logits, temp, top_k, top_p, u)
+        got, keep = [], []
+        for j, (r, t) in enumerate(zip(rows, nxt.tolist())):
+            if r in self.cancelled:
+                self.reason[r] = "cancelled"
+                continue
+            self.tokens[r].append(t)
+            got.append(r)
+            self._check_end(r, t)
+            if self.reason[r] is None:
+                keep.append(j)
+        self.steps += 1
+        if keep:
+            self._advance(nxt, keep)
+        return got
+
+    def _check_end(self, r: int, t: int) -> None:
+        sp = self.params[r]
+        if t in self.eng.eos_ids:
+            self.reason[r] = "eos"
+        elif sp.stop:
+            text = self.eng.decode(self.tokens[r])
+            start = max(0, len(self.text[r]) - max(len(s) for s in sp.stop))
+            hits = [i for i in (text.find(s, start) for s in sp.stop) if i >= 0]
+            self.text[r] = text
+            if hits:
+                self.stop_at[r] = min(hits)
+                self.reason[r] = "stop"
+        if self.reason[r] is None and len(self.tokens[r]) >= self.max_new[r]:
+            self.reason[r] = "length"
+
+    def _advance(self, nxt: torch.Tensor, keep: list[int]) -> None:
+        """Feed the sampled tokens of the rows still running (one forward, KV cache)."""
+        if len(keep) < len(self.active):  # drop finished rows from the batch and the cache
+            idx = torch.tensor(keep, device=nxt.device)
+            self.cache.batch_select_indices(idx)
+            self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
+            self.mask = self.mask[idx]
+        self.pos = self.pos + 1
+        cols = self.width + self.steps
+        out = self.eng.forward(nxt.unsqueeze(1), self.mask[:, :cols], self.pos.unsqueeze(1), self.cache)
+        self.logits = out[:, -1]
+
+    # --- results --------------------------------------------------------------------------
+
+    def final_text(self, r: int) -> str:
+        text = self.eng.decode(self.tokens[r])
+        return text[: self.stop_at[r]] if self.stop_at[r] is not None else text
+
+    def delta(self, r: int) -> str:
+        """New text of row r that is safe to show: no half UTF-8 character, no possible stop prefix."""
+        if self.reason[r] is not None:
+            text, safe = self.final_text(r), None
+        else:
+            text = self.eng.decode(self.tokens[r])
+            safe = len(text.rstrip("\ufffd"))
+            for s in self.params[r].stop:  # hold back a tail that may become a stop string
+                for k in range(min(len(s) - 1, len(text)), 0, -1):
+                    if text.endswith(s[:k]):
+                        safe = min(safe, len(text) - k)
+                        break
+        piece = text[self.emitted[r]: safe]
+        self.emitted[r] += len(piece)
+        return piece
+
+    def result(self, r: int) -> Generation:
+        reason = self.reason[r] or "length"
+        return Generation(prompt_ids=self.prompts[r], token_ids=list(self.tokens[r]), text=self.final_text(r),
+                          finished=reason in ("eos", "stop"), finish_reason=reason)
+
+
+# --- the engine -----------------------------------------------------------------------------
+
+
+class Engine:
+    """Generation for any transformers causal LM + tokenizer (the embedded Llama or a user's model)."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 64):
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.max_batch = max_batch
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = {tokenizer.eos_token_id} - {None}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 1_000_000)
+        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.plain_chat = getattr(tokenizer, "chat_template", None) is None
+
+    # --- low level --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache,
+                last_only: bool = False) -> torch.Tensor:
+        kw: dict[str, Any] = {"logits_to_keep": 1} if last_only and self._keep_arg else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                         use_cache=True, **kw)
+        return out.logits
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def budget(self, prompt_len: int, max_new_tokens: int) -> int:
+        """max_new_tokens capped by the context window; a prompt that fills it is an error."""
+        room = self.context - prompt_len
+        if room <= 0:
+            raise ValueError(f"prompt of {prompt_len} tokens does not fit the model's context of {self.context} tokens")
+        return max(1, min(max_new_tokens, room))
+
+    def batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]) -> DecodeBatch:
+        per_row = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        seeds = None
+        if isinstance(params, SamplingParams):  # one seed for the call: row i samples with seed + i
+            base = params.seed if params.seed is not None else random.getrandbits(62)
+            seeds = [base + i for i in range(len(prompts))]
+        return DecodeBatch(self, prompts, per_row, seeds)
+
+    # --- public API (docs/ARCHITECTURE.md "Generation engine") ------------------------------
+
+    def generate(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[Generation]:
+        params = params or SamplingParams()
+        out: list[Generation] = []
+        for lo in range(0, len(prompt_id_lists), self.max_batch):
+            chunk = prompt_id_lists[lo: lo + self.max_batch]
+            seeded = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + lo})
+            b = self.batch(chunk, seeded)
+            while not b.done:
+                b.step()
+            out += [b.result(i) for i in range(len(chunk))]
+        return out
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation ready for the assistant's next turn."""
+        if self.plain_chat:
+            names = {"system": "System", "user": "User", "assistant": "Assistant"}
+            text = "".join(f"{names.get(m['role'], m['role'].title())}: {m['content']}\n" for m in messages)
+            return self.tok(text + "Assistant:", add_special_tokens=True)["input_ids"]
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def chat_params(self, params: SamplingParams) -> SamplingParams:
+        if not self.plain_chat or PLAIN_STOP in params.stop:
+            return params
+        return SamplingParams(**{**params.__dict__, "stop": [*params.stop, PLAIN_STOP]})
+
+    def generate_chat(self, message_lists: Sequence[list[dict[str, str]]], params: SamplingParams | None = None) -> list[Generation]:
+        params = self.chat_params(params or SamplingParams())
+        gens = self.generate([self.chat_prompt(m) for m in message_lists], params)
+        if self.plain_chat:
+            for g in gens:
+                g.text = g.text.strip()
+        return gens
+
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> Iterator[str]:
+        """Text pieces of one prompt's response as they are sampled (joined, they equal `.text`)."""
+        b = self.batch([prompt_ids], params or SamplingParams())
+        while not b.done:
+            b.step()
+            piece = b.delta(0)
+            if piece:
+                yield piece
+
+    def rollout(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None) -> Rollout:
+        """Sample responses and pack them for PPO: [left-padded query | right-padded response]."""
+        gens = self.generate(prompt_id_lists, params)
+        q = max(len(g.prompt_ids) for g in gens)
+        r = max(1, max(len(g.token_ids) for g in gens))
+        ids = torch.full((len(gens), q + r), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        resp = torch.zeros_like(ids)
+        for i, g in enumerate(gens):
+            ids[i, q - len(g.prompt_ids): q] = torch.tensor(g.prompt_ids)
+            attn[i, q - len(g.prompt_ids): q] = 1
+            n = len(g.token_ids)
+            if n:
+                ids[i, q: q + n] = torch.tensor(g.token_ids)
+                attn[i, q: q + n] = 1
+                resp[i, q: q + n] = 1
+        return Rollout(ids, attn, resp, q, gens)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def resolve_model(cfg, model: str | Path | None = None) -> Path:
+    """The model to talk to: the given directory, else cfg.chat.model, else the run's newest policy
+    (latest round's PPO, then ppo/, sft/, pretrain/)."""
+    from chatrlhf.modeling import stage_complete
+
+    chosen = model or cfg.chat.model
+    if chosen:
+        p = Path(chosen)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"--model {p}: not a model directory (no config.json)")
+        return p
+    out = Path(cfg.run.out_dir)
+    rounds = sorted(out.glob("rounds/round_*/ppo"), key=lambda d: int(d.parent.name.split("_")[-1]), reverse=True)
+    candidates = [*rounds, out / "ppo", out / "sft", out / "pretrain"]
+    for d in candidates:
+        if stage_complete(d) and (d / "config.json").is_file():
+            return d
+    raise FileNotFoundError(f"no trained policy under {out} (looked for a complete ppo/, sft/ or pretrain/ stage); "
+                            "run `chatrlhf run` first or pass --model DIR")
+
+
+def load_engine(model_dir: str | Path, dtype: str = "float32", device: str = "auto") -> Engine:
+    from chatrlhf.modeling import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(model_dir, dtype)
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        model = model.to("cuda")
+    return Engine(model, load_tokenizer(model_dir))
