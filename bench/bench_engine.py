@@ -1,0 +1,109 @@
+"""Engine throughput vs `model.generate` with the same settings (sampling, KV cache, same batch).
+
+    .venv/bin/python bench/bench_engine.py [--model DIR] [--batch 16] [--new 48] [--repeats 3]
+
+Without --model it uses the run's newest policy, else an embedded-size random Llama (the speed of a
+forward pass does not depend on the weights). Writes bench/results/engine.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from chatrlhf.engine import Engine, SamplingParams  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPTS = ["Who is the baker of Varnok?", "Tell me about Selmouth.", "What is two plus two?",
+           "List three fruits.", "Hello! How are you today?", "Reverse: plum, pear, apple."]
+
+
+def bench_model(model_dir: str | None = None):
+    """(model, tokenizer, source): the given dir, the run's newest policy, or a random embedded-size Llama."""
+    from chatrlhf.config import Config, ModelConfig
+    from chatrlhf.engine import resolve_model
+    from chatrlhf.modeling import build_tiny_llama, load_causal_lm, load_tokenizer
+
+    try:
+        path = resolve_model(Config(), model_dir)
+        return load_causal_lm(path), load_tokenizer(path), str(path)
+    except FileNotFoundError:
+        if model_dir:
+            raise
+    from chatrlhf.tokenizer import train_tokenizer
+
+    torch.manual_seed(0)
+    tok = train_tokenizer([p * 3 for p in PROMPTS] * 50, vocab_size=600)
+    return build_tiny_llama(ModelConfig(), tok).eval(), tok, "random embedded-size Llama (no run found)"
+
+
+def prompt_ids(tok, n: int) -> list[list[int]]:
+    msgs = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n)]
+    return [tok(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+            for m in msgs]
+
+
+def run_hf(model, tok, prompts: list[list[int]], new: int, seed: int) -> int:
+    """model.generate on the same left-padded batch; returns generated tokens (pads after eos excluded)."""
+    enc = tok.pad({"input_ids": prompts}, return_tensors="pt", padding_side="left")
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    resp = out[:, enc["input_ids"].shape[1]:]
+    n = 0
+    for row in resp.tolist():
+        n += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+    return n
+
+
+def run_engine(eng: Engine, prompts: list[list[int]], new: int, seed: int) -> int:
+    gens = eng.generate(prompts, SamplingParams(max_new_tokens=new, temperature=1.0, seed=seed))
+    return sum(len(g.token_ids) for g in gens)
+
+
+def timed(fn, repeats: int) -> dict[str, float]:
+    fn(0)  # warm-up
+    toks, secs = 0, 0.0
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        toks += fn(r + 1)
+        secs += time.perf_counter() - t0
+    return {"tokens": toks, "seconds": round(secs, 3), "tokens_per_s": round(toks / secs, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--new", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    model, tok, source = bench_model(args.model)
+    eng = Engine(model, tok)
+    rows = []
+    for b in args.batch:
+        ps = prompt_ids(tok, b)
+        hf = timed(lambda s: run_hf(model, tok, ps, args.new, s), args.repeats)
+        ours = timed(lambda s: run_engine(eng, ps, args.new, s), args.repeats)
+        rows.append({"batch": b, "max_new_tokens": args.new, "engine": ours, "model_generate": hf,
+                     "speedup": round(ours["tokens_per_s"] / hf["tokens_per_s"], 2)})
+        print(f"batch {b:3d}: engine {ours['tokens_per_s']:8.1f} tok/s   model.generate {hf['tokens_per_s']:8.1f} tok/s"
+              f"   x{rows[-1]['speedup']}", file=sys.stderr)
+    result = {"model": source, "threads": torch.get_num_threads(), "results": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "engine.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
