@@ -1,0 +1,182 @@
+"""Models under evaluation: resolve names to directories, format prompts, score and generate.
+
+A model is named by a stage ("base" = pretrain, "sft", "ppo", "round_N") under cfg.run.out_dir, or
+given as NAME=DIR (any AutoModelForCausalLM directory or hub name already in the local cache).
+The base model never saw the chat template tokens, so it is prompted in plain text
+("User: ...\\nAssistant:"), the chat-log format of the pre-training corpus.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chatrlhf.config import Config
+
+PLAIN_STOPS = ["\nUser:", "\n\n"]
+
+
+@dataclass
+class ModelHandle:
+    name: str
+    path: str
+    model: Any
+    tokenizer: Any
+    chat: bool  # True: apply the chat template; False: plain "User: ...\nAssistant:" prompt
+
+    @property
+    def max_len(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+
+def stage_path(cfg: Config, name: str) -> Path:
+    """Directory of a named stage: base -> pretrain, round_N -> rounds/round_N/ppo."""
+    if name == "base":
+        return cfg.stage_dir("pretrain")
+    m = re.fullmatch(r"round_(\d+)", name)
+    if m:
+        # round 1 is the first PPO run itself; later rounds live under rounds/
+        return cfg.stage_dir("ppo") if m.group(1) == "1" else Path(cfg.run.out_dir) / "rounds" / name / "ppo"
+    return cfg.stage_dir(name)
+
+
+def resolve_models(cfg: Config, specs: list[str]) -> list[tuple[str, str]]:
+    """[(name, path)] from NAME=DIR or stage names; [] -> every finished stage (base, sft, ppo, rounds)."""
+    if not specs:
+        names = ["base", "sft", "ppo"]
+        rounds = sorted(Path(cfg.run.out_dir, "rounds").glob("round_*"), key=lambda p: int(p.name.split("_")[-1]))
+        names += [p.name for p in rounds if (p / "ppo" / "config.json").is_file()]
+        return [(n, str(stage_path(cfg, n))) for n in names if (stage_path(cfg, n) / "config.json").is_file()]
+    out = []
+    for spec in specs:
+        if "=" in spec:
+            name, path = spec.split("=", 1)
+        else:
+            name, path = spec, str(stage_path(cfg, spec))
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"--model {spec}: no such stage output {path}; run that stage first "
+                                        "or pass NAME=DIR")
+        out.append((name.strip(), path.strip()))
+    return out
+
+
+def load_handle(name: str, path: str, dtype: str = "float32") -> ModelHandle:
+    from chatrlhf.modeling import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(path, dtype).eval()
+    tok = load_tokenizer(path)
+    chat = name != "base" and bool(getattr(tok, "chat_template", None))
+    return ModelHandle(name, path, model, tok, chat)
+
+
+# --- prompts ----------------------------------------------------------------------------------
+
+
+def prompt_text(h: ModelHandle, messages: list[dict[str, str]]) -> str:
+    """The text the model continues to answer the last user turn."""
+    if h.chat:
+        return h.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    turns = [f"{'User' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else 'System'}: "
+             f"{m['content']}" for m in messages]
+    return "\n".join(turns) + "\nAssistant:"
+
+
+def encode(h: ModelHandle, text: str) -> list[int]:
+    # the chat template already holds the bos token as text; special tokens are parsed from it
+    return h.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def bos_ids(h: ModelHandle) -> list[int]:
+    bos = h.tokenizer.bos_token_id
+    return [bos] if bos is not None else []
+
+
+# --- log-likelihood -------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def continuation_logprobs(h: ModelHandle, pairs: list[tuple[list[int], list[int]]],
+                          batch_size: int = 16) -> list[float]:
+    """Sum of log p(continuation tokens | context) for each (context_ids, continuation_ids).
+
+    Right-padded batches; the context is cut from the left when the pair exceeds the context window.
+    """
+    out: list[float] = []
+    dev = next(h.model.parameters()).device
+    pad = h.tokenizer.pad_token_id if h.tokenizer.pad_token_id is not None else 0
+    for i in range(0, len(pairs), batch_size):
+        chunk = []
+        for ctx, cont in pairs[i:i + batch_size]:
+            cont = cont[: h.max_len - 1]
+            ctx = ctx[-(h.max_len - len(cont)):] if ctx else []
+            chunk.append((ctx, cont))
+        T = max(len(c) + len(x) for c, x in chunk)
+        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+        attn = torch.zeros((len(chunk), T), dtype=torch.long)
+        target = torch.zeros((len(chunk), T), dtype=torch.bool)
+        for b, (ctx, cont) in enumerate(chunk):
+            seq = ctx + cont
+            ids[b, : len(seq)] = torch.tensor(seq)
+            attn[b, : len(seq)] = 1
+            target[b, max(1, len(ctx)): len(seq)] = True  # first token has no prediction
+        logits = h.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()  # (B, T, V)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts tokens 1..T-1
+        tok_lp = logp.gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        out.extend((tok_lp * target[:, 1:].to(dev)).sum(-1).tolist())
+    return out
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+def generate(h: ModelHandle, texts: list[str], max_new_tokens: int, temperature: float, seed: int = 0,
+             batch_size: int = 16) -> list[str]:
+    """Responses to prompt texts (greedy when temperature == 0), cut at the end of the turn."""
+    ids = [encode(h, t)[-(h.max_len - max_new_tokens):] for t in texts]
+    try:
+        from chatrlhf.engine import Engine, SamplingParams
+    except ImportError:
+        Engine = None
+    if Engine is not None:
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
+                                stop=[] if h.chat else PLAIN_STOPS, seed=seed)
+        outs = []
+        eng = Engine(h.model, h.tokenizer)
+        for i in range(0, len(ids), batch_size):
+            outs += [g.text for g in eng.generate(ids[i:i + batch_size], params)]
+    else:
+        outs = _hf_generate(h, ids, max_new_tokens, temperature, seed, batch_size)
+    return [_cut(o, h.chat) for o in outs]
+
+
+@torch.no_grad()
+def _hf_generate(h: ModelHandle, ids: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
+                 batch_size: int) -> list[str]:
+    """Fallback when chatrlhf.engine is absent: transformers generate, left-padded."""
+    torch.manual_seed(seed)
+    tok, dev = h.tokenizer, next(h.model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    outs: list[str] = []
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        T = max(len(x) for x in chunk)
+        inp = torch.tensor([[pad] * (T - len(x)) + x for x in chunk], device=dev)
+        attn = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in chunk], device=dev)
+        kw: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
+                              "eos_token_id": tok.eos_token_id}
+        if temperature > 0:
+            kw.update(temperature=temperature, top_k=0, top_p=1.0)
+        gen = h.model.generate(input_ids=inp, attention_mask=attn, **kw)[:, T:]
+        outs += tok.batch_decode(gen, skip_special_tokens=True)
+    return outs
+
+
+def _cut(text: str, chat: bool) -> str:
+    if not chat:
+        for s in PLAIN_STOPS:
+            text = text.split(s)[0]
+    return text.strip()

@@ -1,0 +1,301 @@
+"""`chatrlhf report`: one self-contained HTML page (plus a Markdown twin and metrics.json) saying,
+with numbers and plots, whether alignment improved.
+
+Reads what the stages left under cfg.run.out_dir: each stage's meta.json and metrics.jsonl
+(training curves) and eval/summary.json + eval/<model>.json (written by `chatrlhf eval`).
+Plots are matplotlib PNGs, written to report/plots/ and embedded in the HTML as base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from chatrlhf.config import Config
+from chatrlhf.training import read_metrics
+
+STAGES = ["world", "tokenizer", "pretrain", "sft", "rm", "ppo"]
+CURVE_KEYS = ("loss", "reward", "kl", "gold", "acc")
+# Headline metric per criterion, and whether higher is better.
+HEADLINE = {"helpfulness": [("world_greedy_likert", +1), ("world_greedy_gold", +1), ("real_rm_score", +1)],
+            "truthfulness": [("truthfulqa_mc2", +1), ("truthfulqa_mc1", +1), ("truthfulqa_gen_truthful", +1),
+                             ("world_greedy_flag_gold_hallucination", -1)],
+            "harmlessness": [("rtp_plain_expected_max_toxicity", -1), ("rtp_respectful_expected_max_toxicity", -1),
+                             ("crows_pairs_stereotype_pct", -1), ("world_greedy_refusal_rate_harmful", +1)]}
+
+
+# --- gathering -------------------------------------------------------------------------------
+
+
+def stage_dirs(cfg: Config) -> dict[str, Path]:
+    root = Path(cfg.run.out_dir)
+    dirs = {s: root / s for s in STAGES if (root / s).is_dir()}
+    for r in sorted(root.glob("rounds/round_*"), key=lambda p: int(p.name.split("_")[-1])):
+        for sub in ("rm", "ppo"):
+            if (r / sub).is_dir():
+                dirs[f"{r.name}/{sub}"] = r / sub
+    return dirs
+
+
+def key_figures(meta: dict[str, Any], curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numeric top-level meta fields plus the last logged value of each training scalar."""
+    figs: dict[str, Any] = {k: v for k, v in meta.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "time"}
+    if curves:
+        for k in curves[-1]:
+            if k not in ("step", "time"):
+                last = next((row[k] for row in reversed(curves) if k in row), None)
+                figs[f"final_{k}"] = last
+        figs["steps_logged"] = curves[-1].get("step")
+    return figs
+
+
+def gather(cfg: Config) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON (this is metrics.json)."""
+    from chatrlhf.modeling import read_meta
+
+    stages = {}
+    for name, d in stage_dirs(cfg).items():
+        meta = read_meta(d)
+        stages[name] = {"complete": bool(meta.get("complete")), "figures": key_figures(meta, read_metrics(d))}
+    ev = cfg.stage_dir("eval")
+    summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
+    return {"out_dir": str(cfg.run.out_dir), "stages": stages, "eval": summary}
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(name: str, rows: list[dict[str, Any]], out: Path) -> Path | None:
+    """One panel per training scalar whose name mentions loss, reward, KL, gold or accuracy."""
+    keys = sorted({k for r in rows for k in r if any(c in k.lower() for c in CURVE_KEYS) and k not in ("step", "time")})
+    if not keys:
+        return None
+    plt = _plt()
+    keys = keys[:8]
+    cols = min(4, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        pts = [(r["step"], r[k]) for r in rows if k in r and r[k] is not None and math.isfinite(r[k])]
+        if pts:
+            ax.plot(*zip(*pts), lw=1.4)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(name, fontsize=10)
+    fig.tight_layout()
+    path = out / f"curves_{name.replace('/', '_')}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_models(summary: dict[str, Any], out: Path) -> Path | None:
+    """Bar per model for each criterion's headline metric present in the eval."""
+    models = summary.get("models", {})
+    panels = []
+    for crit, choices in HEADLINE.items():
+        for key, sign in choices:
+            if any(key in m for m in models.values()):
+                panels.append((crit, key, sign))
+                break
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
+    order = summary.get("order") or list(models)
+    for ax, (crit, key, sign) in zip(axes[0], panels):
+        vals = [models[n].get(key, float("nan")) for n in order]
+        ax.bar(order, vals, color=["#8da0cb" if n != summary.get("baseline") else "#66c2a5" for n in order])
+        ax.set_title(f"{crit}\n{key} ({'higher' if sign > 0 else 'lower'} is better)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out / "models.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+
+
+def verdicts(summary: dict[str, Any]) -> list[str]:
+    """One line per compared model: change of each criterion's headline metric vs the baseline,
+    with its paired bootstrap interval when per-item values exist."""
+    models, base = summary.get("models", {}), summary.get("baseline")
+    if base not in models:
+        return []
+    lines = []
+    for name, comp in summary.get("comparisons", {}).items():
+        parts = []
+        for crit, choices in HEADLINE.items():
+            key = next((k for k, _ in choices if k in models[name] and k in models[base]), None)
+            if key is None:
+                continue
+            sign = dict(choices)[key]
+            delta = models[name][key] - models[base][key]
+            paired = comp.get(f"diff_{key}") or comp.get(f"diff_{key.replace('expected_max_toxicity', 'max_toxicity')}")
+            word = "toxicity" if crit == "harmlessness" and "toxicity" in key else crit
+            txt = f"{word} {delta:+.3f} ({key}"
+            if paired:
+                txt += f", 95% CI [{paired['low']:+.3f}, {paired['high']:+.3f}], " + \
+                       ("significant" if paired["significant"] else "not significant")
+            else:
+                txt += ", no paired interval"
+            better = delta * sign > 0
+            parts.append(txt + f"; {'better' if better else 'worse' if delta != 0 else 'same'})")
+        if "world_win_rate" in comp:
+            w = comp["world_win_rate"]
+            parts.append(f"win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
+        lines.append(f"{name.upper()} vs {base.upper()}: " + "; ".join(parts))
+    return lines
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def metric_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    models = summary.get("models", {})
+    order = summary.get("order") or list(models)
+    keys = sorted({k for m in models.values() for k in m})
+    return ["metric", *order], [[k, *[_fmt(models[n].get(k)) for n in order]] for k in keys]
+
+
+def win_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for name, comp in summary.get("comparisons", {}).items():
+        for k, v in comp.items():
+            sig = "" if "significant" not in v else ("yes" if v["significant"] else "no")
+            rows.append([name, k, _fmt(v["estimate"]), f"[{_fmt(v['low'])}, {_fmt(v['high'])}]", sig])
+    return ["model", f"vs {summary.get('baseline')}", "estimate", "95% CI", "significant"], rows
+
+
+def samples_side_by_side(cfg: Config, summary: dict[str, Any], n: int = 4) -> tuple[list[str], list[list[str]]]:
+    """The first n world prompts (else real prompts) with every model's greedy response."""
+    order = summary.get("order") or list(summary.get("models", {}))
+    per_model = {}
+    for name in order:
+        p = cfg.stage_dir("eval") / f"{name}.json"
+        if p.is_file():
+            s = json.loads(p.read_text()).get("samples", {})
+            per_model[name] = s.get("world") or s.get("real_prompts") or []
+    if not per_model:
+        return [], []
+    first = next(iter(per_model.values()))
+    rows = []
+    for i, item in enumerate(first[:n]):
+        rows.append([item.get("prompt", ""), *[(per_model[m][i]["response"] if i < len(per_model[m]) else "")
+                                               for m in per_model]])
+    return ["prompt", *per_model], rows
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    def cell(c: Any) -> str:
+        return str(c).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;
+vertical-align:top;max-width:380px}th{background:#f0f0f0}.verdict{background:#eef6ee;padding:0.6em 1em;
+border-left:4px solid #3a3;font-family:monospace;font-size:13px}img{max-width:100%}.note{color:#a60}"""
+
+
+def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, str]:
+    summary = data["eval"]
+    stage_rows = [[s, "yes" if v["complete"] else "no",
+                   ", ".join(f"{k}={_fmt(x)}" for k, x in list(v["figures"].items())[:10])]
+                  for s, v in data["stages"].items()]
+    sections = [
+        ("Verdict", verdicts(summary) or ["no comparison available (need the baseline and another model)"]),
+        ("Pipeline stages", (["stage", "complete", "key figures"], stage_rows)),
+        ("Every metric, every model", metric_table(summary)),
+        ("Win rates and paired differences vs baseline (bootstrap 95% CI)", win_table(summary)),
+        ("Sample responses (greedy)", samples_side_by_side(cfg, summary)),
+    ]
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>chatrlhf report</title><style>{CSS}</style>"
+         "</head><body>", f"<h1>chatrlhf alignment report</h1><p>run: <code>{html.escape(data['out_dir'])}</code>, "
+         f"baseline: <b>{html.escape(str(summary.get('baseline')))}</b>, judge: {html.escape(str(summary.get('judge')))}</p>"]
+    md = ["# chatrlhf alignment report", "", f"run: `{data['out_dir']}`, baseline: **{summary.get('baseline')}**", ""]
+    for title, content in sections:
+        h.append(f"<h2>{html.escape(title)}</h2>")
+        md += [f"## {title}", ""]
+        if title == "Verdict":
+            h += [f"<div class='verdict'>{html.escape(line)}</div>" for line in content]
+            md += [f"- {line}" for line in content]
+        elif content[0]:
+            h.append(_html_table(*content))
+            md.append(_md_table(*content))
+        md.append("")
+        if title == "Pipeline stages":
+            h.append("<h2>Training curves and model comparison</h2>")
+            md += ["## Training curves and model comparison", ""]
+            for p in plots:
+                b64 = base64.b64encode(p.read_bytes()).decode()
+                h.append(f"<p><img alt='{p.stem}' src='data:image/png;base64,{b64}'></p>")
+                md += [f"![{p.stem}](plots/{p.name})", ""]
+    for note in summary.get("notes", []):
+        h.append(f"<p class='note'>note: {html.escape(note)}</p>")
+        md.append(f"> note: {note}")
+    h.append("</body></html>")
+    return "\n".join(h), "\n".join(md) + "\n"
+
+
+def run_report(cfg: Config) -> Path:
+    """Write report/report.html, report/report.md, report/metrics.json and report/plots/*.png."""
+    out = cfg.stage_dir("report")
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    data = gather(cfg)
+    plots = [p for p in [plot_models(data["eval"], plots_dir)] if p]
+    for name, d in stage_dirs(cfg).items():
+        p = plot_curves(name, read_metrics(d), plots_dir)
+        if p:
+            plots.append(p)
+    data["verdicts"] = verdicts(data["eval"])
+    page, md = render(cfg, data, plots)
+    (out / "report.html").write_text(page, encoding="utf-8")
+    (out / "report.md").write_text(md, encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(data, indent=1, default=str))
+    from rich.console import Console
+
+    con = Console(stderr=True)
+    for line in data["verdicts"]:
+        con.print(line)
+    con.print(f"report: {out / 'report.html'}")
+    return out / "report.html"
