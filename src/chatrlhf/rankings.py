@@ -1,0 +1,327 @@
+"""Comparison data for the reward model: K-way rankings, pairs, validation, batching.
+
+Sources, all turned into the comparison dict of docs/ARCHITECTURE.md
+(`{"id", "messages", "responses", "rankings": [{"labeler", "ranks"}], ...}`):
+  - comparison files written by `chatrlhf sample` and filled by labelers (jsonl),
+  - pairwise files, HH-RLHF style (`chosen`/`rejected`, full transcripts or with `prompt`/`messages`):
+    a pair is a comparison with K = 2 and ranks [1, 2],
+  - OpenAssistant message trees (`message_tree_id`): each prompter node with >= 2 ranked replies.
+
+Ranks (1 = best) use competition ranking: ties share a rank and the next rank skips (1, 2, 2, 4).
+Ties give no pair. `null` marks a response that a labeler did not rank (a partial ranking): pairs come
+from the ranked ones only, and K in the 1/C(K,2) weight counts the ranked ones. Ranking -> pairs
+(InstructGPT): every i, j with ranks[i] < ranks[j] is (chosen=i, rejected=j), weighted
+1/(C(K,2) * R) where R is the number of rankings of that comparison, so a prompt weighs the same
+whatever its K or its number of labelers. All pairs of a comparison go in the same batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from dataclasses import dataclass
+from math import comb
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class RankingError(ValueError):
+    """A malformed comparison, naming the file, line and field."""
+
+
+@dataclass
+class Pair:
+    """One preference, chosen over rejected, indexed into its comparison's responses."""
+
+    group: int  # index of the comparison in the list it came from
+    chosen: int
+    rejected: int
+    weight: float
+    labeler: str | None = None
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line is not None else source
+
+
+def check_ranks(ranks: Any, k: int, allow_ties: bool = True) -> str | None:
+    """Why `ranks` is not a valid competition ranking of k responses, or None when it is."""
+    if not isinstance(ranks, list) or len(ranks) != k:
+        n = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
+        return f"needs one rank per response ({k}), got {n}"
+    given = [r for r in ranks if r is not None]
+    if any(not isinstance(r, int) or isinstance(r, bool) for r in given):
+        return f"ranks must be integers (1 = best) or null, got {ranks}"
+    if len(given) < 2:
+        return f"fewer than 2 responses ranked (K < 2): {ranks}"
+    if len(set(given)) < len(given) and not allow_ties:
+        dup = sorted({r for r in given if given.count(r) > 1})
+        return f"duplicate rank(s) {dup} in {ranks} and ties are not allowed"
+    srt = sorted(given)
+    for i, r in enumerate(srt):
+        expected_new = i + 1  # competition ranking: a new rank equals 1 + the number ranked above it
+        if r != expected_new and not (i > 0 and r == srt[i - 1]):
+            return (f"ranks {ranks} are not a ranking: expected {expected_new} in position {i + 1} of the sorted ranks "
+                    f"(1 = best; ties share a rank and the next rank skips, e.g. 1, 2, 2, 4)")
+    if len(set(given)) == 1:
+        return f"all ranked responses tied ({ranks}): no preference to learn"
+    return None
+
+
+def validate_comparison(row: Any, source: str, line: int | None = None, allow_ties: bool = True) -> dict:
+    """Check one comparison dict and return it normalised (messages list, rankings list)."""
+    at = _where(source, line)
+    if not isinstance(row, dict):
+        raise RankingError(f"{at}: expected a JSON object, got {type(row).__name__}")
+    messages = row.get("messages")
+    if messages is None and isinstance(row.get("prompt"), str):
+        messages = [{"role": "user", "content": row["prompt"]}]
+    if not isinstance(messages, list) or not messages:
+        raise RankingError(f"{at}: field 'messages': missing or empty (the context the responses continue)")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise RankingError(f"{at}: field 'messages[{i}]': expected {{'role': str, 'content': str}}, got {m!r}")
+    responses = row.get("responses")
+    if not isinstance(responses, list):
+        raise RankingError(f"{at}: field 'responses': missing or not a list")
+    if len(responses) < 2:
+        raise RankingError(f"{at}: field 'responses': K = {len(responses)} < 2, nothing to compare")
+    for i, r in enumerate(responses):
+        if not isinstance(r, str):  # an empty reply is a (bad) response; a null one is missing
+            raise RankingError(f"{at}: field 'responses[{i}]': missing response (got {r!r})")
+    rankings = row.get("rankings") or []
+    if not isinstance(rankings, list):
+        raise RankingError(f"{at}: field 'rankings': expected a list of {{'labeler', 'ranks'}}")
+    for j, rk in enumerate(rankings):
+        if not isinstance(rk, dict) or "ranks" not in rk:
+            raise RankingError(f"{at}: field 'rankings[{j}]': expected {{'labeler': str, 'ranks': [...]}}, got {rk!r}")
+        why = check_ranks(rk["ranks"], len(responses), allow_ties)
+        if why:
+            raise RankingError(f"{at}: field 'rankings[{j}].ranks': {why}")
+    return {**row, "messages": messages, "responses": responses, "rankings": rankings}
+
+
+# --- readers --------------------------------------------------------------------------------
+
+
+def _open(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line; a bad line names file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"comparison file not found: {p}")
+    with _open(p) as f:
+        for n, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                yield n, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise RankingError(f"{p}:{n}: not valid JSON: {e.msg} (column {e.colno})") from None
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def parse_hh_transcript(text: str) -> list[dict[str, str]]:
+    """'\\n\\nHuman: hi\\n\\nAssistant: hello' -> chat messages."""
+    parts = _HH_TURN.split(text)
+    msgs = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return msgs
+
+
+def pair_to_comparison(row: dict, source: str, line: int | None) -> dict:
+    """A chosen/rejected row as a K = 2 comparison ranked [1, 2]."""
+    at = _where(source, line)
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    for name, val in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(val, str) or not val.strip():
+            raise RankingError(f"{at}: field '{name}': missing response (got {val!r})")
+    if "messages" in row or "prompt" in row:
+        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+        if isinstance(row.get("prompt"), str) and "\n\nHuman:" in row["prompt"]:
+            messages = parse_hh_transcript(row["prompt"])
+        resp_c, resp_r = chosen, rejected
+    else:  # HH-RLHF: two full transcripts sharing all turns but the last assistant reply
+        mc, mr = parse_hh_transcript(chosen), parse_hh_transcript(rejected)
+        if not mc or not mr or mc[-1]["role"] != "assistant" or mr[-1]["role"] != "assistant":
+            raise RankingError(f"{at}: field 'chosen'/'rejected': expected transcripts ending with an Assistant turn")
+        messages, resp_c, resp_r = mc[:-1], mc[-1]["content"], mr[-1]["content"]  # an empty reply stays a reply
+    return {"id": row.get("id", f"pair-{line:06d}" if line else "pair"), "messages": messages,
+            "responses": [resp_c, resp_r], "rankings": [{"labeler": row.get("labeler"), "ranks": [1, 2]}]}
+
+
+def oasst_tree_comparisons(tree: dict, source: str, line: int) -> list[dict]:
+    """Each prompter node of an OpenAssistant tree with >= 2 ranked assistant replies; OASST ranks
+    are 0-based, here 1-based; unranked siblings of a ranked group stay as null (partial ranking)."""
+    out: list[dict] = []
+
+    def walk(node: dict, history: list[dict]) -> None:
+        role = "user" if node.get("role") == "prompter" else "assistant"
+        path = [*history, {"role": role, "content": node.get("text", "")}]
+        replies = [r for r in node.get("replies", []) if not r.get("deleted")]
+        ranked = [r for r in replies if r.get("rank") is not None]
+        if role == "user" and len(ranked) >= 2:
+            ranks = [r["rank"] + 1 if r.get("rank") is not None else None for r in replies]
+            out.append({"id": f"{tree.get('message_tree_id', line)}/{node.get('message_id', len(out))}",
+                        "prompt_id": tree.get("message_tree_id"), "messages": path,
+                        "responses": [r["text"] for r in replies],
+                        "rankings": [{"labeler": "oasst", "ranks": to_competition(ranks)}]})
+        for r in replies:
+            walk(r, path)
+
+    if not isinstance(tree.get("prompt"), dict):
+        raise RankingError(f"{source}:{line}: field 'prompt': expected an OpenAssistant message tree node")
+    walk(tree["prompt"], [])
+    return out
+
+
+def to_competition(ranks: list[int | None]) -> list[int | None]:
+    """Any order-preserving ranks (0-based, dense, gaps) -> competition ranks 1, 2, 2, 4; None stays."""
+    given = [r for r in ranks if r is not None]
+    return [None if r is None else 1 + sum(g < r for g in given) for r in ranks]
+
+
+def competition_ranks(scores_best_high: Iterable[float]) -> list[int]:
+    """Scores (higher = better) -> competition ranks (1 = best, ties share)."""
+    s = list(scores_best_high)
+    return [1 + sum(o > x for o in s) for x in s]
+
+
+def load_comparisons(source: str | Path | list[dict], allow_ties: bool = True) -> list[dict]:
+    """Read and validate comparisons from a file (comparison, pairwise or OASST-tree jsonl, .gz ok),
+    a `datasets` name with chosen/rejected columns, or an in-memory list."""
+    if isinstance(source, list):
+        return [validate_comparison(r, "<memory>", i + 1, allow_ties) for i, r in enumerate(source)]
+    path = Path(source)
+    if not path.exists() and not str(source).startswith((".", "/")) and "/" in str(source):
+        return _load_hf_pairs(str(source), allow_ties)
+    out: list[dict] = []
+    for n, row in iter_jsonl(path):
+        if isinstance(row, dict) and "message_tree_id" in row:
+            out.extend(validate_comparison(c, str(path), n, allow_ties) for c in oasst_tree_comparisons(row, str(path), n))
+        elif isinstance(row, dict) and "chosen" in row and "responses" not in row:
+            out.append(validate_comparison(pair_to_comparison(row, str(path), n), str(path), n, allow_ties))
+        else:
+            out.append(validate_comparison(row, str(path), n, allow_ties))
+    if not out:
+        raise RankingError(f"{path}: no comparisons found")
+    return out
+
+
+def _load_hf_pairs(name: str, allow_ties: bool) -> list[dict]:
+    """A `datasets` name (local cache only: HF_HUB_OFFLINE) with chosen/rejected columns."""
+    from datasets import load_dataset
+
+    ds = load_dataset(name, split="train")
+    return [validate_comparison(pair_to_comparison(dict(r), name, i + 1), name, i + 1, allow_ties)
+            for i, r in enumerate(ds)]
+
+
+def write_comparisons(comparisons: list[dict], path: str | Path) -> Path:
+    """Write jsonl atomically (temp file + rename), so a reader never sees half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for c in comparisons:
+            f.write(json.dumps(c, ensure_ascii=False) + "\n")
+    tmp.replace(p)
+    return p
+
+
+# --- ranking -> pairs -----------------------------------------------------------------------
+
+
+def ranking_pairs(ranks: list[int | None]) -> list[tuple[int, int]]:
+    """(chosen, rejected) for every i, j with ranks[i] < ranks[j]; ties and unranked give none."""
+    idx = [i for i, r in enumerate(ranks) if r is not None]
+    return [(i, j) for i in idx for j in idx if ranks[i] < ranks[j]]
+
+
+def expand_pairs(comparison: dict, group: int, exclude_labelers: set[str] | frozenset = frozenset()) -> list[Pair]:
+    """All C(K,2) ordered pairs of each ranking, each weighted 1/(C(K,2) * R) (InstructGPT sec. 3.5)."""
+    rankings = [r for r in comparison.get("rankings", []) if r.get("labeler") not in exclude_labelers]
+    pairs: list[Pair] = []
+    for rk in rankings:
+        k = sum(r is not None for r in rk["ranks"])
+        w = 1.0 / (comb(k, 2) * len(rankings))
+        pairs += [Pair(group, i, j, w, rk.get("labeler")) for i, j in ranking_pairs(rk["ranks"])]
+    return pairs
+
+
+def split_by_prompt(comparisons: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Held-out prompts: a row's own `split` ("train"/"val") wins; otherwise whole prompts (prompt_id, or
+    the first message) are drawn at random, so no prompt is in both sides."""
+    if any("split" in c for c in comparisons):
+        return ([c for c in comparisons if c.get("split", "train") != "val"],
+                [c for c in comparisons if c.get("split") == "val"])
+    keys = sorted({str(c.get("prompt_id") or c["messages"][0]["content"]) for c in comparisons})
+    random.Random(seed).shuffle(keys)
+    val_keys = set(keys[: int(round(len(keys) * val_fraction))])
+    key = lambda c: str(c.get("prompt_id") or c["messages"][0]["content"])  # noqa: E731
+    return [c for c in comparisons if key(c) not in val_keys], [c for c in comparisons if key(c) in val_keys]
+
+
+@dataclass
+class PairBatch:
+    """Unique (messages, response) sequences to score once, and pairs indexing into them."""
+
+    sequences: list[tuple[int, int]]  # (position of the comparison in the input list, response index)
+    chosen: list[int]
+    rejected: list[int]
+    weight: list[float]
+    n_groups: int
+
+
+def make_batch(comparisons: list[dict], exclude_labelers: set[str] | frozenset = frozenset()) -> PairBatch:
+    """All pairs of these comparisons; each response is scored once (K forward passes per prompt,
+    not 2 * C(K,2): the efficiency InstructGPT gets from batching a prompt's pairs together)."""
+    seqs: list[tuple[int, int]] = []
+    chosen, rejected, weight = [], [], []
+    n_groups = 0
+    for g, c in enumerate(comparisons):
+        pairs = expand_pairs(c, g, exclude_labelers)
+        if not pairs:
+            continue
+        base = len(seqs)
+        seqs += [(g, k) for k in range(len(c["responses"]))]
+        n_groups += 1
+        for p in pairs:
+            chosen.append(base + p.chosen)
+            rejected.append(base + p.rejected)
+            weight.append(p.weight)
+    return PairBatch(seqs, chosen, rejected, weight, n_groups)
+
+
+def prompt_batches(n: int, batch_prompts: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled comparison indices in chunks of `batch_prompts` (one epoch)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_prompts] for i in range(0, n, batch_prompts)]
+
+
+def labeler_agreement(comparisons: list[dict], labelers: set[str] | None = None) -> tuple[float, int]:
+    """Inter-labeler agreement (InstructGPT sec. 3.4): over every two rankings of the same comparison,
+    the share of pairs strictly ordered by both that they order the same way. Returns (rate, n)."""
+    agree = total = 0
+    for c in comparisons:
+        rks = [r["ranks"] for r in c.get("rankings", []) if labelers is None or r.get("labeler") in labelers]
+        for a in range(len(rks)):
+            for b in range(a + 1, len(rks)):
+                for i, j in ranking_pairs(rks[a]):
+                    if rks[b][i] is None or rks[b][j] is None or rks[b][i] == rks[b][j]:
+                        continue
+                    total += 1
+                    agree += rks[b][i] < rks[b][j]
+    return (agree / total if total else float("nan")), total
