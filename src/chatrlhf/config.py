@@ -226,6 +226,9 @@ class LabelConfig(Section):
     db: str = Field("sqlite:///runs/labeling.db", description="SQLAlchemy database URL (SQLite or PostgreSQL).")
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8100, description="Port.")
+    max_body_bytes: int = Field(4_000_000, description="Largest accepted request body (413 above it).")
+    claim_minutes: float = Field(60.0, description="How long a labeler holds an item before it goes back to the queue.")
+    admin_name: str = Field("admin", description="Admin user that the CHATRLHF_LABEL_ADMIN_TOKEN token belongs to.")
 
 
 class Config(Section):

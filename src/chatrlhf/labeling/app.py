@@ -1,0 +1,314 @@
+"""The labeling web app: a JSON API (FastAPI) plus a few plain HTML pages with no build step.
+
+    app = create_app("sqlite:///runs/labeling.db")      # or "postgresql://user@host/db"
+
+Auth: `Authorization: Bearer <token>` (API clients, simulated labelers) or the `chatrlhf_token`
+cookie set by /api/login (people). Labelers reach /api/queue, /api/projects/*/next, /api/items/*
+and their own /api/submissions; everything under /api/admin needs an admin.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from chatrlhf.labeling import store
+from chatrlhf.labeling.db import User, open_db
+from chatrlhf.labeling.tasks import TaskError
+
+PAGES = Path(__file__).parent / "pages"
+COOKIE = "chatrlhf_token"
+
+
+class Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginReq(Req):
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=256)
+
+
+class UserReq(Req):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    role: str = Field("labeler", pattern="^(admin|labeler)$")
+    password: str | None = Field(None, min_length=8, max_length=256)
+
+
+class ProjectReq(Req):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: str = Field(pattern="^(rank|demo|likert)$")
+    labelers_per_item: int = Field(1, ge=1, le=20)
+    instructions: str = Field("", max_length=4000)
+
+
+class ItemsReq(Req):
+    records: list[Any] = Field(max_length=5000)
+
+
+class MembersReq(Req):
+    labelers: list[str] = Field(max_length=1000)
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413 before they reach a handler (header or stream)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and int(length) > self.max_bytes:
+            return await self._too_large(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # a chunked body with no Content-Length
+                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _too_large(self, send):
+        body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 60.0,
+               admin_token: str | None = None, admin_name: str = "admin") -> FastAPI:
+    """Build the app on `db` (migrated to head first). `admin_token` makes that token an admin's."""
+    Sessions: sessionmaker = open_db(db)
+    app = FastAPI(title="chatrlhf labeling", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.sessions = Sessions
+    if admin_token:
+        with Sessions.begin() as s:
+            store.ensure_admin_token(s, admin_name, admin_token)
+
+    @contextmanager
+    def tx() -> Iterator[Session]:
+        """One transaction per request, committed before the response goes out."""
+        try:
+            with Sessions.begin() as s:
+                yield s
+        except (store.NotFound,) as e:
+            raise HTTPException(404, str(e)) from None
+        except store.Forbidden as e:
+            raise HTTPException(403, str(e)) from None
+        except store.Conflict as e:
+            raise HTTPException(409, str(e)) from None
+        except TaskError as e:
+            raise HTTPException(422, str(e)) from None
+        except OperationalError as e:  # e.g. SQLite busy beyond its timeout: the client may retry
+            raise HTTPException(503, f"database busy, retry: {e.orig}") from None
+
+    def token_of(request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            return header[7:].strip()
+        return request.cookies.get(COOKIE)
+
+    def current_user(request: Request) -> User:
+        token = token_of(request)
+        if token:
+            with Sessions.begin() as s:
+                user = store.user_for_token(s, token)
+            if user is not None:
+                return user
+        raise HTTPException(401, "log in first (bearer token or /login)")
+
+    def admin_user(user: User = Depends(current_user)) -> User:
+        if user.role != "admin":
+            raise HTTPException(403, "admins only")
+        return user
+
+    # --- pages (static HTML + JS; the JS talks to the API) ------------------------------------
+
+    def page(name: str) -> FileResponse:
+        return FileResponse(PAGES / name, media_type="text/html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/", include_in_schema=False)
+    def home_page(request: Request):
+        return page("home.html") if token_of(request) else RedirectResponse("/login", 303)
+
+    @app.get("/login", include_in_schema=False)
+    def login_page():
+        return page("login.html")
+
+    @app.get("/label/{project}", include_in_schema=False)
+    def label_page(project: str, request: Request):
+        return page("label.html") if token_of(request) else RedirectResponse("/login", 303)
+
+    @app.get("/mine", include_in_schema=False)
+    def mine_page(request: Request):
+        return page("mine.html") if token_of(request) else RedirectResponse("/login", 303)
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page(request: Request):
+        token = token_of(request)
+        with Sessions.begin() as s:
+            user = store.user_for_token(s, token) if token else None
+        if user is None:
+            return RedirectResponse("/login", 303)
+        if user.role != "admin":
+            return HTMLResponse("<h1>403</h1><p>Admins only. <a href='/'>Back to your queue</a></p>", 403)
+        return page("admin.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        path = PAGES / name
+        if name not in ("app.js", "style.css") or not path.is_file():
+            raise HTTPException(404, "not found")
+        return FileResponse(path)
+
+    # --- session -------------------------------------------------------------------------------
+
+    @app.post("/api/login")
+    def api_login(req: LoginReq, response: Response):
+        with tx() as s:
+            user, token = store.login(s, req.name, req.password)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=14 * 24 * 3600)
+        return {"name": user.name, "role": user.role, "token": token}
+
+    @app.post("/api/logout")
+    def api_logout(request: Request, response: Response):
+        token = token_of(request)
+        if token:
+            with tx() as s:
+                store.logout(s, token)
+        response.delete_cookie(COOKIE)
+        return {"ok": True}
+
+    @app.get("/api/me")
+    def api_me(user: User = Depends(current_user)):
+        return {"name": user.name, "role": user.role}
+
+    # --- labelers ------------------------------------------------------------------------------
+
+    @app.get("/api/queue")
+    def api_queue(user: User = Depends(current_user)):
+        with tx() as s:
+            return {"projects": store.queue(s, user)}
+
+    @app.post("/api/projects/{project}/next")
+    def api_next(project: str, user: User = Depends(current_user)):
+        with tx() as s:
+            item = store.next_item(s, user, project, claim_minutes)
+            if item is None:
+                return {"item": None}
+            p = s.get(store.Project, item.project_id)
+            return {"item": {"id": item.id, "ext_id": item.ext_id, "kind": p.kind, "project": p.name,
+                             "instructions": p.instructions, "payload": _public(item.payload)}}
+
+    @app.get("/api/items/{item_id}")
+    def api_item(item_id: int, user: User = Depends(current_user)):
+        with tx() as s:
+            item, p = store.get_item_for(s, user, item_id)
+            return {"id": item.id, "ext_id": item.ext_id, "kind": p.kind, "project": p.name,
+                    "payload": _public(item.payload)}
+
+    @app.post("/api/items/{item_id}/submit")
+    def api_submit(item_id: int, response: Response, answer: dict[str, Any] = Body(...),
+                   user: User = Depends(current_user)):
+        for attempt in range(3):
+            try:
+                with tx() as s:
+                    sub, created = store.submit(s, user, item_id, answer)
+                    view = store.submission_view(sub, s.get(store.Item, item_id), user.name)
+                break
+            except IntegrityError:  # a concurrent identical request won the insert: answer as a resubmission
+                if attempt == 2:
+                    raise HTTPException(409, "concurrent conflicting submissions; retry") from None
+        response.status_code = 201 if created else 200
+        return {**view, "created": created}
+
+    @app.get("/api/submissions")
+    def api_my_submissions(user: User = Depends(current_user)):
+        with tx() as s:
+            return {"submissions": store.my_submissions(s, user)}
+
+    @app.get("/api/submissions/{sub_id}")
+    def api_submission(sub_id: int, user: User = Depends(current_user)):
+        with tx() as s:
+            return store.get_submission(s, user, sub_id)
+
+    # --- admins --------------------------------------------------------------------------------
+
+    @app.post("/api/admin/users", status_code=201)
+    def api_create_user(req: UserReq, _: User = Depends(admin_user)):
+        with tx() as s:
+            user, token = store.create_user(s, req.name, req.role, req.password)
+            return {"name": user.name, "role": user.role, "token": token}
+
+    @app.post("/api/admin/users/{name}/token", status_code=201)
+    def api_new_token(name: str, _: User = Depends(admin_user)):
+        with tx() as s:
+            user = store.get_user(s, name)
+            return {"name": user.name, "role": user.role, "token": store.issue_token(s, user)}
+
+    @app.get("/api/admin/users")
+    def api_users(_: User = Depends(admin_user)):
+        with tx() as s:
+            return {"users": [{"name": u.name, "role": u.role} for u in s.query(User).order_by(User.name)]}
+
+    @app.post("/api/admin/projects")
+    def api_create_project(req: ProjectReq, response: Response, _: User = Depends(admin_user)):
+        with tx() as s:
+            project, created = store.create_project(s, req.name, req.kind, req.labelers_per_item, req.instructions)
+            response.status_code = 201 if created else 200
+            return {**store.project_stats(s, project), "created": created}
+
+    @app.get("/api/admin/projects")
+    def api_projects(_: User = Depends(admin_user)):
+        with tx() as s:
+            return {"projects": [store.project_stats(s, p) for p in s.query(store.Project).order_by(store.Project.name)]}
+
+    @app.get("/api/admin/projects/{project}")
+    def api_project(project: str, _: User = Depends(admin_user)):
+        with tx() as s:
+            return store.project_stats(s, store.get_project(s, project))
+
+    @app.post("/api/admin/projects/{project}/items")
+    def api_import(project: str, req: ItemsReq, _: User = Depends(admin_user)):
+        with tx() as s:
+            return store.import_items(s, store.get_project(s, project, lock=True), req.records)
+
+    @app.post("/api/admin/projects/{project}/members")
+    def api_members(project: str, req: MembersReq, _: User = Depends(admin_user)):
+        with tx() as s:
+            return {"added": store.add_members(s, store.get_project(s, project), req.labelers)}
+
+    @app.get("/api/admin/projects/{project}/export")
+    def api_export(project: str, all: bool = False, _: User = Depends(admin_user)):
+        with tx() as s:
+            records = store.export(s, store.get_project(s, project), include_unlabeled=all)
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return Response(body, media_type="application/x-ndjson",
+                        headers={"Content-Disposition": f'attachment; filename="{project}.jsonl"'})
+
+    @app.get("/api/admin/projects/{project}/agreement")
+    def api_agreement(project: str, _: User = Depends(admin_user)):
+        with tx() as s:
+            return store.project_agreement(s, store.get_project(s, project))
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    return app
+
+
+def _public(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a labeler sees of an item: the gold `reference` would bias the labeler, so it stays hidden."""
+    return {k: v for k, v in payload.items() if k not in ("reference", "rankings")}

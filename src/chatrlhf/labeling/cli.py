@@ -1,0 +1,182 @@
+"""`chatrlhf label ...`: serve the labeling app and manage its database from the shell.
+
+    chatrlhf label serve --db postgresql://user@host/db      # admin token from CHATRLHF_LABEL_ADMIN_TOKEN
+    chatrlhf label create-user ana --password ...            # prints ana's API token once
+    chatrlhf label import runs/default/rounds/round_2/comparisons.jsonl --project round-2
+    chatrlhf label assign round-2 ana ben
+    chatrlhf label export round-2 --out rm_rankings.jsonl
+    chatrlhf label agreement round-2
+
+Heavy imports (FastAPI, SQLAlchemy) stay inside the commands so `chatrlhf --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+label_app = typer.Typer(help="The labeling app: demonstrations, K-way rankings and 1-7 ratings by people "
+                             "and simulated labelers.", no_args_is_help=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. --set label.port=8200.")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", help="Database: a SQLite path/URL or postgresql://... (default: label.db).")]
+
+
+def _label_cfg(config: Path | None, overrides: list[str] | None):
+    from chatrlhf.cli import _cfg
+
+    return _cfg(config, overrides).label
+
+
+def _db(config: Path | None, overrides: list[str] | None, db: str | None) -> str:
+    return db or _label_cfg(config, overrides).db
+
+
+def _session(db: str):
+    from chatrlhf.labeling.db import open_db
+
+    return open_db(db).begin()
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(1)
+
+
+@label_app.command()
+def serve(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
+          host: Annotated[Optional[str], typer.Option(help="Bind address (default label.host).")] = None,
+          port: Annotated[Optional[int], typer.Option(help="Port (default label.port).")] = None,
+          workers_log: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning"):
+    """Serve the labeling app (pages at /, API at /api, docs at /api/docs)."""
+    import uvicorn
+
+    from chatrlhf.labeling.app import create_app
+
+    cfg = _label_cfg(config, set)
+    url = db or cfg.db
+    token = os.environ.get("CHATRLHF_LABEL_ADMIN_TOKEN")
+    app = create_app(url, max_body_bytes=cfg.max_body_bytes, claim_minutes=cfg.claim_minutes,
+                     admin_token=token, admin_name=cfg.admin_name)
+    h, p = host or cfg.host, port or cfg.port
+    typer.echo(f"labeling app on http://{h}:{p}/  (database {url})", err=True)
+    if not token:
+        typer.echo("no CHATRLHF_LABEL_ADMIN_TOKEN set: make an admin with `chatrlhf label create-user NAME --role admin`",
+                   err=True)
+    uvicorn.run(app, host=h, port=p, log_level=workers_log)
+
+
+@label_app.command()
+def migrate(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
+            revision: Annotated[str, typer.Option(help="Alembic revision to upgrade to.")] = "head"):
+    """Upgrade the database schema (serve does this at start too)."""
+    from chatrlhf.labeling.db import migrate as run_migrate
+
+    url = _db(config, set, db)
+    run_migrate(url, revision)
+    typer.echo(f"{url}: schema at {revision}")
+
+
+@label_app.command("create-user")
+def create_user(name: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
+                role: Annotated[str, typer.Option(help="admin or labeler.")] = "labeler",
+                password: Annotated[Optional[str], typer.Option(help="Password for the web login (8+ chars).")] = None):
+    """Create a user and print its API token (shown only once)."""
+    from chatrlhf.labeling import store
+
+    if password is not None and len(password) < 8:
+        _fail(ValueError("password must have at least 8 characters"))
+    try:
+        with _session(_db(config, set, db)) as s:
+            _, token = store.create_user(s, name, role, password)
+    except (store.Conflict, ValueError) as e:
+        _fail(e)
+    typer.echo(token)
+
+
+@label_app.command("import")
+def import_(file: Path, project: Annotated[str, typer.Option(help="Project name (created if missing).")],
+            config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
+            kind: Annotated[Optional[str], typer.Option(help="rank, demo or likert (default: from the first record).")] = None,
+            labelers_per_item: Annotated[int, typer.Option(help="Labelers who answer each item.")] = 1,
+            instructions: Annotated[str, typer.Option(help="Shown to labelers above each task.")] = ""):
+    """Import a jsonl task file (comparison records from `chatrlhf sample`, prompts, or prompt+response)."""
+    from chatrlhf.labeling import store
+    from chatrlhf.labeling.tasks import TaskError, detect_kind
+
+    lines, records = _read_jsonl(file)
+    if not records:
+        _fail(ValueError(f"{file}: no records"))
+    try:
+        with _session(_db(config, set, db)) as s:
+            proj, _ = store.create_project(s, project, kind or detect_kind(records[0]), labelers_per_item, instructions)
+            got = store.import_items(s, proj, records, where=lambda i: f"line {lines[i]}")
+    except (TaskError, store.Conflict) as e:
+        _fail(ValueError(f"{file}: {e}"))
+    typer.echo(f"{project}: {got['added']} added, {got['unchanged']} already there")
+
+
+@label_app.command()
+def assign(project: str, labelers: list[str], config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None):
+    """Give labelers access to a project's queue."""
+    from chatrlhf.labeling import store
+
+    try:
+        with _session(_db(config, set, db)) as s:
+            n = store.add_members(s, store.get_project(s, project), labelers)
+    except store.NotFound as e:
+        _fail(e)
+    typer.echo(f"{project}: {n} labeler(s) assigned")
+
+
+@label_app.command()
+def export(project: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
+           out: Annotated[Optional[Path], typer.Option(help="Output jsonl (default: stdout).")] = None,
+           all: Annotated[bool, typer.Option("--all", help="Include comparison items nobody ranked yet.")] = False):
+    """Export answers in the formats `chatrlhf sft` (demonstrations) and `chatrlhf rm` (rankings) read."""
+    from chatrlhf.labeling import store
+
+    try:
+        with _session(_db(config, set, db)) as s:
+            records = store.export(s, store.get_project(s, project), include_unlabeled=all)
+    except store.NotFound as e:
+        _fail(e)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"{len(records)} records -> {out}", err=True)
+
+
+@label_app.command()
+def agreement(project: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None):
+    """Inter-labeler agreement of a project, overall and per labeler pair."""
+    from chatrlhf.labeling import store
+
+    try:
+        with _session(_db(config, set, db)) as s:
+            typer.echo(json.dumps(store.project_agreement(s, store.get_project(s, project)), indent=2))
+    except store.NotFound as e:
+        _fail(e)
+
+
+def _read_jsonl(path: Path) -> tuple[list[int], list]:
+    """(line numbers, records) of a jsonl file; a bad line fails with file:line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"task file not found: {path}")
+    lines, records = [], []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+                lines.append(n)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    return lines, records

@@ -1,0 +1,198 @@
+"""A small Python client of the labeling app, for `chatrlhf iterate` and scripts.
+
+    c = LabelingClient("http://127.0.0.1:8100", admin_token)
+    c.push_comparisons("round-2", records)                  # comparison records from `chatrlhf sample`
+    c.attach_simulated("round-2", world.labelers(held_out=False), world)   # or wait for people
+    ranked = c.pull_rankings("round-2")                     # same records, `rankings` filled
+
+Simulated labelers use the same HTTP queue as people (one bearer token each), so the app cannot
+tell them apart and everything downstream (export, agreement) is the same code path.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any, Iterable
+
+import httpx
+
+CHUNK = 500  # records per import request, well under the app's body limit
+
+
+class LabelingError(RuntimeError):
+    """The app answered with an error; the message carries its status and detail."""
+
+
+class LabelingClient:
+    def __init__(self, url: str, admin_token: str, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.admin = self._http(admin_token, timeout)
+        self.timeout = timeout
+
+    def _http(self, token: str, timeout: float | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+                            timeout=timeout or self.timeout, trust_env=False)
+
+    @staticmethod
+    def _check(r: httpx.Response) -> Any:
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail")
+            except ValueError:
+                detail = r.text
+            raise LabelingError(f"{r.request.method} {r.request.url.path}: {r.status_code} {detail}")
+        return r.json() if "json" in r.headers.get("content-type", "") else r.text
+
+    # --- admin ---------------------------------------------------------------------------------
+
+    def create_project(self, project: str, kind: str = "rank", labelers_per_item: int = 1,
+                       instructions: str = "") -> dict:
+        return self._check(self.admin.post("/api/admin/projects", json={
+            "name": project, "kind": kind, "labelers_per_item": labelers_per_item, "instructions": instructions}))
+
+    def push_comparisons(self, project: str, records: list[dict], labelers_per_item: int = 1,
+                         instructions: str = "Rank the responses from best to worst.") -> dict[str, int]:
+        """Create the rank project if needed and import comparison records (idempotent by id)."""
+        self.create_project(project, "rank", labelers_per_item, instructions)
+        return self.push_items(project, records)
+
+    def push_items(self, project: str, records: list[dict]) -> dict[str, int]:
+        total = {"added": 0, "unchanged": 0}
+        for i in range(0, len(records), CHUNK):
+            got = self._check(self.admin.post(f"/api/admin/projects/{project}/items",
+                                              json={"records": records[i:i + CHUNK]}))
+            for k in total:
+                total[k] += got[k]
+        return total
+
+    def add_labeler(self, name: str, password: str | None = None) -> str:
+        """Create a labeler (or give an existing one a new API token); returns the token."""
+        r = self.admin.post("/api/admin/users", json={"name": name, "role": "labeler", "password": password})
+        if r.status_code == 409:
+            r = self.admin.post(f"/api/admin/users/{name}/token")
+        return self._check(r)["token"]
+
+    def assign(self, project: str, labelers: list[str]) -> int:
+        return self._check(self.admin.post(f"/api/admin/projects/{project}/members", json={"labelers": labelers}))["added"]
+
+    def export(self, project: str, include_unlabeled: bool = False) -> list[dict]:
+        import json
+
+        text = self._check(self.admin.get(f"/api/admin/projects/{project}/export",
+                                          params={"all": str(include_unlabeled).lower()}))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def pull_rankings(self, project: str) -> list[dict]:
+        """Comparison records that have at least one ranking, in the `chatrlhf rm` format."""
+        return self.export(project)
+
+    def stats(self, project: str) -> dict:
+        return self._check(self.admin.get(f"/api/admin/projects/{project}"))
+
+    def agreement(self, project: str) -> dict:
+        return self._check(self.admin.get(f"/api/admin/projects/{project}/agreement"))
+
+    def wait_complete(self, project: str, timeout_s: float = 3600, poll_s: float = 5.0) -> dict:
+        """Block until every item has its answers (people labeling in the browser)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.stats(project)
+            if st["complete_items"] >= st["items"] or time.monotonic() > deadline:
+                return st
+            time.sleep(poll_s)
+
+    # --- simulated labelers as API clients -----------------------------------------------------
+
+    def attach_simulated(self, project: str, labelers: Iterable[Any], world: Any = None, seed: int = 0,
+                         background: bool = False) -> dict[str, int] | list[threading.Thread]:
+        """Register each simulated labeler (`lab.id`, `lab.rank`, `lab.likert`) as a labeler of the
+        project and let it work through its queue over HTTP until the queue is empty.
+
+        Blocks and returns {labeler id: answers} unless background=True (then returns the threads)."""
+        labelers = list(labelers)
+        tokens = {lab.id: self.add_labeler(str(lab.id)) for lab in labelers}
+        self.assign(project, list(tokens))
+        counts: dict[str, int] = {}
+        self.errors: list[BaseException] = []
+        threads = [threading.Thread(target=self._work, daemon=True, name=f"sim-{lab.id}",
+                                    args=(project, lab, tokens[lab.id], world, seed + k, counts))
+                   for k, lab in enumerate(labelers)]
+        for t in threads:
+            t.start()
+        if background:
+            return threads
+        for t in threads:
+            t.join()
+        if self.errors:
+            raise LabelingError(f"a simulated labeler failed: {self.errors[0]}") from self.errors[0]
+        return counts
+
+    def _work(self, project: str, lab: Any, token: str, world: Any, seed: int, counts: dict[str, int]) -> None:
+        try:
+            self._work_queue(project, lab, token, world, seed, counts)
+        except BaseException as e:  # surfaced by attach_simulated after join
+            self.errors.append(e)
+
+    def _work_queue(self, project: str, lab: Any, token: str, world: Any, seed: int, counts: dict[str, int]) -> None:
+        rng = _make_rng(seed)
+        prompts = _prompt_index(world)
+        with self._http(token) as http:
+            n = 0
+            while True:
+                item = self._check(http.post(f"/api/projects/{project}/next"))["item"]
+                if item is None:
+                    break
+                answer = simulated_answer(lab, item, prompts, rng)
+                self._check(http.post(f"/api/items/{item['id']}/submit", json=answer))
+                n += 1
+            counts[str(lab.id)] = n
+
+
+def _make_rng(seed: int) -> random.Random:
+    """The world draws all its randomness from `random.Random` (world/facts.py, world/tasks.py)."""
+    return random.Random(seed)
+
+
+def _prompt_index(world: Any) -> dict[str, dict]:
+    """prompt id -> world prompt (with its gold `reference`, which the labeler page does not show)."""
+    index: dict[str, dict] = {}
+    if world is None:
+        return index
+    for split in ("sft", "rm", "ppo", "eval"):
+        try:
+            for p in world.prompts(split):
+                index[p["id"]] = p
+        except (KeyError, ValueError, AttributeError):
+            continue
+    return index
+
+
+FLAG_ALIASES = {"fails_to_follow": "fails_instruction", "fails_to_follow_instruction": "fails_instruction",
+                "fails_to_follow_instructions": "fails_instruction", "instruction": "fails_instruction",
+                "inappropriate": "harmful", "harmful_or_inappropriate": "harmful", "hallucinates": "hallucination",
+                "hallucinations": "hallucination", "denigrates": "denigrates_protected_class",
+                "denigrates_protected": "denigrates_protected_class", "protected_class": "denigrates_protected_class",
+                "sexual_content": "sexual", "violent_content": "violent", "violence": "violent"}
+
+
+def simulated_answer(lab: Any, item: dict, prompts: dict[str, dict], rng: Any) -> dict:
+    """What a simulated labeler answers to one queue item (rank or likert)."""
+    p = item["payload"]
+    prompt = prompts.get(p.get("prompt_id", "")) or {"id": p.get("prompt_id", item["ext_id"]),
+                                                      "task": p.get("task"), "messages": p["messages"]}
+    if item["kind"] == "rank":
+        return {"ranks": _competition([int(r) for r in lab.rank(prompt, p["responses"], rng)])}
+    if item["kind"] == "likert":
+        score, flags = lab.likert(prompt, p["response"], rng)
+        from chatrlhf.labeling.tasks import FLAGS
+
+        mapped = {FLAG_ALIASES.get(k, k): bool(v) for k, v in (flags or {}).items()}
+        return {"score": int(min(7, max(1, score))), "flags": {k: v for k, v in mapped.items() if k in FLAGS}}
+    raise LabelingError(f"simulated labelers cannot write demonstrations (item {item['ext_id']})")
+
+
+def _competition(ranks: list[int]) -> list[int]:
+    """Re-express any 1-is-best ranking (dense ties like [1, 1, 2]) as competition ranks ([1, 1, 3])."""
+    return [1 + sum(1 for s in ranks if s < r) for r in ranks]

@@ -1,0 +1,166 @@
+"""Tables of the labeling app and how to open a database (SQLite file or PostgreSQL URL).
+
+The schema is owned by Alembic (`labeling/migrations`); `open_db` upgrades to head before use, so a
+database made by an older version is migrated, never silently recreated.
+
+Why the locking: SQLite transactions start with BEGIN IMMEDIATE (one writer at a time, no
+"database is locked" on a read-to-write upgrade) in WAL mode with synchronous=FULL (a commit that
+was acknowledged survives a crash). PostgreSQL rows are locked with SELECT ... FOR UPDATE where two
+labelers could race (claiming the next item, the last free slot of an item).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # "admin" | "labeler"
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Token(Base):
+    """Bearer tokens, stored as SHA-256 (tokens are 256-bit random, so no slow hash is needed)."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "api" | "session"
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "rank" | "demo" | "likert"
+    labelers_per_item: Mapped[int] = mapped_column(Integer, default=1)
+    instructions: Mapped[str] = mapped_column(String(4000), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Member(Base):
+    __tablename__ = "members"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Item(Base):
+    """One task: a comparison record (rank), a prompt (demo) or a prompt + response (likert)."""
+
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("project_id", "ext_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    ext_id: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Claim(Base):
+    """A labeler holds an item for a while, so two people do not fill the same last slot."""
+
+    __tablename__ = "claims"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
+class Submission(Base):
+    """A labeler's answer to an item; (item, labeler) is unique, which makes resubmission idempotent."""
+
+    __tablename__ = "submissions"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+def normalize_url(db: str) -> str:
+    """'runs/x.db' -> sqlite:///runs/x.db; 'postgresql://' -> the psycopg 3 driver."""
+    if "://" not in db:
+        return f"sqlite:///{db}"
+    if db.startswith("postgresql://") or db.startswith("postgres://"):
+        return "postgresql+psycopg://" + db.split("://", 1)[1]
+    return db
+
+
+def make_engine(db: str) -> Engine:
+    url = normalize_url(db)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20,
+                               max_overflow=20)
+        _sqlite_pragmas(engine)
+        return engine
+    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(db: str):
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(db).replace("%", "%%"))
+    return cfg
+
+
+def migrate(db: str, revision: str = "head") -> None:
+    """Bring the schema to `revision` (Alembic upgrade)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(db), revision)
+
+
+def downgrade(db: str, revision: str = "base") -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(db), revision)
+
+
+def open_db(db: str, upgrade: bool = True) -> sessionmaker:
+    """Migrate to head, then return a session factory bound to the database."""
+    if upgrade:
+        migrate(db)
+    return sessionmaker(bind=make_engine(db), expire_on_commit=False)
