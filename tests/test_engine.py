@@ -154,3 +154,33 @@ def test_resolve_model_prefers_newest_policy(tmp_path, tiny_model_dir):
     assert resolve_model(cfg, tiny_model_dir) == tiny_model_dir
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         resolve_model(cfg, tmp_path / "nope")
+
+
+def test_joining_a_running_batch_keeps_every_rows_greedy_output(eng):
+    a, b = _ids(eng, "Zorbel Quint is a baker who lives in"), _ids(eng, "Hello")
+    c = _ids(eng, "List: apple, pear, plum. Reversed: plum, pear, apple. Count:")
+    p = SamplingParams(max_new_tokens=10, temperature=0.0)
+    alone = [eng.generate([x], p)[0].token_ids for x in (a, b, c)]
+    batch = eng.batch([a], p)
+    for _ in range(3):
+        batch.step()
+    rows = batch.join([b, c], [p, p])  # c is longer than the running cache, b shorter
+    assert rows == [1, 2] and batch.can_join()
+    while not batch.done:
+        batch.step()
+    assert [batch.result(i).token_ids for i in range(3)] == alone
+
+
+def test_cancelled_row_stops_and_others_continue(eng):
+    p = SamplingParams(max_new_tokens=8, temperature=0.0)
+    eng.eos_ids, old = set(), eng.eos_ids
+    try:
+        batch = eng.batch([_ids(eng, "Hello"), _ids(eng, "Thank you")], p)
+        batch.step()
+        batch.cancel(0)
+        while not batch.done:
+            batch.step()
+    finally:
+        eng.eos_ids = old
+    assert batch.result(0).finish_reason == "cancelled" and len(batch.result(0).token_ids) == 1
+    assert len(batch.result(1).token_ids) == 8

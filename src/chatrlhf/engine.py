@@ -89,53 +89,97 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
 class DecodeBatch:
     """A batch being decoded: `step()` adds one token to every live row until `done`.
 
-    Per-row SamplingParams (the server batches requests with different settings). Rows can be
-    cancelled (a client went away); their cache rows are dropped at the next step.
+    Per-row SamplingParams (the server batches requests with different settings). New prompts can
+    `join` a running batch (continuous batching); rows can be cancelled (a client went away) and
+    their cache rows are dropped at the next step.
     """
 
     def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
                  seeds: Sequence[int | None] | None = None):
-        if len(prompts) != len(params) or not prompts:
-            raise ValueError("DecodeBatch needs one SamplingParams per prompt and at least one prompt")
-        self.eng, self.params = engine, list(params)
-        self.prompts = [list(map(int, p)) for p in prompts]
-        for i, p in enumerate(self.prompts):
-            if not p:
-                raise ValueError(f"prompt {i} is empty")
-        self.max_new = [engine.budget(len(p), sp.max_new_tokens) for p, sp in zip(self.prompts, self.params)]
-        n = len(self.prompts)
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.reason: list[str | None] = [None] * n
-        self.text: list[str] = [""] * n  # decoded so far (kept for rows with stop strings or streaming)
-        self.stop_at: list[int | None] = [None] * n
-        self.emitted = [0] * n
-        seeds = seeds if seeds is not None else [sp.seed for sp in self.params]
-        self.gens = [torch.Generator().manual_seed(s if s is not None else random.getrandbits(62)) for s in seeds]
+        self.eng = engine
+        self.prompts: list[list[int]] = []
+        self.params: list[SamplingParams] = []
+        self.max_new: list[int] = []
+        self.tokens: list[list[int]] = []
+        self.reason: list[str | None] = []
+        self.text: list[str] = []  # decoded so far (kept for rows with stop strings)
+        self.stop_at: list[int | None] = []
+        self.emitted: list[int] = []
+        self.gens: list[torch.Generator] = []
         self.cancelled: set[int] = set()
         self.steps = 0
-        self._prefill()
+        self.active, self.cache = torch.zeros(0, dtype=torch.long), None
+        self.join(prompts, params, seeds)
 
     @property
     def done(self) -> bool:
         return all(r is not None for r in self.reason)
 
-    def _prefill(self) -> None:
+    def _add_rows(self, prompts, params, seeds) -> list[int]:
+        if len(prompts) != len(params) or not prompts:
+            raise ValueError("DecodeBatch needs one SamplingParams per prompt and at least one prompt")
+        first = len(self.prompts)
+        seeds = seeds if seeds is not None else [sp.seed for sp in params]
+        for i, (p, sp, s) in enumerate(zip(prompts, params, seeds)):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+            self.max_new.append(self.eng.budget(len(p), sp.max_new_tokens))
+            self.prompts.append(list(map(int, p)))
+            self.params.append(sp)
+            self.gens.append(torch.Generator().manual_seed(s if s is not None else random.getrandbits(62)))
+        n = len(prompts)
+        self.tokens += [[] for _ in range(n)]
+        self.reason += [None] * n
+        self.text += [""] * n
+        self.stop_at += [None] * n
+        self.emitted += [0] * n
+        return list(range(first, first + n))
+
+    def join(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+             seeds: Sequence[int | None] | None = None) -> list[int]:
+        """Add prompts to the running batch (continuous batching); returns their row indices.
+
+        The newcomers are prefilled on their own, then both caches are left-padded to one length
+        and stacked, so running rows keep going without recomputing anything.
+        """
+        rows = self._add_rows(prompts, params, seeds)
         eng, dev = self.eng, self.eng.device
-        width = max(len(p) for p in self.prompts)
-        ids = torch.full((len(self.prompts), width), eng.pad_id, dtype=torch.long)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), eng.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, p in enumerate(self.prompts):  # left padding: every prompt ends at the last column
-            ids[i, width - len(p):] = torch.tensor(p)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+            ids[i, width - len(p):] = torch.tensor(list(p))
             mask[i, width - len(p):] = 1
-        self.active = torch.arange(len(self.prompts))  # batch row -> prompt index
-        # one mask buffer for the whole run, sliced per step, instead of a torch.cat per token
-        self.mask = torch.cat([mask, torch.ones(len(self.prompts), max(self.max_new), dtype=torch.long)], 1).to(dev)
-        self.width = width
-        self.pos = (mask.sum(1) - 1).to(dev)  # position of each row's last real token
-        position_ids = (mask.cumsum(1) - 1).clamp_min(0).to(dev)  # right positions under left padding
-        self.cache = DynamicCache(config=eng.model.config)
-        out = eng.forward(ids.to(dev), self.mask[:, :width], position_ids, self.cache, last_only=True)
-        self.logits = out[:, -1]
+        position_ids = (mask.cumsum(1) - 1).clamp_min(0)  # right positions under left padding
+        cache = DynamicCache(config=eng.model.config)
+        ids, mask, position_ids = ids.to(dev), mask.to(dev), position_ids.to(dev)
+        logits = eng.forward(ids, mask, position_ids, cache, last_only=True)[:, -1]
+        pos = mask.sum(1) - 1  # position of each row's last real token
+        new_active = torch.tensor(rows)
+        if self.cache is None or not len(self.active):
+            self.cache, self.mask, self.pos, self.logits, self.active = cache, mask, pos, logits, new_active
+        else:
+            self._merge(cache, mask)
+            self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
+            self.active = torch.cat([self.active, new_active])
+        return rows
+
+    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Stack a newly prefilled cache under ours, left-padding the shorter one with masked zeros."""
+        t_old, t_new = self.mask.shape[1], mask.shape[1]
+        t = max(t_old, t_new)
+        pad = lambda x, n: torch.nn.functional.pad(x, (0, 0, n, 0)) if n else x  # noqa: E731  (B, H, T, D)
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([pad(mine.keys, t - t_old), pad(theirs.keys, t - t_new)])
+            mine.values = torch.cat([pad(mine.values, t - t_old), pad(theirs.values, t - t_new)])
+        lpad = lambda m, n: torch.nn.functional.pad(m, (n, 0)) if n else m  # noqa: E731
+        self.mask = torch.cat([lpad(self.mask, t - t_old), lpad(mask, t - t_new)])
+
+    def can_join(self) -> bool:
+        """Joining edits plain DynamicLayer caches; other cache kinds (sliding windows) start new batches."""
+        from transformers.cache_utils import DynamicLayer
+
+        return self.cache is not None and all(type(layer) is DynamicLayer for layer in self.cache.layers)
 
     def cancel(self, row: int) -> None:
         if self.reason[row] is None:
@@ -166,6 +210,8 @@ class DecodeBatch:
         self.steps += 1
         if keep:
             self._advance(nxt, keep)
+        else:  # everyone finished: free the cache; a later join starts afresh
+            self.active, self.cache = self.active[:0], None
         return got
 
     def _check_end(self, r: int, t: int) -> None:
@@ -191,8 +237,8 @@ class DecodeBatch:
             self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
             self.mask = self.mask[idx]
         self.pos = self.pos + 1
-        cols = self.width + self.steps
-        out = self.eng.forward(nxt.unsqueeze(1), self.mask[:, :cols], self.pos.unsqueeze(1), self.cache)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], 1)
+        out = self.eng.forward(nxt.unsqueeze(1), self.mask, self.pos.unsqueeze(1), self.cache)
         self.logits = out[:, -1]
 
     # --- results --------------------------------------------------------------------------
