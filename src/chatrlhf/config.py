@@ -219,6 +219,8 @@ class ServeConfig(Section):
     max_messages: int = Field(64, description="Most messages in one request.")
     max_tokens: int = Field(256, description="Largest max_tokens a request may ask for.")
     timeout_s: float = Field(60.0, description="Per-request timeout.")
+    default_max_tokens: int = Field(64, description="max_tokens of a request that does not say.")
+    max_batch: int = Field(16, description="Most requests decoded together (continuous batching).")
     save_conversations: str | None = Field(None, description="Append finished conversations as jsonl here (off by default).")
 
 
