@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from chatrlhf.modeling import DTYPES
+from chatrlhf.reward import reward_backbone_and_head
 
 
 class ValueModel(nn.Module):
@@ -24,7 +25,7 @@ class ValueModel(nn.Module):
     def __init__(self, seqcls_model: nn.Module):
         super().__init__()
         self.model = seqcls_model
-        self.head = _score_head(seqcls_model)
+        reward_backbone_and_head(seqcls_model)  # fail early when there is no scalar head
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str = "float32") -> "ValueModel":
@@ -40,18 +41,12 @@ class ValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        backbone = getattr(self.model, self.model.base_model_prefix)
+        # looked up per call, not stored as submodules, so state_dict has each weight once
+        backbone, head = reward_backbone_and_head(self.model)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state  # (B, T, H)
-        return self.head(hidden).squeeze(-1).float()  # (B, T)
+        return head(hidden).squeeze(-1).float()  # (B, T)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         self.model.save_pretrained(out_dir, safe_serialization=True)
 
-
-def _score_head(model: nn.Module) -> nn.Module:
-    for name in ("score", "classifier", "v_head"):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Linear):
-            return head
-    raise ValueError(f"{type(model).__name__}: no scalar head (score/classifier) to use as the value head")

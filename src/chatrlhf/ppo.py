@@ -1,0 +1,516 @@
+"""Stage 3 of InstructGPT: PPO against the reward model with a per-token KL penalty to SFT.
+
+The environment is a bandit: it shows a prompt, the policy writes a response, the frozen RM pays
+a reward at the last token and the frozen SFT model charges kl_coef * (log pi - log pi_SFT) on
+every token. Each iteration:
+
+    1. rollout     sample responses with the KV-cache engine, stop at EOS (rollout)
+    2. score       RM score, missing-EOS penalty, gold score for logging (score_rollout)
+    3. evaluate    old log-probs, reference log-probs, values            (evaluate_rollout)
+    4. advantages  KL-penalised per-token rewards, GAE, whitening        (compute_advantages)
+    5. update      ppo_epochs x mini-batches of clipped surrogate + clipped value loss
+                   (+ PPO-ptx LM loss on pre-training text)              (ppo_update)
+
+Over-optimisation guard (no gold judge needed): every `eval_every` iterations a small held-out set
+of prompts is answered by the policy and compared against SFT answers by the *training* labelers
+(a small human eval a real team can afford). The best checkpoint by that win rate is the one
+exported, and the run stops after `patience` evaluations without improvement.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from chatrlhf.config import Config, PPOConfig
+from chatrlhf.engine import Engine, SamplingParams
+from chatrlhf.kl_controller import make_kl_controller
+from chatrlhf.losses import (entropy_from_logits, gae_advantages, kl_penalized_rewards, masked_mean,
+                             masked_whiten, ppo_policy_loss, ppo_value_loss, token_logprobs)
+from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
+from chatrlhf.value import ValueModel
+
+RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, responses) -> (B,) scores
+GoldFn = Callable[[dict, str], float]
+
+
+class PPOInstabilityError(RuntimeError):
+    """NaN loss or exploding KL; the last good checkpoint is left in place."""
+
+
+@dataclass
+class Rollout:
+    """One batch of experience. Sequences are [left-padded prompt (P) | right-padded response (R)]."""
+
+    prompts: list[dict]
+    texts: list[str]
+    input_ids: torch.Tensor  # (B, P+R)
+    attention_mask: torch.Tensor  # (B, P+R)
+    position_ids: torch.Tensor  # (B, P+R)
+    prompt_len: int  # P
+    mask: torch.Tensor  # (B, R) 1.0 on response tokens (EOS included)
+    finished: torch.Tensor  # (B,) bool: the response ended with EOS
+    scores: torch.Tensor | None = None  # (B,) RM score minus missing-EOS penalty
+    logprobs: torch.Tensor | None = None  # (B, R) under the policy that sampled
+    ref_logprobs: torch.Tensor | None = None  # (B, R) under the frozen SFT model
+    values: torch.Tensor | None = None  # (B, R)
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+# --- 1. rollout ------------------------------------------------------------------------------
+
+
+def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> Rollout:
+    """Sample one response per prompt with the KV-cache engine (stops at EOS) and lay the batch
+    out as [left-padded prompt | right-padded response] for scoring and training."""
+    was_training = model.training
+    eng = Engine(model, tokenizer, max_batch=max(64, len(prompts)))  # Engine puts the model in eval mode
+    ids = [eng.chat_prompt(p["messages"]) for p in prompts]
+    ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed))
+    model.train(was_training)
+    dev, P = eng.device, ro.query_len
+    attn = ro.attention_mask.to(dev)
+    return Rollout(prompts=prompts, texts=[g.text.strip() for g in ro.generations], input_ids=ro.input_ids.to(dev),
+                   attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0), prompt_len=P,
+                   mask=ro.response_mask[:, P:].float().to(dev),
+                   finished=torch.tensor([g.finished for g in ro.generations]))
+
+
+# --- 2. score --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: GoldFn | None = None) -> None:
+    """RM score of each (prompt, response); responses that never reached EOS pay a penalty."""
+    rm = reward_fn(ro.prompts, ro.texts).detach().float().cpu().reshape(-1)
+    ro.scores = (rm - cfg.missing_eos_penalty * (~ro.finished).float()).to(ro.mask.device)
+    ro.stats["rm_score"] = rm.mean().item()
+    ro.stats["reward"] = ro.scores.mean().item()
+    ro.stats["eos_rate"] = ro.finished.float().mean().item()
+    ro.stats["response_len"] = ro.mask.sum(1).mean().item()
+    if gold_fn is not None:
+        ro.stats["gold"] = sum(gold_fn(p, t) for p, t in zip(ro.prompts, ro.texts)) / len(ro.texts)
+
+
+# --- 3. log-probs and values -----------------------------------------------------------------
+
+
+def response_logits(model, ids, attn, pos, P: int, temperature: float) -> torch.Tensor:
+    """Logits that predict the R response tokens: positions P-1 .. P+R-2. (B, R, V)"""
+    R = ids.shape[1] - P
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                   logits_to_keep=R + 1).logits[:, :-1]
+    return logits.float() / temperature  # the same distribution the rollout sampled from
+
+
+def response_values(value_model: ValueModel, ids, attn, pos, P: int) -> torch.Tensor:
+    """V(s_t) read at the token before each response token. (B, R)"""
+    R = ids.shape[1] - P
+    return value_model(ids, attn, pos)[:, P - 1:P + R - 1]
+
+
+@torch.no_grad()
+def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel, cfg: PPOConfig,
+                     batch_size: int) -> None:
+    """Old log-probs (policy before the update), reference log-probs (frozen SFT) and values."""
+    P, tgt = ro.prompt_len, ro.input_ids[:, ro.prompt_len:]
+    lps, refs, vals = [], [], []
+    for s in range(0, len(ro.texts), batch_size):
+        sl = slice(s, s + batch_size)
+        args = (ro.input_ids[sl], ro.attention_mask[sl], ro.position_ids[sl], P)
+        lps.append(token_logprobs(response_logits(policy, *args, cfg.temperature), tgt[sl]))
+        with _reference(policy, ref_policy) as ref:
+            refs.append(token_logprobs(response_logits(ref, *args, cfg.temperature), tgt[sl]))
+        vals.append(response_values(value_model, *args))
+    ro.logprobs, ro.ref_logprobs, ro.values = torch.cat(lps), torch.cat(refs), torch.cat(vals) * ro.mask
+
+
+def _reference(policy, ref_policy):
+    """The frozen SFT model: a separate copy, or the LoRA policy with its adapters switched off."""
+    if ref_policy is not None:
+        return nullcontext(ref_policy)
+    ctx = policy.disable_adapter()
+
+    class _Ctx:
+        def __enter__(self):
+            ctx.__enter__()
+            return policy
+
+        def __exit__(self, *exc):
+            return ctx.__exit__(*exc)
+
+    return _Ctx()
+
+
+# --- 4. advantages ---------------------------------------------------------------------------
+
+
+def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
+    rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
+    adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
+    ro.advantages = masked_whiten(adv, ro.mask)
+    ro.stats["kl"] = kl.sum(1).mean().item()  # nats per sequence
+    ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
+
+
+# --- 5. update -------------------------------------------------------------------------------
+
+
+def ptx_loss(policy, batch: torch.Tensor) -> torch.Tensor:
+    """PPO-ptx (InstructGPT eq. 2, last term): next-token loss on pre-training text."""
+    logits = policy(input_ids=batch, use_cache=False).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+
+
+def ppo_update(ro: Rollout, policy, value_model: ValueModel, optimizer, accelerator, cfg: PPOConfig,
+               seed: int, ptx_sampler: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+    """ppo_epochs passes of shuffled mini-batches; returns the mean of each loss statistic."""
+    gen = torch.Generator().manual_seed(seed)
+    B, P = len(ro.texts), ro.prompt_len
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    sums: dict[str, float] = {}
+    n = 0
+    for _ in range(cfg.ppo_epochs):
+        for idx in torch.randperm(B, generator=gen).split(cfg.mini_batch_size):
+            args = (ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], P)
+            mask = ro.mask[idx]
+            logits = response_logits(policy, *args, cfg.temperature)
+            lp = token_logprobs(logits, ro.input_ids[idx, P:])
+            pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx], ro.advantages[idx], mask, cfg.cliprange)
+            v = response_values(value_model, *args)
+            vf, vf_stats = ppo_value_loss(v, ro.values[idx], ro.returns[idx], mask, cfg.cliprange_value)
+            loss = pg + cfg.vf_coef * vf
+            stats = {"pg_loss": pg.item(), "vf_loss": vf.item(), **{k: t.item() for k, t in (pg_stats | vf_stats).items()}}
+            if ptx_sampler is not None and cfg.ptx_coef > 0:
+                lm = ptx_loss(policy, ptx_sampler())
+                loss = loss + cfg.ptx_coef * lm
+                stats["ptx_loss"] = lm.item()
+            if not torch.isfinite(loss):
+                raise PPOInstabilityError(f"PPO loss became {loss.item()}")
+            with torch.no_grad():
+                stats["entropy"] = masked_mean(entropy_from_logits(logits), mask).item()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for k, val in stats.items():
+                sums[k] = sums.get(k, 0.0) + val
+            n += 1
+    return {k: val / n for k, val in sums.items()}
+
+
+# --- the over-optimisation guard -------------------------------------------------------------
+
+
+class LabelerGuard:
+    """Win rate of the policy against fixed SFT answers on held-out prompts, judged by training
+    labelers (not the held-out ones, not the gold score): what a real team could afford."""
+
+    def __init__(self, prompts: list[dict], baseline_texts: list[str], labelers: list, seed: int):
+        self.prompts, self.baseline, self.labelers, self.seed = prompts, baseline_texts, labelers, seed
+
+    def win_rate(self, texts: list[str], iteration: int) -> float:
+        rng = random.Random(self.seed * 7919 + iteration)
+        wins = [self.labelers[i % len(self.labelers)].compare(p, t, b, rng)
+                for i, (p, t, b) in enumerate(zip(self.prompts, texts, self.baseline))]
+        return sum(wins) / max(1, len(wins))
+
+
+# --- the trainer -----------------------------------------------------------------------------
+
+
+class PPOTrainer:
+    """Holds the models and optimizer; `train()` runs iterations with checkpoints and the guard."""
+
+    def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel, tokenizer,
+                 reward_fn: RewardFn, prompts: list[dict], out_dir: str | Path, accelerator, seed: int = 0,
+                 gold_fn: GoldFn | None = None, guard: LabelerGuard | None = None,
+                 ptx_data: torch.Tensor | None = None, tensorboard: bool = False):
+        if not prompts:
+            raise ValueError("PPO needs at least one prompt")
+        self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
+        self.gold_fn, self.guard, self.ptx_data, self.seed = gold_fn, guard, ptx_data, seed
+        self.out_dir, self.accelerator = Path(out_dir), accelerator
+        for m in (ref_policy,):
+            if m is not None:
+                m.requires_grad_(False).eval()
+        trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_model.parameters())
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
+        self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)
+        self.ref_policy = ref_policy.to(accelerator.device) if ref_policy is not None else None
+        self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
+        self.ckpts = Checkpoints(self.out_dir)
+        self.iteration, self.best = 0, {"win_rate": -1.0, "iteration": 0, "stale": 0}
+        self.history: list[dict[str, float]] = []
+        self.stop_reason = "not_started"
+
+    # -- one iteration
+    def step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        it, cfg = self.iteration, self.cfg
+        prompts = self._batch_prompts(it)
+        ro = rollout(self.policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it)  # 1.
+        t_roll = time.perf_counter() - t0
+        score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
+        evaluate_rollout(ro, self.policy, self.ref_policy, self.value_model, cfg, cfg.mini_batch_size * 4)  # 3.
+        compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.
+        self._check_kl(ro.stats["kl"])
+        self.policy.train()
+        sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx_coef > 0 else None
+        stats = ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator, cfg,
+                           seed=self.seed * 7 + it, ptx_sampler=sampler)  # 5.
+        stats = {**ro.stats, **stats, "kl_coef": self.kl_ctl.value}
+        self.kl_ctl.update(ro.stats["kl"], len(prompts))
+        stats["time_rollout_s"], stats["time_step_s"] = t_roll, time.perf_counter() - t0
+        self.iteration += 1
+        return stats
+
+    def _batch_prompts(self, it: int) -> list[dict]:
+        """Epoch-wise shuffled prompts, a pure function of (seed, iteration) so resume is exact."""
+        n, bs = len(self.prompts), self.cfg.rollout_batch_size
+        out = []
+        for k in range(it * bs, (it + 1) * bs):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + k // n))
+            out.append(self.prompts[perm[k % n].item()])
+        return out
+
+    def _ptx_sampler(self, it: int) -> Callable[[], torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 31 + it)
+
+        def sample() -> torch.Tensor:
+            idx = torch.randint(len(self.ptx_data), (self.cfg.ptx_batch_size,), generator=gen)
+            return self.ptx_data[idx].to(self.accelerator.device)
+
+        return sample
+
+    def _check_kl(self, kl: float) -> None:
+        if not math.isfinite(kl) or kl > self.cfg.max_kl:
+            last = self.ckpts.latest()
+            raise PPOInstabilityError(
+                f"PPO stopped at iteration {self.iteration}: KL to SFT is {kl:.3g} nats/sequence "
+                f"(ppo.max_kl = {self.cfg.max_kl}); last good checkpoint kept in {last or '(none yet)'}. "
+                "Lower ppo.learning_rate, raise ppo.kl_coef or use ppo.adaptive_kl=true.")
+
+    # -- guard
+    def evaluate_guard(self) -> float:
+        ro = rollout(self.policy, self.tokenizer, self.guard.prompts, self.cfg, seed=self.seed * 17 + 1)
+        return self.guard.win_rate(ro.texts, self.iteration)
+
+    def _update_best(self, win_rate: float) -> bool:
+        if win_rate > self.best["win_rate"]:
+            self.best = {"win_rate": win_rate, "iteration": self.iteration, "stale": 0}
+            unwrap = self.accelerator.unwrap_model
+            torch.save({"policy": _cpu_state(unwrap(self.policy)), "value": _cpu_state(unwrap(self.value_model))},
+                       self.out_dir / "best_state.pt")
+            return True
+        self.best["stale"] += 1
+        return False
+
+    def restore_best(self) -> None:
+        """Load the guard's best weights back (the policy taken before over-optimisation)."""
+        path = self.out_dir / "best_state.pt"
+        if path.is_file():
+            state = torch.load(path, weights_only=True)
+            self.accelerator.unwrap_model(self.policy).load_state_dict(state["policy"])
+            self.accelerator.unwrap_model(self.value_model).load_state_dict(state["value"])
+
+    # -- checkpoints
+    def save_checkpoint(self) -> Path:
+        state = {"iteration": self.iteration, "kl_coef": self.kl_ctl.value, "best": self.best}
+        return self.ckpts.save(self.accelerator, self.iteration, state)
+
+    def resume(self) -> bool:
+        state = self.ckpts.load(self.accelerator)
+        if state is None:
+            return False
+        self.iteration, self.kl_ctl.value, self.best = state["iteration"], state["kl_coef"], state["best"]
+        return True
+
+    # -- loop
+    def train(self, resume: bool = True, tensorboard: bool = False) -> list[dict[str, float]]:
+        cfg = self.cfg
+        resumed = resume and self.resume()
+        logger = MetricsLogger(self.out_dir, tensorboard=tensorboard, resume=resumed)
+        stop_reason = "total_iterations"
+        with progress_bar("ppo") as bar:
+            task = bar.add_task("ppo", total=cfg.total_iterations, completed=self.iteration, info="")
+            if self.guard is not None and self.iteration == 0:
+                self._update_best(self.evaluate_guard())  # iteration 0 = SFT itself
+            while self.iteration < cfg.total_iterations:
+                stats = self.step()
+                if self.guard is not None and self.iteration % cfg.eval_every == 0:
+                    stats["guard_win_rate"] = self.evaluate_guard()
+                    self._update_best(stats["guard_win_rate"])
+                    stats["guard_best_iteration"] = self.best["iteration"]
+                logger.log(self.iteration, stats)
+                self.history.append(stats)
+                bar.update(task, advance=1, info=_info(stats))
+                if self.iteration % cfg.save_every == 0 or self.iteration == cfg.total_iterations:
+                    self.save_checkpoint()
+                if self._should_stop(stats):
+                    stop_reason = "early_stop"
+                    self.save_checkpoint()
+                    break
+        logger.close()
+        self.stop_reason = stop_reason
+        return self.history
+
+    def _should_stop(self, stats: dict[str, float]) -> bool:
+        if self.cfg.early_stop == "target_kl":
+            return stats["kl"] > self.cfg.target_kl
+        if self.cfg.early_stop == "held_out_comparisons" and self.guard is not None:
+            return self.best["stale"] >= self.cfg.patience
+        return False
+
+
+def _cpu_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _info(s: dict[str, float]) -> str:
+    gold = f" gold {s['gold']:.3f}" if "gold" in s else ""
+    return f"reward {s['reward']:+.3f}{gold} kl {s['kl']:.2f} len {s['response_len']:.0f}"
+
+
+# --- the stage -------------------------------------------------------------------------------
+
+
+def _load_world(cfg: Config):
+    from chatrlhf.world import World
+
+    world_dir = cfg.stage_dir("world")
+    return World.load(world_dir) if (world_dir / "meta.json").is_file() else World.generate(cfg.world)
+
+
+def _ptx_chunks(tokenizer, docs: list[str], seq_len: int, max_chunks: int) -> torch.Tensor:
+    """Pre-training text as (N, seq_len + 1) token chunks, for PPO-ptx and the perplexity check."""
+    from chatrlhf.pretrain import eval_chunks, pack_documents
+
+    return eval_chunks(pack_documents(tokenizer, docs), seq_len, max_chunks)
+
+
+def _lm_ppl(model, chunks: torch.Tensor, device) -> float:
+    from chatrlhf.pretrain import evaluate_loss
+
+    return math.exp(evaluate_loss(model, chunks, 8, device)) if len(chunks) else float("nan")
+
+
+def _load_policy(path: Path, cfg: Config):
+    from chatrlhf.lora import wrap_lora
+    from chatrlhf.modeling import load_causal_lm
+
+    policy = load_causal_lm(path, cfg.model.dtype)
+    return wrap_lora(policy, cfg.ppo.lora) if cfg.ppo.lora.enabled else policy
+
+
+def _sft_baseline(policy, ref, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> list[str]:
+    """SFT answers for the guard prompts, sampled once (the comparison the guard keeps making)."""
+    with _reference(policy, ref) as sft:
+        return rollout(sft, tokenizer, prompts, cfg, seed=seed).texts
+
+
+def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Path | None = None,
+            out_dir: str | Path | None = None, ref_dir: str | Path | None = None) -> Path:
+    """`chatrlhf ppo`: policy from `policy_dir` (default sft/), KL to `ref_dir` (default sft/), reward
+    and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/)."""
+    from chatrlhf.lora import is_lora, merge
+    from chatrlhf.modeling import load_causal_lm, load_tokenizer, save_stage
+    from chatrlhf.reward import RewardModel
+    from chatrlhf.training import make_accelerator
+
+    pc = cfg.ppo
+    policy_dir = Path(policy_dir or cfg.stage_dir("sft"))
+    ref_dir, rm_dir = Path(ref_dir or cfg.stage_dir("sft")), Path(rm_dir or cfg.stage_dir("rm"))
+    out = Path(out_dir or cfg.stage_dir("ppo"))
+    out.mkdir(parents=True, exist_ok=True)
+    acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
+    tok = load_tokenizer(policy_dir)
+    policy = _load_policy(policy_dir, cfg)
+    ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype)
+    rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
+    value = ValueModel.from_pretrained(rm_dir, cfg.model.dtype)
+
+    world = _load_world(cfg)
+    prompts = world.prompts("ppo")
+    n_guard = min(pc.guard_prompts, len(prompts) // 4) if pc.early_stop == "held_out_comparisons" else 0
+    train_prompts, guard_prompts = prompts[: len(prompts) - n_guard], prompts[len(prompts) - n_guard:]
+    ptx_train = _ptx_chunks(tok, world.corpus("train")[:2000], pc.ptx_seq_len, 4000) if pc.ptx_coef > 0 else None
+    ppl_chunks = _ptx_chunks(tok, world.corpus("val")[:300], pc.ptx_seq_len, 48)
+    guard = None
+    if n_guard:
+        baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
+        guard = LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed)
+
+    def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        return rm.score([p["messages"] for p in ps], texts)
+
+    def gold_fn(p: dict, text: str) -> float:
+        return float(world.gold(p, text).total)
+
+    ppl_before = _lm_ppl(policy, ppl_chunks, acc.device)
+    trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
+                         gold_fn=gold_fn, guard=guard, ptx_data=ptx_train)
+    history = trainer.train(resume=True, tensorboard=cfg.run.tensorboard)
+    if guard is not None:
+        trainer.restore_best()  # take the policy before over-optimisation, not after
+    policy = acc.unwrap_model(trainer.policy)
+    ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
+    meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
+    acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
+    tok.save_pretrained(out / "value")
+    plot_reward_vs_gold(history, out / "reward_vs_gold.png")
+    return save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
+
+
+def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: float, ppl_after: float,
+             policy_dir: Path, rm_dir: Path, ref_dir: Path) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    best_it = trainer.best["iteration"] if trainer.guard is not None else trainer.iteration
+    at_best = next((h for i, h in enumerate(history, 1) if i == best_it), last)
+    return {"stage": "ppo", "policy_init": str(policy_dir), "reference": str(ref_dir), "reward_model": str(rm_dir),
+            "iterations": trainer.iteration, "stop_reason": trainer.stop_reason,
+            "selected_iteration": best_it, "guard": cfg.ppo.early_stop, "guard_win_rate": trainer.best["win_rate"],
+            "reward": at_best.get("reward"), "gold": at_best.get("gold"), "kl": at_best.get("kl"),
+            "final_iteration_reward": last.get("reward"), "final_iteration_gold": last.get("gold"),
+            "final_iteration_kl": last.get("kl"), "ptx_coef": cfg.ppo.ptx_coef,
+            "pretrain_val_ppl_before": ppl_before, "pretrain_val_ppl_after": ppl_after,
+            "config": cfg.ppo.model_dump(mode="json")}
+
+
+def plot_reward_vs_gold(history: list[dict], path: Path) -> None:
+    """The reward-hacking check: RM reward, gold score and KL over PPO iterations."""
+    if not history or "gold" not in history[0]:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = list(range(1, len(history) + 1))
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(its, [h["rm_score"] for h in history], label="RM score")
+    ax[0].plot(its, [h["gold"] for h in history], label="gold (simulated labelers)")
+    guard = [(i, h["guard_win_rate"]) for i, h in zip(its, history) if "guard_win_rate" in h]
+    if guard:
+        ax[0].plot(*zip(*guard), "o--", label="guard win rate vs SFT")
+    ax[0].set_xlabel("PPO iteration")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(its, [h["kl"] for h in history], color="C3")
+    ax[1].set_xlabel("PPO iteration")
+    ax[1].set_ylabel("KL to SFT (nats/seq)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

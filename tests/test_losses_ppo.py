@@ -1,0 +1,91 @@
+"""PPO loss functions against hand-computed numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatrlhf.kl_controller import AdaptiveKLController, FixedKLController
+from chatrlhf.losses import (entropy_from_logits, gae_advantages, kl_penalized_rewards, masked_whiten,
+                             ppo_policy_loss, ppo_value_loss)
+
+
+def test_gae_matches_hand_computed_example():
+    # row 0: 3 tokens; row 1: 2 tokens then padding whose garbage must be ignored
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 99.0]])
+    values = torch.tensor([[0.5, 0.2, 0.4], [1.0, 1.0, 99.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv, ret = gae_advantages(rewards, values, mask, gamma=0.9, lam=0.5)
+    # row 0: d2 = 1 - .4 = .6; d1 = .9*.4 - .2 = .16; A1 = .16 + .45*.6 = .43; d0 = .9*.2 - .5 = -.32;
+    #        A0 = -.32 + .45*.43 = -.1265
+    # row 1: d1 = 2 - 1 = 1 (terminal); d0 = .9*1 - 1 = -.1; A0 = -.1 + .45*1 = .35
+    expected = torch.tensor([[-0.1265, 0.43, 0.6], [0.35, 1.0, 0.0]])
+    assert torch.allclose(adv, expected, atol=1e-6)
+    assert torch.allclose(ret, (expected + values) * mask, atol=1e-6)
+
+
+def test_gae_with_lambda_one_gamma_one_is_return_minus_value():
+    rewards = torch.tensor([[0.1, -0.2, 0.3, 1.0]])
+    values = torch.tensor([[0.3, 0.1, -0.4, 0.2]])
+    adv, _ = gae_advantages(rewards, values, torch.ones(1, 4), gamma=1.0, lam=1.0)
+    mc = rewards.flip(1).cumsum(1).flip(1)  # Monte-Carlo return-to-go
+    assert torch.allclose(adv, mc - values, atol=1e-6)
+
+
+def test_kl_penalty_sign_and_placement():
+    scores = torch.tensor([2.0, -1.0])
+    logprobs = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-2.0, -1.0, -0.5], [-2.0, -1.0, -0.5]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards, kl = kl_penalized_rewards(scores, logprobs, ref, mask, kl_coef=0.1)
+    # kl_t = logpi - logpi_ref = [1, 0, -0.5]: more likely than SFT -> negative reward, on every token;
+    # the RM score lands on the last *response* token only (index 2 for row 0, 1 for row 1)
+    assert torch.allclose(kl, torch.tensor([[1.0, 0.0, -0.5], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.1, 0.0, 0.05 + 2.0], [-0.1, -1.0, 0.0]]))
+
+
+def test_policy_loss_clips_ratio_and_stops_gradient():
+    old = torch.zeros(1, 3)
+    # ratios 1.5 (A>0, clipped), 0.5 (A<0, clipped), 1.1 (inside the range)
+    lp = torch.log(torch.tensor([[1.5, 0.5, 1.1]])).requires_grad_(True)
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    loss, stats = ppo_policy_loss(lp, old, adv, torch.ones(1, 3), cliprange=0.2)
+    # per token: -1.2, +0.8, -1.1 -> mean -0.5
+    assert loss.item() == pytest.approx((-1.2 + 0.8 - 1.1) / 3, abs=1e-6)
+    assert stats["clipfrac"].item() == pytest.approx(2 / 3)
+    loss.backward()
+    assert lp.grad[0, 0] == 0 and lp.grad[0, 1] == 0  # clipped tokens give no gradient
+    assert lp.grad[0, 2] == pytest.approx(-1.1 / 3, abs=1e-6)  # d(-A rho)/d logp = -A rho / n
+
+
+def test_value_loss_is_clipped_around_old_values():
+    values = torch.tensor([[1.0, 0.1]], requires_grad=True)
+    old = torch.zeros(1, 2)
+    returns = torch.tensor([[1.0, 0.1]])
+    loss, stats = ppo_value_loss(values, old, returns, torch.ones(1, 2), cliprange_value=0.2)
+    # token 0 moved 1.0 from old: clipped to 0.2, so loss uses (0.2 - 1)^2; token 1 inside: 0
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.0) / 2)
+    assert stats["vf_clipfrac"].item() == pytest.approx(0.5)
+    loss.backward()
+    assert values.grad[0, 0] == 0
+
+
+def test_whiten_and_entropy():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = masked_whiten(x, m)
+    assert w[0, :3].mean().abs() < 1e-6 and w[0, 3] == 0
+    assert (w[0, :3] ** 2).mean() == pytest.approx(1.0, abs=1e-4)
+    uniform = entropy_from_logits(torch.zeros(5))
+    assert uniform.item() == pytest.approx(torch.log(torch.tensor(5.0)).item())
+
+
+def test_kl_controllers():
+    fixed = FixedKLController(0.1)
+    fixed.update(100.0, 32)
+    assert fixed.value == 0.1
+    ada = AdaptiveKLController(0.1, target=6.0, horizon=100)
+    ada.update(12.0, 10)  # error clipped to +0.2 -> beta * (1 + 0.2 * 10 / 100)
+    assert ada.value == pytest.approx(0.1 * 1.02)
+    ada.update(0.0, 10)  # too little KL: beta goes down
+    assert ada.value < 0.1 * 1.02

@@ -1,0 +1,147 @@
+"""The PPO trainer on the tiny fixture model with a toy reward: learning, resume, guards, LoRA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatrlhf.config import LoraConfig, PPOConfig
+from chatrlhf.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.ppo import LabelerGuard, PPOInstabilityError, PPOTrainer, rollout
+from chatrlhf.training import make_accelerator
+from chatrlhf.value import ValueModel
+
+PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
+           ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.",
+            "Where is Varnok?", "Thank you.", "Reverse: plum, pear.", "Tell me about teal."]]
+
+
+def toy_cfg(**kw) -> PPOConfig:
+    base = dict(total_iterations=4, rollout_batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=8,
+                learning_rate=3e-3, kl_coef=0.0, vf_coef=0.1, missing_eos_penalty=0.0, save_every=2,
+                early_stop="none", max_kl=1e9)
+    return PPOConfig(**{**base, **kw})
+
+
+def fifth_token_reward(tok):
+    """Toy reward: share of response tokens whose id is a multiple of 5 (about 0.2 for a random model)."""
+
+    def fn(prompts, texts):
+        out = []
+        for t in texts:
+            ids = tok(t, add_special_tokens=False)["input_ids"] or [1]
+            out.append(sum(i % 5 == 0 for i in ids) / len(ids))
+        return torch.tensor(out)
+
+    return fn
+
+
+def make_trainer(tiny_model_dir, out_dir, cfg, lora=False, guard=None, seed=0):
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_model_dir)
+    policy = load_causal_lm(tiny_model_dir)
+    ref = load_causal_lm(tiny_model_dir)
+    if lora:
+        from chatrlhf.lora import wrap_lora
+
+        policy, ref = wrap_lora(policy, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])), None
+    value = ValueModel.from_pretrained(tiny_model_dir)
+    acc = make_accelerator(seed, device="cpu")
+    return PPOTrainer(cfg, policy, ref, value, tok, fifth_token_reward(tok), PROMPTS, out_dir, acc, seed=seed,
+                      guard=guard)
+
+
+def test_rollout_stops_at_eos_and_masks_response(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir)
+    eos = tok.eos_token_id
+    with torch.no_grad():  # make EOS likely so some rows finish early
+        model.lm_head.weight[eos] *= 0  # tied: also the input embedding, harmless here
+        model.model.norm.weight.data.fill_(1.0)
+    ro = rollout(model, tok, PROMPTS, toy_cfg(max_new_tokens=12), seed=1)
+    resp = ro.input_ids[:, ro.prompt_len:]
+    for i in range(len(PROMPTS)):
+        n = int(ro.mask[i].sum())
+        assert ro.attention_mask[i, ro.prompt_len:].sum() == n
+        if ro.finished[i]:
+            assert resp[i, n - 1] == eos  # EOS is the last masked token
+        else:
+            assert n == 12 and eos not in resp[i, :n].tolist()
+
+
+def test_value_model_is_initialised_from_reward_model(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(1)
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    rm.config.pad_token_id = load_tokenizer(tiny_model_dir).pad_token_id
+    rm.save_pretrained(tmp_path / "rm")
+    value = ValueModel.from_pretrained(tmp_path / "rm")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        v = value(ids, attn)  # (1, 5): one value per token
+        r = rm(input_ids=ids, attention_mask=attn).logits.squeeze(-1)
+    assert v.shape == (1, 5)
+    assert torch.allclose(v[:, -1], r, atol=1e-5)  # V at the last token == the RM's score
+    assert torch.equal(value.model.score.weight, rm.score.weight)
+
+
+def test_short_ppo_run_raises_mean_reward(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4))
+    hist = trainer.train(resume=False)
+    first = sum(h["reward"] for h in hist[:3]) / 3
+    last = sum(h["reward"] for h in hist[-3:]) / 3
+    assert last > first + 0.1, [round(h["reward"], 3) for h in hist]
+    for key in ("rm_score", "kl", "entropy", "clipfrac", "vf_loss", "approx_kl", "response_len", "kl_coef"):
+        assert key in hist[-1]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 12
+
+
+def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
+    straight = make_trainer(tiny_model_dir, tmp_path / "a", toy_cfg(total_iterations=4))
+    straight.train(resume=False)
+    half = make_trainer(tiny_model_dir, tmp_path / "b", toy_cfg(total_iterations=2))
+    half.train(resume=False)
+    resumed = make_trainer(tiny_model_dir, tmp_path / "b", toy_cfg(total_iterations=4))
+    hist = resumed.train(resume=True)
+    assert resumed.iteration == 4 and len(hist) == 2  # only iterations 3 and 4 were run
+    for (k, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_exploding_kl_stops_with_clear_message_and_keeps_checkpoint(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, save_every=1))
+    trainer.train(resume=False)
+    trainer.cfg.total_iterations, trainer.cfg.max_kl = 3, -1.0
+    with pytest.raises(PPOInstabilityError, match="last good checkpoint kept in .*step_000002"):
+        trainer.train(resume=False)
+    assert trainer.ckpts.latest().name == "step_000002"
+
+
+class _SFTAlwaysWins:
+    def compare(self, prompt, a, b, rng):
+        return 0.0
+
+
+def test_guard_early_stops_and_restores_the_best_policy(tiny_model_dir, tmp_path):
+    guard = LabelerGuard(PROMPTS[:4], ["ok"] * 4, [_SFTAlwaysWins()], seed=0)
+    cfg = toy_cfg(total_iterations=10, early_stop="held_out_comparisons", eval_every=1, patience=2)
+    trainer = make_trainer(tiny_model_dir, tmp_path, cfg, guard=guard)
+    start = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    trainer.train(resume=False)
+    assert trainer.stop_reason == "early_stop" and trainer.iteration == 2  # no improvement for 2 evals
+    trainer.restore_best()  # nothing beat SFT (iteration 0), so SFT's weights come back
+    for k, v in trainer.policy.state_dict().items():
+        assert torch.equal(v, start[k]), k
+
+
+def test_lora_policy_trains_adapters_only_and_uses_base_as_reference(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, kl_coef=0.1), lora=True)
+    base = {k: v.clone() for k, v in trainer.policy.state_dict().items() if "lora_" not in k}
+    hist = trainer.train(resume=False)
+    assert hist[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapters start at zero: policy == reference
+    for k, v in trainer.policy.state_dict().items():
+        if "lora_" not in k:
+            assert torch.equal(v, base[k]), k
+    assert any(abs(h["kl"]) > 1e-6 for h in hist[1:])
