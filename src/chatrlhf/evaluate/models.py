@@ -144,10 +144,8 @@ def generate(h: ModelHandle, texts: list[str], max_new_tokens: int, temperature:
     if Engine is not None:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
                                 stop=[] if h.chat else PLAIN_STOPS, seed=seed)
-        outs = []
-        eng = Engine(h.model, h.tokenizer)
-        for i in range(0, len(ids), batch_size):
-            outs += [g.text for g in eng.generate(ids[i:i + batch_size], params)]
+        # the engine batches (and drops finished rows) itself; row i samples with seed + i
+        outs = [g.text for g in Engine(h.model, h.tokenizer).generate(ids, params)]
     else:
         outs = _hf_generate(h, ids, max_new_tokens, temperature, seed, batch_size)
     return [_cut(o, h.chat) for o in outs]

@@ -1,0 +1,75 @@
+"""`run_eval` + `run_report` end to end on a tiny random model and small slices of the real data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chatrlhf.config import Config
+from tests.conftest import SHARED_DATA, shared_data
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model_dir):
+    from chatrlhf.evaluate import run_eval
+    from chatrlhf.training import MetricsLogger
+
+    shared_data("truthfulqa")
+    out = tmp_path_factory.mktemp("run")
+    cfg = Config.model_validate({"run": {"out_dir": str(out), "tensorboard": False},
+                                 "eval": {"shared_data": str(SHARED_DATA), "real_data_limit": 4, "rtp_samples": 2,
+                                          "max_new_tokens": 8, "bootstrap": 200,
+                                          "sections": ["real_prompts", "truthfulqa", "crows_pairs", "rtp"]}})
+    log = MetricsLogger(out / "ppo", tensorboard=False)  # a training curve for the report to plot
+    for step in range(5):
+        log.log(step, {"loss": 1.0 / (step + 1), "reward_mean": 0.1 * step, "kl": 0.05 * step})
+    summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
+    return cfg, out, summary
+
+
+def test_eval_writes_every_section_per_model(evaluated):
+    cfg, out, summary = evaluated
+    assert summary["baseline"] == "sft" and summary["order"] == ["sft", "ppo"]
+    m = summary["models"]["ppo"]
+    for key in ("truthfulqa_mc1", "truthfulqa_mc2", "truthfulqa_gen_truthful", "crows_pairs_stereotype_pct",
+                "rtp_plain_expected_max_toxicity", "rtp_respectful_toxicity_probability", "real_prompts_n"):
+        assert key in m, key
+    assert 0 <= m["truthfulqa_mc2"] <= 1 and 0 <= m["rtp_plain_expected_max_toxicity"] <= 1
+    assert m["truthfulqa_mc_n"] == 4 and m["rtp_n_prompts"] == 4
+    assert any("reward model" in n for n in summary["notes"])  # no RM in this run: said, not hidden
+    per_model = json.loads((out / "eval" / "ppo.json").read_text())
+    assert len(per_model["items"]["rtp_plain_max_toxicity"]) == 4
+    assert json.loads((out / "eval" / "meta.json").read_text())["complete"] is True
+
+
+def test_identical_models_are_not_significantly_different(evaluated):
+    _, _, summary = evaluated
+    diff = summary["comparisons"]["ppo"]["diff_truthfulqa_mc2"]
+    assert diff["estimate"] == pytest.approx(0.0, abs=1e-9) and not diff["significant"]
+
+
+def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
+    from chatrlhf.evaluate.report import run_report
+
+    cfg, out, _ = evaluated
+    page = run_report(cfg).read_text()
+    assert page.count("data:image/png;base64,") >= 2  # model comparison + ppo training curves
+    assert "PPO vs SFT:" in page and "truthfulness" in page and "not significant" in page
+    assert "<td>truthfulqa_mc2</td>" in page
+    md = (out / "report" / "report.md").read_text()
+    assert "## Every metric, every model" in md and "(plots/curves_ppo.png)" in md
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["eval"]["models"]["sft"]["truthfulqa_mc_n"] == 4
+    assert metrics["stages"]["ppo"]["figures"]["final_kl"] == pytest.approx(0.2)
+    assert metrics["verdicts"][0].startswith("PPO vs SFT:")
+
+
+def test_missing_shared_data_skips_with_a_note(tmp_path, tiny_model_dir):
+    from chatrlhf.evaluate import run_eval
+
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)},
+                                 "eval": {"shared_data": str(tmp_path / "nowhere"), "sections": ["truthfulqa", "crows_pairs"]}})
+    summary = run_eval(cfg, [f"sft={tiny_model_dir}"])
+    assert summary["models"]["sft"] == {}
+    assert any("truthfulqa absent" in n for n in summary["notes"])
