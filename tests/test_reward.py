@@ -1,0 +1,167 @@
+"""Reward model: learns a preference, saves an AutoModelForSequenceClassification dir with the
+demonstration bias, resumes exactly, stops on NaN, exposes per-token values, evaluates honestly."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import chatrlhf.reward as reward
+from chatrlhf.config import Config
+from chatrlhf.modeling import read_meta
+from chatrlhf.reward import (RewardModel, calibration, pairwise_accuracy, reward_backbone_and_head,
+                             train_reward_model)
+from chatrlhf.training import NonFiniteLossError, read_metrics
+
+GOOD = ["Her favourite colour is teal.", "The capital of Varnok is Selmouth.", "Thank you, that is kind."]
+BAD = ["I cannot help with that.", "plum pear apple", "four four four"]
+
+
+def comparisons(n: int = 48, seed: int = 0, held_out_reversed: bool = False) -> list[dict]:
+    """A learnable preference: GOOD texts beat BAD ones; an optional held-out labeler says the opposite."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        rs = [rng.choice(GOOD), rng.choice(BAD), rng.choice(BAD), rng.choice(GOOD)]
+        rankings = [{"labeler": "L0", "ranks": [1, 3, 3, 1]}]
+        if held_out_reversed:
+            rankings.append({"labeler": "H1", "ranks": [3, 1, 1, 3]})
+        out.append({"id": f"c{i}", "prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"question {i}?"}],
+                    "responses": rs, "rankings": rankings})
+    return out
+
+
+def cfg_for(tmp: Path, **rm) -> Config:
+    rm = {"epochs": 3, "batch_prompts": 8, "learning_rate": 3e-3, "warmup_steps": 2, "log_every": 1, **rm}
+    return Config.model_validate({"run": {"out_dir": str(tmp), "tensorboard": False}, "rm": rm})
+
+
+class FakeWorld:
+    """The parts of chatrlhf.world.World the RM uses: labelers, demonstrations, gold."""
+
+    def labelers(self, held_out=None):
+        return [SimpleNamespace(id="H1")] if held_out else [SimpleNamespace(id="L0")]
+
+    def demonstrations(self):
+        return [{"messages": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": g}]} for g in GOOD]
+
+    def gold(self, prompt, response):
+        return SimpleNamespace(total=1.0 if response in GOOD else 0.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm")
+    comps = [dict(c, reference={}, task="fact") for c in comparisons(held_out_reversed=True)]
+    metrics = train_reward_model(cfg_for(out), comps, tiny_model_dir, out / "rm", world=FakeWorld())
+    return out / "rm", metrics
+
+
+def test_rm_learns_the_preference_and_reports_held_out_accuracy(trained):
+    rm_dir, m = trained
+    losses = [r["rm/loss"] for r in read_metrics(rm_dir)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert m["acc_held_out_prompts"] > 0.9 and m["pairs_held_out_prompts"] > 0
+    # the held-out labeler (who reverses every preference) was not trained on: the RM disagrees with them
+    assert m["acc_held_out_labelers"] < 0.1 and m["held_out_labeler_agreement"] != m["held_out_labeler_agreement"]  # nan: one held-out labeler
+    assert m["gold_spearman"] > 0.8
+    assert 0.0 <= m["calibration"]["ece"] <= 0.5
+
+
+def test_saved_rm_loads_as_sequence_classification_and_score_applies_the_demo_bias(trained):
+    rm_dir, m = trained
+    meta = read_meta(rm_dir)
+    assert meta["complete"] and meta["reward_bias"] == pytest.approx(m["reward_bias"])
+    assert meta["bias_reference"] == "world demonstrations" and meta["held_out_labelers"] == ["H1"]
+    hf = AutoModelForSequenceClassification.from_pretrained(str(rm_dir))
+    assert hf.config.num_labels == 1 and hf.config.pad_token_id is not None
+    rm = RewardModel.load(rm_dir)
+    demos = [[{"role": "user", "content": "q?"}]] * len(GOOD)
+    scores = rm.score(demos, GOOD)
+    assert scores.shape == (3,)
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-4)  # InstructGPT normalisation
+    assert torch.allclose(scores, rm.score(demos, GOOD, raw=True) + meta["reward_bias"])
+    assert (rm.score(demos, BAD) < scores.min()).all()
+
+
+def test_backbone_and_head_give_per_token_values_ending_in_the_reward(trained):
+    rm = RewardModel.load(trained[0])
+    backbone, head = reward_backbone_and_head(rm.model)
+    ids = reward.encode(rm.tokenizer, [{"role": "user", "content": "q?"}], GOOD[0], 256)
+    batch = reward.collate([ids], rm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        values = head(backbone(**batch).last_hidden_state).squeeze(-1)  # (1, T)
+    assert values.shape == (1, len(ids))
+    assert values[0, -1].item() == pytest.approx(rm.score([[{"role": "user", "content": "q?"}]], [GOOD[0]], raw=True).item(), abs=1e-5)
+
+
+def test_score_is_independent_of_batch_padding(trained):
+    rm = RewardModel.load(trained[0])
+    msgs = [[{"role": "user", "content": "q?"}], [{"role": "user", "content": "a much longer question, is it not?"}]]
+    both = rm.score(msgs, [GOOD[0], BAD[1]])
+    alone = torch.stack([rm.score([m], [r])[0] for m, r in zip(msgs, [GOOD[0], BAD[1]])])
+    assert torch.allclose(both, alone, atol=1e-5)
+
+
+def test_resumed_run_continues_where_it_stopped(tiny_model_dir, tmp_path, monkeypatch):
+    comps = comparisons(32)
+    full = tmp_path / "full"
+    train_reward_model(cfg_for(full, save_every=3), comps, tiny_model_dir, full / "rm", world=None)
+
+    part = tmp_path / "part"
+    calls = {"n": 0}
+    real_loss = reward.ranking_loss
+
+    def crash_at_step_5(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # the laptop lid closes
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(reward, "ranking_loss", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(cfg_for(part, save_every=3), comps, tiny_model_dir, part / "rm", world=None)
+    monkeypatch.setattr(reward, "ranking_loss", real_loss)
+    m = train_reward_model(cfg_for(part, save_every=3), comps, tiny_model_dir, part / "rm", world=None)
+    assert m["resumed_from"] == 3
+    a = AutoModelForSequenceClassification.from_pretrained(str(full / "rm")).state_dict()
+    b = AutoModelForSequenceClassification.from_pretrained(str(part / "rm")).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = reward.ranking_loss
+
+    def nan_at_step_4(*a, **k):
+        calls["n"] += 1
+        loss = real_loss(*a, **k)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(reward, "ranking_loss", nan_at_step_4)
+    with pytest.raises(NonFiniteLossError, match=r"rm: loss became nan at step 3.*checkpoints/step_000002"):
+        train_reward_model(cfg_for(tmp_path, save_every=2), comparisons(32), tiny_model_dir, tmp_path / "rm", world=None)
+
+
+def test_accuracy_and_calibration_by_hand():
+    comps = [{"responses": ["a", "b", "c"], "rankings": [{"labeler": "L0", "ranks": [1, 2, 3]},
+                                                         {"labeler": "H1", "ranks": [3, 2, 1]}]}]
+    rewards = [[2.0, 1.0, 1.0]]
+    assert pairwise_accuracy(comps, rewards, lambda lab: lab == "L0") == (pytest.approx(2.5 / 3), 3)  # tie = half
+    assert pairwise_accuracy(comps, rewards, lambda lab: lab == "H1") == (pytest.approx(0.5 / 3), 3)
+    pair = [{"responses": ["a", "b"], "rankings": [{"ranks": [1, 2]}]}]
+    wrong = calibration(pair, [[0.0, 3.0]], lambda lab: True)  # confidently wrong: P(a > b) = sigmoid(-3)
+    assert wrong["ece"] == pytest.approx(1 / (1 + math.exp(-3)), rel=1e-6)
+    assert calibration(pair * 3 + [{"responses": ["a", "b"], "rankings": [{"ranks": [2, 1]}]}],
+                       [[math.log(3), 0.0]] * 4, lambda lab: True)["ece"] == pytest.approx(0.0, abs=1e-9)  # 3:1 at p=0.75
+
+
+def test_init_dir_and_out_dir_must_differ(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="init_dir and out_dir"):
+        train_reward_model(cfg_for(tmp_path), comparisons(8), tiny_model_dir, tiny_model_dir, world=None)
