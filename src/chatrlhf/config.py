@@ -134,6 +134,9 @@ class RMConfig(Section):
     k: int = Field(4, description="Responses sampled per prompt for ranking (InstructGPT: 4 to 9).")
     n_prompts: int = Field(0, description="Prompts to sample for ranking (0 = all world RM prompts).")
     labelers_per_prompt: int = Field(1, description="Simulated labelers ranking each prompt's K responses.")
+    val_labelers: int = Field(3, description="Held-out labelers who also rank each held-out prompt (never trained on; "
+                              "gives the held-out-labeler accuracy and their agreement rate, the ceiling).")
+    allow_ties: bool = Field(True, description="Accept tied ranks (they give no pair); False makes a duplicate rank an error.")
     temperature: float = Field(1.0, description="Sampling temperature for the K responses.")
     max_new_tokens: int = Field(48, description="Maximum response tokens when sampling.")
     max_len: int = Field(256, description="Maximum tokens of prompt plus response.")
