@@ -109,10 +109,13 @@ class LoraConfig(Section):
 class SFTConfig(Section):
     data: str | None = Field(None, description="None = world demonstrations; or a local jsonl/csv/parquet path or datasets name.")
     split: str = Field("train", description="datasets split to read.")
-    format: Literal["auto", "messages", "prompt_response", "instruction"] = Field(
-        "auto", description="How rows become conversations (auto detects from columns)."
+    format: Literal["auto", "messages", "prompt_response", "instruction", "transcript", "oasst_tree"] = Field(
+        "auto", description="How rows become conversations (auto detects from columns): chat messages, prompt/response "
+        "pairs, instruction/input/output (self-instruct), an HH-RLHF 'Human:/Assistant:' transcript, or an "
+        "OpenAssistant message tree (rank-0 path)."
     )
-    columns: dict[str, str] = Field(default_factory=dict, description="Column mapping, e.g. {prompt: question, response: answer}.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Column mapping, e.g. {prompt: question, response: answer} "
+                                    "(keys: messages; prompt, response; instruction, input, output; text; tree).")
     max_len: int = Field(256, description="Maximum tokens per example; older turns are dropped first.")
     batch_size: int = Field(16, description="Examples per optimizer step.")
     epochs: float = Field(3.0, description="Passes over the data.")
@@ -122,6 +125,7 @@ class SFTConfig(Section):
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, description="Gradient norm clip.")
     val_fraction: float = Field(0.05, description="Share of examples kept for validation loss.")
+    min_lr_ratio: float = Field(0.1, description="Cosine decay floor as a fraction of the peak.")
     packing: bool = Field(False, description="Pack several conversations into one sequence (else length-grouped batches).")
     eval_every: int = Field(50, description="Steps between validation evaluations.")
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
@@ -130,6 +134,8 @@ class SFTConfig(Section):
 
 
 class RMConfig(Section):
+    eval_after: bool = Field(True, description="After training, score base vs SFT samples on held-out world prompts.")
+    eval_prompts: int = Field(100, description="Held-out world prompts for that comparison (0 = all).")
     data: str | None = Field(None, description="None = rank world samples; or a rankings/pairs jsonl path or datasets name.")
     k: int = Field(4, description="Responses sampled per prompt for ranking (InstructGPT: 4 to 9).")
     n_prompts: int = Field(0, description="Prompts to sample for ranking (0 = all world RM prompts).")

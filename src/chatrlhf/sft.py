@@ -1,0 +1,499 @@
+"""Stage 2: supervised fine-tuning on demonstrations (InstructGPT, Ouyang et al. 2022, section 3.5).
+
+    chatrlhf sft              -> run_sft(cfg): fine-tune <out>/pretrain on the demonstrations, save <out>/sft
+    chatrlhf sft --eval-only  -> evaluate_sft(cfg): sample base and SFT on held-out world prompts and score
+                                 the samples with the gold scorer and the held-out simulated labelers
+
+Each conversation is rendered by the tokenizer's chat template and the loss falls on assistant tokens
+only (the model learns to answer, not to imitate users). Examples longer than `sft.max_len` lose their
+oldest turns first. Batches are length-grouped (little padding) or packed (several conversations per
+row, kept apart by position ids, which transformers turns into a block-diagonal attention mask).
+Data order is a pure function of (seed, epoch), so a checkpoint's data position is its step number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from chatrlhf.config import Config
+from chatrlhf.conversations import Conversation, DataError, load_conversations
+from chatrlhf.lora import save_merged, trainable_params, wrap_lora
+from chatrlhf.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.tokenizer import document_eos
+from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
+                               progress_bar)
+
+console = Console(stderr=True)
+IGNORE = -100  # label id that cross-entropy skips
+
+# For a tokenizer without any chat template (e.g. a plain GPT-2): the same "User:/Assistant:" layout
+# the base model is evaluated with, ending each reply with eos so the model learns to stop.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "Assistant: {% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}\n"
+    "{% elif message['role'] == 'system' %}{{ message['content'] }}\n"
+    "{% else %}User: {{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on every non-assistant token
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+# --- tokenisation and the assistant-only loss mask ----------------------------------------------
+
+
+def ensure_template(tokenizer) -> None:
+    if not tokenizer.chat_template:
+        console.print("[yellow]sft: tokenizer has no chat template; using a plain 'User:/Assistant:' one")
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+
+
+def has_generation_markers(tokenizer) -> bool:
+    return bool(re.search(r"{%-?\s*generation\s*-?%}", tokenizer.chat_template or ""))
+
+
+def _ids(tokenizer, conv: Conversation, add_generation_prompt: bool = False) -> list[int]:
+    return list(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True,
+                                              add_generation_prompt=add_generation_prompt)["input_ids"])
+
+
+def assistant_mask(tokenizer, conv: Conversation) -> tuple[list[int], list[int]]:
+    """(input_ids, mask) with mask 1 on tokens the assistant wrote (its end-of-turn token included).
+
+    With `{% generation %}` markers the template itself marks them. Otherwise prefix-diff: the tokens
+    between `conv[:i]` + generation prompt and `conv[:i+1]` belong to assistant turn i.
+    """
+    if has_generation_markers(tokenizer):
+        enc = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        return list(enc["input_ids"]), list(enc["assistant_masks"])
+    ids = _ids(tokenizer, conv)
+    mask = [0] * len(ids)
+    for i, m in enumerate(conv):
+        if m["role"] != "assistant":
+            continue
+        start = len(_ids(tokenizer, conv[:i], add_generation_prompt=True)) if i else 0
+        end = len(_ids(tokenizer, conv[: i + 1]))
+        mask[start:end] = [1] * (end - start)
+    return ids, mask
+
+
+def _to_example(ids: list[int], mask: list[int]) -> Example:
+    return Example(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
+
+
+def encode(tokenizer, conv: Conversation, max_len: int) -> Example | None:
+    """Tokenise with the loss mask; over max_len, drop the oldest turns (a system prompt stays).
+
+    If even the last exchange is too long it is cut at max_len; None when no assistant token is left.
+    """
+    ids, mask = assistant_mask(tokenizer, conv)
+    if len(ids) > max_len:
+        system = [m for m in conv[:1] if m["role"] == "system"]
+        starts = [i for i, m in enumerate(conv) if m["role"] == "user" and i > len(system)]
+        for start in starts:  # oldest first: keep as many of the latest turns as fit
+            ids, mask = assistant_mask(tokenizer, system + conv[start:])
+            if len(ids) <= max_len:
+                break
+        ids, mask = ids[:max_len], mask[:max_len]
+    if not any(mask[1:]):  # position 0 is never predicted
+        return None
+    return _to_example(ids, mask)
+
+
+def build_examples(tokenizer, convs: list[Conversation], max_len: int, source: str) -> tuple[list[Example], int]:
+    """Encode all conversations; (examples, how many were truncated away). All gone is an error."""
+    examples = [encode(tokenizer, c, max_len) for c in convs]
+    kept = [e for e in examples if e is not None]
+    if not kept:
+        raise DataError(f"{source}: all {len(convs)} conversations were truncated away at sft.max_len="
+                        f"{max_len} (no assistant token left); raise sft.max_len")
+    return kept, len(examples) - len(kept)
+
+
+def split_examples(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(examples) - 1, round(len(examples) * val_fraction)) if val_fraction > 0 else 0
+    return [examples[i] for i in order[n_val:]], [examples[i] for i in order[:n_val]]
+
+
+# --- batches: length-grouped or packed ----------------------------------------------------------
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffle, sort within mega-batches of 50 batches by length, then shuffle the batch order:
+    similar lengths share a batch (little padding) while the order stays random."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * 50
+    batches = []
+    for i in range(0, len(order), mega):
+        chunk = sorted(order[i:i + mega], key=lambda j: lengths[j], reverse=True)
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def pack(examples: list[Example], max_len: int, seed: int) -> list[list[Example]]:
+    """Best-fit-decreasing bin packing of shuffled examples into rows of at most max_len tokens."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: len(examples[i]), reverse=True)  # stable: ties keep the shuffled order
+    rows: list[list[Example]] = []
+    free: list[int] = []
+    for i in order:
+        n = len(examples[i])
+        fits = [r for r in range(len(rows)) if free[r] >= n]
+        if fits:
+            r = min(fits, key=lambda r: free[r])
+            rows[r].append(examples[i])
+            free[r] -= n
+        else:
+            rows.append([examples[i]])
+            free.append(max_len - n)
+    random.Random(seed + 1).shuffle(rows)
+    return rows
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) input_ids, attention_mask and labels."""
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    for b, e in enumerate(examples):
+        ids[b, : len(e)] = torch.tensor(e.input_ids)
+        labels[b, : len(e)] = torch.tensor(e.labels)
+        attn[b, : len(e)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def collate_packed(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Packed rows: position ids restart at 0 for each conversation (and for the padding tail), so
+    with no attention_mask and no cache, transformers builds a block-diagonal mask and conversations
+    never see each other. Labels stay per conversation: the first token of each is never a target."""
+    width = max(sum(len(e) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        t = 0
+        for e in row:
+            ids[b, t:t + len(e)] = torch.tensor(e.input_ids)
+            labels[b, t:t + len(e)] = torch.tensor(e.labels)
+            pos[b, t:t + len(e)] = torch.arange(len(e))
+            t += len(e)
+        pos[b, t:] = torch.arange(width - t)
+    return {"input_ids": ids, "position_ids": pos, "labels": labels}
+
+
+class Batches:
+    """All batches of an epoch, a pure function of (seed, epoch)."""
+
+    def __init__(self, examples: list[Example], batch_size: int, max_len: int, packing: bool, seed: int, pad_id: int):
+        self.examples, self.batch_size, self.max_len = examples, batch_size, max_len
+        self.packing, self.seed, self.pad_id = packing, seed, pad_id
+        self.per_epoch = len(self.epoch(0))
+
+    def epoch(self, epoch: int) -> list[dict[str, torch.Tensor]] | list[Any]:
+        seed = self.seed * 1_000_003 + epoch
+        if self.packing:
+            rows = pack(self.examples, self.max_len, seed)
+            return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        groups = length_grouped_batches([len(e) for e in self.examples], self.batch_size, seed)
+        return [[self.examples[i] for i in g] for g in groups]
+
+    def tensors(self, batch: list) -> dict[str, torch.Tensor]:
+        return collate_packed(batch, self.pad_id) if self.packing else collate(batch, self.pad_id)
+
+
+# --- loss, evaluation ---------------------------------------------------------------------------
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over assistant tokens (transformers shifts the labels).
+    No KV cache: with one, transformers would not build the packed block-diagonal mask."""
+    return model(**batch, use_cache=False).loss
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches: Batches, device: torch.device) -> float:
+    """Token-weighted mean validation loss over all validation batches."""
+    if not batches.examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches.epoch(0):
+        t = {k: v.to(device) for k, v in batches.tensors(batch).items()}
+        n = int((t["labels"][:, 1:] != IGNORE).sum())
+        total += sft_loss(model, t).item() * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def base_model_path(cfg: Config) -> Path | str:
+    return cfg.model.name_or_path or cfg.stage_dir("pretrain")
+
+
+def run_fingerprint(cfg: Config) -> str:
+    """Hash of what fixes the trajectory, so a checkpoint of another configuration is never resumed."""
+    s = cfg.sft.model_dump(exclude={"eval_every", "save_every", "log_every", "eval_prompts", "eval_after"})
+    key = {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    sc = cfg.sft
+    convs = load_conversations(sc.data, sc.format, sc.columns, sc.split, cfg.stage_dir("world"))
+    source = sc.data or f"world demonstrations ({cfg.stage_dir('world')})"
+    examples, dropped = build_examples(tokenizer, convs, sc.max_len, str(source))
+    train, val = split_examples(examples, sc.val_fraction, cfg.run.seed)
+    stats = {"data": str(source), "conversations": len(convs), "truncated_away": dropped,
+             "train_examples": len(train), "val_examples": len(val),
+             "assistant_tokens": sum(sum(t != IGNORE for t in e.labels) for e in train),
+             "tokens": sum(len(e) for e in train)}
+    return train, val, stats
+
+
+def run_sft(cfg: Config, eval_only: bool = False) -> Path:
+    """Fine-tune (unless eval_only), save <out>/sft, then compare SFT and base on held-out prompts."""
+    out = cfg.stage_dir("sft")
+    if not eval_only:
+        train_sft(cfg)
+    if eval_only or cfg.sft.eval_after:
+        evaluate_sft(cfg)
+    return out
+
+
+def train_sft(cfg: Config) -> Path:
+    sc, out = cfg.sft, cfg.stage_dir("sft")
+    accelerator = make_accelerator(cfg.run.seed, "no", cfg.run.device)
+    src = base_model_path(cfg)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or src)
+    ensure_template(tokenizer)
+    model = load_causal_lm(src, cfg.model.dtype)
+
+    # --- data
+    train, val, stats = load_data(cfg, tokenizer)
+    pad_id = tokenizer.pad_token_id
+    train_b = Batches(train, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
+    val_b = Batches(val, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
+    total = sc.max_steps or max(1, math.ceil(sc.epochs * train_b.per_epoch))
+
+    # --- model, optimizer, resume
+    if sc.lora.enabled:
+        model = wrap_lora(model, sc.lora)
+    n_train, n_all = trainable_params(model)
+    console.print(f"sft: {stats['train_examples']} train / {stats['val_examples']} val examples "
+                  f"({stats['truncated_away']} truncated away), {stats['assistant_tokens']:,} assistant tokens, "
+                  f"{total} steps ({total / train_b.per_epoch:.1f} epochs), {n_train:,}/{n_all:,} trainable params")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=sc.learning_rate, weight_decay=sc.weight_decay, betas=(0.9, 0.95))
+    sched = cosine_with_warmup(opt, sc.warmup_steps, total, sc.min_lr_ratio)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    ckpts, fingerprint = Checkpoints(out), run_fingerprint(cfg)
+    start = _resume(ckpts, accelerator, fingerprint)
+    logger = MetricsLogger(out, cfg.run.tensorboard, resume=start > 0)
+
+    # --- train
+    val_before = evaluate_loss(model, val_b, accelerator.device) if start == 0 else None
+    loop = _TrainLoop(cfg, accelerator, model, opt, sched, train_b, val_b, ckpts, logger, fingerprint, total)
+    step, last_loss, tok_s = loop.run(start)
+
+    # --- final evaluation and the stage output
+    val_loss = evaluate_loss(model, val_b, accelerator.device)
+    logger.log(step, {"val/loss": val_loss})
+    logger.close()
+    meta = {"stage": "sft", "base": str(src), "steps": step, "epochs": step / train_b.per_epoch,
+            "train_loss": last_loss, "val_loss": val_loss, "val_loss_before": val_before,
+            "tokens_per_s": round(tok_s, 1), "lora": sc.lora.model_dump() if sc.lora.enabled else None,
+            "packing": sc.packing, "max_len": sc.max_len, **stats}
+    unwrapped = accelerator.unwrap_model(model)
+    save_merged(unwrapped, tokenizer, out, meta)  # LoRA: adapters folded into plain weights
+    before = f"{val_before:.3f} -> " if val_before is not None else ""
+    console.print(f"sft: val loss {before}{val_loss:.3f} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
+    return out
+
+
+def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> int:
+    latest = ckpts.latest()
+    if latest is None:
+        return 0
+    saved = json.loads((latest / "trainer_state.json").read_text())
+    if saved.get("fingerprint") != fingerprint:
+        raise ValueError(f"checkpoint {latest} was made with a different sft/model config; "
+                         f"delete {ckpts.root} to start over, or restore that config to resume")
+    state = ckpts.load(accelerator)
+    console.print(f"sft: resuming from {latest} (step {state['step']})")
+    return int(state["step"])
+
+
+class _TrainLoop:
+    """Step, log, evaluate, checkpoint, stop on NaN."""
+
+    def __init__(self, cfg: Config, accelerator, model, opt, sched, train_b: Batches, val_b: Batches,
+                 ckpts: Checkpoints, logger: MetricsLogger, fingerprint: str, total: int):
+        self.sc, self.acc, self.model, self.opt, self.sched = cfg.sft, accelerator, model, opt, sched
+        self.train_b, self.val_b, self.ckpts, self.logger = train_b, val_b, ckpts, logger
+        self.fingerprint, self.total = fingerprint, total
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, pos = divmod(step, self.train_b.per_epoch)
+        rank, world = self.acc.process_index, self.acc.num_processes
+        batch = self.train_b.epoch(epoch)[pos] if world == 1 else self.train_b.epoch(epoch)[pos][rank::world]
+        return {k: v.to(self.acc.device) for k, v in self.train_b.tensors(batch).items()}
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float]:
+        loss = sft_loss(self.model, batch)
+        check_finite(loss, step, "sft", self.ckpts.latest())  # before the update: weights stay good
+        self.acc.backward(loss)
+        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.sc.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item(), float(grad_norm)
+
+    def run(self, start: int) -> tuple[int, float, float]:
+        """Train from `start` to the last step; returns (step, last train loss, tokens/s)."""
+        sc, step, loss = self.sc, start, float("nan")
+        tokens, train_time = 0, 0.0
+        with progress_bar("sft") as bar:
+            task = bar.add_task("sft", total=self.total, completed=start, info="")
+            while step < self.total:
+                t0 = time.time()
+                batch = self.batch(step)
+                loss, grad_norm = self.train_step(batch, step)
+                train_time += time.time() - t0
+                step += 1
+                tokens += int((batch["input_ids"] != self.train_b.pad_id).sum())
+                tok_s = tokens / max(train_time, 1e-9)
+                bar.update(task, completed=step, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
+                if step % sc.log_every == 0 or step == self.total:
+                    self.logger.log(step, {"train/loss": loss, "train/lr": self.sched.get_last_lr()[0],
+                                           "train/grad_norm": grad_norm, "train/tokens_per_s": tok_s})
+                if step % sc.eval_every == 0 and step < self.total:
+                    val = evaluate_loss(self.model, self.val_b, self.acc.device)
+                    self.logger.log(step, {"val/loss": val})
+                    bar.console.print(f"step {step}: train loss {loss:.3f}, val loss {val:.3f}")
+                if step % sc.save_every == 0 or step == self.total:
+                    self.ckpts.save(self.acc, step, {"data_position": step, "fingerprint": self.fingerprint})
+        return step, loss, tokens / max(train_time, 1e-9)
+
+
+# --- SFT vs base on held-out prompts ------------------------------------------------------------
+
+
+def plain_prompt(messages: Conversation) -> str:
+    """The base model never saw chat-template tokens, so it gets 'User: ...\nAssistant:' text."""
+    lines = [f"{'Assistant' if m['role'] == 'assistant' else 'User'}: {m['content']}"
+             for m in messages if m["role"] != "system"]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+BASE_STOPS = ["\nUser:", "\n\n"]  # where a base-model continuation stops answering
+
+
+def sample_responses(model, tokenizer, prompts: list[Conversation], chat: bool, temperature: float,
+                     max_new_tokens: int, seed: int) -> list[str]:
+    """One response per prompt: the SFT model through its chat template, the base model on plain text."""
+    from chatrlhf.engine import Engine, SamplingParams
+
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                            stop=[] if chat else BASE_STOPS)
+    if chat:
+        gens = engine.generate_chat(prompts, params)
+    else:
+        ids = [tokenizer(plain_prompt(p), add_special_tokens=False)["input_ids"] for p in prompts]
+        gens = engine.generate(ids, params)
+    if chat:
+        return [g.text.strip() for g in gens]
+    # the base model ends a document with the separator, which the engine does not stop on
+    sep = document_eos(tokenizer)
+    texts = []
+    for g in gens:
+        ids = g.token_ids[: g.token_ids.index(sep)] if sep in g.token_ids else g.token_ids
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in BASE_STOPS:
+            text = text.split(stop)[0]
+        texts.append(text.strip())
+    return texts
+
+
+def score_samples(world, prompts: list[dict], responses: list[str], seed: int) -> dict[str, float]:
+    """Mean gold score (0..1) and mean held-out labeler Likert (1..7) of one response per prompt."""
+    labelers = world.labelers(held_out=True)
+    rng = random.Random(seed)
+    gold = [world.gold(p, r).total for p, r in zip(prompts, responses)]
+    likert = [sum(lab.likert(p, r, rng)[0] for lab in labelers) / len(labelers)
+              for p, r in zip(prompts, responses)]
+    n = len(gold)
+    mean = sum(gold) / n
+    sd = (sum((g - mean) ** 2 for g in gold) / max(n - 1, 1)) ** 0.5
+    return {"gold": mean, "gold_se": sd / n ** 0.5, "likert": sum(likert) / n, "n": n}
+
+
+def evaluate_sft(cfg: Config) -> dict[str, Any]:
+    """Sample base and SFT models on held-out world prompts, greedy and at temperature 1, and score
+    them with the world's gold scorer and the held-out simulated labelers (never trained on)."""
+    from chatrlhf.world import World
+
+    sc, out = cfg.sft, cfg.stage_dir("sft")
+    world = World.load(cfg.stage_dir("world"))
+    prompts = world.prompts("eval")[: sc.eval_prompts or None]
+    conversations = [p["messages"] for p in prompts]
+    results: dict[str, Any] = {"n_prompts": len(prompts), "max_new_tokens": cfg.eval.max_new_tokens}
+    samples = []
+    for name, path, chat in (("base", base_model_path(cfg), False), ("sft", out, True)):
+        tokenizer = load_tokenizer(path)
+        model = load_causal_lm(path, cfg.model.dtype).eval()
+        for temperature in (0.0, 1.0):
+            key = f"{name}_{'greedy' if temperature == 0 else 't1'}"
+            responses = sample_responses(model, tokenizer, conversations, chat, temperature,
+                                         cfg.eval.max_new_tokens, cfg.run.seed)
+            results[key] = score_samples(world, prompts, responses, cfg.run.seed)
+            samples += [{"model": key, "prompt_id": p["id"], "response": r} for p, r in zip(prompts, responses)]
+    (out / "eval_vs_base.json").write_text(json.dumps(results, indent=2))
+    with (out / "eval_samples.jsonl").open("w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    _print_eval(results)
+    return results
+
+
+def _print_eval(results: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"SFT vs base on {results['n_prompts']} held-out world prompts")
+    for col in ("model", "mean gold (0-1)", "± s.e.", "held-out labelers Likert (1-7)", "samples"):
+        table.add_column(col)
+    for key, r in results.items():
+        if isinstance(r, dict):
+            table.add_row(key, f"{r['gold']:.3f}", f"{r['gold_se']:.3f}", f"{r['likert']:.2f}", str(r["n"]))
+    console.print(table)
