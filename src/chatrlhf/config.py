@@ -79,6 +79,8 @@ class PretrainConfig(Section):
         None, description="Text corpus: None = world corpus, a local .txt/.jsonl/.csv/.parquet path, or a datasets name."
     )
     text_column: str = Field("text", description="Column holding the text in jsonl/csv/parquet/datasets.")
+    val_fraction: float = Field(0.05, description="Share of documents held out for validation when the corpus has no val split.")
+    wikitext_eval: bool = Field(True, description="Also report loss on WikiText-2 valid (from eval.shared_data) when present.")
     seq_len: int = Field(256, description="Tokens per packed training sequence.")
     batch_size: int = Field(16, description="Sequences per optimizer step.")
     max_steps: int = Field(1200, description="Optimizer steps.")

@@ -33,6 +33,28 @@ CHAT_TEMPLATE = (
 )
 
 
+# For a user's tokenizer that has no chat template: the same turn layout, written as plain text and
+# ended with the model's own eos token, so SFT/PPO/chat work unchanged on any causal LM.
+FALLBACK_CHAT_TEMPLATE = (
+    "{{ bos_token or '' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "<|assistant|>\n{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}\n"
+    "{% else %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer):
+    """Give a tokenizer without a chat template the fallback one (kept as is when it has one)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tokenizer
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` and wrap it for transformers."""
     tok = Tokenizer(models.BPE())

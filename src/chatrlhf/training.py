@@ -7,6 +7,7 @@ matter of `accelerate launch`, not a rewrite.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -17,6 +18,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+# Accelerate warns on every save that it dropped lm_head.weight; with tied embeddings that is the
+# intended layout (the tie is restored on load), so the warning is noise in every progress bar.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -1,0 +1,347 @@
+"""Stage 1: the tokenizer and generative pre-training of the causal LM (GPT-style, as in InstructGPT's
+base models, at laptop scale).
+
+    chatrlhf tokenizer   -> run_tokenizer(cfg): byte-level BPE on the corpus, or a user's model's tokenizer
+    chatrlhf pretrain    -> run_pretrain(cfg):  packed next-token training of the tiny Llama (or a user's
+                                                AutoModelForCausalLM), resumable, with held-out loss
+
+Data order is a pure function of (seed, step), so a checkpoint's data position is just its step
+number and a resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from chatrlhf.config import Config
+from chatrlhf.data import TextCorpus, load_text_corpus, read_text_file
+from chatrlhf.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
+from chatrlhf.tokenizer import ensure_chat_template, document_eos, save_tokenizer, train_tokenizer
+from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
+                               progress_bar)
+
+console = Console(stderr=True)
+WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on
+
+
+def _corpus(cfg: Config) -> TextCorpus:
+    return load_text_corpus(cfg.pretrain.data, cfg.stage_dir("world"), cfg.pretrain.text_column,
+                            cfg.pretrain.val_fraction)
+
+
+# --- tokenizer stage ----------------------------------------------------------------------------
+
+
+def run_tokenizer(cfg: Config) -> Path:
+    """Train the BPE on the pre-training corpus (or copy a user's model's tokenizer) into <out>/tokenizer."""
+    out = cfg.stage_dir("tokenizer")
+    if cfg.model.name_or_path or cfg.model.tokenizer:
+        source = cfg.model.tokenizer or cfg.model.name_or_path
+        tok = ensure_chat_template(load_tokenizer(source))
+        meta: dict[str, Any] = {"source": str(source), "trained": False}
+    else:
+        corpus = _corpus(cfg)
+        texts = corpus.train[: cfg.tokenizer.max_docs or None]
+        t0 = time.time()
+        tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        meta = {"source": corpus.source, "trained": True, "docs": len(texts),
+                "seconds": round(time.time() - t0, 2), "vocab_size_requested": cfg.tokenizer.vocab_size}
+    save_tokenizer(tok, out)
+    meta.update(stage="tokenizer", vocab_size=len(tok), chars_per_token=_chars_per_token(tok, cfg))
+    write_meta(out, {**meta, "complete": True})
+    console.print(f"tokenizer: {len(tok)} tokens -> {out}")
+    return out
+
+
+def _chars_per_token(tok, cfg: Config) -> float | None:
+    """Compression on a sample of the validation documents (a tokenizer health check)."""
+    try:
+        sample = _corpus(cfg).val[:200]
+    except Exception:  # a user's tokenizer may come without a local corpus
+        return None
+    text = "\n".join(sample)
+    n = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+    return round(len(text) / n, 3) if n else None
+
+
+# --- packed token streams -----------------------------------------------------------------------
+
+
+def pack_documents(tokenizer, docs: list[str]) -> torch.Tensor:
+    """Documents -> one 1-D stream `sep d1 sep d2 ...`, sep = the document separator (<|eos|>)."""
+    sep = document_eos(tokenizer)
+    ids: list[int] = []
+    for start in range(0, len(docs), 1000):  # batched fast tokenization, bounded memory
+        for doc in tokenizer(docs[start:start + 1000], add_special_tokens=False)["input_ids"]:
+            ids.append(sep)
+            ids.extend(doc)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class PackedStream:
+    """Training batches as a pure function of (seed, step).
+
+    Sample i = step * batch_size + row; epoch e = i // n_chunks walks a seeded permutation of
+    non-overlapping chunks of seq_len + 1 tokens, shifted by a seeded per-epoch offset so that later
+    epochs see other token alignments.
+    """
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int):
+        self.n_chunks = len(tokens) // seq_len - 1
+        if self.n_chunks < 1:
+            raise ValueError(f"pre-training corpus has {len(tokens)} tokens, fewer than 2 * seq_len "
+                             f"({2 * seq_len}); use a bigger corpus or a smaller pretrain.seq_len")
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self._epoch: tuple[int, torch.Tensor, int] | None = None
+
+    def _order(self, epoch: int) -> tuple[torch.Tensor, int]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n_chunks, generator=g)
+            shift = int(torch.randint(self.seq_len, (1,), generator=g))
+            self._epoch = (epoch, perm, shift)
+        return self._epoch[1], self._epoch[2]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (B, T), for optimizer step `step`."""
+        rows = []
+        for i in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, pos = divmod(i, self.n_chunks)
+            perm, shift = self._order(epoch)
+            start = int(perm[pos]) * self.seq_len + shift
+            rows.append(self.tokens[start:start + self.seq_len + 1])
+        chunk = torch.stack(rows)  # (B, T + 1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def epochs(self, steps: int) -> float:
+        return steps * self.batch_size / self.n_chunks
+
+
+def eval_chunks(tokens: torch.Tensor, seq_len: int, max_chunks: int) -> torch.Tensor:
+    """The first `max_chunks` non-overlapping (T + 1)-token chunks: the same held-out set every time."""
+    n = min(max_chunks, (len(tokens) - 1) // seq_len)
+    return torch.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)]) if n else tokens[:0]
+
+
+# --- losses and baselines -----------------------------------------------------------------------
+
+
+def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats/token); logits upcast so bf16 autocast stays accurate."""
+    logits = model(input_ids=inputs, use_cache=False).logits  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+@torch.no_grad()
+def evaluate_loss(model, chunks: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean held-out loss over `chunks` (N, T + 1), weighted by tokens."""
+    if len(chunks) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(chunks), batch_size):
+        c = chunks[i:i + batch_size].to(device)
+        total += lm_loss(model, c[:, :-1], c[:, 1:]).item() * c[:, 1:].numel()
+        count += c[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+def unigram_loss(train_tokens: torch.Tensor, val_tokens: torch.Tensor, vocab_size: int) -> float:
+    """Cross-entropy of an add-one-smoothed unigram model fitted on the training tokens, on val:
+    the loss a model reaches by learning token frequencies and nothing about context."""
+    counts = torch.bincount(train_tokens, minlength=vocab_size).double() + 1.0
+    logp = (counts / counts.sum()).log()
+    return float(-logp[val_tokens[1:]].mean())
+
+
+def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
+    """Tokenizer-independent loss: nats/token * tokens/byte / ln 2."""
+    return loss * n_tokens / max(1, n_bytes) / math.log(2)
+
+
+def _utf8_bytes(docs: list[str]) -> int:
+    return sum(len(d.encode("utf-8")) for d in docs)
+
+
+# --- model, optimizer, resume -------------------------------------------------------------------
+
+
+def build_model(cfg: Config, tokenizer) -> torch.nn.Module:
+    """The embedded tiny Llama, or the user's AutoModelForCausalLM to continue pre-training."""
+    if cfg.model.name_or_path:
+        return load_causal_lm(cfg.model.name_or_path, cfg.model.dtype)
+    if cfg.pretrain.seq_len > cfg.model.max_position_embeddings:
+        raise ValueError(f"pretrain.seq_len ({cfg.pretrain.seq_len}) exceeds model.max_position_embeddings "
+                         f"({cfg.model.max_position_embeddings})")
+    return build_tiny_llama(cfg.model, tokenizer)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, decaying matrices only (norm gains and biases stay free), GPT-3 betas."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def run_fingerprint(cfg: Config) -> str:
+    """Hash of everything that fixes the trajectory except its length, so a checkpoint from another
+    configuration is never silently resumed."""
+    p = cfg.pretrain.model_dump(exclude={"max_steps", "max_minutes", "eval_every", "eval_batches",
+                                         "save_every", "log_every"})
+    key = {"model": cfg.model.model_dump(), "pretrain": p, "seed": cfg.run.seed}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]:
+    latest = ckpts.latest()
+    if latest is None:
+        return {"step": 0, "tokens_seen": 0}
+    saved = json.loads((latest / "trainer_state.json").read_text())
+    if saved.get("fingerprint") != fingerprint:
+        raise ValueError(f"checkpoint {latest} was made with a different model/pretrain config; "
+                         f"delete {ckpts.root} to start over, or restore that config to resume")
+    state = ckpts.load(accelerator)
+    console.print(f"pretrain: resuming from {latest} (step {state['step']})")
+    return state
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def run_pretrain(cfg: Config) -> Path:
+    """Pre-train and save to <out>/pretrain (from_pretrained-loadable, meta.json with the figures)."""
+    pc, out = cfg.pretrain, cfg.stage_dir("pretrain")
+    accelerator = make_accelerator(cfg.run.seed, pc.mixed_precision, cfg.run.device)  # seeds init too
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.stage_dir("tokenizer"))
+    model = build_model(cfg, tokenizer)
+
+    # --- data: packed token streams, fixed held-out chunks, unigram baseline
+    corpus = _corpus(cfg)
+    train_tokens, val_tokens = pack_documents(tokenizer, corpus.train), pack_documents(tokenizer, corpus.val)
+    stream = PackedStream(train_tokens, pc.seq_len, pc.batch_size, cfg.run.seed)
+    val_chunks = eval_chunks(val_tokens, pc.seq_len, pc.eval_batches * pc.batch_size)
+    final_chunks = eval_chunks(val_tokens, pc.seq_len, 4 * pc.eval_batches * pc.batch_size)
+    wiki = _wikitext_chunks(cfg, tokenizer)
+    vocab = model.get_input_embeddings().num_embeddings
+    baseline = unigram_loss(train_tokens, val_tokens, vocab) if len(val_tokens) > 1 else float("nan")
+    console.print(f"pretrain: {len(corpus.train)} docs, {len(train_tokens):,} train tokens, "
+                  f"{len(val_tokens):,} val tokens, {count_params(model):,} params, "
+                  f"{stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {baseline:.3f}")
+
+    # --- optimizer, schedule, resume
+    opt = make_optimizer(model, pc.learning_rate, pc.weight_decay)
+    sched = cosine_with_warmup(opt, pc.warmup_steps, pc.max_steps, pc.min_lr_ratio)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    ckpts, fingerprint = Checkpoints(out), run_fingerprint(cfg)
+    state = _resume(ckpts, accelerator, fingerprint)
+    logger = MetricsLogger(out, cfg.run.tensorboard, resume=state["step"] > 0)
+
+    loop = _TrainLoop(cfg, accelerator, model, opt, sched, stream, val_chunks, ckpts, logger, fingerprint)
+    step, tokens_seen, train_seconds = loop.run(state["step"], state.get("tokens_seen", 0),
+                                                state.get("train_seconds", 0.0))
+    tok_per_s = tokens_seen / max(train_seconds, 1e-9)  # over all segments of a resumed run
+
+    # --- final evaluation and the stage output
+    device = accelerator.device
+    val_loss = evaluate_loss(model, final_chunks, pc.batch_size, device)
+    n_val_tok = final_chunks[:, 1:].numel() if len(final_chunks) else 0
+    meta: dict[str, Any] = {
+        "stage": "pretrain", "data": corpus.source, "steps": step, "tokens_seen": tokens_seen,
+        "tokens_per_s": round(tok_per_s, 1), "params": count_params(model),
+        "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "val_tokens": n_val_tok,
+        "val_bpb": bits_per_byte(val_loss, len(val_tokens), _utf8_bytes(corpus.val)),
+        "unigram_val_loss": baseline, "train_tokens": len(train_tokens),
+        "epochs": stream.epochs(step), "stopped_early": step < pc.max_steps,
+    }
+    if wiki is not None:
+        chunks, bytes_per_token = wiki
+        meta["wikitext2_loss"] = evaluate_loss(model, chunks, pc.batch_size, device)
+        meta["wikitext2_ppl"] = math.exp(min(meta["wikitext2_loss"], 50))
+        meta["wikitext2_bpb"] = meta["wikitext2_loss"] / bytes_per_token / math.log(2)
+    logger.log(step, {k: v for k, v in meta.items() if k.startswith(("val_", "wikitext2_"))})
+    logger.close()
+    save_stage(accelerator.unwrap_model(model), tokenizer, out, meta)
+    console.print(f"pretrain: val loss {val_loss:.3f} (ppl {meta['val_ppl']:.1f}) vs unigram {baseline:.3f}; "
+                  f"{tokens_seen:,} tokens at {tok_per_s:,.0f} tok/s -> {out}")
+    return out
+
+
+def _wikitext_chunks(cfg: Config, tokenizer) -> tuple[torch.Tensor, float] | None:
+    """WikiText-2 validation chunks (eval only) and its bytes per token, when the shared data is present."""
+    path = Path(cfg.eval.shared_data) / WIKITEXT
+    if not cfg.pretrain.wikitext_eval or not path.is_file():
+        return None
+    docs = read_text_file(path)
+    n_chunks = 4 * cfg.pretrain.eval_batches * cfg.pretrain.batch_size
+    tokens = pack_documents(tokenizer, docs[: 40 * n_chunks])  # enough text, without tokenizing it all
+    chunks = eval_chunks(tokens, cfg.pretrain.seq_len, n_chunks)
+    n_bytes = _utf8_bytes(docs[: 40 * n_chunks])
+    return chunks, n_bytes / max(1, len(tokens))
+
+
+class _TrainLoop:
+    """The optimisation loop: step, log, evaluate, checkpoint, stop on NaN or on the time limit."""
+
+    def __init__(self, cfg: Config, accelerator, model, opt, sched, stream: PackedStream,
+                 val_chunks: torch.Tensor, ckpts: Checkpoints, logger: MetricsLogger, fingerprint: str):
+        self.cfg, self.pc, self.acc = cfg, cfg.pretrain, accelerator
+        self.model, self.opt, self.sched, self.stream = model, opt, sched, stream
+        self.val_chunks, self.ckpts, self.logger, self.fingerprint = val_chunks, ckpts, logger, fingerprint
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        x, y = (t.to(self.acc.device) for t in self.stream.batch(step))
+        with self.acc.autocast():
+            loss = lm_loss(self.model, x, y)
+        check_finite(loss, step, "pretrain", self.ckpts.latest())  # before the update: weights stay good
+        self.acc.backward(loss)
+        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.pc.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item(), float(grad_norm)
+
+    def save(self, step: int, tokens_seen: int, train_seconds: float) -> None:
+        self.ckpts.save(self.acc, step, {"tokens_seen": tokens_seen, "data_position": step,
+                                         "train_seconds": train_seconds, "fingerprint": self.fingerprint})
+
+    def run(self, start: int, tokens_seen: int, train_time: float) -> tuple[int, int, float]:
+        """Train from step `start` to max_steps; returns (steps done, tokens seen, training seconds),
+        the counters carried over from the checkpoint a resumed run started from."""
+        pc, tokens_per_step = self.pc, self.pc.batch_size * self.pc.seq_len
+        t_start, t_resumed, step = time.time(), train_time, start
+        with progress_bar("pretrain") as bar:
+            task = bar.add_task("pretrain", total=pc.max_steps, completed=start, info="")
+            while step < pc.max_steps:
+                t0 = time.time()
+                loss, grad_norm = self.train_step(step)
+                train_time += time.time() - t0
+                step, tokens_seen = step + 1, tokens_seen + tokens_per_step
+                tok_s = (step - start) * tokens_per_step / max(train_time - t_resumed, 1e-9)
+                bar.update(task, completed=step, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
+                if step % pc.log_every == 0 or step == pc.max_steps:
+                    self.logger.log(step, {"train/loss": loss, "train/lr": self.sched.get_last_lr()[0],
+                                           "train/grad_norm": grad_norm, "train/tokens_per_s": tok_s,
+                                           "train/tokens_seen": tokens_seen})
+                if step % pc.eval_every == 0 and step < pc.max_steps:
+                    val = evaluate_loss(self.model, self.val_chunks, pc.batch_size, self.acc.device)
+                    self.logger.log(step, {"val/loss": val, "val/ppl": math.exp(min(val, 50))})
+                    bar.console.print(f"step {step}: train loss {loss:.3f}, val loss {val:.3f}")
+                out_of_time = pc.max_minutes > 0 and time.time() - t_start > 60 * pc.max_minutes
+                if step % pc.save_every == 0 or step == pc.max_steps or out_of_time:
+                    self.save(step, tokens_seen, train_time)
+                if out_of_time:
+                    bar.console.print(f"pretrain: stopping at step {step}: max_minutes={pc.max_minutes} reached")
+                    break
+        return step, tokens_seen, train_time
