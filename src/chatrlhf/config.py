@@ -132,12 +132,12 @@ class SFTConfig(Section):
     eval_every: int = Field(50, description="Steps between validation evaluations.")
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
     log_every: int = Field(10, description="Steps between logged scalars.")
+    eval_after: bool = Field(True, description="After training, score base vs SFT samples on held-out world prompts.")
+    eval_prompts: int = Field(100, description="Held-out world prompts for that comparison (0 = all).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
 
 
 class RMConfig(Section):
-    eval_after: bool = Field(True, description="After training, score base vs SFT samples on held-out world prompts.")
-    eval_prompts: int = Field(100, description="Held-out world prompts for that comparison (0 = all).")
     data: str | None = Field(None, description="None = rank world samples; or a rankings/pairs jsonl path or datasets name.")
     k: int = Field(4, description="Responses sampled per prompt for ranking (InstructGPT: 4 to 9).")
     n_prompts: int = Field(0, description="Prompts to sample for ranking (0 = all world RM prompts).")
