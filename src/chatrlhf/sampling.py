@@ -1,0 +1,161 @@
+"""`chatrlhf sample`: K responses per prompt from a policy, written as a comparison task file.
+
+    run_sample(cfg)                                    # world RM prompts, SFT policy, simulated labelers
+    run_sample(cfg, conversations="chats.jsonl")       # ChatGPT-style: alternatives for a saved chat turn
+
+The file (docs/ARCHITECTURE.md, "Comparison file") is what the simulated labelers and the labeling
+app fill. With the world, a `val_fraction` share of prompts is marked `"split": "val"` (held-out
+prompts); these are also ranked by the held-out labelers, whose rankings are never trained on and
+give the "held-out labelers" accuracy and their own agreement rate (the ceiling of any RM).
+
+From conversations (the chat's saved transcripts or any conversation file): one model-written
+message is picked at random per conversation, and K - 1 alternatives are sampled given the turns
+before it; the original stays among the K responses (`original_index`), as in ChatGPT's comparison
+data collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from chatrlhf.config import Config
+from chatrlhf.rankings import to_competition, write_comparisons
+from chatrlhf.training import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+# --- prompts --------------------------------------------------------------------------------
+
+
+def world_prompts(world, n: int) -> list[dict[str, Any]]:
+    prompts = world.prompts("rm")
+    return prompts[:n] if n else prompts
+
+
+def conversation_prompts(convs: list[list[dict]], rng: random.Random, n: int = 0) -> list[dict[str, Any]]:
+    """For each conversation, a random assistant turn: its context and the original text."""
+    out = []
+    for ci, conv in enumerate(convs):
+        turns = [i for i, m in enumerate(conv) if m["role"] == "assistant" and i > 0]
+        if not turns:
+            continue
+        t = rng.choice(turns)
+        out.append({"id": f"conv-{ci:05d}-t{t}", "task": None, "messages": conv[:t], "original": conv[t]["content"]})
+    return out[:n] if n else out
+
+
+def assign_splits(prompts: list[dict], val_fraction: float, rng: random.Random) -> list[str]:
+    """'val' for a random val_fraction of prompts (at least one when asked for any), else 'train'."""
+    n_val = int(round(len(prompts) * val_fraction))
+    if val_fraction > 0 and len(prompts) > 1:
+        n_val = max(1, n_val)
+    val = set(rng.sample(range(len(prompts)), min(n_val, len(prompts))))
+    return ["val" if i in val else "train" for i in range(len(prompts))]
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config, chunk_prompts: int = 16) -> list[list[str]]:
+    """K samples per conversation at cfg.rm.temperature, in chunks under a progress bar."""
+    from chatrlhf.engine import SamplingParams
+
+    out: list[list[str]] = []
+    with progress_bar("sample") as bar:
+        task = bar.add_task("sample", total=len(message_lists), info=f"K={k}")
+        for lo in range(0, len(message_lists), chunk_prompts):
+            chunk = message_lists[lo: lo + chunk_prompts]
+            params = SamplingParams(max_new_tokens=cfg.rm.max_new_tokens, temperature=cfg.rm.temperature,
+                                    seed=cfg.run.seed * 100_003 + lo * k)
+            gens = engine.generate_chat([m for m in chunk for _ in range(k)], params)
+            out += [[g.text for g in gens[i * k: (i + 1) * k]] for i in range(len(chunk))]
+            bar.update(task, advance=len(chunk))
+    return out
+
+
+# --- labeling -------------------------------------------------------------------------------
+
+
+def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Random) -> int:
+    """Simulated labelers rank each comparison: labelers_per_prompt training labelers, plus up to
+    cfg.rm.val_labelers held-out labelers on held-out ("val") prompts. Returns rankings written."""
+    from chatrlhf.reward import _labeler_id
+
+    train_labs = list(world.labelers(held_out=False))
+    held_labs = list(world.labelers(held_out=True))
+    if not train_labs:
+        raise ValueError("world has no training labelers to rank the samples")
+    n = 0
+    for c in comparisons:
+        if c.get("reference") is None and c.get("task") is None:
+            continue  # no gold for a free conversation: left for human labelers (labeling app)
+        prompt = {"id": c["prompt_id"], "task": c.get("task"), "messages": c["messages"], "reference": c.get("reference")}
+        labs = rng.sample(train_labs, min(cfg.rm.labelers_per_prompt, len(train_labs)))
+        if c.get("split") == "val":
+            labs += rng.sample(held_labs, min(cfg.rm.val_labelers, len(held_labs)))
+        for lab in labs:
+            ranks = to_competition(list(lab.rank(prompt, c["responses"], rng)))
+            c["rankings"].append({"labeler": _labeler_id(lab), "ranks": ranks})
+            n += 1
+    return n
+
+
+# --- stage entry point ----------------------------------------------------------------------
+
+
+def default_policy(cfg: Config) -> Path:
+    """The newest policy of the run (latest round's PPO, ppo/, sft/, pretrain/)."""
+    from chatrlhf.engine import resolve_model
+
+    return resolve_model(cfg, None)
+
+
+def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | None = None,
+               conversations: str | Path | None = None, label: bool = True) -> Path:
+    """Write `out` (default <rm>/comparisons.jsonl): K responses per prompt from `policy`, ranked
+    by the simulated labelers when `label` and the world knows the prompts."""
+    from chatrlhf.engine import load_engine
+    from chatrlhf.reward import load_world
+
+    k = cfg.rm.k
+    if k < 2:
+        raise ValueError(f"rm.k = {k}: ranking needs at least 2 responses per prompt")
+    policy_dir = Path(policy) if policy else default_policy(cfg)
+    out = Path(out) if out else cfg.stage_dir("rm") / "comparisons.jsonl"
+    rng = random.Random(cfg.run.seed)
+    world = load_world(cfg)
+    if conversations:
+        from chatrlhf.conversations import load_conversations
+
+        prompts = conversation_prompts(load_conversations(str(conversations)), rng, cfg.rm.n_prompts)
+        if not prompts:
+            raise ValueError(f"{conversations}: no conversation has a model-written message to sample alternatives for")
+    elif world is not None:
+        prompts = world_prompts(world, cfg.rm.n_prompts)
+    else:
+        raise FileNotFoundError(f"no world at {cfg.stage_dir('world')}: run `chatrlhf world` or pass --conversations")
+    splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
+    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device)
+    n_new = k - 1 if conversations else k
+    samples = sample_responses(engine, [p["messages"] for p in prompts], n_new, cfg)
+    comparisons = []
+    for i, (p, resp, split) in enumerate(zip(prompts, samples, splits)):
+        c: dict[str, Any] = {"id": f"cmp-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
+                             "policy": policy_dir.name, "split": split, "messages": p["messages"],
+                             "responses": resp, "rankings": []}
+        if "original" in p:
+            at = rng.randrange(k)
+            c["responses"] = [*resp[:at], p["original"], *resp[at:]]
+            c["original_index"] = at
+        if p.get("reference") is not None:
+            c["reference"] = p["reference"]
+        comparisons.append(c)
+    if label and world is not None:
+        n = label_with_world(world, comparisons, cfg, rng)
+        log.info("%d rankings by simulated labelers", n)
+    write_comparisons(comparisons, out)
+    return out

@@ -1,0 +1,88 @@
+"""`chatrlhf sample`: K responses per prompt from a policy as a valid comparison file, ranked by
+training labelers, held-out prompts also by held-out labelers; conversations give alternatives."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import chatrlhf.reward as reward
+from chatrlhf.config import Config
+from chatrlhf.rankings import load_comparisons
+from chatrlhf.sampling import run_sample
+
+
+class LengthLabeler:
+    """Prefers shorter responses (a deterministic stand-in for world.SimulatedLabeler)."""
+
+    def __init__(self, id: str):
+        self.id = id
+
+    def rank(self, prompt, responses, rng=None):
+        n = [len(r) for r in responses]
+        return [1 + sum(o < x for o in n) for x in n]
+
+
+class FakeWorld:
+    def prompts(self, split):
+        assert split == "rm"
+        return [{"id": f"rm-{i:05d}", "task": "fact", "messages": [{"role": "user", "content": f"Where is place {i}?"}],
+                 "reference": {"answer": f"place {i}"}} for i in range(10)]
+
+    def labelers(self, held_out=None):
+        return [LengthLabeler("H1"), LengthLabeler("H2")] if held_out else [LengthLabeler("L1"), LengthLabeler("L2")]
+
+
+def cfg_for(tmp, **rm):
+    rm = {"k": 4, "max_new_tokens": 6, "val_fraction": 0.2, "labelers_per_prompt": 1, "val_labelers": 2, **rm}
+    return Config.model_validate({"run": {"out_dir": str(tmp), "tensorboard": False}, "rm": rm})
+
+
+def test_world_prompts_give_k_ranked_samples_and_held_out_labelers_on_val(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(reward, "load_world", lambda cfg: FakeWorld())
+    out = run_sample(cfg_for(tmp_path), policy=tiny_model_dir)
+    assert out == tmp_path / "rm" / "comparisons.jsonl"
+    comps = load_comparisons(out)  # the file passes its own validation
+    assert len(comps) == 10 and all(len(c["responses"]) == 4 for c in comps)
+    assert comps[0]["reference"] == {"answer": "place 0"} and comps[0]["policy"] == tiny_model_dir.name
+    val = [c for c in comps if c["split"] == "val"]
+    train = [c for c in comps if c["split"] == "train"]
+    assert len(val) == 2
+    assert all({r["labeler"] for r in c["rankings"]} <= {"L1", "L2"} and len(c["rankings"]) == 1 for c in train)
+    assert all({"H1", "H2"} <= {r["labeler"] for r in c["rankings"]} and len(c["rankings"]) == 3 for c in val)
+    c = comps[0]
+    lengths = [len(r) for r in c["responses"]]
+    assert c["rankings"][0]["ranks"] == [1 + sum(o < x for o in lengths) for x in lengths]
+
+
+def test_samples_are_reproducible_and_differ_across_k(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(reward, "load_world", lambda cfg: FakeWorld())
+    a = run_sample(cfg_for(tmp_path, n_prompts=3), policy=tiny_model_dir, out=tmp_path / "a.jsonl", label=False)
+    b = run_sample(cfg_for(tmp_path, n_prompts=3), policy=tiny_model_dir, out=tmp_path / "b.jsonl", label=False)
+    ra = [json.loads(l)["responses"] for l in a.read_text().splitlines()]
+    assert ra == [json.loads(l)["responses"] for l in b.read_text().splitlines()]
+    assert len(ra) == 3 and any(len(set(r)) > 1 for r in ra)  # temperature 1: the K samples are not copies
+    assert all(json.loads(l)["rankings"] == [] for l in a.read_text().splitlines())  # label=False: a task file
+
+
+def test_conversations_give_alternatives_for_a_model_written_turn(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(reward, "load_world", lambda cfg: None)
+    convs = tmp_path / "chats.jsonl"
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+             {"role": "user", "content": "Where is Varnok?"}, {"role": "assistant", "content": "Selmouth is its capital."}]
+    convs.write_text("\n".join(json.dumps({"messages": turns}) for _ in range(4)) + "\n")
+    out = run_sample(cfg_for(tmp_path, k=3), policy=tiny_model_dir, conversations=convs, out=tmp_path / "c.jsonl")
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == 4
+    for r in rows:
+        assert len(r["responses"]) == 3 and r["messages"][-1]["role"] == "user"
+        original = turns[len(r["messages"])]["content"]
+        assert r["responses"][r["original_index"]] == original
+        assert r["rankings"] == []  # no gold for free conversations: left for the labeling app
+
+
+def test_k_below_two_is_refused(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="rm.k = 1"):
+        run_sample(cfg_for(tmp_path, k=1), policy=tiny_model_dir)
