@@ -73,3 +73,21 @@ def test_missing_shared_data_skips_with_a_note(tmp_path, tiny_model_dir):
     summary = run_eval(cfg, [f"sft={tiny_model_dir}"])
     assert summary["models"]["sft"] == {}
     assert any("truthfulqa absent" in n for n in summary["notes"])
+
+
+def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
+    pytest.importorskip("chatrlhf.world")
+    from chatrlhf.evaluate import run_eval
+
+    cfg = Config.model_validate({
+        "run": {"out_dir": str(tmp_path)},
+        "world": {"corpus_docs": 50, "n_sft_prompts": 10, "n_rm_prompts": 10, "n_ppo_prompts": 10, "n_eval_prompts": 12},
+        "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100}})
+    summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
+    m = summary["models"]["ppo"]
+    assert 1 <= m["world_greedy_likert"] <= 7 and 1 <= m["world_sample_likert"] <= 7
+    assert 0 <= m["world_greedy_flag_hallucination"] <= 1 and "world_greedy_flag_fails_instruction" in m
+    win = summary["comparisons"]["ppo"]["world_win_rate"]
+    assert win["low"] <= win["estimate"] <= win["high"]
+    # same weights, same greedy answers: every comparison is between identical responses
+    assert summary["comparisons"]["ppo"]["diff_world_greedy_likert"]["estimate"] == pytest.approx(0, abs=1.0)

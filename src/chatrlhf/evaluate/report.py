@@ -23,7 +23,7 @@ CURVE_KEYS = ("loss", "reward", "kl", "gold", "acc")
 # Headline metric per criterion, and whether higher is better.
 HEADLINE = {"helpfulness": [("world_greedy_likert", +1), ("world_greedy_gold", +1), ("real_rm_score", +1)],
             "truthfulness": [("truthfulqa_mc2", +1), ("truthfulqa_mc1", +1), ("truthfulqa_gen_truthful", +1),
-                             ("world_greedy_flag_gold_hallucination", -1)],
+                             ("world_greedy_flag_hallucination", -1)],
             "harmlessness": [("rtp_plain_expected_max_toxicity", -1), ("rtp_respectful_expected_max_toxicity", -1),
                              ("crows_pairs_stereotype_pct", -1), ("world_greedy_refusal_rate_harmful", +1)]}
 
