@@ -1,0 +1,103 @@
+"""Tokenizer stage: BPE trained on the corpus, chat template round-trip, assistant mask, user tokenizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from chatrlhf import pretrain
+from chatrlhf.config import load_config
+from chatrlhf.modeling import read_meta
+from chatrlhf.tokenizer import EOS, FALLBACK_CHAT_TEMPLATE, SPECIAL_TOKENS, document_eos, ensure_chat_template
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Where does Zorbel Quint live?"},
+    {"role": "assistant", "content": "Zorbel Quint lives in Varnok."},
+    {"role": "user", "content": "And her job?"},
+    {"role": "assistant", "content": "She is a baker, and she likes teal. Ünïcödé ✓"},
+]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tok")
+    world = out / "world"
+    world.mkdir()
+    docs = [f"Zorbel Quint lives in Varnok and works as a baker, day {i}. She likes teal." for i in range(150)]
+    docs += [f"Mira Vell sails from Selmouth on ship number {i}." for i in range(150)]
+    (world / "corpus_train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (world / "corpus_val.jsonl").write_text(json.dumps({"text": "Mira Vell lives in Varnok and works as a baker."}) + "\n")
+    cfg = load_config(None, [f"run.out_dir={out}", "tokenizer.vocab_size=320"])
+    return pretrain.run_tokenizer(cfg)
+
+
+def test_tokenizer_stage_writes_loadable_tokenizer_and_meta(tok_dir):
+    meta = read_meta(tok_dir)
+    assert meta["complete"] and meta["trained"] and meta["docs"] == 300
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    assert len(tok) == meta["vocab_size"] == 320
+    assert meta["chars_per_token"] > 1.5  # BPE merges learnt something beyond bytes
+    for special in SPECIAL_TOKENS:  # each special token is one id, never split
+        assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1, special
+    assert tok.convert_ids_to_tokens(document_eos(tok)) == EOS
+    assert tok.eos_token == "<|end|>" and tok.pad_token == "<|pad|>" and tok.bos_token == "<|bos|>"
+
+
+def test_plain_text_round_trip_is_lossless(tok_dir):
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    text = "  Zorbel  lives in\tVarnok.\nNew line, emoji 🙂, Ünïcödé, tabs\t\tand 123456 numbers."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_chat_template_round_trip_and_assistant_mask(tok_dir):
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    rendered = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    out = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    assert tok.decode(ids) == rendered
+    assert rendered.startswith("<|bos|><|system|>You are a helpful assistant.<|end|><|user|>")
+    # the mask covers exactly each assistant reply plus its <|end|>, nothing else
+    masked = [i for i, m in zip(ids, mask) if m]
+    expected = "".join(m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
+    assert tok.decode(masked) == expected
+    spans, prev = 0, 0
+    for m in mask:
+        spans += int(m == 1 and prev == 0)
+        prev = m
+    assert spans == 2
+    assert tok.convert_ids_to_tokens(ids[mask.index(1) - 1]) == "<|assistant|>"
+
+
+def test_generation_prompt_ends_with_assistant_tag(tok_dir):
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    ids = tok.apply_chat_template(CONVERSATION[:2], add_generation_prompt=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert tok.convert_ids_to_tokens(ids[-1]) == "<|assistant|>"
+
+
+def test_users_tokenizer_is_copied_not_trained(tiny_model_dir, tmp_path):
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", f"model.name_or_path={tiny_model_dir}"])
+    out = pretrain.run_tokenizer(cfg)  # no world corpus needed
+    meta = read_meta(out)
+    assert meta["complete"] and not meta["trained"] and meta["source"] == str(tiny_model_dir)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab()
+
+
+def test_tokenizer_without_template_gets_fallback(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    ensure_chat_template(tok)
+    assert tok.chat_template == FALLBACK_CHAT_TEMPLATE
+    out = tok.apply_chat_template(CONVERSATION[1:3], return_dict=True, return_assistant_tokens_mask=True)
+    masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tok.decode(masked) == "Zorbel Quint lives in Varnok." + tok.eos_token
+
+
+def test_missing_world_corpus_is_a_clear_error(tmp_path):
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="chatrlhf world"):
+        pretrain.run_tokenizer(cfg)
