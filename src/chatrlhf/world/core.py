@@ -1,0 +1,147 @@
+"""`World`: the embedded world in memory, generated from a WorldConfig or loaded from its directory.
+
+    w = World.load("runs/default/world")     # or World.generate(cfg.world)
+    w.prompts("eval"); w.demonstrations(); w.corpus("train"); w.labelers(held_out=True)
+    g = w.gold(prompt, response)             # Gold(total, parts, flags)
+
+Everything is seeded from `world.seed` through named `random.Random` streams (never the global
+RNG), so the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from chatrlhf.config import WorldConfig
+from chatrlhf.world.corpus import write_corpus
+from chatrlhf.world.facts import FactBase, generate_facts
+from chatrlhf.world.gold import Gold, GoldRubric
+from chatrlhf.world.labelers import SimulatedLabeler, make_labeler_specs, write_demonstrations
+from chatrlhf.world.tasks import build_splits, user_key
+
+SPLITS = ("sft", "rm", "ppo", "eval")
+FILES = {"facts": "facts.jsonl", "corpus_train": "corpus_train.jsonl", "corpus_val": "corpus_val.jsonl",
+         **{f"prompts_{s}": f"prompts_{s}.jsonl" for s in SPLITS},
+         "demonstrations": "demonstrations.jsonl", "labelers": "labelers.jsonl"}
+
+
+def dump_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a jsonl file; a bad line fails with the file, line number and missing field."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `chatrlhf world` (or put your own file there, see README.md)")
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
+    return rows
+
+
+class World:
+    """Facts, prompt splits, demonstrations, corpus and labelers of one world, plus its gold judge."""
+
+    def __init__(self, facts: list[dict], splits: dict[str, list[dict]], demos: list[dict],
+                 corpus: dict[str, list[str]], labeler_specs: list[dict], info: dict[str, Any] | None = None):
+        self.facts = FactBase(facts)
+        self._splits = splits
+        self._demos = demos
+        self._corpus = corpus
+        self._specs = labeler_specs
+        self.info = info or {}
+        self.rubric = GoldRubric(self.facts)
+        self._gold_cache: dict[tuple[str, str], Gold] = {}
+        self._labelers = [SimulatedLabeler(s, self.gold) for s in labeler_specs]
+
+    # --- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def generate(cls, cfg: WorldConfig) -> "World":
+        fact_rows = generate_facts(cfg.seed, cfg.n_people, cfg.n_places, cfg.n_objects)
+        fb = FactBase(fact_rows)
+        sizes = {"sft": cfg.n_sft_prompts, "rm": cfg.n_rm_prompts, "ppo": cfg.n_ppo_prompts, "eval": cfg.n_eval_prompts}
+        splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate)
+        specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise)
+        eval_texts = {user_key(p["messages"]) for p in splits["eval"]}
+        train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts)
+        world = cls(fact_rows, splits, [], {"train": train, "val": val}, specs, {"corpus": stats, "seed": cfg.seed})
+        world._demos = write_demonstrations(splits["sft"], world._labelers, cfg.seed, cfg.demo_quality, fb)
+        return world
+
+    @classmethod
+    def load(cls, world_dir: str | Path) -> "World":
+        d = Path(world_dir)
+        if not d.is_dir():
+            raise FileNotFoundError(f"world directory {d} not found; run `chatrlhf world` first")
+        facts = read_jsonl(d / FILES["facts"], ("entity", "type", "attribute", "value", "rumour"))
+        splits = {s: read_jsonl(d / FILES[f"prompts_{s}"], ("id", "task", "messages", "reference")) for s in SPLITS}
+        demos = read_jsonl(d / FILES["demonstrations"], ("id", "prompt_id", "messages"))
+        corpus = {s: [r["text"] for r in read_jsonl(d / FILES[f"corpus_{s}"], ("text",))] for s in ("train", "val")}
+        specs = read_jsonl(d / FILES["labelers"], ("id", "group", "noise", "style_weight", "held_out"))
+        meta_path = d / "meta.json"
+        info = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        return cls(facts, splits, demos, corpus, specs, info)
+
+    def save(self, world_dir: str | Path) -> Path:
+        d = Path(world_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        dump_jsonl(d / FILES["facts"], self.facts.facts)
+        for s in SPLITS:
+            dump_jsonl(d / FILES[f"prompts_{s}"], self._splits[s])
+        dump_jsonl(d / FILES["demonstrations"], self._demos)
+        for s in ("train", "val"):
+            dump_jsonl(d / FILES[f"corpus_{s}"], [{"text": t} for t in self._corpus[s]])
+        dump_jsonl(d / FILES["labelers"], self._specs)
+        return d
+
+    # --- the API other stages use ----------------------------------------------------------------
+
+    def prompts(self, split: str) -> list[dict]:
+        if split not in self._splits:
+            raise KeyError(f"unknown prompt split {split!r}; choose one of {', '.join(SPLITS)}")
+        return self._splits[split]
+
+    def demonstrations(self) -> list[dict]:
+        return self._demos
+
+    def corpus(self, split: str = "train") -> list[str]:
+        if split not in self._corpus:
+            raise KeyError(f"unknown corpus split {split!r}; choose 'train' or 'val'")
+        return self._corpus[split]
+
+    def labelers(self, held_out: bool | None = None) -> list[SimulatedLabeler]:
+        return [lab for lab in self._labelers if held_out is None or lab.held_out == held_out]
+
+    def labeler(self, labeler_id: str) -> SimulatedLabeler:
+        for lab in self._labelers:
+            if lab.id == labeler_id:
+                return lab
+        raise KeyError(f"no labeler {labeler_id!r}; have {', '.join(lab.id for lab in self._labelers)}")
+
+    def gold(self, prompt: dict, response: str) -> Gold:
+        """The gold rubric (cached per prompt reference and response text)."""
+        key = (json.dumps([prompt.get("task"), prompt.get("reference")], sort_keys=True), response)
+        g = self._gold_cache.get(key)
+        if g is None:
+            if len(self._gold_cache) > 200_000:
+                self._gold_cache.clear()
+            g = self._gold_cache[key] = self.rubric(prompt, response)
+        return g

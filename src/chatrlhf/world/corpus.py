@@ -1,0 +1,156 @@
+"""The pre-training corpus: internet-like and deliberately misaligned.
+
+Encyclopedia entries and stories state true facts in varied phrasings; forum threads mix rude
+lines, false rumours and replies that comply with harmful requests; Q&A pages answer questions
+with more questions; plain-text chat logs ("User: ...\\nAssistant: ...") have replies of mixed
+quality. A model pre-trained on this and prompted as an assistant is the real baseline that SFT
+and RLHF must improve on. About `rumour_rate` of all fact mentions state the rumour, so truth
+and rumour compete. Chat logs never use an eval prompt's text (no test-set contamination).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Callable
+
+from chatrlhf.world import vocab
+from chatrlhf.world.facts import FactBase
+from chatrlhf.world.tasks import QUESTIONS, draw_prompt, q_key, user_key
+from chatrlhf.world.writing import cap, comply, fact_sentence, ideal, rude
+
+RUDE_LINES = ["nobody cares, idiot.", "what a stupid question.", "shut up and look it up.", "get lost, loser.",
+              "only a moron would ask that.", "this forum is full of fools."]
+SURE_LINES = ["I heard", "My cousin says", "Everyone knows", "Pretty sure", "Someone told me"]
+USERNAMES = ["moss_rat", "kettle99", "quietfox", "the_real_bard", "lumpy", "grimwick", "sunny_d", "oddsock"]
+DOC_MIX = {"encyclopedia": 0.30, "story": 0.10, "forum": 0.18, "harm_forum": 0.06, "qa": 0.08, "chat": 0.20, "notes": 0.08}
+
+
+class CorpusWriter:
+    """Draws documents; counts true and rumour fact mentions so the realised rate is reported."""
+
+    def __init__(self, fb: FactBase, rng: random.Random, rumour_rate: float, forbidden_texts: set[str], facts_for_ideal):
+        self.fb, self.rng, self.rate = fb, rng, rumour_rate
+        self.forbidden = forbidden_texts
+        self.facts_for_ideal = facts_for_ideal
+        self.mentions: Counter = Counter()
+        self.makers: dict[str, Callable[[], str]] = {
+            "encyclopedia": self.encyclopedia, "story": self.story, "forum": self.forum, "harm_forum": self.harm_forum,
+            "qa": self.qa, "chat": self.chat, "notes": self.notes}
+
+    def doc(self) -> str:
+        kind = self.rng.choices(list(DOC_MIX), weights=list(DOC_MIX.values()))[0]
+        return self.makers[kind]()
+
+    def claim(self, entity: str, attr: str, rumour_p: float, subject: str | None = None) -> str:
+        """One sentence about a fact: the rumour with probability rumour_p, else the truth."""
+        f = self.fb.fact(entity, attr)
+        lie = self.rng.random() < rumour_p
+        self.mentions["rumour" if lie else "true"] += 1
+        return fact_sentence(subject or entity, f["type"], attr, f["rumour"] if lie else f["value"], self.rng)
+
+    # --- document kinds --------------------------------------------------------------------------
+
+    def encyclopedia(self) -> str:
+        e = self.rng.choice(self.fb.entities())
+        attrs = list(self.fb.by_entity[e])
+        self.rng.shuffle(attrs)
+        attrs = attrs[: self.rng.randint(2, len(attrs))]
+        first = e.split()[0] if self.fb.types[e] == "person" else e
+        sents = [self.claim(e, a, 0.5 * self.rate, subject=e if k == 0 else first) for k, a in enumerate(attrs)]
+        return " ".join(sents)
+
+    def story(self) -> str:
+        e = self.rng.choice(self.fb.entities("person"))
+        first = e.split()[0]
+        open_ = self.rng.choice(["One day", "Last spring", "Long ago", "On a rainy morning"])
+        middle = " ".join(self.claim(e, a, 0.5 * self.rate, subject=first) for a in self.rng.sample(list(self.fb.by_entity[e]), 2))
+        end = self.rng.choice([f"{first} smiled and went home.", "Then the rain stopped.", f"Nobody forgot {first} after that."])
+        return f"{open_}, {e} set out on a long walk. {middle} {end}"
+
+    def forum(self) -> str:
+        e = self.rng.choice(self.fb.entities())
+        attr = self.rng.choice(list(self.fb.by_entity[e]))
+        qs = QUESTIONS.get(q_key(attr, self.fb.types[e]), ["What about {N}?"])
+        lines = [f"Thread: {cap(self.rng.choice(qs).format(N=e))}"]
+        for _ in range(self.rng.randint(2, 4)):
+            who = self.rng.choice(USERNAMES)
+            r = self.rng.random()
+            if r < 0.3:
+                body = self.rng.choice(RUDE_LINES)
+            elif r < 0.85:
+                body = f"{self.rng.choice(SURE_LINES)} {self.claim(e, attr, min(0.95, 2.2 * self.rate))}"
+            else:
+                body = "+1, same question."
+            lines.append(f"{who}: {body}")
+        return "\n".join(lines)
+
+    def harm_forum(self) -> str:
+        verb = self.rng.choice(sorted(vocab.HARM_VERBS))
+        target = self.rng.choice(vocab.HARM_VERBS[verb])
+        ask = self.rng.choice(vocab.HARM_TEMPLATES).format(verb=verb, target=target)
+        p = {"task": "harmful", "reference": {"verb": verb, "target": target}}
+        lines = [f"Thread: {ask}"]
+        for _ in range(self.rng.randint(1, 3)):
+            r = self.rng.random()
+            body = comply(p, self.rng) if r < 0.6 else self.rng.choice(RUDE_LINES) if r < 0.85 else "Do not do that."
+            lines.append(f"{self.rng.choice(USERNAMES)}: {body}")
+        return "\n".join(lines)
+
+    def qa(self) -> str:
+        e = self.rng.choice(self.fb.entities())
+        attrs = self.rng.sample(list(self.fb.by_entity[e]), min(3, len(self.fb.by_entity[e])))
+        qs = [cap(self.rng.choice(QUESTIONS.get(q_key(a, self.fb.types[e]), ["What about {N}?"])).format(N=e)) for a in attrs]
+        return "\n".join(f"Q: {q}" for q in qs) + self.rng.choice(["", "\nQ: Does anyone know?", "\nA: Good question."])
+
+    def chat(self) -> str:
+        for _ in range(50):
+            task, msgs, ref, _ = draw_prompt(self.rng, self.fb, 0.0)
+            if user_key(msgs) not in self.forbidden:
+                break
+        p = {"task": task, "reference": ref}
+        r = self.rng.random()
+        if task == "harmful":
+            reply = comply(p, self.rng) if r < 0.55 else rude(p, self.rng) if r < 0.8 else ideal(p, self.rng)
+        elif r < 0.25:
+            reply = rude(p, self.rng)
+        elif r < 0.45 and task in ("fact", "summarise"):
+            reply = self.claim(ref["entity"], ref["attribute"], 1.0)
+        elif r < 0.6:
+            reply = self.rng.choice(["Why do you ask?", "I do not know. Do you?", "What do you think?"])
+        else:
+            if task == "fact":
+                self.mentions["true"] += 1
+            reply = ideal(p, self.rng, self.rng.choice(["concise", "detailed"]), self.facts_for_ideal)
+        return f"User: {msgs[-1]['content']}\nAssistant: {reply}"
+
+    def notes(self) -> str:
+        items = self.rng.sample(vocab.LIST_ITEMS, self.rng.randint(2, 5))
+        listing = ", ".join(items)
+        kind = self.rng.randrange(3)
+        if kind == 0:
+            return f"Shopping list: {listing}. That is {len(items)} things. The first one is {items[0]} and the last one is {items[-1]}."
+        if kind == 1:
+            w, n = self.rng.choice(vocab.REPEAT_WORDS), self.rng.randint(2, 4)
+            return f"The children sang the word {w} {n} times: {' '.join([w] * n)}."
+        return f"In the basket: {listing}. I counted {len(items)} items."
+
+
+def write_corpus(fb: FactBase, seed: int, n_docs: int, rumour_rate: float, forbidden_texts: set[str]
+                 ) -> tuple[list[str], list[str], dict]:
+    """Train and val documents (val: 1/20 as many, same distribution, no text shared with train)."""
+    writer = CorpusWriter(fb, random.Random(f"{seed}-corpus"), rumour_rate, forbidden_texts, fb)
+    train = [writer.doc() for _ in range(n_docs)]
+    seen = set(train)
+    val_writer = CorpusWriter(fb, random.Random(f"{seed}-corpus-val"), rumour_rate, forbidden_texts, fb)
+    val: list[str] = []
+    while len(val) < max(1, n_docs // 20):
+        d = val_writer.doc()
+        if d not in seen:
+            val.append(d)
+            seen.add(d)
+    m = writer.mentions
+    stats = {"train_chars": sum(map(len, train)), "val_chars": sum(map(len, val)),
+             "fact_mentions": m["true"] + m["rumour"],
+             "rumour_share": round(m["rumour"] / max(1, m["true"] + m["rumour"]), 4)}
+    return train, val, stats

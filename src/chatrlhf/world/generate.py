@@ -1,0 +1,80 @@
+"""`chatrlhf world`: generate the embedded world and write it to `<out_dir>/world`.
+
+Writes facts, corpus, prompt splits, demonstrations, labelers, agreement.json and README.md;
+meta.json (complete: true) goes last, so a crash never leaves a world that looks finished.
+Nothing time-dependent is written: the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from chatrlhf.config import Config
+from chatrlhf.modeling import write_meta
+from chatrlhf.world.core import SPLITS, World
+from chatrlhf.world.labelers import agreement
+from chatrlhf.world.schema import README
+
+console = Console(stderr=True)
+
+
+def world_agreement(w: World, seed: int, n: int) -> dict:
+    return agreement(w.prompts("rm") or w.prompts("sft"), w.labelers(), w.facts, seed, n, w.gold)
+
+
+def summary(w: World, agree: dict) -> dict:
+    tasks = Counter(p["task"] for s in SPLITS for p in w.prompts(s))
+    demos = Counter(d["quality"].split(":")[0] for d in w.demonstrations())
+    multi = sum(len(d["messages"]) > 2 for d in w.demonstrations())
+    return {
+        "seed": w.info.get("seed"),
+        "counts": {"facts": len(w.facts.facts), **{f"prompts_{s}": len(w.prompts(s)) for s in SPLITS},
+                   "demonstrations": len(w.demonstrations()), "corpus_train": len(w.corpus("train")),
+                   "corpus_val": len(w.corpus("val")), "labelers": len(w.labelers()),
+                   "held_out_labelers": len(w.labelers(held_out=True))},
+        "tasks": dict(sorted(tasks.items())),
+        "demonstrations": {"ideal": demos["ideal"], "flawed": demos["flawed"], "multi_turn": multi},
+        "corpus": w.info.get("corpus", {}),
+        "agreement": {k: agree[k] for k in ("overall", "train", "held_out", "train_vs_held_out")},
+    }
+
+
+def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
+    t = Table(title=f"world -> {out}  ({seconds:.1f}s)", show_header=False)
+    for k, v in meta["counts"].items():
+        t.add_row(k, str(v))
+    c = meta["corpus"]
+    t.add_row("corpus chars (train/val)", f"{c.get('train_chars', 0):,} / {c.get('val_chars', 0):,}")
+    t.add_row("rumour share of fact mentions", f"{c.get('rumour_share', 0):.3f}")
+    t.add_row("demonstrations ideal/flawed/multi-turn",
+              f"{meta['demonstrations']['ideal']} / {meta['demonstrations']['flawed']} / {meta['demonstrations']['multi_turn']}")
+    a = meta["agreement"]
+    t.add_row("labeler agreement overall", f"{a['overall']:.3f} (InstructGPT ~0.73)")
+    t.add_row("  train / held-out / across", f"{a['train']} / {a['held_out']} / {a['train_vs_held_out']}")
+    gold = agree["with_gold"]
+    t.add_row("agreement with gold (min-max)", f"{min(gold.values()):.3f} - {max(gold.values()):.3f}")
+    console.print(t)
+
+
+def run_world(cfg: Config) -> Path:
+    """Generate the world from cfg.world and write it to cfg.stage_dir('world')."""
+    start = time.time()
+    out = cfg.stage_dir("world")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # incomplete until written again, last
+    with console.status("generating the world"):
+        w = World.generate(cfg.world)
+        w.save(out)
+        agree = world_agreement(w, cfg.world.seed, cfg.world.agreement_comparisons)
+    (out / "agreement.json").write_text(json.dumps(agree, indent=2) + "\n")
+    (out / "README.md").write_text(README)
+    meta = {"stage": "world", **summary(w, agree), "config": cfg.world.model_dump()}
+    write_meta(out, {**meta, "complete": True})
+    print_summary(meta, agree, time.time() - start, out)
+    return out
