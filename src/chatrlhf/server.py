@@ -1,0 +1,395 @@
+"""OpenAI-compatible chat server: `chatrlhf serve --model DIR`.
+
+    POST /v1/chat/completions   (stream via SSE, or one JSON reply)
+    GET  /v1/models   /health   /  (the web chat page, static files in chatrlhf/web)
+
+One worker thread owns the model and decodes every request in one continuously batched
+DecodeBatch: a request that arrives mid-generation joins the running batch at the next step
+instead of waiting for it to finish. Tokens go to each request's asyncio queue, so a client
+that reads slowly only delays itself. Limits (body size, messages, max_tokens, timeout) answer
+4xx with an OpenAI-style JSON error whose `param` names the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from chatrlhf.config import ServeConfig
+from chatrlhf.engine import DecodeBatch, Engine, Generation, SamplingParams
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+
+# --- request schema -------------------------------------------------------------------------
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v: Any) -> Any:
+        """Accept the list-of-parts form ([{"type": "text", "text": ...}]) the openai client may send."""
+        if isinstance(v, list):
+            return "".join(p.get("text", "") for p in v if isinstance(p, dict) and p.get("type") == "text")
+        return v
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # unknown OpenAI options are accepted and ignored
+    model: str | None = None
+    messages: list[Message]
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None, code: str):
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_body(message: str, param: str | None, code: str, kind: str = "invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# --- the worker -----------------------------------------------------------------------------
+
+
+class Job:
+    """One request: its prompt and params in, text pieces and the final Generation out (async queue)."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
+        self.prompt_ids, self.params, self.loop = prompt_ids, params, loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+
+    def push(self, kind: str, value: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+
+
+class Scheduler:
+    """A thread that keeps one DecodeBatch running and lets waiting jobs join it (up to max_batch rows)."""
+
+    def __init__(self, engine: Engine, max_batch: int = 16):
+        self.eng, self.max_batch = engine, max_batch
+        self.pending: deque[Job] = deque()
+        self.cond = threading.Condition()
+        self.running = False
+        self.live = 0
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, name="chatrlhf-decoder", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify()
+        if self.thread:
+            self.thread.join(timeout=10)
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            self.pending.append(job)
+            self.cond.notify()
+
+    def _take(self, room: int) -> list[Job]:
+        with self.cond:
+            while self.running and not self.pending and self.live == 0:
+                self.cond.wait(0.5)
+            jobs = []
+            while self.pending and len(jobs) < room:
+                job = self.pending.popleft()
+                if not job.cancelled:
+                    jobs.append(job)
+            return jobs
+
+    def _loop(self) -> None:
+        batch: DecodeBatch | None = None
+        rows: dict[int, Job] = {}
+        while self.running:
+            running = batch is not None and not batch.done
+            # a batch whose cache cannot be extended (sliding windows) finishes before the next one starts
+            new = self._take(self.max_batch - self.live) if not running or batch.can_join() else []
+            if new:
+                try:
+                    if running:
+                        ids = batch.join([j.prompt_ids for j in new], [j.params for j in new])
+                    else:
+                        batch, rows = DecodeBatch(self.eng, [j.prompt_ids for j in new], [j.params for j in new]), {}
+                        ids = list(range(len(new)))
+                except Exception as e:  # a bad batch fails its own requests, never the server
+                    for j in new:
+                        j.push("error", str(e))
+                    continue
+                rows.update(zip(ids, new))
+            if batch is None or batch.done:
+                self.live = 0
+                continue
+            self._step(batch, rows)
+
+    def _step(self, batch: DecodeBatch, rows: dict[int, Job]) -> None:
+        for r, job in rows.items():
+            if job.cancelled:
+                batch.cancel(r)
+        try:
+            got = batch.step()
+        except Exception as e:
+            for job in rows.values():
+                job.push("error", str(e))
+            rows.clear()
+            batch.reason = ["error"] * len(batch.reason)
+            self.live = 0
+            return
+        for r in got:
+            job = rows[r]
+            piece = batch.delta(r)
+            if piece:
+                job.push("piece", piece)
+            if batch.reason[r] is not None:
+                job.push("done", batch.result(r))
+        for r in [r for r in rows if batch.reason[r] is not None]:
+            del rows[r]
+        self.live = len(rows)
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """ASGI middleware: reject bodies over `limit` bytes with 413 before the app reads them."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        body, more = b"", True
+        if declared is None or int(declared) <= self.limit:
+            while more and len(body) <= self.limit:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                body += msg.get("body", b"")
+                more = msg.get("more_body", False)
+        if declared is not None and int(declared) > self.limit or len(body) > self.limit:
+            resp = JSONResponse(error_body(f"request body is larger than the {self.limit}-byte limit",
+                                           "body", "body_too_large"), status_code=413)
+            return await resp(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str = "chatrlhf",
+               save_conversations: str | Path | None = None) -> FastAPI:
+    cfg = cfg or ServeConfig()
+    sched = Scheduler(engine, cfg.max_batch)
+    save_path = Path(save_conversations) / "conversations.jsonl" if save_conversations else None
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sched.start()
+        yield
+        sched.stop()
+
+    app = FastAPI(title="chatrlhf", lifespan=lifespan)
+    app.state.scheduler = sched
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError):
+        return JSONResponse(error_body(e.message, e.param, e.code), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError):
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"] if p != "body"]
+        if err["type"] == "json_invalid":
+            return JSONResponse(error_body(f"request body is not valid JSON: {err.get('ctx', {}).get('error', '')}",
+                                           "body", "invalid_json"), status_code=400)
+        param = ".".join(loc) or "body"
+        return JSONResponse(error_body(f"{param}: {err['msg']}", param, "invalid_value"), status_code=400)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "queued": len(sched.pending), "decoding": sched.live}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "chatrlhf"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        job, messages = _make_job(req, engine, cfg)
+        sched.submit(job)
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_name}
+        deadline = time.monotonic() + cfg.timeout_s
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_sse(job, meta, deadline, usage, messages, save_path),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        text_parts: list[str] = []
+        gen = await _collect(job, deadline, text_parts, cfg.timeout_s)
+        _save(save_path, meta, messages, gen)
+        return {**meta, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                             "finish_reason": _finish(gen)}], "usage": _usage(gen)}
+
+    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    if WEB_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app
+
+
+def _make_job(req: ChatRequest, engine: Engine, cfg: ServeConfig) -> tuple[Job, list[dict[str, str]]]:
+    """Check the limits and build the job; every breach names its field."""
+    if not req.messages:
+        raise APIError(400, "messages must hold at least one message", "messages", "invalid_value")
+    if len(req.messages) > cfg.max_messages:
+        raise APIError(400, f"{len(req.messages)} messages is more than the limit of {cfg.max_messages}",
+                       "messages", "too_many_messages")
+    field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = req.max_completion_tokens or req.max_tokens or cfg.default_max_tokens
+    if max_tokens > cfg.max_tokens:
+        raise APIError(400, f"{field}={max_tokens} is more than this server's limit of {cfg.max_tokens}",
+                       field, "max_tokens_too_large")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages]
+    prompt = engine.chat_prompt(messages)
+    if len(prompt) >= engine.context:
+        raise APIError(400, f"the messages are {len(prompt)} tokens; this model's context is {engine.context}",
+                       "messages", "context_length_exceeded")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    params = engine.chat_params(SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature,
+                                               top_p=req.top_p, top_k=req.top_k, stop=stop, seed=req.seed))
+    return Job(prompt, params, asyncio.get_running_loop()), messages
+
+
+async def _next(job: Job, deadline: float) -> tuple[str, Any]:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return await asyncio.wait_for(job.queue.get(), timeout=left)
+
+
+async def _collect(job: Job, deadline: float, parts: list[str], timeout_s: float) -> Generation:
+    try:
+        while True:
+            kind, value = await _next(job, deadline)
+            if kind == "piece":
+                parts.append(value)
+            elif kind == "done":
+                return value
+            else:
+                raise APIError(500, f"generation failed: {value}", None, "generation_error")
+    except (TimeoutError, asyncio.TimeoutError):
+        job.cancelled = True
+        raise APIError(408, f"request took longer than the {timeout_s:g} s timeout", "timeout", "timeout") from None
+    except asyncio.CancelledError:
+        job.cancelled = True
+        raise
+
+
+async def _sse(job: Job, meta: dict, deadline: float, include_usage: bool, messages: list[dict[str, str]],
+               save_path: Path | None) -> AsyncIterator[str]:
+    """Server-sent events in the OpenAI chunk format, ending with `data: [DONE]`."""
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        body = {**meta, "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            try:
+                kind, value = await _next(job, deadline)
+            except (TimeoutError, asyncio.TimeoutError):
+                job.cancelled = True
+                err = error_body("request took longer than the timeout", "timeout", "timeout")
+                yield f"data: {json.dumps(err)}\n\n"
+                break
+            if kind == "piece":
+                yield chunk({"content": value})
+            elif kind == "done":
+                yield chunk({}, _finish(value))
+                if include_usage:
+                    yield f"data: {json.dumps({**meta, 'object': 'chat.completion.chunk', 'choices': [], 'usage': _usage(value)})}\n\n"
+                _save(save_path, meta, messages, value)
+                break
+            else:
+                yield f"data: {json.dumps(error_body(f'generation failed: {value}', None, 'generation_error', 'server_error'))}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away or we are done: stop decoding this row
+        job.cancelled = True
+
+
+def _finish(gen: Generation) -> str:
+    return "length" if gen.finish_reason == "length" else "stop"
+
+
+def _usage(gen: Generation) -> dict[str, int]:
+    p, c = len(gen.prompt_ids), len(gen.token_ids)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _save(path: Path | None, meta: dict, messages: list[dict[str, str]], gen: Generation) -> None:
+    """Append the finished conversation (the input `chatrlhf sample --conversations` draws from)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {"id": meta["id"], "created": meta["created"], "model": meta["model"], "finish_reason": gen.finish_reason,
+           "messages": [*messages, {"role": "assistant", "content": gen.text}]}
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def run_server(cfg, model: str | Path | None = None, save_conversations: str | Path | None = None) -> None:
+    import uvicorn
+
+    from chatrlhf.engine import load_engine, resolve_model
+
+    path = resolve_model(cfg, model)
+    engine = load_engine(path, cfg.model.dtype, cfg.run.device)
+    save = save_conversations or cfg.serve.save_conversations
+    name = path.name if path.name not in ("ppo", "sft", "pretrain") else f"chatrlhf-{path.name}"
+    app = create_app(engine, cfg.serve, name, save)
+    print(f"serving {path} as '{name}' on http://{cfg.serve.host}:{cfg.serve.port}/"
+          + (f" (saving conversations to {save})" if save else ""), flush=True)
+    uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
