@@ -1,0 +1,164 @@
+"""`chatrlhf iterate`: iterated RLHF, the loop that made ChatGPT.
+
+Round 1 is the first RM (rm/) and PPO from SFT (ppo/). Each later round r:
+
+    1. sample K responses per *fresh* prompt from the newest policy        (collect_comparisons)
+    2. have them ranked: simulated labelers, or the labeling app's queue
+    3. add them to the RM's data and continue (or retrain) the RM         rounds/round_r/rm/
+    4. PPO again from the newest policy, still KL-anchored to SFT          rounds/round_r/ppo/
+
+Per round we record what changed (RM accuracy, reward, gold, KL) in rounds/summary.json. A round
+whose ppo/meta.json says complete is skipped, so an interrupted run resumes round by round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from chatrlhf.config import Config
+from chatrlhf.modeling import read_meta, stage_complete
+
+console = Console(stderr=True)
+
+
+def round_dir(cfg: Config, r: int) -> Path:
+    return cfg.stage_dir("rounds") / f"round_{r}"
+
+
+def round_paths(cfg: Config, r: int) -> tuple[Path, Path]:
+    """(rm dir, ppo dir) of round r; round 1 lives in the stage dirs rm/ and ppo/."""
+    if r == 1:
+        return cfg.stage_dir("rm"), cfg.stage_dir("ppo")
+    return round_dir(cfg, r) / "rm", round_dir(cfg, r) / "ppo"
+
+
+def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
+    """Round r's slice of the PPO prompt pool, excluding the guard's held-out tail."""
+    pool = world.prompts("ppo")
+    pool = pool[: len(pool) - min(cfg.ppo.guard_prompts, len(pool) // 4)]
+    n = cfg.iterate.prompts_per_round
+    start = ((r - 2) * n) % max(1, len(pool))
+    return [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))]
+
+
+# --- 1-2. comparisons from the newest policy ---------------------------------------------------
+
+
+def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict], out: Path, r: int) -> Path:
+    """K samples per prompt from `policy_dir`, ranked, written as a comparison file."""
+    from chatrlhf.engine import load_engine
+    from chatrlhf.rankings import write_comparisons
+    from chatrlhf.sampling import assign_splits, label_with_world, sample_responses
+
+    rng = random.Random(cfg.run.seed * 1000 + r)
+    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device)
+    samples = sample_responses(engine, [p["messages"] for p in prompts], cfg.rm.k, cfg)
+    splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
+    comparisons = [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
+                    "policy": f"round_{r - 1}", "split": s, "messages": p["messages"], "responses": resp,
+                    "reference": p.get("reference"), "rankings": []}
+                   for i, (p, resp, s) in enumerate(zip(prompts, samples, splits))]
+    if cfg.iterate.source == "labeling_app":
+        comparisons = rank_in_labeling_app(cfg, comparisons, r)
+    else:
+        label_with_world(world, comparisons, cfg, rng)
+    return write_comparisons(comparisons, out)
+
+
+def rank_in_labeling_app(cfg: Config, comparisons: list[dict], r: int) -> list[dict]:
+    """Push the comparisons to the labeling app's queue and wait until people have ranked them."""
+    from chatrlhf.labeling.client import LabelingClient
+
+    it = cfg.iterate
+    token = os.environ.get("CHATRLHF_LABEL_TOKEN")
+    if not it.labeling_url or not token:
+        raise ValueError("iterate.source = labeling_app needs iterate.labeling_url and the admin token in "
+                         "the CHATRLHF_LABEL_TOKEN environment variable")
+    project = f"{it.labeling_project or 'chatrlhf'}-round-{r}"
+    client = LabelingClient(it.labeling_url, token)
+    client.push_comparisons(project, comparisons, labelers_per_item=cfg.rm.labelers_per_prompt)
+    console.print(f"iterate: {len(comparisons)} comparisons queued in {it.labeling_url} project {project}; waiting")
+    client.wait_complete(project)
+    return client.pull_rankings(project)
+
+
+# --- 3-4. RM update and PPO --------------------------------------------------------------------
+
+
+def all_comparisons(cfg: Config, upto: int) -> list[dict]:
+    """The RM's data after round `upto`: round 1's comparisons plus every later round's."""
+    from chatrlhf.rankings import load_comparisons
+
+    files = [cfg.stage_dir("rm") / "comparisons.jsonl"]
+    files += [round_dir(cfg, r) / "comparisons.jsonl" for r in range(2, upto + 1)]
+    data: list[dict] = []
+    for f in files:
+        if f.is_file():
+            data += load_comparisons(f, cfg.rm.allow_ties)
+    return data
+
+
+def run_round(cfg: Config, world, r: int) -> Path:
+    """Round r >= 2: comparisons -> RM -> PPO. Returns the new policy dir."""
+    from chatrlhf.ppo import run_ppo
+    from chatrlhf.reward import train_reward_model
+
+    d = round_dir(cfg, r)
+    d.mkdir(parents=True, exist_ok=True)
+    prev_rm, prev_policy = round_paths(cfg, r - 1)
+    rm_dir, ppo_dir = round_paths(cfg, r)
+    cmp_file = d / "comparisons.jsonl"
+    if not cmp_file.is_file():
+        collect_comparisons(cfg, world, prev_policy, fresh_prompts(world, cfg, r), cmp_file, r)
+    if not stage_complete(rm_dir):
+        init = prev_rm if cfg.iterate.rm_mode == "continue" else cfg.stage_dir(cfg.rm.init_from)
+        train_reward_model(cfg, all_comparisons(cfg, r), init, rm_dir, world=world)
+    if not stage_complete(ppo_dir):
+        run_ppo(cfg, policy_dir=prev_policy, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=cfg.stage_dir("sft"))
+    return ppo_dir
+
+
+def round_record(cfg: Config, r: int) -> dict[str, Any]:
+    rm_dir, ppo_dir = round_paths(cfg, r)
+    rm_eval = read_meta(rm_dir).get("eval", {})
+    ppo = read_meta(ppo_dir)
+    return {"round": r, "rm_acc_held_out_prompts": rm_eval.get("acc_held_out_prompts"),
+            "rm_acc_held_out_labelers": rm_eval.get("acc_held_out_labelers"),
+            "rm_train_comparisons": rm_eval.get("train_comparisons"),
+            "reward": ppo.get("reward"), "gold": ppo.get("gold"), "kl": ppo.get("kl"),
+            "ppo_iterations": ppo.get("iterations"), "selected_iteration": ppo.get("selected_iteration"),
+            "guard_win_rate": ppo.get("guard_win_rate"), "policy": str(ppo_dir)}
+
+
+def run_iterate(cfg: Config) -> Path:
+    """Rounds 1..N (round 1 must exist: `chatrlhf rm` and `chatrlhf ppo`). Returns the newest policy."""
+    from chatrlhf.reward import load_world
+
+    if not stage_complete(round_paths(cfg, 1)[1]):
+        raise FileNotFoundError(f"iterate: round 1 is missing ({cfg.stage_dir('ppo')} is not a complete stage); "
+                                "run `chatrlhf rm` and `chatrlhf ppo` first, or `chatrlhf run`")
+    world = load_world(cfg)
+    if world is None and cfg.iterate.source == "simulated":
+        raise FileNotFoundError(f"iterate: simulated labelers need the world at {cfg.stage_dir('world')}")
+    newest = round_paths(cfg, 1)[1]
+    records = [round_record(cfg, 1)]
+    for r in range(2, cfg.iterate.rounds + 1):
+        newest = run_round(cfg, world, r)
+        records.append(round_record(cfg, r))
+        _print_round(records[-1])
+    out = cfg.stage_dir("rounds")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(records, indent=2))
+    return newest
+
+
+def _print_round(rec: dict[str, Any]) -> None:
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    console.print(f"[bold]round {rec['round']}[/bold]: RM acc {fmt(rec['rm_acc_held_out_prompts'])}, "
+                  f"reward {fmt(rec['reward'])}, gold {fmt(rec['gold'])}, KL {fmt(rec['kl'])}")

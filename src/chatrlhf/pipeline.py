@@ -1,0 +1,127 @@
+"""`chatrlhf run`: the whole mission in one command, resumable stage by stage.
+
+    world -> tokenizer -> pretrain -> sft -> rm -> ppo -> more rounds -> eval -> report
+
+A stage whose directory has `meta.json` with `"complete": true` is skipped, so a rerun after a
+crash (or Ctrl-C) picks up at the first unfinished stage; inside a stage the trainers resume from
+their own checkpoints. `--force` deletes each stage's outputs and reruns it. Stage wall times go to
+<out_dir>/pipeline.json (the 15-minute budget is checked against them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from chatrlhf.config import Config
+from chatrlhf.modeling import stage_complete
+
+console = Console(stderr=True)
+
+
+def _world(cfg: Config) -> None:
+    from chatrlhf.world.generate import run_world
+
+    run_world(cfg)
+
+
+def _tokenizer(cfg: Config) -> None:
+    from chatrlhf.pretrain import run_tokenizer
+
+    run_tokenizer(cfg)
+
+
+def _pretrain(cfg: Config) -> None:
+    from chatrlhf.pretrain import run_pretrain
+
+    run_pretrain(cfg)
+
+
+def _sft(cfg: Config) -> None:
+    from chatrlhf.sft import run_sft
+
+    run_sft(cfg)
+
+
+def _rm(cfg: Config) -> None:
+    from chatrlhf.reward import run_rm
+
+    run_rm(cfg)
+
+
+def _ppo(cfg: Config) -> None:
+    from chatrlhf.ppo import run_ppo
+
+    run_ppo(cfg)
+
+
+def _rounds(cfg: Config) -> None:
+    from chatrlhf.iterate import run_iterate
+
+    run_iterate(cfg)
+
+
+def _eval(cfg: Config) -> None:
+    from chatrlhf.evaluate import run_eval
+
+    run_eval(cfg, models=[])
+
+
+def _report(cfg: Config) -> None:
+    from chatrlhf.evaluate.report import run_report
+
+    run_report(cfg)
+
+
+# (name, directory under out_dir, runner); `rounds` is complete when its last round's ppo/ is
+STAGES: list[tuple[str, str, Callable[[Config], None]]] = [
+    ("world", "world", _world), ("tokenizer", "tokenizer", _tokenizer), ("pretrain", "pretrain", _pretrain),
+    ("sft", "sft", _sft), ("rm", "rm", _rm), ("ppo", "ppo", _ppo), ("rounds", "rounds", _rounds),
+    ("eval", "eval", _eval), ("report", "report", _report),
+]
+
+
+def done_marker(cfg: Config, name: str, subdir: str) -> Path:
+    if name == "rounds":
+        return cfg.stage_dir("rounds") / f"round_{cfg.iterate.rounds}" / "ppo"
+    return cfg.stage_dir(subdir)
+
+
+def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
+    """Run every unfinished stage in order; returns {stage: seconds} of the stages that ran."""
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.time()
+    for name, subdir, runner in STAGES:
+        if name == "rounds" and cfg.iterate.rounds < 2:
+            continue
+        marker = done_marker(cfg, name, subdir)
+        if force:
+            shutil.rmtree(cfg.stage_dir(subdir), ignore_errors=True)
+        elif stage_complete(marker):
+            console.print(f"[dim]run: {name} complete, skipped ({marker}/meta.json)[/dim]")
+            continue
+        console.rule(f"[bold]{name}")
+        t0 = time.time()
+        runner(cfg)
+        timings[name] = round(time.time() - t0, 1)
+        _write_timings(out, timings, time.time() - t_all)
+    total = time.time() - t_all
+    _write_timings(out, timings, total)
+    console.print(f"[bold green]run complete[/bold green] in {total / 60:.1f} min: "
+                  + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    return timings
+
+
+def _write_timings(out: Path, timings: dict[str, float], total: float) -> None:
+    path = out / "pipeline.json"
+    prev = json.loads(path.read_text()) if path.is_file() else {}
+    stages = {**prev.get("stages", {}), **timings}
+    path.write_text(json.dumps({"stages": stages, "last_run_seconds": round(total, 1),
+                                "sum_of_stage_seconds": round(sum(stages.values()), 1)}, indent=2))
