@@ -90,9 +90,10 @@ class BodyLimit:
 
 
 def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 60.0,
-               admin_token: str | None = None, admin_name: str = "admin") -> FastAPI:
-    """Build the app on `db` (migrated to head first). `admin_token` makes that token an admin's."""
-    Sessions: sessionmaker = open_db(db)
+               admin_token: str | None = None, admin_name: str = "admin", migrate: bool = True) -> FastAPI:
+    """Build the app on `db` (migrated to head first unless migrate=False). `admin_token` makes that
+    token an admin's."""
+    Sessions: sessionmaker = open_db(db, upgrade=migrate)
     app = FastAPI(title="chatrlhf labeling", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.sessions = Sessions
     if admin_token:
@@ -286,6 +287,13 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
     def api_import(project: str, req: ItemsReq, _: User = Depends(admin_user)):
         with tx() as s:
             return store.import_items(s, store.get_project(s, project, lock=True), req.records)
+
+    @app.get("/api/admin/projects/{project}/items")
+    def api_items(project: str, _: User = Depends(admin_user)):
+        with tx() as s:
+            p = store.get_project(s, project)
+            items = s.query(store.Item).filter(store.Item.project_id == p.id).order_by(store.Item.id)
+            return {"items": [{"id": i.id, "ext_id": i.ext_id, "payload": i.payload} for i in items]}
 
     @app.post("/api/admin/projects/{project}/members")
     def api_members(project: str, req: MembersReq, _: User = Depends(admin_user)):

@@ -116,8 +116,9 @@ class LabelingClient:
         self.assign(project, list(tokens))
         counts: dict[str, int] = {}
         self.errors: list[BaseException] = []
+        prompts = self._prompt_index(project, world)
         threads = [threading.Thread(target=self._work, daemon=True, name=f"sim-{lab.id}",
-                                    args=(project, lab, tokens[lab.id], world, seed + k, counts))
+                                    args=(project, lab, tokens[lab.id], prompts, seed + k, counts))
                    for k, lab in enumerate(labelers)]
         for t in threads:
             t.start()
@@ -129,15 +130,14 @@ class LabelingClient:
             raise LabelingError(f"a simulated labeler failed: {self.errors[0]}") from self.errors[0]
         return counts
 
-    def _work(self, project: str, lab: Any, token: str, world: Any, seed: int, counts: dict[str, int]) -> None:
+    def _work(self, project: str, lab: Any, token: str, prompts: dict, seed: int, counts: dict[str, int]) -> None:
         try:
-            self._work_queue(project, lab, token, world, seed, counts)
+            self._work_queue(project, lab, token, prompts, seed, counts)
         except BaseException as e:  # surfaced by attach_simulated after join
             self.errors.append(e)
 
-    def _work_queue(self, project: str, lab: Any, token: str, world: Any, seed: int, counts: dict[str, int]) -> None:
+    def _work_queue(self, project: str, lab: Any, token: str, prompts: dict, seed: int, counts: dict[str, int]) -> None:
         rng = _make_rng(seed)
-        prompts = _prompt_index(world)
         with self._http(token) as http:
             n = 0
             while True:
@@ -149,24 +149,28 @@ class LabelingClient:
                 n += 1
             counts[str(lab.id)] = n
 
+    def _prompt_index(self, project: str, world: Any) -> dict[str, dict]:
+        """item id -> the prompt a simulated labeler judges against, with its gold `reference`
+        (which the labeler page hides): the world's prompt when known, else the admin's copy."""
+        world_prompts: dict[str, dict] = {}
+        for split in ("sft", "rm", "ppo", "eval") if world is not None else ():
+            try:
+                world_prompts.update({p["id"]: p for p in world.prompts(split)})
+            except (KeyError, ValueError, AttributeError):
+                continue
+        index = {}
+        for item in self._check(self.admin.get(f"/api/admin/projects/{project}/items"))["items"]:
+            rec = item["payload"]
+            pid = rec.get("prompt_id", item["ext_id"])
+            index[item["ext_id"]] = world_prompts.get(pid) or {"id": pid, "task": rec.get("task"),
+                                                               "messages": rec["messages"],
+                                                               "reference": rec.get("reference") or {}}
+        return index
+
 
 def _make_rng(seed: int) -> random.Random:
     """The world draws all its randomness from `random.Random` (world/facts.py, world/tasks.py)."""
     return random.Random(seed)
-
-
-def _prompt_index(world: Any) -> dict[str, dict]:
-    """prompt id -> world prompt (with its gold `reference`, which the labeler page does not show)."""
-    index: dict[str, dict] = {}
-    if world is None:
-        return index
-    for split in ("sft", "rm", "ppo", "eval"):
-        try:
-            for p in world.prompts(split):
-                index[p["id"]] = p
-        except (KeyError, ValueError, AttributeError):
-            continue
-    return index
 
 
 FLAG_ALIASES = {"fails_to_follow": "fails_instruction", "fails_to_follow_instruction": "fails_instruction",
@@ -174,22 +178,27 @@ FLAG_ALIASES = {"fails_to_follow": "fails_instruction", "fails_to_follow_instruc
                 "inappropriate": "harmful", "harmful_or_inappropriate": "harmful", "hallucinates": "hallucination",
                 "hallucinations": "hallucination", "denigrates": "denigrates_protected_class",
                 "denigrates_protected": "denigrates_protected_class", "protected_class": "denigrates_protected_class",
-                "sexual_content": "sexual", "violent_content": "violent", "violence": "violent"}
+                "sexual_content": "sexual", "violent_content": "violent", "violence": "violent",
+                "toxic": "harmful"}  # world/gold.py calls insults "toxic": InstructGPT's "inappropriate"
 
 
 def simulated_answer(lab: Any, item: dict, prompts: dict[str, dict], rng: Any) -> dict:
     """What a simulated labeler answers to one queue item (rank or likert)."""
     p = item["payload"]
-    prompt = prompts.get(p.get("prompt_id", "")) or {"id": p.get("prompt_id", item["ext_id"]),
-                                                      "task": p.get("task"), "messages": p["messages"]}
+    prompt = prompts.get(item["ext_id"]) or {"id": p.get("prompt_id", item["ext_id"]), "task": p.get("task"),
+                                             "messages": p["messages"], "reference": {}}
     if item["kind"] == "rank":
         return {"ranks": _competition([int(r) for r in lab.rank(prompt, p["responses"], rng)])}
     if item["kind"] == "likert":
-        score, flags = lab.likert(prompt, p["response"], rng)
         from chatrlhf.labeling.tasks import FLAGS
 
-        mapped = {FLAG_ALIASES.get(k, k): bool(v) for k, v in (flags or {}).items()}
-        return {"score": int(min(7, max(1, score))), "flags": {k: v for k, v in mapped.items() if k in FLAGS}}
+        score, flags = lab.likert(prompt, p["response"], rng)
+        mapped = {f: False for f in FLAGS}
+        for k, v in (flags or {}).items():
+            k = FLAG_ALIASES.get(k, k)
+            if k in mapped:
+                mapped[k] = mapped[k] or bool(v)
+        return {"score": int(min(7, max(1, score))), "flags": mapped}
     raise LabelingError(f"simulated labelers cannot write demonstrations (item {item['ext_id']})")
 
 
