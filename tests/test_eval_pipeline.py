@@ -91,3 +91,19 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
     assert win["low"] <= win["estimate"] <= win["high"]
     # same weights, same greedy answers: every comparison is between identical responses
     assert summary["comparisons"]["ppo"]["diff_world_greedy_likert"]["estimate"] == pytest.approx(0, abs=1.0)
+
+
+def test_real_prompts_scored_by_reward_model_give_win_rate(tmp_path, tiny_model_dir):
+    pytest.importorskip("chatrlhf.reward")
+    from chatrlhf.evaluate import run_eval
+
+    shared_data("self_instruct/user_oriented_instructions.jsonl")
+    cfg = Config.model_validate({
+        "run": {"out_dir": str(tmp_path)},
+        "eval": {"sections": ["real_prompts"], "shared_data": str(SHARED_DATA), "real_data_limit": 3,
+                 "max_new_tokens": 6, "bootstrap": 100, "judge": str(tiny_model_dir)}})  # any seq-cls-loadable dir
+    summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
+    m = summary["models"]["ppo"]
+    assert m["real_prompts_n"] == 6 and "real_self_instruct_rm_score" in m and "real_oasst_rm_score" in m
+    win = summary["comparisons"]["ppo"]["real_rm_win_rate"]
+    assert win["estimate"] == 0.5  # identical models, identical greedy responses: every pair ties

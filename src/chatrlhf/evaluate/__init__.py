@@ -45,6 +45,16 @@ class Context:
         self.notes: list[str] = []
         self.world, self.prompts = self._world()
         self.judge = self._judge()
+        self._rm = None
+
+    @property
+    def reward_model(self):
+        """The judge RM, loaded once so every model is scored by the very same weights."""
+        if self._rm is None and self.judge is not None:
+            from chatrlhf.reward import RewardModel
+
+            self._rm = RewardModel.load(self.judge)
+        return self._rm
 
     def _world(self):
         if "world" not in self.cfg.eval.sections:
@@ -98,7 +108,7 @@ def evaluate_model(ctx: Context, h: ModelHandle) -> dict[str, Any]:
         from chatrlhf.evaluate.real_prompts import helpfulness, load_real_prompts
 
         t = time.time()
-        rm, ritems = helpfulness(h, load_real_prompts(ctx.shared, ctx.limit), ctx.judge, ev.max_new_tokens)
+        rm, ritems = helpfulness(h, load_real_prompts(ctx.shared, ctx.limit), ctx.reward_model, ev.max_new_tokens)
         m.update(rm)
         items["real_rm_score"] = [i["rm_score"] for i in ritems]
         samples["real_prompts"] = ritems[:20]

@@ -54,21 +54,19 @@ def default_judge(out_dir: Path) -> Path | None:
     return rm if (rm / "config.json").is_file() else None
 
 
-def helpfulness(h: ModelHandle, prompts: list[dict[str, str]], judge_dir: Path | None,
+def helpfulness(h: ModelHandle, prompts: list[dict[str, str]], rm: Any | None,
                 max_new_tokens: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Greedy responses to real prompts; reward-model score per response when a judge exists."""
+    """Greedy responses to real prompts; reward-model score per response when a judge `rm`
+    (a chatrlhf.reward.RewardModel, loaded once for all models) is given."""
     msgs = [[{"role": "user", "content": p["prompt"]}] for p in prompts]
     responses = generate(h, [prompt_text(h, m) for m in msgs], max_new_tokens, temperature=0.0)
     scores: list[float] = [float("nan")] * len(prompts)
-    if judge_dir is not None:
-        from chatrlhf.reward import RewardModel
-
-        rm = RewardModel.load(judge_dir)
+    if rm is not None:
         scores = [float(s) for s in rm.score(msgs, responses).tolist()]
     items = [{"id": p["id"], "source": p["source"], "prompt": p["prompt"], "response": r, "rm_score": s}
              for p, r, s in zip(prompts, responses, scores)]
     metrics: dict[str, float] = {"real_prompts_n": float(len(prompts))}
-    if judge_dir is not None:
+    if rm is not None:
         for src in sorted({p["source"] for p in prompts}):
             metrics[f"real_{src}_rm_score"] = float(np.mean([i["rm_score"] for i in items if i["source"] == src]))
         metrics["real_rm_score"] = float(np.mean(scores)) if scores else float("nan")
