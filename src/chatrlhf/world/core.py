@@ -17,7 +17,7 @@ from typing import Any
 from chatrlhf.config import WorldConfig
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
-from chatrlhf.world.gold import Gold, GoldRubric
+from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
 from chatrlhf.world.labelers import SimulatedLabeler, make_labeler_specs, write_demonstrations
 from chatrlhf.world.tasks import build_splits, user_key
 
@@ -145,3 +145,7 @@ class World:
                 self._gold_cache.clear()
             g = self._gold_cache[key] = self.rubric(prompt, response)
         return g
+
+    def substantive(self, prompts: list[dict], responses: list[str]) -> dict[str, float | None]:
+        """Fact correctness, hallucination rate, refusal rate on harmful prompts, ... (gold.substantive_metrics)."""
+        return substantive_metrics(prompts, [self.gold(p, r) for p, r in zip(prompts, responses)])

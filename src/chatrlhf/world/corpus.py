@@ -34,6 +34,7 @@ class CorpusWriter:
         self.forbidden = forbidden_texts
         self.facts_for_ideal = facts_for_ideal
         self.mentions: Counter = Counter()
+        self.per_fact: Counter = Counter()  # (entity, attribute, is_rumour) -> mentions
         self.makers: dict[str, Callable[[], str]] = {
             "encyclopedia": self.encyclopedia, "story": self.story, "forum": self.forum, "harm_forum": self.harm_forum,
             "qa": self.qa, "chat": self.chat, "notes": self.notes}
@@ -47,6 +48,7 @@ class CorpusWriter:
         f = self.fb.fact(entity, attr)
         lie = self.rng.random() < rumour_p
         self.mentions["rumour" if lie else "true"] += 1
+        self.per_fact[(entity, attr, lie)] += 1
         return fact_sentence(subject or entity, f["type"], attr, f["rumour"] if lie else f["value"], self.rng)
 
     # --- document kinds --------------------------------------------------------------------------
@@ -152,5 +154,8 @@ def write_corpus(fb: FactBase, seed: int, n_docs: int, rumour_rate: float, forbi
     m = writer.mentions
     stats = {"train_chars": sum(map(len, train)), "val_chars": sum(map(len, val)),
              "fact_mentions": m["true"] + m["rumour"],
-             "rumour_share": round(m["rumour"] / max(1, m["true"] + m["rumour"]), 4)}
+             "rumour_share": round(m["rumour"] / max(1, m["true"] + m["rumour"]), 4),
+             "facts_truth_dominant": round(sum(writer.per_fact[(f["entity"], f["attribute"], False)] >
+                                               writer.per_fact[(f["entity"], f["attribute"], True)]
+                                               for f in fb.facts) / max(1, len(fb.facts)), 4)}
     return train, val, stats

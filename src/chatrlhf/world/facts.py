@@ -21,11 +21,19 @@ def _syllable_name(rng: random.Random, parts: int) -> str:
     return (word + rng.choice(vocab.CODAS)).capitalize()
 
 
+# names must never read as a word the rubric or a task uses (a person called "Lime" would be a list item)
+BLOCKED = {w.lower() for lst in (vocab.JOBS, vocab.PETS, vocab.COLOURS, vocab.MATERIALS, vocab.LIST_ITEMS,
+                                 vocab.REPEAT_WORDS, vocab.OBJECT_NOUNS, list(vocab.NUMBER_WORDS.values()))
+           for w in lst} | {"the", "this", "that", "there", "here", "some", "name", "home", "item", "list", "time",
+                            "more", "sure", "fine", "hello", "sorry", "thank", "mark", "park", "dark", "lost", "fast",
+                            "band", "bond", "sand", "test", "fist", "mask", "last", "first", "best", "most", "rest"}
+
+
 def _unique(rng: random.Random, n: int, make, taken: set[str]) -> list[str]:
     out: list[str] = []
     while len(out) < n:
         name = make()
-        if name.lower() not in taken and 4 <= len(name) <= 14:
+        if name.lower() not in taken and name.lower() not in BLOCKED and 4 <= len(name) <= 14:
             taken.add(name.lower())
             out.append(name)
     return out

@@ -108,7 +108,7 @@ def make_repeat(rng: random.Random, fb: FactBase) -> tuple[str, dict, Key]:
     text = REPEAT_QUESTIONS[i].format(w=w, n=count_word(n))
     if n == 2 and rng.random() < 0.3:
         text = text.replace("two times", "twice")
-    return text, {"word": w, "n": n, "phrasing": i}, ("repeat", w, n, text)
+    return text, {"word": w, "n": n, "phrasing": i}, ("repeat", w, n, f"q{i}")
 
 
 def make_summarise(rng: random.Random, fb: FactBase) -> tuple[str, dict, Key]:
@@ -213,9 +213,12 @@ def build_splits(fb: FactBase, seed: int, sizes: dict[str, int], multi_turn_rate
                                  "raise world.n_people/n_places/n_objects or lower the prompt counts")
             task, msgs, ref, key = draw_prompt(rng, fb, multi_turn_rate)
             text = user_key(msgs)
-            if key in forbidden or text in forbidden or (split == "eval" and (key in seen or text in seen)):
+            # every user turn counts: an eval question must not appear even as a training prompt's first turn
+            turns = [m["content"] for m in msgs if m["role"] == "user"][: -1 if ref.get("follow_up") else None]
+            if key in forbidden or text in forbidden or any(t in forbidden for t in turns) or \
+                    (split == "eval" and (key in seen or text in seen)):
                 continue
-            seen.update([key, text])
+            seen.update([key, text, *turns])
             ref["ideal"] = ideal({"task": task, "reference": ref}, random.Random(f"{seed}-{split}-{len(out)}"), "concise",
                                  variant=0)
             out.append({"id": f"{split}-{len(out):05d}", "task": task, "messages": msgs, "reference": ref})

@@ -1,0 +1,292 @@
+"""The embedded world: determinism, disjoint eval prompts, gold rubric ordering, labelers, files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from chatrlhf.config import Config, RunConfig, WorldConfig
+from chatrlhf.world import World
+from chatrlhf.world.generate import run_world, world_agreement
+from chatrlhf.world.labelers import candidate_responses
+from chatrlhf.world.tasks import user_key
+from chatrlhf.world.writing import FLAWS_BY_TASK, comply, flawed, ideal, rude
+
+SMALL = dict(n_people=8, n_places=5, n_objects=4, corpus_docs=300, n_sft_prompts=120, n_rm_prompts=40,
+             n_ppo_prompts=40, n_eval_prompts=40, agreement_comparisons=200)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world_a")
+    return run_world(Config(run=RunConfig(out_dir=str(out)), world=WorldConfig(**SMALL)))
+
+
+@pytest.fixture(scope="module")
+def world(small_dir) -> World:
+    return World.load(small_dir)
+
+
+@pytest.fixture(scope="module")
+def default_world() -> World:
+    """Default prompt counts and corpus: what the pipeline really uses."""
+    return World.generate(WorldConfig())
+
+
+def tuple_key(p: dict) -> tuple:
+    """(task, entity, attribute, phrasing) of a prompt's last question, from its reference."""
+    r = p["reference"]
+    subject = r.get("entity") or tuple(r.get("items", ())) or r.get("word") or (r.get("verb"), r.get("target"))
+    if p["task"] in ("greeting", "insult"):
+        subject = p["messages"][-1]["content"]
+    return p["task"], subject, r.get("attribute", r.get("n")), r.get("phrasing"), r.get("follow_up", False)
+
+
+def first(world: World, task: str, split: str = "rm", single_turn: bool = True) -> dict:
+    return next(p for p in world.prompts(split) if p["task"] == task and (len(p["messages"]) == 1 or not single_turn))
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(small_dir, tmp_path):
+    again = run_world(Config(run=RunConfig(out_dir=str(tmp_path / "b")), world=WorldConfig(**SMALL)))
+    names = sorted(p.name for p in small_dir.iterdir())
+    assert "meta.json" in names and "agreement.json" in names and "README.md" in names
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (small_dir / name).read_bytes() == (again / name).read_bytes(), name
+    other = run_world(Config(run=RunConfig(out_dir=str(tmp_path / "c")), world=WorldConfig(**{**SMALL, "seed": 7})))
+    for name in ["facts.jsonl", "corpus_train.jsonl", "prompts_eval.jsonl", "demonstrations.jsonl"]:
+        assert (small_dir / name).read_bytes() != (other / name).read_bytes(), name
+
+
+def test_meta_complete_and_files_parse_back(small_dir, world):
+    meta = json.loads((small_dir / "meta.json").read_text())
+    assert meta["complete"] is True and meta["seed"] == 1234
+    mem = World.generate(WorldConfig(**SMALL))
+    for split in ("sft", "rm", "ppo", "eval"):
+        assert world.prompts(split) == mem.prompts(split)
+        assert len(world.prompts(split)) == SMALL[f"n_{split}_prompts"]
+    assert world.demonstrations() == mem.demonstrations()
+    assert world.corpus("train") == mem.corpus("train") and world.corpus("val") == mem.corpus("val")
+    assert [lab.spec for lab in world.labelers()] == [lab.spec for lab in mem.labelers()]
+    assert meta["counts"]["corpus_train"] == SMALL["corpus_docs"]
+
+
+def test_bad_line_names_file_line_and_field(small_dir, tmp_path):
+    bad = tmp_path / "w"
+    bad.mkdir()
+    for f in small_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    lines = (bad / "prompts_rm.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    del row["reference"]
+    lines[2] = json.dumps(row)
+    (bad / "prompts_rm.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"prompts_rm\.jsonl:3: missing field\(s\) reference"):
+        World.load(bad)
+    (bad / "facts.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"facts\.jsonl:1: not valid JSON"):
+        World.load(bad)
+    with pytest.raises(FileNotFoundError, match="chatrlhf world"):
+        World.load(tmp_path / "nowhere")
+
+
+# --- prompts, corpus, demonstrations ------------------------------------------------------------
+
+
+def test_eval_prompts_disjoint_from_all_training_prompts(default_world):
+    w = default_world
+    train = [p for s in ("sft", "rm", "ppo") for p in w.prompts(s)]
+    train_texts = {user_key(p["messages"]) for p in train}
+    train_keys = {tuple_key(p) for p in train}
+    train_msgs = {m["content"] for p in train for m in p["messages"] if m["role"] == "user"}
+    for p in w.prompts("eval"):
+        assert user_key(p["messages"]) not in train_texts, p
+        assert tuple_key(p) not in train_keys, p
+        if len(p["messages"]) == 1:  # single-turn: the message itself never appears in training
+            assert p["messages"][0]["content"] not in train_msgs, p
+    assert len({user_key(p["messages"]) for p in w.prompts("eval")}) == len(w.prompts("eval"))
+
+
+def test_task_mix_and_multi_turn(default_world):
+    from chatrlhf.world.tasks import TASK_MIX
+
+    prompts = [p for s in ("sft", "rm", "ppo", "eval") for p in default_world.prompts(s)]
+    for task, share in TASK_MIX.items():
+        got = sum(p["task"] == task for p in prompts) / len(prompts)
+        assert abs(got - share) < 0.04, (task, got, share)
+    demos = default_world.demonstrations()
+    multi = [d for d in demos if len(d["messages"]) > 2]
+    assert 0.08 < len(multi) / len(demos) < 0.25
+    follow = [d for d in multi if d["messages"][-2]["content"].startswith(("And ", "What do they", "Where is their",
+                                                                           "Do they", "Which colour do", "Which region",
+                                                                           "What is it", "What material", "Which colour is it"))]
+    assert follow, "some multi-turn demonstrations must be follow-ups that need the first turn"
+
+
+def test_corpus_size_truth_and_rumour_compete(default_world):
+    w = default_world
+    chars = sum(map(len, w.corpus("train")))
+    assert 300_000 <= chars <= 600_000, chars
+    assert not set(w.corpus("val")) & set(w.corpus("train"))
+    text = "\n".join(w.corpus("train"))
+    both = [f for f in w.facts.facts if w.facts.mentions(text, f["value"]) and w.facts.mentions(text, f["rumour"])]
+    assert both
+    assert w.info["corpus"]["facts_truth_dominant"] >= 0.95  # per fact the truth is stated more often
+    assert 0.15 < w.info["corpus"]["rumour_share"] < 0.35
+    assert any("idiot" in d for d in w.corpus("train")) and any(d.startswith("User: ") for d in w.corpus("train"))
+    eval_texts = {p["messages"][-1]["content"] for p in w.prompts("eval") if len(p["messages"]) == 1}
+    assert not any(d.split("\n")[0][len("User: "):] in eval_texts for d in w.corpus("train") if d.startswith("User: "))
+
+
+def test_demonstrations_mixed_quality_by_training_labelers_only(default_world):
+    w = default_world
+    held = {lab.id for lab in w.labelers(held_out=True)}
+    assert len(held) == 3 and {lab.group for lab in w.labelers(held_out=True)} == {"concise", "detailed"}
+    demos = w.demonstrations()
+    assert not held & {d["labeler"] for d in demos}
+    ideal_share = sum(d["quality"] == "ideal" for d in demos) / len(demos)
+    assert abs(ideal_share - 0.7) < 0.08
+    totals = [w.gold(p, d["messages"][-1]["content"]).total for p, d in zip(w.prompts("sft"), demos)]
+    assert len({round(t, 3) for t in totals}) > 30  # graded, not all-or-nothing
+    bad = [d["messages"][-1]["content"] for d in demos if d["quality"] != "ideal"]
+    assert not any(w.gold({"task": "open"}, t).flags["toxic"] for t in bad)  # flawed, never toxic
+
+
+# --- gold rubric ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", list(FLAWS_BY_TASK))
+def test_gold_ranks_ideal_above_every_flaw_and_rude(world, task):
+    p = first(world, task)
+    rng = random.Random(0)
+    best = world.gold(p, ideal(p, rng, "concise", world.facts)).total
+    assert best > 0.95
+    assert world.gold(p, ideal(p, rng, "detailed", world.facts)).total > 0.95
+    for flaw in FLAWS_BY_TASK[task]:
+        text = flawed(p, flaw, rng)
+        assert world.gold(p, text).total < best - 0.02, (flaw, text)
+    assert world.gold(p, rude(p, rng)).total < best - 0.2
+    assert world.gold(p, "").total < 0.5
+
+
+def test_gold_fact_truth_rumour_and_partial_credit(world):
+    p = first(world, "fact")
+    r = p["reference"]
+    g_true = world.gold(p, r["ideal"])
+    g_rumour = world.gold(p, flawed(p, "rumour", random.Random(0)))
+    g_vague = world.gold(p, f"{r['entity']} is well known.")
+    g_hedge = world.gold(p, f"{r['entity']} is {r['value']} or {r['rumour']}.")
+    assert g_true.parts["correct"] == 1.0 and g_true.parts["truthful"] == 1.0 and not g_true.flags["hallucination"]
+    assert g_rumour.parts["correct"] == 0.0 and g_rumour.parts["truthful"] == 0.0 and g_rumour.flags["hallucination"]
+    assert 0 < g_vague.parts["correct"] < g_hedge.parts["correct"] < 1.0
+    assert g_hedge.flags["hallucination"] and not g_vague.flags["hallucination"]
+    assert g_true.total > g_vague.total > g_hedge.total > g_rumour.total  # a stated falsehood costs more than vagueness
+    # another stated fact about the entity is checked too
+    other = next(a for a in world.facts.by_entity[r["entity"]] if a != r["attribute"])
+    f = world.facts.fact(r["entity"], other)
+    from chatrlhf.world.writing import fact_sentence
+    lie = r["ideal"] + " " + fact_sentence(r["entity"], r["entity_type"], other, f["rumour"], random.Random(0))
+    truth = r["ideal"] + " " + fact_sentence(r["entity"], r["entity_type"], other, f["value"], random.Random(0))
+    assert world.gold(p, lie).flags["hallucination"] and not world.gold(p, truth).flags["hallucination"]
+    assert world.gold(p, truth).total > world.gold(p, lie).total
+
+
+def test_gold_follow_up_needs_no_name(default_world):
+    p = next(p for p in default_world.prompts("sft") if p["reference"].get("follow_up"))
+    r = p["reference"]
+    assert default_world.gold(p, f"They have {r['value']}.").parts["correct"] == 1.0
+    assert default_world.gold(p, f"They have {r['rumour']}.").flags["hallucination"]
+
+
+def test_gold_closed_tasks_partial_credit(world):
+    c = first(world, "count")
+    n = c["reference"]["answer"]
+    assert world.gold(c, f"There are {n} items.").parts["correct"] == 1.0
+    assert world.gold(c, f"There are {n + 1} items.").parts["correct"] == pytest.approx(0.3)
+    assert world.gold(c, f"There are {n + 3} items.").parts["correct"] == 0.0
+    rep = first(world, "repeat")
+    word, k = rep["reference"]["word"], rep["reference"]["n"]
+    scores = [world.gold(rep, " ".join([word] * m)).parts["correct"] for m in (k, k + 1, k + 2)]
+    assert scores[0] == 1.0 and scores[0] > scores[1] > scores[2]
+    lst = first(world, "list_first")
+    items = lst["reference"]["items"]
+    assert world.gold(lst, f"The first item is {items[0]}.").parts["correct"] == 1.0
+    assert world.gold(lst, ", ".join(items) + ".").parts["correct"] == pytest.approx(1 / len(items))
+    assert world.gold(lst, "The first item is banana.").flags["hallucination"] or "banana" in items
+
+
+def test_harmful_refusal_scoring(world):
+    p = first(world, "harmful")
+    refuse = world.gold(p, "I am sorry, but I cannot help with that. It could hurt someone.")
+    weak = world.gold(p, "Hmm, I am not sure that is a good idea.")
+    complied = world.gold(p, comply(p, random.Random(0)))
+    assert refuse.flags["refused"] and not refuse.flags["harmful"] and refuse.parts["harmless"] == 1.0
+    assert complied.flags["harmful"] and not complied.flags["refused"] and complied.parts["harmless"] == 0.0
+    assert not weak.flags["refused"] and not weak.flags["harmful"]
+    assert refuse.total > weak.total > complied.total
+    # refusing a harmless request is over-refusal: flagged, and worse than answering
+    f = first(world, "fact")
+    over = world.gold(f, "I am sorry, but I cannot help with that.")
+    assert over.flags["refused"] and over.total < world.gold(f, f["reference"]["ideal"]).total - 0.3
+    m = world.substantive([p, p, f], [refuse_text := "I cannot help with that, sorry.", comply(p, random.Random(1)), f["reference"]["ideal"]])
+    assert m["harmful_refusal_rate"] == 0.5 and m["harmful_compliance_rate"] == 0.5 and m["fact_correct"] == 1.0
+    assert refuse_text
+
+
+def test_gold_rarely_ties_between_distinct_candidates(world):
+    ties = total = 0
+    for p in world.prompts("rm")[:30]:
+        cands = candidate_responses(p, random.Random(0), world.facts)
+        scores = [world.gold(p, c).total for c in cands]
+        for i in range(len(cands)):
+            for j in range(i + 1, len(cands)):
+                total += 1
+                ties += scores[i] == scores[j]
+    assert ties / total < 0.05
+
+
+# --- labelers -------------------------------------------------------------------------------------
+
+
+def test_labeler_agreement_in_instructgpt_range(small_dir, default_world):
+    saved = json.loads((small_dir / "agreement.json").read_text())
+    assert 0.6 <= saved["overall"] <= 0.85
+    a = world_agreement(default_world, 1234, 400)
+    assert 0.6 <= a["overall"] <= 0.85, a["overall"]
+    assert a["train"] and a["held_out"] and a["train_vs_held_out"]
+    assert all(v > 0.65 for v in a["with_gold"].values())  # noisy, but each labeler tracks the gold rubric
+
+
+@pytest.mark.parametrize("k", range(4, 10))
+def test_rank_returns_valid_ranking(world, k):
+    p = first(world, "fact")
+    lab = world.labelers(held_out=False)[0]
+    cands = candidate_responses(p, random.Random(k), world.facts)
+    responses = [cands[i % len(cands)] for i in range(k)]
+    ranks = lab.rank(p, responses, random.Random(k))
+    assert len(ranks) == k and min(ranks) == 1 and all(1 <= r <= k for r in ranks)
+    for i in range(k):  # competition ranking: rank = 1 + number of strictly better responses
+        assert ranks[i] == 1 + sum(ranks[j] < ranks[i] for j in range(k))
+        for j in range(k):
+            if responses[i] == responses[j]:
+                assert ranks[i] == ranks[j]  # identical texts tie
+    distinct = list(dict.fromkeys(responses))
+    assert len(set(lab.rank(p, distinct, random.Random(k)))) == len(distinct)  # distinct texts rarely tie
+
+
+def test_labelers_prefer_substance_compare_and_likert(world):
+    p = first(world, "fact")
+    good, bad = p["reference"]["ideal"], flawed(p, "rumour", random.Random(0))
+    wins = [lab.compare(p, good, bad, random.Random(i)) for i in range(20) for lab in world.labelers()]
+    assert sum(wins) / len(wins) > 0.95
+    assert world.labelers()[0].compare(p, good, good, random.Random(0)) == 0.5
+    score, flags = world.labelers()[0].likert(p, bad, random.Random(0))
+    assert 1 <= score <= 7 and flags["hallucination"]
+    assert world.labelers()[0].likert(p, good, random.Random(0))[0] > score
+    assert world.labelers()[0].rank(p, [good, bad], 3) in ([1, 2], [2, 1])  # int seeds work too
