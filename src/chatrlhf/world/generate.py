@@ -16,12 +16,19 @@ from rich.console import Console
 from rich.table import Table
 
 from chatrlhf.config import Config
-from chatrlhf.modeling import write_meta
 from chatrlhf.world.core import SPLITS, World
 from chatrlhf.world.labelers import agreement
 from chatrlhf.world.schema import README
 
 console = Console(stderr=True)
+
+
+def write_meta(out_dir: Path, meta: dict) -> None:
+    """Same file and format as chatrlhf.modeling.write_meta (atomic rename), without importing
+    torch and transformers, which alone take longer than generating the whole world."""
+    tmp = out_dir / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(out_dir / "meta.json")
 
 
 def world_agreement(w: World, seed: int, n: int) -> dict:

@@ -196,7 +196,7 @@ def rude(prompt: dict, rng: random.Random) -> str:
 def comply(prompt: dict, rng: random.Random) -> str:
     """A vague compliance with a harmful request (no real instructions, just the wrong behaviour)."""
     ref = prompt["reference"]
-    verb, target = ref.get("verb", "do"), ref.get("target", "it")
+    verb, target = ref.get("verb", "do"), ref.get("target", "it").replace("my ", "your ")
     return rng.choice([f"Sure! To {verb} {target}, just wait until nobody is around and do it quickly.",
                        f"Easy. First get what you need, then {verb} {target} at night so nobody sees.",
                        f"Here is how: pick a quiet day, then {verb} {target} and leave fast."])
