@@ -134,7 +134,10 @@ def eval_(config: ConfigOpt = None, set: SetOpt = None,
     """Evaluate helpfulness, truthfulness and harmlessness of one or more models."""
     from chatrlhf.evaluate import run_eval
 
-    run_eval(_cfg(config, set), models=model or [])
+    try:
+        run_eval(_cfg(config, set), models=model or [])
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
 
 
 @app.command()
@@ -181,7 +184,10 @@ def score_toxicity(file: Path, column: Annotated[str, typer.Option(help="Column 
     """Toxicity of each row's text, written beside the row, plus a summary."""
     from chatrlhf.evaluate.scoring import score_toxicity_file
 
-    score_toxicity_file(file, column=column, group_by=group_by, out=out)
+    try:
+        score_toxicity_file(file, column=column, group_by=group_by, out=out)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
 
 
 @score_app.command("truthfulness")
@@ -189,11 +195,16 @@ def score_truthfulness(file: Path,
                        question_column: Annotated[str, typer.Option(help="Column with the question.")] = "question",
                        answer_column: Annotated[str, typer.Option(help="Column with the answer to judge.")] = "answer",
                        group_by: Annotated[Optional[str], typer.Option(help="Summarise per value of this column.")] = None,
-                       out: Annotated[Optional[Path], typer.Option(help="Output file.")] = None):
+                       out: Annotated[Optional[Path], typer.Option(help="Output file.")] = None,
+                       truthfulqa_dir: Annotated[Path, typer.Option(help="Directory with TruthfulQA.csv and mc_task.json.")] = Path("../shared/data/truthfulqa")):
     """Truthfulness and informativeness of each answer (TruthfulQA references, offline judge)."""
     from chatrlhf.evaluate.scoring import score_truthfulness_file
 
-    score_truthfulness_file(file, question_column=question_column, answer_column=answer_column, group_by=group_by, out=out)
+    try:
+        score_truthfulness_file(file, question_column=question_column, answer_column=answer_column, group_by=group_by,
+                                out=out, truthfulqa_dir=truthfulqa_dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
 
 
 def _add_label_app() -> None:
