@@ -170,11 +170,13 @@ def chat(config: ConfigOpt = None, set: SetOpt = None,
 @app.command()
 def serve(config: ConfigOpt = None, set: SetOpt = None,
           model: Annotated[Optional[Path], typer.Option(help="Model directory (default: newest policy of the run).")] = None,
-          save_conversations: Annotated[Optional[Path], typer.Option(help="Append finished conversations as jsonl here.")] = None):
-    """OpenAI-compatible chat server with a web chat page at /."""
+          save_conversations: Annotated[Optional[Path], typer.Option(help="Directory: finished conversations are appended to DIR/conversations.jsonl (off by default).")] = None,
+          port: Annotated[Optional[int], typer.Option(help="Port (overrides serve.port).")] = None):
+    """OpenAI-compatible chat server (/v1/chat/completions, /v1/models, /health) with a web chat page at /."""
     from chatrlhf.server import run_server
 
-    run_server(_cfg(config, set), model=model, save_conversations=save_conversations)
+    overrides = list(set or []) + ([f"serve.port={port}"] if port is not None else [])
+    run_server(_cfg(config, overrides), model=model, save_conversations=save_conversations)
 
 
 @score_app.command("toxicity")
