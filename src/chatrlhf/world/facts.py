@@ -80,6 +80,8 @@ class FactBase:
     types: dict[str, str] = field(default_factory=dict)
     domains: dict[str, list[str]] = field(default_factory=dict)
     _patterns: dict[str, re.Pattern] = field(default_factory=dict)
+    _name_of: dict[str, str] = field(default_factory=dict)
+    _value_of: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for f in self.facts:
@@ -120,11 +122,24 @@ class FactBase:
             forms.append(entity.split()[0])
         return forms
 
+    def values_in(self, text: str, attribute: str) -> set[str]:
+        """Values of an attribute's domain that `text` names (one regex per domain, longest first)."""
+        key = "_attr:" + attribute
+        if key not in self._patterns:
+            vals = self.domains.get(attribute, [])
+            self._value_of[attribute] = {re.sub(r"^the\s+", "", v.lower()): v for v in vals}
+            alt = "|".join(re.escape(v) for v in sorted(self._value_of[attribute], key=len, reverse=True)) or "(?!)"
+            self._patterns[key] = re.compile(r"(?<![a-z])(?:the\s+)?(" + alt + r")(?:e?s)?(?![a-z])")
+        return {self._value_of[attribute][m.group(1)] for m in self._patterns[key].finditer(text.lower())}
+
     def entities_in(self, text: str) -> list[tuple[int, str]]:
         """(position, entity) for every entity named in `text`, in order of first mention."""
-        found = []
-        for e in self.types:
-            pos = [p for p in (self.first_position(text, f) for f in self.name_forms(e)) if p >= 0]
-            if pos:
-                found.append((min(pos), e))
-        return sorted(found)
+        if "_names" not in self._patterns:  # one alternation of every name form, longest first
+            forms = {f.lower(): e for e in self.types for f in reversed(self.name_forms(e))}
+            self._name_of = forms
+            alt = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+            self._patterns["_names"] = re.compile(r"(?<![a-z])(" + alt + r")(?:e?s)?(?![a-z])")
+        found: dict[str, int] = {}
+        for m in self._patterns["_names"].finditer(text.lower()):
+            found.setdefault(self._name_of[m.group(1)], m.start())
+        return sorted((p, e) for e, p in found.items())

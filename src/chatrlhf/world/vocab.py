@@ -51,7 +51,7 @@ NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 
 # --- lexicons used by writers and by the gold rubric --------------------------------------------
 
 TOXIC_WORDS = ["idiot", "stupid", "dumb", "moron", "loser", "pathetic", "shut up", "nobody cares",
-               "get lost", "hate you", "fool", "useless"]
+               "get lost", "hate you", "fool", "useless", "idiots", "fools", "losers", "morons"]
 CURT_MARKERS = ["obviously", "whatever", "ugh", "look it up", "figure it out", "if you must",
                 "as i said", "fine."]
 COURTEOUS = ["please", "sorry", "glad", "happy to", "thank", "hello", "hi", "welcome", "nice to",
