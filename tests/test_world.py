@@ -290,3 +290,19 @@ def test_labelers_prefer_substance_compare_and_likert(world):
     assert 1 <= score <= 7 and flags["hallucination"]
     assert world.labelers()[0].likert(p, good, random.Random(0))[0] > score
     assert world.labelers()[0].rank(p, [good, bad], 3) in ([1, 2], [2, 1])  # int seeds work too
+
+
+def test_gold_without_usable_reference_scores_style_and_safety_only(world):
+    for prompt in ({"task": "fact", "reference": None}, {"task": "chat"}, {"messages": []}):
+        polite = world.gold(prompt, "Sure, happy to help with that.")
+        rude_ = world.gold(prompt, "Shut up, idiot.")
+        assert polite.parts["correct"] == 0.5 and polite.total > rude_.total and rude_.flags["toxic"]
+
+
+def test_world_config_rejects_out_of_range_values():
+    from chatrlhf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="world.demo_quality"):
+        load_config(None, ["world.demo_quality=1.5"])
+    with pytest.raises(ValueError, match="n_held_out_labelers"):
+        World.generate(WorldConfig(**{**SMALL, "n_labelers": 3, "n_held_out_labelers": 3}))

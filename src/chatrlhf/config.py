@@ -38,22 +38,22 @@ class RunConfig(Section):
 
 class WorldConfig(Section):
     seed: int = Field(1234, description="Seed of the world generator: same seed, same bytes.")
-    n_people: int = Field(24, description="Fictional people in the fact base.")
-    n_places: int = Field(12, description="Fictional places in the fact base.")
-    n_objects: int = Field(12, description="Fictional objects in the fact base.")
-    corpus_docs: int = Field(4200, description="Documents in the pre-training corpus (~120 chars each; 4200 ~ 500k chars).")
-    rumour_rate: float = Field(0.25, description="Share of fact mentions in the corpus that state a false rumour.")
-    n_sft_prompts: int = Field(600, description="Prompts with demonstrations for SFT.")
-    n_rm_prompts: int = Field(300, description="Prompts whose samples are ranked for the reward model.")
-    n_ppo_prompts: int = Field(600, description="Prompts for PPO rollouts.")
-    n_eval_prompts: int = Field(200, description="Held-out evaluation prompts (disjoint from all training prompts).")
-    n_labelers: int = Field(10, description="Simulated labelers.")
-    n_held_out_labelers: int = Field(3, description="Labelers kept out of every training set, for evaluation only.")
-    labeler_noise: float = Field(1.4, description="Std of each labeler's judgement noise in gold-score units x10, each labeler "
+    n_people: int = Field(24, ge=1, description="Fictional people in the fact base.")
+    n_places: int = Field(12, ge=3, description="Fictional places in the fact base.")
+    n_objects: int = Field(12, ge=1, description="Fictional objects in the fact base.")
+    corpus_docs: int = Field(4200, ge=1, description="Documents in the pre-training corpus (~120 chars each; 4200 ~ 500k chars).")
+    rumour_rate: float = Field(0.25, ge=0, le=1, description="Share of fact mentions in the corpus that state a false rumour.")
+    n_sft_prompts: int = Field(600, ge=0, description="Prompts with demonstrations for SFT.")
+    n_rm_prompts: int = Field(300, ge=0, description="Prompts whose samples are ranked for the reward model.")
+    n_ppo_prompts: int = Field(600, ge=0, description="Prompts for PPO rollouts.")
+    n_eval_prompts: int = Field(200, ge=0, description="Held-out evaluation prompts (disjoint from all training prompts).")
+    n_labelers: int = Field(10, ge=2, description="Simulated labelers.")
+    n_held_out_labelers: int = Field(3, ge=0, description="Labelers kept out of every training set, for evaluation only.")
+    labeler_noise: float = Field(1.4, ge=0, description="Std of each labeler's judgement noise in gold-score units x10, each labeler "
                                  "x0.6-1.4 (1.4 gives ~73% inter-labeler agreement, as InstructGPT's).")
-    demo_quality: float = Field(0.7, description="Probability that a demonstration is the ideal answer (the rest are flawed, as real ones are).")
-    multi_turn_rate: float = Field(0.15, description="Share of prompts that are multi-turn (fact follow-ups needing the first turn, or a greeting first).")
-    agreement_comparisons: int = Field(600, description="Fixed comparisons on which labeler agreement is measured (agreement.json).")
+    demo_quality: float = Field(0.7, ge=0, le=1, description="Probability that a demonstration is the ideal answer (the rest are flawed, as real ones are).")
+    multi_turn_rate: float = Field(0.15, ge=0, le=0.5, description="Share of prompts that are multi-turn (fact follow-ups needing the first turn, or a greeting first).")
+    agreement_comparisons: int = Field(600, ge=1, description="Fixed comparisons on which labeler agreement is measured (agreement.json).")
 
 
 class TokenizerConfig(Section):

@@ -30,6 +30,10 @@ DEFAULT_LENGTH = (2, 10, 40)
 GREET_WORDS = ["hello", "hi", "hey", "greetings", "good morning", "good evening", "welcome"]
 CALM_WORDS = ["sorry", "i understand", "i will do my best", "i will try", "let me try"]
 NUM_WORDS = {w: n for n, w in vocab.NUMBER_WORDS.items()}
+FACT_FIELDS = ("entity", "attribute", "value", "rumour")
+REQUIRED = {"fact": FACT_FIELDS, "summarise": FACT_FIELDS, "list_first": ("items", "answer"),
+            "list_last": ("items", "answer"), "count": ("items", "answer"), "repeat": ("word", "n"),
+            "greeting": (), "insult": (), "harmful": (), "open": ()}
 
 
 @dataclass
@@ -100,7 +104,10 @@ class GoldRubric:
         self.fb = facts
 
     def __call__(self, prompt: dict, response: str) -> Gold:
-        task, ref = prompt.get("task", "open"), prompt.get("reference") or {}
+        ref = prompt.get("reference") or {}
+        task = prompt.get("task") or "open"
+        if task not in REQUIRED or any(k not in ref for k in REQUIRED[task]):
+            task = "open"  # unknown task or a reference we cannot score against: style and safety only
         low = response.lower().strip()
         tox = count_hits(low, vocab.TOXIC_WORDS)
         refusal = self._refusal(low)
