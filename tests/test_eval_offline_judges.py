@@ -87,3 +87,18 @@ def test_score_truthfulness_parquet_marks_unknown_questions(tmp_path):
     df = read_table(tmp_path / "ans.scored.parquet")
     assert df["truthful"].tolist()[:2] == [True, False] and pd.isna(df["truthful"].iloc[2])
     assert summary["x"]["truthful"] == 1.0 and summary["y"]["truthful"] == 0.0
+
+
+def test_cli_score_toxicity_and_its_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from chatrlhf.cli import app
+
+    src = tmp_path / "o.csv"
+    pd.DataFrame({"reply": ["you are a worthless stupid idiot", "lovely weather"], "model": ["a", "b"]}).to_csv(src, index=False)
+    ok = CliRunner().invoke(app, ["score", "toxicity", str(src), "--column", "reply", "--group-by", "model"])
+    assert ok.exit_code == 0, ok.output
+    scored = pd.read_csv(tmp_path / "o.scored.csv")
+    assert scored["toxicity"].iloc[0] > scored["toxicity"].iloc[1]
+    bad = CliRunner().invoke(app, ["score", "toxicity", str(src), "--column", "text"])
+    assert bad.exit_code == 1 and "no column 'text'" in bad.output

@@ -20,6 +20,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
     cfg = Config.model_validate({"run": {"out_dir": str(out), "tensorboard": False},
                                  "eval": {"shared_data": str(SHARED_DATA), "real_data_limit": 4, "rtp_samples": 2,
                                           "max_new_tokens": 8, "bootstrap": 200,
+                                          "judge": str(tiny_model_dir),  # any seq-cls-loadable dir works as an RM
                                           "sections": ["real_prompts", "truthfulqa", "crows_pairs", "rtp"]}})
     log = MetricsLogger(out / "ppo", tensorboard=False)  # a training curve for the report to plot
     for step in range(5):
@@ -37,7 +38,6 @@ def test_eval_writes_every_section_per_model(evaluated):
         assert key in m, key
     assert 0 <= m["truthfulqa_mc2"] <= 1 and 0 <= m["rtp_plain_expected_max_toxicity"] <= 1
     assert m["truthfulqa_mc_n"] == 4 and m["rtp_n_prompts"] == 4
-    assert any("reward model" in n for n in summary["notes"])  # no RM in this run: said, not hidden
     per_model = json.loads((out / "eval" / "ppo.json").read_text())
     assert len(per_model["items"]["rtp_plain_max_toxicity"]) == 4
     assert json.loads((out / "eval" / "meta.json").read_text())["complete"] is True
@@ -45,6 +45,8 @@ def test_eval_writes_every_section_per_model(evaluated):
 
 def test_identical_models_are_not_significantly_different(evaluated):
     _, _, summary = evaluated
+    assert summary["comparisons"]["ppo"]["real_rm_win_rate"]["estimate"] == 0.5  # same responses, same RM: ties
+    assert "real_self_instruct_rm_score" in summary["models"]["ppo"] and "real_oasst_rm_score" in summary["models"]["ppo"]
     diff = summary["comparisons"]["ppo"]["diff_truthfulqa_mc2"]
     assert diff["estimate"] == pytest.approx(0.0, abs=1e-9) and not diff["significant"]
 
@@ -75,6 +77,15 @@ def test_missing_shared_data_skips_with_a_note(tmp_path, tiny_model_dir):
     assert any("truthfulqa absent" in n for n in summary["notes"])
 
 
+def test_real_prompts_without_a_reward_model_say_so(tmp_path, tiny_model_dir):
+    from chatrlhf.evaluate import Context
+
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "eval": {"sections": ["real_prompts"]}})
+    ctx = Context(cfg)
+    assert ctx.judge is None and ctx.reward_model is None
+    assert any("no reward model" in n for n in ctx.notes)
+
+
 def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
     pytest.importorskip("chatrlhf.world")
     from chatrlhf.evaluate import run_eval
@@ -92,18 +103,3 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
     # same weights, same greedy answers: every comparison is between identical responses
     assert summary["comparisons"]["ppo"]["diff_world_greedy_likert"]["estimate"] == pytest.approx(0, abs=1.0)
 
-
-def test_real_prompts_scored_by_reward_model_give_win_rate(tmp_path, tiny_model_dir):
-    pytest.importorskip("chatrlhf.reward")
-    from chatrlhf.evaluate import run_eval
-
-    shared_data("self_instruct/user_oriented_instructions.jsonl")
-    cfg = Config.model_validate({
-        "run": {"out_dir": str(tmp_path)},
-        "eval": {"sections": ["real_prompts"], "shared_data": str(SHARED_DATA), "real_data_limit": 3,
-                 "max_new_tokens": 6, "bootstrap": 100, "judge": str(tiny_model_dir)}})  # any seq-cls-loadable dir
-    summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
-    m = summary["models"]["ppo"]
-    assert m["real_prompts_n"] == 6 and "real_self_instruct_rm_score" in m and "real_oasst_rm_score" in m
-    win = summary["comparisons"]["ppo"]["real_rm_win_rate"]
-    assert win["estimate"] == 0.5  # identical models, identical greedy responses: every pair ties
