@@ -30,6 +30,7 @@ DEFAULT_LENGTH = (2, 10, 40)
 GREET_WORDS = ["hello", "hi", "hey", "greetings", "good morning", "good evening", "welcome"]
 CALM_WORDS = ["sorry", "i understand", "i will do my best", "i will try", "let me try"]
 NUM_WORDS = {w: n for n, w in vocab.NUMBER_WORDS.items()}
+ROLE_MARKER = re.compile(r"(^|\n)\s*(user|assistant|human|q|a)\s*:", re.IGNORECASE)
 FACT_FIELDS = ("entity", "attribute", "value", "rumour")
 REQUIRED = {"fact": FACT_FIELDS, "summarise": FACT_FIELDS, "list_first": ("items", "answer"),
             "list_last": ("items", "answer"), "count": ("items", "answer"), "repeat": ("word", "n"),
@@ -266,6 +267,8 @@ class GoldRubric:
             f -= 1.5 * (1.0 - len(set(grams)) / len(grams))
         if task != "repeat":
             f -= 0.2 * min(3, sum(a == b for a, b in zip(ws, ws[1:])))
+        if ROLE_MARKER.search(response):  # a base model writing the user's next turn itself
+            f -= 0.4
         lo, target, hi = length_spec(task, ref)
         n = len(ws)
         if n < lo:
