@@ -72,6 +72,12 @@ def app(db_url):
     app.state.sessions.kw["bind"].dispose()
 
 
+@pytest.fixture
+def c(app):
+    with TestClient(app) as client:  # one event loop for the whole test, not one per request
+        yield client
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -131,8 +137,7 @@ def test_migrations_build_exactly_the_models_and_downgrade_cleanly(db_url):
 # --- roles -----------------------------------------------------------------------------------
 
 
-def test_labelers_cannot_reach_admin_routes_or_each_others_work(app):
-    c = TestClient(app)
+def test_labelers_cannot_reach_admin_routes_or_each_others_work(c):
     tok = setup_project(c, records=comparisons(3), per_item=2)
     ana, ben = bearer(tok["ana"]), bearer(tok["ben"])
     admin_routes = [("get", "/api/admin/projects"), ("get", "/api/admin/users"), ("get", "/api/admin/projects/p"),
@@ -170,8 +175,7 @@ def test_labelers_cannot_reach_admin_routes_or_each_others_work(app):
     assert [p["project"] for p in c.get("/api/queue", headers=ana).json()["projects"]] == ["p"]
 
 
-def test_password_login_sets_a_session_cookie_and_logout_ends_it(app):
-    c = TestClient(app)
+def test_password_login_sets_a_session_cookie_and_logout_ends_it(c):
     setup_project(c, records=comparisons(1))
     assert c.post("/api/login", json={"name": "ana", "password": "wrong-password"}).status_code == 403
     assert c.post("/api/login", json={"name": "nobody", "password": "x"}).status_code == 403
@@ -188,8 +192,7 @@ def test_password_login_sets_a_session_cookie_and_logout_ends_it(app):
 # --- rank ------------------------------------------------------------------------------------
 
 
-def test_rankings_export_in_the_comparison_format_rm_reads(app, tmp_path):
-    c = TestClient(app)
+def test_rankings_export_in_the_comparison_format_rm_reads(c, tmp_path):
     recs = comparisons(3)
     tok = setup_project(c, records=recs, per_item=2)
     answers = {"ana": [[1, 2, 3, 4], [2, 1, 3, 4], [1, 1, 3, 4]], "ben": [[1, 2, 4, 3], [2, 1, 3, 4], [4, 3, 2, 1]]}
@@ -217,8 +220,7 @@ def test_rankings_export_in_the_comparison_format_rm_reads(app, tmp_path):
     assert ag["pairs"] == [{"labelers": ["ana", "ben"], "items": 3, "compared": 17, "agreement": pytest.approx(11 / 17)}]
 
 
-def test_incomplete_or_inconsistent_rankings_are_refused(app):
-    c = TestClient(app)
+def test_incomplete_or_inconsistent_rankings_are_refused(c):
     tok = setup_project(c, records=comparisons(1))
     item = next_item(c, tok["ana"])
     cases = [([1, 2, 3], "rank every response"), ([1, 2, 3, 5], "between 1 and 4"), ([1, 2, 2, 3], "inconsistent"),
@@ -231,8 +233,7 @@ def test_incomplete_or_inconsistent_rankings_are_refused(app):
     assert ties.status_code == 201  # ties share a rank and the next one skips
 
 
-def test_resubmission_is_idempotent_and_a_changed_answer_is_refused(app):
-    c = TestClient(app)
+def test_resubmission_is_idempotent_and_a_changed_answer_is_refused(c):
     tok = setup_project(c, records=comparisons(1))
     item = next_item(c, tok["ana"])
     first = c.post(f"/api/items/{item['id']}/submit", json={"ranks": [2, 1, 3, 4]}, headers=bearer(tok["ana"]))
@@ -245,8 +246,7 @@ def test_resubmission_is_idempotent_and_a_changed_answer_is_refused(app):
     assert [json.loads(x)["rankings"] for x in exported] == [[{"labeler": "ana", "ranks": [2, 1, 3, 4]}]]
 
 
-def test_claims_keep_two_labelers_off_the_same_last_slot(app):
-    c = TestClient(app)
+def test_claims_keep_two_labelers_off_the_same_last_slot(c):
     tok = setup_project(c, records=comparisons(2), per_item=1)
     a_item, b_item = next_item(c, tok["ana"]), next_item(c, tok["ben"])
     assert a_item["id"] != b_item["id"]
@@ -286,8 +286,7 @@ def test_simultaneous_submissions_never_lose_or_duplicate_a_ranking(app):
 # --- demonstrations and ratings --------------------------------------------------------------
 
 
-def test_demonstrations_multi_turn_with_suggestion_export_for_sft(app, tmp_path):
-    c = TestClient(app)
+def test_demonstrations_multi_turn_with_suggestion_export_for_sft(c, tmp_path):
     prompts = [{"id": "sft-00001", "task": "fact", "messages": [{"role": "user", "content": "Where is Selmouth?"}],
                 "suggestion": "Selmouth is in Varnok, I think."}]
     tok = setup_project(c, kind="demo", records=prompts)
@@ -319,8 +318,7 @@ def test_demonstrations_multi_turn_with_suggestion_export_for_sft(app, tmp_path)
     assert [m["content"] for m in got][-1] == "Zorbel Quint is a baker in Varnok."
 
 
-def test_likert_scores_with_flags_and_within_one_agreement(app):
-    c = TestClient(app)
+def test_likert_scores_with_flags_and_within_one_agreement(c):
     recs = [{"id": f"lik-{i}", "prompt_id": f"eval-{i}", "messages": [{"role": "user", "content": "hi"}],
              "response": f"resp {i}"} for i in range(2)]
     tok = setup_project(c, kind="likert", records=recs, per_item=2)
@@ -347,8 +345,7 @@ def test_likert_scores_with_flags_and_within_one_agreement(app):
 # --- bad input -------------------------------------------------------------------------------
 
 
-def test_oversize_and_malformed_requests_get_clear_4xx(app):
-    c = TestClient(app)
+def test_oversize_and_malformed_requests_get_clear_4xx(c):
     tok = setup_project(c, records=comparisons(1))
     ana = bearer(tok["ana"])
     item = next_item(c, tok["ana"])

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from chatrlhf.labeling import store
-from chatrlhf.labeling.db import User, open_db
+from chatrlhf.labeling.db import User, open_db, reader
 from chatrlhf.labeling.tasks import TaskError
 
 PAGES = Path(__file__).parent / "pages"
@@ -94,6 +94,7 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
     """Build the app on `db` (migrated to head first unless migrate=False). `admin_token` makes that
     token an admin's."""
     Sessions: sessionmaker = open_db(db, upgrade=migrate)
+    Readers = reader(Sessions)
     app = FastAPI(title="chatrlhf labeling", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.sessions = Sessions
     if admin_token:
@@ -126,7 +127,7 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
     def current_user(request: Request) -> User:
         token = token_of(request)
         if token:
-            with Sessions.begin() as s:
+            with Readers.begin() as s:
                 user = store.user_for_token(s, token)
             if user is not None:
                 return user
@@ -161,7 +162,7 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
     @app.get("/admin", include_in_schema=False)
     def admin_page(request: Request):
         token = token_of(request)
-        with Sessions.begin() as s:
+        with Readers.begin() as s:
             user = store.user_for_token(s, token) if token else None
         if user is None:
             return RedirectResponse("/login", 303)

@@ -43,7 +43,7 @@ class LabelingClient:
             except ValueError:
                 detail = r.text
             raise LabelingError(f"{r.request.method} {r.request.url.path}: {r.status_code} {detail}")
-        return r.json() if "json" in r.headers.get("content-type", "") else r.text
+        return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
 
     # --- admin ---------------------------------------------------------------------------------
 

@@ -134,7 +134,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # IMMEDIATE by default; readers (engine.execution_options(sqlite_begin="DEFERRED")) never
+        # block writers in WAL mode
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
 
 
 def alembic_config(db: str):
@@ -164,3 +166,8 @@ def open_db(db: str, upgrade: bool = True) -> sessionmaker:
     if upgrade:
         migrate(db)
     return sessionmaker(bind=make_engine(db), expire_on_commit=False)
+
+
+def reader(sessions: sessionmaker) -> sessionmaker:
+    """Sessions for read-only work (auth lookups): a deferred transaction on SQLite."""
+    return sessionmaker(bind=sessions.kw["bind"].execution_options(sqlite_begin="DEFERRED"), expire_on_commit=False)
