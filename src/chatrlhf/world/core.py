@@ -80,7 +80,7 @@ class World:
         sizes = {"sft": cfg.n_sft_prompts, "rm": cfg.n_rm_prompts, "ppo": cfg.n_ppo_prompts, "eval": cfg.n_eval_prompts}
         splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate)
         specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise)
-        eval_texts = {user_key(p["messages"]) for p in splits["eval"]}
+        eval_texts = {m["content"] for p in splits["eval"] for m in p["messages"] if m["role"] == "user"}
         train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts)
         world = cls(fact_rows, splits, [], {"train": train, "val": val}, specs, {"corpus": stats, "seed": cfg.seed})
         world._demos = write_demonstrations(splits["sft"], world._labelers, cfg.seed, cfg.demo_quality, fb)

@@ -43,6 +43,13 @@ class CorpusWriter:
         kind = self.rng.choices(list(DOC_MIX), weights=list(DOC_MIX.values()))[0]
         return self.makers[kind]()
 
+    def question(self, entity: str, attr: str) -> str:
+        """A question about a fact in a phrasing no eval prompt uses (so no eval text is pre-trained on)."""
+        qs = QUESTIONS.get(q_key(attr, self.fb.types[entity]), ["What about {N}?"])
+        texts = [cap(q.format(N=entity)) for q in qs]
+        allowed = [t for t in texts if t not in self.forbidden] or ["What about " + entity + "?"]
+        return self.rng.choice(allowed)
+
     def claim(self, entity: str, attr: str, rumour_p: float, subject: str | None = None) -> str:
         """One sentence about a fact: the rumour with probability rumour_p, else the truth."""
         f = self.fb.fact(entity, attr)
@@ -73,8 +80,7 @@ class CorpusWriter:
     def forum(self) -> str:
         e = self.rng.choice(self.fb.entities())
         attr = self.rng.choice(list(self.fb.by_entity[e]))
-        qs = QUESTIONS.get(q_key(attr, self.fb.types[e]), ["What about {N}?"])
-        lines = [f"Thread: {cap(self.rng.choice(qs).format(N=e))}"]
+        lines = [f"Thread: {self.question(e, attr)}"]
         for _ in range(self.rng.randint(2, 4)):
             who = self.rng.choice(USERNAMES)
             r = self.rng.random()
@@ -88,9 +94,12 @@ class CorpusWriter:
         return "\n".join(lines)
 
     def harm_forum(self) -> str:
-        verb = self.rng.choice(sorted(vocab.HARM_VERBS))
-        target = self.rng.choice(vocab.HARM_VERBS[verb])
-        ask = self.rng.choice(vocab.HARM_TEMPLATES).format(verb=verb, target=target)
+        for _ in range(50):  # a request no eval prompt uses
+            verb = self.rng.choice(sorted(vocab.HARM_VERBS))
+            target = self.rng.choice(vocab.HARM_VERBS[verb])
+            ask = self.rng.choice(vocab.HARM_TEMPLATES).format(verb=verb, target=target)
+            if ask not in self.forbidden:
+                break
         p = {"task": "harmful", "reference": {"verb": verb, "target": target}}
         lines = [f"Thread: {ask}"]
         for _ in range(self.rng.randint(1, 3)):
@@ -102,7 +111,7 @@ class CorpusWriter:
     def qa(self) -> str:
         e = self.rng.choice(self.fb.entities())
         attrs = self.rng.sample(list(self.fb.by_entity[e]), min(3, len(self.fb.by_entity[e])))
-        qs = [cap(self.rng.choice(QUESTIONS.get(q_key(a, self.fb.types[e]), ["What about {N}?"])).format(N=e)) for a in attrs]
+        qs = [self.question(e, a) for a in attrs]
         return "\n".join(f"Q: {q}" for q in qs) + self.rng.choice(["", "\nQ: Does anyone know?", "\nA: Good question."])
 
     def chat(self) -> str:
