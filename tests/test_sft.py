@@ -258,7 +258,7 @@ def test_score_samples_uses_gold_and_held_out_labelers():
     prompts = [{"id": f"eval-{i}", "reference": "yes"} for i in range(4)]
     r = sft.score_samples(_World(), prompts, ["yes", "yes", "no", "yes"], seed=0)
     assert r["gold"] == pytest.approx(0.75) and r["likert"] == pytest.approx(5.5) and r["n"] == 4
-    assert r["gold_se"] == pytest.approx(0.5 / 2)
+    assert r["gold_se"] == pytest.approx(0.5 / 2) and r["golds"] == [1.0, 1.0, 0.0, 1.0]
 
 
 def test_sample_responses_chat_and_plain(tiny_model_dir, tok):

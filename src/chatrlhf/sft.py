@@ -454,10 +454,15 @@ def score_samples(world, prompts: list[dict], responses: list[str], seed: int) -
     gold = [world.gold(p, r).total for p, r in zip(prompts, responses)]
     likert = [sum(lab.likert(p, r, rng)[0] for lab in labelers) / len(labelers)
               for p, r in zip(prompts, responses)]
-    n = len(gold)
-    mean = sum(gold) / n
-    sd = (sum((g - mean) ** 2 for g in gold) / max(n - 1, 1)) ** 0.5
-    return {"gold": mean, "gold_se": sd / n ** 0.5, "likert": sum(likert) / n, "n": n}
+    mean, se = mean_se(gold)
+    return {"gold": mean, "gold_se": se, "likert": sum(likert) / len(likert), "n": len(gold), "golds": gold}
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and its standard error."""
+    n = len(xs)
+    mean = sum(xs) / n
+    return mean, (sum((x - mean) ** 2 for x in xs) / max(n - 1, 1)) ** 0.5 / n ** 0.5
 
 
 def evaluate_sft(cfg: Config) -> dict[str, Any]:
@@ -480,6 +485,10 @@ def evaluate_sft(cfg: Config) -> dict[str, Any]:
                                          cfg.eval.max_new_tokens, cfg.run.seed)
             results[key] = score_samples(world, prompts, responses, cfg.run.seed)
             samples += [{"model": key, "prompt_id": p["id"], "response": r} for p, r in zip(prompts, responses)]
+    for mode in ("greedy", "t1"):  # paired by prompt: SFT minus base on the same prompts
+        base, tuned = results[f"base_{mode}"].pop("golds"), results[f"sft_{mode}"].pop("golds")
+        gain, se = mean_se([t - b for t, b in zip(tuned, base)])
+        results[f"gain_{mode}"] = {"gold": gain, "gold_se": se, "n": len(base)}
     (out / "eval_vs_base.json").write_text(json.dumps(results, indent=2))
     with (out / "eval_samples.jsonl").open("w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
@@ -495,5 +504,7 @@ def _print_eval(results: dict[str, Any]) -> None:
         table.add_column(col)
     for key, r in results.items():
         if isinstance(r, dict):
-            table.add_row(key, f"{r['gold']:.3f}", f"{r['gold_se']:.3f}", f"{r['likert']:.2f}", str(r["n"]))
+            likert = f"{r['likert']:.2f}" if "likert" in r else ""
+            table.add_row(key, f"{r['gold']:+.3f}" if key.startswith("gain") else f"{r['gold']:.3f}",
+                          f"{r['gold_se']:.3f}", likert, str(r["n"]))
     console.print(table)
