@@ -19,7 +19,7 @@ from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
 from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
 from chatrlhf.world.labelers import SimulatedLabeler, make_labeler_specs, write_demonstrations
-from chatrlhf.world.tasks import build_splits, user_key
+from chatrlhf.world.tasks import build_splits
 
 SPLITS = ("sft", "rm", "ppo", "eval")
 FILES = {"facts": "facts.jsonl", "corpus_train": "corpus_train.jsonl", "corpus_val": "corpus_val.jsonl",
