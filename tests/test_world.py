@@ -64,6 +64,21 @@ def test_same_seed_same_bytes_and_other_seed_differs(small_dir, tmp_path):
         assert (small_dir / name).read_bytes() != (other / name).read_bytes(), name
 
 
+def test_same_bytes_across_processes_with_different_hash_seeds(small_dir, tmp_path):
+    """No set/dict-order dependence: Python's string hash seed must not change a byte."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from chatrlhf.config import Config, RunConfig, WorldConfig; "
+            "from chatrlhf.world.core import World; "
+            f"World.generate(WorldConfig(**{SMALL!r})).save(sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True,
+                   env={**os.environ, "PYTHONHASHSEED": "12345"})
+    for name in ["facts.jsonl", "corpus_train.jsonl", "prompts_eval.jsonl", "demonstrations.jsonl", "labelers.jsonl"]:
+        assert (tmp_path / name).read_bytes() == (small_dir / name).read_bytes(), name
+
+
 def test_meta_complete_and_files_parse_back(small_dir, world):
     meta = json.loads((small_dir / "meta.json").read_text())
     assert meta["complete"] is True and meta["seed"] == 1234

@@ -135,10 +135,10 @@ class FactBase:
     def entities_in(self, text: str) -> list[tuple[int, str]]:
         """(position, entity) for every entity named in `text`, in order of first mention."""
         if "_names" not in self._patterns:  # one alternation of every name form, longest first
-            forms = {f.lower(): e for e in self.types for f in reversed(self.name_forms(e))}
+            forms = {re.sub(r"^the\s+", "", f.lower()): e for e in self.types for f in reversed(self.name_forms(e))}
             self._name_of = forms
             alt = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
-            self._patterns["_names"] = re.compile(r"(?<![a-z])(" + alt + r")(?:e?s)?(?![a-z])")
+            self._patterns["_names"] = re.compile(r"(?<![a-z])(?:the\s+)?(" + alt + r")(?:e?s)?(?![a-z])")
         found: dict[str, int] = {}
         for m in self._patterns["_names"].finditer(text.lower()):
             found.setdefault(self._name_of[m.group(1)], m.start())
