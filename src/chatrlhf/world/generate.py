@@ -32,7 +32,11 @@ def write_meta(out_dir: Path, meta: dict) -> None:
 
 
 def world_agreement(w: World, seed: int, n: int) -> dict:
-    return agreement(w.prompts("rm") or w.prompts("sft"), w.labelers(), w.facts, seed, n, w.gold)
+    prompts = next((w.prompts(s) for s in ("rm", "sft", "ppo", "eval") if w.prompts(s)), [])
+    if not prompts:
+        return {"n_comparisons": 0, "overall": None, "train": None, "held_out": None, "train_vs_held_out": None,
+                "with_gold": {}, "pairs": {}}
+    return agreement(prompts, w.labelers(), w.facts, seed, n, w.gold)
 
 
 def summary(w: World, agree: dict) -> dict:
@@ -62,10 +66,11 @@ def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
     t.add_row("demonstrations ideal/flawed/multi-turn",
               f"{meta['demonstrations']['ideal']} / {meta['demonstrations']['flawed']} / {meta['demonstrations']['multi_turn']}")
     a = meta["agreement"]
-    t.add_row("labeler agreement overall", f"{a['overall']:.3f} (InstructGPT ~0.73)")
+    t.add_row("labeler agreement overall", f"{a['overall']} (InstructGPT ~0.73)")
     t.add_row("  train / held-out / across", f"{a['train']} / {a['held_out']} / {a['train_vs_held_out']}")
     gold = agree["with_gold"]
-    t.add_row("agreement with gold (min-max)", f"{min(gold.values()):.3f} - {max(gold.values()):.3f}")
+    if gold:
+        t.add_row("agreement with gold (min-max)", f"{min(gold.values()):.3f} - {max(gold.values()):.3f}")
     console.print(t)
 
 
