@@ -309,7 +309,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     start = state["step"] if state else 0
     metrics = MetricsLogger(out_dir, cfg.run.tensorboard, resume=start > 0)
     model.train()
-    t0, seqs_seen, last = time.time(), 0, {}
+    t0, seqs_seen, pairs_seen, last = time.time(), 0, 0, {}
     with progress_bar("rm") as bar:
         task = bar.add_task("rm", total=total, completed=start, info="")
         for step in range(start, total):
@@ -328,6 +328,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
             sched.step()
             opt.zero_grad(set_to_none=True)
             seqs_seen += len(pb.sequences)
+            pairs_seen += len(pb.chosen)
             last = {"loss": loss.item(), "acc": (ch > rj).float().mean().item(), "margin": (ch - rj).mean().item()}
             if (step + 1) % rc.log_every == 0 or step + 1 == total:
                 metrics.log(step + 1, {f"rm/{k}": v for k, v in last.items()} | {"rm/lr": sched.get_last_lr()[0]})
@@ -337,7 +338,8 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     metrics.close()
     secs = time.time() - t0
     return {"model": acc.unwrap_model(model), "steps": total, "resumed_from": start, "train_seconds": secs,
-            "sequences_per_second": seqs_seen / secs if secs > 0 else 0.0, "last": last}
+            "sequences_per_second": seqs_seen / secs if secs > 0 else 0.0,
+            "pairs_per_second": pairs_seen / secs if secs > 0 else 0.0, "last": last}
 
 
 def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_dir: str | Path,
