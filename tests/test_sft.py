@@ -60,6 +60,12 @@ def test_prompt_tokens_never_carry_loss(tok, markers):
         assert all(t == sft.IGNORE for t in ex.labels[prev:prompt_len])
 
 
+def test_tokenizer_without_template_gets_the_fallback(tok):
+    tok.chat_template = None
+    sft.ensure_template(tok)
+    assert _assistant_text(tok, sft.encode(tok, CONV, 256)) == "Answer: four.<|end|>Zorbel Quint lives in Varnok.<|end|>"
+
+
 def test_truncation_keeps_latest_turns(tok):
     full = sft.encode(tok, CONV, 256)
     short = sft.encode(tok, CONV, len(full) - 1)

@@ -30,25 +30,12 @@ from chatrlhf.config import Config
 from chatrlhf.conversations import Conversation, DataError, load_conversations
 from chatrlhf.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.tokenizer import document_eos
+from chatrlhf.tokenizer import document_eos, ensure_chat_template
 from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
                                progress_bar)
 
 console = Console(stderr=True)
 IGNORE = -100  # label id that cross-entropy skips
-
-# For a tokenizer without any chat template (e.g. a plain GPT-2): the same "User:/Assistant:" layout
-# the base model is evaluated with, ending each reply with eos so the model learns to stop.
-PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "Assistant: {% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}\n"
-    "{% elif message['role'] == 'system' %}{{ message['content'] }}\n"
-    "{% else %}User: {{ message['content'] }}\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
-
 
 @dataclass
 class Example:
@@ -63,9 +50,10 @@ class Example:
 
 
 def ensure_template(tokenizer) -> None:
+    """A tokenizer without a chat template gets the project's fallback (shared with PPO and chat)."""
     if not tokenizer.chat_template:
-        console.print("[yellow]sft: tokenizer has no chat template; using a plain 'User:/Assistant:' one")
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        console.print("[yellow]sft: tokenizer has no chat template; using chatrlhf's fallback template")
+        ensure_chat_template(tokenizer)
 
 
 def has_generation_markers(tokenizer) -> bool:
