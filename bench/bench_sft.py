@@ -6,6 +6,7 @@ Each side runs in its own subprocess and virtual environment (ours in .venv, TRL
 by `make bench`), on the same saved model (the run's pre-trained model, else a random embedded-size
 Llama), the same conversations (the run's world demonstrations, else generated ones), the same batch
 size, max length, optimizer (AdamW, cosine schedule, clip 1.0), fp32 on CPU, assistant-only loss.
+TRL runs twice: with length-grouped batches like ours (the headline ratio) and with its default sampler.
 Timing covers optimizer steps only (data loading and collation included, tokenisation of the dataset
 and start-up excluded), from the end of step `--warmup` to the end of the last step. Sides alternate
 for `--repeats` rounds and the best round of each counts (the machine is shared, so noise is one-sided).
@@ -28,7 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PYTHONS = {"ours": ROOT / ".venv" / "bin" / "python", "trl": ROOT / ".venv-bench" / "bin" / "python"}
+PYTHONS = {"ours": ROOT / ".venv" / "bin" / "python", "trl": ROOT / ".venv-bench" / "bin" / "python",
+           "trl_random": ROOT / ".venv-bench" / "bin" / "python"}
+# trl: length-grouped batches like ours (same batching); trl_random: SFTTrainer's default sampler
 
 
 # --- setup (runs in our venv): one model dir and one data file that both sides read ------------
@@ -113,7 +116,7 @@ def run_ours(work: Path, batch: int, steps: int, max_len: int, warmup: int) -> d
     return _throughput(ends, warmup, batch)
 
 
-def run_trl(work: Path, batch: int, steps: int, max_len: int, warmup: int) -> dict:
+def run_trl(work: Path, batch: int, steps: int, max_len: int, warmup: int, sampling: str) -> dict:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -132,7 +135,7 @@ def run_trl(work: Path, batch: int, steps: int, max_len: int, warmup: int) -> di
                          weight_decay=0.0, max_grad_norm=1.0, adam_beta2=0.95, assistant_only_loss=True,
                          packing=False, use_cpu=True, bf16=False, fp16=False, save_strategy="no",
                          eval_strategy="no", report_to="none", logging_steps=10**6, seed=0,
-                         dataloader_num_workers=0, disable_tqdm=True)
+                         dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy=sampling)
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              callbacks=[StepTimer()])
     trainer.train()
@@ -178,8 +181,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="Steps left out of the timing.")
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per side (1: on a shared 2-core machine, 2 threads spin against each other)")
+    p.add_argument("--side", choices=list(PYTHONS), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
 
@@ -187,8 +191,11 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-        fn = run_ours if a.side == "ours" else run_trl
-        result = fn(Path(a.work), a.batch, a.steps, a.max_len, a.warmup)
+        if a.side == "ours":
+            result = run_ours(Path(a.work), a.batch, a.steps, a.max_len, a.warmup)
+        else:
+            sampling = "group_by_length" if a.side == "trl" else "random"
+            result = run_trl(Path(a.work), a.batch, a.steps, a.max_len, a.warmup, sampling)
         print(json.dumps(result))
         return
 
@@ -196,9 +203,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_sft_") as tmp:
         work = Path(tmp)
         source = setup(ROOT / a.run_dir, work)
-        rounds = {"ours": [], "trl": []}
+        rounds: dict[str, list[dict]] = {side: [] for side in PYTHONS}
         for r in range(a.repeats):
-            for side in ("ours", "trl") if r % 2 == 0 else ("trl", "ours"):
+            for side in list(PYTHONS) if r % 2 == 0 else list(PYTHONS)[::-1]:
                 rounds[side].append(_side(side, work, a))
                 print(f"round {r + 1} {side}: {rounds[side][-1]['examples_per_s']:.1f} examples/s", file=sys.stderr)
     best = {s: max(rs, key=lambda x: x["examples_per_s"]) for s, rs in rounds.items()}
@@ -207,10 +214,13 @@ def main() -> None:
         "setup": {**source, "batch_size": a.batch, "max_len": a.max_len, "steps": a.steps, "warmup_steps": a.warmup,
                   "threads": a.threads, "device": "cpu", "dtype": "float32", "loss": "assistant tokens only",
                   "trl_version": best["trl"].get("trl_version"),
-                  "batching": "ours: length-grouped batches (sft.packing=false); trl: its default (no packing, "
-                              "no group_by_length), both padded to the longest in the batch"},
+                  "batching": "ours: length-grouped batches (sft.packing=false); trl: SFTTrainer with "
+                              "train_sampling_strategy=group_by_length (same batching); trl_random: its default "
+                              "random sampler; all padded to the longest in the batch, no packing"},
         "ours_examples_per_s": best["ours"]["examples_per_s"], "trl_examples_per_s": best["trl"]["examples_per_s"],
+        "trl_random_examples_per_s": best["trl_random"]["examples_per_s"],
         "ratio": best["ours"]["examples_per_s"] / best["trl"]["examples_per_s"],
+        "ratio_vs_trl_default_sampler": best["ours"]["examples_per_s"] / best["trl_random"]["examples_per_s"],
         "rounds": rounds, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -203,10 +203,16 @@ class Batches:
     def __init__(self, examples: list[Example], batch_size: int, max_len: int, packing: bool, seed: int, pad_id: int):
         self.examples, self.batch_size, self.max_len = examples, batch_size, max_len
         self.packing, self.seed, self.pad_id = packing, seed, pad_id
+        self._cache: tuple[int, list] | None = None
         self.per_epoch = len(self.epoch(0))
 
-    def epoch(self, epoch: int) -> list[dict[str, torch.Tensor]] | list[Any]:
-        seed = self.seed * 1_000_003 + epoch
+    def epoch(self, epoch: int) -> list[list]:
+        """The epoch's batches: lists of Examples, or (packed) lists of rows of Examples."""
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, self._plan(self.seed * 1_000_003 + epoch))
+        return self._cache[1]
+
+    def _plan(self, seed: int) -> list[list]:
         if self.packing:
             rows = pack(self.examples, self.max_len, seed)
             return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
