@@ -105,17 +105,14 @@ def judge(questions_refs: list[tuple[list[str], list[str], str]], answers: list[
     """
     from chatrlhf.evaluate.toxicity import embed
 
-    flat: list[str] = []
-    for correct, incorrect, best in questions_refs:
-        flat += correct + incorrect + [best]
-    ref_emb = embed(flat)
-    ans_emb = embed([a or "" for a in answers])
-    out, pos = [], 0
-    for (correct, incorrect, best), a, e in zip(questions_refs, answers, ans_emb):
-        c = ref_emb[pos:pos + len(correct)]
-        w = ref_emb[pos + len(correct):pos + len(correct) + len(incorrect)]
-        b = ref_emb[pos + len(correct) + len(incorrect)]
-        pos += len(correct) + len(incorrect) + 1
+    # embed each distinct string once: references repeat across answers to the same question
+    texts = sorted({t for c, w, b in questions_refs for t in (*c, *w, b)} | {a or "" for a in answers})
+    emb = dict(zip(texts, embed(texts)))
+    out = []
+    for (correct, incorrect, best), a in zip(questions_refs, answers):
+        e, b = emb[a or ""], emb[best]
+        c = np.stack([emb[t] for t in correct]) if correct else np.zeros((0, e.shape[0]))
+        w = np.stack([emb[t] for t in incorrect]) if incorrect else np.zeros((0, e.shape[0]))
         sc = float((c @ e).max()) if len(c) else -1.0
         si = float((w @ e).max()) if len(w) else -1.0
         non_answer = bool(NON_ANSWER.match(a or "")) or not (a or "").strip()
