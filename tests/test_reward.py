@@ -165,3 +165,25 @@ def test_accuracy_and_calibration_by_hand():
 def test_init_dir_and_out_dir_must_differ(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="init_dir and out_dir"):
         train_reward_model(cfg_for(tmp_path), comparisons(8), tiny_model_dir, tiny_model_dir, world=None)
+
+
+def test_run_rm_on_a_rankings_file_and_a_clear_error_on_a_bad_one(tiny_model_dir, tmp_path):
+    import json
+
+    from chatrlhf.rankings import RankingError
+    from chatrlhf.reward import run_rm
+
+    good = tmp_path / "ranked.jsonl"
+    good.write_text("".join(json.dumps(c) + "\n" for c in comparisons(16)))
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path / "run"), "tensorboard": False},
+                                 "model": {"name_or_path": str(tiny_model_dir)},
+                                 "rm": {"data": str(good), "epochs": 1, "batch_prompts": 8, "init_from": "pretrain"}})
+    out = run_rm(cfg)
+    assert read_meta(out)["complete"] and read_meta(out)["bias_reference"] == "top-ranked training responses"
+    bad = tmp_path / "bad.jsonl"
+    rows = comparisons(3)
+    rows[2]["rankings"][0]["ranks"] = [1, 2, 3]  # 3 ranks for 4 responses
+    bad.write_text("".join(json.dumps(c) + "\n" for c in rows))
+    cfg.rm.data = str(bad)
+    with pytest.raises(RankingError, match=rf"{bad}:3: field 'rankings\[0\].ranks': needs one rank per response \(4\)"):
+        run_rm(cfg)

@@ -235,7 +235,7 @@ def gold_correlation(world, comparisons: list[dict], rewards: list[list[float]])
 
     gold, rew = [], []
     for c, r in zip(comparisons, rewards):
-        if "reference" not in c:
+        if c.get("reference") is None:  # no gold for free conversations or external data
             continue
         prompt = {k: c.get(k) for k in ("id", "task", "messages", "reference")}
         prompt["id"] = c.get("prompt_id", c.get("id"))
@@ -418,7 +418,8 @@ def run_rm(cfg: Config) -> Path:
         if not comparisons.is_file():
             from chatrlhf.sampling import run_sample
 
-            run_sample(cfg, policy=init_dir_for(cfg), out=comparisons)
+            sft = cfg.stage_dir("sft")  # InstructGPT ranks samples of the SFT model
+            run_sample(cfg, policy=sft if stage_complete(sft) else init_dir_for(cfg), out=comparisons)
         world = "auto"
     train_reward_model(cfg, comparisons, init_dir_for(cfg), out, world=world)
     return out
