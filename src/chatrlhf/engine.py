@@ -158,6 +158,7 @@ class DecodeBatch:
         new_active = torch.tensor(rows)
         if self.cache is None or not len(self.active):
             self.cache, self.mask, self.pos, self.logits, self.active = cache, mask, pos, logits, new_active
+            self.padded, self._knobs = not bool(mask.all()), None
         else:
             self._merge(cache, mask)
             self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
@@ -174,6 +175,8 @@ class DecodeBatch:
             mine.values = torch.cat([pad(mine.values, t - t_old), pad(theirs.values, t - t_new)])
         lpad = lambda m, n: torch.nn.functional.pad(m, (n, 0)) if n else m  # noqa: E731
         self.mask = torch.cat([lpad(self.mask, t - t_old), lpad(mask, t - t_new)])
+        self.padded = not bool(self.mask.all())
+        self._knobs = None
 
     def can_join(self) -> bool:
         """Joining edits plain DynamicLayer caches; other cache kinds (sliding windows) start new batches."""
@@ -192,9 +195,11 @@ class DecodeBatch:
         rows = self.active.tolist()
         ps = [self.params[r] for r in rows]
         dev = self.logits.device
-        temp = torch.tensor([p.temperature for p in ps], device=dev)
-        top_k = torch.tensor([p.top_k for p in ps], device=dev)
-        top_p = torch.tensor([p.top_p for p in ps], device=dev)
+        if self._knobs is None or len(self._knobs[0]) != len(rows):  # rebuilt only when rows change
+            self._knobs = (torch.tensor([p.temperature for p in ps], device=dev),
+                           torch.tensor([p.top_k for p in ps], device=dev),
+                           torch.tensor([p.top_p for p in ps], device=dev))
+        temp, top_k, top_p = self._knobs
         u = torch.stack([torch.rand((), generator=self.gens[r]) for r in rows])
         nxt = sample_tokens(self.logits, temp, top_k, top_p, u)
         got, keep = [], []
@@ -236,9 +241,12 @@ class DecodeBatch:
             self.cache.batch_select_indices(idx)
             self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
             self.mask = self.mask[idx]
+            self.padded = not bool(self.mask.all())
         self.pos = self.pos + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], 1)
-        out = self.eng.forward(nxt.unsqueeze(1), self.mask, self.pos.unsqueeze(1), self.cache)
+        # no padding anywhere (one row, or equal lengths): a plain causal mask, cheaper to build
+        mask = self.mask if self.padded else None
+        out = self.eng.forward(nxt.unsqueeze(1), mask, self.pos.unsqueeze(1), self.cache)
         self.logits = out[:, -1]
 
     # --- results --------------------------------------------------------------------------
