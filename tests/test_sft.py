@@ -125,9 +125,9 @@ def _data(tmp_path: Path, n: int = 40) -> Path:
 
 
 def _cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
-    sft_cfg = {"data": str(_data(tmp_path)), "max_len": 64, "batch_size": 8, "max_steps": 12,
-               "learning_rate": 3e-3, "warmup_steps": 2, "val_fraction": 0.2, "eval_every": 6,
-               "save_every": 6, "log_every": 2, "eval_after": False, **sft_over}
+    sft_cfg = {"data": str(_data(tmp_path)), "max_len": 64, "batch_size": 8, "max_steps": 8,
+               "learning_rate": 3e-3, "warmup_steps": 2, "val_fraction": 0.2, "eval_every": 4,
+               "save_every": 4, "log_every": 2, "eval_after": False, **sft_over}
     return Config.model_validate({"run": {"out_dir": str(tmp_path / "run"), "tensorboard": False, "device": "cpu"},
                                   "model": {"name_or_path": str(model_dir)}, "sft": sft_cfg})
 
@@ -136,7 +136,7 @@ def test_sft_lowers_val_loss_and_saves_a_loadable_stage(tmp_path, tiny_model_dir
     cfg = _cfg(tmp_path, tiny_model_dir)
     out = sft.run_sft(cfg)
     meta = read_meta(out)
-    assert meta["complete"] and meta["steps"] == 12
+    assert meta["complete"] and meta["steps"] == 8
     assert meta["val_loss"] < meta["val_loss_before"] - 0.3
     AutoModelForCausalLM.from_pretrained(out)
     assert (out / "metrics.jsonl").is_file() and (out / "checkpoints").is_dir()
@@ -153,7 +153,7 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch
     real_step = sft._TrainLoop.train_step
 
     def crash_after_checkpoint(self, batch, step):
-        if step == 7:  # the checkpoint at step 6 exists; die mid-run
+        if step == 5:  # the checkpoint at step 4 exists; die mid-run
             raise KeyboardInterrupt
         return real_step(self, batch, step)
 
@@ -168,19 +168,19 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch
 
     monkeypatch.setattr(sft._TrainLoop, "train_step", counting_step)
     resumed = sft.train_sft(cfg)
-    assert done_after_resume == list(range(6, 12))  # picked up at the step-6 checkpoint
+    assert done_after_resume == list(range(4, 8))  # picked up at the step-4 checkpoint
     a = AutoModelForCausalLM.from_pretrained(straight).state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     steps = [r["step"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())]
-    assert steps.count(6) == 2 and steps.count(8) == 1  # step 6 logged before the crash, then resumed
+    assert steps.count(4) == 2 and steps.count(6) == 1  # step 4 logged before the crash, then resumed
 
 
 def test_changed_config_is_not_resumed(tmp_path, tiny_model_dir):
-    sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=6))
+    sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4))
     with pytest.raises(ValueError, match="different sft/model config"):
-        sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=6, learning_rate=1e-4))
+        sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4, learning_rate=1e-4))
 
 
 def test_nan_loss_stops_with_clear_error(tmp_path, tiny_model_dir, monkeypatch):
