@@ -1,0 +1,236 @@
+"""PPO step benchmark, results in bench/results/ppo.json.
+
+    .venv/bin/python bench/bench_ppo.py            # chatrlhf vs TRL 1.10 PPOTrainer, rollout tokens/s, FLOPs
+
+One run, the same setup for both trainers: a random embedded-size Llama (policy, reference, RM and
+value model all from it), the same chat-templated world prompts, the same response length, rollout
+batch, mini-batch and PPO epochs, one CPU thread each, each trainer in its own subprocess
+(chatrlhf in .venv, TRL's `trl.experimental.ppo.PPOTrainer` in .venv-trl110, made with
+`pip install torch==2.13.0`, then `trl==1.10.0` and `-e .`). A step is one rollout batch plus its
+PPO epochs; the first step is a warm-up and not counted.
+
+Also: rollout tokens/s of our KV-cache engine against `model.generate` on the same batch, and the
+step's model FLOPs (2N per token forward, 6N forward+backward; attention's T^2 term left out, small
+at these lengths) against the CPU's measured fp32 matmul peak on the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "ppo.json"
+TRL_PY = ROOT / ".venv-trl110" / "bin" / "python"
+OURS_PY = ROOT / ".venv" / "bin" / "python"
+
+SETTINGS = {"rollout_batch_size": 32, "mini_batch_size": 8, "ppo_epochs": 2, "response_length": 48,
+            "steps": 4, "threads": 1, "learning_rate": 1e-5, "kl_coef": 0.05, "seed": 0}
+
+
+# --- setup (shared by both workers) ------------------------------------------------------------
+
+
+def setup(tmp: Path) -> dict:
+    """Tokenizer + random embedded-size Llama (policy dir) + RM dir (same backbone, scalar head) + prompts."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from chatrlhf.config import ModelConfig, WorldConfig
+    from chatrlhf.modeling import build_tiny_llama, save_stage
+    from chatrlhf.tokenizer import train_tokenizer
+    from chatrlhf.world import World
+
+    world = World.generate(WorldConfig(corpus_docs=800, n_sft_prompts=20, n_rm_prompts=10, n_ppo_prompts=64,
+                                       n_eval_prompts=10))
+    tok = train_tokenizer(world.corpus("train"), vocab_size=2048)
+    torch.manual_seed(0)
+    model = build_tiny_llama(ModelConfig(), tok)
+    save_stage(model, tok, tmp / "policy", {"stage": "bench"})
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tmp / "policy"), num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    save_stage(rm, tok, tmp / "rm", {"stage": "bench"})
+    prompts = [{"messages": p["messages"]} for p in world.prompts("ppo")]
+    (tmp / "prompts.json").write_text(json.dumps(prompts))
+    return {"params": sum(p.numel() for p in model.parameters())}
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+def worker_ours(tmp: Path, s: dict) -> dict:
+    import torch
+
+    from chatrlhf.config import PPOConfig
+    from chatrlhf.modeling import load_causal_lm, load_tokenizer
+    from chatrlhf.ppo import PPOTrainer
+    from chatrlhf.reward import RewardModel
+    from chatrlhf.training import make_accelerator
+    from chatrlhf.value import ValueModel
+
+    torch.set_num_threads(s["threads"])
+    prompts = json.loads((tmp / "prompts.json").read_text())
+    tok = load_tokenizer(tmp / "policy")
+    policy, ref = load_causal_lm(tmp / "policy"), load_causal_lm(tmp / "policy")
+    rm = RewardModel.load(tmp / "rm")
+    cfg = PPOConfig(total_iterations=s["steps"] + 1, rollout_batch_size=s["rollout_batch_size"],
+                    mini_batch_size=s["mini_batch_size"], ppo_epochs=s["ppo_epochs"],
+                    max_new_tokens=s["response_length"], learning_rate=s["learning_rate"], kl_coef=s["kl_coef"],
+                    early_stop="none", save_every=10_000, max_kl=1e9)
+    trainer = PPOTrainer(cfg, policy, ref, ValueModel.from_pretrained(tmp / "rm"), tok,
+                         lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / "ours_out",
+                         make_accelerator(s["seed"], device="cpu"), seed=s["seed"])
+    steps = [trainer.step() for _ in range(s["steps"] + 1)][1:]
+    out = {"step_s": [h["time_step_s"] for h in steps], "rollout_s": [h["time_rollout_s"] for h in steps],
+           "response_len": statistics.mean(h["response_len"] for h in steps)}
+    out.update(generation_speed(tmp, s, policy, tok, prompts))
+    out["matmul_peak_gflops"] = matmul_peak(s["threads"])
+    return out
+
+
+def generation_speed(tmp: Path, s: dict, model, tok, prompts: list[dict]) -> dict:
+    """Sampled tokens/s: our engine vs model.generate, same prompts, batch and max_new_tokens."""
+    import torch
+
+    from chatrlhf.engine import Engine, SamplingParams
+
+    model.eval()
+    eng = Engine(model, tok)
+    ids = [eng.chat_prompt(p["messages"]) for p in prompts[: s["rollout_batch_size"]]]
+    params = SamplingParams(max_new_tokens=s["response_length"], temperature=1.0, seed=1)
+    eng.generate(ids[:4], params)  # warm-up
+    t = time.perf_counter()
+    n_ours = sum(len(g.token_ids) for g in eng.generate(ids, params))
+    ours = n_ours / (time.perf_counter() - t)
+    batch = tok.pad({"input_ids": ids}, return_tensors="pt")
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = model.generate(**batch, do_sample=True, max_new_tokens=s["response_length"], top_k=0,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        secs = time.perf_counter() - t
+    new = out[:, batch["input_ids"].shape[1]:]
+    n_hf = int(((new != tok.pad_token_id).cumsum(1) > 0).sum())  # generated tokens up to each row's end
+    return {"engine_tokens_per_s": ours, "hf_generate_tokens_per_s": n_hf / secs,
+            "engine_vs_generate": ours / (n_hf / secs)}
+
+
+def worker_trl(tmp: Path, s: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from chatrlhf.modeling import load_tokenizer
+
+    torch.set_num_threads(s["threads"])
+    tok = load_tokenizer(tmp / "policy")
+    prompts = json.loads((tmp / "prompts.json").read_text())
+    ids = [tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),
+               add_special_tokens=False)["input_ids"] for p in prompts]
+    B = s["rollout_batch_size"]
+    args = PPOConfig(output_dir=str(tmp / "trl_out"), per_device_train_batch_size=B, gradient_accumulation_steps=1,
+                     num_mini_batches=B // s["mini_batch_size"], num_ppo_epochs=s["ppo_epochs"],
+                     response_length=s["response_length"], total_episodes=B * (s["steps"] + 1),
+                     local_rollout_forward_batch_size=B, learning_rate=s["learning_rate"], kl_coef=s["kl_coef"],
+                     stop_token="eos", missing_eos_penalty=1.0, report_to=[], save_strategy="no",
+                     num_sample_generations=0, use_cpu=True, seed=s["seed"], logging_steps=1, disable_tqdm=True)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter())
+
+    load = lambda cls, d, **kw: cls.from_pretrained(str(tmp / d), **kw)  # noqa: E731
+    trainer = PPOTrainer(args=args, processing_class=tok, model=load(AutoModelForCausalLM, "policy"),
+                         ref_model=load(AutoModelForCausalLM, "policy"),
+                         reward_model=load(AutoModelForSequenceClassification, "rm", num_labels=1),
+                         value_model=load(AutoModelForSequenceClassification, "rm", num_labels=1),
+                         train_dataset=Dataset.from_dict({"input_ids": ids}), eval_dataset=Dataset.from_dict({"input_ids": ids[:B]}),
+                         callbacks=[Timer()])
+    trainer.train()
+    return {"step_s": [b - a for a, b in zip(times, times[1:])]}
+
+
+def matmul_peak(threads: int, n: int = 1024, reps: int = 10) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul on `threads` threads (the CPU's practical ceiling)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+# --- FLOPs and the report ---------------------------------------------------------------------
+
+
+def step_flops(n_params: int, prompt_len: float, resp_len: float, s: dict) -> float:
+    """Model FLOPs of one PPO step: rollout + RM + policy/ref/value forwards + epochs of policy and
+    value forward+backward (2N per token forward, 6N forward+backward)."""
+    tokens = s["rollout_batch_size"] * (prompt_len + resp_len)
+    fwd = 2 * n_params * tokens
+    return fwd * (1 + 1 + 3) + s["ppo_epochs"] * 2 * 3 * fwd
+
+
+def run_worker(py: Path, which: str, tmp: Path) -> dict:
+    out = tmp / f"{which}.json"
+    cmd = [str(py), __file__, "--worker", which, "--tmp", str(tmp), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(SETTINGS["threads"]), "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", choices=["ours", "trl"])
+    p.add_argument("--tmp", type=Path)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    if a.worker:
+        fn = worker_ours if a.worker == "ours" else worker_trl
+        a.out.write_text(json.dumps(fn(a.tmp, SETTINGS)))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        info = setup(tmp)
+        prompts = json.loads((tmp / "prompts.json").read_text())
+        ours = run_worker(OURS_PY, "ours", tmp)
+        trl = run_worker(TRL_PY, "trl", tmp) if TRL_PY.exists() else None
+        from chatrlhf.modeling import load_tokenizer
+
+        tok = load_tokenizer(tmp / "policy")
+        plen = statistics.mean(len(tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),
+                                       add_special_tokens=False)["input_ids"]) for p in prompts)
+    ours_step = statistics.median(ours["step_s"])
+    flops = step_flops(info["params"], plen, ours["response_len"], SETTINGS)
+    res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen,
+           "ours": {"step_s_median": ours_step, "step_s": ours["step_s"], "rollout_s": ours["rollout_s"],
+                    "mean_response_tokens": ours["response_len"]},
+           "trl_1_10": None if trl is None else {"step_s_median": statistics.median(trl["step_s"]), "step_s": trl["step_s"]},
+           "speedup_vs_trl": None if trl is None else statistics.median(trl["step_s"]) / ours_step,
+           "rollout": {k: ours[k] for k in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "engine_vs_generate")},
+           "flops": {"per_step": flops, "achieved_gflops": flops / ours_step / 1e9,
+                     "matmul_peak_gflops": ours["matmul_peak_gflops"],
+                     "fraction_of_peak": flops / ours_step / 1e9 / ours["matmul_peak_gflops"]},
+           "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "rollout", "flops")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
