@@ -1,13 +1,13 @@
 """Evaluation bench: validate the offline judges on the full shared data, then run the full eval suite.
 
-    .venv/bin/python bench/bench_eval.py judges                 # toxicity classifier + TruthfulQA judge figures
+    .venv/bin/python bench/bench_eval.py [judges]               # toxicity classifier + TruthfulQA judge figures
     .venv/bin/python bench/bench_eval.py full --run runs/default  # every model of a run, all real data, + report
     .venv/bin/python bench/bench_eval.py full --model gpt2=/path/to/any/causal/lm
 
 `judges` rebuilds the toxicity classifier from ToxiGen (src/chatrlhf/evaluate/assets/toxicity_lr.json),
 validates it against the Perspective scores of RealToxicityPrompts, measures the TruthfulQA judge's
 agreement with the reference labels on all 817 questions, and rewrites docs/toxicity_validation.md.
-`full` runs `run_eval` with eval.real_data_limit=0 (every TruthfulQA question, every CrowS pair,
+Results go to bench/results/eval_{judges,full}.json. `full` runs `run_eval` with eval.real_data_limit=0 (every TruthfulQA question, every CrowS pair,
 every RealToxicityPrompts prompt, every real prompt) and writes the report; it prints wall times.
 """
 
@@ -75,7 +75,7 @@ def full(run: str, models: list[str], shared: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["judges", "full"])
+    ap.add_argument("what", nargs="?", default="judges", choices=["judges", "full"])
     ap.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--run", default="runs/default")
     ap.add_argument("--model", action="append", default=[], help="NAME=DIR or stage name (repeatable)")
@@ -83,6 +83,9 @@ def main() -> None:
     if not args.shared_data.is_dir():
         sys.exit(f"shared data not found at {args.shared_data}")
     res = judges(args.shared_data) if args.what == "judges" else full(args.run, args.model, args.shared_data)
+    out = ROOT / "bench" / "results" / f"eval_{args.what}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
     print(json.dumps(res, indent=1, default=str))
 
 

@@ -49,6 +49,8 @@ def test_identical_models_are_not_significantly_different(evaluated):
     assert "real_self_instruct_rm_score" in summary["models"]["ppo"] and "real_oasst_rm_score" in summary["models"]["ppo"]
     diff = summary["comparisons"]["ppo"]["diff_truthfulqa_mc2"]
     assert diff["estimate"] == pytest.approx(0.0, abs=1e-9) and not diff["significant"]
+    iv = summary["intervals"]["ppo"]["truthfulqa_mc2"]
+    assert iv["low"] <= iv["estimate"] <= iv["high"] and iv["estimate"] == pytest.approx(summary["models"]["ppo"]["truthfulqa_mc2"])
 
 
 def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
@@ -58,7 +60,7 @@ def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
     page = run_report(cfg).read_text()
     assert page.count("data:image/png;base64,") >= 2  # model comparison + ppo training curves
     assert "PPO vs SFT:" in page and "truthfulness" in page and "not significant" in page
-    assert "<td>truthfulqa_mc2</td>" in page
+    assert "<td>truthfulqa_mc2</td>" in page and "Means with bootstrap 95% intervals" in page
     md = (out / "report" / "report.md").read_text()
     assert "## Every metric, every model" in md and "(plots/curves_ppo.png)" in md
     metrics = json.loads((out / "report" / "metrics.json").read_text())

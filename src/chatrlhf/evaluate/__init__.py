@@ -174,6 +174,15 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
     return out
 
 
+def intervals(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Bootstrap 95% CI of the mean of every per-item numeric series, per model."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, r in results.items():
+        out[name] = {k: _ci(bootstrap_ci(v, ctx.cfg.eval.bootstrap, ctx.cfg.run.seed)) for k, v in r["items"].items()
+                     if v and all(isinstance(x, (int, float)) for x in v)}
+    return out
+
+
 def _ci(t: tuple[float, float, float]) -> dict[str, float]:
     return {"estimate": t[0], "low": t[1], "high": t[2]}
 
@@ -198,7 +207,7 @@ def run_eval(cfg: Config, models: list[str]) -> dict[str, Any]:
             f"{k}={v:.3g}" for k, v in list(results[name]["metrics"].items())[:6]))
     baseline = cfg.eval.baseline if cfg.eval.baseline in results else next(iter(results))
     summary = {"baseline": baseline, "models": {n: r["metrics"] for n, r in results.items()},
-               "comparisons": compare(ctx, results, baseline), "notes": ctx.notes,
+               "comparisons": compare(ctx, results, baseline), "intervals": intervals(ctx, results), "notes": ctx.notes,
                "seconds": {n: r["seconds_total"] for n, r in results.items()},
                "judge": str(ctx.judge) if ctx.judge else None, "order": [n for n, _ in specs]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))

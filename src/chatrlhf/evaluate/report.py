@@ -196,6 +196,16 @@ def win_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return ["model", f"vs {summary.get('baseline')}", "estimate", "95% CI", "significant"], rows
 
 
+def interval_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per-item series (Likert, gold, MC2, max toxicity, RM score): mean [95% CI] per model."""
+    iv = summary.get("intervals", {})
+    order = [n for n in (summary.get("order") or list(iv)) if n in iv]
+    keys = sorted({k for m in iv.values() for k in m})
+    rows = [[k, *[(f"{_fmt(iv[n][k]['estimate'])} [{_fmt(iv[n][k]['low'])}, {_fmt(iv[n][k]['high'])}]"
+                   if k in iv[n] else "") for n in order]] for k in keys]
+    return ["series (mean [95% CI])", *order], rows
+
+
 def samples_side_by_side(cfg: Config, summary: dict[str, Any], n: int = 4) -> tuple[list[str], list[list[str]]]:
     """The first n world prompts (else real prompts) with every model's greedy response."""
     order = summary.get("order") or list(summary.get("models", {}))
@@ -244,6 +254,7 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
     sections = [
         ("Verdict", verdicts(summary) or ["no comparison available (need the baseline and another model)"]),
         ("Pipeline stages", (["stage", "complete", "key figures"], stage_rows)),
+        ("Means with bootstrap 95% intervals", interval_table(summary)),
         ("Every metric, every model", metric_table(summary)),
         ("Win rates and paired differences vs baseline (bootstrap 95% CI)", win_table(summary)),
         ("Sample responses (greedy)", samples_side_by_side(cfg, summary)),
