@@ -129,6 +129,22 @@ def test_migrations_build_exactly_the_models_and_downgrade_cleanly(db_url):
     assert diff == [], f"models and migrations disagree: {diff}"
     labdb.downgrade(db_url, "base")
     assert not set(inspect(engine).get_table_names()) & {"users", "items", "submissions"}
+
+    # 0001 -> 0002 keeps the data and backfills each item's answer count
+    labdb.migrate(db_url, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO users (id, name, role, created_at) VALUES (1, 'ana', 'labeler', '2026-01-01'),"
+                             " (2, 'ben', 'labeler', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO projects (id, name, kind, labelers_per_item, instructions, created_at)"
+                             " VALUES (1, 'p', 'rank', 2, '', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO items (id, project_id, ext_id, payload, created_at) VALUES"
+                             " (1, 1, 'a', '{}', '2026-01-01'), (2, 1, 'b', '{}', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO submissions (item_id, user_id, data, created_at) VALUES"
+                             " (1, 1, '{}', '2026-01-01'), (1, 2, '{}', '2026-01-01')")
+    labdb.migrate(db_url)
+    with engine.connect() as conn:
+        assert dict(conn.exec_driver_sql("SELECT ext_id, answers FROM items").all()) == {"a": 2, "b": 0}
+    labdb.downgrade(db_url, "base")
     labdb.migrate(db_url)
     assert "submissions" in inspect(engine).get_table_names()
     engine.dispose()

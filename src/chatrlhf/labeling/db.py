@@ -15,7 +15,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event)
+from sqlalchemy import (JSON, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, create_engine, event)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -67,14 +67,18 @@ class Member(Base):
 
 
 class Item(Base):
-    """One task: a comparison record (rank), a prompt (demo) or a prompt + response (likert)."""
+    """One task: a comparison record (rank), a prompt (demo) or a prompt + response (likert).
+
+    `answers` counts its submissions (kept by `store.submit` under the item's row lock) so that
+    finding the next open item reads an index instead of counting every answered item (0002)."""
 
     __tablename__ = "items"
-    __table_args__ = (UniqueConstraint("project_id", "ext_id"),)
+    __table_args__ = (UniqueConstraint("project_id", "ext_id"), Index("ix_items_open", "project_id", "answers", "id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     ext_id: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    answers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
