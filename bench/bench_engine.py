@@ -71,14 +71,17 @@ def run_engine(eng: Engine, prompts: list[list[int]], new: int, seed: int) -> in
     return sum(len(g.token_ids) for g in gens)
 
 
-def timed(fn, repeats: int) -> dict[str, float]:
-    fn(0)  # warm-up
-    toks, secs = 0, 0.0
+def timed_pair(fns: dict, repeats: int) -> dict[str, dict[str, float]]:
+    """Time each function `repeats` times, alternating them so a busy machine slows both alike."""
+    for fn in fns.values():
+        fn(0)  # warm-up
+    acc = {k: [0, 0.0] for k in fns}
     for r in range(repeats):
-        t0 = time.perf_counter()
-        toks += fn(r + 1)
-        secs += time.perf_counter() - t0
-    return {"tokens": toks, "seconds": round(secs, 3), "tokens_per_s": round(toks / secs, 1)}
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            acc[k][0] += fn(r + 1)
+            acc[k][1] += time.perf_counter() - t0
+    return {k: {"tokens": n, "seconds": round(t, 3), "tokens_per_s": round(n / t, 1)} for k, (n, t) in acc.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,13 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for b in args.batch:
         ps = prompt_ids(tok, b)
-        hf = timed(lambda s: run_hf(model, tok, ps, args.new, s), args.repeats)
-        ours = timed(lambda s: run_engine(eng, ps, args.new, s), args.repeats)
+        t = timed_pair({"engine": lambda s: run_engine(eng, ps, args.new, s),
+                        "hf": lambda s: run_hf(model, tok, ps, args.new, s)}, args.repeats)
+        ours, hf = t["engine"], t["hf"]
         rows.append({"batch": b, "max_new_tokens": args.new, "engine": ours, "model_generate": hf,
                      "speedup": round(ours["tokens_per_s"] / hf["tokens_per_s"], 2)})
         print(f"batch {b:3d}: engine {ours['tokens_per_s']:8.1f} tok/s   model.generate {hf['tokens_per_s']:8.1f} tok/s"
               f"   x{rows[-1]['speedup']}", file=sys.stderr)
-    result = {"model": source, "threads": torch.get_num_threads(), "results": rows}
+    result = {"model": source, "threads": torch.get_num_threads(), "load_average_1m": round(os.getloadavg()[0], 2),
+              "results": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine.json").write_text(json.dumps(result, indent=2))
     return result
