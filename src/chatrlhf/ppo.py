@@ -344,7 +344,7 @@ class PPOTrainer:
         cfg = self.cfg
         resumed = resume and self.resume()
         logger = MetricsLogger(self.out_dir, tensorboard=tensorboard, resume=resumed)
-        stop_reason = "total_iterations"
+        stop_reason, t_start = "total_iterations", time.time()
         with progress_bar("ppo") as bar:
             task = bar.add_task("ppo", total=cfg.total_iterations, completed=self.iteration, info="")
             if self.guard is not None and self.iteration == 0:
@@ -362,6 +362,10 @@ class PPOTrainer:
                     self.save_checkpoint()
                 if self._should_stop(stats):
                     stop_reason = "early_stop"
+                    self.save_checkpoint()
+                    break
+                if cfg.max_minutes and time.time() - t_start > 60 * cfg.max_minutes:
+                    stop_reason = "max_minutes"
                     self.save_checkpoint()
                     break
         logger.close()
