@@ -183,6 +183,12 @@ def test_changed_config_is_not_resumed(tmp_path, tiny_model_dir):
         sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4, learning_rate=1e-4))
 
 
+def test_missing_base_model_is_a_clear_error(tmp_path):
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path / "run")}})
+    with pytest.raises(FileNotFoundError, match="no pre-trained model at .*run/pretrain; run `chatrlhf pretrain`"):
+        sft.train_sft(cfg)
+
+
 def test_nan_loss_stops_with_clear_error(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(sft, "sft_loss", lambda model, batch: model(**batch, use_cache=False).loss * float("nan"))
     with pytest.raises(NonFiniteLossError, match="sft: loss became nan at step 0"):

@@ -29,7 +29,7 @@ from rich.console import Console
 from chatrlhf.config import Config
 from chatrlhf.conversations import Conversation, DataError, load_conversations
 from chatrlhf.lora import save_merged, trainable_params, wrap_lora
-from chatrlhf.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.modeling import load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.tokenizer import document_eos, ensure_chat_template
 from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
                                progress_bar)
@@ -253,7 +253,11 @@ def evaluate_loss(model, batches: Batches, device: torch.device) -> float:
 
 
 def base_model_path(cfg: Config) -> Path | str:
-    return cfg.model.name_or_path or cfg.stage_dir("pretrain")
+    """The finished pre-training stage of this run, else `model.name_or_path` as it is."""
+    pretrain = cfg.stage_dir("pretrain")
+    if stage_complete(pretrain) or not cfg.model.name_or_path:
+        return pretrain
+    return cfg.model.name_or_path
 
 
 def run_fingerprint(cfg: Config) -> str:
@@ -290,6 +294,8 @@ def train_sft(cfg: Config) -> Path:
     sc, out = cfg.sft, cfg.stage_dir("sft")
     accelerator = make_accelerator(cfg.run.seed, "no", cfg.run.device)
     src = base_model_path(cfg)
+    if isinstance(src, Path) and not src.is_dir():
+        raise FileNotFoundError(f"no pre-trained model at {src}; run `chatrlhf pretrain` first or set model.name_or_path")
     tokenizer = load_tokenizer(cfg.model.tokenizer or src)
     ensure_template(tokenizer)
     model = load_causal_lm(src, cfg.model.dtype)
