@@ -191,6 +191,10 @@ class PPOConfig(Section):
     )
     eval_every: int = Field(2, description="Iterations between guard evaluations.")
     save_every: int = Field(5, description="Iterations between resumable checkpoints.")
+    grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
+    guard_prompts: int = Field(48, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
+    patience: int = Field(3, description="Guard evaluations without a new best win rate before early stop.")
+    ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
 
 
@@ -204,10 +208,6 @@ class IterateConfig(Section):
 
 
 class EvalConfig(Section):
-    grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
-    guard_prompts: int = Field(48, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
-    patience: int = Field(3, description="Guard evaluations without a new best win rate before early stop.")
-    ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
     n_prompts: int = Field(200, description="Held-out world prompts to evaluate (0 = all).")
     max_new_tokens: int = Field(48, description="Maximum response tokens.")
     temperature: float = Field(1.0, description="Sampling temperature (greedy is always evaluated too).")

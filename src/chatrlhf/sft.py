@@ -471,6 +471,8 @@ def evaluate_sft(cfg: Config) -> dict[str, Any]:
     from chatrlhf.world import World
 
     sc, out = cfg.sft, cfg.stage_dir("sft")
+    if not stage_complete(out):
+        raise FileNotFoundError(f"no finished SFT model at {out}; run `chatrlhf sft` first")
     world = World.load(cfg.stage_dir("world"))
     prompts = world.prompts("eval")[: sc.eval_prompts or None]
     conversations = [p["messages"] for p in prompts]
