@@ -181,3 +181,68 @@ def test_cli_imports_assigns_and_exports(tmp_path):
     bad.write_text('{"id": 1\n')
     r = run(label_app, ["import", str(bad), "--project", "cli2", "--db", db])
     assert r.exit_code != 0 and f"{bad}:1" in str(r.exception or r.output)
+
+
+def test_iterate_takes_its_rankings_from_the_app_queue(server, monkeypatch):
+    iterate = pytest.importorskip("chatrlhf.iterate")
+    from chatrlhf.config import load_config
+
+    cfg = load_config(None, ["iterate.source=labeling_app", f"iterate.labeling_url={server.url}",
+                             "iterate.labeling_project=itest", "rm.labelers_per_prompt=2"])
+    monkeypatch.setenv("CHATRLHF_LABEL_TOKEN", server.admin_token)
+    recs = comparisons(4)
+    for i, r in enumerate(recs):
+        r.update(reference={"order": [3, 2, 1, 0]}, split="train", rankings=[])
+    stop = threading.Event()
+    client = LabelingClient(server.url, server.admin_token)
+    labs = [FakeLabeler("W1"), FakeLabeler("W2", flip=True)]
+    watcher = threading.Thread(target=client.watch_simulated, args=("itest-round-*", labs),
+                               kwargs={"poll_s": 0.2, "stop": stop}, daemon=True)
+    watcher.start()
+    try:
+        ranked = iterate.rank_in_labeling_app(cfg, recs, 2)
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert [r["id"] for r in ranked] == [r["id"] for r in recs]
+    for rec in ranked:
+        assert rec["split"] == "train" and rec["reference"] == {"order": [3, 2, 1, 0]}
+        assert {r["labeler"]: r["ranks"] for r in rec["rankings"]} == {"W1": [4, 3, 2, 1], "W2": [1, 2, 3, 4]}
+    pytest.importorskip("chatrlhf.rankings").load_comparisons(ranked)  # what the RM reads
+
+
+@pytest.mark.slow
+def test_tiny_iterate_end_to_end_with_the_world_labelers_in_the_app(tmp_path, monkeypatch):
+    """`chatrlhf iterate` round 2 ranked through the app by the world's labelers as API clients."""
+    from pathlib import Path
+
+    from chatrlhf import pipeline
+    from chatrlhf.config import load_config
+    from chatrlhf.iterate import run_iterate
+    from chatrlhf.modeling import read_meta
+    from chatrlhf.world import World
+
+    tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
+    base = load_config(tiny, [f"run.out_dir={tmp_path}", "iterate.rounds=1"])
+    pipeline.run_all(base)  # round 1: world .. ppo (and eval, report)
+    with LocalServer(f"sqlite:///{tmp_path}/labels.db") as srv:
+        monkeypatch.setenv("CHATRLHF_LABEL_TOKEN", srv.admin_token)
+        cfg = load_config(tiny, [f"run.out_dir={tmp_path}", "iterate.rounds=2", "iterate.source=labeling_app",
+                                 f"iterate.labeling_url={srv.url}", "iterate.labeling_project=e2e"])
+        world = World.load(cfg.stage_dir("world"))
+        stop = threading.Event()
+        client = LabelingClient(srv.url, srv.admin_token)
+        watcher = threading.Thread(target=client.watch_simulated, args=("e2e-round-*", world.labelers(held_out=False), world),
+                                   kwargs={"poll_s": 0.5, "stop": stop}, daemon=True)
+        watcher.start()
+        try:
+            run_iterate(cfg)
+        finally:
+            stop.set()
+            watcher.join(60)
+        pulled = client.pull_rankings("e2e-round-2")
+    cmp_file = tmp_path / "rounds" / "round_2" / "comparisons.jsonl"
+    written = [json.loads(x) for x in cmp_file.read_text().splitlines()]
+    assert len(written) == len(pulled) > 0 and all(r["rankings"] for r in written)
+    assert {r["rankings"][0]["labeler"] for r in written} <= {lab.id for lab in world.labelers(held_out=False)}
+    assert read_meta(tmp_path / "rounds" / "round_2" / "ppo").get("complete")

@@ -6,6 +6,7 @@
     chatrlhf label assign round-2 ana ben
     chatrlhf label export round-2 --out rm_rankings.jsonl
     chatrlhf label agreement round-2
+    chatrlhf label simulate 'chatrlhf-round-*' --watch   # world labelers as API clients (for iterate)
 
 Heavy imports (FastAPI, SQLAlchemy) stay inside the commands so `chatrlhf --help` stays fast.
 """
@@ -165,6 +166,39 @@ def agreement(project: str, config: ConfigOpt = None, set: SetOpt = None, db: Db
             typer.echo(json.dumps(store.project_agreement(s, store.get_project(s, project)), indent=2))
     except store.NotFound as e:
         _fail(e)
+
+
+@label_app.command()
+def simulate(pattern: Annotated[str, typer.Argument(help="Project name, or a glob such as 'chatrlhf-round-*'.")],
+             url: Annotated[str, typer.Option(help="Labeling app URL.")] = "http://127.0.0.1:8100",
+             config: ConfigOpt = None, set: SetOpt = None,
+             labelers: Annotated[Optional[str], typer.Option(help="Comma-separated labeler ids (default: all "
+                                                                  "non-held-out world labelers).")] = None,
+             watch: Annotated[bool, typer.Option(help="Keep watching for new matching projects (Ctrl-C stops).")] = False,
+             seed: Annotated[int, typer.Option(help="Seed of the labelers' judgement noise.")] = 0):
+    """Attach the world's simulated labelers to the app as API clients (admin token in
+    CHATRLHF_LABEL_TOKEN); they fill the same queue people use."""
+    from chatrlhf.cli import _cfg
+    from chatrlhf.labeling.client import LabelingClient
+    from chatrlhf.world import World
+
+    token = os.environ.get("CHATRLHF_LABEL_TOKEN")
+    if not token:
+        _fail(ValueError("set CHATRLHF_LABEL_TOKEN to an admin token of the labeling app"))
+    world = World.load(_cfg(config, set).stage_dir("world"))
+    labs = world.labelers(held_out=False)
+    if labelers:
+        wanted = labelers.split(",")
+        labs = [world.labeler(x) for x in wanted]
+    client = LabelingClient(url, token)
+    if watch:
+        typer.echo(f"simulated labelers {[lab.id for lab in labs]} watching {pattern} on {url} (Ctrl-C stops)", err=True)
+        try:
+            client.watch_simulated(pattern, labs, world, seed)
+        except KeyboardInterrupt:
+            return
+    else:
+        typer.echo(json.dumps(client.attach_simulated(pattern, labs, world, seed)))
 
 
 def _read_jsonl(path: Path) -> tuple[list[int], list]:

@@ -95,13 +95,32 @@ class LabelingClient:
         return self._check(self.admin.get(f"/api/admin/projects/{project}/agreement"))
 
     def wait_complete(self, project: str, timeout_s: float = 3600, poll_s: float = 5.0) -> dict:
-        """Block until every item has its answers (people labeling in the browser)."""
-        deadline = time.monotonic() + timeout_s
+        """Block until every item has its answers (people labeling in the browser); polls at 0.2 s
+        at first, backing off to `poll_s`."""
+        deadline, wait = time.monotonic() + timeout_s, 0.2
         while True:
             st = self.stats(project)
             if st["complete_items"] >= st["items"] or time.monotonic() > deadline:
                 return st
-            time.sleep(poll_s)
+            time.sleep(wait)
+            wait = min(poll_s, wait * 1.5)
+
+    def projects(self) -> list[dict]:
+        return self._check(self.admin.get("/api/admin/projects"))["projects"]
+
+    def watch_simulated(self, pattern: str, labelers: Iterable[Any], world: Any = None, seed: int = 0,
+                        poll_s: float = 2.0, stop: threading.Event | None = None) -> None:
+        """Keep simulated labelers working on every rank/likert project whose name matches the glob
+        `pattern` (e.g. "chatrlhf-round-*" for `chatrlhf iterate`), until `stop` is set."""
+        import fnmatch
+
+        labelers, stop = list(labelers), stop or threading.Event()
+        while not stop.is_set():
+            for p in self.projects():
+                open_items = p["items"] * p["labelers_per_item"] - p["answers"]
+                if fnmatch.fnmatch(p["project"], pattern) and p["kind"] in ("rank", "likert") and open_items > 0:
+                    self.attach_simulated(p["project"], labelers, world, seed)
+            stop.wait(poll_s)
 
     # --- simulated labelers as API clients -----------------------------------------------------
 
