@@ -280,3 +280,27 @@ def test_sample_responses_chat_and_plain(tiny_model_dir, tok):
         texts = sft.sample_responses(model, tok, prompts, chat, 0.0, 8, seed=0)
         assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
         assert not any("\nUser:" in t for t in texts)
+
+
+def test_run_sft_on_a_tiny_world_then_eval_only(tmp_path, tiny_model_dir):
+    """World demonstrations in, SFT stage out, then `--eval-only` scores base and SFT on held-out prompts."""
+    import shutil
+
+    from chatrlhf.world import World
+
+    cfg = Config.model_validate({
+        "run": {"out_dir": str(tmp_path / "run"), "tensorboard": False, "device": "cpu"},
+        "world": {"n_people": 6, "n_places": 4, "n_objects": 4, "corpus_docs": 50, "n_sft_prompts": 24,
+                  "n_rm_prompts": 4, "n_ppo_prompts": 4, "n_eval_prompts": 6},
+        "sft": {"max_steps": 3, "batch_size": 8, "eval_prompts": 4, "eval_after": False},
+        "eval": {"max_new_tokens": 6}})
+    World.generate(cfg.world).save(cfg.stage_dir("world"))
+    shutil.copytree(tiny_model_dir, cfg.stage_dir("pretrain"))
+    meta = read_meta(sft.run_sft(cfg))
+    assert meta["conversations"] == 24 and meta["steps"] == 3
+    res = sft.run_sft(cfg, eval_only=True)
+    results = json.loads((res / "eval_vs_base.json").read_text())
+    assert {k: results[k]["n"] for k in ("base_greedy", "base_t1", "sft_greedy", "sft_t1", "gain_greedy")} == \
+        dict.fromkeys(("base_greedy", "base_t1", "sft_greedy", "sft_t1", "gain_greedy"), 4)
+    assert all(0 <= results[k]["gold"] <= 1 for k in ("base_greedy", "sft_t1"))
+    assert len((res / "eval_samples.jsonl").read_text().splitlines()) == 16
