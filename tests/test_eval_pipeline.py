@@ -105,3 +105,17 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
     # same weights, same greedy answers: every comparison is between identical responses
     assert summary["comparisons"]["ppo"]["diff_world_greedy_likert"]["estimate"] == pytest.approx(0, abs=1.0)
 
+
+
+def test_report_before_any_eval_still_renders_curves(tmp_path):
+    from chatrlhf.evaluate.report import run_report
+    from chatrlhf.training import MetricsLogger
+
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}})
+    log = MetricsLogger(tmp_path / "sft", tensorboard=False)
+    log.log(0, {"loss": 2.0})
+    log.log(10, {"loss": 1.0, "val_loss": 1.5})
+    page = run_report(cfg).read_text()
+    assert "no comparison available" in page and page.count("data:image/png;base64,") == 1
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["stages"]["sft"]["figures"]["final_val_loss"] == 1.5 and metrics["eval"] == {}
