@@ -169,6 +169,7 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch
     monkeypatch.setattr(sft._TrainLoop, "train_step", counting_step)
     resumed = sft.train_sft(cfg)
     assert done_after_resume == list(range(4, 8))  # picked up at the step-4 checkpoint
+    assert read_meta(resumed)["val_loss_before"] == pytest.approx(read_meta(straight)["val_loss_before"])
     a = AutoModelForCausalLM.from_pretrained(straight).state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
     for k in a:

@@ -319,12 +319,15 @@ def train_sft(cfg: Config) -> Path:
     sched = cosine_with_warmup(opt, sc.warmup_steps, total, sc.min_lr_ratio)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     ckpts, fingerprint = Checkpoints(out), run_fingerprint(cfg)
-    start = _resume(ckpts, accelerator, fingerprint)
+    state = _resume(ckpts, accelerator, fingerprint)
+    start = state.get("step", 0)
+    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=start > 0)
 
     # --- train
-    val_before = evaluate_loss(model, val_b, accelerator.device) if start == 0 else None
-    loop = _TrainLoop(cfg, accelerator, model, opt, sched, train_b, val_b, ckpts, logger, fingerprint, total)
+    val_before = state["val_loss_before"] if start else evaluate_loss(model, val_b, accelerator.device)
+    loop = _TrainLoop(cfg, accelerator, model, opt, sched, train_b, val_b, ckpts, logger,
+                      {"fingerprint": fingerprint, "val_loss_before": val_before}, total)
     step, last_loss, tok_s = loop.run(start)
 
     # --- final evaluation and the stage output
@@ -337,32 +340,31 @@ def train_sft(cfg: Config) -> Path:
             "packing": sc.packing, "max_len": sc.max_len, **stats}
     unwrapped = accelerator.unwrap_model(model)
     save_merged(unwrapped, tokenizer, out, meta)  # LoRA: adapters folded into plain weights
-    before = f"{val_before:.3f} -> " if val_before is not None else ""
-    console.print(f"sft: val loss {before}{val_loss:.3f} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
+    console.print(f"sft: val loss {val_before:.3f} -> {val_loss:.3f} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
 
 
-def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> int:
+def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]:
     latest = ckpts.latest()
     if latest is None:
-        return 0
+        return {}
     saved = json.loads((latest / "trainer_state.json").read_text())
     if saved.get("fingerprint") != fingerprint:
         raise ValueError(f"checkpoint {latest} was made with a different sft/model config; "
                          f"delete {ckpts.root} to start over, or restore that config to resume")
     state = ckpts.load(accelerator)
     console.print(f"sft: resuming from {latest} (step {state['step']})")
-    return int(state["step"])
+    return state
 
 
 class _TrainLoop:
     """Step, log, evaluate, checkpoint, stop on NaN."""
 
     def __init__(self, cfg: Config, accelerator, model, opt, sched, train_b: Batches, val_b: Batches,
-                 ckpts: Checkpoints, logger: MetricsLogger, fingerprint: str, total: int):
+                 ckpts: Checkpoints, logger: MetricsLogger, state: dict[str, Any], total: int):
         self.sc, self.acc, self.model, self.opt, self.sched = cfg.sft, accelerator, model, opt, sched
         self.train_b, self.val_b, self.ckpts, self.logger = train_b, val_b, ckpts, logger
-        self.fingerprint, self.total = fingerprint, total
+        self.state, self.total = state, total  # state: saved with every checkpoint
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         epoch, pos = divmod(step, self.train_b.per_epoch)
@@ -403,7 +405,7 @@ class _TrainLoop:
                     self.logger.log(step, {"val/loss": val})
                     bar.console.print(f"step {step}: train loss {loss:.3f}, val loss {val:.3f}")
                 if step % sc.save_every == 0 or step == self.total:
-                    self.ckpts.save(self.acc, step, {"data_position": step, "fingerprint": self.fingerprint})
+                    self.ckpts.save(self.acc, step, {"data_position": step, **self.state})
         return step, loss, tokens / max(train_time, 1e-9)
 
 
