@@ -26,8 +26,8 @@ from chatrlhf.config import Config
 from chatrlhf.data import TextCorpus, load_text_corpus, read_text_file
 from chatrlhf.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
 from chatrlhf.tokenizer import ensure_chat_template, document_eos, save_tokenizer, train_tokenizer
-from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
-                               progress_bar)
+from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, configure_threads, cosine_with_warmup,
+                               make_accelerator, progress_bar)
 
 console = Console(stderr=True)
 WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on
@@ -223,6 +223,7 @@ def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]
 def run_pretrain(cfg: Config) -> Path:
     """Pre-train and save to <out>/pretrain (from_pretrained-loadable, meta.json with the figures)."""
     pc, out = cfg.pretrain, cfg.stage_dir("pretrain")
+    threads = configure_threads(cfg.run.threads)
     accelerator = make_accelerator(cfg.run.seed, pc.mixed_precision, cfg.run.device)  # seeds init too
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.stage_dir("tokenizer"))
     model = build_model(cfg, tokenizer)
@@ -236,7 +237,7 @@ def run_pretrain(cfg: Config) -> Path:
     wiki = _wikitext_chunks(cfg, tokenizer)
     vocab = model.get_input_embeddings().num_embeddings
     baseline = unigram_loss(train_tokens, val_tokens, vocab) if len(val_tokens) > 1 else float("nan")
-    console.print(f"pretrain: {len(corpus.train)} docs, {len(train_tokens):,} train tokens, "
+    console.print(f"pretrain: {threads} threads, {len(corpus.train)} docs, {len(train_tokens):,} train tokens, "
                   f"{len(val_tokens):,} val tokens, {count_params(model):,} params, "
                   f"{stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {baseline:.3f}")
 
@@ -263,7 +264,8 @@ def run_pretrain(cfg: Config) -> Path:
         "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "val_tokens": n_val_tok,
         "val_bpb": bits_per_byte(val_loss, len(val_tokens), _utf8_bytes(corpus.val)),
         "unigram_val_loss": baseline, "train_tokens": len(train_tokens),
-        "epochs": stream.epochs(step), "stopped_early": step < pc.max_steps,
+        "epochs": stream.epochs(step), "stopped_early": step < pc.max_steps, "threads": threads,
+        "mixed_precision": pc.mixed_precision,
     }
     if wiki is not None:
         chunks, bytes_per_token = wiki
@@ -284,7 +286,7 @@ def _wikitext_chunks(cfg: Config, tokenizer) -> tuple[torch.Tensor, float] | Non
     if not cfg.pretrain.wikitext_eval or not path.is_file():
         return None
     docs = read_text_file(path)
-    n_chunks = 4 * cfg.pretrain.eval_batches * cfg.pretrain.batch_size
+    n_chunks = cfg.pretrain.eval_batches * cfg.pretrain.batch_size
     tokens = pack_documents(tokenizer, docs[: 40 * n_chunks])  # enough text, without tokenizing it all
     chunks = eval_chunks(tokens, cfg.pretrain.seq_len, n_chunks)
     n_bytes = _utf8_bytes(docs[: 40 * n_chunks])
