@@ -76,6 +76,7 @@ def test_chat_page_streams_keeps_conversation_and_shows_errors(page, page_url, t
     assert page.locator(".msg").count() == 4
 
     page.click("#settings summary")  # closed again after the reload
+    assert page.input_value("#temperature") == "1.5"  # settings survive it too
     page.fill("#max-tokens", "5000")  # over the server's limit: the page shows the server's error
     _send(page, "Tell me more.")
     page.wait_for_selector("#error:not([hidden])")

@@ -83,8 +83,9 @@ def error_body(message: str, param: str | None, code: str, kind: str = "invalid_
 class Job:
     """One request: its prompt and params in, text pieces and the final Generation out (async queue)."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
-        self.prompt_ids, self.params, self.loop = prompt_ids, params, loop
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop,
+                 stream: bool = True):
+        self.prompt_ids, self.params, self.loop, self.stream = prompt_ids, params, loop, stream
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
 
@@ -170,7 +171,7 @@ class Scheduler:
             return
         for r in got:
             job = rows[r]
-            piece = batch.delta(r)
+            piece = batch.delta(r) if job.stream else ""  # a non-streamed reply only needs the end
             if piece:
                 job.push("piece", piece)
             if batch.reason[r] is not None:
@@ -298,7 +299,7 @@ def _make_job(req: ChatRequest, engine: Engine, cfg: ServeConfig) -> tuple[Job, 
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     params = engine.chat_params(SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature,
                                                top_p=req.top_p, top_k=req.top_k, stop=stop, seed=req.seed))
-    return Job(prompt, params, asyncio.get_running_loop()), messages
+    return Job(prompt, params, asyncio.get_running_loop(), req.stream), messages
 
 
 async def _next(job: Job, deadline: float) -> tuple[str, Any]:

@@ -131,6 +131,17 @@ $("input").addEventListener("keydown", (ev) => {
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("new-chat").addEventListener("click", () => { messages = []; save(); render(); showError(""); });
 
+// settings survive a reload too
+const SETTINGS = "chatrlhf.settings";
+const saved = JSON.parse(localStorage.getItem(SETTINGS) || "{}");
+for (const id of ["system", "temperature", "max-tokens"]) {
+  if (saved[id] !== undefined) $(id).value = saved[id];
+  $(id).addEventListener("input", () => {
+    saved[id] = $(id).value;
+    localStorage.setItem(SETTINGS, JSON.stringify(saved));
+  });
+}
+
 fetch("/v1/models").then((r) => r.json()).then((j) => { $("model").textContent = `model: ${j.data[0].id}`; })
   .catch(() => { $("model").textContent = "server unreachable"; });
 render();
