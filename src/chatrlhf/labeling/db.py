@@ -122,6 +122,11 @@ def make_engine(db: str) -> Engine:
                                max_overflow=20)
         _sqlite_pragmas(engine)
         return engine
+    if url.startswith("postgresql+psycopg"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise RuntimeError("PostgreSQL needs the psycopg driver: pip install 'psycopg[binary]>=3.1'") from None
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
