@@ -58,7 +58,7 @@ class Terminal:
 
 def test_terminal_chat_session(tiny_model_dir, tmp_path):
     term = Terminal([str(CLI), "chat", "--model", str(tiny_model_dir), "--system", "You are terse.",
-                     "--set", "chat.max_new_tokens=16", "--set", "chat.temperature=0"], tmp_path)
+                     "--set", "chat.max_new_tokens=8", "--set", "chat.temperature=0"], tmp_path)
     try:
         term.expect("you> ")
         term.send("What is the capital of Varnok?")
@@ -84,8 +84,8 @@ def test_terminal_chat_session(tiny_model_dir, tmp_path):
         term.send("/load missing.json")
         assert "error" in term.expect("you> ")  # a bad command does not end the session
 
-        long = "Zorbel Quint is a baker who lives in Varnok and her favourite colour is teal. " * 3
-        for _ in range(6):  # each ~60 tokens: the 256-token context overflows
+        long = "Zorbel Quint is a baker who lives in Varnok and her favourite colour is teal. " * 5
+        for _ in range(6):  # each ~100 tokens: the 256-token context overflows
             term.send(long)
             out = term.expect("you> ")
             if "context full" in out:
@@ -173,3 +173,21 @@ def test_multi_turn_on_the_embedded_policy(tmp_path):
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
+
+
+def test_model_output_cannot_drive_the_terminal(tiny_model_dir):
+    import io
+
+    from chatrlhf import chat
+
+    class Echo:  # a "session" whose reply is an escape sequence
+        last_dropped = 0
+        turns: list = []
+
+        def ask(self, text):
+            yield "\x1b[2Jhi\x07"
+            yield " there\n\x1b]0;pwned\x07"
+
+    out = io.StringIO()
+    chat._reply(Echo(), "x", out.write)
+    assert out.getvalue() == "bot> [2Jhi there\n]0;pwned\n"

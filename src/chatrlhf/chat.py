@@ -16,6 +16,8 @@ from typing import TextIO
 from chatrlhf.engine import Engine, SamplingParams, load_engine, resolve_model
 
 HELP = "commands: /reset  /save FILE  /load FILE  /system TEXT  /help  /exit"
+# C0 control characters (but newline and tab) and DEL: a model must not drive the terminal
+_CONTROL = {c: None for c in [*range(0, 9), *range(11, 32), 127]}
 ROLES = ("system", "user", "assistant")
 
 
@@ -141,9 +143,9 @@ def _reply(session: ChatSession, line: str, say) -> None:
         first = next(stream, "")
         if session.last_dropped:
             say(f"[context full: dropped the {session.last_dropped} oldest messages]\n")
-        say("bot> " + first)
+        say("bot> " + first.translate(_CONTROL))
         for piece in stream:
-            say(piece)
+            say(piece.translate(_CONTROL))
     except KeyboardInterrupt:
         session.turns.pop()  # forget the unanswered question
         say(" [interrupted]")
@@ -151,7 +153,10 @@ def _reply(session: ChatSession, line: str, say) -> None:
 
 
 def run_chat(cfg, model: str | Path | None = None, system: str | None = None) -> None:
+    from transformers.utils import logging as hf_logging
+
     path = resolve_model(cfg, model)
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in a chat window
     eng = load_engine(path, cfg.model.dtype, cfg.run.device)
     c = cfg.chat
     params = SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
