@@ -1,7 +1,8 @@
 """Reward-model benchmarks, results in bench/results/rm.json.
 
     .venv/bin/python bench/bench_rm.py                 # throughput: chatrlhf vs TRL RewardTrainer
-    .venv/bin/python bench/bench_rm.py --real-data     # accuracy on OpenAssistant K-way ranks and HH-RLHF pairs
+    .venv/bin/python bench/bench_rm.py --real-data     # accuracy on OASST K-way ranks and HH-RLHF pairs
+                                                       # -> bench/results/rm_real_data.json
 
 Throughput: the same model (the run's SFT, else a random embedded-size Llama), the same comparisons
 (K = 4, so 6 pairs per prompt, tokenised once here), the same pairs per optimizer step, one CPU thread,
@@ -33,6 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "rm.json"
+REAL_RESULTS = ROOT / "bench" / "results" / "rm_real_data.json"
 SHARED = ROOT.parent / "shared" / "data"
 BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 
@@ -166,11 +168,13 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
         ours = run_side(Path(sys.executable), "ours", spec)
         trl = run_side(BENCH_PY, "trl", spec) if BENCH_PY.exists() else {"error": f"{BENCH_PY} missing"}
     ok = "pairs_per_s" in ours and "pairs_per_s" in trl
+    # flat headline first (bench/run_all.py prints top-level scalars); CPU seconds are the fair figure
+    # on a shared machine, wall time swings with the other load
     return {"model": source, "threads": 1, "k": k, "pairs_per_step": spec["pairs_per_step"], "steps": steps,
-            "chatrlhf": ours, "trl_reward_trainer": trl,
-            # CPU seconds are the fair figure on a shared machine: wall time swings with other load
+            "chatrlhf_pairs_per_cpu_s": ours.get("pairs_per_cpu_s"), "trl_pairs_per_cpu_s": trl.get("pairs_per_cpu_s"),
             "ratio_pairs_per_cpu_s": ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"] if ok else None,
-            "ratio_pairs_per_wall_s": ours["pairs_per_s"] / trl["pairs_per_s"] if ok else None}
+            "ratio_pairs_per_wall_s": ours["pairs_per_s"] / trl["pairs_per_s"] if ok else None,
+            "trl_error": trl.get("error", ""), "chatrlhf": ours, "trl_reward_trainer": trl}
 
 
 # --- real data ------------------------------------------------------------------------------
@@ -206,13 +210,11 @@ def real_data(limit_hh: int = 600, epochs: float = 2.0) -> dict:
     return out
 
 
-def update_results(key: str, value: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    data[key] = value
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(RESULTS)
+def write_results(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -228,10 +230,10 @@ def main() -> None:
         return
     if a.real_data:
         res = real_data()
-        update_results("real_data", res)
+        write_results(REAL_RESULTS, res)
     else:
         res = throughput(steps=a.steps)
-        update_results("throughput", res)
+        write_results(RESULTS, res)
     print(json.dumps(res, indent=2))
 
 

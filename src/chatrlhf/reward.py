@@ -31,7 +31,7 @@ from transformers import AutoModelForSequenceClassification
 
 from chatrlhf.config import Config
 from chatrlhf.losses import ranking_loss
-from chatrlhf.modeling import DTYPES, load_tokenizer, read_meta, save_stage, stage_complete
+from chatrlhf.modeling import DTYPES, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
 from chatrlhf.rankings import (PairBatch, labeler_agreement, load_comparisons, make_batch, prompt_batches,
                                ranking_pairs, split_by_prompt)
 from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
@@ -358,8 +358,9 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
     train = [c for c in train if make_batch([c], held_out).n_groups]  # a comparison with no strict preference teaches nothing
     if not train:
         raise ValueError(f"rm: no training comparisons with a strict preference in {comparisons if not isinstance(comparisons, list) else 'the given list'}")
-    if stage_complete(out_dir):  # a finished RM is retrained from scratch, not resumed
+    if stage_complete(out_dir):  # a finished RM is retrained from scratch, not resumed; until done it is not complete
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        write_meta(out_dir, {**read_meta(out_dir), "complete": False})
     tok = load_tokenizer(init_dir)
     model = build_reward_model(init_dir, tok, cfg.model.dtype)
     tokens = [[encode(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
