@@ -249,6 +249,18 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tokenized_run
     assert read_meta(pretrain.run_pretrain(cfg))["complete"]  # and the run resumes from it
 
 
+def test_time_budget_plans_steps_so_the_cosine_still_decays(tokenized_run, tmp_path):
+    cfg = tiny_cfg(fresh_run(tokenized_run, tmp_path), "pretrain.max_steps=100000", "pretrain.max_minutes=0.03",
+                   "pretrain.eval_every=1000", "pretrain.save_every=1000", "pretrain.log_every=1")
+    t0 = time.time()
+    meta = read_meta(pretrain.run_pretrain(cfg))
+    assert time.time() - t0 < 60
+    assert 5 < meta["steps"] == meta["planned_steps"] < 100000
+    assert meta["loop_seconds"] < 0.03 * 60 * 2  # the plan held (slack for a loaded machine)
+    last_lr = [m["train/lr"] for m in read_metrics(cfg.stage_dir("pretrain")) if "train/lr" in m][-1]
+    assert last_lr == pytest.approx(cfg.pretrain.learning_rate * cfg.pretrain.min_lr_ratio, rel=1e-6)
+
+
 def test_checkpoint_from_another_config_is_refused(tokenized_run, tmp_path):
     run = fresh_run(tokenized_run, tmp_path)
     pretrain.run_pretrain(tiny_cfg(run, "pretrain.max_steps=6"))

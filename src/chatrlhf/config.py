@@ -87,7 +87,9 @@ class PretrainConfig(Section):
     seq_len: int = Field(256, description="Tokens per packed training sequence.")
     batch_size: int = Field(16, description="Sequences per optimizer step.")
     max_steps: int = Field(1200, description="Optimizer steps.")
-    max_minutes: float = Field(0.0, description="Stop early after this many minutes (0 = no limit).")
+    max_minutes: float = Field(0.0, description="Time budget of the training loop: after warm-up the step count is planned "
+                               "(and re-planned) from the measured speed so the cosine decay ends within it, at most "
+                               "max_steps (0 = exactly max_steps; only then is a run bit-for-bit reproducible).")
     learning_rate: float = Field(3e-3, description="Peak AdamW learning rate.")
     min_lr_ratio: float = Field(0.1, description="Cosine decay floor as a fraction of the peak.")
     warmup_steps: int = Field(50, description="Linear warm-up steps.")

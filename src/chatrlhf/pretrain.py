@@ -26,8 +26,8 @@ from chatrlhf.config import Config
 from chatrlhf.data import TextCorpus, load_text_corpus, read_text_file
 from chatrlhf.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
 from chatrlhf.tokenizer import ensure_chat_template, document_eos, save_tokenizer, train_tokenizer
-from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, configure_threads, cosine_with_warmup,
-                               make_accelerator, progress_bar)
+from chatrlhf.training import (Checkpoints, MetricsLogger, WarmupCosine, check_finite, configure_threads,
+                               cosine_with_warmup, make_accelerator, progress_bar)
 
 console = Console(stderr=True)
 WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on
@@ -244,15 +244,16 @@ def run_pretrain(cfg: Config) -> Path:
     # --- optimizer, schedule, resume
     opt = make_optimizer(model, pc.learning_rate, pc.weight_decay)
     sched = cosine_with_warmup(opt, pc.warmup_steps, pc.max_steps, pc.min_lr_ratio)
+    schedule = sched.lr_lambdas[0]  # its total_steps is the plan; saved with the scheduler state
     model, opt, sched = accelerator.prepare(model, opt, sched)
     ckpts, fingerprint = Checkpoints(out), run_fingerprint(cfg)
     state = _resume(ckpts, accelerator, fingerprint)
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=state["step"] > 0)
 
-    loop = _TrainLoop(cfg, accelerator, model, opt, sched, stream, val_chunks, ckpts, logger, fingerprint)
-    step, tokens_seen, train_seconds = loop.run(state["step"], state.get("tokens_seen", 0),
-                                                state.get("train_seconds", 0.0))
-    tok_per_s = tokens_seen / max(train_seconds, 1e-9)  # over all segments of a resumed run
+    loop = _TrainLoop(cfg, accelerator, model, opt, sched, schedule, stream, val_chunks, ckpts, logger, fingerprint)
+    counters = loop.run(state["step"], {k: state.get(k, 0) for k in ("tokens_seen", "train_seconds", "loop_seconds")})
+    step, tokens_seen = int(counters["steps"]), int(counters["tokens_seen"])
+    tok_per_s = tokens_seen / max(counters["train_seconds"], 1e-9)  # over all segments of a resumed run
 
     # --- final evaluation and the stage output
     device = accelerator.device
@@ -264,7 +265,8 @@ def run_pretrain(cfg: Config) -> Path:
         "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "val_tokens": n_val_tok,
         "val_bpb": bits_per_byte(val_loss, len(val_tokens), _utf8_bytes(corpus.val)),
         "unigram_val_loss": baseline, "train_tokens": len(train_tokens),
-        "epochs": stream.epochs(step), "stopped_early": step < pc.max_steps, "threads": threads,
+        "epochs": stream.epochs(step), "planned_steps": schedule.total_steps, "threads": threads,
+        "train_seconds": counters["train_seconds"], "loop_seconds": counters["loop_seconds"],
         "mixed_precision": pc.mixed_precision,
     }
     if wiki is not None:
@@ -294,12 +296,12 @@ def _wikitext_chunks(cfg: Config, tokenizer) -> tuple[torch.Tensor, float] | Non
 
 
 class _TrainLoop:
-    """The optimisation loop: step, log, evaluate, checkpoint, stop on NaN or on the time limit."""
+    """The optimisation loop: step, log, evaluate, checkpoint, plan to the time budget, stop on NaN."""
 
-    def __init__(self, cfg: Config, accelerator, model, opt, sched, stream: PackedStream,
+    def __init__(self, cfg: Config, accelerator, model, opt, sched, schedule: WarmupCosine, stream: PackedStream,
                  val_chunks: torch.Tensor, ckpts: Checkpoints, logger: MetricsLogger, fingerprint: str):
         self.cfg, self.pc, self.acc = cfg, cfg.pretrain, accelerator
-        self.model, self.opt, self.sched, self.stream = model, opt, sched, stream
+        self.model, self.opt, self.sched, self.schedule, self.stream = model, opt, sched, schedule, stream
         self.val_chunks, self.ckpts, self.logger, self.fingerprint = val_chunks, ckpts, logger, fingerprint
 
     def train_step(self, step: int) -> tuple[float, float]:
@@ -314,36 +316,49 @@ class _TrainLoop:
         self.opt.zero_grad(set_to_none=True)
         return loss.item(), float(grad_norm)
 
-    def save(self, step: int, tokens_seen: int, train_seconds: float) -> None:
-        self.ckpts.save(self.acc, step, {"tokens_seen": tokens_seen, "data_position": step,
-                                         "train_seconds": train_seconds, "fingerprint": self.fingerprint})
+    def plan(self, step: int, elapsed: float, sec_per_step: float) -> None:
+        """Fit the run to pretrain.max_minutes: the cosine ends where the budget does, at the speed
+        measured so far (steps after warm-up depend on the plan, so it is re-made as speed changes)."""
+        remaining = 60 * self.pc.max_minutes - elapsed
+        fit = step + max(0, int(remaining / max(sec_per_step, 1e-6)))
+        self.schedule.total_steps = max(step, min(self.pc.max_steps, fit))
 
-    def run(self, start: int, tokens_seen: int, train_time: float) -> tuple[int, int, float]:
-        """Train from step `start` to max_steps; returns (steps done, tokens seen, training seconds),
-        the counters carried over from the checkpoint a resumed run started from."""
-        pc, tokens_per_step = self.pc, self.pc.batch_size * self.pc.seq_len
-        t_start, t_resumed, step = time.time(), train_time, start
+    def save(self, step: int, counters: dict[str, float]) -> None:
+        self.ckpts.save(self.acc, step, {**counters, "data_position": step, "planned_steps": self.schedule.total_steps,
+                                         "fingerprint": self.fingerprint})
+
+    def run(self, start: int, counters: dict[str, float]) -> dict[str, float]:
+        """Train from step `start`; `counters` (tokens_seen, train_seconds, loop_seconds) carry over
+        from the checkpoint a resumed run started from, and are returned updated."""
+        pc, tokens_per_step, c = self.pc, self.pc.batch_size * self.pc.seq_len, dict(counters)
+        t_loop, loop_before, step = time.time(), c["loop_seconds"], start
+        mark = (start + 1, 0.0)  # (step, time) speed is measured from: after this segment's first step
+        first_plan = max(pc.warmup_steps, start + 5)
         with progress_bar("pretrain") as bar:
-            task = bar.add_task("pretrain", total=pc.max_steps, completed=start, info="")
-            while step < pc.max_steps:
+            task = bar.add_task("pretrain", total=self.schedule.total_steps, completed=start, info="")
+            while step < self.schedule.total_steps:
                 t0 = time.time()
                 loss, grad_norm = self.train_step(step)
-                train_time += time.time() - t0
-                step, tokens_seen = step + 1, tokens_seen + tokens_per_step
-                tok_s = (step - start) * tokens_per_step / max(train_time - t_resumed, 1e-9)
-                bar.update(task, completed=step, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
-                if step % pc.log_every == 0 or step == pc.max_steps:
-                    self.logger.log(step, {"train/loss": loss, "train/lr": self.sched.get_last_lr()[0],
-                                           "train/grad_norm": grad_norm, "train/tokens_per_s": tok_s,
-                                           "train/tokens_seen": tokens_seen})
-                if step % pc.eval_every == 0 and step < pc.max_steps:
+                c["train_seconds"] += time.time() - t0
+                step, c["tokens_seen"] = step + 1, c["tokens_seen"] + tokens_per_step
+                c["loop_seconds"] = loop_before + time.time() - t_loop
+                tok_s = (step - start) * tokens_per_step / max(c["loop_seconds"] - loop_before, 1e-9)
+                if step % pc.eval_every == 0 and step < self.schedule.total_steps:
                     val = evaluate_loss(self.model, self.val_chunks, pc.batch_size, self.acc.device)
                     self.logger.log(step, {"val/loss": val, "val/ppl": math.exp(min(val, 50))})
                     bar.console.print(f"step {step}: train loss {loss:.3f}, val loss {val:.3f}")
-                out_of_time = pc.max_minutes > 0 and time.time() - t_start > 60 * pc.max_minutes
-                if step % pc.save_every == 0 or step == pc.max_steps or out_of_time:
-                    self.save(step, tokens_seen, train_time)
-                if out_of_time:
-                    bar.console.print(f"pretrain: stopping at step {step}: max_minutes={pc.max_minutes} reached")
-                    break
-        return step, tokens_seen, train_time
+                if step == start + 1:
+                    mark = (step, time.time())  # the first step pays allocations: not representative
+                if pc.max_minutes > 0 and step >= first_plan and (step == first_plan or step % pc.log_every == 0):
+                    sec_per_step = (time.time() - mark[1]) / max(1, step - mark[0])  # evals included
+                    self.plan(step, loop_before + time.time() - t_loop, sec_per_step)
+                bar.update(task, completed=step, total=self.schedule.total_steps, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
+                if step % pc.log_every == 0 or step == self.schedule.total_steps:
+                    self.logger.log(step, {"train/loss": loss, "train/lr": self.sched.get_last_lr()[0],
+                                           "train/grad_norm": grad_norm, "train/tokens_per_s": tok_s,
+                                           "train/tokens_seen": c["tokens_seen"]})
+                if step % pc.save_every == 0 or step == self.schedule.total_steps:
+                    c["loop_seconds"] = loop_before + time.time() - t_loop
+                    self.save(step, c)
+        c["steps"] = step
+        return c

@@ -52,16 +52,25 @@ def make_accelerator(seed: int, mixed_precision: str = "no", device: str = "auto
     return acc
 
 
+class WarmupCosine:
+    """LR factor: linear warm-up to the peak, then cosine decay to min_lr_ratio * peak at total_steps.
+
+    A callable object rather than a closure, so LambdaLR's state_dict saves `total_steps` with the
+    checkpoint: a trainer may re-plan its length (time budgets) and a resumed run keeps the plan."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / max(1, self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
-    """Linear warm-up to the peak, then cosine decay to min_lr_ratio * peak."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """LambdaLR with WarmupCosine; `sched.lr_lambdas[0].total_steps` may be changed mid-run."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_lr_ratio))
 
 
 def check_finite(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None = None) -> None:
