@@ -123,17 +123,19 @@ def response_values(value_model: ValueModel, ids, attn, pos, P: int) -> torch.Te
 @torch.no_grad()
 def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel, cfg: PPOConfig,
                      batch_size: int) -> None:
-    """Old log-probs (policy before the update), reference log-probs (frozen SFT) and values."""
-    P, tgt = ro.prompt_len, ro.input_ids[:, ro.prompt_len:]
-    lps, refs, vals = [], [], []
-    for s in range(0, len(ro.texts), batch_size):
-        sl = slice(s, s + batch_size)
-        args = (ro.input_ids[sl], ro.attention_mask[sl], ro.position_ids[sl], P)
-        lps.append(token_logprobs(response_logits(policy, *args, cfg.temperature), tgt[sl]))
-        with _reference(policy, ref_policy) as ref:
-            refs.append(token_logprobs(response_logits(ref, *args, cfg.temperature), tgt[sl]))
-        vals.append(response_values(value_model, *args))
-    ro.logprobs, ro.ref_logprobs, ro.values = torch.cat(lps), torch.cat(refs), torch.cat(vals) * ro.mask
+    """Old log-probs (policy before the update), reference log-probs (frozen SFT) and values, in
+    chunks of similar prompt length so little compute goes to padding."""
+    lp, ref, val = (torch.zeros_like(ro.mask) for _ in range(3))
+    order = torch.argsort(ro.attention_mask[:, :ro.prompt_len].sum(1).cpu())
+    for idx in order.split(batch_size):
+        cols, r, p = _trim(ro, idx)
+        args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
+        tgt = args[0][:, p:]
+        lp[idx, :r] = token_logprobs(response_logits(policy, *args, cfg.temperature), tgt)
+        with _reference(policy, ref_policy) as ref_model:
+            ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), tgt)
+        val[idx, :r] = response_values(value_model, *args)
+    ro.logprobs, ro.ref_logprobs, ro.values = lp * ro.mask, ref * ro.mask, val * ro.mask
 
 
 def _reference(policy, ref_policy):
@@ -175,23 +177,33 @@ def ptx_loss(policy, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
 
 
+def _trim(ro: Rollout, idx: torch.Tensor) -> tuple[slice, int, int]:
+    """Columns a mini-batch needs: its own longest prompt and longest response, not the batch's.
+    Returns (column slice, response length r, prompt length p) -- less padding, fewer FLOPs."""
+    P = ro.prompt_len
+    p = int(ro.attention_mask[idx, :P].sum(1).max())
+    r = max(1, int(ro.mask[idx].sum(1).max()))
+    return slice(P - p, P + r), r, p
+
+
 def ppo_update(ro: Rollout, policy, value_model: ValueModel, optimizer, accelerator, cfg: PPOConfig,
                seed: int, ptx_sampler: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
     """ppo_epochs passes of shuffled mini-batches; returns the mean of each loss statistic."""
     gen = torch.Generator().manual_seed(seed)
-    B, P = len(ro.texts), ro.prompt_len
+    B = len(ro.texts)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n = 0
     for _ in range(cfg.ppo_epochs):
         for idx in torch.randperm(B, generator=gen).split(cfg.mini_batch_size):
-            args = (ro.input_ids[idx], ro.attention_mask[idx], ro.position_ids[idx], P)
-            mask = ro.mask[idx]
+            cols, r, p = _trim(ro, idx)
+            args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
+            mask = ro.mask[idx, :r]
             logits = response_logits(policy, *args, cfg.temperature)
-            lp = token_logprobs(logits, ro.input_ids[idx, P:])
-            pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx], ro.advantages[idx], mask, cfg.cliprange)
+            lp = token_logprobs(logits, args[0][:, p:])
+            pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
             v = response_values(value_model, *args)
-            vf, vf_stats = ppo_value_loss(v, ro.values[idx], ro.returns[idx], mask, cfg.cliprange_value)
+            vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
             loss = pg + cfg.vf_coef * vf
             stats = {"pg_loss": pg.item(), "vf_loss": vf.item(), **{k: t.item() for k, t in (pg_stats | vf_stats).items()}}
             if ptx_sampler is not None and cfg.ptx_coef > 0:
@@ -265,7 +277,7 @@ class PPOTrainer:
         ro = rollout(self.policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it)  # 1.
         t_roll = time.perf_counter() - t0
         score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
-        evaluate_rollout(ro, self.policy, self.ref_policy, self.value_model, cfg, cfg.mini_batch_size * 4)  # 3.
+        evaluate_rollout(ro, self.policy, self.ref_policy, self.value_model, cfg, cfg.mini_batch_size)  # 3.
         compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.
         self._check_kl(ro.stats["kl"])
         self.policy.train()
