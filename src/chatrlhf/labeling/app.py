@@ -10,6 +10,7 @@ and their own /api/submissions; everything under /api/admin needs an admin.
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,7 @@ from chatrlhf.labeling.tasks import TaskError
 
 PAGES = Path(__file__).parent / "pages"
 COOKIE = "chatrlhf_token"
+AUTH_TTL_S = 10.0
 
 
 class Req(BaseModel):
@@ -124,12 +126,22 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
             return header[7:].strip()
         return request.cookies.get(COOKIE)
 
+    # token -> (user, when looked up): saves a database round trip on most requests. Logout drops
+    # the entry here; another server process sees a revoked token at most AUTH_TTL_S later.
+    auth_cache: dict[str, tuple[User, float]] = {}
+
     def current_user(request: Request) -> User:
         token = token_of(request)
         if token:
+            hit = auth_cache.get(token)
+            if hit is not None and time.monotonic() - hit[1] < AUTH_TTL_S:
+                return hit[0]
             with Readers.begin() as s:
                 user = store.user_for_token(s, token)
             if user is not None:
+                if len(auth_cache) > 10_000:
+                    auth_cache.clear()
+                auth_cache[token] = (user, time.monotonic())
                 return user
         raise HTTPException(401, "log in first (bearer token or /login)")
 
@@ -190,6 +202,7 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
     def api_logout(request: Request, response: Response):
         token = token_of(request)
         if token:
+            auth_cache.pop(token, None)
             with tx() as s:
                 store.logout(s, token)
         response.delete_cookie(COOKIE)
