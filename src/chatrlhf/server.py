@@ -98,6 +98,7 @@ class Scheduler:
 
     def __init__(self, engine: Engine, max_batch: int = 16):
         self.eng, self.max_batch = engine, max_batch
+        self.gather_s = 0.005
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()
         self.running = False
@@ -123,8 +124,13 @@ class Scheduler:
 
     def _take(self, room: int) -> list[Job]:
         with self.cond:
+            idle = self.live == 0
             while self.running and not self.pending and self.live == 0:
                 self.cond.wait(0.5)
+            if idle and self.pending:  # requests sent together arrive a few ms apart: one prefill for all
+                end = time.monotonic() + self.gather_s
+                while self.running and len(self.pending) < room and time.monotonic() < end:
+                    self.cond.wait(max(0.0, end - time.monotonic()))
             jobs = []
             while self.pending and len(jobs) < room:
                 job = self.pending.popleft()
@@ -386,7 +392,10 @@ def run_server(cfg, model: str | Path | None = None, save_conversations: str | P
 
     from chatrlhf.engine import load_engine, resolve_model
 
+    from transformers.utils import logging as hf_logging
+
     path = resolve_model(cfg, model)
+    hf_logging.disable_progress_bar()
     engine = load_engine(path, cfg.model.dtype, cfg.run.device)
     save = save_conversations or cfg.serve.save_conversations
     name = path.name if path.name not in ("ppo", "sft", "pretrain") else f"chatrlhf-{path.name}"
