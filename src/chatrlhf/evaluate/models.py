@@ -86,8 +86,14 @@ def prompt_text(h: ModelHandle, messages: list[dict[str, str]]) -> str:
 
 
 def encode(h: ModelHandle, text: str) -> list[int]:
-    # the chat template already holds the bos token as text; special tokens are parsed from it
+    """Ids of a piece of text (a continuation), without bos/eos."""
     return h.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompt(h: ModelHandle, text: str) -> list[int]:
+    """Ids of a whole prompt: a rendered chat template already holds its bos as text; a plain
+    prompt gets whatever the tokenizer adds by default (bos for most HF models, nothing for ours)."""
+    return h.tokenizer(text, add_special_tokens=not h.chat)["input_ids"]
 
 
 def bos_ids(h: ModelHandle) -> list[int]:
@@ -136,7 +142,7 @@ def continuation_logprobs(h: ModelHandle, pairs: list[tuple[list[int], list[int]
 def generate(h: ModelHandle, texts: list[str], max_new_tokens: int, temperature: float, seed: int = 0,
              batch_size: int = 16) -> list[str]:
     """Responses to prompt texts (greedy when temperature == 0), cut at the end of the turn."""
-    ids = [encode(h, t)[-(h.max_len - max_new_tokens):] for t in texts]
+    ids = [encode_prompt(h, t)[-(h.max_len - max_new_tokens):] for t in texts]
     try:
         from chatrlhf.engine import Engine, SamplingParams
     except ImportError:

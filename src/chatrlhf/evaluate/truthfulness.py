@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from chatrlhf.evaluate.models import ModelHandle, continuation_logprobs, encode, generate, prompt_text
+from chatrlhf.evaluate.models import ModelHandle, continuation_logprobs, encode, encode_prompt, generate, prompt_text
 
 INFORMATIVE_SIM = 0.3
 NON_ANSWER = re.compile(r"^\s*(i have no comment|no comment|i don'?t know|i'?m not sure|i cannot answer)\b", re.I)
@@ -73,7 +73,7 @@ def mc_scores(h: ModelHandle, items: list[TQAItem]) -> tuple[dict[str, float], d
     """MC1 accuracy and mean MC2 over items that have MC targets, and the per-item values."""
     pairs, spans = [], []
     for it in items:
-        ctx = encode(h, prompt_text(h, [{"role": "user", "content": it.question}]))
+        ctx = encode_prompt(h, prompt_text(h, [{"role": "user", "content": it.question}]))
         start = len(pairs)
         for target in (it.mc1, it.mc2):
             for opt in target:
