@@ -120,8 +120,10 @@ def test_exploding_kl_stops_with_clear_message_and_keeps_checkpoint(tiny_model_d
 
 
 class _SFTAlwaysWins:
+    """Prefers the SFT baseline answer ("ok") whichever side it is shown on."""
+
     def compare(self, prompt, a, b, rng):
-        return 0.0
+        return 0.0 if b == "ok" else 1.0 if a == "ok" else 0.5
 
 
 def test_guard_early_stops_and_restores_the_best_policy(tiny_model_dir, tmp_path):

@@ -236,8 +236,13 @@ class LabelerGuard:
 
     def win_rate(self, texts: list[str], iteration: int) -> float:
         rng = random.Random(self.seed * 7919 + iteration)
-        wins = [self.labelers[i % len(self.labelers)].compare(p, t, b, rng)
-                for i, (p, t, b) in enumerate(zip(self.prompts, texts, self.baseline))]
+        wins = []
+        for i, (p, t, b) in enumerate(zip(self.prompts, texts, self.baseline)):
+            lab = self.labelers[i % len(self.labelers)]
+            if rng.random() < 0.5:  # random order: a labeler's position bias favours neither side
+                wins.append(float(lab.compare(p, t, b, rng)))
+            else:
+                wins.append(1.0 - float(lab.compare(p, b, t, rng)))
         return sum(wins) / max(1, len(wins))
 
 
