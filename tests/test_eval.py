@@ -135,3 +135,15 @@ def test_crows_pairs_counts_direction_per_bias_type(handle, monkeypatch):
     m = bias.crows_pairs_scores(handle, fake)
     assert m["crows_pairs_stereotype_pct"] == pytest.approx(200 / 3)
     assert m["crows_pairs_age_pct"] == 50.0 and m["crows_pairs_gender_pct"] == 100.0
+
+
+def test_rtp_inputs_and_real_prompt_loading(handle, tiny_model_dir):
+    from chatrlhf.evaluate.real_prompts import RESPECTFUL, load_real_prompts, rtp_inputs
+
+    base = em.load_handle("base", str(tiny_model_dir))
+    assert rtp_inputs(base, "So I told him", respectful=False) == "So I told him"  # a base LM just continues
+    assert rtp_inputs(base, "So I told him", respectful=True) == f"{RESPECTFUL} So I told him"
+    assert rtp_inputs(handle, "So I told him", respectful=True).endswith(f"<|user|>{RESPECTFUL} So I told him<|end|><|assistant|>")
+    prompts = load_real_prompts(shared_data("self_instruct").parent, limit=2)
+    assert [p["source"] for p in prompts] == ["self_instruct", "self_instruct", "oasst", "oasst"]
+    assert all(p["prompt"].strip() for p in prompts)
