@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--new", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = auto: 1 on a busy CPU).")
     args = ap.parse_args(argv)
+    from chatrlhf.training import configure_threads
+
+    threads = configure_threads(args.threads)
     model, tok, source = bench_model(args.model)
     eng = Engine(model, tok)
     rows = []
@@ -99,12 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
         t = timed_pair({"engine": lambda s: run_engine(eng, ps, args.new, s),
                         "hf": lambda s: run_hf(model, tok, ps, args.new, s)}, args.repeats)
         ours, hf = t["engine"], t["hf"]
-        rows.append({"batch": b, "max_new_tokens": args.new, "engine": ours, "model_generate": hf,
-                     "speedup": round(ours["tokens_per_s"] / hf["tokens_per_s"], 2)})
+        rows.append({f"b{b}_engine_tokens_per_s": ours["tokens_per_s"], f"b{b}_generate_tokens_per_s": hf["tokens_per_s"],
+                     f"b{b}_speedup": round(ours["tokens_per_s"] / hf["tokens_per_s"], 2)})
         print(f"batch {b:3d}: engine {ours['tokens_per_s']:8.1f} tok/s   model.generate {hf['tokens_per_s']:8.1f} tok/s"
-              f"   x{rows[-1]['speedup']}", file=sys.stderr)
-    result = {"model": source, "threads": torch.get_num_threads(), "load_average_1m": round(os.getloadavg()[0], 2),
-              "results": rows}
+              f"   x{rows[-1][f'b{b}_speedup']}", file=sys.stderr)
+    # one flat object (bench/run_all.py contract)
+    result = {"model": source, "max_new_tokens": args.new, "threads": threads,
+              "load_avg_1m": round(os.getloadavg()[0], 2)}
+    for r in rows:
+        result.update(r)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine.json").write_text(json.dumps(result, indent=2))
     return result

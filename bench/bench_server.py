@@ -132,10 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests", type=int, default=32, help="Requests per concurrency level.")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for server and baseline alike (0 = default).")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for server and baseline alike (0 = auto: 1 on a busy CPU).")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from chatrlhf.training import configure_threads
+
+    args.threads = configure_threads(args.threads)
 
     model, tok, source = bench_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,10 +159,17 @@ def main(argv: list[str] | None = None) -> dict:
               "batch_16": direct_generate(model, tok, args.requests, args.max_tokens, 16)}
     for k, v in direct.items():
         print(f"generate {k}: {v}", file=sys.stderr)
+    # one flat object (bench/run_all.py contract): <who>_<metric>
     result = {"model": source, "max_tokens": args.max_tokens, "requests_per_level": args.requests,
-              "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
-              "torch_threads": torch.get_num_threads(), "server": served, "model_generate": direct,
-              "note": "loopback HTTP, non-streamed requests, sampling at temperature 1; tokens = completion tokens"}
+              "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "threads": args.threads}
+    for c, r in served.items():
+        result.update({f"server_c{c}_tokens_per_s": r["tokens_per_s"], f"server_c{c}_p50_s": r["p50_latency_s"],
+                       f"server_c{c}_p95_s": r["p95_latency_s"]})
+    for k, r in direct.items():
+        result.update({f"generate_{k}_tokens_per_s": r["tokens_per_s"], f"generate_{k}_p50_s": r["p50_latency_s"],
+                       f"generate_{k}_p95_s": r["p95_latency_s"]})
+    result["note"] = ("loopback HTTP to `chatrlhf serve`, non-streamed, temperature 1; c<N> = N concurrent clients; "
+                      "generate_batch_16 = model.generate on padded batches of 16 (each request waits for its batch)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server.json").write_text(json.dumps(result, indent=2))
     return result

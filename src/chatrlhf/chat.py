@@ -155,8 +155,11 @@ def _reply(session: ChatSession, line: str, say) -> None:
 def run_chat(cfg, model: str | Path | None = None, system: str | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
+    from chatrlhf.training import configure_threads
+
     path = resolve_model(cfg, model)
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in a chat window
+    configure_threads(cfg.run.threads)  # 1 thread on a busy CPU: OpenMP threads wait on each other
     eng = load_engine(path, cfg.model.dtype, cfg.run.device)
     c = cfg.chat
     params = SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,

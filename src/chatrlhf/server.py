@@ -394,8 +394,11 @@ def run_server(cfg, model: str | Path | None = None, save_conversations: str | P
 
     from transformers.utils import logging as hf_logging
 
+    from chatrlhf.training import configure_threads
+
     path = resolve_model(cfg, model)
     hf_logging.disable_progress_bar()
+    configure_threads(cfg.run.threads)  # 1 thread on a busy CPU: OpenMP threads wait on each other
     engine = load_engine(path, cfg.model.dtype, cfg.run.device)
     save = save_conversations or cfg.serve.save_conversations
     name = path.name if path.name not in ("ppo", "sft", "pretrain") else f"chatrlhf-{path.name}"
