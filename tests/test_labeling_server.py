@@ -86,7 +86,7 @@ def test_client_push_attach_pull_with_simulated_labelers(server):
     assert row["flags"]["hallucination"] and row["flags"]["harmful"] and not row["flags"]["sexual"]
 
 
-def test_client_with_the_world_simulated_labelers(server):
+def test_client_with_the_world_simulated_labelers(server, tmp_path, monkeypatch):
     if PG_URL == server.db:
         pytest.skip("about the world's labeler API, not the database: SQLite covers it")
     world_mod = pytest.importorskip("chatrlhf.world")
@@ -106,6 +106,21 @@ def test_client_with_the_world_simulated_labelers(server):
     client.attach_simulated("world-sim", world.labelers(held_out=False), world)
     pulled = client.pull_rankings("world-sim")
     assert len(pulled) == len(recs) and all(len(r["rankings"]) == 1 for r in pulled)
+
+    # the same through `chatrlhf label simulate`, with the world loaded from a run directory
+    from typer.testing import CliRunner
+
+    from chatrlhf.labeling.cli import label_app
+
+    world.save(tmp_path / "world")
+    client.push_comparisons("world-cli", [{**r, "id": "c" + r["id"]} for r in recs], labelers_per_item=2)
+    monkeypatch.setenv("CHATRLHF_LABEL_TOKEN", server.admin_token)
+    ids = [lab.id for lab in world.labelers(held_out=False)][:2]
+    r = CliRunner().invoke(label_app, ["simulate", "world-cli", "--url", server.url, "--labelers", ",".join(ids),
+                                       "--set", f"run.out_dir={tmp_path}"])
+    assert r.exit_code == 0, r.output
+    assert sum(json.loads(r.output.strip().splitlines()[-1]).values()) == 2 * len(recs)
+    assert all({x["labeler"] for x in rec["rankings"]} == set(ids) for rec in client.pull_rankings("world-cli"))
 
 
 def test_a_crash_mid_write_loses_nothing_acknowledged(tmp_path):
