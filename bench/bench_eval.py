@@ -41,6 +41,7 @@ def judges(shared: Path) -> dict:
 
 def truthfulness_section(a: dict) -> str:
     return "\n".join([
+        "",
         "## TruthfulQA generation judge (offline)",
         "",
         "Judge: all-MiniLM-L6-v2 cosine similarity of an answer to TruthfulQA's reference answers;",
