@@ -374,6 +374,10 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
     sub = train[:200]
     metrics["acc_train"] = pairwise_accuracy(sub, score_comparisons(rm, sub), lambda lab: lab not in held_out)[0]
     metrics.update({k: v for k, v in run.items() if k != "last"}, train_comparisons=len(train), reward_bias=rm.bias)
+    agreement = cfg.stage_dir("world") / "agreement.json"  # the world's own labeler agreement on its candidates
+    if world is not None and agreement.is_file():
+        a = json.loads(agreement.read_text())
+        metrics["world_agreement"] = {k: a.get(k) for k in ("train", "held_out", "train_vs_held_out")}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     save_stage(model, tok, out_dir, {"stage": "rm", "reward_bias": rm.bias, "bias_reference": bias_ref,
