@@ -91,25 +91,23 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 60.0,
-               admin_token: str | None = None, admin_name: str = "admin", migrate: bool = True) -> FastAPI:
-    """Build the app on `db` (migrated to head first unless migrate=False). `admin_token` makes that
-    token an admin's."""
-    Sessions: sessionmaker = open_db(db, upgrade=migrate)
-    Readers = reader(Sessions)
-    app = FastAPI(title="chatrlhf labeling", docs_url="/api/docs", openapi_url="/api/openapi.json")
-    app.state.sessions = Sessions
-    if admin_token:
-        with Sessions.begin() as s:
-            store.ensure_admin_token(s, admin_name, admin_token)
+class Ctx:
+    """What every route needs: the database, auth and the queue's claim length."""
+
+    def __init__(self, sessions: sessionmaker, claim_minutes: float):
+        self.sessions, self.readers = sessions, reader(sessions)
+        self.claim_minutes = claim_minutes
+        # token -> (user, when looked up): saves a database round trip on most requests. Logout
+        # drops the entry here; another server process sees a revoked token at most AUTH_TTL_S later.
+        self.auth_cache: dict[str, tuple[User, float]] = {}
 
     @contextmanager
-    def tx() -> Iterator[Session]:
+    def tx(self) -> Iterator[Session]:
         """One transaction per request, committed before the response goes out."""
         try:
-            with Sessions.begin() as s:
+            with self.sessions.begin() as s:
                 yield s
-        except (store.NotFound,) as e:
+        except store.NotFound as e:
             raise HTTPException(404, str(e)) from None
         except store.Forbidden as e:
             raise HTTPException(403, str(e)) from None
@@ -120,44 +118,61 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
         except OperationalError as e:  # e.g. SQLite busy beyond its timeout: the client may retry
             raise HTTPException(503, f"database busy, retry: {e.orig}") from None
 
+    @staticmethod
     def token_of(request: Request) -> str | None:
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             return header[7:].strip()
         return request.cookies.get(COOKIE)
 
-    # token -> (user, when looked up): saves a database round trip on most requests. Logout drops
-    # the entry here; another server process sees a revoked token at most AUTH_TTL_S later.
-    auth_cache: dict[str, tuple[User, float]] = {}
-
-    def current_user(request: Request) -> User:
-        token = token_of(request)
-        if token:
-            hit = auth_cache.get(token)
-            if hit is not None and time.monotonic() - hit[1] < AUTH_TTL_S:
-                return hit[0]
-            with Readers.begin() as s:
-                user = store.user_for_token(s, token)
-            if user is not None:
-                if len(auth_cache) > 10_000:
-                    auth_cache.clear()
-                auth_cache[token] = (user, time.monotonic())
-                return user
-        raise HTTPException(401, "log in first (bearer token or /login)")
-
-    def admin_user(user: User = Depends(current_user)) -> User:
-        if user.role != "admin":
-            raise HTTPException(403, "admins only")
+    def lookup(self, token: str | None) -> User | None:
+        if not token:
+            return None
+        hit = self.auth_cache.get(token)
+        if hit is not None and time.monotonic() - hit[1] < AUTH_TTL_S:
+            return hit[0]
+        with self.readers.begin() as s:
+            user = store.user_for_token(s, token)
+        if user is not None:
+            if len(self.auth_cache) > 10_000:
+                self.auth_cache.clear()
+            self.auth_cache[token] = (user, time.monotonic())
         return user
 
-    # --- pages (static HTML + JS; the JS talks to the API) ------------------------------------
+    def current_user(self, request: Request) -> User:
+        user = self.lookup(self.token_of(request))
+        if user is None:
+            raise HTTPException(401, "log in first (bearer token or /login)")
+        return user
+
+
+def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 60.0,
+               admin_token: str | None = None, admin_name: str = "admin", migrate: bool = True) -> FastAPI:
+    """Build the app on `db` (migrated to head first unless migrate=False). `admin_token` makes that
+    token an admin's."""
+    sessions: sessionmaker = open_db(db, upgrade=migrate)
+    if admin_token:
+        with sessions.begin() as s:
+            store.ensure_admin_token(s, admin_name, admin_token)
+    app = FastAPI(title="chatrlhf labeling", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.sessions = sessions
+    ctx = Ctx(sessions, claim_minutes)
+    _page_routes(app, ctx)
+    _labeler_routes(app, ctx)
+    _admin_routes(app, ctx)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    return app
+
+
+def _page_routes(app: FastAPI, ctx: Ctx) -> None:
+    """Static HTML + JS pages (the JS talks to the API); unauthenticated visitors go to /login."""
 
     def page(name: str) -> FileResponse:
         return FileResponse(PAGES / name, media_type="text/html", headers={"Cache-Control": "no-store"})
 
     @app.get("/", include_in_schema=False)
     def home_page(request: Request):
-        return page("home.html") if token_of(request) else RedirectResponse("/login", 303)
+        return page("home.html") if ctx.token_of(request) else RedirectResponse("/login", 303)
 
     @app.get("/login", include_in_schema=False)
     def login_page():
@@ -165,17 +180,15 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
 
     @app.get("/label/{project}", include_in_schema=False)
     def label_page(project: str, request: Request):
-        return page("label.html") if token_of(request) else RedirectResponse("/login", 303)
+        return page("label.html") if ctx.token_of(request) else RedirectResponse("/login", 303)
 
     @app.get("/mine", include_in_schema=False)
     def mine_page(request: Request):
-        return page("mine.html") if token_of(request) else RedirectResponse("/login", 303)
+        return page("mine.html") if ctx.token_of(request) else RedirectResponse("/login", 303)
 
     @app.get("/admin", include_in_schema=False)
     def admin_page(request: Request):
-        token = token_of(request)
-        with Readers.begin() as s:
-            user = store.user_for_token(s, token) if token else None
+        user = ctx.lookup(ctx.token_of(request))
         if user is None:
             return RedirectResponse("/login", 303)
         if user.role != "admin":
@@ -189,40 +202,40 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
             raise HTTPException(404, "not found")
         return FileResponse(path)
 
-    # --- session -------------------------------------------------------------------------------
+
+def _labeler_routes(app: FastAPI, ctx: Ctx) -> None:
+    """Login and what a labeler may do: their queue, items of their projects, their own answers."""
 
     @app.post("/api/login")
     def api_login(req: LoginReq, response: Response):
-        with tx() as s:
+        with ctx.tx() as s:
             user, token = store.login(s, req.name, req.password)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=14 * 24 * 3600)
         return {"name": user.name, "role": user.role, "token": token}
 
     @app.post("/api/logout")
     def api_logout(request: Request, response: Response):
-        token = token_of(request)
+        token = ctx.token_of(request)
         if token:
-            auth_cache.pop(token, None)
-            with tx() as s:
+            ctx.auth_cache.pop(token, None)
+            with ctx.tx() as s:
                 store.logout(s, token)
         response.delete_cookie(COOKIE)
         return {"ok": True}
 
     @app.get("/api/me")
-    def api_me(user: User = Depends(current_user)):
+    def api_me(user: User = Depends(ctx.current_user)):
         return {"name": user.name, "role": user.role}
 
-    # --- labelers ------------------------------------------------------------------------------
-
     @app.get("/api/queue")
-    def api_queue(user: User = Depends(current_user)):
-        with tx() as s:
+    def api_queue(user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
             return {"projects": store.queue(s, user)}
 
     @app.post("/api/projects/{project}/next")
-    def api_next(project: str, user: User = Depends(current_user)):
-        with tx() as s:
-            item = store.next_item(s, user, project, claim_minutes)
+    def api_next(project: str, user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
+            item = store.next_item(s, user, project, ctx.claim_minutes)
             if item is None:
                 return {"item": None}
             p = s.get(store.Project, item.project_id)
@@ -230,18 +243,18 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
                              "instructions": p.instructions, "payload": _public(item.payload)}}
 
     @app.get("/api/items/{item_id}")
-    def api_item(item_id: int, user: User = Depends(current_user)):
-        with tx() as s:
+    def api_item(item_id: int, user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
             item, p = store.get_item_for(s, user, item_id)
             return {"id": item.id, "ext_id": item.ext_id, "kind": p.kind, "project": p.name,
                     "payload": _public(item.payload)}
 
     @app.post("/api/items/{item_id}/submit")
     def api_submit(item_id: int, response: Response, answer: dict[str, Any] = Body(...),
-                   user: User = Depends(current_user)):
+                   user: User = Depends(ctx.current_user)):
         for attempt in range(3):
             try:
-                with tx() as s:
+                with ctx.tx() as s:
                     sub, created = store.submit(s, user, item_id, answer)
                     view = store.submission_view(sub, s.get(store.Item, item_id), user.name)
                 break
@@ -252,83 +265,87 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
         return {**view, "created": created}
 
     @app.get("/api/submissions")
-    def api_my_submissions(user: User = Depends(current_user)):
-        with tx() as s:
+    def api_my_submissions(user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
             return {"submissions": store.my_submissions(s, user)}
 
     @app.get("/api/submissions/{sub_id}")
-    def api_submission(sub_id: int, user: User = Depends(current_user)):
-        with tx() as s:
+    def api_submission(sub_id: int, user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
             return store.get_submission(s, user, sub_id)
 
-    # --- admins --------------------------------------------------------------------------------
+
+def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
+    """Users, projects, imports, assignment, export and agreement: admins only."""
+
+    def admin(user: User = Depends(ctx.current_user)) -> User:
+        if user.role != "admin":
+            raise HTTPException(403, "admins only")
+        return user
 
     @app.post("/api/admin/users", status_code=201)
-    def api_create_user(req: UserReq, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_create_user(req: UserReq, _: User = Depends(admin)):
+        with ctx.tx() as s:
             user, token = store.create_user(s, req.name, req.role, req.password)
             return {"name": user.name, "role": user.role, "token": token}
 
     @app.post("/api/admin/users/{name}/token", status_code=201)
-    def api_new_token(name: str, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_new_token(name: str, _: User = Depends(admin)):
+        with ctx.tx() as s:
             user = store.get_user(s, name)
             return {"name": user.name, "role": user.role, "token": store.issue_token(s, user)}
 
     @app.get("/api/admin/users")
-    def api_users(_: User = Depends(admin_user)):
-        with tx() as s:
+    def api_users(_: User = Depends(admin)):
+        with ctx.tx() as s:
             return {"users": [{"name": u.name, "role": u.role} for u in s.query(User).order_by(User.name)]}
 
     @app.post("/api/admin/projects")
-    def api_create_project(req: ProjectReq, response: Response, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_create_project(req: ProjectReq, response: Response, _: User = Depends(admin)):
+        with ctx.tx() as s:
             project, created = store.create_project(s, req.name, req.kind, req.labelers_per_item, req.instructions)
             response.status_code = 201 if created else 200
             return {**store.project_stats(s, project), "created": created}
 
     @app.get("/api/admin/projects")
-    def api_projects(_: User = Depends(admin_user)):
-        with tx() as s:
+    def api_projects(_: User = Depends(admin)):
+        with ctx.tx() as s:
             return {"projects": [store.project_stats(s, p) for p in s.query(store.Project).order_by(store.Project.name)]}
 
     @app.get("/api/admin/projects/{project}")
-    def api_project(project: str, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_project(project: str, _: User = Depends(admin)):
+        with ctx.tx() as s:
             return store.project_stats(s, store.get_project(s, project))
 
     @app.post("/api/admin/projects/{project}/items")
-    def api_import(project: str, req: ItemsReq, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_import(project: str, req: ItemsReq, _: User = Depends(admin)):
+        with ctx.tx() as s:
             return store.import_items(s, store.get_project(s, project, lock=True), req.records)
 
     @app.get("/api/admin/projects/{project}/items")
-    def api_items(project: str, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_items(project: str, _: User = Depends(admin)):
+        with ctx.tx() as s:
             p = store.get_project(s, project)
             items = s.query(store.Item).filter(store.Item.project_id == p.id).order_by(store.Item.id)
             return {"items": [{"id": i.id, "ext_id": i.ext_id, "payload": i.payload} for i in items]}
 
     @app.post("/api/admin/projects/{project}/members")
-    def api_members(project: str, req: MembersReq, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_members(project: str, req: MembersReq, _: User = Depends(admin)):
+        with ctx.tx() as s:
             return {"added": store.add_members(s, store.get_project(s, project), req.labelers)}
 
     @app.get("/api/admin/projects/{project}/export")
-    def api_export(project: str, all: bool = False, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_export(project: str, all: bool = False, _: User = Depends(admin)):
+        with ctx.tx() as s:
             records = store.export(s, store.get_project(s, project), include_unlabeled=all)
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         return Response(body, media_type="application/x-ndjson",
                         headers={"Content-Disposition": f'attachment; filename="{project}.jsonl"'})
 
     @app.get("/api/admin/projects/{project}/agreement")
-    def api_agreement(project: str, _: User = Depends(admin_user)):
-        with tx() as s:
+    def api_agreement(project: str, _: User = Depends(admin)):
+        with ctx.tx() as s:
             return store.project_agreement(s, store.get_project(s, project))
-
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    return app
 
 
 def _public(payload: dict[str, Any]) -> dict[str, Any]:
