@@ -7,6 +7,9 @@ import json
 import os
 import shutil
 import threading
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 
@@ -30,6 +33,31 @@ def pg_available(url: str) -> str | None:
         return f"PostgreSQL not reachable at {url}: {e}"
 
 
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A database of our own on the test server (so parallel test runs never share tables), dropped
+    afterwards; falls back to PG_URL itself when we may not create databases. Skips without PostgreSQL."""
+    why = pg_available(PG_URL)
+    if why:
+        pytest.skip(why)
+    import psycopg
+
+    name = f"chatrlhf_t_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    base, _, _ = PG_URL.rpartition("/")
+    try:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+    except psycopg.Error:
+        labdb.downgrade(PG_URL, "base")
+        yield PG_URL
+        return
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 TABLES = ("submissions", "claims", "items", "members", "projects", "tokens", "users")
 
 
@@ -42,12 +70,9 @@ def sqlite_template(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pg_schema():
-    why = pg_available(PG_URL)
-    if why:
-        pytest.skip(why)
-    labdb.downgrade(PG_URL, "base")
-    labdb.migrate(PG_URL)
-    return PG_URL
+    with pg_database() as url:
+        labdb.migrate(url)
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

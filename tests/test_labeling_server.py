@@ -14,22 +14,16 @@ import pytest
 from chatrlhf.labeling import db as labdb
 from chatrlhf.labeling.client import LabelingClient
 from chatrlhf.labeling.loadtest import LocalServer, load_test
-from test_labeling import PG_URL, comparisons, pg_available
-
-
-def fresh_db(kind: str, tmp_path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/labels.db"
-    why = pg_available(PG_URL)
-    if why:
-        pytest.skip(why)
-    labdb.downgrade(PG_URL, "base")  # the server migrates it back up at start
-    return PG_URL
+from test_labeling import comparisons, pg_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(request, tmp_path_factory):
-    with LocalServer(fresh_db(request.param, tmp_path_factory.mktemp("srv"))) as srv:
+    if request.param == "sqlite":
+        with LocalServer(f"sqlite:///{tmp_path_factory.mktemp('srv')}/labels.db") as srv:
+            yield srv
+        return
+    with pg_database() as url, LocalServer(url) as srv:  # the server migrates the new database
         yield srv
 
 
@@ -87,7 +81,7 @@ def test_client_push_attach_pull_with_simulated_labelers(server):
 
 
 def test_client_with_the_world_simulated_labelers(server, tmp_path, monkeypatch):
-    if PG_URL == server.db:
+    if server.db.startswith("postgresql"):
         pytest.skip("about the world's labeler API, not the database: SQLite covers it")
     world_mod = pytest.importorskip("chatrlhf.world")
     from chatrlhf.config import WorldConfig
@@ -126,7 +120,7 @@ def test_client_with_the_world_simulated_labelers(server, tmp_path, monkeypatch)
 def test_a_crash_mid_write_loses_nothing_acknowledged(tmp_path):
     # SQLite only: durability there rests on our settings (WAL, synchronous=FULL, commit before the
     # answer); on PostgreSQL it is the server's own WAL, and the commit-before-answer code is shared.
-    db = fresh_db("sqlite", tmp_path)
+    db = f"sqlite:///{tmp_path}/labels.db"
     srv = LocalServer(db).start()
     try:
         client = LabelingClient(srv.url, srv.admin_token, timeout=10)
