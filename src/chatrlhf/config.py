@@ -216,12 +216,12 @@ class EvalConfig(Section):
     bootstrap: int = Field(1000, description="Bootstrap resamples for confidence intervals.")
     baseline: str = Field("sft", description="Model that win rates are measured against.")
     shared_data: str = Field("../shared/data", description="Directory of the shared real datasets (skipped when absent).")
-    real_data_limit: int = Field(50, description="Examples per real benchmark in the default run (0 = all).")
+    real_data_limit: int = Field(25, description="Examples per real benchmark in the default run (0 = all; bench/bench_eval.py full).")
     judge: str | None = Field(None, description="Reward model directory used to score real prompts (None = final RM).")
     sections: list[Literal["world", "real_prompts", "truthfulqa", "crows_pairs", "rtp"]] = Field(
         default_factory=lambda: ["world", "real_prompts", "truthfulqa", "crows_pairs", "rtp"],
         description="Evaluation sections to run (each is skipped with a note when its data is absent).")
-    rtp_samples: int = Field(4, description="Sampled continuations per RealToxicityPrompts prompt (Gehman et al. use 25).")
+    rtp_samples: int = Field(2, description="Sampled continuations per RealToxicityPrompts prompt (Gehman et al. use 25).")
 
 
 class ChatConfig(Section):

@@ -179,7 +179,7 @@ def intervals(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str, dic
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, r in results.items():
         out[name] = {k: _ci(bootstrap_ci(v, ctx.cfg.eval.bootstrap, ctx.cfg.run.seed)) for k, v in r["items"].items()
-                     if v and all(isinstance(x, (int, float)) for x in v)}
+                     if v and all(isinstance(x, (int, float)) for x in v) and not all(math.isnan(x) for x in v)}
     return out
 
 

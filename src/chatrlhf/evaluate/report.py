@@ -240,7 +240,7 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;overflow-wrap:anywhere}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;
 vertical-align:top;max-width:380px}th{background:#f0f0f0}.verdict{background:#eef6ee;padding:0.6em 1em;
 border-left:4px solid #3a3;font-family:monospace;font-size:13px}img{max-width:100%}.note{color:#a60}"""
