@@ -234,8 +234,11 @@ def test_tiny_iterate_end_to_end_with_the_world_labelers_in_the_app(tmp_path, mo
     from chatrlhf.world import World
 
     tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"
-    base = load_config(tiny, [f"run.out_dir={tmp_path}", "iterate.rounds=1"])
-    pipeline.run_all(base)  # round 1: world .. ppo (and eval, report)
+    base = load_config(tiny, [f"run.out_dir={tmp_path}"])
+    for name, _, runner in pipeline.STAGES:  # round 1: world .. ppo
+        if name == "rounds":
+            break
+        runner(base)
     with LocalServer(f"sqlite:///{tmp_path}/labels.db") as srv:
         monkeypatch.setenv("CHATRLHF_LABEL_TOKEN", srv.admin_token)
         cfg = load_config(tiny, [f"run.out_dir={tmp_path}", "iterate.rounds=2", "iterate.source=labeling_app",
