@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from chatrlhf.labeling import db as labdb
-from chatrlhf.labeling.client import LabelingClient
+from chatrlhf.labeling.client import LabelingClient, LabelingError
 from chatrlhf.labeling.loadtest import LocalServer, load_test
 from test_labeling import comparisons, pg_database
 
@@ -66,6 +66,8 @@ def test_client_push_attach_pull_with_simulated_labelers(server):
         for r in rec["rankings"]:
             lab = next(lb for lb in labs if lb.id == r["labeler"])
             assert r["ranks"] == lab.rank(rec, rec["responses"], None)
+    with pytest.raises(LabelingError, match="not a labeler"):
+        client.attach_simulated("sim", [FakeLabeler("admin")])  # a simulated labeler never gets admin powers
     # people and simulated labelers share the queue: a person added later finds it empty
     token = client.add_labeler("late-person")
     client.assign("sim", ["late-person"])

@@ -71,6 +71,9 @@ class LabelingClient:
         """Create a labeler (or give an existing one a new API token); returns the token."""
         r = self.admin.post("/api/admin/users", json={"name": name, "role": "labeler", "password": password})
         if r.status_code == 409:
+            roles = {u["name"]: u["role"] for u in self._check(self.admin.get("/api/admin/users"))["users"]}
+            if roles.get(name) != "labeler":  # never hand an admin's powers to a simulated labeler
+                raise LabelingError(f"user '{name}' exists and is an {roles.get(name)}, not a labeler")
             r = self.admin.post(f"/api/admin/users/{name}/token")
         return self._check(r)["token"]
 
