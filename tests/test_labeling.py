@@ -396,6 +396,9 @@ def test_oversize_and_malformed_requests_get_clear_4xx(c):
     url = f"/api/items/{item['id']}/submit"
     big = c.post(url, content=b'{"ranks": [' + b"1," * 150_000 + b"1]}", headers={**ana, "content-type": "application/json"})
     assert big.status_code == 413 and "over 200000 bytes" in big.json()["detail"]
+    chunked = c.post(url, content=iter([b'{"ranks": [', b"1," * 150_000, b"1]}"]),  # no Content-Length
+                     headers={**ana, "content-type": "application/json"})
+    assert chunked.status_code == 413
     bad = c.post(url, content=b'{"ranks": [1, 2', headers={**ana, "content-type": "application/json"})
     assert bad.status_code == 422 and "JSON" in json.dumps(bad.json())
     assert c.post(url, json=[1, 2, 3, 4], headers=ana).status_code == 422
