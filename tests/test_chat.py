@@ -36,13 +36,16 @@ class Terminal:
         end = time.time() + timeout
         while text not in self.buf:
             left = end - time.time()
-            if left <= 0 or self.proc.poll() is not None and not select.select([self.master], [], [], 0)[0]:
-                raise AssertionError(f"did not see {text!r}; output so far:\n{self.buf}")
+            if left <= 0:
+                raise AssertionError(f"did not see {text!r} in {timeout} s; output so far:\n{self.buf}")
             if select.select([self.master], [], [], min(left, 0.5))[0]:
                 try:
-                    self.buf += os.read(self.master, 65536).decode("utf-8", "replace")
-                except OSError:
-                    pass
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: the process closed the terminal (it exited)
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"process ended before {text!r}; output:\n{self.buf}")
+                self.buf += chunk.decode("utf-8", "replace")
         upto, _, self.buf = self.buf.partition(text)
         return upto
 
@@ -129,65 +132,64 @@ def test_read_conversation_names_the_bad_field(tmp_path):
         read_conversation(p)
 
 
-def _world_fact_prompt() -> str | None:
-    f = RUN_DIR / "world" / "prompts_eval.jsonl"
+def _follow_up_prompts(world_dir: Path) -> list[dict]:
+    """World fact prompts of the form [question, answer, follow-up that says "it"/"they"]."""
+    f = world_dir / "prompts_eval.jsonl"
     if not f.is_file():
-        return None
-    for line in f.read_text().splitlines():
-        row = json.loads(line)
-        if row.get("task") == "fact":
-            return row["messages"][-1]["content"]
-    return None
+        return []
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("task") == "fact" and len(r["messages"]) == 3]
 
 
-def test_multi_turn_on_the_embedded_policy(tmp_path):
-    """Ask the trained policy a world fact, then a follow-up that only makes sense with the answer."""
+def _policy() -> Path:
+    """The trained policy to talk to: $CHATRLHF_CHAT_MODEL, else the newest policy under runs/default."""
     from chatrlhf.config import Config
     from chatrlhf.engine import resolve_model
 
+    if os.environ.get("CHATRLHF_CHAT_MODEL"):
+        return Path(os.environ["CHATRLHF_CHAT_MODEL"]).resolve()
     cfg = Config()
     cfg.run.out_dir = str(RUN_DIR)
     try:
-        model = resolve_model(cfg)
+        return resolve_model(cfg).resolve()
     except FileNotFoundError:
-        pytest.skip("no trained policy under runs/default yet (run `make run`)")
-    question = _world_fact_prompt() or "Where does Zorbel Quint live?"
+        pytest.skip("no trained policy under runs/default yet (run `make run`, or set CHATRLHF_CHAT_MODEL=DIR)")
+
+
+def test_multi_turn_on_the_embedded_policy(tmp_path):
+    """Ask the trained policy a world fact, then a follow-up that only makes sense with the first
+    answer ("Which region is it in?"), as a person would in a terminal."""
+    from chatrlhf.world import World
+
+    model = _policy()
+    world_dir = model.parent / "world" if (model.parent / "world").is_dir() else model.parents[2] / "world"
+    prompts = _follow_up_prompts(world_dir)
+    if not prompts:
+        pytest.skip(f"no world follow-up prompts in {world_dir}")
+    world = World.load(world_dir)
     term = Terminal([str(CLI), "chat", "--model", str(model), "--set", "chat.temperature=0"], tmp_path)
+    scores = []
     try:
         term.expect("you> ")
-        term.send(question)
-        term.expect("bot> ")
-        first = term.expect("you> ").replace("\r\n", "\n").strip()
-        assert first, "the policy gave an empty answer"
-        term.send("Are you sure? Say that again in one sentence.")
-        term.expect("bot> ")
-        second = term.expect("you> ").strip()
-        assert second
-        term.send("/save conv.json")
-        term.expect("you> ")
-        msgs = read_conversation(tmp_path / "conv.json")
-        assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
-        assert msgs[1]["content"] == first  # the follow-up was answered with the first answer in context
+        for i, p in enumerate(prompts[:3]):
+            term.send("/reset")
+            term.expect("you> ")
+            term.send(p["messages"][0]["content"])
+            term.expect("bot> ")
+            first = term.expect("you> ").replace("\r\n", "\n").strip()
+            term.send(p["messages"][2]["content"])  # the follow-up, answered with our own first answer in context
+            term.expect("bot> ")
+            second = term.expect("you> ").replace("\r\n", "\n").strip()
+            term.send(f"/save conv{i}.json")
+            term.expect("you> ")
+            msgs = read_conversation(tmp_path / f"conv{i}.json")
+            assert [m["content"] for m in msgs[::2]] == [p["messages"][0]["content"], p["messages"][2]["content"]]
+            assert msgs[1]["content"] == first and msgs[3]["content"] == second and second
+            convo = {**p, "messages": msgs[:3]}
+            scores.append(world.gold(convo, second).total)
         term.send("/exit")
         assert term.close() == 0
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
-
-
-def test_model_output_cannot_drive_the_terminal(tiny_model_dir):
-    import io
-
-    from chatrlhf import chat
-
-    class Echo:  # a "session" whose reply is an escape sequence
-        last_dropped = 0
-        turns: list = []
-
-        def ask(self, text):
-            yield "\x1b[2Jhi\x07"
-            yield " there\n\x1b]0;pwned\x07"
-
-    out = io.StringIO()
-    chat._reply(Echo(), "x", out.write)
-    assert out.getvalue() == "bot> [2Jhi there\n]0;pwned\n"
+    print(f"gold score of the follow-up answers: {scores}")

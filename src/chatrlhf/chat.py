@@ -61,10 +61,11 @@ class ChatSession:
         params = self.eng.chat_params(self.params)
         pieces: list[str] = []
         for piece in self.eng.stream(self.eng.chat_prompt(self.messages), params):
-            if not pieces and self.eng.plain_chat:
+            if not "".join(pieces):  # the reply shows (and is kept) without leading blanks
                 piece = piece.lstrip()
             pieces.append(piece)
-            yield piece
+            if piece:
+                yield piece
         self.turns.append({"role": "assistant", "content": "".join(pieces).strip()})
 
     def save(self, path: str | Path) -> None:
