@@ -129,6 +129,9 @@ def test_timeout_is_408_and_server_keeps_serving(engine):
     with TestClient(create_app(engine, slow, "tiny")) as c:
         r = c.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 200})
         assert r.status_code == 408 and r.json()["error"]["param"] == "timeout"
+        r = c.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 200, "stream": True})
+        ev = sse_events(r.text)  # headers went out already: the timeout arrives as an error event
+        assert ev[-1] == "[DONE]" and ev[-2]["error"]["param"] == "timeout"
         assert c.get("/health").status_code == 200
 
 
