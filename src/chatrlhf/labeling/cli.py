@@ -1,6 +1,7 @@
 """`chatrlhf label ...`: serve the labeling app and manage its database from the shell.
 
-    chatrlhf label serve --db postgresql://user@host/db      # admin token from CHATRLHF_LABEL_ADMIN_TOKEN
+    chatrlhf label serve --db postgresql://user@host/db      # admin token: CHATRLHF_LABEL_ADMIN_TOKEN
+                                                             # (or CHATRLHF_LABEL_TOKEN, as iterate reads)
     chatrlhf label create-user ana --password ...            # prints ana's API token once
     chatrlhf label import runs/default/rounds/round_2/comparisons.jsonl --project round-2
     chatrlhf label assign round-2 ana ben
@@ -61,14 +62,15 @@ def serve(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
 
     cfg = _label_cfg(config, set)
     url = db or cfg.db
-    token = os.environ.get("CHATRLHF_LABEL_ADMIN_TOKEN")
+    # the same variable `chatrlhf iterate` and `label simulate` read works for the server too
+    token = os.environ.get("CHATRLHF_LABEL_ADMIN_TOKEN") or os.environ.get("CHATRLHF_LABEL_TOKEN")
     app = create_app(url, max_body_bytes=cfg.max_body_bytes, claim_minutes=cfg.claim_minutes,
                      admin_token=token, admin_name=cfg.admin_name)
     h, p = host or cfg.host, port or cfg.port
     typer.echo(f"labeling app on http://{h}:{p}/  (database {url})", err=True)
     if not token:
-        typer.echo("no CHATRLHF_LABEL_ADMIN_TOKEN set: make an admin with `chatrlhf label create-user NAME --role admin`",
-                   err=True)
+        typer.echo("no CHATRLHF_LABEL_ADMIN_TOKEN (or CHATRLHF_LABEL_TOKEN) set: make an admin with "
+                   "`chatrlhf label create-user NAME --role admin`", err=True)
     uvicorn.run(app, host=h, port=p, log_level=workers_log)
 
 
