@@ -184,3 +184,17 @@ def test_cancelled_row_stops_and_others_continue(eng):
         eng.eos_ids = old
     assert batch.result(0).finish_reason == "cancelled" and len(batch.result(0).token_ids) == 1
     assert len(batch.result(1).token_ids) == 8
+
+
+def test_a_bad_join_leaves_the_running_batch_intact(eng):
+    p = SamplingParams(max_new_tokens=6, temperature=0.0)
+    a, b = _ids(eng, "Hello"), _ids(eng, "Thank you")
+    alone = [eng.generate([x], p)[0].token_ids for x in (a, b)]
+    batch = eng.batch([a], p)
+    batch.step()
+    with pytest.raises(ValueError, match="context"):
+        batch.join([b, [5] * 300], [p, p])  # the second prompt is too long: neither joins
+    assert batch.join([b], [p, p][:1]) == [1]
+    while not batch.done:
+        batch.step()
+    assert [batch.result(i).token_ids for i in range(2)] == alone

@@ -120,10 +120,12 @@ class DecodeBatch:
             raise ValueError("DecodeBatch needs one SamplingParams per prompt and at least one prompt")
         first = len(self.prompts)
         seeds = seeds if seeds is not None else [sp.seed for sp in params]
-        for i, (p, sp, s) in enumerate(zip(prompts, params, seeds)):
+        for i, p in enumerate(prompts):  # check all before adding any: a bad prompt leaves the batch as it was
             if not p:
                 raise ValueError(f"prompt {i} is empty")
-            self.max_new.append(self.eng.budget(len(p), sp.max_new_tokens))
+        budgets = [self.eng.budget(len(p), sp.max_new_tokens) for p, sp in zip(prompts, params)]
+        for p, sp, s, b in zip(prompts, params, seeds, budgets):
+            self.max_new.append(b)
             self.prompts.append(list(map(int, p)))
             self.params.append(sp)
             self.gens.append(torch.Generator().manual_seed(s if s is not None else random.getrandbits(62)))
@@ -153,7 +155,12 @@ class DecodeBatch:
         position_ids = (mask.cumsum(1) - 1).clamp_min(0)  # right positions under left padding
         cache = DynamicCache(config=eng.model.config)
         ids, mask, position_ids = ids.to(dev), mask.to(dev), position_ids.to(dev)
-        logits = eng.forward(ids, mask, position_ids, cache, last_only=True)[:, -1]
+        try:
+            logits = eng.forward(ids, mask, position_ids, cache, last_only=True)[:, -1]
+        except Exception:
+            for r in rows:  # the newcomers never started; the running rows go on
+                self.reason[r] = "error"
+            raise
         pos = mask.sum(1) - 1  # position of each row's last real token
         new_active = torch.tensor(rows)
         if self.cache is None or not len(self.active):
