@@ -147,3 +147,13 @@ def test_rtp_inputs_and_real_prompt_loading(handle, tiny_model_dir):
     prompts = load_real_prompts(shared_data("self_instruct").parent, limit=2)
     assert [p["source"] for p in prompts] == ["self_instruct", "self_instruct", "oasst", "oasst"]
     assert all(p["prompt"].strip() for p in prompts)
+
+
+def test_base_answer_is_cut_at_the_document_separator(tiny_model_dir):
+    from chatrlhf.tokenizer import document_eos
+
+    base = em.load_handle("base", str(tiny_model_dir))
+    ids = em.encode(base, "I do not know.") + [document_eos(base.tokenizer)] + em.encode(base, "Thread: next doc")
+    assert em._text(base, ids, "I do not know.Thread: next doc") == "I do not know."
+    sft = em.load_handle("sft", str(tiny_model_dir))
+    assert em._text(sft, ids, "kept as the engine gave it") == "kept as the engine gave it"

@@ -166,7 +166,7 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
             c["real_rm_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
         for crit, (key, sign) in PAIRED.items():
             a, b = r["items"].get(key), base["items"].get(key)
-            if a and b and len(a) == len(b):
+            if a and b and len(a) == len(b) and not all(math.isnan(x) for x in a + b):
                 d = paired_diff_ci(a, b, n_boot, seed)
                 c[f"diff_{key}"] = {**_ci(d), "criterion": crit, "better": "higher" if sign > 0 else "lower",
                                     "significant": significant(d), "improved": d[0] * sign > 0}

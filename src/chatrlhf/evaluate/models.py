@@ -151,7 +151,7 @@ def generate(h: ModelHandle, texts: list[str], max_new_tokens: int, temperature:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
                                 stop=[] if h.chat else PLAIN_STOPS, seed=seed)
         # the engine batches (and drops finished rows) itself; row i samples with seed + i
-        outs = [g.text for g in Engine(h.model, h.tokenizer).generate(ids, params)]
+        outs = [_text(h, g.token_ids, g.text) for g in Engine(h.model, h.tokenizer).generate(ids, params)]
     else:
         outs = _hf_generate(h, ids, max_new_tokens, temperature, seed, batch_size)
     return [_cut(o, h.chat) for o in outs]
@@ -175,8 +175,20 @@ def _hf_generate(h: ModelHandle, ids: list[list[int]], max_new_tokens: int, temp
         if temperature > 0:
             kw.update(temperature=temperature, top_k=0, top_p=1.0)
         gen = h.model.generate(input_ids=inp, attention_mask=attn, **kw)[:, T:]
-        outs += tok.batch_decode(gen, skip_special_tokens=True)
+        outs += [_text(h, row.tolist(), None) for row in gen]
     return outs
+
+
+def _text(h: ModelHandle, token_ids: list[int], text: str | None) -> str:
+    """A base model runs on past its answer into the next pre-training document; the document
+    separator is a special token that decoding would silently drop, so cut there first."""
+    if not h.chat:
+        from chatrlhf.tokenizer import document_eos
+
+        sep = document_eos(h.tokenizer)
+        if sep in token_ids:
+            return h.tokenizer.decode(token_ids[: token_ids.index(sep)], skip_special_tokens=True)
+    return text if text is not None else h.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
 def _cut(text: str, chat: bool) -> str:

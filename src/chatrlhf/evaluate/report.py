@@ -85,14 +85,17 @@ def plot_curves(name: str, rows: list[dict[str, Any]], out: Path) -> Path | None
     if not keys:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     keys = keys[:8]
     cols = min(4, len(keys))
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
     for ax, k in zip(axes.flat, keys):
         pts = [(r["step"], r[k]) for r in rows if k in r and r[k] is not None and math.isfinite(r[k])]
-        if pts:
-            ax.plot(*zip(*pts), lw=1.4)
+        if pts:  # markers so that a curve of one or a few evaluations is still visible
+            ax.plot(*zip(*pts), lw=1.4, marker="o" if len(pts) < 15 else None, ms=3)
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
