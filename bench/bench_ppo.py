@@ -7,7 +7,8 @@ value model all from it), the same chat-templated world prompts, the same respon
 batch, mini-batch and PPO epochs, one CPU thread each, each trainer in its own subprocess
 (chatrlhf in .venv, TRL's `trl.experimental.ppo.PPOTrainer` in .venv-trl110, made with
 `pip install torch==2.13.0`, then `trl==1.10.0` and `-e .`). A step is one rollout batch plus its
-PPO epochs; the first step is a warm-up and not counted.
+PPO epochs; the first step is a warm-up and not counted. The trainers run alternately, twice each,
+and the medians of all their steps are compared, so load on a shared machine hits both alike.
 
 Also: rollout tokens/s of our KV-cache engine against `model.generate` on the same batch, and the
 step's model FLOPs (2N per token forward, 6N forward+backward; attention's T^2 term left out, small
@@ -208,8 +209,14 @@ def main() -> None:
         tmp = Path(d)
         info = setup(tmp)
         prompts = json.loads((tmp / "prompts.json").read_text())
-        ours = run_worker(OURS_PY, "ours", tmp)
-        trl = run_worker(TRL_PY, "trl", tmp) if TRL_PY.exists() else None
+        # alternate the two trainers (ours, TRL, ours, TRL) so a shared machine's load hits both alike
+        ours, trl = run_worker(OURS_PY, "ours", tmp), None
+        if TRL_PY.exists():
+            trl = run_worker(TRL_PY, "trl", tmp)
+            again = run_worker(OURS_PY, "ours", tmp)
+            ours["step_s"] += again["step_s"]
+            ours["rollout_s"] += again["rollout_s"]
+            trl["step_s"] += run_worker(TRL_PY, "trl", tmp)["step_s"]
         from chatrlhf.modeling import load_tokenizer
 
         tok = load_tokenizer(tmp / "policy")
