@@ -107,7 +107,7 @@ def run_ours(work: Path, batch: int, steps: int, max_len: int, warmup: int) -> d
 
     sft._TrainLoop.train_step = timed_step
     cfg = Config.model_validate({
-        "run": {"out_dir": str(work / "ours"), "tensorboard": False, "device": "cpu"},
+        "run": {"out_dir": tempfile.mkdtemp(dir=work, prefix="ours_"), "tensorboard": False, "device": "cpu"},
         "model": {"name_or_path": str(work / "model")},
         "sft": {"data": str(work / "data.jsonl"), "batch_size": batch, "max_steps": steps, "max_len": max_len,
                 "learning_rate": 1e-3, "warmup_steps": 5, "val_fraction": 0.0, "eval_every": 10**9,
@@ -130,7 +130,7 @@ def run_trl(work: Path, batch: int, steps: int, max_len: int, warmup: int, sampl
     rows = [json.loads(line) for line in (work / "data.jsonl").read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(work / "model")
     model = AutoModelForCausalLM.from_pretrained(work / "model")
-    args = trl.SFTConfig(output_dir=str(work / "trl"), per_device_train_batch_size=batch, max_steps=steps,
+    args = trl.SFTConfig(output_dir=tempfile.mkdtemp(dir=work, prefix="trl_"), per_device_train_batch_size=batch, max_steps=steps,
                          max_length=max_len, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=5,
                          weight_decay=0.0, max_grad_norm=1.0, adam_beta2=0.95, assistant_only_loss=True,
                          packing=False, use_cpu=True, bf16=False, fp16=False, save_strategy="no",
@@ -180,7 +180,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5, help="Steps left out of the timing.")
     p.add_argument("--max-len", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per side (1: on a shared 2-core machine, 2 threads spin against each other)")
     p.add_argument("--side", choices=list(PYTHONS), help=argparse.SUPPRESS)
