@@ -42,7 +42,7 @@ class Generation:
     token_ids: list[int]  # response only; includes the eos token when one was produced
     text: str  # decoded without special tokens, cut before a stop string
     finished: bool  # ended at eos or a stop string (False: ran out of max_new_tokens)
-    finish_reason: str = "length"  # "eos" | "stop" | "length" | "cancelled"
+    finish_reason: str = "length"  # "eos" | "stop" | "length" | "cancelled" | "error" (server only)
 
 
 @dataclass
