@@ -137,3 +137,13 @@ def test_missing_file_and_unknown_format(tmp_path):
     p = _write(tmp_path, [json.dumps({"foo": 1})])
     with pytest.raises(DataError, match=r":1: cannot tell the format"):
         load_conversations(str(p))
+
+
+def test_datasets_folder_and_offline_hub_name(tmp_path):
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"instruction": "Say hi.", "output": "Hi!"}) + "\n")
+    assert load_conversations(str(folder)) == [[{"role": "user", "content": "Say hi."},
+                                                {"role": "assistant", "content": "Hi!"}]]
+    with pytest.raises(DataError, match="no-such-org/no-such-set: not a local file, and `datasets` could not load it"):
+        load_conversations("no-such-org/no-such-set")

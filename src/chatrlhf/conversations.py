@@ -74,35 +74,45 @@ def _read_table(path: Path) -> Iterator[tuple[str, Any]]:
         yield from ((f"{path}:row {i + 1}", row) for i, row in enumerate(rows))
 
 
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".csv", ".parquet")
+
+
+def _read_json_list(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    yield from ((f"{path}:item {i}", row) for i, row in enumerate(data))
+
+
+def _read_hub(name: str, split: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown name, missing split: say which source it was
+        raise DataError(f"{name}: not a local file, and `datasets` could not load it ({type(e).__name__}: {e})") from e
+    yield from ((f"{name}[{split}] row {i}", row) for i, row in enumerate(ds))
+
+
 def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, Any]]:
     """(where, row) pairs from a local file or a datasets name; `where` is 'file:line'."""
     path = Path(source)
     name = path.name.lower()
+    if name.endswith(LOCAL_SUFFIXES) and not path.is_file():
+        raise DataError(f"data file not found: {path}")
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-        yield from _read_jsonl(path) if path.is_file() else _missing(path)
+        yield from _read_jsonl(path)
     elif name.endswith(".json"):
-        if not path.is_file():
-            _missing(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        yield from ((f"{path}:item {i}", row) for i, row in enumerate(data))
+        yield from _read_json_list(path)
     elif name.endswith((".csv", ".parquet")):
-        yield from _read_table(path) if path.is_file() else _missing(path)
-    elif path.exists():
-        raise DataError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .json, .csv or .parquet)")
-    else:
-        import datasets
-
-        ds = datasets.load_dataset(source, split=split)
-        yield from ((f"{source}[{split}] row {i}", row) for i, row in enumerate(ds))
-
-
-def _missing(path: Path) -> Iterator[tuple[str, Any]]:
-    raise DataError(f"data file not found: {path}")
+        yield from _read_table(path)
+    elif path.is_file():
+        raise DataError(f"{path}: unsupported file type (use {', '.join(LOCAL_SUFFIXES)}, or a datasets name)")
+    else:  # a hub name, or a local folder that `datasets` understands
+        yield from _read_hub(source, split)
 
 
 # --- rows -> conversations ------------------------------------------------------------------
