@@ -67,6 +67,7 @@ def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
     assert metrics["eval"]["models"]["sft"]["truthfulqa_mc_n"] == 4
     assert metrics["stages"]["ppo"]["figures"]["final_kl"] == pytest.approx(0.2)
     assert metrics["verdicts"][0].startswith("PPO vs SFT:")
+    assert json.loads((out / "report" / "meta.json").read_text())["complete"] is True  # the pipeline skips it next time
 
 
 def test_missing_shared_data_skips_with_a_note(tmp_path, tiny_model_dir):

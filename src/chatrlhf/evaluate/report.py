@@ -306,6 +306,9 @@ def run_report(cfg: Config) -> Path:
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(data, indent=1, default=str))
+    from chatrlhf.modeling import write_meta
+
+    write_meta(out, {"stage": "report", "html": "report.html", "complete": True})
     from rich.console import Console
 
     con = Console(stderr=True)
