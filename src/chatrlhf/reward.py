@@ -371,7 +371,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
     dm, dr, bias_ref = demonstrations(world, train)
     rm.bias = -float(rm.score(dm, dr, raw=True).mean()) if dr else 0.0  # InstructGPT: demos score 0 on average
     metrics = evaluate_rm(rm, val, held_out, world)
-    sub = train[:200]
+    sub = train[:100]  # enough to see over-fitting, cheap enough for the default run
     metrics["acc_train"] = pairwise_accuracy(sub, score_comparisons(rm, sub), lambda lab: lab not in held_out)[0]
     metrics.update({k: v for k, v in run.items() if k != "last"}, train_comparisons=len(train), reward_bias=rm.bias)
     agreement = cfg.stage_dir("world") / "agreement.json"  # the world's own labeler agreement on its candidates
