@@ -163,8 +163,8 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
                        ("significant" if paired["significant"] else "not significant")
             else:
                 txt += ", no paired interval"
-            better = delta * sign > 0
-            parts.append(txt + f"; {'better' if better else 'worse' if delta != 0 else 'same'})")
+            same = abs(delta) < 5e-4  # below the printed precision: no direction to claim
+            parts.append(txt + f"; {'same' if same else 'better' if delta * sign > 0 else 'worse'})")
         if "world_win_rate" in comp:
             w = comp["world_win_rate"]
             parts.append(f"win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
