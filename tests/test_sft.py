@@ -134,8 +134,10 @@ def _cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
 
 def test_sft_lowers_val_loss_and_saves_a_loadable_stage(tmp_path, tiny_model_dir):
     cfg = _cfg(tmp_path, tiny_model_dir)
+    cfg.run.tensorboard = True
     out = sft.run_sft(cfg)
     meta = read_meta(out)
+    assert list((out / "tb").glob("events.out.tfevents.*")), "TensorBoard scalars written"
     assert meta["complete"] and meta["steps"] == 8
     assert meta["val_loss"] < meta["val_loss_before"] - 0.3
     AutoModelForCausalLM.from_pretrained(out)
