@@ -340,7 +340,8 @@ def train_sft(cfg: Config) -> Path:
             "packing": sc.packing, "max_len": sc.max_len, **stats}
     unwrapped = accelerator.unwrap_model(model)
     save_merged(unwrapped, tokenizer, out, meta)  # LoRA: adapters folded into plain weights
-    console.print(f"sft: val loss {val_before:.3f} -> {val_loss:.3f} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
+    summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
+    console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
 
 
