@@ -27,8 +27,8 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m ""
 
+# Each peer (TRL) runs in its own venv that the benchmark script builds, so .venv keeps its pins.
 bench: install
-	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python bench/run_all.py
 
 clean:
