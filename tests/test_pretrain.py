@@ -47,7 +47,7 @@ TINY = ["tokenizer.vocab_size=300", "model.hidden_size=32", "model.intermediate_
         "model.num_heads=2", "model.num_kv_heads=2", "model.max_position_embeddings=64", "pretrain.seq_len=32",
         "pretrain.batch_size=4", "pretrain.max_steps=12", "pretrain.warmup_steps=2", "pretrain.eval_every=6",
         "pretrain.eval_batches=2", "pretrain.save_every=6", "pretrain.log_every=3", "pretrain.learning_rate=0.01",
-        "pretrain.wikitext_eval=false", "run.tensorboard=false"]
+        "pretrain.wikitext_eval=false", "pretrain.max_minutes=0", "run.tensorboard=false"]
 
 
 def tiny_cfg(out: Path, *extra: str):

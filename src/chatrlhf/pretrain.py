@@ -239,7 +239,7 @@ def run_pretrain(cfg: Config) -> Path:
     baseline = unigram_loss(train_tokens, val_tokens, vocab) if len(val_tokens) > 1 else float("nan")
     console.print(f"pretrain: {threads} threads, {len(corpus.train)} docs, {len(train_tokens):,} train tokens, "
                   f"{len(val_tokens):,} val tokens, {count_params(model):,} params, "
-                  f"{stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {baseline:.3f}")
+                  f"up to {stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {baseline:.3f}")
 
     # --- optimizer, schedule, resume
     opt = make_optimizer(model, pc.learning_rate, pc.weight_decay)
