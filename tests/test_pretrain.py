@@ -144,6 +144,17 @@ def test_parquet_corpus_and_holdout(tmp_path):
     assert len(corpus.val) == 4 and len(corpus.train) == 36 and not set(corpus.val) & set(corpus.train)
 
 
+def test_datasets_directory_with_its_own_validation_split(tmp_path):
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in fake_world_docs(30)))
+    (data / "validation.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    corpus = load_text_corpus(str(data), tmp_path)
+    assert len(corpus.train) == 30 and corpus.val == ["held out"]
+    with pytest.raises(DataError, match="no column 'story'"):
+        load_text_corpus(str(data), tmp_path, text_column="story")
+
+
 # --- the stage ----------------------------------------------------------------------------------
 
 

@@ -163,8 +163,9 @@ def holdout_split(docs: list[str], val_fraction: float) -> tuple[list[str], list
 
 def load_text_corpus(data: str | None, world_dir: str | Path, text_column: str = "text",
                      val_fraction: float = 0.05) -> TextCorpus:
-    """The pre-training corpus: None = the world's corpus_{train,val}.jsonl, else a local file or a
-    `datasets` name. Sources without a validation split hold out `val_fraction` of documents."""
+    """The pre-training corpus: None = the world's corpus_{train,val}.jsonl, else a local file, or a
+    `datasets` name or local dataset directory. Sources without a validation split hold out
+    `val_fraction` of documents."""
     if data is None:
         world = Path(world_dir)
         train_file, val_file = world / "corpus_train.jsonl", world / "corpus_val.jsonl"
@@ -174,9 +175,10 @@ def load_text_corpus(data: str | None, world_dir: str | Path, text_column: str =
         val = read_text_file(val_file, "text") if val_file.is_file() else []
         return TextCorpus(read_text_file(train_file, "text"), val, str(world))
     path = Path(data)
-    if path.exists() or _suffix(path) in TEXT_SUFFIXES:
+    if path.is_file() or (not path.exists() and _suffix(path) in TEXT_SUFFIXES):
         train, val = holdout_split(read_text_file(path, text_column), val_fraction)
         return TextCorpus(train, val, str(path))
+    # a hub name or a local dataset directory (e.g. train.jsonl + validation.jsonl), via `datasets`
     train = read_dataset_texts(data, "train", text_column)
     try:
         val = read_dataset_texts(data, "validation", text_column)
