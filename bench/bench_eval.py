@@ -8,7 +8,8 @@
 validates it against the Perspective scores of RealToxicityPrompts, measures the TruthfulQA judge's
 agreement with the reference labels on all 817 questions, and rewrites docs/toxicity_validation.md.
 Results go to bench/results/eval_{judges,full}.json. `full` runs `run_eval` with eval.real_data_limit=0 (every TruthfulQA question, every CrowS pair,
-every RealToxicityPrompts prompt, every real prompt) and writes the report; it prints wall times.
+every RealToxicityPrompts prompt with 4 samples, every real prompt; --limit N for a slice) and writes
+the report; it prints wall times.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ def truthfulness_section(a: dict) -> str:
     ])
 
 
-def full(run: str, models: list[str], shared: Path) -> dict:
+def full(run: str, models: list[str], shared: Path, limit: int = 0) -> dict:
     from chatrlhf.config import load_config
     from chatrlhf.evaluate import run_eval
     from chatrlhf.evaluate.report import run_report
 
-    cfg = load_config(None, [f"run.out_dir={run}", "eval.real_data_limit=0", f"eval.shared_data={shared}"])
+    cfg = load_config(None, [f"run.out_dir={run}", f"eval.real_data_limit={limit}", f"eval.shared_data={shared}",
+                             "eval.rtp_samples=4"])
     t = time.time()
     summary = run_eval(cfg, models)
     t_eval = time.time() - t
@@ -80,10 +82,11 @@ def main() -> None:
     ap.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--run", default="runs/default")
     ap.add_argument("--model", action="append", default=[], help="NAME=DIR or stage name (repeatable)")
+    ap.add_argument("--limit", type=int, default=0, help="examples per real benchmark in `full` (0 = all)")
     args = ap.parse_args()
     if not args.shared_data.is_dir():
         sys.exit(f"shared data not found at {args.shared_data}")
-    res = judges(args.shared_data) if args.what == "judges" else full(args.run, args.model, args.shared_data)
+    res = judges(args.shared_data) if args.what == "judges" else full(args.run, args.model, args.shared_data, args.limit)
     out = ROOT / "bench" / "results" / f"eval_{args.what}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))
