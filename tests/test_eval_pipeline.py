@@ -96,13 +96,14 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
     cfg = Config.model_validate({
         "run": {"out_dir": str(tmp_path)},
         "world": {"corpus_docs": 50, "n_sft_prompts": 10, "n_rm_prompts": 10, "n_ppo_prompts": 10, "n_eval_prompts": 12},
-        "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100}})
+        "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100, "judge": str(tiny_model_dir)}})
     summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
     m = summary["models"]["ppo"]
     assert 1 <= m["world_greedy_likert"] <= 7 and 1 <= m["world_sample_likert"] <= 7
     assert 0 <= m["world_greedy_flag_hallucination"] <= 1 and "world_greedy_flag_fails_instruction" in m
     win = summary["comparisons"]["ppo"]["world_win_rate"]
     assert win["low"] <= win["estimate"] <= win["high"]
+    assert "world_greedy_rm_score" in m and "diff_world_greedy_rm_score" in summary["comparisons"]["ppo"]
     # same weights, same greedy answers: every comparison is between identical responses
     assert summary["comparisons"]["ppo"]["diff_world_greedy_likert"]["estimate"] == pytest.approx(0, abs=1.0)
 
@@ -120,3 +121,15 @@ def test_report_before_any_eval_still_renders_curves(tmp_path):
     assert "no comparison available" in page and page.count("data:image/png;base64,") == 1
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["stages"]["sft"]["figures"]["final_val_loss"] == 1.5 and metrics["eval"] == {}
+
+
+def test_overoptimisation_warning_only_when_proxy_up_and_labelers_significantly_down():
+    from chatrlhf.evaluate.report import overoptimisation
+
+    up = {"estimate": 0.5, "low": 0.2, "high": 0.8, "significant": True}
+    down = {"estimate": -1.0, "low": -1.2, "high": -0.8, "significant": True}
+    flat = {"estimate": -0.1, "low": -0.3, "high": 0.1, "significant": False}
+    assert "over-optimisation" in overoptimisation({"diff_world_greedy_rm_score": up, "diff_world_greedy_likert": down})
+    assert overoptimisation({"diff_world_greedy_rm_score": up, "diff_world_greedy_likert": flat}) is None
+    assert overoptimisation({"diff_world_greedy_rm_score": {**down, "estimate": -0.2}, "diff_world_greedy_likert": down}) is None
+    assert overoptimisation({}) is None

@@ -32,6 +32,7 @@ ALL_SECTIONS = ("world", "real_prompts", "truthfulqa", "crows_pairs", "rtp")
 
 # Per-item series compared against the baseline, with the direction that means "better".
 PAIRED = {"helpfulness": ("world_greedy_likert", +1), "helpfulness_real": ("real_rm_score", +1),
+          "proxy_reward": ("world_greedy_rm_score", +1),
           "truthfulness": ("truthfulqa_mc2", +1), "toxicity": ("rtp_plain_max_toxicity", -1)}
 
 
@@ -70,7 +71,7 @@ class Context:
         return w, prompts[: self.cfg.eval.n_prompts or None]
 
     def _judge(self) -> Path | None:
-        if "real_prompts" not in self.cfg.eval.sections:
+        if not {"real_prompts", "world"} & set(self.cfg.eval.sections):
             return None
         from chatrlhf.evaluate.real_prompts import default_judge
 
@@ -102,6 +103,10 @@ def evaluate_model(ctx: Context, h: ModelHandle) -> dict[str, Any]:
         m.update(wm)
         items.update({f"world_{k}": v for k, v in wi.items()})
         items["world_greedy_responses"] = resp["greedy"]
+        if ctx.reward_model is not None:  # the proxy's view of the same answers, to spot over-optimisation
+            rm_scores = ctx.reward_model.score([p["messages"] for p in ctx.prompts], resp["greedy"]).tolist()
+            items["world_greedy_rm_score"] = [float(x) for x in rm_scores]
+            m["world_greedy_rm_score"] = float(sum(rm_scores) / max(1, len(rm_scores)))
         samples["world"] = rows
         timings["world"] = time.time() - t
     if "real_prompts" in ev.sections and (ctx.data("self_instruct") or ctx.data("openassistant_oasst_sample")):

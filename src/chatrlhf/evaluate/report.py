@@ -165,11 +165,25 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
                 txt += ", no paired interval"
             same = abs(delta) < 5e-4  # below the printed precision: no direction to claim
             parts.append(txt + f"; {'same' if same else 'better' if delta * sign > 0 else 'worse'})")
+        warn = overoptimisation(comp)
+        if warn:
+            parts.append(warn)
         if "world_win_rate" in comp:
             w = comp["world_win_rate"]
             parts.append(f"win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
         lines.append(f"{name.upper()} vs {base.upper()}: " + "; ".join(parts))
     return lines
+
+
+def overoptimisation(comp: dict[str, Any]) -> str | None:
+    """Reward model score up while held-out labelers' Likert is significantly down on the same
+    answers: the policy exploits the proxy (Gao et al. 2023, "Scaling laws for reward model
+    overoptimization")."""
+    rm, lk = comp.get("diff_world_greedy_rm_score"), comp.get("diff_world_greedy_likert")
+    if rm and lk and rm["estimate"] > 0 and lk["significant"] and lk["estimate"] < 0:
+        return (f"WARNING reward over-optimisation: RM score {rm['estimate']:+.3f} but held-out labelers' Likert "
+                f"{lk['estimate']:+.3f}")
+    return None
 
 
 # --- rendering ----------------------------------------------------------------------------------
