@@ -255,7 +255,7 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel, tokenizer,
                  reward_fn: RewardFn, prompts: list[dict], out_dir: str | Path, accelerator, seed: int = 0,
                  gold_fn: GoldFn | None = None, guard: LabelerGuard | None = None,
-                 ptx_data: torch.Tensor | None = None, tensorboard: bool = False):
+                 ptx_data: torch.Tensor | None = None):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
         self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
