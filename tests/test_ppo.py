@@ -147,3 +147,12 @@ def test_lora_policy_trains_adapters_only_and_uses_base_as_reference(tiny_model_
         if "lora_" not in k:
             assert torch.equal(v, base[k]), k
     assert any(abs(h["kl"]) > 1e-6 for h in hist[1:])
+
+
+def test_nan_loss_stops_with_clear_message(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=1, save_every=1))
+    trainer.train(resume=False)
+    trainer.cfg.total_iterations = 2
+    trainer.reward_fn = lambda prompts, texts: torch.full((len(texts),), float("nan"))
+    with pytest.raises(PPOInstabilityError, match="nan at iteration 2.*last good checkpoint kept in .*step_000001"):
+        trainer.train(resume=False)

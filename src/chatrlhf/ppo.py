@@ -287,8 +287,12 @@ class PPOTrainer:
         self._check_kl(ro.stats["kl"])
         self.policy.train()
         sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx_coef > 0 else None
-        stats = ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator, cfg,
-                           seed=self.seed * 7 + it, ptx_sampler=sampler)  # 5.
+        try:
+            stats = ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator, cfg,
+                               seed=self.seed * 7 + it, ptx_sampler=sampler)  # 5.
+        except PPOInstabilityError as e:
+            raise PPOInstabilityError(f"{e} at iteration {it + 1}; stopping, last good checkpoint kept in "
+                                      f"{self.ckpts.latest() or '(none yet)'}. Lower ppo.learning_rate.") from None
         stats = {**ro.stats, **stats, "kl_coef": self.kl_ctl.value}
         self.kl_ctl.update(ro.stats["kl"], len(prompts))
         stats["time_rollout_s"], stats["time_step_s"] = t_roll, time.perf_counter() - t0
