@@ -165,7 +165,8 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
                 txt += ", no paired interval"
             same = abs(delta) < 5e-4  # below the printed precision: no direction to claim
             parts.append(txt + f"; {'same' if same else 'better' if delta * sign > 0 else 'worse'})")
-        warn = overoptimisation(comp)
+        # only a policy optimised against the RM can over-optimise it; for others it is RM error
+        warn = overoptimisation(comp) if name == "ppo" or name.startswith("round_") else None
         if warn:
             parts.append(warn)
         if "world_win_rate" in comp:
