@@ -94,11 +94,17 @@ def test_ranking_loss_matches_hand_computation_and_weights_prompts_equally():
     ([0, 1, 2, 3], "not a ranking"),
     ([1, 2, 2, 3], "not a ranking"),   # dense ties are ambiguous: competition ranks 1, 2, 2, 4 expected
     ([1, None, None, None], "K < 2"),
-    ([1, 1, 1, 1], "all ranked responses tied"),
     ([1, "2", 3, 4], "integers"),
 ])
 def test_check_ranks_rejects_malformed(ranks, msg):
     assert msg in check_ranks(ranks, 4)
+
+
+def test_all_tied_ranking_is_valid_and_gives_no_pairs():
+    # a policy often samples K identical answers; the labeler ties them all and nothing is learned
+    assert check_ranks([1, 1, 1, 1], 4) is None
+    assert "duplicate rank" in check_ranks([1, 1, 1, 1], 4, allow_ties=False)
+    assert ranking_pairs([1, 1, 1, 1]) == []
 
 
 def test_duplicate_ranks_rejected_when_ties_are_off():

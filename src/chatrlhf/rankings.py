@@ -8,7 +8,7 @@ Sources, all turned into the comparison dict of docs/ARCHITECTURE.md
   - OpenAssistant message trees (`message_tree_id`): each prompter node with >= 2 ranked replies.
 
 Ranks (1 = best) use competition ranking: ties share a rank and the next rank skips (1, 2, 2, 4).
-Ties give no pair. `null` marks a response that a labeler did not rank (a partial ranking): pairs come
+Ties give no pair (an all-tied ranking, e.g. of K identical samples, is valid and gives none). `null` marks a response that a labeler did not rank (a partial ranking): pairs come
 from the ranked ones only, and K in the 1/C(K,2) weight counts the ranked ones. Ranking -> pairs
 (InstructGPT): every i, j with ranks[i] < ranks[j] is (chosen=i, rejected=j), weighted
 1/(C(K,2) * R) where R is the number of rankings of that comparison, so a prompt weighs the same
@@ -68,9 +68,7 @@ def check_ranks(ranks: Any, k: int, allow_ties: bool = True) -> str | None:
         if r != expected_new and not (i > 0 and r == srt[i - 1]):
             return (f"ranks {ranks} are not a ranking: expected {expected_new} in position {i + 1} of the sorted ranks "
                     f"(1 = best; ties share a rank and the next rank skips, e.g. 1, 2, 2, 4)")
-    if len(set(given)) == 1:
-        return f"all ranked responses tied ({ranks}): no preference to learn"
-    return None
+    return None  # an all-tied ranking is valid (identical samples happen): it simply yields no pair
 
 
 def validate_comparison(row: Any, source: str, line: int | None = None, allow_ties: bool = True) -> dict:
