@@ -168,7 +168,7 @@ class RMConfig(Section):
 
 class PPOConfig(Section):
     total_iterations: int = Field(20, description="PPO iterations (one rollout batch + its update epochs each).")
-    max_minutes: float = Field(0.0, description="Stop PPO after this many minutes (0 = no limit); the guard's best is still taken.")
+    max_minutes: float = Field(2.0, description="Stop PPO after this many minutes (0 = no limit; 2 keeps `chatrlhf run` near 15 CPU-minutes); the guard's best is still taken.")
     rollout_batch_size: int = Field(32, description="Prompts per rollout batch.")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
     ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
