@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chatrlhf.data import iter_jsonl
 import numpy as np
 import pandas as pd
 from rich.console import Console
@@ -35,18 +36,7 @@ def read_table(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     if kind == "parquet":
         return pd.read_parquet(path)
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([row for _, row in iter_jsonl(path)])
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

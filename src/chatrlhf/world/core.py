@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chatrlhf.data import iter_jsonl
 from chatrlhf.config import WorldConfig
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
@@ -40,15 +41,7 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `chatrlhf world` (or put your own file there, see README.md)")
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+    for i, row in iter_jsonl(path):
         missing = [k for k in required if k not in row]
         if missing:
             raise ValueError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
