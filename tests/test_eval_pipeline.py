@@ -103,6 +103,8 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
     assert 0 <= m["world_greedy_flag_hallucination"] <= 1 and "world_greedy_flag_fails_instruction" in m
     win = summary["comparisons"]["ppo"]["world_win_rate"]
     assert win["low"] <= win["estimate"] <= win["high"]
+    sampled = summary["comparisons"]["ppo"]["world_sample_win_rate"]  # T=1 answers, compared the same way
+    assert sampled["low"] <= sampled["estimate"] <= sampled["high"]
     assert "world_greedy_rm_score" in m and "diff_world_greedy_rm_score" in summary["comparisons"]["ppo"]
     # same weights, same greedy answers: every comparison is between identical responses
     assert summary["comparisons"]["ppo"]["diff_world_greedy_likert"]["estimate"] == pytest.approx(0, abs=1.0)

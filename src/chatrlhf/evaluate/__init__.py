@@ -102,7 +102,7 @@ def evaluate_model(ctx: Context, h: ModelHandle) -> dict[str, Any]:
         wm, wi, rows = world_eval.score(ctx.world, ctx.prompts, resp, cfg.run.seed)
         m.update(wm)
         items.update({f"world_{k}": v for k, v in wi.items()})
-        items["world_greedy_responses"] = resp["greedy"]
+        items["world_greedy_responses"], items["world_sample_responses"] = resp["greedy"], resp["sample"]
         if ctx.reward_model is not None:  # the proxy's view of the same answers, to spot over-optimisation
             rm_scores = ctx.reward_model.score([p["messages"] for p in ctx.prompts], resp["greedy"]).tolist()
             items["world_greedy_rm_score"] = [float(x) for x in rm_scores]
@@ -165,6 +165,11 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
             wins = compare_to_baseline(ctx.world, ctx.prompts, r["items"]["world_greedy_responses"],
                                        base["items"]["world_greedy_responses"], seed)
             c["world_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
+            if "world_sample_responses" in r["items"] and "world_sample_responses" in base["items"]:
+                # temperature-1 samples: the distribution PPO optimises (greedy hides much of its change)
+                wins = compare_to_baseline(ctx.world, ctx.prompts, r["items"]["world_sample_responses"],
+                                           base["items"]["world_sample_responses"], seed)
+                c["world_sample_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
         a, b = r["items"].get("real_rm_score"), base["items"].get("real_rm_score")
         if a and b and not any(math.isnan(x) for x in a + b):
             wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]

@@ -169,9 +169,10 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         warn = overoptimisation(comp) if name == "ppo" or name.startswith("round_") else None
         if warn:
             parts.append(warn)
-        if "world_win_rate" in comp:
-            w = comp["world_win_rate"]
-            parts.append(f"win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
+        for key, how in (("world_win_rate", "greedy"), ("world_sample_win_rate", "sampled")):
+            if key in comp:
+                w = comp[key]
+                parts.append(f"{how} win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
         lines.append(f"{name.upper()} vs {base.upper()}: " + "; ".join(parts))
     return lines
 
