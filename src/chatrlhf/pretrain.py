@@ -205,16 +205,7 @@ def run_fingerprint(cfg: Config) -> str:
 
 
 def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]:
-    latest = ckpts.latest()
-    if latest is None:
-        return {"step": 0, "tokens_seen": 0}
-    saved = json.loads((latest / "trainer_state.json").read_text())
-    if saved.get("fingerprint") != fingerprint:
-        raise ValueError(f"checkpoint {latest} was made with a different model/pretrain config; "
-                         f"delete {ckpts.root} to start over, or restore that config to resume")
-    state = ckpts.load(accelerator)
-    console.print(f"pretrain: resuming from {latest} (step {state['step']})")
-    return state
+    return ckpts.resume(accelerator, fingerprint, "model/pretrain") or {"step": 0, "tokens_seen": 0}
 
 
 # --- the stage ----------------------------------------------------------------------------------

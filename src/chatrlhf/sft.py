@@ -346,16 +346,7 @@ def train_sft(cfg: Config) -> Path:
 
 
 def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]:
-    latest = ckpts.latest()
-    if latest is None:
-        return {}
-    saved = json.loads((latest / "trainer_state.json").read_text())
-    if saved.get("fingerprint") != fingerprint:
-        raise ValueError(f"checkpoint {latest} was made with a different sft/model config; "
-                         f"delete {ckpts.root} to start over, or restore that config to resume")
-    state = ckpts.load(accelerator)
-    console.print(f"sft: resuming from {latest} (step {state['step']})")
-    return state
+    return ckpts.resume(accelerator, fingerprint, "sft/model") or {}
 
 
 class _TrainLoop:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,20 @@ class Checkpoints:
         for old in sorted(p for p in self.root.glob("step_*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def resume(self, accelerator: Accelerator, fingerprint: str, what: str) -> dict[str, Any] | None:
+        """Restore the newest checkpoint if it was made with the same config (`fingerprint`, saved in
+        its state); a different config is refused, never silently resumed. None when there is none."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        saved = json.loads((latest / "trainer_state.json").read_text())
+        if saved.get("fingerprint") != fingerprint:
+            raise ValueError(f"checkpoint {latest} was made with a different {what} config; "
+                             f"delete {self.root} to start over, or restore that config to resume")
+        state = self.load(accelerator)
+        print(f"resuming from {latest} (step {state['step']})", file=sys.stderr)
+        return state
 
     def load(self, accelerator: Accelerator) -> dict[str, Any] | None:
         """Restore the newest checkpoint into the prepared objects; returns its state or None."""
