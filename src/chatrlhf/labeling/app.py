@@ -239,15 +239,13 @@ def _labeler_routes(app: FastAPI, ctx: Ctx) -> None:
             if item is None:
                 return {"item": None}
             p = s.get(store.Project, item.project_id)
-            return {"item": {"id": item.id, "ext_id": item.ext_id, "kind": p.kind, "project": p.name,
-                             "instructions": p.instructions, "payload": _public(item.payload)}}
+            return {"item": _item_view(item, p, instructions=p.instructions)}
 
     @app.get("/api/items/{item_id}")
     def api_item(item_id: int, user: User = Depends(ctx.current_user)):
         with ctx.tx() as s:
             item, p = store.get_item_for(s, user, item_id)
-            return {"id": item.id, "ext_id": item.ext_id, "kind": p.kind, "project": p.name,
-                    "payload": _public(item.payload)}
+            return _item_view(item, p)
 
     @app.post("/api/items/{item_id}/submit")
     def api_submit(item_id: int, response: Response, answer: dict[str, Any] = Body(...),
@@ -346,6 +344,12 @@ def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
     def api_agreement(project: str, _: User = Depends(admin)):
         with ctx.tx() as s:
             return store.project_agreement(s, store.get_project(s, project))
+
+
+def _item_view(item, project, **extra: Any) -> dict[str, Any]:
+    """An item as its labeler sees it (the payload without gold fields)."""
+    return {"id": item.id, "ext_id": item.ext_id, "kind": project.kind, "project": project.name, **extra,
+            "payload": _public(item.payload)}
 
 
 def _public(payload: dict[str, Any]) -> dict[str, Any]:
