@@ -218,6 +218,21 @@ def test_gold_fact_truth_rumour_and_partial_credit(world):
     assert world.gold(p, r["ideal"] + "\nUser: And what else?").total < ideal_total - 0.05
 
 
+def test_gold_gibberish_costs_fluency_and_the_lexicon_covers_fresh_good_answers(world):
+    p = first(world, "greeting")
+    clean = "Hello! How can I help you today?"
+    assert world.gold(p, clean).parts["fluent"] == 1.0 and not world.gold(p, clean).flags["gibberish"]
+    one, two = world.gold(p, "Hellhat! How can I help you today?"), world.gold(p, "Hellhat! How cn I hlp you today?")
+    assert one.flags["gibberish"] and one.parts["fluent"] == pytest.approx(0.5)
+    assert two.parts["fluent"] < one.parts["fluent"] and world.gold(p, clean).total > one.total > two.total
+    assert world.gold(p, "There are 3 items.").flags["gibberish"] is False  # numbers are words too
+    # every answer the writers can produce, drawn with a fresh rng, is made of known words
+    rng = random.Random(12345)
+    for p in world.prompts("eval"):
+        for text in candidate_responses(p, rng, world.facts):
+            assert world.rubric.nonwords(text) == 0, text
+
+
 def test_gold_follow_up_needs_no_name(default_world):
     p = next(p for p in default_world.prompts("sft") if p["reference"].get("follow_up"))
     r = p["reference"]

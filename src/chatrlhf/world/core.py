@@ -11,6 +11,7 @@ RNG), so the same seed gives byte-identical files.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from chatrlhf.data import iter_jsonl
 from chatrlhf.config import WorldConfig
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
-from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
-from chatrlhf.world.labelers import SimulatedLabeler, make_labeler_specs, write_demonstrations
+from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics, words
+from chatrlhf.world.labelers import SimulatedLabeler, candidate_responses, make_labeler_specs, write_demonstrations
 from chatrlhf.world.tasks import build_splits
 
 SPLITS = ("sft", "rm", "ppo", "eval")
@@ -60,7 +61,7 @@ class World:
         self._corpus = corpus
         self._specs = labeler_specs
         self.info = info or {}
-        self.rubric = GoldRubric(self.facts)
+        self.rubric = GoldRubric(self.facts, self._lexicon())
         self._gold_cache: dict[tuple[str, str], Gold] = {}
         self._labelers = [SimulatedLabeler(s, self.gold) for s in labeler_specs]
 
@@ -104,6 +105,19 @@ class World:
             dump_jsonl(d / FILES[f"corpus_{s}"], [{"text": t} for t in self._corpus[s]])
         dump_jsonl(d / FILES["labelers"], self._specs)
         return d
+
+    def _lexicon(self) -> frozenset[str]:
+        """Every word this world's texts use: corpus, prompts, demonstrations, and what the writers
+        would answer to each prompt (good, flawed, rude). Anything else a model writes is gibberish."""
+        rng = random.Random("lexicon")
+        texts = [*self._corpus.get("train", []), *self._corpus.get("val", [])]
+        texts += [m["content"] for d in self._demos for m in d["messages"]]
+        for prompts in self._splits.values():
+            for p in prompts:
+                texts += [m["content"] for m in p["messages"]]
+                if p.get("task") and p.get("reference"):
+                    texts += candidate_responses(p, rng, self.facts)
+        return frozenset(w for t in texts for w in words(t))
 
     # --- the API other stages use ----------------------------------------------------------------
 
