@@ -138,6 +138,24 @@ def test_guard_early_stops_and_restores_the_best_policy(tiny_model_dir, tmp_path
         assert torch.equal(v, start[k]), k
 
 
+class _CountingLabeler:
+    def __init__(self, verdict: float):
+        self.verdict, self.calls = verdict, 0
+
+    def compare(self, prompt, a, b, rng):
+        self.calls += 1
+        return self.verdict if a == "policy" else 1.0 - self.verdict
+
+
+def test_guard_asks_distinct_labelers_per_prompt_and_averages_them():
+    likes, dislikes = _CountingLabeler(1.0), _CountingLabeler(0.0)
+    guard = LabelerGuard(PROMPTS[:3], ["ok"] * 3, [likes, dislikes], seed=0, per_prompt=2)
+    assert guard.win_rate(["policy"] * 3, iteration=1) == pytest.approx(0.5)  # each pair seen by both
+    assert likes.calls == dislikes.calls == 3
+    one = LabelerGuard(PROMPTS[:3], ["ok"] * 3, [likes, dislikes], seed=0, per_prompt=1)
+    assert one.win_rate(["policy"] * 3, iteration=1) == pytest.approx(2 / 3)  # rotation: likes, dislikes, likes
+
+
 def test_lora_policy_trains_adapters_only_and_uses_base_as_reference(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, kl_coef=0.1), lora=True)
     base = {k: v.clone() for k, v in trainer.policy.state_dict().items() if "lora_" not in k}

@@ -196,6 +196,7 @@ class PPOConfig(Section):
     save_every: int = Field(5, description="Iterations between resumable checkpoints.")
     grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
     guard_prompts: int = Field(48, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
+    guard_labelers: int = Field(2, ge=1, description="Training labelers who compare each guard prompt's pair (more = a less noisy win rate).")
     patience: int = Field(3, description="Guard evaluations without a new best win rate before early stop.")
     ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")

@@ -231,18 +231,21 @@ class LabelerGuard:
     """Win rate of the policy against fixed SFT answers on held-out prompts, judged by training
     labelers (not the held-out ones, not the gold score): what a real team could afford."""
 
-    def __init__(self, prompts: list[dict], baseline_texts: list[str], labelers: list, seed: int):
+    def __init__(self, prompts: list[dict], baseline_texts: list[str], labelers: list, seed: int,
+                 per_prompt: int = 1):
         self.prompts, self.baseline, self.labelers, self.seed = prompts, baseline_texts, labelers, seed
+        self.per_prompt = max(1, min(per_prompt, len(labelers)))
 
     def win_rate(self, texts: list[str], iteration: int) -> float:
         rng = random.Random(self.seed * 7919 + iteration)
         wins = []
         for i, (p, t, b) in enumerate(zip(self.prompts, texts, self.baseline)):
-            lab = self.labelers[i % len(self.labelers)]
-            if rng.random() < 0.5:  # random order: a labeler's position bias favours neither side
-                wins.append(float(lab.compare(p, t, b, rng)))
-            else:
-                wins.append(1.0 - float(lab.compare(p, b, t, rng)))
+            for j in range(self.per_prompt):  # distinct labelers per pair: their noise averages out
+                lab = self.labelers[(i * self.per_prompt + j) % len(self.labelers)]
+                if rng.random() < 0.5:  # random order: a labeler's position bias favours neither side
+                    wins.append(float(lab.compare(p, t, b, rng)))
+                else:
+                    wins.append(1.0 - float(lab.compare(p, b, t, rng)))
         return sum(wins) / max(1, len(wins))
 
 
@@ -477,7 +480,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     guard = None
     if n_guard:
         baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
-        guard = LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed)
+        guard = LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard_labelers)
 
     def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
         return rm.score([p["messages"] for p in ps], texts)
