@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from chatrlhf.kl_controller import AdaptiveKLController, FixedKLController
-from chatrlhf.losses import (entropy_from_logits, gae_advantages, kl_penalized_rewards, masked_whiten,
-                             ppo_policy_loss, ppo_value_loss)
+from chatrlhf.losses import (entropy_from_logits, entropy_from_logprobs, gae_advantages, kl_penalized_rewards,
+                             masked_whiten, ppo_policy_loss, ppo_value_loss)
 
 
 def test_gae_matches_hand_computed_example():
@@ -78,6 +78,8 @@ def test_whiten_and_entropy():
     assert (w[0, :3] ** 2).mean() == pytest.approx(1.0, abs=1e-4)
     uniform = entropy_from_logits(torch.zeros(5))
     assert uniform.item() == pytest.approx(torch.log(torch.tensor(5.0)).item())
+    logits = torch.randn(3, 4, 50) * 4
+    torch.testing.assert_close(entropy_from_logprobs(logits.log_softmax(-1)), entropy_from_logits(logits))
 
 
 def test_kl_controllers():

@@ -40,6 +40,7 @@ class SamplingParams:
 class Generation:
     prompt_ids: list[int]
     token_ids: list[int]  # response only; includes the eos token when one was produced
+    logprobs: list[float]  # log p of each token id under the temperature-scaled logits it was sampled from
     text: str  # decoded without special tokens, cut before a stop string
     finished: bool  # ended at eos or a stop string (False: ran out of max_new_tokens)
     finish_reason: str = "length"  # "eos" | "stop" | "length" | "cancelled" | "error" (server only)
@@ -52,6 +53,7 @@ class Rollout:
     input_ids: torch.Tensor  # (B, Q + R) query + response ids, pad elsewhere
     attention_mask: torch.Tensor  # (B, Q + R) 1 on real tokens
     response_mask: torch.Tensor  # (B, Q + R) 1 on sampled response tokens (eos included)
+    logprobs: torch.Tensor  # (B, Q + R) log p of each response token as sampled (PPO's old log-probs), 0 elsewhere
     query_len: int  # Q: responses start at this column
     generations: list[Generation]
 
@@ -83,6 +85,13 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     return torch.where(greedy, logits.argmax(-1), picked.squeeze(1))
 
 
+def sampled_logprobs(logits: torch.Tensor, temperature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under softmax(logits / temperature), before top-k/top-p: the distribution whose
+    ratio PPO clips, so the rollout's log-probs are its old log-probs. (B, V), (B,), (B,) -> (B,)"""
+    x = logits.float() / temperature.clamp_min(1e-5).unsqueeze(1)
+    return x.log_softmax(-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+
 # --- one decoding batch ---------------------------------------------------------------------
 
 
@@ -101,6 +110,7 @@ class DecodeBatch:
         self.params: list[SamplingParams] = []
         self.max_new: list[int] = []
         self.tokens: list[list[int]] = []
+        self.logprobs: list[list[float]] = []
         self.reason: list[str | None] = []
         self.text: list[str] = []  # decoded so far (kept for rows with stop strings)
         self.stop_at: list[int | None] = []
@@ -131,6 +141,7 @@ class DecodeBatch:
             self.gens.append(torch.Generator().manual_seed(s if s is not None else random.getrandbits(62)))
         n = len(prompts)
         self.tokens += [[] for _ in range(n)]
+        self.logprobs += [[] for _ in range(n)]
         self.reason += [None] * n
         self.text += [""] * n
         self.stop_at += [None] * n
@@ -209,12 +220,14 @@ class DecodeBatch:
         temp, top_k, top_p = self._knobs
         u = torch.stack([torch.rand((), generator=self.gens[r]) for r in rows])
         nxt = sample_tokens(self.logits, temp, top_k, top_p, u)
+        lps = sampled_logprobs(self.logits, temp, nxt)
         got, keep = [], []
-        for j, (r, t) in enumerate(zip(rows, nxt.tolist())):
+        for j, (r, t, lp) in enumerate(zip(rows, nxt.tolist(), lps.tolist())):
             if r in self.cancelled:
                 self.reason[r] = "cancelled"
                 continue
             self.tokens[r].append(t)
+            self.logprobs[r].append(lp)
             got.append(r)
             self._check_end(r, t)
             if self.reason[r] is None:
@@ -280,8 +293,8 @@ class DecodeBatch:
 
     def result(self, r: int) -> Generation:
         reason = self.reason[r] or "length"
-        return Generation(prompt_ids=self.prompts[r], token_ids=list(self.tokens[r]), text=self.final_text(r),
-                          finished=reason in ("eos", "stop"), finish_reason=reason)
+        return Generation(prompt_ids=self.prompts[r], token_ids=list(self.tokens[r]), logprobs=list(self.logprobs[r]),
+                          text=self.final_text(r), finished=reason in ("eos", "stop"), finish_reason=reason)
 
 
 # --- the engine -----------------------------------------------------------------------------
@@ -384,6 +397,7 @@ class Engine:
         ids = torch.full((len(gens), q + r), self.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         resp = torch.zeros_like(ids)
+        logprobs = torch.zeros(ids.shape)
         for i, g in enumerate(gens):
             ids[i, q - len(g.prompt_ids): q] = torch.tensor(g.prompt_ids)
             attn[i, q - len(g.prompt_ids): q] = 1
@@ -392,7 +406,8 @@ class Engine:
                 ids[i, q: q + n] = torch.tensor(g.token_ids)
                 attn[i, q: q + n] = 1
                 resp[i, q: q + n] = 1
-        return Rollout(ids, attn, resp, q, gens)
+                logprobs[i, q: q + n] = torch.tensor(g.logprobs)
+        return Rollout(ids, attn, resp, logprobs, q, gens)
 
 
 # --- loading --------------------------------------------------------------------------------

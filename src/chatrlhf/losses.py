@@ -115,6 +115,11 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
 
 
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy H = -sum p log p from log-softmax output; (..., V) -> (...)."""
+    return -(logp.exp() * logp).sum(-1)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log pi(y_t) of the given tokens: logits (B, T, V), tokens (B, T) -> (B, T)."""
     return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
