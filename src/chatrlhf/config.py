@@ -205,7 +205,7 @@ class PPOConfig(Section):
 class IterateConfig(Section):
     rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
     prompts_per_round: int = Field(150, description="Fresh prompts sampled and ranked per later round.")
-    rm_mode: Literal["continue", "retrain"] = Field("continue", description="Continue the RM or retrain it from SFT.")
+    rm_mode: Literal["continue", "retrain"] = Field("continue", description="continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay); retrain: from SFT on all comparisons.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
     labeling_project: str | None = Field(None, description="Labeling app project name when source = labeling_app.")

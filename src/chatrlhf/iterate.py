@@ -104,6 +104,20 @@ def all_comparisons(cfg: Config, upto: int) -> list[dict]:
     return data
 
 
+def round_rm_data(cfg: Config, r: int) -> list[dict]:
+    """The RM's data in round r. retrain: every comparison so far. continue: this round's fresh
+    comparisons plus as many earlier ones (replay): the RM learns the newest policy's mistakes
+    (the exploits PPO found) from half its data instead of a sliver, without forgetting the rest."""
+    from chatrlhf.rankings import load_comparisons
+
+    fresh = load_comparisons(round_dir(cfg, r) / "comparisons.jsonl", cfg.rm.allow_ties)
+    older = all_comparisons(cfg, r - 1)
+    if cfg.iterate.rm_mode == "retrain":
+        return older + fresh
+    replay = random.Random(cfg.run.seed * 1000 + r).sample(older, min(len(older), len(fresh)))
+    return fresh + replay
+
+
 def run_round(cfg: Config, world, r: int) -> Path:
     """Round r >= 2: comparisons -> RM -> PPO. Returns the new policy dir."""
     from chatrlhf.ppo import run_ppo
@@ -118,7 +132,7 @@ def run_round(cfg: Config, world, r: int) -> Path:
         collect_comparisons(cfg, world, prev_policy, fresh_prompts(world, cfg, r), cmp_file, r)
     if not stage_complete(rm_dir):
         init = prev_rm if cfg.iterate.rm_mode == "continue" else cfg.stage_dir(cfg.rm.init_from)
-        train_reward_model(cfg, all_comparisons(cfg, r), init, rm_dir, world=world)
+        train_reward_model(cfg, round_rm_data(cfg, r), init, rm_dir, world=world)
     if not stage_complete(ppo_dir):
         run_ppo(cfg, policy_dir=prev_policy, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=cfg.stage_dir("sft"))
     return ppo_dir
