@@ -201,7 +201,7 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel, optimizer, accelera
             args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
             mask = ro.mask[idx, :r]
             logp = F.log_softmax(response_logits(policy, *args, cfg.temperature), dim=-1)  # (b, r, V)
-            lp = logp.gather(2, args[0][:, p:].unsqueeze(-1)).squeeze(-1)  # token_logprobs, keeping logp for the entropy
+            lp = logp.gather(2, args[0][:, p:].unsqueeze(-1)).squeeze(-1)  # token_logprobs; logp kept for the entropy
             pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
             v = response_values(value_model, *args)
             vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
