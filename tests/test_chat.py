@@ -112,7 +112,7 @@ def test_session_sends_history_and_trims_oldest(tiny_model_dir):
     answer = "".join(s.ask("Hello"))
     assert s.turns[-1] == {"role": "assistant", "content": answer.strip()}
     prompt = eng.tok.decode(eng.chat_prompt(s.messages + [{"role": "user", "content": "again"}]))
-    assert "<|system|>Be kind.<|end|><|user|>Hello<|end|><|assistant|>" in prompt
+    assert "<|system|> Be kind.<|end|><|user|> Hello<|end|><|assistant|>" in prompt  # each turn starts a word
     for _ in range(12):
         "".join(s.ask("List: apple, pear, plum. Reversed: plum, pear, apple. " * 3))
     assert s.messages[0]["role"] == "system"

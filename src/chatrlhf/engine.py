@@ -327,7 +327,11 @@ class Engine:
         return out.logits
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        """A reply's text. Its first word carries the byte-level BPE's word-start space (the
+        tokenizer adds one after <|assistant|>, so a reply starts with the well-trained ' Hello'
+        rather than 'H'+'ell'+'o'); the reader never sees it."""
+        text = self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return text[1:] if text.startswith(" ") else text
 
     def budget(self, prompt_len: int, max_new_tokens: int) -> int:
         """max_new_tokens capped by the context window; a prompt that fills it is an error."""

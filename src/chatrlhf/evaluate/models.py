@@ -187,8 +187,8 @@ def _text(h: ModelHandle, token_ids: list[int], text: str | None) -> str:
 
         sep = document_eos(h.tokenizer)
         if sep in token_ids:
-            return h.tokenizer.decode(token_ids[: token_ids.index(sep)], skip_special_tokens=True)
-    return text if text is not None else h.tokenizer.decode(token_ids, skip_special_tokens=True)
+            return h.tokenizer.decode(token_ids[: token_ids.index(sep)], skip_special_tokens=True).lstrip()
+    return text if text is not None else h.tokenizer.decode(token_ids, skip_special_tokens=True).lstrip()
 
 
 def _cut(text: str, chat: bool) -> str:
