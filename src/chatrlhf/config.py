@@ -44,9 +44,9 @@ class WorldConfig(Section):
     corpus_docs: int = Field(4200, ge=1, description="Documents in the pre-training corpus (~120 chars each; 4200 ~ 500k chars).")
     rumour_rate: float = Field(0.25, ge=0, le=1, description="Share of fact mentions in the corpus that state a false rumour.")
     n_sft_prompts: int = Field(600, ge=0, description="Prompts with demonstrations for SFT.")
-    n_rm_prompts: int = Field(300, ge=0, description="Prompts whose samples are ranked for the reward model.")
+    n_rm_prompts: int = Field(1500, ge=0, description="Prompts whose samples are ranked for the reward model.")
     n_ppo_prompts: int = Field(600, ge=0, description="Prompts for PPO rollouts.")
-    n_eval_prompts: int = Field(200, ge=0, description="Held-out evaluation prompts (disjoint from all training prompts).")
+    n_eval_prompts: int = Field(400, ge=0, description="Held-out evaluation prompts (disjoint from all training prompts).")
     n_labelers: int = Field(10, ge=2, description="Simulated labelers.")
     n_held_out_labelers: int = Field(3, ge=0, description="Labelers kept out of every training set, for evaluation only.")
     labeler_noise: float = Field(1.4, ge=0, description="Std of each labeler's judgement noise in gold-score units x10, each labeler "
@@ -167,8 +167,8 @@ class RMConfig(Section):
 
 
 class PPOConfig(Section):
-    total_iterations: int = Field(20, description="PPO iterations (one rollout batch + its update epochs each).")
-    max_minutes: float = Field(2.0, description="Stop PPO after this many minutes (0 = no limit; 2 keeps `chatrlhf run` near 15 CPU-minutes); the guard's best is still taken.")
+    total_iterations: int = Field(60, description="PPO iterations (one rollout batch + its update epochs each).")
+    max_minutes: float = Field(2.5, description="Stop PPO after this many minutes (0 = no limit; 2.5 keeps `chatrlhf run` well under 15 CPU-minutes); the guard's best is still taken.")
     rollout_batch_size: int = Field(32, description="Prompts per rollout batch.")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
     ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
@@ -192,19 +192,19 @@ class PPOConfig(Section):
     early_stop: Literal["none", "held_out_comparisons", "target_kl"] = Field(
         "held_out_comparisons", description="Guard against reward over-optimisation."
     )
-    eval_every: int = Field(2, description="Iterations between guard evaluations.")
+    eval_every: int = Field(3, description="Iterations between guard evaluations.")
     save_every: int = Field(5, description="Iterations between resumable checkpoints.")
     grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
-    guard_prompts: int = Field(48, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
+    guard_prompts: int = Field(64, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
     guard_labelers: int = Field(2, ge=1, description="Training labelers who compare each guard prompt's pair (more = a less noisy win rate).")
-    patience: int = Field(3, description="Guard evaluations without a new best win rate before early stop.")
+    patience: int = Field(4, description="Guard evaluations without a new best win rate before early stop.")
     ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
 
 
 class IterateConfig(Section):
     rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
-    prompts_per_round: int = Field(150, description="Fresh prompts sampled and ranked per later round.")
+    prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
     rm_mode: Literal["continue", "retrain"] = Field("continue", description="continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay); retrain: from SFT on all comparisons.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
@@ -212,7 +212,7 @@ class IterateConfig(Section):
 
 
 class EvalConfig(Section):
-    n_prompts: int = Field(200, description="Held-out world prompts to evaluate (0 = all).")
+    n_prompts: int = Field(400, description="Held-out world prompts to evaluate (0 = all).")
     max_new_tokens: int = Field(48, description="Maximum response tokens.")
     temperature: float = Field(1.0, description="Sampling temperature (greedy is always evaluated too).")
     bootstrap: int = Field(1000, description="Bootstrap resamples for confidence intervals.")
