@@ -138,6 +138,30 @@ def test_guard_early_stops_and_restores_the_best_policy(tiny_model_dir, tmp_path
         assert torch.equal(v, start[k]), k
 
 
+class _PolicyAlwaysWins:
+    """Prefers whatever is not the SFT baseline answer ("ok"); counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def compare(self, prompt, a, b, rng):
+        self.calls += 1
+        return 1.0 if b == "ok" else 0.0 if a == "ok" else 0.5
+
+
+def test_guard_takes_a_known_start_without_measuring_it(tiny_model_dir, tmp_path):
+    """Starting from the reference itself, iteration 0's win rate is 0.5 by definition; a policy the
+    labelers prefer afterwards is taken even if a measured start would have come out lucky."""
+    likes = _PolicyAlwaysWins()
+    guard = LabelerGuard(PROMPTS[:2], ["ok"] * 2, [likes], seed=0)
+    cfg = toy_cfg(total_iterations=2, early_stop="held_out_comparisons", eval_every=1, patience=5)
+    trainer = make_trainer(tiny_model_dir, tmp_path, cfg, guard=guard)
+    trainer.start_win_rate = 0.5
+    trainer.train(resume=False)
+    assert likes.calls == 2 * 2  # iterations 1 and 2 were judged, iteration 0 was not
+    assert trainer.best["iteration"] == 1 and trainer.best["win_rate"] == 1.0
+
+
 class _CountingLabeler:
     def __init__(self, verdict: float):
         self.verdict, self.calls = verdict, 0

@@ -259,11 +259,13 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel, tokenizer,
                  reward_fn: RewardFn, prompts: list[dict], out_dir: str | Path, accelerator, seed: int = 0,
                  gold_fn: GoldFn | None = None, guard: LabelerGuard | None = None,
-                 ptx_data: torch.Tensor | None = None):
+                 ptx_data: torch.Tensor | None = None, start_win_rate: float | None = None):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
         self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
         self.gold_fn, self.guard, self.ptx_data, self.seed = gold_fn, guard, ptx_data, seed
+        # the starting policy's win rate when known without asking: 0.5 when it *is* the reference
+        self.start_win_rate = start_win_rate
         self.out_dir, self.accelerator = Path(out_dir), accelerator
         for m in (ref_policy,):
             if m is not None:
@@ -373,8 +375,10 @@ class PPOTrainer:
         stop_reason, t_start = "total_iterations", time.time()
         with progress_bar("ppo") as bar:
             task = bar.add_task("ppo", total=cfg.total_iterations, completed=self.iteration, info="")
-            if self.guard is not None and self.iteration == 0:
-                self._update_best(self.evaluate_guard())  # iteration 0 = SFT itself
+            if self.guard is not None and self.iteration == 0:  # iteration 0 = the starting policy
+                # measuring a known 0.5 only adds noise: a lucky 0.56 there kept whole rounds at SFT
+                start = self.start_win_rate
+                self._update_best(self.evaluate_guard() if start is None else start)
             while self.iteration < cfg.total_iterations:
                 stats = self.step()
                 if self.guard is not None and self.iteration % cfg.eval_every == 0:
@@ -492,7 +496,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
 
     ppl_before = _lm_ppl(policy, ppl_chunks, acc.device)
     trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
-                         gold_fn=gold_fn, guard=guard, ptx_data=ptx_train)
+                         gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
+                         start_win_rate=0.5 if policy_dir.resolve() == ref_dir.resolve() else None)
     history = trainer.train(resume=True, tensorboard=cfg.run.tensorboard)
     if guard is not None:
         trainer.restore_best()  # take the policy before over-optimisation, not after
