@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,6 @@ class World:
         self._corpus = corpus
         self._specs = labeler_specs
         self.info = info or {}
-        self.rubric = GoldRubric(self.facts, self._lexicon())
         self._gold_cache: dict[tuple[str, str], Gold] = {}
         self._labelers = [SimulatedLabeler(s, self.gold) for s in labeler_specs]
 
@@ -105,6 +105,12 @@ class World:
             dump_jsonl(d / FILES[f"corpus_{s}"], [{"text": t} for t in self._corpus[s]])
         dump_jsonl(d / FILES["labelers"], self._specs)
         return d
+
+    @cached_property
+    def rubric(self) -> GoldRubric:
+        """The gold judge, built on first use: `generate` adds the demonstrations after __init__,
+        and the lexicon must see them."""
+        return GoldRubric(self.facts, self._lexicon())
 
     def _lexicon(self) -> frozenset[str]:
         """Every word this world's texts use: corpus, prompts, demonstrations, and what the writers
