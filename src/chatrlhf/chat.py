@@ -61,7 +61,7 @@ class ChatSession:
         params = self.eng.chat_params(self.params)
         pieces: list[str] = []
         for piece in self.eng.stream(self.eng.chat_prompt(self.messages), params):
-            if not "".join(pieces):  # the reply shows (and is kept) without leading blanks
+            if not any(pieces):  # the reply shows (and is kept) without leading blanks
                 piece = piece.lstrip()
             pieces.append(piece)
             if piece:

@@ -136,7 +136,7 @@ def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel, c
         with _reference(policy, ref_policy) as ref_model:
             ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), args[0][:, p:])
         val[idx, :r] = response_values(value_model, *args)
-    ro.logprobs, ro.ref_logprobs, ro.values = ro.logprobs * ro.mask, ref * ro.mask, val * ro.mask
+    ro.ref_logprobs, ro.values = ref * ro.mask, val * ro.mask
 
 
 def _reference(policy, ref_policy):
