@@ -84,3 +84,66 @@ def read_meta(stage_dir: str | Path) -> dict[str, Any]:
 
 def stage_complete(stage_dir: str | Path) -> bool:
     return bool(read_meta(stage_dir).get("complete"))
+
+
+# --- a lean forward for PPO's training passes ---------------------------------------------------
+
+
+def fast_llama_supported(backbone) -> bool:
+    """Whether `llama_hidden` computes exactly what this backbone's own forward does: a plain fp32
+    LlamaModel (default RoPE, no biases, SiLU MLP, no attention dropout). Anything else -- LoRA
+    wrappers, other architectures, bf16 -- keeps the transformers forward."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    if type(backbone) is not LlamaModel:
+        return False
+    c = backbone.config
+    rope = backbone.rotary_emb
+    return (getattr(rope, "rope_type", None) == "default" and getattr(rope, "attention_scaling", None) == 1.0
+            and not c.attention_bias and not getattr(c, "mlp_bias", False) and c.hidden_act == "silu"
+            and not c.attention_dropout and getattr(c, "pretraining_tp", 1) in (None, 1)
+            and backbone.embed_tokens.weight.dtype == torch.float32)
+
+
+def llama_hidden(backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 keep: slice) -> torch.Tensor:
+    """Final-norm hidden states of the positions in `keep` (B, len(keep), H), the same numbers as
+    `backbone(...).last_hidden_state[:, keep]` (checked in tests), with fewer ops and FLOPs.
+
+    At this model size (hidden 96) the transformers forward spends much of its time outside matmuls.
+    Here: q/k/v and gate/up are one matmul each (weights concatenated, so gradients still reach the
+    separate parameters), RMSNorm is torch's fused op, RoPE is applied to q and k together, and the
+    last layer computes queries, attention output and MLP only for the kept positions -- its other
+    positions feed nothing but their keys and values. Padding keys are masked as in transformers;
+    a padding query also sees itself, so its (unused) output is finite instead of NaN."""
+    B, T = input_ids.shape
+    c = backbone.config
+    H, KV = c.num_attention_heads, c.num_key_value_heads
+    layers = backbone.layers[: c.num_hidden_layers]
+    D = layers[0].self_attn.q_proj.out_features // H
+    dev = input_ids.device
+    x = backbone.embed_tokens(input_ids)
+    freqs = position_ids[..., None].float() * backbone.rotary_emb.inv_freq.to(dev)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos().unsqueeze(1), emb.sin().unsqueeze(1)  # (B, 1, T, D)
+    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+    mask = causal & (attention_mask.bool()[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=dev))
+    norm = torch.nn.functional.rms_norm
+    for i, layer in enumerate(layers):
+        a, mlp = layer.self_attn, layer.mlp
+        h = norm(x, (x.shape[-1],), layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        qkv = torch.nn.functional.linear(h, w).view(B, T, H + 2 * KV, D).transpose(1, 2)
+        qk, v = qkv[:, : H + KV], qkv[:, H + KV:]
+        x1, x2 = qk[..., : D // 2], qk[..., D // 2:]
+        qk = qk * cos + torch.cat((-x2, x1), dim=-1) * sin
+        q, k, m = qk[:, :H], qk[:, H:], mask
+        if i == len(layers) - 1:  # the last layer: only the kept queries matter
+            q, m, x = q[:, :, keep], m[:, :, keep], x[:, keep]
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=a.scaling,
+                                                             enable_gqa=H != KV)
+        x = x + a.o_proj(o.transpose(1, 2).reshape(B, q.shape[2], H * D))
+        h = norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        gate, up = torch.nn.functional.linear(h, torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])).chunk(2, -1)
+        x = x + mlp.down_proj(torch.nn.functional.silu(gate) * up)
+    return norm(x, (x.shape[-1],), backbone.norm.weight, backbone.norm.variance_epsilon)
