@@ -31,14 +31,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM
 
 from chatrlhf.config import Config, PPOConfig
 from chatrlhf.engine import Engine, SamplingParams
 from chatrlhf.kl_controller import make_kl_controller
 from chatrlhf.losses import (entropy_from_logprobs, gae_advantages, kl_penalized_rewards, masked_mean,
                              masked_whiten, ppo_policy_loss, ppo_value_loss, token_logprobs)
-from chatrlhf.modeling import fast_llama_supported, llama_hidden
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
 from chatrlhf.value import ValueModel
 
@@ -111,24 +109,18 @@ def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: Gol
 # --- 3. log-probs and values -----------------------------------------------------------------
 
 
-def response_logits(model, ids, attn, pos, P: int, temperature: float, fast: bool = True) -> torch.Tensor:
-    """Logits that predict the R response tokens: positions P-1 .. P+R-2. (B, R, V)
-    A plain fp32 Llama (the embedded model) runs modeling.llama_hidden: the same numbers with fewer
-    ops, and its last layer and the LM head see only these R positions; other models (LoRA, other
-    architectures) run their own forward with logits_to_keep."""
-    T = ids.shape[1]
-    if fast and type(model) is LlamaForCausalLM and fast_llama_supported(model.model):
-        logits = model.lm_head(llama_hidden(model.model, ids, attn, pos, slice(P - 1, T - 1)))
-    else:
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                       logits_to_keep=T - P + 1).logits[:, :-1]
-    logits = logits.float()
-    return logits if temperature == 1.0 else logits / temperature  # the distribution the rollout sampled from
+def response_logits(model, ids, attn, pos, P: int, temperature: float) -> torch.Tensor:
+    """Logits that predict the R response tokens: positions P-1 .. P+R-2. (B, R, V)"""
+    R = ids.shape[1] - P
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
+                   logits_to_keep=R + 1).logits[:, :-1]
+    return logits.float() / temperature  # the same distribution the rollout sampled from
 
 
-def response_values(value_model: ValueModel, ids, attn, pos, P: int, fast: bool = True) -> torch.Tensor:
-    """V(s_t) read at the token before each response token: positions P-1 .. P+R-2. (B, R)"""
-    return value_model(ids, attn, pos, keep=slice(P - 1, ids.shape[1] - 1), fast=fast)
+def response_values(value_model: ValueModel, ids, attn, pos, P: int) -> torch.Tensor:
+    """V(s_t) read at the token before each response token. (B, R)"""
+    R = ids.shape[1] - P
+    return value_model(ids, attn, pos)[:, P - 1:P + R - 1]
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from chatrlhf.modeling import DTYPES, fast_llama_supported, llama_hidden
+from chatrlhf.modeling import DTYPES
 from chatrlhf.reward import reward_backbone_and_head
 
 
@@ -40,18 +40,11 @@ class ValueModel(nn.Module):
         return cls(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor | None = None, keep: slice | None = None,
-                fast: bool = True) -> torch.Tensor:
-        """V at every position (B, T), or at the positions in `keep` only (B, len(keep)). With `keep`
-        and `fast`, a plain fp32 Llama backbone runs modeling.llama_hidden (same numbers, less work)."""
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         # looked up per call, not stored as submodules, so state_dict has each weight once
         backbone, head = reward_backbone_and_head(self.model)
-        if keep is not None and fast and position_ids is not None and fast_llama_supported(backbone):
-            return head(llama_hidden(backbone, input_ids, attention_mask, position_ids, keep)).squeeze(-1).float()
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state  # (B, T, H)
-        if keep is not None:
-            hidden = hidden[:, keep]
         return head(hidden).squeeze(-1).float()  # (B, T)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
