@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from chatrlhf.kl_controller import AdaptiveKLController, FixedKLController
-from chatrlhf.losses import (entropy_from_logits, entropy_from_logprobs, gae_advantages, kl_penalized_rewards,
-                             masked_whiten, ppo_policy_loss, ppo_value_loss)
+from chatrlhf.losses import (discounted_returns, entropy_from_logits, entropy_from_logprobs, gae_advantages,
+                             kl_penalized_rewards, leave_one_out_baseline, masked_whiten, ppo_policy_loss,
+                             ppo_value_loss)
 
 
 def test_gae_matches_hand_computed_example():
@@ -30,6 +31,24 @@ def test_gae_with_lambda_one_gamma_one_is_return_minus_value():
     adv, _ = gae_advantages(rewards, values, torch.ones(1, 4), gamma=1.0, lam=1.0)
     mc = rewards.flip(1).cumsum(1).flip(1)  # Monte-Carlo return-to-go
     assert torch.allclose(adv, mc - values, atol=1e-6)
+
+
+def test_leave_one_out_baseline_centres_each_prompt_group():
+    scores = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 13.0])  # two prompts, three samples each
+    out = leave_one_out_baseline(scores, 3)
+    # 1 - (2+3)/2 = -1.5; 2 - (1+3)/2 = 0; 3 - (1+2)/2 = 1.5; 10 - 11.5; 10 - 11.5; 13 - 10
+    assert torch.allclose(out, torch.tensor([-1.5, 0.0, 1.5, -1.5, -1.5, 3.0]))
+    assert torch.allclose(leave_one_out_baseline(scores + 100.0, 3), out)  # a prompt's level carries no signal
+
+
+def test_discounted_returns_stop_at_the_response_end():
+    rewards = torch.tensor([[0.1, -0.2, 1.0], [0.5, 2.0, 99.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    ret = discounted_returns(rewards, mask, gamma=0.5)
+    # row 0: G2 = 1; G1 = -.2 + .5 = .3; G0 = .1 + .15 = .25. row 1: G1 = 2; G0 = .5 + 1 = 1.5
+    assert torch.allclose(ret, torch.tensor([[0.25, 0.3, 1.0], [1.5, 2.0, 0.0]]))
+    adv, _ = gae_advantages(rewards, torch.zeros_like(rewards), mask, gamma=0.5, lam=1.0)
+    assert torch.allclose(ret, adv)  # GAE with V = 0 and lambda = 1 is the same return
 
 
 def test_kl_penalty_sign_and_placement():

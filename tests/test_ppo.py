@@ -98,6 +98,30 @@ def test_short_ppo_run_raises_mean_reward(tiny_model_dir, tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 12
 
 
+def test_rloo_groups_samples_per_prompt_and_raises_reward_without_a_value_model(tiny_model_dir, tmp_path):
+    cfg = toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4, samples_per_prompt=4,
+                  advantage_estimator="rloo")
+    trainer = make_trainer(tiny_model_dir, tmp_path, cfg)
+    batch = trainer._batch_prompts(0)
+    assert len(batch) == 16 and len({id(p) for p in batch}) == 4
+    assert all(batch[i] is batch[i - i % 4] for i in range(16))  # four samples of a prompt in a row
+    value_before = {k: v.clone() for k, v in trainer.value_model.state_dict().items()}
+    hist = trainer.train(resume=False)
+    first = sum(h["reward"] for h in hist[:3]) / 3
+    last = sum(h["reward"] for h in hist[-3:]) / 3
+    assert last > first + 0.1, [round(h["reward"], 3) for h in hist]
+    assert "vf_loss" not in hist[-1]
+    for k, v in trainer.value_model.state_dict().items():  # RLOO trains no value model
+        assert torch.equal(v, value_before[k]), k
+
+
+def test_rloo_config_needs_groups():
+    with pytest.raises(ValueError, match="samples_per_prompt >= 2"):
+        PPOConfig(advantage_estimator="rloo")
+    with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
+        PPOConfig(rollout_batch_size=30, samples_per_prompt=4)
+
+
 def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
     straight = make_trainer(tiny_model_dir, tmp_path / "a", toy_cfg(total_iterations=4))
     straight.train(resume=False)

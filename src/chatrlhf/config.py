@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -169,7 +169,11 @@ class RMConfig(Section):
 class PPOConfig(Section):
     total_iterations: int = Field(60, description="PPO iterations (one rollout batch + its update epochs each).")
     max_minutes: float = Field(2.5, description="Stop PPO after this many minutes (0 = no limit; 2.5 keeps `chatrlhf run` well under 15 CPU-minutes); the guard's best is still taken.")
-    rollout_batch_size: int = Field(32, description="Prompts per rollout batch.")
+    rollout_batch_size: int = Field(32, description="Responses per rollout batch (rollout_batch_size / samples_per_prompt distinct prompts).")
+    samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt in a rollout batch (RLOO needs at least 2).")
+    advantage_estimator: Literal["gae", "rloo"] = Field(
+        "gae", description="gae: GAE with the value model (initialised from the RM); rloo: the RM score minus the "
+        "mean of the prompt's other samples (leave-one-out, Ahmadian et al. 2024), no value model.")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
     ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(48, description="Maximum response tokens per rollout.")
@@ -200,6 +204,16 @@ class PPOConfig(Section):
     patience: int = Field(4, description="Guard evaluations without a new best win rate before early stop.")
     ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> "PPOConfig":
+        if self.rollout_batch_size % self.samples_per_prompt:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                             f"samples_per_prompt ({self.samples_per_prompt})")
+        if self.advantage_estimator == "rloo" and self.samples_per_prompt < 2:
+            raise ValueError("advantage_estimator 'rloo' needs samples_per_prompt >= 2 (its baseline is the "
+                             "mean score of the prompt's other samples)")
+        return self
 
 
 class IterateConfig(Section):

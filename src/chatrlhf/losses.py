@@ -77,6 +77,22 @@ def gae_advantages(
     return adv, (adv + values) * mask
 
 
+def leave_one_out_baseline(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): each score minus the mean score of the other k-1
+    samples of its prompt. scores: (B,) laid out as B/k consecutive groups of k samples per prompt."""
+    g = scores.view(-1, k)
+    return (g - (g.sum(1, keepdim=True) - g) / (k - 1)).reshape(-1)
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_l gamma^l r_{t+l} over the response (the advantage when there is no value model)."""
+    out, run = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        run = rewards[:, t] + gamma * run * (mask[:, t + 1] if t + 1 < rewards.shape[1] else 0.0)
+        out[:, t] = run
+    return out * mask
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     cliprange: float,

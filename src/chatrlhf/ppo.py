@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from chatrlhf.config import Config, PPOConfig
 from chatrlhf.engine import Engine, SamplingParams
 from chatrlhf.kl_controller import make_kl_controller
-from chatrlhf.losses import (entropy_from_logprobs, gae_advantages, kl_penalized_rewards, masked_mean,
-                             masked_whiten, ppo_policy_loss, ppo_value_loss, token_logprobs)
+from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, kl_penalized_rewards,
+                             leave_one_out_baseline, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss,
+                             token_logprobs)
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
 from chatrlhf.value import ValueModel
 
@@ -135,7 +136,8 @@ def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel, c
         args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
         with _reference(policy, ref_policy) as ref_model:
             ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), args[0][:, p:])
-        val[idx, :r] = response_values(value_model, *args)
+        if cfg.advantage_estimator == "gae":
+            val[idx, :r] = response_values(value_model, *args)
     ro.ref_logprobs, ro.values = ref * ro.mask, val * ro.mask
 
 
@@ -160,10 +162,16 @@ def _reference(policy, ref_policy):
 
 
 def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
-    rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
+    scores = ro.scores
+    if cfg.advantage_estimator == "rloo":  # only differences within a prompt carry signal
+        scores = leave_one_out_baseline(scores, cfg.samples_per_prompt)
+    rewards, kl = kl_penalized_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
-    adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
+    if cfg.advantage_estimator == "rloo":
+        adv = ro.returns = discounted_returns(rewards, ro.mask, cfg.gamma)
+    else:
+        adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
     ro.advantages = masked_whiten(adv, ro.mask)
     ro.stats["kl"] = kl.sum(1).mean().item()  # nats per sequence
     ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
@@ -203,10 +211,12 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel, optimizer, accelera
             logp = F.log_softmax(response_logits(policy, *args, cfg.temperature), dim=-1)  # (b, r, V)
             lp = logp.gather(2, args[0][:, p:].unsqueeze(-1)).squeeze(-1)  # token_logprobs; logp kept for the entropy
             pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
-            v = response_values(value_model, *args)
-            vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
-            loss = pg + cfg.vf_coef * vf
-            stats = {"pg_loss": pg.item(), "vf_loss": vf.item(), **{k: t.item() for k, t in (pg_stats | vf_stats).items()}}
+            loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
+            if cfg.advantage_estimator == "gae":  # RLOO has no value model to train
+                v = response_values(value_model, *args)
+                vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
+                loss = loss + cfg.vf_coef * vf
+                stats |= {"vf_loss": vf.item(), **{k: t.item() for k, t in vf_stats.items()}}
             if ptx_sampler is not None and cfg.ptx_coef > 0:
                 lm = ptx_loss(policy, ptx_sampler())
                 loss = loss + cfg.ptx_coef * lm
@@ -307,12 +317,14 @@ class PPOTrainer:
         return stats
 
     def _batch_prompts(self, it: int) -> list[dict]:
-        """Epoch-wise shuffled prompts, a pure function of (seed, iteration) so resume is exact."""
-        n, bs = len(self.prompts), self.cfg.rollout_batch_size
+        """Epoch-wise shuffled prompts, each repeated samples_per_prompt times in a row (the groups
+        RLOO's baseline needs); a pure function of (seed, iteration) so resume is exact."""
+        n, k = len(self.prompts), self.cfg.samples_per_prompt
+        bs = self.cfg.rollout_batch_size // k
         out = []
-        for k in range(it * bs, (it + 1) * bs):
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + k // n))
-            out.append(self.prompts[perm[k % n].item()])
+        for j in range(it * bs, (it + 1) * bs):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + j // n))
+            out += [self.prompts[perm[j % n].item()]] * k
         return out
 
     def _ptx_sampler(self, it: int) -> Callable[[], torch.Tensor]:
