@@ -162,6 +162,23 @@ def test_guard_early_stops_and_restores_the_best_policy(tiny_model_dir, tmp_path
         assert torch.equal(v, start[k]), k
 
 
+def test_guard_selects_on_the_smoothed_win_rate_not_a_single_noise_peak(tiny_model_dir, tmp_path):
+    cfg = toy_cfg(early_stop="held_out_comparisons", guard_window=3, patience=3)
+    trainer = make_trainer(tiny_model_dir, tmp_path, cfg, guard=LabelerGuard(PROMPTS[:2], ["ok"] * 2, [], seed=0))
+    for it, wr in enumerate([0.5, 0.7, 0.5, 0.55, 0.6, 0.6, 0.62]):  # one lucky 0.7, then a real rise
+        trainer.iteration = it
+        trainer._update_best(wr)
+    # raw selection would keep iteration 1 (0.7); the smoothed one takes the sustained rise at the end
+    assert trainer.best["iteration"] == 6 and trainer.best["win_rate"] == pytest.approx((0.6 + 0.6 + 0.62) / 3)
+    (tmp_path / "raw").mkdir()
+    raw = make_trainer(tiny_model_dir, tmp_path / "raw", toy_cfg(early_stop="held_out_comparisons", guard_window=1),
+                       guard=LabelerGuard(PROMPTS[:2], ["ok"] * 2, [], seed=0))
+    for it, wr in enumerate([0.5, 0.7, 0.5, 0.55, 0.6, 0.6, 0.62]):
+        raw.iteration = it
+        raw._update_best(wr)
+    assert raw.best["iteration"] == 1
+
+
 class _PolicyAlwaysWins:
     """Prefers whatever is not the SFT baseline answer ("ok"); counts its calls."""
 
@@ -178,7 +195,7 @@ def test_guard_takes_a_known_start_without_measuring_it(tiny_model_dir, tmp_path
     labelers prefer afterwards is taken even if a measured start would have come out lucky."""
     likes = _PolicyAlwaysWins()
     guard = LabelerGuard(PROMPTS[:2], ["ok"] * 2, [likes], seed=0)
-    cfg = toy_cfg(total_iterations=2, early_stop="held_out_comparisons", eval_every=1, patience=5)
+    cfg = toy_cfg(total_iterations=2, early_stop="held_out_comparisons", eval_every=1, patience=5, guard_window=1)
     trainer = make_trainer(tiny_model_dir, tmp_path, cfg, guard=guard)
     trainer.start_win_rate = 0.5
     trainer.train(resume=False)

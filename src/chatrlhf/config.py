@@ -44,7 +44,7 @@ class WorldConfig(Section):
     corpus_docs: int = Field(4200, ge=1, description="Documents in the pre-training corpus (~120 chars each; 4200 ~ 500k chars).")
     rumour_rate: float = Field(0.25, ge=0, le=1, description="Share of fact mentions in the corpus that state a false rumour.")
     n_sft_prompts: int = Field(600, ge=0, description="Prompts with demonstrations for SFT.")
-    n_rm_prompts: int = Field(1500, ge=0, description="Prompts whose samples are ranked for the reward model.")
+    n_rm_prompts: int = Field(4000, ge=0, description="Prompts whose samples are ranked for the reward model.")
     n_ppo_prompts: int = Field(600, ge=0, description="Prompts for PPO rollouts.")
     n_eval_prompts: int = Field(400, ge=0, description="Held-out evaluation prompts (disjoint from all training prompts).")
     n_labelers: int = Field(10, ge=2, description="Simulated labelers.")
@@ -201,7 +201,8 @@ class PPOConfig(Section):
     grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
     guard_prompts: int = Field(64, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
     guard_labelers: int = Field(2, ge=1, description="Training labelers who compare each guard prompt's pair (more = a less noisy win rate).")
-    patience: int = Field(4, description="Guard evaluations without a new best win rate before early stop.")
+    patience: int = Field(4, description="Guard evaluations without a new best (smoothed) win rate before early stop.")
+    guard_window: int = Field(3, ge=1, description="The guard selects and stops on the mean of its last guard_window evaluations (1 = raw; a single evaluation is noisy).")
     ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
 

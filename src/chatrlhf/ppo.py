@@ -288,6 +288,7 @@ class PPOTrainer:
         self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
         self.ckpts = Checkpoints(self.out_dir)
         self.iteration, self.best = 0, {"win_rate": -1.0, "iteration": 0, "stale": 0}
+        self.guard_history: list[float] = []  # every guard evaluation, iteration 0 first
         self.history: list[dict[str, float]] = []
         self.stop_reason = "not_started"
 
@@ -349,15 +350,22 @@ class PPOTrainer:
         ro = rollout(self.policy, self.tokenizer, self.guard.prompts, self.cfg, seed=self.seed * 17 + 1)
         return self.guard.win_rate(ro.texts, self.iteration)
 
-    def _update_best(self, win_rate: float) -> bool:
-        if win_rate > self.best["win_rate"]:
-            self.best = {"win_rate": win_rate, "iteration": self.iteration, "stale": 0}
+    def _update_best(self, win_rate: float) -> float:
+        """Record a guard evaluation; a new best *smoothed* win rate (the mean of the last
+        guard_window evaluations) saves the current policy. One evaluation of 64 prompts has a standard
+        error near 0.05, as large as the gains it should see: the best of many raw evaluations is a
+        noise peak, which stopped rounds early. Returns the smoothed win rate."""
+        self.guard_history.append(win_rate)
+        recent = self.guard_history[-self.cfg.guard_window:]
+        smoothed = sum(recent) / len(recent)
+        if smoothed > self.best["win_rate"]:
+            self.best = {"win_rate": smoothed, "iteration": self.iteration, "stale": 0}
             unwrap = self.accelerator.unwrap_model
             torch.save({"policy": _cpu_state(unwrap(self.policy)), "value": _cpu_state(unwrap(self.value_model))},
                        self.out_dir / "best_state.pt")
-            return True
-        self.best["stale"] += 1
-        return False
+        else:
+            self.best["stale"] += 1
+        return smoothed
 
     def restore_best(self) -> None:
         """Load the guard's best weights back (the policy taken before over-optimisation)."""
@@ -369,7 +377,8 @@ class PPOTrainer:
 
     # -- checkpoints
     def save_checkpoint(self) -> Path:
-        state = {"iteration": self.iteration, "kl_coef": self.kl_ctl.value, "best": self.best}
+        state = {"iteration": self.iteration, "kl_coef": self.kl_ctl.value, "best": self.best,
+                 "guard_history": self.guard_history}
         return self.ckpts.save(self.accelerator, self.iteration, state)
 
     def resume(self) -> bool:
@@ -377,6 +386,7 @@ class PPOTrainer:
         if state is None:
             return False
         self.iteration, self.kl_ctl.value, self.best = state["iteration"], state["kl_coef"], state["best"]
+        self.guard_history = list(state.get("guard_history", []))
         return True
 
     # -- loop
@@ -395,7 +405,7 @@ class PPOTrainer:
                 stats = self.step()
                 if self.guard is not None and self.iteration % cfg.eval_every == 0:
                     stats["guard_win_rate"] = self.evaluate_guard()
-                    self._update_best(stats["guard_win_rate"])
+                    stats["guard_win_rate_smoothed"] = self._update_best(stats["guard_win_rate"])
                     stats["guard_best_iteration"] = self.best["iteration"]
                 logger.log(self.iteration, stats)
                 self.history.append(stats)
@@ -552,7 +562,9 @@ def plot_reward_vs_gold(history: list[dict], path: Path) -> None:
     ax[0].plot(its, [h["gold"] for h in history], label="gold (simulated labelers)")
     guard = [(i, h["guard_win_rate"]) for i, h in zip(its, history) if "guard_win_rate" in h]
     if guard:
-        ax[0].plot(*zip(*guard), "o--", label="guard win rate vs SFT")
+        ax[0].plot(*zip(*guard), "o", ms=3, label="guard win rate vs SFT")
+        smooth = [(i, h["guard_win_rate_smoothed"]) for i, h in zip(its, history) if "guard_win_rate_smoothed" in h]
+        ax[0].plot(*zip(*smooth), "-", label="guard, smoothed (selects)")
     ax[0].set_xlabel("PPO iteration")
     ax[0].legend(fontsize=7)
     ax[1].plot(its, [h["kl"] for h in history], color="C3")

@@ -1,0 +1,111 @@
+"""How far can PPO get with this reward model? Best-of-n under the RM, judged by held-out labelers.
+
+    .venv/bin/python bench/bench_rm_ceiling.py [--run runs/default] [--rm DIR ...] [--n 16]
+
+PPO maximises the RM's score at a KL cost; best-of-n sampling from SFT, picking the response the RM
+scores highest, is the same trade without training (KL ~ log n - (n-1)/n nats). If best-of-n by the
+RM stops improving the held-out win rate against SFT while best-of-n by the gold rubric (an oracle
+no real team has) keeps rising, the RM, not PPO, is what limits alignment. On the eval prompts of a
+finished run: n SFT samples (T=1) per prompt, then per n the expected win rate against the SFT's own
+T=1 answer of the eval (held-out labelers, 20 judgements per pair averaged, ties half), its gold
+score, and the same per task. The run's PPO policies are listed beside it for comparison.
+Writes bench/results/rm_ceiling.json; skips with a note when the run is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "rm_ceiling.json"
+
+
+def expected_wins(world, prompts: list[dict], a: list[str], b: list[str], reps: int = 20) -> list[float]:
+    """Per prompt: P(a preferred over b) over `reps` held-out labeler judgements (ties half)."""
+    labs = world.labelers(held_out=True)
+    return [sum(labs[(i + k) % len(labs)].compare(p, x, y, random.Random(i * 100 + k)) for k in range(reps)) / reps
+            for i, (p, x, y) in enumerate(zip(prompts, a, b))]
+
+
+def summarise(world, prompts: list[dict], picks: list[str], baseline: list[str]) -> dict:
+    wins = expected_wins(world, prompts, picks, baseline)
+    by_task: dict[str, list[float]] = defaultdict(list)
+    for p, w in zip(prompts, wins):
+        by_task[p["task"]].append(w)
+    gold = [world.gold(p, t).total for p, t in zip(prompts, picks)]
+    return {"win_rate": round(sum(wins) / len(wins), 4), "gold": round(sum(gold) / len(gold), 4),
+            "win_rate_by_task": {t: round(sum(v) / len(v), 3) for t, v in sorted(by_task.items())}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="runs/default")
+    ap.add_argument("--rm", nargs="*", default=None, help="RM directories (default: the run's rm/ and last round's rm/)")
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    run = ROOT / args.run
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if not (run / "eval" / "sft.json").is_file():
+        RESULTS.write_text(json.dumps({"skipped": f"no finished run at {run}; run `make run` first"}, indent=2))
+        print(f"skipped: no finished run at {run}")
+        return
+
+    import torch
+
+    from chatrlhf.evaluate.models import generate, load_handle, prompt_text
+    from chatrlhf.reward import RewardModel
+    from chatrlhf.world import World
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    world = World.load(run / "world")
+    prompts = world.prompts("eval")
+    evals = {p.stem: json.loads(p.read_text())["items"] for p in (run / "eval").glob("*.json")
+             if p.stem not in ("summary", "meta")}
+    baseline = evals["sft"]["world_sample_responses"]
+    prompts = prompts[: len(baseline)]
+    sft = load_handle("sft", str(run / "sft"))
+    texts = [prompt_text(sft, p["messages"]) for p in prompts]
+    cands = [generate(sft, texts, 48, temperature=1.0, seed=100 + k) for k in range(args.n)]
+    gold = torch.tensor([[world.gold(p, c[i]).total for i, p in enumerate(prompts)] for c in cands])
+    ns = [n for n in (1, 2, 4, 8, 16, 32) if n <= args.n]
+
+    def best_of(scores: torch.Tensor) -> dict:
+        out = {}
+        for n in ns:
+            best = scores[:n].argmax(0)
+            out[f"best_of_{n}"] = summarise(world, prompts, [cands[int(best[i])][i] for i in range(len(prompts))], baseline)
+        return out
+
+    rm_dirs = args.rm if args.rm is not None else [str(run / "rm")] + sorted(str(p.parent) for p in run.glob("rounds/round_*/rm/config.json"))
+    result = {"run": args.run, "n_prompts": len(prompts), "samples_per_prompt": args.n,
+              "oracle_gold": best_of(gold + 1e-6 * torch.rand(gold.shape, generator=torch.Generator().manual_seed(0))),
+              "reward_models": {}, "policies": {}}
+    for d in rm_dirs:
+        rm = RewardModel.load(d, "float32", device="cpu")
+        scores = torch.stack([rm.score([p["messages"] for p in prompts], c).float() for c in cands])
+        result["reward_models"][str(Path(d).relative_to(ROOT) if Path(d).is_absolute() else d)] = best_of(scores)
+    for name, items in evals.items():
+        if name not in ("sft", "base") and "world_sample_responses" in items:
+            result["policies"][name] = summarise(world, prompts, items["world_sample_responses"], baseline)
+    result["seconds"] = round(time.time() - t0, 1)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"expected win rate against SFT (T=1), {len(prompts)} held-out prompts:")
+    for label, table in [("oracle (gold)", result["oracle_gold"]), *result["reward_models"].items()]:
+        print(f"  best-of-n by {label}: " + ", ".join(f"n={k.split('_')[-1]} {v['win_rate']:.3f}" for k, v in table.items()))
+    for name, v in result["policies"].items():
+        print(f"  policy {name}: {v['win_rate']:.3f} (gold {v['gold']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
