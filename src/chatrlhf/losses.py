@@ -138,4 +138,10 @@ def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log pi(y_t) of the given tokens: logits (B, T, V), tokens (B, T) -> (B, T)."""
-    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+    return gather_logprobs(F.log_softmax(logits.float(), dim=-1), tokens)
+
+
+def gather_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The given tokens' entries of a log-softmax (B, T, V) -> (B, T), for callers that keep the
+    log-softmax for something else (PPO's entropy)."""
+    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)

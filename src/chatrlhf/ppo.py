@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from chatrlhf.config import Config, PPOConfig
 from chatrlhf.engine import Engine, SamplingParams
 from chatrlhf.kl_controller import make_kl_controller
-from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, kl_penalized_rewards,
-                             leave_one_out_baseline, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss,
-                             token_logprobs)
+from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, gather_logprobs,
+                             kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
+                             ppo_policy_loss, ppo_value_loss, token_logprobs)
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
 from chatrlhf.value import ValueModel
 
@@ -209,7 +209,7 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel, optimizer, accelera
             args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
             mask = ro.mask[idx, :r]
             logp = F.log_softmax(response_logits(policy, *args, cfg.temperature), dim=-1)  # (b, r, V)
-            lp = logp.gather(2, args[0][:, p:].unsqueeze(-1)).squeeze(-1)  # token_logprobs; logp kept for the entropy
+            lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
             pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
             loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
             if cfg.advantage_estimator == "gae":  # RLOO has no value model to train
