@@ -46,6 +46,42 @@ def summarise(world, prompts: list[dict], picks: list[str], baseline: list[str])
             "win_rate_by_task": {t: round(sum(v) / len(v), 3) for t, v in sorted(by_task.items())}}
 
 
+def knowledge_pairs(world, prompts: list[dict], seed: int = 0) -> dict[str, list[tuple[dict, str, str]]]:
+    """(prompt, right answer, wrong answer) per kind, both answers in the same template."""
+    from chatrlhf.world.writing import fact_sentence
+
+    rng = random.Random(seed)
+    pairs: dict[str, list[tuple[dict, str, str]]] = defaultdict(list)
+    for p in prompts:
+        task, ref = p["task"], p["reference"]
+        if task == "fact":
+            say = lambda value, v=rng.randrange(3): fact_sentence(ref["entity"], ref["entity_type"],  # noqa: E731
+                                                                   ref["attribute"], value, rng, v)
+            others = [x for x in world.facts.domains[ref["attribute"]] if x not in (ref["value"], ref["rumour"])]
+            pairs["fact_vs_rumour"].append((p, say(ref["value"]), say(ref["rumour"])))
+            pairs["fact_vs_other_value"].append((p, say(ref["value"]), say(rng.choice(others))))
+        elif task in ("list_first", "list_last"):
+            pos = task.split("_")[1]
+            wrong = rng.choice([x for x in ref["items"] if x != ref["answer"]])
+            pairs["list_item"].append((p, f"The {pos} item is {ref['answer']}.", f"The {pos} item is {wrong}."))
+        elif task == "count":
+            off = ref["answer"] + rng.choice([-1, 1])
+            pairs["count"].append((p, f"There are {ref['answer']} items.", f"There are {off} items."))
+        elif task == "repeat":
+            off = max(1, ref["n"] + rng.choice([-1, 1]))
+            pairs["repeat"].append((p, " ".join([ref["word"]] * ref["n"]), " ".join([ref["word"]] * off)))
+    return dict(pairs)
+
+
+def pair_accuracy(pairs: dict[str, list[tuple[dict, str, str]]], score) -> dict[str, float]:
+    """Share of pairs where score(right) > score(wrong), ties half; `score(prompts, answers)` -> list."""
+    out = {}
+    for kind, ps in pairs.items():
+        right, wrong = score([p for p, _, _ in ps], [r for _, r, _ in ps]), score([p for p, _, _ in ps], [w for _, _, w in ps])
+        out[kind] = round(sum((a > b) + 0.5 * (a == b) for a, b in zip(right, wrong)) / len(ps), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/default")
@@ -62,8 +98,8 @@ def main() -> None:
 
     import torch
 
-    from chatrlhf.evaluate.models import generate, load_handle, prompt_text
-    from chatrlhf.reward import RewardModel
+    from chatrlhf.evaluate.models import continuation_logprobs, encode_prompt, generate, load_handle, prompt_text
+    from chatrlhf.reward import RewardModel, encode
     from chatrlhf.world import World
 
     torch.set_num_threads(args.threads)
@@ -90,11 +126,22 @@ def main() -> None:
     rm_dirs = args.rm if args.rm is not None else [str(run / "rm")] + sorted(str(p.parent) for p in run.glob("rounds/round_*/rm/config.json"))
     result = {"run": args.run, "n_prompts": len(prompts), "samples_per_prompt": args.n,
               "oracle_gold": best_of(gold + 1e-6 * torch.rand(gold.shape, generator=torch.Generator().manual_seed(0))),
-              "reward_models": {}, "policies": {}}
+              "reward_models": {}, "policies": {}, "knowledge_probe": {}}
+    pairs = knowledge_pairs(world, prompts)
+
+    def sft_loglik(ps: list[dict], answers: list[str]) -> list[float]:
+        ctx = [encode_prompt(sft, prompt_text(sft, p["messages"])) for p in ps]
+        full = [encode(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
+        return continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])
+
+    result["knowledge_probe"]["sft_likelihood"] = pair_accuracy(pairs, sft_loglik)
     for d in rm_dirs:
         rm = RewardModel.load(d, "float32", device="cpu")
         scores = torch.stack([rm.score([p["messages"] for p in prompts], c).float() for c in cands])
-        result["reward_models"][str(Path(d).relative_to(ROOT) if Path(d).is_absolute() else d)] = best_of(scores)
+        name = str(Path(d).relative_to(ROOT) if Path(d).is_absolute() else d)
+        result["reward_models"][name] = best_of(scores)
+        result["knowledge_probe"][name] = pair_accuracy(
+            pairs, lambda ps, answers: rm.score([p["messages"] for p in ps], answers).tolist())
     for name, items in evals.items():
         if name not in ("sft", "base") and "world_sample_responses" in items:
             result["policies"][name] = summarise(world, prompts, items["world_sample_responses"], baseline)
@@ -105,6 +152,10 @@ def main() -> None:
         print(f"  best-of-n by {label}: " + ", ".join(f"n={k.split('_')[-1]} {v['win_rate']:.3f}" for k, v in table.items()))
     for name, v in result["policies"].items():
         print(f"  policy {name}: {v['win_rate']:.3f} (gold {v['gold']:.3f})")
+    print("knowledge probe, share of clean pairs ranked right (" +
+          ", ".join(f"{k} {len(v)}" for k, v in pairs.items()) + "):")
+    for name, acc in result["knowledge_probe"].items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
 
 
 if __name__ == "__main__":
