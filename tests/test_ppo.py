@@ -239,3 +239,20 @@ def test_nan_loss_stops_with_clear_message(tiny_model_dir, tmp_path):
     trainer.reward_fn = lambda prompts, texts: torch.full((len(texts),), float("nan"))
     with pytest.raises(PPOInstabilityError, match="nan at iteration 2.*last good checkpoint kept in .*step_000001"):
         trainer.train(resume=False)
+
+
+def test_summary_reports_the_selected_policys_own_rollout():
+    """history[k] holds iteration k+1, sampled from the policy after k updates: when the guard keeps the
+    starting policy (iteration 0), meta.json must describe it, not the last, most drifted iteration."""
+    from types import SimpleNamespace
+
+    from chatrlhf.config import Config
+    from chatrlhf.ppo import _summary
+
+    history = [{"reward": r, "gold": 0.5, "kl": kl} for r, kl in [(0.1, 0.0), (0.3, 0.7), (0.9, 3.2)]]
+    trainer = SimpleNamespace(guard=object(), best={"iteration": 0, "win_rate": 0.5}, iteration=3, stop_reason="early_stop")
+    meta = _summary(Config(), trainer, history, 1.0, 1.0, "p", "r", "s")
+    assert (meta["selected_iteration"], meta["kl"], meta["reward"]) == (0, 0.0, 0.1)
+    assert meta["final_iteration_kl"] == 3.2
+    trainer.best["iteration"] = 1
+    assert _summary(Config(), trainer, history, 1.0, 1.0, "p", "r", "s")["kl"] == 0.7
