@@ -55,8 +55,11 @@ def knowledge_pairs(world, prompts: list[dict], seed: int = 0) -> dict[str, list
     for p in prompts:
         task, ref = p["task"], p["reference"]
         if task == "fact":
-            say = lambda value, v=rng.randrange(3): fact_sentence(ref["entity"], ref["entity_type"],  # noqa: E731
-                                                                   ref["attribute"], value, rng, v)
+            variant = rng.randrange(3)  # one sentence template for the right and the wrong answer
+
+            def say(value: str) -> str:
+                return fact_sentence(ref["entity"], ref["entity_type"], ref["attribute"], value, rng, variant)
+
             others = [x for x in world.facts.domains[ref["attribute"]] if x not in (ref["value"], ref["rumour"])]
             pairs["fact_vs_rumour"].append((p, say(ref["value"]), say(ref["rumour"])))
             pairs["fact_vs_other_value"].append((p, say(ref["value"]), say(rng.choice(others))))

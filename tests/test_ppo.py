@@ -256,3 +256,5 @@ def test_summary_reports_the_selected_policys_own_rollout():
     assert meta["final_iteration_kl"] == 3.2
     trainer.best["iteration"] = 1
     assert _summary(Config(), trainer, history, 1.0, 1.0, "p", "r", "s")["kl"] == 0.7
+    trainer.iteration, trainer.best["iteration"] = 5, 3  # resumed at 2: history holds iterations 3 to 5
+    assert _summary(Config(), trainer, history, 1.0, 1.0, "p", "r", "s")["kl"] == 0.7

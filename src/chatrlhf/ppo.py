@@ -536,9 +536,11 @@ def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: 
              policy_dir: Path, rm_dir: Path, ref_dir: Path) -> dict[str, Any]:
     last = history[-1] if history else {}
     best_it = trainer.best["iteration"] if trainer.guard is not None else trainer.iteration
-    # history[k] is iteration k+1, whose rollout was sampled from the policy after k updates: the
-    # selected policy's own samples are history[best_it] (none yet when the last iteration is taken)
-    at_best = history[best_it] if best_it < len(history) else last
+    # history holds this process's iterations (a resumed run starts mid-way); each one's rollout was
+    # sampled from the policy before its update, so the selected policy's own samples are at
+    # best_it - first. The final policy has none: its last rollout is the nearest.
+    first = trainer.iteration - len(history)
+    at_best = history[min(best_it - first, len(history) - 1)] if history and best_it >= first else {}
     return {"stage": "ppo", "policy_init": str(policy_dir), "reference": str(ref_dir), "reward_model": str(rm_dir),
             "iterations": trainer.iteration, "stop_reason": trainer.stop_reason,
             "selected_iteration": best_it, "guard": cfg.ppo.early_stop, "guard_win_rate": trainer.best["win_rate"],
