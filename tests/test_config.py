@@ -13,6 +13,16 @@ def test_default_yaml_matches_models():
     assert cfg.run.out_dir
 
 
+def test_every_shipped_config_validates():
+    from pathlib import Path
+
+    paths = sorted(Path("configs").glob("*.yaml"))
+    assert {p.name for p in paths} >= {"default.yaml", "tiny.yaml", "large_rm.yaml"}
+    for p in paths:
+        load_config(p, [])  # an unknown or renamed key raises ConfigError naming it
+    assert load_config("configs/large_rm.yaml", []).rm.labelers_per_prompt == 3
+
+
 def test_override_sets_nested_value():
     cfg = load_config(None, ["ppo.kl_coef=0.5", "sft.lora.r=4", "model.name_or_path=gpt2"])
     assert cfg.ppo.kl_coef == 0.5 and cfg.sft.lora.r == 4 and cfg.model.name_or_path == "gpt2"
