@@ -163,20 +163,20 @@ def test_guard_early_stops_and_restores_the_best_policy(tiny_model_dir, tmp_path
 
 
 def test_guard_selects_on_the_smoothed_win_rate_not_a_single_noise_peak(tiny_model_dir, tmp_path):
-    cfg = toy_cfg(early_stop="held_out_comparisons", guard_window=3, patience=3)
-    trainer = make_trainer(tiny_model_dir, tmp_path, cfg, guard=LabelerGuard(PROMPTS[:2], ["ok"] * 2, [], seed=0))
-    for it, wr in enumerate([0.5, 0.7, 0.5, 0.55, 0.6, 0.6, 0.62]):  # one lucky 0.7, then a real rise
-        trainer.iteration = it
-        trainer._update_best(wr)
-    # raw selection would keep iteration 1 (0.7); the smoothed one takes the sustained rise at the end
-    assert trainer.best["iteration"] == 6 and trainer.best["win_rate"] == pytest.approx((0.6 + 0.6 + 0.62) / 3)
-    (tmp_path / "raw").mkdir()
-    raw = make_trainer(tiny_model_dir, tmp_path / "raw", toy_cfg(early_stop="held_out_comparisons", guard_window=1),
-                       guard=LabelerGuard(PROMPTS[:2], ["ok"] * 2, [], seed=0))
-    for it, wr in enumerate([0.5, 0.7, 0.5, 0.55, 0.6, 0.6, 0.62]):
-        raw.iteration = it
-        raw._update_best(wr)
-    assert raw.best["iteration"] == 1
+    def best_after(window: int) -> dict:
+        cfg = toy_cfg(early_stop="held_out_comparisons", guard_window=window, patience=3)
+        (tmp_path / str(window)).mkdir()
+        trainer = make_trainer(tiny_model_dir, tmp_path / str(window), cfg,
+                               guard=LabelerGuard(PROMPTS[:2], ["ok"] * 2, [], seed=0))
+        for it, wr in enumerate([0.5, 0.7, 0.5, 0.55, 0.6, 0.6, 0.62]):  # one lucky 0.7, then a real rise
+            trainer.iteration = it
+            trainer._update_best(wr)
+        return trainer.best
+
+    # the smoothed guard takes the sustained rise at the end; raw selection keeps the lucky iteration 1
+    smoothed = best_after(3)
+    assert smoothed["iteration"] == 6 and smoothed["win_rate"] == pytest.approx((0.6 + 0.6 + 0.62) / 3)
+    assert best_after(1)["iteration"] == 1
 
 
 class _PolicyAlwaysWins:

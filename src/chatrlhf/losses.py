@@ -85,12 +85,9 @@ def leave_one_out_baseline(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """G_t = sum_l gamma^l r_{t+l} over the response (the advantage when there is no value model)."""
-    out, run = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        run = rewards[:, t] + gamma * run * (mask[:, t + 1] if t + 1 < rewards.shape[1] else 0.0)
-        out[:, t] = run
-    return out * mask
+    """G_t = sum_l gamma^l r_{t+l} over the response (the advantage when there is no value model):
+    GAE with V = 0 and lambda = 1, so the backward recursion lives in one place."""
+    return gae_advantages(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)[0]
 
 
 def ppo_policy_loss(
