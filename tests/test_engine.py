@@ -198,3 +198,45 @@ def test_a_bad_join_leaves_the_running_batch_intact(eng):
     while not batch.done:
         batch.step()
     assert [batch.result(i).token_ids for i in range(2)] == alone
+
+
+def test_continuous_batching_gives_each_prompt_what_it_gets_alone(eng):
+    """More prompts than max_batch: waiting prompts join as rows finish (and the finished rows'
+    cache columns are trimmed); every prompt still samples exactly what it samples alone."""
+    texts = ["Hello", "Zorbel Quint is a baker who lives in", "Thank you", "List: apple, pear, plum. Count:",
+             "Question: what is two plus two?", "Hi", "The capital of Varnok is"]
+    prompts = [_ids(eng, t) for t in texts]
+    p = SamplingParams(max_new_tokens=10, temperature=1.0, seed=5)
+    free = eng.generate(prompts, p)
+    old, old_batch = eng.eos_ids, eng.max_batch
+    eng.eos_ids = {free[0].token_ids[1], free[3].token_ids[4]}  # rows end at different steps
+    try:
+        alone = [eng.generate([x], SamplingParams(max_new_tokens=10, temperature=1.0, seed=5 + i)) for i, x in enumerate(prompts)]
+        eng.max_batch = 4
+        together = eng.generate(prompts, p)
+    finally:
+        eng.eos_ids, eng.max_batch = old, old_batch
+    assert [g.token_ids for g in together] == [a[0].token_ids for a in alone]
+    for g, a in zip(together, alone):  # log-probs see any change of context, tokens rarely do
+        assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(a[0].logprobs), atol=1e-5)
+    assert len({len(g.token_ids) for g in together}) > 1  # rows did finish at different steps
+
+
+def test_a_finished_long_row_leaves_the_cache_as_wide_as_the_live_rows(eng):
+    long, short = _ids(eng, "Zorbel Quint is a baker who lives in Varnok. Her favourite"), _ids(eng, "Hi")
+    p = SamplingParams(max_new_tokens=6, temperature=0.0)
+    first = eng.generate([long], p)[0].token_ids[0]
+    old, eng.eos_ids = eng.eos_ids, {first}  # the long row ends at its first token
+    try:
+        batch = eng.batch([long, short], p)
+        batch.step()
+        if batch.result(1).token_ids[0] == first:
+            pytest.skip("both rows ended together")
+        assert batch.mask.shape[1] == len(short) + 1  # the long prompt's columns are gone
+        while not batch.done:
+            batch.step()
+        alone = eng.generate([short], p)[0]
+    finally:
+        eng.eos_ids = old
+    assert batch.result(1).token_ids == alone.token_ids
+    assert torch.allclose(torch.tensor(batch.result(1).logprobs), torch.tensor(alone.logprobs), atol=1e-5)

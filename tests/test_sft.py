@@ -15,7 +15,7 @@ from chatrlhf import sft
 from chatrlhf.config import Config
 from chatrlhf.conversations import DataError
 from chatrlhf.modeling import load_tokenizer, read_meta
-from chatrlhf.training import NonFiniteLossError
+from chatrlhf.training import NonFiniteLossError, length_grouped_batches
 
 CONV = [{"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Question: what is two plus two?"},
@@ -83,7 +83,7 @@ def test_everything_truncated_away_is_an_error(tok):
 def test_length_grouped_batches_cover_all_and_reduce_padding():
     rng = random.Random(0)
     lengths = [rng.randint(5, 200) for _ in range(400)]
-    batches = sft.length_grouped_batches(lengths, 8, seed=1)
+    batches = length_grouped_batches(lengths, 8, seed=1)
     assert sorted(i for b in batches for i in b) == list(range(400))
     pad = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
     order = list(range(400))

@@ -153,6 +153,7 @@ class RMConfig(Section):
     allow_ties: bool = Field(True, description="Accept tied ranks (they give no pair); False makes a duplicate rank an error.")
     temperature: float = Field(1.0, description="Sampling temperature for the K responses.")
     max_new_tokens: int = Field(48, description="Maximum response tokens when sampling.")
+    sample_batch: int = Field(256, description="Responses decoded together when sampling (continuous batching).")
     max_len: int = Field(256, description="Maximum tokens of prompt plus response.")
     batch_prompts: int = Field(8, description="Prompts per optimizer step (all of a prompt's pairs share a batch).")
     epochs: float = Field(2.0, description="Passes over the comparisons.")

@@ -196,6 +196,16 @@ class DecodeBatch:
         self.padded = not bool(self.mask.all())
         self._knobs = None
 
+    def _trim(self) -> None:
+        """Drop leading cache columns that no live row attends to (padding left by finished rows), so
+        that under continuous batching the cache stays as wide as its longest live row."""
+        used = self.mask.any(0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        if first and self.can_join():
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]
+
     def can_join(self) -> bool:
         """Joining edits plain DynamicLayer caches; other cache kinds (sliding windows) start new batches."""
         from transformers.cache_utils import DynamicLayer
@@ -261,6 +271,7 @@ class DecodeBatch:
             self.cache.batch_select_indices(idx)
             self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
             self.mask = self.mask[idx]
+            self._trim()
             self.padded = not bool(self.mask.all())
         self.pos = self.pos + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], 1)
@@ -351,16 +362,33 @@ class Engine:
     # --- public API (docs/ARCHITECTURE.md "Generation engine") ------------------------------
 
     def generate(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[Generation]:
+        """One response per prompt. Prompt i samples with seed + i. More prompts than max_batch are
+        decoded with continuous batching: waiting prompts join the running batch whenever a quarter
+        of its rows have finished, so short answers do not leave the batch half empty."""
         params = params or SamplingParams()
-        out: list[Generation] = []
-        for lo in range(0, len(prompt_id_lists), self.max_batch):
-            chunk = prompt_id_lists[lo: lo + self.max_batch]
-            seeded = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + lo})
-            b = self.batch(chunk, seeded)
-            while not b.done:
-                b.step()
-            out += [b.result(i) for i in range(len(chunk))]
-        return out
+        n = len(prompt_id_lists)
+        base = params.seed if params.seed is not None else random.getrandbits(62)
+        refill = max(1, self.max_batch // 4)
+        b: DecodeBatch | None = None
+        rows: list[int] = []  # batch row -> prompt index
+        nxt = 0
+        while nxt < n or (b is not None and not b.done):
+            live = 0 if b is None or b.done else len(b.active)
+            room = min(self.max_batch - live, n - nxt)
+            if room and (live == 0 or (room >= refill and b.can_join())):
+                idx = range(nxt, nxt + room)
+                args = ([prompt_id_lists[i] for i in idx], [params] * room, [base + i for i in idx])
+                if b is None:
+                    b = DecodeBatch(self, *args)
+                else:
+                    b.join(*args)
+                rows += idx
+                nxt += room
+            b.step()
+        out: list[Generation | None] = [None] * n
+        for r, i in enumerate(rows):
+            out[i] = b.result(r)
+        return out  # type: ignore[return-value]
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation ready for the assistant's next turn."""
@@ -438,10 +466,10 @@ def resolve_model(cfg, model: str | Path | None = None) -> Path:
                             "run `chatrlhf run` first or pass --model DIR")
 
 
-def load_engine(model_dir: str | Path, dtype: str = "float32", device: str = "auto") -> Engine:
+def load_engine(model_dir: str | Path, dtype: str = "float32", device: str = "auto", max_batch: int = 64) -> Engine:
     from chatrlhf.modeling import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(model_dir, dtype)
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         model = model.to("cuda")
-    return Engine(model, load_tokenizer(model_dir))
+    return Engine(model, load_tokenizer(model_dir), max_batch)

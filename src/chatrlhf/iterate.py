@@ -57,7 +57,7 @@ def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict
     from chatrlhf.sampling import assign_splits, label_with_world, sample_responses
 
     rng = random.Random(cfg.run.seed * 1000 + r)
-    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device)
+    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
     samples = sample_responses(engine, [p["messages"] for p in prompts], cfg.rm.k, cfg)
     splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
     comparisons = [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),

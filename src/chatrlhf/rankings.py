@@ -302,13 +302,6 @@ def make_batch(comparisons: list[dict], exclude_labelers: set[str] | frozenset =
     return PairBatch(seqs, chosen, rejected, weight, n_groups)
 
 
-def prompt_batches(n: int, batch_prompts: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled comparison indices in chunks of `batch_prompts` (one epoch)."""
-    order = list(range(n))
-    rng.shuffle(order)
-    return [order[i : i + batch_prompts] for i in range(0, n, batch_prompts)]
-
-
 def labeler_agreement(comparisons: list[dict], labelers: set[str] | None = None) -> tuple[float, int]:
     """Inter-labeler agreement (InstructGPT sec. 3.4): over every two rankings of the same comparison,
     the share of pairs strictly ordered by both that they order the same way. Returns (rate, n)."""

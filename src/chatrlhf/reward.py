@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from contextlib import contextmanager
@@ -32,10 +31,10 @@ from transformers import AutoModelForSequenceClassification
 from chatrlhf.config import Config
 from chatrlhf.losses import ranking_loss
 from chatrlhf.modeling import DTYPES, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
-from chatrlhf.rankings import (PairBatch, labeler_agreement, load_comparisons, make_batch, prompt_batches,
+from chatrlhf.rankings import (PairBatch, labeler_agreement, load_comparisons, make_batch,
                                ranking_pairs, split_by_prompt)
-from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
-                               progress_bar)
+from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, length_grouped_batches,
+                               make_accelerator, progress_bar)
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
@@ -300,6 +299,8 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     rc = cfg.rm
     acc = make_accelerator(cfg.run.seed, "no", cfg.run.device)
     n_batches = math.ceil(len(train) / rc.batch_prompts)
+    widths = [max(map(len, seqs)) for seqs in tokens]  # a prompt's K responses pad to its longest
+    batches, batches_epoch = [], -1
     total = max(1, math.ceil(rc.epochs * n_batches))
     opt = torch.optim.AdamW(model.parameters(), lr=rc.learning_rate, weight_decay=rc.weight_decay)
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
@@ -314,7 +315,9 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
         task = bar.add_task("rm", total=total, completed=start, info="")
         for step in range(start, total):
             epoch, pos = divmod(step, n_batches)  # data order is a function of (seed, epoch): resume-exact
-            idx = prompt_batches(len(train), rc.batch_prompts, random.Random(cfg.run.seed * 1000 + epoch))[pos]
+            if epoch != batches_epoch:
+                batches, batches_epoch = length_grouped_batches(widths, rc.batch_prompts, cfg.run.seed * 1000 + epoch), epoch
+            idx = batches[pos]
             pb: PairBatch = make_batch([train[i] for i in idx], held_out)
             batch = collate([tokens[idx[g]][k] for g, k in pb.sequences], tok.pad_token_id)
             rewards = raw_rewards(model, {k: v.to(acc.device) for k, v in batch.items()})  # (S,) one per response

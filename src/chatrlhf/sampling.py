@@ -60,10 +60,12 @@ def assign_splits(prompts: list[dict], val_fraction: float, rng: random.Random) 
 # --- sampling -------------------------------------------------------------------------------
 
 
-def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config, chunk_prompts: int = 16) -> list[list[str]]:
-    """K samples per conversation at cfg.rm.temperature, in chunks under a progress bar."""
+def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config) -> list[list[str]]:
+    """K samples per conversation at cfg.rm.temperature, in chunks under a progress bar. A chunk is
+    k times the engine's batch, so continuous batching keeps the batch full for most of it."""
     from chatrlhf.engine import SamplingParams
 
+    chunk_prompts = max(1, engine.max_batch)
     out: list[list[str]] = []
     with progress_bar("sample") as bar:
         task = bar.add_task("sample", total=len(message_lists), info=f"K={k}")
@@ -139,7 +141,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     else:
         raise FileNotFoundError(f"no world at {cfg.stage_dir('world')}: run `chatrlhf world` or pass --conversations")
     splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
-    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device)
+    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
     n_new = k - 1 if conversations else k
     samples = sample_responses(engine, [p["messages"] for p in prompts], n_new, cfg)
     comparisons = []

@@ -31,8 +31,8 @@ from chatrlhf.conversations import Conversation, DataError, load_conversations
 from chatrlhf.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.modeling import load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.tokenizer import document_eos, ensure_chat_template
-from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, make_accelerator,
-                               progress_bar)
+from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, length_grouped_batches,
+                               make_accelerator, progress_bar)
 
 console = Console(stderr=True)
 IGNORE = -100  # label id that cross-entropy skips
@@ -127,21 +127,6 @@ def split_examples(examples: list[Example], val_fraction: float, seed: int) -> t
 
 
 # --- batches: length-grouped or packed ----------------------------------------------------------
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Shuffle, sort within mega-batches of 50 batches by length, then shuffle the batch order:
-    similar lengths share a batch (little padding) while the order stays random."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * 50
-    batches = []
-    for i in range(0, len(order), mega):
-        chunk = sorted(order[i:i + mega], key=lambda j: lengths[j], reverse=True)
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def pack(examples: list[Example], max_len: int, seed: int) -> list[list[Example]]:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -72,6 +73,21 @@ class WarmupCosine:
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
     """LambdaLR with WarmupCosine; `sched.lr_lambdas[0].total_steps` may be changed mid-run."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_lr_ratio))
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffle, sort within mega-batches of 50 batches by length, then shuffle the batch order:
+    similar lengths share a batch (little padding) while the order stays random."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * 50
+    batches = []
+    for i in range(0, len(order), mega):
+        chunk = sorted(order[i:i + mega], key=lambda j: lengths[j], reverse=True)
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def check_finite(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None = None) -> None:
