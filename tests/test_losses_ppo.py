@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from chatrlhf.kl_controller import AdaptiveKLController, FixedKLController
-from chatrlhf.losses import (discounted_returns, entropy_from_logits, entropy_from_logprobs, gae_advantages,
+from chatrlhf.losses import (discounted_returns, sft_loglik_rewards, entropy_from_logits, entropy_from_logprobs, gae_advantages,
                              kl_penalized_rewards, leave_one_out_baseline, masked_whiten, ppo_policy_loss,
                              ppo_value_loss)
 
@@ -61,6 +61,16 @@ def test_kl_penalty_sign_and_placement():
     # the RM score lands on the last *response* token only (index 2 for row 0, 1 for row 1)
     assert torch.allclose(kl, torch.tensor([[1.0, 0.0, -0.5], [1.0, 0.0, 0.0]]))
     assert torch.allclose(rewards, torch.tensor([[-0.1, 0.0, 0.05 + 2.0], [-0.1, -1.0, 0.0]]))
+
+
+def test_sft_loglik_reward_is_the_mean_log_likelihood_paid_per_token():
+    ref = torch.tensor([[-0.1, -0.2, -0.3], [-0.1, -4.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    r = sft_loglik_rewards(ref, mask, coef=2.0)
+    # row 0: 2 * [-0.1, -0.2, -0.3] / 3; row 1: two tokens, the padded third pays nothing
+    assert torch.allclose(r, torch.tensor([[-0.2 / 3, -0.4 / 3, -0.2], [-0.1, -4.0, 0.0]]))
+    assert torch.allclose(r.sum(1), 2.0 * torch.tensor([-0.2, -2.05]))  # coef * mean log pi_SFT(y)
+    assert r[1, 1] < r[1, 0]  # the token the SFT model finds unlikely (a wrong fact) pays the most
 
 
 def test_policy_loss_clips_ratio_and_stops_gradient():

@@ -203,6 +203,21 @@ def test_guard_takes_a_known_start_without_measuring_it(tiny_model_dir, tmp_path
     assert trainer.best["iteration"] == 1 and trainer.best["win_rate"] == 1.0
 
 
+def test_a_measured_start_is_averaged_over_the_guard_window(tiny_model_dir, tmp_path):
+    """A later round starts from a policy whose win rate is unknown: iteration 0 is evaluated
+    guard_window times and scored by their mean, like every later (smoothed) iteration, instead of
+    by one draw that, when lucky, kept the start policy for the whole round."""
+    cfg = toy_cfg(total_iterations=0, early_stop="held_out_comparisons", guard_window=3)
+    trainer = make_trainer(tiny_model_dir, tmp_path, cfg, guard=LabelerGuard(PROMPTS[:2], ["ok"] * 2, [], seed=0))
+    draws = iter([0.9, 0.5, 0.4])  # repeats 1 and 2 come first, the plain evaluation last
+    calls = []
+    trainer.evaluate_guard = lambda repeat=0: (calls.append(repeat), next(draws))[1]
+    trainer.train(resume=False)
+    assert sorted(calls) == [0, 1, 2]
+    assert trainer.guard_history == [0.9, 0.5, 0.4]
+    assert trainer.best["iteration"] == 0 and trainer.best["win_rate"] == pytest.approx(0.6)
+
+
 class _CountingLabeler:
     def __init__(self, verdict: float):
         self.verdict, self.calls = verdict, 0

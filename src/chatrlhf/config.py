@@ -182,6 +182,8 @@ class PPOConfig(Section):
     learning_rate: float = Field(5e-5, description="Policy and value AdamW learning rate.")
     kl_coef: float = Field(0.05, description="Initial coefficient of the per-token KL penalty to the SFT model.")
     adaptive_kl: bool = Field(False, description="Adapt kl_coef towards target_kl (Ziegler et al. 2019).")
+    sft_loglik_coef: float = Field(0.0, description="Weight of the SFT model's length-normalised log-likelihood of the "
+                                   "response, added to the reward token by token (0 = off).")
     target_kl: float = Field(6.0, description="Target KL (nats per sequence) for the adaptive controller.")
     horizon: int = Field(10000, description="Adaptive KL controller horizon.")
     cliprange: float = Field(0.2, description="PPO policy ratio clip.")

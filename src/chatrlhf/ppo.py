@@ -8,7 +8,8 @@ every token. Each iteration:
                    and keep the old log-probs of the logits it sampled from
     2. score       RM score, missing-EOS penalty, gold score for logging (score_rollout)
     3. evaluate    reference log-probs, values                            (evaluate_rollout)
-    4. advantages  KL-penalised per-token rewards, GAE, whitening        (compute_advantages)
+    4. advantages  KL-penalised per-token rewards (+ the SFT model's      (compute_advantages)
+                   log-likelihood of the response), GAE, whitening
     5. update      ppo_epochs x mini-batches of clipped surrogate + clipped value loss
                    (+ PPO-ptx LM loss on pre-training text)              (ppo_update)
 
@@ -37,7 +38,7 @@ from chatrlhf.engine import Engine, SamplingParams
 from chatrlhf.kl_controller import make_kl_controller
 from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, gather_logprobs,
                              kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
-                             ppo_policy_loss, ppo_value_loss, token_logprobs)
+                             ppo_policy_loss, ppo_value_loss, sft_loglik_rewards, token_logprobs)
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
 from chatrlhf.value import ValueModel
 
@@ -166,6 +167,9 @@ def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
     if cfg.advantage_estimator == "rloo":  # only differences within a prompt carry signal
         scores = leave_one_out_baseline(scores, cfg.samples_per_prompt)
     rewards, kl = kl_penalized_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
+    if cfg.sft_loglik_coef:
+        rewards = rewards + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.sft_loglik_coef)
+        ro.stats["sft_loglik"] = masked_mean(ro.ref_logprobs, ro.mask, dim=1).mean().item()
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
     if cfg.advantage_estimator == "rloo":
@@ -346,9 +350,10 @@ class PPOTrainer:
                 "Lower ppo.learning_rate, raise ppo.kl_coef or use ppo.adaptive_kl=true.")
 
     # -- guard
-    def evaluate_guard(self) -> float:
-        ro = rollout(self.policy, self.tokenizer, self.guard.prompts, self.cfg, seed=self.seed * 17 + 1)
-        return self.guard.win_rate(ro.texts, self.iteration)
+    def evaluate_guard(self, repeat: int = 0) -> float:
+        """One guard evaluation; `repeat` k > 0 draws fresh samples and judgements of the same policy."""
+        ro = rollout(self.policy, self.tokenizer, self.guard.prompts, self.cfg, seed=self.seed * 17 + 1 + 1000 * repeat)
+        return self.guard.win_rate(ro.texts, self.iteration - 1000 * repeat)
 
     def _update_best(self, win_rate: float) -> float:
         """Record a guard evaluation; a new best *smoothed* win rate (the mean of the last
@@ -398,9 +403,14 @@ class PPOTrainer:
         with progress_bar("ppo") as bar:
             task = bar.add_task("ppo", total=cfg.total_iterations, completed=self.iteration, info="")
             if self.guard is not None and self.iteration == 0:  # iteration 0 = the starting policy
-                # measuring a known 0.5 only adds noise: a lucky 0.56 there kept whole rounds at SFT
-                start = self.start_win_rate
-                self._update_best(self.evaluate_guard() if start is None else start)
+                # measuring a known 0.5 only adds noise: a lucky 0.56 there kept whole rounds at SFT.
+                # An unknown start (a later round's policy) is measured guard_window times, so its
+                # score is a mean like every later one, not a single draw that may be a noise peak.
+                if self.start_win_rate is None:
+                    self.guard_history += [self.evaluate_guard(k) for k in range(1, cfg.guard_window)]
+                    self._update_best(self.evaluate_guard())
+                else:
+                    self._update_best(self.start_win_rate)
             while self.iteration < cfg.total_iterations:
                 stats = self.step()
                 if self.guard is not None and self.iteration % cfg.eval_every == 0:
