@@ -13,7 +13,7 @@ def comparisons(tag: str, n: int) -> list[dict]:
 
 
 def test_continue_mode_trains_on_fresh_comparisons_plus_as_many_replayed(tmp_path):
-    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "iterate.rm_mode=continue"])
     write_comparisons(comparisons("r1", 10), cfg.stage_dir("rm") / "comparisons.jsonl")
     write_comparisons(comparisons("r2", 3), round_dir(cfg, 2) / "comparisons.jsonl")
     data = round_rm_data(cfg, 2)
@@ -23,5 +23,5 @@ def test_continue_mode_trains_on_fresh_comparisons_plus_as_many_replayed(tmp_pat
     assert len(old) == 3 and len(set(old)) == 3 and all(i.startswith("r1-") for i in old)  # ... and as many replayed
     assert [c["id"] for c in round_rm_data(cfg, 2)] == ids  # the replay sample is seeded
 
-    retrain = load_config(None, [f"run.out_dir={tmp_path}", "iterate.rm_mode=retrain"])
-    assert len(round_rm_data(retrain, 2)) == 13  # retraining from SFT sees everything
+    retrain = load_config(None, [f"run.out_dir={tmp_path}"])  # the default: a new RM from SFT on everything
+    assert len(round_rm_data(retrain, 2)) == 13

@@ -19,7 +19,7 @@ PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
 def toy_cfg(**kw) -> PPOConfig:
     base = dict(total_iterations=4, rollout_batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=8,
                 learning_rate=3e-3, kl_coef=0.0, vf_coef=0.1, missing_eos_penalty=0.0, save_every=2,
-                early_stop="none", max_kl=1e9)
+                early_stop="none", max_kl=1e9, sft_loglik_coef=0.0)  # the toy reward alone
     return PPOConfig(**{**base, **kw})
 
 

@@ -147,7 +147,7 @@ class RMConfig(Section):
     data: str | None = Field(None, description="None = rank world samples; or a rankings/pairs jsonl path or datasets name.")
     k: int = Field(4, description="Responses sampled per prompt for ranking (InstructGPT: 4 to 9).")
     n_prompts: int = Field(0, description="Prompts to sample for ranking (0 = all world RM prompts).")
-    labelers_per_prompt: int = Field(1, description="Simulated labelers ranking each prompt's K responses.")
+    labelers_per_prompt: int = Field(3, description="Simulated labelers ranking each prompt's K responses (3: their noise averages out at no extra sampling or training cost, since a prompt's responses are scored once for all its rankings).")
     val_labelers: int = Field(3, description="Held-out labelers who also rank each held-out prompt (never trained on; "
                               "gives the held-out-labeler accuracy and their agreement rate, the ceiling).")
     allow_ties: bool = Field(True, description="Accept tied ranks (they give no pair); False makes a duplicate rank an error.")
@@ -168,8 +168,8 @@ class RMConfig(Section):
 
 
 class PPOConfig(Section):
-    total_iterations: int = Field(60, description="PPO iterations (one rollout batch + its update epochs each).")
-    max_minutes: float = Field(2.5, description="Stop PPO after this many minutes (0 = no limit; 2.5 keeps `chatrlhf run` well under 15 CPU-minutes); the guard's best is still taken.")
+    total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
+    max_minutes: float = Field(3.0, description="Stop PPO after this many minutes (0 = no limit; 3 keeps `chatrlhf run` under 15 CPU-minutes); the guard's best is still taken.")
     rollout_batch_size: int = Field(32, description="Responses per rollout batch (rollout_batch_size / samples_per_prompt distinct prompts).")
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt in a rollout batch (RLOO needs at least 2).")
     advantage_estimator: Literal["gae", "rloo"] = Field(
@@ -182,7 +182,7 @@ class PPOConfig(Section):
     learning_rate: float = Field(5e-5, description="Policy and value AdamW learning rate.")
     kl_coef: float = Field(0.05, description="Initial coefficient of the per-token KL penalty to the SFT model.")
     adaptive_kl: bool = Field(False, description="Adapt kl_coef towards target_kl (Ziegler et al. 2019).")
-    sft_loglik_coef: float = Field(0.0, description="Weight of the SFT model's length-normalised log-likelihood of the "
+    sft_loglik_coef: float = Field(2.0, description="Weight of the SFT model's length-normalised log-likelihood of the "
                                    "response, added to the reward token by token (0 = off).")
     target_kl: float = Field(6.0, description="Target KL (nats per sequence) for the adaptive controller.")
     horizon: int = Field(10000, description="Adaptive KL controller horizon.")
@@ -204,7 +204,7 @@ class PPOConfig(Section):
     grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
     guard_prompts: int = Field(64, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
     guard_labelers: int = Field(2, ge=1, description="Training labelers who compare each guard prompt's pair (more = a less noisy win rate).")
-    patience: int = Field(4, description="Guard evaluations without a new best (smoothed) win rate before early stop.")
+    patience: int = Field(10, description="Guard evaluations without a new best (smoothed) win rate before early stop.")
     guard_window: int = Field(3, ge=1, description="The guard selects and stops on the mean of its last guard_window evaluations (1 = raw; a single evaluation is noisy).")
     ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
@@ -223,7 +223,7 @@ class PPOConfig(Section):
 class IterateConfig(Section):
     rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
     prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
-    rm_mode: Literal["continue", "retrain"] = Field("continue", description="continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay); retrain: from SFT on all comparisons.")
+    rm_mode: Literal["continue", "retrain"] = Field("retrain", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
     labeling_project: str | None = Field(None, description="Labeling app project name when source = labeling_app.")
