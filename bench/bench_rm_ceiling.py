@@ -8,7 +8,9 @@ RM stops improving the held-out win rate against SFT while best-of-n by the gold
 no real team has) keeps rising, the RM, not PPO, is what limits alignment. On the eval prompts of a
 finished run: n SFT samples (T=1) per prompt, then per n the expected win rate against the SFT's own
 T=1 answer of the eval (held-out labelers, 20 judgements per pair averaged, ties half), its gold
-score, and the same per task. The run's PPO policies are listed beside it for comparison.
+score, and the same per task. The run's PPO policies are listed beside it for comparison. Also
+best-of-n by the SFT model's mean log-likelihood, and by RM + sft_loglik_coef x that likelihood: the
+reward PPO optimises with ppo.sft_loglik_coef.
 Writes bench/results/rm_ceiling.json; skips with a note when the run is missing.
 """
 
@@ -91,6 +93,8 @@ def main() -> None:
     ap.add_argument("--rm", nargs="*", default=None, help="RM directories (default: the run's rm/ and last round's rm/)")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sft-loglik-coef", type=float, default=2.0,
+                    help="weight of the SFT mean log-likelihood in PPO's reward (ppo.sft_loglik_coef)")
     args = ap.parse_args()
     run = ROOT / args.run
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -137,12 +141,25 @@ def main() -> None:
         full = [encode(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
         return continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])
 
+    def sft_mean_loglik(ps: list[dict], answers: list[str]) -> list[float]:
+        """Per-token mean, as ppo.sft_loglik_coef pays it."""
+        ctx = [encode_prompt(sft, prompt_text(sft, p["messages"])) for p in ps]
+        full = [encode(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
+        sums = continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])
+        return [x / max(1, len(f) - len(c)) for x, c, f in zip(sums, ctx, full)]
+
     result["knowledge_probe"]["sft_likelihood"] = pair_accuracy(pairs, sft_loglik)
+    # PPO pays RM + sft_loglik_coef * mean log pi_SFT(y): best-of-n under that sum is its ceiling
+    lik = torch.tensor([sft_mean_loglik(prompts, c) for c in cands])
+    result["sft_likelihood"] = best_of(lik)
+    result["sft_loglik_coef"] = args.sft_loglik_coef
+    result["reward_models_plus_sft_loglik"] = {}
     for d in rm_dirs:
         rm = RewardModel.load(d, "float32", device="cpu")
         scores = torch.stack([rm.score([p["messages"] for p in prompts], c).float() for c in cands])
         name = str(Path(d).relative_to(ROOT) if Path(d).is_absolute() else d)
         result["reward_models"][name] = best_of(scores)
+        result["reward_models_plus_sft_loglik"][name] = best_of(scores + args.sft_loglik_coef * lik)
         result["knowledge_probe"][name] = pair_accuracy(
             pairs, lambda ps, answers: rm.score([p["messages"] for p in ps], answers).tolist())
     for name, items in evals.items():
@@ -151,7 +168,11 @@ def main() -> None:
     result["seconds"] = round(time.time() - t0, 1)
     RESULTS.write_text(json.dumps(result, indent=2))
     print(f"expected win rate against SFT (T=1), {len(prompts)} held-out prompts:")
-    for label, table in [("oracle (gold)", result["oracle_gold"]), *result["reward_models"].items()]:
+    tables = [("oracle (gold)", result["oracle_gold"]), ("SFT mean log-likelihood", result["sft_likelihood"]),
+              *result["reward_models"].items(),
+              *((f"{k} + {args.sft_loglik_coef} x SFT mean log-likelihood", v)
+                for k, v in result["reward_models_plus_sft_loglik"].items())]
+    for label, table in tables:
         print(f"  best-of-n by {label}: " + ", ".join(f"n={k.split('_')[-1]} {v['win_rate']:.3f}" for k, v in table.items()))
     for name, v in result["policies"].items():
         print(f"  policy {name}: {v['win_rate']:.3f} (gold {v['gold']:.3f})")
