@@ -187,3 +187,16 @@ def test_run_rm_on_a_rankings_file_and_a_clear_error_on_a_bad_one(tiny_model_dir
     cfg.rm.data = str(bad)
     with pytest.raises(RankingError, match=rf"{bad}:3: field 'rankings\[0\].ranks': needs one rank per response \(4\)"):
         run_rm(cfg)
+
+
+def test_rm_epoch_batches_cover_every_comparison_once_shuffled_or_length_grouped():
+    from chatrlhf.reward import _epoch_batches
+
+    widths = [5 + (i * 37) % 90 for i in range(200)]
+    padding = lambda bs: sum(len(b) * max(widths[i] for i in b) - sum(widths[i] for i in b) for b in bs)  # noqa: E731
+    plain, grouped = _epoch_batches(widths, 8, seed=3, group_by_length=False), _epoch_batches(widths, 8, seed=3, group_by_length=True)
+    for bs in (plain, grouped):
+        assert sorted(i for b in bs for i in b) == list(range(200)) and len(bs) == 25
+    assert plain == _epoch_batches(widths, 8, seed=3, group_by_length=False)  # resume-exact
+    assert plain != _epoch_batches(widths, 8, seed=4, group_by_length=False)
+    assert padding(grouped) < padding(plain) / 3

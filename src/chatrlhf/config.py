@@ -156,6 +156,8 @@ class RMConfig(Section):
     sample_batch: int = Field(256, description="Responses decoded together when sampling (continuous batching).")
     max_len: int = Field(256, description="Maximum tokens of prompt plus response.")
     batch_prompts: int = Field(8, description="Prompts per optimizer step (all of a prompt's pairs share a batch).")
+    group_by_length: bool = Field(False, description="Batch prompts of similar length (less padding: 1.36x faster "
+                                  "training on CPU, but a slightly worse RM in one test at 16,000 prompts).")
     epochs: float = Field(2.0, description="Passes over the comparisons.")
     learning_rate: float = Field(5e-4, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(10, description="Linear warm-up steps.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from contextlib import contextmanager
@@ -293,6 +294,16 @@ def demonstrations(world, train: list[dict]) -> tuple[list[Messages], list[str],
     return ms, rs, "top-ranked training responses"
 
 
+def _epoch_batches(widths: list[int], batch_prompts: int, seed: int, group_by_length: bool) -> list[list[int]]:
+    """One epoch's batches of comparison indices: shuffled chunks, or length-grouped ones (less
+    padding, 1.36x faster on CPU, but at 16,000 prompts the RM's best-of-16 ceiling fell 0.645 -> 0.633)."""
+    if group_by_length:
+        return length_grouped_batches(widths, batch_prompts, seed)
+    order = list(range(len(widths)))
+    random.Random(seed).shuffle(order)
+    return [order[i: i + batch_prompts] for i in range(0, len(order), batch_prompts)]
+
+
 def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[list[int]]], held_out: set[str],
                  out_dir: Path) -> dict[str, Any]:
     """The optimisation loop: resumable, logged, NaN-guarded. Returns the trained (unwrapped) model info."""
@@ -316,7 +327,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
         for step in range(start, total):
             epoch, pos = divmod(step, n_batches)  # data order is a function of (seed, epoch): resume-exact
             if epoch != batches_epoch:
-                batches, batches_epoch = length_grouped_batches(widths, rc.batch_prompts, cfg.run.seed * 1000 + epoch), epoch
+                batches, batches_epoch = _epoch_batches(widths, rc.batch_prompts, cfg.run.seed * 1000 + epoch, rc.group_by_length), epoch
             idx = batches[pos]
             pb: PairBatch = make_batch([train[i] for i in idx], held_out)
             batch = collate([tokens[idx[g]][k] for g, k in pb.sequences], tok.pad_token_id)
