@@ -136,21 +136,16 @@ def main() -> None:
               "reward_models": {}, "policies": {}, "knowledge_probe": {}}
     pairs = knowledge_pairs(world, prompts)
 
-    def sft_loglik(ps: list[dict], answers: list[str]) -> list[float]:
-        ctx = [encode_prompt(sft, prompt_text(sft, p["messages"])) for p in ps]
-        full = [encode(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
-        return continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])
-
-    def sft_mean_loglik(ps: list[dict], answers: list[str]) -> list[float]:
-        """Per-token mean, as ppo.sft_loglik_coef pays it."""
+    def sft_loglik(ps: list[dict], answers: list[str], mean: bool = False) -> list[float]:
+        """Sum of the answer's token log-probs under SFT; `mean`: per token, as ppo.sft_loglik_coef pays it."""
         ctx = [encode_prompt(sft, prompt_text(sft, p["messages"])) for p in ps]
         full = [encode(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
         sums = continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])
-        return [x / max(1, len(f) - len(c)) for x, c, f in zip(sums, ctx, full)]
+        return [x / max(1, len(f) - len(c)) for x, c, f in zip(sums, ctx, full)] if mean else sums
 
     result["knowledge_probe"]["sft_likelihood"] = pair_accuracy(pairs, sft_loglik)
     # PPO pays RM + sft_loglik_coef * mean log pi_SFT(y): best-of-n under that sum is its ceiling
-    lik = torch.tensor([sft_mean_loglik(prompts, c) for c in cands])
+    lik = torch.tensor([sft_loglik(prompts, c, mean=True) for c in cands])
     result["sft_likelihood"] = best_of(lik)
     result["sft_loglik_coef"] = args.sft_loglik_coef
     result["reward_models_plus_sft_loglik"] = {}
