@@ -64,13 +64,13 @@ def test_fresh_prompts_differ_per_round_and_skip_the_guard_set(tmp_path):
     assert not ((r2 | r3) & guard)
 
 
-@pytest.mark.slow
-def test_tiny_pipeline_end_to_end(tmp_path):
+def test_tiny_pipeline_end_to_end(tmp_path):  # about 25 s: every stage, both rounds, best-of-n included
     from chatrlhf.modeling import read_meta
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [f"run.out_dir={tmp_path}"])
     pipeline.run_all(cfg)
-    for stage in ("world", "tokenizer", "pretrain", "sft", "rm", "ppo", "rounds/round_2/ppo", "eval", "report"):
+    for stage in ("world", "tokenizer", "pretrain", "sft", "rm", "ppo/best_of_n", "ppo", "rounds/round_2/ppo/best_of_n",
+                  "rounds/round_2/ppo", "eval", "report"):
         assert read_meta(tmp_path / stage).get("complete"), stage
     summary = json.loads((tmp_path / "rounds" / "summary.json").read_text())
     assert [r["round"] for r in summary] == [1, 2] and summary[1]["kl"] is not None

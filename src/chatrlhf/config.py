@@ -169,6 +169,19 @@ class RMConfig(Section):
     init_from: Literal["sft", "pretrain"] = Field("sft", description="Stage whose weights initialise the RM.")
 
 
+class RejectionSamplingConfig(Section):
+    n: int = Field(8, ge=0, description="Samples per prompt before PPO; the best under PPO's reward "
+                   "(RM score + sft_loglik_coef x SFT mean log-likelihood) is kept and the policy fine-tuned on the kept "
+                   "answers (Llama 2's rejection sampling). 0 or 1 = off: PPO starts from the given policy.")
+    prompts: int = Field(2000, ge=1, description="Prompts to sample: PPO's training prompts, topped up with the RM "
+                         "stage's prompts (never eval or guard prompts). 2,000 x 8 beat 536 x 16 on the default world.")
+    epochs: float = Field(5.0, description="Fine-tuning passes over the kept answers.")
+    learning_rate: float = Field(3e-4, description="Fine-tuning AdamW learning rate (cosine decay).")
+    batch_size: int = Field(16, ge=1, description="Conversations per fine-tuning step.")
+    warmup_steps: int = Field(5, ge=0, description="Linear learning-rate warm-up steps.")
+    sample_batch: int = Field(256, ge=1, description="Rows sampled at once (continuous batching).")
+
+
 class PPOConfig(Section):
     total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
     max_minutes: float = Field(3.0, description="Stop PPO after this many minutes (0 = no limit; 3 keeps `chatrlhf run` under 15 CPU-minutes); the guard's best is still taken.")
@@ -209,6 +222,8 @@ class PPOConfig(Section):
     patience: int = Field(10, description="Guard evaluations without a new best (smoothed) win rate before early stop.")
     guard_window: int = Field(3, ge=1, description="The guard selects and stops on the mean of its last guard_window evaluations (1 = raw; a single evaluation is noisy).")
     ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
+    rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig,
+                                                        description="Best-of-n fine-tuning before PPO.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
 
     @model_validator(mode="after")

@@ -74,13 +74,14 @@ class Rollout:
 # --- 1. rollout ------------------------------------------------------------------------------
 
 
-def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> Rollout:
+def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, max_batch: int | None = None) -> Rollout:
     """Sample one response per prompt with the KV-cache engine (stops at EOS) and lay the batch
     out as [left-padded prompt | right-padded response] for scoring and training. The old log-probs
     are the sampled tokens' log-probs under the logits the engine sampled them from: the same numbers
-    a second forward pass would give (to float rounding), without that pass."""
+    a second forward pass would give (to float rounding), without that pass. `max_batch`: rows
+    decoded at once (default all of them); more prompts join as rows finish."""
     was_training = model.training
-    eng = Engine(model, tokenizer, max_batch=max(64, len(prompts)))  # Engine puts the model in eval mode
+    eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts)))  # Engine puts the model in eval mode
     ids = [eng.chat_prompt(p["messages"]) for p in prompts]
     ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed))
     model.train(was_training)
@@ -126,10 +127,10 @@ def response_values(value_model: ValueModel, ids, attn, pos, P: int) -> torch.Te
 
 
 @torch.no_grad()
-def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel, cfg: PPOConfig,
+def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | None, cfg: PPOConfig,
                      batch_size: int) -> None:
-    """Reference log-probs (frozen SFT) and values, in chunks of similar prompt length so little
-    compute goes to padding. The old log-probs came with the rollout."""
+    """Reference log-probs (frozen SFT) and values (none without a value model), in chunks of
+    similar prompt length so little compute goes to padding. The old log-probs came with the rollout."""
     ref, val = torch.zeros_like(ro.mask), torch.zeros_like(ro.mask)
     order = torch.argsort(ro.attention_mask[:, :ro.prompt_len].sum(1).cpu())
     for idx in order.split(batch_size):
@@ -137,7 +138,7 @@ def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel, c
         args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
         with _reference(policy, ref_policy) as ref_model:
             ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), args[0][:, p:])
-        if cfg.advantage_estimator == "gae":
+        if value_model is not None and cfg.advantage_estimator == "gae":
             val[idx, :r] = response_values(value_model, *args)
     ro.ref_logprobs, ro.values = ref * ro.mask, val * ro.mask
 
@@ -527,9 +528,16 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
         return float(world.gold(p, text).total)
 
     ppl_before = _lm_ppl(policy, ppl_chunks, acc.device)
+    start_is_ref = policy_dir.resolve() == ref_dir.resolve()
+    if pc.rejection_sampling.n > 1 and Checkpoints(out).latest() is None:  # a resumed run already holds it
+        # PPO's training prompts, topped up with the RM stage's: more distinct prompts distil better
+        rs_prompts = train_prompts + world.prompts("rm")[: max(0, pc.rejection_sampling.prompts - len(train_prompts))]
+        policy, ref = _best_of_n_start(cfg, policy, ref, tok, rs_prompts, reward_fn, gold_fn, out / "best_of_n",
+                                       ref_dir, start_is_ref)
+        start_is_ref = False
     trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
                          gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
-                         start_win_rate=0.5 if policy_dir.resolve() == ref_dir.resolve() else None)
+                         start_win_rate=0.5 if start_is_ref else None)
     history = trainer.train(resume=True, tensorboard=cfg.run.tensorboard)
     if guard is not None:
         trainer.restore_best()  # take the policy before over-optimisation, not after
@@ -540,6 +548,23 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     tok.save_pretrained(out / "value")
     plot_reward_vs_gold(history, out / "reward_vs_gold.png")
     return save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
+
+
+def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_fn: RewardFn, gold_fn: GoldFn,
+                     rs_dir: Path, ref_dir: Path, start_is_ref: bool):
+    """PPO's starting policy after rejection-sampling fine-tuning (rejection_sampling.py), saved
+    to `rs_dir` and reused from there. Returns (policy, reference)."""
+    from chatrlhf.lora import merge
+    from chatrlhf.modeling import load_causal_lm, save_stage, stage_complete
+    from chatrlhf.rejection_sampling import run_rejection_sampling
+
+    if not stage_complete(rs_dir):
+        meta = run_rejection_sampling(policy, ref, tok, prompts, reward_fn, cfg.ppo, seed=cfg.run.seed * 100_003 + 77_777,
+                                      max_len=cfg.sft.max_len, same_as_reference=start_is_ref, gold_fn=gold_fn)
+        save_stage(merge(policy) if cfg.ppo.lora.enabled else policy, tok, rs_dir, meta)
+    if ref is None:  # a LoRA policy's reference was itself with adapters off; the new start is not SFT
+        ref = load_causal_lm(ref_dir, cfg.model.dtype)
+    return _load_policy(rs_dir, cfg), ref
 
 
 def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: float, ppl_after: float,

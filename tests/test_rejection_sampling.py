@@ -1,0 +1,123 @@
+"""Rejection-sampling fine-tuning before PPO: the selection keeps each prompt's best sample under
+PPO's reward, and the fine-tuning makes the kept answers likelier."""
+
+from __future__ import annotations
+
+import torch
+
+from chatrlhf.config import PPOConfig, RejectionSamplingConfig
+from chatrlhf.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.rejection_sampling import best_of_n, fine_tune
+
+PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
+           ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.", "Where is Varnok?"]]
+
+
+def cfg(n: int = 4, **kw) -> PPOConfig:
+    base = dict(max_new_tokens=8, missing_eos_penalty=0.0, sft_loglik_coef=0.0,
+                rejection_sampling=RejectionSamplingConfig(n=n, epochs=3, learning_rate=3e-3, batch_size=4,
+                                                           warmup_steps=0, sample_batch=8))
+    return PPOConfig(**{**base, **kw})
+
+
+class RecordingReward:
+    """Share of response tokens whose id is a multiple of 5; remembers every text it scored."""
+
+    def __init__(self, tok):
+        self.tok, self.seen = tok, []
+
+    def score(self, text: str) -> float:
+        ids = self.tok(text, add_special_tokens=False)["input_ids"] or [1]
+        return sum(i % 5 == 0 for i in ids) / len(ids)
+
+    def __call__(self, prompts, texts):
+        self.seen += list(texts)
+        return torch.tensor([self.score(t) for t in texts])
+
+
+def test_best_of_n_keeps_each_prompts_highest_reward_sample(tiny_model_dir):
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    reward = RecordingReward(tok)
+    picked, stats = best_of_n(model, model, tok, PROMPTS, reward, cfg(n=4), seed=3)
+    assert len(reward.seen) == 4 * len(PROMPTS)  # n samples per prompt, each prompt's in a row
+    groups = [reward.seen[i * 4:(i + 1) * 4] for i in range(len(PROMPTS))]
+    assert any(len(set(g)) > 1 for g in groups)  # the samples differ, so the choice matters
+    for g, p in zip(groups, picked):
+        assert p in g and reward.score(p) == max(reward.score(t) for t in g)
+    assert stats["rm_score_best"] >= stats["rm_score_mean"]
+
+
+def test_likelihood_term_selects_by_the_reference_and_the_shortcut_agrees(tiny_model_dir):
+    """With a constant RM only the SFT log-likelihood decides. When the policy is the reference,
+    the rollout's own log-probs stand in for the reference pass: same choice, same statistics."""
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    flat = lambda prompts, texts: torch.zeros(len(texts))  # noqa: E731
+    c = cfg(n=4, sft_loglik_coef=1.0)
+    full, s_full = best_of_n(model, model, tok, PROMPTS, flat, c, seed=5)
+    short, s_short = best_of_n(model, model, tok, PROMPTS, flat, c, seed=5, same_as_reference=True)
+    assert full == short
+    assert abs(s_full["sft_loglik_best"] - s_short["sft_loglik_best"]) < 1e-4
+    assert s_full["reward_best"] > s_full["reward_mean"]  # the likeliest sample beats the average one
+
+
+def test_fine_tune_makes_the_kept_answers_likelier(tiny_model_dir):
+    from chatrlhf.sft import Batches, build_examples, sft_loss
+
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    answers = ["The capital of Varnok is Selmouth."] * len(PROMPTS)
+    convs = [p["messages"] + [{"role": "assistant", "content": a}] for p, a in zip(PROMPTS, answers)]
+    examples, _ = build_examples(tok, convs, 128, "test")
+    batch = Batches(examples, len(examples), 128, False, 0, tok.pad_token_id)
+    data = batch.tensors(batch.epoch(0)[0])
+    with torch.no_grad():
+        before = sft_loss(model, data).item()
+    stats = fine_tune(model, tok, PROMPTS, answers, cfg(), seed=0, max_len=128)
+    with torch.no_grad():
+        after = sft_loss(model, data).item()
+    assert stats["steps"] == 6  # 3 epochs of 2 batches of 4 (5 conversations)
+    assert after < before - 0.5, (before, after)
+
+
+def test_ppo_start_is_saved_as_a_stage_and_reused_on_rerun(tiny_model_dir, tmp_path):
+    from chatrlhf.config import load_config
+    from chatrlhf.modeling import read_meta
+    from chatrlhf.ppo import _best_of_n_start
+
+    c = load_config(None, ["ppo.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
+                           "ppo.sft_loglik_coef=0", "sft.max_len=128"])
+    tok = load_tokenizer(tiny_model_dir)
+    reward = RecordingReward(tok)
+    policy, ref = _best_of_n_start(c, load_causal_lm(tiny_model_dir), load_causal_lm(tiny_model_dir), tok, PROMPTS,
+                                   reward, lambda p, t: 0.0, tmp_path / "best_of_n", tiny_model_dir, True)
+    meta = read_meta(tmp_path / "best_of_n")
+    assert meta["complete"] and meta["prompts_sampled"] == len(PROMPTS) and meta["n"] == 2
+    start = load_causal_lm(tiny_model_dir).state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in policy.state_dict().items())  # it was fine-tuned
+
+    def must_not_sample(prompts, texts):
+        raise AssertionError("a complete best_of_n stage is reused, not sampled again")
+
+    again, _ = _best_of_n_start(c, load_causal_lm(tiny_model_dir), load_causal_lm(tiny_model_dir), tok, PROMPTS,
+                                must_not_sample, lambda p, t: 0.0, tmp_path / "best_of_n", tiny_model_dir, True)
+    for (k, a), b in zip(policy.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_lora_policy_is_distilled_merged_and_gets_a_separate_reference(tiny_model_dir, tmp_path):
+    """A LoRA policy's reference is itself with adapters off; after best-of-n fine-tuning that is no
+    longer the SFT model, so PPO gets the SFT model as a separate reference and fresh adapters."""
+    from chatrlhf.config import load_config
+    from chatrlhf.lora import is_lora, wrap_lora
+    from chatrlhf.ppo import _best_of_n_start
+
+    c = load_config(None, ["ppo.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
+                           "ppo.rejection_sampling.learning_rate=0.01", "ppo.sft_loglik_coef=1", "sft.max_len=128",
+                           "ppo.lora.enabled=true", "ppo.lora.r=4", "ppo.lora.target_modules=[q_proj,v_proj]"])
+    tok = load_tokenizer(tiny_model_dir)
+    policy = wrap_lora(load_causal_lm(tiny_model_dir), c.ppo.lora)
+    policy, ref = _best_of_n_start(c, policy, None, tok, PROMPTS, RecordingReward(tok), lambda p, t: 0.0,
+                                   tmp_path / "best_of_n", tiny_model_dir, True)
+    assert is_lora(policy) and ref is not None and not is_lora(ref)
+    sft, saved = load_causal_lm(tiny_model_dir).state_dict(), load_causal_lm(tmp_path / "best_of_n").state_dict()
+    assert all(torch.equal(v, sft[k]) for k, v in ref.state_dict().items())  # the reference is SFT itself
+    assert any(not torch.equal(v, sft[k]) for k, v in saved.items())  # adapters were merged into the start
