@@ -505,8 +505,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
     tok = load_tokenizer(policy_dir)
-    policy = _load_policy(policy_dir, cfg)
-    ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype)
+    policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
+    ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
     rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
     value = ValueModel.from_pretrained(rm_dir, cfg.model.dtype)
 

@@ -103,10 +103,9 @@ def run_rejection_sampling(policy, ref_policy, tokenizer, prompts: list[dict], r
     picked, stats = best_of_n(policy, ref_policy, tokenizer, prompts, reward_fn, cfg, seed, same_as_reference, gold_fn)
     t1 = time.time()
     train = fine_tune(policy, tokenizer, prompts, picked, cfg, seed, max_len)
-    meta = {"stage": "best_of_n", "prompts_sampled": len(prompts), "n": cfg.rejection_sampling.n,
-            "config": cfg.rejection_sampling.model_dump(),
-            "selection": stats, "fine_tune": train, "sample_seconds": round(t1 - t0, 1),
-            "train_seconds": round(time.time() - t1, 1)}
+    meta = {"stage": "best_of_n", "prompts_sampled": len(prompts), "n": cfg.rejection_sampling.n, **stats,
+            **{f"fine_tune_{k}": v for k, v in train.items()}, "sample_seconds": round(t1 - t0, 1),
+            "train_seconds": round(time.time() - t1, 1), "config": cfg.rejection_sampling.model_dump()}
     console.print(f"best-of-{cfg.rejection_sampling.n}: {len(prompts)} prompts, reward {stats['reward_mean']:+.3f} -> "
                   f"{stats['reward_best']:+.3f} (RM {stats['rm_score_mean']:+.3f} -> {stats['rm_score_best']:+.3f}); "
                   f"fine-tuned {train['steps']} steps, loss {train['loss_first']:.3f} -> {train['loss_last_epoch']:.3f}")

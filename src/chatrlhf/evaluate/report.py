@@ -34,8 +34,10 @@ HEADLINE = {"helpfulness": [("world_greedy_likert", +1), ("world_greedy_gold", +
 def stage_dirs(cfg: Config) -> dict[str, Path]:
     root = Path(cfg.run.out_dir)
     dirs = {s: root / s for s in STAGES if (root / s).is_dir()}
+    if (root / "ppo" / "best_of_n").is_dir():  # PPO's start after rejection-sampling fine-tuning
+        dirs["ppo/best_of_n"] = root / "ppo" / "best_of_n"
     for r in sorted(root.glob("rounds/round_*"), key=lambda p: int(p.name.split("_")[-1])):
-        for sub in ("rm", "ppo"):
+        for sub in ("rm", "ppo/best_of_n", "ppo"):
             if (r / sub).is_dir():
                 dirs[f"{r.name}/{sub}"] = r / sub
     return dirs
