@@ -141,13 +141,14 @@ def run_round(cfg: Config, world, r: int) -> Path:
 def round_record(cfg: Config, r: int) -> dict[str, Any]:
     rm_dir, ppo_dir = round_paths(cfg, r)
     rm_eval = read_meta(rm_dir).get("eval", {})
-    ppo = read_meta(ppo_dir)
+    ppo, bon = read_meta(ppo_dir), read_meta(ppo_dir / "best_of_n")
     return {"round": r, "rm_acc_held_out_prompts": rm_eval.get("acc_held_out_prompts"),
             "rm_acc_held_out_labelers": rm_eval.get("acc_held_out_labelers"),
             "rm_train_comparisons": rm_eval.get("train_comparisons"),
             "reward": ppo.get("reward"), "gold": ppo.get("gold"), "kl": ppo.get("kl"),
             "ppo_iterations": ppo.get("iterations"), "selected_iteration": ppo.get("selected_iteration"),
-            "guard_win_rate": ppo.get("guard_win_rate"), "policy": str(ppo_dir)}
+            "guard_win_rate": ppo.get("guard_win_rate"), "best_of_n_gold_mean": bon.get("gold_mean"),
+            "best_of_n_gold_best": bon.get("gold_best"), "policy": str(ppo_dir)}
 
 
 def run_iterate(cfg: Config) -> Path:
