@@ -75,3 +75,4 @@ def test_tiny_pipeline_end_to_end(tmp_path):  # about 25 s: every stage, both ro
     summary = json.loads((tmp_path / "rounds" / "summary.json").read_text())
     assert [r["round"] for r in summary] == [1, 2] and summary[1]["kl"] is not None
     assert all(r["best_of_n_gold_best"] is not None for r in summary)  # each round started from best-of-n
+    assert read_meta(tmp_path / "ppo")["best_of_n_start"] == str(tmp_path / "ppo" / "best_of_n")

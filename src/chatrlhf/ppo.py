@@ -494,7 +494,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     """`chatrlhf ppo`: policy from `policy_dir` (default sft/), KL to `ref_dir` (default sft/), reward
     and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/)."""
     from chatrlhf.lora import is_lora, merge
-    from chatrlhf.modeling import load_causal_lm, load_tokenizer, save_stage
+    from chatrlhf.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
     from chatrlhf.reward import RewardModel
     from chatrlhf.training import make_accelerator
 
@@ -544,6 +544,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy = acc.unwrap_model(trainer.policy)
     ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
     meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
+    if stage_complete(out / "best_of_n"):
+        meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
     acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
     tok.save_pretrained(out / "value")
     plot_reward_vs_gold(history, out / "reward_vs_gold.png")
