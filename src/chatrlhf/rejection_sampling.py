@@ -24,7 +24,7 @@ from rich.console import Console
 
 from chatrlhf.config import PPOConfig
 from chatrlhf.losses import masked_mean, sft_loglik_rewards
-from chatrlhf.training import cosine_with_warmup, progress_bar
+from chatrlhf.training import check_finite, cosine_with_warmup, progress_bar
 
 console = Console(stderr=True)
 
@@ -84,9 +84,7 @@ def fine_tune(policy, tokenizer, prompts: list[dict], answers: list[str], cfg: P
             epoch, pos = divmod(step, batches.per_epoch)
             batch = {k: v.to(device) for k, v in batches.tensors(batches.epoch(epoch)[pos]).items()}
             loss = sft_loss(policy, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"best-of-n fine-tuning loss became {loss.item()} at step {step + 1}; "
-                                         "lower ppo.rejection_sampling.learning_rate")
+            check_finite(loss, step + 1, "best-of-n fine-tuning")  # before the update; best_of_n/ is saved only after
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
