@@ -108,6 +108,24 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
     assert "world_greedy_rm_score" in m and "diff_world_greedy_rm_score" in summary["comparisons"]["ppo"]
     # same weights, same greedy answers: every comparison is between identical responses
     assert summary["comparisons"]["ppo"]["diff_world_greedy_likert"]["estimate"] == pytest.approx(0, abs=1.0)
+    control = summary["controls"]["baseline_greedy_vs_sample"]  # SFT greedy vs SFT at T=1
+    assert control["low"] <= control["estimate"] <= control["high"]
+
+
+def test_sharpening_control_compares_the_baselines_greedy_and_sampled_answers(tmp_path, tiny_model_dir):
+    pytest.importorskip("chatrlhf.world")
+    from chatrlhf.evaluate import run_eval
+    from chatrlhf.evaluate.report import verdicts
+
+    world = {"corpus_docs": 50, "n_sft_prompts": 10, "n_rm_prompts": 10, "n_ppo_prompts": 10, "n_eval_prompts": 12}
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "world": world,
+                                 "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100,
+                                          "temperature": 0.0, "judge": str(tiny_model_dir)}})
+    summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
+    # "sampled" at temperature 0 is greedy: the control compares identical answers, all ties
+    control = summary["controls"]["baseline_greedy_vs_sample"]
+    assert control["estimate"] == control["low"] == control["high"] == 0.5
+    assert verdicts(summary)[-1].startswith("Control: SFT greedy vs SFT sampled 0.50")
 
 
 

@@ -184,6 +184,21 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
     return out
 
 
+def sharpening_control(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
+    """The baseline's own greedy answers against its temperature-1 samples, judged as the models
+    are: what decoding alone buys. A tiny SFT model sampled at T=1 often rambles, so a policy's
+    sampled win rate partly measures how much sharper it is; at or below this figure, RLHF bought
+    no more than turning the baseline's temperature down would."""
+    items = results.get(baseline, {}).get("items", {})
+    if ctx.world is None or "world_greedy_responses" not in items or "world_sample_responses" not in items:
+        return {}
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+
+    seed = ctx.cfg.run.seed
+    wins = compare_to_baseline(ctx.world, ctx.prompts, items["world_greedy_responses"], items["world_sample_responses"], seed)
+    return {"baseline_greedy_vs_sample": _ci(bootstrap_ci(wins, ctx.cfg.eval.bootstrap, seed))}
+
+
 def intervals(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Bootstrap 95% CI of the mean of every per-item numeric series, per model."""
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -217,7 +232,8 @@ def run_eval(cfg: Config, models: list[str]) -> dict[str, Any]:
             f"{k}={v:.3g}" for k, v in list(results[name]["metrics"].items())[:6]))
     baseline = cfg.eval.baseline if cfg.eval.baseline in results else next(iter(results))
     summary = {"baseline": baseline, "models": {n: r["metrics"] for n, r in results.items()},
-               "comparisons": compare(ctx, results, baseline), "intervals": intervals(ctx, results), "notes": ctx.notes,
+               "comparisons": compare(ctx, results, baseline),
+               "controls": sharpening_control(ctx, results, baseline), "intervals": intervals(ctx, results), "notes": ctx.notes,
                "seconds": {n: r["seconds_total"] for n, r in results.items()},
                "judge": str(ctx.judge) if ctx.judge else None, "order": [n for n, _ in specs]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))

@@ -176,6 +176,11 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
                 w = comp[key]
                 parts.append(f"{how} win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
         lines.append(f"{name.upper()} vs {base.upper()}: " + "; ".join(parts))
+    ctl = summary.get("controls", {}).get("baseline_greedy_vs_sample")
+    if ctl and lines:
+        lines.append(f"Control: {base.upper()} greedy vs {base.upper()} sampled {ctl['estimate']:.2f} "
+                     f"[{ctl['low']:.2f}, {ctl['high']:.2f}], what lowering the temperature alone buys; a sampled "
+                     "win rate at or below it is no better than that")
     return lines
 
 
