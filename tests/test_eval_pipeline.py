@@ -125,6 +125,7 @@ def test_sharpening_control_compares_the_baselines_greedy_and_sampled_answers(tm
     # "sampled" at temperature 0 is greedy: the control compares identical answers, all ties
     control = summary["controls"]["baseline_greedy_vs_sample"]
     assert control["estimate"] == control["low"] == control["high"] == 0.5
+    assert summary["comparisons"]["ppo"]["world_sample_vs_greedy_baseline_win_rate"]["estimate"] == 0.5
     assert verdicts(summary)[-1].startswith("Control: SFT greedy vs SFT sampled 0.50")
 
 
@@ -153,3 +154,23 @@ def test_overoptimisation_warning_only_when_proxy_up_and_labelers_significantly_
     assert overoptimisation({"diff_world_greedy_rm_score": up, "diff_world_greedy_likert": flat}) is None
     assert overoptimisation({"diff_world_greedy_rm_score": {**down, "estimate": -0.2}, "diff_world_greedy_likert": down}) is None
     assert overoptimisation({}) is None
+
+
+def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
+    from types import SimpleNamespace
+
+    from chatrlhf.config import WorldConfig
+    from chatrlhf.evaluate import compare
+    from chatrlhf.world import World
+
+    world = World.generate(WorldConfig(corpus_docs=50, n_sft_prompts=10, n_rm_prompts=10, n_ppo_prompts=10,
+                                       n_eval_prompts=40))
+    prompts = world.prompts("eval")
+    good = [p["reference"].get("ideal") or "I am sorry, I cannot help with that." for p in prompts]
+    bad = ["blah blah"] * len(prompts)
+    ctx = SimpleNamespace(world=world, prompts=prompts, cfg=Config.model_validate({"eval": {"bootstrap": 100}}))
+    results = {"sft": {"items": {"world_greedy_responses": good, "world_sample_responses": bad}},
+               "ppo": {"items": {"world_greedy_responses": good, "world_sample_responses": good}}}
+    comp = compare(ctx, results, "sft")["ppo"]
+    assert comp["world_sample_win_rate"]["estimate"] > 0.8  # good answers against the rambling samples
+    assert comp["world_sample_vs_greedy_baseline_win_rate"]["estimate"] == 0.5  # the same answers: all ties

@@ -170,6 +170,11 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
                 wins = compare_to_baseline(ctx.world, ctx.prompts, r["items"]["world_sample_responses"],
                                            base["items"]["world_sample_responses"], seed)
                 c["world_sample_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
+                # the same samples against the baseline decoded greedily: a gain that sharpening alone
+                # (turning the baseline's temperature down) would not give
+                wins = compare_to_baseline(ctx.world, ctx.prompts, r["items"]["world_sample_responses"],
+                                           base["items"]["world_greedy_responses"], seed)
+                c["world_sample_vs_greedy_baseline_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
         a, b = r["items"].get("real_rm_score"), base["items"].get("real_rm_score")
         if a and b and not any(math.isnan(x) for x in a + b):
             wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]

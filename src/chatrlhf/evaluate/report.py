@@ -171,7 +171,8 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         warn = overoptimisation(comp) if name == "ppo" or name.startswith("round_") else None
         if warn:
             parts.append(warn)
-        for key, how in (("world_win_rate", "greedy"), ("world_sample_win_rate", "sampled")):
+        for key, how in (("world_win_rate", "greedy"), ("world_sample_win_rate", "sampled"),
+                         ("world_sample_vs_greedy_baseline_win_rate", "sampled vs greedy")):
             if key in comp:
                 w = comp[key]
                 parts.append(f"{how} win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
