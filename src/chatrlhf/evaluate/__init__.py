@@ -148,6 +148,15 @@ def evaluate_model(ctx: Context, h: ModelHandle) -> dict[str, Any]:
     return res
 
 
+def world_win_rate(ctx: Context, responses: list[str], baseline: list[str]) -> dict[str, float]:
+    """Held-out labelers' win rate of `responses` over `baseline` (ties half), with its bootstrap CI."""
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+
+    seed = ctx.cfg.run.seed
+    return _ci(bootstrap_ci(compare_to_baseline(ctx.world, ctx.prompts, responses, baseline, seed),
+                            ctx.cfg.eval.bootstrap, seed))
+
+
 def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
     """Win rates and paired differences of every model against the baseline, with bootstrap CIs."""
     n_boot, seed = ctx.cfg.eval.bootstrap, ctx.cfg.run.seed
@@ -159,28 +168,23 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
         if name == baseline:
             continue
         c: dict[str, Any] = {}
-        if ctx.world is not None and "world_greedy_responses" in r["items"]:
-            from chatrlhf.evaluate.world_eval import compare_to_baseline
-
-            wins = compare_to_baseline(ctx.world, ctx.prompts, r["items"]["world_greedy_responses"],
-                                       base["items"]["world_greedy_responses"], seed)
-            c["world_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
-            if "world_sample_responses" in r["items"] and "world_sample_responses" in base["items"]:
+        mine, theirs = r["items"], base["items"]
+        if ctx.world is not None and "world_greedy_responses" in mine:
+            c["world_win_rate"] = world_win_rate(ctx, mine["world_greedy_responses"], theirs["world_greedy_responses"])
+            if "world_sample_responses" in mine and "world_sample_responses" in theirs:
                 # temperature-1 samples: the distribution PPO optimises (greedy hides much of its change)
-                wins = compare_to_baseline(ctx.world, ctx.prompts, r["items"]["world_sample_responses"],
-                                           base["items"]["world_sample_responses"], seed)
-                c["world_sample_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
+                c["world_sample_win_rate"] = world_win_rate(ctx, mine["world_sample_responses"],
+                                                            theirs["world_sample_responses"])
                 # the same samples against the baseline decoded greedily: a gain that sharpening alone
                 # (turning the baseline's temperature down) would not give
-                wins = compare_to_baseline(ctx.world, ctx.prompts, r["items"]["world_sample_responses"],
-                                           base["items"]["world_greedy_responses"], seed)
-                c["world_sample_vs_greedy_baseline_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
-        a, b = r["items"].get("real_rm_score"), base["items"].get("real_rm_score")
+                c["world_sample_vs_greedy_baseline_win_rate"] = world_win_rate(
+                    ctx, mine["world_sample_responses"], theirs["world_greedy_responses"])
+        a, b = mine.get("real_rm_score"), theirs.get("real_rm_score")
         if a and b and not any(math.isnan(x) for x in a + b):
             wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
             c["real_rm_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
         for crit, (key, sign) in PAIRED.items():
-            a, b = r["items"].get(key), base["items"].get(key)
+            a, b = mine.get(key), theirs.get(key)
             if a and b and len(a) == len(b) and not all(math.isnan(x) for x in a + b):
                 d = paired_diff_ci(a, b, n_boot, seed)
                 c[f"diff_{key}"] = {**_ci(d), "criterion": crit, "better": "higher" if sign > 0 else "lower",
@@ -197,11 +201,8 @@ def sharpening_control(ctx: Context, results: dict[str, dict[str, Any]], baselin
     items = results.get(baseline, {}).get("items", {})
     if ctx.world is None or "world_greedy_responses" not in items or "world_sample_responses" not in items:
         return {}
-    from chatrlhf.evaluate.world_eval import compare_to_baseline
-
-    seed = ctx.cfg.run.seed
-    wins = compare_to_baseline(ctx.world, ctx.prompts, items["world_greedy_responses"], items["world_sample_responses"], seed)
-    return {"baseline_greedy_vs_sample": _ci(bootstrap_ci(wins, ctx.cfg.eval.bootstrap, seed))}
+    return {"baseline_greedy_vs_sample": world_win_rate(ctx, items["world_greedy_responses"],
+                                                        items["world_sample_responses"])}
 
 
 def intervals(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
