@@ -199,6 +199,8 @@ class PPOConfig(Section):
     adaptive_kl: bool = Field(False, description="Adapt kl_coef towards target_kl (Ziegler et al. 2019).")
     sft_loglik_coef: float = Field(2.0, description="Weight of the SFT model's length-normalised log-likelihood of the "
                                    "response, added to the reward token by token (0 = off).")
+    verifier_coef: float = Field(4.0, ge=0, description="Weight of the rule-based check of a prompt's `ground_truth` "
+                                 "(chatrlhf.verifiers, score in [0, 1]) added to the RM score; prompts without one get the RM alone (0 = off).")
     target_kl: float = Field(6.0, description="Target KL (nats per sequence) for the adaptive controller.")
     horizon: int = Field(10000, description="Adaptive KL controller horizon.")
     cliprange: float = Field(0.2, description="PPO policy ratio clip.")

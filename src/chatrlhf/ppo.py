@@ -41,6 +41,7 @@ from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_adva
                              ppo_policy_loss, ppo_value_loss, sft_loglik_rewards, token_logprobs)
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
 from chatrlhf.value import ValueModel
+from chatrlhf.verifiers import verifier_scores
 
 RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, responses) -> (B,) scores
 GoldFn = Callable[[dict, str], float]
@@ -98,9 +99,16 @@ def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, ma
 
 @torch.no_grad()
 def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: GoldFn | None = None) -> None:
-    """RM score of each (prompt, response); responses that never reached EOS pay a penalty."""
+    """RM score of each (prompt, response), plus verifier_coef times the rule-based check where the
+    prompt has a checkable answer; responses that never reached EOS pay a penalty."""
     rm = reward_fn(ro.prompts, ro.texts).detach().float().cpu().reshape(-1)
-    ro.scores = (rm - cfg.missing_eos_penalty * (~ro.finished).float()).to(ro.mask.device)
+    score = rm - cfg.missing_eos_penalty * (~ro.finished).float()
+    if cfg.verifier_coef:
+        checks, has = verifier_scores(ro.prompts, ro.texts)
+        score = score + cfg.verifier_coef * torch.tensor(checks)
+        if any(has):
+            ro.stats["verified"] = sum(c for c, h in zip(checks, has) if h) / sum(has)  # mean check score
+    ro.scores = score.to(ro.mask.device)
     ro.stats["rm_score"] = rm.mean().item()
     ro.stats["reward"] = ro.scores.mean().item()
     ro.stats["eos_rate"] = ro.finished.float().mean().item()
@@ -449,6 +457,7 @@ def _cpu_state(model) -> dict[str, torch.Tensor]:
 
 def _info(s: dict[str, float]) -> str:
     gold = f" gold {s['gold']:.3f}" if "gold" in s else ""
+    gold += f" checks {s['verified']:.2f}" if "verified" in s else ""
     return f"reward {s['reward']:+.3f}{gold} kl {s['kl']:.2f} len {s['response_len']:.0f}"
 
 
@@ -582,6 +591,7 @@ def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: 
             "iterations": trainer.iteration, "stop_reason": trainer.stop_reason,
             "selected_iteration": best_it, "guard": cfg.ppo.early_stop, "guard_win_rate": trainer.best["win_rate"],
             "reward": at_best.get("reward"), "gold": at_best.get("gold"), "kl": at_best.get("kl"),
+            "verified": at_best.get("verified"),  # mean ground-truth check score (verifier_coef > 0)
             "final_iteration_reward": last.get("reward"), "final_iteration_gold": last.get("gold"),
             "final_iteration_kl": last.get("kl"), "ptx_coef": cfg.ppo.ptx_coef,
             "pretrain_val_ppl_before": ppl_before, "pretrain_val_ppl_after": ppl_after,

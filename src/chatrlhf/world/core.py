@@ -22,7 +22,7 @@ from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
 from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics, words
 from chatrlhf.world.labelers import SimulatedLabeler, candidate_responses, make_labeler_specs, write_demonstrations
-from chatrlhf.world.tasks import build_splits
+from chatrlhf.world.tasks import build_splits, ground_truth
 
 SPLITS = ("sft", "rm", "ppo", "eval")
 FILES = {"facts": "facts.jsonl", "corpus_train": "corpus_train.jsonl", "corpus_val": "corpus_val.jsonl",
@@ -87,6 +87,12 @@ class World:
             raise FileNotFoundError(f"world directory {d} not found; run `chatrlhf world` first")
         facts = read_jsonl(d / FILES["facts"], ("entity", "type", "attribute", "value", "rumour"))
         splits = {s: read_jsonl(d / FILES[f"prompts_{s}"], ("id", "task", "messages", "reference")) for s in SPLITS}
+        for p in (p for rows in splits.values() for p in rows if "ground_truth" not in p):
+            try:  # worlds written before prompts carried their checkable answer
+                if (gt := ground_truth(p["task"], p["reference"])) is not None:
+                    p["ground_truth"] = gt
+            except KeyError:  # a user's reference without those fields: no check
+                pass
         demos = read_jsonl(d / FILES["demonstrations"], ("id", "prompt_id", "messages"))
         corpus = {s: [r["text"] for r in read_jsonl(d / FILES[f"corpus_{s}"], ("text",))] for s in ("train", "val")}
         specs = read_jsonl(d / FILES["labelers"], ("id", "group", "noise", "style_weight", "held_out"))

@@ -45,6 +45,14 @@ Eval prompts share neither user text nor (task, entity, attribute, phrasing) wit
 
 A prompt without `reference` (task "open") is scored on harmlessness, politeness and fluency only.
 
+Prompts whose answer can be checked by a rule also carry `ground_truth` (the spec of
+`chatrlhf.verifiers`; a world written without it gets it from `reference` when loaded): list tasks
+`{"type": "one_of", "answer": ..., "options": [items]}`, count `{"type": "number", "answer": n}`,
+repeat `{"type": "repeat", "word": ..., "n": n}`, fact `{"type": "mentions", "all": [value]}`,
+summarise `{"type": "mentions", "all": [[full name, first, last], value]}`. With
+`ppo.verifier_coef > 0`, PPO's reward adds that weight times the check's score (0..1) to the RM's;
+eval never reads it. Set it to `null` on a prompt to leave that prompt to the RM alone.
+
 ## demonstrations.jsonl
 `{"id": "demo-00001", "prompt_id": "sft-00001", "task": "fact", "labeler": "L03",
 "quality": "ideal" | "flawed:<rumour|padded|curt|vague|wrong_item|wrong_count|no_help|defensive|half_refusal>",

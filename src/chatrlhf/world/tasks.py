@@ -197,6 +197,23 @@ def draw_prompt(rng: random.Random, fb: FactBase, multi_turn_rate: float) -> tup
     return task, [{"role": "user", "content": text}], ref, key
 
 
+def ground_truth(task: str, ref: dict) -> dict | None:
+    """The checkable answer of a prompt, for chatrlhf.verifiers (None where taste decides: greetings,
+    insults, harmful requests). Facts need the world's fact base; the rest is in the prompt itself."""
+    if task in ("list_first", "list_last"):
+        return {"type": "one_of", "answer": ref["answer"], "options": list(ref["items"])}
+    if task == "count":
+        return {"type": "number", "answer": ref["answer"]}
+    if task == "repeat":
+        return {"type": "repeat", "word": ref["word"], "n": ref["n"]}
+    if task == "fact":
+        return {"type": "mentions", "all": [ref["value"]]}
+    if task == "summarise":
+        full = ref["entity"]
+        return {"type": "mentions", "all": [[full, full.split()[0], full.split()[-1]], ref["value"]]}
+    return None
+
+
 def build_splits(fb: FactBase, seed: int, sizes: dict[str, int], multi_turn_rate: float) -> dict[str, list[dict]]:
     """Prompt splits; eval first, then training splits that never reuse an eval text or tuple."""
     forbidden: set = set()
@@ -221,7 +238,10 @@ def build_splits(fb: FactBase, seed: int, sizes: dict[str, int], multi_turn_rate
             seen.update([key, text, *turns])
             ref["ideal"] = ideal({"task": task, "reference": ref}, random.Random(f"{seed}-{split}-{len(out)}"), "concise",
                                  variant=0)
-            out.append({"id": f"{split}-{len(out):05d}", "task": task, "messages": msgs, "reference": ref})
+            row = {"id": f"{split}-{len(out):05d}", "task": task, "messages": msgs, "reference": ref}
+            if (gt := ground_truth(task, ref)) is not None:
+                row["ground_truth"] = gt
+            out.append(row)
         if split == "eval":
             forbidden = seen
         splits[split] = out
