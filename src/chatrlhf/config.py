@@ -171,7 +171,7 @@ class RMConfig(Section):
 
 class RejectionSamplingConfig(Section):
     n: int = Field(8, ge=0, description="Samples per prompt before PPO; the best under PPO's reward "
-                   "(RM score + sft_loglik_coef x SFT mean log-likelihood) is kept and the policy fine-tuned on the kept "
+                   "(RM score + sft_loglik_coef x SFT mean log-likelihood + verifier_coef x check) is kept and the policy fine-tuned on the kept "
                    "answers (Llama 2's rejection sampling). 0 or 1 = off: PPO starts from the given policy.")
     prompts: int = Field(2000, ge=1, description="Prompts to sample: PPO's training prompts, topped up with the RM "
                          "stage's prompts (never eval or guard prompts). 2,000 x 8 beat 536 x 16 on the default world.")
