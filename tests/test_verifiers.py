@@ -3,6 +3,7 @@ place in PPO's reward."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -71,8 +72,8 @@ def test_world_ground_truth_passes_every_ideal_answer_and_fails_most_flawed_ones
 def test_a_loaded_world_written_without_ground_truth_derives_it(world, tmp_path):
     world.save(tmp_path)
     for f in tmp_path.glob("prompts_*.jsonl"):  # as a world from before prompts carried it
-        f.write_text("".join(line.split(', "ground_truth"')[0] + "}\n" if '"ground_truth"' in line else line
-                             for line in f.read_text().splitlines(keepends=True)))
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "ground_truth"}) + "\n" for r in rows))
     assert '"ground_truth"' not in (tmp_path / "prompts_ppo.jsonl").read_text()
     loaded = World.load(tmp_path)
     assert [p.get("ground_truth") for p in loaded.prompts("ppo")] == [p.get("ground_truth") for p in world.prompts("ppo")]
@@ -94,4 +95,5 @@ def test_score_rollout_adds_the_weighted_check_to_the_rm_score_only_where_a_prom
     on, off = scored(2.0), scored(0.0)
     assert on.scores.tolist() == pytest.approx([0.1 + 2.0, 0.2, 0.3 - 1.0])
     assert on.stats["verified"] == 0.5 and on.stats["rm_score"] == pytest.approx(0.2)  # the RM's own score apart
+    assert on.rm_scores.tolist() == pytest.approx([0.1, 0.2, 0.3])
     assert off.scores.tolist() == pytest.approx([0.1, 0.2, 0.3 - 1.0]) and "verified" not in off.stats

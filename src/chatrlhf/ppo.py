@@ -64,7 +64,8 @@ class Rollout:
     mask: torch.Tensor  # (B, R) 1.0 on response tokens (EOS included)
     finished: torch.Tensor  # (B,) bool: the response ended with EOS
     logprobs: torch.Tensor  # (B, R) under the policy that sampled, from the logits it sampled from
-    scores: torch.Tensor | None = None  # (B,) RM score minus missing-EOS penalty
+    scores: torch.Tensor | None = None  # (B,) RM score (+ verifier_coef x check) minus missing-EOS penalty
+    rm_scores: torch.Tensor | None = None  # (B,) the RM's own score
     ref_logprobs: torch.Tensor | None = None  # (B, R) under the frozen SFT model
     values: torch.Tensor | None = None  # (B, R)
     advantages: torch.Tensor | None = None
@@ -108,7 +109,7 @@ def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: Gol
         score = score + cfg.verifier_coef * torch.tensor(checks)
         if any(has):
             ro.stats["verified"] = sum(c for c, h in zip(checks, has) if h) / sum(has)  # mean check score
-    ro.scores = score.to(ro.mask.device)
+    ro.scores, ro.rm_scores = score.to(ro.mask.device), rm
     ro.stats["rm_score"] = rm.mean().item()
     ro.stats["reward"] = ro.scores.mean().item()
     ro.stats["eos_rate"] = ro.finished.float().mean().item()

@@ -54,8 +54,8 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
     best = reward.argmax(1)
     picked = [ro.texts[i * n + int(b)] for i, b in enumerate(best)]
     stats = {"reward_mean": reward.mean().item(), "reward_best": reward.max(1).values.mean().item(),
-             "rm_score_mean": ro.scores.mean().item(),
-             "rm_score_best": ro.scores.view(len(prompts), n).gather(1, best[:, None]).mean().item(),
+             "rm_score_mean": ro.rm_scores.mean().item(),
+             "rm_score_best": ro.rm_scores.view(len(prompts), n).gather(1, best[:, None].cpu()).mean().item(),
              "sft_loglik_best": loglik.view(len(prompts), n).gather(1, best[:, None]).mean().item(),
              "eos_rate": ro.finished.float().mean().item()}
     if "verified" in ro.stats:  # how well the kept answers pass their prompts' checks, against all samples
