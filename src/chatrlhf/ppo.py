@@ -41,7 +41,7 @@ from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_adva
                              ppo_policy_loss, ppo_value_loss, sft_loglik_rewards, token_logprobs)
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
 from chatrlhf.value import ValueModel
-from chatrlhf.verifiers import verifier_scores
+from chatrlhf.verifiers import checked_mean, verifier_scores
 
 RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, responses) -> (B,) scores
 GoldFn = Callable[[dict, str], float]
@@ -107,8 +107,8 @@ def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: Gol
     if cfg.verifier_coef:
         checks, has = verifier_scores(ro.prompts, ro.texts)
         score = score + cfg.verifier_coef * torch.tensor(checks)
-        if any(has):
-            ro.stats["verified"] = sum(c for c, h in zip(checks, has) if h) / sum(has)  # mean check score
+        if (mean := checked_mean(checks, has)) is not None:
+            ro.stats["verified"] = mean
     ro.scores, ro.rm_scores = score.to(ro.mask.device), rm
     ro.stats["rm_score"] = rm.mean().item()
     ro.stats["reward"] = ro.scores.mean().item()

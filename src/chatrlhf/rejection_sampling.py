@@ -26,7 +26,7 @@ from rich.console import Console
 from chatrlhf.config import PPOConfig
 from chatrlhf.losses import masked_mean, sft_loglik_rewards
 from chatrlhf.training import check_finite, cosine_with_warmup, progress_bar
-from chatrlhf.verifiers import verifier_scores
+from chatrlhf.verifiers import checked_mean, verifier_scores
 
 console = Console(stderr=True)
 
@@ -59,9 +59,8 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
              "sft_loglik_best": loglik.view(len(prompts), n).gather(1, best[:, None]).mean().item(),
              "eos_rate": ro.finished.float().mean().item()}
     if "verified" in ro.stats:  # how well the kept answers pass their prompts' checks, against all samples
-        checks, has = verifier_scores(prompts, picked)
         stats["verified_mean"] = ro.stats["verified"]
-        stats["verified_best"] = sum(c for c, h in zip(checks, has) if h) / sum(has)
+        stats["verified_best"] = checked_mean(*verifier_scores(prompts, picked))
     if gold_fn is not None:  # for the log only: the selection never sees the gold score
         stats["gold_mean"] = sum(gold_fn(p, t) for p, t in zip(rows, ro.texts)) / len(rows)
         stats["gold_best"] = sum(gold_fn(p, t) for p, t in zip(prompts, picked)) / len(prompts)

@@ -41,16 +41,17 @@ def mentions(text: str, phrase: str) -> bool:
     return _pattern(phrase).search(text.lower()) is not None
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-def first_number(text: str) -> int | None:
-    for w in _words(text):
+def first_number(text: str, number_words: dict[str, int] = NUMBER_WORDS) -> int | None:
+    """The first number the text writes, in digits or as one of `number_words`."""
+    for w in words(text):
         if w.isdigit():
             return int(w)
-        if w in NUMBER_WORDS:
-            return NUMBER_WORDS[w]
+        if w in number_words:
+            return number_words[w]
     return None
 
 
@@ -63,7 +64,7 @@ def check(spec: dict[str, Any], response: str) -> float:
     if kind == "number":
         return float(first_number(response) == int(spec["answer"]))
     if kind == "repeat":
-        ws, n = _words(response), int(spec["n"])
+        ws, n = words(response), int(spec["n"])
         k = sum(w == spec["word"].lower() for w in ws)
         return max(0.0, 1.0 - abs(k - n) / n) * (1.0 - 0.05 * min(4, len(ws) - k))
     if kind == "mentions":
@@ -88,3 +89,9 @@ def verifier_scores(prompts: list[dict[str, Any]], responses: list[str]) -> tupl
     """Per response: its check score (0 where the prompt has no ground truth) and whether it had one."""
     scores = [verify(p, r) for p, r in zip(prompts, responses)]
     return [s or 0.0 for s in scores], [s is not None for s in scores]
+
+
+def checked_mean(checks: list[float], has: list[bool]) -> float | None:
+    """Mean check score over the responses whose prompt has a ground truth (None when none has)."""
+    scored = [c for c, h in zip(checks, has) if h]
+    return sum(scored) / len(scored) if scored else None

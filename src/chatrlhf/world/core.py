@@ -20,7 +20,8 @@ from chatrlhf.data import iter_jsonl
 from chatrlhf.config import WorldConfig
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
-from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics, words
+from chatrlhf.verifiers import words
+from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
 from chatrlhf.world.labelers import SimulatedLabeler, candidate_responses, make_labeler_specs, write_demonstrations
 from chatrlhf.world.tasks import build_splits, ground_truth
 

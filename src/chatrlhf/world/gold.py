@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from chatrlhf.verifiers import first_number, words
 from chatrlhf.world import vocab
 from chatrlhf.world.facts import FactBase
 
@@ -84,10 +85,6 @@ def _lexicon(phrases: tuple[str, ...]) -> re.Pattern:
 def count_hits(low: str, lexicon: list[str]) -> int:
     """How many distinct phrases of the lexicon occur in the (lower-cased) text."""
     return len({m.group(1) for m in _lexicon(tuple(lexicon)).finditer(low)})
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def sentences(text: str) -> list[str]:
@@ -160,7 +157,7 @@ class GoldRubric:
             named = [x for x in ref["items"] if self.fb.mentions(low, x)]
             return 1.0 / len(named) if ref["answer"] in named else 0.0
         if task == "count":
-            n = self._first_number(low)
+            n = first_number(low, NUM_WORDS)
             return 0.0 if n is None else 1.0 if n == ref["answer"] else 0.3 if abs(n - ref["answer"]) == 1 else 0.0
         if task == "repeat":
             ws = words(low)
@@ -197,15 +194,6 @@ class GoldRubric:
                                                                 self.fb.mentions(low, full.split()[-1])) else 0.0
         value = 1.0 if self.fb.mentions(low, ref["value"]) and not self._states_wrong_value(ref, low) else 0.0
         return 0.5 * name + 0.5 * value
-
-    @staticmethod
-    def _first_number(low: str) -> int | None:
-        for w in words(low):
-            if w.isdigit():
-                return int(w)
-            if w in NUM_WORDS:
-                return NUM_WORDS[w]
-        return None
 
     # --- truthful -----------------------------------------------------------------------------
 
