@@ -47,6 +47,24 @@ def test_best_of_n_keeps_each_prompts_highest_reward_sample(tiny_model_dir):
     assert stats["rm_score_best"] >= stats["rm_score_mean"]
 
 
+def test_min_check_drops_answers_that_fail_their_check_and_keeps_unchecked_prompts(tiny_model_dir):
+    """Rejection-sampling fine-tuning on verified answers only: a prompt whose best sample fails its
+    rule-based check is left out of fine-tuning; prompts without a check are always kept."""
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    impossible = {"type": "mentions", "all": ["zzqxv"]}  # no sample of 8 tokens writes this word
+    also_failing = {"type": "repeat", "word": "zzqxv", "n": 1}
+    prompts = [{**PROMPTS[0]}, {**PROMPTS[1], "ground_truth": impossible}, {**PROMPTS[2], "ground_truth": also_failing}]
+    flat = lambda ps, texts: torch.zeros(len(texts))  # noqa: E731
+    kept_all, s_all = best_of_n(model, model, tok, prompts, flat, cfg(n=2), seed=1)
+    assert all(a is not None for a in kept_all) and s_all["kept"] == 3
+    c = cfg(n=2)
+    c.rejection_sampling.min_check = 0.5
+    kept, stats = best_of_n(model, model, tok, prompts, flat, c, seed=1)
+    assert kept[0] == kept_all[0]  # no check: kept as before
+    assert kept[1] is None and kept[2] is None and stats["kept"] == 1
+    assert stats["verified_best"] == 0.0
+
+
 def test_likelihood_term_selects_by_the_reference_and_the_shortcut_agrees(tiny_model_dir):
     """With a constant RM only the SFT log-likelihood decides. When the policy is the reference,
     the rollout's own log-probs stand in for the reference pass: same choice, same statistics."""

@@ -180,6 +180,9 @@ class RejectionSamplingConfig(Section):
     batch_size: int = Field(16, ge=1, description="Conversations per fine-tuning step.")
     warmup_steps: int = Field(5, ge=0, description="Linear learning-rate warm-up steps.")
     sample_batch: int = Field(256, ge=1, description="Rows sampled at once (continuous batching).")
+    min_check: float = Field(0.0, ge=0.0, le=1.0, description="Drop a prompt from fine-tuning when its kept answer "
+                             "scores below this on the prompt's rule-based check (rejection-sampling fine-tuning "
+                             "on verified answers only, as RFT and STaR do); prompts without a check are always kept. 0 = keep all.")
 
 
 class PPOConfig(Section):

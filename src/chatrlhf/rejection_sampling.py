@@ -33,8 +33,9 @@ console = Console(stderr=True)
 
 @torch.no_grad()
 def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg: PPOConfig, seed: int,
-              same_as_reference: bool = False, gold_fn=None) -> tuple[list[str], dict[str, float]]:
-    """The best of n samples per prompt under PPO's reward, and statistics of the selection.
+              same_as_reference: bool = False, gold_fn=None) -> tuple[list[str | None], dict[str, float]]:
+    """The best of n samples per prompt under PPO's reward (None where it scores below
+    rejection_sampling.min_check on the prompt's check), and statistics of the selection.
     `same_as_reference`: the policy *is* the SFT model, so the rollout's own log-probs are its
     log-likelihoods (at temperature 1) and the reference pass is skipped."""
     from chatrlhf.ppo import evaluate_rollout, rollout, score_rollout
@@ -58,13 +59,17 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
              "rm_score_best": ro.rm_scores.view(len(prompts), n).gather(1, best[:, None].cpu()).mean().item(),
              "sft_loglik_best": loglik.view(len(prompts), n).gather(1, best[:, None]).mean().item(),
              "eos_rate": ro.finished.float().mean().item()}
+    checks, has = verifier_scores(prompts, picked)
     if "verified" in ro.stats:  # how well the kept answers pass their prompts' checks, against all samples
         stats["verified_mean"] = ro.stats["verified"]
-        stats["verified_best"] = checked_mean(*verifier_scores(prompts, picked))
+        stats["verified_best"] = checked_mean(checks, has)
     if gold_fn is not None:  # for the log only: the selection never sees the gold score
         stats["gold_mean"] = sum(gold_fn(p, t) for p, t in zip(rows, ro.texts)) / len(rows)
         stats["gold_best"] = sum(gold_fn(p, t) for p, t in zip(prompts, picked)) / len(prompts)
-    return picked, stats
+    # a kept answer that fails its check would teach the error: train on verified answers only
+    keep = [not h or c >= cfg.rejection_sampling.min_check for c, h in zip(checks, has)]
+    stats["kept"] = sum(keep)
+    return [t if k else None for t, k in zip(picked, keep)], stats
 
 
 def fine_tune(policy, tokenizer, prompts: list[dict], answers: list[str], cfg: PPOConfig, seed: int,
@@ -108,12 +113,13 @@ def run_rejection_sampling(policy, ref_policy, tokenizer, prompts: list[dict], r
     t0 = time.time()
     picked, stats = best_of_n(policy, ref_policy, tokenizer, prompts, reward_fn, cfg, seed, same_as_reference, gold_fn)
     t1 = time.time()
-    train = fine_tune(policy, tokenizer, prompts, picked, cfg, seed, max_len)
+    kept = [(p, a) for p, a in zip(prompts, picked) if a is not None]
+    train = fine_tune(policy, tokenizer, [p for p, _ in kept], [a for _, a in kept], cfg, seed, max_len)
     meta = {"stage": "best_of_n", "prompts_sampled": len(prompts), "n": cfg.rejection_sampling.n, **stats,
             **{f"fine_tune_{k}": v for k, v in train.items()}, "sample_seconds": round(t1 - t0, 1),
             "train_seconds": round(time.time() - t1, 1), "config": cfg.rejection_sampling.model_dump()}
     console.print(f"best-of-{cfg.rejection_sampling.n}: {len(prompts)} prompts, reward {stats['reward_mean']:+.3f} -> "
                   f"{stats['reward_best']:+.3f} (RM {stats['rm_score_mean']:+.3f} -> {stats['rm_score_best']:+.3f}"
                   + (f", checks passed {stats['verified_mean']:.2f} -> {stats['verified_best']:.2f}" if "verified_best" in stats else "")
-                  + f"); fine-tuned {train['steps']} steps, loss {train['loss_first']:.3f} -> {train['loss_last_epoch']:.3f}")
+                  + f"); fine-tuned on {len(kept)} kept answers, {train['steps']} steps, loss {train['loss_first']:.3f} -> {train['loss_last_epoch']:.3f}")
     return meta
