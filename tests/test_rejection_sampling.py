@@ -65,6 +65,22 @@ def test_min_check_drops_answers_that_fail_their_check_and_keeps_unchecked_promp
     assert stats["verified_best"] == 0.0
 
 
+def test_min_check_that_drops_every_answer_fails_clearly_before_fine_tuning(tiny_model_dir):
+    import pytest
+
+    from chatrlhf.rejection_sampling import run_rejection_sampling
+
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    prompts = [{**p, "ground_truth": {"type": "mentions", "all": ["zzqxv"]}} for p in PROMPTS]
+    c = cfg(n=2)
+    c.rejection_sampling.min_check = 1.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="min_check=1.0"):
+        run_rejection_sampling(model, model, tok, prompts, lambda ps, ts: torch.zeros(len(ts)), c, seed=0,
+                               max_len=128, same_as_reference=True)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing was trained
+
+
 def test_likelihood_term_selects_by_the_reference_and_the_shortcut_agrees(tiny_model_dir):
     """With a constant RM only the SFT log-likelihood decides. When the policy is the reference,
     the rollout's own log-probs stand in for the reference pass: same choice, same statistics."""

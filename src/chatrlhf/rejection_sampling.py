@@ -24,6 +24,7 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import PPOConfig
+from chatrlhf.conversations import DataError
 from chatrlhf.losses import masked_mean, sft_loglik_rewards
 from chatrlhf.training import check_finite, cosine_with_warmup, progress_bar
 from chatrlhf.verifiers import checked_mean, verifier_scores
@@ -114,6 +115,9 @@ def run_rejection_sampling(policy, ref_policy, tokenizer, prompts: list[dict], r
     picked, stats = best_of_n(policy, ref_policy, tokenizer, prompts, reward_fn, cfg, seed, same_as_reference, gold_fn)
     t1 = time.time()
     kept = [(p, a) for p, a in zip(prompts, picked) if a is not None]
+    if not kept:
+        raise DataError(f"best-of-{cfg.rejection_sampling.n}: no kept answer of {len(prompts)} prompts passes its check "
+                        f"at ppo.rejection_sampling.min_check={cfg.rejection_sampling.min_check}; lower it (0 = keep all)")
     train = fine_tune(policy, tokenizer, [p for p, _ in kept], [a for _, a in kept], cfg, seed, max_len)
     meta = {"stage": "best_of_n", "prompts_sampled": len(prompts), "n": cfg.rejection_sampling.n, **stats,
             **{f"fine_tune_{k}": v for k, v in train.items()}, "sample_seconds": round(t1 - t0, 1),
