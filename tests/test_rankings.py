@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chatrlhf.data import DataError
 from chatrlhf.losses import ranking_loss
 from chatrlhf.rankings import (RankingError, check_ranks, expand_pairs, labeler_agreement, load_comparisons,
                                make_batch, parse_hh_transcript, ranking_pairs, split_by_prompt, to_competition)
@@ -128,7 +129,17 @@ def test_malformed_file_names_file_line_and_field(tmp_path, row, field):
 
 def test_bad_json_names_line(tmp_path):
     p = write_jsonl(tmp_path / "cmp.jsonl", [cmp(["a", "b"], [1, 2]), "", "{oops"])
-    with pytest.raises(RankingError, match=r"cmp.jsonl:3: not valid JSON"):
+    with pytest.raises(DataError, match=r"cmp.jsonl:3: not valid JSON"):
+        load_comparisons(p)
+
+
+def test_every_data_problem_is_one_error_class(tmp_path):
+    """A caller catches DataError once for a bad comparison, conversation or corpus line alike."""
+    from chatrlhf import conversations
+
+    assert conversations.DataError is DataError
+    p = write_jsonl(tmp_path / "cmp.jsonl", [cmp(["a", "b"], [1, 1, 2])])
+    with pytest.raises(DataError, match=r"cmp.jsonl:1:"):
         load_comparisons(p)
 
 

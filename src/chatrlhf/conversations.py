@@ -18,13 +18,14 @@ A bad row fails with the file, the line (1-based, as an editor shows it) and the
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from chatrlhf.data import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 Message = dict[str, str]
@@ -43,23 +44,11 @@ DEFAULT_COLUMNS = {
 }
 
 
-class DataError(ValueError):
-    """A data problem, with a message naming the source, the line and the field."""
-
-
 # --- reading rows ---------------------------------------------------------------------------
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{i}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+    yield from ((f"{path}:{i}", row) for i, row in iter_jsonl(path, objects_only=False))
 
 
 def _read_table(path: Path) -> Iterator[tuple[str, Any]]:

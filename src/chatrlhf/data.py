@@ -20,7 +20,8 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 
 
 class DataError(ValueError):
-    """A data file that cannot be read as asked, with the file/line/field named."""
+    """A data problem (a file that cannot be read as asked, a malformed row), with the source, line
+    and field named. The project's one data error: rankings.RankingError is a kind of it."""
 
 
 def _suffix(path: Path) -> str:
@@ -35,9 +36,11 @@ def _open_text(path: Path) -> io.TextIOBase:
     return path.open("r", encoding="utf-8")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a .jsonl(.gz) file; a bad line raises
-    DataError naming file:line, so the user can open the file at the right place."""
+def iter_jsonl(path: str | Path, objects_only: bool = True) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a .jsonl(.gz) file; a bad line raises
+    DataError naming file:line, so the user can open the file at the right place. The one jsonl
+    reader of the project. With `objects_only=False` non-object rows are yielded too, for callers
+    that check row shape themselves with a message of their own."""
     path = Path(path)
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -47,7 +50,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
+            if objects_only and not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row
 

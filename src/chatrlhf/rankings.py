@@ -17,7 +17,6 @@ whatever its K or its number of labelers. All pairs of a comparison go in the sa
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -26,8 +25,11 @@ from math import comb
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from chatrlhf import data
+from chatrlhf.data import DataError
 
-class RankingError(ValueError):
+
+class RankingError(DataError):
     """A malformed comparison, naming the file, line and field."""
 
 
@@ -107,23 +109,12 @@ def validate_comparison(row: Any, source: str, line: int | None = None, allow_ti
 # --- readers --------------------------------------------------------------------------------
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) for each non-blank line; a bad line names file and line."""
+    """(line number, parsed value) of a comparison file; row shapes are checked by validate_comparison."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"comparison file not found: {p}")
-    with _open(p) as f:
-        for n, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                yield n, json.loads(text)
-            except json.JSONDecodeError as e:
-                raise RankingError(f"{p}:{n}: not valid JSON: {e.msg} (column {e.colno})") from None
+    return data.iter_jsonl(p, objects_only=False)
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")

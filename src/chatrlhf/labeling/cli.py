@@ -205,14 +205,9 @@ def simulate(pattern: Annotated[str, typer.Argument(help="Project name, or a glo
 
 def _read_jsonl(path: Path) -> tuple[list[int], list]:
     """(line numbers, records) of a jsonl file; a bad line fails with file:line."""
+    from chatrlhf.data import iter_jsonl
+
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")
-    lines, records = [], []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-                lines.append(n)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return lines, records
+    rows = list(iter_jsonl(path, objects_only=False))
+    return [n for n, _ in rows], [r for _, r in rows]
