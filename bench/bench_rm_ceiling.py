@@ -31,15 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "rm_ceiling.json"
 
 
-def expected_wins(world, prompts: list[dict], a: list[str], b: list[str], reps: int = 20) -> list[float]:
-    """Per prompt: P(a preferred over b) over `reps` held-out labeler judgements (ties half)."""
-    labs = world.labelers(held_out=True)
-    return [sum(labs[(i + k) % len(labs)].compare(p, x, y, random.Random(i * 100 + k)) for k in range(reps)) / reps
-            for i, (p, x, y) in enumerate(zip(prompts, a, b))]
-
-
 def summarise(world, prompts: list[dict], picks: list[str], baseline: list[str]) -> dict:
-    wins = expected_wins(world, prompts, picks, baseline)
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+
+    wins = compare_to_baseline(world, prompts, picks, baseline, seed=0, judgements=20)  # the eval's own measure
     by_task: dict[str, list[float]] = defaultdict(list)
     for p, w in zip(prompts, wins):
         by_task[p["task"]].append(w)

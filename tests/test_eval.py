@@ -157,3 +157,33 @@ def test_base_answer_is_cut_at_the_document_separator(tiny_model_dir):
     assert em._text(base, ids, "I do not know.Thread: next doc") == "I do not know."
     sft = em.load_handle("sft", str(tiny_model_dir))
     assert em._text(sft, ids, "kept as the engine gave it") == "kept as the engine gave it"
+
+
+def test_judging_each_pair_many_times_estimates_the_same_win_rate_with_less_noise():
+    """compare_to_baseline with judgements=20 rotates the pair over the held-out labelers: identical
+    answers tie, a clearly better answer always wins, and on close calls (concise vs detailed ideal
+    answers, which the labeler groups disagree on) the win rate is the same as one judgement per
+    pair gives on average, with a much smaller spread from the labelers' noise."""
+    import random
+    import statistics
+
+    from chatrlhf.config import WorldConfig
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+    from chatrlhf.world import World
+    from chatrlhf.world.writing import ideal
+
+    world = World.generate(WorldConfig(n_people=8, n_places=5, n_objects=4, corpus_docs=100, n_sft_prompts=20,
+                                       n_rm_prompts=20, n_ppo_prompts=20, n_eval_prompts=120))
+    prompts = world.prompts("eval")
+    rng = random.Random(0)
+    concise = [ideal(p, rng, "concise", world.facts) for p in prompts]
+    detailed = [ideal(p, rng, "detailed", world.facts) for p in prompts]
+    assert set(compare_to_baseline(world, prompts, concise, concise, 0, judgements=20)) == {0.5}
+    assert set(compare_to_baseline(world, prompts, concise, [""] * len(prompts), 0, judgements=20)) == {1.0}
+
+    def means(judgements: int) -> list[float]:
+        return [statistics.mean(compare_to_baseline(world, prompts, concise, detailed, s, judgements)) for s in range(12)]
+
+    one, many = means(1), means(20)
+    assert abs(statistics.mean(one) - statistics.mean(many)) < 0.05
+    assert statistics.stdev(many) < 0.5 * statistics.stdev(one)

@@ -257,6 +257,9 @@ class EvalConfig(Section):
     temperature: float = Field(1.0, description="Sampling temperature (greedy is always evaluated too).")
     bootstrap: int = Field(1000, description="Bootstrap resamples for confidence intervals.")
     baseline: str = Field("sft", description="Model that win rates are measured against.")
+    judgements_per_pair: int = Field(20, ge=1, description=(
+        "Held-out labeler judgements per (model, baseline) answer pair, rotating over the held-out labelers; "
+        "the win rate is their mean (1 = one judgement per pair, noisier)."))
     shared_data: str = Field("../shared/data", description="Directory of the shared real datasets (skipped when absent).")
     real_data_limit: int = Field(25, description="Examples per real benchmark in the default run (0 = all; bench/bench_eval.py full).")
     judge: str | None = Field(None, description="Reward model directory used to score real prompts (None = final RM).")

@@ -149,12 +149,13 @@ def evaluate_model(ctx: Context, h: ModelHandle) -> dict[str, Any]:
 
 
 def world_win_rate(ctx: Context, responses: list[str], baseline: list[str]) -> dict[str, float]:
-    """Held-out labelers' win rate of `responses` over `baseline` (ties half), with its bootstrap CI."""
+    """Held-out labelers' win rate of `responses` over `baseline` (ties half), each pair judged
+    eval.judgements_per_pair times, with its bootstrap CI over prompts."""
     from chatrlhf.evaluate.world_eval import compare_to_baseline
 
-    seed = ctx.cfg.run.seed
-    return _ci(bootstrap_ci(compare_to_baseline(ctx.world, ctx.prompts, responses, baseline, seed),
-                            ctx.cfg.eval.bootstrap, seed))
+    seed, ev = ctx.cfg.run.seed, ctx.cfg.eval
+    wins = compare_to_baseline(ctx.world, ctx.prompts, responses, baseline, seed, ev.judgements_per_pair)
+    return {**_ci(bootstrap_ci(wins, ev.bootstrap, seed)), "judgements_per_pair": ev.judgements_per_pair}
 
 
 def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:

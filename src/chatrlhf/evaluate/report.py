@@ -175,12 +175,13 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
                          ("world_sample_vs_greedy_baseline_win_rate", "sampled vs greedy")):
             if key in comp:
                 w = comp[key]
-                parts.append(f"{how} win rate vs {base} {w['estimate']:.2f} [{w['low']:.2f}, {w['high']:.2f}]")
+                judged = f" ({w['judgements_per_pair']} judgements per pair)" if "judgements_per_pair" in w else ""
+                parts.append(f"{how} win rate vs {base} {w['estimate']:.3f} [{w['low']:.3f}, {w['high']:.3f}]{judged}")
         lines.append(f"{name.upper()} vs {base.upper()}: " + "; ".join(parts))
     ctl = summary.get("controls", {}).get("baseline_greedy_vs_sample")
     if ctl and lines:
-        lines.append(f"Control: {base.upper()} greedy vs {base.upper()} sampled {ctl['estimate']:.2f} "
-                     f"[{ctl['low']:.2f}, {ctl['high']:.2f}], what lowering the temperature alone buys; a sampled "
+        lines.append(f"Control: {base.upper()} greedy vs {base.upper()} sampled {ctl['estimate']:.3f} "
+                     f"[{ctl['low']:.3f}, {ctl['high']:.3f}], what lowering the temperature alone buys; a sampled "
                      "win rate at or below it is no better than that")
     return lines
 

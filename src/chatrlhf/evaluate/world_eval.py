@@ -105,17 +105,20 @@ def score(world, prompts: list[dict], responses: dict[str, list[str]], seed: int
     return metrics, per_item, rows
 
 
-def compare_to_baseline(world, prompts: list[dict], responses: list[str], baseline: list[str], seed: int
-                        ) -> list[float]:
-    """Per prompt: 1 when a held-out labeler prefers `responses[i]` over the baseline's, 0.5 tie.
-    Each pair is shown in a random order, so a labeler's position bias cannot favour either side."""
+def compare_to_baseline(world, prompts: list[dict], responses: list[str], baseline: list[str], seed: int,
+                        judgements: int = 1) -> list[float]:
+    """Per prompt: the share of `judgements` held-out labeler judgements that prefer `responses[i]`
+    over the baseline's (ties half). Judgement k of prompt i goes to held-out labeler (i + k) mod L,
+    so with judgements >= L every held-out labeler judges every pair; each judgement shows the pair
+    in a random order (no position bias) with its own noise draw. More judgements estimate the same
+    win rate with less judge noise; the bootstrap over prompts then measures the prompts' spread."""
     labelers = world.labelers(held_out=True)
     rng = random.Random(seed + 1)
     out = []
     for i, (p, a, b) in enumerate(zip(prompts, responses, baseline)):
-        lab = labelers[i % len(labelers)]
-        if rng.random() < 0.5:
-            out.append(float(lab.compare(p, a, b, rng)))
-        else:
-            out.append(1.0 - float(lab.compare(p, b, a, rng)))
+        wins = 0.0
+        for k in range(judgements):
+            lab = labelers[(i + k) % len(labelers)]
+            wins += lab.compare(p, a, b, rng) if rng.random() < 0.5 else 1.0 - lab.compare(p, b, a, rng)
+        out.append(wins / judgements)
     return out
