@@ -243,9 +243,9 @@ class PPOConfig(Section):
 
 
 class IterateConfig(Section):
-    rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
+    rounds: int = Field(3, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
     prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
-    rm_mode: Literal["continue", "retrain"] = Field("retrain", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
+    rm_mode: Literal["continue", "retrain"] = Field("continue", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
     labeling_project: str | None = Field(None, description="Labeling app project name when source = labeling_app.")
