@@ -136,8 +136,8 @@ def test_timeout_is_408_and_server_keeps_serving(engine):
 
 
 def test_saved_conversations_load_as_sft_conversations(client, tmp_path):
-    for stream in (False, True):
-        client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 4, "stream": stream})
+    for stream in (False, True):  # seeded: an unseeded reply is sometimes empty, and an empty reply is no demonstration
+        client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 4, "stream": stream, "seed": 1})
     client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 999})  # refused: not saved
     path = tmp_path / "convs" / "conversations.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -233,6 +233,8 @@ class DecodeBatch:
         lps = sampled_logprobs(self.logits, temp, nxt)
         got, keep = [], []
         for j, (r, t, lp) in enumerate(zip(rows, nxt.tolist(), lps.tolist())):
+            if self.reason[r] is not None:  # finished at an earlier step; its cache row is dropped later
+                continue
             if r in self.cancelled:
                 self.reason[r] = "cancelled"
                 continue
@@ -265,8 +267,12 @@ class DecodeBatch:
             self.reason[r] = "length"
 
     def _advance(self, nxt: torch.Tensor, keep: list[int]) -> None:
-        """Feed the sampled tokens of the rows still running (one forward, KV cache)."""
-        if len(keep) < len(self.active):  # drop finished rows from the batch and the cache
+        """Feed the sampled tokens of the rows still running (one forward, KV cache). Finished rows
+        are dropped from the cache once they are an eighth of it: compacting copies every layer's
+        keys and values, and doing it whenever any row ends (most steps of a large batch of short
+        answers) cost more than the finished rows' share of the forward."""
+        dead = len(self.active) - len(keep)
+        if dead and dead >= max(1, len(self.active) // 8):  # drop finished rows from the batch and the cache
             idx = torch.tensor(keep, device=nxt.device)
             self.cache.batch_select_indices(idx)
             self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
