@@ -187,7 +187,7 @@ class RejectionSamplingConfig(Section):
 
 class PPOConfig(Section):
     total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
-    max_minutes: float = Field(2.0, description="Stop PPO after this many minutes per round (0 = no limit; 2 bounds `chatrlhf run`'s three rounds under load; an idle 2-core CPU needs at most 1.4); the guard's best is still taken.")
+    max_minutes: float = Field(3.0, description="Stop PPO after this many minutes per round (0 = no limit; 3 keeps `chatrlhf run` under 15 CPU-minutes); the guard's best is still taken.")
     rollout_batch_size: int = Field(32, description="Responses per rollout batch (rollout_batch_size / samples_per_prompt distinct prompts).")
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt in a rollout batch (RLOO needs at least 2).")
     advantage_estimator: Literal["gae", "rloo"] = Field(
@@ -243,7 +243,7 @@ class PPOConfig(Section):
 
 
 class IterateConfig(Section):
-    rounds: int = Field(3, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
+    rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
     prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
     rm_mode: Literal["continue", "retrain"] = Field("continue", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
