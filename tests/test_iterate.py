@@ -23,5 +23,5 @@ def test_continue_mode_trains_on_fresh_comparisons_plus_as_many_replayed(tmp_pat
     assert len(old) == 3 and len(set(old)) == 3 and all(i.startswith("r1-") for i in old)  # ... and as many replayed
     assert [c["id"] for c in round_rm_data(cfg, 2)] == ids  # the replay sample is seeded
 
-    retrain = load_config(None, [f"run.out_dir={tmp_path}"])  # the default: a new RM from SFT on everything
+    retrain = load_config(None, [f"run.out_dir={tmp_path}", "iterate.rm_mode=retrain"])  # a new RM from SFT on everything
     assert len(round_rm_data(retrain, 2)) == 13
