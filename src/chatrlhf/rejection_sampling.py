@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import PPOConfig
-from chatrlhf.conversations import DataError
+from chatrlhf.data import DataError
 from chatrlhf.losses import masked_mean, sft_loglik_rewards
 from chatrlhf.training import check_finite, cosine_with_warmup, progress_bar
 from chatrlhf.verifiers import checked_mean, verifier_scores

@@ -27,7 +27,8 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.conversations import Conversation, DataError, load_conversations
+from chatrlhf.conversations import Conversation, load_conversations
+from chatrlhf.data import DataError
 from chatrlhf.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.modeling import load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.tokenizer import document_eos, ensure_chat_template
