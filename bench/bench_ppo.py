@@ -10,6 +10,11 @@ batch, mini-batch and PPO epochs, one CPU thread each, each trainer in its own s
 PPO epochs; the first step is a warm-up and not counted. The trainers run alternately, twice each,
 and the medians of all their steps are compared, so load on a shared machine hits both alike.
 
+Ours runs twice: with a separate critic initialised from the RM (the default, like for like with
+TRL 1.10, whose PPOTrainer takes a separate value model) and with `ppo.critic=shared`, a value head
+on the policy's trunk (TRL's classic AutoModelForCausalLMWithValueHead design), which needs one
+trunk pass per mini-batch instead of two. Both ratios are reported.
+
 Also: rollout tokens/s of our KV-cache engine against `model.generate` on the same batch, and the
 step's model FLOPs (2N per token forward, 6N forward+backward; attention's T^2 term left out, small
 at these lengths) against the CPU's measured fp32 matmul peak on the same thread count.
@@ -68,7 +73,7 @@ def setup(tmp: Path) -> dict:
 # --- workers -----------------------------------------------------------------------------------
 
 
-def worker_ours(tmp: Path, s: dict) -> dict:
+def worker_ours(tmp: Path, s: dict, critic: str = "separate") -> dict:
     import torch
 
     from chatrlhf.config import PPOConfig
@@ -76,7 +81,7 @@ def worker_ours(tmp: Path, s: dict) -> dict:
     from chatrlhf.ppo import PPOTrainer
     from chatrlhf.reward import RewardModel
     from chatrlhf.training import make_accelerator
-    from chatrlhf.value import ValueModel
+    from chatrlhf.value import ValueHead, ValueModel
 
     torch.set_num_threads(s["threads"])
     prompts = json.loads((tmp / "prompts.json").read_text())
@@ -86,15 +91,18 @@ def worker_ours(tmp: Path, s: dict) -> dict:
     cfg = PPOConfig(total_iterations=s["steps"] + 1, rollout_batch_size=s["rollout_batch_size"],
                     mini_batch_size=s["mini_batch_size"], ppo_epochs=s["ppo_epochs"],
                     max_new_tokens=s["response_length"], learning_rate=s["learning_rate"], kl_coef=s["kl_coef"],
-                    early_stop="none", save_every=10_000, max_kl=1e9)
-    trainer = PPOTrainer(cfg, policy, ref, ValueModel.from_pretrained(tmp / "rm"), tok,
+                    early_stop="none", save_every=10_000, max_kl=1e9, critic=critic)
+    value = (ValueHead.from_reward_model(tmp / "rm", policy.config.hidden_size) if critic == "shared"
+             else ValueModel.from_pretrained(tmp / "rm"))
+    trainer = PPOTrainer(cfg, policy, ref, value, tok,
                          lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / "ours_out",
                          make_accelerator(s["seed"], device="cpu"), seed=s["seed"])
     steps = [trainer.step() for _ in range(s["steps"] + 1)][1:]
     out = {"step_s": [h["time_step_s"] for h in steps], "rollout_s": [h["time_rollout_s"] for h in steps],
            "response_len": statistics.mean(h["response_len"] for h in steps)}
-    out.update(generation_speed(tmp, s, policy, tok, prompts))
-    out["matmul_peak_gflops"] = matmul_peak(s["threads"])
+    if critic == "separate":
+        out.update(generation_speed(tmp, s, policy, tok, prompts))
+        out["matmul_peak_gflops"] = matmul_peak(s["threads"])
     return out
 
 
@@ -196,38 +204,44 @@ def run_worker(py: Path, which: str, tmp: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=["ours", "trl"])
+    p.add_argument("--worker", choices=["ours", "ours_shared", "trl"])
     p.add_argument("--tmp", type=Path)
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     if a.worker:
-        fn = worker_ours if a.worker == "ours" else worker_trl
-        a.out.write_text(json.dumps(fn(a.tmp, SETTINGS)))
+        fns = {"ours": worker_ours, "ours_shared": lambda t, s: worker_ours(t, s, "shared"), "trl": worker_trl}
+        a.out.write_text(json.dumps(fns[a.worker](a.tmp, SETTINGS)))
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         info = setup(tmp)
         prompts = json.loads((tmp / "prompts.json").read_text())
-        # alternate the two trainers (ours, TRL, ours, TRL) so a shared machine's load hits both alike
-        ours, trl = run_worker(OURS_PY, "ours", tmp), None
+        # alternate the trainers (ours, shared, TRL, ours, shared, TRL) so a shared machine's load hits all alike
+        ours, shared, trl = run_worker(OURS_PY, "ours", tmp), run_worker(OURS_PY, "ours_shared", tmp), None
         if TRL_PY.exists():
             trl = run_worker(TRL_PY, "trl", tmp)
-            again = run_worker(OURS_PY, "ours", tmp)
-            ours["step_s"] += again["step_s"]
-            ours["rollout_s"] += again["rollout_s"]
+            for name, acc in (("ours", ours), ("ours_shared", shared)):
+                again = run_worker(OURS_PY, name, tmp)
+                acc["step_s"] += again["step_s"]
+                acc["rollout_s"] += again["rollout_s"]
             trl["step_s"] += run_worker(TRL_PY, "trl", tmp)["step_s"]
         from chatrlhf.modeling import load_tokenizer
 
         tok = load_tokenizer(tmp / "policy")
         plen = statistics.mean(len(tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),
                                        add_special_tokens=False)["input_ids"]) for p in prompts)
-    ours_step = statistics.median(ours["step_s"])
+    ours_step, shared_step = statistics.median(ours["step_s"]), statistics.median(shared["step_s"])
+    trl_step = None if trl is None else statistics.median(trl["step_s"])
     flops = step_flops(info["params"], plen, ours["response_len"], SETTINGS)
     res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen,
            "ours": {"step_s_median": ours_step, "step_s": ours["step_s"], "rollout_s": ours["rollout_s"],
                     "mean_response_tokens": ours["response_len"]},
-           "trl_1_10": None if trl is None else {"step_s_median": statistics.median(trl["step_s"]), "step_s": trl["step_s"]},
-           "speedup_vs_trl": None if trl is None else statistics.median(trl["step_s"]) / ours_step,
+           # ppo.critic=shared: a value head on the policy's trunk (TRL's classic design, not TRL 1.10's)
+           "ours_shared_critic": {"step_s_median": shared_step, "step_s": shared["step_s"],
+                                  "rollout_s": shared["rollout_s"]},
+           "trl_1_10": None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"]},
+           "speedup_vs_trl": None if trl is None else trl_step / ours_step,  # like for like: both a separate critic
+           "speedup_vs_trl_shared_critic": None if trl is None else trl_step / shared_step,
            "rollout": {k: ours[k] for k in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "engine_vs_generate")},
            "flops": {"per_step": flops, "achieved_gflops": flops / ours_step / 1e9,
                      "matmul_peak_gflops": ours["matmul_peak_gflops"],
@@ -235,7 +249,7 @@ def main() -> None:
            "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "rollout", "flops")}, indent=2))
+    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "speedup_vs_trl_shared_critic", "rollout", "flops")}, indent=2))
 
 
 if __name__ == "__main__":

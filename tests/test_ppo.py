@@ -7,9 +7,9 @@ import torch
 
 from chatrlhf.config import LoraConfig, PPOConfig
 from chatrlhf.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.ppo import LabelerGuard, PPOInstabilityError, PPOTrainer, rollout
+from chatrlhf.ppo import LabelerGuard, PPOInstabilityError, PPOTrainer, response_forward, response_values, rollout
 from chatrlhf.training import make_accelerator
-from chatrlhf.value import ValueModel
+from chatrlhf.value import ValueHead, ValueModel
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.",
@@ -45,7 +45,10 @@ def make_trainer(tiny_model_dir, out_dir, cfg, lora=False, guard=None, seed=0):
         from chatrlhf.lora import wrap_lora
 
         policy, ref = wrap_lora(policy, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])), None
-    value = ValueModel.from_pretrained(tiny_model_dir)
+    if cfg.critic == "shared":
+        value = ValueHead.from_reward_model(tiny_model_dir, policy.get_output_embeddings().weight.shape[1])
+    else:
+        value = ValueModel.from_pretrained(tiny_model_dir)
     acc = make_accelerator(seed, device="cpu")
     return PPOTrainer(cfg, policy, ref, value, tok, fifth_token_reward(tok), PROMPTS, out_dir, acc, seed=seed,
                       guard=guard)
@@ -85,6 +88,60 @@ def test_value_model_is_initialised_from_reward_model(tiny_model_dir, tmp_path):
     assert v.shape == (1, 5)
     assert torch.allclose(v[:, -1], r, atol=1e-5)  # V at the last token == the RM's score
     assert torch.equal(value.model.score.weight, rm.score.weight)
+
+
+def _save_rm(tiny_model_dir, path):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(1)
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    rm.config.pad_token_id = load_tokenizer(tiny_model_dir).pad_token_id
+    rm.save_pretrained(path)
+    return rm
+
+
+def test_shared_value_head_starts_as_the_rms_head_on_the_policys_own_states(tiny_model_dir, tmp_path):
+    rm = _save_rm(tiny_model_dir, tmp_path / "rm")
+    policy = load_causal_lm(tiny_model_dir)
+    H = policy.config.hidden_size
+    head = ValueHead.from_reward_model(tmp_path / "rm", H)
+    assert torch.equal(head.head.weight, rm.score.weight)
+    ids, P = torch.tensor([[5, 6, 7, 8, 9, 10, 11]]), 4
+    attn, pos = torch.ones_like(ids), torch.arange(7)[None]
+    with torch.no_grad():
+        logits, hidden = response_forward(policy, ids, attn, pos, P, 1.0, hidden=True)
+        v = response_values(head, ids, attn, pos, P, hidden=hidden)
+        states = policy.model(input_ids=ids, attention_mask=attn).last_hidden_state
+    assert logits.shape[:2] == hidden.shape[:2] == v.shape == (1, 3)  # one per response token
+    assert torch.allclose(v, rm.score(states[:, P - 1:-1]).squeeze(-1), atol=1e-5)  # read before each response token
+    head.save_pretrained(tmp_path / "value")
+    assert torch.equal(ValueHead.from_saved(tmp_path / "value").head.weight, head.head.weight)
+    with pytest.raises(ValueError, match="ppo.critic=separate"):
+        ValueHead.from_reward_model(tmp_path / "rm", H + 8)
+    with pytest.raises(TypeError, match="ppo.critic=shared needs a ValueHead"):
+        PPOTrainer(toy_cfg(critic="shared"), policy, None, ValueModel.from_pretrained(tmp_path / "rm"),
+                   load_tokenizer(tiny_model_dir), fifth_token_reward(None), PROMPTS, tmp_path / "x",
+                   make_accelerator(0, device="cpu"))
+
+
+def test_shared_critic_raises_reward_trains_its_head_and_resumes(tiny_model_dir, tmp_path):
+    cfg = toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4, critic="shared")
+    trainer = make_trainer(tiny_model_dir, tmp_path / "a", cfg)
+    head_before = trainer.value_model.head.weight.detach().clone()
+    hist = trainer.train(resume=False)
+    first = sum(h["reward"] for h in hist[:3]) / 3
+    last = sum(h["reward"] for h in hist[-3:]) / 3
+    assert last > first + 0.1, [round(h["reward"], 3) for h in hist]
+    assert "vf_loss" in hist[-1] and not torch.equal(trainer.value_model.head.weight, head_before)
+    # resume: 2 + 2 iterations end where 4 straight ones do, value head included
+    straight = make_trainer(tiny_model_dir, tmp_path / "b", toy_cfg(total_iterations=4, critic="shared"))
+    straight.train(resume=False)
+    make_trainer(tiny_model_dir, tmp_path / "c", toy_cfg(total_iterations=2, critic="shared")).train(resume=False)
+    resumed = make_trainer(tiny_model_dir, tmp_path / "c", toy_cfg(total_iterations=4, critic="shared"))
+    assert len(resumed.train(resume=True)) == 2
+    assert torch.allclose(straight.value_model.head.weight, resumed.value_model.head.weight, atol=1e-6)
+    for (k, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
 
 
 def test_short_ppo_run_raises_mean_reward(tiny_model_dir, tmp_path):

@@ -193,6 +193,10 @@ class PPOConfig(Section):
     advantage_estimator: Literal["gae", "rloo"] = Field(
         "gae", description="gae: GAE with the value model (initialised from the RM); rloo: the RM score minus the "
         "mean of the prompt's other samples (leave-one-out, Ahmadian et al. 2024), no value model.")
+    critic: Literal["separate", "shared"] = Field(
+        "separate", description="GAE's value function. separate: its own model initialised from the RM (InstructGPT); "
+        "shared: a scalar head on the policy's last hidden states, initialised from the RM's head (TRL's classic "
+        "value head) -- one trunk pass per update instead of two, and the value loss also trains the policy's trunk.")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
     ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(48, description="Maximum response tokens per rollout.")

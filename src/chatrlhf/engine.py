@@ -44,6 +44,7 @@ class Generation:
     text: str  # decoded without special tokens, cut before a stop string
     finished: bool  # ended at eos or a stop string (False: ran out of max_new_tokens)
     finish_reason: str = "length"  # "eos" | "stop" | "length" | "cancelled" | "error" (server only)
+    hidden: torch.Tensor | None = None  # (n, H) last hidden state each token was sampled from (keep_hidden only)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Rollout:
     logprobs: torch.Tensor  # (B, Q + R) log p of each response token as sampled (PPO's old log-probs), 0 elsewhere
     query_len: int  # Q: responses start at this column
     generations: list[Generation]
+    hidden: torch.Tensor | None = None  # (B, R, H) each response token's last hidden state (keep_hidden only), 0 elsewhere
 
 
 # --- sampling -------------------------------------------------------------------------------
@@ -111,6 +113,7 @@ class DecodeBatch:
         self.max_new: list[int] = []
         self.tokens: list[list[int]] = []
         self.logprobs: list[list[float]] = []
+        self.hidden: list[list[torch.Tensor]] = []  # per row, with Engine.keep_hidden
         self.reason: list[str | None] = []
         self.text: list[str] = []  # decoded so far (kept for rows with stop strings)
         self.stop_at: list[int | None] = []
@@ -142,6 +145,7 @@ class DecodeBatch:
         n = len(prompts)
         self.tokens += [[] for _ in range(n)]
         self.logprobs += [[] for _ in range(n)]
+        self.hidden += [[] for _ in range(n)]
         self.reason += [None] * n
         self.text += [""] * n
         self.stop_at += [None] * n
@@ -167,7 +171,8 @@ class DecodeBatch:
         cache = DynamicCache(config=eng.model.config)
         ids, mask, position_ids = ids.to(dev), mask.to(dev), position_ids.to(dev)
         try:
-            logits = eng.forward(ids, mask, position_ids, cache, last_only=True)[:, -1]
+            logits, h = eng.forward(ids, mask, position_ids, cache, last_only=True)
+            logits = logits[:, -1]
         except Exception:
             for r in rows:  # the newcomers never started; the running rows go on
                 self.reason[r] = "error"
@@ -176,10 +181,11 @@ class DecodeBatch:
         new_active = torch.tensor(rows)
         if self.cache is None or not len(self.active):
             self.cache, self.mask, self.pos, self.logits, self.active = cache, mask, pos, logits, new_active
-            self.padded, self._knobs = not bool(mask.all()), None
+            self.h, self.padded, self._knobs = h, not bool(mask.all()), None
         else:
             self._merge(cache, mask)
             self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
+            self.h = None if h is None else torch.cat([self.h, h])
             self.active = torch.cat([self.active, new_active])
         return rows
 
@@ -240,6 +246,8 @@ class DecodeBatch:
                 continue
             self.tokens[r].append(t)
             self.logprobs[r].append(lp)
+            if self.h is not None:
+                self.hidden[r].append(self.h[j])
             got.append(r)
             self._check_end(r, t)
             if self.reason[r] is None:
@@ -283,8 +291,8 @@ class DecodeBatch:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], 1)
         # no padding anywhere (one row, or equal lengths): a plain causal mask, cheaper to build
         mask = self.mask if self.padded else None
-        out = self.eng.forward(nxt.unsqueeze(1), mask, self.pos.unsqueeze(1), self.cache)
-        self.logits = out[:, -1]
+        logits, self.h = self.eng.forward(nxt.unsqueeze(1), mask, self.pos.unsqueeze(1), self.cache)
+        self.logits = logits[:, -1]
 
     # --- results --------------------------------------------------------------------------
 
@@ -310,8 +318,10 @@ class DecodeBatch:
 
     def result(self, r: int) -> Generation:
         reason = self.reason[r] or "length"
+        hidden = torch.stack(self.hidden[r]) if self.hidden[r] else None
         return Generation(prompt_ids=self.prompts[r], token_ids=list(self.tokens[r]), logprobs=list(self.logprobs[r]),
-                          text=self.final_text(r), finished=reason in ("eos", "stop"), finish_reason=reason)
+                          text=self.final_text(r), finished=reason in ("eos", "stop"), finish_reason=reason,
+                          hidden=hidden)
 
 
 # --- the engine -----------------------------------------------------------------------------
@@ -320,10 +330,12 @@ class DecodeBatch:
 class Engine:
     """Generation for any transformers causal LM + tokenizer (the embedded Llama or a user's model)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 64):
+    def __init__(self, model, tokenizer, max_batch: int = 64, keep_hidden: bool = False):
         self.model = model.eval()
         self.tok = tokenizer
         self.max_batch = max_batch
+        # keep the last hidden state each token was sampled from (PPO's shared value head reads it)
+        self.keep_hidden = keep_hidden
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = {tokenizer.eos_token_id} - {None}
@@ -337,11 +349,12 @@ class Engine:
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, the last position's last hidden state (B, H) with keep_hidden, else None)."""
         kw: dict[str, Any] = {"logits_to_keep": 1} if last_only and self._keep_arg else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                         use_cache=True, **kw)
-        return out.logits
+                         use_cache=True, output_hidden_states=self.keep_hidden, **kw)
+        return out.logits, out.hidden_states[-1][:, -1] if self.keep_hidden else None
 
     def decode(self, ids: Sequence[int]) -> str:
         """A reply's text. Its first word carries the byte-level BPE's word-start space (the
@@ -436,6 +449,8 @@ class Engine:
         attn = torch.zeros_like(ids)
         resp = torch.zeros_like(ids)
         logprobs = torch.zeros(ids.shape)
+        h0 = next((g.hidden for g in gens if g.hidden is not None), None)
+        hidden = torch.zeros(len(gens), r, h0.shape[-1], dtype=h0.dtype) if h0 is not None else None
         for i, g in enumerate(gens):
             ids[i, q - len(g.prompt_ids): q] = torch.tensor(g.prompt_ids)
             attn[i, q - len(g.prompt_ids): q] = 1
@@ -445,7 +460,9 @@ class Engine:
                 attn[i, q: q + n] = 1
                 resp[i, q: q + n] = 1
                 logprobs[i, q: q + n] = torch.tensor(g.logprobs)
-        return Rollout(ids, attn, resp, logprobs, q, gens)
+                if hidden is not None:
+                    hidden[i, :n] = g.hidden.cpu()
+        return Rollout(ids, attn, resp, logprobs, q, gens, hidden)
 
 
 # --- loading --------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_adva
                              kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
                              ppo_policy_loss, ppo_value_loss, sft_loglik_rewards, token_logprobs)
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
-from chatrlhf.value import ValueModel
+from chatrlhf.value import ValueHead, ValueModel
 from chatrlhf.verifiers import checked_mean, verifier_scores
 
 RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, responses) -> (B,) scores
@@ -64,6 +64,7 @@ class Rollout:
     mask: torch.Tensor  # (B, R) 1.0 on response tokens (EOS included)
     finished: torch.Tensor  # (B,) bool: the response ended with EOS
     logprobs: torch.Tensor  # (B, R) under the policy that sampled, from the logits it sampled from
+    hidden: torch.Tensor | None = None  # (B, R, H) the policy's last hidden states, for a shared value head
     scores: torch.Tensor | None = None  # (B,) RM score (+ verifier_coef x check) minus missing-EOS penalty
     rm_scores: torch.Tensor | None = None  # (B,) the RM's own score
     ref_logprobs: torch.Tensor | None = None  # (B, R) under the frozen SFT model
@@ -76,14 +77,17 @@ class Rollout:
 # --- 1. rollout ------------------------------------------------------------------------------
 
 
-def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, max_batch: int | None = None) -> Rollout:
+def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, max_batch: int | None = None,
+            keep_hidden: bool = False) -> Rollout:
     """Sample one response per prompt with the KV-cache engine (stops at EOS) and lay the batch
     out as [left-padded prompt | right-padded response] for scoring and training. The old log-probs
     are the sampled tokens' log-probs under the logits the engine sampled them from: the same numbers
     a second forward pass would give (to float rounding), without that pass. `max_batch`: rows
-    decoded at once (default all of them); more prompts join as rows finish."""
+    decoded at once (default all of them); more prompts join as rows finish. `keep_hidden`: also keep
+    the last hidden state each token was sampled from, where a shared value head reads V(s_t)."""
     was_training = model.training
-    eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts)))  # Engine puts the model in eval mode
+    eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts)),  # Engine puts the model in eval mode
+                 keep_hidden=keep_hidden)
     ids = [eng.chat_prompt(p["messages"]) for p in prompts]
     ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed))
     model.train(was_training)
@@ -92,7 +96,8 @@ def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, ma
     return Rollout(prompts=prompts, texts=[g.text.strip() for g in ro.generations], input_ids=ro.input_ids.to(dev),
                    attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0), prompt_len=P,
                    mask=ro.response_mask[:, P:].float().to(dev),
-                   finished=torch.tensor([g.finished for g in ro.generations]), logprobs=ro.logprobs[:, P:].to(dev))
+                   finished=torch.tensor([g.finished for g in ro.generations]), logprobs=ro.logprobs[:, P:].to(dev),
+                   hidden=None if ro.hidden is None else ro.hidden.to(dev))
 
 
 # --- 2. score --------------------------------------------------------------------------------
@@ -121,25 +126,39 @@ def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: Gol
 # --- 3. log-probs and values -----------------------------------------------------------------
 
 
+def response_forward(model, ids, attn, pos, P: int, temperature: float,
+                     hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits that predict the R response tokens, read at positions P-1 .. P+R-2: (B, R, V); with
+    `hidden`, also the last hidden states at those positions, (B, R, H), for a shared value head."""
+    R = ids.shape[1] - P
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=R + 1,
+                output_hidden_states=hidden)
+    logits = out.logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature  # the same distribution the rollout sampled from
+    return logits, out.hidden_states[-1][:, P - 1:P + R - 1] if hidden else None
+
+
 def response_logits(model, ids, attn, pos, P: int, temperature: float) -> torch.Tensor:
-    """Logits that predict the R response tokens: positions P-1 .. P+R-2. (B, R, V)"""
-    R = ids.shape[1] - P
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False,
-                   logits_to_keep=R + 1).logits[:, :-1]
-    return logits.float() / temperature  # the same distribution the rollout sampled from
+    return response_forward(model, ids, attn, pos, P, temperature)[0]
 
 
-def response_values(value_model: ValueModel, ids, attn, pos, P: int) -> torch.Tensor:
-    """V(s_t) read at the token before each response token. (B, R)"""
+def response_values(critic: ValueModel | ValueHead, ids, attn, pos, P: int,
+                    hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """V(s_t) read at the token before each response token: (B, R). A separate value model runs on
+    the tokens; a shared value head reads the policy's `hidden` states at those positions."""
+    if hidden is not None:
+        return critic(hidden)
     R = ids.shape[1] - P
-    return value_model(ids, attn, pos)[:, P - 1:P + R - 1]
+    return critic(ids, attn, pos)[:, P - 1:P + R - 1]
 
 
 @torch.no_grad()
-def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | None, cfg: PPOConfig,
+def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | ValueHead | None, cfg: PPOConfig,
                      batch_size: int) -> None:
     """Reference log-probs (frozen SFT) and values (none without a value model), in chunks of
-    similar prompt length so little compute goes to padding. The old log-probs came with the rollout."""
+    similar prompt length so little compute goes to padding. The old log-probs came with the rollout,
+    and so did the hidden states a shared value head reads."""
     ref, val = torch.zeros_like(ro.mask), torch.zeros_like(ro.mask)
     order = torch.argsort(ro.attention_mask[:, :ro.prompt_len].sum(1).cpu())
     for idx in order.split(batch_size):
@@ -147,8 +166,10 @@ def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | 
         args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
         with _reference(policy, ref_policy) as ref_model:
             ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), args[0][:, p:])
-        if value_model is not None and cfg.advantage_estimator == "gae":
+        if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "separate":
             val[idx, :r] = response_values(value_model, *args)
+    if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "shared":
+        val = value_model(ro.hidden)
     ro.ref_logprobs, ro.values = ref * ro.mask, val * ro.mask
 
 
@@ -209,7 +230,7 @@ def _trim(ro: Rollout, idx: torch.Tensor) -> tuple[slice, int, int]:
     return slice(P - p, P + r), r, p
 
 
-def ppo_update(ro: Rollout, policy, value_model: ValueModel, optimizer, accelerator, cfg: PPOConfig,
+def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead, optimizer, accelerator, cfg: PPOConfig,
                seed: int, ptx_sampler: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
     """ppo_epochs passes of shuffled mini-batches; returns the mean of each loss statistic."""
     gen = torch.Generator().manual_seed(seed)
@@ -217,17 +238,19 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel, optimizer, accelera
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n = 0
+    gae, shared = cfg.advantage_estimator == "gae", cfg.critic == "shared"  # RLOO has no value model to train
     for _ in range(cfg.ppo_epochs):
         for idx in torch.randperm(B, generator=gen).split(cfg.mini_batch_size):
             cols, r, p = _trim(ro, idx)
             args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
             mask = ro.mask[idx, :r]
-            logp = F.log_softmax(response_logits(policy, *args, cfg.temperature), dim=-1)  # (b, r, V)
+            logits, hidden = response_forward(policy, *args, cfg.temperature, hidden=gae and shared)
+            logp = F.log_softmax(logits, dim=-1)  # (b, r, V)
             lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
             pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
             loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
-            if cfg.advantage_estimator == "gae":  # RLOO has no value model to train
-                v = response_values(value_model, *args)
+            if gae:
+                v = response_values(value_model, *args, hidden=hidden)
                 vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
                 loss = loss + cfg.vf_coef * vf
                 stats |= {"vf_loss": vf.item(), **{k: t.item() for k, t in vf_stats.items()}}
@@ -280,12 +303,15 @@ class LabelerGuard:
 class PPOTrainer:
     """Holds the models and optimizer; `train()` runs iterations with checkpoints and the guard."""
 
-    def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel, tokenizer,
+    def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel | ValueHead, tokenizer,
                  reward_fn: RewardFn, prompts: list[dict], out_dir: str | Path, accelerator, seed: int = 0,
                  gold_fn: GoldFn | None = None, guard: LabelerGuard | None = None,
                  ptx_data: torch.Tensor | None = None, start_win_rate: float | None = None):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
+        if isinstance(value_model, ValueHead) != (cfg.critic == "shared"):
+            raise TypeError(f"ppo.critic={cfg.critic} needs a {'ValueHead' if cfg.critic == 'shared' else 'ValueModel'}, "
+                            f"got a {type(value_model).__name__}")
         self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
         self.gold_fn, self.guard, self.ptx_data, self.seed = gold_fn, guard, ptx_data, seed
         # the starting policy's win rate when known without asking: 0.5 when it *is* the reference
@@ -311,7 +337,8 @@ class PPOTrainer:
         t0 = time.perf_counter()
         it, cfg = self.iteration, self.cfg
         prompts = self._batch_prompts(it)
-        ro = rollout(self.policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it)  # 1.
+        ro = rollout(self.policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it,
+                     keep_hidden=cfg.critic == "shared" and cfg.advantage_estimator == "gae")  # 1.
         t_roll = time.perf_counter() - t0
         score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
         evaluate_rollout(ro, self.policy, self.ref_policy, self.value_model, cfg, cfg.mini_batch_size)  # 3.
@@ -518,7 +545,10 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
     rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
-    value = ValueModel.from_pretrained(rm_dir, cfg.model.dtype)
+    if pc.critic == "shared":
+        value = ValueHead.from_reward_model(rm_dir, policy.get_output_embeddings().weight.shape[1])
+    else:
+        value = ValueModel.from_pretrained(rm_dir, cfg.model.dtype)
 
     world = _load_world(cfg)
     prompts = world.prompts("ppo")
@@ -557,7 +587,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     if stage_complete(out / "best_of_n"):
         meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
     acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
-    tok.save_pretrained(out / "value")
+    if pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
+        tok.save_pretrained(out / "value")
     plot_reward_vs_gold(history, out / "reward_vs_gold.png")
     return save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
 

@@ -1,10 +1,17 @@
-"""The PPO critic: a policy-independent value model initialised from the reward model.
+"""The PPO critic, in one of two shapes (`ppo.critic`).
 
-InstructGPT initialises the value function from the RM. The RM is an
-AutoModelForSequenceClassification(num_labels=1): a backbone plus a scalar `score` head read at
-the last token. The critic keeps both and reads the head at *every* token, so V(s_t) starts as
-"what the RM would say if the response stopped here" -- a far better start than a random head.
-Saved with save_pretrained, so `value/` is itself a loadable sequence-classification model.
+separate (default): a policy-independent value model initialised from the reward model, as
+InstructGPT does. The RM is an AutoModelForSequenceClassification(num_labels=1): a backbone plus
+a scalar `score` head read at the last token. The critic keeps both and reads the head at *every*
+token, so V(s_t) starts as "what the RM would say if the response stopped here" -- a far better
+start than a random head. Saved with save_pretrained, so `value/` is itself a loadable
+sequence-classification model.
+
+shared: a scalar head on the policy's own last hidden states (TRL's classic
+AutoModelForCausalLMWithValueHead), its weights copied from the RM's head. One trunk pass serves
+the policy and the value loss, so an update costs about half; the price is that the value loss
+also moves the policy's features (vf_coef weighs it) and the head starts on the policy's
+features, not the RM's.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 from chatrlhf.modeling import DTYPES
@@ -50,3 +58,42 @@ class ValueModel(nn.Module):
     def save_pretrained(self, out_dir: str | Path) -> None:
         self.model.save_pretrained(out_dir, safe_serialization=True)
 
+
+
+class ValueHead(nn.Module):
+    """The shared critic: V(s_t) = head(the policy's last hidden state at t). Called on hidden
+    states, not token ids (chatrlhf.ppo runs the policy once and hands them over)."""
+
+    FILE = "value_head.safetensors"
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.head = nn.Linear(hidden_size, 1, bias=False)
+
+    @classmethod
+    def from_reward_model(cls, rm_dir: str | Path, hidden_size: int) -> "ValueHead":
+        """A head whose weights are the RM's scalar head (the policy's width must match the RM's)."""
+        rm = ValueModel.from_pretrained(rm_dir).model
+        _, rm_head = reward_backbone_and_head(rm)
+        if rm_head.in_features != hidden_size:
+            raise ValueError(f"ppo.critic=shared: the reward model in {rm_dir} has width {rm_head.in_features}, "
+                             f"the policy {hidden_size}; its head cannot start the policy's value head. "
+                             "Use ppo.critic=separate.")
+        out = cls(hidden_size)
+        with torch.no_grad():
+            out.head.weight.copy_(rm_head.weight.float())
+        return out
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden.float()).squeeze(-1)  # (B, T, H) -> (B, T)
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(Path(out_dir) / self.FILE))
+
+    @classmethod
+    def from_saved(cls, out_dir: str | Path) -> "ValueHead":
+        state = load_file(str(Path(out_dir) / cls.FILE))
+        out = cls(state["head.weight"].shape[1])
+        out.load_state_dict(state)
+        return out
