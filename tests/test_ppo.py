@@ -293,8 +293,9 @@ def test_guard_asks_distinct_labelers_per_prompt_and_averages_them():
     assert one.win_rate(["policy"] * 3, iteration=1) == pytest.approx(2 / 3)  # rotation: likes, dislikes, likes
 
 
-def test_lora_policy_trains_adapters_only_and_uses_base_as_reference(tiny_model_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, kl_coef=0.1), lora=True)
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_lora_policy_trains_adapters_only_and_uses_base_as_reference(tiny_model_dir, tmp_path, critic):
+    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, kl_coef=0.1, critic=critic), lora=True)
     base = {k: v.clone() for k, v in trainer.policy.state_dict().items() if "lora_" not in k}
     hist = trainer.train(resume=False)
     assert hist[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapters start at zero: policy == reference

@@ -169,6 +169,8 @@ def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | 
         if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "separate":
             val[idx, :r] = response_values(value_model, *args)
     if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "shared":
+        if ro.hidden is None:
+            raise ValueError("ppo.critic=shared reads the rollout's hidden states: sample with rollout(..., keep_hidden=True)")
         val = value_model(ro.hidden)
     ro.ref_logprobs, ro.values = ref * ro.mask, val * ro.mask
 
