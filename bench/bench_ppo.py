@@ -10,10 +10,10 @@ batch, mini-batch and PPO epochs, one CPU thread each, each trainer in its own s
 PPO epochs; the first step is a warm-up and not counted. The trainers run alternately, twice each,
 and the medians of all their steps are compared, so load on a shared machine hits both alike.
 
-Ours runs twice: with a separate critic initialised from the RM (the default, like for like with
-TRL 1.10, whose PPOTrainer takes a separate value model) and with `ppo.critic=shared`, a value head
-on the policy's trunk (TRL's classic AutoModelForCausalLMWithValueHead design), which needs one
-trunk pass per mini-batch instead of two. Both ratios are reported.
+Ours runs twice: with the default `ppo.critic=shared`, a value head on the policy's last hidden
+states (one trunk pass per mini-batch, values from the rollout's hidden states), and with
+`ppo.critic=separate`, a value model initialised from the whole RM, the critic TRL 1.10's
+PPOTrainer takes. Both ratios are reported.
 
 Also: rollout tokens/s of our KV-cache engine against `model.generate` on the same batch, and the
 step's model FLOPs (2N per token forward, 6N forward+backward; attention's T^2 term left out, small
@@ -73,7 +73,7 @@ def setup(tmp: Path) -> dict:
 # --- workers -----------------------------------------------------------------------------------
 
 
-def worker_ours(tmp: Path, s: dict, critic: str = "separate") -> dict:
+def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
     import torch
 
     from chatrlhf.config import PPOConfig
@@ -100,7 +100,7 @@ def worker_ours(tmp: Path, s: dict, critic: str = "separate") -> dict:
     steps = [trainer.step() for _ in range(s["steps"] + 1)][1:]
     out = {"step_s": [h["time_step_s"] for h in steps], "rollout_s": [h["time_rollout_s"] for h in steps],
            "response_len": statistics.mean(h["response_len"] for h in steps)}
-    if critic == "separate":
+    if critic == "shared":
         out.update(generation_speed(tmp, s, policy, tok, prompts))
         out["matmul_peak_gflops"] = matmul_peak(s["threads"])
     return out
@@ -186,12 +186,15 @@ def matmul_peak(threads: int, n: int = 1024, reps: int = 10) -> float:
 # --- FLOPs and the report ---------------------------------------------------------------------
 
 
-def step_flops(n_params: int, prompt_len: float, resp_len: float, s: dict) -> float:
-    """Model FLOPs of one PPO step: rollout + RM + policy/ref/value forwards + epochs of policy and
-    value forward+backward (2N per token forward, 6N forward+backward)."""
+def step_flops(n_params: int, prompt_len: float, resp_len: float, s: dict, separate_critic: bool = False) -> float:
+    """Model FLOPs of one PPO step (2N per token forward, 6N forward+backward): rollout, RM and
+    reference forwards, then epochs of policy forward+backward; a separate critic adds its own
+    forward over the rollout and its forward+backward in every epoch. The shared head's FLOPs are
+    negligible, and the old log-probs and values come from the rollout."""
     tokens = s["rollout_batch_size"] * (prompt_len + resp_len)
     fwd = 2 * n_params * tokens
-    return fwd * (1 + 1 + 3) + s["ppo_epochs"] * 2 * 3 * fwd
+    models = 2 if separate_critic else 1
+    return fwd * (3 + models - 1) + s["ppo_epochs"] * models * 3 * fwd
 
 
 def run_worker(py: Path, which: str, tmp: Path) -> dict:
@@ -204,23 +207,23 @@ def run_worker(py: Path, which: str, tmp: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=["ours", "ours_shared", "trl"])
+    p.add_argument("--worker", choices=["ours", "ours_separate", "trl"])
     p.add_argument("--tmp", type=Path)
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     if a.worker:
-        fns = {"ours": worker_ours, "ours_shared": lambda t, s: worker_ours(t, s, "shared"), "trl": worker_trl}
+        fns = {"ours": worker_ours, "ours_separate": lambda t, s: worker_ours(t, s, "separate"), "trl": worker_trl}
         a.out.write_text(json.dumps(fns[a.worker](a.tmp, SETTINGS)))
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         info = setup(tmp)
         prompts = json.loads((tmp / "prompts.json").read_text())
-        # alternate the trainers (ours, shared, TRL, ours, shared, TRL) so a shared machine's load hits all alike
-        ours, shared, trl = run_worker(OURS_PY, "ours", tmp), run_worker(OURS_PY, "ours_shared", tmp), None
+        # alternate the trainers (ours, separate, TRL, ours, separate, TRL) so a shared machine's load hits all alike
+        ours, separate, trl = run_worker(OURS_PY, "ours", tmp), run_worker(OURS_PY, "ours_separate", tmp), None
         if TRL_PY.exists():
             trl = run_worker(TRL_PY, "trl", tmp)
-            for name, acc in (("ours", ours), ("ours_shared", shared)):
+            for name, acc in (("ours", ours), ("ours_separate", separate)):
                 again = run_worker(OURS_PY, name, tmp)
                 acc["step_s"] += again["step_s"]
                 acc["rollout_s"] += again["rollout_s"]
@@ -230,18 +233,18 @@ def main() -> None:
         tok = load_tokenizer(tmp / "policy")
         plen = statistics.mean(len(tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),
                                        add_special_tokens=False)["input_ids"]) for p in prompts)
-    ours_step, shared_step = statistics.median(ours["step_s"]), statistics.median(shared["step_s"])
+    ours_step, separate_step = statistics.median(ours["step_s"]), statistics.median(separate["step_s"])
     trl_step = None if trl is None else statistics.median(trl["step_s"])
     flops = step_flops(info["params"], plen, ours["response_len"], SETTINGS)
     res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen,
            "ours": {"step_s_median": ours_step, "step_s": ours["step_s"], "rollout_s": ours["rollout_s"],
                     "mean_response_tokens": ours["response_len"]},
-           # ppo.critic=shared: a value head on the policy's trunk (TRL's classic design, not TRL 1.10's)
-           "ours_shared_critic": {"step_s_median": shared_step, "step_s": shared["step_s"],
-                                  "rollout_s": shared["rollout_s"]},
+           # ppo.critic=separate: a value model of its own, as TRL 1.10's PPOTrainer has
+           "ours_separate_critic": {"step_s_median": separate_step, "step_s": separate["step_s"],
+                                    "rollout_s": separate["rollout_s"]},
            "trl_1_10": None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"]},
-           "speedup_vs_trl": None if trl is None else trl_step / ours_step,  # like for like: both a separate critic
-           "speedup_vs_trl_shared_critic": None if trl is None else trl_step / shared_step,
+           "speedup_vs_trl": None if trl is None else trl_step / ours_step,  # our default (shared critic)
+           "speedup_vs_trl_separate_critic": None if trl is None else trl_step / separate_step,  # critic like TRL's
            "rollout": {k: ours[k] for k in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "engine_vs_generate")},
            "flops": {"per_step": flops, "achieved_gflops": flops / ours_step / 1e9,
                      "matmul_peak_gflops": ours["matmul_peak_gflops"],
@@ -249,7 +252,7 @@ def main() -> None:
            "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "speedup_vs_trl_shared_critic", "rollout", "flops")}, indent=2))
+    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "speedup_vs_trl_separate_critic", "rollout", "flops")}, indent=2))
 
 
 if __name__ == "__main__":

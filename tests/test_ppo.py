@@ -7,7 +7,8 @@ import torch
 
 from chatrlhf.config import LoraConfig, PPOConfig
 from chatrlhf.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.ppo import LabelerGuard, PPOInstabilityError, PPOTrainer, response_forward, response_values, rollout
+from chatrlhf.ppo import (LabelerGuard, PPOInstabilityError, PPOTrainer, compute_advantages, evaluate_rollout, ppo_update,
+                          response_forward, response_values, rollout, score_rollout)
 from chatrlhf.training import make_accelerator
 from chatrlhf.value import ValueHead, ValueModel
 
@@ -19,7 +20,8 @@ PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
 def toy_cfg(**kw) -> PPOConfig:
     base = dict(total_iterations=4, rollout_batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=8,
                 learning_rate=3e-3, kl_coef=0.0, vf_coef=0.1, missing_eos_penalty=0.0, save_every=2,
-                early_stop="none", max_kl=1e9, sft_loglik_coef=0.0)  # the toy reward alone
+                early_stop="none", max_kl=1e9, sft_loglik_coef=0.0,  # the toy reward alone
+                value_head_lr_scale=1.0)  # the toy learning rate is already large
     return PPOConfig(**{**base, **kw})
 
 
@@ -124,28 +126,28 @@ def test_shared_value_head_starts_as_the_rms_head_on_the_policys_own_states(tiny
                    make_accelerator(0, device="cpu"))
 
 
-def test_shared_critic_raises_reward_trains_its_head_and_resumes(tiny_model_dir, tmp_path):
-    cfg = toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4, critic="shared")
-    trainer = make_trainer(tiny_model_dir, tmp_path / "a", cfg)
-    head_before = trainer.value_model.head.weight.detach().clone()
-    hist = trainer.train(resume=False)
-    first = sum(h["reward"] for h in hist[:3]) / 3
-    last = sum(h["reward"] for h in hist[-3:]) / 3
-    assert last > first + 0.1, [round(h["reward"], 3) for h in hist]
-    assert "vf_loss" in hist[-1] and not torch.equal(trainer.value_model.head.weight, head_before)
-    # resume: 2 + 2 iterations end where 4 straight ones do, value head included
-    straight = make_trainer(tiny_model_dir, tmp_path / "b", toy_cfg(total_iterations=4, critic="shared"))
-    straight.train(resume=False)
-    make_trainer(tiny_model_dir, tmp_path / "c", toy_cfg(total_iterations=2, critic="shared")).train(resume=False)
-    resumed = make_trainer(tiny_model_dir, tmp_path / "c", toy_cfg(total_iterations=4, critic="shared"))
-    assert len(resumed.train(resume=True)) == 2
-    assert torch.allclose(straight.value_model.head.weight, resumed.value_model.head.weight, atol=1e-6)
-    for (k, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), k
+@pytest.mark.parametrize("trains_policy", [False, True])
+def test_shared_value_loss_reaches_the_policy_only_when_asked(tiny_model_dir, tmp_path, trains_policy):
+    """With zero advantages the policy loss has no gradient: whatever moves the policy is the value loss."""
+    cfg = toy_cfg(critic="shared", vf_coef=1.0, value_loss_trains_policy=trains_policy)
+    t = make_trainer(tiny_model_dir, tmp_path, cfg)
+    ro = rollout(t.policy, t.tokenizer, PROMPTS, cfg, seed=1, keep_hidden=True)
+    score_rollout(ro, t.reward_fn, cfg)
+    evaluate_rollout(ro, t.policy, t.ref_policy, t.value_model, cfg, cfg.mini_batch_size)
+    compute_advantages(ro, 0.0, cfg)
+    ro.advantages = torch.zeros_like(ro.advantages)
+    before = {k: v.clone() for k, v in t.policy.state_dict().items()}
+    head_before = t.value_model.head.weight.detach().clone()
+    stats = ppo_update(ro, t.policy, t.value_model, t.optimizer, t.accelerator, cfg, seed=0)
+    assert stats["vf_loss"] > 0 and not torch.equal(t.value_model.head.weight, head_before)
+    moved = [k for k, v in t.policy.state_dict().items() if not torch.equal(v, before[k])]
+    assert bool(moved) == trains_policy, moved
 
 
-def test_short_ppo_run_raises_mean_reward(tiny_model_dir, tmp_path):
-    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4))
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_short_ppo_run_raises_mean_reward(tiny_model_dir, tmp_path, critic):
+    trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4,
+                                                             critic=critic))
     hist = trainer.train(resume=False)
     first = sum(h["reward"] for h in hist[:3]) / 3
     last = sum(h["reward"] for h in hist[-3:]) / 3
@@ -189,6 +191,8 @@ def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
     assert resumed.iteration == 4 and len(hist) == 2  # only iterations 3 and 4 were run
     for (k, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
+    for (k, a), b in zip(straight.value_model.state_dict().items(), resumed.value_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k  # the critic (the default shared head) resumes too
 
 
 def test_exploding_kl_stops_with_clear_message_and_keeps_checkpoint(tiny_model_dir, tmp_path):

@@ -193,10 +193,16 @@ class PPOConfig(Section):
     advantage_estimator: Literal["gae", "rloo"] = Field(
         "gae", description="gae: GAE with the value model (initialised from the RM); rloo: the RM score minus the "
         "mean of the prompt's other samples (leave-one-out, Ahmadian et al. 2024), no value model.")
-    critic: Literal["separate", "shared"] = Field(
-        "separate", description="GAE's value function. separate: its own model initialised from the RM (InstructGPT); "
-        "shared: a scalar head on the policy's last hidden states, initialised from the RM's head (TRL's classic "
-        "value head) -- one trunk pass per update instead of two, and the value loss also trains the policy's trunk.")
+    critic: Literal["shared", "separate"] = Field(
+        "shared", description="GAE's value function. shared: a scalar head on the policy's last hidden states, initialised "
+        "from the RM's head -- one trunk pass per update instead of two, and the rollout's hidden states give the values "
+        "without a pass of their own (PPO steps about 30% shorter, same win rate); separate: its own model initialised "
+        "from the whole RM (InstructGPT, TRL 1.10). A shared head needs an RM as wide as the policy.")
+    value_head_lr_scale: float = Field(20.0, gt=0, description="Shared critic: the value head's learning rate as a multiple "
+                                       "of learning_rate (a linear head on features it does not train needs larger steps).")
+    value_loss_trains_policy: bool = Field(False, description="Shared critic: let the value loss's gradient reach the "
+                                           "policy's trunk (TRL's classic AutoModelForCausalLMWithValueHead); measured 0.01-0.02 "
+                                           "lower win rates (docs/RESULTS.md, session 11).")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
     ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(48, description="Maximum response tokens per rollout.")

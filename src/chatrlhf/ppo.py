@@ -252,6 +252,8 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead, optimiz
             pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
             loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
             if gae:
+                if hidden is not None and not cfg.value_loss_trains_policy:
+                    hidden = hidden.detach()  # the head reads the policy's features; only the policy loss trains them
                 v = response_values(value_model, *args, hidden=hidden)
                 vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
                 loss = loss + cfg.vf_coef * vf
@@ -322,7 +324,9 @@ class PPOTrainer:
         for m in (ref_policy,):
             if m is not None:
                 m.requires_grad_(False).eval()
-        trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_model.parameters())
+        head_lr = cfg.learning_rate * (cfg.value_head_lr_scale if cfg.critic == "shared" else 1.0)
+        trainable = [{"params": [p for p in policy.parameters() if p.requires_grad]},
+                     {"params": list(value_model.parameters()), "lr": head_lr}]
         # fused: one kernel per step instead of ~10 small ops per tensor (TRL's default optimizer too)
         optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
         self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)

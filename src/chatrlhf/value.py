@@ -1,17 +1,17 @@
 """The PPO critic, in one of two shapes (`ppo.critic`).
 
-separate (default): a policy-independent value model initialised from the reward model, as
-InstructGPT does. The RM is an AutoModelForSequenceClassification(num_labels=1): a backbone plus
-a scalar `score` head read at the last token. The critic keeps both and reads the head at *every*
-token, so V(s_t) starts as "what the RM would say if the response stopped here" -- a far better
-start than a random head. Saved with save_pretrained, so `value/` is itself a loadable
-sequence-classification model.
+shared (default): a scalar head on the policy's own last hidden states, its weights copied from the
+RM's head. One trunk pass serves the policy loss and the value loss, and the rollout's hidden states
+give the values, so the critic costs almost nothing. By default the head reads the policy's features
+without training them (value_loss_trains_policy=True is TRL's classic
+AutoModelForCausalLMWithValueHead, which scored lower here) and learns at value_head_lr_scale x the
+policy's learning rate. It needs an RM as wide as the policy.
 
-shared: a scalar head on the policy's own last hidden states (TRL's classic
-AutoModelForCausalLMWithValueHead), its weights copied from the RM's head. One trunk pass serves
-the policy and the value loss, so an update costs about half; the price is that the value loss
-also moves the policy's features (vf_coef weighs it) and the head starts on the policy's
-features, not the RM's.
+separate: a policy-independent value model initialised from the whole reward model, as InstructGPT
+does. The RM is an AutoModelForSequenceClassification(num_labels=1): a backbone plus a scalar
+`score` head read at the last token. The critic keeps both and reads the head at *every* token, so
+V(s_t) starts as "what the RM would say if the response stopped here". Saved with save_pretrained,
+so `value/` is itself a loadable sequence-classification model.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from chatrlhf.modeling import DTYPES
@@ -62,7 +62,7 @@ class ValueModel(nn.Module):
 
 class ValueHead(nn.Module):
     """The shared critic: V(s_t) = head(the policy's last hidden state at t). Called on hidden
-    states, not token ids (chatrlhf.ppo runs the policy once and hands them over)."""
+    states, not token ids (chatrlhf.ppo hands over the rollout's, or the update's policy pass's)."""
 
     FILE = "value_head.safetensors"
 
