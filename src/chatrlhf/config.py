@@ -201,8 +201,8 @@ class PPOConfig(Section):
     value_head_lr_scale: float = Field(20.0, gt=0, description="Shared critic: the value head's learning rate as a multiple "
                                        "of learning_rate (a linear head on features it does not train needs larger steps).")
     value_loss_trains_policy: bool = Field(False, description="Shared critic: let the value loss's gradient reach the "
-                                           "policy's trunk (TRL's classic AutoModelForCausalLMWithValueHead); measured 0.01-0.02 "
-                                           "lower win rates (docs/RESULTS.md, session 11).")
+                                           "policy's trunk (TRL's classic AutoModelForCausalLMWithValueHead); measured 0.011 lower "
+                                           "win rate over three seeds (docs/RESULTS.md, session 11).")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
     ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(48, description="Maximum response tokens per rollout.")

@@ -59,7 +59,6 @@ class ValueModel(nn.Module):
         self.model.save_pretrained(out_dir, safe_serialization=True)
 
 
-
 class ValueHead(nn.Module):
     """The shared critic: V(s_t) = head(the policy's last hidden state at t). Called on hidden
     states, not token ids (chatrlhf.ppo hands over the rollout's, or the update's policy pass's)."""
