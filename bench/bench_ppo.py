@@ -81,7 +81,7 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
     from chatrlhf.ppo import PPOTrainer
     from chatrlhf.reward import RewardModel
     from chatrlhf.training import make_accelerator
-    from chatrlhf.value import ValueHead, ValueModel
+    from chatrlhf.value import load_critic
 
     torch.set_num_threads(s["threads"])
     prompts = json.loads((tmp / "prompts.json").read_text())
@@ -92,9 +92,7 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
                     mini_batch_size=s["mini_batch_size"], ppo_epochs=s["ppo_epochs"],
                     max_new_tokens=s["response_length"], learning_rate=s["learning_rate"], kl_coef=s["kl_coef"],
                     early_stop="none", save_every=10_000, max_kl=1e9, critic=critic)
-    value = (ValueHead.from_reward_model(tmp / "rm", policy.config.hidden_size) if critic == "shared"
-             else ValueModel.from_pretrained(tmp / "rm"))
-    trainer = PPOTrainer(cfg, policy, ref, value, tok,
+    trainer = PPOTrainer(cfg, policy, ref, load_critic(tmp / "rm", critic, policy), tok,
                          lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / "ours_out",
                          make_accelerator(s["seed"], device="cpu"), seed=s["seed"])
     steps = [trainer.step() for _ in range(s["steps"] + 1)][1:]

@@ -10,7 +10,7 @@ from chatrlhf.modeling import load_causal_lm, load_tokenizer
 from chatrlhf.ppo import (LabelerGuard, PPOInstabilityError, PPOTrainer, compute_advantages, evaluate_rollout, ppo_update,
                           response_forward, response_values, rollout, score_rollout)
 from chatrlhf.training import make_accelerator
-from chatrlhf.value import ValueHead, ValueModel
+from chatrlhf.value import ValueHead, ValueModel, load_critic
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.",
@@ -47,12 +47,8 @@ def make_trainer(tiny_model_dir, out_dir, cfg, lora=False, guard=None, seed=0):
         from chatrlhf.lora import wrap_lora
 
         policy, ref = wrap_lora(policy, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])), None
-    if cfg.critic == "shared":
-        value = ValueHead.from_reward_model(tiny_model_dir, policy.get_output_embeddings().weight.shape[1])
-    else:
-        value = ValueModel.from_pretrained(tiny_model_dir)
     acc = make_accelerator(seed, device="cpu")
-    return PPOTrainer(cfg, policy, ref, value, tok, fifth_token_reward(tok), PROMPTS, out_dir, acc, seed=seed,
+    return PPOTrainer(cfg, policy, ref, load_critic(tiny_model_dir, cfg.critic, policy), tok, fifth_token_reward(tok), PROMPTS, out_dir, acc, seed=seed,
                       guard=guard)
 
 
@@ -74,13 +70,18 @@ def test_rollout_stops_at_eos_and_masks_response(tiny_model_dir):
             assert n == 12 and eos not in resp[i, :n].tolist()
 
 
-def test_value_model_is_initialised_from_reward_model(tiny_model_dir, tmp_path):
+def _save_rm(tiny_model_dir, path):
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(1)
     rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
     rm.config.pad_token_id = load_tokenizer(tiny_model_dir).pad_token_id
-    rm.save_pretrained(tmp_path / "rm")
+    rm.save_pretrained(path)
+    return rm
+
+
+def test_value_model_is_initialised_from_reward_model(tiny_model_dir, tmp_path):
+    rm = _save_rm(tiny_model_dir, tmp_path / "rm")
     value = ValueModel.from_pretrained(tmp_path / "rm")
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     attn = torch.ones_like(ids)
@@ -90,16 +91,6 @@ def test_value_model_is_initialised_from_reward_model(tiny_model_dir, tmp_path):
     assert v.shape == (1, 5)
     assert torch.allclose(v[:, -1], r, atol=1e-5)  # V at the last token == the RM's score
     assert torch.equal(value.model.score.weight, rm.score.weight)
-
-
-def _save_rm(tiny_model_dir, path):
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(1)
-    rm = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
-    rm.config.pad_token_id = load_tokenizer(tiny_model_dir).pad_token_id
-    rm.save_pretrained(path)
-    return rm
 
 
 def test_shared_value_head_starts_as_the_rms_head_on_the_policys_own_states(tiny_model_dir, tmp_path):

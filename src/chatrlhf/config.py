@@ -241,6 +241,11 @@ class PPOConfig(Section):
                                                         description="Best-of-n fine-tuning before PPO.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
 
+    @property
+    def reads_policy_hidden_states(self) -> bool:
+        """GAE with the shared critic: the rollout keeps the policy's hidden states and the update reads them."""
+        return self.advantage_estimator == "gae" and self.critic == "shared"
+
     @model_validator(mode="after")
     def _groups_fit(self) -> "PPOConfig":
         if self.rollout_batch_size % self.samples_per_prompt:

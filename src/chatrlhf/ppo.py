@@ -40,7 +40,7 @@ from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_adva
                              kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
                              ppo_policy_loss, ppo_value_loss, sft_loglik_rewards, token_logprobs)
 from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
-from chatrlhf.value import ValueHead, ValueModel
+from chatrlhf.value import ValueHead, ValueModel, load_critic
 from chatrlhf.verifiers import checked_mean, verifier_scores
 
 RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, responses) -> (B,) scores
@@ -168,7 +168,7 @@ def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | 
             ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), args[0][:, p:])
         if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "separate":
             val[idx, :r] = response_values(value_model, *args)
-    if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "shared":
+    if value_model is not None and cfg.reads_policy_hidden_states:
         if ro.hidden is None:
             raise ValueError("ppo.critic=shared reads the rollout's hidden states: sample with rollout(..., keep_hidden=True)")
         val = value_model(ro.hidden)
@@ -240,13 +240,13 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead, optimiz
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n = 0
-    gae, shared = cfg.advantage_estimator == "gae", cfg.critic == "shared"  # RLOO has no value model to train
+    gae = cfg.advantage_estimator == "gae"  # RLOO has no value model to train
     for _ in range(cfg.ppo_epochs):
         for idx in torch.randperm(B, generator=gen).split(cfg.mini_batch_size):
             cols, r, p = _trim(ro, idx)
             args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
             mask = ro.mask[idx, :r]
-            logits, hidden = response_forward(policy, *args, cfg.temperature, hidden=gae and shared)
+            logits, hidden = response_forward(policy, *args, cfg.temperature, hidden=cfg.reads_policy_hidden_states)
             logp = F.log_softmax(logits, dim=-1)  # (b, r, V)
             lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
             pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
@@ -344,7 +344,7 @@ class PPOTrainer:
         it, cfg = self.iteration, self.cfg
         prompts = self._batch_prompts(it)
         ro = rollout(self.policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it,
-                     keep_hidden=cfg.critic == "shared" and cfg.advantage_estimator == "gae")  # 1.
+                     keep_hidden=cfg.reads_policy_hidden_states)  # 1.
         t_roll = time.perf_counter() - t0
         score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
         evaluate_rollout(ro, self.policy, self.ref_policy, self.value_model, cfg, cfg.mini_batch_size)  # 3.
@@ -551,10 +551,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
     rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
-    if pc.critic == "shared":
-        value = ValueHead.from_reward_model(rm_dir, policy.get_output_embeddings().weight.shape[1])
-    else:
-        value = ValueModel.from_pretrained(rm_dir, cfg.model.dtype)
+    value = load_critic(rm_dir, pc.critic, policy, cfg.model.dtype)
 
     world = _load_world(cfg)
     prompts = world.prompts("ppo")

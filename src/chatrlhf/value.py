@@ -59,6 +59,14 @@ class ValueModel(nn.Module):
         self.model.save_pretrained(out_dir, safe_serialization=True)
 
 
+def load_critic(rm_dir: str | Path, critic: str, policy: nn.Module, dtype: str = "float32") -> "ValueModel | ValueHead":
+    """PPO's critic initialised from the RM in `rm_dir`: a ValueHead as wide as `policy` (`shared`)
+    or a ValueModel of its own (`separate`)."""
+    if critic == "shared":
+        return ValueHead.from_reward_model(rm_dir, policy.get_output_embeddings().weight.shape[1])
+    return ValueModel.from_pretrained(rm_dir, dtype)
+
+
 class ValueHead(nn.Module):
     """The shared critic: V(s_t) = head(the policy's last hidden state at t). Called on hidden
     states, not token ids (chatrlhf.ppo hands over the rollout's, or the update's policy pass's)."""
