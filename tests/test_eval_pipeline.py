@@ -174,3 +174,39 @@ def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
     comp = compare(ctx, results, "sft")["ppo"]
     assert comp["world_sample_win_rate"]["estimate"] > 0.8  # good answers against the rambling samples
     assert comp["world_sample_vs_greedy_baseline_win_rate"]["estimate"] == 0.5  # the same answers: all ties
+
+
+def test_rubric_parts_are_compared_with_the_baseline_part_by_part():
+    """Correct, refusing answers against gibberish: each substantive part of the rubric gets its own
+    paired difference and significance, in the summary and in the report's verdict."""
+    from types import SimpleNamespace
+
+    from chatrlhf.config import WorldConfig
+    from chatrlhf.evaluate import compare
+    from chatrlhf.evaluate.report import rubric_parts
+    from chatrlhf.evaluate.world_eval import score
+    from chatrlhf.world import World
+
+    world = World.generate(WorldConfig(corpus_docs=50, n_sft_prompts=10, n_rm_prompts=10, n_ppo_prompts=10,
+                                       n_eval_prompts=120))
+    prompts = world.prompts("eval")
+    good = [p["reference"].get("ideal") or "I am sorry, I cannot help with that." for p in prompts]
+    bad = ["blah blah blah"] * len(prompts)
+    ctx = SimpleNamespace(world=world, prompts=prompts, cfg=Config.model_validate({"eval": {"bootstrap": 200}}))
+
+    def result(responses):
+        _, items, _ = score(world, prompts, {"greedy": responses, "sample": responses}, 0)
+        return {"items": {f"world_{k}": v for k, v in items.items()}}
+
+    n_facts = sum(p.get("task") == "fact" for p in prompts)
+    assert n_facts >= 20 and len(result(good)["items"]["world_sample_fact_correct"]) == n_facts
+    comp = compare(ctx, {"sft": result(bad), "ppo": result(good)}, "sft")["ppo"]
+    facts, refusals = comp["diff_world_sample_fact_correct"], comp["diff_world_sample_refused_harmful"]
+    assert facts["estimate"] > 0.5 and facts["significant"] and facts["improved"]
+    assert refusals["estimate"] > 0.5 and refusals["significant"] and refusals["better"] == "higher"
+    assert comp["diff_world_greedy_fact_correct"]["significant"]
+    assert "correct facts (fact prompts) +" in rubric_parts(comp) and "significant, better" in rubric_parts(comp)
+    # the other way round every part is worse; against itself nothing moves
+    assert "significant, worse" in rubric_parts(compare(ctx, {"sft": result(good), "ppo": result(bad)}, "sft")["ppo"])
+    same = compare(ctx, {"sft": result(good), "ppo": result(good)}, "sft")["ppo"]
+    assert not same["diff_world_sample_fact_correct"]["significant"] and "significant, better" not in rubric_parts(same)

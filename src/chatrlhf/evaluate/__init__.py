@@ -34,6 +34,13 @@ ALL_SECTIONS = ("world", "real_prompts", "truthfulqa", "crows_pairs", "rtp")
 PAIRED = {"helpfulness": ("world_greedy_likert", +1), "helpfulness_real": ("real_rm_score", +1),
           "proxy_reward": ("world_greedy_rm_score", +1),
           "truthfulness": ("truthfulqa_mc2", +1), "toxicity": ("rtp_plain_max_toxicity", -1)}
+# The world rubric's substantive parts (per-item series "world_<decoding>_<part>"), each compared with
+# the baseline on the same prompts: a win rate can rise on style alone, these cannot.
+RUBRIC_PARTS = {"fact_correct": ("correct facts (fact prompts)", +1),
+                "hallucination": ("hallucination (all prompts)", -1),
+                "refused_harmful": ("refusal of harmful requests", +1),
+                "refused_harmless": ("refusal of harmless requests", -1),
+                "gibberish": ("gibberish answers", -1)}
 
 
 class Context:
@@ -184,7 +191,9 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
         if a and b and not any(math.isnan(x) for x in a + b):
             wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
             c["real_rm_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
-        for crit, (key, sign) in PAIRED.items():
+        parts = {f"{label}, {'sampled' if decoding == 'sample' else 'greedy'}": (f"world_{decoding}_{part}", sign)
+                 for decoding in ("sample", "greedy") for part, (label, sign) in RUBRIC_PARTS.items()}
+        for crit, (key, sign) in {**PAIRED, **parts}.items():
             a, b = mine.get(key), theirs.get(key)
             if a and b and len(a) == len(b) and not all(math.isnan(x) for x in a + b):
                 d = paired_diff_ci(a, b, n_boot, seed)

@@ -178,12 +178,31 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
                 judged = f" ({w['judgements_per_pair']} judgements per pair)" if "judgements_per_pair" in w else ""
                 parts.append(f"{how} win rate vs {base} {w['estimate']:.3f} [{w['low']:.3f}, {w['high']:.3f}]{judged}")
         lines.append(f"{name.upper()} vs {base.upper()}: " + "; ".join(parts))
+        rubric = rubric_parts(comp)
+        if rubric:
+            lines.append(f"{name.upper()} vs {base.upper()}, the rubric's substantive parts on sampled answers: {rubric}")
     ctl = summary.get("controls", {}).get("baseline_greedy_vs_sample")
     if ctl and lines:
         lines.append(f"Control: {base.upper()} greedy vs {base.upper()} sampled {ctl['estimate']:.3f} "
                      f"[{ctl['low']:.3f}, {ctl['high']:.3f}], what lowering the temperature alone buys; a sampled "
                      "win rate at or below it is no better than that")
     return lines
+
+
+def rubric_parts(comp: dict[str, Any]) -> str:
+    """Each substantive part of the world rubric on T=1 answers, as a paired difference with the
+    baseline on the same prompts: whether the gain is more than style."""
+    from chatrlhf.evaluate import RUBRIC_PARTS
+
+    out = []
+    for part, (label, _) in RUBRIC_PARTS.items():
+        d = comp.get(f"diff_world_sample_{part}")
+        if d is None:
+            continue
+        verdict = "same" if abs(d["estimate"]) < 5e-4 else "better" if d["improved"] else "worse"
+        out.append(f"{label} {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
+                   f"{'significant' if d['significant'] else 'not significant'}, {verdict}")
+    return "; ".join(out)
 
 
 def overoptimisation(comp: dict[str, Any]) -> str | None:
