@@ -55,14 +55,18 @@ def test_identical_models_are_not_significantly_different(evaluated):
 
 def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
     from chatrlhf.evaluate.report import run_report
+    from chatrlhf.ppo import plot_reward_vs_gold
 
     cfg, out, _ = evaluated
+    plot_reward_vs_gold([{"rm_score": 0.1 * i, "gold": 0.5, "kl": 0.2 * i} for i in range(5)],
+                        out / "ppo" / "reward_vs_gold.png")
     page = run_report(cfg).read_text()
-    assert page.count("data:image/png;base64,") >= 2  # model comparison + ppo training curves
+    assert page.count("data:image/png;base64,") >= 3  # model comparison, ppo training curves, reward vs gold
     assert "PPO vs SFT:" in page and "truthfulness" in page and "not significant" in page
     assert "<td>truthfulqa_mc2</td>" in page and "Means with bootstrap 95% intervals" in page
     md = (out / "report" / "report.md").read_text()
     assert "## Every metric, every model" in md and "(plots/curves_ppo.png)" in md
+    assert "(plots/reward_vs_gold_ppo.png)" in md and (out / "report" / "plots" / "reward_vs_gold_ppo.png").is_file()
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["eval"]["models"]["sft"]["truthfulqa_mc_n"] == 4
     assert metrics["stages"]["ppo"]["figures"]["final_kl"] == pytest.approx(0.2)

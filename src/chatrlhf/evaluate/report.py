@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,8 @@ def run_report(cfg: Config) -> Path:
         p = plot_curves(name, read_metrics(d), plots_dir)
         if p:
             plots.append(p)
+        if (d / "reward_vs_gold.png").is_file():  # PPO's reward-hacking check: RM score, gold, guard, KL
+            plots.append(Path(shutil.copy(d / "reward_vs_gold.png", plots_dir / f"reward_vs_gold_{name.replace('/', '_')}.png")))
     data["verdicts"] = verdicts(data["eval"])
     page, md = render(cfg, data, plots)
     (out / "report.html").write_text(page, encoding="utf-8")
