@@ -41,6 +41,8 @@ RUBRIC_PARTS = {"fact_correct": ("correct facts (fact prompts)", +1),
                 "refused_harmful": ("refusal of harmful requests", +1),
                 "refused_harmless": ("refusal of harmless requests", -1),
                 "gibberish": ("gibberish answers", -1)}
+RUBRIC_PAIRED = {f"{label}, {'sampled' if decoding == 'sample' else 'greedy'}": (f"world_{decoding}_{part}", sign)
+                 for decoding in ("sample", "greedy") for part, (label, sign) in RUBRIC_PARTS.items()}
 
 
 class Context:
@@ -191,9 +193,7 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
         if a and b and not any(math.isnan(x) for x in a + b):
             wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
             c["real_rm_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
-        parts = {f"{label}, {'sampled' if decoding == 'sample' else 'greedy'}": (f"world_{decoding}_{part}", sign)
-                 for decoding in ("sample", "greedy") for part, (label, sign) in RUBRIC_PARTS.items()}
-        for crit, (key, sign) in {**PAIRED, **parts}.items():
+        for crit, (key, sign) in {**PAIRED, **RUBRIC_PAIRED}.items():
             a, b = mine.get(key), theirs.get(key)
             if a and b and len(a) == len(b) and not all(math.isnan(x) for x in a + b):
                 d = paired_diff_ci(a, b, n_boot, seed)
