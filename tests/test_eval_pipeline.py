@@ -160,19 +160,26 @@ def test_overoptimisation_warning_only_when_proxy_up_and_labelers_significantly_
     assert overoptimisation({}) is None
 
 
-def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
+def _world_good_and_bad_answers(n_eval_prompts: int):
+    """A small world's eval context, its reference answers (a refusal where it has none) and gibberish."""
     from types import SimpleNamespace
 
     from chatrlhf.config import WorldConfig
-    from chatrlhf.evaluate import compare
     from chatrlhf.world import World
 
     world = World.generate(WorldConfig(corpus_docs=50, n_sft_prompts=10, n_rm_prompts=10, n_ppo_prompts=10,
-                                       n_eval_prompts=40))
+                                       n_eval_prompts=n_eval_prompts))
     prompts = world.prompts("eval")
     good = [p["reference"].get("ideal") or "I am sorry, I cannot help with that." for p in prompts]
     bad = ["blah blah"] * len(prompts)
-    ctx = SimpleNamespace(world=world, prompts=prompts, cfg=Config.model_validate({"eval": {"bootstrap": 100}}))
+    ctx = SimpleNamespace(world=world, prompts=prompts, cfg=Config.model_validate({"eval": {"bootstrap": 200}}))
+    return ctx, good, bad
+
+
+def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
+    from chatrlhf.evaluate import compare
+
+    ctx, good, bad = _world_good_and_bad_answers(40)
     results = {"sft": {"items": {"world_greedy_responses": good, "world_sample_responses": bad}},
                "ppo": {"items": {"world_greedy_responses": good, "world_sample_responses": good}}}
     comp = compare(ctx, results, "sft")["ppo"]
@@ -183,23 +190,15 @@ def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
 def test_rubric_parts_are_compared_with_the_baseline_part_by_part():
     """Correct, refusing answers against gibberish: each substantive part of the rubric gets its own
     paired difference and significance, in the summary and in the report's verdict."""
-    from types import SimpleNamespace
-
-    from chatrlhf.config import WorldConfig
     from chatrlhf.evaluate import compare
     from chatrlhf.evaluate.report import rubric_parts
     from chatrlhf.evaluate.world_eval import score
-    from chatrlhf.world import World
 
-    world = World.generate(WorldConfig(corpus_docs=50, n_sft_prompts=10, n_rm_prompts=10, n_ppo_prompts=10,
-                                       n_eval_prompts=120))
-    prompts = world.prompts("eval")
-    good = [p["reference"].get("ideal") or "I am sorry, I cannot help with that." for p in prompts]
-    bad = ["blah blah blah"] * len(prompts)
-    ctx = SimpleNamespace(world=world, prompts=prompts, cfg=Config.model_validate({"eval": {"bootstrap": 200}}))
+    ctx, good, bad = _world_good_and_bad_answers(120)
+    prompts = ctx.prompts
 
     def result(responses):
-        _, items, _ = score(world, prompts, {"greedy": responses, "sample": responses}, 0)
+        _, items, _ = score(ctx.world, prompts, {"greedy": responses, "sample": responses}, 0)
         return {"items": {f"world_{k}": v for k, v in items.items()}}
 
     n_facts = sum(p.get("task") == "fact" for p in prompts)
