@@ -10,7 +10,8 @@ each trainer in its own subprocess: chatrlhf in .venv, TRL's RewardTrainer in .v
 `pip install torch==2.13.0`, then `trl` and `-e .`). The figure is training pairs per second and
 their ratio. chatrlhf scores each response once per prompt (K forward passes for C(K,2) pairs, as
 InstructGPT batches them); RewardTrainer gets each pair as two sequences. That is most of the gap,
-and it is the point of keeping a prompt's pairs together.
+and it is the point of keeping a prompt's pairs together. chatrlhf also runs once with rm.packing
+off (padded batches), to measure what packing a batch's sequences into rows saves.
 
 Real data: an RM from the run's SFT (else a small random Llama with a BPE fitted to the text) trained
 on 80% of the prompts and scored on the other 20%. Small data and a small model: the check is that
@@ -88,7 +89,8 @@ def side_ours(spec: dict) -> dict:
     cfg = Config.model_validate({"run": {"tensorboard": False, "device": "cpu"},
                                  "rm": {"batch_prompts": spec["batch_prompts"], "learning_rate": spec["lr"],
                                         "epochs": spec["steps"] * spec["batch_prompts"] / len(comps),
-                                        "warmup_steps": 2, "save_every": 0, "log_every": 1000, "max_len": 256}})
+                                        "warmup_steps": 2, "save_every": 0, "log_every": 1000, "max_len": 256,
+                                        "packing": spec.get("packing", True)}})
     tok = load_tokenizer(spec["init"])
     model = build_reward_model(spec["init"], tok)
     tokens = [[encode(tok, c["messages"], r, 256) for r in c["responses"]] for c in comps]
@@ -166,6 +168,7 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
                 "tmp": str(tmp), "steps": steps, "lr": 5e-4, "batch_prompts": batch_prompts,
                 "pairs_per_step": batch_prompts * comb(k, 2)}
         ours = run_side(Path(sys.executable), "ours", spec)
+        padded = run_side(Path(sys.executable), "ours", spec | {"packing": False})  # rm.packing off
         trl = run_side(BENCH_PY, "trl", spec) if BENCH_PY.exists() else {"error": f"{BENCH_PY} missing"}
     ok = "pairs_per_s" in ours and "pairs_per_s" in trl
     # flat headline first (bench/run_all.py prints top-level scalars); CPU seconds are the fair figure
@@ -174,7 +177,9 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
             "chatrlhf_pairs_per_cpu_s": ours.get("pairs_per_cpu_s"), "trl_pairs_per_cpu_s": trl.get("pairs_per_cpu_s"),
             "ratio_pairs_per_cpu_s": ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"] if ok else None,
             "ratio_pairs_per_wall_s": ours["pairs_per_s"] / trl["pairs_per_s"] if ok else None,
-            "trl_error": trl.get("error", ""), "chatrlhf": ours, "trl_reward_trainer": trl}
+            "packed_vs_padded_pairs_per_cpu_s": ours["pairs_per_cpu_s"] / padded["pairs_per_cpu_s"]
+            if "pairs_per_cpu_s" in padded else None,
+            "trl_error": trl.get("error", ""), "chatrlhf": ours, "chatrlhf_padded": padded, "trl_reward_trainer": trl}
 
 
 # --- real data ------------------------------------------------------------------------------

@@ -101,6 +101,38 @@ def test_backbone_and_head_give_per_token_values_ending_in_the_reward(trained):
     assert values[0, -1].item() == pytest.approx(rm.score([[{"role": "user", "content": "q?"}]], [GOOD[0]], raw=True).item(), abs=1e-5)
 
 
+def test_packed_batches_give_the_padded_rewards_and_gradients_with_fewer_tokens(trained):
+    rm = RewardModel.load(trained[0])
+    rng = random.Random(0)
+    seqs = [[rng.randrange(5, 200) for _ in range(rng.randrange(3, 40))] for _ in range(24)]
+    padded, packed = reward.collate(seqs, rm.tokenizer.pad_token_id), reward.collate_packed(seqs, rm.tokenizer.pad_token_id)
+    assert packed["input_ids"].numel() < 0.8 * padded["input_ids"].numel()
+    grads = []
+    for batch in (padded, packed):
+        rm.model.zero_grad()
+        r = reward.raw_rewards(rm.model, batch)
+        (r * torch.arange(len(seqs))).sum().backward()  # a different weight per sequence: order matters
+        grads.append((r.detach(), [p.grad.clone() for p in rm.model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(grads[0][1], grads[1][1]))
+    assert reward._packing_matches_padding(rm.model, seqs, rm.tokenizer.pad_token_id, "cpu")
+
+
+def test_rm_training_falls_back_to_padding_where_packed_rows_disagree(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """A model whose attention ignored the restarting position ids would score packed rows wrongly."""
+    real = reward.collate_packed
+
+    def leaky(seqs, pad_id):  # as if sequences saw each other: every reward read one token early
+        batch = real(seqs, pad_id)
+        return batch | {"last_token": (batch["last_token"] - 1).clamp(min=0)}
+
+    monkeypatch.setattr(reward, "collate_packed", leaky)
+    comps = [dict(c, reference={}, task="fact") for c in comparisons(held_out_reversed=True)]
+    m = train_reward_model(cfg_for(tmp_path, epochs=1), comps, tiny_model_dir, tmp_path / "rm", world=FakeWorld())
+    assert "training with padded batches instead" in caplog.text
+    assert m["acc_held_out_prompts"] > 0.5
+
+
 def test_score_is_independent_of_batch_padding(trained):
     rm = RewardModel.load(trained[0])
     msgs = [[{"role": "user", "content": "q?"}], [{"role": "user", "content": "a much longer question, is it not?"}]]

@@ -158,6 +158,10 @@ class RMConfig(Section):
     batch_prompts: int = Field(8, description="Prompts per optimizer step (all of a prompt's pairs share a batch).")
     group_by_length: bool = Field(False, description="Batch prompts of similar length (less padding: 1.36x faster "
                                   "training on CPU, but a slightly worse RM in one test at 16,000 prompts).")
+    packing: bool = Field(True, description="Pack each batch's sequences into rows with restarting position ids "
+                          "instead of padding them: the same batches, rewards and gradients with about half the tokens "
+                          "(1.7x faster training on CPU). Checked against padding on the first batch; falls back to "
+                          "padding, with a warning, for a model whose attention ignores the restarts.")
     epochs: float = Field(2.0, description="Passes over the comparisons.")
     learning_rate: float = Field(5e-4, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(10, description="Linear warm-up steps.")

@@ -34,8 +34,8 @@ from chatrlhf.losses import ranking_loss
 from chatrlhf.modeling import DTYPES, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
 from chatrlhf.rankings import (PairBatch, labeler_agreement, load_comparisons, make_batch,
                                ranking_pairs, split_by_prompt)
-from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, length_grouped_batches,
-                               make_accelerator, progress_bar)
+from chatrlhf.training import (Checkpoints, MetricsLogger, best_fit_decreasing, check_finite, cosine_with_warmup,
+                               length_grouped_batches, make_accelerator, progress_bar)
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
@@ -71,10 +71,43 @@ def collate(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
 
 
+def collate_packed(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack the sequences into rows no longer than the longest one (best fit decreasing): about
+    half the tokens of a padded batch of mixed lengths. Position ids restart at 0 for each sequence
+    (and for a row's padding tail), so with no attention_mask transformers builds a block-diagonal
+    causal mask; `last_token` holds each sequence's last position as a flat index into the rows."""
+    width = max(len(s) for s in seqs)
+    rows = best_fit_decreasing([len(s) for s in seqs], width)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    last = torch.zeros(len(seqs), dtype=torch.long)
+    for b, row in enumerate(rows):
+        t = 0
+        for i in row:
+            ids[b, t:t + len(seqs[i])] = torch.tensor(seqs[i], dtype=torch.long)
+            pos[b, t:t + len(seqs[i])] = torch.arange(len(seqs[i]))
+            t += len(seqs[i])
+            last[i] = b * width + t - 1
+        pos[b, t:] = torch.arange(width - t)
+    return {"input_ids": ids, "position_ids": pos, "last_token": last}
+
+
 def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B,) head outputs at the last token (left padding puts it in the last column)."""
-    out = model(**batch, use_cache=False)
-    return out.logits[:, -1].float() if out.logits.dim() == 2 else out.logits.float()
+    """(B,) head outputs at each sequence's last token: the last column of a left-padded batch, or
+    the `last_token` positions of a packed one. For a packed batch the model's own pooling would take
+    each row's last token, so the head's per-token output is caught by a hook during the model's
+    ordinary forward (which DDP/FSDP wrappers need to see)."""
+    if "last_token" not in batch:
+        out = model(**batch, use_cache=False)
+        return out.logits[:, -1].float() if out.logits.dim() == 2 else out.logits.float()
+    per_token: list[torch.Tensor] = []
+    head = reward_backbone_and_head(getattr(model, "module", model))[1]
+    hook = head.register_forward_hook(lambda _module, _inputs, out: per_token.append(out))
+    try:
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    finally:
+        hook.remove()
+    return per_token[0].flatten(0, 1)[batch["last_token"]].squeeze(-1).float()
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -321,6 +354,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     start = state["step"] if state else 0
     metrics = MetricsLogger(out_dir, cfg.run.tensorboard, resume=start > 0)
     model.train()
+    packing = rc.packing
     t0, seqs_seen, pairs_seen, last = time.time(), 0, 0, {}
     with progress_bar("rm") as bar:
         task = bar.add_task("rm", total=total, completed=start, info="")
@@ -330,7 +364,10 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
                 batches, batches_epoch = _epoch_batches(widths, rc.batch_prompts, cfg.run.seed * 1000 + epoch, rc.group_by_length), epoch
             idx = batches[pos]
             pb: PairBatch = make_batch([train[i] for i in idx], held_out)
-            batch = collate([tokens[idx[g]][k] for g, k in pb.sequences], tok.pad_token_id)
+            seqs = [tokens[idx[g]][k] for g, k in pb.sequences]
+            if packing and step == start:
+                packing = _packing_matches_padding(model, seqs, tok.pad_token_id, acc.device)
+            batch = (collate_packed if packing else collate)(seqs, tok.pad_token_id)
             rewards = raw_rewards(model, {k: v.to(acc.device) for k, v in batch.items()})  # (S,) one per response
             ch, rj = rewards[pb.chosen], rewards[pb.rejected]  # (P,) per pair
             loss = ranking_loss(ch, rj, torch.tensor(pb.weight, device=acc.device), pb.n_groups)
@@ -354,6 +391,23 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     return {"model": acc.unwrap_model(model), "steps": total, "resumed_from": start, "train_seconds": secs,
             "sequences_per_second": seqs_seen / secs if secs > 0 else 0.0,
             "pairs_per_second": pairs_seen / secs if secs > 0 else 0.0, "last": last}
+
+
+@torch.no_grad()
+def _packing_matches_padding(model, seqs: list[list[int]], pad_id: int, device) -> bool:
+    """Packed rows are right only where the model builds its attention mask from restarting position
+    ids (transformers' masking utilities do for most architectures): compare with padding on one
+    batch, and fall back to padding where they differ."""
+    model.eval()
+    padded, packed = (raw_rewards(model, {k: v.to(device) for k, v in fn(seqs, pad_id).items()})
+                      for fn in (collate, collate_packed))
+    model.train()
+    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    if torch.allclose(padded, packed, atol=tol, rtol=tol):
+        return True
+    log.warning("rm.packing: packed rows give other rewards than padded ones with this model (max difference "
+                "%.3g); training with padded batches instead", (padded - packed).abs().max().item())
+    return False
 
 
 def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_dir: str | Path,

@@ -32,8 +32,8 @@ from chatrlhf.data import DataError
 from chatrlhf.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.modeling import load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.tokenizer import document_eos, ensure_chat_template
-from chatrlhf.training import (Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, length_grouped_batches,
-                               make_accelerator, progress_bar)
+from chatrlhf.training import (Checkpoints, MetricsLogger, best_fit_decreasing, check_finite, cosine_with_warmup,
+                               length_grouped_batches, make_accelerator, progress_bar)
 
 console = Console(stderr=True)
 IGNORE = -100  # label id that cross-entropy skips
@@ -133,20 +133,8 @@ def split_examples(examples: list[Example], val_fraction: float, seed: int) -> t
 def pack(examples: list[Example], max_len: int, seed: int) -> list[list[Example]]:
     """Best-fit-decreasing bin packing of shuffled examples into rows of at most max_len tokens."""
     order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda i: len(examples[i]), reverse=True)  # stable: ties keep the shuffled order
-    rows: list[list[Example]] = []
-    free: list[int] = []
-    for i in order:
-        n = len(examples[i])
-        fits = [r for r in range(len(rows)) if free[r] >= n]
-        if fits:
-            r = min(fits, key=lambda r: free[r])
-            rows[r].append(examples[i])
-            free[r] -= n
-        else:
-            rows.append([examples[i]])
-            free.append(max_len - n)
+    random.Random(seed).shuffle(order)  # ties keep the shuffled order
+    rows = [[examples[i] for i in row] for row in best_fit_decreasing([len(e) for e in examples], max_len, order)]
     random.Random(seed + 1).shuffle(rows)
     return rows
 

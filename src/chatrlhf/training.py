@@ -90,6 +90,24 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return batches
 
 
+def best_fit_decreasing(lengths: list[int], capacity: int, order: list[int] | None = None) -> list[list[int]]:
+    """Bin packing: indices into rows of at most `capacity` tokens, longest first, each into the
+    fullest row it fits (best fit). `order` breaks ties between equal lengths (default: index order)."""
+    order = sorted(order if order is not None else range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        fits = [r for r in range(len(rows)) if free[r] >= lengths[i]]
+        if fits:
+            r = min(fits, key=lambda r: free[r])
+            rows[r].append(i)
+            free[r] -= lengths[i]
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
+
+
 def check_finite(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None = None) -> None:
     if not torch.isfinite(loss).all():
         where = f"; last good checkpoint kept in {ckpt_dir}" if ckpt_dir else ""
