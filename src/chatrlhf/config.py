@@ -177,8 +177,9 @@ class RejectionSamplingConfig(Section):
     n: int = Field(8, ge=0, description="Samples per prompt before PPO; the best under PPO's reward "
                    "(RM score + sft_loglik_coef x SFT mean log-likelihood + verifier_coef x check) is kept and the policy fine-tuned on the kept "
                    "answers (Llama 2's rejection sampling). 0 or 1 = off: PPO starts from the given policy.")
-    prompts: int = Field(2000, ge=1, description="Prompts to sample: PPO's training prompts, topped up with the RM "
-                         "stage's prompts (never eval or guard prompts). 2,000 x 8 beat 536 x 16 on the default world.")
+    prompts: int = Field(3000, ge=1, description="Prompts to sample: PPO's training prompts, topped up with the RM "
+                         "stage's prompts (never eval or guard prompts). More distinct prompts distil better: on the default "
+                         "world 2,000 x 8 beat 536 x 16, and 3,000 beat 2,000 by 0.013 final win rate on four stage sets.")
     epochs: float = Field(5.0, description="Fine-tuning passes over the kept answers.")
     learning_rate: float = Field(3e-4, description="Fine-tuning AdamW learning rate (cosine decay).")
     batch_size: int = Field(16, ge=1, description="Conversations per fine-tuning step.")
