@@ -16,7 +16,7 @@ def _fake_stages(calls: list[str]):
     def runner(name, subdir):
         def run(cfg):
             calls.append(name)
-            d = pipeline.done_marker(cfg, name, subdir)
+            d = cfg.stage_dir(subdir)
             d.mkdir(parents=True, exist_ok=True)
             write_meta(d, {"stage": name, "complete": True})
 
@@ -44,9 +44,61 @@ def test_run_all_skips_complete_stages_and_resumes_at_the_first_unfinished(tmp_p
     assert json.loads((tmp_path / "pipeline.json").read_text())["stages"].keys() >= {"world", "report"}
 
 
-def test_rounds_stage_is_done_only_when_the_last_round_is(tmp_path):
-    cfg = load_config(None, [f"run.out_dir={tmp_path}", "iterate.rounds=3"])
-    assert pipeline.done_marker(cfg, "rounds", "rounds") == tmp_path / "rounds" / "round_3" / "ppo"
+def _rounds_of(tmp_path: Path, monkeypatch, round_seconds: float = 100.0, **iterate) -> tuple:
+    """A run whose round 1 is done and whose later rounds each take `round_seconds` (faked)."""
+    from chatrlhf import iterate as it
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"] + [f"iterate.{k}={v}" for k, v in iterate.items()])
+    for d in (cfg.stage_dir("rm"), cfg.stage_dir("ppo")):
+        d.mkdir(parents=True, exist_ok=True)
+        write_meta(d, {"complete": True})
+    ran: list[int] = []
+
+    def fake_round(cfg, world, r):
+        _, ppo = it.round_paths(cfg, r)
+        if (ppo / "meta.json").is_file():  # like run_round: a finished round is not run again
+            return ppo
+        ran.append(r)
+        ppo.mkdir(parents=True, exist_ok=True)
+        write_meta(ppo, {"complete": True})
+        (it.round_dir(cfg, r) / "seconds.json").write_text(json.dumps({"seconds": round_seconds}))
+        return ppo
+
+    monkeypatch.setattr(it, "run_round", fake_round)
+    monkeypatch.setattr("chatrlhf.reward.load_world", lambda cfg: object())
+    return cfg, ran, it
+
+
+def test_rounds_beyond_iterate_rounds_run_only_while_the_time_budget_allows(tmp_path, monkeypatch):
+    # 300 s before the rounds, 100 s a round, 540 s budget: round 3 (300 + 100 + 100 = 500) fits,
+    # round 4 (300 + 200 + 100 = 600) does not
+    cfg, ran, it = _rounds_of(tmp_path, monkeypatch, rounds=2, max_rounds=4, budget_minutes=9)
+    newest = it.run_iterate(cfg, elapsed_s=300.0)
+    assert ran == [2, 3] and newest == it.round_paths(cfg, 3)[1]
+    meta = json.loads((tmp_path / "rounds" / "meta.json").read_text())
+    assert meta["complete"] and meta["rounds"] == 3 and "600 s of 540" in meta["budget"]
+    assert [r["round"] for r in json.loads((tmp_path / "rounds" / "summary.json").read_text())] == [1, 2, 3]
+
+
+def test_iterate_alone_runs_exactly_its_rounds_and_a_begun_extra_round_is_finished(tmp_path, monkeypatch):
+    cfg, ran, it = _rounds_of(tmp_path, monkeypatch, rounds=2, max_rounds=3, budget_minutes=1)
+    it.run_iterate(cfg)  # `chatrlhf iterate`: no budget, no extra rounds
+    assert ran == [2]
+    it.round_dir(cfg, 3).mkdir()  # an interrupted run had begun round 3: finish it whatever the budget says
+    it.run_iterate(cfg, elapsed_s=10_000.0)
+    assert ran == [2, 3]
+
+
+def test_an_unaffordable_extra_round_is_skipped_and_the_rounds_stage_still_completes(tmp_path, monkeypatch):
+    calls: list[str] = []
+    stages = _fake_stages(calls)
+    cfg, ran, it = _rounds_of(tmp_path, monkeypatch, round_seconds=400.0, rounds=2, max_rounds=3, budget_minutes=13)
+    real_rounds = dict((n, r) for n, _, r in pipeline.STAGES)["rounds"]
+    monkeypatch.setattr(pipeline, "STAGES", [(n, s, real_rounds if n == "rounds" else r) for n, s, r in stages])
+    (tmp_path / "pipeline.json").write_text(json.dumps({"stages": {"pretrain": 150.0, "ppo": 200.0}}))
+    pipeline.run_all(cfg)  # 350 s + round 2 (400 s) + a forecast 400 s > 780 s: no round 3
+    assert ran == [2] and calls[-2:] == ["eval", "report"]
+    assert "would not fit" in json.loads((tmp_path / "rounds" / "meta.json").read_text())["budget"]
 
 
 class _World:

@@ -264,6 +264,12 @@ class PPOConfig(Section):
 
 class IterateConfig(Section):
     rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
+    max_rounds: int = Field(3, ge=0, description="`chatrlhf run` only: after `rounds`, more rounds up to this many, each "
+                            "started only if it fits in budget_minutes (a faster machine gets another round in the same time). "
+                            "At most `rounds` = exactly `rounds`; `chatrlhf iterate` always runs exactly `rounds`.")
+    budget_minutes: float = Field(13.0, ge=0, description="`chatrlhf run`: a round beyond `rounds` starts only if the run's "
+                                  "stage time so far plus the last round's time stays within this many minutes (the "
+                                  "15-minute target less about 2 for evaluation and report).")
     prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
     rm_mode: Literal["continue", "retrain"] = Field("continue", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")

@@ -9,6 +9,8 @@ Round 1 is the first RM (rm/) and PPO from SFT (ppo/). Each later round r:
 
 Per round we record what changed (RM accuracy, reward, gold, KL) in rounds/summary.json. A round
 whose ppo/meta.json says complete is skipped, so an interrupted run resumes round by round.
+Under `chatrlhf run`, rounds beyond `iterate.rounds` (up to `iterate.max_rounds`) start only while
+the run fits in `iterate.budget_minutes`: the same time buys more rounds on a faster machine.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.modeling import read_meta, stage_complete
+from chatrlhf.modeling import read_meta, stage_complete, write_meta
 
 console = Console(stderr=True)
 
@@ -119,7 +122,8 @@ def round_rm_data(cfg: Config, r: int) -> list[dict]:
 
 
 def run_round(cfg: Config, world, r: int) -> Path:
-    """Round r >= 2: comparisons -> RM -> PPO. Returns the new policy dir."""
+    """Round r >= 2: comparisons -> RM -> PPO. Returns the new policy dir. The round's own seconds
+    (summed over resumed invocations) go to round_r/seconds.json, which the time budget reads."""
     from chatrlhf.ppo import run_ppo
     from chatrlhf.reward import train_reward_model
 
@@ -127,15 +131,42 @@ def run_round(cfg: Config, world, r: int) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     prev_rm, prev_policy = round_paths(cfg, r - 1)
     rm_dir, ppo_dir = round_paths(cfg, r)
+    if stage_complete(ppo_dir):
+        return ppo_dir
+    t0, before = time.time(), round_seconds(cfg, r) or 0.0
     cmp_file = d / "comparisons.jsonl"
     if not cmp_file.is_file():
         collect_comparisons(cfg, world, prev_policy, fresh_prompts(world, cfg, r), cmp_file, r)
     if not stage_complete(rm_dir):
         init = prev_rm if cfg.iterate.rm_mode == "continue" else cfg.stage_dir(cfg.rm.init_from)
         train_reward_model(cfg, round_rm_data(cfg, r), init, rm_dir, world=world)
-    if not stage_complete(ppo_dir):
-        run_ppo(cfg, policy_dir=prev_policy, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=cfg.stage_dir("sft"))
+    run_ppo(cfg, policy_dir=prev_policy, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=cfg.stage_dir("sft"))
+    (d / "seconds.json").write_text(json.dumps({"seconds": round(before + time.time() - t0, 1)}))
     return ppo_dir
+
+
+def round_seconds(cfg: Config, r: int) -> float | None:
+    """Seconds round r took, when known (round 1: the `ppo` stage's time in pipeline.json)."""
+    f = round_dir(cfg, r) / "seconds.json" if r > 1 else Path(cfg.run.out_dir) / "pipeline.json"
+    if not f.is_file():
+        return None
+    data = json.loads(f.read_text())
+    return data["seconds"] if r > 1 else data.get("stages", {}).get("ppo")
+
+
+def another_round_fits(cfg: Config, r: int, elapsed_s: float) -> tuple[bool, str]:
+    """Round r beyond iterate.rounds runs when the run's stage time so far plus the last round's time
+    (the best forecast of this one's) stays within iterate.budget_minutes. A round already begun
+    (an interrupted run) is finished regardless."""
+    if round_dir(cfg, r).is_dir():
+        return True, f"round {r}: resuming it"
+    last = round_seconds(cfg, r - 1)
+    if last is None:
+        return False, f"no round {r}: round {r - 1}'s time is unknown, so the budget cannot be judged"
+    forecast, budget = elapsed_s + last, 60 * cfg.iterate.budget_minutes
+    verdict = "fits" if forecast <= budget else "would not fit"
+    return forecast <= budget, (f"round {r} {verdict} in iterate.budget_minutes={cfg.iterate.budget_minutes:g}: "
+                                f"{elapsed_s:.0f} s so far + {last:.0f} s (round {r - 1}) = {forecast:.0f} s of {budget:.0f}")
 
 
 def round_record(cfg: Config, r: int) -> dict[str, Any]:
@@ -148,11 +179,13 @@ def round_record(cfg: Config, r: int) -> dict[str, Any]:
             "reward": ppo.get("reward"), "gold": ppo.get("gold"), "kl": ppo.get("kl"),
             "ppo_iterations": ppo.get("iterations"), "selected_iteration": ppo.get("selected_iteration"),
             "guard_win_rate": ppo.get("guard_win_rate"), "best_of_n_gold_mean": bon.get("gold_mean"),
-            "best_of_n_gold_best": bon.get("gold_best"), "policy": str(ppo_dir)}
+            "best_of_n_gold_best": bon.get("gold_best"), "seconds": round_seconds(cfg, r), "policy": str(ppo_dir)}
 
 
-def run_iterate(cfg: Config) -> Path:
-    """Rounds 1..N (round 1 must exist: `chatrlhf rm` and `chatrlhf ppo`). Returns the newest policy."""
+def run_iterate(cfg: Config, elapsed_s: float | None = None) -> Path:
+    """Rounds 2..iterate.rounds (round 1 must exist: `chatrlhf rm` and `chatrlhf ppo`), then, given the
+    run's stage seconds before the rounds (`chatrlhf run` passes them), more rounds up to
+    iterate.max_rounds while they fit in iterate.budget_minutes. Returns the newest policy."""
     from chatrlhf.reward import load_world
 
     if not stage_complete(round_paths(cfg, 1)[1]):
@@ -163,13 +196,22 @@ def run_iterate(cfg: Config) -> Path:
         raise FileNotFoundError(f"iterate: simulated labelers need the world at {cfg.stage_dir('world')}")
     newest = round_paths(cfg, 1)[1]
     records = [round_record(cfg, 1)]
-    for r in range(2, cfg.iterate.rounds + 1):
+    last_round = cfg.iterate.rounds if elapsed_s is None else max(cfg.iterate.rounds, cfg.iterate.max_rounds)
+    budget_note = None
+    for r in range(2, last_round + 1):
+        if r > cfg.iterate.rounds:
+            fits, budget_note = another_round_fits(cfg, r, elapsed_s + sum(round_seconds(cfg, k) or 0.0 for k in range(2, r)))
+            console.print(f"[dim]{budget_note}[/dim]")
+            if not fits:
+                break
         newest = run_round(cfg, world, r)
         records.append(round_record(cfg, r))
         _print_round(records[-1])
     out = cfg.stage_dir("rounds")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(records, indent=2))
+    write_meta(out, {"stage": "rounds", "rounds": len(records), "policy": str(newest), "budget": budget_note,
+                     "complete": True})
     return newest
 
 

@@ -63,7 +63,11 @@ def _ppo(cfg: Config) -> None:
 def _rounds(cfg: Config) -> None:
     from chatrlhf.iterate import run_iterate
 
-    run_iterate(cfg)
+    path = Path(cfg.run.out_dir) / "pipeline.json"
+    stages = json.loads(path.read_text()).get("stages", {}) if path.is_file() else {}
+    names = [name for name, _, _ in STAGES]
+    before = names[:names.index("rounds")]
+    run_iterate(cfg, elapsed_s=sum(stages.get(name, 0.0) for name in before))  # more rounds if the budget allows
 
 
 def _eval(cfg: Config) -> None:
@@ -78,18 +82,12 @@ def _report(cfg: Config) -> None:
     run_report(cfg)
 
 
-# (name, directory under out_dir, runner); `rounds` is complete when its last round's ppo/ is
+# (name, directory under out_dir, runner)
 STAGES: list[tuple[str, str, Callable[[Config], None]]] = [
     ("world", "world", _world), ("tokenizer", "tokenizer", _tokenizer), ("pretrain", "pretrain", _pretrain),
     ("sft", "sft", _sft), ("rm", "rm", _rm), ("ppo", "ppo", _ppo), ("rounds", "rounds", _rounds),
     ("eval", "eval", _eval), ("report", "report", _report),
 ]
-
-
-def done_marker(cfg: Config, name: str, subdir: str) -> Path:
-    if name == "rounds":
-        return cfg.stage_dir("rounds") / f"round_{cfg.iterate.rounds}" / "ppo"
-    return cfg.stage_dir(subdir)
 
 
 def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
@@ -99,9 +97,9 @@ def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
     timings: dict[str, float] = {}
     t_all = time.time()
     for name, subdir, runner in STAGES:
-        if name == "rounds" and cfg.iterate.rounds < 2:
+        if name == "rounds" and max(cfg.iterate.rounds, cfg.iterate.max_rounds) < 2:
             continue
-        marker = done_marker(cfg, name, subdir)
+        marker = cfg.stage_dir(subdir)  # rounds/ too: complete once iterate has decided on every round
         if force:
             shutil.rmtree(cfg.stage_dir(subdir), ignore_errors=True)
         elif stage_complete(marker):
