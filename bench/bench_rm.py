@@ -1,6 +1,9 @@
 """Reward-model benchmarks, results in bench/results/rm.json.
 
     .venv/bin/python bench/bench_rm.py                 # throughput: chatrlhf vs TRL RewardTrainer
+    .venv/bin/python bench/bench_rm.py --comparisons runs/default/rm/comparisons.jsonl
+                                                       # the same on a run's comparisons (real lengths)
+                                                       # -> bench/results/rm_world_comparisons.json
     .venv/bin/python bench/bench_rm.py --real-data     # accuracy on OASST K-way ranks and HH-RLHF pairs
                                                        # -> bench/results/rm_real_data.json
 
@@ -144,7 +147,8 @@ def run_side(python: Path, side: str, spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: int = 12) -> dict:
+def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: int = 12,
+               comparisons: Path | None = None) -> dict:
     from math import comb
 
     from chatrlhf.modeling import load_tokenizer
@@ -152,6 +156,9 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
     from chatrlhf.reward import encode
 
     comps = synthetic_comparisons(n_prompts, k)
+    if comparisons is not None:  # a run's own K=4 comparisons: the lengths RM training really sees
+        rows = [json.loads(line) for line in comparisons.read_text().splitlines()[:n_prompts]]
+        comps = [{**c, "rankings": c["rankings"][:1]} for c in rows if len(c["responses"]) == k]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         texts = [c["messages"][0]["content"] + " " + r for c in comps for r in c["responses"]] * 3
@@ -173,7 +180,7 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
     ok = "pairs_per_s" in ours and "pairs_per_s" in trl
     # flat headline first (bench/run_all.py prints top-level scalars); CPU seconds are the fair figure
     # on a shared machine, wall time swings with the other load
-    return {"model": source, "threads": 1, "k": k, "pairs_per_step": spec["pairs_per_step"], "steps": steps,
+    return {"model": source, "comparisons": str(comparisons or "synthetic"), "threads": 1, "k": k, "pairs_per_step": spec["pairs_per_step"], "steps": steps,
             "chatrlhf_pairs_per_cpu_s": ours.get("pairs_per_cpu_s"), "trl_pairs_per_cpu_s": trl.get("pairs_per_cpu_s"),
             "ratio_pairs_per_cpu_s": ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"] if ok else None,
             "ratio_pairs_per_wall_s": ours["pairs_per_s"] / trl["pairs_per_s"] if ok else None,
@@ -235,6 +242,8 @@ def main() -> None:
     ap.add_argument("--real-data", nargs="*", metavar="SOURCE",
                     help="Run the OASST / HH-RLHF accuracy check instead (optionally only: oasst, hh).")
     ap.add_argument("--steps", type=int, default=12, help="Optimizer steps per side.")
+    ap.add_argument("--comparisons", type=Path, help="Time on a run's comparisons.jsonl (e.g. runs/default/rm/"
+                    "comparisons.jsonl) instead of synthetic ones; results go to rm_world_comparisons.json.")
     a = ap.parse_args()
     if a.side:
         spec = json.loads(Path(a.spec).read_text())
@@ -244,8 +253,8 @@ def main() -> None:
         res = real_data(a.real_data)
         write_results(REAL_RESULTS, res)
     else:
-        res = throughput(steps=a.steps)
-        write_results(RESULTS, res)
+        res = throughput(steps=a.steps, comparisons=a.comparisons)
+        write_results(RESULTS.with_name("rm_world_comparisons.json") if a.comparisons else RESULTS, res)
     print(json.dumps(res, indent=2))
 
 
