@@ -7,6 +7,7 @@ import json
 import pytest
 
 from chatrlhf.config import Config
+from chatrlhf.modeling import write_meta
 from tests.conftest import SHARED_DATA, shared_data
 
 
@@ -142,8 +143,11 @@ def test_report_before_any_eval_still_renders_curves(tmp_path):
     log = MetricsLogger(tmp_path / "sft", tensorboard=False)
     log.log(0, {"loss": 2.0})
     log.log(10, {"loss": 1.0, "val_loss": 1.5})
+    (tmp_path / "rounds").mkdir()
+    write_meta(tmp_path / "rounds", {"budget": "round 3 would not fit in iterate.budget_minutes=13", "complete": True})
     page = run_report(cfg).read_text()
     assert "no comparison available" in page and page.count("data:image/png;base64,") == 1
+    assert "note: rounds: round 3 would not fit" in page  # why the run stopped at two rounds
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["stages"]["sft"]["figures"]["final_val_loss"] == 1.5 and metrics["eval"] == {}
 

@@ -67,7 +67,8 @@ def gather(cfg: Config) -> dict[str, Any]:
         stages[name] = {"complete": bool(meta.get("complete")), "figures": key_figures(meta, read_metrics(d))}
     ev = cfg.stage_dir("eval")
     summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
-    return {"out_dir": str(cfg.run.out_dir), "stages": stages, "eval": summary}
+    rounds = read_meta(cfg.stage_dir("rounds"))  # why the last RLHF round was or was not started
+    return {"out_dir": str(cfg.run.out_dir), "stages": stages, "eval": summary, "rounds_budget": rounds.get("budget")}
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -328,7 +329,8 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
                 b64 = base64.b64encode(p.read_bytes()).decode()
                 h.append(f"<p><img alt='{p.stem}' src='data:image/png;base64,{b64}'></p>")
                 md += [f"![{p.stem}](plots/{p.name})", ""]
-    for note in summary.get("notes", []):
+    rounds_note = [f"rounds: {data['rounds_budget']}"] if data.get("rounds_budget") else []
+    for note in summary.get("notes", []) + rounds_note:
         h.append(f"<p class='note'>note: {html.escape(note)}</p>")
         md.append(f"> note: {note}")
     h.append("</body></html>")
