@@ -18,7 +18,7 @@ def _fake_stages(calls: list[str]):
             calls.append(name)
             d = cfg.stage_dir(subdir)
             d.mkdir(parents=True, exist_ok=True)
-            write_meta(d, {"stage": name, "complete": True})
+            write_meta(d, {"stage": name, "complete": True} | ({"rounds": cfg.iterate.rounds} if name == "rounds" else {}))
 
         return run
 
@@ -99,6 +99,10 @@ def test_an_unaffordable_extra_round_is_skipped_and_the_rounds_stage_still_compl
     pipeline.run_all(cfg)  # 350 s + round 2 (400 s) + a forecast 400 s > 780 s: no round 3
     assert ran == [2] and calls[-2:] == ["eval", "report"]
     assert "would not fit" in json.loads((tmp_path / "rounds" / "meta.json").read_text())["budget"]
+    pipeline.run_all(cfg)
+    assert ran == [2]  # complete: nothing reruns
+    pipeline.run_all(cfg.model_copy(update={"iterate": cfg.iterate.model_copy(update={"rounds": 3})}))
+    assert ran == [2, 3]  # asking for three rounds on a finished two-round run adds the third
 
 
 class _World:

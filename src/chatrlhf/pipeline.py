@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.modeling import stage_complete
+from chatrlhf.modeling import read_meta, stage_complete
 
 console = Console(stderr=True)
 
@@ -90,6 +90,14 @@ STAGES: list[tuple[str, str, Callable[[Config], None]]] = [
 ]
 
 
+def _complete(cfg: Config, name: str, d: Path) -> bool:
+    """rounds/ is complete once iterate decided on every round and ran at least iterate.rounds (so
+    raising iterate.rounds on a finished run adds rounds)."""
+    if name == "rounds":
+        return stage_complete(d) and read_meta(d).get("rounds", 0) >= cfg.iterate.rounds
+    return stage_complete(d)
+
+
 def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
     """Run every unfinished stage in order; returns {stage: seconds} of the stages that ran."""
     out = Path(cfg.run.out_dir)
@@ -99,10 +107,10 @@ def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
     for name, subdir, runner in STAGES:
         if name == "rounds" and max(cfg.iterate.rounds, cfg.iterate.max_rounds) < 2:
             continue
-        marker = cfg.stage_dir(subdir)  # rounds/ too: complete once iterate has decided on every round
+        marker = cfg.stage_dir(subdir)
         if force:
             shutil.rmtree(cfg.stage_dir(subdir), ignore_errors=True)
-        elif stage_complete(marker):
+        elif _complete(cfg, name, marker):
             console.print(f"[dim]run: {name} complete, skipped ({marker}/meta.json)[/dim]")
             continue
         console.rule(f"[bold]{name}")
