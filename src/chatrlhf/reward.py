@@ -35,7 +35,7 @@ from chatrlhf.modeling import DTYPES, load_tokenizer, read_meta, save_stage, sta
 from chatrlhf.rankings import (PairBatch, labeler_agreement, load_comparisons, make_batch,
                                ranking_pairs, split_by_prompt)
 from chatrlhf.training import (Checkpoints, MetricsLogger, best_fit_decreasing, check_finite, cosine_with_warmup,
-                               length_grouped_batches, make_accelerator, progress_bar)
+                               length_grouped_batches, make_accelerator, pack_rows, packed_position_ids, progress_bar)
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
@@ -73,23 +73,21 @@ def collate(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 def collate_packed(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Pack the sequences into rows no longer than the longest one (best fit decreasing): about
-    half the tokens of a padded batch of mixed lengths. Position ids restart at 0 for each sequence
-    (and for a row's padding tail), so with no attention_mask transformers builds a block-diagonal
-    causal mask; `last_token` holds each sequence's last position as a flat index into the rows."""
-    width = max(len(s) for s in seqs)
-    rows = best_fit_decreasing([len(s) for s in seqs], width)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    half the tokens of a padded batch of mixed lengths. Position ids restart for each sequence
+    (`training.packed_position_ids`); `last_token` holds each sequence's last position as a flat
+    index into the rows."""
+    lengths = [len(s) for s in seqs]
+    rows = best_fit_decreasing(lengths, max(lengths))
+    ids = pack_rows([[seqs[i] for i in row] for row in rows], pad_id)
+    width = ids.shape[1]
     last = torch.zeros(len(seqs), dtype=torch.long)
     for b, row in enumerate(rows):
-        t = 0
+        end = b * width
         for i in row:
-            ids[b, t:t + len(seqs[i])] = torch.tensor(seqs[i], dtype=torch.long)
-            pos[b, t:t + len(seqs[i])] = torch.arange(len(seqs[i]))
-            t += len(seqs[i])
-            last[i] = b * width + t - 1
-        pos[b, t:] = torch.arange(width - t)
-    return {"input_ids": ids, "position_ids": pos, "last_token": last}
+            end += lengths[i]
+            last[i] = end - 1
+    return {"input_ids": ids, "position_ids": packed_position_ids([[lengths[i] for i in row] for row in rows], width),
+            "last_token": last}
 
 
 def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -33,7 +33,7 @@ from chatrlhf.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.modeling import load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.tokenizer import document_eos, ensure_chat_template
 from chatrlhf.training import (Checkpoints, MetricsLogger, best_fit_decreasing, check_finite, cosine_with_warmup,
-                               length_grouped_batches, make_accelerator, progress_bar)
+                               length_grouped_batches, make_accelerator, pack_rows, packed_position_ids, progress_bar)
 
 console = Console(stderr=True)
 IGNORE = -100  # label id that cross-entropy skips
@@ -153,21 +153,11 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def collate_packed(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Packed rows: position ids restart at 0 for each conversation (and for the padding tail), so
-    with no attention_mask and no cache, transformers builds a block-diagonal mask and conversations
-    never see each other. Labels stay per conversation: the first token of each is never a target."""
-    width = max(sum(len(e) for e in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        t = 0
-        for e in row:
-            ids[b, t:t + len(e)] = torch.tensor(e.input_ids)
-            labels[b, t:t + len(e)] = torch.tensor(e.labels)
-            pos[b, t:t + len(e)] = torch.arange(len(e))
-            t += len(e)
-        pos[b, t:] = torch.arange(width - t)
+    """Packed rows (`training.packed_position_ids`: conversations never see each other). Labels stay
+    per conversation: the first token of each is never a target."""
+    ids = pack_rows([[e.input_ids for e in row] for row in rows], pad_id)
+    labels = pack_rows([[e.labels for e in row] for row in rows], IGNORE)
+    pos = packed_position_ids([[len(e) for e in row] for row in rows], ids.shape[1])
     return {"input_ids": ids, "position_ids": pos, "labels": labels}
 
 

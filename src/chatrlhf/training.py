@@ -108,6 +108,21 @@ def best_fit_decreasing(lengths: list[int], capacity: int, order: list[int] | No
     return rows
 
 
+def pack_rows(rows: list[list[list[int]]], fill: int) -> torch.Tensor:
+    """(R, W) long tensor: each row's sequences back to back, then `fill` up to the longest row."""
+    flat = [[x for seq in row for x in seq] for row in rows]
+    width = max(map(len, flat))
+    return torch.tensor([r + [fill] * (width - len(r)) for r in flat], dtype=torch.long)
+
+
+def packed_position_ids(row_lengths: list[list[int]], width: int) -> torch.Tensor:
+    """Position ids of packed rows, given each row's sequence lengths: they restart at 0 for every
+    sequence and for the padding tail, so with no attention_mask (and no cache) transformers builds a
+    block-diagonal mask and no sequence sees another."""
+    return torch.tensor([[p for n in row + [width - sum(row)] for p in range(n)] for row in row_lengths],
+                        dtype=torch.long)
+
+
 def check_finite(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None = None) -> None:
     if not torch.isfinite(loss).all():
         where = f"; last good checkpoint kept in {ckpt_dir}" if ckpt_dir else ""
