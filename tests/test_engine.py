@@ -222,6 +222,29 @@ def test_continuous_batching_gives_each_prompt_what_it_gets_alone(eng):
     assert len({len(g.token_ids) for g in together}) > 1  # rows did finish at different steps
 
 
+def test_n_samples_per_prompt_equal_the_prompt_repeated_n_times(eng):
+    """n > 1 prefills each prompt once and shares its cache; every row samples what it samples when
+    the prompt is simply repeated, also under continuous batching (max_batch below the rows)."""
+    prompts = [_ids(eng, t) for t in ["Hello", "Zorbel Quint is a baker who lives in", "Hi", "Thank you"]]
+    p = SamplingParams(max_new_tokens=10, temperature=1.0, seed=11)
+    free = eng.generate(prompts, p)
+    old, old_batch = eng.eos_ids, eng.max_batch
+    eng.eos_ids = {free[0].token_ids[1], free[1].token_ids[3]}  # rows end at different steps
+    try:
+        repeated = eng.generate([x for x in prompts for _ in range(3)], p)
+        eng.max_batch = 5  # fewer rows than 4 prompts x 3: later prompts join as rows finish
+        shared = eng.generate(prompts, p, n=3)
+    finally:
+        eng.eos_ids, eng.max_batch = old, old_batch
+    assert len(shared) == 12 and [g.prompt_ids for g in shared] == [g.prompt_ids for g in repeated]
+    assert [g.token_ids for g in shared] == [g.token_ids for g in repeated]
+    for g, r in zip(shared, repeated):
+        assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(r.logprobs), atol=1e-5)
+    assert len({tuple(g.token_ids) for g in shared[:3]}) > 1, "a prompt's n samples must differ"
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        eng.generate(prompts, p, n=0)
+
+
 def test_a_finished_long_row_leaves_the_cache_as_wide_as_the_live_rows(eng):
     long, short = _ids(eng, "Zorbel Quint is a baker who lives in Varnok. Her favourite"), _ids(eng, "Hi")
     p = SamplingParams(max_new_tokens=6, temperature=0.0)

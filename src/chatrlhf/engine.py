@@ -106,7 +106,7 @@ class DecodeBatch:
     """
 
     def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-                 seeds: Sequence[int | None] | None = None):
+                 seeds: Sequence[int | None] | None = None, n: int = 1):
         self.eng = engine
         self.prompts: list[list[int]] = []
         self.params: list[SamplingParams] = []
@@ -122,7 +122,7 @@ class DecodeBatch:
         self.cancelled: set[int] = set()
         self.steps = 0
         self.active, self.cache = torch.zeros(0, dtype=torch.long), None
-        self.join(prompts, params, seeds)
+        self.join(prompts, params, seeds, n)
 
     @property
     def done(self) -> bool:
@@ -153,13 +153,16 @@ class DecodeBatch:
         return list(range(first, first + n))
 
     def join(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
-             seeds: Sequence[int | None] | None = None) -> list[int]:
+             seeds: Sequence[int | None] | None = None, n: int = 1) -> list[int]:
         """Add prompts to the running batch (continuous batching); returns their row indices.
 
         The newcomers are prefilled on their own, then both caches are left-padded to one length
-        and stacked, so running rows keep going without recomputing anything.
+        and stacked, so running rows keep going without recomputing anything. `n` > 1: each prompt
+        becomes n rows (params and seeds are per row) that share one prefill, its cache repeated.
         """
-        rows = self._add_rows(prompts, params, seeds)
+        if len(params) != len(prompts) * n:
+            raise ValueError(f"DecodeBatch.join needs one SamplingParams per row: {len(prompts)} prompts x n={n}")
+        rows = self._add_rows([p for p in prompts for _ in range(n)], params, seeds)
         eng, dev = self.eng, self.eng.device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), eng.pad_id, dtype=torch.long)
@@ -177,6 +180,10 @@ class DecodeBatch:
             for r in rows:  # the newcomers never started; the running rows go on
                 self.reason[r] = "error"
             raise
+        if n > 1:  # the n samples of a prompt start from the same prefill
+            cache.batch_repeat_interleave(n)
+            mask, logits = mask.repeat_interleave(n, 0), logits.repeat_interleave(n, 0)
+            h = None if h is None else h.repeat_interleave(n, 0)
         pos = mask.sum(1) - 1  # position of each row's last real token
         new_active = torch.tensor(rows)
         if self.cache is None or not len(self.active):
@@ -380,31 +387,39 @@ class Engine:
 
     # --- public API (docs/ARCHITECTURE.md "Generation engine") ------------------------------
 
-    def generate(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[Generation]:
-        """One response per prompt. Prompt i samples with seed + i. More prompts than max_batch are
-        decoded with continuous batching: waiting prompts join the running batch whenever a quarter
-        of its rows have finished, so short answers do not leave the batch half empty."""
+    def generate(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None,
+                 n: int = 1) -> list[Generation]:
+        """`n` responses per prompt (vLLM's SamplingParams.n), prompt-major: row i * n + j samples
+        with seed + i * n + j, the same samples as passing each prompt n times, but each prompt is
+        prefilled once and its cache shared by its n rows. More rows than max_batch are decoded with
+        continuous batching: waiting prompts join the running batch whenever a quarter of its rows
+        have finished, so short answers do not leave the batch half empty."""
         params = params or SamplingParams()
-        n = len(prompt_id_lists)
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        total = len(prompt_id_lists)
         base = params.seed if params.seed is not None else random.getrandbits(62)
         refill = max(1, self.max_batch // 4)
         b: DecodeBatch | None = None
-        rows: list[int] = []  # batch row -> prompt index
-        nxt = 0
-        while nxt < n or (b is not None and not b.done):
+        rows: list[int] = []  # batch row -> output index
+        nxt = 0  # next prompt to start
+        while nxt < total or (b is not None and not b.done):
             live = 0 if b is None or b.done else len(b.active)
-            room = min(self.max_batch - live, n - nxt)
-            if room and (live == 0 or (room >= refill and b.can_join())):
-                idx = range(nxt, nxt + room)
-                args = ([prompt_id_lists[i] for i in idx], [params] * room, [base + i for i in idx])
+            room = min(self.max_batch - live, (total - nxt) * n) // n  # whole prompts only
+            if live == 0:
+                room = max(room, 1) if nxt < total else 0  # an empty batch always takes a prompt
+            if room and (live == 0 or (room * n >= refill and b.can_join())):
+                out_rows = range(nxt * n, (nxt + room) * n)
+                args = ([prompt_id_lists[i] for i in range(nxt, nxt + room)], [params] * len(out_rows),
+                        [base + r for r in out_rows])
                 if b is None:
-                    b = DecodeBatch(self, *args)
+                    b = DecodeBatch(self, *args, n=n)
                 else:
-                    b.join(*args)
-                rows += idx
+                    b.join(*args, n=n)
+                rows += out_rows
                 nxt += room
             b.step()
-        out: list[Generation | None] = [None] * n
+        out: list[Generation | None] = [None] * (total * n)
         for r, i in enumerate(rows):
             out[i] = b.result(r)
         return out  # type: ignore[return-value]
@@ -423,9 +438,10 @@ class Engine:
             return params
         return SamplingParams(**{**params.__dict__, "stop": [*params.stop, PLAIN_STOP]})
 
-    def generate_chat(self, message_lists: Sequence[list[dict[str, str]]], params: SamplingParams | None = None) -> list[Generation]:
+    def generate_chat(self, message_lists: Sequence[list[dict[str, str]]], params: SamplingParams | None = None,
+                      n: int = 1) -> list[Generation]:
         params = self.chat_params(params or SamplingParams())
-        gens = self.generate([self.chat_prompt(m) for m in message_lists], params)
+        gens = self.generate([self.chat_prompt(m) for m in message_lists], params, n)
         if self.plain_chat:
             for g in gens:
                 g.text = g.text.strip()
@@ -440,9 +456,10 @@ class Engine:
             if piece:
                 yield piece
 
-    def rollout(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None) -> Rollout:
-        """Sample responses and pack them for PPO: [left-padded query | right-padded response]."""
-        gens = self.generate(prompt_id_lists, params)
+    def rollout(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None,
+                n: int = 1) -> Rollout:
+        """Sample n responses per prompt and pack them for PPO: [left-padded query | right-padded response]."""
+        gens = self.generate(prompt_id_lists, params, n)
         q = max(len(g.prompt_ids) for g in gens)
         r = max(1, max(len(g.token_ids) for g in gens))
         ids = torch.full((len(gens), q + r), self.pad_id, dtype=torch.long)

@@ -78,18 +78,20 @@ class Rollout:
 
 
 def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, max_batch: int | None = None,
-            keep_hidden: bool = False) -> Rollout:
+            keep_hidden: bool = False, n: int = 1) -> Rollout:
     """Sample one response per prompt with the KV-cache engine (stops at EOS) and lay the batch
     out as [left-padded prompt | right-padded response] for scoring and training. The old log-probs
     are the sampled tokens' log-probs under the logits the engine sampled them from: the same numbers
     a second forward pass would give (to float rounding), without that pass. `max_batch`: rows
     decoded at once (default all of them); more prompts join as rows finish. `keep_hidden`: also keep
-    the last hidden state each token was sampled from, where a shared value head reads V(s_t)."""
+    the last hidden state each token was sampled from, where a shared value head reads V(s_t).
+    `n`: responses per prompt (rows prompt-major, each prompt prefilled once)."""
     was_training = model.training
-    eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts)),  # Engine puts the model in eval mode
+    eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts) * n),  # Engine puts the model in eval mode
                  keep_hidden=keep_hidden)
     ids = [eng.chat_prompt(p["messages"]) for p in prompts]
-    ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed))
+    ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed), n)
+    prompts = [p for p in prompts for _ in range(n)]
     model.train(was_training)
     dev, P = eng.device, ro.query_len
     attn = ro.attention_mask.to(dev)

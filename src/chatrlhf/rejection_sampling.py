@@ -42,8 +42,8 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
     from chatrlhf.ppo import evaluate_rollout, rollout, score_rollout
 
     rc, n = cfg.rejection_sampling, cfg.rejection_sampling.n
-    rows = [p for p in prompts for _ in range(n)]
-    ro = rollout(policy, tokenizer, rows, cfg, seed=seed, max_batch=rc.sample_batch)
+    ro = rollout(policy, tokenizer, prompts, cfg, seed=seed, max_batch=rc.sample_batch, n=n)
+    rows = ro.prompts  # each prompt n times
     score_rollout(ro, reward_fn, cfg)  # RM score (+ verifier_coef x check) minus the missing-EOS penalty
     if same_as_reference and cfg.temperature == 1.0:
         ro.ref_logprobs = ro.logprobs * ro.mask

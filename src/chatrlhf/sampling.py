@@ -73,7 +73,7 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
             chunk = message_lists[lo: lo + chunk_prompts]
             params = SamplingParams(max_new_tokens=cfg.rm.max_new_tokens, temperature=cfg.rm.temperature,
                                     seed=cfg.run.seed * 100_003 + lo * k)
-            gens = engine.generate_chat([m for m in chunk for _ in range(k)], params)
+            gens = engine.generate_chat(chunk, params, n=k)
             out += [[g.text for g in gens[i * k: (i + 1) * k]] for i in range(len(chunk))]
             bar.update(task, advance=len(chunk))
     return out
