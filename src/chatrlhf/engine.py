@@ -125,8 +125,8 @@ class DecodeBatch:
         self.join(prompts, params, seeds, n)
 
     @property
-    def done(self) -> bool:
-        return all(r is not None for r in self.reason)
+    def done(self) -> bool:  # every unfinished row is in the batch: no need to scan all rows ever added
+        return all(self.reason[r] is not None for r in self.active.tolist())
 
     def _add_rows(self, prompts, params, seeds) -> list[int]:
         if len(prompts) != len(params) or not prompts:
