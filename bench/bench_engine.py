@@ -1,6 +1,10 @@
 """Engine throughput vs `model.generate` with the same settings (sampling, KV cache, same batch).
 
-    .venv/bin/python bench/bench_engine.py [--model DIR] [--batch 16] [--new 48] [--repeats 3]
+    .venv/bin/python bench/bench_engine.py [--model DIR] [--batch 16] [--new 48] [--repeats 3] [--n 8 --n-prompts 32]
+
+`--n`: n samples per prompt as best-of-n draws them: `Engine.generate(prompts, n=8)` (one prefill per
+prompt) against `model.generate(num_return_sequences=8)` and against the engine given each prompt
+n times, all with the same n-prompts x n rows in one batch.
 
 Without --model it uses the run's newest policy, else an embedded-size random Llama (the speed of a
 forward pass does not depend on the weights). Writes bench/results/engine.json.
@@ -52,13 +56,13 @@ def prompt_ids(tok, n: int) -> list[list[int]]:
             for m in msgs]
 
 
-def run_hf(model, tok, prompts: list[list[int]], new: int, seed: int) -> int:
+def run_hf(model, tok, prompts: list[list[int]], new: int, seed: int, n: int = 1) -> int:
     """model.generate on the same left-padded batch; returns generated tokens (pads after eos excluded)."""
     enc = tok.pad({"input_ids": prompts}, return_tensors="pt", padding_side="left")
     torch.manual_seed(seed)
     with torch.inference_mode():
         out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                             num_return_sequences=n, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     resp = out[:, enc["input_ids"].shape[1]:]
     n = 0
     for row in resp.tolist():
@@ -66,8 +70,8 @@ def run_hf(model, tok, prompts: list[list[int]], new: int, seed: int) -> int:
     return n
 
 
-def run_engine(eng: Engine, prompts: list[list[int]], new: int, seed: int) -> int:
-    gens = eng.generate(prompts, SamplingParams(max_new_tokens=new, temperature=1.0, seed=seed))
+def run_engine(eng: Engine, prompts: list[list[int]], new: int, seed: int, n: int = 1) -> int:
+    gens = eng.generate(prompts, SamplingParams(max_new_tokens=new, temperature=1.0, seed=seed), n)
     return sum(len(g.token_ids) for g in gens)
 
 
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--new", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = auto: 1 on a busy CPU).")
+    ap.add_argument("--n", type=int, default=8, help="samples per prompt for the best-of-n row (0 = skip it).")
+    ap.add_argument("--n-prompts", type=int, default=32)
     args = ap.parse_args(argv)
     from chatrlhf.training import configure_threads
 
@@ -107,6 +113,18 @@ def main(argv: list[str] | None = None) -> dict:
                      f"b{b}_speedup": round(ours["tokens_per_s"] / hf["tokens_per_s"], 2)})
         print(f"batch {b:3d}: engine {ours['tokens_per_s']:8.1f} tok/s   model.generate {hf['tokens_per_s']:8.1f} tok/s"
               f"   x{rows[-1][f'b{b}_speedup']}", file=sys.stderr)
+    if args.n > 1:
+        ps, n = prompt_ids(tok, args.n_prompts), args.n
+        eng.max_batch = len(ps) * n  # every row in one batch, as model.generate has them
+        t = timed_pair({"engine": lambda s: run_engine(eng, ps, args.new, s, n),
+                        "repeated": lambda s: run_engine(eng, [p for p in ps for _ in range(n)], args.new, s),
+                        "hf": lambda s: run_hf(model, tok, ps, args.new, s, n)}, args.repeats)
+        ours, rep, hf = (t[k]["tokens_per_s"] for k in ("engine", "repeated", "hf"))
+        rows.append({f"n{n}_engine_tokens_per_s": ours, f"n{n}_engine_prompt_repeated_tokens_per_s": rep,
+                     f"n{n}_generate_tokens_per_s": hf, f"n{n}_speedup": round(ours / hf, 2),
+                     f"n{n}_speedup_vs_repeated": round(ours / rep, 2)})
+        print(f"{args.n_prompts} prompts x n={n}: engine {ours:8.1f} tok/s   prompts repeated {rep:8.1f}   "
+              f"model.generate(num_return_sequences) {hf:8.1f}   x{rows[-1][f'n{n}_speedup']}", file=sys.stderr)
     # one flat object (bench/run_all.py contract)
     result = {"model": source, "max_new_tokens": args.new, "threads": threads,
               "load_avg_1m": round(os.getloadavg()[0], 2)}
