@@ -24,7 +24,7 @@ class RecordingReward:
     """Share of response tokens whose id is a multiple of 5; remembers every text it scored."""
 
     def __init__(self, tok):
-        self.tok, self.seen = tok, []
+        self.tok, self.seen, self.by_prompt = tok, [], {}
 
     def score(self, text: str) -> float:
         ids = self.tok(text, add_special_tokens=False)["input_ids"] or [1]
@@ -32,6 +32,8 @@ class RecordingReward:
 
     def __call__(self, prompts, texts):
         self.seen += list(texts)
+        for p, t in zip(prompts, texts):
+            self.by_prompt.setdefault(p["messages"][0]["content"], []).append(t)
         return torch.tensor([self.score(t) for t in texts])
 
 
@@ -39,12 +41,34 @@ def test_best_of_n_keeps_each_prompts_highest_reward_sample(tiny_model_dir):
     tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
     reward = RecordingReward(tok)
     picked, stats = best_of_n(model, model, tok, PROMPTS, reward, cfg(n=4), seed=3)
-    assert len(reward.seen) == 4 * len(PROMPTS)  # n samples per prompt, each prompt's in a row
-    groups = [reward.seen[i * 4:(i + 1) * 4] for i in range(len(PROMPTS))]
-    assert any(len(set(g)) > 1 for g in groups)  # the samples differ, so the choice matters
-    for g, p in zip(groups, picked):
-        assert p in g and reward.score(p) == max(reward.score(t) for t in g)
+    assert len(reward.seen) == round(stats["distinct_responses"] * 4 * len(PROMPTS)) > len(PROMPTS)
+    for prompt, p in zip(PROMPTS, picked):  # the kept answer scores highest among its prompt's samples
+        group = reward.by_prompt[prompt["messages"][0]["content"]]
+        assert len(set(group)) == len(group) <= 4  # each distinct sample scored once
+        assert p in group and reward.score(p) == max(reward.score(t) for t in group)
+    assert any(len(g) > 1 for g in reward.by_prompt.values())  # the samples differ, so the choice matters
     assert stats["rm_score_best"] >= stats["rm_score_mean"]
+
+
+def test_copies_of_a_sample_are_scored_once_and_change_nothing(tiny_model_dir, monkeypatch):
+    """A sharpened policy repeats itself: best-of-n scores each prompt's distinct responses once and
+    gives the copies the same numbers, so the pick and every statistic equal scoring all rows."""
+    import chatrlhf.rejection_sampling as rs
+
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    c = cfg(n=6, temperature=0.05, sft_loglik_coef=1.0)  # low temperature: copies; sft_loglik: the reference pass runs
+    reward = RecordingReward(tok)
+    picked, stats = best_of_n(model, model, tok, PROMPTS, reward, c, seed=5, gold_fn=lambda p, t: len(t) / 10)
+    assert 0 < stats["distinct_responses"] < 1 and len(reward.seen) < 6 * len(PROMPTS)
+    assert len(reward.seen) == round(stats["distinct_responses"] * 6 * len(PROMPTS))
+    every_row = lambda ro, n: (list(range(len(ro.texts))), torch.arange(len(ro.texts)))  # noqa: E731
+    monkeypatch.setattr(rs, "distinct_responses", every_row)
+    all_picked, all_stats = best_of_n(model, model, tok, PROMPTS, RecordingReward(tok), c, seed=5,
+                                      gold_fn=lambda p, t: len(t) / 10)
+    assert picked == all_picked
+    for k, v in all_stats.items():
+        if k != "distinct_responses":
+            assert abs(stats[k] - v) < 1e-5, k
 
 
 def test_min_check_drops_answers_that_fail_their_check_and_keeps_unchecked_prompts(tiny_model_dir):

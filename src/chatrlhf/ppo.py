@@ -73,6 +73,15 @@ class Rollout:
     returns: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
 
+    def select(self, idx: list[int]) -> Rollout:
+        """The sampled rows idx (prompts, texts and tensors), before any scoring."""
+        t = torch.tensor(idx, device=self.input_ids.device)
+        return Rollout(prompts=[self.prompts[i] for i in idx], texts=[self.texts[i] for i in idx],
+                       input_ids=self.input_ids[t], attention_mask=self.attention_mask[t],
+                       position_ids=self.position_ids[t], prompt_len=self.prompt_len, mask=self.mask[t],
+                       finished=self.finished[t.cpu()], logprobs=self.logprobs[t],
+                       hidden=None if self.hidden is None else self.hidden[t])
+
 
 # --- 1. rollout ------------------------------------------------------------------------------
 

@@ -44,33 +44,52 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
     rc, n = cfg.rejection_sampling, cfg.rejection_sampling.n
     ro = rollout(policy, tokenizer, prompts, cfg, seed=seed, max_batch=rc.sample_batch, n=n)
     rows = ro.prompts  # each prompt n times
-    score_rollout(ro, reward_fn, cfg)  # RM score (+ verifier_coef x check) minus the missing-EOS penalty
+    # a sharpened policy repeats itself (after one round about half of the 8 samples are copies):
+    # score each prompt's distinct responses once, then give every copy its original's numbers
+    first, copy_of = distinct_responses(ro, n)
+    u = ro.select(first)
+    score_rollout(u, reward_fn, cfg)  # RM score (+ verifier_coef x check) minus the missing-EOS penalty
     if same_as_reference and cfg.temperature == 1.0:
-        ro.ref_logprobs = ro.logprobs * ro.mask
+        u.ref_logprobs = u.logprobs * u.mask
     else:
-        evaluate_rollout(ro, policy, ref_policy, None, cfg, batch_size=64)
-    loglik = masked_mean(ro.ref_logprobs, ro.mask, dim=1)  # mean log pi_SFT(y_t) per response
+        evaluate_rollout(u, policy, ref_policy, None, cfg, batch_size=64)
+    loglik = masked_mean(u.ref_logprobs, u.mask, dim=1)[copy_of]  # mean log pi_SFT(y_t) per response
     # PPO's reward without its KL penalty: best-of-n bounds the KL itself (0 when the policy is SFT)
-    reward = ro.scores + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.sft_loglik_coef).sum(1)
-    reward = reward.view(len(prompts), n)
+    reward = (u.scores + sft_loglik_rewards(u.ref_logprobs, u.mask, cfg.sft_loglik_coef).sum(1))[copy_of]
+    reward, rm_scores = reward.view(len(prompts), n), u.rm_scores[copy_of.cpu()]
     best = reward.argmax(1)
     picked = [ro.texts[i * n + int(b)] for i, b in enumerate(best)]
     stats = {"reward_mean": reward.mean().item(), "reward_best": reward.max(1).values.mean().item(),
-             "rm_score_mean": ro.rm_scores.mean().item(),
-             "rm_score_best": ro.rm_scores.view(len(prompts), n).gather(1, best[:, None].cpu()).mean().item(),
+             "rm_score_mean": rm_scores.mean().item(),
+             "rm_score_best": rm_scores.view(len(prompts), n).gather(1, best[:, None].cpu()).mean().item(),
              "sft_loglik_best": loglik.view(len(prompts), n).gather(1, best[:, None]).mean().item(),
-             "eos_rate": ro.finished.float().mean().item()}
+             "eos_rate": ro.finished.float().mean().item(), "distinct_responses": len(first) / len(rows)}
     checks, has = verifier_scores(prompts, picked)
-    if "verified" in ro.stats:  # how well the kept answers pass their prompts' checks, against all samples
-        stats["verified_mean"] = ro.stats["verified"]
+    if "verified" in u.stats:  # how well the kept answers pass their prompts' checks, against all samples
+        stats["verified_mean"] = checked_mean(*verifier_scores(rows, ro.texts))
         stats["verified_best"] = checked_mean(checks, has)
     if gold_fn is not None:  # for the log only: the selection never sees the gold score
-        stats["gold_mean"] = sum(gold_fn(p, t) for p, t in zip(rows, ro.texts)) / len(rows)
+        gold = torch.tensor([gold_fn(p, t) for p, t in zip(u.prompts, u.texts)], dtype=torch.float64)[copy_of.cpu()]
+        stats["gold_mean"] = gold.mean().item()
         stats["gold_best"] = sum(gold_fn(p, t) for p, t in zip(prompts, picked)) / len(prompts)
     # a kept answer that fails its check would teach the error: train on verified answers only
     keep = [not h or c >= cfg.rejection_sampling.min_check for c, h in zip(checks, has)]
     stats["kept"] = sum(keep)
     return [t if k else None for t, k in zip(picked, keep)], stats
+
+
+def distinct_responses(ro, n: int) -> tuple[list[int], torch.Tensor]:
+    """For rows in groups of n (one prompt each): the first row of each distinct response (by token
+    ids) of each prompt, and for every row the position of its distinct response in that list."""
+    seen: dict[tuple, int] = {}
+    first, copy_of = [], []
+    for i, (ids, m) in enumerate(zip(ro.input_ids[:, ro.prompt_len:].tolist(), ro.mask.tolist())):
+        key = (i // n, tuple(t for t, keep in zip(ids, m) if keep))
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        copy_of.append(seen[key])
+    return first, torch.tensor(copy_of, device=ro.mask.device)
 
 
 def fine_tune(policy, tokenizer, prompts: list[dict], answers: list[str], cfg: PPOConfig, seed: int,
