@@ -88,13 +88,13 @@ class Rollout:
 
 def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, max_batch: int | None = None,
             keep_hidden: bool = False, n: int = 1) -> Rollout:
-    """Sample one response per prompt with the KV-cache engine (stops at EOS) and lay the batch
+    """Sample n responses per prompt (default one) with the KV-cache engine (stops at EOS) and lay the batch
     out as [left-padded prompt | right-padded response] for scoring and training. The old log-probs
     are the sampled tokens' log-probs under the logits the engine sampled them from: the same numbers
     a second forward pass would give (to float rounding), without that pass. `max_batch`: rows
     decoded at once (default all of them); more prompts join as rows finish. `keep_hidden`: also keep
     the last hidden state each token was sampled from, where a shared value head reads V(s_t).
-    `n`: responses per prompt (rows prompt-major, each prompt prefilled once)."""
+    With n > 1 the rows are prompt-major and each prompt is prefilled once."""
     was_training = model.training
     eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts) * n),  # Engine puts the model in eval mode
                  keep_hidden=keep_hidden)
