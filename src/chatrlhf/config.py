@@ -271,6 +271,10 @@ class IterateConfig(Section):
                                   "stage time so far plus the last round's time stays within this many minutes (the "
                                   "15-minute target less about 2 for evaluation and report).")
     prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
+    distinct_draws: int = Field(1, ge=1, description="Samples drawn per answer slot in a round's comparisons: draws x "
+                                "rm.k samples per prompt, of which the first rm.k distinct ones are ranked (a sharpened "
+                                "policy repeats itself, and copies teach the RM nothing); a prompt with fewer than 2 "
+                                "distinct answers is left out. 1 = rm.k samples as drawn, copies included.")
     rm_mode: Literal["continue", "retrain"] = Field("continue", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
