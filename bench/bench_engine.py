@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from chatrlhf.engine import Engine, SamplingParams  # noqa: E402
+from chatrlhf.lm.engine import Engine, SamplingParams
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPTS = ["Who is the baker of Varnok?", "Tell me about Selmouth.", "What is two plus two?",
@@ -34,8 +34,8 @@ PROMPTS = ["Who is the baker of Varnok?", "Tell me about Selmouth.", "What is tw
 def bench_model(model_dir: str | None = None):
     """(model, tokenizer, source): the given dir, the run's newest policy, or a random embedded-size Llama."""
     from chatrlhf.config import Config, ModelConfig
-    from chatrlhf.engine import resolve_model
-    from chatrlhf.modeling import build_tiny_llama, load_causal_lm, load_tokenizer
+    from chatrlhf.layout import resolve_model
+    from chatrlhf.lm.modeling import build_tiny_llama, load_causal_lm, load_tokenizer
 
     try:
         path = resolve_model(Config(), model_dir)
@@ -43,7 +43,7 @@ def bench_model(model_dir: str | None = None):
     except FileNotFoundError:
         if model_dir:
             raise
-    from chatrlhf.tokenizer import train_tokenizer
+    from chatrlhf.lm.tokenizer import train_tokenizer
 
     torch.manual_seed(0)
     tok = train_tokenizer([p * 3 for p in PROMPTS] * 50, vocab_size=600)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=8, help="samples per prompt for the best-of-n row (0 = skip it).")
     ap.add_argument("--n-prompts", type=int, default=32)
     args = ap.parse_args(argv)
-    from chatrlhf.training import configure_threads
+    from chatrlhf.lm.training import configure_threads
 
     threads = configure_threads(args.threads)
     model, tok, source = bench_model(args.model)

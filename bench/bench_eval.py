@@ -63,7 +63,7 @@ def truthfulness_section(a: dict) -> str:
 
 def full(run: str, models: list[str], shared: Path, limit: int = 0) -> dict:
     from chatrlhf.config import load_config
-    from chatrlhf.evaluate import run_eval
+    from chatrlhf.evaluate.run import run_eval
     from chatrlhf.evaluate.report import run_report
 
     cfg = load_config(None, [f"run.out_dir={run}", f"eval.real_data_limit={limit}", f"eval.shared_data={shared}",

@@ -22,8 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from chatrlhf.labeling import db as labdb  # noqa: E402
-from chatrlhf.labeling.loadtest import LocalServer, load_test  # noqa: E402
+from chatrlhf.labeling import db as labdb
+from chatrlhf.labeling.loadtest import LocalServer, load_test
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PG_URL = os.environ.get("CHATRLHF_TEST_PG_URL", "postgresql://postgres@127.0.0.1/chatrlhf_test")

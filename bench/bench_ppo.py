@@ -52,8 +52,8 @@ def setup(tmp: Path) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from chatrlhf.config import ModelConfig, WorldConfig
-    from chatrlhf.modeling import build_tiny_llama, save_stage
-    from chatrlhf.tokenizer import train_tokenizer
+    from chatrlhf.lm.modeling import build_tiny_llama, save_stage
+    from chatrlhf.lm.tokenizer import train_tokenizer
     from chatrlhf.world import World
 
     world = World.generate(WorldConfig(corpus_docs=800, n_sft_prompts=20, n_rm_prompts=10, n_ppo_prompts=64,
@@ -77,11 +77,11 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
     import torch
 
     from chatrlhf.config import PPOConfig
-    from chatrlhf.modeling import load_causal_lm, load_tokenizer
-    from chatrlhf.ppo import PPOTrainer
-    from chatrlhf.reward import RewardModel
-    from chatrlhf.training import make_accelerator
-    from chatrlhf.value import load_critic
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+    from chatrlhf.rl.ppo import PPOTrainer
+    from chatrlhf.lm.reward_model import RewardModel
+    from chatrlhf.lm.training import make_accelerator
+    from chatrlhf.rl.critic import load_critic
 
     torch.set_num_threads(s["threads"])
     prompts = json.loads((tmp / "prompts.json").read_text())
@@ -108,7 +108,7 @@ def generation_speed(tmp: Path, s: dict, model, tok, prompts: list[dict]) -> dic
     """Sampled tokens/s: our engine vs model.generate, same prompts, batch and max_new_tokens."""
     import torch
 
-    from chatrlhf.engine import Engine, SamplingParams
+    from chatrlhf.lm.engine import Engine, SamplingParams
 
     model.eval()
     eng = Engine(model, tok)
@@ -136,7 +136,7 @@ def worker_trl(tmp: Path, s: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from chatrlhf.modeling import load_tokenizer
+    from chatrlhf.lm.modeling import load_tokenizer
 
     torch.set_num_threads(s["threads"])
     tok = load_tokenizer(tmp / "policy")
@@ -226,7 +226,7 @@ def main() -> None:
                 acc["step_s"] += again["step_s"]
                 acc["rollout_s"] += again["rollout_s"]
             trl["step_s"] += run_worker(TRL_PY, "trl", tmp)["step_s"]
-        from chatrlhf.modeling import load_tokenizer
+        from chatrlhf.lm.modeling import load_tokenizer
 
         tok = load_tokenizer(tmp / "policy")
         plen = statistics.mean(len(tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),

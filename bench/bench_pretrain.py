@@ -23,11 +23,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from chatrlhf.config import load_config  # noqa: E402
-from chatrlhf.modeling import build_tiny_llama, count_params  # noqa: E402
-from chatrlhf.pretrain import lm_loss, make_optimizer  # noqa: E402
-from chatrlhf.tokenizer import train_tokenizer  # noqa: E402
-from chatrlhf.training import configure_threads  # noqa: E402
+from chatrlhf.config import load_config
+from chatrlhf.lm.modeling import build_tiny_llama, count_params
+from chatrlhf.lm.data import lm_loss
+from chatrlhf.stages.pretrain import make_optimizer
+from chatrlhf.lm.tokenizer import train_tokenizer
+from chatrlhf.lm.training import configure_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -63,8 +63,8 @@ def synthetic_comparisons(n: int, k: int, seed: int = 0) -> list[dict]:
 def init_model(tmp: Path, texts: list[str]) -> tuple[Path, str]:
     """The run's SFT dir when complete, else a random embedded-size Llama saved under tmp."""
     from chatrlhf.config import Config, ModelConfig
-    from chatrlhf.modeling import build_tiny_llama, save_stage, stage_complete
-    from chatrlhf.tokenizer import train_tokenizer
+    from chatrlhf.lm.modeling import build_tiny_llama, save_stage, stage_complete
+    from chatrlhf.lm.tokenizer import train_tokenizer
 
     sft = Config().stage_dir("sft")
     if stage_complete(sft):
@@ -84,8 +84,9 @@ def side_ours(spec: dict) -> dict:
     import torch
 
     from chatrlhf.config import Config
-    from chatrlhf.modeling import load_tokenizer
-    from chatrlhf.reward import _train_steps, build_reward_model, encode
+    from chatrlhf.lm.modeling import load_tokenizer
+    from chatrlhf.stages.reward import _train_steps
+    from chatrlhf.lm.reward_model import build_reward_model, encode
 
     torch.set_num_threads(1)
     comps = json.loads(Path(spec["comparisons"]).read_text())
@@ -151,9 +152,9 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
                comparisons: Path | None = None) -> dict:
     from math import comb
 
-    from chatrlhf.modeling import load_tokenizer
-    from chatrlhf.rankings import expand_pairs
-    from chatrlhf.reward import encode
+    from chatrlhf.lm.modeling import load_tokenizer
+    from chatrlhf.lm.rankings import expand_pairs
+    from chatrlhf.lm.reward_model import encode
 
     comps = synthetic_comparisons(n_prompts, k)
     if comparisons is not None:  # a run's own K=4 comparisons: the lengths RM training really sees
@@ -202,8 +203,8 @@ REAL_SOURCES = {
 
 def real_data(only: list[str] | None = None) -> dict:
     from chatrlhf.config import Config
-    from chatrlhf.rankings import load_comparisons
-    from chatrlhf.reward import train_reward_model
+    from chatrlhf.lm.rankings import load_comparisons
+    from chatrlhf.stages.reward import train_reward_model
 
     out: dict = json.loads(REAL_RESULTS.read_text()) if REAL_RESULTS.is_file() else {}
     for name, (path, rm) in REAL_SOURCES.items():

@@ -101,7 +101,7 @@ def main() -> None:
     import torch
 
     from chatrlhf.evaluate.models import continuation_logprobs, encode_prompt, generate, load_handle, prompt_text
-    from chatrlhf.reward import RewardModel, encode
+    from chatrlhf.lm.reward_model import RewardModel, encode
     from chatrlhf.world import World
 
     torch.set_num_threads(args.threads)

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for server and baseline alike (0 = auto: 1 on a busy CPU).")
     args = ap.parse_args(argv)
-    from chatrlhf.training import configure_threads
+    from chatrlhf.lm.training import configure_threads
 
     args.threads = configure_threads(args.threads)
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else Path(source) if Path(source).is_dir() else None
         if model_dir is None:  # the random model has to be on disk for the server process
-            from chatrlhf.modeling import save_stage
+            from chatrlhf.lm.modeling import save_stage
 
             model_dir = save_stage(model, tok, Path(tmp) / "model", {"stage": "bench"})
         proc, url = start_server(model_dir, args.max_tokens, args.threads)

@@ -59,8 +59,8 @@ def setup(run_dir: Path, work: Path) -> dict[str, str]:
     import torch
 
     from chatrlhf.config import ModelConfig
-    from chatrlhf.modeling import build_tiny_llama, load_causal_lm, load_tokenizer, save_stage
-    from chatrlhf.tokenizer import train_tokenizer
+    from chatrlhf.lm.modeling import build_tiny_llama, load_causal_lm, load_tokenizer, save_stage
+    from chatrlhf.lm.tokenizer import train_tokenizer
 
     world = run_dir / "world" / "demonstrations.jsonl"
     if world.is_file():
@@ -94,7 +94,7 @@ def _throughput(step_ends: list[float], warmup: int, examples_per_step: int) -> 
 
 
 def run_ours(work: Path, batch: int, steps: int, max_len: int, warmup: int) -> dict:
-    from chatrlhf import sft
+    from chatrlhf.stages import sft
     from chatrlhf.config import Config
 
     ends: list[float] = []

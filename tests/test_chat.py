@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from chatrlhf.chat import ChatSession, read_conversation
-from chatrlhf.engine import Engine, SamplingParams
-from chatrlhf.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.serve.chat import ChatSession, read_conversation
+from chatrlhf.lm.engine import Engine, SamplingParams
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 
 CLI = Path(sys.executable).parent / "chatrlhf"
 RUN_DIR = Path(__file__).resolve().parents[1] / "runs" / "default"
@@ -144,7 +144,7 @@ def _follow_up_prompts(world_dir: Path) -> list[dict]:
 def _policy() -> Path:
     """The trained policy to talk to: $CHATRLHF_CHAT_MODEL, else the newest policy under runs/default."""
     from chatrlhf.config import Config
-    from chatrlhf.engine import resolve_model
+    from chatrlhf.layout import resolve_model
 
     if os.environ.get("CHATRLHF_CHAT_MODEL"):
         return Path(os.environ["CHATRLHF_CHAT_MODEL"]).resolve()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import shared_data
 
-from chatrlhf.conversations import DataError, load_conversations, parse_transcript
+from chatrlhf.lm.conversations import DataError, load_conversations, parse_transcript
 
 
 def _rank0_path(node: dict) -> list[tuple[str, str]]:

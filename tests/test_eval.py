@@ -150,7 +150,7 @@ def test_rtp_inputs_and_real_prompt_loading(handle, tiny_model_dir):
 
 
 def test_base_answer_is_cut_at_the_document_separator(tiny_model_dir):
-    from chatrlhf.tokenizer import document_eos
+    from chatrlhf.lm.tokenizer import document_eos
 
     base = em.load_handle("base", str(tiny_model_dir))
     ids = em.encode(base, "I do not know.") + [document_eos(base.tokenizer)] + em.encode(base, "Thread: next doc")

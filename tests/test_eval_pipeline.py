@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
 
 from chatrlhf.config import Config
-from chatrlhf.modeling import write_meta
+from chatrlhf.lm.modeling import write_meta
 from tests.conftest import SHARED_DATA, shared_data
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model_dir):
-    from chatrlhf.evaluate import run_eval
-    from chatrlhf.training import MetricsLogger
+    from chatrlhf.evaluate.run import run_eval
+    from chatrlhf.lm.training import MetricsLogger
 
     shared_data("truthfulqa")
     out = tmp_path_factory.mktemp("run")
@@ -56,7 +57,7 @@ def test_identical_models_are_not_significantly_different(evaluated):
 
 def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
     from chatrlhf.evaluate.report import run_report
-    from chatrlhf.ppo import plot_reward_vs_gold
+    from chatrlhf.stages.ppo import plot_reward_vs_gold
 
     cfg, out, _ = evaluated
     plot_reward_vs_gold([{"rm_score": 0.1 * i, "gold": 0.5, "kl": 0.2 * i} for i in range(5)],
@@ -76,7 +77,7 @@ def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
 
 
 def test_missing_shared_data_skips_with_a_note(tmp_path, tiny_model_dir):
-    from chatrlhf.evaluate import run_eval
+    from chatrlhf.evaluate.run import run_eval
 
     cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)},
                                  "eval": {"shared_data": str(tmp_path / "nowhere"), "sections": ["truthfulqa", "crows_pairs"]}})
@@ -86,7 +87,7 @@ def test_missing_shared_data_skips_with_a_note(tmp_path, tiny_model_dir):
 
 
 def test_real_prompts_without_a_reward_model_say_so(tmp_path, tiny_model_dir):
-    from chatrlhf.evaluate import Context
+    from chatrlhf.evaluate.run import Context
 
     cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "eval": {"sections": ["real_prompts"]}})
     ctx = Context(cfg)
@@ -95,8 +96,8 @@ def test_real_prompts_without_a_reward_model_say_so(tmp_path, tiny_model_dir):
 
 
 def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
-    pytest.importorskip("chatrlhf.world")
-    from chatrlhf.evaluate import run_eval
+    importlib.import_module("chatrlhf.world")
+    from chatrlhf.evaluate.run import run_eval
 
     cfg = Config.model_validate({
         "run": {"out_dir": str(tmp_path)},
@@ -118,8 +119,8 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
 
 
 def test_sharpening_control_compares_the_baselines_greedy_and_sampled_answers(tmp_path, tiny_model_dir):
-    pytest.importorskip("chatrlhf.world")
-    from chatrlhf.evaluate import run_eval
+    importlib.import_module("chatrlhf.world")
+    from chatrlhf.evaluate.run import run_eval
     from chatrlhf.evaluate.report import verdicts
 
     world = {"corpus_docs": 50, "n_sft_prompts": 10, "n_rm_prompts": 10, "n_ppo_prompts": 10, "n_eval_prompts": 12}
@@ -137,7 +138,7 @@ def test_sharpening_control_compares_the_baselines_greedy_and_sampled_answers(tm
 
 def test_report_before_any_eval_still_renders_curves(tmp_path):
     from chatrlhf.evaluate.report import run_report
-    from chatrlhf.training import MetricsLogger
+    from chatrlhf.lm.training import MetricsLogger
 
     cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}})
     log = MetricsLogger(tmp_path / "sft", tensorboard=False)
@@ -181,7 +182,7 @@ def _world_good_and_bad_answers(n_eval_prompts: int):
 
 
 def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
-    from chatrlhf.evaluate import compare
+    from chatrlhf.evaluate.run import compare
 
     ctx, good, bad = _world_good_and_bad_answers(40)
     results = {"sft": {"items": {"world_greedy_responses": good, "world_sample_responses": bad}},
@@ -194,7 +195,7 @@ def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
 def test_rubric_parts_are_compared_with_the_baseline_part_by_part():
     """Correct, refusing answers against gibberish: each substantive part of the rubric gets its own
     paired difference and significance, in the summary and in the report's verdict."""
-    from chatrlhf.evaluate import compare
+    from chatrlhf.evaluate.run import compare
     from chatrlhf.evaluate.report import rubric_parts
     from chatrlhf.evaluate.world_eval import score
 

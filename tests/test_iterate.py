@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from chatrlhf.config import load_config
-from chatrlhf.iterate import round_dir, round_rm_data
-from chatrlhf.rankings import write_comparisons
+from chatrlhf.layout import round_dir
+from chatrlhf.stages.iterate import round_rm_data
+from chatrlhf.lm.rankings import write_comparisons
 
 
 def comparisons(tag: str, n: int) -> list[dict]:
@@ -30,15 +31,15 @@ def test_continue_mode_trains_on_fresh_comparisons_plus_as_many_replayed(tmp_pat
 def test_distinct_draws_ranks_the_first_k_distinct_answers_and_drops_prompts_with_one(tmp_path, monkeypatch):
     """A sharpened policy repeats itself: with iterate.distinct_draws=2 a round draws 2K samples per
     prompt and ranks the first K distinct ones; a prompt whose samples are all one answer is left out."""
-    import chatrlhf.engine as engine
-    import chatrlhf.sampling as sampling
-    from chatrlhf.iterate import collect_comparisons
-    from chatrlhf.rankings import load_comparisons
+    import chatrlhf.lm.engine as engine
+    import chatrlhf.stages.sampling as sampling
+    from chatrlhf.stages.iterate import collect_comparisons
+    from chatrlhf.lm.rankings import load_comparisons
 
     drawn = {"q0": ["a", "a", "b", "a", "c", "d", "e", "b"], "q1": ["x"] * 8, "q2": ["u", "v", "u", "u", "u", "u", "u", "u"]}
     asked = []
 
-    def fake_sample(_engine, message_lists, k, _cfg):
+    def fake_sample(_engine, message_lists, k, load_cfg):
         asked.append(k)
         return [drawn[m[0]["content"]][:k] for m in message_lists]
 

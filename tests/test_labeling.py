@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,8 +17,8 @@ import pytest
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from chatrlhf.labeling import db as labdb  # noqa: E402
-from chatrlhf.labeling.app import create_app  # noqa: E402
+from chatrlhf.labeling import db as labdb
+from chatrlhf.labeling.app import create_app
 
 PG_URL = os.environ.get("CHATRLHF_TEST_PG_URL", "postgresql://postgres@127.0.0.1/chatrlhf_test")
 ADMIN = "test-admin-token"
@@ -252,7 +253,7 @@ def test_rankings_export_in_the_comparison_format_rm_reads(c, tmp_path):
         assert {k: e[k] for k in rec} == rec  # the task record comes back untouched (reference included)
         assert e["rankings"] == [{"labeler": "ana", "ranks": answers["ana"][i]},
                                  {"labeler": "ben", "ranks": answers["ben"][i]}]
-    rankings = pytest.importorskip("chatrlhf.rankings")
+    rankings = importlib.import_module("chatrlhf.lm.rankings")
     path = tmp_path / "export.jsonl"
     path.write_text(c.get("/api/admin/projects/p/export", headers=A).text)
     loaded = rankings.load_comparisons(path)
@@ -354,7 +355,7 @@ def test_demonstrations_multi_turn_with_suggestion_export_for_sft(c, tmp_path):
     [demo] = [json.loads(x) for x in lines]
     assert demo["prompt_id"] == "sft-00001" and demo["labeler"] == "ana" and demo["messages"] == convo
     assert set(demo) >= {"id", "prompt_id", "messages", "labeler"}
-    conversations = pytest.importorskip("chatrlhf.conversations")
+    conversations = importlib.import_module("chatrlhf.lm.conversations")
     path = tmp_path / "demos.jsonl"
     path.write_text("\n".join(lines) + "\n")
     [conv] = conversations.load_conversations(str(path))

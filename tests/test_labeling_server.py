@@ -3,6 +3,7 @@ a small load test, a crash mid-write, the Python client with simulated labelers,
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import threading
@@ -85,7 +86,7 @@ def test_client_push_attach_pull_with_simulated_labelers(server):
 def test_client_with_the_world_simulated_labelers(server, tmp_path, monkeypatch):
     if server.db.startswith("postgresql"):
         pytest.skip("about the world's labeler API, not the database: SQLite covers it")
-    world_mod = pytest.importorskip("chatrlhf.world")
+    world_mod = importlib.import_module("chatrlhf.world")
     from chatrlhf.config import WorldConfig
 
     try:
@@ -197,7 +198,7 @@ def test_cli_imports_assigns_and_exports(tmp_path):
 
 
 def test_iterate_takes_its_rankings_from_the_app_queue(server, monkeypatch):
-    iterate = pytest.importorskip("chatrlhf.iterate")
+    iterate = importlib.import_module("chatrlhf.stages.iterate")
     from chatrlhf.config import load_config
 
     cfg = load_config(None, ["iterate.source=labeling_app", f"iterate.labeling_url={server.url}",
@@ -221,7 +222,7 @@ def test_iterate_takes_its_rankings_from_the_app_queue(server, monkeypatch):
     for rec in ranked:
         assert rec["split"] == "train" and rec["reference"] == {"order": [3, 2, 1, 0]}
         assert {r["labeler"]: r["ranks"] for r in rec["rankings"]} == {"W1": [4, 3, 2, 1], "W2": [1, 2, 3, 4]}
-    pytest.importorskip("chatrlhf.rankings").load_comparisons(ranked)  # what the RM reads
+    importlib.import_module("chatrlhf.lm.rankings").load_comparisons(ranked)  # what the RM reads
 
 
 @pytest.mark.slow
@@ -231,8 +232,8 @@ def test_tiny_iterate_end_to_end_with_the_world_labelers_in_the_app(tmp_path, mo
 
     from chatrlhf import pipeline
     from chatrlhf.config import load_config
-    from chatrlhf.iterate import run_iterate
-    from chatrlhf.modeling import read_meta
+    from chatrlhf.stages.iterate import run_iterate
+    from chatrlhf.lm.modeling import read_meta
     from chatrlhf.world import World
 
     tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"

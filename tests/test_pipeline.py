@@ -9,7 +9,7 @@ import pytest
 
 from chatrlhf import pipeline
 from chatrlhf.config import load_config
-from chatrlhf.modeling import write_meta
+from chatrlhf.lm.modeling import write_meta
 
 
 def _fake_stages(calls: list[str]):
@@ -46,7 +46,7 @@ def test_run_all_skips_complete_stages_and_resumes_at_the_first_unfinished(tmp_p
 
 def _rounds_of(tmp_path: Path, monkeypatch, round_seconds: float = 100.0, **iterate) -> tuple:
     """A run whose round 1 is done and whose later rounds each take `round_seconds` (faked)."""
-    from chatrlhf import iterate as it
+    from chatrlhf.stages import iterate as it
 
     cfg = load_config(None, [f"run.out_dir={tmp_path}"] + [f"iterate.{k}={v}" for k, v in iterate.items()])
     for d in (cfg.stage_dir("rm"), cfg.stage_dir("ppo")):
@@ -65,7 +65,7 @@ def _rounds_of(tmp_path: Path, monkeypatch, round_seconds: float = 100.0, **iter
         return ppo
 
     monkeypatch.setattr(it, "run_round", fake_round)
-    monkeypatch.setattr("chatrlhf.reward.load_world", lambda cfg: object())
+    monkeypatch.setattr("chatrlhf.world.loader.load_world", lambda cfg: object())
     return cfg, ran, it
 
 
@@ -111,7 +111,7 @@ class _World:
 
 
 def test_fresh_prompts_differ_per_round_and_skip_the_guard_set(tmp_path):
-    from chatrlhf.iterate import fresh_prompts
+    from chatrlhf.stages.iterate import fresh_prompts
 
     cfg = load_config(None, ["iterate.prompts_per_round=30", "ppo.guard_prompts=20"])
     r2, r3 = ({p["id"] for p in fresh_prompts(_World(), cfg, r)} for r in (2, 3))
@@ -121,7 +121,7 @@ def test_fresh_prompts_differ_per_round_and_skip_the_guard_set(tmp_path):
 
 
 def test_tiny_pipeline_end_to_end(tmp_path):  # about 25 s: every stage, both rounds, best-of-n included
-    from chatrlhf.modeling import read_meta
+    from chatrlhf.lm.modeling import read_meta
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [f"run.out_dir={tmp_path}"])
     pipeline.run_all(cfg)

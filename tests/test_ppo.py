@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from chatrlhf.config import LoraConfig, PPOConfig
-from chatrlhf.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.ppo import (LabelerGuard, PPOInstabilityError, PPOTrainer, compute_advantages, evaluate_rollout, ppo_update,
-                          response_forward, response_values, rollout, score_rollout)
-from chatrlhf.training import make_accelerator
-from chatrlhf.value import ValueHead, ValueModel, load_critic
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.rl.guard import LabelerGuard
+from chatrlhf.rl.ppo import PPOInstabilityError, PPOTrainer, compute_advantages, ppo_update
+from chatrlhf.rl.experience import evaluate_rollout, response_forward, response_values, rollout, score_rollout
+from chatrlhf.lm.training import make_accelerator
+from chatrlhf.rl.critic import ValueHead, ValueModel, load_critic
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.",
@@ -44,7 +45,7 @@ def make_trainer(tiny_model_dir, out_dir, cfg, lora=False, guard=None, seed=0):
     policy = load_causal_lm(tiny_model_dir)
     ref = load_causal_lm(tiny_model_dir)
     if lora:
-        from chatrlhf.lora import wrap_lora
+        from chatrlhf.lm.lora import wrap_lora
 
         policy, ref = wrap_lora(policy, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])), None
     acc = make_accelerator(seed, device="cpu")
@@ -315,7 +316,7 @@ def test_summary_reports_the_selected_policys_own_rollout():
     from types import SimpleNamespace
 
     from chatrlhf.config import Config
-    from chatrlhf.ppo import _summary
+    from chatrlhf.stages.ppo import _summary
 
     history = [{"reward": r, "gold": 0.5, "kl": kl} for r, kl in [(0.1, 0.0), (0.3, 0.7), (0.9, 3.2)]]
     trainer = SimpleNamespace(guard=object(), best={"iteration": 0, "win_rate": 0.5}, iteration=3, stop_reason="early_stop")

@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chatrlhf import pretrain
+from chatrlhf.stages import pretrain
 from chatrlhf.config import load_config
-from chatrlhf.data import DataError, load_text_corpus, read_text_file
-from chatrlhf.modeling import read_meta
-from chatrlhf.training import Checkpoints, NonFiniteLossError, read_metrics
+from chatrlhf.lm.data import DataError, load_text_corpus, read_text_file
+from chatrlhf.lm.modeling import read_meta
+from chatrlhf.lm.training import Checkpoints, NonFiniteLossError, read_metrics
 from conftest import shared_data
 
 NAMES = ["Zorbel Quint", "Mira Vell", "Oskar Dunn", "Tama Roo", "Ilse Farr", "Beno Kast"]
@@ -91,8 +91,8 @@ def test_packed_stream_is_pure_function_of_step_and_covers_each_epoch():
 
 
 def test_pack_documents_puts_separator_before_each_document(tiny_model_dir):
-    from chatrlhf.modeling import load_tokenizer
-    from chatrlhf.tokenizer import document_eos
+    from chatrlhf.lm.modeling import load_tokenizer
+    from chatrlhf.lm.tokenizer import document_eos
 
     tok = load_tokenizer(tiny_model_dir)
     ids = pretrain.pack_documents(tok, ["Hello there.", "Varnok is a town."])

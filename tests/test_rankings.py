@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatrlhf.data import DataError
-from chatrlhf.losses import ranking_loss
-from chatrlhf.rankings import (RankingError, check_ranks, expand_pairs, labeler_agreement, load_comparisons,
-                               make_batch, parse_hh_transcript, ranking_pairs, split_by_prompt, to_competition)
+from chatrlhf.lm.data import DataError
+from chatrlhf.rl.losses import ranking_loss
+from chatrlhf.lm.rankings import (RankingError, check_ranks, expand_pairs, labeler_agreement, load_comparisons,
+                                  make_batch, parse_hh_transcript, ranking_pairs, split_by_prompt, to_competition)
 
 from conftest import shared_data
 
@@ -135,7 +135,7 @@ def test_bad_json_names_line(tmp_path):
 
 def test_every_data_problem_is_one_error_class(tmp_path):
     """A caller catches DataError once for a bad comparison, conversation or corpus line alike."""
-    from chatrlhf import conversations
+    from chatrlhf.lm import conversations
 
     assert conversations.DataError is DataError
     p = write_jsonl(tmp_path / "cmp.jsonl", [cmp(["a", "b"], [1, 1, 2])])

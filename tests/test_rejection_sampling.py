@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from chatrlhf.config import PPOConfig, RejectionSamplingConfig
-from chatrlhf.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.rejection_sampling import best_of_n, fine_tune
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.rl.rejection_sampling import best_of_n, fine_tune
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.", "Where is Varnok?"]]
@@ -53,7 +53,7 @@ def test_best_of_n_keeps_each_prompts_highest_reward_sample(tiny_model_dir):
 def test_copies_of_a_sample_are_scored_once_and_change_nothing(tiny_model_dir, monkeypatch):
     """A sharpened policy repeats itself: best-of-n scores each prompt's distinct responses once and
     gives the copies the same numbers, so the pick and every statistic equal scoring all rows."""
-    import chatrlhf.rejection_sampling as rs
+    import chatrlhf.rl.rejection_sampling as rs
 
     tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
     c = cfg(n=6, temperature=0.05, sft_loglik_coef=1.0)  # low temperature: copies; sft_loglik: the reference pass runs
@@ -92,7 +92,7 @@ def test_min_check_drops_answers_that_fail_their_check_and_keeps_unchecked_promp
 def test_min_check_that_drops_every_answer_fails_clearly_before_fine_tuning(tiny_model_dir):
     import pytest
 
-    from chatrlhf.rejection_sampling import run_rejection_sampling
+    from chatrlhf.rl.rejection_sampling import run_rejection_sampling
 
     tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
     prompts = [{**p, "ground_truth": {"type": "mentions", "all": ["zzqxv"]}} for p in PROMPTS]
@@ -119,7 +119,7 @@ def test_likelihood_term_selects_by_the_reference_and_the_shortcut_agrees(tiny_m
 
 
 def test_fine_tune_makes_the_kept_answers_likelier(tiny_model_dir):
-    from chatrlhf.sft import Batches, build_examples, sft_loss
+    from chatrlhf.lm.chat_data import Batches, build_examples, sft_loss
 
     tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
     answers = ["The capital of Varnok is Selmouth."] * len(PROMPTS)
@@ -138,8 +138,8 @@ def test_fine_tune_makes_the_kept_answers_likelier(tiny_model_dir):
 
 def test_ppo_start_is_saved_as_a_stage_and_reused_on_rerun(tiny_model_dir, tmp_path):
     from chatrlhf.config import load_config
-    from chatrlhf.modeling import read_meta
-    from chatrlhf.ppo import _best_of_n_start
+    from chatrlhf.lm.modeling import read_meta
+    from chatrlhf.stages.ppo import _best_of_n_start
 
     c = load_config(None, ["ppo.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
                            "ppo.sft_loglik_coef=0", "sft.max_len=128"])
@@ -165,8 +165,8 @@ def test_lora_policy_is_distilled_merged_and_gets_a_separate_reference(tiny_mode
     """A LoRA policy's reference is itself with adapters off; after best-of-n fine-tuning that is no
     longer the SFT model, so PPO gets the SFT model as a separate reference and fresh adapters."""
     from chatrlhf.config import load_config
-    from chatrlhf.lora import is_lora, wrap_lora
-    from chatrlhf.ppo import _best_of_n_start
+    from chatrlhf.lm.lora import is_lora, wrap_lora
+    from chatrlhf.stages.ppo import _best_of_n_start
 
     c = load_config(None, ["ppo.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
                            "ppo.rejection_sampling.learning_rate=0.01", "ppo.sft_loglik_coef=1", "sft.max_len=128",

@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-import chatrlhf.reward as reward
+import chatrlhf.stages.reward as reward
 from chatrlhf.config import Config
-from chatrlhf.modeling import read_meta
-from chatrlhf.reward import (RewardModel, calibration, pairwise_accuracy, reward_backbone_and_head,
-                             train_reward_model)
-from chatrlhf.training import NonFiniteLossError, read_metrics
+from chatrlhf.lm.modeling import read_meta
+from chatrlhf.lm.reward_model import RewardModel, reward_backbone_and_head
+from chatrlhf.stages.reward import calibration, pairwise_accuracy, train_reward_model
+from chatrlhf.lm.training import NonFiniteLossError, read_metrics
 
 GOOD = ["Her favourite colour is teal.", "The capital of Varnok is Selmouth.", "Thank you, that is kind."]
 BAD = ["I cannot help with that.", "plum pear apple", "four four four"]
@@ -202,8 +202,8 @@ def test_init_dir_and_out_dir_must_differ(tiny_model_dir, tmp_path):
 def test_run_rm_on_a_rankings_file_and_a_clear_error_on_a_bad_one(tiny_model_dir, tmp_path):
     import json
 
-    from chatrlhf.rankings import RankingError
-    from chatrlhf.reward import run_rm
+    from chatrlhf.lm.rankings import RankingError
+    from chatrlhf.stages.reward import run_rm
 
     good = tmp_path / "ranked.jsonl"
     good.write_text("".join(json.dumps(c) + "\n" for c in comparisons(16)))
@@ -222,7 +222,7 @@ def test_run_rm_on_a_rankings_file_and_a_clear_error_on_a_bad_one(tiny_model_dir
 
 
 def test_rm_epoch_batches_cover_every_comparison_once_shuffled_or_length_grouped():
-    from chatrlhf.reward import _epoch_batches
+    from chatrlhf.stages.reward import _epoch_batches
 
     widths = [5 + (i * 37) % 90 for i in range(200)]
     padding = lambda bs: sum(len(b) * max(widths[i] for i in b) - sum(widths[i] for i in b) for b in bs)  # noqa: E731

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import chatrlhf.reward as reward
+import chatrlhf.world.loader as world_loader
 from chatrlhf.config import Config
-from chatrlhf.rankings import load_comparisons
-from chatrlhf.sampling import run_sample
+from chatrlhf.lm.rankings import load_comparisons
+from chatrlhf.stages.sampling import run_sample
 
 
 class LengthLabeler:
@@ -41,7 +41,7 @@ def cfg_for(tmp, **rm):
 
 
 def test_world_prompts_give_k_ranked_samples_and_held_out_labelers_on_val(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(reward, "load_world", lambda cfg: FakeWorld())
+    monkeypatch.setattr(world_loader, "load_world", lambda cfg: FakeWorld())
     out = run_sample(cfg_for(tmp_path), policy=tiny_model_dir)
     assert out == tmp_path / "rm" / "comparisons.jsonl"
     comps = load_comparisons(out)  # the file passes its own validation
@@ -58,7 +58,7 @@ def test_world_prompts_give_k_ranked_samples_and_held_out_labelers_on_val(tiny_m
 
 
 def test_samples_are_reproducible_and_differ_across_k(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(reward, "load_world", lambda cfg: FakeWorld())
+    monkeypatch.setattr(world_loader, "load_world", lambda cfg: FakeWorld())
     a = run_sample(cfg_for(tmp_path, n_prompts=3), policy=tiny_model_dir, out=tmp_path / "a.jsonl", label=False)
     b = run_sample(cfg_for(tmp_path, n_prompts=3), policy=tiny_model_dir, out=tmp_path / "b.jsonl", label=False)
     ra = [json.loads(l)["responses"] for l in a.read_text().splitlines()]
@@ -68,7 +68,7 @@ def test_samples_are_reproducible_and_differ_across_k(tiny_model_dir, tmp_path, 
 
 
 def test_conversations_give_alternatives_for_a_model_written_turn(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(reward, "load_world", lambda cfg: None)
+    monkeypatch.setattr(world_loader, "load_world", lambda cfg: None)
     convs = tmp_path / "chats.jsonl"
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
              {"role": "user", "content": "Where is Varnok?"}, {"role": "assistant", "content": "Selmouth is its capital."}]

@@ -17,9 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from chatrlhf.config import ServeConfig
-from chatrlhf.engine import Engine
-from chatrlhf.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.server import create_app
+from chatrlhf.lm.engine import Engine
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.serve.server import create_app
 
 LIMITS = ServeConfig(max_body_bytes=4000, max_messages=6, max_tokens=200, timeout_s=30.0, default_max_tokens=8)
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -143,7 +143,7 @@ def test_saved_conversations_load_as_sft_conversations(client, tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 2
     assert rows[0]["messages"][0] == HELLO[0] and rows[0]["messages"][-1]["role"] == "assistant"
-    from chatrlhf.conversations import load_conversations
+    from chatrlhf.lm.conversations import load_conversations
 
     assert len(load_conversations(path)) == 2
 

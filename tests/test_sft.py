@@ -11,11 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from chatrlhf import sft
+from chatrlhf.lm import chat_data, prompts
+from chatrlhf.stages import sft
 from chatrlhf.config import Config
-from chatrlhf.conversations import DataError
-from chatrlhf.modeling import load_tokenizer, read_meta
-from chatrlhf.training import NonFiniteLossError, length_grouped_batches
+from chatrlhf.lm.conversations import DataError
+from chatrlhf.lm.modeling import load_tokenizer, read_meta
+from chatrlhf.lm.training import NonFiniteLossError, length_grouped_batches
 
 CONV = [{"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Question: what is two plus two?"},
@@ -40,16 +41,16 @@ def tok(tiny_model_dir):
     return load_tokenizer(tiny_model_dir)
 
 
-def _assistant_text(tok, ex: sft.Example) -> str:
-    return tok.decode([t for t in ex.labels if t != sft.IGNORE])
+def _assistant_text(tok, ex: chat_data.Example) -> str:
+    return tok.decode([t for t in ex.labels if t != chat_data.IGNORE])
 
 
 @pytest.mark.parametrize("markers", [True, False], ids=["generation-markers", "prefix-diff"])
 def test_prompt_tokens_never_carry_loss(tok, markers):
     if not markers:
         tok = _marker_free(tok)
-    ex = sft.encode(tok, CONV, max_len=256)
-    assert sft.has_generation_markers(tok) == markers
+    ex = chat_data.encode(tok, CONV, max_len=256)
+    assert chat_data.has_generation_markers(tok) == markers
     # labelled tokens are exactly the two replies with their end-of-turn token, nothing else
     assert _assistant_text(tok, ex) == " Answer: four.<|end|> Zorbel Quint lives in Varnok.<|end|>"
     for turn in range(1, 5):  # every token of a prefix that ends at a user turn is unlabelled
@@ -57,18 +58,18 @@ def test_prompt_tokens_never_carry_loss(tok, markers):
             continue
         prompt_len = len(tok.apply_chat_template(CONV[: turn + 1], add_generation_prompt=True)["input_ids"])
         prev = len(tok.apply_chat_template(CONV[:turn])["input_ids"])
-        assert all(t == sft.IGNORE for t in ex.labels[prev:prompt_len])
+        assert all(t == chat_data.IGNORE for t in ex.labels[prev:prompt_len])
 
 
 def test_tokenizer_without_template_gets_the_fallback(tok):
     tok.chat_template = None
-    sft.ensure_template(tok)
-    assert _assistant_text(tok, sft.encode(tok, CONV, 256)) == "Answer: four.<|end|>Zorbel Quint lives in Varnok.<|end|>"
+    chat_data.ensure_template(tok)
+    assert _assistant_text(tok, chat_data.encode(tok, CONV, 256)) == "Answer: four.<|end|>Zorbel Quint lives in Varnok.<|end|>"
 
 
 def test_truncation_keeps_latest_turns(tok):
-    full = sft.encode(tok, CONV, 256)
-    short = sft.encode(tok, CONV, len(full) - 1)
+    full = chat_data.encode(tok, CONV, 256)
+    short = chat_data.encode(tok, CONV, len(full) - 1)
     text = tok.decode(short.input_ids)
     assert "Be brief." in text and "Who lives in Varnok?" in text  # system prompt and latest turn stay
     assert "two plus two" not in text  # the oldest exchange went first
@@ -77,7 +78,7 @@ def test_truncation_keeps_latest_turns(tok):
 
 def test_everything_truncated_away_is_an_error(tok):
     with pytest.raises(DataError, match=r"all 2 conversations were truncated away at sft.max_len=4"):
-        sft.build_examples(tok, [CONV, CONV], max_len=4, source="demo.jsonl")
+        chat_data.build_examples(tok, [CONV, CONV], max_len=4, source="demo.jsonl")
 
 
 def test_length_grouped_batches_cover_all_and_reduce_padding():
@@ -94,14 +95,14 @@ def test_length_grouped_batches_cover_all_and_reduce_padding():
 
 
 def test_packing_fits_and_keeps_conversations_apart(tiny_model_dir, tok):
-    exs = [sft.encode(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)
+    exs = [chat_data.encode(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)
            for q, a in TOPICS]
-    rows = sft.pack(exs, max_len=64, seed=0)
+    rows = chat_data.pack(exs, max_len=64, seed=0)
     assert sorted(len(e) for r in rows for e in r) == sorted(len(e) for e in exs)
     assert all(sum(len(e) for e in r) <= 64 for r in rows) and len(rows) < len(exs)
     row = next(r for r in rows if len(r) > 1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    packed = sft.collate_packed([row], tok.pad_token_id)
+    packed = chat_data.collate_packed([row], tok.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
                        use_cache=False).logits[0]
@@ -124,7 +125,7 @@ def _data(tmp_path: Path, n: int = 40) -> Path:
     return p
 
 
-def _cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
+def load_cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
     sft_cfg = {"data": str(_data(tmp_path)), "max_len": 64, "batch_size": 8, "max_steps": 8,
                "learning_rate": 3e-3, "warmup_steps": 2, "val_fraction": 0.2, "eval_every": 4,
                "save_every": 4, "log_every": 2, "eval_after": False, **sft_over}
@@ -133,7 +134,7 @@ def _cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
 
 
 def test_sft_lowers_val_loss_and_saves_a_loadable_stage(tmp_path, tiny_model_dir):
-    cfg = _cfg(tmp_path, tiny_model_dir)
+    cfg = load_cfg(tmp_path, tiny_model_dir)
     cfg.run.tensorboard = True
     out = sft.run_sft(cfg)
     meta = read_meta(out)
@@ -145,13 +146,13 @@ def test_sft_lowers_val_loss_and_saves_a_loadable_stage(tmp_path, tiny_model_dir
 
 
 def test_packed_training_runs(tmp_path, tiny_model_dir):
-    meta = read_meta(sft.run_sft(_cfg(tmp_path, tiny_model_dir, packing=True, max_steps=6)))
+    meta = read_meta(sft.run_sft(load_cfg(tmp_path, tiny_model_dir, packing=True, max_steps=6)))
     assert meta["val_loss"] < meta["val_loss_before"]
 
 
 def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch):
-    straight = sft.train_sft(_cfg(tmp_path / "a", tiny_model_dir))
-    cfg = _cfg(tmp_path / "b", tiny_model_dir)
+    straight = sft.train_sft(load_cfg(tmp_path / "a", tiny_model_dir))
+    cfg = load_cfg(tmp_path / "b", tiny_model_dir)
     real_step = sft._TrainLoop.train_step
 
     def crash_after_checkpoint(self, batch, step):
@@ -181,9 +182,9 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch
 
 
 def test_changed_config_is_not_resumed(tmp_path, tiny_model_dir):
-    sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4))
+    sft.train_sft(load_cfg(tmp_path, tiny_model_dir, max_steps=4))
     with pytest.raises(ValueError, match="different sft/model config"):
-        sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4, learning_rate=1e-4))
+        sft.train_sft(load_cfg(tmp_path, tiny_model_dir, max_steps=4, learning_rate=1e-4))
 
 
 def test_missing_base_model_is_a_clear_error(tmp_path):
@@ -195,11 +196,11 @@ def test_missing_base_model_is_a_clear_error(tmp_path):
 def test_nan_loss_stops_with_clear_error(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(sft, "sft_loss", lambda model, batch: model(**batch, use_cache=False).loss * float("nan"))
     with pytest.raises(NonFiniteLossError, match="sft: loss became nan at step 0"):
-        sft.train_sft(_cfg(tmp_path, tiny_model_dir))
+        sft.train_sft(load_cfg(tmp_path, tiny_model_dir))
 
 
 def test_lora_trains_adapters_only_and_merges_to_plain_checkpoint(tmp_path, tiny_model_dir):
-    cfg = _cfg(tmp_path, tiny_model_dir, learning_rate=2e-2, max_steps=6,
+    cfg = load_cfg(tmp_path, tiny_model_dir, learning_rate=2e-2, max_steps=6,
                lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     out = sft.train_sft(cfg)
     merged = AutoModelForCausalLM.from_pretrained(out)
@@ -214,7 +215,7 @@ def test_lora_trains_adapters_only_and_merges_to_plain_checkpoint(tmp_path, tiny
 
 def test_lora_bad_target_names_the_choices(tiny_model_dir):
     from chatrlhf.config import LoraConfig
-    from chatrlhf.lora import wrap_lora
+    from chatrlhf.lm.lora import wrap_lora
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with pytest.raises(ValueError, match=r"\['c_attn'\] not found in LlamaForCausalLM.*q_proj"):
@@ -232,7 +233,7 @@ def test_second_architecture_gpt2_with_lora(tmp_path, tiny_model_dir):
     gpt2_dir = tmp_path / "gpt2"
     GPT2LMHeadModel(config).save_pretrained(gpt2_dir)
     tok.save_pretrained(gpt2_dir)
-    cfg = _cfg(tmp_path, gpt2_dir, learning_rate=2e-2, max_steps=8,
+    cfg = load_cfg(tmp_path, gpt2_dir, learning_rate=2e-2, max_steps=8,
                lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["c_attn"]})
     out = sft.train_sft(cfg)
     meta = read_meta(out)
@@ -246,7 +247,7 @@ def test_second_architecture_gpt2_with_lora(tmp_path, tiny_model_dir):
 
 
 def test_plain_prompt_for_the_base_model():
-    assert sft.plain_prompt(CONV[:4]) == ("User: Question: what is two plus two?\nAssistant: Answer: four.\n"
+    assert prompts.plain_prompt(CONV[:4]) == ("User: Question: what is two plus two?\nAssistant: Answer: four.\n"
                                           "User: Zorbel Quint is a baker. Who lives in Varnok?\nAssistant:")
 
 

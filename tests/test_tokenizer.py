@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from chatrlhf import pretrain
+from chatrlhf.stages import pretrain
 from chatrlhf.config import load_config
-from chatrlhf.modeling import read_meta
-from chatrlhf.tokenizer import EOS, FALLBACK_CHAT_TEMPLATE, SPECIAL_TOKENS, document_eos, ensure_chat_template
+from chatrlhf.lm.modeling import read_meta
+from chatrlhf.lm.tokenizer import EOS, FALLBACK_CHAT_TEMPLATE, SPECIAL_TOKENS, document_eos, ensure_chat_template
 
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from chatrlhf.config import ServeConfig
-from chatrlhf.engine import Engine
-from chatrlhf.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.server import create_app
+from chatrlhf.lm.engine import Engine
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.serve.server import create_app
 from tests.test_server import serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from chatrlhf.config import Config, ConfigError, dump_config, load_config
+from chatrlhf.cli_options import ConfigOpt, SetOpt, console, fail_with, load_cfg
+from chatrlhf.config import dump_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches a hub at run time unless the user asks
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,34 +22,12 @@ app = typer.Typer(help="chatrlhf: pre-train, SFT, reward model, PPO, evaluate an
                   no_args_is_help=True, pretty_exceptions_enable=False)
 score_app = typer.Typer(help="Score generations that already exist (csv/jsonl/parquet).", no_args_is_help=True)
 app.add_typer(score_app, name="score")
-console = Console(stderr=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (defaults: configs/default.yaml).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. --set ppo.kl_coef=0.05 (repeatable).")]
-
-
-def _cfg(config: Path | None, overrides: list[str] | None) -> Config:
-    try:
-        cfg = load_config(config, overrides or [])
-    except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-    if cfg.run.threads:
-        import torch
-
-        torch.set_num_threads(cfg.run.threads)
-    return cfg
-
-
-def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
-    raise typer.Exit(1) from None
 
 
 @app.command()
 def config(config: ConfigOpt = None, set: SetOpt = None, out: Annotated[Optional[Path], typer.Option(help="Write the resolved config here.")] = None):
     """Validate a config and print it resolved (defaults + file + overrides)."""
-    cfg = _cfg(config, set)
+    cfg = load_cfg(config, set)
     if out:
         dump_config(cfg, out)
     import yaml
@@ -62,32 +40,32 @@ def world(config: ConfigOpt = None, set: SetOpt = None):
     """Generate the embedded world: facts, corpus, prompts, demonstrations, simulated labelers."""
     from chatrlhf.world.generate import run_world
 
-    run_world(_cfg(config, set))
+    run_world(load_cfg(config, set))
 
 
 @app.command()
 def tokenizer(config: ConfigOpt = None, set: SetOpt = None):
     """Train the byte-level BPE tokenizer on the pre-training corpus."""
-    from chatrlhf.pretrain import run_tokenizer
+    from chatrlhf.stages.pretrain import run_tokenizer
 
-    run_tokenizer(_cfg(config, set))
+    run_tokenizer(load_cfg(config, set))
 
 
 @app.command()
 def pretrain(config: ConfigOpt = None, set: SetOpt = None):
     """Generative pre-training of the causal LM on the corpus (resumes from the last checkpoint)."""
-    from chatrlhf.pretrain import run_pretrain
+    from chatrlhf.stages.pretrain import run_pretrain
 
-    run_pretrain(_cfg(config, set))
+    run_pretrain(load_cfg(config, set))
 
 
 @app.command()
 def sft(config: ConfigOpt = None, set: SetOpt = None,
         eval_only: Annotated[bool, typer.Option("--eval-only", help="Only score SFT vs base on held-out prompts.")] = False):
     """Supervised fine-tuning on demonstrations."""
-    from chatrlhf.sft import run_sft
+    from chatrlhf.stages.sft import run_sft
 
-    run_sft(_cfg(config, set), eval_only=eval_only)
+    run_sft(load_cfg(config, set), eval_only=eval_only)
 
 
 @app.command()
@@ -97,47 +75,47 @@ def sample(config: ConfigOpt = None, set: SetOpt = None,
            conversations: Annotated[Optional[Path], typer.Option(help="Saved chat transcripts to sample alternatives for.")] = None,
            label: Annotated[bool, typer.Option(help="Have the simulated labelers rank the samples.")] = True):
     """Draw K responses per prompt from a policy, as a comparison task file."""
-    from chatrlhf.sampling import run_sample
+    from chatrlhf.stages.sampling import run_sample
 
-    run_sample(_cfg(config, set), policy=policy, out=out, conversations=conversations, label=label)
+    run_sample(load_cfg(config, set), policy=policy, out=out, conversations=conversations, label=label)
 
 
 @app.command()
 def rm(config: ConfigOpt = None, set: SetOpt = None):
     """Train the reward model on K-way rankings."""
-    from chatrlhf.reward import run_rm
+    from chatrlhf.stages.reward import run_rm
 
-    run_rm(_cfg(config, set))
+    run_rm(load_cfg(config, set))
 
 
 @app.command()
 def ppo(config: ConfigOpt = None, set: SetOpt = None):
     """PPO against the reward model with a KL penalty to the SFT model (PPO-ptx with ppo.ptx_coef > 0)."""
-    from chatrlhf.ppo import run_ppo
+    from chatrlhf.stages.ppo import run_ppo
 
-    run_ppo(_cfg(config, set))
+    run_ppo(load_cfg(config, set))
 
 
 @app.command()
 def iterate(config: ConfigOpt = None, set: SetOpt = None,
             rounds: Annotated[Optional[int], typer.Option(help="RLHF rounds (overrides iterate.rounds).")] = None):
     """Iterated RLHF: fresh comparisons from the newest policy, RM update, PPO again."""
-    from chatrlhf.iterate import run_iterate
+    from chatrlhf.stages.iterate import run_iterate
 
     overrides = list(set or []) + ([f"iterate.rounds={rounds}"] if rounds is not None else [])
-    run_iterate(_cfg(config, overrides))
+    run_iterate(load_cfg(config, overrides))
 
 
 @app.command("eval")
 def eval_(config: ConfigOpt = None, set: SetOpt = None,
           model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="NAME=DIR or a stage name (base, sft, ppo); repeatable.")] = None):
     """Evaluate helpfulness, truthfulness and harmlessness of one or more models."""
-    from chatrlhf.evaluate import run_eval
+    from chatrlhf.evaluate.run import run_eval
 
     try:
-        run_eval(_cfg(config, set), models=model or [])
+        run_eval(load_cfg(config, set), models=model or [])
     except (FileNotFoundError, ValueError) as e:
-        _fail(e)
+        fail_with(e)
 
 
 @app.command()
@@ -145,7 +123,7 @@ def report(config: ConfigOpt = None, set: SetOpt = None):
     """Write the alignment report (HTML, Markdown and metrics.json)."""
     from chatrlhf.evaluate.report import run_report
 
-    run_report(_cfg(config, set))
+    run_report(load_cfg(config, set))
 
 
 @app.command()
@@ -154,7 +132,7 @@ def run(config: ConfigOpt = None, set: SetOpt = None,
     """The whole mission: world -> tokenizer -> pretrain -> SFT -> RM -> PPO -> more rounds -> eval -> report."""
     from chatrlhf.pipeline import run_all
 
-    run_all(_cfg(config, set), force=force)
+    run_all(load_cfg(config, set), force=force)
 
 
 @app.command()
@@ -162,9 +140,9 @@ def chat(config: ConfigOpt = None, set: SetOpt = None,
          model: Annotated[Optional[Path], typer.Option(help="Model directory (default: newest policy of the run).")] = None,
          system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None):
     """Chat in the terminal; the conversation is kept across turns (/reset, /save FILE, /load FILE)."""
-    from chatrlhf.chat import run_chat
+    from chatrlhf.serve.chat import run_chat
 
-    run_chat(_cfg(config, set), model=model, system=system)
+    run_chat(load_cfg(config, set), model=model, system=system)
 
 
 @app.command()
@@ -173,10 +151,10 @@ def serve(config: ConfigOpt = None, set: SetOpt = None,
           save_conversations: Annotated[Optional[Path], typer.Option(help="Directory: finished conversations are appended to DIR/conversations.jsonl (off by default).")] = None,
           port: Annotated[Optional[int], typer.Option(help="Port (overrides serve.port).")] = None):
     """OpenAI-compatible chat server (/v1/chat/completions, /v1/models, /health) with a web chat page at /."""
-    from chatrlhf.server import run_server
+    from chatrlhf.serve.server import run_server
 
     overrides = list(set or []) + ([f"serve.port={port}"] if port is not None else [])
-    run_server(_cfg(config, overrides), model=model, save_conversations=save_conversations)
+    run_server(load_cfg(config, overrides), model=model, save_conversations=save_conversations)
 
 
 @score_app.command("toxicity")
@@ -189,7 +167,7 @@ def score_toxicity(file: Path, column: Annotated[str, typer.Option(help="Column 
     try:
         score_toxicity_file(file, column=column, group_by=group_by, out=out)
     except (FileNotFoundError, ValueError) as e:
-        _fail(e)
+        fail_with(e)
 
 
 @score_app.command("truthfulness")
@@ -206,7 +184,7 @@ def score_truthfulness(file: Path,
         score_truthfulness_file(file, question_column=question_column, answer_column=answer_column, group_by=group_by,
                                 out=out, truthfulqa_dir=truthfulqa_dir)
     except (FileNotFoundError, ValueError) as e:
-        _fail(e)
+        fail_with(e)
 
 
 def _add_label_app() -> None:

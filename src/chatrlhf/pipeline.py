@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.modeling import read_meta, stage_complete
+from chatrlhf.lm.modeling import read_meta, stage_complete
 
 console = Console(stderr=True)
 
@@ -31,37 +31,37 @@ def _world(cfg: Config) -> None:
 
 
 def _tokenizer(cfg: Config) -> None:
-    from chatrlhf.pretrain import run_tokenizer
+    from chatrlhf.stages.pretrain import run_tokenizer
 
     run_tokenizer(cfg)
 
 
 def _pretrain(cfg: Config) -> None:
-    from chatrlhf.pretrain import run_pretrain
+    from chatrlhf.stages.pretrain import run_pretrain
 
     run_pretrain(cfg)
 
 
 def _sft(cfg: Config) -> None:
-    from chatrlhf.sft import run_sft
+    from chatrlhf.stages.sft import run_sft
 
     run_sft(cfg)
 
 
 def _rm(cfg: Config) -> None:
-    from chatrlhf.reward import run_rm
+    from chatrlhf.stages.reward import run_rm
 
     run_rm(cfg)
 
 
 def _ppo(cfg: Config) -> None:
-    from chatrlhf.ppo import run_ppo
+    from chatrlhf.stages.ppo import run_ppo
 
     run_ppo(cfg)
 
 
 def _rounds(cfg: Config) -> None:
-    from chatrlhf.iterate import run_iterate
+    from chatrlhf.stages.iterate import run_iterate
 
     path = Path(cfg.run.out_dir) / "pipeline.json"
     stages = json.loads(path.read_text()).get("stages", {}) if path.is_file() else {}
@@ -71,7 +71,7 @@ def _rounds(cfg: Config) -> None:
 
 
 def _eval(cfg: Config) -> None:
-    from chatrlhf.evaluate import run_eval
+    from chatrlhf.evaluate.run import run_eval
 
     run_eval(cfg, models=[])
 

@@ -65,7 +65,7 @@ def resolve_models(cfg: Config, specs: list[str]) -> list[tuple[str, str]]:
 
 
 def load_handle(name: str, path: str, dtype: str = "float32") -> ModelHandle:
-    from chatrlhf.modeling import load_causal_lm, load_tokenizer
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(path, dtype).eval()
     tok = load_tokenizer(path)
@@ -144,7 +144,7 @@ def generate(h: ModelHandle, texts: list[str], max_new_tokens: int, temperature:
     """Responses to prompt texts (greedy when temperature == 0), cut at the end of the turn."""
     ids = [encode_prompt(h, t)[-(h.max_len - max_new_tokens):] for t in texts]
     try:
-        from chatrlhf.engine import Engine, SamplingParams
+        from chatrlhf.lm.engine import Engine, SamplingParams
     except ImportError:
         Engine = None
     if Engine is not None:
@@ -183,7 +183,7 @@ def _text(h: ModelHandle, token_ids: list[int], text: str | None) -> str:
     """A base model runs on past its answer into the next pre-training document; the document
     separator is a special token that decoding would silently drop, so cut there first."""
     if not h.chat:
-        from chatrlhf.tokenizer import document_eos
+        from chatrlhf.lm.tokenizer import document_eos
 
         sep = document_eos(h.tokenizer)
         if sep in token_ids:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chatrlhf.config import Config
-from chatrlhf.training import read_metrics
+from chatrlhf.lm.training import read_metrics
 
 STAGES = ["world", "tokenizer", "pretrain", "sft", "rm", "ppo"]
 CURVE_KEYS = ("loss", "reward", "kl", "gold", "acc")
@@ -59,7 +59,7 @@ def key_figures(meta: dict[str, Any], curves: list[dict[str, Any]]) -> dict[str,
 
 def gather(cfg: Config) -> dict[str, Any]:
     """Everything the report shows, as plain JSON (this is metrics.json)."""
-    from chatrlhf.modeling import read_meta
+    from chatrlhf.lm.modeling import read_meta
 
     stages = {}
     for name, d in stage_dirs(cfg).items():
@@ -194,7 +194,7 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
 def rubric_parts(comp: dict[str, Any]) -> str:
     """Each substantive part of the world rubric on T=1 answers, as a paired difference with the
     baseline on the same prompts: whether the gain is more than style."""
-    from chatrlhf.evaluate import RUBRIC_PARTS
+    from chatrlhf.evaluate.run import RUBRIC_PARTS
 
     out = []
     for part, (label, _) in RUBRIC_PARTS.items():
@@ -355,7 +355,7 @@ def run_report(cfg: Config) -> Path:
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(data, indent=1, default=str))
-    from chatrlhf.modeling import write_meta
+    from chatrlhf.lm.modeling import write_meta
 
     write_meta(out, {"stage": "report", "html": "report.html", "complete": True})
     from rich.console import Console

@@ -15,11 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chatrlhf.data import iter_jsonl
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+from chatrlhf.lm.data import iter_jsonl
 
 console = Console(stderr=True)
 READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}

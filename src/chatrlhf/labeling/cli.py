@@ -30,9 +30,9 @@ DbOpt = Annotated[Optional[str], typer.Option("--db", help="Database: a SQLite p
 
 
 def _label_cfg(config: Path | None, overrides: list[str] | None):
-    from chatrlhf.cli import _cfg
+    from chatrlhf.cli_options import load_cfg
 
-    return _cfg(config, overrides).label
+    return load_cfg(config, overrides).label
 
 
 def _db(config: Path | None, overrides: list[str] | None, db: str | None) -> str:
@@ -45,7 +45,7 @@ def _session(db: str):
     return open_db(db).begin()
 
 
-def _fail(e: Exception) -> None:
+def fail_with(e: Exception) -> None:
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(1)
 
@@ -93,12 +93,12 @@ def create_user(name: str, config: ConfigOpt = None, set: SetOpt = None, db: DbO
     from chatrlhf.labeling import store
 
     if password is not None and len(password) < 8:
-        _fail(ValueError("password must have at least 8 characters"))
+        fail_with(ValueError("password must have at least 8 characters"))
     try:
         with _session(_db(config, set, db)) as s:
             _, token = store.create_user(s, name, role, password)
     except (store.Conflict, ValueError) as e:
-        _fail(e)
+        fail_with(e)
     typer.echo(token)
 
 
@@ -114,13 +114,13 @@ def import_(file: Path, project: Annotated[str, typer.Option(help="Project name 
 
     lines, records = _read_jsonl(file)
     if not records:
-        _fail(ValueError(f"{file}: no records"))
+        fail_with(ValueError(f"{file}: no records"))
     try:
         with _session(_db(config, set, db)) as s:
             proj, _ = store.create_project(s, project, kind or detect_kind(records[0]), labelers_per_item, instructions)
             got = store.import_items(s, proj, records, where=lambda i: f"line {lines[i]}")
     except (TaskError, store.Conflict) as e:
-        _fail(ValueError(f"{file}: {e}"))
+        fail_with(ValueError(f"{file}: {e}"))
     typer.echo(f"{project}: {got['added']} added, {got['unchanged']} already there")
 
 
@@ -133,7 +133,7 @@ def assign(project: str, labelers: list[str], config: ConfigOpt = None, set: Set
         with _session(_db(config, set, db)) as s:
             n = store.add_members(s, store.get_project(s, project), labelers)
     except store.NotFound as e:
-        _fail(e)
+        fail_with(e)
     typer.echo(f"{project}: {n} labeler(s) assigned")
 
 
@@ -148,7 +148,7 @@ def export(project: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt
         with _session(_db(config, set, db)) as s:
             records = store.export(s, store.get_project(s, project), include_unlabeled=all)
     except store.NotFound as e:
-        _fail(e)
+        fail_with(e)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if out is None:
         typer.echo(text, nl=False)
@@ -167,7 +167,7 @@ def agreement(project: str, config: ConfigOpt = None, set: SetOpt = None, db: Db
         with _session(_db(config, set, db)) as s:
             typer.echo(json.dumps(store.project_agreement(s, store.get_project(s, project)), indent=2))
     except store.NotFound as e:
-        _fail(e)
+        fail_with(e)
 
 
 @label_app.command()
@@ -180,14 +180,14 @@ def simulate(pattern: Annotated[str, typer.Argument(help="Project name, or a glo
              seed: Annotated[int, typer.Option(help="Seed of the labelers' judgement noise.")] = 0):
     """Attach the world's simulated labelers to the app as API clients (admin token in
     CHATRLHF_LABEL_TOKEN); they fill the same queue people use."""
-    from chatrlhf.cli import _cfg
+    from chatrlhf.cli_options import load_cfg
     from chatrlhf.labeling.client import LabelingClient
     from chatrlhf.world import World
 
     token = os.environ.get("CHATRLHF_LABEL_TOKEN")
     if not token:
-        _fail(ValueError("set CHATRLHF_LABEL_TOKEN to an admin token of the labeling app"))
-    world = World.load(_cfg(config, set).stage_dir("world"))
+        fail_with(ValueError("set CHATRLHF_LABEL_TOKEN to an admin token of the labeling app"))
+    world = World.load(load_cfg(config, set).stage_dir("world"))
     labs = world.labelers(held_out=False)
     if labelers:
         wanted = labelers.split(",")
@@ -205,7 +205,7 @@ def simulate(pattern: Annotated[str, typer.Argument(help="Project name, or a glo
 
 def _read_jsonl(path: Path) -> tuple[list[int], list]:
     """(line numbers, records) of a jsonl file; a bad line fails with file:line."""
-    from chatrlhf.data import iter_jsonl
+    from chatrlhf.lm.data import iter_jsonl
 
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")

@@ -16,11 +16,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from chatrlhf.data import iter_jsonl
 from chatrlhf.config import WorldConfig
+from chatrlhf.lm.data import iter_jsonl
+from chatrlhf.lm.verifiers import words
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
-from chatrlhf.verifiers import words
 from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
 from chatrlhf.world.labelers import SimulatedLabeler, candidate_responses, make_labeler_specs, write_demonstrations
 from chatrlhf.world.tasks import build_splits, ground_truth

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from chatrlhf.verifiers import first_number, words
+from chatrlhf.lm.verifiers import first_number, words
 from chatrlhf.world import vocab
 from chatrlhf.world.facts import FactBase
 

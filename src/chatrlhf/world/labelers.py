@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from chatrlhf.verifiers import words
+from chatrlhf.lm.verifiers import words
 from chatrlhf.world.gold import Gold, length_spec
 from chatrlhf.world.writing import FLAWS_BY_TASK, comply, flawed, ideal, rude
 

@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chatrlhf.config import ServeConfig
-from chatrlhf.engine import DecodeBatch, Engine, Generation, SamplingParams
+from chatrlhf.lm.engine import DecodeBatch, Engine, Generation, SamplingParams
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -389,12 +389,11 @@ def _save(path: Path | None, meta: dict, messages: list[dict[str, str]], gen: Ge
 
 def run_server(cfg, model: str | Path | None = None, save_conversations: str | Path | None = None) -> None:
     import uvicorn
-
-    from chatrlhf.engine import load_engine, resolve_model
-
     from transformers.utils import logging as hf_logging
 
-    from chatrlhf.training import configure_threads
+    from chatrlhf.layout import resolve_model
+    from chatrlhf.lm.engine import load_engine
+    from chatrlhf.lm.training import configure_threads
 
     path = resolve_model(cfg, model)
     hf_logging.disable_progress_bar()

@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-
 # Accelerate warns on every save that it dropped lm_head.weight; with tied embeddings that is the
 # intended layout (the tie is restored on load), so the warning is noise in every progress bar.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)

@@ -60,7 +60,7 @@ def trainable_params(model: torch.nn.Module) -> tuple[int, int]:
 
 def save_merged(model, tokenizer, out_dir: str | Path, meta: dict[str, Any], keep_adapter: bool = True) -> Path:
     """Save a stage whose weights are the merged model; the adapter alone goes to out_dir/adapter."""
-    from chatrlhf.modeling import save_stage
+    from chatrlhf.lm.modeling import save_stage
 
     out = Path(out_dir)
     if is_lora(model) and keep_adapter:

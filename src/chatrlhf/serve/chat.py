@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from chatrlhf.engine import Engine, SamplingParams, load_engine, resolve_model
+from chatrlhf.layout import resolve_model
+from chatrlhf.lm.engine import Engine, SamplingParams, load_engine
 
 HELP = "commands: /reset  /save FILE  /load FILE  /system TEXT  /help  /exit"
 # C0 control characters (but newline and tab) and DEL: a model must not drive the terminal
@@ -156,7 +157,7 @@ def _reply(session: ChatSession, line: str, say) -> None:
 def run_chat(cfg, model: str | Path | None = None, system: str | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
-    from chatrlhf.training import configure_threads
+    from chatrlhf.lm.training import configure_threads
 
     path = resolve_model(cfg, model)
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in a chat window

@@ -24,10 +24,10 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import PPOConfig
-from chatrlhf.data import DataError
-from chatrlhf.losses import masked_mean, sft_loglik_rewards
-from chatrlhf.training import check_finite, cosine_with_warmup, progress_bar
-from chatrlhf.verifiers import checked_mean, verifier_scores
+from chatrlhf.lm.data import DataError
+from chatrlhf.lm.training import check_finite, cosine_with_warmup, progress_bar
+from chatrlhf.lm.verifiers import checked_mean, verifier_scores
+from chatrlhf.rl.losses import masked_mean, sft_loglik_rewards
 
 console = Console(stderr=True)
 
@@ -39,7 +39,7 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
     rejection_sampling.min_check on the prompt's check), and statistics of the selection.
     `same_as_reference`: the policy *is* the SFT model, so the rollout's own log-probs are its
     log-likelihoods (at temperature 1) and the reference pass is skipped."""
-    from chatrlhf.ppo import evaluate_rollout, rollout, score_rollout
+    from chatrlhf.rl.experience import evaluate_rollout, rollout, score_rollout
 
     rc, n = cfg.rejection_sampling, cfg.rejection_sampling.n
     ro = rollout(policy, tokenizer, prompts, cfg, seed=seed, max_batch=rc.sample_batch, n=n)
@@ -95,7 +95,7 @@ def distinct_responses(ro, n: int) -> tuple[list[int], torch.Tensor]:
 def fine_tune(policy, tokenizer, prompts: list[dict], answers: list[str], cfg: PPOConfig, seed: int,
               max_len: int) -> dict[str, float]:
     """SFT loss (assistant tokens only) on (prompt, kept answer) conversations, in place."""
-    from chatrlhf.sft import Batches, build_examples, sft_loss
+    from chatrlhf.lm.chat_data import Batches, build_examples, sft_loss
 
     rc = cfg.rejection_sampling
     convs = [p["messages"] + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]

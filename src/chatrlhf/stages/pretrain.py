@@ -19,15 +19,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.data import TextCorpus, load_text_corpus, read_text_file
-from chatrlhf.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
-from chatrlhf.tokenizer import ensure_chat_template, document_eos, save_tokenizer, train_tokenizer
-from chatrlhf.training import (Checkpoints, MetricsLogger, WarmupCosine, check_finite, configure_threads,
-                               cosine_with_warmup, make_accelerator, progress_bar)
+from chatrlhf.lm.data import (
+    PackedStream,
+    TextCorpus,
+    eval_chunks,
+    evaluate_loss,
+    lm_loss,
+    load_text_corpus,
+    pack_documents,
+    read_text_file,
+)
+from chatrlhf.lm.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
+from chatrlhf.lm.tokenizer import ensure_chat_template, save_tokenizer, train_tokenizer
+from chatrlhf.lm.training import (
+    Checkpoints,
+    MetricsLogger,
+    WarmupCosine,
+    check_finite,
+    configure_threads,
+    cosine_with_warmup,
+    make_accelerator,
+    progress_bar,
+)
 
 console = Console(stderr=True)
 WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on
@@ -71,90 +87,6 @@ def _chars_per_token(tok, cfg: Config) -> float | None:
     text = "\n".join(sample)
     n = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
     return round(len(text) / n, 3) if n else None
-
-
-# --- packed token streams -----------------------------------------------------------------------
-
-
-def pack_documents(tokenizer, docs: list[str]) -> torch.Tensor:
-    """Documents -> one 1-D stream `sep d1 sep d2 ...`, sep = the document separator (<|eos|>)."""
-    sep = document_eos(tokenizer)
-    ids: list[int] = []
-    for start in range(0, len(docs), 1000):  # batched fast tokenization, bounded memory
-        for doc in tokenizer(docs[start:start + 1000], add_special_tokens=False)["input_ids"]:
-            ids.append(sep)
-            ids.extend(doc)
-    return torch.tensor(ids, dtype=torch.long)
-
-
-class PackedStream:
-    """Training batches as a pure function of (seed, step).
-
-    Sample i = step * batch_size + row; epoch e = i // n_chunks walks a seeded permutation of
-    non-overlapping chunks of seq_len + 1 tokens, shifted by a seeded per-epoch offset so that later
-    epochs see other token alignments.
-    """
-
-    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int):
-        self.n_chunks = len(tokens) // seq_len - 1
-        if self.n_chunks < 1:
-            raise ValueError(f"pre-training corpus has {len(tokens)} tokens, fewer than 2 * seq_len "
-                             f"({2 * seq_len}); use a bigger corpus or a smaller pretrain.seq_len")
-        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
-        self._epoch: tuple[int, torch.Tensor, int] | None = None
-
-    def _order(self, epoch: int) -> tuple[torch.Tensor, int]:
-        if self._epoch is None or self._epoch[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.n_chunks, generator=g)
-            shift = int(torch.randint(self.seq_len, (1,), generator=g))
-            self._epoch = (epoch, perm, shift)
-        return self._epoch[1], self._epoch[2]
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), each (B, T), for optimizer step `step`."""
-        rows = []
-        for i in range(step * self.batch_size, (step + 1) * self.batch_size):
-            epoch, pos = divmod(i, self.n_chunks)
-            perm, shift = self._order(epoch)
-            start = int(perm[pos]) * self.seq_len + shift
-            rows.append(self.tokens[start:start + self.seq_len + 1])
-        chunk = torch.stack(rows)  # (B, T + 1)
-        return chunk[:, :-1], chunk[:, 1:]
-
-    def epochs(self, steps: int) -> float:
-        return steps * self.batch_size / self.n_chunks
-
-
-def eval_chunks(tokens: torch.Tensor, seq_len: int, max_chunks: int) -> torch.Tensor:
-    """The first `max_chunks` non-overlapping (T + 1)-token chunks: the same held-out set every time."""
-    n = min(max_chunks, (len(tokens) - 1) // seq_len)
-    return torch.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)]) if n else tokens[:0]
-
-
-# --- losses and baselines -----------------------------------------------------------------------
-
-
-def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy (nats/token); logits upcast so bf16 autocast stays accurate."""
-    logits = model(input_ids=inputs, use_cache=False).logits  # (B, T, V)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-@torch.no_grad()
-def evaluate_loss(model, chunks: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    """Mean held-out loss over `chunks` (N, T + 1), weighted by tokens."""
-    if len(chunks) == 0:
-        return float("nan")
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(chunks), batch_size):
-        c = chunks[i:i + batch_size].to(device)
-        total += lm_loss(model, c[:, :-1], c[:, 1:]).item() * c[:, 1:].numel()
-        count += c[:, 1:].numel()
-    model.train(was_training)
-    return total / count
 
 
 def unigram_loss(train_tokens: torch.Tensor, val_tokens: torch.Tensor, vocab_size: int) -> float:

@@ -209,7 +209,7 @@ class DecodeBatch:
         self.padded = not bool(self.mask.all())
         self._knobs = None
 
-    def _trim(self) -> None:
+    def minibatch_columns(self) -> None:
         """Drop leading cache columns that no live row attends to (padding left by finished rows), so
         that under continuous batching the cache stays as wide as its longest live row."""
         used = self.mask.any(0).nonzero()
@@ -292,7 +292,7 @@ class DecodeBatch:
             self.cache.batch_select_indices(idx)
             self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
             self.mask = self.mask[idx]
-            self._trim()
+            self.minibatch_columns()
             self.padded = not bool(self.mask.all())
         self.pos = self.pos + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], 1)
@@ -482,32 +482,8 @@ class Engine:
         return Rollout(ids, attn, resp, logprobs, q, gens, hidden)
 
 
-# --- loading --------------------------------------------------------------------------------
-
-
-def resolve_model(cfg, model: str | Path | None = None) -> Path:
-    """The model to talk to: the given directory, else cfg.chat.model, else the run's newest policy
-    (latest round's PPO, then ppo/, sft/, pretrain/)."""
-    from chatrlhf.modeling import stage_complete
-
-    chosen = model or cfg.chat.model
-    if chosen:
-        p = Path(chosen)
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"--model {p}: not a model directory (no config.json)")
-        return p
-    out = Path(cfg.run.out_dir)
-    rounds = sorted(out.glob("rounds/round_*/ppo"), key=lambda d: int(d.parent.name.split("_")[-1]), reverse=True)
-    candidates = [*rounds, out / "ppo", out / "sft", out / "pretrain"]
-    for d in candidates:
-        if stage_complete(d) and (d / "config.json").is_file():
-            return d
-    raise FileNotFoundError(f"no trained policy under {out} (looked for a complete ppo/, sft/ or pretrain/ stage); "
-                            "run `chatrlhf run` first or pass --model DIR")
-
-
 def load_engine(model_dir: str | Path, dtype: str = "float32", device: str = "auto", max_batch: int = 64) -> Engine:
-    from chatrlhf.modeling import load_causal_lm, load_tokenizer
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(model_dir, dtype)
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):

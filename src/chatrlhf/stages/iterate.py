@@ -25,20 +25,10 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.modeling import read_meta, stage_complete, write_meta
+from chatrlhf.layout import round_dir, round_paths
+from chatrlhf.lm.modeling import read_meta, stage_complete, write_meta
 
 console = Console(stderr=True)
-
-
-def round_dir(cfg: Config, r: int) -> Path:
-    return cfg.stage_dir("rounds") / f"round_{r}"
-
-
-def round_paths(cfg: Config, r: int) -> tuple[Path, Path]:
-    """(rm dir, ppo dir) of round r; round 1 lives in the stage dirs rm/ and ppo/."""
-    if r == 1:
-        return cfg.stage_dir("rm"), cfg.stage_dir("ppo")
-    return round_dir(cfg, r) / "rm", round_dir(cfg, r) / "ppo"
 
 
 def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
@@ -56,9 +46,9 @@ def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
 def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict], out: Path, r: int) -> Path:
     """K samples per prompt from `policy_dir` (the first K distinct of draws x K, with
     iterate.distinct_draws > 1), ranked, written as a comparison file."""
-    from chatrlhf.engine import load_engine
-    from chatrlhf.rankings import write_comparisons
-    from chatrlhf.sampling import assign_splits, label_with_world, sample_responses
+    from chatrlhf.lm.engine import load_engine
+    from chatrlhf.lm.rankings import write_comparisons
+    from chatrlhf.stages.sampling import assign_splits, label_with_world, sample_responses
 
     rng = random.Random(cfg.run.seed * 1000 + r)
     engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
@@ -103,7 +93,7 @@ def rank_in_labeling_app(cfg: Config, comparisons: list[dict], r: int) -> list[d
 
 def all_comparisons(cfg: Config, upto: int) -> list[dict]:
     """The RM's data after round `upto`: round 1's comparisons plus every later round's."""
-    from chatrlhf.rankings import load_comparisons
+    from chatrlhf.lm.rankings import load_comparisons
 
     files = [cfg.stage_dir("rm") / "comparisons.jsonl"]
     files += [round_dir(cfg, r) / "comparisons.jsonl" for r in range(2, upto + 1)]
@@ -118,7 +108,7 @@ def round_rm_data(cfg: Config, r: int) -> list[dict]:
     """The RM's data in round r. retrain: every comparison so far. continue: this round's fresh
     comparisons plus as many earlier ones (replay): the RM learns the newest policy's mistakes
     (the exploits PPO found) from half its data instead of a sliver, without forgetting the rest."""
-    from chatrlhf.rankings import load_comparisons
+    from chatrlhf.lm.rankings import load_comparisons
 
     fresh = load_comparisons(round_dir(cfg, r) / "comparisons.jsonl", cfg.rm.allow_ties)
     older = all_comparisons(cfg, r - 1)
@@ -131,8 +121,8 @@ def round_rm_data(cfg: Config, r: int) -> list[dict]:
 def run_round(cfg: Config, world, r: int) -> Path:
     """Round r >= 2: comparisons -> RM -> PPO. Returns the new policy dir. The round's own seconds
     (summed over resumed invocations) go to round_r/seconds.json, which the time budget reads."""
-    from chatrlhf.ppo import run_ppo
-    from chatrlhf.reward import train_reward_model
+    from chatrlhf.stages.ppo import run_ppo
+    from chatrlhf.stages.reward import train_reward_model
 
     d = round_dir(cfg, r)
     d.mkdir(parents=True, exist_ok=True)
@@ -193,7 +183,7 @@ def run_iterate(cfg: Config, elapsed_s: float | None = None) -> Path:
     """Rounds 2..iterate.rounds (round 1 must exist: `chatrlhf rm` and `chatrlhf ppo`), then, given the
     run's stage seconds before the rounds (`chatrlhf run` passes them), more rounds up to
     iterate.max_rounds while they fit in iterate.budget_minutes. Returns the newest policy."""
-    from chatrlhf.reward import load_world
+    from chatrlhf.world.loader import load_world
 
     if not stage_complete(round_paths(cfg, 1)[1]):
         raise FileNotFoundError(f"iterate: round 1 is missing ({cfg.stage_dir('ppo')} is not a complete stage); "

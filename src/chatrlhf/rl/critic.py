@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from chatrlhf.modeling import DTYPES
-from chatrlhf.reward import reward_backbone_and_head
+from chatrlhf.lm.modeling import DTYPES
+from chatrlhf.lm.reward_model import reward_backbone_and_head
 
 
 class ValueModel(nn.Module):

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chatrlhf.data import DataError, iter_jsonl
+from chatrlhf.lm.data import DataError, iter_jsonl
 
 log = logging.getLogger(__name__)
 Message = dict[str, str]

@@ -25,8 +25,8 @@ from math import comb
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from chatrlhf import data
-from chatrlhf.data import DataError
+from chatrlhf.lm import data
+from chatrlhf.lm.data import DataError
 
 
 class RankingError(DataError):

@@ -17,9 +17,7 @@ import hashlib
 import json
 import math
 import random
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,190 +25,31 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.conversations import Conversation, load_conversations
-from chatrlhf.data import DataError
-from chatrlhf.lora import save_merged, trainable_params, wrap_lora
-from chatrlhf.modeling import load_causal_lm, load_tokenizer, stage_complete
-from chatrlhf.tokenizer import document_eos, ensure_chat_template
-from chatrlhf.training import (Checkpoints, MetricsLogger, best_fit_decreasing, check_finite, cosine_with_warmup,
-                               length_grouped_batches, make_accelerator, pack_rows, packed_position_ids, progress_bar)
+from chatrlhf.lm.chat_data import (
+    IGNORE,
+    Batches,
+    Example,
+    build_examples,
+    ensure_template,
+    evaluate_loss,
+    sft_loss,
+    split_examples,
+)
+from chatrlhf.lm.conversations import Conversation, load_conversations
+from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, stage_complete
+from chatrlhf.lm.prompts import BASE_STOPS, plain_prompt
+from chatrlhf.lm.tokenizer import document_eos
+from chatrlhf.lm.training import (
+    Checkpoints,
+    MetricsLogger,
+    check_finite,
+    cosine_with_warmup,
+    make_accelerator,
+    progress_bar,
+)
 
 console = Console(stderr=True)
-IGNORE = -100  # label id that cross-entropy skips
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE on every non-assistant token
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-# --- tokenisation and the assistant-only loss mask ----------------------------------------------
-
-
-def ensure_template(tokenizer) -> None:
-    """A tokenizer without a chat template gets the project's fallback (shared with PPO and chat)."""
-    if not tokenizer.chat_template:
-        console.print("[yellow]sft: tokenizer has no chat template; using chatrlhf's fallback template")
-        ensure_chat_template(tokenizer)
-
-
-def has_generation_markers(tokenizer) -> bool:
-    return bool(re.search(r"{%-?\s*generation\s*-?%}", tokenizer.chat_template or ""))
-
-
-def _ids(tokenizer, conv: Conversation, add_generation_prompt: bool = False) -> list[int]:
-    return list(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True,
-                                              add_generation_prompt=add_generation_prompt)["input_ids"])
-
-
-def assistant_mask(tokenizer, conv: Conversation) -> tuple[list[int], list[int]]:
-    """(input_ids, mask) with mask 1 on tokens the assistant wrote (its end-of-turn token included).
-
-    With `{% generation %}` markers the template itself marks them. Otherwise prefix-diff: the tokens
-    between `conv[:i]` + generation prompt and `conv[:i+1]` belong to assistant turn i.
-    """
-    if has_generation_markers(tokenizer):
-        enc = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        return list(enc["input_ids"]), list(enc["assistant_masks"])
-    ids = _ids(tokenizer, conv)
-    mask = [0] * len(ids)
-    for i, m in enumerate(conv):
-        if m["role"] != "assistant":
-            continue
-        start = len(_ids(tokenizer, conv[:i], add_generation_prompt=True)) if i else 0
-        end = len(_ids(tokenizer, conv[: i + 1]))
-        mask[start:end] = [1] * (end - start)
-    return ids, mask
-
-
-def _to_example(ids: list[int], mask: list[int]) -> Example:
-    return Example(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
-
-
-def encode(tokenizer, conv: Conversation, max_len: int) -> Example | None:
-    """Tokenise with the loss mask; over max_len, drop the oldest turns (a system prompt stays).
-
-    If even the last exchange is too long it is cut at max_len; None when no assistant token is left.
-    """
-    ids, mask = assistant_mask(tokenizer, conv)
-    if len(ids) > max_len:
-        system = [m for m in conv[:1] if m["role"] == "system"]
-        starts = [i for i, m in enumerate(conv) if m["role"] == "user" and i > len(system)]
-        for start in starts:  # oldest first: keep as many of the latest turns as fit
-            ids, mask = assistant_mask(tokenizer, system + conv[start:])
-            if len(ids) <= max_len:
-                break
-        ids, mask = ids[:max_len], mask[:max_len]
-    if not any(mask[1:]):  # position 0 is never predicted
-        return None
-    return _to_example(ids, mask)
-
-
-def build_examples(tokenizer, convs: list[Conversation], max_len: int, source: str) -> tuple[list[Example], int]:
-    """Encode all conversations; (examples, how many were truncated away). All gone is an error."""
-    examples = [encode(tokenizer, c, max_len) for c in convs]
-    kept = [e for e in examples if e is not None]
-    if not kept:
-        raise DataError(f"{source}: all {len(convs)} conversations were truncated away at sft.max_len="
-                        f"{max_len} (no assistant token left); raise sft.max_len")
-    return kept, len(examples) - len(kept)
-
-
-def split_examples(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_val = min(len(examples) - 1, round(len(examples) * val_fraction)) if val_fraction > 0 else 0
-    return [examples[i] for i in order[n_val:]], [examples[i] for i in order[:n_val]]
-
-
-# --- batches: length-grouped or packed ----------------------------------------------------------
-
-
-def pack(examples: list[Example], max_len: int, seed: int) -> list[list[Example]]:
-    """Best-fit-decreasing bin packing of shuffled examples into rows of at most max_len tokens."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)  # ties keep the shuffled order
-    rows = [[examples[i] for i in row] for row in best_fit_decreasing([len(e) for e in examples], max_len, order)]
-    random.Random(seed + 1).shuffle(rows)
-    return rows
-
-
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded (B, T) input_ids, attention_mask and labels."""
-    width = max(len(e) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    for b, e in enumerate(examples):
-        ids[b, : len(e)] = torch.tensor(e.input_ids)
-        labels[b, : len(e)] = torch.tensor(e.labels)
-        attn[b, : len(e)] = 1
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
-
-
-def collate_packed(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Packed rows (`training.packed_position_ids`: conversations never see each other). Labels stay
-    per conversation: the first token of each is never a target."""
-    ids = pack_rows([[e.input_ids for e in row] for row in rows], pad_id)
-    labels = pack_rows([[e.labels for e in row] for row in rows], IGNORE)
-    pos = packed_position_ids([[len(e) for e in row] for row in rows], ids.shape[1])
-    return {"input_ids": ids, "position_ids": pos, "labels": labels}
-
-
-class Batches:
-    """All batches of an epoch, a pure function of (seed, epoch)."""
-
-    def __init__(self, examples: list[Example], batch_size: int, max_len: int, packing: bool, seed: int, pad_id: int):
-        self.examples, self.batch_size, self.max_len = examples, batch_size, max_len
-        self.packing, self.seed, self.pad_id = packing, seed, pad_id
-        self._cache: tuple[int, list] | None = None
-        self.per_epoch = len(self.epoch(0))
-
-    def epoch(self, epoch: int) -> list[list]:
-        """The epoch's batches: lists of Examples, or (packed) lists of rows of Examples."""
-        if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, self._plan(self.seed * 1_000_003 + epoch))
-        return self._cache[1]
-
-    def _plan(self, seed: int) -> list[list]:
-        if self.packing:
-            rows = pack(self.examples, self.max_len, seed)
-            return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        groups = length_grouped_batches([len(e) for e in self.examples], self.batch_size, seed)
-        return [[self.examples[i] for i in g] for g in groups]
-
-    def tensors(self, batch: list) -> dict[str, torch.Tensor]:
-        return collate_packed(batch, self.pad_id) if self.packing else collate(batch, self.pad_id)
-
-
-# --- loss, evaluation ---------------------------------------------------------------------------
-
-
-def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over assistant tokens (transformers shifts the labels).
-    No KV cache: with one, transformers would not build the packed block-diagonal mask."""
-    return model(**batch, use_cache=False).loss
-
-
-@torch.no_grad()
-def evaluate_loss(model, batches: Batches, device: torch.device) -> float:
-    """Token-weighted mean validation loss over all validation batches."""
-    if not batches.examples:
-        return float("nan")
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in batches.epoch(0):
-        t = {k: v.to(device) for k, v in batches.tensors(batch).items()}
-        n = int((t["labels"][:, 1:] != IGNORE).sum())
-        total += sft_loss(model, t).item() * n
-        count += n
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -365,23 +204,10 @@ class _TrainLoop:
         return step, loss, tokens / max(train_time, 1e-9)
 
 
-# --- SFT vs base on held-out prompts ------------------------------------------------------------
-
-
-def plain_prompt(messages: Conversation) -> str:
-    """The base model never saw chat-template tokens, so it gets 'User: ...\nAssistant:' text."""
-    lines = [f"{'Assistant' if m['role'] == 'assistant' else 'User'}: {m['content']}"
-             for m in messages if m["role"] != "system"]
-    return "\n".join(lines) + "\nAssistant:"
-
-
-BASE_STOPS = ["\nUser:", "\n\n"]  # where a base-model continuation stops answering
-
-
 def sample_responses(model, tokenizer, prompts: list[Conversation], chat: bool, temperature: float,
                      max_new_tokens: int, seed: int) -> list[str]:
     """One response per prompt: the SFT model through its chat template, the base model on plain text."""
-    from chatrlhf.engine import Engine, SamplingParams
+    from chatrlhf.lm.engine import Engine, SamplingParams
 
     engine = Engine(model, tokenizer)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,

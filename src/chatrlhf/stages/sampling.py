@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from chatrlhf.config import Config
-from chatrlhf.rankings import to_competition, write_comparisons
-from chatrlhf.training import progress_bar
+from chatrlhf.lm.rankings import to_competition, write_comparisons
+from chatrlhf.lm.training import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def assign_splits(prompts: list[dict], val_fraction: float, rng: random.Random) 
 def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config) -> list[list[str]]:
     """K samples per conversation at cfg.rm.temperature, in chunks under a progress bar. A chunk is
     k times the engine's batch, so continuous batching keeps the batch full for most of it."""
-    from chatrlhf.engine import SamplingParams
+    from chatrlhf.lm.engine import SamplingParams
 
     chunk_prompts = max(1, engine.max_batch)
     out: list[list[str]] = []
@@ -85,7 +85,7 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
 def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Random) -> int:
     """Simulated labelers rank each comparison: labelers_per_prompt training labelers, plus up to
     cfg.rm.val_labelers held-out labelers on held-out ("val") prompts. Returns rankings written."""
-    from chatrlhf.reward import _labeler_id
+    from chatrlhf.world.loader import labeler_id
 
     train_labs = list(world.labelers(held_out=False))
     held_labs = list(world.labelers(held_out=True))
@@ -101,7 +101,7 @@ def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Ra
             labs += rng.sample(held_labs, min(cfg.rm.val_labelers, len(held_labs)))
         for lab in labs:
             ranks = to_competition(list(lab.rank(prompt, c["responses"], rng)))
-            c["rankings"].append({"labeler": _labeler_id(lab), "ranks": ranks})
+            c["rankings"].append({"labeler": labeler_id(lab), "ranks": ranks})
             n += 1
     return n
 
@@ -111,7 +111,7 @@ def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Ra
 
 def default_policy(cfg: Config) -> Path:
     """The newest policy of the run (latest round's PPO, ppo/, sft/, pretrain/)."""
-    from chatrlhf.engine import resolve_model
+    from chatrlhf.layout import resolve_model
 
     return resolve_model(cfg, None)
 
@@ -120,8 +120,8 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
                conversations: str | Path | None = None, label: bool = True) -> Path:
     """Write `out` (default <rm>/comparisons.jsonl): K responses per prompt from `policy`, ranked
     by the simulated labelers when `label` and the world knows the prompts."""
-    from chatrlhf.engine import load_engine
-    from chatrlhf.reward import load_world
+    from chatrlhf.lm.engine import load_engine
+    from chatrlhf.world.loader import load_world
 
     k = cfg.rm.k
     if k < 2:
@@ -131,7 +131,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     rng = random.Random(cfg.run.seed)
     world = load_world(cfg)
     if conversations:
-        from chatrlhf.conversations import load_conversations
+        from chatrlhf.lm.conversations import load_conversations
 
         prompts = conversation_prompts(load_conversations(str(conversations)), rng, cfg.rm.n_prompts)
         if not prompts:

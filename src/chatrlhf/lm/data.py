@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
+from chatrlhf.lm.tokenizer import document_eos
+
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -188,3 +193,83 @@ def load_text_corpus(data: str | None, world_dir: str | Path, text_column: str =
     except DataError:
         train, val = holdout_split(train, val_fraction)
     return TextCorpus(train, val, data)
+
+
+# --- packed token streams -----------------------------------------------------------------------
+def pack_documents(tokenizer, docs: list[str]) -> torch.Tensor:
+    """Documents -> one 1-D stream `sep d1 sep d2 ...`, sep = the document separator (<|eos|>)."""
+    sep = document_eos(tokenizer)
+    ids: list[int] = []
+    for start in range(0, len(docs), 1000):  # batched fast tokenization, bounded memory
+        for doc in tokenizer(docs[start:start + 1000], add_special_tokens=False)["input_ids"]:
+            ids.append(sep)
+            ids.extend(doc)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class PackedStream:
+    """Training batches as a pure function of (seed, step).
+
+    Sample i = step * batch_size + row; epoch e = i // n_chunks walks a seeded permutation of
+    non-overlapping chunks of seq_len + 1 tokens, shifted by a seeded per-epoch offset so that later
+    epochs see other token alignments.
+    """
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, batch_size: int, seed: int):
+        self.n_chunks = len(tokens) // seq_len - 1
+        if self.n_chunks < 1:
+            raise ValueError(f"pre-training corpus has {len(tokens)} tokens, fewer than 2 * seq_len "
+                             f"({2 * seq_len}); use a bigger corpus or a smaller pretrain.seq_len")
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self._epoch: tuple[int, torch.Tensor, int] | None = None
+
+    def _order(self, epoch: int) -> tuple[torch.Tensor, int]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n_chunks, generator=g)
+            shift = int(torch.randint(self.seq_len, (1,), generator=g))
+            self._epoch = (epoch, perm, shift)
+        return self._epoch[1], self._epoch[2]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (B, T), for optimizer step `step`."""
+        rows = []
+        for i in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, pos = divmod(i, self.n_chunks)
+            perm, shift = self._order(epoch)
+            start = int(perm[pos]) * self.seq_len + shift
+            rows.append(self.tokens[start:start + self.seq_len + 1])
+        chunk = torch.stack(rows)  # (B, T + 1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def epochs(self, steps: int) -> float:
+        return steps * self.batch_size / self.n_chunks
+
+
+def eval_chunks(tokens: torch.Tensor, seq_len: int, max_chunks: int) -> torch.Tensor:
+    """The first `max_chunks` non-overlapping (T + 1)-token chunks: the same held-out set every time."""
+    n = min(max_chunks, (len(tokens) - 1) // seq_len)
+    return torch.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)]) if n else tokens[:0]
+
+
+# --- losses and baselines -----------------------------------------------------------------------
+def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats/token); logits upcast so bf16 autocast stays accurate."""
+    logits = model(input_ids=inputs, use_cache=False).logits  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+@torch.no_grad()
+def evaluate_loss(model, chunks: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean held-out loss over `chunks` (N, T + 1), weighted by tokens."""
+    if len(chunks) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(chunks), batch_size):
+        c = chunks[i:i + batch_size].to(device)
+        total += lm_loss(model, c[:, :-1], c[:, 1:]).item() * c[:, 1:].numel()
+        count += c[:, 1:].numel()
+    model.train(was_training)
+    return total / count

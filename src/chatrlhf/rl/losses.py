@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 # --- reward model (Ouyang et al. 2022, eq. 1; Bradley-Terry) ---------------------------------
 
 

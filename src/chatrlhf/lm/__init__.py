@@ -1,0 +1,1 @@
+"""Building blocks with no stage logic: tokenizer, model, data, generation, training skeleton."""

@@ -1,0 +1,172 @@
+"""The reward model: a sequence-classification head on the LM that scores the last token of
+prompt + response, with the encoding and batching it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from chatrlhf.lm.modeling import DTYPES, load_tokenizer, read_meta
+from chatrlhf.lm.training import (
+    best_fit_decreasing,
+    pack_rows,
+    packed_position_ids,
+)
+
+Messages = list[dict[str, str]]
+
+
+# --- encoding -------------------------------------------------------------------------------
+def encode(tokenizer, messages: Messages, response: str, max_len: int) -> list[int]:
+    """Token ids of the conversation ending with `response` as the assistant turn. Over max_len, the
+    oldest tokens go: the reward is read at the end, which must survive."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:  # plain "User: ...\nAssistant: ..." turns, as the generation engine writes them for base models
+        names = {"system": "System", "user": "User", "assistant": "Assistant"}
+        text = "".join(f"{names.get(m['role'], m['role'].title())}: {m['content']}\n" for m in messages)
+        ids = tokenizer(f"{text}Assistant: {response}", add_special_tokens=True)["input_ids"]
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id != tokenizer.pad_token_id:
+            ids = [*ids, tokenizer.eos_token_id]
+    return ids[-max_len:]
+
+
+def collate(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad to (B, T); position ids count real tokens so padding does not shift positions."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, t - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, t - len(s):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+
+
+def collate_packed(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack the sequences into rows no longer than the longest one (best fit decreasing): about
+    half the tokens of a padded batch of mixed lengths. Position ids restart for each sequence
+    (`training.packed_position_ids`); `last_token` holds each sequence's last position as a flat
+    index into the rows."""
+    lengths = [len(s) for s in seqs]
+    rows = best_fit_decreasing(lengths, max(lengths))
+    ids = pack_rows([[seqs[i] for i in row] for row in rows], pad_id)
+    width = ids.shape[1]
+    last = torch.zeros(len(seqs), dtype=torch.long)
+    for b, row in enumerate(rows):
+        end = b * width
+        for i in row:
+            end += lengths[i]
+            last[i] = end - 1
+    return {"input_ids": ids, "position_ids": packed_position_ids([[lengths[i] for i in row] for row in rows], width),
+            "last_token": last}
+
+
+def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) head outputs at each sequence's last token: the last column of a left-padded batch, or
+    the `last_token` positions of a packed one. For a packed batch the model's own pooling would take
+    each row's last token, so the head's per-token output is caught by a hook during the model's
+    ordinary forward (which DDP/FSDP wrappers need to see)."""
+    if "last_token" not in batch:
+        out = model(**batch, use_cache=False)
+        return out.logits[:, -1].float() if out.logits.dim() == 2 else out.logits.float()
+    per_token: list[torch.Tensor] = []
+    head = reward_backbone_and_head(getattr(model, "module", model))[1]
+    hook = head.register_forward_hook(lambda _module, _inputs, out: per_token.append(out))
+    try:
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    finally:
+        hook.remove()
+    return per_token[0].flatten(0, 1)[batch["last_token"]].squeeze(-1).float()
+
+
+# --- model ----------------------------------------------------------------------------------
+@contextmanager
+def _quiet_transformers():
+    """The fresh `score` head on a causal-LM checkpoint is expected, not news."""
+    tl = logging.getLogger("transformers")
+    level = tl.level
+    tl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tl.setLevel(level)
+
+
+def build_reward_model(init_dir: str | Path, tokenizer, dtype: str = "float32"):
+    """AutoModelForSequenceClassification(num_labels=1) from a causal LM (new head) or an RM dir."""
+    p = Path(init_dir)
+    if p.exists() and not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p} is not a model checkpoint (no config.json); did that stage finish?")
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(init_dir), num_labels=1, pad_token_id=tokenizer.pad_token_id, dtype=DTYPES[dtype])
+    model.config.pad_token_id = tokenizer.pad_token_id  # LlamaForSequenceClassification needs it to pool
+    return model
+
+
+def reward_backbone_and_head(model) -> tuple[nn.Module, nn.Linear]:
+    """(backbone, scalar head) of an RM: per-token values are head(backbone(ids).last_hidden_state),
+    how PPO initialises its value function from the RM (chatrlhf.value.ValueModel does this)."""
+    backbone = getattr(model, model.base_model_prefix)
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Linear):
+            return backbone, head
+    raise ValueError(f"{type(model).__name__}: no scalar head (score/classifier)")
+
+
+class RewardModel:
+    """A trained RM with its tokenizer and the demonstration-centering bias."""
+
+    def __init__(self, model, tokenizer, bias: float = 0.0, max_len: int = 512, batch_size: int = 32):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.bias = float(bias)
+        self.max_len = max_len
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, rm_dir: str | Path, dtype: str = "float32", device: str = "cpu") -> "RewardModel":
+        rm_dir = Path(rm_dir)
+        if not (rm_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{rm_dir}: no reward model here (no config.json); run `chatrlhf rm` first")
+        meta = read_meta(rm_dir)
+        tok = load_tokenizer(rm_dir)
+        model = build_reward_model(rm_dir, tok, dtype).to(device)
+        return cls(model, tok, meta.get("reward_bias", 0.0), meta.get("max_len", 512))
+
+    @torch.no_grad()
+    def score(self, message_lists: list[Messages], responses: list[str], raw: bool = False) -> torch.Tensor:
+        """(B,) rewards r(x, y) + bias (raw=True leaves the bias out)."""
+        if len(message_lists) != len(responses):
+            raise ValueError(f"score(): {len(message_lists)} conversations but {len(responses)} responses")
+        seqs = [encode(self.tokenizer, m, r, self.max_len) for m, r in zip(message_lists, responses)]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
+        out = torch.zeros(len(seqs))
+        device = next(self.model.parameters()).device
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo: lo + self.batch_size]
+            batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], self.tokenizer.pad_token_id).items()}
+            out[idx] = raw_rewards(self.model, batch).cpu()
+        return out if raw else out + self.bias
+
+
+# --- evaluation -----------------------------------------------------------------------------
+def score_comparisons(rm: RewardModel, comparisons: list[dict]) -> list[list[float]]:
+    """Raw reward of every response of every comparison (K per comparison)."""
+    flat_m = [c["messages"] for c in comparisons for _ in c["responses"]]
+    flat_r = [r for c in comparisons for r in c["responses"]]
+    scores = rm.score(flat_m, flat_r).tolist() if flat_r else []
+    out, at = [], 0
+    for c in comparisons:
+        out.append(scores[at: at + len(c["responses"])])
+        at += len(c["responses"])
+    return out

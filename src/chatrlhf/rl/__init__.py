@@ -1,0 +1,1 @@
+"""The RLHF algorithms: experience collection, losses, PPO, the guard, rejection sampling."""

@@ -1,0 +1,178 @@
+"""Experience for the RL stage: roll out responses, score them, and compute the reference
+log-probs and values every update needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from chatrlhf.config import PPOConfig
+from chatrlhf.lm.engine import Engine, SamplingParams
+from chatrlhf.lm.verifiers import checked_mean, verifier_scores
+from chatrlhf.rl.critic import ValueHead, ValueModel
+from chatrlhf.rl.losses import (
+    token_logprobs,
+)
+
+RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, responses) -> (B,) scores
+
+GoldFn = Callable[[dict, str], float]
+
+
+@dataclass
+class Rollout:
+    """One batch of experience. Sequences are [left-padded prompt (P) | right-padded response (R)]."""
+
+    prompts: list[dict]
+    texts: list[str]
+    input_ids: torch.Tensor  # (B, P+R)
+    attention_mask: torch.Tensor  # (B, P+R)
+    position_ids: torch.Tensor  # (B, P+R)
+    prompt_len: int  # P
+    mask: torch.Tensor  # (B, R) 1.0 on response tokens (EOS included)
+    finished: torch.Tensor  # (B,) bool: the response ended with EOS
+    logprobs: torch.Tensor  # (B, R) under the policy that sampled, from the logits it sampled from
+    hidden: torch.Tensor | None = None  # (B, R, H) the policy's last hidden states, for a shared value head
+    scores: torch.Tensor | None = None  # (B,) RM score (+ verifier_coef x check) minus missing-EOS penalty
+    rm_scores: torch.Tensor | None = None  # (B,) the RM's own score
+    ref_logprobs: torch.Tensor | None = None  # (B, R) under the frozen SFT model
+    values: torch.Tensor | None = None  # (B, R)
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def select(self, idx: list[int]) -> Rollout:
+        """The sampled rows idx (prompts, texts and tensors), before any scoring."""
+        t = torch.tensor(idx, device=self.input_ids.device)
+        return Rollout(prompts=[self.prompts[i] for i in idx], texts=[self.texts[i] for i in idx],
+                       input_ids=self.input_ids[t], attention_mask=self.attention_mask[t],
+                       position_ids=self.position_ids[t], prompt_len=self.prompt_len, mask=self.mask[t],
+                       finished=self.finished[t.cpu()], logprobs=self.logprobs[t],
+                       hidden=None if self.hidden is None else self.hidden[t])
+
+
+# --- 1. rollout ------------------------------------------------------------------------------
+def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, max_batch: int | None = None,
+            keep_hidden: bool = False, n: int = 1) -> Rollout:
+    """Sample n responses per prompt (default one) with the KV-cache engine (stops at EOS) and lay the batch
+    out as [left-padded prompt | right-padded response] for scoring and training. The old log-probs
+    are the sampled tokens' log-probs under the logits the engine sampled them from: the same numbers
+    a second forward pass would give (to float rounding), without that pass. `max_batch`: rows
+    decoded at once (default all of them); more prompts join as rows finish. `keep_hidden`: also keep
+    the last hidden state each token was sampled from, where a shared value head reads V(s_t).
+    With n > 1 the rows are prompt-major and each prompt is prefilled once."""
+    was_training = model.training
+    eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts) * n),  # Engine puts the model in eval mode
+                 keep_hidden=keep_hidden)
+    ids = [eng.chat_prompt(p["messages"]) for p in prompts]
+    ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed), n)
+    prompts = [p for p in prompts for _ in range(n)]
+    model.train(was_training)
+    dev, P = eng.device, ro.query_len
+    attn = ro.attention_mask.to(dev)
+    return Rollout(prompts=prompts, texts=[g.text.strip() for g in ro.generations], input_ids=ro.input_ids.to(dev),
+                   attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0), prompt_len=P,
+                   mask=ro.response_mask[:, P:].float().to(dev),
+                   finished=torch.tensor([g.finished for g in ro.generations]), logprobs=ro.logprobs[:, P:].to(dev),
+                   hidden=None if ro.hidden is None else ro.hidden.to(dev))
+
+
+# --- 2. score --------------------------------------------------------------------------------
+@torch.no_grad()
+def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: GoldFn | None = None) -> None:
+    """RM score of each (prompt, response), plus verifier_coef times the rule-based check where the
+    prompt has a checkable answer; responses that never reached EOS pay a penalty."""
+    rm = reward_fn(ro.prompts, ro.texts).detach().float().cpu().reshape(-1)
+    score = rm - cfg.missing_eos_penalty * (~ro.finished).float()
+    if cfg.verifier_coef:
+        checks, has = verifier_scores(ro.prompts, ro.texts)
+        score = score + cfg.verifier_coef * torch.tensor(checks)
+        if (mean := checked_mean(checks, has)) is not None:
+            ro.stats["verified"] = mean
+    ro.scores, ro.rm_scores = score.to(ro.mask.device), rm
+    ro.stats["rm_score"] = rm.mean().item()
+    ro.stats["reward"] = ro.scores.mean().item()
+    ro.stats["eos_rate"] = ro.finished.float().mean().item()
+    ro.stats["response_len"] = ro.mask.sum(1).mean().item()
+    if gold_fn is not None:
+        ro.stats["gold"] = sum(gold_fn(p, t) for p, t in zip(ro.prompts, ro.texts)) / len(ro.texts)
+
+
+# --- 3. log-probs and values -----------------------------------------------------------------
+def response_forward(model, ids, attn, pos, P: int, temperature: float,
+                     hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits that predict the R response tokens, read at positions P-1 .. P+R-2: (B, R, V); with
+    `hidden`, also the last hidden states at those positions, (B, R, H), for a shared value head."""
+    R = ids.shape[1] - P
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=R + 1,
+                output_hidden_states=hidden)
+    logits = out.logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature  # the same distribution the rollout sampled from
+    return logits, out.hidden_states[-1][:, P - 1:P + R - 1] if hidden else None
+
+
+def response_logits(model, ids, attn, pos, P: int, temperature: float) -> torch.Tensor:
+    return response_forward(model, ids, attn, pos, P, temperature)[0]
+
+
+def response_values(critic: ValueModel | ValueHead, ids, attn, pos, P: int,
+                    hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """V(s_t) read at the token before each response token: (B, R). A separate value model runs on
+    the tokens; a shared value head reads the policy's `hidden` states at those positions."""
+    if hidden is not None:
+        return critic(hidden)
+    R = ids.shape[1] - P
+    return critic(ids, attn, pos)[:, P - 1:P + R - 1]
+
+
+def minibatch_columns(ro: Rollout, idx: torch.Tensor) -> tuple[slice, int, int]:
+    """Columns a mini-batch needs: its own longest prompt and longest response, not the batch's.
+    Returns (column slice, response length r, prompt length p) -- less padding, fewer FLOPs."""
+    P = ro.prompt_len
+    p = int(ro.attention_mask[idx, :P].sum(1).max())
+    r = max(1, int(ro.mask[idx].sum(1).max()))
+    return slice(P - p, P + r), r, p
+
+
+@torch.no_grad()
+def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | ValueHead | None, cfg: PPOConfig,
+                     batch_size: int) -> None:
+    """Reference log-probs (frozen SFT) and values (none without a value model), in chunks of
+    similar prompt length so little compute goes to padding. The old log-probs came with the rollout,
+    and so did the hidden states a shared value head reads."""
+    ref, val = torch.zeros_like(ro.mask), torch.zeros_like(ro.mask)
+    order = torch.argsort(ro.attention_mask[:, :ro.prompt_len].sum(1).cpu())
+    for idx in order.split(batch_size):
+        cols, r, p = minibatch_columns(ro, idx)
+        args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
+        with reference_model(policy, ref_policy) as ref_model:
+            ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), args[0][:, p:])
+        if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "separate":
+            val[idx, :r] = response_values(value_model, *args)
+    if value_model is not None and cfg.reads_policy_hidden_states:
+        if ro.hidden is None:
+            raise ValueError("ppo.critic=shared reads the rollout's hidden states: sample with rollout(..., keep_hidden=True)")
+        val = value_model(ro.hidden)
+    ro.ref_logprobs, ro.values = ref * ro.mask, val * ro.mask
+
+
+def reference_model(policy, ref_policy):
+    """The frozen SFT model: a separate copy, or the LoRA policy with its adapters switched off."""
+    if ref_policy is not None:
+        return nullcontext(ref_policy)
+    ctx = policy.disable_adapter()
+
+    class _Ctx:
+        def __enter__(self):
+            ctx.__enter__()
+            return policy
+
+        def __exit__(self, *exc):
+            return ctx.__exit__(*exc)
+
+    return _Ctx()

@@ -1,0 +1,182 @@
+"""`chatrlhf ppo`: load the SFT policy, reference and reward model, run the best-of-n fine-tune,
+then PPO (`rl.ppo.PPOTrainer`), and save the policy as a stage directory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chatrlhf.config import Config, PPOConfig
+from chatrlhf.lm.training import Checkpoints
+from chatrlhf.rl.critic import load_critic
+from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout
+from chatrlhf.rl.guard import LabelerGuard
+from chatrlhf.rl.ppo import PPOTrainer
+
+
+# --- the stage -------------------------------------------------------------------------------
+def _load_world(cfg: Config):
+    from chatrlhf.world import World
+
+    world_dir = cfg.stage_dir("world")
+    return World.load(world_dir) if (world_dir / "meta.json").is_file() else World.generate(cfg.world)
+
+
+def _ptx_chunks(tokenizer, docs: list[str], seq_len: int, max_chunks: int) -> torch.Tensor:
+    """Pre-training text as (N, seq_len + 1) token chunks, for PPO-ptx and the perplexity check."""
+    from chatrlhf.lm.data import eval_chunks, pack_documents
+
+    return eval_chunks(pack_documents(tokenizer, docs), seq_len, max_chunks)
+
+
+def _lm_ppl(model, chunks: torch.Tensor, device) -> float:
+    from chatrlhf.lm.data import evaluate_loss
+
+    return math.exp(evaluate_loss(model, chunks, 8, device)) if len(chunks) else float("nan")
+
+
+def _load_policy(path: Path, cfg: Config):
+    from chatrlhf.lm.lora import wrap_lora
+    from chatrlhf.lm.modeling import load_causal_lm
+
+    policy = load_causal_lm(path, cfg.model.dtype)
+    return wrap_lora(policy, cfg.ppo.lora) if cfg.ppo.lora.enabled else policy
+
+
+def _sft_baseline(policy, ref, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> list[str]:
+    """SFT answers for the guard prompts, sampled once (the comparison the guard keeps making)."""
+    with reference_model(policy, ref) as sft:
+        return rollout(sft, tokenizer, prompts, cfg, seed=seed).texts
+
+
+def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Path | None = None,
+            out_dir: str | Path | None = None, ref_dir: str | Path | None = None) -> Path:
+    """`chatrlhf ppo`: policy from `policy_dir` (default sft/), KL to `ref_dir` (default sft/), reward
+    and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/)."""
+    from chatrlhf.lm.lora import is_lora, merge
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
+    from chatrlhf.lm.reward_model import RewardModel
+    from chatrlhf.lm.training import make_accelerator
+
+    pc = cfg.ppo
+    policy_dir = Path(policy_dir or cfg.stage_dir("sft"))
+    ref_dir, rm_dir = Path(ref_dir or cfg.stage_dir("sft")), Path(rm_dir or cfg.stage_dir("rm"))
+    out = Path(out_dir or cfg.stage_dir("ppo"))
+    out.mkdir(parents=True, exist_ok=True)
+    acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
+    tok = load_tokenizer(policy_dir)
+    policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
+    ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
+    rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
+    value = load_critic(rm_dir, pc.critic, policy, cfg.model.dtype)
+
+    world = _load_world(cfg)
+    prompts = world.prompts("ppo")
+    n_guard = min(pc.guard_prompts, len(prompts) // 4) if pc.early_stop == "held_out_comparisons" else 0
+    train_prompts, guard_prompts = prompts[: len(prompts) - n_guard], prompts[len(prompts) - n_guard:]
+    ptx_train = _ptx_chunks(tok, world.corpus("train")[:2000], pc.ptx_seq_len, 4000) if pc.ptx_coef > 0 else None
+    ppl_chunks = _ptx_chunks(tok, world.corpus("val")[:300], pc.ptx_seq_len, 48)
+    guard = None
+    if n_guard:
+        baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
+        guard = LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard_labelers)
+
+    def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        return rm.score([p["messages"] for p in ps], texts)
+
+    def gold_fn(p: dict, text: str) -> float:
+        return float(world.gold(p, text).total)
+
+    ppl_before = _lm_ppl(policy, ppl_chunks, acc.device)
+    start_is_ref = policy_dir.resolve() == ref_dir.resolve()
+    if pc.rejection_sampling.n > 1 and Checkpoints(out).latest() is None:  # a resumed run already holds it
+        # PPO's training prompts, topped up with the RM stage's: more distinct prompts distil better
+        rs_prompts = train_prompts + world.prompts("rm")[: max(0, pc.rejection_sampling.prompts - len(train_prompts))]
+        policy, ref = _best_of_n_start(cfg, policy, ref, tok, rs_prompts, reward_fn, gold_fn, out / "best_of_n",
+                                       ref_dir, start_is_ref)
+        start_is_ref = False
+    trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
+                         gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
+                         start_win_rate=0.5 if start_is_ref else None)
+    history = trainer.train(resume=True, tensorboard=cfg.run.tensorboard)
+    if guard is not None:
+        trainer.restore_best()  # take the policy before over-optimisation, not after
+    policy = acc.unwrap_model(trainer.policy)
+    ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
+    meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
+    if stage_complete(out / "best_of_n"):
+        meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
+    acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
+    if pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
+        tok.save_pretrained(out / "value")
+    plot_reward_vs_gold(history, out / "reward_vs_gold.png")
+    return save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
+
+
+def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_fn: RewardFn, gold_fn: GoldFn,
+                     rs_dir: Path, ref_dir: Path, start_is_ref: bool):
+    """PPO's starting policy after rejection-sampling fine-tuning (rejection_sampling.py), saved
+    to `rs_dir` and reused from there. Returns (policy, reference)."""
+    from chatrlhf.lm.lora import merge
+    from chatrlhf.lm.modeling import load_causal_lm, save_stage, stage_complete
+    from chatrlhf.rl.rejection_sampling import run_rejection_sampling
+
+    if not stage_complete(rs_dir):
+        meta = run_rejection_sampling(policy, ref, tok, prompts, reward_fn, cfg.ppo, seed=cfg.run.seed * 100_003 + 77_777,
+                                      max_len=cfg.sft.max_len, same_as_reference=start_is_ref, gold_fn=gold_fn)
+        save_stage(merge(policy) if cfg.ppo.lora.enabled else policy, tok, rs_dir, meta)
+    if ref is None:  # a LoRA policy's reference was itself with adapters off; the new start is not SFT
+        ref = load_causal_lm(ref_dir, cfg.model.dtype)
+    return _load_policy(rs_dir, cfg), ref
+
+
+def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: float, ppl_after: float,
+             policy_dir: Path, rm_dir: Path, ref_dir: Path) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    best_it = trainer.best["iteration"] if trainer.guard is not None else trainer.iteration
+    # history holds this process's iterations (a resumed run starts mid-way); each one's rollout was
+    # sampled from the policy before its update, so the selected policy's own samples are at
+    # best_it - first. The final policy has none: its last rollout is the nearest.
+    first = trainer.iteration - len(history)
+    at_best = history[min(best_it - first, len(history) - 1)] if history and best_it >= first else {}
+    return {"stage": "ppo", "policy_init": str(policy_dir), "reference": str(ref_dir), "reward_model": str(rm_dir),
+            "iterations": trainer.iteration, "stop_reason": trainer.stop_reason,
+            "selected_iteration": best_it, "guard": cfg.ppo.early_stop, "guard_win_rate": trainer.best["win_rate"],
+            "reward": at_best.get("reward"), "gold": at_best.get("gold"), "kl": at_best.get("kl"),
+            "verified": at_best.get("verified"),  # mean ground-truth check score (verifier_coef > 0)
+            "final_iteration_reward": last.get("reward"), "final_iteration_gold": last.get("gold"),
+            "final_iteration_kl": last.get("kl"), "ptx_coef": cfg.ppo.ptx_coef,
+            "pretrain_val_ppl_before": ppl_before, "pretrain_val_ppl_after": ppl_after,
+            "config": cfg.ppo.model_dump(mode="json")}
+
+
+def plot_reward_vs_gold(history: list[dict], path: Path) -> None:
+    """The reward-hacking check: RM reward, gold score and KL over PPO iterations."""
+    if not history or "gold" not in history[0]:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = list(range(1, len(history) + 1))
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(its, [h["rm_score"] for h in history], label="RM score")
+    ax[0].plot(its, [h["gold"] for h in history], label="gold (simulated labelers)")
+    guard = [(i, h["guard_win_rate"]) for i, h in zip(its, history) if "guard_win_rate" in h]
+    if guard:
+        ax[0].plot(*zip(*guard), "o", ms=3, label="guard win rate vs SFT")
+        smooth = [(i, h["guard_win_rate_smoothed"]) for i, h in zip(its, history) if "guard_win_rate_smoothed" in h]
+        ax[0].plot(*zip(*smooth), "-", label="guard, smoothed (selects)")
+    ax[0].set_xlabel("PPO iteration")
+    ax[0].legend(fontsize=7)
+    ax[1].plot(its, [h["kl"] for h in history], color="C3")
+    ax[1].set_xlabel("PPO iteration")
+    ax[1].set_ylabel("KL to SFT (nats/seq)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
