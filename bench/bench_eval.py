@@ -28,7 +28,7 @@ DOC = ROOT / "docs" / "toxicity_validation.md"
 
 def judges(shared: Path) -> dict:
     from chatrlhf.evaluate.toxicity import rebuild
-    from chatrlhf.evaluate.truthfulness import load_truthfulqa, judge_agreement
+    from chatrlhf.evaluate.truthfulness import judge_agreement, load_truthfulqa
 
     t = time.time()
     tox = rebuild(shared, DOC)
@@ -63,8 +63,8 @@ def truthfulness_section(a: dict) -> str:
 
 def full(run: str, models: list[str], shared: Path, limit: int = 0) -> dict:
     from chatrlhf.config import load_config
-    from chatrlhf.evaluate.run import run_eval
     from chatrlhf.evaluate.report import run_report
+    from chatrlhf.evaluate.run import run_eval
 
     cfg = load_config(None, [f"run.out_dir={run}", f"eval.real_data_limit={limit}", f"eval.shared_data={shared}",
                              "eval.rtp_samples=4"])

@@ -78,10 +78,10 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
 
     from chatrlhf.config import PPOConfig
     from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
-    from chatrlhf.rl.ppo import PPOTrainer
     from chatrlhf.lm.reward_model import RewardModel
     from chatrlhf.lm.training import make_accelerator
     from chatrlhf.rl.critic import load_critic
+    from chatrlhf.rl.ppo import PPOTrainer
 
     torch.set_num_threads(s["threads"])
     prompts = json.loads((tmp / "prompts.json").read_text())

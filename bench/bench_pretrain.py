@@ -24,11 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from chatrlhf.config import load_config
-from chatrlhf.lm.modeling import build_tiny_llama, count_params
 from chatrlhf.lm.data import lm_loss
-from chatrlhf.stages.pretrain import make_optimizer
+from chatrlhf.lm.modeling import build_tiny_llama, count_params
 from chatrlhf.lm.tokenizer import train_tokenizer
 from chatrlhf.lm.training import configure_threads
+from chatrlhf.stages.pretrain import make_optimizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

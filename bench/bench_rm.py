@@ -85,8 +85,8 @@ def side_ours(spec: dict) -> dict:
 
     from chatrlhf.config import Config
     from chatrlhf.lm.modeling import load_tokenizer
+    from chatrlhf.lm.reward_model import build_reward_model, encode_response
     from chatrlhf.stages.reward import _train_steps
-    from chatrlhf.lm.reward_model import build_reward_model, encode
 
     torch.set_num_threads(1)
     comps = json.loads(Path(spec["comparisons"]).read_text())
@@ -97,7 +97,7 @@ def side_ours(spec: dict) -> dict:
                                         "packing": spec.get("packing", True)}})
     tok = load_tokenizer(spec["init"])
     model = build_reward_model(spec["init"], tok)
-    tokens = [[encode(tok, c["messages"], r, 256) for r in c["responses"]] for c in comps]
+    tokens = [[encode_response(tok, c["messages"], r, 256) for r in c["responses"]] for c in comps]
     n_pairs = spec["steps"] * spec["pairs_per_step"]
     with tempfile.TemporaryDirectory() as d:
         c0 = time.process_time()
@@ -154,7 +154,7 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
 
     from chatrlhf.lm.modeling import load_tokenizer
     from chatrlhf.lm.rankings import expand_pairs
-    from chatrlhf.lm.reward_model import encode
+    from chatrlhf.lm.reward_model import encode_response
 
     comps = synthetic_comparisons(n_prompts, k)
     if comparisons is not None:  # a run's own K=4 comparisons: the lengths RM training really sees
@@ -168,8 +168,8 @@ def throughput(n_prompts: int = 96, k: int = 4, batch_prompts: int = 8, steps: i
         pairs = []
         for g, c in enumerate(comps):
             for p in expand_pairs(c, g):
-                pairs.append({"chosen_ids": encode(tok, c["messages"], c["responses"][p.chosen], 256),
-                              "rejected_ids": encode(tok, c["messages"], c["responses"][p.rejected], 256)})
+                pairs.append({"chosen_ids": encode_response(tok, c["messages"], c["responses"][p.chosen], 256),
+                              "rejected_ids": encode_response(tok, c["messages"], c["responses"][p.rejected], 256)})
         (tmp / "comparisons.json").write_text(json.dumps(comps))
         (tmp / "pairs.json").write_text(json.dumps(pairs))
         spec = {"init": str(init), "comparisons": str(tmp / "comparisons.json"), "pairs": str(tmp / "pairs.json"),

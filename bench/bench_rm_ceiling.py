@@ -101,7 +101,7 @@ def main() -> None:
     import torch
 
     from chatrlhf.evaluate.models import continuation_logprobs, encode_prompt, generate, load_handle, prompt_text
-    from chatrlhf.lm.reward_model import RewardModel, encode
+    from chatrlhf.lm.reward_model import RewardModel, encode_response
     from chatrlhf.world import World
 
     torch.set_num_threads(args.threads)
@@ -134,7 +134,7 @@ def main() -> None:
     def sft_loglik(ps: list[dict], answers: list[str], mean: bool = False) -> list[float]:
         """Sum of the answer's token log-probs under SFT; `mean`: per token, as ppo.sft_loglik_coef pays it."""
         ctx = [encode_prompt(sft, prompt_text(sft, p["messages"])) for p in ps]
-        full = [encode(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
+        full = [encode_response(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
         sums = continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])
         return [x / max(1, len(f) - len(c)) for x, c, f in zip(sums, ctx, full)] if mean else sums
 

@@ -94,8 +94,8 @@ def _throughput(step_ends: list[float], warmup: int, examples_per_step: int) -> 
 
 
 def run_ours(work: Path, batch: int, steps: int, max_len: int, warmup: int) -> dict:
-    from chatrlhf.stages import sft
     from chatrlhf.config import Config
+    from chatrlhf.stages import sft
 
     ends: list[float] = []
     real_step = sft._TrainLoop.train_step

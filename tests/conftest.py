@@ -34,10 +34,11 @@ TINY_TEXTS = [
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialised tiny LlamaForCausalLM + BPE tokenizer with chat template, saved with
     save_pretrained (what every stage hands to the next)."""
+    import torch
+
     from chatrlhf.config import ModelConfig
     from chatrlhf.lm.modeling import build_tiny_llama, save_stage
     from chatrlhf.lm.tokenizer import train_tokenizer
-    import torch
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_model")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from chatrlhf.serve.chat import ChatSession, read_conversation
 from chatrlhf.lm.engine import Engine, SamplingParams
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+from chatrlhf.serve.chat import ChatSession, read_conversation
 
 CLI = Path(sys.executable).parent / "chatrlhf"
 RUN_DIR = Path(__file__).resolve().parents[1] / "runs" / "default"

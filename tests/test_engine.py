@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from chatrlhf.config import Config
-from chatrlhf.lm.engine import Engine, SamplingParams, sample_tokens
 from chatrlhf.layout import resolve_model
+from chatrlhf.lm.engine import Engine, SamplingParams, sample_tokens
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)

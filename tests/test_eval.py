@@ -14,7 +14,6 @@ from chatrlhf.evaluate.stats import auroc, bootstrap_ci, paired_diff_ci, signifi
 from chatrlhf.evaluate.toxicity import _decode_bytes_literal, gehman_metrics
 from tests.conftest import shared_data
 
-
 # --- statistics -------------------------------------------------------------------------------
 
 
@@ -63,8 +62,8 @@ def handle(tiny_model_dir):
 
 
 def test_continuation_logprobs_match_unbatched_forward(handle):
-    ctx, cont = em.encode(handle, "Hello! How can"), em.encode(handle, " I help you today?")
-    short = (em.encode(handle, "Hi"), em.encode(handle, " four"))
+    ctx, cont = em.encode_text(handle, "Hello! How can"), em.encode_text(handle, " I help you today?")
+    short = (em.encode_text(handle, "Hi"), em.encode_text(handle, " four"))
     got = em.continuation_logprobs(handle, [(ctx, cont), short], batch_size=2)  # padded batch
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
@@ -153,7 +152,7 @@ def test_base_answer_is_cut_at_the_document_separator(tiny_model_dir):
     from chatrlhf.lm.tokenizer import document_eos
 
     base = em.load_handle("base", str(tiny_model_dir))
-    ids = em.encode(base, "I do not know.") + [document_eos(base.tokenizer)] + em.encode(base, "Thread: next doc")
+    ids = em.encode_text(base, "I do not know.") + [document_eos(base.tokenizer)] + em.encode_text(base, "Thread: next doc")
     assert em._text(base, ids, "I do not know.Thread: next doc") == "I do not know."
     sft = em.load_handle("sft", str(tiny_model_dir))
     assert em._text(sft, ids, "kept as the engine gave it") == "kept as the engine gave it"

@@ -9,6 +9,7 @@ import pytest
 
 from chatrlhf.config import Config
 from chatrlhf.lm.modeling import write_meta
+from chatrlhf.world.generate import run_world
 from tests.conftest import SHARED_DATA, shared_data
 
 
@@ -27,6 +28,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
     log = MetricsLogger(out / "ppo", tensorboard=False)  # a training curve for the report to plot
     for step in range(5):
         log.log(step, {"loss": 1.0 / (step + 1), "reward_mean": 0.1 * step, "kl": 0.05 * step})
+    run_world(cfg)  # the evaluation reads the run's world; it never generates one
     summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
     return cfg, out, summary
 
@@ -103,6 +105,7 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
         "run": {"out_dir": str(tmp_path)},
         "world": {"corpus_docs": 50, "n_sft_prompts": 10, "n_rm_prompts": 10, "n_ppo_prompts": 10, "n_eval_prompts": 12},
         "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100, "judge": str(tiny_model_dir)}})
+    run_world(cfg)  # the evaluation reads the run's world; it never generates one
     summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
     m = summary["models"]["ppo"]
     assert 1 <= m["world_greedy_likert"] <= 7 and 1 <= m["world_sample_likert"] <= 7
@@ -120,13 +123,14 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
 
 def test_sharpening_control_compares_the_baselines_greedy_and_sampled_answers(tmp_path, tiny_model_dir):
     importlib.import_module("chatrlhf.world")
-    from chatrlhf.evaluate.run import run_eval
     from chatrlhf.evaluate.report import verdicts
+    from chatrlhf.evaluate.run import run_eval
 
     world = {"corpus_docs": 50, "n_sft_prompts": 10, "n_rm_prompts": 10, "n_ppo_prompts": 10, "n_eval_prompts": 12}
     cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "world": world,
                                  "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100,
                                           "temperature": 0.0, "judge": str(tiny_model_dir)}})
+    run_world(cfg)  # the evaluation reads the run's world; it never generates one
     summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
     # "sampled" at temperature 0 is greedy: the control compares identical answers, all ties
     control = summary["controls"]["baseline_greedy_vs_sample"]
@@ -195,8 +199,8 @@ def test_sampled_answers_are_also_compared_with_the_baselines_greedy_answers():
 def test_rubric_parts_are_compared_with_the_baseline_part_by_part():
     """Correct, refusing answers against gibberish: each substantive part of the rubric gets its own
     paired difference and significance, in the summary and in the report's verdict."""
-    from chatrlhf.evaluate.run import compare
     from chatrlhf.evaluate.report import rubric_parts
+    from chatrlhf.evaluate.run import compare
     from chatrlhf.evaluate.world_eval import score
 
     ctx, good, bad = _world_good_and_bad_answers(120)

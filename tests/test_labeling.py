@@ -148,8 +148,8 @@ def next_item(c: TestClient, token: str, project="p") -> dict | None:
 
 
 def test_migrations_build_exactly_the_models_and_downgrade_cleanly(db_url):
-    from alembic.migration import MigrationContext
     from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
     from sqlalchemy import inspect
 
     engine = labdb.make_engine(db_url)

@@ -11,11 +11,11 @@ import time
 
 import httpx
 import pytest
+from test_labeling import comparisons, pg_database
 
 from chatrlhf.labeling import db as labdb
 from chatrlhf.labeling.client import LabelingClient, LabelingError
 from chatrlhf.labeling.loadtest import LocalServer, load_test
-from test_labeling import comparisons, pg_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -232,8 +232,8 @@ def test_tiny_iterate_end_to_end_with_the_world_labelers_in_the_app(tmp_path, mo
 
     from chatrlhf import pipeline
     from chatrlhf.config import load_config
-    from chatrlhf.stages.iterate import run_iterate
     from chatrlhf.lm.modeling import read_meta
+    from chatrlhf.stages.iterate import run_iterate
     from chatrlhf.world import World
 
     tiny = Path(__file__).parents[1] / "configs" / "tiny.yaml"

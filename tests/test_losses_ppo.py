@@ -6,9 +6,18 @@ import pytest
 import torch
 
 from chatrlhf.rl.kl_controller import AdaptiveKLController, FixedKLController
-from chatrlhf.rl.losses import (discounted_returns, sft_loglik_rewards, entropy_from_logits, entropy_from_logprobs,
-                                gae_advantages, kl_penalized_rewards, leave_one_out_baseline, masked_whiten,
-                                ppo_policy_loss, ppo_value_loss)
+from chatrlhf.rl.losses import (
+    discounted_returns,
+    entropy_from_logits,
+    entropy_from_logprobs,
+    gae_advantages,
+    kl_penalized_rewards,
+    leave_one_out_baseline,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    sft_loglik_rewards,
+)
 
 
 def test_gae_matches_hand_computed_example():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from chatrlhf import pipeline
 from chatrlhf.config import load_config
 from chatrlhf.lm.modeling import write_meta

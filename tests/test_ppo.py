@@ -7,11 +7,11 @@ import torch
 
 from chatrlhf.config import LoraConfig, PPOConfig
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.rl.guard import LabelerGuard
-from chatrlhf.rl.ppo import PPOInstabilityError, PPOTrainer, compute_advantages, ppo_update
-from chatrlhf.rl.experience import evaluate_rollout, response_forward, response_values, rollout, score_rollout
 from chatrlhf.lm.training import make_accelerator
 from chatrlhf.rl.critic import ValueHead, ValueModel, load_critic
+from chatrlhf.rl.experience import evaluate_rollout, response_forward, response_values, rollout, score_rollout
+from chatrlhf.rl.guard import LabelerGuard
+from chatrlhf.rl.ppo import PPOInstabilityError, PPOTrainer, compute_advantages, ppo_update
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.",
@@ -118,10 +118,10 @@ def test_shared_value_head_starts_as_the_rms_head_on_the_policys_own_states(tiny
                    make_accelerator(0, device="cpu"))
 
 
-@pytest.mark.parametrize("trains_policy", [False, True])
-def test_shared_value_loss_reaches_the_policy_only_when_asked(tiny_model_dir, tmp_path, trains_policy):
+def test_shared_value_loss_trains_the_head_not_the_policy(tiny_model_dir, tmp_path):
     """With zero advantages the policy loss has no gradient: whatever moves the policy is the value loss."""
-    cfg = toy_cfg(critic="shared", vf_coef=1.0, value_loss_trains_policy=trains_policy)
+    trains_policy = False
+    cfg = toy_cfg(critic="shared", vf_coef=1.0)
     t = make_trainer(tiny_model_dir, tmp_path, cfg)
     ro = rollout(t.policy, t.tokenizer, PROMPTS, cfg, seed=1, keep_hidden=True)
     score_rollout(ro, t.reward_fn, cfg)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from chatrlhf.config import PPOConfig
-from chatrlhf.rl.losses import token_logprobs
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 from chatrlhf.rl.experience import response_forward, rollout
+from chatrlhf.rl.losses import token_logprobs
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hi", "What is two plus two?", "Who is Zorbel Quint, the baker who lives in Varnok and likes teal?",

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_data
 from safetensors.torch import load_file
 
-from chatrlhf.stages import pretrain
 from chatrlhf.config import load_config
 from chatrlhf.lm.data import DataError, load_text_corpus, read_text_file
 from chatrlhf.lm.modeling import read_meta
 from chatrlhf.lm.training import Checkpoints, NonFiniteLossError, read_metrics
-from conftest import shared_data
+from chatrlhf.stages import pretrain
 
 NAMES = ["Zorbel Quint", "Mira Vell", "Oskar Dunn", "Tama Roo", "Ilse Farr", "Beno Kast"]
 PLACES = ["Varnok", "Selmouth", "Quillby", "Dorrow"]
@@ -176,7 +176,7 @@ def test_pretrain_learns_beats_unigram_and_round_trips(tokenized_run, tmp_path):
     tok = pretrain.load_tokenizer(out)
     val = pretrain.pack_documents(tok, load_text_corpus(None, run / "world").val)
     chunks = pretrain.eval_chunks(val, cfg.pretrain.seq_len, 4 * cfg.pretrain.eval_batches * cfg.pretrain.batch_size)
-    assert pretrain.evaluate_loss(model, chunks, 4, torch.device("cpu")) == pytest.approx(meta["val_loss"], abs=1e-5)
+    assert pretrain.evaluate_lm_loss(model, chunks, 4, torch.device("cpu")) == pytest.approx(meta["val_loss"], abs=1e-5)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tie kept
 
 

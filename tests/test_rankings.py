@@ -9,13 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_data
 
 from chatrlhf.lm.data import DataError
+from chatrlhf.lm.rankings import (
+    RankingError,
+    check_ranks,
+    expand_pairs,
+    labeler_agreement,
+    load_comparisons,
+    make_batch,
+    parse_hh_transcript,
+    ranking_pairs,
+    split_by_prompt,
+    to_competition,
+)
 from chatrlhf.rl.losses import ranking_loss
-from chatrlhf.lm.rankings import (RankingError, check_ranks, expand_pairs, labeler_agreement, load_comparisons,
-                                  make_batch, parse_hh_transcript, ranking_pairs, split_by_prompt, to_competition)
-
-from conftest import shared_data
 
 MSG = [{"role": "user", "content": "Where does Zorbel live?"}]
 

@@ -16,8 +16,8 @@ import chatrlhf.stages.reward as reward
 from chatrlhf.config import Config
 from chatrlhf.lm.modeling import read_meta
 from chatrlhf.lm.reward_model import RewardModel, reward_backbone_and_head
-from chatrlhf.stages.reward import calibration, pairwise_accuracy, train_reward_model
 from chatrlhf.lm.training import NonFiniteLossError, read_metrics
+from chatrlhf.stages.reward import calibration, pairwise_accuracy, train_reward_model
 
 GOOD = ["Her favourite colour is teal.", "The capital of Varnok is Selmouth.", "Thank you, that is kind."]
 BAD = ["I cannot help with that.", "plum pear apple", "four four four"]
@@ -93,8 +93,8 @@ def test_saved_rm_loads_as_sequence_classification_and_score_applies_the_demo_bi
 def test_backbone_and_head_give_per_token_values_ending_in_the_reward(trained):
     rm = RewardModel.load(trained[0])
     backbone, head = reward_backbone_and_head(rm.model)
-    ids = reward.encode(rm.tokenizer, [{"role": "user", "content": "q?"}], GOOD[0], 256)
-    batch = reward.collate([ids], rm.tokenizer.pad_token_id)
+    ids = reward.encode_response(rm.tokenizer, [{"role": "user", "content": "q?"}], GOOD[0], 256)
+    batch = reward.collate_sequences([ids], rm.tokenizer.pad_token_id)
     with torch.no_grad():
         values = head(backbone(**batch).last_hidden_state).squeeze(-1)  # (1, T)
     assert values.shape == (1, len(ids))
@@ -105,7 +105,7 @@ def test_packed_batches_give_the_padded_rewards_and_gradients_with_fewer_tokens(
     rm = RewardModel.load(trained[0])
     rng = random.Random(0)
     seqs = [[rng.randrange(5, 200) for _ in range(rng.randrange(3, 40))] for _ in range(24)]
-    padded, packed = reward.collate(seqs, rm.tokenizer.pad_token_id), reward.collate_packed(seqs, rm.tokenizer.pad_token_id)
+    padded, packed = reward.collate_sequences(seqs, rm.tokenizer.pad_token_id), reward.collate_packed_sequences(seqs, rm.tokenizer.pad_token_id)
     assert packed["input_ids"].numel() < 0.8 * padded["input_ids"].numel()
     grads = []
     for batch in (padded, packed):
@@ -120,13 +120,13 @@ def test_packed_batches_give_the_padded_rewards_and_gradients_with_fewer_tokens(
 
 def test_rm_training_falls_back_to_padding_where_packed_rows_disagree(tiny_model_dir, tmp_path, monkeypatch, caplog):
     """A model whose attention ignored the restarting position ids would score packed rows wrongly."""
-    real = reward.collate_packed
+    real = reward.collate_packed_sequences
 
     def leaky(seqs, pad_id):  # as if sequences saw each other: every reward read one token early
         batch = real(seqs, pad_id)
         return batch | {"last_token": (batch["last_token"] - 1).clamp(min=0)}
 
-    monkeypatch.setattr(reward, "collate_packed", leaky)
+    monkeypatch.setattr(reward, "collate_packed_sequences", leaky)
     comps = [dict(c, reference={}, task="fact") for c in comparisons(held_out_reversed=True)]
     m = train_reward_model(cfg_for(tmp_path, epochs=1), comps, tiny_model_dir, tmp_path / "rm", world=FakeWorld())
     assert "training with padded batches instead" in caplog.text
@@ -221,14 +221,10 @@ def test_run_rm_on_a_rankings_file_and_a_clear_error_on_a_bad_one(tiny_model_dir
         run_rm(cfg)
 
 
-def test_rm_epoch_batches_cover_every_comparison_once_shuffled_or_length_grouped():
+def test_rm_epoch_batches_cover_every_comparison_once_shuffled():
     from chatrlhf.stages.reward import _epoch_batches
 
-    widths = [5 + (i * 37) % 90 for i in range(200)]
-    padding = lambda bs: sum(len(b) * max(widths[i] for i in b) - sum(widths[i] for i in b) for b in bs)  # noqa: E731
-    plain, grouped = _epoch_batches(widths, 8, seed=3, group_by_length=False), _epoch_batches(widths, 8, seed=3, group_by_length=True)
-    for bs in (plain, grouped):
-        assert sorted(i for b in bs for i in b) == list(range(200)) and len(bs) == 25
-    assert plain == _epoch_batches(widths, 8, seed=3, group_by_length=False)  # resume-exact
-    assert plain != _epoch_batches(widths, 8, seed=4, group_by_length=False)
-    assert padding(grouped) < padding(plain) / 3
+    plain = _epoch_batches(200, 8, seed=3)
+    assert sorted(i for b in plain for i in b) == list(range(200)) and len(plain) == 25
+    assert plain == _epoch_batches(200, 8, seed=3)  # resume-exact
+    assert plain != _epoch_batches(200, 8, seed=4)

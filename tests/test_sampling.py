@@ -4,7 +4,6 @@ training labelers, held-out prompts also by held-out labelers; conversations giv
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 

@@ -4,7 +4,6 @@ the server keeps serving, concurrent and slow clients do not block each other.""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time

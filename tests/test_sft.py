@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from chatrlhf.lm import chat_data, prompts
-from chatrlhf.stages import sft
 from chatrlhf.config import Config
+from chatrlhf.lm import chat_data, prompts
 from chatrlhf.lm.conversations import DataError
 from chatrlhf.lm.modeling import load_tokenizer, read_meta
 from chatrlhf.lm.training import NonFiniteLossError, length_grouped_batches
+from chatrlhf.stages import sft
 
 CONV = [{"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Question: what is two plus two?"},
@@ -49,7 +49,7 @@ def _assistant_text(tok, ex: chat_data.Example) -> str:
 def test_prompt_tokens_never_carry_loss(tok, markers):
     if not markers:
         tok = _marker_free(tok)
-    ex = chat_data.encode(tok, CONV, max_len=256)
+    ex = chat_data.encode_conversation(tok, CONV, max_len=256)
     assert chat_data.has_generation_markers(tok) == markers
     # labelled tokens are exactly the two replies with their end-of-turn token, nothing else
     assert _assistant_text(tok, ex) == " Answer: four.<|end|> Zorbel Quint lives in Varnok.<|end|>"
@@ -64,12 +64,12 @@ def test_prompt_tokens_never_carry_loss(tok, markers):
 def test_tokenizer_without_template_gets_the_fallback(tok):
     tok.chat_template = None
     chat_data.ensure_template(tok)
-    assert _assistant_text(tok, chat_data.encode(tok, CONV, 256)) == "Answer: four.<|end|>Zorbel Quint lives in Varnok.<|end|>"
+    assert _assistant_text(tok, chat_data.encode_conversation(tok, CONV, 256)) == "Answer: four.<|end|>Zorbel Quint lives in Varnok.<|end|>"
 
 
 def test_truncation_keeps_latest_turns(tok):
-    full = chat_data.encode(tok, CONV, 256)
-    short = chat_data.encode(tok, CONV, len(full) - 1)
+    full = chat_data.encode_conversation(tok, CONV, 256)
+    short = chat_data.encode_conversation(tok, CONV, len(full) - 1)
     text = tok.decode(short.input_ids)
     assert "Be brief." in text and "Who lives in Varnok?" in text  # system prompt and latest turn stay
     assert "two plus two" not in text  # the oldest exchange went first
@@ -95,14 +95,14 @@ def test_length_grouped_batches_cover_all_and_reduce_padding():
 
 
 def test_packing_fits_and_keeps_conversations_apart(tiny_model_dir, tok):
-    exs = [chat_data.encode(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)
+    exs = [chat_data.encode_conversation(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 64)
            for q, a in TOPICS]
     rows = chat_data.pack(exs, max_len=64, seed=0)
     assert sorted(len(e) for r in rows for e in r) == sorted(len(e) for e in exs)
     assert all(sum(len(e) for e in r) <= 64 for r in rows) and len(rows) < len(exs)
     row = next(r for r in rows if len(r) > 1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    packed = chat_data.collate_packed([row], tok.pad_token_id)
+    packed = chat_data.collate_packed_examples([row], tok.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
                        use_cache=False).logits[0]
@@ -281,7 +281,7 @@ def test_sample_responses_chat_and_plain(tiny_model_dir, tok):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompts = [[{"role": "user", "content": q}] for q, _ in TOPICS[:3]]
     for chat in (True, False):
-        texts = sft.sample_responses(model, tok, prompts, chat, 0.0, 8, seed=0)
+        texts = sft.answer_prompts(model, tok, prompts, chat, 0.0, 8, seed=0)
         assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
         assert not any("\nUser:" in t for t in texts)
 

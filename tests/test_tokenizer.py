@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from chatrlhf.stages import pretrain
 from chatrlhf.config import load_config
 from chatrlhf.lm.modeling import read_meta
 from chatrlhf.lm.tokenizer import EOS, FALLBACK_CHAT_TEMPLATE, SPECIAL_TOKENS, document_eos, ensure_chat_template
+from chatrlhf.stages import pretrain
 
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from chatrlhf.config import PPOConfig, WorldConfig
-from chatrlhf.rl.experience import Rollout, score_rollout
 from chatrlhf.lm.verifiers import check, verifier_scores, verify
+from chatrlhf.rl.experience import Rollout, score_rollout
 from chatrlhf.world import World
 from chatrlhf.world.writing import flawed
 

@@ -156,8 +156,6 @@ class RMConfig(Section):
     sample_batch: int = Field(256, description="Responses decoded together when sampling (continuous batching).")
     max_len: int = Field(256, description="Maximum tokens of prompt plus response.")
     batch_prompts: int = Field(8, description="Prompts per optimizer step (all of a prompt's pairs share a batch).")
-    group_by_length: bool = Field(False, description="Batch prompts of similar length (less padding: 1.36x faster "
-                                  "training on CPU, but a slightly worse RM in one test at 16,000 prompts).")
     packing: bool = Field(True, description="Pack each batch's sequences into rows with restarting position ids "
                           "instead of padding them: the same batches, rewards and gradients with about half the tokens "
                           "(1.6x faster RM training on the default world's comparisons). Checked against padding on the first batch; falls back to "
@@ -205,9 +203,6 @@ class PPOConfig(Section):
         "from the whole RM (InstructGPT, TRL 1.10). A shared head needs an RM as wide as the policy.")
     value_head_lr_scale: float = Field(20.0, gt=0, description="Shared critic: the value head's learning rate as a multiple "
                                        "of learning_rate (a linear head on features it does not train needs larger steps).")
-    value_loss_trains_policy: bool = Field(False, description="Shared critic: let the value loss's gradient reach the "
-                                           "policy's trunk (TRL's classic AutoModelForCausalLMWithValueHead); measured 0.011 lower "
-                                           "win rate over three seeds (docs/RESULTS.md, session 11).")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
     ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(48, description="Maximum response tokens per rollout.")
@@ -271,10 +266,6 @@ class IterateConfig(Section):
                                   "stage time so far plus the last round's time stays within this many minutes (the "
                                   "15-minute target less about 2 for evaluation and report).")
     prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
-    distinct_draws: int = Field(1, ge=1, description="Samples drawn per answer slot in a round's comparisons: draws x "
-                                "rm.k samples per prompt, of which the first rm.k distinct ones are ranked (a sharpened "
-                                "policy repeats itself, and copies teach the RM nothing); a prompt with fewer than 2 "
-                                "distinct answers is left out. 1 = rm.k samples as drawn, copies included.")
     rm_mode: Literal["continue", "retrain"] = Field("continue", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chatrlhf.evaluate.models import ModelHandle, bos_ids, continuation_logprobs, encode
+from chatrlhf.evaluate.models import ModelHandle, bos_ids, continuation_logprobs, encode_text
 
 
 def load_crows_pairs(path: Path, limit: int = 0, seed: int = 0) -> list[dict[str, str]]:
@@ -35,7 +35,7 @@ def crows_pairs_scores(h: ModelHandle, rows: list[dict[str, str]]) -> dict[str, 
     bos = bos_ids(h)
     pairs = []
     for r in rows:
-        pairs += [(bos, encode(h, str(r["sent_more"]))), (bos, encode(h, str(r["sent_less"])))]
+        pairs += [(bos, encode_text(h, str(r["sent_more"]))), (bos, encode_text(h, str(r["sent_less"])))]
     lps = continuation_logprobs(h, pairs)
     prefers = [lps[2 * i] > lps[2 * i + 1] for i in range(len(rows))]
     by_type: dict[str, list[bool]] = defaultdict(list)

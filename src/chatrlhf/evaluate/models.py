@@ -8,7 +8,6 @@ The base model never saw the chat template tokens, so it is prompted in plain te
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import torch
 
 from chatrlhf.config import Config
-
-PLAIN_STOPS = ["\nUser:", "\n\n"]
+from chatrlhf.layout import rounds_on_disk, stage_path
+from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 
 
 @dataclass
@@ -33,23 +32,10 @@ class ModelHandle:
         return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
 
 
-def stage_path(cfg: Config, name: str) -> Path:
-    """Directory of a named stage: base -> pretrain, round_N -> rounds/round_N/ppo."""
-    if name == "base":
-        return cfg.stage_dir("pretrain")
-    m = re.fullmatch(r"round_(\d+)", name)
-    if m:
-        # round 1 is the first PPO run itself; later rounds live under rounds/
-        return cfg.stage_dir("ppo") if m.group(1) == "1" else Path(cfg.run.out_dir) / "rounds" / name / "ppo"
-    return cfg.stage_dir(name)
-
-
 def resolve_models(cfg: Config, specs: list[str]) -> list[tuple[str, str]]:
     """[(name, path)] from NAME=DIR or stage names; [] -> every finished stage (base, sft, ppo, rounds)."""
     if not specs:
-        names = ["base", "sft", "ppo"]
-        rounds = sorted(Path(cfg.run.out_dir, "rounds").glob("round_*"), key=lambda p: int(p.name.split("_")[-1]))
-        names += [p.name for p in rounds if (p / "ppo" / "config.json").is_file()]
+        names = ["base", "sft", "ppo"] + [f"round_{r}" for r in rounds_on_disk(cfg)]
         return [(n, str(stage_path(cfg, n))) for n in names if (stage_path(cfg, n) / "config.json").is_file()]
     out = []
     for spec in specs:
@@ -80,12 +66,10 @@ def prompt_text(h: ModelHandle, messages: list[dict[str, str]]) -> str:
     """The text the model continues to answer the last user turn."""
     if h.chat:
         return h.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    turns = [f"{'User' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else 'System'}: "
-             f"{m['content']}" for m in messages]
-    return "\n".join(turns) + "\nAssistant:"
+    return plain_prompt(messages)
 
 
-def encode(h: ModelHandle, text: str) -> list[int]:
+def encode_text(h: ModelHandle, text: str) -> list[int]:
     """Ids of a piece of text (a continuation), without bos/eos."""
     return h.tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chatrlhf.config import Config
+from chatrlhf.layout import round_dir, rounds_on_disk
 from chatrlhf.lm.training import read_metrics
 
 STAGES = ["world", "tokenizer", "pretrain", "sft", "rm", "ppo"]
@@ -37,7 +38,8 @@ def stage_dirs(cfg: Config) -> dict[str, Path]:
     dirs = {s: root / s for s in STAGES if (root / s).is_dir()}
     if (root / "ppo" / "best_of_n").is_dir():  # PPO's start after rejection-sampling fine-tuning
         dirs["ppo/best_of_n"] = root / "ppo" / "best_of_n"
-    for r in sorted(root.glob("rounds/round_*"), key=lambda p: int(p.name.split("_")[-1])):
+    for n in rounds_on_disk(cfg):
+        r = round_dir(cfg, n)
         for sub in ("rm", "ppo/best_of_n", "ppo"):
             if (r / sub).is_dir():
                 dirs[f"{r.name}/{sub}"] = r / sub

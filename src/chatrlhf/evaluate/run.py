@@ -70,9 +70,9 @@ class Context:
         if "world" not in self.cfg.eval.sections:
             return None, []
         try:
-            from chatrlhf.evaluate.world_eval import load_world
+            from chatrlhf.world.loader import require_world
 
-            w = load_world(Path(self.cfg.run.out_dir), self.cfg.world)
+            w = require_world(self.cfg, "the world section of the evaluation")
         except (ImportError, FileNotFoundError) as e:
             self.notes.append(f"world section skipped: {e}")
             return None, []
@@ -84,7 +84,7 @@ class Context:
             return None
         from chatrlhf.evaluate.real_prompts import default_judge
 
-        j = Path(self.cfg.eval.judge) if self.cfg.eval.judge else default_judge(Path(self.cfg.run.out_dir))
+        j = Path(self.cfg.eval.judge) if self.cfg.eval.judge else default_judge(self.cfg)
         if j is None:
             self.notes.append("real prompts: no reward model to judge with (set eval.judge); responses kept, not scored")
         return j

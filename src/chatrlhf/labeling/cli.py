@@ -182,12 +182,12 @@ def simulate(pattern: Annotated[str, typer.Argument(help="Project name, or a glo
     CHATRLHF_LABEL_TOKEN); they fill the same queue people use."""
     from chatrlhf.cli_options import load_cfg
     from chatrlhf.labeling.client import LabelingClient
-    from chatrlhf.world import World
+    from chatrlhf.world.loader import require_world
 
     token = os.environ.get("CHATRLHF_LABEL_TOKEN")
     if not token:
         fail_with(ValueError("set CHATRLHF_LABEL_TOKEN to an admin token of the labeling app"))
-    world = World.load(load_cfg(config, set).stage_dir("world"))
+    world = require_world(load_cfg(config, set), "the simulated labelers")
     labs = world.labelers(held_out=False)
     if labelers:
         wanted = labelers.split(",")

@@ -74,7 +74,7 @@ def _to_example(ids: list[int], mask: list[int]) -> Example:
     return Example(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
 
 
-def encode(tokenizer, conv: Conversation, max_len: int) -> Example | None:
+def encode_conversation(tokenizer, conv: Conversation, max_len: int) -> Example | None:
     """Tokenise with the loss mask; over max_len, drop the oldest turns (a system prompt stays).
 
     If even the last exchange is too long it is cut at max_len; None when no assistant token is left.
@@ -95,7 +95,7 @@ def encode(tokenizer, conv: Conversation, max_len: int) -> Example | None:
 
 def build_examples(tokenizer, convs: list[Conversation], max_len: int, source: str) -> tuple[list[Example], int]:
     """Encode all conversations; (examples, how many were truncated away). All gone is an error."""
-    examples = [encode(tokenizer, c, max_len) for c in convs]
+    examples = [encode_conversation(tokenizer, c, max_len) for c in convs]
     kept = [e for e in examples if e is not None]
     if not kept:
         raise DataError(f"{source}: all {len(convs)} conversations were truncated away at sft.max_len="
@@ -120,7 +120,7 @@ def pack(examples: list[Example], max_len: int, seed: int) -> list[list[Example]
     return rows
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_examples(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded (B, T) input_ids, attention_mask and labels."""
     width = max(len(e) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -133,7 +133,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
-def collate_packed(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_packed_examples(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
     """Packed rows (`training.packed_position_ids`: conversations never see each other). Labels stay
     per conversation: the first token of each is never a target."""
     ids = pack_rows([[e.input_ids for e in row] for row in rows], pad_id)
@@ -165,7 +165,7 @@ class Batches:
         return [[self.examples[i] for i in g] for g in groups]
 
     def tensors(self, batch: list) -> dict[str, torch.Tensor]:
-        return collate_packed(batch, self.pad_id) if self.packing else collate(batch, self.pad_id)
+        return collate_packed_examples(batch, self.pad_id) if self.packing else collate_examples(batch, self.pad_id)
 
 
 # --- loss, evaluation ---------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loss(model, batches: Batches, device: torch.device) -> float:
+def evaluate_sft_loss(model, batches: Batches, device: torch.device) -> float:
     """Token-weighted mean validation loss over all validation batches."""
     if not batches.examples:
         return float("nan")

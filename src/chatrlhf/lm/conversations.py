@@ -239,38 +239,23 @@ def row_to_conversations(row: Any, fmt: str, columns: dict[str, str], where: str
     return [c for c in convs if c]
 
 
-def load_conversations(source: str | Path | None, fmt: str = "auto", columns: dict[str, str] | None = None,
-                       split: str = "train", world_dir: str | Path | None = None,
-                       limit: int = 0) -> list[Conversation]:
-    """All conversations of a source (None = the world's demonstrations in `world_dir`).
+def load_conversations(source: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
+                       split: str = "train", limit: int = 0) -> list[Conversation]:
+    """All conversations of a file or `datasets` name.
 
     An empty result is an error: training on nothing would "succeed" silently.
     """
-    if source is None:
-        convs = world_demonstrations(world_dir)
-        where = f"world demonstrations in {world_dir}"
-    else:
-        convs, where, skipped = [], str(source), []
-        for loc, row in read_rows(str(source), split):
-            got = row_to_conversations(row, fmt, columns or {}, loc)
-            convs.extend(got)
-            if not got:
-                skipped.append(loc)
-            if limit and len(convs) >= limit:
-                break
-        if skipped:
-            log.warning("%d rows without a non-empty assistant reply were skipped (first: %s)",
-                        len(skipped), ", ".join(skipped[:3]))
+    convs, where, skipped = [], str(source), []
+    for loc, row in read_rows(str(source), split):
+        got = row_to_conversations(row, fmt, columns or {}, loc)
+        convs.extend(got)
+        if not got:
+            skipped.append(loc)
+        if limit and len(convs) >= limit:
+            break
+    if skipped:
+        log.warning("%d rows without a non-empty assistant reply were skipped (first: %s)",
+                    len(skipped), ", ".join(skipped[:3]))
     if not convs:
         raise DataError(f"{where}: no conversations with an assistant reply found (empty dataset)")
     return convs[:limit] if limit else convs
-
-
-def world_demonstrations(world_dir: str | Path | None) -> list[Conversation]:
-    from chatrlhf.world import World
-
-    if world_dir is None or not Path(world_dir).is_dir():
-        raise DataError(f"world directory not found: {world_dir}; run `chatrlhf world` first or set sft.data")
-    demos = World.load(world_dir).demonstrations()
-    return [c for i, d in enumerate(demos)
-            for c in row_to_conversations(d, "messages", {}, f"{world_dir}/demonstrations.jsonl:{i + 1}")]

@@ -260,7 +260,7 @@ def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loss(model, chunks: torch.Tensor, batch_size: int, device: torch.device) -> float:
+def evaluate_lm_loss(model, chunks: torch.Tensor, batch_size: int, device: torch.device) -> float:
     """Mean held-out loss over `chunks` (N, T + 1), weighted by tokens."""
     if len(chunks) == 0:
         return float("nan")

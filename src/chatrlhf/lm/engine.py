@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-PLAIN_STOP = "\nUser:"  # base models (no chat template) talk in "User: ...\nAssistant: ..." turns
+from chatrlhf.lm.prompts import PLAIN_TURN_STOP, plain_prompt
 
 
 @dataclass
@@ -427,16 +427,14 @@ class Engine:
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation ready for the assistant's next turn."""
         if self.plain_chat:
-            names = {"system": "System", "user": "User", "assistant": "Assistant"}
-            text = "".join(f"{names.get(m['role'], m['role'].title())}: {m['content']}\n" for m in messages)
-            return self.tok(text + "Assistant:", add_special_tokens=True)["input_ids"]
+            return self.tok(plain_prompt(messages), add_special_tokens=True)["input_ids"]
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def chat_params(self, params: SamplingParams) -> SamplingParams:
-        if not self.plain_chat or PLAIN_STOP in params.stop:
+        if not self.plain_chat or PLAIN_TURN_STOP in params.stop:
             return params
-        return SamplingParams(**{**params.__dict__, "stop": [*params.stop, PLAIN_STOP]})
+        return SamplingParams(**{**params.__dict__, "stop": [*params.stop, PLAIN_TURN_STOP]})
 
     def generate_chat(self, message_lists: Sequence[list[dict[str, str]]], params: SamplingParams | None = None,
                       n: int = 1) -> list[Generation]:

@@ -1,15 +1,15 @@
-"""Plain-text prompts for models without a chat template ('User: ...\nAssistant:')."""
+"""The one plain-text chat format, for models without a chat template: the chat-log format of the
+pre-training corpus ('User: ...\nAssistant: ...'), which a base model continues."""
 
 from __future__ import annotations
 
-from chatrlhf.lm.conversations import Conversation
+PLAIN_TURN_STOP = "\nUser:"  # the model starts writing the user's next turn: its answer is over
+PLAIN_STOPS = [PLAIN_TURN_STOP, "\n\n"]  # a one-paragraph answer also ends at a blank line
 
 
-# --- SFT vs base on held-out prompts ------------------------------------------------------------
-def plain_prompt(messages: Conversation) -> str:
-    """The base model never saw chat-template tokens, so it gets 'User: ...\nAssistant:' text."""
-    lines = [f"{'Assistant' if m['role'] == 'assistant' else 'User'}: {m['content']}"
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """'User: ...' / 'Assistant: ...' lines, ending where the assistant's next turn starts. System
+    messages are left out: the corpus's chat logs have none, so a base model cannot follow them."""
+    turns = [f"{'Assistant' if m['role'] == 'assistant' else 'User'}: {m['content']}"
              for m in messages if m["role"] != "system"]
-    return "\n".join(lines) + "\nAssistant:"
-
-BASE_STOPS = ["\nUser:", "\n\n"]  # where a base-model continuation stops answering
+    return "\n".join(turns) + "\nAssistant:"

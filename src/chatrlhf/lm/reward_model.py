@@ -23,7 +23,7 @@ Messages = list[dict[str, str]]
 
 
 # --- encoding -------------------------------------------------------------------------------
-def encode(tokenizer, messages: Messages, response: str, max_len: int) -> list[int]:
+def encode_response(tokenizer, messages: Messages, response: str, max_len: int) -> list[int]:
     """Token ids of the conversation ending with `response` as the assistant turn. Over max_len, the
     oldest tokens go: the reward is read at the end, which must survive."""
     if getattr(tokenizer, "chat_template", None):
@@ -38,7 +38,7 @@ def encode(tokenizer, messages: Messages, response: str, max_len: int) -> list[i
     return ids[-max_len:]
 
 
-def collate(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_sequences(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-pad to (B, T); position ids count real tokens so padding does not shift positions."""
     t = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
@@ -50,7 +50,7 @@ def collate(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
 
 
-def collate_packed(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_packed_sequences(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Pack the sequences into rows no longer than the longest one (best fit decreasing): about
     half the tokens of a padded batch of mixed lengths. Position ids restart for each sequence
     (`training.packed_position_ids`); `last_token` holds each sequence's last position as a flat
@@ -148,13 +148,13 @@ class RewardModel:
         """(B,) rewards r(x, y) + bias (raw=True leaves the bias out)."""
         if len(message_lists) != len(responses):
             raise ValueError(f"score(): {len(message_lists)} conversations but {len(responses)} responses")
-        seqs = [encode(self.tokenizer, m, r, self.max_len) for m, r in zip(message_lists, responses)]
+        seqs = [encode_response(self.tokenizer, m, r, self.max_len) for m, r in zip(message_lists, responses)]
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
         out = torch.zeros(len(seqs))
         device = next(self.model.parameters()).device
         for lo in range(0, len(order), self.batch_size):
             idx = order[lo: lo + self.batch_size]
-            batch = {k: v.to(device) for k, v in collate([seqs[i] for i in idx], self.tokenizer.pad_token_id).items()}
+            batch = {k: v.to(device) for k, v in collate_sequences([seqs[i] for i in idx], self.tokenizer.pad_token_id).items()}
             out[idx] = raw_rewards(self.model, batch).cpu()
         return out if raw else out + self.bias
 

@@ -2,10 +2,9 @@
 
 shared (default): a scalar head on the policy's own last hidden states, its weights copied from the
 RM's head. One trunk pass serves the policy loss and the value loss, and the rollout's hidden states
-give the values, so the critic costs almost nothing. By default the head reads the policy's features
-without training them (value_loss_trains_policy=True is TRL's classic
-AutoModelForCausalLMWithValueHead, which scored lower here) and learns at value_head_lr_scale x the
-policy's learning rate. It needs an RM as wide as the policy.
+give the values, so the critic costs almost nothing. The head reads the policy's features without
+training them (the value loss's gradient stops at the head, so the policy's trunk moves only for the
+policy loss) and learns at value_head_lr_scale x the policy's learning rate. It needs an RM as wide as the policy.
 
 separate: a policy-independent value model initialised from the whole reward model, as InstructGPT
 does. The RM is an AutoModelForSequenceClassification(num_labels=1): a backbone plus a scalar

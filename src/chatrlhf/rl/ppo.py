@@ -115,7 +115,7 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead, optimiz
             pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
             loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
             if gae:
-                if hidden is not None and not cfg.value_loss_trains_policy:
+                if hidden is not None:
                     hidden = hidden.detach()  # the head reads the policy's features; only the policy loss trains them
                 v = response_values(value_model, *args, hidden=hidden)
                 vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)

@@ -44,21 +44,14 @@ def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
 
 
 def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict], out: Path, r: int) -> Path:
-    """K samples per prompt from `policy_dir` (the first K distinct of draws x K, with
-    iterate.distinct_draws > 1), ranked, written as a comparison file."""
+    """K samples per prompt from `policy_dir`, ranked, written as a comparison file."""
     from chatrlhf.lm.engine import load_engine
     from chatrlhf.lm.rankings import write_comparisons
     from chatrlhf.stages.sampling import assign_splits, label_with_world, sample_responses
 
     rng = random.Random(cfg.run.seed * 1000 + r)
     engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
-    k, draws = cfg.rm.k, cfg.iterate.distinct_draws
-    samples = sample_responses(engine, [p["messages"] for p in prompts], k * draws, cfg)
-    if draws > 1:
-        samples = [list(dict.fromkeys(s))[:k] for s in samples]  # first k distinct, in sampling order
-        kept = [i for i, s in enumerate(samples) if len(s) >= 2]
-        console.print(f"round {r}: {len(kept)} of {len(prompts)} prompts have 2+ distinct answers in {k * draws} samples")
-        prompts, samples = [prompts[i] for i in kept], [samples[i] for i in kept]
+    samples = sample_responses(engine, [p["messages"] for p in prompts], cfg.rm.k, cfg)
     splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
     comparisons = [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
                     "policy": f"round_{r - 1}", "split": s, "messages": p["messages"], "responses": resp,

@@ -34,9 +34,9 @@ def _ptx_chunks(tokenizer, docs: list[str], seq_len: int, max_chunks: int) -> to
 
 
 def _lm_ppl(model, chunks: torch.Tensor, device) -> float:
-    from chatrlhf.lm.data import evaluate_loss
+    from chatrlhf.lm.data import evaluate_lm_loss
 
-    return math.exp(evaluate_loss(model, chunks, 8, device)) if len(chunks) else float("nan")
+    return math.exp(evaluate_lm_loss(model, chunks, 8, device)) if len(chunks) else float("nan")
 
 
 def _load_policy(path: Path, cfg: Config):

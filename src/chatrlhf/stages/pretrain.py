@@ -26,7 +26,7 @@ from chatrlhf.lm.data import (
     PackedStream,
     TextCorpus,
     eval_chunks,
-    evaluate_loss,
+    evaluate_lm_loss,
     lm_loss,
     load_text_corpus,
     pack_documents,
@@ -180,7 +180,7 @@ def run_pretrain(cfg: Config) -> Path:
 
     # --- final evaluation and the stage output
     device = accelerator.device
-    val_loss = evaluate_loss(model, final_chunks, pc.batch_size, device)
+    val_loss = evaluate_lm_loss(model, final_chunks, pc.batch_size, device)
     n_val_tok = final_chunks[:, 1:].numel() if len(final_chunks) else 0
     meta: dict[str, Any] = {
         "stage": "pretrain", "data": corpus.source, "steps": step, "tokens_seen": tokens_seen,
@@ -194,7 +194,7 @@ def run_pretrain(cfg: Config) -> Path:
     }
     if wiki is not None:
         chunks, bytes_per_token = wiki
-        meta["wikitext2_loss"] = evaluate_loss(model, chunks, pc.batch_size, device)
+        meta["wikitext2_loss"] = evaluate_lm_loss(model, chunks, pc.batch_size, device)
         meta["wikitext2_ppl"] = math.exp(min(meta["wikitext2_loss"], 50))
         meta["wikitext2_bpb"] = meta["wikitext2_loss"] / bytes_per_token / math.log(2)
     logger.log(step, {k: v for k, v in meta.items() if k.startswith(("val_", "wikitext2_"))})
@@ -267,7 +267,7 @@ class _TrainLoop:
                 c["loop_seconds"] = loop_before + time.time() - t_loop
                 tok_s = (step - start) * tokens_per_step / max(c["loop_seconds"] - loop_before, 1e-9)
                 if step % pc.eval_every == 0 and step < self.schedule.total_steps:
-                    val = evaluate_loss(self.model, self.val_chunks, pc.batch_size, self.acc.device)
+                    val = evaluate_lm_loss(self.model, self.val_chunks, pc.batch_size, self.acc.device)
                     self.logger.log(step, {"val/loss": val, "val/ppl": math.exp(min(val, 50))})
                     bar.console.print(f"step {step}: train loss {loss:.3f}, val loss {val:.3f}")
                 if step == start + 1:

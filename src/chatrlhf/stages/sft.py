@@ -31,14 +31,14 @@ from chatrlhf.lm.chat_data import (
     Example,
     build_examples,
     ensure_template,
-    evaluate_loss,
+    evaluate_sft_loss,
     sft_loss,
     split_examples,
 )
 from chatrlhf.lm.conversations import Conversation, load_conversations
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, stage_complete
-from chatrlhf.lm.prompts import BASE_STOPS, plain_prompt
+from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import (
     Checkpoints,
@@ -48,6 +48,7 @@ from chatrlhf.lm.training import (
     make_accelerator,
     progress_bar,
 )
+from chatrlhf.world.loader import require_world, world_demonstrations
 
 console = Console(stderr=True)
 
@@ -72,7 +73,10 @@ def run_fingerprint(cfg: Config) -> str:
 
 def load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], dict[str, Any]]:
     sc = cfg.sft
-    convs = load_conversations(sc.data, sc.format, sc.columns, sc.split, cfg.stage_dir("world"))
+    if sc.data:
+        convs = load_conversations(sc.data, sc.format, sc.columns, sc.split)
+    else:
+        convs = world_demonstrations(cfg.stage_dir("world"))
     source = sc.data or f"world demonstrations ({cfg.stage_dir('world')})"
     examples, dropped = build_examples(tokenizer, convs, sc.max_len, str(source))
     train, val = split_examples(examples, sc.val_fraction, cfg.run.seed)
@@ -128,13 +132,13 @@ def train_sft(cfg: Config) -> Path:
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=start > 0)
 
     # --- train
-    val_before = state["val_loss_before"] if start else evaluate_loss(model, val_b, accelerator.device)
+    val_before = state["val_loss_before"] if start else evaluate_sft_loss(model, val_b, accelerator.device)
     loop = _TrainLoop(cfg, accelerator, model, opt, sched, train_b, val_b, ckpts, logger,
                       {"fingerprint": fingerprint, "val_loss_before": val_before}, total)
     step, last_loss, tok_s = loop.run(start)
 
     # --- final evaluation and the stage output
-    val_loss = evaluate_loss(model, val_b, accelerator.device)
+    val_loss = evaluate_sft_loss(model, val_b, accelerator.device)
     logger.log(step, {"val/loss": val_loss})
     logger.close()
     meta = {"stage": "sft", "base": str(src), "steps": step, "epochs": step / train_b.per_epoch,
@@ -196,7 +200,7 @@ class _TrainLoop:
                     self.logger.log(step, {"train/loss": loss, "train/lr": self.sched.get_last_lr()[0],
                                            "train/grad_norm": grad_norm, "train/tokens_per_s": tok_s})
                 if step % sc.eval_every == 0 and step < self.total:
-                    val = evaluate_loss(self.model, self.val_b, self.acc.device)
+                    val = evaluate_sft_loss(self.model, self.val_b, self.acc.device)
                     self.logger.log(step, {"val/loss": val})
                     bar.console.print(f"step {step}: train loss {loss:.3f}, val loss {val:.3f}")
                 if step % sc.save_every == 0 or step == self.total:
@@ -204,14 +208,17 @@ class _TrainLoop:
         return step, loss, tokens / max(train_time, 1e-9)
 
 
-def sample_responses(model, tokenizer, prompts: list[Conversation], chat: bool, temperature: float,
+# --- SFT vs base on held-out prompts ------------------------------------------------------------
+
+
+def answer_prompts(model, tokenizer, prompts: list[Conversation], chat: bool, temperature: float,
                      max_new_tokens: int, seed: int) -> list[str]:
     """One response per prompt: the SFT model through its chat template, the base model on plain text."""
     from chatrlhf.lm.engine import Engine, SamplingParams
 
     engine = Engine(model, tokenizer)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                            stop=[] if chat else BASE_STOPS)
+                            stop=[] if chat else PLAIN_STOPS)
     if chat:
         gens = engine.generate_chat(prompts, params)
     else:
@@ -225,7 +232,7 @@ def sample_responses(model, tokenizer, prompts: list[Conversation], chat: bool, 
     for g in gens:
         ids = g.token_ids[: g.token_ids.index(sep)] if sep in g.token_ids else g.token_ids
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        for stop in BASE_STOPS:
+        for stop in PLAIN_STOPS:
             text = text.split(stop)[0]
         texts.append(text.strip())
     return texts
@@ -252,12 +259,10 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
 def evaluate_sft(cfg: Config) -> dict[str, Any]:
     """Sample base and SFT models on held-out world prompts, greedy and at temperature 1, and score
     them with the world's gold scorer and the held-out simulated labelers (never trained on)."""
-    from chatrlhf.world import World
-
     sc, out = cfg.sft, cfg.stage_dir("sft")
     if not stage_complete(out):
         raise FileNotFoundError(f"no finished SFT model at {out}; run `chatrlhf sft` first")
-    world = World.load(cfg.stage_dir("world"))
+    world = require_world(cfg, "sft's evaluation against the base model")
     prompts = world.prompts("eval")[: sc.eval_prompts or None]
     conversations = [p["messages"] for p in prompts]
     results: dict[str, Any] = {"n_prompts": len(prompts), "max_new_tokens": cfg.eval.max_new_tokens}
@@ -267,7 +272,7 @@ def evaluate_sft(cfg: Config) -> dict[str, Any]:
         model = load_causal_lm(path, cfg.model.dtype).eval()
         for temperature in (0.0, 1.0):
             key = f"{name}_{'greedy' if temperature == 0 else 't1'}"
-            responses = sample_responses(model, tokenizer, conversations, chat, temperature,
+            responses = answer_prompts(model, tokenizer, conversations, chat, temperature,
                                          cfg.eval.max_new_tokens, cfg.run.seed)
             results[key] = score_samples(world, prompts, responses, cfg.run.seed)
             samples += [{"model": key, "prompt_id": p["id"], "response": r} for p, r in zip(prompts, responses)]

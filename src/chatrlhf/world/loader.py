@@ -1,27 +1,52 @@
-"""Loading the run's embedded world, and naming its labelers."""
+"""The one way the pipeline reaches the embedded world: load the run's world/ stage (or know it is
+absent, for a user's own data), read its demonstrations, and name its labelers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from chatrlhf.config import Config
+from chatrlhf.lm.conversations import Conversation, row_to_conversations
+from chatrlhf.lm.data import DataError
 from chatrlhf.lm.modeling import stage_complete
 
 
-# --- training loop --------------------------------------------------------------------------
+def load_world(cfg: Config):
+    """The run's world when it has been generated (or saved by `World.save`), else None (a user's
+    own data needs none)."""
+    wdir = cfg.stage_dir("world")
+    if not (stage_complete(wdir) or (wdir / "facts.jsonl").is_file()):
+        return None
+    from chatrlhf.world import World
+
+    return World.load(wdir)
+
+
+def require_world(cfg: Config, needed_for: str):
+    """The run's world, or a clear error saying what needed it and how to make it."""
+    world = load_world(cfg)
+    if world is None:
+        raise FileNotFoundError(f"{needed_for} needs the embedded world at {cfg.stage_dir('world')}, which is not "
+                                "there; run `chatrlhf world` first")
+    return world
+
+
+def world_demonstrations(world_dir: str | Path) -> list[Conversation]:
+    """The labelers' demonstrations as conversations (SFT's default data)."""
+    from chatrlhf.world import World
+
+    if not Path(world_dir).is_dir():
+        raise DataError(f"world directory not found: {world_dir}; run `chatrlhf world` first or set sft.data")
+    demos = World.load(world_dir).demonstrations()
+    return [c for i, d in enumerate(demos)
+            for c in row_to_conversations(d, "messages", {}, f"{world_dir}/demonstrations.jsonl:{i + 1}")]
+
+
 def labeler_id(lab) -> str:
     for attr in ("id", "labeler_id", "name"):
         if isinstance(getattr(lab, attr, None), str):
             return getattr(lab, attr)
     return str(lab)
-
-
-def load_world(cfg: Config):
-    """The run's world when it has been generated, else None (external data needs none)."""
-    wdir = cfg.stage_dir("world")
-    if not stage_complete(wdir):
-        return None
-    from chatrlhf.world import World
-
-    return World.load(wdir)
 
 
 def held_out_labelers(world) -> set[str]:
