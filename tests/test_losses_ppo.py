@@ -8,7 +8,6 @@ import torch
 from chatrlhf.rl.kl_controller import AdaptiveKLController, FixedKLController
 from chatrlhf.rl.losses import (
     discounted_returns,
-    entropy_from_logits,
     entropy_from_logprobs,
     gae_advantages,
     kl_penalized_rewards,
@@ -114,10 +113,11 @@ def test_whiten_and_entropy():
     w = masked_whiten(x, m)
     assert w[0, :3].mean().abs() < 1e-6 and w[0, 3] == 0
     assert (w[0, :3] ** 2).mean() == pytest.approx(1.0, abs=1e-4)
-    uniform = entropy_from_logits(torch.zeros(5))
+    uniform = entropy_from_logprobs(torch.zeros(5).log_softmax(-1))
     assert uniform.item() == pytest.approx(torch.log(torch.tensor(5.0)).item())
     logits = torch.randn(3, 4, 50) * 4
-    torch.testing.assert_close(entropy_from_logprobs(logits.log_softmax(-1)), entropy_from_logits(logits))
+    p = logits.softmax(-1)  # H = logsumexp(z) - sum softmax(z) z
+    torch.testing.assert_close(entropy_from_logprobs(logits.log_softmax(-1)), torch.logsumexp(logits, -1) - (p * logits).sum(-1))
 
 
 def test_kl_controllers():

@@ -157,8 +157,7 @@ class RMConfig(Section):
     max_len: int = Field(256, description="Maximum tokens of prompt plus response.")
     batch_prompts: int = Field(8, description="Prompts per optimizer step (all of a prompt's pairs share a batch).")
     packing: bool = Field(True, description="Pack each batch's sequences into rows with restarting position ids "
-                          "instead of padding them: the same batches, rewards and gradients with about half the tokens "
-                          "(1.6x faster RM training on the default world's comparisons). Checked against padding on the first batch; falls back to "
+                          "instead of padding them: the same batches, rewards and gradients with about half the tokens. Checked against padding on the first batch; falls back to "
                           "padding, with a warning, for a model whose attention ignores the restarts.")
     epochs: float = Field(2.0, description="Passes over the comparisons.")
     learning_rate: float = Field(5e-4, description="Peak AdamW learning rate.")
@@ -176,8 +175,8 @@ class RejectionSamplingConfig(Section):
                    "(RM score + sft_loglik_coef x SFT mean log-likelihood + verifier_coef x check) is kept and the policy fine-tuned on the kept "
                    "answers (Llama 2's rejection sampling). 0 or 1 = off: PPO starts from the given policy.")
     prompts: int = Field(3000, ge=1, description="Prompts to sample: PPO's training prompts, topped up with the RM "
-                         "stage's prompts (never eval or guard prompts). More distinct prompts distil better: on the default "
-                         "world 2,000 x 8 beat 536 x 16, and 3,000 beat 2,000 by 0.013 final win rate on four stage sets.")
+                         "stage's prompts (never eval or guard prompts). Distinct prompts distil better than more "
+                         "samples of fewer prompts (docs/RESULTS.md).")
     epochs: float = Field(5.0, description="Fine-tuning passes over the kept answers.")
     learning_rate: float = Field(3e-4, description="Fine-tuning AdamW learning rate (cosine decay).")
     batch_size: int = Field(16, ge=1, description="Conversations per fine-tuning step.")
@@ -199,7 +198,7 @@ class PPOConfig(Section):
     critic: Literal["shared", "separate"] = Field(
         "shared", description="GAE's value function. shared: a scalar head on the policy's last hidden states, initialised "
         "from the RM's head -- one trunk pass per update instead of two, and the rollout's hidden states give the values "
-        "without a pass of their own (PPO steps about 30% shorter, same win rate); separate: its own model initialised "
+        "without a pass of their own; separate: its own model initialised "
         "from the whole RM (InstructGPT, TRL 1.10). A shared head needs an RM as wide as the policy.")
     value_head_lr_scale: float = Field(20.0, gt=0, description="Shared critic: the value head's learning rate as a multiple "
                                        "of learning_rate (a linear head on features it does not train needs larger steps).")

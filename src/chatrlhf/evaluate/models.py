@@ -127,40 +127,13 @@ def generate(h: ModelHandle, texts: list[str], max_new_tokens: int, temperature:
              batch_size: int = 16) -> list[str]:
     """Responses to prompt texts (greedy when temperature == 0), cut at the end of the turn."""
     ids = [encode_prompt(h, t)[-(h.max_len - max_new_tokens):] for t in texts]
-    try:
-        from chatrlhf.lm.engine import Engine, SamplingParams
-    except ImportError:
-        Engine = None
-    if Engine is not None:
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
-                                stop=[] if h.chat else PLAIN_STOPS, seed=seed)
-        # the engine batches (and drops finished rows) itself; row i samples with seed + i
-        outs = [_text(h, g.token_ids, g.text) for g in Engine(h.model, h.tokenizer).generate(ids, params)]
-    else:
-        outs = _hf_generate(h, ids, max_new_tokens, temperature, seed, batch_size)
+    from chatrlhf.lm.engine import Engine, SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
+                            stop=[] if h.chat else PLAIN_STOPS, seed=seed)
+    # the engine batches (and drops finished rows) itself; row i samples with seed + i
+    outs = [_text(h, g.token_ids, g.text) for g in Engine(h.model, h.tokenizer).generate(ids, params)]
     return [_cut(o, h.chat) for o in outs]
-
-
-@torch.no_grad()
-def _hf_generate(h: ModelHandle, ids: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
-                 batch_size: int) -> list[str]:
-    """Fallback when chatrlhf.engine is absent: transformers generate, left-padded."""
-    torch.manual_seed(seed)
-    tok, dev = h.tokenizer, next(h.model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    outs: list[str] = []
-    for i in range(0, len(ids), batch_size):
-        chunk = ids[i:i + batch_size]
-        T = max(len(x) for x in chunk)
-        inp = torch.tensor([[pad] * (T - len(x)) + x for x in chunk], device=dev)
-        attn = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in chunk], device=dev)
-        kw: dict[str, Any] = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
-                              "eos_token_id": tok.eos_token_id}
-        if temperature > 0:
-            kw.update(temperature=temperature, top_k=0, top_p=1.0)
-        gen = h.model.generate(input_ids=inp, attention_mask=attn, **kw)[:, T:]
-        outs += [_text(h, row.tolist(), None) for row in gen]
-    return outs
 
 
 def _text(h: ModelHandle, token_ids: list[int], text: str | None) -> str:

@@ -130,12 +130,6 @@ def ppo_value_loss(
     return loss, stats
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy H = logsumexp(z) - sum softmax(z) z; (..., V) -> (...)."""
-    p = F.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
-
-
 def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
     """Per-position entropy H = -sum p log p from log-softmax output; (..., V) -> (...)."""
     return -(logp.exp() * logp).sum(-1)

@@ -159,9 +159,8 @@ class PPOTrainer:
         # the starting policy's win rate when known without asking: 0.5 when it *is* the reference
         self.start_win_rate = start_win_rate
         self.out_dir, self.accelerator = Path(out_dir), accelerator
-        for m in (ref_policy,):
-            if m is not None:
-                m.requires_grad_(False).eval()
+        if ref_policy is not None:
+            ref_policy.requires_grad_(False).eval()
         head_lr = cfg.learning_rate * (cfg.value_head_lr_scale if cfg.critic == "shared" else 1.0)
         trainable = [{"params": [p for p in policy.parameters() if p.requires_grad]},
                      {"params": list(value_model.parameters()), "lr": head_lr}]
@@ -284,9 +283,10 @@ class PPOTrainer:
         with progress_bar("ppo") as bar:
             task = bar.add_task("ppo", total=cfg.total_iterations, completed=self.iteration, info="")
             if self.guard is not None and self.iteration == 0:  # iteration 0 = the starting policy
-                # measuring a known 0.5 only adds noise: a lucky 0.56 there kept whole rounds at SFT.
-                # An unknown start (a later round's policy) is measured guard_window times, so its
-                # score is a mean like every later one, not a single draw that may be a noise peak.
+                # A start that is the reference scores a known 0.5: measuring it would only add noise, and
+                # a high draw would make every later iteration look worse. An unknown start (a later
+                # round's policy) is measured guard_window times, so its score is a mean like every
+                # later one, not a single draw that may be a noise peak.
                 if self.start_win_rate is None:
                     self.guard_history += [self.evaluate_guard(k) for k in range(1, cfg.guard_window)]
                     self._update_best(self.evaluate_guard())

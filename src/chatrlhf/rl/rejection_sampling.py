@@ -6,9 +6,8 @@ RM score minus the missing-EOS penalty, plus sft_loglik_coef times the SFT model
 log-likelihood of the response, plus verifier_coef times the rule-based check where the prompt has
 one), and fine-tune the policy on the kept answers with the SFT loss.
 Best-of-n is the trade PPO makes, reward for KL (at most log n - (n-1)/n nats), taken in one step
-from many prompts: on the session-5 default run the distilled best-of-8 on 2,000 prompts beat SFT
-0.643 of the time, PPO from SFT 0.60. PPO then starts from the distilled policy, with the KL penalty
-still to the SFT model.
+from many prompts (docs/RESULTS.md measures what it adds). PPO then starts from the distilled policy,
+with the KL penalty still to the SFT model.
 
 The result is a stage directory (`<ppo out>/best_of_n/`, loadable with from_pretrained); a rerun
 whose directory is complete reuses it.
