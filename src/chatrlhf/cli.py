@@ -26,11 +26,12 @@ console = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (defaults: configs/default.yaml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. --set ppo.kl_coef=0.05 (repeatable).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume-anyway", help="Resume checkpoints even when they were written with other settings (listed as a warning; same as --set run.resume_anyway=true).")]
 
 
-def _cfg(config: Path | None, overrides: list[str] | None) -> Config:
+def _cfg(config: Path | None, overrides: list[str] | None, resume_anyway: bool = False) -> Config:
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, list(overrides or []) + (["run.resume_anyway=true"] if resume_anyway else []))
     except ConfigError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -74,20 +75,20 @@ def tokenizer(config: ConfigOpt = None, set: SetOpt = None):
 
 
 @app.command()
-def pretrain(config: ConfigOpt = None, set: SetOpt = None):
+def pretrain(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False):
     """Generative pre-training of the causal LM on the corpus (resumes from the last checkpoint)."""
     from chatrlhf.pretrain import run_pretrain
 
-    run_pretrain(_cfg(config, set))
+    run_pretrain(_cfg(config, set, resume_anyway))
 
 
 @app.command()
-def sft(config: ConfigOpt = None, set: SetOpt = None,
+def sft(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False,
         eval_only: Annotated[bool, typer.Option("--eval-only", help="Only score SFT vs base on held-out prompts.")] = False):
     """Supervised fine-tuning on demonstrations."""
     from chatrlhf.sft import run_sft
 
-    run_sft(_cfg(config, set), eval_only=eval_only)
+    run_sft(_cfg(config, set, resume_anyway), eval_only=eval_only)
 
 
 @app.command()
@@ -103,29 +104,29 @@ def sample(config: ConfigOpt = None, set: SetOpt = None,
 
 
 @app.command()
-def rm(config: ConfigOpt = None, set: SetOpt = None):
+def rm(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False):
     """Train the reward model on K-way rankings."""
     from chatrlhf.reward import run_rm
 
-    run_rm(_cfg(config, set))
+    run_rm(_cfg(config, set, resume_anyway))
 
 
 @app.command()
-def ppo(config: ConfigOpt = None, set: SetOpt = None):
+def ppo(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False):
     """PPO against the reward model with a KL penalty to the SFT model (PPO-ptx with ppo.ptx_coef > 0)."""
     from chatrlhf.ppo import run_ppo
 
-    run_ppo(_cfg(config, set))
+    run_ppo(_cfg(config, set, resume_anyway))
 
 
 @app.command()
-def iterate(config: ConfigOpt = None, set: SetOpt = None,
+def iterate(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False,
             rounds: Annotated[Optional[int], typer.Option(help="RLHF rounds (overrides iterate.rounds).")] = None):
     """Iterated RLHF: fresh comparisons from the newest policy, RM update, PPO again."""
     from chatrlhf.iterate import run_iterate
 
     overrides = list(set or []) + ([f"iterate.rounds={rounds}"] if rounds is not None else [])
-    run_iterate(_cfg(config, overrides))
+    run_iterate(_cfg(config, overrides, resume_anyway))
 
 
 @app.command("eval")
@@ -149,12 +150,12 @@ def report(config: ConfigOpt = None, set: SetOpt = None):
 
 
 @app.command()
-def run(config: ConfigOpt = None, set: SetOpt = None,
+def run(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False,
         force: Annotated[bool, typer.Option(help="Rerun stages even when their outputs are complete.")] = False):
     """The whole mission: world -> tokenizer -> pretrain -> SFT -> RM -> PPO -> more rounds -> eval -> report."""
     from chatrlhf.pipeline import run_all
 
-    run_all(_cfg(config, set), force=force)
+    run_all(_cfg(config, set, resume_anyway), force=force)
 
 
 @app.command()
@@ -220,10 +221,19 @@ def _add_label_app() -> None:
 _add_label_app()
 
 
+def _stopped(e: BaseException) -> bool:
+    """A trainer stopping itself (NaN, divergence): an ordinary outcome, reported without a traceback.
+    Checked through sys.modules so `chatrlhf --help` does not import torch."""
+    training = sys.modules.get("chatrlhf.training")
+    return training is not None and isinstance(e, training.TrainingStopped)
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()
-    except (FileNotFoundError, ValueError) as e:
+    except Exception as e:
+        if not isinstance(e, (FileNotFoundError, ValueError)) and not _stopped(e):
+            raise
         console.print(f"[red]error:[/red] {e}")
         sys.exit(1)
 

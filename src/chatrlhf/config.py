@@ -34,6 +34,13 @@ class RunConfig(Section):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda'. Accelerate picks the device on 'auto'.")
     threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
     tensorboard: bool = Field(True, description="Write TensorBoard scalars under <stage>/tb.")
+    divergence_factor: float = Field(10.0, ge=0, description=(
+        "Stop a trainer whose finite loss rises above its lowest value plus this many times its early range "
+        "(highest of the first 5 losses minus the lowest, at least half the first loss); the last verified "
+        "checkpoint is kept. 0 turns it off."))
+    resume_anyway: bool = Field(False, description=(
+        "Resume a checkpoint even when it was written with other settings (they are listed as a warning); "
+        "by default such a resume is refused. CLI: --resume-anyway."))
 
 
 class WorldConfig(Section):

@@ -39,7 +39,7 @@ from chatrlhf.kl_controller import make_kl_controller
 from chatrlhf.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, gather_logprobs,
                              kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
                              ppo_policy_loss, ppo_value_loss, sft_loglik_rewards, token_logprobs)
-from chatrlhf.training import Checkpoints, MetricsLogger, progress_bar
+from chatrlhf.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.value import ValueHead, ValueModel, load_critic
 from chatrlhf.verifiers import checked_mean, verifier_scores
 
@@ -47,7 +47,7 @@ RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, response
 GoldFn = Callable[[dict, str], float]
 
 
-class PPOInstabilityError(RuntimeError):
+class PPOInstabilityError(TrainingStopped):
     """NaN loss or exploding KL; the last good checkpoint is left in place."""
 
 
@@ -343,7 +343,8 @@ class PPOTrainer:
         self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)
         self.ref_policy = ref_policy.to(accelerator.device) if ref_policy is not None else None
         self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
-        self.ckpts = Checkpoints(self.out_dir)
+        self.ckpts = Checkpoints(self.out_dir, settings={"ppo": cfg.model_dump(mode="json", exclude={
+            "total_iterations", "max_minutes", "eval_every", "save_every", "patience"}), "seed": seed})
         self.iteration, self.best = 0, {"win_rate": -1.0, "iteration": 0, "stale": 0}
         self.guard_history: list[float] = []  # every guard evaluation, iteration 0 first
         self.history: list[dict[str, float]] = []
@@ -397,7 +398,8 @@ class PPOTrainer:
 
     def _check_kl(self, kl: float) -> None:
         if not math.isfinite(kl) or kl > self.cfg.max_kl:
-            last = self.ckpts.latest()
+            # the policy just measured is not good: a checkpoint of it is set aside, never resumed
+            last = self.ckpts.reject(self.iteration, f"KL to SFT {kl:.3g} > ppo.max_kl {self.cfg.max_kl}")
             raise PPOInstabilityError(
                 f"PPO stopped at iteration {self.iteration}: KL to SFT is {kl:.3g} nats/sequence "
                 f"(ppo.max_kl = {self.cfg.max_kl}); last good checkpoint kept in {last or '(none yet)'}. "
@@ -441,7 +443,7 @@ class PPOTrainer:
         return self.ckpts.save(self.accelerator, self.iteration, state)
 
     def resume(self) -> bool:
-        state = self.ckpts.load(self.accelerator)
+        state = self.ckpts.resume(self.accelerator, None, "ppo")
         if state is None:
             return False
         self.iteration, self.kl_ctl.value, self.best = state["iteration"], state["kl_coef"], state["best"]
@@ -557,6 +559,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     ref_dir, rm_dir = Path(ref_dir or cfg.stage_dir("sft")), Path(rm_dir or cfg.stage_dir("rm"))
     out = Path(out_dir or cfg.stage_dir("ppo"))
     out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
@@ -592,6 +595,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
                          gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
                          start_win_rate=0.5 if start_is_ref else None)
+    trainer.ckpts.configure(resume_anyway=cfg.run.resume_anyway)
     history = trainer.train(resume=True, tensorboard=cfg.run.tensorboard)
     if guard is not None:
         trainer.restore_best()  # take the policy before over-optimisation, not after
