@@ -272,6 +272,35 @@ def read_metrics(stage_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def _hyperparameters(accelerator: Accelerator) -> list[tuple[Any, Any]]:
+    """Each prepared optimizer's group settings and scheduler plan, as this run configured them."""
+    snap = []
+    for opt in getattr(accelerator, "_optimizers", []):
+        inner = getattr(opt, "optimizer", opt)
+        snap.append((inner, [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]))
+    for sch in getattr(accelerator, "_schedulers", []):
+        inner = getattr(sch, "scheduler", sch)
+        lambdas = [dict(vars(f)) for f in getattr(inner, "lr_lambdas", []) if hasattr(f, "__dict__")]
+        snap.append((inner, (list(getattr(inner, "base_lrs", [])), lambdas)))
+    return snap
+
+
+def _restore_hyperparameters(snap: list[tuple[Any, Any]]) -> None:
+    """Put back what _hyperparameters took, after a checkpoint's states overwrote it; each scheduled
+    learning rate is recomputed at the resumed step."""
+    for obj, saved in snap:
+        if isinstance(obj, torch.optim.Optimizer):
+            for g, h in zip(obj.param_groups, saved):
+                g.update(h)
+        else:
+            base, lambdas = saved
+            obj.base_lrs = base
+            for f, d in zip([f for f in getattr(obj, "lr_lambdas", []) if hasattr(f, "__dict__")], lambdas):
+                vars(f).update(d)
+            for g, b, lam in zip(obj.optimizer.param_groups, base, getattr(obj, "lr_lambdas", [])):
+                g["initial_lr"], g["lr"] = b, b * lam(obj.last_epoch)
+
+
 WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin")
 _WARNED: set[Path] = set()  # incomplete checkpoints already reported
 
@@ -375,8 +404,9 @@ class Checkpoints:
             (dest / "REJECTED").write_text(why + "\n")
         return self.latest()
 
-    def check_settings(self, path: Path, saved: dict[str, Any], fingerprint: str | None, what: str) -> None:
-        """Refuse (or with resume_anyway, warn about) a checkpoint made with other settings."""
+    def check_settings(self, path: Path, saved: dict[str, Any], fingerprint: str | None, what: str) -> bool:
+        """Refuse (or with resume_anyway, warn about) a checkpoint made with other settings; True
+        when they differ and the resume goes ahead."""
         if self.settings is not None and "settings" in saved:
             diff = settings_diff(saved["settings"], self.settings)
         elif fingerprint is not None and saved.get("fingerprint") is not None:
@@ -384,11 +414,12 @@ class Checkpoints:
         else:
             diff = []
         if not diff:
-            return
+            return False
         listed = "; ".join(diff)
         if self.resume_anyway:
-            print(f"warning: resuming {path} although its {what} settings differ: {listed}", file=sys.stderr)
-            return
+            print(f"warning: resuming {path} although its {what} settings differ: {listed}; "
+                  "the current settings apply from here on", file=sys.stderr)
+            return True
         raise SettingsMismatchError(
             f"checkpoint {path} was made with a different {what} config, settings that differ: {listed}. Restore them to resume, "
             f"pass --resume-anyway (run.resume_anyway=true) to resume anyway, or delete {self.root} to start over")
@@ -400,8 +431,11 @@ class Checkpoints:
         if latest is None:
             return None
         saved = json.loads((latest / "trainer_state.json").read_text())
-        self.check_settings(latest, saved, fingerprint, what)
+        differ = self.check_settings(latest, saved, fingerprint, what)
+        current = _hyperparameters(accelerator) if differ else None
         state = self.load(accelerator)
+        if current is not None:  # weights and moments from the checkpoint, the schedule from this run
+            _restore_hyperparameters(current)
         print(f"resuming from {latest} (step {state['step']})", file=sys.stderr)
         return state
 
