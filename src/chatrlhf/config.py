@@ -324,6 +324,8 @@ class ServeConfig(Section):
     timeout_s: float = Field(60.0, description="Per-request timeout.")
     default_max_tokens: int = Field(64, description="max_tokens of a request that does not say.")
     max_batch: int = Field(16, description="Most requests decoded together (continuous batching).")
+    stuck_s: float = Field(30.0, gt=0, description="/health answers 503 when the decoding loop holds work but has not "
+                           "finished a step for this long (or has died and not been restarted).")
     save_conversations: str | None = Field(None, description="Append finished conversations as jsonl here (off by default).")
 
 
