@@ -122,3 +122,19 @@ def test_ppo_refuses_a_checkpoint_of_other_settings_naming_them(tiny_model_dir, 
     other.ckpts.configure(resume_anyway=True)
     assert len(other.train(resume=True)) == 1 and other.iteration == 2  # resumed at iteration 1
     assert other.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # this run's learning rate applies
+
+
+def test_cli_reports_a_stopped_run_without_a_traceback(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import sys
+
+    from chatrlhf.cli import main
+    from chatrlhf.config import dump_config
+
+    cfg = _cfg(tmp_path, tiny_model_dir, learning_rate=1e6, max_steps=12, save_every=1, eval_every=100)
+    dump_config(cfg, tmp_path / "c.yaml")
+    monkeypatch.setattr(sys, "argv", ["chatrlhf", "sft", "-c", str(tmp_path / "c.yaml"), "--resume-anyway"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "error:" in err and "last verified checkpoint kept" in " ".join(err.split())
+    assert "Traceback" not in err

@@ -386,6 +386,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
                 ckpts.save(acc, step + 1, {"epoch": epoch})
             bar.update(task, advance=1, info=f"loss {last['loss']:.3f} acc {last['acc']:.2f}")
     metrics.close()
+    ckpts.verify(acc, total)  # the stage output is saved from these weights
     secs = time.time() - t0
     return {"model": acc.unwrap_model(model), "steps": total, "resumed_from": start, "train_seconds": secs,
             "sequences_per_second": seqs_seen / secs if secs > 0 else 0.0,

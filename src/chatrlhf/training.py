@@ -374,11 +374,16 @@ class Checkpoints:
         self.guard.check(float(loss.detach().float().mean()), step, stage,
                          lambda: self.reject(step, f"{stage}: its loss was far above its running range"))
 
-    def save(self, accelerator: Accelerator, step: int, state: dict[str, Any]) -> Path:
+    def verify(self, accelerator: Accelerator, step: int) -> None:
+        """Raise NonFiniteLossError naming the last verified checkpoint when any prepared model holds
+        NaN or inf (before a checkpoint, or a stage output, is written from it)."""
         bad = first_nonfinite(list(getattr(accelerator, "_models", [])))
         if bad is not None:
-            raise NonFiniteLossError(f"weights became non-finite ({bad}) by step {step}; checkpoint not written, "
+            raise NonFiniteLossError(f"weights became non-finite ({bad}) by step {step}; not saved, "
                                      f"{_kept(self.latest())}. Try a lower learning rate or a tighter grad_clip.")
+
+    def save(self, accelerator: Accelerator, step: int, state: dict[str, Any]) -> Path:
+        self.verify(accelerator, step)
         final = self.root / f"step_{step:06d}"
         tmp = self.root / f".tmp_step_{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
