@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -512,11 +513,14 @@ def _save(path: Path | None, meta: dict, messages: list[dict[str, str]], gen: Ge
     """Append the finished conversation (the input `chatrlhf sample --conversations` draws from)."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     row = {"id": meta["id"], "created": meta["created"], "model": meta["model"], "finish_reason": gen.finish_reason,
            "messages": [*messages, {"role": "assistant", "content": gen.text}]}
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as e:  # the reply is good; a full disk must not turn it into an error
+        print(f"warning: conversation {meta['id']} not saved to {path}: {e}", file=sys.stderr, flush=True)
 
 
 def run_server(cfg, model: str | Path | None = None, save_conversations: str | Path | None = None) -> None:
