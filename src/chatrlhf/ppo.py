@@ -403,7 +403,8 @@ class PPOTrainer:
             raise PPOInstabilityError(
                 f"PPO stopped at iteration {self.iteration}: KL to SFT is {kl:.3g} nats/sequence "
                 f"(ppo.max_kl = {self.cfg.max_kl}); last good checkpoint kept in {last or '(none yet)'}. "
-                "Lower ppo.learning_rate, raise ppo.kl_coef or use ppo.adaptive_kl=true.")
+                "Lower ppo.learning_rate, raise ppo.kl_coef or use ppo.adaptive_kl=true"
+                + (", and rerun with --resume-anyway to continue from that checkpoint." if last else "."))
 
     # -- guard
     def evaluate_guard(self, repeat: int = 0) -> float:

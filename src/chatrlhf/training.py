@@ -135,8 +135,11 @@ def packed_position_ids(row_lengths: list[list[int]], width: int) -> torch.Tenso
                         dtype=torch.long)
 
 
+RESUME_HINT = " (a rerun with changed settings continues from it with --resume-anyway)"
+
+
 def _kept(ckpt_dir: Path | None) -> str:
-    return f"last verified checkpoint kept: {ckpt_dir}" if ckpt_dir else "no verified checkpoint yet"
+    return f"last verified checkpoint kept: {ckpt_dir}{RESUME_HINT}" if ckpt_dir else "no verified checkpoint yet"
 
 
 def check_finite(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None = None) -> None:
