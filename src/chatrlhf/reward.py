@@ -347,8 +347,9 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     opt = torch.optim.AdamW(model.parameters(), lr=rc.learning_rate, weight_decay=rc.weight_decay)
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
     model, opt, sched = acc.prepare(model, opt, sched)
-    ckpts = Checkpoints.for_run(cfg, out_dir, {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch"}),
-                                                "seed": cfg.run.seed, "dtype": cfg.model.dtype, "train_comparisons": len(train)})
+    settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch"}), "seed": cfg.run.seed,
+                "dtype": cfg.model.dtype, "train_comparisons": len(train)}  # what fixes the trajectory
+    ckpts = Checkpoints.for_run(cfg, out_dir, settings)
     state = ckpts.resume(acc, None, "rm")
     start = state["step"] if state else 0
     metrics = MetricsLogger(out_dir, cfg.run.tensorboard, resume=start > 0)

@@ -14,8 +14,8 @@ import random
 import shutil
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +41,6 @@ class NonFiniteLossError(TrainingStopped):
 
 class DivergenceError(TrainingStopped):
     """Raised when a finite loss climbs far above its running range (see run.divergence_factor)."""
-
 
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), before anyone changes it
@@ -429,8 +428,9 @@ class Checkpoints:
                   "the current settings apply from here on", file=sys.stderr)
             return True
         raise SettingsMismatchError(
-            f"checkpoint {path} was made with a different {what} config, settings that differ: {listed}. Restore them to resume, "
-            f"pass --resume-anyway (run.resume_anyway=true) to resume anyway, or delete {self.root} to start over")
+            f"checkpoint {path} was made with a different {what} config, settings that differ: {listed}. "
+            f"Restore them to resume, pass --resume-anyway (run.resume_anyway=true) to resume anyway, "
+            f"or delete {self.root} to start over")
 
     def resume(self, accelerator: Accelerator, fingerprint: str | None, what: str) -> dict[str, Any] | None:
         """Restore the newest checkpoint if it was made with the same settings; different ones are
