@@ -30,7 +30,8 @@ def pg_available(url: str) -> str | None:
         with psycopg.connect(url, connect_timeout=2):
             return None
     except Exception as e:  # noqa: BLE001 - any failure means "no PostgreSQL here"
-        return f"PostgreSQL not reachable at {url}: {e}"
+        return (f"PostgreSQL not reachable at {url}: {e} (`make test` as root installs and starts it: "
+                ".ci/setup-test-deps; or set CHATRLHF_TEST_PG_URL)")
 
 
 @contextmanager
