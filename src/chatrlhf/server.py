@@ -205,6 +205,7 @@ class Scheduler:
                 self.last_error = f"{type(e).__name__}: {e}"
                 self._fail_held(f"generation failed: {self.last_error}")
                 self.restarts += 1
+                time.sleep(0.05)  # an error that repeats must not spin a core
             except BaseException as e:  # not ours to swallow: the supervisor restarts the thread
                 self.last_error = f"{type(e).__name__}: {e}"
                 raise
