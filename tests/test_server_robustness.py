@@ -222,3 +222,20 @@ def test_stuck_loop_is_unhealthy_while_it_is_stuck(engine, monkeypatch):
             assert r.status_code == 503 and "has not finished a step" in r.json()["error"]["message"]
             assert reply.result().status_code == 200
         assert c.get("/health").status_code == 200
+
+
+def test_an_error_escaping_the_loop_restarts_it_and_pending_requests_are_served(engine, monkeypatch):
+    real_take, raised = Scheduler._take, threading.Event()
+
+    def broken_once(self, room):
+        if not raised.is_set() and self.pending:
+            raised.set()
+            raise RuntimeError("bug in the scheduler")
+        return real_take(self, room)
+
+    monkeypatch.setattr(Scheduler, "_take", broken_once)
+    with TestClient(create_app(engine, LIMITS, "tiny")) as c:
+        assert c.post("/v1/chat/completions", json=normal(1)).status_code == 200  # waited in the queue
+        health = c.get("/health")
+        assert health.status_code == 200 and health.json()["restarts"] == 1
+        assert "bug in the scheduler" in c.app.state.scheduler.last_error
