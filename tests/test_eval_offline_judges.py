@@ -102,3 +102,24 @@ def test_cli_score_toxicity_and_its_error(tmp_path):
     assert scored["toxicity"].iloc[0] > scored["toxicity"].iloc[1]
     bad = CliRunner().invoke(app, ["score", "toxicity", str(src), "--column", "text"])
     assert bad.exit_code == 1 and "no column 'text'" in " ".join(bad.output.split())  # rich wraps lines
+
+
+def test_score_never_overwrites_a_users_column_nor_the_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from chatrlhf.cli import app
+
+    src = tmp_path / "o.csv"
+    pd.DataFrame({"reply": ["you are a worthless stupid idiot", "lovely weather"],
+                  "toxicity": ["theirs-1", "theirs-2"], "chatrlhf_toxic": [7, 8]}).to_csv(src, index=False)
+    before = src.read_bytes()
+    ok = CliRunner().invoke(app, ["score", "toxicity", str(src), "--column", "reply"])
+    assert ok.exit_code == 0, ok.output
+    assert "'toxicity' is already a column" in " ".join(ok.output.split())
+    scored = pd.read_csv(tmp_path / "o.scored.csv")
+    assert scored["toxicity"].tolist() == ["theirs-1", "theirs-2"] and scored["chatrlhf_toxic"].tolist() == [7, 8]
+    assert scored["chatrlhf_toxicity"].iloc[0] > scored["chatrlhf_toxicity"].iloc[1]
+    assert scored["toxic"].tolist() == [True, False]  # no clash: the plain name
+    same = CliRunner().invoke(app, ["score", "toxicity", str(src), "--column", "reply", "--out", str(src)])
+    assert same.exit_code == 1 and "is the input file" in " ".join(same.output.split())
+    assert src.read_bytes() == before

@@ -31,7 +31,8 @@ def pg_available(url: str) -> str | None:
         with psycopg.connect(url, connect_timeout=2):
             return None
     except Exception as e:  # noqa: BLE001 - any failure means "no PostgreSQL here"
-        return f"PostgreSQL not reachable at {url}: {e}"
+        return (f"PostgreSQL not reachable at {url}: {e} (`make test` as root installs and starts it: "
+                ".ci/setup-test-deps; or set CHATRLHF_TEST_PG_URL)")
 
 
 @contextmanager
@@ -232,6 +233,54 @@ def test_password_login_sets_a_session_cookie_and_logout_ends_it(c):
     c.cookies.clear()
     c.cookies.set("chatrlhf_token", r.json()["token"])
     assert c.get("/api/me").status_code == 401  # the session token was revoked
+
+
+def test_failed_logins_are_rate_limited_per_user_and_per_address(db_url):
+    app = create_app(db_url, admin_token=ADMIN, migrate=False, login_limit=2, login_window_s=60)
+    try:
+        with TestClient(app) as c:
+            setup_project(c, records=comparisons(1), labelers=("ana", "ben", "cai"), passwords=True)
+            for _ in range(2):
+                assert c.post("/api/login", json={"name": "ana", "password": "guess-guess"}).status_code == 403
+            r = c.post("/api/login", json={"name": "ana", "password": "ana-password"})  # right, but too late
+            assert r.status_code == 429 and "too many failed logins for user 'ana'" in r.json()["detail"]
+            assert 0 < int(r.headers["Retry-After"]) <= 60
+            assert c.post("/api/login", json={"name": "ben", "password": "ben-password"}).status_code == 200
+            for name in ("ben", "nobody", "cai", "dee"):  # 2 + 4 failures: the address's 3 x 2 allowance
+                c.post("/api/login", json={"name": name, "password": "guess-guess"})
+            r = c.post("/api/login", json={"name": "cai", "password": "cai-password"})
+            assert r.status_code == 429 and "for address" in r.json()["detail"]
+    finally:
+        app.state.sessions.kw["bind"].dispose()
+
+
+def test_admin_revokes_a_users_tokens_and_sessions(c, db_url):
+    from typer.testing import CliRunner
+
+    from chatrlhf.labeling.cli import label_app
+
+    tokens = setup_project(c, records=comparisons(1), passwords=True)
+    session = c.post("/api/login", json={"name": "ana", "password": "ana-password"}).json()["token"]
+    c.cookies.clear()
+    ana, ben = bearer(tokens["ana"]), bearer(tokens["ben"])
+    assert c.get("/api/me", headers=ana).status_code == 200  # cached as valid
+    assert c.post("/api/admin/users/ana/revoke", headers=ben).status_code == 403  # admins only
+    r = c.post("/api/admin/users/ana/revoke", headers=A)
+    assert r.status_code == 200 and r.json() == {"name": "ana", "revoked": 2}
+    assert c.get("/api/me", headers=ana).status_code == 401  # refused at once, cache or not
+    assert c.get("/api/me", headers=bearer(session)).status_code == 401
+    assert c.get("/api/me", headers=ben).status_code == 200  # nobody else's
+    assert c.post("/api/admin/users/nobody/revoke", headers=A).status_code == 404
+    fresh = c.post("/api/admin/users/ana/token", headers=A).json()["token"]
+    assert c.get("/api/me", headers=bearer(fresh)).status_code == 200
+    out = CliRunner().invoke(label_app, ["revoke", "ben", "--db", db_url])
+    assert out.exit_code == 0 and "revoked 1 token(s) of 'ben'" in out.output, out.output
+    from chatrlhf.labeling import store
+
+    with c.app.state.sessions.begin() as s:  # running servers see it within AUTH_TTL_S (their token cache)
+        assert store.user_for_token(s, tokens["ben"]) is None
+    bad = CliRunner().invoke(label_app, ["revoke", "nobody", "--db", db_url])
+    assert bad.exit_code == 1 and "no user named 'nobody'" in bad.output
 
 
 # --- rank ------------------------------------------------------------------------------------

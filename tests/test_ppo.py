@@ -191,9 +191,11 @@ def test_exploding_kl_stops_with_clear_message_and_keeps_checkpoint(tiny_model_d
     trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, save_every=1))
     trainer.train(resume=False)
     trainer.cfg.total_iterations, trainer.cfg.max_kl = 3, -1.0
-    with pytest.raises(PPOInstabilityError, match="last good checkpoint kept in .*step_000002"):
+    # the policy whose KL failed is the one checkpointed at iteration 2: set aside, never resumed
+    with pytest.raises(PPOInstabilityError, match="last good checkpoint kept in .*step_000001"):
         trainer.train(resume=False)
-    assert trainer.ckpts.latest().name == "step_000002"
+    assert trainer.ckpts.latest().name == "step_000001"
+    assert (trainer.ckpts.root / "rejected_step_000002" / "REJECTED").is_file()
 
 
 class _SFTAlwaysWins:

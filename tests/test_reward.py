@@ -167,6 +167,30 @@ def test_resumed_run_continues_where_it_stopped(tiny_model_dir, tmp_path, monkey
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_a_checkpoint_of_other_settings_is_refused_naming_them(tiny_model_dir, tmp_path, monkeypatch):
+    from chatrlhf.lm.training import SettingsMismatchError
+
+    comps = comparisons(32)
+    real_loss, calls = reward.ranking_loss, {"n": 0}
+
+    def crash_at_step_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(reward, "ranking_loss", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(cfg_for(tmp_path, save_every=2), comps, tiny_model_dir, tmp_path / "rm", world=None)
+    monkeypatch.setattr(reward, "ranking_loss", real_loss)
+    with pytest.raises(SettingsMismatchError, match=r"rm\.learning_rate: 0\.003 -> 0\.001.*--resume-anyway"):
+        train_reward_model(cfg_for(tmp_path, save_every=2, learning_rate=1e-3), comps, tiny_model_dir,
+                           tmp_path / "rm", world=None)
+    anyway = cfg_for(tmp_path, save_every=2, learning_rate=1e-3)
+    anyway.run.resume_anyway = True
+    assert train_reward_model(anyway, comps, tiny_model_dir, tmp_path / "rm", world=None)["resumed_from"] == 2
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = reward.ranking_loss

@@ -125,7 +125,7 @@ def _data(tmp_path: Path, n: int = 40) -> Path:
     return p
 
 
-def load_cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
+def _cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
     sft_cfg = {"data": str(_data(tmp_path)), "max_len": 64, "batch_size": 8, "max_steps": 8,
                "learning_rate": 3e-3, "warmup_steps": 2, "val_fraction": 0.2, "eval_every": 4,
                "save_every": 4, "log_every": 2, "eval_after": False, **sft_over}
@@ -134,7 +134,7 @@ def load_cfg(tmp_path: Path, model_dir: Path, **sft_over) -> Config:
 
 
 def test_sft_lowers_val_loss_and_saves_a_loadable_stage(tmp_path, tiny_model_dir):
-    cfg = load_cfg(tmp_path, tiny_model_dir)
+    cfg = _cfg(tmp_path, tiny_model_dir)
     cfg.run.tensorboard = True
     out = sft.run_sft(cfg)
     meta = read_meta(out)
@@ -146,13 +146,13 @@ def test_sft_lowers_val_loss_and_saves_a_loadable_stage(tmp_path, tiny_model_dir
 
 
 def test_packed_training_runs(tmp_path, tiny_model_dir):
-    meta = read_meta(sft.run_sft(load_cfg(tmp_path, tiny_model_dir, packing=True, max_steps=6)))
+    meta = read_meta(sft.run_sft(_cfg(tmp_path, tiny_model_dir, packing=True, max_steps=6)))
     assert meta["val_loss"] < meta["val_loss_before"]
 
 
 def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch):
-    straight = sft.train_sft(load_cfg(tmp_path / "a", tiny_model_dir))
-    cfg = load_cfg(tmp_path / "b", tiny_model_dir)
+    straight = sft.train_sft(_cfg(tmp_path / "a", tiny_model_dir))
+    cfg = _cfg(tmp_path / "b", tiny_model_dir)
     real_step = sft._TrainLoop.train_step
 
     def crash_after_checkpoint(self, batch, step):
@@ -182,9 +182,9 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch
 
 
 def test_changed_config_is_not_resumed(tmp_path, tiny_model_dir):
-    sft.train_sft(load_cfg(tmp_path, tiny_model_dir, max_steps=4))
+    sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4))
     with pytest.raises(ValueError, match="different sft/model config"):
-        sft.train_sft(load_cfg(tmp_path, tiny_model_dir, max_steps=4, learning_rate=1e-4))
+        sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4, learning_rate=1e-4))
 
 
 def test_missing_base_model_is_a_clear_error(tmp_path):
@@ -196,11 +196,11 @@ def test_missing_base_model_is_a_clear_error(tmp_path):
 def test_nan_loss_stops_with_clear_error(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(sft, "sft_loss", lambda model, batch: model(**batch, use_cache=False).loss * float("nan"))
     with pytest.raises(NonFiniteLossError, match="sft: loss became nan at step 0"):
-        sft.train_sft(load_cfg(tmp_path, tiny_model_dir))
+        sft.train_sft(_cfg(tmp_path, tiny_model_dir))
 
 
 def test_lora_trains_adapters_only_and_merges_to_plain_checkpoint(tmp_path, tiny_model_dir):
-    cfg = load_cfg(tmp_path, tiny_model_dir, learning_rate=2e-2, max_steps=6,
+    cfg = _cfg(tmp_path, tiny_model_dir, learning_rate=2e-2, max_steps=6,
                lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
     out = sft.train_sft(cfg)
     merged = AutoModelForCausalLM.from_pretrained(out)
@@ -233,7 +233,7 @@ def test_second_architecture_gpt2_with_lora(tmp_path, tiny_model_dir):
     gpt2_dir = tmp_path / "gpt2"
     GPT2LMHeadModel(config).save_pretrained(gpt2_dir)
     tok.save_pretrained(gpt2_dir)
-    cfg = load_cfg(tmp_path, gpt2_dir, learning_rate=2e-2, max_steps=8,
+    cfg = _cfg(tmp_path, gpt2_dir, learning_rate=2e-2, max_steps=8,
                lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["c_attn"]})
     out = sft.train_sft(cfg)
     meta = read_meta(out)

@@ -22,7 +22,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 @pytest.fixture(scope="module")
 def page_url(tiny_model_dir, tmp_path_factory):
     if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (`make test` as root installs it: .ci/setup-test-deps)")
     pytest.importorskip("playwright")
     eng = Engine(load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir))
     saved = tmp_path_factory.mktemp("web_convs")

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from chatrlhf.cli_options import ConfigOpt, SetOpt, console, fail_with, load_cfg
+from chatrlhf.cli_options import ConfigOpt, ResumeOpt, SetOpt, console, fail_with, load_cfg
 from chatrlhf.config import dump_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches a hub at run time unless the user asks
@@ -52,20 +52,20 @@ def tokenizer(config: ConfigOpt = None, set: SetOpt = None):
 
 
 @app.command()
-def pretrain(config: ConfigOpt = None, set: SetOpt = None):
+def pretrain(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False):
     """Generative pre-training of the causal LM on the corpus (resumes from the last checkpoint)."""
     from chatrlhf.stages.pretrain import run_pretrain
 
-    run_pretrain(load_cfg(config, set))
+    run_pretrain(load_cfg(config, set, resume_anyway))
 
 
 @app.command()
-def sft(config: ConfigOpt = None, set: SetOpt = None,
+def sft(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False,
         eval_only: Annotated[bool, typer.Option("--eval-only", help="Only score SFT vs base on held-out prompts.")] = False):
     """Supervised fine-tuning on demonstrations."""
     from chatrlhf.stages.sft import run_sft
 
-    run_sft(load_cfg(config, set), eval_only=eval_only)
+    run_sft(load_cfg(config, set, resume_anyway), eval_only=eval_only)
 
 
 @app.command()
@@ -81,29 +81,29 @@ def sample(config: ConfigOpt = None, set: SetOpt = None,
 
 
 @app.command()
-def rm(config: ConfigOpt = None, set: SetOpt = None):
+def rm(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False):
     """Train the reward model on K-way rankings."""
     from chatrlhf.stages.reward import run_rm
 
-    run_rm(load_cfg(config, set))
+    run_rm(load_cfg(config, set, resume_anyway))
 
 
 @app.command()
-def ppo(config: ConfigOpt = None, set: SetOpt = None):
+def ppo(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False):
     """PPO against the reward model with a KL penalty to the SFT model (PPO-ptx with ppo.ptx_coef > 0)."""
     from chatrlhf.stages.ppo import run_ppo
 
-    run_ppo(load_cfg(config, set))
+    run_ppo(load_cfg(config, set, resume_anyway))
 
 
 @app.command()
-def iterate(config: ConfigOpt = None, set: SetOpt = None,
+def iterate(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False,
             rounds: Annotated[Optional[int], typer.Option(help="RLHF rounds (overrides iterate.rounds).")] = None):
     """Iterated RLHF: fresh comparisons from the newest policy, RM update, PPO again."""
     from chatrlhf.stages.iterate import run_iterate
 
     overrides = list(set or []) + ([f"iterate.rounds={rounds}"] if rounds is not None else [])
-    run_iterate(load_cfg(config, overrides))
+    run_iterate(load_cfg(config, overrides, resume_anyway))
 
 
 @app.command("eval")
@@ -127,12 +127,12 @@ def report(config: ConfigOpt = None, set: SetOpt = None):
 
 
 @app.command()
-def run(config: ConfigOpt = None, set: SetOpt = None,
+def run(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False,
         force: Annotated[bool, typer.Option(help="Rerun stages even when their outputs are complete.")] = False):
     """The whole mission: world -> tokenizer -> pretrain -> SFT -> RM -> PPO -> more rounds -> eval -> report."""
     from chatrlhf.pipeline import run_all
 
-    run_all(load_cfg(config, set), force=force)
+    run_all(load_cfg(config, set, resume_anyway), force=force)
 
 
 @app.command()
@@ -198,10 +198,19 @@ def _add_label_app() -> None:
 _add_label_app()
 
 
+def _stopped(e: BaseException) -> bool:
+    """A trainer stopping itself (NaN, divergence): an ordinary outcome, reported without a traceback.
+    Checked through sys.modules so `chatrlhf --help` does not import torch."""
+    training = sys.modules.get("chatrlhf.lm.training")
+    return training is not None and isinstance(e, training.TrainingStopped)
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()
-    except (FileNotFoundError, ValueError) as e:
+    except Exception as e:
+        if not isinstance(e, (FileNotFoundError, ValueError)) and not _stopped(e):
+            raise
         console.print(f"[red]error:[/red] {e}")
         sys.exit(1)
 

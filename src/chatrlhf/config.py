@@ -34,6 +34,13 @@ class RunConfig(Section):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda'. Accelerate picks the device on 'auto'.")
     threads: int = Field(0, description="torch CPU threads; 0 keeps torch's default.")
     tensorboard: bool = Field(True, description="Write TensorBoard scalars under <stage>/tb.")
+    divergence_factor: float = Field(10.0, ge=0, description=(
+        "Stop a trainer whose finite loss rises above its lowest value plus this many times its early range "
+        "(highest of the first 5 losses minus the lowest, at least half the first loss); the last verified "
+        "checkpoint is kept. 0 turns it off."))
+    resume_anyway: bool = Field(False, description=(
+        "Resume a checkpoint even when it was written with other settings (they are listed as a warning); "
+        "by default such a resume is refused. CLI: --resume-anyway."))
 
 
 class WorldConfig(Section):
@@ -307,6 +314,8 @@ class ServeConfig(Section):
     timeout_s: float = Field(60.0, description="Per-request timeout.")
     default_max_tokens: int = Field(64, description="max_tokens of a request that does not say.")
     max_batch: int = Field(16, description="Most requests decoded together (continuous batching).")
+    stuck_s: float = Field(30.0, gt=0, description="/health answers 503 when the decoding loop holds work but has not "
+                           "finished a step for this long (or has died and not been restarted).")
     save_conversations: str | None = Field(None, description="Append finished conversations as jsonl here (off by default).")
 
 

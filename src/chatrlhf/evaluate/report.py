@@ -344,6 +344,7 @@ def run_report(cfg: Config) -> Path:
     out = cfg.stage_dir("report")
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # incomplete until the report is written again
     data = gather(cfg)
     plots = [p for p in [plot_models(data["eval"], plots_dir)] if p]
     for name, d in stage_dirs(cfg).items():

@@ -235,6 +235,7 @@ def run_eval(cfg: Config, models: list[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"no model to evaluate under {cfg.run.out_dir}; pass --model NAME=DIR")
     out = cfg.stage_dir("eval")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # incomplete until every result is written again
     ctx = Context(cfg)
     results: dict[str, dict[str, Any]] = {}
     for name, path in specs:

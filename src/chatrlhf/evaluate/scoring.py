@@ -60,6 +60,29 @@ def _default_out(path: Path) -> Path:
     return path.with_name(f"{path.stem}.scored{path.suffix}")
 
 
+def score_columns(df: pd.DataFrame, names: list[str]) -> dict[str, str]:
+    """Where each score goes: its own name, or `chatrlhf_<name>` (then `_2`, `_3`...) when the file
+    already has a column of that name; the user's columns are never overwritten."""
+    out: dict[str, str] = {}
+    for name in names:
+        col, k = name, 1
+        while col in df.columns or col in out.values():
+            k += 1
+            col = f"chatrlhf_{name}" if k == 2 else f"chatrlhf_{name}_{k - 1}"
+        if col != name:
+            console.print(f"[yellow]{name!r} is already a column of the input: its values are kept and the "
+                          f"score is written as {col!r}[/yellow]")
+        out[name] = col
+    return out
+
+
+def _check_out(path: Path, out: Path | None) -> None:
+    """The input file is read, never written."""
+    if out is not None and Path(out).resolve() == Path(path).resolve():
+        raise ValueError(f"--out {out} is the input file; scores are written to another file (default "
+                         f"{_default_out(Path(path))})")
+
+
 def summarise(df: pd.DataFrame, score_cols: list[str], group_by: str | None) -> dict[str, dict[str, float]]:
     """Mean of each score column overall and per value of `group_by`, with row counts."""
     def one(d: pd.DataFrame) -> dict[str, float]:
@@ -93,12 +116,14 @@ def score_toxicity_file(file: Path, column: str = "text", group_by: str | None =
     """Adds `toxicity` (probability) and `toxic` (>= 0.5) to each row."""
     from chatrlhf.evaluate.toxicity import TOXIC_THRESHOLD, load_classifier
 
+    _check_out(Path(file), out)
     df = read_table(Path(file))
     _require(df, Path(file), column, group_by)
     scores = load_classifier().score(df[column].fillna("").astype(str).tolist())
-    df["toxicity"] = np.round(scores, 5)
-    df["toxic"] = scores >= TOXIC_THRESHOLD
-    return _finish(df, Path(file), out, ["toxicity", "toxic"], group_by)
+    name = score_columns(df, ["toxicity", "toxic"])
+    df[name["toxicity"]] = np.round(scores, 5)
+    df[name["toxic"]] = scores >= TOXIC_THRESHOLD
+    return _finish(df, Path(file), out, [name["toxicity"], name["toxic"]], group_by)
 
 
 def _norm(q: str) -> str:
@@ -111,6 +136,7 @@ def score_truthfulness_file(file: Path, question_column: str = "question", answe
     """Adds `truthful`, `informative`, `sim_correct`, `sim_incorrect` (empty when the question is unknown)."""
     from chatrlhf.evaluate.truthfulness import judge, load_truthfulqa
 
+    _check_out(Path(file), out)
     df = read_table(Path(file))
     _require(df, Path(file), question_column, answer_column, group_by)
     tqa_dir = Path(truthfulqa_dir) if truthfulqa_dir else Path("../shared/data/truthfulqa")
@@ -125,8 +151,9 @@ def score_truthfulness_file(file: Path, question_column: str = "question", answe
         for i, v in zip(known, judge([(it.correct, it.incorrect, it.best) for it in its], answers)):
             for k in cols:
                 cols[k][i] = v[k]
+    name = score_columns(df, list(cols))
     for k, v in cols.items():
-        df[k] = v
+        df[name[k]] = v
     if len(known) < len(df):
         console.print(f"[yellow]{len(df) - len(known)} of {len(df)} questions are not in TruthfulQA: left unscored[/yellow]")
-    return _finish(df, Path(file), out, ["truthful", "informative"], group_by)
+    return _finish(df, Path(file), out, [name["truthful"], name["informative"]], group_by)

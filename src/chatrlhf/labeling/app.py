@@ -5,12 +5,19 @@
 Auth: `Authorization: Bearer <token>` (API clients, simulated labelers) or the `chatrlhf_token`
 cookie set by /api/login (people). Labelers reach /api/queue, /api/projects/*/next, /api/items/*
 and their own /api/submissions; everything under /api/admin needs an admin.
+
+Failed logins are limited per user name and per client address (429 with Retry-After), so a
+password cannot be guessed at speed; an admin revokes a user's tokens with
+POST /api/admin/users/{name}/revoke (or `chatrlhf label revoke NAME`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -91,12 +98,47 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class LoginLimiter:
+    """Failed logins per key (a user name, a client address) in a sliding window: once a key has
+    `limit` failures within `window_s`, further attempts are refused until the oldest expires.
+    In-process: each server process counts its own attempts."""
+
+    def __init__(self, limit: int, window_s: float):
+        self.limit, self.window_s = limit, window_s
+        self.fails: dict[str, deque[float]] = {}
+        self.lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        q = self.fails.setdefault(key, deque())
+        while q and now - q[0] >= self.window_s:
+            q.popleft()
+        return q
+
+    def wait_s(self, key: str) -> float:
+        """Seconds until `key` may try again; 0 when it may now."""
+        now = time.monotonic()
+        with self.lock:
+            q = self._recent(key, now)
+            return self.window_s - (now - q[0]) if len(q) >= self.limit else 0.0
+
+    def failed(self, key: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if len(self.fails) > 100_000:  # a flood of distinct keys: forget the idle ones
+                self.fails = {k: q for k, q in self.fails.items() if q and now - q[-1] < self.window_s}
+            self._recent(key, now).append(now)
+
+
 class Ctx:
     """What every route needs: the database, auth and the queue's claim length."""
 
-    def __init__(self, sessions: sessionmaker, claim_minutes: float):
+    def __init__(self, sessions: sessionmaker, claim_minutes: float, login_limit: int = 10,
+                 login_window_s: float = 300.0):
         self.sessions, self.readers = sessions, reader(sessions)
         self.claim_minutes = claim_minutes
+        # an address may hold several people (an office behind one NAT): it gets 3x a user's allowance
+        self.user_logins = LoginLimiter(login_limit, login_window_s)
+        self.addr_logins = LoginLimiter(3 * login_limit, login_window_s)
         # token -> (user, when looked up): saves a database round trip on most requests. Logout
         # drops the entry here; another server process sees a revoked token at most AUTH_TTL_S later.
         self.auth_cache: dict[str, tuple[User, float]] = {}
@@ -139,6 +181,12 @@ class Ctx:
             self.auth_cache[token] = (user, time.monotonic())
         return user
 
+    def forget_user(self, user_id: int) -> None:
+        """Drop a user's cached tokens (after a revocation) so this process refuses them at once."""
+        for token, (user, _) in list(self.auth_cache.items()):
+            if user.id == user_id:
+                self.auth_cache.pop(token, None)
+
     def current_user(self, request: Request) -> User:
         user = self.lookup(self.token_of(request))
         if user is None:
@@ -147,16 +195,18 @@ class Ctx:
 
 
 def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 60.0,
-               admin_token: str | None = None, admin_name: str = "admin", migrate: bool = True) -> FastAPI:
+               admin_token: str | None = None, admin_name: str = "admin", migrate: bool = True,
+               login_limit: int = 10, login_window_s: float = 300.0) -> FastAPI:
     """Build the app on `db` (migrated to head first unless migrate=False). `admin_token` makes that
-    token an admin's."""
+    token an admin's. A user name gets `login_limit` failed logins per `login_window_s`, an address
+    three times that."""
     sessions: sessionmaker = open_db(db, upgrade=migrate)
     if admin_token:
         with sessions.begin() as s:
             store.ensure_admin_token(s, admin_name, admin_token)
     app = FastAPI(title="chatrlhf labeling", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.sessions = sessions
-    ctx = Ctx(sessions, claim_minutes)
+    ctx = Ctx(sessions, claim_minutes, login_limit, login_window_s)
     _page_routes(app, ctx)
     _labeler_routes(app, ctx)
     _admin_routes(app, ctx)
@@ -207,9 +257,24 @@ def _labeler_routes(app: FastAPI, ctx: Ctx) -> None:
     """Login and what a labeler may do: their queue, items of their projects, their own answers."""
 
     @app.post("/api/login")
-    def api_login(req: LoginReq, response: Response):
-        with ctx.tx() as s:
-            user, token = store.login(s, req.name, req.password)
+    def api_login(req: LoginReq, request: Request, response: Response):
+        addr = request.client.host if request.client else "unknown"
+        keys = [(ctx.user_logins, f"user:{req.name}", f"user '{req.name}'"),
+                (ctx.addr_logins, f"addr:{addr}", f"address {addr}")]
+        for limiter, key, who in keys:
+            wait = limiter.wait_s(key)
+            if wait > 0:
+                raise HTTPException(429, f"too many failed logins for {who}: {limiter.limit} within "
+                                         f"{limiter.window_s:g} s; try again in {math.ceil(wait)} s",
+                                    headers={"Retry-After": str(math.ceil(wait))})
+        try:
+            with ctx.tx() as s:
+                user, token = store.login(s, req.name, req.password)
+        except HTTPException as e:
+            if e.status_code == 403:
+                for limiter, key, _ in keys:
+                    limiter.failed(key)
+            raise
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=14 * 24 * 3600)
         return {"name": user.name, "role": user.role, "token": token}
 
@@ -292,6 +357,16 @@ def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
         with ctx.tx() as s:
             user = store.get_user(s, name)
             return {"name": user.name, "role": user.role, "token": store.issue_token(s, user)}
+
+    @app.post("/api/admin/users/{name}/revoke")
+    def api_revoke(name: str, _: User = Depends(admin)):
+        """End every token and session of `name` (a leaked token, a labeler who left)."""
+        with ctx.tx() as s:
+            user = store.get_user(s, name)
+            n = store.revoke_tokens(s, user)
+            user_id = user.id
+        ctx.forget_user(user_id)
+        return {"name": name, "revoked": n}
 
     @app.get("/api/admin/users")
     def api_users(_: User = Depends(admin)):

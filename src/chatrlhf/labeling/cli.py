@@ -102,6 +102,19 @@ def create_user(name: str, config: ConfigOpt = None, set: SetOpt = None, db: DbO
     typer.echo(token)
 
 
+@label_app.command()
+def revoke(name: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None):
+    """Revoke every API token and login session of a user (servers refuse them within seconds)."""
+    from chatrlhf.labeling import store
+
+    try:
+        with _session(_db(config, set, db)) as s:
+            n = store.revoke_tokens(s, store.get_user(s, name))
+    except store.NotFound as e:
+        fail_with(e)
+    typer.echo(f"revoked {n} token(s) of '{name}'")
+
+
 @label_app.command("import")
 def import_(file: Path, project: Annotated[str, typer.Option(help="Project name (created if missing).")],
             config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,

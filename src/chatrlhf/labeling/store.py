@@ -78,6 +78,16 @@ def logout(s: Session, token: str) -> None:
         s.delete(tok)
 
 
+def revoke_tokens(s: Session, user: User) -> int:
+    """Delete every token (API and session) of `user`; returns how many there were. A new one can be
+    issued with POST /api/admin/users/{name}/token."""
+    tokens = list(s.scalars(select(Token).where(Token.user_id == user.id)))
+    for tok in tokens:
+        s.delete(tok)
+    s.flush()
+    return len(tokens)
+
+
 def ensure_admin_token(s: Session, name: str, token: str) -> None:
     """Make `token` valid for admin `name` (used by `label serve` with CHATRLHF_LABEL_ADMIN_TOKEN)."""
     user = s.scalar(select(User).where(User.name == name))

@@ -14,6 +14,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when a loss is NaN or inf; the last good checkpoint is left untouched."""
+class TrainingStopped(RuntimeError):
+    """A trainer stopped itself (non-finite or diverging loss, weights that fail verification); the
+    message names the last verified checkpoint. The CLI prints it without a traceback."""
+
+
+class NonFiniteLossError(TrainingStopped):
+    """Raised when a loss (or a weight about to be checkpointed) is NaN or inf; the last verified
+    checkpoint is left untouched."""
+
+
+class DivergenceError(TrainingStopped):
+    """Raised when a finite loss climbs far above its running range (see run.divergence_factor)."""
 
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), before anyone changes it
@@ -122,11 +133,92 @@ def packed_position_ids(row_lengths: list[list[int]], width: int) -> torch.Tenso
                         dtype=torch.long)
 
 
+RESUME_HINT = " (a rerun with changed settings continues from it with --resume-anyway)"
+
+
+def _kept(ckpt_dir: Path | None) -> str:
+    return f"last verified checkpoint kept: {ckpt_dir}{RESUME_HINT}" if ckpt_dir else "no verified checkpoint yet"
+
+
 def check_finite(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None = None) -> None:
     if not torch.isfinite(loss).all():
-        where = f"; last good checkpoint kept in {ckpt_dir}" if ckpt_dir else ""
-        raise NonFiniteLossError(f"{stage}: loss became {loss.item()} at step {step}; stopping{where}. "
+        raise NonFiniteLossError(f"{stage}: loss became {loss.item()} at step {step}; stopping, {_kept(ckpt_dir)}. "
                                  "Try a lower learning rate or a tighter grad_clip.")
+
+
+class DivergenceGuard:
+    """Stops a run whose loss climbs far above its running range while still finite.
+
+    The range is the loss's first `window` values (the highest of them) down to its running
+    minimum, and at least half the first loss: a step is diverged when
+    loss > lowest + factor * range. A loss that falls or wobbles stays well inside; one that
+    explodes (a far too high learning rate) leaves it within a step or two. factor <= 0 turns it off."""
+
+    def __init__(self, factor: float, window: int = 5, floor: float = 0.1):
+        self.factor, self.window, self.floor = factor, window, floor
+        self.first: list[float] = []
+        self.low = math.inf
+
+    def state(self) -> dict[str, Any]:
+        return {"first": self.first, "low": self.low if math.isfinite(self.low) else None}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.first = list(state.get("first", []))
+            self.low = state["low"] if state.get("low") is not None else math.inf
+
+    def limit(self) -> float:
+        if not self.first:
+            return math.inf
+        scale = max(max(self.first) - self.low, 0.5 * abs(self.first[0]), self.floor)
+        return self.low + self.factor * scale
+
+    def check(self, loss: float, step: int, stage: str, latest: Callable[[], Path | None]) -> None:
+        """Raise DivergenceError naming `latest()` (the checkpoint kept) when `loss` is out of range."""
+        if self.factor <= 0 or not math.isfinite(loss):
+            return
+        limit = self.limit()
+        if loss > limit:
+            ckpt_dir = latest()
+            raise DivergenceError(
+                f"{stage}: loss {loss:.4g} at step {step} is far above its running range (lowest {self.low:.4g}, "
+                f"limit {limit:.4g} = run.divergence_factor {self.factor:g} x range); stopping, {_kept(ckpt_dir)}. "
+                "Try a lower learning rate, or raise run.divergence_factor (0 turns this check off).")
+        if len(self.first) < self.window:
+            self.first.append(loss)
+        self.low = min(self.low, loss)
+
+
+def first_nonfinite(models: list[torch.nn.Module]) -> str | None:
+    """Name of the first parameter or buffer holding NaN or inf, None when all are finite."""
+    for i, m in enumerate(models):
+        for name, t in [*m.named_parameters(), *m.named_buffers()]:
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                return f"{name}" if len(models) == 1 else f"model {i}: {name}"
+    return None
+
+
+def flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: settings as dotted names, to name the ones that differ."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_settings(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def settings_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`name: saved -> current` for every dotted setting that differs."""
+    a, b = flat_settings(saved), flat_settings(json.loads(json.dumps(current, default=str)))
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
+
+
+class SettingsMismatchError(ValueError):
+    """A checkpoint was written with other settings than the current run's."""
 
 
 class MetricsLogger:
@@ -137,6 +229,8 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
+        if resume:
+            self._drop_after_checkpoint(Path(stage_dir))
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -151,6 +245,22 @@ class MetricsLogger:
             for k, v in clean.items():
                 self.tb.add_scalar(k, v, step)
 
+    def _drop_after_checkpoint(self, stage_dir: Path) -> None:
+        """A resumed run repeats the steps after its checkpoint: drop the rows the interrupted run
+        logged for them, so each step is logged once."""
+        latest = Checkpoints(stage_dir).latest()
+        if latest is None or not self.path.is_file():
+            return
+        step = json.loads((latest / "trainer_state.json").read_text()).get("step")
+        if step is None:
+            return
+        lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        if len(keep) != len(lines):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            tmp.replace(self.path)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -163,45 +273,176 @@ def read_metrics(stage_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def _hyperparameters(accelerator: Accelerator) -> list[tuple[Any, Any]]:
+    """Each prepared optimizer's group settings and scheduler plan, as this run configured them."""
+    snap = []
+    for opt in getattr(accelerator, "_optimizers", []):
+        inner = getattr(opt, "optimizer", opt)
+        snap.append((inner, [{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]))
+    for sch in getattr(accelerator, "_schedulers", []):
+        inner = getattr(sch, "scheduler", sch)
+        lambdas = [dict(vars(f)) for f in getattr(inner, "lr_lambdas", []) if hasattr(f, "__dict__")]
+        snap.append((inner, (list(getattr(inner, "base_lrs", [])), lambdas)))
+    return snap
+
+
+def _restore_hyperparameters(snap: list[tuple[Any, Any]]) -> None:
+    """Put back what _hyperparameters took, after a checkpoint's states overwrote it; each scheduled
+    learning rate is recomputed at the resumed step."""
+    for obj, saved in snap:
+        if isinstance(obj, torch.optim.Optimizer):
+            for g, h in zip(obj.param_groups, saved):
+                g.update(h)
+        else:
+            base, lambdas = saved
+            obj.base_lrs = base
+            for f, d in zip([f for f in getattr(obj, "lr_lambdas", []) if hasattr(f, "__dict__")], lambdas):
+                vars(f).update(d)
+            for g, b, lam in zip(obj.optimizer.param_groups, base, getattr(obj, "lr_lambdas", [])):
+                g["initial_lr"], g["lr"] = b, b * lam(obj.last_epoch)
+
+
+WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin")
+_WARNED: set[Path] = set()  # incomplete checkpoints already reported
+
+
 class Checkpoints:
     """Resumable checkpoints under <stage>/checkpoints/step_NNNNNN.
 
     Accelerate's save_state holds model, optimizer, scheduler and RNG states; `state` (step, data
-    position, anything else) goes to trainer_state.json. Written to a temp dir and renamed, so a
-    crash mid-write never leaves a half checkpoint that looks complete.
+    position, anything else) goes to trainer_state.json. A checkpoint is only written once every
+    weight is finite, to a temp dir that is then renamed, so a crash mid-write never leaves a half
+    checkpoint that looks complete; one without weight files (written by other means) is skipped
+    with a warning. `settings` (what fixes the trajectory) are saved with each checkpoint and a
+    resume with other settings is refused, naming them, unless `resume_anyway`. `guard` stops a
+    finite but diverging loss (check_loss); its running range is saved too.
     """
 
-    def __init__(self, stage_dir: Path, keep: int = 2):
+    def __init__(self, stage_dir: Path, keep: int = 2, settings: dict[str, Any] | None = None,
+                 resume_anyway: bool = False, divergence_factor: float = 0.0):
         self.root = Path(stage_dir) / "checkpoints"
         self.keep = keep
+        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
+        self.resume_anyway = resume_anyway
+        self.guard = DivergenceGuard(divergence_factor)
+
+    def configure(self, settings: dict[str, Any] | None = None, resume_anyway: bool | None = None,
+                  divergence_factor: float | None = None) -> "Checkpoints":
+        """Set the run's settings and options after construction (trainers that build their own)."""
+        if settings is not None:
+            self.settings = json.loads(json.dumps(settings, default=str))
+        if resume_anyway is not None:
+            self.resume_anyway = resume_anyway
+        if divergence_factor is not None:
+            self.guard.factor = divergence_factor
+        return self
+
+    @classmethod
+    def for_run(cls, cfg, stage_dir: Path, settings: dict[str, Any] | None = None) -> "Checkpoints":
+        """A stage's checkpoints with the run's resume_anyway and divergence_factor settings."""
+        return cls(stage_dir, settings=settings, resume_anyway=cfg.run.resume_anyway,
+                   divergence_factor=cfg.run.divergence_factor)
+
+    @staticmethod
+    def has_weights(path: Path) -> bool:
+        return any(next(path.glob(pattern), None) is not None for pattern in WEIGHT_FILES)
+
+    def good(self) -> list[Path]:
+        """Complete checkpoints, oldest first; incomplete ones are reported and skipped."""
+        out = []
+        for p in sorted(self.root.glob("step_*")):
+            if not (p / "trainer_state.json").is_file():
+                continue
+            if not self.has_weights(p):
+                if p not in _WARNED:
+                    _WARNED.add(p)
+                    print(f"warning: checkpoint {p} has trainer_state.json but no weight files (half written); "
+                          "skipped, using the one before it", file=sys.stderr)
+                continue
+            out.append(p)
+        return out
 
     def latest(self) -> Path | None:
-        done = sorted(p for p in self.root.glob("step_*") if (p / "trainer_state.json").is_file())
+        done = self.good()
         return done[-1] if done else None
 
+    def check_loss(self, loss: torch.Tensor, step: int, stage: str) -> None:
+        """Stop on a non-finite loss or a finite one far above its running range, before the update."""
+        # the loss at `step` is the one of the weights checkpointed as step_<step> (if one was): a bad
+        # loss sets that checkpoint aside, and the stop names the one before it
+        if not torch.isfinite(loss).all():
+            check_finite(loss, step, stage, self.reject(step, f"{stage}: its loss was {loss.item()}"))
+        self.guard.check(float(loss.detach().float().mean()), step, stage,
+                         lambda: self.reject(step, f"{stage}: its loss was far above its running range"))
+
+    def verify(self, accelerator: Accelerator, step: int) -> None:
+        """Raise NonFiniteLossError naming the last verified checkpoint when any prepared model holds
+        NaN or inf (before a checkpoint, or a stage output, is written from it)."""
+        bad = first_nonfinite(list(getattr(accelerator, "_models", [])))
+        if bad is not None:
+            raise NonFiniteLossError(f"weights became non-finite ({bad}) by step {step}; not saved, "
+                                     f"{_kept(self.latest())}. Try a lower learning rate or a tighter grad_clip.")
+
     def save(self, accelerator: Accelerator, step: int, state: dict[str, Any]) -> Path:
+        self.verify(accelerator, step)
         final = self.root / f"step_{step:06d}"
         tmp = self.root / f".tmp_step_{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         accelerator.save_state(str(tmp), safe_serialization=True)
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
+        extra: dict[str, Any] = {"verified_finite": True, "divergence_guard": self.guard.state()}
+        if self.settings is not None:
+            extra["settings"] = self.settings
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state, **extra}))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in sorted(p for p in self.root.glob("step_*"))[: -self.keep]:
+        for old in self.good()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def resume(self, accelerator: Accelerator, fingerprint: str, what: str) -> dict[str, Any] | None:
-        """Restore the newest checkpoint if it was made with the same config (`fingerprint`, saved in
-        its state); a different config is refused, never silently resumed. None when there is none."""
+    def reject(self, step: int, why: str) -> Path | None:
+        """Move the checkpoint of `step` out of the resumable set (kept as rejected_step_N for a
+        look); returns the checkpoint now latest."""
+        path = self.root / f"step_{step:06d}"
+        if path.is_dir():
+            dest = self.root / f"rejected_step_{step:06d}"
+            shutil.rmtree(dest, ignore_errors=True)
+            path.rename(dest)
+            (dest / "REJECTED").write_text(why + "\n")
+        return self.latest()
+
+    def check_settings(self, path: Path, saved: dict[str, Any], fingerprint: str | None, what: str) -> bool:
+        """Refuse (or with resume_anyway, warn about) a checkpoint made with other settings; True
+        when they differ and the resume goes ahead."""
+        if self.settings is not None and "settings" in saved:
+            diff = settings_diff(saved["settings"], self.settings)
+        elif fingerprint is not None and saved.get("fingerprint") is not None:
+            diff = [] if saved["fingerprint"] == fingerprint else ["(settings not recorded; config fingerprint differs)"]
+        else:
+            diff = []
+        if not diff:
+            return False
+        listed = "; ".join(diff)
+        if self.resume_anyway:
+            print(f"warning: resuming {path} although its {what} settings differ: {listed}; "
+                  "the current settings apply from here on", file=sys.stderr)
+            return True
+        raise SettingsMismatchError(
+            f"checkpoint {path} was made with a different {what} config, settings that differ: {listed}. "
+            f"Restore them to resume, pass --resume-anyway (run.resume_anyway=true) to resume anyway, "
+            f"or delete {self.root} to start over")
+
+    def resume(self, accelerator: Accelerator, fingerprint: str | None, what: str) -> dict[str, Any] | None:
+        """Restore the newest checkpoint if it was made with the same settings; different ones are
+        refused, never silently resumed. None when there is none."""
         latest = self.latest()
         if latest is None:
             return None
         saved = json.loads((latest / "trainer_state.json").read_text())
-        if saved.get("fingerprint") != fingerprint:
-            raise ValueError(f"checkpoint {latest} was made with a different {what} config; "
-                             f"delete {self.root} to start over, or restore that config to resume")
+        differ = self.check_settings(latest, saved, fingerprint, what)
+        current = _hyperparameters(accelerator) if differ else None
         state = self.load(accelerator)
+        if current is not None:  # weights and moments from the checkpoint, the schedule from this run
+            _restore_hyperparameters(current)
         print(f"resuming from {latest} (step {state['step']})", file=sys.stderr)
         return state
 
@@ -211,7 +452,9 @@ class Checkpoints:
         if path is None:
             return None
         accelerator.load_state(str(path))
-        return json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.guard.restore(state.get("divergence_guard"))
+        return state
 
 
 def progress_bar(description: str) -> Progress:

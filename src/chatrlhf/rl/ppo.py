@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from chatrlhf.config import PPOConfig
-from chatrlhf.lm.training import Checkpoints, MetricsLogger, progress_bar
+from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.experience import (
     GoldFn,
@@ -60,7 +60,7 @@ from chatrlhf.rl.losses import (
 )
 
 
-class PPOInstabilityError(RuntimeError):
+class PPOInstabilityError(TrainingStopped):
     """NaN loss or exploding KL; the last good checkpoint is left in place."""
 
 
@@ -169,7 +169,8 @@ class PPOTrainer:
         self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)
         self.ref_policy = ref_policy.to(accelerator.device) if ref_policy is not None else None
         self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
-        self.ckpts = Checkpoints(self.out_dir)
+        self.ckpts = Checkpoints(self.out_dir, settings={"ppo": cfg.model_dump(mode="json", exclude={
+            "total_iterations", "max_minutes", "eval_every", "save_every", "patience"}), "seed": seed})
         self.iteration, self.best = 0, {"win_rate": -1.0, "iteration": 0, "stale": 0}
         self.guard_history: list[float] = []  # every guard evaluation, iteration 0 first
         self.history: list[dict[str, float]] = []
@@ -223,11 +224,13 @@ class PPOTrainer:
 
     def _check_kl(self, kl: float) -> None:
         if not math.isfinite(kl) or kl > self.cfg.max_kl:
-            last = self.ckpts.latest()
+            # the policy just measured is not good: a checkpoint of it is set aside, never resumed
+            last = self.ckpts.reject(self.iteration, f"KL to SFT {kl:.3g} > ppo.max_kl {self.cfg.max_kl}")
             raise PPOInstabilityError(
                 f"PPO stopped at iteration {self.iteration}: KL to SFT is {kl:.3g} nats/sequence "
                 f"(ppo.max_kl = {self.cfg.max_kl}); last good checkpoint kept in {last or '(none yet)'}. "
-                "Lower ppo.learning_rate, raise ppo.kl_coef or use ppo.adaptive_kl=true.")
+                "Lower ppo.learning_rate, raise ppo.kl_coef or use ppo.adaptive_kl=true"
+                + (", and rerun with --resume-anyway to continue from that checkpoint." if last else "."))
 
     # -- guard
     def evaluate_guard(self, repeat: int = 0) -> float:
@@ -267,7 +270,7 @@ class PPOTrainer:
         return self.ckpts.save(self.accelerator, self.iteration, state)
 
     def resume(self) -> bool:
-        state = self.ckpts.load(self.accelerator)
+        state = self.ckpts.resume(self.accelerator, None, "ppo")
         if state is None:
             return False
         self.iteration, self.kl_ctl.value, self.best = state["iteration"], state["kl_coef"], state["best"]

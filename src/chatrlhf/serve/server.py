@@ -6,14 +6,21 @@
 One worker thread owns the model and decodes every request in one continuously batched
 DecodeBatch: a request that arrives mid-generation joins the running batch at the next step
 instead of waiting for it to finish. Tokens go to each request's asyncio queue, so a client
-that reads slowly only delays itself. Limits (body size, messages, max_tokens, timeout) answer
-4xx with an OpenAI-style JSON error whose `param` names the field.
+that reads slowly only delays itself. Limits (body size, messages, max_tokens, timeout) and
+every field's type and range answer 4xx with an OpenAI-style JSON error whose `param` names the
+field; every other error (404, 405, 500) has the same {"error": {...}} shape.
+
+One request cannot take the server down: its work is checked before it joins a batch, a failure
+while joining fails only the joining requests, a failed step fails only the rows of that batch,
+and a loop that dies anyway is restarted by a supervisor thread. /health answers 503 while the
+loop is dead or stuck (holding work without finishing a step for serve.stuck_s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -28,11 +35,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatrlhf.config import ServeConfig
 from chatrlhf.lm.engine import DecodeBatch, Engine, Generation, SamplingParams
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # torch generators take [-2^63, 2^64); rows add small offsets
+MAX_TOP_K = 1_000_000  # beyond any vocabulary; keeps the value inside the sampler's int64 tensors
+MAX_STOP = 4  # stop sequences per request, as OpenAI's API
 
 
 # --- request schema -------------------------------------------------------------------------
@@ -60,9 +71,9 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    top_k: int = Field(0, ge=0, le=MAX_TOP_K)
+    stop: str | list[str] | None = Field(None, max_length=MAX_STOP)
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # int64, as OpenAI's API: the sampler's range
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -90,42 +101,120 @@ class Job:
         self.cancelled = False
 
     def push(self, kind: str, value: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        except RuntimeError:  # the request's event loop is gone (client and server shut down): nobody to tell
+            self.cancelled = True
+
+    def fail(self, message: str) -> None:
+        self.push("error", message)
+        self.cancelled = True
+
+
+def check_params(params: SamplingParams) -> None:
+    """What the sampler accepts, checked before a request joins a batch (a bad value raising inside
+    the batch would take the other rows with it)."""
+    if params.seed is not None and not SEED_MIN <= params.seed <= SEED_MAX:
+        raise ValueError(f"seed {params.seed} is outside [{SEED_MIN}, {SEED_MAX}]")
+    if not 0 <= params.top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k {params.top_k} is outside [0, {MAX_TOP_K}]")
+    if not (0.0 <= params.temperature <= 2.0 and 0.0 < params.top_p <= 1.0):
+        raise ValueError("temperature must be in [0, 2] and top_p in (0, 1]")
 
 
 class Scheduler:
-    """A thread that keeps one DecodeBatch running and lets waiting jobs join it (up to max_batch rows)."""
+    """A thread that keeps one DecodeBatch running and lets waiting jobs join it (up to max_batch rows).
 
-    def __init__(self, engine: Engine, max_batch: int = 16):
-        self.eng, self.max_batch = engine, max_batch
+    A supervisor thread restarts the decoding thread if it dies; the jobs the dead loop held fail
+    with an error, every other request is served by the new loop."""
+
+    def __init__(self, engine: Engine, max_batch: int = 16, stuck_s: float = 30.0):
+        self.eng, self.max_batch, self.stuck_s = engine, max_batch, stuck_s
         self.gather_s = 0.005
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()
         self.running = False
         self.live = 0
         self.thread: threading.Thread | None = None
+        self.supervisor: threading.Thread | None = None
+        self.batch: DecodeBatch | None = None
+        self.rows: dict[int, Job] = {}
+        self.beat = time.monotonic()  # last time the loop made progress (or waited idle)
+        self.restarts = 0
+        self.last_error: str | None = None
 
     def start(self) -> None:
         self.running = True
-        self.thread = threading.Thread(target=self._loop, name="chatrlhf-decoder", daemon=True)
+        self._spawn()
+        self.supervisor = threading.Thread(target=self._supervise, name="chatrlhf-supervisor", daemon=True)
+        self.supervisor.start()
+
+    def _spawn(self) -> None:
+        self.beat = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="chatrlhf-decoder", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
         with self.cond:
             self.running = False
-            self.cond.notify()
-        if self.thread:
-            self.thread.join(timeout=10)
+            self.cond.notify_all()
+        for th in (self.supervisor, self.thread):
+            if th:
+                th.join(timeout=10)
 
     def submit(self, job: Job) -> None:
         with self.cond:
             self.pending.append(job)
             self.cond.notify()
 
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why not): the loop is alive, and if it holds work it finished a step recently."""
+        if not self.running:
+            return False, "the decoding loop is stopped"
+        if self.thread is None or not self.thread.is_alive():
+            return False, f"the decoding loop is dead (last error: {self.last_error}); restarting"
+        idle_for = time.monotonic() - self.beat
+        if (self.live or self.pending) and idle_for > self.stuck_s:
+            return False, f"the decoding loop has not finished a step for {idle_for:.0f} s (serve.stuck_s = {self.stuck_s:g})"
+        return True, ""
+
+    def _supervise(self) -> None:
+        while True:
+            with self.cond:
+                self.cond.wait(0.2)
+                if not self.running:
+                    return
+            if self.thread is not None and not self.thread.is_alive():
+                self._fail_held(f"the decoding loop died ({self.last_error}); this request was lost")
+                self.restarts += 1
+                self._spawn()
+
+    def _fail_held(self, message: str) -> None:
+        for job in list(self.rows.values()):
+            job.fail(message)
+        self.rows, self.batch, self.live = {}, None, 0
+
+    def _run(self) -> None:
+        """The decoding thread: an error that escapes the loop fails the jobs it held, then the loop
+        starts over with a fresh batch; what escapes even that is left to the supervisor."""
+        while self.running:
+            try:
+                self._loop()
+                return
+            except Exception as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+                self._fail_held(f"generation failed: {self.last_error}")
+                self.restarts += 1
+                time.sleep(0.05)  # an error that repeats must not spin a core
+            except BaseException as e:  # not ours to swallow: the supervisor restarts the thread
+                self.last_error = f"{type(e).__name__}: {e}"
+                raise
+
     def _take(self, room: int) -> list[Job]:
         with self.cond:
             idle = self.live == 0
             while self.running and not self.pending and self.live == 0:
+                self.beat = time.monotonic()
                 self.cond.wait(0.5)
             if idle and self.pending:  # requests sent together arrive a few ms apart: one prefill for all
                 end = time.monotonic() + self.gather_s
@@ -138,29 +227,49 @@ class Scheduler:
                     jobs.append(job)
             return jobs
 
+    def _admit(self, new: list[Job]) -> None:
+        """Start or join the batch with `new`. A job the sampler would refuse fails alone; if joining
+        them together fails, each is tried on its own so only the culprit fails."""
+        ok = []
+        for j in new:
+            try:
+                check_params(j.params)
+                ok.append(j)
+            except ValueError as e:
+                j.fail(f"invalid request: {e}")
+        groups = [ok] if len(ok) <= 1 else [ok, *[[j] for j in ok]]
+        for group in groups:
+            if not group:
+                continue
+            try:
+                running = self.batch is not None and not self.batch.done
+                if running:
+                    ids = self.batch.join([j.prompt_ids for j in group], [j.params for j in group])
+                else:
+                    self.batch = DecodeBatch(self.eng, [j.prompt_ids for j in group], [j.params for j in group])
+                    self.rows, ids = {}, list(range(len(group)))
+            except Exception as e:  # a bad job fails its own request, never the batch or the server
+                if len(group) == 1:
+                    group[0].fail(str(e))
+                continue
+            self.rows.update(zip(ids, group))
+            if group is ok:
+                return  # all joined together: the one-by-one retries are not needed
+
     def _loop(self) -> None:
-        batch: DecodeBatch | None = None
-        rows: dict[int, Job] = {}
         while self.running:
+            self.beat = time.monotonic()
+            batch = self.batch
             running = batch is not None and not batch.done
             # a batch whose cache cannot be extended (sliding windows) finishes before the next one starts
             new = self._take(self.max_batch - self.live) if not running or batch.can_join() else []
             if new:
-                try:
-                    if running:
-                        ids = batch.join([j.prompt_ids for j in new], [j.params for j in new])
-                    else:
-                        batch, rows = DecodeBatch(self.eng, [j.prompt_ids for j in new], [j.params for j in new]), {}
-                        ids = list(range(len(new)))
-                except Exception as e:  # a bad batch fails its own requests, never the server
-                    for j in new:
-                        j.push("error", str(e))
-                    continue
-                rows.update(zip(ids, new))
-            if batch is None or batch.done:
+                self._admit(new)
+                self.live = len(self.rows)  # held work, seen by /health before the first step ends
+            if self.batch is None or self.batch.done:
                 self.live = 0
                 continue
-            self._step(batch, rows)
+            self._step(self.batch, self.rows)
 
     def _step(self, batch: DecodeBatch, rows: dict[int, Job]) -> None:
         for r, job in rows.items():
@@ -168,20 +277,26 @@ class Scheduler:
                 batch.cancel(r)
         try:
             got = batch.step()
-        except Exception as e:
+        except Exception as e:  # the batch's state is unknown: its rows fail, the loop goes on
             for job in rows.values():
-                job.push("error", str(e))
+                job.fail(f"generation failed: {e}")
             rows.clear()
-            batch.reason = ["error"] * len(batch.reason)
-            self.live = 0
+            self.batch, self.live = None, 0
             return
         for r in got:
-            job = rows[r]
-            piece = batch.delta(r) if job.stream else ""  # a non-streamed reply only needs the end
-            if piece:
-                job.push("piece", piece)
-            if batch.reason[r] is not None:
-                job.push("done", batch.result(r))
+            job = rows.get(r)
+            if job is None:
+                continue
+            try:
+                piece = batch.delta(r) if job.stream else ""  # a non-streamed reply only needs the end
+                if piece:
+                    job.push("piece", piece)
+                if batch.reason[r] is not None:
+                    job.push("done", batch.result(r))
+            except Exception as e:  # this row's output failed: end this request only
+                job.fail(f"generation failed: {e}")
+                batch.cancel(r)
+                rows.pop(r, None)
         for r in [r for r in rows if batch.reason[r] is not None]:
             del rows[r]
         self.live = len(rows)
@@ -200,6 +315,9 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and not declared.strip().isdigit():
+            resp = JSONResponse(error_body("content-length is not a number", "body", "invalid_value"), status_code=400)
+            return await resp(scope, receive, send)
         body, more = b"", True
         if declared is None or int(declared) <= self.limit:
             while more and len(body) <= self.limit:
@@ -227,7 +345,7 @@ class BodyLimit:
 def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str = "chatrlhf",
                save_conversations: str | Path | None = None) -> FastAPI:
     cfg = cfg or ServeConfig()
-    sched = Scheduler(engine, cfg.max_batch)
+    sched = Scheduler(engine, cfg.max_batch, cfg.stuck_s)
     save_path = Path(save_conversations) / "conversations.jsonl" if save_conversations else None
     created = int(time.time())
 
@@ -244,6 +362,17 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str =
     async def _api_error(_: Request, e: APIError):
         return JSONResponse(error_body(e.message, e.param, e.code), status_code=e.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, f"http_{e.status_code}")
+        return JSONResponse(error_body(str(e.detail), None, code), status_code=e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception):
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", None, "internal_error",
+                                       "server_error"), status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError):
         err = e.errors()[0]
@@ -256,7 +385,12 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str =
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "queued": len(sched.pending), "decoding": sched.live}
+        ok, why = sched.health()
+        body = {"status": "ok" if ok else "unhealthy", "model": model_name, "queued": len(sched.pending),
+                "decoding": sched.live, "restarts": sched.restarts}
+        if ok:
+            return body
+        return JSONResponse({**body, **error_body(why, None, "unhealthy", "server_error")}, status_code=503)
 
     @app.get("/v1/models")
     async def models():
@@ -380,11 +514,14 @@ def _save(path: Path | None, meta: dict, messages: list[dict[str, str]], gen: Ge
     """Append the finished conversation (the input `chatrlhf sample --conversations` draws from)."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     row = {"id": meta["id"], "created": meta["created"], "model": meta["model"], "finish_reason": gen.finish_reason,
            "messages": [*messages, {"role": "assistant", "content": gen.text}]}
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as e:  # the reply is good; a full disk must not turn it into an error
+        print(f"warning: conversation {meta['id']} not saved to {path}: {e}", file=sys.stderr, flush=True)
 
 
 def run_server(cfg, model: str | Path | None = None, save_conversations: str | Path | None = None) -> None:

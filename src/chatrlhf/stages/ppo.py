@@ -67,6 +67,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     ref_dir, rm_dir = Path(ref_dir or cfg.stage_dir("sft")), Path(rm_dir or cfg.stage_dir("rm"))
     out = Path(out_dir or cfg.stage_dir("ppo"))
     out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
@@ -102,6 +103,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
                          gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
                          start_win_rate=0.5 if start_is_ref else None)
+    trainer.ckpts.configure(resume_anyway=cfg.run.resume_anyway)
     history = trainer.train(resume=True, tensorboard=cfg.run.tensorboard)
     if guard is not None:
         trainer.restore_best()  # take the policy before over-optimisation, not after

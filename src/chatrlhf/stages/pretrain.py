@@ -38,7 +38,6 @@ from chatrlhf.lm.training import (
     Checkpoints,
     MetricsLogger,
     WarmupCosine,
-    check_finite,
     configure_threads,
     cosine_with_warmup,
     make_accelerator,
@@ -127,13 +126,16 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def run_fingerprint(cfg: Config) -> str:
-    """Hash of everything that fixes the trajectory except its length, so a checkpoint from another
+def run_settings(cfg: Config) -> dict[str, Any]:
+    """Everything that fixes the trajectory except its length, so a checkpoint from another
     configuration is never silently resumed."""
     p = cfg.pretrain.model_dump(exclude={"max_steps", "max_minutes", "eval_every", "eval_batches",
                                          "save_every", "log_every"})
-    key = {"model": cfg.model.model_dump(), "pretrain": p, "seed": cfg.run.seed}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return {"model": cfg.model.model_dump(), "pretrain": p, "seed": cfg.run.seed}
+
+
+def run_fingerprint(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(run_settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]:
@@ -169,8 +171,9 @@ def run_pretrain(cfg: Config) -> Path:
     sched = cosine_with_warmup(opt, pc.warmup_steps, pc.max_steps, pc.min_lr_ratio)
     schedule = sched.lr_lambdas[0]  # its total_steps is the plan; saved with the scheduler state
     model, opt, sched = accelerator.prepare(model, opt, sched)
-    ckpts, fingerprint = Checkpoints(out), run_fingerprint(cfg)
+    ckpts, fingerprint = Checkpoints.for_run(cfg, out, run_settings(cfg)), run_fingerprint(cfg)
     state = _resume(ckpts, accelerator, fingerprint)
+    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=state["step"] > 0)
 
     loop = _TrainLoop(cfg, accelerator, model, opt, sched, schedule, stream, val_chunks, ckpts, logger, fingerprint)
@@ -231,7 +234,7 @@ class _TrainLoop:
         x, y = (t.to(self.acc.device) for t in self.stream.batch(step))
         with self.acc.autocast():
             loss = lm_loss(self.model, x, y)
-        check_finite(loss, step, "pretrain", self.ckpts.latest())  # before the update: weights stay good
+        self.ckpts.check_loss(loss, step, "pretrain")  # before the update: weights stay good
         self.acc.backward(loss)
         grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.pc.grad_clip)
         self.opt.step()

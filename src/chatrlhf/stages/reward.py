@@ -49,7 +49,6 @@ from chatrlhf.lm.reward_model import (
 from chatrlhf.lm.training import (
     Checkpoints,
     MetricsLogger,
-    check_finite,
     cosine_with_warmup,
     make_accelerator,
     progress_bar,
@@ -187,8 +186,10 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     opt = torch.optim.AdamW(model.parameters(), lr=rc.learning_rate, weight_decay=rc.weight_decay)
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
     model, opt, sched = acc.prepare(model, opt, sched)
-    ckpts = Checkpoints(out_dir)
-    state = ckpts.load(acc)
+    settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch"}), "seed": cfg.run.seed,
+                "dtype": cfg.model.dtype, "train_comparisons": len(train)}  # what fixes the trajectory
+    ckpts = Checkpoints.for_run(cfg, out_dir, settings)
+    state = ckpts.resume(acc, None, "rm")
     start = state["step"] if state else 0
     metrics = MetricsLogger(out_dir, cfg.run.tensorboard, resume=start > 0)
     model.train()
@@ -209,7 +210,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
             rewards = raw_rewards(model, {k: v.to(acc.device) for k, v in batch.items()})  # (S,) one per response
             ch, rj = rewards[pb.chosen], rewards[pb.rejected]  # (P,) per pair
             loss = ranking_loss(ch, rj, torch.tensor(pb.weight, device=acc.device), pb.n_groups)
-            check_finite(loss, step, "rm", ckpts.latest())
+            ckpts.check_loss(loss, step, "rm")
             acc.backward(loss)
             if rc.grad_clip > 0:
                 acc.clip_grad_norm_(model.parameters(), rc.grad_clip)
@@ -225,6 +226,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
                 ckpts.save(acc, step + 1, {"epoch": epoch})
             bar.update(task, advance=1, info=f"loss {last['loss']:.3f} acc {last['acc']:.2f}")
     metrics.close()
+    ckpts.verify(acc, total)  # the stage output is saved from these weights
     secs = time.time() - t0
     return {"model": acc.unwrap_model(model), "steps": total, "resumed_from": start, "train_seconds": secs,
             "sequences_per_second": seqs_seen / secs if secs > 0 else 0.0,

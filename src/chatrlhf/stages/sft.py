@@ -43,7 +43,6 @@ from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import (
     Checkpoints,
     MetricsLogger,
-    check_finite,
     cosine_with_warmup,
     make_accelerator,
     progress_bar,
@@ -64,11 +63,14 @@ def base_model_path(cfg: Config) -> Path | str:
     return cfg.model.name_or_path
 
 
-def run_fingerprint(cfg: Config) -> str:
-    """Hash of what fixes the trajectory, so a checkpoint of another configuration is never resumed."""
+def run_settings(cfg: Config) -> dict[str, Any]:
+    """What fixes the trajectory, so a checkpoint of another configuration is never resumed."""
     s = cfg.sft.model_dump(exclude={"eval_every", "save_every", "log_every", "eval_prompts", "eval_after"})
-    key = {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
+
+
+def run_fingerprint(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(run_settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], dict[str, Any]]:
@@ -125,7 +127,7 @@ def train_sft(cfg: Config) -> Path:
     opt = torch.optim.AdamW(params, lr=sc.learning_rate, weight_decay=sc.weight_decay, betas=(0.9, 0.95))
     sched = cosine_with_warmup(opt, sc.warmup_steps, total, sc.min_lr_ratio)
     model, opt, sched = accelerator.prepare(model, opt, sched)
-    ckpts, fingerprint = Checkpoints(out), run_fingerprint(cfg)
+    ckpts, fingerprint = Checkpoints.for_run(cfg, out, run_settings(cfg)), run_fingerprint(cfg)
     state = _resume(ckpts, accelerator, fingerprint)
     start = state.get("step", 0)
     (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
@@ -173,7 +175,7 @@ class _TrainLoop:
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float]:
         loss = sft_loss(self.model, batch)
-        check_finite(loss, step, "sft", self.ckpts.latest())  # before the update: weights stay good
+        self.ckpts.check_loss(loss, step, "sft")  # before the update: weights stay good
         self.acc.backward(loss)
         grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.sc.grad_clip)
         self.opt.step()
