@@ -17,7 +17,6 @@ from rich.table import Table
 
 from chatrlhf.config import Config
 from chatrlhf.world.core import SPLITS, World
-from chatrlhf.world.labelers import agreement
 from chatrlhf.world.schema import README
 
 console = Console(stderr=True)
@@ -31,12 +30,13 @@ def write_meta(out_dir: Path, meta: dict) -> None:
     tmp.replace(out_dir / "meta.json")
 
 
+POOLS = ("overall", "train", "held_out", "train_vs_held_out", "within_group", "across_groups", "judges", "judges_vs_train")
+
+
 def world_agreement(w: World, seed: int, n: int) -> dict:
-    prompts = next((w.prompts(s) for s in ("rm", "sft", "ppo", "eval") if w.prompts(s)), [])
-    if not prompts:
-        return {"n_comparisons": 0, "overall": None, "train": None, "held_out": None, "train_vs_held_out": None,
-                "with_gold": {}, "pairs": {}}
-    return agreement(prompts, w.labelers(), w.facts, seed, n, w.gold)
+    if not any(w.prompts(s) for s in ("rm", "sft", "ppo", "eval")):
+        return {"n_comparisons": 0, **{k: None for k in POOLS}, "groups": {}, "with_gold": {}, "pairs": {}}
+    return w.agreement(n, seed)
 
 
 def summary(w: World, agree: dict) -> dict:
@@ -48,11 +48,13 @@ def summary(w: World, agree: dict) -> dict:
         "counts": {"facts": len(w.facts.facts), **{f"prompts_{s}": len(w.prompts(s)) for s in SPLITS},
                    "demonstrations": len(w.demonstrations()), "corpus_train": len(w.corpus("train")),
                    "corpus_val": len(w.corpus("val")), "labelers": len(w.labelers()),
-                   "held_out_labelers": len(w.labelers(held_out=True))},
+                   "held_out_labelers": len(w.labelers(held_out=True)), "judges": len(w.judges())},
+        "labeler_groups": {g: {"train": len(w.labelers(False, g)), "held_out": len(w.labelers(True, g))}
+                           for g in [*w.labeler_groups(), "judges"]},
         "tasks": dict(sorted(tasks.items())),
         "demonstrations": {"ideal": demos["ideal"], "flawed": demos["flawed"], "multi_turn": multi},
         "corpus": w.info.get("corpus", {}),
-        "agreement": {k: agree[k] for k in ("overall", "train", "held_out", "train_vs_held_out")},
+        "agreement": {**{k: agree.get(k) for k in POOLS}, "groups": agree.get("groups", {})},
     }
 
 
@@ -66,8 +68,11 @@ def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
     t.add_row("demonstrations ideal/flawed/multi-turn",
               f"{meta['demonstrations']['ideal']} / {meta['demonstrations']['flawed']} / {meta['demonstrations']['multi_turn']}")
     a = meta["agreement"]
-    t.add_row("labeler agreement overall", f"{a['overall']} (InstructGPT ~0.73)")
-    t.add_row("  train / held-out / across", f"{a['train']} / {a['held_out']} / {a['train_vs_held_out']}")
+    t.add_row("labeler agreement within a group", f"{a['within_group']} (InstructGPT 0.726 / 0.773)")
+    t.add_row("  across training groups", str(a["across_groups"]))
+    t.add_row("  judges / judges vs training", f"{a['judges']} / {a['judges_vs_train']}")
+    for g, row in a["groups"].items():
+        t.add_row(f"  {g} vs " + " / ".join(row), " / ".join("-" if v is None else f"{v:.3f}" for v in row.values()))
     gold = agree["with_gold"]
     if gold:
         t.add_row("agreement with gold (min-max)", f"{min(gold.values()):.3f} - {max(gold.values()):.3f}")
