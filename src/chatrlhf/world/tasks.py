@@ -11,7 +11,8 @@ draws prompts from its own group's units. So no eval prompt asks what any traini
 and the training sets do not share content with each other or with PPO's guard. The corpus is
 not split: eval facts are still stated there, as a real assistant knows facts from pre-training.
 `content_cluster` names a prompt's unit (the cluster a bootstrap or an RM validation split keeps
-whole); `content_keys` adds the opening greeting of a multi-turn prompt.
+whole); `content_keys` adds the bare greeting ("Hi!") that opens a multi-turn prompt, a unit of its
+own that no greeting prompt asks.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class Pool:
     repeat_words: list[str] = field(default_factory=list)
     harm: list[tuple[str, str]] = field(default_factory=list)
     borderline: list[str] = field(default_factory=list)
+    openers: list[str] = field(default_factory=list)  # bare greetings ("Hi!") that open multi-turn prompts
 
     @property
     def people(self) -> list[str]:
@@ -167,7 +169,7 @@ class Pool:
     def everything(cls, fb: FactBase) -> "Pool":
         return cls(fb, entities=fb.entities(), repeat_words=list(vocab.REPEAT_WORDS),
                    harm=[(v, t) for v in sorted(vocab.HARM_VERBS) for t in vocab.HARM_VERBS[v]],
-                   borderline=list(vocab.BORDERLINE))
+                   borderline=list(vocab.BORDERLINE), openers=list(vocab.GREET_OPENERS))
 
 
 def content_pools(fb: FactBase, seed: int) -> dict[str, Pool]:
@@ -181,12 +183,14 @@ def content_pools(fb: FactBase, seed: int) -> dict[str, Pool]:
     harm = [(v, t) for v in sorted(vocab.HARM_VERBS) for t in vocab.HARM_VERBS[v]]
     owner.update({("harm", r): g for r, g in allocate(harm, rng).items()})
     owner.update({("borderline", b): g for b, g in allocate(list(vocab.BORDERLINE), rng).items()})
+    owner.update({("opener", o): g for o, g in allocate(list(vocab.GREET_OPENERS), rng).items()})
     pools = {}
     for g in CONTENT_GROUPS:
         pools[g] = Pool(fb, seed, g, entities=[e for e in fb.entities() if owner.get(e) == g],
                         repeat_words=[w for w in vocab.REPEAT_WORDS if owner[("repeat", w)] == g],
                         harm=[r for r in harm if owner[("harm", r)] == g],
-                        borderline=[b for b in vocab.BORDERLINE if owner[("borderline", b)] == g])
+                        borderline=[b for b in vocab.BORDERLINE if owner[("borderline", b)] == g],
+                        openers=[o for o in vocab.GREET_OPENERS if owner[("opener", o)] == g])
     return pools
 
 
@@ -298,8 +302,11 @@ def make_summarise(rng: random.Random, pool) -> tuple[str, dict, Key]:
 
 
 def greeting_text(rng: random.Random) -> str:
-    punct = rng.choice(["!", "."])
-    return rng.choice(vocab.GREET_OPENERS) + rng.choice(vocab.GREET_ADDRESS) + punct + rng.choice(vocab.GREET_TAILS)
+    """A greeting prompt; never a bare opener ("Hi!"), which only opens multi-turn prompts."""
+    while True:
+        address, tail = rng.choice(vocab.GREET_ADDRESS), rng.choice(vocab.GREET_TAILS)
+        if address or tail:
+            return rng.choice(vocab.GREET_OPENERS) + address + rng.choice(["!", "."]) + tail
 
 
 def make_greeting(rng: random.Random, pool) -> tuple[str, dict, Key]:
@@ -374,7 +381,11 @@ def follow_up(rng: random.Random, pool) -> tuple[list[dict], dict, Key]:
 
 
 def with_greeting(rng: random.Random, pool, text: str) -> list[dict]:
-    hello, _, _ = make_greeting(rng, pool)
+    """A bare greeting of the pool's own ("Hi!"), a reply, then the request."""
+    pool = _pool(pool)
+    if not pool.openers:
+        _nothing(pool, "opening greeting")
+    hello = rng.choice(pool.openers) + rng.choice(["!", "."])
     reply = ideal({"task": "greeting", "reference": {"kind": "greeting"}}, rng, "concise")
     return [{"role": "user", "content": hello}, {"role": "assistant", "content": reply}, {"role": "user", "content": text}]
 
