@@ -18,6 +18,7 @@ from rich.table import Table
 from chatrlhf.config import Config
 from chatrlhf.world.core import SPLITS, World
 from chatrlhf.world.schema import README
+from chatrlhf.world.seeds import seed_role
 
 console = Console(stderr=True)
 
@@ -45,6 +46,7 @@ def summary(w: World, agree: dict) -> dict:
     multi = sum(len(d["messages"]) > 2 for d in w.demonstrations())
     return {
         "seed": w.info.get("seed"),
+        "seed_role": seed_role(w.info.get("seed")),
         "counts": {"facts": len(w.facts.facts), **{f"prompts_{s}": len(w.prompts(s)) for s in SPLITS},
                    "demonstrations": len(w.demonstrations()), "corpus_train": len(w.corpus("train")),
                    "corpus_val": len(w.corpus("val")), "labelers": len(w.labelers()),
@@ -59,7 +61,7 @@ def summary(w: World, agree: dict) -> dict:
 
 
 def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
-    t = Table(title=f"world -> {out}  ({seconds:.1f}s)", show_header=False)
+    t = Table(title=f"world -> {out}  ({seconds:.1f}s, {meta['seed_role']} seed {meta['seed']})", show_header=False)
     for k, v in meta["counts"].items():
         t.add_row(k, str(v))
     c = meta["corpus"]
@@ -71,12 +73,18 @@ def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
     t.add_row("labeler agreement within a group", f"{a['within_group']} (InstructGPT 0.726 / 0.773)")
     t.add_row("  across training groups", str(a["across_groups"]))
     t.add_row("  judges / judges vs training", f"{a['judges']} / {a['judges_vs_train']}")
-    for g, row in a["groups"].items():
-        t.add_row(f"  {g} vs " + " / ".join(row), " / ".join("-" if v is None else f"{v:.3f}" for v in row.values()))
     gold = agree["with_gold"]
     if gold:
         t.add_row("agreement with gold (min-max)", f"{min(gold.values()):.3f} - {max(gold.values()):.3f}")
     console.print(t)
+    if a.get("groups"):
+        m = Table(title="labeler agreement by group (diagonal: within)")
+        m.add_column("")
+        for g in a["groups"]:
+            m.add_column(g, justify="right")
+        for g, row in a["groups"].items():
+            m.add_row(g, *("-" if v is None else f"{v:.3f}" for v in row.values()))
+        console.print(m)
 
 
 def run_world(cfg: Config) -> Path:

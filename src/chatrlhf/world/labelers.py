@@ -210,11 +210,17 @@ class SimulatedLabeler:
         """This labeler's taste for the response, >= 0 (style_score)."""
         return style_score(self.prefs, prompt, response, self._gold(prompt, response).parts.get("correct", 0.5))
 
+    def substance(self, prompt: dict, response: str) -> float:
+        """The rubric's parts, weighted by this labeler. An answer without a word gets no credit for
+        truthfulness: it states nothing false, but a person does not call silence truthful."""
+        g = self._gold(prompt, response)
+        parts = g.parts if words(response) else {**g.parts, "truthful": 0.0}
+        return sum(w * parts.get(k, 0.0) for k, w in self.weights.items())
+
     def expected_utility(self, prompt: dict, response: str) -> float:
         """The utility without judgement noise: weighted rubric parts plus style_weight x taste."""
-        g = self._gold(prompt, response)
-        u = sum(w * g.parts.get(k, 0.0) for k, w in self.weights.items())
-        return u + self.style_weight * style_score(self.prefs, prompt, response, g.parts.get("correct", 0.5))
+        correct = self._gold(prompt, response).parts.get("correct", 0.5)
+        return self.substance(prompt, response) + self.style_weight * style_score(self.prefs, prompt, response, correct)
 
     def utilities(self, prompt: dict, responses: Sequence[str], rng: Any = None) -> list[float]:
         """One noisy utility per response; identical texts get identical utilities (and tie)."""
@@ -242,9 +248,8 @@ class SimulatedLabeler:
         which up to 15% depend on the labeler's taste, plus judgement noise."""
         r = as_random(rng, self._rng)
         g = self._gold(prompt, response)
-        substance = sum(w * g.parts.get(k, 0.0) for k, w in self.weights.items())
         taste = self.style_term(prompt, response) / self.max_style() if self.max_style() else 1.0
-        u = substance * (0.85 + 0.15 * taste) + r.gauss(0.0, self.noise)
+        u = self.substance(prompt, response) * (0.85 + 0.15 * taste) + r.gauss(0.0, self.noise)
         return int(round(1 + 6 * min(1.0, max(0.0, u)))), dict(g.flags)
 
     def compare(self, prompt: dict, a: str, b: str, rng: Any = None) -> float:
