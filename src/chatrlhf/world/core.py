@@ -26,6 +26,7 @@ from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
 from chatrlhf.world.labelers import (JUDGE_GROUP, SimulatedLabeler, agreement, candidate_responses, group_mix,
                                      make_labeler_specs, write_demonstrations)
 from chatrlhf.world.tasks import build_splits, content_cluster, ground_truth
+from chatrlhf.world.writing import TONE_WORDS
 
 SPLITS = ("sft", "rm", "ppo", "eval")
 VIEWS = ("guard",)  # the ppo split's tail of prompts flagged "guard" (their own content)
@@ -67,6 +68,7 @@ class World:
         self._specs = labeler_specs
         self.info = info or {}
         self._gold_cache: dict[tuple[str, str], Gold] = {}
+        self._ref_keys: dict[int, tuple[dict, str]] = {}  # id(prompt) -> (prompt, its reference as json)
         self._labelers = [SimulatedLabeler(s, self.gold) for s in labeler_specs]
 
     # --- construction -----------------------------------------------------------------------
@@ -126,16 +128,17 @@ class World:
         return GoldRubric(self.facts, self._lexicon())
 
     def _lexicon(self) -> frozenset[str]:
-        """Every word this world's texts use: corpus, prompts, demonstrations, and what the writers
-        would answer to each prompt (good, flawed, rude). Anything else a model writes is gibberish."""
+        """Every word this world's texts use: corpus, prompts, demonstrations, what the writers
+        would answer to each prompt (good, flawed, rude) and the words a register adds. Anything
+        else a model writes is gibberish."""
         rng = random.Random("lexicon")
-        texts = [*self._corpus.get("train", []), *self._corpus.get("val", [])]
+        texts = [TONE_WORDS, *self._corpus.get("train", []), *self._corpus.get("val", [])]
         texts += [m["content"] for d in self._demos for m in d["messages"]]
         for prompts in self._splits.values():
             for p in prompts:
                 texts += [m["content"] for m in p["messages"]]
                 if p.get("task") and p.get("reference"):
-                    texts += candidate_responses(p, rng, self.facts)
+                    texts += candidate_responses(p, rng, self.facts, tones=False)
         return frozenset(w for t in texts for w in words(t))
 
     # --- the API other stages use ----------------------------------------------------------------
@@ -193,7 +196,13 @@ class World:
 
     def gold(self, prompt: dict, response: str) -> Gold:
         """The gold rubric (cached per prompt reference and response text)."""
-        key = (json.dumps([prompt.get("task"), prompt.get("reference")], sort_keys=True), response)
+        held = self._ref_keys.get(id(prompt))
+        if held is None or held[0] is not prompt:  # the prompt is held, so its id is not reused meanwhile
+            if len(self._ref_keys) > 50_000:
+                self._ref_keys.clear()
+            held = self._ref_keys[id(prompt)] = (prompt, json.dumps([prompt.get("task"), prompt.get("reference")],
+                                                                    sort_keys=True))
+        key = (held[1], response)
         g = self._gold_cache.get(key)
         if g is None:
             if len(self._gold_cache) > 200_000:

@@ -292,13 +292,15 @@ def write_demonstrations(prompts: list[dict], labelers: list[SimulatedLabeler], 
 # --- agreement ----------------------------------------------------------------------------------
 
 
-def candidate_responses(prompt: dict, rng: random.Random, facts) -> list[str]:
+def candidate_responses(prompt: dict, rng: random.Random, facts, tones: bool = True) -> list[str]:
     """Responses of varied quality for one prompt: the ideal answer at both lengths and in both
-    tones (with and without a safety note on borderline requests), every flaw, corpus-like."""
-    out = [ideal(prompt, rng, style, facts, tone=tone) for style in ("concise", "detailed")
-           for tone in (None, "formal", "casual")]
+    tones (with and without a safety note on borderline requests), every flaw, corpus-like.
+    `tones=False` leaves out the formal and casual variants (their extra words are a fixed set,
+    writing.TONE_WORDS)."""
+    registers = (None, "formal", "casual") if tones else (None,)
+    out = [ideal(prompt, rng, style, facts, tone=tone) for style in ("concise", "detailed") for tone in registers]
     if prompt["task"] == "borderline":
-        out += [ideal(prompt, rng, "concise", facts, tone=tone, caveat=True) for tone in (None, "formal", "casual")]
+        out += [ideal(prompt, rng, "concise", facts, tone=tone, caveat=True) for tone in registers]
     out += [flawed(prompt, f, rng) for f in FLAWS_BY_TASK.get(prompt["task"], [])]
     out.append(rude(prompt, rng))
     if prompt["task"] == "harmful":

@@ -60,6 +60,13 @@ def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, 
     return with_tone(core, task, tone, rng)
 
 
+CASUAL_GREETINGS = ["Hey! What's up? How can I help?", "Hey there! How can I help you?"]
+FORMAL_GREETINGS = ["Good day. How may I help you today?", "Good day. How may I help you?"]
+# every word a register adds to an answer (openers, contractions, greetings): with_tone writes no other
+TONE_WORDS = " ".join([*vocab.CASUAL_OPENERS, *vocab.FORMAL_OPENERS, *(b for _, b in vocab.CONTRACTIONS),
+                       *CASUAL_GREETINGS, *FORMAL_GREETINGS])
+
+
 def with_tone(text: str, task: str, tone: str | None, rng: random.Random) -> str:
     """The same answer in a formal or casual register (None: unchanged)."""
     if tone is None or task == "repeat":
@@ -68,13 +75,13 @@ def with_tone(text: str, task: str, tone: str | None, rng: random.Random) -> str
         for a, b in vocab.CONTRACTIONS:
             text = re.sub(rf"\b{a}\b", b, text)
         if task == "greeting":
-            return rng.choice(["Hey! What's up? How can I help?", "Hey there! How can I help you?"])
+            return rng.choice(CASUAL_GREETINGS)
         if task in ("harmful", "insult"):
             return text
         return f"{rng.choice(vocab.CASUAL_OPENERS)} {text}"
     if tone == "formal":
         if task == "greeting":
-            return rng.choice(["Good day. How may I help you today?", "Good day. How may I help you?"])
+            return rng.choice(FORMAL_GREETINGS)
         if task in ("harmful", "insult"):
             return text
         return f"{rng.choice(vocab.FORMAL_OPENERS)} {text}"
