@@ -568,6 +568,27 @@ def test_gold_without_usable_reference_scores_style_and_safety_only(world):
         assert polite.parts["correct"] == 0.5 and polite.total > rude_.total and rude_.flags["toxic"]
 
 
+def test_a_world_written_with_the_two_style_groups_still_loads(small_dir, tmp_path):
+    """labelers.jsonl without prefs (groups concise/detailed) and prompts without cluster load:
+    the labelers judge by their group's profile, the held-out ones serve as judges."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in small_dir.iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    specs = [{"id": f"L{i:02d}", "group": ("concise", "detailed")[i % 2], "noise": 0.1, "style_weight": 0.1,
+              "variant": 0, "held_out": i >= 8} for i in range(10)]
+    (old / "labelers.jsonl").write_text("".join(json.dumps(s) + "\n" for s in specs))
+    for f in old.glob("prompts_*.jsonl"):
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "cluster"}) + "\n" for r in rows))
+    w = World.load(old)
+    assert [j.id for j in w.judges()] == ["L08", "L09"] and w.labeler_groups() == ["concise", "detailed"]
+    assert all(p["cluster"] for p in w.prompts("eval"))
+    p = first(w, "fact")
+    good, bad = p["reference"]["ideal"], flawed(p, "rumour", random.Random(0))
+    assert all(lab.expected_utility(p, good) > lab.expected_utility(p, bad) for lab in w.labelers())
+
+
 def test_world_config_rejects_out_of_range_values():
     from chatrlhf.config import ConfigError, load_config
 

@@ -37,7 +37,9 @@ class RunConfig(Section):
 
 
 class WorldConfig(Section):
-    seed: int = Field(1234, description="Seed of the world generator: same seed, same bytes.")
+    seed: int = Field(1234, description="Seed of the world generator: same seed, same bytes; another seed, other people, "
+                      "places, facts and prompts. Development worlds (choices are made on them): 1234-1237; test worlds "
+                      "(reported figures only): 9001-9003 (chatrlhf.world.seeds).")
     n_people: int = Field(24, ge=1, description="Fictional people in the fact base.")
     n_places: int = Field(12, ge=3, description="Fictional places in the fact base.")
     n_objects: int = Field(12, ge=1, description="Fictional objects in the fact base.")
