@@ -439,6 +439,8 @@ def test_labeler_agreement_within_and_across_groups(small_dir, default_world):
     assert 0.55 <= a["across_groups"] <= a["within_group"] - 0.06, a["across_groups"]
     assert 0.70 <= a["judges"] <= 0.82, a["judges"]
     assert a["judges_vs_train"] <= min(a["judges"], a["within_group"]) - 0.04, a["judges_vs_train"]
+    # a group's held-out members agree with its training members as much as members do
+    assert abs(a["group_held_out_vs_train"] - a["within_group"]) < 0.04 and a["group_held_out_vs_train"] > a["across_groups"]
     m, groups = a["groups"], ["brief", "thorough", "cautious"]
     for g, h in itertools.permutations(groups, 2):  # every group agrees with itself more than with another
         assert m[g][h] < min(m[g][g], m[h][h]) - 0.02, (g, h, m)

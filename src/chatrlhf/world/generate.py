@@ -31,7 +31,8 @@ def write_meta(out_dir: Path, meta: dict) -> None:
     tmp.replace(out_dir / "meta.json")
 
 
-POOLS = ("overall", "train", "held_out", "train_vs_held_out", "within_group", "across_groups", "judges", "judges_vs_train")
+POOLS = ("overall", "train", "held_out", "train_vs_held_out", "within_group", "across_groups", "group_held_out_vs_train",
+         "judges", "judges_vs_train")
 
 
 def world_agreement(w: World, seed: int, n: int) -> dict:
@@ -72,6 +73,7 @@ def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
     a = meta["agreement"]
     t.add_row("labeler agreement within a group", f"{a['within_group']} (InstructGPT 0.726 / 0.773)")
     t.add_row("  across training groups", str(a["across_groups"]))
+    t.add_row("  a group's held-out vs training members", str(a["group_held_out_vs_train"]))
     t.add_row("  judges / judges vs training", f"{a['judges']} / {a['judges_vs_train']}")
     gold = agree["with_gold"]
     if gold:

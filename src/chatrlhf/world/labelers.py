@@ -343,8 +343,9 @@ def agreement(prompts: list[dict], labelers: list[SimulatedLabeler], facts, seed
               gold: Callable[[dict, str], Gold]) -> dict:
     """Pairwise agreement on `n` fixed comparisons: overall, per labeler pair, per pool (train,
     held_out, train_vs_held_out), per group (`groups`: the matrix; `within_group` and
-    `across_groups` over the training groups; `judges` and `judges_vs_train`), and each labeler's
-    agreement with the gold rubric."""
+    `across_groups` over the training groups; `group_held_out_vs_train`: a group's held-out members
+    with its training members; `judges` and `judges_vs_train`), and each labeler's agreement with
+    the gold rubric."""
     comps = fixed_comparisons(prompts, facts, seed, n)
     choices = {lab.id: [lab.compare(p, a, b, random.Random(f"{seed}-{lab.id}-{i}")) for i, (p, a, b) in enumerate(comps)]
                for lab in labelers}
@@ -352,7 +353,8 @@ def agreement(prompts: list[dict], labelers: list[SimulatedLabeler], facts, seed
                    for p, a, b in comps]
     pairs = {f"{a.id}-{b.id}": _agree(choices[a.id], choices[b.id]) for a, b in itertools.combinations(labelers, 2)}
     pools: dict[str, list[float]] = {k: [] for k in ("train", "held_out", "train_vs_held_out", "within_group",
-                                                      "across_groups", "judges", "judges_vs_train")}
+                                                      "across_groups", "judges", "judges_vs_train",
+                                                      "group_held_out_vs_train")}
     for a, b in itertools.combinations(labelers, 2):
         v = pairs[f"{a.id}-{b.id}"]
         pools["held_out" if a.held_out and b.held_out else "train" if not (a.held_out or b.held_out)
@@ -365,6 +367,8 @@ def agreement(prompts: list[dict], labelers: list[SimulatedLabeler], facts, seed
                 pools["judges_vs_train"].append(v)
         else:
             pools["within_group" if a.group == b.group else "across_groups"].append(v)
+            if a.group == b.group and a.held_out != b.held_out:  # a group's held-out members judge like it
+                pools["group_held_out_vs_train"].append(v)
     return {"n_comparisons": n, "overall": _mean(list(pairs.values())),
             **{k: _mean(v) for k, v in pools.items()},
             "groups": agreement_matrix(labelers, choices),

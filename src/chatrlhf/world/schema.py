@@ -101,7 +101,8 @@ labelers.jsonl without `prefs` (two style groups "concise"/"detailed") still loa
 Pairwise agreement of the labelers on fixed comparisons (pairs of candidate answers to RM prompts:
 the ideal answer at both lengths and in every tone, with and without the safety note, and every
 flaw): `overall`, `train`, `held_out`, `train_vs_held_out`, `within_group` and `across_groups`
-(training groups), `judges`, `judges_vs_train`, `groups` (the group x group matrix; the diagonal
+(training groups), `group_held_out_vs_train` (a group's held-out members with its training
+members), `judges`, `judges_vs_train`, `groups` (the group x group matrix; the diagonal
 is within a group), `pairs` (per labeler pair) and `with_gold` (each labeler's agreement with the
 gold rubric). InstructGPT: 72.6% among training labelers, 77.3% among held-out ones. Here about
 0.75 within a group, 0.64 across groups and 0.66 between judges and training labelers.
