@@ -8,7 +8,8 @@ response is
               + N(0, noise^2)
 
 style_score is a bonus, scaled by the rubric's `correct` part, so taste decides between answers
-that answer and never makes a wrong answer better than a right one.
+that answer and adds nothing to a wrong one: in expectation every group prefers a right answer in
+the style it dislikes to a wrong or vague one in the style it likes.
 
 Training groups (each with held-out members who never label anything used for training):
 
