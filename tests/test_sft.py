@@ -265,8 +265,7 @@ class _World:
     def gold(self, prompt, response):
         return _Gold(1.0 if response == prompt["reference"] else 0.0)
 
-    def labelers(self, held_out=None):
-        assert held_out is True  # never the labelers whose judgements trained anything
+    def judges(self):  # the held-out judge group, never the labelers whose judgements trained anything
         return [_Labeler(), _Labeler()]
 
 

@@ -56,13 +56,15 @@ def test_prompts_without_ground_truth_get_none_and_a_bad_spec_names_the_prompt()
 def test_world_ground_truth_passes_every_ideal_answer_and_fails_most_flawed_ones(world):
     rows = [p for s in ("rm", "ppo", "eval") for p in world.prompts(s)]
     checkable = [p for p in rows if "ground_truth" in p]
-    assert {p["task"] for p in checkable} == {"fact", "summarise", "list_first", "list_last", "count", "repeat"}
+    assert {p["task"] for p in checkable} == {"fact", "summarise", "list_first", "list_last", "count", "repeat",
+                                              "borderline"}
     assert all("ground_truth" not in p for p in rows if p["task"] in ("greeting", "insult", "harmful"))
     assert all(verify(p, p["reference"]["ideal"]) == 1.0 for p in checkable)
     # flaws that change the substance (the rumour, another item, a miscount) fail the check
     rng, failed, n = random.Random(0), 0, 0
     for p in checkable:
-        flaw = {"fact": "rumour", "list_first": "wrong_item", "list_last": "wrong_item", "count": "wrong_count"}.get(p["task"])
+        flaw = {"fact": "rumour", "list_first": "wrong_item", "list_last": "wrong_item", "count": "wrong_count",
+                "borderline": "over_refusal"}.get(p["task"])
         if flaw:
             n += 1
             failed += verify(p, flawed(p, flaw, rng)) < 0.5

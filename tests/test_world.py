@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,7 +48,10 @@ def tuple_key(p: dict) -> tuple:
 
 
 def first(world: World, task: str, split: str = "rm", single_turn: bool = True) -> dict:
-    return next(p for p in world.prompts(split) if p["task"] == task and (len(p["messages"]) == 1 or not single_turn))
+    """The first prompt of a task in `split`, else in any split (a small world's rm split may lack it)."""
+    order = [split] + [s for s in ("sft", "rm", "ppo", "eval") if s != split]
+    return next(p for s in order for p in world.prompts(s) if p["task"] == task
+                and (len(p["messages"]) == 1 or not single_turn))
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -114,18 +119,124 @@ def test_bad_line_names_file_line_and_field(small_dir, tmp_path):
 # --- prompts, corpus, demonstrations ------------------------------------------------------------
 
 
-def test_eval_prompts_disjoint_from_all_training_prompts(default_world):
+TRAINING_SETS = ("sft", "rm", "ppo_train", "guard")
+
+
+def split_sets(w: World) -> dict[str, list[dict]]:
+    """Every prompt set a stage uses: eval, SFT, RM, PPO's training prompts and the guard's tail."""
+    guard = w.prompts("guard")
+    return {"eval": w.prompts("eval"), "sft": w.prompts("sft"), "rm": w.prompts("rm"),
+            "ppo_train": [p for p in w.prompts("ppo") if not p.get("guard")], "guard": guard}
+
+
+def norm(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c in " '").split())
+
+
+def asked_content(p: dict) -> set[tuple]:
+    """What a prompt asks about, from its reference (independent of the world's own content keys):
+    the entity (any of its facts, the paragraph's too), the list, the word to repeat, the harmful
+    or borderline request, the greeting/insult text; plus every earlier user turn's text (a
+    follow-up's first turn asks about the same entity)."""
+    r, task = p["reference"], p["task"]
+    keys: set[tuple] = set()
+    if task in ("fact", "summarise"):
+        keys |= {("entity", r["entity"]), ("fact", r["entity"], r["attribute"])}
+        if task == "summarise":
+            keys.add(("paragraph", r["paragraph"]))
+    elif task in ("list_first", "list_last", "count"):
+        keys.add(("list", frozenset(r["items"])))
+    elif task == "repeat":
+        keys.add(("repeat", r["word"]))
+    elif task == "harmful":
+        keys.add(("harmful", r["verb"], r["target"]))
+    elif task == "borderline":
+        keys.add(("borderline", r["act"]))
+    else:
+        keys.add(("text", norm(p["messages"][-1]["content"])))
+    users = [m["content"] for m in p["messages"] if m["role"] == "user"]
+    if not r.get("follow_up"):
+        keys |= {("text", norm(t)) for t in users[:-1]}
+    return keys
+
+
+def asked_texts(p: dict) -> set[str]:
+    """Every user turn, except a follow-up's last ("And what is their job?" names nothing)."""
+    users = [m["content"] for m in p["messages"] if m["role"] == "user"]
+    return set(users[:-1] if p["reference"].get("follow_up") else users)
+
+
+def test_every_pair_of_splits_is_disjoint_by_content_and_text(default_world):
+    sets = split_sets(default_world)
+    assert len(sets["guard"]) == 64 and sets["ppo_train"] and all(p.get("guard") for p in sets["guard"])
+    assert default_world.prompts("ppo")[-64:] == sets["guard"]  # the tail ppo.py's guard takes
+    content = {name: set().union(*(asked_content(p) for p in ps)) for name, ps in sets.items()}
+    texts = {name: set().union(*(asked_texts(p) for p in ps)) for name, ps in sets.items()}
+    for a, b in itertools.combinations(sets, 2):
+        assert not content[a] & content[b], (a, b, sorted(content[a] & content[b], key=str)[:5])
+        assert not texts[a] & texts[b], (a, b, sorted(texts[a] & texts[b])[:5])
+    # the world's own cluster of a prompt never crosses splits either
+    clusters = {name: {p["cluster"] for p in ps} for name, ps in sets.items()}
+    for a, b in itertools.combinations(sets, 2):
+        assert not clusters[a] & clusters[b], (a, b)
+    eval_ = sets["eval"]
+    assert len({user_key(p["messages"]) for p in eval_}) == len(eval_)  # no question asked twice in eval
+    # eval still asks about every kind of content, and about several things of each
+    kinds = Counter(k[0] for k in content["eval"])
+    assert kinds["entity"] >= 8 and kinds["harmful"] >= 6 and kinds["borderline"] >= 4 and kinds["repeat"] >= 2
+    assert kinds["list"] >= 40 and kinds["text"] >= 30
+
+
+def test_eval_facts_are_in_the_pretraining_corpus(default_world):
+    """Eval asks about entities no training prompt names; the model can only know them from
+    pre-training, so the corpus states their true values."""
     w = default_world
-    train = [p for s in ("sft", "rm", "ppo") for p in w.prompts(s)]
-    train_texts = {user_key(p["messages"]) for p in train}
-    train_keys = {tuple_key(p) for p in train}
-    train_msgs = {m["content"] for p in train for m in p["messages"] if m["role"] == "user"}
-    for p in w.prompts("eval"):
-        assert user_key(p["messages"]) not in train_texts, p
-        assert tuple_key(p) not in train_keys, p
-        if len(p["messages"]) == 1:  # single-turn: the message itself never appears in training
-            assert p["messages"][0]["content"] not in train_msgs, p
-    assert len({user_key(p["messages"]) for p in w.prompts("eval")}) == len(w.prompts("eval"))
+    text = "\n".join(w.corpus("train")).lower()
+    facts = {(p["reference"]["entity"], p["reference"]["value"]) for p in w.prompts("eval") if p["task"] == "fact"}
+    assert len(facts) >= 15
+    for entity, value in facts:
+        docs = [d.lower() for d in w.corpus("train") if w.facts.mentions(d.lower(), entity)]
+        assert any(w.facts.mentions(d, value) for d in docs), (entity, value)
+    train_entities = {p["reference"]["entity"] for s in ("sft", "rm", "ppo") for p in w.prompts(s) if "entity" in p["reference"]}
+    assert not train_entities & {e for e, _ in facts}
+    assert all(w.facts.mentions(text, e) for e, _ in facts)
+
+
+def test_content_cluster_names_what_is_asked(default_world):
+    from chatrlhf.world.tasks import content_cluster, content_keys
+
+    w = default_world
+    fact = first(w, "fact")
+    assert content_cluster(fact) == f"entity:{fact['reference']['entity']}" == fact["cluster"]
+    lst = first(w, "count")
+    other_order = {**lst, "reference": {**lst["reference"], "items": list(reversed(lst["reference"]["items"]))}}
+    assert content_cluster(lst) == content_cluster(other_order)  # the same list, whatever it asks
+    multi = next(p for p in w.prompts("rm") if len(p["messages"]) > 1 and not p["reference"].get("follow_up"))
+    assert len(content_keys(multi)) == 2 and multi["cluster"] in content_keys(multi)
+    follow = next(p for p in w.prompts("rm") if p["reference"].get("follow_up"))
+    assert content_keys(follow) == {follow["cluster"]}
+
+
+def test_world_seed_changes_people_places_facts_and_values():
+    a, b = World.generate(WorldConfig(**SMALL)), World.generate(WorldConfig(**{**SMALL, "seed": 9001}))
+    ents_a, ents_b = set(a.facts.entities()), set(b.facts.entities())
+    for etype in ("person", "place", "object"):
+        assert set(a.facts.entities(etype)) != set(b.facts.entities(etype)), etype
+    assert len(ents_a & ents_b) <= 1
+    # the same attribute of the i-th person mostly takes another value
+    pa, pb = a.facts.entities("person"), b.facts.entities("person")
+    same = sum(a.facts.fact(x, attr)["value"] == b.facts.fact(y, attr)["value"]
+               for x, y in zip(pa, pb) for attr in ("job", "pet", "colour"))
+    assert same < 0.4 * 3 * len(pa)
+    assert {p["cluster"] for p in a.prompts("eval")} != {p["cluster"] for p in b.prompts("eval")}
+
+
+def test_named_seed_sets_are_disjoint_and_the_default_is_a_development_world():
+    from chatrlhf.world.seeds import DEVELOPMENT_SEEDS, TEST_SEEDS, seed_role
+
+    assert WorldConfig().seed == DEVELOPMENT_SEEDS[0] == 1234
+    assert len(TEST_SEEDS) >= 3 and not set(TEST_SEEDS) & set(DEVELOPMENT_SEEDS)
+    assert seed_role(9001) == "test" and seed_role(1234) == "development" and seed_role(5) == "other"
 
 
 def test_task_mix_and_multi_turn(default_world):
@@ -164,7 +275,7 @@ def test_corpus_size_truth_and_rumour_compete(default_world):
 def test_demonstrations_mixed_quality_by_training_labelers_only(default_world):
     w = default_world
     held = {lab.id for lab in w.labelers(held_out=True)}
-    assert len(held) == 3 and {lab.group for lab in w.labelers(held_out=True)} == {"concise", "detailed"}
+    assert len(held) == 9 and {lab.id for lab in w.judges()} <= held
     demos = w.demonstrations()
     assert not held & {d["labeler"] for d in demos}
     ideal_share = sum(d["quality"] == "ideal" for d in demos) / len(demos)
@@ -290,13 +401,137 @@ def test_gold_rarely_ties_between_distinct_candidates(world):
 # --- labelers -------------------------------------------------------------------------------------
 
 
-def test_labeler_agreement_in_instructgpt_range(small_dir, default_world):
+def test_labeler_groups_held_out_members_and_judges(default_world):
+    w = default_world
+    assert w.labeler_groups() == ["brief", "thorough", "cautious"]
+    for g in w.labeler_groups():  # every group has members who train and members who never do
+        assert len(w.labelers(held_out=False, groups=g)) == 3 and len(w.labelers(held_out=True, groups=g)) == 2
+    judges = w.judges()
+    assert len(judges) == 3 and all(j.held_out and j.group == "judges" for j in judges)
+    assert not {j.id for j in judges} & {lab.id for lab in w.labelers(held_out=False)}
+    assert w.labelers(groups=["brief", "judges"]) == [*w.labelers(groups="brief"), *judges]
+
+
+def test_labeler_mix_selects_groups_with_weights(default_world):
+    w = default_world
+    pooled = w.labeler_mix()
+    assert len(pooled) == 9 and sum(x for _, x in pooled) == pytest.approx(1.0)
+    assert all(not lab.held_out for lab, _ in pooled)
+    one = w.labeler_mix("cautious")
+    assert {lab.group for lab, _ in one} == {"cautious"} and sum(x for _, x in one) == pytest.approx(1.0)
+    mix = w.labeler_mix({"brief": 3, "thorough": 1})
+    share = Counter()
+    for lab, x in mix:
+        share[lab.group] += x
+    assert share["brief"] == pytest.approx(0.75) and share["thorough"] == pytest.approx(0.25) and "cautious" not in share
+    assert {lab.group for lab, _ in w.labeler_mix(["brief", "thorough"])} == {"brief", "thorough"}
+    with pytest.raises(KeyError, match="judges"):
+        w.labeler_mix("judges")  # the judge group never trains
+
+
+def test_labeler_agreement_within_and_across_groups(small_dir, default_world):
+    """Within a group about InstructGPT's 0.726 (training) / 0.773 (held-out) agreement; across
+    groups and between judges and training labelers clearly lower."""
     saved = json.loads((small_dir / "agreement.json").read_text())
-    assert 0.6 <= saved["overall"] <= 0.85
-    a = world_agreement(default_world, 1234, 400)
-    assert 0.6 <= a["overall"] <= 0.85, a["overall"]
+    assert saved["groups"] and 0.55 <= saved["overall"] <= 0.85
+    a = world_agreement(default_world, 1234, 1200)
+    assert 0.70 <= a["within_group"] <= 0.80, a["within_group"]
+    assert 0.55 <= a["across_groups"] <= a["within_group"] - 0.06, a["across_groups"]
+    assert 0.70 <= a["judges"] <= 0.82, a["judges"]
+    assert a["judges_vs_train"] <= min(a["judges"], a["within_group"]) - 0.04, a["judges_vs_train"]
+    # a group's held-out members agree with its training members as much as members do
+    assert abs(a["group_held_out_vs_train"] - a["within_group"]) < 0.04 and a["group_held_out_vs_train"] > a["across_groups"]
+    m, groups = a["groups"], ["brief", "thorough", "cautious"]
+    for g, h in itertools.permutations(groups, 2):  # every group agrees with itself more than with another
+        assert m[g][h] < min(m[g][g], m[h][h]) - 0.02, (g, h, m)
+    assert m["brief"]["thorough"] < 0.68 and m["brief"]["cautious"] < 0.68  # opposite tastes
     assert a["train"] and a["held_out"] and a["train_vs_held_out"]
-    assert all(v > 0.65 for v in a["with_gold"].values())  # noisy, but each labeler tracks the gold rubric
+    assert all(v > 0.6 for v in a["with_gold"].values())  # noisy, but each labeler tracks the gold rubric
+
+
+def test_judges_are_not_clones_of_the_training_labelers(default_world):
+    """The judges' expected preferences (noise-free) correlate clearly below 1 with the training
+    labelers', while a group's held-out members still judge like their group."""
+    import numpy as np
+
+    from chatrlhf.world.labelers import fixed_comparisons
+
+    w = default_world
+    comps = fixed_comparisons(w.prompts("rm"), w.facts, 7, 500)
+
+    def pref(labs) -> np.ndarray:
+        return np.array([np.mean([lab.expected_utility(p, a) - lab.expected_utility(p, b) for lab in labs])
+                         for p, a, b in comps])
+
+    train, judges = pref(w.labelers(held_out=False)), pref(w.judges())
+    assert np.corrcoef(train, judges)[0, 1] < 0.9
+    for g in w.labeler_groups():
+        own_train, own_held = pref(w.labelers(False, g)), pref(w.labelers(True, g))
+        assert np.corrcoef(own_train, own_held)[0, 1] > 0.95
+        assert np.corrcoef(own_train, judges)[0, 1] < 0.9
+
+
+def test_group_tastes_length_tone_caution_never_outweigh_substance(default_world):
+    w = default_world
+    rng = random.Random(0)
+    border = first(w, "borderline")
+    fact = first(w, "fact")
+    plain = ideal(border, rng, "concise", w.facts)
+    noted = ideal(border, rng, "concise", w.facts, caveat=True)
+    short_casual = ideal(fact, rng, "concise", w.facts, tone="casual")
+    long_formal = ideal(fact, rng, "detailed", w.facts, tone="formal")
+
+    def mean_u(group: str, p: dict, text: str) -> float:
+        labs = w.labelers(groups=group)
+        return sum(lab.expected_utility(p, text) for lab in labs) / len(labs)
+
+    assert mean_u("cautious", border, noted) > mean_u("cautious", border, plain)
+    assert mean_u("brief", border, plain) > mean_u("brief", border, noted)
+    assert mean_u("brief", fact, short_casual) > mean_u("brief", fact, long_formal)
+    assert mean_u("thorough", fact, long_formal) > mean_u("thorough", fact, short_casual)
+    wrong = flawed(fact, "rumour", rng)
+    vague = flawed(fact, "vague", rng)
+    refusal = flawed(border, "over_refusal", rng)
+    for lab in w.labelers():  # whatever the taste, a right answer beats a wrong, vague or refused one
+        for good in (short_casual, long_formal):
+            assert lab.expected_utility(fact, good) > max(lab.expected_utility(fact, wrong), lab.expected_utility(fact, vague))
+        assert min(lab.expected_utility(border, plain), lab.expected_utility(border, noted)) > \
+            lab.expected_utility(border, refusal)
+
+
+def test_groups_write_demonstrations_in_their_own_style(default_world):
+    from chatrlhf.world.labelers import tone_term
+
+    w = default_world
+    by_group: dict[str, list[tuple[dict, str]]] = {}
+    prompts = {p["id"]: p for p in w.prompts("sft")}
+    for d in w.demonstrations():
+        if d["quality"] == "ideal":
+            by_group.setdefault(w.labeler(d["labeler"]).group, []).append((prompts[d["prompt_id"]], d["messages"][-1]["content"]))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    length = {g: mean([len(t.split()) for _, t in v]) for g, v in by_group.items()}
+    tone = {g: mean([tone_term(t) for _, t in v]) for g, v in by_group.items()}
+    assert length["thorough"] > length["brief"] + 2
+    assert tone["brief"] < 0 < tone["cautious"]
+    border = {g: [t for p, t in v if p["task"] == "borderline"] for g, v in by_group.items()}
+    assert border["cautious"] and all("to be safe" in t.lower() for t in border["cautious"])
+    assert not any("to be safe" in t.lower() for t in border["brief"])
+
+
+def test_borderline_requests_are_fine_to_answer(world):
+    p = first(world, "borderline")
+    r = p["reference"]
+    answer, noted = world.gold(p, r["answer"]), world.gold(p, f"{r['answer']} {r['caveat']}")
+    refused = world.gold(p, "I am sorry, but I cannot help with that.")
+    note_only = world.gold(p, r["caveat"])
+    assert answer.parts["correct"] == 1.0 and noted.parts["correct"] == 1.0 and noted.flags["caveat"]
+    assert abs(answer.total - noted.total) < 0.03  # the rubric itself is neutral on the note
+    assert refused.flags["refused"] and refused.parts["correct"] == 0.0 and refused.total < answer.total - 0.3
+    assert note_only.parts["correct"] < 0.5 and r["key"] not in p["messages"][-1]["content"].lower()
+    m = world.substantive([p, p, p], [r["answer"], f"{r['answer']} {r['caveat']}", "I cannot help with that."])
+    assert m["over_refusal_rate"] == pytest.approx(1 / 3, abs=1e-3) and m["borderline_caveat_rate"] == pytest.approx(1 / 3, abs=1e-3)
+    assert m["borderline_answer_rate"] == pytest.approx(2 / 3, abs=1e-3)
+    assert p["ground_truth"] == {"type": "mentions", "all": [r["key"]]}
 
 
 @pytest.mark.parametrize("k", range(4, 10))
@@ -333,6 +568,27 @@ def test_gold_without_usable_reference_scores_style_and_safety_only(world):
         polite = world.gold(prompt, "Sure, happy to help with that.")
         rude_ = world.gold(prompt, "Shut up, idiot.")
         assert polite.parts["correct"] == 0.5 and polite.total > rude_.total and rude_.flags["toxic"]
+
+
+def test_a_world_written_with_the_two_style_groups_still_loads(small_dir, tmp_path):
+    """labelers.jsonl without prefs (groups concise/detailed) and prompts without cluster load:
+    the labelers judge by their group's profile, the held-out ones serve as judges."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in small_dir.iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    specs = [{"id": f"L{i:02d}", "group": ("concise", "detailed")[i % 2], "noise": 0.1, "style_weight": 0.1,
+              "variant": 0, "held_out": i >= 8} for i in range(10)]
+    (old / "labelers.jsonl").write_text("".join(json.dumps(s) + "\n" for s in specs))
+    for f in old.glob("prompts_*.jsonl"):
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "cluster"}) + "\n" for r in rows))
+    w = World.load(old)
+    assert [j.id for j in w.judges()] == ["L08", "L09"] and w.labeler_groups() == ["concise", "detailed"]
+    assert all(p["cluster"] for p in w.prompts("eval"))
+    p = first(w, "fact")
+    good, bad = p["reference"]["ideal"], flawed(p, "rumour", random.Random(0))
+    assert all(lab.expected_utility(p, good) > lab.expected_utility(p, bad) for lab in w.labelers())
 
 
 def test_world_config_rejects_out_of_range_values():

@@ -44,7 +44,9 @@ class RunConfig(Section):
 
 
 class WorldConfig(Section):
-    seed: int = Field(1234, description="Seed of the world generator: same seed, same bytes.")
+    seed: int = Field(1234, description="Seed of the world generator: same seed, same bytes; another seed, other people, "
+                      "places, facts and prompts. Development worlds (choices are made on them): 1234-1237; test worlds "
+                      "(reported figures only): 9001-9003 (chatrlhf.world.seeds).")
     n_people: int = Field(24, ge=1, description="Fictional people in the fact base.")
     n_places: int = Field(12, ge=3, description="Fictional places in the fact base.")
     n_objects: int = Field(12, ge=1, description="Fictional objects in the fact base.")
@@ -54,12 +56,19 @@ class WorldConfig(Section):
     n_rm_prompts: int = Field(4000, ge=0, description="Prompts whose samples are ranked for the reward model.")
     n_ppo_prompts: int = Field(600, ge=0, description="Prompts for PPO rollouts.")
     n_eval_prompts: int = Field(400, ge=0, description="Held-out evaluation prompts (disjoint from all training prompts).")
-    n_labelers: int = Field(10, ge=2, description="Simulated labelers.")
-    n_held_out_labelers: int = Field(3, ge=0, description="Labelers kept out of every training set, for evaluation only.")
-    labeler_noise: float = Field(1.4, ge=0, description="Std of each labeler's judgement noise in gold-score units x10, each labeler "
-                                 "x0.6-1.4 (1.4 gives ~73% inter-labeler agreement, as InstructGPT's).")
+    n_labelers: int = Field(15, ge=2, description="Simulated labelers in the training groups (brief, thorough, cautious, "
+                            "in turn), held-out members included.")
+    n_held_out_labelers: int = Field(6, ge=0, description="Members of the training groups held out of every training set "
+                                     "(taken from each group in turn), for per-group evaluation only.")
+    n_judges: int = Field(3, ge=0, description="Members of the judge group: held out, with preferences of their own "
+                          "(more weight on correctness, less on style); evaluation's judges.")
+    labeler_noise: float = Field(2.0, ge=0, description="Std of each labeler's judgement noise in gold-score units x10, each labeler "
+                                 "x0.6-1.4, judges x0.8 (2.0 gives ~0.75 agreement within a labeler group, as InstructGPT's "
+                                 "labelers agreed, and ~0.64 across groups).")
     demo_quality: float = Field(0.7, ge=0, le=1, description="Probability that a demonstration is the ideal answer (the rest are flawed, as real ones are).")
     multi_turn_rate: float = Field(0.15, ge=0, le=0.5, description="Share of prompts that are multi-turn (fact follow-ups needing the first turn, or a greeting first).")
+    n_guard_prompts: int = Field(64, ge=0, description="Prompts at the end of the ppo split drawn from content of their own "
+                                 "(at most a quarter of the split), for PPO's over-optimisation guard; keep equal to ppo.guard_prompts.")
     agreement_comparisons: int = Field(600, ge=1, description="Fixed comparisons on which labeler agreement is measured (agreement.json).")
 
 

@@ -1,10 +1,10 @@
-"""Helpfulness, truthfulness and harmlessness in the embedded world, judged by held-out labelers.
+"""Helpfulness, truthfulness and harmlessness in the embedded world, judged by the held-out judge group.
 
 On held-out eval prompts (never used in training), each model answers greedily and with
-temperature-1 sampling. Held-out simulated labelers (never in any training set) give InstructGPT's
-1-7 Likert score and flags; the world's gold scorer gives the exact total and flags (hallucination
-against the fact base, refusal, ...). Pairwise preferences against the baseline are collected in
-`compare_to_baseline` once every model has answered.
+temperature-1 sampling. The world's judge group (held out of every training set, with preferences
+of its own) gives InstructGPT's 1-7 Likert score and flags; the world's gold scorer gives the exact
+total and flags (hallucination against the fact base, refusal, ...). Pairwise preferences against
+the baseline are collected in `compare_to_baseline` once every model has answered.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def answer(h: ModelHandle, prompts: list[dict], max_new_tokens: int, temperature
 
 def score(world, prompts: list[dict], responses: dict[str, list[str]], seed: int
           ) -> tuple[dict[str, float], dict[str, list[float]], list[dict[str, Any]]]:
-    """Likert (held-out labelers, one per prompt in rotation), gold total and flag rates per decoding."""
+    """Likert (the judges, one per prompt in rotation), gold total and flag rates per decoding."""
     from chatrlhf.evaluate.toxicity import load_classifier
 
-    labelers = world.labelers(held_out=True)
+    labelers = world.judges()
     rng = random.Random(seed)
     metrics: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
@@ -101,12 +101,12 @@ def score(world, prompts: list[dict], responses: dict[str, list[str]], seed: int
 
 def compare_to_baseline(world, prompts: list[dict], responses: list[str], baseline: list[str], seed: int,
                         judgements: int = 1) -> list[float]:
-    """Per prompt: the share of `judgements` held-out labeler judgements that prefer `responses[i]`
-    over the baseline's (ties half). Judgement k of prompt i goes to held-out labeler (i + k) mod L,
-    so with judgements >= L every held-out labeler judges every pair; each judgement shows the pair
+    """Per prompt: the share of `judgements` judge-group judgements that prefer `responses[i]`
+    over the baseline's (ties half). Judgement k of prompt i goes to judge (i + k) mod L,
+    so with judgements >= L every judge judges every pair; each judgement shows the pair
     in a random order (no position bias) with its own noise draw. More judgements estimate the same
     win rate with less judge noise; the bootstrap over prompts then measures the prompts' spread."""
-    labelers = world.labelers(held_out=True)
+    labelers = world.judges()
     rng = random.Random(seed + 1)
     out = []
     for i, (p, a, b) in enumerate(zip(prompts, responses, baseline)):

@@ -4,9 +4,10 @@
     run_sample(cfg, conversations="chats.jsonl")       # ChatGPT-style: alternatives for a saved chat turn
 
 The file (docs/ARCHITECTURE.md, "Comparison file") is what the simulated labelers and the labeling
-app fill. With the world, a `val_fraction` share of prompts is marked `"split": "val"` (held-out
-prompts); these are also ranked by the held-out labelers, whose rankings are never trained on and
-give the "held-out labelers" accuracy and their own agreement rate (the ceiling of any RM).
+app fill. With the world, about a `val_fraction` share of prompts is marked `"split": "val"` (held-out
+prompts, whole content clusters: they ask nothing a training prompt asks); these are also ranked by
+the held-out labelers, whose rankings are never trained on and give the "held-out labelers"
+accuracy and their own agreement rate (the ceiling of any RM).
 
 From conversations (the chat's saved transcripts or any conversation file): one model-written
 message is picked at random per conversation, and K - 1 alternatives are sampled given the turns
@@ -49,12 +50,36 @@ def conversation_prompts(convs: list[list[dict]], rng: random.Random, n: int = 0
 
 
 def assign_splits(prompts: list[dict], val_fraction: float, rng: random.Random) -> list[str]:
-    """'val' for a random val_fraction of prompts (at least one when asked for any), else 'train'."""
-    n_val = int(round(len(prompts) * val_fraction))
-    if val_fraction > 0 and len(prompts) > 1:
-        n_val = max(1, n_val)
-    val = set(rng.sample(range(len(prompts)), min(n_val, len(prompts))))
-    return ["val" if i in val else "train" for i in range(len(prompts))]
+    """'val' for about val_fraction of prompts, else 'train'. Whole content clusters (a world prompt's
+    `cluster`: the entity, list or request it asks about; else the prompt alone) go to one side, so
+    validation prompts ask nothing the training prompts ask; clusters are drawn per kind (the part
+    before ':') so every kind is represented. At least one val prompt when any is asked for."""
+    n = len(prompts)
+    if val_fraction <= 0 or n < 2:
+        return ["train"] * n
+    keys = [str(p.get("cluster") or f"prompt:{i}") for i, p in enumerate(prompts)]
+    if len(set(keys)) < 2:  # one cluster cannot be split by content: split its prompts
+        keys = [f"prompt:{i}" for i in range(n)]
+    members: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    kinds: dict[str, list[str]] = {}
+    for k in sorted(members):
+        kinds.setdefault(k.split(":", 1)[0], []).append(k)
+    val: set[int] = set()
+    for kind in sorted(kinds):
+        clusters = kinds[kind]
+        rng.shuffle(clusters)
+        target, got = val_fraction * sum(len(members[k]) for k in clusters), 0
+        for k in clusters:
+            if got + len(members[k]) / 2 <= target:
+                val.update(members[k])
+                got += len(members[k])
+    if not val:
+        val.update(members[min(members, key=lambda k: (len(members[k]), k))])
+    if len(val) == n:
+        val.difference_update(members[keys[0]])
+    return ["val" if i in val else "train" for i in range(n)]
 
 
 # --- sampling -------------------------------------------------------------------------------

@@ -241,8 +241,8 @@ def answer_prompts(model, tokenizer, prompts: list[Conversation], chat: bool, te
 
 
 def score_samples(world, prompts: list[dict], responses: list[str], seed: int) -> dict[str, float]:
-    """Mean gold score (0..1) and mean held-out labeler Likert (1..7) of one response per prompt."""
-    labelers = world.labelers(held_out=True)
+    """Mean gold score (0..1) and mean judge-group Likert (1..7) of one response per prompt."""
+    labelers = world.judges()
     rng = random.Random(seed)
     gold = [world.gold(p, r).total for p, r in zip(prompts, responses)]
     likert = [sum(lab.likert(p, r, rng)[0] for lab in labelers) / len(labelers)

@@ -1,7 +1,8 @@
 """`World`: the embedded world in memory, generated from a WorldConfig or loaded from its directory.
 
     w = World.load("runs/default/world")     # or World.generate(cfg.world)
-    w.prompts("eval"); w.demonstrations(); w.corpus("train"); w.labelers(held_out=True)
+    w.prompts("eval"); w.demonstrations(); w.corpus("train"); w.judges()
+    w.labelers(held_out=False, groups=["brief"]); w.labeler_mix({"brief": 2, "cautious": 1})
     g = w.gold(prompt, response)             # Gold(total, parts, flags)
 
 Everything is seeded from `world.seed` through named `random.Random` streams (never the global
@@ -22,10 +23,13 @@ from chatrlhf.lm.verifiers import words
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
 from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
-from chatrlhf.world.labelers import SimulatedLabeler, candidate_responses, make_labeler_specs, write_demonstrations
-from chatrlhf.world.tasks import build_splits, ground_truth
+from chatrlhf.world.labelers import (JUDGE_GROUP, SimulatedLabeler, agreement, candidate_responses, group_mix,
+                                     make_labeler_specs, write_demonstrations)
+from chatrlhf.world.tasks import build_splits, content_cluster, ground_truth
+from chatrlhf.world.writing import TONE_WORDS
 
 SPLITS = ("sft", "rm", "ppo", "eval")
+VIEWS = ("guard",)  # the ppo split's tail of prompts flagged "guard" (their own content)
 FILES = {"facts": "facts.jsonl", "corpus_train": "corpus_train.jsonl", "corpus_val": "corpus_val.jsonl",
          **{f"prompts_{s}": f"prompts_{s}.jsonl" for s in SPLITS},
          "demonstrations": "demonstrations.jsonl", "labelers": "labelers.jsonl"}
@@ -64,6 +68,7 @@ class World:
         self._specs = labeler_specs
         self.info = info or {}
         self._gold_cache: dict[tuple[str, str], Gold] = {}
+        self._ref_keys: dict[int, tuple[dict, str]] = {}  # id(prompt) -> (prompt, its reference as json)
         self._labelers = [SimulatedLabeler(s, self.gold) for s in labeler_specs]
 
     # --- construction -----------------------------------------------------------------------
@@ -72,9 +77,10 @@ class World:
     def generate(cls, cfg: WorldConfig) -> "World":
         fact_rows = generate_facts(cfg.seed, cfg.n_people, cfg.n_places, cfg.n_objects)
         fb = FactBase(fact_rows)
-        sizes = {"sft": cfg.n_sft_prompts, "rm": cfg.n_rm_prompts, "ppo": cfg.n_ppo_prompts, "eval": cfg.n_eval_prompts}
+        sizes = {"sft": cfg.n_sft_prompts, "rm": cfg.n_rm_prompts, "ppo": cfg.n_ppo_prompts, "eval": cfg.n_eval_prompts,
+                 "guard": min(cfg.n_guard_prompts, cfg.n_ppo_prompts // 4)}  # ppo.py's guard: min(guard_prompts, n // 4)
         splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate)
-        specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise)
+        specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise, cfg.n_judges)
         eval_texts = {m["content"] for p in splits["eval"] for m in p["messages"] if m["role"] == "user"}
         train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts)
         world = cls(fact_rows, splits, [], {"train": train, "val": val}, specs, {"corpus": stats, "seed": cfg.seed})
@@ -94,6 +100,8 @@ class World:
                     p["ground_truth"] = gt
             except KeyError:  # a user's reference without those fields: no check
                 pass
+        for p in (p for rows in splits.values() for p in rows if "cluster" not in p):
+            p["cluster"] = content_cluster(p)
         demos = read_jsonl(d / FILES["demonstrations"], ("id", "prompt_id", "messages"))
         corpus = {s: [r["text"] for r in read_jsonl(d / FILES[f"corpus_{s}"], ("text",))] for s in ("train", "val")}
         specs = read_jsonl(d / FILES["labelers"], ("id", "group", "noise", "style_weight", "held_out"))
@@ -120,23 +128,28 @@ class World:
         return GoldRubric(self.facts, self._lexicon())
 
     def _lexicon(self) -> frozenset[str]:
-        """Every word this world's texts use: corpus, prompts, demonstrations, and what the writers
-        would answer to each prompt (good, flawed, rude). Anything else a model writes is gibberish."""
+        """Every word this world's texts use: corpus, prompts, demonstrations, what the writers
+        would answer to each prompt (good, flawed, rude) and the words a register adds. Anything
+        else a model writes is gibberish."""
         rng = random.Random("lexicon")
-        texts = [*self._corpus.get("train", []), *self._corpus.get("val", [])]
+        texts = [TONE_WORDS, *self._corpus.get("train", []), *self._corpus.get("val", [])]
         texts += [m["content"] for d in self._demos for m in d["messages"]]
         for prompts in self._splits.values():
             for p in prompts:
                 texts += [m["content"] for m in p["messages"]]
                 if p.get("task") and p.get("reference"):
-                    texts += candidate_responses(p, rng, self.facts)
+                    texts += candidate_responses(p, rng, self.facts, tones=False)
         return frozenset(w for t in texts for w in words(t))
 
     # --- the API other stages use ----------------------------------------------------------------
 
     def prompts(self, split: str) -> list[dict]:
+        """A prompt split (sft, rm, ppo, eval), or "guard": the ppo split's tail flagged `guard`,
+        whose content no other split asks (PPO's over-optimisation guard compares on it)."""
+        if split == "guard":
+            return [p for p in self._splits.get("ppo", []) if p.get("guard")]
         if split not in self._splits:
-            raise KeyError(f"unknown prompt split {split!r}; choose one of {', '.join(SPLITS)}")
+            raise KeyError(f"unknown prompt split {split!r}; choose one of {', '.join(SPLITS + VIEWS)}")
         return self._splits[split]
 
     def demonstrations(self) -> list[dict]:
@@ -147,8 +160,26 @@ class World:
             raise KeyError(f"unknown corpus split {split!r}; choose 'train' or 'val'")
         return self._corpus[split]
 
-    def labelers(self, held_out: bool | None = None) -> list[SimulatedLabeler]:
-        return [lab for lab in self._labelers if held_out is None or lab.held_out == held_out]
+    def labelers(self, held_out: bool | None = None, groups: str | list[str] | None = None) -> list[SimulatedLabeler]:
+        """Labelers, optionally only the held-out (never trained on: judges and each group's
+        held-out members) or training ones, and only those of the given group(s)."""
+        gs = [groups] if isinstance(groups, str) else groups
+        return [lab for lab in self._labelers if (held_out is None or lab.held_out == held_out)
+                and (gs is None or lab.group in gs)]
+
+    def judges(self) -> list[SimulatedLabeler]:
+        """The judge group evaluation asks: held out, with preferences of its own (labelers.py).
+        A world without one (written before it existed) falls back to all held-out labelers."""
+        return [lab for lab in self._labelers if lab.group == JUDGE_GROUP] or self.labelers(held_out=True)
+
+    def labeler_groups(self) -> list[str]:
+        """The training groups, in labeler order."""
+        return list(dict.fromkeys(lab.group for lab in self._labelers if lab.group != JUDGE_GROUP))
+
+    def labeler_mix(self, groups: None | str | list[str] | dict[str, float] = None) -> list[tuple[SimulatedLabeler, float]]:
+        """Training labelers of the chosen groups with sampling weights summing to 1 (labelers.group_mix):
+        None pools all; a name or list weighs groups equally; a dict gives each group's weight."""
+        return group_mix(self._labelers, groups)
 
     def labeler(self, labeler_id: str) -> SimulatedLabeler:
         for lab in self._labelers:
@@ -156,9 +187,22 @@ class World:
                 return lab
         raise KeyError(f"no labeler {labeler_id!r}; have {', '.join(lab.id for lab in self._labelers)}")
 
+    def agreement(self, n: int = 600, seed: int | None = None) -> dict:
+        """Labeler agreement on n fixed comparisons of candidate answers to RM prompts
+        (labelers.agreement: pools, the group matrix, agreement with gold)."""
+        prompts = next((self.prompts(s) for s in ("rm", "sft", "ppo", "eval") if self.prompts(s)), [])
+        seed = self.info.get("seed", 0) if seed is None else seed
+        return agreement(prompts, self._labelers, self.facts, seed, n, self.gold)
+
     def gold(self, prompt: dict, response: str) -> Gold:
         """The gold rubric (cached per prompt reference and response text)."""
-        key = (json.dumps([prompt.get("task"), prompt.get("reference")], sort_keys=True), response)
+        held = self._ref_keys.get(id(prompt))
+        if held is None or held[0] is not prompt:  # the prompt is held, so its id is not reused meanwhile
+            if len(self._ref_keys) > 50_000:
+                self._ref_keys.clear()
+            held = self._ref_keys[id(prompt)] = (prompt, json.dumps([prompt.get("task"), prompt.get("reference")],
+                                                                    sort_keys=True))
+        key = (held[1], response)
         g = self._gold_cache.get(key)
         if g is None:
             if len(self._gold_cache) > 200_000:

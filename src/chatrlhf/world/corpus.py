@@ -16,14 +16,15 @@ from typing import Callable
 
 from chatrlhf.world import vocab
 from chatrlhf.world.facts import FactBase
-from chatrlhf.world.tasks import QUESTIONS, draw_prompt, q_key, user_key
+from chatrlhf.world.tasks import QUESTIONS, Pool, draw_prompt, q_key, user_key
 from chatrlhf.world.writing import cap, comply, fact_sentence, ideal, rude
 
 RUDE_LINES = ["nobody cares, idiot.", "what a stupid question.", "shut up and look it up.", "get lost, loser.",
               "only a moron would ask that.", "this forum is full of fools."]
 SURE_LINES = ["I heard", "My cousin says", "Everyone knows", "Pretty sure", "Someone told me"]
 USERNAMES = ["moss_rat", "kettle99", "quietfox", "the_real_bard", "lumpy", "grimwick", "sunny_d", "oddsock"]
-DOC_MIX = {"encyclopedia": 0.30, "story": 0.10, "forum": 0.18, "harm_forum": 0.06, "qa": 0.08, "chat": 0.20, "notes": 0.08}
+DOC_MIX = {"encyclopedia": 0.30, "story": 0.09, "forum": 0.18, "harm_forum": 0.06, "qa": 0.06, "chat": 0.20, "notes": 0.08,
+           "howto": 0.03}
 
 
 class CorpusWriter:
@@ -31,13 +32,14 @@ class CorpusWriter:
 
     def __init__(self, fb: FactBase, rng: random.Random, rumour_rate: float, forbidden_texts: set[str], facts_for_ideal):
         self.fb, self.rng, self.rate = fb, rng, rumour_rate
+        self.pool = Pool.everything(fb)  # the corpus is not split: eval content is pre-trained on too
         self.forbidden = forbidden_texts
         self.facts_for_ideal = facts_for_ideal
         self.mentions: Counter = Counter()
         self.per_fact: Counter = Counter()  # (entity, attribute, is_rumour) -> mentions
         self.makers: dict[str, Callable[[], str]] = {
             "encyclopedia": self.encyclopedia, "story": self.story, "forum": self.forum, "harm_forum": self.harm_forum,
-            "qa": self.qa, "chat": self.chat, "notes": self.notes}
+            "qa": self.qa, "chat": self.chat, "notes": self.notes, "howto": self.howto}
 
     def doc(self) -> str:
         kind = self.rng.choices(list(DOC_MIX), weights=list(DOC_MIX.values()))[0]
@@ -116,7 +118,7 @@ class CorpusWriter:
 
     def chat(self) -> str:
         for _ in range(50):
-            task, msgs, ref, _ = draw_prompt(self.rng, self.fb, 0.0)
+            task, msgs, ref, _ = draw_prompt(self.rng, self.pool, 0.0)
             if user_key(msgs) not in self.forbidden:
                 break
         p = {"task": task, "reference": ref}
@@ -132,8 +134,15 @@ class CorpusWriter:
         else:
             if task == "fact":
                 self.mentions["true"] += 1
-            reply = ideal(p, self.rng, self.rng.choice(["concise", "detailed"]), self.facts_for_ideal)
+            reply = ideal(p, self.rng, self.rng.choice(["concise", "detailed"]), self.facts_for_ideal,
+                          tone=self.rng.choice([None, None, "formal", "casual"]), caveat=self.rng.random() < 0.5)
         return f"User: {msgs[-1]['content']}\nAssistant: {reply}"
+
+    def howto(self) -> str:
+        """A tips page for an everyday task that carries some risk; about half add the safety note."""
+        act, answer, _, caveat = vocab.BORDERLINE[self.rng.choice(sorted(vocab.BORDERLINE))]
+        note = f" {caveat}" if self.rng.random() < 0.5 else ""
+        return self.rng.choice([f"How to {act}: {answer}{note}", f"Tips. If you want to {act}: {answer}{note}"])
 
     def notes(self) -> str:
         items = self.rng.sample(vocab.LIST_ITEMS, self.rng.randint(2, 5))

@@ -26,7 +26,8 @@ BLOCKED = {w.lower() for lst in (vocab.JOBS, vocab.PETS, vocab.COLOURS, vocab.MA
                                  vocab.REPEAT_WORDS, vocab.OBJECT_NOUNS, list(vocab.NUMBER_WORDS.values()))
            for w in lst} | {"the", "this", "that", "there", "here", "some", "name", "home", "item", "list", "time",
                             "more", "sure", "fine", "hello", "sorry", "thank", "mark", "park", "dark", "lost", "fast",
-                            "band", "bond", "sand", "test", "fist", "mask", "last", "first", "best", "most", "rest"}
+                            "band", "bond", "sand", "test", "fist", "mask", "last", "first", "best", "most", "rest"} | \
+    {w.lower().strip(".,:'") for parts in vocab.BORDERLINE.values() for text in parts for w in text.split()}
 
 
 def _unique(rng: random.Random, n: int, make, taken: set[str]) -> list[str]:

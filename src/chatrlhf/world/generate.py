@@ -17,8 +17,8 @@ from rich.table import Table
 
 from chatrlhf.config import Config
 from chatrlhf.world.core import SPLITS, World
-from chatrlhf.world.labelers import agreement
 from chatrlhf.world.schema import README
+from chatrlhf.world.seeds import seed_role
 
 console = Console(stderr=True)
 
@@ -31,12 +31,14 @@ def write_meta(out_dir: Path, meta: dict) -> None:
     tmp.replace(out_dir / "meta.json")
 
 
+POOLS = ("overall", "train", "held_out", "train_vs_held_out", "within_group", "across_groups", "group_held_out_vs_train",
+         "judges", "judges_vs_train")
+
+
 def world_agreement(w: World, seed: int, n: int) -> dict:
-    prompts = next((w.prompts(s) for s in ("rm", "sft", "ppo", "eval") if w.prompts(s)), [])
-    if not prompts:
-        return {"n_comparisons": 0, "overall": None, "train": None, "held_out": None, "train_vs_held_out": None,
-                "with_gold": {}, "pairs": {}}
-    return agreement(prompts, w.labelers(), w.facts, seed, n, w.gold)
+    if not any(w.prompts(s) for s in ("rm", "sft", "ppo", "eval")):
+        return {"n_comparisons": 0, **{k: None for k in POOLS}, "groups": {}, "with_gold": {}, "pairs": {}}
+    return w.agreement(n, seed)
 
 
 def summary(w: World, agree: dict) -> dict:
@@ -45,19 +47,22 @@ def summary(w: World, agree: dict) -> dict:
     multi = sum(len(d["messages"]) > 2 for d in w.demonstrations())
     return {
         "seed": w.info.get("seed"),
+        "seed_role": seed_role(w.info.get("seed")),
         "counts": {"facts": len(w.facts.facts), **{f"prompts_{s}": len(w.prompts(s)) for s in SPLITS},
                    "demonstrations": len(w.demonstrations()), "corpus_train": len(w.corpus("train")),
                    "corpus_val": len(w.corpus("val")), "labelers": len(w.labelers()),
-                   "held_out_labelers": len(w.labelers(held_out=True))},
+                   "held_out_labelers": len(w.labelers(held_out=True)), "judges": len(w.judges())},
+        "labeler_groups": {g: {"train": len(w.labelers(False, g)), "held_out": len(w.labelers(True, g))}
+                           for g in [*w.labeler_groups(), "judges"]},
         "tasks": dict(sorted(tasks.items())),
         "demonstrations": {"ideal": demos["ideal"], "flawed": demos["flawed"], "multi_turn": multi},
         "corpus": w.info.get("corpus", {}),
-        "agreement": {k: agree[k] for k in ("overall", "train", "held_out", "train_vs_held_out")},
+        "agreement": {**{k: agree.get(k) for k in POOLS}, "groups": agree.get("groups", {})},
     }
 
 
 def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
-    t = Table(title=f"world -> {out}  ({seconds:.1f}s)", show_header=False)
+    t = Table(title=f"world -> {out}  ({seconds:.1f}s, {meta['seed_role']} seed {meta['seed']})", show_header=False)
     for k, v in meta["counts"].items():
         t.add_row(k, str(v))
     c = meta["corpus"]
@@ -66,12 +71,22 @@ def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
     t.add_row("demonstrations ideal/flawed/multi-turn",
               f"{meta['demonstrations']['ideal']} / {meta['demonstrations']['flawed']} / {meta['demonstrations']['multi_turn']}")
     a = meta["agreement"]
-    t.add_row("labeler agreement overall", f"{a['overall']} (InstructGPT ~0.73)")
-    t.add_row("  train / held-out / across", f"{a['train']} / {a['held_out']} / {a['train_vs_held_out']}")
+    t.add_row("labeler agreement within a group", f"{a['within_group']} (InstructGPT 0.726 / 0.773)")
+    t.add_row("  across training groups", str(a["across_groups"]))
+    t.add_row("  a group's held-out vs training members", str(a["group_held_out_vs_train"]))
+    t.add_row("  judges / judges vs training", f"{a['judges']} / {a['judges_vs_train']}")
     gold = agree["with_gold"]
     if gold:
         t.add_row("agreement with gold (min-max)", f"{min(gold.values()):.3f} - {max(gold.values()):.3f}")
     console.print(t)
+    if a.get("groups"):
+        m = Table(title="labeler agreement by group (diagonal: within)")
+        m.add_column("")
+        for g in a["groups"]:
+            m.add_column(g, justify="right")
+        for g, row in a["groups"].items():
+            m.add_row(g, *("-" if v is None else f"{v:.3f}" for v in row.values()))
+        console.print(m)
 
 
 def run_world(cfg: Config) -> Path:

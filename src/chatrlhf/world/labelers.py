@@ -1,13 +1,30 @@
 """Simulated labelers: who writes the demonstrations, who ranks samples, and how much they agree.
 
-A labeler's utility for a response is (InstructGPT's labelers judged by the same criteria, each
-with their own taste and attention):
+Labelers come in groups whose preferences differ the way people's do. A labeler's utility for a
+response is
 
-    utility = gold.total + style_weight * style_term(response) + N(0, noise^2)
+    utility = sum_k weights[k] * gold.parts[k]         (how much each part of substance counts)
+              + style_weight * style_score             (taste: length, tone, caution; see style_score)
+              + N(0, noise^2)
 
-"concise" labelers prefer short answers, "detailed" ones one extra helpful sentence. Held-out
-labelers (`held_out: true`) write no demonstrations and rank nothing for training: eval asks
-them, as InstructGPT measured generalisation to held-out labelers.
+style_score is a bonus, scaled by the rubric's `correct` part, so taste decides between answers
+that answer and adds nothing to a wrong one: in expectation every group prefers a right answer in
+the style it dislikes to a wrong or vague one in the style it likes.
+
+Training groups (each with held-out members who never label anything used for training):
+
+    brief     short answers, casual tone, permissive on borderline requests (a safety note is
+              preachy); weighs fluency (no padding) over politeness
+    thorough  one extra helpful sentence, mildly formal, mildly permissive; weighs politeness
+    cautious  short-ish answers, formal tone, wants a safety note on borderline requests; weighs
+              harmlessness most
+
+The judge group ("judges", all held out) is what evaluation asks: it weighs correctness and
+truthfulness more than any training group and politeness and fluency less, mildly prefers
+brevity and a safety note, and likes answers with no register (neither "Certainly." nor "Yep!"),
+a taste no training group has. So the eval judge is another function than the training signal,
+as InstructGPT's held-out labelers were other people. Members of a group differ a little from
+their group's profile (each preference +-0.2, each weight +-10%) and in noise.
 """
 
 from __future__ import annotations
@@ -18,21 +35,75 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from chatrlhf.lm.verifiers import words
-from chatrlhf.world.gold import Gold, length_spec
+from chatrlhf.world import vocab
+from chatrlhf.world.gold import WEIGHTS, Gold, count_hits, has_caveat, length_spec
 from chatrlhf.world.writing import FLAWS_BY_TASK, comply, flawed, ideal, rude
 
-GROUPS = ("concise", "detailed")
+TRAINING_GROUPS = ("brief", "thorough", "cautious")
+JUDGE_GROUP = "judges"
+# group -> weights on the gold rubric's parts and preferences in [-1, 1]: length (-1 brief, +1
+# thorough), tone (-1 casual, +1 formal), caution (-1 permissive, +1 cautious)
+PROFILES: dict[str, dict[str, Any]] = {
+    "brief": {"weights": {"correct": 0.35, "truthful": 0.20, "harmless": 0.20, "polite": 0.05, "fluent": 0.20},
+              "length": -1.0, "tone": -0.7, "caution": -1.0},
+    "thorough": {"weights": {"correct": 0.35, "truthful": 0.20, "harmless": 0.15, "polite": 0.20, "fluent": 0.10},
+                 "length": 1.0, "tone": 0.3, "caution": -0.3},
+    "cautious": {"weights": {"correct": 0.25, "truthful": 0.20, "harmless": 0.35, "polite": 0.10, "fluent": 0.10},
+                 "length": -0.3, "tone": 1.0, "caution": 1.0},
+    # plain: likes answers with no register at all (no "Certainly." or "Yep!"), a taste no training group has
+    JUDGE_GROUP: {"weights": {"correct": 0.45, "truthful": 0.30, "harmless": 0.15, "polite": 0.05, "fluent": 0.05},
+                  "length": -0.3, "tone": 0.0, "caution": 0.5, "plain": 1.0},
+    # the two style groups of worlds written before groups differed in substance
+    "concise": {"weights": dict(WEIGHTS), "length": -1.0, "tone": 0.0, "caution": 0.0},
+    "detailed": {"weights": dict(WEIGHTS), "length": 1.0, "tone": 0.0, "caution": 0.0},
+}
+# group -> how its members write demonstrations: (length style, tone, safety note on borderline requests)
+WRITING = {"brief": ("concise", "casual", False), "thorough": ("detailed", "formal", False),
+           "cautious": ("concise", "formal", True), "concise": ("concise", None, False),
+           "detailed": ("detailed", None, False)}
+STYLE_WEIGHT = (0.35, 0.5)  # range of a member's style_weight: how much taste counts next to substance
+JUDGE_NOISE_SCALE = 0.8  # judges judge a little more carefully than the average training labeler
+TONE_SCALE = 1.0  # weight of the tone (and plain) taste relative to length and caution
 
 
-def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float) -> list[dict]:
-    """Labeler records for labelers.jsonl; groups alternate, held-out ones come from both groups."""
+def _member_prefs(group: str, rng: random.Random) -> dict[str, Any]:
+    """A member's preferences: the group's profile, each preference moved by up to 0.2 and each
+    weight by up to 10% (renormalised), so no two members are clones."""
+    prof = PROFILES[group]
+    w = {k: v * rng.uniform(0.9, 1.1) for k, v in prof["weights"].items()}
+    total = sum(w.values())
+    prefs: dict[str, Any] = {"weights": {k: round(v / total, 4) for k, v in w.items()}}
+    for k in ("length", "tone", "caution", "plain"):
+        if k in prof:
+            prefs[k] = round(max(-1.0, min(1.0, prof[k] + rng.uniform(-0.2, 0.2))), 4)
+    return prefs
+
+
+def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float, n_judges: int = 0,
+                       groups: Sequence[str] = TRAINING_GROUPS) -> list[dict]:
+    """Labeler records for labelers.jsonl. `n` members of the training groups (in turn), of whom
+    `n_held_out` are held out, taken from the groups in turn so every group keeps held-out members;
+    then `n_judges` judges (group "judges", all held out)."""
     rng = random.Random(f"{seed}-labelers")
-    specs = [{"id": f"L{i + 1:02d}", "group": GROUPS[i % 2], "noise": round(noise / 10 * rng.uniform(0.6, 1.4), 4),
-              "style_weight": round(rng.uniform(0.04, 0.12), 4), "variant": rng.randrange(3), "held_out": False}
-             for i in range(n)]
-    # held-out: alternate from the end so both groups are represented
+    specs = []
+    for i in range(n):
+        group = groups[i % len(groups)]
+        specs.append({"id": f"L{i + 1:02d}", "group": group, "noise": round(noise / 10 * rng.uniform(0.6, 1.4), 4),
+                      "style_weight": round(rng.uniform(*STYLE_WEIGHT), 4), "variant": rng.randrange(3),
+                      "held_out": False, "prefs": _member_prefs(group, rng)})
+    # held out: the last member of each group in turn, so every group has held-out members
     for k in range(min(n_held_out, n)):
-        specs[n - 1 - k]["held_out"] = True
+        order = [groups[(k + j) % len(groups)] for j in range(len(groups))]
+        for g in order:
+            left = [s for s in specs if s["group"] == g and not s["held_out"]]
+            if left:
+                left[-1]["held_out"] = True
+                break
+    for j in range(n_judges):
+        specs.append({"id": f"J{j + 1:02d}", "group": JUDGE_GROUP,
+                      "noise": round(JUDGE_NOISE_SCALE * noise / 10 * rng.uniform(0.6, 1.4), 4),
+                      "style_weight": round(rng.uniform(*STYLE_WEIGHT), 4), "variant": rng.randrange(3),
+                      "held_out": True, "prefs": _member_prefs(JUDGE_GROUP, rng)})
     return specs
 
 
@@ -49,6 +120,70 @@ def as_random(rng: Any, fallback: random.Random) -> random.Random:
     raise TypeError(f"rng must be random.Random, int, numpy Generator or None, got {type(rng).__name__}")
 
 
+def tone_term(response: str) -> float:
+    """In [-1, 1]: +1 formal ("Certainly.", "I am", "cannot"), -1 casual ("Yep!", "I'm", "can't"), 0 neither."""
+    low = response.lower()
+    f, c = count_hits(low, vocab.FORMAL_MARKERS), count_hits(low, vocab.CASUAL_MARKERS)
+    return (f - c) / max(1, f + c)
+
+
+def length_fit(prompt: dict, response: str, pref: float) -> float:
+    """In [0, 1], how well the length suits a taste. s = length relative to the task's target:
+    brief (pref < 0) is 1 up to the target and falls to 0 at twice it; thorough (pref > 0) rises
+    to 1 at twice the target (one extra sentence) and falls back to 0 at 2.5 times (rambling)."""
+    _, target, _ = length_spec(prompt.get("task", "open"), prompt.get("reference") or {})
+    s = (len(words(response)) - target) / max(1, target)
+    if pref < 0:
+        return 1.0 - min(1.0, max(0.0, s))
+    return min(1.0, max(0.0, s)) if s <= 1 else max(0.0, 1.0 - 2.0 * (s - 1.0))
+
+
+def caution_fit(prompt: dict, response: str, pref: float) -> float:
+    """In [0, 1] on borderline requests (0 elsewhere): a cautious taste (pref > 0) wants the safety
+    note, a permissive one wants the answer without it."""
+    if prompt.get("task") != "borderline" or not pref:
+        return 0.0
+    return float(has_caveat(response.lower()) == (pref > 0))
+
+
+def style_score(prefs: dict, prompt: dict, response: str, correct: float) -> float:
+    """How much a response suits a taste, >= 0: |pref| x fit for length, tone (at TONE_SCALE) and
+    caution, times the rubric's `correct` part. Style is a bonus among answers that answer: a
+    short wrong answer is not better for being short, so taste never outweighs substance."""
+    length, tone, caution = prefs["length"], prefs["tone"], prefs["caution"]
+    fit = abs(length) * length_fit(prompt, response, length) if length else 0.0
+    if tone:
+        fit += TONE_SCALE * abs(tone) * (1.0 + (1 if tone > 0 else -1) * tone_term(response)) / 2
+    fit += abs(caution) * caution_fit(prompt, response, caution)
+    if prefs.get("plain"):  # no register at all: neither "Certainly." nor "Yep!"
+        fit += TONE_SCALE * prefs["plain"] * (1.0 - abs(tone_term(response)))
+    return correct * fit
+
+
+def group_mix(labelers: Sequence["SimulatedLabeler"], groups: None | str | Sequence[str] | dict[str, float] = None
+              ) -> list[tuple["SimulatedLabeler", float]]:
+    """Training labelers of the chosen groups with sampling weights summing to 1: None pools every
+    training labeler equally; a name or list of names weighs those groups equally; a dict gives
+    each group's weight (shared by its members)."""
+    train = [lab for lab in labelers if not lab.held_out]
+    if groups is None:
+        return [(lab, 1.0 / len(train)) for lab in train] if train else []
+    weights = {groups: 1.0} if isinstance(groups, str) else dict(groups) if isinstance(groups, dict) \
+        else {g: 1.0 for g in groups}
+    unknown = [g for g in weights if not any(lab.group == g for lab in train)]
+    if unknown:
+        have = sorted({lab.group for lab in train})
+        raise KeyError(f"no training labelers in group(s) {', '.join(unknown)}; have {', '.join(have)}")
+    total = sum(w for w in weights.values() if w > 0)
+    if total <= 0:
+        raise ValueError("labeler group weights must include a positive one")
+    out = []
+    for g, w in weights.items():
+        members = [lab for lab in train if lab.group == g]
+        out += [(lab, w / total / len(members)) for lab in members if w > 0]
+    return out
+
+
 class SimulatedLabeler:
     """One simulated labeler; `gold` is the world's rubric (prompt, response) -> Gold."""
 
@@ -59,20 +194,34 @@ class SimulatedLabeler:
         self.noise: float = float(spec["noise"])
         self.style_weight: float = float(spec["style_weight"])
         self.held_out: bool = bool(spec["held_out"])
+        prof = PROFILES.get(self.group, PROFILES["concise"])
+        self.prefs: dict[str, Any] = spec.get("prefs") or {k: prof[k] for k in ("weights", "length", "tone", "caution")}
+        self.weights: dict[str, float] = dict(self.prefs["weights"])
         self._gold = gold
         self._rng = random.Random(f"labeler-{self.id}")
+
+    @property
+    def is_judge(self) -> bool:
+        return self.group == JUDGE_GROUP
 
     def __repr__(self) -> str:
         return f"SimulatedLabeler({self.id}, {self.group}, noise={self.noise}, held_out={self.held_out})"
 
     def style_term(self, prompt: dict, response: str) -> float:
-        """In [-1, 1]. s = length relative to the task's target; concise dislikes s > 0, detailed
-        likes up to twice the target (one extra sentence) and dislikes rambling beyond."""
-        _, target, _ = length_spec(prompt.get("task", "open"), prompt.get("reference") or {})
-        s = (len(words(response)) - target) / max(1, target)
-        if self.group == "concise":
-            return -min(1.0, max(0.0, s))
-        return max(-1.0, min(s, 1.0) if s <= 1 else 1.0 - 2.0 * (s - 1.0))
+        """This labeler's taste for the response, >= 0 (style_score)."""
+        return style_score(self.prefs, prompt, response, self._gold(prompt, response).parts.get("correct", 0.5))
+
+    def substance(self, prompt: dict, response: str) -> float:
+        """The rubric's parts, weighted by this labeler. An answer without a word gets no credit for
+        truthfulness: it states nothing false, but a person does not call silence truthful."""
+        g = self._gold(prompt, response)
+        parts = g.parts if words(response) else {**g.parts, "truthful": 0.0}
+        return sum(w * parts.get(k, 0.0) for k, w in self.weights.items())
+
+    def expected_utility(self, prompt: dict, response: str) -> float:
+        """The utility without judgement noise: weighted rubric parts plus style_weight x taste."""
+        correct = self._gold(prompt, response).parts.get("correct", 0.5)
+        return self.substance(prompt, response) + self.style_weight * style_score(self.prefs, prompt, response, correct)
 
     def utilities(self, prompt: dict, responses: Sequence[str], rng: Any = None) -> list[float]:
         """One noisy utility per response; identical texts get identical utilities (and tie)."""
@@ -82,7 +231,7 @@ class SimulatedLabeler:
         for text in responses:
             if text not in noise:
                 noise[text] = r.gauss(0.0, self.noise)
-            out.append(self._gold(prompt, text).total + self.style_weight * self.style_term(prompt, text) + noise[text])
+            out.append(self.expected_utility(prompt, text) + noise[text])
         return out
 
     def rank(self, prompt: dict, responses: Sequence[str], rng: Any = None) -> list[int]:
@@ -90,15 +239,29 @@ class SimulatedLabeler:
         u = self.utilities(prompt, responses, rng)
         return [1 + sum(v > x for v in u) for x in u]
 
+    def max_style(self) -> float:
+        """The largest style_score this taste gives (every fit 1, the answer correct)."""
+        p = self.prefs
+        return abs(p["length"]) + TONE_SCALE * (abs(p["tone"]) + p.get("plain", 0.0)) + abs(p["caution"])
+
     def likert(self, prompt: dict, response: str, rng: Any = None) -> tuple[int, dict[str, bool]]:
-        """InstructGPT's 1-7 overall score plus its metadata flags."""
-        u = self.utilities(prompt, [response], rng)[0]
-        return int(round(1 + 6 * min(1.0, max(0.0, u)))), dict(self._gold(prompt, response).flags)
+        """InstructGPT's 1-7 overall score plus its metadata flags: the weighted rubric parts, of
+        which up to 15% depend on the labeler's taste, plus judgement noise."""
+        r = as_random(rng, self._rng)
+        g = self._gold(prompt, response)
+        taste = self.style_term(prompt, response) / self.max_style() if self.max_style() else 1.0
+        u = self.substance(prompt, response) * (0.85 + 0.15 * taste) + r.gauss(0.0, self.noise)
+        return int(round(1 + 6 * min(1.0, max(0.0, u)))), dict(g.flags)
 
     def compare(self, prompt: dict, a: str, b: str, rng: Any = None) -> float:
         """1.0 when a is preferred, 0.0 when b is, 0.5 for a tie."""
         ua, ub = self.utilities(prompt, [a, b], rng)
         return 1.0 if ua > ub else 0.0 if ub > ua else 0.5
+
+    def write(self, prompt: dict, rng: random.Random, facts=None, variant: int | None = None) -> str:
+        """The ideal answer as this labeler's group writes it (length, tone, safety note)."""
+        style, tone, caveat = WRITING.get(self.group, ("concise", None, False))
+        return ideal(prompt, rng, style, facts, variant=variant, tone=tone, caveat=caveat)
 
 
 # --- demonstrations ---------------------------------------------------------------------------
@@ -117,7 +280,7 @@ def write_demonstrations(prompts: list[dict], labelers: list[SimulatedLabeler], 
         lab = rng.choice(train)
         if rng.random() < quality:
             variant = lab.spec.get("variant") if rng.random() < 0.7 else None
-            text, kind = ideal(p, rng, lab.group, facts, variant=variant), "ideal"
+            text, kind = lab.write(p, rng, facts, variant=variant), "ideal"
         else:
             flaw = rng.choice(FLAWS_BY_TASK.get(p["task"], ["padded"]))
             text, kind = flawed(p, flaw, rng), f"flawed:{flaw}"
@@ -130,9 +293,15 @@ def write_demonstrations(prompts: list[dict], labelers: list[SimulatedLabeler], 
 # --- agreement ----------------------------------------------------------------------------------
 
 
-def candidate_responses(prompt: dict, rng: random.Random, facts) -> list[str]:
-    """Responses of varied quality for one prompt: ideal in both styles, every flaw, corpus-like."""
-    out = [ideal(prompt, rng, "concise", facts), ideal(prompt, rng, "detailed", facts)]
+def candidate_responses(prompt: dict, rng: random.Random, facts, tones: bool = True) -> list[str]:
+    """Responses of varied quality for one prompt: the ideal answer at both lengths and in both
+    tones (with and without a safety note on borderline requests), every flaw, corpus-like.
+    `tones=False` leaves out the formal and casual variants (their extra words are a fixed set,
+    writing.TONE_WORDS)."""
+    registers = (None, "formal", "casual") if tones else (None,)
+    out = [ideal(prompt, rng, style, facts, tone=tone) for style in ("concise", "detailed") for tone in registers]
+    if prompt["task"] == "borderline":
+        out += [ideal(prompt, rng, "concise", facts, tone=tone, caveat=True) for tone in registers]
     out += [flawed(prompt, f, rng) for f in FLAWS_BY_TASK.get(prompt["task"], [])]
     out.append(rude(prompt, rng))
     if prompt["task"] == "harmful":
@@ -140,31 +309,69 @@ def candidate_responses(prompt: dict, rng: random.Random, facts) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def agreement(prompts: list[dict], labelers: list[SimulatedLabeler], facts, seed: int, n: int,
-              gold: Callable[[dict, str], Gold]) -> dict:
-    """Pairwise agreement on `n` fixed comparisons: overall, per labeler pair, train/held-out groups,
-    and each labeler's agreement with the gold rubric."""
+def fixed_comparisons(prompts: list[dict], facts, seed: int, n: int) -> list[tuple[dict, str, str]]:
+    """n (prompt, a, b) pairs of candidate responses, the same for every labeler."""
     rng = random.Random(f"{seed}-agreement")
     comps = []
     for _ in range(n):
         p = rng.choice(prompts)
         a, b = rng.sample(candidate_responses(p, rng, facts), 2)
         comps.append((p, a, b))
+    return comps
+
+
+def _agree(x: list[float], y: list[float]) -> float:
+    return sum(u == v for u, v in zip(x, y)) / max(1, len(x))
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def agreement_matrix(labelers: list[SimulatedLabeler], choices: dict[str, list[float]]) -> dict[str, dict[str, float | None]]:
+    """Group x group mean pairwise agreement (distinct members; the diagonal is within-group)."""
+    groups = list(dict.fromkeys(lab.group for lab in labelers))
+    cell: dict[tuple[str, str], list[float]] = {}
+    for a, b in itertools.combinations(labelers, 2):
+        v = _agree(choices[a.id], choices[b.id])
+        cell.setdefault((a.group, b.group), []).append(v)
+        if a.group != b.group:
+            cell.setdefault((b.group, a.group), []).append(v)
+    return {g: {h: _mean(cell.get((g, h), [])) for h in groups} for g in groups}
+
+
+def agreement(prompts: list[dict], labelers: list[SimulatedLabeler], facts, seed: int, n: int,
+              gold: Callable[[dict, str], Gold]) -> dict:
+    """Pairwise agreement on `n` fixed comparisons: overall, per labeler pair, per pool (train,
+    held_out, train_vs_held_out), per group (`groups`: the matrix; `within_group` and
+    `across_groups` over the training groups; `group_held_out_vs_train`: a group's held-out members
+    with its training members; `judges` and `judges_vs_train`), and each labeler's agreement with
+    the gold rubric."""
+    comps = fixed_comparisons(prompts, facts, seed, n)
     choices = {lab.id: [lab.compare(p, a, b, random.Random(f"{seed}-{lab.id}-{i}")) for i, (p, a, b) in enumerate(comps)]
                for lab in labelers}
     gold_choice = [1.0 if gold(p, a).total > gold(p, b).total else 0.0 if gold(p, b).total > gold(p, a).total else 0.5
                    for p, a, b in comps]
-
-    def agree(x: list[float], y: list[float]) -> float:
-        return sum(u == v for u, v in zip(x, y)) / max(1, len(x))
-
-    pairs = {f"{a.id}-{b.id}": agree(choices[a.id], choices[b.id]) for a, b in itertools.combinations(labelers, 2)}
-    group = {"train": [], "held_out": [], "train_vs_held_out": []}
+    pairs = {f"{a.id}-{b.id}": _agree(choices[a.id], choices[b.id]) for a, b in itertools.combinations(labelers, 2)}
+    pools: dict[str, list[float]] = {k: [] for k in ("train", "held_out", "train_vs_held_out", "within_group",
+                                                      "across_groups", "judges", "judges_vs_train",
+                                                      "group_held_out_vs_train")}
     for a, b in itertools.combinations(labelers, 2):
-        key = "held_out" if a.held_out and b.held_out else "train" if not (a.held_out or b.held_out) else "train_vs_held_out"
-        group[key].append(pairs[f"{a.id}-{b.id}"])
-    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
-    return {"n_comparisons": n, "overall": mean(list(pairs.values())),
-            **{k: mean(v) for k, v in group.items()},
-            "with_gold": {lab.id: round(agree(choices[lab.id], gold_choice), 4) for lab in labelers},
+        v = pairs[f"{a.id}-{b.id}"]
+        pools["held_out" if a.held_out and b.held_out else "train" if not (a.held_out or b.held_out)
+              else "train_vs_held_out"].append(v)
+        if a.is_judge and b.is_judge:
+            pools["judges"].append(v)
+        elif a.is_judge or b.is_judge:
+            other = b if a.is_judge else a
+            if not other.held_out:
+                pools["judges_vs_train"].append(v)
+        else:
+            pools["within_group" if a.group == b.group else "across_groups"].append(v)
+            if a.group == b.group and a.held_out != b.held_out:  # a group's held-out members judge like it
+                pools["group_held_out_vs_train"].append(v)
+    return {"n_comparisons": n, "overall": _mean(list(pairs.values())),
+            **{k: _mean(v) for k, v in pools.items()},
+            "groups": agreement_matrix(labelers, choices),
+            "with_gold": {lab.id: round(_agree(choices[lab.id], gold_choice), 4) for lab in labelers},
             "pairs": {k: round(v, 4) for k, v in pairs.items()}}

@@ -9,6 +9,7 @@ Every writer takes the prompt's `reference` and an explicit `random.Random`.
 from __future__ import annotations
 
 import random
+import re
 
 from chatrlhf.world import vocab
 
@@ -44,15 +45,47 @@ def count_word(n: int) -> str:
 # --- ideal answers ------------------------------------------------------------------------------
 
 
-def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, variant: int | None = None) -> str:
+def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, variant: int | None = None,
+          tone: str | None = None, caveat: bool = False) -> str:
     """The ideal answer; 'detailed' adds one helpful, true sentence. `facts` (a FactBase) lets the
-    detailed style add another true fact about the entity."""
+    detailed style add another true fact about the entity. `tone` "formal" or "casual" adds an
+    opener in that register (casual also contracts "I am", "cannot", ...); `caveat` adds the safety
+    note to a borderline request's answer."""
     task, ref = prompt["task"], prompt["reference"]
     core = _ideal_core(task, ref, rng, variant)
-    if style != "detailed":
-        return core
-    extra = _helpful_extra(task, ref, rng, facts)
-    return f"{core} {extra}" if extra else core
+    if style == "detailed" and (extra := _helpful_extra(task, ref, rng, facts)):
+        core = f"{core} {extra}"
+    if caveat and task == "borderline":
+        core = f"{core} {ref['caveat']}"
+    return with_tone(core, task, tone, rng)
+
+
+CASUAL_GREETINGS = ["Hey! What's up? How can I help?", "Hey there! How can I help you?"]
+FORMAL_GREETINGS = ["Good day. How may I help you today?", "Good day. How may I help you?"]
+# every word a register adds to an answer (openers, contractions, greetings): with_tone writes no other
+TONE_WORDS = " ".join([*vocab.CASUAL_OPENERS, *vocab.FORMAL_OPENERS, *(b for _, b in vocab.CONTRACTIONS),
+                       *CASUAL_GREETINGS, *FORMAL_GREETINGS])
+
+
+def with_tone(text: str, task: str, tone: str | None, rng: random.Random) -> str:
+    """The same answer in a formal or casual register (None: unchanged)."""
+    if tone is None or task == "repeat":
+        return text
+    if tone == "casual":
+        for a, b in vocab.CONTRACTIONS:
+            text = re.sub(rf"\b{a}\b", b, text)
+        if task == "greeting":
+            return rng.choice(CASUAL_GREETINGS)
+        if task in ("harmful", "insult"):
+            return text
+        return f"{rng.choice(vocab.CASUAL_OPENERS)} {text}"
+    if tone == "formal":
+        if task == "greeting":
+            return rng.choice(FORMAL_GREETINGS)
+        if task in ("harmful", "insult"):
+            return text
+        return f"{rng.choice(vocab.FORMAL_OPENERS)} {text}"
+    raise ValueError(f"unknown tone {tone!r}; use 'formal', 'casual' or None")
 
 
 def _ideal_core(task: str, ref: dict, rng: random.Random, variant: int | None) -> str:
@@ -76,6 +109,8 @@ def _ideal_core(task: str, ref: dict, rng: random.Random, variant: int | None) -
         return rng.choice(["I am sorry you feel that way. How can I help?",
                            "I am sorry I let you down. I will do my best to help. What do you need?",
                            "I understand you are frustrated. How can I help you?"])
+    if task == "borderline":
+        return ref["answer"] if rng.random() < 0.6 else "Here is how: " + ref["answer"][:1].lower() + ref["answer"][1:]
     if task == "harmful":
         return rng.choice(["I am sorry, but I cannot help with that. It could hurt someone.",
                            "Sorry, I cannot help with that, because it could cause harm.",
@@ -105,6 +140,7 @@ def _helpful_extra(task: str, ref: dict, rng: random.Random, facts) -> str:
         "greeting": "It is nice to hear from you.",
         "insult": "Tell me what went wrong and I will try again.",
         "harmful": "If you are in a conflict, talking to someone you trust may help.",
+        "borderline": "Let me know if you want more tips.",
     }.get(task, "Let me know if you need anything else.").strip()
 
 
@@ -120,6 +156,7 @@ FLAWS_BY_TASK = {
     "greeting": ["curt", "padded", "no_help"],
     "insult": ["curt", "padded", "defensive"],
     "harmful": ["half_refusal", "padded", "curt"],
+    "borderline": ["over_refusal", "vague", "padded", "curt"],
 }
 PADDING_OPEN = ["Well, that is a good question, let me think about it for a moment.",
                 "Okay, so, there are many things to say here and I will try to say them.",
@@ -138,6 +175,8 @@ def flawed(prompt: dict, flaw: str, rng: random.Random) -> str:
             return f"It is about {ref['entity']}, " + _summary_tail({**ref, "value": ref["rumour"]}) + "."
         return fact_sentence(ref["entity"], ref["entity_type"], ref["attribute"], ref["rumour"], rng)
     if flaw == "vague":
+        if task == "borderline":
+            return rng.choice(["It depends, there are many ways to do that.", "You will figure it out as you go."])
         if task == "summarise":
             return f"It is about {ref['entity']}."
         return rng.choice([f"I think {ref['entity']} is well known around here.", f"{cap(ref['entity'])} is someone people talk about."])
@@ -156,6 +195,8 @@ def flawed(prompt: dict, flaw: str, rng: random.Random) -> str:
         return rng.choice(["Hello.", "Hi."])
     if flaw == "defensive":
         return rng.choice(["That is not true. What do you want?", "I am doing my job. What now?"])
+    if flaw == "over_refusal":  # refusing a request that is fine to answer
+        return rng.choice(["I am sorry, but I cannot help with that.", "Sorry, I cannot help with that. It is not safe."])
     if flaw == "half_refusal":
         return rng.choice(["Hmm, I am not sure that is a good idea.", "That sounds risky, maybe you should not."])
     raise ValueError(f"unknown flaw {flaw!r} for task {task!r}")
@@ -176,6 +217,8 @@ def _curt(task: str, ref: dict, rng: random.Random) -> str:
         return rng.choice(["Fine. Whatever you say.", "Okay. Ask something else then."])
     if task == "harmful":
         return "No."
+    if task == "borderline":
+        return "Just look it up."
     return "Whatever."
 
 
