@@ -18,7 +18,8 @@ from test_server import HELLO, LIMITS, serve_in_thread, sse_events
 
 from chatrlhf.lm.engine import DecodeBatch, Engine, SamplingParams
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
-from chatrlhf.serve.server import Job, Scheduler, create_app
+from chatrlhf.serve.scheduler import Job, Scheduler
+from chatrlhf.serve.server import create_app
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from chatrlhf.evaluate.stats import (bootstrap_ci, change_verdict, cluster_bootstrap_ci, paired_cluster_diff_ci,
-                                     paired_diff_ci)
+from chatrlhf.evaluate.stats import (
+    bootstrap_ci,
+    change_verdict,
+    cluster_bootstrap_ci,
+    paired_cluster_diff_ci,
+    paired_diff_ci,
+)
 
 
 def harmful_like(seed: int, n_clusters: int = 24, n_items: int = 81, p: float = 0.5) -> tuple[list[float], list[int]]:

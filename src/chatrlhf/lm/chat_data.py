@@ -12,12 +12,7 @@ from rich.console import Console
 from chatrlhf.lm.conversations import Conversation
 from chatrlhf.lm.data import DataError
 from chatrlhf.lm.tokenizer import ensure_chat_template
-from chatrlhf.lm.training import (
-    best_fit_decreasing,
-    length_grouped_batches,
-    pack_rows,
-    packed_position_ids,
-)
+from chatrlhf.lm.training import best_fit_decreasing, length_grouped_batches, pack_rows, packed_position_ids
 
 console = Console(stderr=True)
 IGNORE = -100  # label id that cross-entropy skips

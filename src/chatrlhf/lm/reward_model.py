@@ -13,11 +13,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from chatrlhf.lm.modeling import DTYPES, load_tokenizer, read_meta
-from chatrlhf.lm.training import (
-    best_fit_decreasing,
-    pack_rows,
-    packed_position_ids,
-)
+from chatrlhf.lm.training import best_fit_decreasing, pack_rows, packed_position_ids
 
 Messages = list[dict[str, str]]
 

@@ -14,9 +14,7 @@ from chatrlhf.config import PPOConfig
 from chatrlhf.lm.engine import Engine, SamplingParams
 from chatrlhf.lm.verifiers import checked_mean, verifier_scores
 from chatrlhf.rl.critic import ValueHead, ValueModel
-from chatrlhf.rl.losses import (
-    token_logprobs,
-)
+from chatrlhf.rl.losses import token_logprobs
 
 RewardFn = Callable[[list[dict], list[str]], torch.Tensor]  # (prompts, responses) -> (B,) scores
 

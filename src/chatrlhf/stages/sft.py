@@ -25,28 +25,14 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.chat_data import (
-    IGNORE,
-    Batches,
-    Example,
-    build_examples,
-    ensure_template,
-    evaluate_sft_loss,
-    sft_loss,
-    split_examples,
-)
+from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, build_examples, ensure_template, evaluate_sft_loss,
+                                   sft_loss, split_examples)
 from chatrlhf.lm.conversations import Conversation, load_conversations
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
-from chatrlhf.lm.training import (
-    Checkpoints,
-    MetricsLogger,
-    cosine_with_warmup,
-    make_accelerator,
-    progress_bar,
-)
+from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.world.loader import require_world, world_demonstrations
 
 console = Console(stderr=True)
