@@ -138,8 +138,10 @@ class SFTConfig(Section):
     eval_every: int = Field(50, description="Steps between validation evaluations.")
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
     log_every: int = Field(10, description="Steps between logged scalars.")
-    eval_after: bool = Field(True, description="After training, score base vs SFT samples on held-out world prompts.")
-    eval_prompts: int = Field(100, description="Held-out world prompts for that comparison (0 = all).")
+    eval_after: bool = Field(True, description="After training, evaluate on held-out data: with sft.data, the user's "
+                             "validation split (loss, greedy sample answers, the RM's score once an RM exists); with the "
+                             "embedded world, base vs SFT on held-out world prompts.")
+    eval_prompts: int = Field(100, description="Held-out prompts answered in that evaluation (0 = all).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from chatrlhf.config import Config
+from chatrlhf.lm.tokenizer import apply_template
 
 PLAIN_STOPS = ["\nUser:", "\n\n"]
 
@@ -79,7 +80,7 @@ def load_handle(name: str, path: str, dtype: str = "float32") -> ModelHandle:
 def prompt_text(h: ModelHandle, messages: list[dict[str, str]]) -> str:
     """The text the model continues to answer the last user turn."""
     if h.chat:
-        return h.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return apply_template(h.tokenizer, messages, tokenize=False, add_generation_prompt=True)
     turns = [f"{'User' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else 'System'}: "
              f"{m['content']}" for m in messages]
     return "\n".join(turns) + "\nAssistant:"

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from chatrlhf.lm.tokenizer import apply_template
+
 PLAIN_STOP = "\nUser:"  # base models (no chat template) talk in "User: ...\nAssistant: ..." turns
 
 
@@ -430,7 +432,7 @@ class Engine:
             names = {"system": "System", "user": "User", "assistant": "Assistant"}
             text = "".join(f"{names.get(m['role'], m['role'].title())}: {m['content']}\n" for m in messages)
             return self.tok(text + "Assistant:", add_special_tokens=True)["input_ids"]
-        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = apply_template(self.tok, messages, add_generation_prompt=True, tokenize=False)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def chat_params(self, params: SamplingParams) -> SamplingParams:
