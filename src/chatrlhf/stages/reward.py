@@ -35,6 +35,7 @@ from chatrlhf.lm.rankings import (
     make_batch,
     ranking_pairs,
     split_by_prompt,
+    write_comparisons,
 )
 from chatrlhf.lm.reward_model import (
     Messages,
@@ -188,6 +189,8 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
     model, opt, sched = acc.prepare(model, opt, sched)
     ckpts = Checkpoints(out_dir)
+    settings = run_settings(cfg, tok, train)
+    _refuse_other_run(ckpts, settings)
     state = ckpts.load(acc)
     start = state["step"] if state else 0
     metrics = MetricsLogger(out_dir, cfg.run.tensorboard, resume=start > 0)
@@ -222,13 +225,42 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
             if (step + 1) % rc.log_every == 0 or step + 1 == total:
                 metrics.log(step + 1, {f"rm/{k}": v for k, v in last.items()} | {"rm/lr": sched.get_last_lr()[0]})
             if rc.save_every and (step + 1) % rc.save_every == 0 and step + 1 < total:
-                ckpts.save(acc, step + 1, {"epoch": epoch})
+                ckpts.save(acc, step + 1, {"epoch": epoch, "settings": settings})
             bar.update(task, advance=1, info=f"loss {last['loss']:.3f} acc {last['acc']:.2f}")
     metrics.close()
     secs = time.time() - t0
     return {"model": acc.unwrap_model(model), "steps": total, "resumed_from": start, "train_seconds": secs,
             "sequences_per_second": seqs_seen / secs if secs > 0 else 0.0,
             "pairs_per_second": pairs_seen / secs if secs > 0 else 0.0, "last": last}
+
+
+def run_settings(cfg: Config, tok, train: list[dict]) -> dict[str, str]:
+    """What fixes an RM run's trajectory, each part hashed on its own so a refused resume can say
+    which one differs: the comparisons, the training settings, the starting model's vocabulary."""
+    import hashlib
+
+    def h(x: Any) -> str:
+        return hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    rc = cfg.rm.model_dump(exclude={"save_every", "log_every", "data", "split", "columns", "sample_batch"})
+    return {"data": h([[c["messages"], c["responses"], c.get("rankings")] for c in train]),
+            "settings": h({"rm": rc, "seed": cfg.run.seed}), "tokenizer": h(sorted(tok.get_vocab().items()))}
+
+
+def _refuse_other_run(ckpts: Checkpoints, settings: dict[str, str]) -> None:
+    """A checkpoint left by an interrupted RM run is resumed only for the same data and settings:
+    resuming another dataset's run would save that run's model as this one."""
+    latest = ckpts.latest()
+    if latest is None:
+        return
+    saved = json.loads((latest / "trainer_state.json").read_text()).get("settings")
+    names = {"data": "the comparisons (rm.data, its columns, split or content)", "settings": "the rm.* training settings or run.seed",
+             "tokenizer": "the starting model's tokenizer (rm.init_from / model.name_or_path)"}
+    differ = [names[k] for k in names if saved is None or saved.get(k) != settings[k]]
+    if differ:
+        raise ValueError(f"rm: {ckpts.root} holds an interrupted RM run with other " + " and ".join(differ)
+                         + f"{' (it predates this check)' if saved is None else ''}; it is not resumed for this data. "
+                         f"Delete {ckpts.root} to train from scratch, or rerun with that run's settings to finish it")
 
 
 @torch.no_grad()
@@ -258,7 +290,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         raise ValueError(f"rm: init_dir and out_dir are both {out_dir}; write the new RM to another directory")
     world = load_world(cfg) if world == "auto" else world
     held_out = held_out_labelers(world)
-    data = load_comparisons(comparisons, cfg.rm.allow_ties)
+    data = load_comparisons(comparisons, cfg.rm.allow_ties, cfg.rm.columns, cfg.rm.split)
     train, val_split = split_by_prompt(data, cfg.rm.val_fraction, cfg.run.seed)
     val = val if val is not None else val_split
     train = [c for c in train if make_batch([c], held_out).n_groups]  # a comparison with no strict preference teaches nothing
@@ -286,6 +318,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         metrics["world_agreement"] = {k: a.get(k) for k in ("train", "held_out", "train_vs_held_out")}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    write_comparisons(val, out_dir / "val_comparisons.jsonl")  # held out: PPO's guard without a world reads them
     save_stage(model, tok, out_dir, {"stage": "rm", "reward_bias": rm.bias, "bias_reference": bias_ref,
                                      "max_len": cfg.rm.max_len, "init_from": str(init_dir),
                                      "held_out_labelers": sorted(held_out), "eval": metrics})
@@ -326,6 +359,15 @@ def run_rm(cfg: Config) -> Path:
         world = None
     else:
         comparisons = out / "comparisons.jsonl"
+        if load_world(cfg) is None and not comparisons.is_file():
+            raise FileNotFoundError(f"rm.data is not set and there is no embedded world at {cfg.stage_dir('world')}: "
+                                    "set rm.data to your comparisons (jsonl/csv/parquet or a datasets name: rankings, "
+                                    "chosen/rejected pairs or OpenAssistant trees; rm.columns maps your column names), "
+                                    "or run `chatrlhf world` to rank samples with the embedded world's labelers")
+        from rich.console import Console
+
+        Console(stderr=True).print(f"rm: comparisons ranked by the embedded world's simulated labelers ({comparisons}); "
+                                   "set rm.data to use your own")
         if not comparisons.is_file():
             from chatrlhf.stages.sampling import run_sample
 
