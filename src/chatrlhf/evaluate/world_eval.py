@@ -30,9 +30,8 @@ def load_world(out_dir: Path, world_cfg=None):
     wdir = Path(out_dir) / "world"
     if (wdir / "meta.json").is_file() or (wdir / "facts.jsonl").is_file():
         return World.load(wdir)
-    if world_cfg is None:
-        raise FileNotFoundError(f"no world at {wdir}; run `chatrlhf world` first")
-    return World.generate(world_cfg)
+    raise FileNotFoundError(f"no embedded world at {wdir} (the sections on real data still run; "
+                            "`chatrlhf world` generates it)")
 
 
 def _is(task: str, keys: tuple[str, ...]) -> bool:

@@ -151,6 +151,10 @@ def _reply(session: ChatSession, line: str, say) -> None:
     except KeyboardInterrupt:
         session.turns.pop()  # forget the unanswered question
         say(" [interrupted]")
+    except (OSError, ValueError):
+        if session.turns and session.turns[-1]["role"] == "user":
+            session.turns.pop()  # the conversation stays as it was before the failed question
+        raise
     say("\n")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from chatrlhf.config import Config
-from chatrlhf.lm.modeling import load_tokenizer, read_meta, save_stage, stage_complete, write_meta
+from chatrlhf.lm.modeling import check_context, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
 from chatrlhf.lm.rankings import (
     PairBatch,
     labeler_agreement,
@@ -301,6 +301,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         write_meta(out_dir, {**read_meta(out_dir), "complete": False})
     tok = load_tokenizer(init_dir)
     model = build_reward_model(init_dir, tok, cfg.model.dtype)
+    check_context(model, cfg.rm.max_len, "rm.max_len")
     tokens = [[encode(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
     run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir)
     model = run.pop("model").eval()

@@ -38,7 +38,7 @@ from chatrlhf.lm.chat_data import (
 from chatrlhf.lm.conversations import Conversation, load_conversations
 from chatrlhf.lm.data import DataError
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
-from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, stage_complete
+from chatrlhf.lm.modeling import check_context, load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.lm.prompts import BASE_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import (
@@ -202,9 +202,13 @@ def train_sft(cfg: Config) -> Path:
     src = base_model_path(cfg)
     if isinstance(src, Path) and not src.is_dir():
         raise FileNotFoundError(f"no pre-trained model at {src}; run `chatrlhf pretrain` first or set model.name_or_path")
-    tokenizer = load_tokenizer(cfg.model.tokenizer or src)
+    if cfg.model.tokenizer:
+        tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
+    else:
+        tokenizer = load_tokenizer(src, "model.name_or_path" if src == cfg.model.name_or_path else "the pretrain stage")
     ensure_template(tokenizer)
     model = load_causal_lm(src, cfg.model.dtype)
+    check_context(model, sc.max_len, "sft.max_len")
 
     # --- data
     train, val, stats = load_data(cfg, tokenizer)
