@@ -49,6 +49,11 @@ def _ids(tokenizer, conv: Conversation, add_generation_prompt: bool = False) -> 
                                               add_generation_prompt=add_generation_prompt)["input_ids"])
 
 
+def prompt_length(tokenizer, conv: Conversation) -> int:
+    """Tokens of a conversation ready for the assistant's next turn."""
+    return len(_ids(tokenizer, conv, add_generation_prompt=True))
+
+
 def assistant_mask(tokenizer, conv: Conversation) -> tuple[list[int], list[int]]:
     """(input_ids, mask) with mask 1 on tokens the assistant wrote (its end-of-turn token included).
 

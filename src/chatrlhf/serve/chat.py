@@ -97,8 +97,9 @@ def read_conversation(path: str | Path) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
-def repl(session: ChatSession, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+def repl(session: ChatSession, inp: TextIO | None = None, out: TextIO | None = None) -> None:
     """Read lines, run commands, stream replies; ends at /exit or end of input."""
+    inp, out = inp or sys.stdin, out or sys.stdout  # looked up per call: a redirected stdin is honoured
     def say(text: str) -> None:
         out.write(text)
         out.flush()

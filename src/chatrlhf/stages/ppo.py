@@ -45,6 +45,23 @@ def ppo_prompts(cfg: Config, world) -> tuple[list[dict], str]:
     return world.prompts("ppo"), f"the embedded world ({cfg.stage_dir('world')})"
 
 
+def _fitting(prompts: list[dict], tok, policy, max_new_tokens: int, source: str) -> list[dict]:
+    """The prompts that leave room for a max_new_tokens reply in the policy's context."""
+    from chatrlhf.lm.chat_data import prompt_length
+    from chatrlhf.lm.data import DataError
+    from chatrlhf.lm.modeling import context_length
+
+    limit = (context_length(policy) or 10**9) - max_new_tokens
+    kept = [p for p in prompts if prompt_length(tok, p["messages"]) <= limit]
+    if len(kept) < len(prompts):
+        console.print(f"ppo: {len(prompts) - len(kept)} of {len(prompts)} prompts of {source} are longer than "
+                      f"{limit} tokens (the context less ppo.max_new_tokens) and are left out")
+    if not kept:
+        raise DataError(f"ppo: every prompt of {source} is longer than {limit} tokens (the model's context less "
+                        "ppo.max_new_tokens); use shorter prompts or a lower ppo.max_new_tokens")
+    return kept
+
+
 def _require_stage(path: Path, what: str, command: str) -> None:
     from chatrlhf.lm.modeling import stage_complete
 
@@ -156,6 +173,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
 
     world = _load_world(cfg)
     prompts, source = ppo_prompts(cfg, world)
+    prompts = _fitting(prompts, tok, policy, pc.max_new_tokens, source)
     console.print(f"ppo: {len(prompts)} prompts from {source}")
     labeler_guard = world is not None and not pc.data and pc.early_stop == "held_out_comparisons"
     n_guard = min(pc.guard_prompts, len(prompts) // 4) if labeler_guard else 0

@@ -149,6 +149,18 @@ def run_sft(cfg: Config, eval_only: bool = False) -> Path:
     return out
 
 
+def _answer(model, tokenizer, examples: list[Example], cfg: Config) -> list[str]:
+    """Greedy answers to the prompts of encoded examples: the tokens before each one's last reply,
+    already cut to sft.max_len, so a long prompt is answered as it was trained on."""
+    from chatrlhf.lm.chat_data import _last_reply_start
+    from chatrlhf.lm.engine import Engine, SamplingParams
+
+    ids = [e.input_ids[:_last_reply_start([int(t != IGNORE) for t in e.labels])] for e in examples]
+    gens = Engine(model, tokenizer).generate(ids, SamplingParams(max_new_tokens=cfg.eval.max_new_tokens,
+                                                                 temperature=0.0, seed=cfg.run.seed))
+    return [g.text.strip() for g in gens]
+
+
 def evaluate_on_user_data(cfg: Config) -> dict[str, Any]:
     """The closing check on the user's own held-out examples (the validation split): SFT's loss
     on them, greedy sample answers beside the references, and the RM's score of both when the run
@@ -162,14 +174,14 @@ def evaluate_on_user_data(cfg: Config) -> dict[str, Any]:
     model = load_causal_lm(out, cfg.model.dtype).eval()
     _, val, _ = load_split(cfg, tokenizer)
     if not val:
-        console.print("sft: no validation split (sft.val_fraction=0): nothing held out to evaluate on")
+        console.print(f"sft: no validation examples (sft.val_fraction={sc.val_fraction}): nothing held out to evaluate on")
         return {}
     batches = Batches([e for _, e in val], sc.batch_size, sc.max_len, False, cfg.run.seed, tokenizer.pad_token_id)
     results: dict[str, Any] = {"data": sc.data, "val_examples": len(val),
                                "val_loss": evaluate_loss(model, batches, next(model.parameters()).device)}
-    convs = [c for c, _ in val][: sc.eval_prompts or None]
-    prompts = [c[:-1] for c in convs]
-    answers = sample_responses(model, tokenizer, prompts, True, 0.0, cfg.eval.max_new_tokens, cfg.run.seed)
+    held = val[: sc.eval_prompts or None]
+    convs, prompts = [c for c, _ in held], [c[:-1] for c, _ in held]
+    answers = _answer(model, tokenizer, [e for _, e in held], cfg)
     rows = [{"messages": p, "reference": c[-1]["content"], "response": a} for p, c, a in zip(prompts, convs, answers)]
     rm_dir = cfg.stage_dir("rm")
     if stage_complete(rm_dir):
