@@ -254,13 +254,14 @@ def _refuse_other_run(ckpts: Checkpoints, settings: dict[str, str]) -> None:
     if latest is None:
         return
     saved = json.loads((latest / "trainer_state.json").read_text()).get("settings")
-    names = {"data": "the comparisons (rm.data, its columns, split or content)", "settings": "the rm.* training settings or run.seed",
-             "tokenizer": "the starting model's tokenizer (rm.init_from / model.name_or_path)"}
+    names = {"data": "comparisons (rm.data, its columns, split or content)", "settings": "rm.* training settings or run.seed",
+             "tokenizer": "starting model's tokenizer (rm.init_from / model.name_or_path)"}
     differ = [names[k] for k in names if saved is None or saved.get(k) != settings[k]]
     if differ:
-        raise ValueError(f"rm: {ckpts.root} holds an interrupted RM run with other " + " and ".join(differ)
-                         + f"{' (it predates this check)' if saved is None else ''}; it is not resumed for this data. "
-                         f"Delete {ckpts.root} to train from scratch, or rerun with that run's settings to finish it")
+        raise ValueError(f"rm: {ckpts.root} holds an interrupted RM run whose " + " and ".join(differ)
+                         + f" differ from this run's{' (it predates this check)' if saved is None else ''}; it is not "
+                         f"resumed for this data. Delete {ckpts.root} to train from scratch, or rerun with that run's "
+                         "data and settings to finish it")
 
 
 @torch.no_grad()
