@@ -103,6 +103,9 @@ def test_world_helpfulness_likert_flags_and_win_rate(tmp_path, tiny_model_dir):
         "run": {"out_dir": str(tmp_path)},
         "world": {"corpus_docs": 50, "n_sft_prompts": 10, "n_rm_prompts": 10, "n_ppo_prompts": 10, "n_eval_prompts": 12},
         "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100, "judge": str(tiny_model_dir)}})
+    from chatrlhf.world.generate import run_world
+
+    run_world(cfg)  # eval reads the run's world; it never generates one itself
     summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
     m = summary["models"]["ppo"]
     assert 1 <= m["world_greedy_likert"] <= 7 and 1 <= m["world_sample_likert"] <= 7

@@ -171,3 +171,37 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
         r = client.post("/v1/chat/completions", json={"model": "x", "messages": [
             {"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_readme_commands_align_your_own_model(tmp_path, no_world, monkeypatch):
+    """The README's "Align your own model" commands, as written, with configs/your_model.yaml (only
+    the model path, the run folder and the step counts changed, to keep the test fast)."""
+    import re
+    import shlex
+
+    repo = Path(__file__).resolve().parents[1]
+    block = re.search(r"<!-- your-model-commands -->\s*```bash\n(.*?)```", (repo / "README.md").read_text(), re.S)
+    lines = [ln.split("#")[0].strip() for ln in block.group(1).splitlines()]
+    commands = [shlex.split(ln)[1:] for ln in lines if ln.startswith("chatrlhf ")]
+    assert [c[0] for c in commands] == ["sft", "rm", "ppo", "sft", "eval", "chat", "serve"]
+    shared_data("openassistant_oasst_sample/en_100_tree.jsonl")
+    shared_data("self_instruct/seed_tasks.jsonl")
+    monkeypatch.chdir(repo)  # the config's data paths are relative to the repository, as in the README
+    model = save_user_model(tmp_path / "model", "qwen2", "chatml")
+    fast = sets(run__out_dir=tmp_path / "run", sft__max_steps=2, sft__batch_size=4, sft__max_len=256,
+                sft__eval_prompts=2, eval__max_new_tokens=4, rm__epochs=0.05, rm__max_len=256, rm__batch_prompts=4,
+                ppo__total_iterations=1, ppo__rollout_batch_size=4, ppo__mini_batch_size=4, ppo__max_new_tokens=4,
+                ppo__rejection_sampling__prompts=4, ppo__rejection_sampling__n=2, ppo__rejection_sampling__epochs=1,
+                ppo__guard_prompts=4, eval__sections="[real_prompts]", eval__real_data_limit=2)
+    for cmd in commands:
+        cmd = [a.replace("$MODEL", str(model)) for a in cmd]
+        if cmd[0] == "serve":  # a server runs until stopped: check it starts on the right model instead
+            from chatrlhf.config import load_config
+            from chatrlhf.layout import resolve_model
+
+            cfg = load_config(cmd[cmd.index("-c") + 1], [f"run.out_dir={tmp_path / 'run'}"])
+            assert resolve_model(cfg) == tmp_path / "run" / "ppo"
+            continue
+        cli(*cmd, *fast, input="Hello!\n/exit\n" if cmd[0] == "chat" else None)
+    assert json.loads((tmp_path / "run" / "ppo" / "meta.json").read_text())["prompts"]["source"].endswith(
+        "prompt_lottery_en_250_text.jsonl")

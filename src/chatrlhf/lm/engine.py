@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,6 +389,8 @@ class Engine:
 
     # --- public API (docs/ARCHITECTURE.md "Generation engine") ------------------------------
 
+    progress: Callable[[int, int], None] | None = None  # called with (prompts started, prompts) as they join
+
     def generate(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None,
                  n: int = 1) -> list[Generation]:
         """`n` responses per prompt (vLLM's SamplingParams.n), prompt-major: row i * n + j samples
@@ -420,6 +422,8 @@ class Engine:
                     b.join(*args, n=n)
                 rows += out_rows
                 nxt += room
+                if self.progress is not None:
+                    self.progress(nxt, total)
             b.step()
         out: list[Generation | None] = [None] * (total * n)
         for r, i in enumerate(rows):
