@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_data
 from safetensors.torch import load_file
 from typer.testing import CliRunner
-
-from conftest import shared_data
 from user_models import save_user_model
 
 from chatrlhf.cli import app

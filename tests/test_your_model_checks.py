@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from typer.testing import CliRunner
-
 from user_models import build_model, save_user_model, train_bpe
 
 from chatrlhf.cli import app
@@ -66,7 +65,8 @@ def test_ppo_before_sft_in_a_new_folder(tmp_path):
 
 def test_max_len_beyond_the_context(tmp_path):
     model = save_user_model(tmp_path / "m", "gpt2", None)
-    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
+    rows = [{"prompt": "hi", "response": "hello"}, {"prompt": "tell me more " * 300, "response": "no"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     friendly(invoke("sft", "--set", f"run.out_dir={tmp_path / 'run'}", "--set", f"model.name_or_path={model}",
                     "--set", f"sft.data={tmp_path / 'd.jsonl'}", "--set", "sft.max_len=4096"),
              "sft.max_len=4096", "context of 512 positions")
@@ -243,3 +243,20 @@ def test_serve_with_a_system_rejecting_template(tmp_path):
         assert bad.status_code == 400
         err = bad.json()["error"]
         assert err["param"] == "messages" and "alternate" in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_rounds_take_fresh_prompts_from_ppo_data(tmp_path):
+    from chatrlhf.config import load_config
+    from chatrlhf.stages.iterate import fresh_prompts, run_iterate
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(f"prompt {i}") + "\n" for i in range(10)))
+    cfg = load_config(None, [f"ppo.data={tmp_path / 'p.jsonl'}", "iterate.prompts_per_round=4",
+                             f"run.out_dir={tmp_path / 'run'}"])
+    r2, r3 = fresh_prompts(None, cfg, 2), fresh_prompts(None, cfg, 3)
+    assert [p["messages"][0]["content"] for p in r2 + r3] == [f"prompt {i}" for i in range(8)]
+    from chatrlhf.lm.modeling import write_meta
+
+    (tmp_path / "run" / "ppo").mkdir(parents=True)
+    write_meta(tmp_path / "run" / "ppo", {"complete": True})
+    with pytest.raises(FileNotFoundError, match="iterate.source=labeling_app"):
+        run_iterate(cfg)

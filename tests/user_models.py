@@ -60,8 +60,16 @@ def train_bpe(template: str | None, texts: list[str] | None = None, vocab_size: 
 def build_model(arch: str, tok, hidden: int = 32, layers: int = 2, dropout: float | None = None):
     """A randomly initialised causal LM of the given architecture, sized for tests."""
     import torch
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                              MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(0)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

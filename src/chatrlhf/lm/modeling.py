@@ -106,11 +106,13 @@ def context_length(model) -> int | None:
     return None
 
 
-def check_context(model, max_len: int, key: str) -> None:
-    """`key` (a max_len setting) must fit in the model's context."""
+def check_context(model, max_len: int, key: str, longest: int | None = None) -> None:
+    """`key` (a max_len setting) must fit in the model's context; with `longest` (the longest
+    sequence the data actually gives) only sequences that do not fit are an error."""
     n = context_length(model)
-    if n is not None and max_len > n:
-        raise ValueError(f"{key}={max_len} is longer than the model's context of {n} positions "
+    if n is not None and (longest if longest is not None else max_len) > n:
+        got = f" (the longest example is {longest} tokens)" if longest is not None else ""
+        raise ValueError(f"{key}={max_len} is longer than the model's context of {n} positions{got} "
                          f"(config.json max_position_embeddings/n_positions); set {key}={n} or less")
 
 

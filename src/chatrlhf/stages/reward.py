@@ -302,8 +302,8 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         write_meta(out_dir, {**read_meta(out_dir), "complete": False})
     tok = load_tokenizer(init_dir)
     model = build_reward_model(init_dir, tok, cfg.model.dtype)
-    check_context(model, cfg.rm.max_len, "rm.max_len")
     tokens = [[encode(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
+    check_context(model, cfg.rm.max_len, "rm.max_len", max(len(s) for seqs in tokens for s in seqs))
     run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir)
     model = run.pop("model").eval()
 
@@ -332,10 +332,11 @@ def _print_summary(m: dict[str, Any]) -> None:
     from rich.console import Console
 
     c = Console(stderr=True)
+    labelers = (f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
+                f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, "
+                if m["pairs_held_out_labelers"] else "")  # only simulated labelers are held out
     c.print(f"[bold]rm[/bold]: held-out prompts acc {m['acc_held_out_prompts']:.3f} ({m['pairs_held_out_prompts']} pairs), "
-            f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
-            f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, "
-            f"train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
+            f"{labelers}train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
             + (f", gold spearman {m['gold_spearman']:.3f}" if "gold_spearman" in m else ""))
 
 

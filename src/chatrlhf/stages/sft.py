@@ -220,10 +220,10 @@ def train_sft(cfg: Config) -> Path:
         tokenizer = load_tokenizer(src, "model.name_or_path" if src == cfg.model.name_or_path else "the pretrain stage")
     ensure_template(tokenizer)
     model = load_causal_lm(src, cfg.model.dtype)
-    check_context(model, sc.max_len, "sft.max_len")
 
     # --- data
     train, val, stats = load_data(cfg, tokenizer)
+    check_context(model, sc.max_len, "sft.max_len", max(len(e) for e in train + val))
     pad_id = tokenizer.pad_token_id
     train_b = Batches(train, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
     val_b = Batches(val, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
