@@ -156,6 +156,8 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert set(summary["models"]) == {"sft", "ppo"} and "real_rm_score" in summary["models"]["ppo"]
     assert any("world section skipped" in n for n in summary["notes"])
+    cli("report", *common)
+    assert (run / "report" / "report.html").is_file()
 
     chat = cli("chat", *common, "--system", "Answer briefly.", input="Hello there\nAnd again?\n/exit\n").output
     assert chat.count("bot>") == 2 and "error" not in chat

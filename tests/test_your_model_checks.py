@@ -260,3 +260,10 @@ def test_rounds_take_fresh_prompts_from_ppo_data(tmp_path):
     write_meta(tmp_path / "run" / "ppo", {"complete": True})
     with pytest.raises(FileNotFoundError, match="iterate.source=labeling_app"):
         run_iterate(cfg)
+
+
+def test_no_data_and_no_world_says_what_to_set(tmp_path):
+    model = save_user_model(tmp_path / "m", "llama", "chatml")
+    base = ["--set", f"run.out_dir={tmp_path / 'run'}", "--set", f"model.name_or_path={model}"]
+    friendly(invoke("sft", *base), "sft.data is not set", "no embedded world", "sft.columns")
+    friendly(invoke("rm", *base), "rm.data is not set", "rm.columns")

@@ -111,7 +111,9 @@ class LoraConfig(Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules that get adapters."
     )
-    merge: bool = Field(True, description="Merge adapters into a plain checkpoint when the stage ends.")
+    merge: bool = Field(True, description="PPO: merge adapters into a plain checkpoint when the stage ends (false "
+                        "saves the peft adapter alone). SFT always saves merged weights, with the adapter alone in "
+                        "sft/adapter/, because the RM and PPO load SFT as a plain model.")
 
 
 class SFTConfig(Section):
