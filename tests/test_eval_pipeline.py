@@ -130,6 +130,9 @@ def test_sharpening_control_compares_the_baselines_greedy_and_sampled_answers(tm
     cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "world": world,
                                  "eval": {"sections": ["world"], "max_new_tokens": 6, "bootstrap": 100,
                                           "temperature": 0.0, "judge": str(tiny_model_dir)}})
+    from chatrlhf.world.generate import run_world
+
+    run_world(cfg)  # eval reads the run's world; it never generates one itself
     summary = run_eval(cfg, [f"sft={tiny_model_dir}", f"ppo={tiny_model_dir}"])
     # "sampled" at temperature 0 is greedy: the control compares identical answers, all ties
     control = summary["controls"]["baseline_greedy_vs_sample"]

@@ -51,7 +51,7 @@ app = typer.Typer(help="chatrlhf: pre-train, SFT, reward model, PPO, evaluate an
 def _options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error "
                                                  "(ordinary mistakes are otherwise one paragraph).")] = False):
     """chatrlhf: pre-train, SFT, reward model, PPO, evaluate and chat, the InstructGPT way."""
-    _DEBUG["on"] = _DEBUG["on"] or debug
+    _DEBUG["on"] = debug or os.environ.get("CHATRLHF_DEBUG", "") not in ("", "0")
 score_app = typer.Typer(help="Score generations that already exist (csv/jsonl/parquet).", no_args_is_help=True)
 app.add_typer(score_app, name="score")
 
