@@ -98,12 +98,12 @@ def _rejection_sampling_prompts(cfg: Config, train_prompts: list[dict], world) -
 
 
 def _lm_text(cfg: Config, tok, world) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Pre-training text for PPO-ptx and the perplexity check: the world's corpus, else
-    pretrain.data; none at all leaves the check out (and PPO-ptx is an error)."""
+    """Pre-training text for PPO-ptx and the perplexity check: pretrain.data, else the world's
+    corpus when PPO runs on the world; none at all leaves the check out (and PPO-ptx is an error)."""
     pc = cfg.ppo
-    if world is not None:
+    if world is not None and not pc.data and not cfg.pretrain.data:
         train, val = world.corpus("train"), world.corpus("val")
-    elif cfg.pretrain.data:
+    elif cfg.pretrain.data:  # the corpus the user pre-trained on, or would have
         from chatrlhf.lm.data import load_text_corpus
 
         corpus = load_text_corpus(cfg.pretrain.data, cfg.stage_dir("world"), cfg.pretrain.text_column,
