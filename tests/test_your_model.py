@@ -54,12 +54,12 @@ def sets(**kv) -> list[str]:
     return out
 
 
-# arch, chat template, SFT data, RM data, PPO prompts, LoRA (target modules)
+# arch, chat template, SFT data, RM data, PPO prompts, LoRA (target modules), PPO guard
 CASES = {
-    "llama-chatml": ("llama", "chatml", "self_instruct", "oasst", "lottery", None),
-    "gpt2-no-template-lora": ("gpt2", None, "hh", "hh", "hh", "[c_attn]"),
-    "qwen2-chatml-lora": ("qwen2", "chatml", "oasst", "oasst", "lottery", "[q_proj,v_proj]"),
-    "mistral-inst-csv": ("mistral", "inst", "self_instruct", "hh_csv", "csv", None),
+    "llama-chatml": ("llama", "chatml", "self_instruct", "oasst", "lottery", None, "held_out_comparisons"),
+    "gpt2-no-template-lora": ("gpt2", None, "hh", "hh", "hh", "[c_attn]", "none"),
+    "qwen2-chatml-lora": ("qwen2", "chatml", "oasst", "oasst", "lottery", "[q_proj,v_proj]", "none"),
+    "mistral-inst-csv": ("mistral", "inst", "self_instruct", "hh_csv", "csv", None, "held_out_comparisons"),
 }
 
 
@@ -100,7 +100,7 @@ def _data(kind: str, tmp: Path) -> tuple[str, dict[str, str]]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatch):
-    arch, template, sft_kind, rm_kind, ppo_kind, lora = CASES[case]
+    arch, template, sft_kind, rm_kind, ppo_kind, lora, guard = CASES[case]
     model_dir = save_user_model(tmp_path / "model", arch, template)
     run = tmp_path / "run"
     (sft_data, s1), (rm_data, s2), (ppo_data, s3) = (_data(k, tmp_path) for k in (sft_kind, rm_kind, ppo_kind))
@@ -111,7 +111,8 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
                   ppo__data=ppo_data, ppo__total_iterations=2, ppo__rollout_batch_size=4, ppo__mini_batch_size=4,
                   ppo__ppo_epochs=1, ppo__max_new_tokens=6, ppo__learning_rate=1e-3, ppo__eval_every=1,
                   ppo__guard_prompts=4, ppo__rejection_sampling__n=2, ppo__rejection_sampling__prompts=6,
-                  ppo__rejection_sampling__epochs=1, ppo__rejection_sampling__batch_size=4, **s1, **s2, **s3)
+                  ppo__rejection_sampling__epochs=1, ppo__rejection_sampling__batch_size=4, ppo__early_stop=guard,
+                  **s1, **s2, **s3)
     if lora:
         common += sets(sft__lora__enabled="true", sft__lora__target_modules=lora,
                        ppo__lora__enabled="true", ppo__lora__target_modules=lora)
@@ -140,13 +141,17 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
     assert "embedded world" not in out
     meta = json.loads((run / "ppo" / "meta.json").read_text())
     assert meta["iterations"] == 2 and meta["prompts"]["source"] == ppo_data
-    assert meta["prompts"]["guard"] == "ComparisonGuard"
+    assert meta["prompts"]["guard"] == ("ComparisonGuard" if guard == "held_out_comparisons" else None)
     assert seen and set(seen) <= user_prompts  # PPO trained on the user's prompts, and only on them
     best_of_n = json.loads((run / "ppo" / "best_of_n" / "meta.json").read_text())
     assert best_of_n["prompts_sampled"] == 6
     sft_w, ppo_w = load_file(run / "sft" / "model.safetensors"), load_file(run / "ppo" / "model.safetensors")
     assert set(sft_w) == set(ppo_w)  # LoRA merged back into a plain checkpoint
     assert any(not torch.equal(sft_w[k], ppo_w[k]) for k in sft_w)  # the PPO policy is not SFT
+    if meta["selected_iteration"] > 0:  # and PPO's own updates moved it past its best-of-n start
+        start = load_file(run / "ppo" / "best_of_n" / "model.safetensors")
+        assert any(not torch.equal(start[k], ppo_w[k]) for k in start)
+    assert guard != "none" or meta["selected_iteration"] == 2
 
     cli("sft", "--eval-only", *common)  # now with an RM: its score of SFT's answers and the references
     assert "rm_score" in json.loads((run / "sft" / "eval_user_data.json").read_text())

@@ -267,3 +267,25 @@ def test_no_data_and_no_world_says_what_to_set(tmp_path):
     base = ["--set", f"run.out_dir={tmp_path / 'run'}", "--set", f"model.name_or_path={model}"]
     friendly(invoke("sft", *base), "sft.data is not set", "no embedded world", "sft.columns")
     friendly(invoke("rm", *base), "rm.data is not set", "rm.columns")
+
+
+def test_comparison_guard_scores_sft_a_half_and_a_policy_moved_towards_the_preferred_replies_higher():
+    import copy
+
+    from chatrlhf.rl.guard import ComparisonGuard
+
+    tok = train_bpe("chatml")
+    sft = build_model("llama", tok)
+    comps = [{"messages": [{"role": "user", "content": f"Question {i}?"}], "responses": ["Yes, gladly.", "No."],
+              "rankings": [{"labeler": "x", "ranks": [1, 2]}]} for i in range(6)]
+    guard = ComparisonGuard(comps, tok, 64)
+    assert len(guard) == 6 and guard.evaluate(sft, copy.deepcopy(sft)) == 0.5
+    policy = copy.deepcopy(sft)
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    batch = chat_data.collate([chat_data.encode(tok, c["messages"] + [{"role": "assistant", "content": "Yes, gladly."}], 64)
+                               for c in comps], tok.pad_token_id)
+    for _ in range(3):
+        chat_data.sft_loss(policy, batch).backward()
+        opt.step()
+        opt.zero_grad()
+    assert guard.evaluate(policy, sft) == 1.0
