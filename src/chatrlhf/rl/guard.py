@@ -94,7 +94,7 @@ class ComparisonGuard:
 def _reply_example(tokenizer, conv: list[dict], max_len: int):
     """The conversation with the loss mask on its last reply only, at most max_len tokens: the
     prompt's tail and the reply's head (a long reply is still judged on its start)."""
-    from chatrlhf.lm.chat_data import Example, IGNORE, assistant_mask
+    from chatrlhf.lm.chat_data import IGNORE, Example, assistant_mask
 
     ids, mask = assistant_mask(tokenizer, conv)
     if not any(mask):
