@@ -289,3 +289,15 @@ def test_comparison_guard_scores_sft_a_half_and_a_policy_moved_towards_the_prefe
         opt.step()
         opt.zero_grad()
     assert guard.evaluate(policy, sft) == 1.0
+
+
+def test_prompt_rows_without_replies(tmp_path):
+    from chatrlhf.lm.conversations import load_prompts
+
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]},
+            {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p["messages"] for p in load_prompts(tmp_path / "m.jsonl")] == [rows[0]["messages"], rows[1]["messages"][:1]]
+    (tmp_path / "i.jsonl").write_text(json.dumps({"instruction": "Sort these.", "input": "b a"}) + "\n")
+    [p] = load_prompts(tmp_path / "i.jsonl")
+    assert p["messages"] == [{"role": "user", "content": "Sort these.\n\nb a"}]

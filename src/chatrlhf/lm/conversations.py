@@ -314,7 +314,24 @@ def row_to_prompts(row: Any, fmt: str, columns: dict[str, str], where: str) -> l
         conv = parse_transcript(text, where) if "\n\nHuman:" in text else [{"role": "user", "content": text}]
         conv = _prompt_of(conv) if conv[-1]["role"] == "assistant" else conv
         return [conv] if conv and conv[-1]["content"].strip() else []
-    return [p for p in (_prompt_of(c) for c in row_to_conversations(row, fmt, columns, where)) if p]
+    if fmt == "auto":
+        try:
+            fmt = detect_format(row, columns)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+    cols = {**DEFAULT_COLUMNS.get(fmt, {}), **columns}
+    if fmt == "instruction" and cols["output"] not in row and "instances" not in row:  # a task with no answer yet
+        inst = _text(_field(row, cols["instruction"], where), where, cols["instruction"])
+        inp = _field(row, cols["input"], where, required=False) or ""
+        return [[{"role": "user", "content": inst if not inp else f"{inst}\n\n{inp}"}]]
+    if fmt not in CONVERTERS:
+        raise DataError(f"unknown conversation format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
+    out = []
+    for conv in CONVERTERS[fmt](row, cols, where):  # a conversation ending with the user is a prompt as it is
+        p = conv if conv and conv[-1]["role"] == "user" else _prompt_of(conv)
+        if p and p[-1]["content"].strip():
+            out.append(p)
+    return out
 
 
 def load_prompts(source: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
