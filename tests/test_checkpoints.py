@@ -106,8 +106,9 @@ def test_rerun_clears_the_complete_flag_before_it_starts(tmp_path, tiny_model_di
 
     cfg = _cfg(tmp_path, tiny_model_dir)
     out = cfg.stage_dir("ppo")
-    out.mkdir(parents=True)
-    write_meta(out, {"stage": "ppo", "complete": True})
+    for stage in ("sft", "rm", "ppo"):  # PPO's inputs are there; its own output claims to be complete
+        cfg.stage_dir(stage).mkdir(parents=True)
+        write_meta(cfg.stage_dir(stage), {"stage": stage, "complete": True})
 
     def killed(*a, **k):
         raise KeyboardInterrupt

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from chatrlhf.cli_options import ConfigOpt, ResumeOpt, SetOpt, console, fail_with, load_cfg
 from chatrlhf.config import dump_config
@@ -18,8 +19,39 @@ from chatrlhf.config import dump_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches a hub at run time unless the user asks
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+_DEBUG = {"on": os.environ.get("CHATRLHF_DEBUG", "") not in ("", "0")}
+
+
+def _is_user_mistake(e: BaseException) -> bool:
+    """Errors that name what to fix (a path, a key, a limit) and need no traceback: files, data,
+    configuration, chat templates, an unstable run. Anything else is a bug and keeps its traceback."""
+    from jinja2.exceptions import TemplateError
+
+    return isinstance(e, (OSError, ValueError, TemplateError)) or type(e).__name__ == "PPOInstabilityError"
+
+
+class _FriendlyGroup(TyperGroup):
+    """Every command: an ordinary mistake is one paragraph and exit 1; --debug shows the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            if _DEBUG["on"] or not _is_user_mistake(e) or isinstance(e, (typer.Exit, typer.Abort)):
+                raise
+            console.print(f"[red]error:[/red] {e}\n[dim](run with --debug for the traceback)[/dim]")
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(help="chatrlhf: pre-train, SFT, reward model, PPO, evaluate and chat, the InstructGPT way.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=_FriendlyGroup)
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error "
+                                                 "(ordinary mistakes are otherwise one paragraph).")] = False):
+    """chatrlhf: pre-train, SFT, reward model, PPO, evaluate and chat, the InstructGPT way."""
+    _DEBUG["on"] = debug or os.environ.get("CHATRLHF_DEBUG", "") not in ("", "0")
 score_app = typer.Typer(help="Score generations that already exist (csv/jsonl/parquet).", no_args_is_help=True)
 app.add_typer(score_app, name="score")
 
@@ -209,7 +241,7 @@ def main() -> None:  # pragma: no cover
     try:
         app()
     except Exception as e:
-        if not isinstance(e, (FileNotFoundError, ValueError)) and not _stopped(e):
+        if _DEBUG["on"] or (not isinstance(e, (FileNotFoundError, ValueError)) and not _stopped(e)):
             raise
         console.print(f"[red]error:[/red] {e}")
         sys.exit(1)

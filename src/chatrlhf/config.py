@@ -127,7 +127,9 @@ class LoraConfig(Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules that get adapters."
     )
-    merge: bool = Field(True, description="Merge adapters into a plain checkpoint when the stage ends.")
+    merge: bool = Field(True, description="PPO: merge adapters into a plain checkpoint when the stage ends (false "
+                        "saves the peft adapter alone). SFT always saves merged weights, with the adapter alone in "
+                        "sft/adapter/, because the RM and PPO load SFT as a plain model.")
 
 
 class SFTConfig(Section):
@@ -154,13 +156,21 @@ class SFTConfig(Section):
     eval_every: int = Field(50, description="Steps between validation evaluations.")
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
     log_every: int = Field(10, description="Steps between logged scalars.")
-    eval_after: bool = Field(True, description="After training, score base vs SFT samples on held-out world prompts.")
-    eval_prompts: int = Field(100, description="Held-out world prompts for that comparison (0 = all).")
+    eval_after: bool = Field(True, description="After training, evaluate on held-out data: with sft.data, the user's "
+                             "validation split (loss, greedy sample answers, the RM's score once an RM exists); with the "
+                             "embedded world, base vs SFT on held-out world prompts.")
+    eval_prompts: int = Field(100, description="Held-out prompts answered in that evaluation (0 = all).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
 
 
 class RMConfig(Section):
-    data: str | None = Field(None, description="None = rank world samples; or a rankings/pairs jsonl path or datasets name.")
+    data: str | None = Field(None, description="None = rank world samples; or comparisons: a jsonl/csv/parquet path or "
+                             "datasets name with K-way rankings, chosen/rejected pairs (HH-RLHF transcripts or with a "
+                             "prompt) or OpenAssistant trees.")
+    split: str = Field("train", description="datasets split to read for rm.data.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Column mapping for rm.data, e.g. {prompt: "
+                                    "question, chosen: better, rejected: worse} (keys: id, prompt_id, prompt, messages, "
+                                    "chosen, rejected, responses, rankings).")
     k: int = Field(4, description="Responses sampled per prompt for ranking (InstructGPT: 4 to 9).")
     n_prompts: int = Field(0, description="Prompts to sample for ranking (0 = all world RM prompts).")
     labelers_per_prompt: int = Field(3, description="Simulated labelers ranking each prompt's K responses (3: their noise averages out at no extra sampling or training cost, since a prompt's responses are scored once for all its rankings).")
@@ -204,6 +214,14 @@ class RejectionSamplingConfig(Section):
 
 
 class PPOConfig(Section):
+    data: str | None = Field(None, description="PPO's prompts: None = the embedded world's; or a local jsonl/csv/parquet "
+                             "path or datasets name: a prompt column, a bare string per line, or any SFT format (the "
+                             "last reply is taken off). Rows with a `ground_truth` also get the rule-based check.")
+    split: str = Field("train", description="datasets split to read for ppo.data.")
+    format: Literal["auto", "messages", "prompt_response", "instruction", "transcript", "oasst_tree"] = Field(
+        "auto", description="How ppo.data rows become prompts (as sft.format).")
+    columns: dict[str, str] = Field(default_factory=dict, description="Column mapping for ppo.data, as sft.columns "
+                                    "(e.g. {prompt: question}; also ground_truth).")
     total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
     max_minutes: float = Field(3.0, description="Stop PPO after this many minutes per round (0 = no limit; 3 keeps `chatrlhf run` under 15 CPU-minutes); the guard's best is still taken.")
     rollout_batch_size: int = Field(32, description="Responses per rollout batch (rollout_batch_size / samples_per_prompt distinct prompts).")
@@ -242,8 +260,11 @@ class PPOConfig(Section):
     ptx_batch_size: int = Field(4, description="Pre-training sequences per update for PPO-ptx.")
     max_kl: float = Field(50.0, description="Stop the run when mean KL (nats per sequence) exceeds this.")
     early_stop: Literal["none", "held_out_comparisons", "target_kl"] = Field(
-        "held_out_comparisons", description="Guard against reward over-optimisation."
-    )
+        "held_out_comparisons", description="Guard against reward over-optimisation. held_out_comparisons: with the "
+        "embedded world, its training labelers compare the policy with SFT on held-out prompts; without it, the "
+        "RM's held-out (validation) comparisons, scored as the share of pairs the policy's implicit reward "
+        "(log pi - log pi_SFT of the whole reply) orders as the people did. target_kl: stop at ppo.target_kl. "
+        "none: the last iteration is exported.")
     eval_every: int = Field(3, description="Iterations between guard evaluations.")
     save_every: int = Field(5, description="Iterations between resumable checkpoints.")
     grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")

@@ -17,6 +17,7 @@ import torch
 from chatrlhf.config import Config
 from chatrlhf.layout import rounds_on_disk, stage_path
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
+from chatrlhf.lm.tokenizer import apply_template
 
 
 @dataclass
@@ -65,7 +66,7 @@ def load_handle(name: str, path: str, dtype: str = "float32") -> ModelHandle:
 def prompt_text(h: ModelHandle, messages: list[dict[str, str]]) -> str:
     """The text the model continues to answer the last user turn."""
     if h.chat:
-        return h.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return apply_template(h.tokenizer, messages, tokenize=False, add_generation_prompt=True)
     return plain_prompt(messages)
 
 

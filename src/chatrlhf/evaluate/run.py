@@ -77,6 +77,7 @@ class Context:
             self.notes.append(f"world section skipped: {e}")
             return None, []
         prompts = w.prompts("eval")
+        console.print(f"eval: the world section uses the embedded world ({Path(self.cfg.run.out_dir) / 'world'})")
         return w, prompts[: self.cfg.eval.n_prompts or None]
 
     def _judge(self) -> Path | None:

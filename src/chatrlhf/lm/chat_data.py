@@ -11,7 +11,7 @@ from rich.console import Console
 
 from chatrlhf.lm.conversations import Conversation
 from chatrlhf.lm.data import DataError
-from chatrlhf.lm.tokenizer import ensure_chat_template
+from chatrlhf.lm.tokenizer import apply_template, ensure_chat_template
 from chatrlhf.lm.training import best_fit_decreasing, length_grouped_batches, pack_rows, packed_position_ids
 
 console = Console(stderr=True)
@@ -40,8 +40,13 @@ def has_generation_markers(tokenizer) -> bool:
 
 
 def _ids(tokenizer, conv: Conversation, add_generation_prompt: bool = False) -> list[int]:
-    return list(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True,
+    return list(apply_template(tokenizer, conv, tokenize=True, return_dict=True,
                                               add_generation_prompt=add_generation_prompt)["input_ids"])
+
+
+def prompt_length(tokenizer, conv: Conversation) -> int:
+    """Tokens of a conversation ready for the assistant's next turn."""
+    return len(_ids(tokenizer, conv, add_generation_prompt=True))
 
 
 def assistant_mask(tokenizer, conv: Conversation) -> tuple[list[int], list[int]]:
@@ -51,7 +56,7 @@ def assistant_mask(tokenizer, conv: Conversation) -> tuple[list[int], list[int]]
     between `conv[:i]` + generation prompt and `conv[:i+1]` belong to assistant turn i.
     """
     if has_generation_markers(tokenizer):
-        enc = tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True,
+        enc = apply_template(tokenizer, conv, tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
         return list(enc["input_ids"]), list(enc["assistant_masks"])
     ids = _ids(tokenizer, conv)
@@ -69,11 +74,22 @@ def _to_example(ids: list[int], mask: list[int]) -> Example:
     return Example(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
 
 
-def encode_conversation(tokenizer, conv: Conversation, max_len: int) -> Example | None:
-    """Tokenise with the loss mask; over max_len, drop the oldest turns (a system prompt stays).
+def _last_reply_start(mask: list[int]) -> int:
+    """Index of the first token of the last assistant turn (the last run of 1s in the mask)."""
+    end = max(i for i, m in enumerate(mask) if m)
+    start = end
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    return start
 
-    If even the last exchange is too long it is cut at max_len; None when no assistant token is left.
-    """
+
+def encode_conversation(tokenizer, conv: Conversation, max_len: int, stats: dict[str, int] | None = None) -> Example | None:
+    """Tokenise with the loss mask. Over max_len the oldest turns go first (a system prompt stays);
+    if the last exchange alone is still too long, its prompt is cut from the left and the reply kept
+    whole (cutting from the right would remove the very tokens the loss is on). None when the reply
+    alone does not fit. `stats` counts what happened: older_turns_dropped, prompt_truncated,
+    reply_too_long."""
+    stats = {} if stats is None else stats
     ids, mask = assistant_mask(tokenizer, conv)
     if len(ids) > max_len:
         system = [m for m in conv[:1] if m["role"] == "system"]
@@ -81,16 +97,25 @@ def encode_conversation(tokenizer, conv: Conversation, max_len: int) -> Example 
         for start in starts:  # oldest first: keep as many of the latest turns as fit
             ids, mask = assistant_mask(tokenizer, system + conv[start:])
             if len(ids) <= max_len:
+                stats["older_turns_dropped"] = stats.get("older_turns_dropped", 0) + 1
                 break
-        ids, mask = ids[:max_len], mask[:max_len]
+    if len(ids) > max_len:
+        if not any(mask) or len(ids) - _last_reply_start(mask) > max_len - 1:
+            stats["reply_too_long"] = stats.get("reply_too_long", 0) + 1
+            return None
+        ids, mask = ids[-max_len:], mask[-max_len:]
+        stats["prompt_truncated"] = stats.get("prompt_truncated", 0) + 1
     if not any(mask[1:]):  # position 0 is never predicted
         return None
     return _to_example(ids, mask)
 
 
-def build_examples(tokenizer, convs: list[Conversation], max_len: int, source: str) -> tuple[list[Example], int]:
-    """Encode all conversations; (examples, how many were truncated away). All gone is an error."""
-    examples = [encode_conversation(tokenizer, c, max_len) for c in convs]
+def build_examples(tokenizer, convs: list[Conversation], max_len: int, source: str,
+                   stats: dict[str, int] | None = None) -> tuple[list[Example], int]:
+    """Encode all conversations; (examples, how many were truncated away). All gone is an error.
+    `stats` collects encode_conversation()'s counts."""
+    stats = {} if stats is None else stats
+    examples = [encode_conversation(tokenizer, c, max_len, stats) for c in convs]
     kept = [e for e in examples if e is not None]
     if not kept:
         raise DataError(f"{source}: all {len(convs)} conversations were truncated away at sft.max_len="

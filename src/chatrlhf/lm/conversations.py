@@ -239,15 +239,40 @@ def row_to_conversations(row: Any, fmt: str, columns: dict[str, str], where: str
     return [c for c in convs if c]
 
 
-def load_conversations(source: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
-                       split: str = "train", limit: int = 0) -> list[Conversation]:
-    """All conversations of a file or `datasets` name.
+MAPPING_KEYS = sorted({k for cols in DEFAULT_COLUMNS.values() for k in cols} | {"ground_truth"})
 
-    An empty result is an error: training on nothing would "succeed" silently.
-    """
-    convs, where, skipped = [], str(source), []
+
+def check_columns(columns: dict[str, str] | None, key: str = "sft.columns") -> dict[str, str]:
+    """A column mapping with known keys only: a misspelt key would be ignored and the default
+    column read instead, training on other data than the user meant."""
+    columns = dict(columns or {})
+    for k, v in columns.items():
+        if k not in MAPPING_KEYS:
+            import difflib
+
+            hint = difflib.get_close_matches(k, MAPPING_KEYS, n=1)
+            raise DataError(f"{key}: unknown mapping key '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                            + f"; the keys are {', '.join(MAPPING_KEYS)}, each naming a column of your data, "
+                            f"e.g. --set {key}.prompt=question")
+        if not isinstance(v, str):
+            raise DataError(f"{key}.{k}: expected a column name, got {v!r}")
+    return columns
+
+
+def load_conversations(source: str | Path | None, fmt: str = "auto", columns: dict[str, str] | None = None,
+                       split: str = "train", world_dir: str | Path | None = None,
+                       limit: int = 0) -> list[Conversation]:
+    """All conversations of a source. An empty result is an error: training on nothing would
+    "succeed" silently. The embedded world's demonstrations are the stages' to load
+    (`world.loader.world_demonstrations`: building blocks never read the world); `world_dir` only
+    names it in the error for a missing source."""
+    if source is None:
+        raise DataError(f"no data source given (the embedded world at {world_dir} is read by the stages only); "
+                        "set sft.data to your demonstrations")
+    columns = check_columns(columns)
+    convs, skipped = [], []
     for loc, row in read_rows(str(source), split):
-        got = row_to_conversations(row, fmt, columns or {}, loc)
+        got = row_to_conversations(row, fmt, columns, loc)
         convs.extend(got)
         if not got:
             skipped.append(loc)
@@ -256,6 +281,79 @@ def load_conversations(source: str | Path, fmt: str = "auto", columns: dict[str,
     if skipped:
         log.warning("%d rows without a non-empty assistant reply were skipped (first: %s)",
                     len(skipped), ", ".join(skipped[:3]))
+    return nonempty(convs[:limit] if limit else convs, str(source))
+
+
+def nonempty(convs: list[Conversation], where: str) -> list[Conversation]:
     if not convs:
         raise DataError(f"{where}: no conversations with an assistant reply found (empty dataset)")
-    return convs[:limit] if limit else convs
+    return convs
+
+
+# --- prompts (PPO, rounds, evaluation) ------------------------------------------------------
+
+
+def _prompt_of(conv: Conversation) -> Conversation:
+    """The context before the last assistant turn: what the policy is asked to continue."""
+    last_user = max((i for i, m in enumerate(conv) if m["role"] == "user"), default=-1)
+    return conv[: last_user + 1]
+
+
+def row_to_prompts(row: Any, fmt: str, columns: dict[str, str], where: str) -> list[Conversation]:
+    """Prompts of one row: a bare string, a `prompt` column (an HH 'Human:' transcript is split into
+    turns) with no reply, or any conversation format with its last reply taken off."""
+    if isinstance(row, str):
+        return [[{"role": "user", "content": row}]] if row.strip() else []
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object or a string per row, got {type(row).__name__}")
+    pcol = columns.get("prompt", "prompt")
+    prompt_only = fmt in ("auto", "prompt_response") and pcol in row and not any(
+        c in row for c in (columns.get("response", "response"), "completion", "chosen"))
+    if prompt_only:
+        text = _text(_field(row, pcol, where), where, pcol)
+        conv = parse_transcript(text, where) if "\n\nHuman:" in text else [{"role": "user", "content": text}]
+        conv = _prompt_of(conv) if conv[-1]["role"] == "assistant" else conv
+        return [conv] if conv and conv[-1]["content"].strip() else []
+    if fmt == "auto":
+        try:
+            fmt = detect_format(row, columns)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+    cols = {**DEFAULT_COLUMNS.get(fmt, {}), **columns}
+    if fmt == "instruction" and cols["output"] not in row and "instances" not in row:  # a task with no answer yet
+        inst = _text(_field(row, cols["instruction"], where), where, cols["instruction"])
+        inp = _field(row, cols["input"], where, required=False) or ""
+        return [[{"role": "user", "content": inst if not inp else f"{inst}\n\n{inp}"}]]
+    if fmt not in CONVERTERS:
+        raise DataError(f"unknown conversation format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
+    out = []
+    for conv in CONVERTERS[fmt](row, cols, where):  # a conversation ending with the user is a prompt as it is
+        p = conv if conv and conv[-1]["role"] == "user" else _prompt_of(conv)
+        if p and p[-1]["content"].strip():
+            out.append(p)
+    return out
+
+
+def load_prompts(source: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
+                 split: str = "train", key: str = "ppo.columns") -> list[dict[str, Any]]:
+    """Distinct prompts of a source as `{"id", "messages"}` (+ `ground_truth` where the data carries
+    one, for the rule-based check), in file order."""
+    columns = check_columns(columns, key)
+    gt_col = columns.get("ground_truth", "ground_truth")
+    out, seen = [], set()
+    for loc, row in read_rows(str(source), split):
+        gt = row.get(gt_col) if isinstance(row, dict) else None
+        if isinstance(gt, str) and gt.strip().startswith("{"):
+            gt = json.loads(gt)  # a csv cell holds the spec as JSON text
+        for conv in row_to_prompts(row, fmt, columns, loc):
+            k = json.dumps(conv, sort_keys=True)
+            if k in seen:
+                continue
+            seen.add(k)
+            p: dict[str, Any] = {"id": f"p{len(out):06d}", "messages": conv, "source": loc}
+            if gt is not None:
+                p["ground_truth"] = gt
+            out.append(p)
+    if not out:
+        raise DataError(f"{source}: no prompts found (rows need a prompt, a user turn or a transcript)")
+    return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from chatrlhf.lm.prompts import PLAIN_TURN_STOP, plain_prompt
+from chatrlhf.lm.tokenizer import apply_template
 
 
 @dataclass
@@ -387,6 +388,8 @@ class Engine:
 
     # --- public API (docs/ARCHITECTURE.md "Generation engine") ------------------------------
 
+    progress: Callable[[int, int], None] | None = None  # called with (prompts started, prompts) as they join
+
     def generate(self, prompt_id_lists: Sequence[Sequence[int]], params: SamplingParams | None = None,
                  n: int = 1) -> list[Generation]:
         """`n` responses per prompt (vLLM's SamplingParams.n), prompt-major: row i * n + j samples
@@ -418,6 +421,8 @@ class Engine:
                     b.join(*args, n=n)
                 rows += out_rows
                 nxt += room
+                if self.progress is not None:
+                    self.progress(nxt, total)
             b.step()
         out: list[Generation | None] = [None] * (total * n)
         for r, i in enumerate(rows):
@@ -428,7 +433,7 @@ class Engine:
         """Token ids of a conversation ready for the assistant's next turn."""
         if self.plain_chat:
             return self.tok(plain_prompt(messages), add_special_tokens=True)["input_ids"]
-        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = apply_template(self.tok, messages, add_generation_prompt=True, tokenize=False)
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def chat_params(self, params: SamplingParams) -> SamplingParams:

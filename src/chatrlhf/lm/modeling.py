@@ -38,20 +38,82 @@ def build_tiny_llama(cfg: ModelConfig, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def load_tokenizer(name_or_path: str | Path):
-    """AutoTokenizer with a pad token and left padding (decoder-only generation)."""
-    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+
+
+def looks_local(name_or_path: str | Path) -> bool:
+    """A path the user means as a directory (./x, /x, ~/x, a/b/c, or a/b whose parent exists), not a
+    hub id such as 'gpt2' or 'org/name': its absence is a wrong path, not a network problem."""
+    s = str(name_or_path)
+    return (Path(s).exists() or s.startswith((".", "/", "~")) or s.count("/") >= 2
+            or (s.count("/") == 1 and Path(s).parent.is_dir() and str(Path(s).parent) != "."))
+
+
+def _not_found(name_or_path: str | Path, what: str, key: str) -> FileNotFoundError:
+    if looks_local(name_or_path):
+        return FileNotFoundError(f"{what} not found: {Path(name_or_path).expanduser()} is not a directory ({key}); "
+                                 "give the directory that save_pretrained wrote (config.json, weights, tokenizer files)")
+    return FileNotFoundError(f"{what} '{name_or_path}' ({key}) is not a local directory and not in the local Hugging "
+                             "Face cache; runs are offline (HF_HUB_OFFLINE=1), so download it once on a connected "
+                             f"machine (`huggingface-cli download {name_or_path}`) or pass its directory")
+
+
+def load_tokenizer(name_or_path: str | Path, key: str = "model.tokenizer"):
+    """AutoTokenizer with a pad token and left padding (decoder-only generation). A directory without
+    tokenizer files is an error: transformers would build an empty tokenizer that trains on nothing."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES[:4])}): save the "
+                                f"model's tokenizer there with tokenizer.save_pretrained('{path}'), or set "
+                                "model.tokenizer to a directory or hub id that has one")
+    if not path.is_dir() and looks_local(name_or_path):
+        raise _not_found(name_or_path, "tokenizer", key)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else str(name_or_path))
+    except OSError:
+        raise _not_found(name_or_path, "tokenizer", key) from None
+    if len(tok) == 0 or not tok.get_vocab():
+        raise ValueError(f"the tokenizer in {name_or_path} has an empty vocabulary; save the model's real tokenizer "
+                         "there (tokenizer.save_pretrained) or set model.tokenizer")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
 
 
-def load_causal_lm(name_or_path: str | Path, dtype: str = "float32"):
-    path = Path(name_or_path)
+def load_causal_lm(name_or_path: str | Path, dtype: str = "float32", key: str = "model.name_or_path"):
+    path = Path(name_or_path).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json); did that stage finish?")
-    return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
+    if not path.exists() and looks_local(name_or_path):
+        raise _not_found(name_or_path, "model", key)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else str(name_or_path),
+                                                    dtype=DTYPES[dtype])
+    except OSError:
+        if path.exists():
+            raise
+        raise _not_found(name_or_path, "model", key) from None
+
+
+def context_length(model) -> int | None:
+    """Positions the model was built for (learned position tables index out of range beyond it)."""
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        n = getattr(config, attr, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def check_context(model, max_len: int, key: str, longest: int | None = None) -> None:
+    """`key` (a max_len setting) must fit in the model's context; with `longest` (the longest
+    sequence the data actually gives) only sequences that do not fit are an error."""
+    n = context_length(model)
+    if n is not None and (longest if longest is not None else max_len) > n:
+        got = f" (the longest example is {longest} tokens)" if longest is not None else ""
+        raise ValueError(f"{key}={max_len} is longer than the model's context of {n} positions{got} "
+                         f"(config.json max_position_embeddings/n_positions); set {key}={n} or less")
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -187,34 +187,105 @@ def competition_ranks(scores_best_high: Iterable[float]) -> list[int]:
     return [1 + sum(o > x for o in s) for x in s]
 
 
-def load_comparisons(source: str | Path | list[dict], allow_ties: bool = True) -> list[dict]:
-    """Read and validate comparisons from a file (comparison, pairwise or OASST-tree jsonl, .gz ok),
-    a `datasets` name with chosen/rejected columns, or an in-memory list."""
-    if isinstance(source, list):
-        return [validate_comparison(r, "<memory>", i + 1, allow_ties) for i, r in enumerate(source)]
-    path = Path(source)
-    if not path.exists() and not str(source).startswith((".", "/")) and "/" in str(source):
-        return _load_hf_pairs(str(source), allow_ties)
-    out: list[dict] = []
-    for n, row in iter_jsonl(path):
-        if isinstance(row, dict) and "message_tree_id" in row:
-            out.extend(validate_comparison(c, str(path), n, allow_ties) for c in oasst_tree_comparisons(row, str(path), n))
-        elif isinstance(row, dict) and "chosen" in row and "responses" not in row:
-            out.append(validate_comparison(pair_to_comparison(row, str(path), n), str(path), n, allow_ties))
-        else:
-            out.append(validate_comparison(row, str(path), n, allow_ties))
-    if not out:
-        raise RankingError(f"{path}: no comparisons found")
+RM_COLUMN_KEYS = ("id", "prompt_id", "prompt", "messages", "chosen", "rejected", "responses", "rankings")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".csv", ".parquet")
+
+
+def check_rm_columns(columns: dict[str, str] | None) -> dict[str, str]:
+    """rm.columns with known keys only (a misspelt key would silently read the default column)."""
+    import difflib
+
+    columns = dict(columns or {})
+    for k, v in columns.items():
+        if k not in RM_COLUMN_KEYS:
+            hint = difflib.get_close_matches(k, RM_COLUMN_KEYS, n=1)
+            raise RankingError(f"rm.columns: unknown mapping key '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                               + f"; the keys are {', '.join(RM_COLUMN_KEYS)}, each naming a column of your data, "
+                               "e.g. --set rm.columns.chosen=better")
+        if not isinstance(v, str):
+            raise RankingError(f"rm.columns.{k}: expected a column name, got {v!r}")
+    return columns
+
+
+def _mapped(row: Any, columns: dict[str, str], at: str) -> Any:
+    """The row with the user's columns under the names the loaders read; JSON text in a csv cell
+    (a list of responses, messages, rankings) is parsed."""
+    if not isinstance(row, dict):
+        return row
+    out = dict(row)
+    for key, col in columns.items():
+        if col not in row:
+            raise RankingError(f"{at}: column '{col}' (rm.columns.{key}) is not in the data; "
+                               f"columns present: {', '.join(map(str, row))}")
+        out[key] = row[col]
+    for key in ("messages", "responses", "rankings"):
+        v = out.get(key)
+        if isinstance(v, str) and v.strip()[:1] in "[{":
+            try:
+                out[key] = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise RankingError(f"{at}: field '{key}': not valid JSON ({e.msg})") from None
     return out
 
 
-def _load_hf_pairs(name: str, allow_ties: bool) -> list[dict]:
-    """A `datasets` name (local cache only: HF_HUB_OFFLINE) with chosen/rejected columns."""
-    from datasets import load_dataset
+def _row_comparisons(row: Any, source: str, n: int | None, allow_ties: bool) -> list[dict]:
+    if isinstance(row, dict) and "message_tree_id" in row:
+        return [validate_comparison(c, source, n, allow_ties) for c in oasst_tree_comparisons(row, source, n)]
+    if isinstance(row, dict) and "chosen" in row and "responses" not in row:
+        return [validate_comparison(pair_to_comparison(row, source, n), source, n, allow_ties)]
+    return [validate_comparison(row, source, n, allow_ties)]
 
-    ds = load_dataset(name, split="train")
-    return [validate_comparison(pair_to_comparison(dict(r), name, i + 1), name, i + 1, allow_ties)
-            for i, r in enumerate(ds)]
+
+def load_comparisons(source: str | Path | list[dict], allow_ties: bool = True, columns: dict[str, str] | None = None,
+                     split: str = "train") -> list[dict]:
+    """Read and validate comparisons from a file (comparison, pairwise or OASST-tree rows; jsonl,
+    .gz, csv, parquet or a JSON list), a `datasets` name, or an in-memory list. `columns` maps the
+    names the loaders read (RM_COLUMN_KEYS) to the user's column names."""
+    if isinstance(source, list):
+        return [validate_comparison(r, "<memory>", i + 1, allow_ties) for i, r in enumerate(source)]
+    columns = check_rm_columns(columns)
+    path = Path(source)
+    out: list[dict] = []
+    if not path.exists():
+        looks_local = str(source).startswith((".", "/", "~")) or str(source).lower().endswith(FILE_SUFFIXES) \
+            or "/" not in str(source) or path.parent.is_dir() and str(path.parent) not in ("", ".")
+        if looks_local:
+            raise RankingError(f"comparison file not found: {path} (rm.data); check the path, relative to "
+                               f"{Path.cwd()}")
+        rows: Iterable[tuple[str, int, Any]] = _hf_rows(str(source), split)
+    elif str(source).lower().endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        rows = ((str(path), n, row) for n, row in iter_jsonl(path))
+    else:
+        from chatrlhf.lm.conversations import read_rows
+
+        rows = ((where, None, row) for where, row in read_rows(str(path), split))
+    for i, (where, n, row) in enumerate(rows):
+        row = _mapped(row, columns, where if n is None else f"{where}:{n}")
+        if n is not None:
+            out.extend(_row_comparisons(row, where, n, allow_ties))
+        else:
+            out.extend(_row_comparisons_at(row, where, i + 1, allow_ties))
+    if not out:
+        raise RankingError(f"{source}: no comparisons found")
+    return out
+
+
+def _row_comparisons_at(row: Any, where: str, index: int, allow_ties: bool) -> list[dict]:
+    """Comparisons of a row located by `where` (csv line, parquet row): errors name that place."""
+    got = _row_comparisons(row, where, None, allow_ties)
+    for c in got:
+        c.setdefault("id", f"row-{index:06d}")
+        if c["id"] == "pair":
+            c["id"] = f"pair-{index:06d}"
+    return got
+
+
+def _hf_rows(name: str, split: str) -> Iterator[tuple[str, int, Any]]:
+    """Rows of a `datasets` name (offline: the local cache only)."""
+    from chatrlhf.lm.conversations import read_rows
+
+    for i, (where, row) in enumerate(read_rows(name, split)):
+        yield f"{name}[{split}] row", i + 1, dict(row)
 
 
 def write_comparisons(comparisons: list[dict], path: str | Path) -> Path:

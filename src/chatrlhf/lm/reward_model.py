@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from chatrlhf.lm.modeling import DTYPES, load_tokenizer, read_meta
+from chatrlhf.lm.tokenizer import apply_template
 from chatrlhf.lm.training import best_fit_decreasing, pack_rows, packed_position_ids
 
 Messages = list[dict[str, str]]
@@ -23,7 +24,7 @@ def encode_response(tokenizer, messages: Messages, response: str, max_len: int) 
     """Token ids of the conversation ending with `response` as the assistant turn. Over max_len, the
     oldest tokens go: the reward is read at the end, which must survive."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}], tokenize=False)
+        text = apply_template(tokenizer, [*messages, {"role": "assistant", "content": response}], tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:  # plain "User: ...\nAssistant: ..." turns, as the generation engine writes them for base models
         names = {"system": "System", "user": "User", "assistant": "Assistant"}

@@ -55,6 +55,44 @@ def ensure_chat_template(tokenizer):
     return tokenizer
 
 
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """System messages joined into the start of the first user turn (what Mistral's and Llama 2's
+    own chat code does for templates that have no system role)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    first_user = next((m for m in rest if m["role"] == "user"), None)
+    if first_user is None:
+        return [{"role": "user", "content": system}, *rest]
+    first_user["content"] = f"{system}\n\n{first_user['content']}"
+    return rest
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template refused a conversation."""
+
+
+def apply_template(tokenizer, messages: list[dict[str, str]], **kwargs):
+    """`tokenizer.apply_chat_template`, except that a template which rejects system messages (it
+    raises, as the [INST] templates do) gets the system prompt folded into the first user turn,
+    instead of losing the conversation to an exception."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, **kwargs)
+    except TemplateError as e:
+        first = e
+    if any(m["role"] == "system" for m in messages):
+        try:
+            return tokenizer.apply_chat_template(fold_system(messages), **kwargs)
+        except TemplateError as e:
+            first = e
+    roles = ", ".join(m["role"] for m in messages)
+    raise ChatTemplateError(f"the tokenizer's chat template rejected a conversation with roles [{roles}]: {first}. "
+                            "Most templates need user and assistant turns to alternate, starting with the user") from None
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` and wrap it for transformers."""
     tok = Tokenizer(models.BPE())

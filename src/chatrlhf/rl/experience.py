@@ -55,7 +55,7 @@ class Rollout:
 
 # --- 1. rollout ------------------------------------------------------------------------------
 def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, max_batch: int | None = None,
-            keep_hidden: bool = False, n: int = 1) -> Rollout:
+            keep_hidden: bool = False, n: int = 1, progress: Callable[[int, int], None] | None = None) -> Rollout:
     """Sample n responses per prompt (default one) with the KV-cache engine (stops at EOS) and lay the batch
     out as [left-padded prompt | right-padded response] for scoring and training. The old log-probs
     are the sampled tokens' log-probs under the logits the engine sampled them from: the same numbers
@@ -66,6 +66,7 @@ def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, ma
     was_training = model.training
     eng = Engine(model, tokenizer, max_batch=max_batch or max(64, len(prompts) * n),  # Engine puts the model in eval mode
                  keep_hidden=keep_hidden)
+    eng.progress = progress
     ids = [eng.chat_prompt(p["messages"]) for p in prompts]
     ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed), n)
     prompts = [p for p in prompts for _ in range(n)]

@@ -34,7 +34,7 @@ from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, pr
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.experience import (GoldFn, RewardFn, Rollout, evaluate_rollout, minibatch_columns, response_forward,
                                     response_values, rollout, score_rollout)
-from chatrlhf.rl.guard import LabelerGuard
+from chatrlhf.rl.guard import ComparisonGuard, LabelerGuard
 from chatrlhf.rl.kl_controller import make_kl_controller
 from chatrlhf.rl.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, gather_logprobs,
                                 kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
@@ -128,7 +128,7 @@ class PPOTrainer:
 
     def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel | ValueHead, tokenizer,
                  reward_fn: RewardFn, prompts: list[dict], out_dir: str | Path, accelerator, seed: int = 0,
-                 gold_fn: GoldFn | None = None, guard: LabelerGuard | None = None,
+                 gold_fn: GoldFn | None = None, guard: LabelerGuard | ComparisonGuard | None = None,
                  ptx_data: torch.Tensor | None = None, start_win_rate: float | None = None):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
@@ -148,6 +148,10 @@ class PPOTrainer:
         # fused: one kernel per step instead of ~10 small ops per tensor (TRL's default optimizer too)
         optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
         self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)
+        # eval mode throughout (gradients still flow): with dropout on, the update's log-probs would
+        # differ from the rollout's and the reference's before any step, a ratio and KL made of noise
+        self.policy.eval()
+        self.value_model.eval()
         self.ref_policy = ref_policy.to(accelerator.device) if ref_policy is not None else None
         self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
         self.ckpts = Checkpoints(self.out_dir, settings={"ppo": cfg.model_dump(mode="json", exclude={
@@ -169,7 +173,8 @@ class PPOTrainer:
         evaluate_rollout(ro, self.policy, self.ref_policy, self.value_model, cfg, cfg.mini_batch_size)  # 3.
         compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.
         self._check_kl(ro.stats["kl"])
-        self.policy.train()
+        self.policy.eval()
+        self.value_model.eval()
         sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx_coef > 0 else None
         try:
             stats = ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator, cfg,
@@ -216,6 +221,8 @@ class PPOTrainer:
     # -- guard
     def evaluate_guard(self, repeat: int = 0) -> float:
         """One guard evaluation; `repeat` k > 0 draws fresh samples and judgements of the same policy."""
+        if isinstance(self.guard, ComparisonGuard):  # deterministic: no samples to redraw
+            return self.guard.evaluate(self.accelerator.unwrap_model(self.policy), self.ref_policy)
         ro = rollout(self.policy, self.tokenizer, self.guard.prompts, self.cfg, seed=self.seed * 17 + 1 + 1000 * repeat)
         return self.guard.win_rate(ro.texts, self.iteration - 1000 * repeat)
 

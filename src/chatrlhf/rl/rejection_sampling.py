@@ -41,7 +41,11 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
     from chatrlhf.rl.experience import evaluate_rollout, rollout, score_rollout
 
     rc, n = cfg.rejection_sampling, cfg.rejection_sampling.n
-    ro = rollout(policy, tokenizer, prompts, cfg, seed=seed, max_batch=rc.sample_batch, n=n)
+    with progress_bar(f"best-of-{n} sampling") as bar:  # the longest step before PPO's first iteration
+        task = bar.add_task("sample", total=len(prompts), info=f"{len(prompts)} prompts x {n}")
+        ro = rollout(policy, tokenizer, prompts, cfg, seed=seed, max_batch=rc.sample_batch, n=n,
+                     progress=lambda done, total: bar.update(task, completed=done))
+        bar.update(task, completed=len(prompts))
     rows = ro.prompts  # each prompt n times
     # a sharpened policy repeats itself (after one round about half of the 8 samples are copies):
     # score each prompt's distinct responses once, then give every copy its original's numbers

@@ -97,8 +97,9 @@ def read_conversation(path: str | Path) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
-def repl(session: ChatSession, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+def repl(session: ChatSession, inp: TextIO | None = None, out: TextIO | None = None) -> None:
     """Read lines, run commands, stream replies; ends at /exit or end of input."""
+    inp, out = inp or sys.stdin, out or sys.stdout  # looked up per call: a redirected stdin is honoured
     def say(text: str) -> None:
         out.write(text)
         out.flush()
@@ -151,6 +152,10 @@ def _reply(session: ChatSession, line: str, say) -> None:
     except KeyboardInterrupt:
         session.turns.pop()  # forget the unanswered question
         say(" [interrupted]")
+    except (OSError, ValueError):
+        if session.turns and session.turns[-1]["role"] == "user":
+            session.turns.pop()  # the conversation stays as it was before the failed question
+        raise
     say("\n")
 
 

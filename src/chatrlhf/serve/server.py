@@ -220,7 +220,10 @@ def _make_job(req: ChatRequest, engine: Engine, cfg: ServeConfig) -> tuple[Job, 
         raise APIError(400, f"{field}={max_tokens} is more than this server's limit of {cfg.max_tokens}",
                        field, "max_tokens_too_large")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages]
-    prompt = engine.chat_prompt(messages)
+    try:
+        prompt = engine.chat_prompt(messages)
+    except ValueError as e:  # the model's chat template refused the conversation (e.g. roles out of order)
+        raise APIError(400, str(e), "messages", "invalid_messages") from None
     if len(prompt) >= engine.context:
         raise APIError(400, f"the messages are {len(prompt)} tokens; this model's context is {engine.context}",
                        "messages", "context_length_exceeded")

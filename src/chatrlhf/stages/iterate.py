@@ -32,9 +32,13 @@ console = Console(stderr=True)
 
 
 def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
-    """Round r's slice of the PPO prompt pool, excluding the guard's held-out tail."""
-    pool = world.prompts("ppo")
-    pool = pool[: len(pool) - min(cfg.ppo.guard_prompts, len(pool) // 4)]
+    """Round r's slice of the PPO prompt pool (ppo.data, else the world's, less the guard's
+    held-out tail)."""
+    from chatrlhf.stages.ppo import ppo_prompts
+
+    pool, _ = ppo_prompts(cfg, world)
+    if not cfg.ppo.data:
+        pool = pool[: len(pool) - min(cfg.ppo.guard_prompts, len(pool) // 4)]
     n = cfg.iterate.prompts_per_round
     start = ((r - 2) * n) % max(1, len(pool))
     return [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))]
@@ -91,6 +95,8 @@ def all_comparisons(cfg: Config, upto: int) -> list[dict]:
     files = [cfg.stage_dir("rm") / "comparisons.jsonl"]
     files += [round_dir(cfg, r) / "comparisons.jsonl" for r in range(2, upto + 1)]
     data: list[dict] = []
+    if cfg.rm.data:  # round 1's RM was trained on the user's comparisons
+        data += load_comparisons(cfg.rm.data, cfg.rm.allow_ties, cfg.rm.columns, cfg.rm.split)
     for f in files:
         if f.is_file():
             data += load_comparisons(f, cfg.rm.allow_ties)
@@ -183,7 +189,9 @@ def run_iterate(cfg: Config, elapsed_s: float | None = None) -> Path:
                                 "run `chatrlhf rm` and `chatrlhf ppo` first, or `chatrlhf run`")
     world = load_world(cfg)
     if world is None and cfg.iterate.source == "simulated":
-        raise FileNotFoundError(f"iterate: simulated labelers need the world at {cfg.stage_dir('world')}")
+        raise FileNotFoundError(f"iterate: iterate.source=simulated ranks the fresh samples with the embedded world's "
+                                f"labelers, and there is no world at {cfg.stage_dir('world')}; with your own data "
+                                "set iterate.source=labeling_app (people rank them in `chatrlhf label serve`)")
     newest = round_paths(cfg, 1)[1]
     records = [round_record(cfg, 1)]
     last_round = cfg.iterate.rounds if elapsed_s is None else max(cfg.iterate.rounds, cfg.iterate.max_rounds)

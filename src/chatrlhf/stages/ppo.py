@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from chatrlhf.config import Config, PPOConfig
 from chatrlhf.lm.training import Checkpoints
@@ -17,13 +18,106 @@ from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout
 from chatrlhf.rl.guard import LabelerGuard
 from chatrlhf.rl.ppo import PPOTrainer
 
+console = Console(stderr=True)
+
 
 # --- the stage -------------------------------------------------------------------------------
 def _load_world(cfg: Config):
-    from chatrlhf.world import World
+    """The run's generated world, or None: PPO never generates one itself."""
+    from chatrlhf.world.loader import load_world
 
-    world_dir = cfg.stage_dir("world")
-    return World.load(world_dir) if (world_dir / "meta.json").is_file() else World.generate(cfg.world)
+    return load_world(cfg)
+
+
+def ppo_prompts(cfg: Config, world) -> tuple[list[dict], str]:
+    """PPO's prompt pool and where it came from: ppo.data, else the embedded world's PPO prompts."""
+    from chatrlhf.lm.data import DataError
+
+    if cfg.ppo.data:
+        from chatrlhf.lm.conversations import load_prompts
+
+        return load_prompts(cfg.ppo.data, cfg.ppo.format, cfg.ppo.columns, cfg.ppo.split), str(cfg.ppo.data)
+    if world is None:
+        raise DataError(f"ppo: no prompts: ppo.data is not set and there is no embedded world at "
+                        f"{cfg.stage_dir('world')}. Set ppo.data to your prompts (jsonl/csv/parquet or a datasets "
+                        "name: a prompt column, one string per line, or any SFT format; ppo.columns maps your "
+                        "column names), or run `chatrlhf world` for the embedded world's prompts")
+    return world.prompts("ppo"), f"the embedded world ({cfg.stage_dir('world')})"
+
+
+def _fitting(prompts: list[dict], tok, policy, max_new_tokens: int, source: str) -> list[dict]:
+    """The prompts that leave room for a max_new_tokens reply in the policy's context."""
+    from chatrlhf.lm.chat_data import prompt_length
+    from chatrlhf.lm.data import DataError
+    from chatrlhf.lm.modeling import context_length
+
+    limit = (context_length(policy) or 10**9) - max_new_tokens
+    kept = [p for p in prompts if prompt_length(tok, p["messages"]) <= limit]
+    if len(kept) < len(prompts):
+        console.print(f"ppo: {len(prompts) - len(kept)} of {len(prompts)} prompts of {source} are longer than "
+                      f"{limit} tokens (the context less ppo.max_new_tokens) and are left out")
+    if not kept:
+        raise DataError(f"ppo: every prompt of {source} is longer than {limit} tokens (the model's context less "
+                        "ppo.max_new_tokens); use shorter prompts or a lower ppo.max_new_tokens")
+    return kept
+
+
+def _require_stage(path: Path, what: str, command: str) -> None:
+    from chatrlhf.lm.modeling import stage_complete
+
+    if not stage_complete(path):
+        state = "is not a finished stage (no meta.json with complete: true)" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"ppo needs {what} at {path}, which {state}; run `{command}` first "
+                                "(both write into run.out_dir)")
+
+
+def _comparison_guard(cfg: Config, rm_dir: Path, tok):
+    """The guard from the RM's held-out comparisons, or None (with a note) when it has none."""
+    from chatrlhf.lm.rankings import load_comparisons
+    from chatrlhf.rl.guard import ComparisonGuard
+
+    val_file = rm_dir / "val_comparisons.jsonl"
+    val = load_comparisons(val_file, cfg.rm.allow_ties) if val_file.is_file() and val_file.stat().st_size else []
+    guard = ComparisonGuard(val[: cfg.ppo.guard_prompts], tok, cfg.rm.max_len) if val else None
+    if not guard:
+        console.print(f"[yellow]ppo: no guard: the reward model in {rm_dir} kept no held-out comparisons "
+                      "(rm.val_fraction=0?); the last iteration is exported. Set ppo.early_stop=target_kl to stop "
+                      "at ppo.target_kl instead")
+        return None
+    console.print(f"ppo: guard = {len(guard)} pairs of {min(len(val), cfg.ppo.guard_prompts)} held-out comparisons "
+                  f"from {val_file}")
+    return guard
+
+
+def _rejection_sampling_prompts(cfg: Config, train_prompts: list[dict], world) -> list[dict]:
+    """rejection_sampling.prompts prompts: PPO's training prompts, topped up with the world's RM
+    prompts when PPO runs on the world (more distinct prompts distil better)."""
+    n = cfg.ppo.rejection_sampling.prompts
+    extra = world.prompts("rm") if world is not None and not cfg.ppo.data else []
+    return (train_prompts + extra[: max(0, n - len(train_prompts))])[:n]
+
+
+def _lm_text(cfg: Config, tok, world) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Pre-training text for PPO-ptx and the perplexity check: pretrain.data, else the world's
+    corpus when PPO runs on the world; none at all leaves the check out (and PPO-ptx is an error)."""
+    pc = cfg.ppo
+    if world is not None and not pc.data and not cfg.pretrain.data:
+        train, val = world.corpus("train"), world.corpus("val")
+    elif cfg.pretrain.data:  # the corpus the user pre-trained on, or would have
+        from chatrlhf.lm.data import load_text_corpus
+
+        corpus = load_text_corpus(cfg.pretrain.data, cfg.stage_dir("world"), cfg.pretrain.text_column,
+                                  cfg.pretrain.val_fraction)
+        train, val = corpus.train, corpus.val
+    else:
+        if pc.ptx_coef > 0:
+            from chatrlhf.lm.data import DataError
+
+            raise DataError("ppo.ptx_coef > 0 mixes pre-training text into PPO, and there is none: set pretrain.data "
+                            "to a text corpus, or ppo.ptx_coef=0")
+        return None, torch.zeros(0, pc.ptx_seq_len + 1, dtype=torch.long)
+    ptx = _ptx_chunks(tok, train[:2000], pc.ptx_seq_len, 4000) if pc.ptx_coef > 0 else None
+    return ptx, _ptx_chunks(tok, val[:300], pc.ptx_seq_len, 48)
 
 
 def _ptx_chunks(tokenizer, docs: list[str], seq_len: int, max_chunks: int) -> torch.Tensor:
@@ -68,6 +162,9 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     out = Path(out_dir or cfg.stage_dir("ppo"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
+    _require_stage(policy_dir, "a policy", "chatrlhf sft")
+    _require_stage(ref_dir, "the reference (SFT) model", "chatrlhf sft")
+    _require_stage(rm_dir, "a reward model", "chatrlhf rm")
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
@@ -76,27 +173,31 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     value = load_critic(rm_dir, pc.critic, policy, cfg.model.dtype)
 
     world = _load_world(cfg)
-    prompts = world.prompts("ppo")
-    n_guard = min(pc.guard_prompts, len(prompts) // 4) if pc.early_stop == "held_out_comparisons" else 0
+    prompts, source = ppo_prompts(cfg, world)
+    prompts = _fitting(prompts, tok, policy, pc.max_new_tokens, source)
+    console.print(f"ppo: {len(prompts)} prompts from {source}")
+    labeler_guard = world is not None and not pc.data and pc.early_stop == "held_out_comparisons"
+    n_guard = min(pc.guard_prompts, len(prompts) // 4) if labeler_guard else 0
     train_prompts, guard_prompts = prompts[: len(prompts) - n_guard], prompts[len(prompts) - n_guard:]
-    ptx_train = _ptx_chunks(tok, world.corpus("train")[:2000], pc.ptx_seq_len, 4000) if pc.ptx_coef > 0 else None
-    ppl_chunks = _ptx_chunks(tok, world.corpus("val")[:300], pc.ptx_seq_len, 48)
+    ptx_train, ppl_chunks = _lm_text(cfg, tok, world)
     guard = None
     if n_guard:
         baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
         guard = LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard_labelers)
+    elif pc.early_stop == "held_out_comparisons":
+        guard = _comparison_guard(cfg, rm_dir, tok)
 
     def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
         return rm.score([p["messages"] for p in ps], texts)
 
-    def gold_fn(p: dict, text: str) -> float:
+    def world_gold(p: dict, text: str) -> float:
         return float(world.gold(p, text).total)
 
+    gold_fn = world_gold if world is not None and not pc.data else None  # the world's rubric knows only its prompts
     ppl_before = _lm_ppl(policy, ppl_chunks, acc.device)
     start_is_ref = policy_dir.resolve() == ref_dir.resolve()
     if pc.rejection_sampling.n > 1 and Checkpoints(out).latest() is None:  # a resumed run already holds it
-        # PPO's training prompts, topped up with the RM stage's: more distinct prompts distil better
-        rs_prompts = train_prompts + world.prompts("rm")[: max(0, pc.rejection_sampling.prompts - len(train_prompts))]
+        rs_prompts = _rejection_sampling_prompts(cfg, train_prompts, world)
         policy, ref = _best_of_n_start(cfg, policy, ref, tok, rs_prompts, reward_fn, gold_fn, out / "best_of_n",
                                        ref_dir, start_is_ref)
         start_is_ref = False
@@ -110,6 +211,11 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy = acc.unwrap_model(trainer.policy)
     ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
     meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
+    meta["prompts"] = {"source": source, "train": len(train_prompts), "guard": type(guard).__name__ if guard else None}
+    if guard is not None and meta["selected_iteration"] == 0:
+        console.print("[yellow]ppo: the guard kept the starting policy (iteration 0): no PPO iteration beat it, so "
+                      f"{out} holds the {'best-of-n policy' if stage_complete(out / 'best_of_n') else 'policy PPO started from'}"
+                      "; try more iterations, a lower ppo.learning_rate or ppo.early_stop=none")
     if stage_complete(out / "best_of_n"):
         meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
     acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from chatrlhf.config import Config
-from chatrlhf.lm.modeling import load_tokenizer, read_meta, save_stage, stage_complete, write_meta
+from chatrlhf.lm.modeling import check_context, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
 from chatrlhf.lm.rankings import (PairBatch, labeler_agreement, load_comparisons, make_batch, ranking_pairs,
-                                  split_by_prompt)
+                                  split_by_prompt, write_comparisons)
 from chatrlhf.lm.reward_model import (Messages, RewardModel, build_reward_model, collate_packed_sequences,
                                       collate_sequences, encode_response, raw_rewards, score_comparisons)
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
@@ -166,9 +166,10 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     opt = torch.optim.AdamW(model.parameters(), lr=rc.learning_rate, weight_decay=rc.weight_decay)
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
     model, opt, sched = acc.prepare(model, opt, sched)
-    settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch"}), "seed": cfg.run.seed,
-                "dtype": cfg.model.dtype, "train_comparisons": len(train)}  # what fixes the trajectory
+    settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch", "data", "split", "columns"}),
+                "seed": cfg.run.seed, "dtype": cfg.model.dtype, **data_fingerprints(tok, train)}  # what fixes the trajectory
     ckpts = Checkpoints.for_run(cfg, out_dir, settings)
+    _refuse_other_data(ckpts, settings)
     state = ckpts.resume(acc, None, "rm")
     start = state["step"] if state else 0
     metrics = MetricsLogger(out_dir, cfg.run.tensorboard, resume=start > 0)
@@ -213,6 +214,36 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
             "pairs_per_second": pairs_seen / secs if secs > 0 else 0.0, "last": last}
 
 
+def data_fingerprints(tok, train: list[dict]) -> dict[str, str]:
+    """Hashes of what an RM run trains on, so a resume can say which one differs: the comparisons
+    and the starting model's vocabulary."""
+    import hashlib
+
+    def h(x: Any) -> str:
+        return hashlib.sha256(json.dumps(x, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    return {"comparisons": h([[c["messages"], c["responses"], c.get("rankings")] for c in train]),
+            "tokenizer": h(sorted(tok.get_vocab().items()))}
+
+
+def _refuse_other_data(ckpts: Checkpoints, settings: dict[str, Any]) -> None:
+    """A checkpoint left by an interrupted RM run is resumed only for the same data: resuming another
+    dataset's run would save that run's model as this one, whatever --resume-anyway says."""
+    latest = ckpts.latest()
+    if latest is None:
+        return
+    saved = json.loads((latest / "trainer_state.json").read_text()).get("settings")
+    names = {"comparisons": "comparisons (rm.data, its columns, split or content)",
+             "tokenizer": "starting model's tokenizer (rm.init_from / model.name_or_path)"}
+    differ = [names[k] for k in names if not isinstance(saved, dict) or saved.get(k) != settings[k]]
+    if differ:
+        old = not isinstance(saved, dict) or "comparisons" not in saved
+        raise ValueError(f"rm: {ckpts.root} holds an interrupted RM run whose " + " and ".join(differ)
+                         + f" differ from this run's{' (it predates this check)' if old else ''}; it is not "
+                         f"resumed for this data. Delete {ckpts.root} to train from scratch, or rerun with that run's "
+                         "data to finish it")
+
+
 @torch.no_grad()
 def _packing_matches_padding(model, seqs: list[list[int]], pad_id: int, device) -> bool:
     """Packed rows are right only where the model builds its attention mask from restarting position
@@ -240,7 +271,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         raise ValueError(f"rm: init_dir and out_dir are both {out_dir}; write the new RM to another directory")
     world = load_world(cfg) if world == "auto" else world
     held_out = held_out_labelers(world)
-    data = load_comparisons(comparisons, cfg.rm.allow_ties)
+    data = load_comparisons(comparisons, cfg.rm.allow_ties, cfg.rm.columns, cfg.rm.split)
     train, val_split = split_by_prompt(data, cfg.rm.val_fraction, cfg.run.seed)
     val = val if val is not None else val_split
     train = [c for c in train if make_batch([c], held_out).n_groups]  # a comparison with no strict preference teaches nothing
@@ -252,6 +283,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
     tok = load_tokenizer(init_dir)
     model = build_reward_model(init_dir, tok, cfg.model.dtype)
     tokens = [[encode_response(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
+    check_context(model, cfg.rm.max_len, "rm.max_len", max(len(s) for seqs in tokens for s in seqs))
     run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir)
     model = run.pop("model").eval()
 
@@ -268,6 +300,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         metrics["world_agreement"] = {k: a.get(k) for k in ("train", "held_out", "train_vs_held_out")}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    write_comparisons(val, out_dir / "val_comparisons.jsonl")  # held out: PPO's guard without a world reads them
     save_stage(model, tok, out_dir, {"stage": "rm", "reward_bias": rm.bias, "bias_reference": bias_ref,
                                      "max_len": cfg.rm.max_len, "init_from": str(init_dir),
                                      "held_out_labelers": sorted(held_out), "eval": metrics})
@@ -279,10 +312,11 @@ def _print_summary(m: dict[str, Any]) -> None:
     from rich.console import Console
 
     c = Console(stderr=True)
+    labelers = (f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
+                f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, "
+                if m["pairs_held_out_labelers"] else "")  # only simulated labelers are held out
     c.print(f"[bold]rm[/bold]: held-out prompts acc {m['acc_held_out_prompts']:.3f} ({m['pairs_held_out_prompts']} pairs), "
-            f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
-            f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, "
-            f"train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
+            f"{labelers}train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
             + (f", gold spearman {m['gold_spearman']:.3f}" if "gold_spearman" in m else ""))
 
 
@@ -308,6 +342,15 @@ def run_rm(cfg: Config) -> Path:
         world = None
     else:
         comparisons = out / "comparisons.jsonl"
+        if load_world(cfg) is None and not comparisons.is_file():
+            raise FileNotFoundError(f"rm.data is not set and there is no embedded world at {cfg.stage_dir('world')}: "
+                                    "set rm.data to your comparisons (jsonl/csv/parquet or a datasets name: rankings, "
+                                    "chosen/rejected pairs or OpenAssistant trees; rm.columns maps your column names), "
+                                    "or run `chatrlhf world` to rank samples with the embedded world's labelers")
+        from rich.console import Console
+
+        Console(stderr=True).print(f"rm: comparisons ranked by the embedded world's simulated labelers ({comparisons}); "
+                                   "set rm.data to use your own")
         if not comparisons.is_file():
             from chatrlhf.stages.sampling import run_sample
 

@@ -25,11 +25,12 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, build_examples, ensure_template, evaluate_sft_loss,
-                                   sft_loss, split_examples)
+from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, encode_conversation, ensure_template,
+                                   evaluate_sft_loss, sft_loss, split_examples)
 from chatrlhf.lm.conversations import Conversation, load_conversations
+from chatrlhf.lm.data import DataError
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
-from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, stage_complete
+from chatrlhf.lm.modeling import check_context, load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
@@ -59,20 +60,46 @@ def run_fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(run_settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], dict[str, Any]]:
+def load_split(cfg: Config, tokenizer) -> tuple[list[tuple[Conversation, Example]], list[tuple[Conversation, Example]],
+                                                dict[str, Any]]:
+    """(conversation, example) pairs for training and validation, and what happened on the way."""
     sc = cfg.sft
-    if sc.data:
-        convs = load_conversations(sc.data, sc.format, sc.columns, sc.split)
-    else:
-        convs = world_demonstrations(cfg.stage_dir("world"))
+    convs = load_conversations(sc.data, sc.format, sc.columns, sc.split) if sc.data else world_demonstrations(cfg)
     source = sc.data or f"world demonstrations ({cfg.stage_dir('world')})"
-    examples, dropped = build_examples(tokenizer, convs, sc.max_len, str(source))
-    train, val = split_examples(examples, sc.val_fraction, cfg.run.seed)
-    stats = {"data": str(source), "conversations": len(convs), "truncated_away": dropped,
+    counts: dict[str, int] = {}
+    pairs = [(c, e) for c in convs if (e := encode_conversation(tokenizer, c, sc.max_len, counts)) is not None]
+    if not pairs:
+        raise DataError(f"{source}: all {len(convs)} conversations were truncated away at sft.max_len="
+                        f"{sc.max_len} (no assistant token left); raise sft.max_len")
+    train, val = split_examples(pairs, sc.val_fraction, cfg.run.seed)
+    train_keys = {json.dumps(c, sort_keys=True) for c, _ in train}
+    train_prompts = {json.dumps(c[:-1], sort_keys=True) for c, _ in train}
+    stats = {"data": str(source), "conversations": len(convs), "truncated_away": len(convs) - len(pairs),
+             "reply_too_long": counts.get("reply_too_long", 0), "prompt_truncated": counts.get("prompt_truncated", 0),
+             "older_turns_dropped": counts.get("older_turns_dropped", 0),
+             "val_duplicates_of_train": sum(json.dumps(c, sort_keys=True) in train_keys for c, _ in val),
+             "val_prompts_in_train": sum(json.dumps(c[:-1], sort_keys=True) in train_prompts for c, _ in val),
              "train_examples": len(train), "val_examples": len(val),
-             "assistant_tokens": sum(sum(t != IGNORE for t in e.labels) for e in train),
-             "tokens": sum(len(e) for e in train)}
+             "assistant_tokens": sum(sum(t != IGNORE for t in e.labels) for _, e in train),
+             "tokens": sum(len(e) for _, e in train)}
     return train, val, stats
+
+
+def load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    train, val, stats = load_split(cfg, tokenizer)
+    return [e for _, e in train], [e for _, e in val], stats
+
+
+def _report_data(stats: dict[str, Any], max_len: int) -> None:
+    """What the data checks found, said once before training."""
+    if stats["prompt_truncated"] or stats["reply_too_long"] or stats["older_turns_dropped"]:
+        console.print(f"sft: at sft.max_len={max_len}: {stats['older_turns_dropped']} conversations lost older turns, "
+                      f"{stats['prompt_truncated']} prompts were cut from the left (replies kept whole), "
+                      f"{stats['reply_too_long']} examples dropped because the reply alone is longer")
+    if stats["val_prompts_in_train"]:
+        console.print(f"[yellow]sft: {stats['val_prompts_in_train']} of {stats['val_examples']} validation examples "
+                      f"have a prompt that is also in training ({stats['val_duplicates_of_train']} are exact "
+                      "duplicates): the validation loss flatters the model; deduplicate the data")
 
 
 def run_sft(cfg: Config, eval_only: bool = False) -> Path:
@@ -80,9 +107,77 @@ def run_sft(cfg: Config, eval_only: bool = False) -> Path:
     out = cfg.stage_dir("sft")
     if not eval_only:
         train_sft(cfg)
-    if eval_only or cfg.sft.eval_after:
-        evaluate_sft(cfg)
+    if not (eval_only or cfg.sft.eval_after):
+        return out
+    if cfg.sft.data is None:
+        evaluate_sft(cfg)  # world demonstrations: the world's held-out prompts and labelers
+        return out
+    try:
+        evaluate_on_user_data(cfg)
+    except (OSError, ValueError) as e:
+        if eval_only:
+            raise
+        console.print(f"[yellow]sft: trained and saved to {out}; the closing evaluation failed: {e}")
     return out
+
+
+def _answer(model, tokenizer, examples: list[Example], cfg: Config) -> list[str]:
+    """Greedy answers to the prompts of encoded examples: the tokens before each one's last reply,
+    already cut to sft.max_len, so a long prompt is answered as it was trained on."""
+    from chatrlhf.lm.chat_data import _last_reply_start
+    from chatrlhf.lm.engine import Engine, SamplingParams
+
+    ids = [e.input_ids[:_last_reply_start([int(t != IGNORE) for t in e.labels])] for e in examples]
+    gens = Engine(model, tokenizer).generate(ids, SamplingParams(max_new_tokens=cfg.eval.max_new_tokens,
+                                                                 temperature=0.0, seed=cfg.run.seed))
+    return [g.text.strip() for g in gens]
+
+
+def evaluate_on_user_data(cfg: Config) -> dict[str, Any]:
+    """The closing check on the user's own held-out examples (the validation split): SFT's loss
+    on them, greedy sample answers beside the references, and the RM's score of both when the run
+    has a reward model. Written to sft/eval_user_data.json and sft/eval_samples.jsonl."""
+    from chatrlhf.lm.chat_data import Batches
+
+    sc, out = cfg.sft, cfg.stage_dir("sft")
+    if not stage_complete(out):
+        raise FileNotFoundError(f"no finished SFT model at {out}; run `chatrlhf sft` first")
+    tokenizer = load_tokenizer(out)
+    model = load_causal_lm(out, cfg.model.dtype).eval()
+    _, val, _ = load_split(cfg, tokenizer)
+    if not val:
+        console.print(f"sft: no validation examples (sft.val_fraction={sc.val_fraction}): nothing held out to evaluate on")
+        return {}
+    batches = Batches([e for _, e in val], sc.batch_size, sc.max_len, False, cfg.run.seed, tokenizer.pad_token_id)
+    results: dict[str, Any] = {"data": sc.data, "val_examples": len(val),
+                               "val_loss": evaluate_sft_loss(model, batches, next(model.parameters()).device)}
+    held = val[: sc.eval_prompts or None]
+    convs, prompts = [c for c, _ in held], [c[:-1] for c, _ in held]
+    answers = _answer(model, tokenizer, [e for _, e in held], cfg)
+    rows = [{"messages": p, "reference": c[-1]["content"], "response": a} for p, c, a in zip(prompts, convs, answers)]
+    rm_dir = cfg.stage_dir("rm")
+    if stage_complete(rm_dir):
+        from chatrlhf.lm.reward_model import RewardModel
+
+        rm = RewardModel.load(rm_dir, cfg.model.dtype)
+        sft_scores = rm.score(prompts, answers).tolist()
+        ref_scores = rm.score(prompts, [r["reference"] for r in rows]).tolist()
+        for r, a, b in zip(rows, sft_scores, ref_scores):
+            r["rm_score"], r["reference_rm_score"] = float(a), float(b)
+        results.update(reward_model=str(rm_dir), rm_score=sum(sft_scores) / len(sft_scores),
+                       reference_rm_score=sum(ref_scores) / len(ref_scores))
+    results["samples"] = len(rows)
+    results["empty_answers"] = sum(not a.strip() for a in answers)
+    (out / "eval_user_data.json").write_text(json.dumps(results, indent=2))
+    with (out / "eval_samples.jsonl").open("w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    rm_note = (f", RM score {results['rm_score']:+.3f} (references {results['reference_rm_score']:+.3f})"
+               if "rm_score" in results else " (no reward model yet: `chatrlhf sft --eval-only` after `chatrlhf rm` adds its score)")
+    console.print(f"sft: on {len(val)} held-out examples of {sc.data}: loss {results['val_loss']:.3f}{rm_note}; "
+                  f"{len(rows)} sample answers in {out / 'eval_samples.jsonl'}")
+    for r in rows[:3]:
+        console.print(f"  [dim]Q:[/dim] {r['messages'][-1]['content'][:120]!r}\n  [dim]A:[/dim] {r['response'][:120]!r}")
+    return results
 
 
 def train_sft(cfg: Config) -> Path:
@@ -91,12 +186,16 @@ def train_sft(cfg: Config) -> Path:
     src = base_model_path(cfg)
     if isinstance(src, Path) and not src.is_dir():
         raise FileNotFoundError(f"no pre-trained model at {src}; run `chatrlhf pretrain` first or set model.name_or_path")
-    tokenizer = load_tokenizer(cfg.model.tokenizer or src)
+    if cfg.model.tokenizer:
+        tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
+    else:
+        tokenizer = load_tokenizer(src, "model.name_or_path" if src == cfg.model.name_or_path else "the pretrain stage")
     ensure_template(tokenizer)
     model = load_causal_lm(src, cfg.model.dtype)
 
     # --- data
     train, val, stats = load_data(cfg, tokenizer)
+    check_context(model, sc.max_len, "sft.max_len", max(len(e) for e in train + val))
     pad_id = tokenizer.pad_token_id
     train_b = Batches(train, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
     val_b = Batches(val, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
@@ -106,6 +205,7 @@ def train_sft(cfg: Config) -> Path:
     if sc.lora.enabled:
         model = wrap_lora(model, sc.lora)
     n_train, n_all = trainable_params(model)
+    _report_data(stats, sc.max_len)
     console.print(f"sft: {stats['train_examples']} train / {stats['val_examples']} val examples "
                   f"({stats['truncated_away']} truncated away), {stats['assistant_tokens']:,} assistant tokens, "
                   f"{total} steps ({total / train_b.per_epoch:.1f} epochs), {n_train:,}/{n_all:,} trainable params")

@@ -3,10 +3,8 @@ absent, for a user's own data), read its demonstrations, and name its labelers."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from chatrlhf.config import Config
-from chatrlhf.lm.conversations import Conversation, row_to_conversations
+from chatrlhf.lm.conversations import Conversation, nonempty, row_to_conversations
 from chatrlhf.lm.data import DataError
 from chatrlhf.lm.modeling import stage_complete
 
@@ -31,15 +29,20 @@ def require_world(cfg: Config, needed_for: str):
     return world
 
 
-def world_demonstrations(world_dir: str | Path) -> list[Conversation]:
-    """The labelers' demonstrations as conversations (SFT's default data)."""
+def world_demonstrations(cfg: Config) -> list[Conversation]:
+    """The embedded world's demonstrations as conversations (SFT's data when sft.data is unset)."""
     from chatrlhf.world import World
 
-    if not Path(world_dir).is_dir():
-        raise DataError(f"world directory not found: {world_dir}; run `chatrlhf world` first or set sft.data")
+    world_dir = cfg.stage_dir("world")
+    if not world_dir.is_dir():
+        raise DataError(f"sft.data is not set and there is no embedded world at {world_dir}: set sft.data to your "
+                        "demonstrations (jsonl/csv/parquet or a datasets name; sft.columns maps your column names), "
+                        "or run `chatrlhf world` to generate the embedded world")
+    print(f"sft: using the embedded world's demonstrations ({world_dir}); set sft.data to use your own")
     demos = World.load(world_dir).demonstrations()
-    return [c for i, d in enumerate(demos)
-            for c in row_to_conversations(d, "messages", {}, f"{world_dir}/demonstrations.jsonl:{i + 1}")]
+    return nonempty([c for i, d in enumerate(demos)
+                     for c in row_to_conversations(d, "messages", {}, f"{world_dir}/demonstrations.jsonl:{i + 1}")],
+                    f"world demonstrations in {world_dir}")
 
 
 def labeler_id(lab) -> str:
