@@ -138,6 +138,15 @@ def iterate(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeO
     run_iterate(load_cfg(config, overrides, resume_anyway))
 
 
+@app.command()
+def preferences(config: ConfigOpt = None, set: SetOpt = None):
+    """Whose preferences: one RM and policy per labeler group, pooled and group-conditioned, each judged
+    by every group's held-out members (needs the run's SFT and RM stages; writes preferences/table.md)."""
+    from chatrlhf.stages.preferences import run_preferences
+
+    run_preferences(load_cfg(config, set))
+
+
 @app.command("eval")
 def eval_(config: ConfigOpt = None, set: SetOpt = None,
           model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="NAME=DIR or a stage name (base, sft, ppo); repeatable.")] = None):
@@ -170,11 +179,13 @@ def run(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt =
 @app.command()
 def chat(config: ConfigOpt = None, set: SetOpt = None,
          model: Annotated[Optional[Path], typer.Option(help="Model directory (default: newest policy of the run).")] = None,
-         system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None):
+         system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+         group: Annotated[Optional[str], typer.Option(help="Labeler group a group-conditioned model answers for "
+                                                      "(its system message; e.g. brief, thorough, cautious).")] = None):
     """Chat in the terminal; the conversation is kept across turns (/reset, /save FILE, /load FILE)."""
     from chatrlhf.serve.chat import run_chat
 
-    run_chat(load_cfg(config, set), model=model, system=system)
+    run_chat(load_cfg(config, set), model=model, system=system, group=group)
 
 
 @app.command()

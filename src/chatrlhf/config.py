@@ -173,6 +173,12 @@ class RMConfig(Section):
                                     "chosen, rejected, responses, rankings).")
     k: int = Field(4, description="Responses sampled per prompt for ranking (InstructGPT: 4 to 9).")
     n_prompts: int = Field(0, description="Prompts to sample for ranking (0 = all world RM prompts).")
+    labeler_groups: dict[str, float] | None = Field(None, description="Whose rankings the RM (and so the policy) "
+        "learns: None pools every training labeler; {brief: 1} one group; {brief: 0.7, cautious: 0.3} a weighted mix. "
+        "Groups of the embedded world: brief, thorough, cautious (chatrlhf.world.labelers).")
+    conditioned: bool = Field(False, description="Group-conditioned RM and policy: each comparison is ranked by one "
+        "group (drawn by labeler_groups' weights) and names it in a system message, and PPO's prompts carry a group's "
+        "system message in the same proportions, so one model serves every group (`chatrlhf chat --group NAME`).")
     labelers_per_prompt: int = Field(3, description="Simulated labelers ranking each prompt's K responses (3: their noise averages out at no extra sampling or training cost, since a prompt's responses are scored once for all its rankings).")
     val_labelers: int = Field(3, description="Held-out labelers who also rank each held-out prompt (never trained on; "
                               "gives the held-out-labeler accuracy and their agreement rate, the ceiling).")
@@ -358,6 +364,17 @@ class LabelConfig(Section):
     admin_name: str = Field("admin", description="Admin user that the CHATRLHF_LABEL_ADMIN_TOKEN token belongs to.")
 
 
+class PreferencesConfig(Section):
+    """`chatrlhf preferences`: one RM and policy per labeler group, a pooled one and a group-conditioned
+    one, all from the same SFT model and the same sampled answers, judged by each group's held-out members."""
+    groups: list[str] = Field(default_factory=lambda: ["brief", "thorough", "cautious"], description="Training groups to compare.")
+    comparisons: int = Field(2000, ge=1, description="Prompts of the RM stage's sampled comparisons each RM is trained on (re-ranked per group).")
+    ppo_iterations: int = Field(40, ge=1, description="PPO iterations per policy (no best-of-n fine-tune: the "
+                                "comparison is between what each group's reward model teaches).")
+    eval_prompts: int = Field(200, ge=1, description="Held-out eval prompts each policy answers (greedy).")
+    judgements: int = Field(4, ge=1, description="Judgements per answer pair, spread over the judging group's held-out members.")
+
+
 class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     world: WorldConfig = Field(default_factory=WorldConfig)
@@ -366,6 +383,7 @@ class Config(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rm: RMConfig = Field(default_factory=RMConfig)
+    preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     iterate: IterateConfig = Field(default_factory=IterateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

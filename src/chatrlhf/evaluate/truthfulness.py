@@ -26,8 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from chatrlhf.evaluate.models import (ModelHandle, continuation_logprobs, encode_prompt, encode_text, generate,
-                                      prompt_text)
+from chatrlhf.evaluate.models import (
+    ModelHandle,
+    continuation_logprobs,
+    encode_prompt,
+    encode_text,
+    generate,
+    prompt_text,
+)
 
 INFORMATIVE_SIM = 0.3
 NON_ANSWER = re.compile(r"^\s*(i have no comment|no comment|i don'?t know|i'?m not sure|i cannot answer)\b", re.I)

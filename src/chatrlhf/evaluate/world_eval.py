@@ -100,13 +100,14 @@ def score(world, prompts: list[dict], responses: dict[str, list[str]], seed: int
 
 
 def compare_to_baseline(world, prompts: list[dict], responses: list[str], baseline: list[str], seed: int,
-                        judgements: int = 1) -> list[float]:
+                        judgements: int = 1, labelers: list | None = None) -> list[float]:
     """Per prompt: the share of `judgements` judge-group judgements that prefer `responses[i]`
     over the baseline's (ties half). Judgement k of prompt i goes to judge (i + k) mod L,
     so with judgements >= L every judge judges every pair; each judgement shows the pair
     in a random order (no position bias) with its own noise draw. More judgements estimate the same
-    win rate with less judge noise; the bootstrap over prompts then measures the prompts' spread."""
-    labelers = world.judges()
+    win rate with less judge noise; the bootstrap over prompts then measures the prompts' spread.
+    `labelers` replaces the judge group (e.g. one labeler group's held-out members)."""
+    labelers = labelers or world.judges()
     rng = random.Random(seed + 1)
     out = []
     for i, (p, a, b) in enumerate(zip(prompts, responses, baseline)):

@@ -32,13 +32,32 @@ import torch.nn.functional as F
 from chatrlhf.config import PPOConfig
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
-from chatrlhf.rl.experience import (GoldFn, RewardFn, Rollout, evaluate_rollout, minibatch_columns, response_forward,
-                                    response_values, rollout, score_rollout)
+from chatrlhf.rl.experience import (
+    GoldFn,
+    RewardFn,
+    Rollout,
+    evaluate_rollout,
+    minibatch_columns,
+    response_forward,
+    response_values,
+    rollout,
+    score_rollout,
+)
 from chatrlhf.rl.guard import ComparisonGuard, LabelerGuard
 from chatrlhf.rl.kl_controller import make_kl_controller
-from chatrlhf.rl.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, gather_logprobs,
-                                kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
-                                ppo_policy_loss, ppo_value_loss, sft_loglik_rewards)
+from chatrlhf.rl.losses import (
+    discounted_returns,
+    entropy_from_logprobs,
+    gae_advantages,
+    gather_logprobs,
+    kl_penalized_rewards,
+    leave_one_out_baseline,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    sft_loglik_rewards,
+)
 
 
 class PPOInstabilityError(TrainingStopped):

@@ -159,12 +159,17 @@ def _reply(session: ChatSession, line: str, say) -> None:
     say("\n")
 
 
-def run_chat(cfg, model: str | Path | None = None, system: str | None = None) -> None:
+def run_chat(cfg, model: str | Path | None = None, system: str | None = None, group: str | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     from chatrlhf.lm.training import configure_threads
 
     path = resolve_model(cfg, model)
+    if group:  # a group-conditioned model is told whose preferences to follow in its system message
+        from chatrlhf.lm.modeling import read_meta
+        from chatrlhf.lm.prompts import group_system_message
+
+        system = group_system_message(read_meta(path), group)
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in a chat window
     configure_threads(cfg.run.threads)  # 1 thread on a busy CPU: OpenMP threads wait on each other
     eng = load_engine(path, cfg.model.dtype, cfg.run.device)

@@ -73,6 +73,7 @@ class ChatRequest(BaseModel):
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    group: str | None = Field(None, max_length=64)  # a group-conditioned model: whose preferences to follow
 
 
 class APIError(Exception):
@@ -154,7 +155,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str = "chatrlhf",
-               save_conversations: str | Path | None = None) -> FastAPI:
+               save_conversations: str | Path | None = None, group_messages: dict[str, str] | None = None) -> FastAPI:
     cfg = cfg or ServeConfig()
     sched = Scheduler(engine, cfg.max_batch, cfg.stuck_s)
     save_path = Path(save_conversations) / "conversations.jsonl" if save_conversations else None
@@ -186,7 +187,7 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str =
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
-        job, messages = _make_job(req, engine, cfg)
+        job, messages = _make_job(req, engine, cfg, group_messages or {})
         sched.submit(job)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_name}
         deadline = time.monotonic() + cfg.timeout_s
@@ -207,7 +208,8 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str =
     return app
 
 
-def _make_job(req: ChatRequest, engine: Engine, cfg: ServeConfig) -> tuple[Job, list[dict[str, str]]]:
+def _make_job(req: ChatRequest, engine: Engine, cfg: ServeConfig,
+              group_messages: dict[str, str]) -> tuple[Job, list[dict[str, str]]]:
     """Check the limits and build the job; every breach names its field."""
     if not req.messages:
         raise APIError(400, "messages must hold at least one message", "messages", "invalid_value")
@@ -220,6 +222,11 @@ def _make_job(req: ChatRequest, engine: Engine, cfg: ServeConfig) -> tuple[Job, 
         raise APIError(400, f"{field}={max_tokens} is more than this server's limit of {cfg.max_tokens}",
                        field, "max_tokens_too_large")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in req.messages]
+    if req.group is not None:
+        if req.group not in group_messages:
+            known = ", ".join(sorted(group_messages)) or "none: it was not trained group-conditioned"
+            raise APIError(400, f"group {req.group!r} is not one this model knows ({known})", "group", "unknown_group")
+        messages = [{"role": "system", "content": group_messages[req.group]}, *[m for m in messages if m["role"] != "system"]]
     try:
         prompt = engine.chat_prompt(messages)
     except ValueError as e:  # the model's chat template refused the conversation (e.g. roles out of order)
@@ -329,7 +336,9 @@ def run_server(cfg, model: str | Path | None = None, save_conversations: str | P
     engine = load_engine(path, cfg.model.dtype, cfg.run.device)
     save = save_conversations or cfg.serve.save_conversations
     name = path.name if path.name not in ("ppo", "sft", "pretrain") else f"chatrlhf-{path.name}"
-    app = create_app(engine, cfg.serve, name, save)
+    from chatrlhf.lm.modeling import read_meta
+
+    app = create_app(engine, cfg.serve, name, save, read_meta(path).get("group_messages") if (path / "meta.json").is_file() else None)
     print(f"serving {path} as '{name}' on http://{cfg.serve.host}:{cfg.serve.port}/"
           + (f" (saving conversations to {save})" if save else ""), flush=True)
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="info")

@@ -45,6 +45,24 @@ def ppo_prompts(cfg: Config, world) -> tuple[list[dict], str]:
     return world.prompts("ppo"), f"the embedded world ({cfg.stage_dir('world')})"
 
 
+def _conditioned(cfg: Config, world, prompts: list[dict]) -> list[dict]:
+    """With rm.conditioned, each prompt asks for a group (its system message), in the RM's proportions."""
+    if not cfg.rm.conditioned:
+        return prompts
+    if world is None:
+        raise ValueError("rm.conditioned needs the embedded world's labeler groups (or prompts that carry their own "
+                         "system messages, with rm.conditioned=false)")
+    from chatrlhf.world.groups import condition, group_weights
+
+    return condition(prompts, group_weights(world, cfg.rm.labeler_groups), cfg.run.seed)
+
+
+def _group_messages(world, cfg: Config) -> dict[str, str]:
+    from chatrlhf.world.groups import group_message, group_weights
+
+    return {g: group_message(g)["content"] for g in group_weights(world, cfg.rm.labeler_groups)}
+
+
 def _fitting(prompts: list[dict], tok, policy, max_new_tokens: int, source: str) -> list[dict]:
     """The prompts that leave room for a max_new_tokens reply in the policy's context."""
     from chatrlhf.lm.chat_data import prompt_length
@@ -174,7 +192,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
 
     world = _load_world(cfg)
     prompts, source = ppo_prompts(cfg, world)
-    prompts = _fitting(prompts, tok, policy, pc.max_new_tokens, source)
+    prompts = _fitting(_conditioned(cfg, world, prompts), tok, policy, pc.max_new_tokens, source)
     console.print(f"ppo: {len(prompts)} prompts from {source}")
     labeler_guard = world is not None and not pc.data and pc.early_stop == "held_out_comparisons"
     n_guard = min(pc.guard_prompts, len(prompts) // 4) if labeler_guard else 0
@@ -212,6 +230,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
     meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
     meta["prompts"] = {"source": source, "train": len(train_prompts), "guard": type(guard).__name__ if guard else None}
+    if cfg.rm.conditioned:  # what `chatrlhf chat --group` and the server's `group` field put in the system message
+        meta["group_messages"] = _group_messages(world, cfg)
     if guard is not None and meta["selected_iteration"] == 0:
         console.print("[yellow]ppo: the guard kept the starting policy (iteration 0): no PPO iteration beat it, so "
                       f"{out} holds the {'best-of-n policy' if stage_complete(out / 'best_of_n') else 'policy PPO started from'}"

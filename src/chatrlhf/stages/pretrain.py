@@ -22,13 +22,27 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.data import (PackedStream, TextCorpus, eval_chunks, evaluate_lm_loss, lm_loss, load_text_corpus,
-                              pack_documents, read_text_file)
-from chatrlhf.lm.modeling import (build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage,
-                                  write_meta)
+from chatrlhf.lm.data import (
+    PackedStream,
+    TextCorpus,
+    eval_chunks,
+    evaluate_lm_loss,
+    lm_loss,
+    load_text_corpus,
+    pack_documents,
+    read_text_file,
+)
+from chatrlhf.lm.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
 from chatrlhf.lm.tokenizer import ensure_chat_template, save_tokenizer, train_tokenizer
-from chatrlhf.lm.training import (Checkpoints, MetricsLogger, WarmupCosine, configure_threads, cosine_with_warmup,
-                                  make_accelerator, progress_bar)
+from chatrlhf.lm.training import (
+    Checkpoints,
+    MetricsLogger,
+    WarmupCosine,
+    configure_threads,
+    cosine_with_warmup,
+    make_accelerator,
+    progress_bar,
+)
 
 console = Console(stderr=True)
 WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on

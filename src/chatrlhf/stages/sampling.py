@@ -109,26 +109,64 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
 
 def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Random) -> int:
     """Simulated labelers rank each comparison: labelers_per_prompt training labelers, plus up to
-    cfg.rm.val_labelers held-out labelers on held-out ("val") prompts. Returns rankings written."""
+    cfg.rm.val_labelers held-out labelers on held-out ("val") prompts. With rm.labeler_groups only
+    those groups rank (held-out prompts: their held-out members); with rm.conditioned each comparison
+    is ranked by one group and names it in a system message. Returns rankings written."""
     from chatrlhf.world.loader import labeler_id
 
-    train_labs = list(world.labelers(held_out=False))
-    held_labs = list(world.labelers(held_out=True))
-    if not train_labs:
-        raise ValueError("world has no training labelers to rank the samples")
+    pick = _labeler_picker(world, cfg, rng)
     n = 0
     for c in comparisons:
         if c.get("reference") is None and c.get("task") is None:
             continue  # no gold for a free conversation: left for human labelers (labeling app)
         prompt = {"id": c["prompt_id"], "task": c.get("task"), "messages": c["messages"], "reference": c.get("reference")}
-        labs = rng.sample(train_labs, min(cfg.rm.labelers_per_prompt, len(train_labs)))
-        if c.get("split") == "val":
-            labs += rng.sample(held_labs, min(cfg.rm.val_labelers, len(held_labs)))
+        labs = pick(c)
         for lab in labs:
             ranks = to_competition(list(lab.rank(prompt, c["responses"], rng)))
             c["rankings"].append({"labeler": labeler_id(lab), "ranks": ranks})
             n += 1
     return n
+
+
+def _labeler_picker(world, cfg: Config, rng: random.Random):
+    """comparison -> the labelers who rank it (and, conditioned, the comparison names its group)."""
+    from chatrlhf.world.groups import draw_group, for_group, group_weights
+
+    rc = cfg.rm
+    if rc.labeler_groups is None and not rc.conditioned:  # everyone pooled, judges among the held-out
+        train_labs, held_labs = list(world.labelers(held_out=False)), list(world.labelers(held_out=True))
+        if not train_labs:
+            raise ValueError("world has no training labelers to rank the samples")
+        return lambda c: (rng.sample(train_labs, min(rc.labelers_per_prompt, len(train_labs)))
+                          + (rng.sample(held_labs, min(rc.val_labelers, len(held_labs))) if c.get("split") == "val" else []))
+    weights = group_weights(world, rc.labeler_groups)
+
+    def pick(c: dict) -> list:
+        groups = [draw_group(weights, c["prompt_id"], cfg.run.seed)] if rc.conditioned else list(weights)
+        if rc.conditioned:
+            c["messages"], c["group"] = for_group(c, groups[0])["messages"], groups[0]
+        mix = [(lab, w) for lab, w in world.labeler_mix({g: weights[g] for g in groups})]
+        labs = _weighted_sample(mix, min(rc.labelers_per_prompt, len(mix)), rng)
+        if c.get("split") == "val":
+            held = world.labelers(held_out=True, groups=groups)
+            labs += rng.sample(held, min(rc.val_labelers, len(held)))
+        return labs
+    return pick
+
+
+def _weighted_sample(items: list[tuple[Any, float]], k: int, rng: random.Random) -> list:
+    """k distinct items drawn without replacement, each draw in proportion to the weights left."""
+    pool, out = list(items), []
+    for _ in range(k):
+        total = sum(w for _, w in pool)
+        u, acc = rng.random() * total, 0.0
+        for i, (x, w) in enumerate(pool):
+            acc += w
+            if u < acc or i == len(pool) - 1:
+                out.append(x)
+                pool.pop(i)
+                break
+    return out
 
 
 # --- stage entry point ----------------------------------------------------------------------

@@ -25,8 +25,16 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, encode_conversation, ensure_template,
-                                   evaluate_sft_loss, sft_loss, split_examples)
+from chatrlhf.lm.chat_data import (
+    IGNORE,
+    Batches,
+    Example,
+    encode_conversation,
+    ensure_template,
+    evaluate_sft_loss,
+    sft_loss,
+    split_examples,
+)
 from chatrlhf.lm.conversations import Conversation, load_conversations
 from chatrlhf.lm.data import DataError
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora

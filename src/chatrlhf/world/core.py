@@ -23,8 +23,15 @@ from chatrlhf.lm.verifiers import words
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
 from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
-from chatrlhf.world.labelers import (JUDGE_GROUP, SimulatedLabeler, agreement, candidate_responses, group_mix,
-                                     make_labeler_specs, write_demonstrations)
+from chatrlhf.world.labelers import (
+    JUDGE_GROUP,
+    SimulatedLabeler,
+    agreement,
+    candidate_responses,
+    group_mix,
+    make_labeler_specs,
+    write_demonstrations,
+)
 from chatrlhf.world.tasks import build_splits, content_cluster, ground_truth
 from chatrlhf.world.writing import TONE_WORDS
 

@@ -61,6 +61,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 WRITING = {"brief": ("concise", "casual", False), "thorough": ("detailed", "formal", False),
            "cautious": ("concise", "formal", True), "concise": ("concise", None, False),
            "detailed": ("detailed", None, False)}
+# what a group-conditioned model is told about its reader (a system message), one line per training group
+GROUP_INSTRUCTIONS = {"brief": "The reader wants short, casual answers.",
+                      "thorough": "The reader wants full, formal answers.",
+                      "cautious": "The reader wants careful answers, with a safety note where one helps."}
 STYLE_WEIGHT = (0.35, 0.5)  # range of a member's style_weight: how much taste counts next to substance
 JUDGE_NOISE_SCALE = 0.8  # judges judge a little more carefully than the average training labeler
 TONE_SCALE = 1.0  # weight of the tone (and plain) taste relative to length and caution

@@ -1,0 +1,141 @@
+"""`chatrlhf preferences`: whose preferences does a model learn?
+
+From the same SFT model and the same sampled answers (the RM stage's comparisons, re-ranked), train
+one reward model and policy per labeler group, one on everyone's rankings pooled, and one
+group-conditioned model on all groups (the group named in a system message). Each group's held-out
+members, never trained on, then judge every policy against the pooled one on held-out prompts.
+The diagonal is the bias a group passes on; the conditioned row is one model serving each group
+when asked for it.
+
+    runs/default/preferences/{pooled,brief,thorough,cautious,conditioned}/{comparisons.jsonl,rm/,ppo/}
+    runs/default/preferences/table.json, table.md
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from chatrlhf.config import Config
+from chatrlhf.evaluate.models import generate, load_handle, prompt_text
+from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci
+from chatrlhf.evaluate.world_eval import compare_to_baseline
+from chatrlhf.lm.modeling import stage_complete
+from chatrlhf.lm.rankings import load_comparisons, write_comparisons
+from chatrlhf.stages.ppo import run_ppo
+from chatrlhf.stages.reward import train_reward_model
+from chatrlhf.stages.sampling import label_with_world
+from chatrlhf.world.groups import for_group
+from chatrlhf.world.loader import require_world
+
+console = Console(stderr=True)
+
+
+def variants(groups: list[str]) -> dict[str, dict[str, Any]]:
+    """name -> the rm.* settings that say whose rankings train it."""
+    out: dict[str, dict[str, Any]] = {"pooled": {"labeler_groups": None, "conditioned": False}}
+    out |= {g: {"labeler_groups": {g: 1.0}, "conditioned": False} for g in groups}
+    out["conditioned"] = {"labeler_groups": {g: 1.0 for g in groups}, "conditioned": True}
+    return out
+
+
+def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
+    """The run's config with one variant's rankings, and the same fixed PPO budget for every variant:
+    no best-of-n start and no guard, which would pick checkpoints by the pooled labelers' taste."""
+    d = cfg.model_dump()
+    d["rm"] |= rm_over
+    d["ppo"] |= {"total_iterations": cfg.preferences.ppo_iterations, "max_minutes": 0.0, "early_stop": "none"}
+    d["ppo"]["rejection_sampling"]["n"] = 0
+    return Config.model_validate(d)
+
+
+def base_comparisons(cfg: Config) -> list[dict]:
+    """The RM stage's sampled answers, rankings dropped, for every variant to rank again."""
+    path = cfg.stage_dir("rm") / "comparisons.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"preferences re-ranks the RM stage's samples at {path}; run `chatrlhf rm` first")
+    comps = load_comparisons(path, cfg.rm.allow_ties)[: cfg.preferences.comparisons]
+    return [{k: v for k, v in c.items() if k not in ("rankings", "group")} | {"rankings": []} for c in comps]
+
+
+def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) -> Path:
+    """Rank the shared answers as this variant's labelers would, train its RM, then PPO from SFT."""
+    vcfg = variant_config(cfg, variants(cfg.preferences.groups)[name])
+    sft, rm_dir, ppo_dir = cfg.stage_dir("sft"), out / "rm", out / "ppo"
+    if not stage_complete(rm_dir):
+        comps = [json.loads(json.dumps(c)) for c in base]
+        label_with_world(world, comps, vcfg, random.Random(cfg.run.seed))
+        write_comparisons(comps, out / "comparisons.jsonl")  # what this variant's labelers said, to audit
+        train_reward_model(vcfg, comps, sft, rm_dir, world=world)
+    if not stage_complete(ppo_dir):
+        run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir)
+    return ppo_dir
+
+
+def answers(cfg: Config, path: Path, prompts: list[dict]) -> list[str]:
+    h = load_handle(path.name, str(path), cfg.model.dtype)
+    return generate(h, [prompt_text(h, p["messages"]) for p in prompts], cfg.eval.max_new_tokens, 0.0, cfg.run.seed)
+
+
+def judge(cfg: Config, world, policies: dict[str, Path]) -> dict[str, Any]:
+    """Each policy (the conditioned one asked for each group) against the pooled one, judged by each
+    group's held-out members: win rate with a cluster-bootstrap interval."""
+    pc, groups = cfg.preferences, cfg.preferences.groups
+    prompts = world.prompts("eval")[: pc.eval_prompts]
+    clusters = [p.get("cluster", p["id"]) for p in prompts]
+    pooled = answers(cfg, policies["pooled"], prompts)
+    said = {name: answers(cfg, policies[name], prompts) for name in groups}
+    said |= {f"conditioned:{g}": answers(cfg, policies["conditioned"], [for_group(p, g) for p in prompts]) for g in groups}
+    rows = {}
+    for name, responses in said.items():
+        rows[name] = {}
+        for judge_group in groups:
+            judges = world.labelers(held_out=True, groups=[judge_group])
+            wins = compare_to_baseline(world, prompts, responses, pooled, cfg.run.seed, pc.judgements, judges)
+            ci = cluster_bootstrap_ci([w - 0.5 for w in wins], clusters, seed=cfg.run.seed)
+            rows[name][judge_group] = {"win_rate": ci[0] + 0.5, "low": ci[1] + 0.5, "high": ci[2] + 0.5,
+                                       "verdict": change_verdict(ci, "preferred", "dispreferred")}
+    examples = [{"prompt": p["messages"][-1]["content"], "pooled": pooled[i],
+                 **{name: said[name][i] for name in said}} for i, p in enumerate(prompts[:5])]
+    return {"n_prompts": len(prompts), "baseline": "pooled", "rows": rows, "examples": examples}
+
+
+def table_md(result: dict[str, Any], groups: list[str]) -> str:
+    lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " |",
+             "|---|" + "---|" * len(groups)]
+    for name, row in result["rows"].items():
+        cells = [f"{row[g]['win_rate']:.3f} [{row[g]['low']:.3f}, {row[g]['high']:.3f}]" for g in groups]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return ("Win rate against the policy trained on everyone's rankings (pooled), on "
+            f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
+            "95% cluster-bootstrap intervals.\n\n" + "\n".join(lines) + "\n")
+
+
+def run_preferences(cfg: Config) -> Path:
+    """Train every variant (reusing finished ones), judge them, write preferences/table.{json,md}."""
+    world = require_world(cfg, "`chatrlhf preferences`")
+    if not stage_complete(cfg.stage_dir("sft")):
+        raise FileNotFoundError(f"preferences starts every variant from SFT at {cfg.stage_dir('sft')}; run `chatrlhf sft` first")
+    out = cfg.stage_dir("preferences")
+    base = base_comparisons(cfg)
+    policies = {name: train_variant(cfg, world, base, name, out / name) for name in variants(cfg.preferences.groups)}
+    result = judge(cfg, world, policies)
+    (out / "table.json").write_text(json.dumps(result, indent=2))
+    (out / "table.md").write_text(table_md(result, cfg.preferences.groups))
+    _print(result, cfg.preferences.groups)
+    return out
+
+
+def _print(result: dict[str, Any], groups: list[str]) -> None:
+    t = Table(title="Whose preferences: win rate vs the pooled policy, by each group's held-out members")
+    t.add_column("policy")
+    for g in groups:
+        t.add_column(f"judged by {g}")
+    for name, row in result["rows"].items():
+        t.add_row(name, *[f"{row[g]['win_rate']:.3f} [{row[g]['low']:.2f}, {row[g]['high']:.2f}]" for g in groups])
+    console.print(t)

@@ -1,0 +1,140 @@
+"""Whose preferences: rankings by one labeler group or a weighted mix, group-conditioned prompts through
+the chat template, `chat --group` and the server's `group` field, and `chatrlhf preferences` end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from chatrlhf.config import Config, ServeConfig, WorldConfig, load_config
+from chatrlhf.lm.engine import Engine
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, read_meta
+from chatrlhf.lm.prompts import group_system_message
+from chatrlhf.serve.server import create_app
+from chatrlhf.stages.sampling import label_with_world
+from chatrlhf.world import World
+from chatrlhf.world.groups import condition, draw_group, for_group, group_message
+from chatrlhf.world.labelers import GROUP_INSTRUCTIONS
+
+SMALL = dict(n_people=8, n_places=5, n_objects=4, corpus_docs=200, n_sft_prompts=60, n_rm_prompts=120,
+             n_ppo_prompts=40, n_eval_prompts=40, agreement_comparisons=100)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World.generate(WorldConfig(**SMALL))
+
+
+def _comparisons(world: World, n: int = 120) -> list[dict]:
+    cands = ["I do not know.", "Sure! It is in the north, I think.", "It is in the north.", "No."]
+    return [{"id": f"c{i}", "prompt_id": p["id"], "task": p["task"], "messages": p["messages"], "responses": cands,
+             "reference": p.get("reference"), "split": "val" if i % 4 == 0 else "train", "rankings": []}
+            for i, p in enumerate(world.prompts("rm")[:n])]
+
+
+def _groups_of(world: World, comps: list[dict]) -> tuple[set[str], set[str]]:
+    by_id = {lab.id: lab for lab in world.labelers()}
+    train = {by_id[r["labeler"]].group for c in comps for r in c["rankings"] if not by_id[r["labeler"]].held_out}
+    held = {by_id[r["labeler"]].group for c in comps for r in c["rankings"] if by_id[r["labeler"]].held_out}
+    return train, held
+
+
+def test_one_groups_rankings_come_from_its_members_held_out_ones_on_validation_prompts(world):
+    cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 1.0}}})
+    comps = _comparisons(world)
+    label_with_world(world, comps, cfg, random.Random(0))
+    train, held = _groups_of(world, comps)
+    assert train == {"brief"} and held == {"brief"}  # the judge group never ranks training data here
+    pooled = _comparisons(world)
+    label_with_world(world, pooled, Config(), random.Random(0))
+    assert _groups_of(world, pooled)[0] == {"brief", "thorough", "cautious"}
+
+
+def test_a_weighted_mix_draws_labelers_in_proportion(world):
+    cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 3.0, "cautious": 1.0}, "labelers_per_prompt": 1}})
+    comps = _comparisons(world)
+    label_with_world(world, comps, cfg, random.Random(1))
+    by_id = {lab.id: lab for lab in world.labelers()}
+    counts = Counter(by_id[c["rankings"][0]["labeler"]].group for c in comps)
+    assert set(counts) == {"brief", "cautious"} and 0.6 < counts["brief"] / len(comps) < 0.9
+
+
+def test_conditioned_comparisons_name_their_group_and_only_it_ranks(world):
+    cfg = Config.model_validate({"rm": {"conditioned": True}})
+    comps = _comparisons(world)
+    label_with_world(world, comps, cfg, random.Random(2))
+    by_id = {lab.id: lab for lab in world.labelers()}
+    assert {c["group"] for c in comps} == {"brief", "thorough", "cautious"}
+    for c in comps:
+        assert c["messages"][0] == group_message(c["group"]) and c["messages"][1]["role"] == "user"
+        assert {by_id[r["labeler"]].group for r in c["rankings"]} == {c["group"]}
+
+
+def test_group_draws_are_stable_and_follow_the_weights():
+    w = {"brief": 0.5, "thorough": 0.25, "cautious": 0.25}
+    draws = [draw_group(w, f"p{i}") for i in range(4000)]
+    assert draws == [draw_group(w, f"p{i}") for i in range(4000)]
+    assert abs(draws.count("brief") / 4000 - 0.5) < 0.03
+    prompts = condition([{"id": "a", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]}], w)
+    assert [m["role"] for m in prompts[0]["messages"]] == ["system", "user"]  # an old system message is replaced
+    assert prompts[0]["messages"][0]["content"] in GROUP_INSTRUCTIONS.values()
+
+
+def test_the_group_reaches_the_model_through_the_chat_template(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    p = for_group({"id": "x", "messages": [{"role": "user", "content": "Where is Varnok?"}]}, "cautious")
+    text = tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
+    assert GROUP_INSTRUCTIONS["cautious"] in text and text.index(GROUP_INSTRUCTIONS["cautious"]) < text.index("Varnok")
+
+
+def test_chat_group_and_server_group_field(tiny_model_dir):
+    meta = {"group_messages": {"brief": GROUP_INSTRUCTIONS["brief"]}}
+    assert group_system_message(meta, "brief") == GROUP_INSTRUCTIONS["brief"]
+    with pytest.raises(ValueError, match="unknown group; this model knows brief"):
+        group_system_message(meta, "formal")
+    with pytest.raises(ValueError, match="not trained group-conditioned"):
+        group_system_message({}, "brief")
+    engine = Engine(load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir))
+    seen: list[list[int]] = []
+    real = engine.chat_prompt
+    engine.chat_prompt = lambda msgs: seen.append(msgs) or real(msgs)  # type: ignore[method-assign]
+    cfg = ServeConfig(default_max_tokens=4)
+    with TestClient(create_app(engine, cfg, "tiny", None, meta["group_messages"])) as c:
+        body = {"messages": [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Hi"}], "group": "brief"}
+        assert c.post("/v1/chat/completions", json=body).status_code == 200
+        assert seen[-1][0] == {"role": "system", "content": GROUP_INSTRUCTIONS["brief"]} and len(seen[-1]) == 2
+        r = c.post("/v1/chat/completions", json={**body, "group": "formal"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "group"
+
+
+def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
+    from chatrlhf.stages.preferences import run_preferences
+    from chatrlhf.stages.pretrain import run_pretrain, run_tokenizer
+    from chatrlhf.stages.reward import run_rm
+    from chatrlhf.stages.sft import run_sft
+    from chatrlhf.world.generate import run_world
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [
+        f"run.out_dir={tmp_path}", "preferences.comparisons=16", "preferences.ppo_iterations=2",
+        "preferences.eval_prompts=8", "preferences.judgements=1"])
+    for stage in (run_world, run_tokenizer, run_pretrain, run_sft, run_rm):
+        stage(cfg)
+    out = run_preferences(cfg)
+    table = json.loads((out / "table.json").read_text())
+    groups = ["brief", "thorough", "cautious"]
+    assert set(table["rows"]) == set(groups) | {f"conditioned:{g}" for g in groups}
+    for row in table["rows"].values():
+        assert set(row) == set(groups)
+        assert all(0 <= cell["low"] <= cell["win_rate"] <= cell["high"] <= 1 for cell in row.values())
+    assert "judged by cautious" in (out / "table.md").read_text()
+    assert set(read_meta(out / "conditioned" / "ppo")["group_messages"]) == set(groups)
+    world = World.load(tmp_path / "world")
+    by_id = {lab.id: lab for lab in world.labelers()}
+    for name, want in [("brief", {"brief"}), ("cautious", {"cautious"}), ("pooled", {"brief", "thorough", "cautious"})]:
+        ranked = [json.loads(x) for x in (out / name / "comparisons.jsonl").read_text().splitlines()]
+        assert {by_id[r["labeler"]].group for c in ranked for r in c["rankings"] if not by_id[r["labeler"]].held_out} == want
