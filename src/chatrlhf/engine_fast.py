@@ -1,0 +1,209 @@
+"""The engine's fast decode path: one token per row through a Llama-family transformers model with
+few framework calls, on a preallocated per-row KV cache.
+
+Decoding one token with the transformers forward costs ~2 ms on this model whatever the batch, nearly
+all of it Python and per-op overhead (mask building, output capture, cache bookkeeping, module calls),
+not arithmetic: the model has ~0.6M parameters. `FusedLlama.step` runs the same arithmetic as
+`LlamaForCausalLM.forward` for a single new token per row, op for op (RMSNorm, RoPE, SDPA, SiLU MLP),
+on the model's own parameters, with a few hundred fewer framework calls:
+
+- q/k/v and gate/up projections as one matmul each (their weights concatenated, rebuilt whenever an
+  optimizer step changed a parameter), RoPE applied to q and k together from a precomputed table;
+- `SlotKV`: keys/values in one preallocated (layers, rows, heads, columns, head_dim) tensor where each
+  row keeps its own tokens from column 0, so a row's position is its length, the attention mask is
+  `column <= position`, rows join and leave by copying their slots, and nothing is padded or re-laid
+  out as the batch changes.
+
+The logits equal the transformers forward's to float rounding (tests/test_engine.py checks the tokens
+and log-probs the engine samples either way). Prefill stays on the transformers forward: it is one call
+per prompt batch, not per token. Models that are not Llama-shaped use the transformers path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = {"llama"}
+
+
+def unsupported(model) -> str | None:
+    """Why `FusedLlama` cannot run this model (None: it can)."""
+    cfg = model.config
+    if getattr(cfg, "model_type", None) not in SUPPORTED:
+        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {sorted(SUPPORTED)}"
+    if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        return f"attention implementation {cfg._attn_implementation!r}"
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in ("default", "linear", "llama3"):  # position-dependent only: a table is exact
+        return f"rope_type {rope!r}"
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
+        return "activation or tensor-parallel layout"
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return "module layout"
+    if any(type(mod).__name__.startswith("Lora") or hasattr(mod, "base_layer") for mod in model.modules()):
+        return "adapter layers (merge LoRA first)"
+    if next(model.parameters()).dtype != torch.float32:  # the norms' float32 round trips are not reproduced
+        return f"dtype {next(model.parameters()).dtype}"
+    return None
+
+
+class FusedLlama:
+    """Decode step for a LlamaForCausalLM: (B,) tokens at (B,) positions -> (B, V) logits."""
+
+    def __init__(self, model):
+        self.model = model
+        cfg = model.config
+        self.layers = list(model.model.layers)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scaling = self.layers[0].self_attn.scaling
+        self.gqa = self.n_heads != self.n_kv
+        self._version: tuple | None = None
+        self._rope_len = 0
+
+    # --- weights ------------------------------------------------------------------------------
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters()]
+
+    def refresh(self) -> None:
+        """(Re)build the concatenated weights if any parameter changed since (in-place optimizer steps
+        bump a tensor's version; a new parameter object changes its id)."""
+        version = tuple((id(p), p._version) for p in self._params())
+        if version == self._version:
+            return
+        with torch.no_grad():
+            self.w = []
+            for layer in self.layers:
+                a, mlp = layer.self_attn, layer.mlp
+                self.w.append((
+                    layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                    _cat_bias(a.q_proj, a.k_proj, a.v_proj),
+                    a.o_proj.weight, a.o_proj.bias,
+                    layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
+                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), _cat_bias(mlp.gate_proj, mlp.up_proj),
+                    mlp.down_proj.weight, mlp.down_proj.bias,
+                ))
+            inner = self.model.model
+            self.embed = inner.embed_tokens.weight
+            self.norm = (inner.norm.weight, inner.norm.variance_epsilon)
+            head = self.model.get_output_embeddings()
+            self.head = (head.weight, head.bias)
+            self._rope_len = 0
+        self._version = version
+
+    def rope(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions [0, length), from the model's own rotary module (position-wise: exact)."""
+        if length > self._rope_len:
+            n = max(length, 2 * self._rope_len, 256)
+            pos = torch.arange(n, device=device).unsqueeze(0)
+            probe = torch.zeros(1, dtype=self.embed.dtype, device=device)
+            with torch.no_grad():
+                cos, sin = self.model.model.rotary_emb(probe, position_ids=pos)
+            half = cos.shape[-1] // 2
+            sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1)  # for roll() in place of rotate_half
+            self._cos, self._sin, self._rope_len = cos[0], sin, n
+        return self._cos, self._sin
+
+    # --- one token per row ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: SlotKV, width: int,
+             keep_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed tokens (B,) at positions (B,) (each row's length so far), write their keys/values at
+        column pos of rows [0, B) of `kv`, attend over columns [0, width) (width > max(pos)).
+        Returns (logits (B, V), final normed hidden state (B, H) with keep_hidden, else None)."""
+        B, nh, nkv, d = len(tokens), self.n_heads, self.n_kv, self.head_dim
+        cos_t, sin_t = self.rope(width, tokens.device)
+        cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)  # (B, 1, d): broadcast over heads
+        # additive mask (B * heads, 1, width): a row sees its own columns [0, pos]
+        bias = torch.zeros(B, width, dtype=cos.dtype, device=cos.device)
+        bias.masked_fill_(kv.cols[:width] > pos.unsqueeze(1), float("-inf"))
+        bias = bias.unsqueeze(1).expand(B, nh, width).reshape(B * nh, 1, width)
+        # where each row's new key/value goes in the (rows * kv heads * columns, d) view of a layer's cache
+        cap = kv.k.shape[3]
+        slot = ((kv.rows[:B] * nkv).unsqueeze(1) + kv.heads[:nkv]) * cap + pos.unsqueeze(1)
+        slot = slot.view(-1)
+        x = F.embedding(tokens, self.embed)
+        for li, (w_in, eps_in, w_qkv, b_qkv, w_o, b_o, w_post, eps_post, w_gu, b_gu, w_down, b_down) in enumerate(self.w):
+            h = w_in * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_in))
+            qkv = F.linear(h, w_qkv, b_qkv).view(B, nh + 2 * nkv, d)
+            qk = qkv[:, : nh + nkv]
+            # RoPE: rotate_half(x) * sin == roll(x, d/2) * (sin with its first half negated)
+            qk = qk * cos + qk.roll(d // 2, -1) * sin
+            k_cache, v_cache = kv.k[li], kv.v[li]
+            k_cache.view(-1, d).index_copy_(0, slot, qk[:, nh:].reshape(B * nkv, d))
+            v_cache.view(-1, d).index_copy_(0, slot, qkv[:, nh + nkv:].reshape(B * nkv, d))
+            keys = k_cache[:B, :, :width]
+            vals = v_cache[:B, :, :width]
+            if self.gqa:
+                keys = keys.repeat_interleave(nh // nkv, 1)
+                vals = vals.repeat_interleave(nh // nkv, 1)
+            q = qk[:, :nh].reshape(B * nh, 1, d)
+            scores = torch.baddbmm(bias, q, keys.reshape(B * nh, width, d).transpose(1, 2), alpha=self.scaling)
+            a = torch.bmm(scores.softmax(-1), vals.reshape(B * nh, width, d))
+            x = torch.addmm(x, a.view(B, nh * d), w_o.t()) if b_o is None else x + F.linear(a.view(B, nh * d), w_o, b_o)
+            h = w_post * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_post))
+            gate, up = F.linear(h, w_gu, b_gu).chunk(2, -1)
+            m = F.silu(gate) * up
+            x = torch.addmm(x, m, w_down.t()) if b_down is None else x + F.linear(m, w_down, b_down)
+        w_n, eps_n = self.norm
+        x = w_n * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_n))
+        return F.linear(x, *self.head), (x if keep_hidden else None)
+
+
+def _cat_bias(*linears) -> torch.Tensor | None:
+    if all(lin.bias is None for lin in linears):
+        return None
+    return torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears])
+
+
+class SlotKV:
+    """Preallocated keys/values (layers, rows, kv heads, columns, head_dim): row i of the batch is slot i
+    and keeps its tokens from column 0. Grows (reallocating) only when a batch needs more rows or
+    columns than it has."""
+
+    def __init__(self, n_layers: int, n_kv: int, head_dim: int, dtype, device):
+        self.shape = (n_layers, n_kv, head_dim)
+        self.dtype, self.device = dtype, device
+        self.k = self.v = torch.empty(n_layers, 0, n_kv, 0, head_dim, dtype=dtype, device=device)
+        self.rows = self.cols = torch.arange(0, device=device)
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        return self.k.shape[1], self.k.shape[3]
+
+    def reserve(self, rows: int, cols: int, live: int) -> None:
+        """Room for `rows` rows of `cols` columns, keeping the first `live` rows."""
+        r0, c0 = self.capacity
+        if rows <= r0 and cols <= c0:
+            return
+        r, c = max(rows, r0), max(cols, c0)
+        c = -(-c // 64) * 64  # whole blocks of columns: fewer regrowths as answers get longer
+        L, h, d = self.shape
+        k = torch.zeros(L, r, h, c, d, dtype=self.dtype, device=self.device)
+        v = torch.zeros_like(k)
+        if live:
+            k[:, :live, :, :c0] = self.k[:, :live]
+            v[:, :live, :, :c0] = self.v[:, :live]
+        self.k, self.v = k, v
+        self.rows, self.cols = torch.arange(r, device=self.device), torch.arange(c, device=self.device)
+        self.heads = torch.arange(h, device=self.device)
+
+    def put(self, slot: int, n: int, layers_kv: list[tuple[torch.Tensor, torch.Tensor]], i: int, start: int) -> None:
+        """Copy prompt i of a left-padded prefill cache (its columns from `start` on) into slots
+        [slot, slot + n) (n > 1: the n samples of one prompt share its prefill)."""
+        length = layers_kv[0][0].shape[2] - start
+        for li, (k, v) in enumerate(layers_kv):
+            self.k[li, slot: slot + n, :, :length] = k[i: i + 1, :, start:]
+            self.v[li, slot: slot + n, :, :length] = v[i: i + 1, :, start:]
+
+    def move(self, src: list[int], dst: list[int], width: int) -> None:
+        """Copy the first `width` columns of slots src into slots dst."""
+        s, d = torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device)
+        self.k[:, d, :, :width] = self.k[:, s, :, :width]
+        self.v[:, d, :, :width] = self.v[:, s, :, :width]
