@@ -83,10 +83,10 @@ class FusedLlama:
                     layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
                     torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
                     _cat_bias(a.q_proj, a.k_proj, a.v_proj),
-                    a.o_proj.weight, a.o_proj.bias,
+                    a.o_proj.weight.t(), a.o_proj.bias,  # transposed views for addmm (residual add fused)
                     layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
                     torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), _cat_bias(mlp.gate_proj, mlp.up_proj),
-                    mlp.down_proj.weight, mlp.down_proj.bias,
+                    mlp.down_proj.weight.t(), mlp.down_proj.bias,
                 ))
             inner = self.model.model
             self.embed = inner.embed_tokens.weight
@@ -116,8 +116,13 @@ class FusedLlama:
              keep_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed tokens (B,) at positions (B,) (each row's length so far), write their keys/values at
         column pos of rows [0, B) of `kv`, attend over columns [0, width) (width > max(pos)).
-        Returns (logits (B, V), final normed hidden state (B, H) with keep_hidden, else None)."""
+        Returns (logits (B, V), final normed hidden state (B, H) with keep_hidden, else None).
+
+        Every Python-level tensor call costs about as much as the arithmetic of this model's matmuls,
+        so the step is written to make few: views of all layers' caches are taken once per step,
+        norms are one F.rms_norm call, residual adds ride on addmm."""
         B, nh, nkv, d = len(tokens), self.n_heads, self.n_kv, self.head_dim
+        dims = (self.embed.shape[1],)
         cos_t, sin_t = self.rope(width, tokens.device)
         cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)  # (B, 1, d): broadcast over heads
         # additive mask (B * heads, 1, width): a row sees its own columns [0, pos]
@@ -125,34 +130,30 @@ class FusedLlama:
         bias.masked_fill_(kv.cols[:width] > pos.unsqueeze(1), float("-inf"))
         bias = bias.unsqueeze(1).expand(B, nh, width).reshape(B * nh, 1, width)
         # where each row's new key/value goes in the (rows * kv heads * columns, d) view of a layer's cache
-        cap = kv.k.shape[3]
-        slot = ((kv.rows[:B] * nkv).unsqueeze(1) + kv.heads[:nkv]) * cap + pos.unsqueeze(1)
-        slot = slot.view(-1)
+        slot = (kv.row_head[:B] + pos.unsqueeze(1)).view(-1)
+        # every layer's live keys (transposed) and values as (B * kv heads, ...) batches
+        keys_t = kv.k[:, :B, :, :width].flatten(1, 2).transpose(2, 3).unbind(0)
+        vals = kv.v[:, :B, :, :width].flatten(1, 2).unbind(0)
         x = F.embedding(tokens, self.embed)
-        for li, (w_in, eps_in, w_qkv, b_qkv, w_o, b_o, w_post, eps_post, w_gu, b_gu, w_down, b_down) in enumerate(self.w):
-            h = w_in * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_in))
-            qkv = F.linear(h, w_qkv, b_qkv).view(B, nh + 2 * nkv, d)
+        for (w_in, eps_in, w_qkv, b_qkv, w_o_t, b_o, w_post, eps_post, w_gu, b_gu, w_down_t, b_down), k_flat, v_flat, \
+                k_t, v in zip(self.w, kv.k_flat, kv.v_flat, keys_t, vals):
+            qkv = F.linear(F.rms_norm(x, dims, w_in, eps_in), w_qkv, b_qkv).view(B, nh + 2 * nkv, d)
             qk = qkv[:, : nh + nkv]
             # RoPE: rotate_half(x) * sin == roll(x, d/2) * (sin with its first half negated)
             qk = qk * cos + qk.roll(d // 2, -1) * sin
-            k_cache, v_cache = kv.k[li], kv.v[li]
-            k_cache.view(-1, d).index_copy_(0, slot, qk[:, nh:].reshape(B * nkv, d))
-            v_cache.view(-1, d).index_copy_(0, slot, qkv[:, nh + nkv:].reshape(B * nkv, d))
-            keys = k_cache[:B, :, :width]
-            vals = v_cache[:B, :, :width]
+            k_flat.index_copy_(0, slot, qk[:, nh:].reshape(B * nkv, d))
+            v_flat.index_copy_(0, slot, qkv[:, nh + nkv:].reshape(B * nkv, d))
             if self.gqa:
-                keys = keys.repeat_interleave(nh // nkv, 1)
-                vals = vals.repeat_interleave(nh // nkv, 1)
-            q = qk[:, :nh].reshape(B * nh, 1, d)
-            scores = torch.baddbmm(bias, q, keys.reshape(B * nh, width, d).transpose(1, 2), alpha=self.scaling)
-            a = torch.bmm(scores.softmax(-1), vals.reshape(B * nh, width, d))
-            x = torch.addmm(x, a.view(B, nh * d), w_o.t()) if b_o is None else x + F.linear(a.view(B, nh * d), w_o, b_o)
-            h = w_post * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_post))
-            gate, up = F.linear(h, w_gu, b_gu).chunk(2, -1)
+                k_t = k_t.unflatten(0, (B, nkv)).repeat_interleave(nh // nkv, 1).flatten(0, 1)
+                v = v.unflatten(0, (B, nkv)).repeat_interleave(nh // nkv, 1).flatten(0, 1)
+            scores = torch.baddbmm(bias, qk[:, :nh].reshape(B * nh, 1, d), k_t, alpha=self.scaling)
+            a = torch.bmm(scores.softmax(-1), v).view(B, nh * d)
+            x = torch.addmm(x, a, w_o_t) if b_o is None else x + F.linear(a, w_o_t.t(), b_o)
+            gate, up = F.linear(F.rms_norm(x, dims, w_post, eps_post), w_gu, b_gu).chunk(2, -1)
             m = F.silu(gate) * up
-            x = torch.addmm(x, m, w_down.t()) if b_down is None else x + F.linear(m, w_down, b_down)
+            x = torch.addmm(x, m, w_down_t) if b_down is None else x + F.linear(m, w_down_t.t(), b_down)
         w_n, eps_n = self.norm
-        x = w_n * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_n))
+        x = F.rms_norm(x, dims, w_n, eps_n)
         return F.linear(x, *self.head), (x if keep_hidden else None)
 
 
@@ -171,7 +172,8 @@ class SlotKV:
         self.shape = (n_layers, n_kv, head_dim)
         self.dtype, self.device = dtype, device
         self.k = self.v = torch.empty(n_layers, 0, n_kv, 0, head_dim, dtype=dtype, device=device)
-        self.rows = self.cols = torch.arange(0, device=device)
+        self.rows = self.cols = self.row_head = torch.arange(0, device=device)
+        self.k_flat = self.v_flat = ()
 
     @property
     def capacity(self) -> tuple[int, int]:
@@ -192,7 +194,9 @@ class SlotKV:
             v[:, :live, :, :c0] = self.v[:, :live]
         self.k, self.v = k, v
         self.rows, self.cols = torch.arange(r, device=self.device), torch.arange(c, device=self.device)
-        self.heads = torch.arange(h, device=self.device)
+        # first flat index (rows * kv heads * columns, d) of each (row, kv head)
+        self.row_head = ((self.rows * h).unsqueeze(1) + torch.arange(h, device=self.device)) * c
+        self.k_flat, self.v_flat = self.k.view(L, -1, d).unbind(0), self.v.view(L, -1, d).unbind(0)
 
     def put(self, slot: int, n: int, layers_kv: list[tuple[torch.Tensor, torch.Tensor]], i: int, start: int) -> None:
         """Copy prompt i of a left-padded prefill cache (its columns from `start` on) into slots
