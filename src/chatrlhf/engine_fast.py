@@ -8,7 +8,8 @@ not arithmetic: the model has ~0.6M parameters. `FusedLlama.step` runs the same 
 on the model's own parameters, with a few hundred fewer framework calls:
 
 - q/k/v and gate/up projections as one matmul each (their weights concatenated, rebuilt whenever an
-  optimizer step changed a parameter), RoPE applied to q and k together from a precomputed table;
+  optimizer step changed a parameter); the q/k/v matmul also yields rotate_half(q), rotate_half(k)
+  (the same rows, reordered), so RoPE is one multiply-add with a precomputed cos/sin table;
 - `SlotKV`: keys/values in one preallocated (layers, rows, heads, columns, head_dim) tensor where each
   row keeps its own tokens from column 0, so a row's position is its length, the attention mask is
   `column <= position`, rows join and leave by copying their slots, and nothing is padded or re-laid
@@ -39,6 +40,9 @@ def unsupported(model) -> str | None:
         return f"rope_type {rope!r}"
     if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
         return "activation or tensor-parallel layout"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False) or getattr(head, "bias", None) is not None:
+        return "biases in the projections"
     inner = getattr(model, "model", None)
     if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return "module layout"
@@ -77,22 +81,26 @@ class FusedLlama:
             return
         with torch.no_grad():
             self.w = []
+            d, half = self.head_dim, self.head_dim // 2
+            # rows of [q; k] reordered so the matmul also yields roll(x, d/2) of every head: RoPE's
+            # rotate_half without a roll per step (its sign goes into the sin table)
+            rot = torch.cat([h * d + (torch.arange(d) + half) % d for h in range(self.n_heads + self.n_kv)])
             for layer in self.layers:
                 a, mlp = layer.self_attn, layer.mlp
+                qk = torch.cat([a.q_proj.weight, a.k_proj.weight])
                 self.w.append((
                     layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                    _cat_bias(a.q_proj, a.k_proj, a.v_proj),
-                    a.o_proj.weight.t(), a.o_proj.bias,  # transposed views for addmm (residual add fused)
+                    torch.cat([qk, a.v_proj.weight, qk[rot.to(qk.device)]]).t(),  # x @ this = [q k v rot(q) rot(k)]
+                    a.o_proj.weight.t(),
                     layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
-                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), _cat_bias(mlp.gate_proj, mlp.up_proj),
-                    mlp.down_proj.weight.t(), mlp.down_proj.bias,
+                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t(),
+                    mlp.down_proj.weight.t(),
                 ))
             inner = self.model.model
             self.embed = inner.embed_tokens.weight
             self.norm = (inner.norm.weight, inner.norm.variance_epsilon)
             head = self.model.get_output_embeddings()
-            self.head = (head.weight, head.bias)
+            self.head = head.weight.t()
             self._rope_len = 0
         self._version = version
 
@@ -105,7 +113,7 @@ class FusedLlama:
             with torch.no_grad():
                 cos, sin = self.model.model.rotary_emb(probe, position_ids=pos)
             half = cos.shape[-1] // 2
-            sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1)  # for roll() in place of rotate_half
+            sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1)  # rotate_half's sign
             self._cos, self._sin, self._rope_len = cos[0], sin, n
         return self._cos, self._sin
 
@@ -135,32 +143,24 @@ class FusedLlama:
         keys_t = kv.k[:, :B, :, :width].flatten(1, 2).transpose(2, 3).unbind(0)
         vals = kv.v[:, :B, :, :width].flatten(1, 2).unbind(0)
         x = F.embedding(tokens, self.embed)
-        for (w_in, eps_in, w_qkv, b_qkv, w_o_t, b_o, w_post, eps_post, w_gu, b_gu, w_down_t, b_down), k_flat, v_flat, \
-                k_t, v in zip(self.w, kv.k_flat, kv.v_flat, keys_t, vals):
-            qkv = F.linear(F.rms_norm(x, dims, w_in, eps_in), w_qkv, b_qkv).view(B, nh + 2 * nkv, d)
-            qk = qkv[:, : nh + nkv]
-            # RoPE: rotate_half(x) * sin == roll(x, d/2) * (sin with its first half negated)
-            qk = qk * cos + qk.roll(d // 2, -1) * sin
-            k_flat.index_copy_(0, slot, qk[:, nh:].reshape(B * nkv, d))
-            v_flat.index_copy_(0, slot, qkv[:, nh + nkv:].reshape(B * nkv, d))
+        n_qk = nh + nkv
+        for (w_in, eps_in, w_qkv, w_o, w_post, eps_post, w_gu, w_down), k_flat, v_flat, k_t, v in zip(
+                self.w, kv.k_flat, kv.v_flat, keys_t, vals):
+            qkv = torch.mm(F.rms_norm(x, dims, w_in, eps_in), w_qkv).view(B, 2 * n_qk + nkv, d)
+            # RoPE: q * cos + rotate_half(q) * sin, rotate_half(q) = roll(q) with the sign in `sin`
+            qk = torch.addcmul(qkv.narrow(1, 0, n_qk) * cos, qkv.narrow(1, n_qk + nkv, n_qk), sin)
+            k_flat.index_copy_(0, slot, qk.narrow(1, nh, nkv).reshape(B * nkv, d))
+            v_flat.index_copy_(0, slot, qkv.narrow(1, n_qk, nkv).reshape(B * nkv, d))
             if self.gqa:
                 k_t = k_t.unflatten(0, (B, nkv)).repeat_interleave(nh // nkv, 1).flatten(0, 1)
                 v = v.unflatten(0, (B, nkv)).repeat_interleave(nh // nkv, 1).flatten(0, 1)
-            scores = torch.baddbmm(bias, qk[:, :nh].reshape(B * nh, 1, d), k_t, alpha=self.scaling)
-            a = torch.bmm(scores.softmax(-1), v).view(B, nh * d)
-            x = torch.addmm(x, a, w_o_t) if b_o is None else x + F.linear(a, w_o_t.t(), b_o)
-            gate, up = F.linear(F.rms_norm(x, dims, w_post, eps_post), w_gu, b_gu).chunk(2, -1)
-            m = F.silu(gate) * up
-            x = torch.addmm(x, m, w_down_t) if b_down is None else x + F.linear(m, w_down_t.t(), b_down)
+            scores = torch.baddbmm(bias, qk.narrow(1, 0, nh).reshape(B * nh, 1, d), k_t, alpha=self.scaling)
+            x = torch.addmm(x, torch.bmm(scores.softmax(-1), v).view(B, nh * d), w_o)
+            gate, up = torch.mm(F.rms_norm(x, dims, w_post, eps_post), w_gu).chunk(2, -1)
+            x = torch.addmm(x, F.silu(gate) * up, w_down)
         w_n, eps_n = self.norm
         x = F.rms_norm(x, dims, w_n, eps_n)
-        return F.linear(x, *self.head), (x if keep_hidden else None)
-
-
-def _cat_bias(*linears) -> torch.Tensor | None:
-    if all(lin.bias is None for lin in linears):
-        return None
-    return torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in linears])
+        return torch.mm(x, self.head), (x if keep_hidden else None)
 
 
 class SlotKV:
