@@ -14,7 +14,10 @@ repeats (with min and max); each speedup is the median of the per-repeat ratios.
   plus attention over the mean context);
 - threads: the fast path on 1 and on 2 intra-op threads, alternating;
 - exactness: the fast path and the transformers path sample the same tokens for the same seeds, and
-  the largest log-prob difference.
+  the largest log-prob difference;
+- `--compile-probe` (off by default: it compiles for a minute or more): the fused decode step against
+  the same step compiled by torch.compile (inductor's C++ backend, dynamic shapes, the cache writes
+  kept out of the graph), at batch 1 and 32: compile seconds, step speedup, largest logit difference.
 
 Without --model it uses the run's newest policy, else an embedded-size random Llama (the speed of a
 forward pass does not depend on the weights). Writes bench/results/engine.json.
@@ -150,6 +153,82 @@ def exactness(fast: Engine, slow: Engine, tok, new: int) -> dict:
     return {"exact_same_tokens": same, "exact_max_logprob_diff": diff, "exact_tokens_compared": tokens}
 
 
+def compile_probe(model, repeats: int) -> dict:
+    """Would torch.compile pay for itself? The fused step (eager) against a mutation-free variant of it
+    compiled with inductor: attention over the cached columns plus the new token, the new keys and
+    values returned and written after the call (an in-graph cache write made inductor copy the cache)."""
+    import torch.nn.functional as F
+
+    from chatrlhf.engine_fast import FusedLlama, SlotKV
+
+    f = FusedLlama(model)
+    f.refresh()
+    nh, nkv, d = f.n_heads, f.n_kv, f.head_dim
+    cos_t, sin_t = f.rope(512, "cpu")
+
+    def pure(tokens, pos, K, V, width: int):
+        B, dims, n_qk = tokens.shape[0], (f.embed.shape[1],), nh + nkv
+        cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
+        bias = torch.where(torch.arange(width).unsqueeze(0) < pos.unsqueeze(1), 0.0, float("-inf"))
+        bias = bias.unsqueeze(1).expand(B, nh, width).reshape(B * nh, 1, width)
+        keys_t = K[:, :B, :, :width].flatten(1, 2).transpose(2, 3)
+        vals = V[:, :B, :, :width].flatten(1, 2)
+        x = F.embedding(tokens, f.embed)
+        ks, vs = [], []
+        for i, (w_in, eps_in, w_qkv, w_o, w_post, eps_post, w_gu, w_down) in enumerate(f.w):
+            qkv = torch.mm(F.rms_norm(x, dims, w_in, eps_in), w_qkv).view(B, 2 * n_qk + nkv, d)
+            qk = torch.addcmul(qkv.narrow(1, 0, n_qk) * cos, qkv.narrow(1, n_qk + nkv, n_qk), sin)
+            k, v = qk.narrow(1, nh, nkv), qkv.narrow(1, n_qk, nkv)
+            ks.append(k)
+            vs.append(v)
+            q = qk.narrow(1, 0, nh).reshape(B * nh, 1, d)
+            s_old = torch.baddbmm(bias, q, keys_t[i], alpha=f.scaling)
+            s_new = (q * k.reshape(B * nh, 1, d)).sum(-1, keepdim=True) * f.scaling
+            p = torch.cat([s_old, s_new], -1).softmax(-1)
+            a = torch.bmm(p.narrow(2, 0, width), vals[i]) + p.narrow(2, width, 1) * v.reshape(B * nh, 1, d)
+            x = torch.addmm(x, a.view(B, nh * d), w_o)
+            gate, up = torch.mm(F.rms_norm(x, dims, w_post, eps_post), w_gu).chunk(2, -1)
+            x = torch.addmm(x, F.silu(gate) * up, w_down)
+        x = F.rms_norm(x, dims, *f.norm)
+        return torch.mm(x, f.head), torch.stack(ks), torch.stack(vs)
+
+    compiled = torch.compile(pure, dynamic=True)
+    out: dict = {}
+    for B in (1, 32):
+        kv = SlotKV(len(f.layers), nkv, d, torch.float32, "cpu")
+        kv.reserve(B, 128, 0)
+        kv.k.normal_()
+        kv.v.normal_()
+        tok, pos, width = torch.randint(3, f.embed.shape[0], (B,)), torch.full((B,), 60), 61
+
+        def run_compiled():
+            logits, k, v = compiled(tok, pos, kv.k, kv.v, width)
+            slot = (kv.row_head[:B] + pos.unsqueeze(1)).view(-1)
+            kv.k.view(len(f.layers), -1, d).index_copy_(1, slot, k.reshape(len(f.layers), -1, d))
+            kv.v.view(len(f.layers), -1, d).index_copy_(1, slot, v.reshape(len(f.layers), -1, d))
+            return logits
+
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            run_compiled()
+            out[f"compile_b{B}_compile_s"] = round(time.perf_counter() - t0, 1)
+            ref = f.step(tok, pos, kv, width)[0]
+            out[f"compile_b{B}_max_logit_diff"] = float((run_compiled() - ref).abs().max())
+            times: dict[str, list[float]] = {"eager": [], "compiled": []}
+            for _ in range(repeats):
+                for k, fn in (("eager", lambda: f.step(tok, pos, kv, width)), ("compiled", run_compiled)):
+                    t0 = time.perf_counter()
+                    for _ in range(100):
+                        fn()
+                    times[k].append((time.perf_counter() - t0) / 100)
+        out.update(flat(f"compile_b{B}_step_speedup", ratios(times["eager"], times["compiled"])))
+        out[f"compile_b{B}_eager_step_us"] = round(statistics.median(times["eager"]) * 1e6)
+        print(f"compile probe b{B}: compile {out[f'compile_b{B}_compile_s']} s, step x{out[f'compile_b{B}_step_speedup']} "
+              f"over the fused eager step ({out[f'compile_b{B}_eager_step_us']} us), "
+              f"logits within {out[f'compile_b{B}_max_logit_diff']:.1e}", file=sys.stderr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
@@ -159,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = auto: 1 on a busy CPU).")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt for the best-of-n row (0 = skip it).")
     ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--compile-probe", action="store_true", help="also time a torch.compile'd decode step.")
     args = ap.parse_args(argv)
     from chatrlhf.training import configure_threads
 
@@ -221,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{key:>6}: fast path 2 threads / 1 thread x{result[f'{key}_fast_2_threads_over_1']}", file=sys.stderr)
         torch.set_num_threads(threads)
         fast.max_batch = 64
+    if args.compile_probe:
+        result.update(compile_probe(model, args.repeats))
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "engine.json").write_text(json.dumps(result, indent=2))
