@@ -413,3 +413,23 @@ def test_models_the_fused_step_does_not_cover_use_the_transformers_path(tiny_mod
         Engine(model, tok, fast=True)
     g = Engine(model, tok).generate([_ids(Engine(model, tok), "Hello")], GREEDY)[0]
     assert len(g.token_ids) > 0
+
+
+def test_a_forward_hook_sends_decoding_through_the_modules(default_size):
+    """The fused step does not call the modules, so a hooked model (added even after the Engine was
+    made) decodes with the transformers forward and the hook sees every step."""
+    fast, hf = default_size
+    ids = _texts_ids(hf, ["Hello"])
+    p = SamplingParams(max_new_tokens=8, temperature=1.0, seed=4)
+    calls = []
+    handle = hf.model.lm_head.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        assert fast.batch(ids, p).fast is False
+        calls.clear()
+        g = fast.generate(ids, p)[0]
+    finally:
+        handle.remove()
+    assert len(calls) == len(g.token_ids)  # the prefill, then one call per token fed back (not the last)
+    from chatrlhf.engine_fast import unsupported
+    assert unsupported(fast.model) is None, unsupported(fast.model)
+    assert fast.batch(ids, p).fast is True

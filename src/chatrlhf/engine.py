@@ -131,7 +131,7 @@ class DecodeBatch:
         self.steps = 0
         self.active, self.cache = torch.zeros(0, dtype=torch.long), None
         # fast path: rows live in slots 0..B-1 of a preallocated cache, row j at positions 0..pos[j]
-        self.fast = engine.fast
+        self.fast = engine.fast and engine_fast.unsupported(engine.model) is None  # e.g. a hook added since
         self.kv = engine._slots() if self.fast else None
         self.width = 0  # fast path: 1 + the largest position of a live row
         self.join(prompts, params, seeds, n)

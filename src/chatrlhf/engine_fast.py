@@ -48,9 +48,21 @@ def unsupported(model) -> str | None:
         return "module layout"
     if any(type(mod).__name__.startswith("Lora") or hasattr(mod, "base_layer") for mod in model.modules()):
         return "adapter layers (merge LoRA first)"
+    if _hooked(model):
+        return "forward hooks on its modules (the fused step does not call the modules)"
     if next(model.parameters()).dtype != torch.float32:  # the norms' float32 round trips are not reproduced
         return f"dtype {next(model.parameters()).dtype}"
     return None
+
+
+def _hooked(model) -> bool:
+    """Forward hooks someone relies on: any but transformers' own output-capture hooks, which it installs
+    on the first output_hidden_states call and which do nothing outside such a call."""
+    mods = torch.nn.modules.module
+    hooks = [*mods._global_forward_hooks.values(), *mods._global_forward_pre_hooks.values()]
+    for m in model.modules():
+        hooks += [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+    return any(getattr(h, "__module__", "") != "transformers.utils.output_capturing" for h in hooks)
 
 
 class FusedLlama:
