@@ -89,15 +89,16 @@ def run_engine(eng: Engine, prompts: list[list[int]], new: int, seed: int, n: in
     return sum(len(g.token_ids) for g in gens)
 
 
-def timed(fns: dict, repeats: int) -> dict[str, list[float]]:
-    """tokens/s of each function per repeat, the functions alternating within each repeat."""
+def timed(fns: dict, repeats: int, inner: int = 1) -> dict[str, list[float]]:
+    """tokens/s of each function per repeat, the functions alternating within each repeat; `inner`
+    calls (seeds differ) per function and repeat, so short calls are timed over a longer stretch."""
     for fn in fns.values():
         fn(0)  # warm-up
     rates: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats):
         for k, fn in fns.items():
             t0 = time.perf_counter()
-            n = fn(r + 1)
+            n = sum(fn(1 + r * inner + i) for i in range(inner))
             rates[k].append(n / (time.perf_counter() - t0))
     return rates
 
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         ps = prompt_ids(tok, b)
         rates = timed({"fast": lambda s: run_engine(fast, ps, args.new, s),
                        "engine_transformers": lambda s: run_engine(slow, ps, args.new, s),
-                       "generate": lambda s: run_hf(model, tok, ps, args.new, s)}, args.repeats)
+                       "generate": lambda s: run_hf(model, tok, ps, args.new, s)}, args.repeats, max(1, 16 // b))
         report(f"b{b}", rates, "generate", ps)
     if args.n > 1:
         ps, n = prompt_ids(tok, args.n_prompts), args.n
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
                     return run_engine(fast, ps, args.new, s, n)
                 return fn
 
-            rates = timed({"1": on(1), "2": on(2)}, args.repeats)
+            rates = timed({"1": on(1), "2": on(2)}, args.repeats, max(1, 16 // (len(ps) * n)))
             result.update(flat(f"{key}_fast_2_threads_over_1", ratios(rates["2"], rates["1"])))
             print(f"{key:>6}: fast path 2 threads / 1 thread x{result[f'{key}_fast_2_threads_over_1']}", file=sys.stderr)
         torch.set_num_threads(threads)

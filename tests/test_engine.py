@@ -301,7 +301,7 @@ def _same(a, b, atol=1e-5):
         assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=atol, rtol=0)
 
 
-def test_fused_step_logits_match_the_transformers_forward(default_size):
+def test_fused_prefill_and_step_logits_match_the_transformers_forward(default_size):
     fast, hf = default_size
     model, f = hf.model, FusedLlama(hf.model)
     f.refresh()
@@ -314,22 +314,25 @@ def test_fused_step_logits_match_the_transformers_forward(default_size):
     for i, p in enumerate(prompts):
         ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
     cache = DynamicCache(config=model.config)
-    hf.forward(ids, mask, (mask.cumsum(1) - 1).clamp_min(0), cache)
-    kv = SlotKV(len(f.layers), f.n_kv, f.head_dim, torch.float32, "cpu")
-    kv.reserve(3, 64, 0)
-    for i, p in enumerate(prompts):
-        kv.put(i, 1, [(layer.keys, layer.values) for layer in cache.layers], i, width - len(p))
-    pos = torch.tensor([len(p) for p in prompts])
-    tok = torch.tensor([7, 8, 9])
-    for _ in range(3):  # a few steps: the cache written by the fused step is read back correctly
-        mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1)
-        hf.keep_hidden = True
-        ref, ref_h = hf.forward(tok.unsqueeze(1), mask, pos.unsqueeze(1), cache)
-        hf.keep_hidden = False
-        got, h = f.step(tok, pos, kv, int(pos.max()) + 1, keep_hidden=True)
+    hf.keep_hidden = True
+    try:
+        ref, ref_h = hf.forward(ids, mask, (mask.cumsum(1) - 1).clamp_min(0), cache)
+        kv = SlotKV(len(f.layers), f.n_kv, f.head_dim, torch.float32, "cpu")
+        kv.reserve(3, 64, 0)
+        got, h = f.prefill(prompts, kv, 0, keep_hidden=True)
         torch.testing.assert_close(got, ref[:, -1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(h, ref_h, atol=1e-5, rtol=1e-5)
-        tok, pos = ref[:, -1].argmax(-1), pos + 1
+        pos = torch.tensor([len(p) for p in prompts])
+        tok = ref[:, -1].argmax(-1)
+        for _ in range(3):  # a few steps: the cache written by prefill and by the step is read back correctly
+            mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1)
+            ref, ref_h = hf.forward(tok.unsqueeze(1), mask, pos.unsqueeze(1), cache)
+            got, h = f.step(tok, pos, kv, int(pos.max()) + 1, keep_hidden=True)
+            torch.testing.assert_close(got, ref[:, -1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h, ref_h, atol=1e-5, rtol=1e-5)
+            tok, pos = ref[:, -1].argmax(-1), pos + 1
+    finally:
+        hf.keep_hidden = False
 
 
 def test_fast_path_samples_what_the_transformers_path_samples_batch_1(default_size):

@@ -10,11 +10,11 @@ One prefill over the left-padded batch, then one token per step with a KV cache.
 the finished rows pay for more forward passes. Each row samples with its own torch.Generator
 (seed + row), so a row's sample depends on its seed and logits only, not on what it is batched with.
 
-Two decode paths give the same samples (tokens equal, log-probs to float rounding): the fast path
-(`Engine(fast=True)`, the default where the model allows it, see engine_fast.py) runs the decode step
-as a fused forward on the model's own weights over a preallocated per-row cache; the transformers
-path (`fast=False`, and any model the fused step does not cover) calls the model with a DynamicCache.
-Prefill always uses the transformers forward.
+Two paths give the same samples (tokens equal, log-probs to float rounding): the fast path
+(`Engine(fast=True)`, the default where the model allows it, see engine_fast.py) runs prefill and
+decode steps as a fused forward on the model's own weights over a preallocated per-row cache; the
+transformers path (`fast=False`, and any model the fused step does not cover) calls the model with
+a DynamicCache.
 """
 
 from __future__ import annotations
@@ -178,6 +178,9 @@ class DecodeBatch:
         if len(params) != len(prompts) * n:
             raise ValueError(f"DecodeBatch.join needs one SamplingParams per row: {len(prompts)} prompts x n={n}")
         rows = self._add_rows([p for p in prompts for _ in range(n)], params, seeds)
+        if self.fast:
+            self._join_slots(prompts, rows, n)
+            return rows
         eng, dev = self.eng, self.eng.device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), eng.pad_id, dtype=torch.long)
@@ -195,9 +198,6 @@ class DecodeBatch:
             for r in rows:  # the newcomers never started; the running rows go on
                 self.reason[r] = "error"
             raise
-        if self.fast:
-            self._join_slots(prompts, rows, n, cache, width, logits, h)
-            return rows
         if n > 1:  # the n samples of a prompt start from the same prefill
             cache.batch_repeat_interleave(n)
             mask, logits = mask.repeat_interleave(n, 0), logits.repeat_interleave(n, 0)
@@ -215,14 +215,19 @@ class DecodeBatch:
             self.active = torch.cat([self.active, new_active])
         return rows
 
-    def _join_slots(self, prompts, rows: list[int], n: int, cache: DynamicCache, width: int, logits, h) -> None:
-        """Fast path: copy the newcomers' prefill (left-padded to `width`) into slots after the live rows."""
+    def _join_slots(self, prompts, rows: list[int], n: int) -> None:
+        """Fast path: prefill the newcomers straight into slots after the live rows (the n rows of a
+        prompt share its prefill)."""
         live = len(self.active) if self.cache is not None else 0
         need = max(len(self.prompts[r]) + self.max_new[r] for r in rows)
         self.kv.reserve(live + len(rows), max(need, self.width + 1), live)
-        layers_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        for i, p in enumerate(prompts):
-            self.kv.put(live + i * n, n, layers_kv, i, width - len(p))
+        try:
+            logits, h = self.eng._fused.prefill([list(map(int, p)) for p in prompts], self.kv, live, n,
+                                                self.eng.keep_hidden)
+        except Exception:
+            for r in rows:  # the newcomers never started; the running rows go on
+                self.reason[r] = "error"
+            raise
         if n > 1:
             logits = logits.repeat_interleave(n, 0)
             h = None if h is None else h.repeat_interleave(n, 0)

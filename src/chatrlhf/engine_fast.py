@@ -15,9 +15,10 @@ on the model's own parameters, with a few hundred fewer framework calls:
   `column <= position`, rows join and leave by copying their slots, and nothing is padded or re-laid
   out as the batch changes.
 
-The logits equal the transformers forward's to float rounding (tests/test_engine.py checks the tokens
-and log-probs the engine samples either way). Prefill stays on the transformers forward: it is one call
-per prompt batch, not per token. Models that are not Llama-shaped use the transformers path.
+`FusedLlama.prefill` does the same for a batch of prompts (causal mask, written straight into the
+slots, shared by the n rows of a prompt). The logits equal the transformers forward's to float
+rounding (tests/test_engine.py checks them, and the tokens and log-probs the engine samples either
+way). Models the fused code does not cover (`unsupported`) use the transformers path.
 """
 
 from __future__ import annotations
@@ -175,6 +176,43 @@ class FusedLlama:
         return torch.mm(x, self.head), (x if keep_hidden else None)
 
 
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]], kv: SlotKV, first: int, n: int = 1,
+                keep_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run prompts (each at positions 0..len-1) and write their keys/values into slots
+        first + i * n .. first + i * n + n - 1 (n rows share prompt i's prefill). Returns each prompt's
+        last-position logits (P, V) and, with keep_hidden, its final normed hidden state (P, H).
+        The same arithmetic as the step, over T positions with a causal mask; right padding past a
+        prompt's end writes columns that stay masked until the row's own tokens overwrite them."""
+        P, T = len(prompts), max(map(len, prompts))
+        nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
+        dev = self.embed.device
+        lengths = torch.tensor([len(p) for p in prompts], device=dev)
+        ids = torch.zeros(P, T, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.as_tensor(p)
+        cos_t, sin_t = self.rope(T, dev)
+        cos, sin = cos_t[:T].view(1, T, 1, d), sin_t[:T].view(1, T, 1, d)
+        cols = kv.cols[:T]
+        allowed = (cols.view(1, T) <= cols.view(T, 1)) & (cols < lengths.view(P, 1)).view(P, 1, T)  # (P, T, T)
+        allowed = allowed.unsqueeze(1)  # (P, 1, T, T): causal, and no key past the prompt's end
+        dims, n_qk = (self.embed.shape[1],), nh + nkv
+        x = F.embedding(ids.to(dev).view(-1), self.embed)  # (P * T, H)
+        for li, (w_in, eps_in, w_qkv, w_o, w_post, eps_post, w_gu, w_down) in enumerate(self.w):
+            qkv = torch.mm(F.rms_norm(x, dims, w_in, eps_in), w_qkv).view(P, T, 2 * n_qk + nkv, d)
+            qk = torch.addcmul(qkv.narrow(2, 0, n_qk) * cos, qkv.narrow(2, n_qk + nkv, n_qk), sin)
+            q, k, v = (t.transpose(1, 2) for t in (qk.narrow(2, 0, nh), qk.narrow(2, nh, nkv), qkv.narrow(2, n_qk, nkv)))
+            dst = slice(first, first + P * n)
+            kv.k[li, dst, :, :T] = k.unsqueeze(1).expand(P, n, nkv, T, d).reshape(P * n, nkv, T, d)
+            kv.v[li, dst, :, :T] = v.unsqueeze(1).expand(P, n, nkv, T, d).reshape(P * n, nkv, T, d)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scaling, enable_gqa=self.gqa)
+            x = torch.addmm(x, a.transpose(1, 2).reshape(P * T, nh * d), w_o)
+            gate, up = torch.mm(F.rms_norm(x, dims, w_post, eps_post), w_gu).chunk(2, -1)
+            x = torch.addmm(x, F.silu(gate) * up, w_down)
+        last = x.view(P, T, -1)[torch.arange(P, device=dev), lengths - 1]
+        last = F.rms_norm(last, dims, *self.norm)
+        return torch.mm(last, self.head), (last if keep_hidden else None)
+
 class SlotKV:
     """Preallocated keys/values (layers, rows, kv heads, columns, head_dim): row i of the batch is slot i
     and keeps its tokens from column 0. Grows (reallocating) only when a batch needs more rows or
@@ -209,14 +247,6 @@ class SlotKV:
         # first flat index (rows * kv heads * columns, d) of each (row, kv head)
         self.row_head = ((self.rows * h).unsqueeze(1) + torch.arange(h, device=self.device)) * c
         self.k_flat, self.v_flat = self.k.view(L, -1, d).unbind(0), self.v.view(L, -1, d).unbind(0)
-
-    def put(self, slot: int, n: int, layers_kv: list[tuple[torch.Tensor, torch.Tensor]], i: int, start: int) -> None:
-        """Copy prompt i of a left-padded prefill cache (its columns from `start` on) into slots
-        [slot, slot + n) (n > 1: the n samples of one prompt share its prefill)."""
-        length = layers_kv[0][0].shape[2] - start
-        for li, (k, v) in enumerate(layers_kv):
-            self.k[li, slot: slot + n, :, :length] = k[i: i + 1, :, start:]
-            self.v[li, slot: slot + n, :, :length] = v[i: i + 1, :, start:]
 
     def move(self, src: list[int], dst: list[int], width: int) -> None:
         """Copy the first `width` columns of slots src into slots dst."""
