@@ -131,8 +131,8 @@ class DecodeBatch:
         self.steps = 0
         self.active, self.cache = torch.zeros(0, dtype=torch.long), None
         # fast path: rows live in slots 0..B-1 of a preallocated cache, row j at positions 0..pos[j]
-        self.fast = engine.fast and engine_fast.unsupported(engine.model) is None  # e.g. a hook added since
-        self.kv = engine._slots() if self.fast else None
+        self.kv = engine._slots()  # None: the transformers path (not fast, or a module hooked since)
+        self.fast = self.kv is not None
         self.width = 0  # fast path: 1 + the largest position of a live row
         self.join(prompts, params, seeds, n)
 
@@ -488,10 +488,15 @@ class Engine:
                          use_cache=True, output_hidden_states=self.keep_hidden, **kw)
         return out.logits, out.hidden_states[-1][:, -1] if self.keep_hidden else None
 
-    def _slots(self) -> engine_fast.SlotKV:
-        """A fresh per-row cache for a fast-path batch (weights re-read if the model was trained since)."""
+    def _slots(self) -> engine_fast.SlotKV | None:
+        """A fresh per-row cache for a fast-path batch (weights re-read if the model was trained since);
+        None when this batch takes the transformers path."""
+        if not self.fast:
+            return None
         if self._fused is None or self._fused.model is not self.model:
             self._fused = engine_fast.FusedLlama(self.model)
+        if self._fused.hooked():
+            return None
         self._fused.refresh()
         f = self._fused
         return engine_fast.SlotKV(len(f.layers), f.n_kv, f.head_dim, f.embed.dtype, self.device)

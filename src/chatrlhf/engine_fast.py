@@ -56,13 +56,14 @@ def unsupported(model) -> str | None:
     return None
 
 
-def _hooked(model) -> bool:
+def _hooked(model, modules=None) -> bool:
     """Forward hooks someone relies on: any but transformers' own output-capture hooks, which it installs
     on the first output_hidden_states call and which do nothing outside such a call."""
     mods = torch.nn.modules.module
     hooks = [*mods._global_forward_hooks.values(), *mods._global_forward_pre_hooks.values()]
-    for m in model.modules():
-        hooks += [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+    for m in modules if modules is not None else model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            hooks += [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
     return any(getattr(h, "__module__", "") != "transformers.utils.output_capturing" for h in hooks)
 
 
@@ -80,16 +81,19 @@ class FusedLlama:
         self.gqa = self.n_heads != self.n_kv
         self._version: tuple | None = None
         self._rope_len = 0
+        self._modules = list(model.modules())
+        self._param_list = list(model.parameters())
+
+    def hooked(self) -> bool:
+        """Has someone hooked a module since? (then the modules must run: the transformers path)"""
+        return _hooked(self.model, self._modules)
 
     # --- weights ------------------------------------------------------------------------------
-
-    def _params(self) -> list[torch.Tensor]:
-        return [p for p in self.model.parameters()]
 
     def refresh(self) -> None:
         """(Re)build the concatenated weights if any parameter changed since (in-place optimizer steps
         bump a tensor's version; a new parameter object changes its id)."""
-        version = tuple((id(p), p._version) for p in self._params())
+        version = tuple((id(p), p._version) for p in self._param_list)
         if version == self._version:
             return
         with torch.no_grad():
