@@ -5,7 +5,7 @@
     for piece in eng.stream(prompt_ids, params): print(piece, end="")
     ro = eng.rollout(prompt_id_lists, params)   # padded tensors + sampled-token mask for the PPO loss
 
-One prefill over the left-padded batch, then one token per step with a KV cache. Rows that finish
+One prefill over the batch's prompts, then one token per step with a KV cache. Rows that finish
 (eos or a stop string) are dropped from the batch and its cache, so a long straggler does not make
 the finished rows pay for more forward passes. Each row samples with its own torch.Generator
 (seed + row), so a row's sample depends on its seed and logits only, not on what it is batched with.

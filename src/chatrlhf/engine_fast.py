@@ -4,8 +4,8 @@ few framework calls, on a preallocated per-row KV cache.
 Decoding one token with the transformers forward costs ~2 ms on this model whatever the batch, nearly
 all of it Python and per-op overhead (mask building, output capture, cache bookkeeping, module calls),
 not arithmetic: the model has ~0.6M parameters. `FusedLlama.step` runs the same arithmetic as
-`LlamaForCausalLM.forward` for a single new token per row, op for op (RMSNorm, RoPE, SDPA, SiLU MLP),
-on the model's own parameters, with a few hundred fewer framework calls:
+`LlamaForCausalLM.forward` for a single new token per row (RMSNorm, RoPE, scaled dot-product
+attention, SiLU MLP) on the model's own parameters, with a few hundred fewer framework calls:
 
 - q/k/v and gate/up projections as one matmul each (their weights concatenated, rebuilt whenever an
   optimizer step changed a parameter); the q/k/v matmul also yields rotate_half(q), rotate_half(k)
@@ -216,6 +216,7 @@ class FusedLlama:
         last = x.view(P, T, -1)[torch.arange(P, device=dev), lengths - 1]
         last = F.rms_norm(last, dims, *self.norm)
         return torch.mm(last, self.head), (last if keep_hidden else None)
+
 
 class SlotKV:
     """Preallocated keys/values (layers, rows, kv heads, columns, head_dim): row i of the batch is slot i
