@@ -1,4 +1,7 @@
-"""Generation engine: KV-cache decoding matches a naive loop, padding is invisible, stops and seeds work."""
+"""Generation engine: KV-cache decoding matches a naive loop, padding is invisible, stops and seeds work.
+
+The behaviour tests run on both decode paths (the fused fast step and the transformers forward); the
+tests at the end check that the two sample the same tokens with the same log-probs."""
 
 from __future__ import annotations
 
@@ -9,16 +12,19 @@ import torch
 
 from chatrlhf.config import Config
 from chatrlhf.layout import resolve_model
-from chatrlhf.lm.engine import Engine, SamplingParams, sample_tokens
+from chatrlhf.lm.engine import DecodeBatch, Engine, SamplingParams, sample_tokens
+from chatrlhf.lm.engine_fast import FusedLlama, SlotKV
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
 
 
-@pytest.fixture(scope="module")
-def eng(tiny_model_dir) -> Engine:
+@pytest.fixture(scope="module", params=["fast", "transformers"])
+def eng(request, tiny_model_dir) -> Engine:
     torch.manual_seed(0)
-    return Engine(load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir))
+    e = Engine(load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir), fast=request.param == "fast")
+    assert e.fast == (request.param == "fast")
+    return e
 
 
 def _ids(eng: Engine, text: str) -> list[int]:
@@ -256,7 +262,8 @@ def test_a_finished_long_row_leaves_the_cache_as_wide_as_the_live_rows(eng):
         batch.step()
         if batch.result(1).token_ids[0] == first:
             pytest.skip("both rows ended together")
-        assert batch.mask.shape[1] == len(short) + 1  # the long prompt's columns are gone
+        # the long prompt's columns are gone (fast path: its slot is gone and attention spans the short row)
+        assert (batch.width if batch.fast else batch.mask.shape[1]) == len(short) + 1
         while not batch.done:
             batch.step()
         alone = eng.generate([short], p)[0]
@@ -264,3 +271,169 @@ def test_a_finished_long_row_leaves_the_cache_as_wide_as_the_live_rows(eng):
         eng.eos_ids = old
     assert batch.result(1).token_ids == alone.token_ids
     assert torch.allclose(torch.tensor(batch.result(1).logprobs), torch.tensor(alone.logprobs), atol=1e-5)
+
+
+# --- the fast path samples what the transformers path samples --------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_size(tiny_model_dir):
+    """The embedded default architecture (configs/default.yaml's model), random weights, and the
+    engine on both paths over the same model object."""
+    from chatrlhf.config import ModelConfig
+    from chatrlhf.lm.modeling import build_tiny_llama
+
+    torch.manual_seed(1)
+    tok = load_tokenizer(tiny_model_dir)
+    model = build_tiny_llama(ModelConfig(), tok).eval()
+    with torch.no_grad():  # a peaked distribution, as a trained model has, rather than near-uniform
+        model.lm_head.weight.mul_(8.0)
+    return Engine(model, tok, fast=True), Engine(model, tok, fast=False)
+
+
+def _texts_ids(e: Engine, texts):
+    return [_ids(e, t) for t in texts]
+
+
+def _same(a, b, atol=1e-5):
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    for x, y in zip(a, b):
+        assert x.finish_reason == y.finish_reason
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=atol, rtol=0)
+
+
+def test_fused_prefill_and_step_logits_match_the_transformers_forward(default_size):
+    fast, hf = default_size
+    model, f = hf.model, FusedLlama(hf.model)
+    f.refresh()
+    prompts = _texts_ids(hf, ["Hello", "Zorbel Quint is a baker who lives in", "Hi there"])
+    from transformers import DynamicCache
+
+    width = max(map(len, prompts))
+    ids = torch.full((3, width), hf.pad_id)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    cache = DynamicCache(config=model.config)
+    hf.keep_hidden = True
+    try:
+        ref, ref_h = hf.forward(ids, mask, (mask.cumsum(1) - 1).clamp_min(0), cache)
+        kv = SlotKV(len(f.layers), f.n_kv, f.head_dim, torch.float32, "cpu")
+        kv.reserve(3, 64, 0)
+        got, h = f.prefill(prompts, kv, 0, keep_hidden=True)
+        torch.testing.assert_close(got, ref[:, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(h, ref_h, atol=1e-5, rtol=1e-5)
+        pos = torch.tensor([len(p) for p in prompts])
+        tok = ref[:, -1].argmax(-1)
+        for _ in range(3):  # a few steps: the cache written by prefill and by the step is read back correctly
+            mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1)
+            ref, ref_h = hf.forward(tok.unsqueeze(1), mask, pos.unsqueeze(1), cache)
+            got, h = f.step(tok, pos, kv, int(pos.max()) + 1, keep_hidden=True)
+            torch.testing.assert_close(got, ref[:, -1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h, ref_h, atol=1e-5, rtol=1e-5)
+            tok, pos = ref[:, -1].argmax(-1), pos + 1
+    finally:
+        hf.keep_hidden = False
+
+
+def test_fast_path_samples_what_the_transformers_path_samples_batch_1(default_size):
+    fast, hf = default_size
+    ids = _texts_ids(hf, ["Tell me about Selmouth."])
+    for p in (SamplingParams(max_new_tokens=40, temperature=1.0, seed=3), SamplingParams(max_new_tokens=20, temperature=0.0)):
+        a, b = fast.generate(ids, p), hf.generate(ids, p)
+        assert len(a[0].token_ids) > 5
+        _same(a, b)
+
+
+def test_fast_path_samples_what_the_transformers_path_samples_n_and_continuous_batching(default_size):
+    """Several prompts of different lengths, n > 1, rows ending at different steps, more rows than
+    max_batch (later prompts join as rows finish), and keep_hidden (PPO's shared value head)."""
+    fast, hf = default_size
+    texts = ["Hello", "Zorbel Quint is a baker who lives in", "Thank you", "List: apple, pear, plum. Count:", "Hi"]
+    ids = _texts_ids(hf, texts)
+    p = SamplingParams(max_new_tokens=24, temperature=1.0, seed=11)
+    free = hf.generate(ids, p)
+    counts = torch.bincount(torch.tensor([t for g in free for t in g.token_ids]))
+    eos = {int(torch.where(counts > 0, counts, 10**6).argmin())}  # a token sampled, but rarely
+    try:
+        for e in (fast, hf):
+            e.eos_ids, e.max_batch, e.keep_hidden = eos, 6, True
+        a, b = fast.generate(ids, p, n=3), hf.generate(ids, p, n=3)
+    finally:
+        for e in (fast, hf):
+            e.eos_ids, e.max_batch, e.keep_hidden = {e.tok.eos_token_id}, 64, False
+    _same(a, b)
+    assert len({len(g.token_ids) for g in a}) > 1  # rows did finish at different steps
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.hidden, y.hidden, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_path_mixed_sampling_settings_and_joins(default_size):
+    """Per-row settings in one batch (greedy, top-k, top-p, plain) and a join mid-decode."""
+    fast, hf = default_size
+    ids = _texts_ids(hf, ["Hello", "Who is the baker of Varnok?", "Thank you", "List three fruits."])
+    ps = [SamplingParams(max_new_tokens=16, temperature=0.0), SamplingParams(max_new_tokens=16, temperature=0.8, top_k=5),
+          SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9), SamplingParams(max_new_tokens=12, temperature=1.2)]
+    out = []
+    for e in (fast, hf):
+        b = DecodeBatch(e, ids[:2], ps[:2], seeds=[5, 6])
+        for _ in range(4):
+            b.step()
+        b.join(ids[2:], ps[2:], seeds=[7, 8])
+        while not b.done:
+            b.step()
+        out.append([b.result(r) for r in range(4)])
+    _same(*out)
+
+
+def test_fast_path_follows_weight_updates(default_size):
+    """PPO trains the policy between rollouts: the fused step must read the new weights."""
+    fast, hf = default_size
+    ids = _texts_ids(hf, ["Hello", "Hi"])
+    p = SamplingParams(max_new_tokens=16, temperature=1.0, seed=2)
+    before = fast.generate(ids, p)
+    w = hf.model.model.layers[0].mlp.gate_proj.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.mul_(3.0)
+            for layer in hf.model.model.layers:
+                layer.self_attn.q_proj.weight.add_(0.05)
+        after, ref = fast.generate(ids, p), hf.generate(ids, p)
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+            for layer in hf.model.model.layers:
+                layer.self_attn.q_proj.weight.sub_(0.05)
+    _same(after, ref)
+    assert [g.logprobs for g in after] != [g.logprobs for g in before]
+
+
+def test_models_the_fused_step_does_not_cover_use_the_transformers_path(tiny_model_dir):
+    model = load_causal_lm(tiny_model_dir, "bfloat16")
+    tok = load_tokenizer(tiny_model_dir)
+    assert not Engine(model, tok).fast
+    with pytest.raises(ValueError, match="fast decode path"):
+        Engine(model, tok, fast=True)
+    g = Engine(model, tok).generate([_ids(Engine(model, tok), "Hello")], GREEDY)[0]
+    assert len(g.token_ids) > 0
+
+
+def test_a_forward_hook_sends_decoding_through_the_modules(default_size):
+    """The fused step does not call the modules, so a hooked model (added even after the Engine was
+    made) decodes with the transformers forward and the hook sees every step."""
+    fast, hf = default_size
+    ids = _texts_ids(hf, ["Hello"])
+    p = SamplingParams(max_new_tokens=8, temperature=1.0, seed=4)
+    calls = []
+    handle = hf.model.lm_head.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        assert fast.batch(ids, p).fast is False
+        calls.clear()
+        g = fast.generate(ids, p)[0]
+    finally:
+        handle.remove()
+    assert len(calls) == len(g.token_ids)  # the prefill, then one call per token fed back (not the last)
+    from chatrlhf.lm.engine_fast import unsupported
+    assert unsupported(fast.model) is None, unsupported(fast.model)
+    assert fast.batch(ids, p).fast is True

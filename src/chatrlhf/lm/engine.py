@@ -5,10 +5,16 @@
     for piece in eng.stream(prompt_ids, params): print(piece, end="")
     ro = eng.rollout(prompt_id_lists, params)   # padded tensors + sampled-token mask for the PPO loss
 
-One prefill over the left-padded batch, then one token per step with `past_key_values`. Rows that
-finish (eos or a stop string) are dropped from the batch and its cache, so a long straggler does not
-make the finished rows pay for more forward passes. Each row samples with its own torch.Generator
+One prefill over the batch's prompts, then one token per step with a KV cache. Rows that finish
+(eos or a stop string) are dropped from the batch and its cache, so a long straggler does not make
+the finished rows pay for more forward passes. Each row samples with its own torch.Generator
 (seed + row), so a row's sample depends on its seed and logits only, not on what it is batched with.
+
+Two paths give the same samples (tokens equal, log-probs to float rounding): the fast path
+(`Engine(fast=True)`, the default where the model allows it, see engine_fast.py) runs prefill and
+decode steps as a fused forward on the model's own weights over a preallocated per-row cache; the
+transformers path (`fast=False`, and any model the fused step does not cover) calls the model with
+a DynamicCache.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from chatrlhf.lm import engine_fast
 from chatrlhf.lm.prompts import PLAIN_TURN_STOP, plain_prompt
 from chatrlhf.lm.tokenizer import apply_template
 
@@ -119,10 +126,14 @@ class DecodeBatch:
         self.text: list[str] = []  # decoded so far (kept for rows with stop strings)
         self.stop_at: list[int | None] = []
         self.emitted: list[int] = []
-        self.gens: list[torch.Generator] = []
+        self.uniforms: list[torch.Tensor] = []  # per row: the uniform number behind each of its tokens
         self.cancelled: set[int] = set()
         self.steps = 0
         self.active, self.cache = torch.zeros(0, dtype=torch.long), None
+        # fast path: rows live in slots 0..B-1 of a preallocated cache, row j at positions 0..pos[j]
+        self.kv = engine._slots()  # None: the transformers path (not fast, or a module hooked since)
+        self.fast = self.kv is not None
+        self.width = 0  # fast path: 1 + the largest position of a live row
         self.join(prompts, params, seeds, n)
 
     @property
@@ -142,7 +153,10 @@ class DecodeBatch:
             self.max_new.append(b)
             self.prompts.append(list(map(int, p)))
             self.params.append(sp)
-            self.gens.append(torch.Generator().manual_seed(s if s is not None else random.getrandbits(62)))
+            # a row draws one uniform per token from its own generator; drawn up front (the same
+            # numbers as one torch.rand(()) per step) so a step indexes a table instead of B calls
+            gen = torch.Generator().manual_seed(s if s is not None else random.getrandbits(62))
+            self.uniforms.append(torch.rand(b, generator=gen))
         n = len(prompts)
         self.tokens += [[] for _ in range(n)]
         self.logprobs += [[] for _ in range(n)]
@@ -164,6 +178,9 @@ class DecodeBatch:
         if len(params) != len(prompts) * n:
             raise ValueError(f"DecodeBatch.join needs one SamplingParams per row: {len(prompts)} prompts x n={n}")
         rows = self._add_rows([p for p in prompts for _ in range(n)], params, seeds)
+        if self.fast:
+            self._join_slots(prompts, rows, n)
+            return rows
         eng, dev = self.eng, self.eng.device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), eng.pad_id, dtype=torch.long)
@@ -187,15 +204,81 @@ class DecodeBatch:
             h = None if h is None else h.repeat_interleave(n, 0)
         pos = mask.sum(1) - 1  # position of each row's last real token
         new_active = torch.tensor(rows)
+        self._join_rows(rows)
         if self.cache is None or not len(self.active):
             self.cache, self.mask, self.pos, self.logits, self.active = cache, mask, pos, logits, new_active
-            self.h, self.padded, self._knobs = h, not bool(mask.all()), None
+            self.h, self.padded = h, not bool(mask.all())
         else:
             self._merge(cache, mask)
             self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
             self.h = None if h is None else torch.cat([self.h, h])
             self.active = torch.cat([self.active, new_active])
         return rows
+
+    def _join_slots(self, prompts, rows: list[int], n: int) -> None:
+        """Fast path: prefill the newcomers straight into slots after the live rows (the n rows of a
+        prompt share its prefill)."""
+        live = len(self.active) if self.cache is not None else 0
+        need = max(len(self.prompts[r]) + self.max_new[r] for r in rows)
+        self.kv.reserve(live + len(rows), max(need, self.width + 1), live)
+        try:
+            logits, h = self.eng._fused.prefill([list(map(int, p)) for p in prompts], self.kv, live, n,
+                                                self.eng.keep_hidden)
+        except Exception:
+            for r in rows:  # the newcomers never started; the running rows go on
+                self.reason[r] = "error"
+            raise
+        if n > 1:
+            logits = logits.repeat_interleave(n, 0)
+            h = None if h is None else h.repeat_interleave(n, 0)
+        pos = torch.tensor([len(self.prompts[r]) - 1 for r in rows], device=logits.device)
+        self._join_rows(rows)
+        if not live:
+            self.active, self.pos, self.logits, self.h = torch.tensor(rows), pos, logits, h
+            self.cache = self.kv
+        else:
+            self.active = torch.cat([self.active, torch.tensor(rows)])
+            self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
+            self.h = None if h is None else torch.cat([self.h, h])
+        self.width = int(self.pos.max()) + 1
+
+    def _join_rows(self, rows: list[int]) -> None:
+        """Per-row sampling state of the newcomers, appended after the live rows (call before
+        self.active changes). Row j's uniform for this step is U[j, steps - u_off]: a newcomer's
+        draws start at the current step's column."""
+        dev = self.eng.device
+        fresh = self.cache is None or not len(self.active)
+        if fresh:
+            self.u_off = self.steps
+        col = self.steps - self.u_off
+        width = max(col + self.max_new[r] for r in rows)
+        U = torch.zeros(len(rows), width)
+        for i, r in enumerate(rows):
+            U[i, col: col + self.max_new[r]] = self.uniforms[r]
+            self.uniforms[r] = None  # in the table now
+        ps = [self.params[r] for r in rows]
+        knobs = (torch.tensor([p.temperature for p in ps], device=dev), torch.tensor([p.top_k for p in ps], device=dev),
+                 torch.tensor([p.top_p for p in ps], device=dev))
+        if not fresh:
+            w = max(width, self.U.shape[1])
+            pad = lambda t: torch.nn.functional.pad(t, (0, w - t.shape[1]))  # noqa: E731
+            U = torch.cat([pad(self.U), pad(U)])
+            knobs = tuple(torch.cat([mine, new]) for mine, new in zip((self.temp, self.top_k, self.top_p), knobs))
+        self.U = U
+        self._set_knobs(*knobs)
+
+    def _set_knobs(self, temp: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> None:
+        self.temp, self.top_k, self.top_p = temp, top_k, top_p
+        self.temp_col = temp.clamp_min(1e-5).unsqueeze(1)
+        self.plain = not bool((top_k > 0).any() or (top_p < 1.0).any())  # no sort needed
+        greedy = temp <= 0
+        self.any_greedy, self.all_greedy = bool(greedy.any()), bool(greedy.all())
+
+    def _select_rows(self, idx: torch.Tensor) -> None:
+        """Keep the per-row sampling state of batch rows idx, in that order (past columns of U dropped)."""
+        self.U = self.U[idx.cpu(), self.steps - self.u_off:]
+        self.u_off = self.steps
+        self._set_knobs(self.temp[idx], self.top_k[idx], self.top_p[idx])
 
     def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Stack a newly prefilled cache under ours, left-padding the shorter one with masked zeros."""
@@ -208,7 +291,6 @@ class DecodeBatch:
         lpad = lambda m, n: torch.nn.functional.pad(m, (n, 0)) if n else m  # noqa: E731
         self.mask = torch.cat([lpad(self.mask, t - t_old), lpad(mask, t - t_new)])
         self.padded = not bool(self.mask.all())
-        self._knobs = None
 
     def minibatch_columns(self) -> None:
         """Drop leading cache columns that no live row attends to (padding left by finished rows), so
@@ -224,6 +306,8 @@ class DecodeBatch:
         """Joining edits plain DynamicLayer caches; other cache kinds (sliding windows) start new batches."""
         from transformers.cache_utils import DynamicLayer
 
+        if self.fast:
+            return self.cache is not None
         return self.cache is not None and all(type(layer) is DynamicLayer for layer in self.cache.layers)
 
     def cancel(self, row: int) -> None:
@@ -235,16 +319,7 @@ class DecodeBatch:
         if self.done:
             return []
         rows = self.active.tolist()
-        ps = [self.params[r] for r in rows]
-        dev = self.logits.device
-        if self._knobs is None or len(self._knobs[0]) != len(rows):  # rebuilt only when rows change
-            self._knobs = (torch.tensor([p.temperature for p in ps], device=dev),
-                           torch.tensor([p.top_k for p in ps], device=dev),
-                           torch.tensor([p.top_p for p in ps], device=dev))
-        temp, top_k, top_p = self._knobs
-        u = torch.stack([torch.rand((), generator=self.gens[r]) for r in rows])
-        nxt = sample_tokens(self.logits, temp, top_k, top_p, u)
-        lps = sampled_logprobs(self.logits, temp, nxt)
+        nxt, lps = self._sample(self.logits, self.U[:, self.steps - self.u_off])
         got, keep = [], []
         for j, (r, t, lp) in enumerate(zip(rows, nxt.tolist(), lps.tolist())):
             if self.reason[r] is not None:  # finished at an earlier step; its cache row is dropped later
@@ -261,11 +336,30 @@ class DecodeBatch:
             if self.reason[r] is None:
                 keep.append(j)
         self.steps += 1
-        if keep:
-            self._advance(nxt, keep)
-        else:  # everyone finished: free the cache; a later join starts afresh
+        if not keep:  # everyone finished: free the cache; a later join starts afresh
             self.active, self.cache = self.active[:0], None
+        elif self.fast:
+            self._advance_slots(nxt, keep)
+        else:
+            self._advance(nxt, keep)
         return got
+
+    def _sample(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, their log-probs): sample_tokens + sampled_logprobs, op for op, computing the
+        temperature-scaled logits once and skipping the sort and the argmax when no row needs them."""
+        if not self.plain:
+            nxt = sample_tokens(logits, self.temp, self.top_k, self.top_p, u)
+            return nxt, sampled_logprobs(logits, self.temp, nxt)
+        x = logits.float() / self.temp_col
+        if self.all_greedy:
+            nxt = logits.argmax(-1)
+        else:
+            cdf = x.softmax(-1).cumsum(-1)
+            idx = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)).clamp_max(x.shape[-1] - 1)
+            nxt = idx.squeeze(1)
+            if self.any_greedy:
+                nxt = torch.where(self.temp <= 0, logits.argmax(-1), nxt)
+        return nxt, x.log_softmax(-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
 
     def _check_end(self, r: int, t: int) -> None:
         sp = self.params[r]
@@ -291,6 +385,7 @@ class DecodeBatch:
         if dead and dead >= max(1, len(self.active) // 8):  # drop finished rows from the batch and the cache
             idx = torch.tensor(keep, device=nxt.device)
             self.cache.batch_select_indices(idx)
+            self._select_rows(idx)
             self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
             self.mask = self.mask[idx]
             self.minibatch_columns()
@@ -301,6 +396,28 @@ class DecodeBatch:
         mask = self.mask if self.padded else None
         logits, self.h = self.eng.forward(nxt.unsqueeze(1), mask, self.pos.unsqueeze(1), self.cache)
         self.logits = logits[:, -1]
+
+    def _advance_slots(self, nxt: torch.Tensor, keep: list[int]) -> None:
+        """Fast path: feed the sampled tokens of the rows still running. A finished row's slot is
+        refilled at once with a live row from the end of the batch (only those rows' cache columns
+        are copied), so no finished row is ever fed again."""
+        n = len(keep)
+        if n < len(self.active):
+            kept = set(keep)
+            holes = [j for j in range(n) if j not in kept]
+            movers = [j for j in keep if j >= n]
+            order = list(range(n))
+            for hole, mover in zip(holes, movers):
+                order[hole] = mover
+            if holes:
+                self.kv.move(movers, holes, self.width)
+            idx = torch.tensor(order, device=nxt.device)
+            self.active, self.pos, nxt = self.active[idx.cpu()], self.pos[idx], nxt[idx]
+            self._select_rows(idx)
+            self.width = int(self.pos.max()) + 1
+        self.pos = self.pos + 1
+        self.width += 1
+        self.logits, self.h = self.eng._fused.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden)
 
     # --- results --------------------------------------------------------------------------
 
@@ -338,8 +455,15 @@ class DecodeBatch:
 class Engine:
     """Generation for any transformers causal LM + tokenizer (the embedded Llama or a user's model)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 64, keep_hidden: bool = False):
+    def __init__(self, model, tokenizer, max_batch: int = 64, keep_hidden: bool = False, fast: bool | None = None):
+        """`fast`: decode with the fused step (engine_fast.py); None = wherever the model allows it,
+        True = require it, False = the transformers forward every step."""
         self.model = model.eval()
+        why = engine_fast.unsupported(model)
+        if fast and why:
+            raise ValueError(f"the fast decode path does not support this model: {why}")
+        self.fast = why is None if fast is None else bool(fast)
+        self._fused: engine_fast.FusedLlama | None = None
         self.tok = tokenizer
         self.max_batch = max_batch
         # keep the last hidden state each token was sampled from (PPO's shared value head reads it)
@@ -363,6 +487,19 @@ class Engine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                          use_cache=True, output_hidden_states=self.keep_hidden, **kw)
         return out.logits, out.hidden_states[-1][:, -1] if self.keep_hidden else None
+
+    def _slots(self) -> engine_fast.SlotKV | None:
+        """A fresh per-row cache for a fast-path batch (weights re-read if the model was trained since);
+        None when this batch takes the transformers path."""
+        if not self.fast:
+            return None
+        if self._fused is None or self._fused.model is not self.model:
+            self._fused = engine_fast.FusedLlama(self.model)
+        if self._fused.hooked():
+            return None
+        self._fused.refresh()
+        f = self._fused
+        return engine_fast.SlotKV(len(f.layers), f.n_kv, f.head_dim, f.embed.dtype, self.device)
 
     def decode(self, ids: Sequence[int]) -> str:
         """A reply's text. Its first word carries the byte-level BPE's word-start space (the
