@@ -9,7 +9,8 @@ The base model never saw the chat template tokens, so it is prompted in plain te
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ class ModelHandle:
     model: Any
     tokenizer: Any
     chat: bool  # True: apply the chat template; False: plain "User: ...\nAssistant:" prompt
+    prefix: str = ""  # text before every plain prompt (few-shot demonstrations, evaluate/methods.py)
+    # (prompts, max_new_tokens, temperature, seed) -> {"greedy", "sample"}: an evaluation-time method's
+    # own answers (best-of-n) instead of plain decoding
+    answer_fn: Callable[[list[dict], int, float, int], dict[str, list[str]]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_len(self) -> int:
@@ -51,12 +57,14 @@ def resolve_models(cfg: Config, specs: list[str]) -> list[tuple[str, str]]:
         rounds = sorted(Path(cfg.run.out_dir, "rounds").glob("round_*"), key=lambda p: int(p.name.split("_")[-1]))
         names += [p.name for p in rounds if (p / "ppo" / "config.json").is_file()]
         return [(n, str(stage_path(cfg, n))) for n in names if (stage_path(cfg, n) / "config.json").is_file()]
+    from chatrlhf.evaluate.methods import default_model, is_method
+
     out = []
     for spec in specs:
         if "=" in spec:
             name, path = spec.split("=", 1)
-        else:
-            name, path = spec, str(stage_path(cfg, spec))
+        else:  # an evaluation-time method (bon16, fewshot) runs on the stage it is built on
+            name, path = spec, str(stage_path(cfg, default_model(spec) if is_method(spec) else spec))
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"--model {spec}: no such stage output {path}; run that stage first "
                                         "or pass NAME=DIR")
@@ -82,7 +90,7 @@ def prompt_text(h: ModelHandle, messages: list[dict[str, str]]) -> str:
         return h.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     turns = [f"{'User' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else 'System'}: "
              f"{m['content']}" for m in messages]
-    return "\n".join(turns) + "\nAssistant:"
+    return h.prefix + "\n".join(turns) + "\nAssistant:"
 
 
 def encode(h: ModelHandle, text: str) -> list[int]:
