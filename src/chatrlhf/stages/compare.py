@@ -102,7 +102,8 @@ def training_cost(cfg: Config, method: str, out: Path) -> dict[str, Any]:
     rows = read_metrics(out)
     cost["train_tokens_generated"] = round(sum(r.get("response_len", 0.0) for r in rows) * rc.rollout_batch_size)
     cost["iterations"] = meta.get("iterations")
-    evals = sum("guard_win_rate" in r for r in rows) + (rc.guard_window if rc.early_stop == "held_out_comparisons" else 0)
+    # a policy that starts as SFT is known to score 0.5 and is not measured; a best-of-n start is, guard_window times
+    evals = sum("guard_win_rate" in r for r in rows) + (rc.guard_window if rc.rejection_sampling.n > 1 else 0)
     n_guard = len(rows) and min(rc.guard_prompts, cfg.world.n_ppo_prompts // 4)
     cost["guard_judgements"] = evals * n_guard * rc.guard_labelers if rc.early_stop == "held_out_comparisons" else 0
     cost["critic"] = (out / "value").exists()
