@@ -9,9 +9,10 @@ every token. Each iteration:
     2. score       RM score, missing-EOS penalty, gold score for logging (score_rollout)
     3. evaluate    reference log-probs, values                            (evaluate_rollout)
     4. advantages  KL-penalised per-token rewards (+ the SFT model's      (compute_advantages)
-                   log-likelihood of the response), GAE, whitening
+                   log-likelihood of the response), GAE, whitening; or a group baseline
+                   over the prompt's samples without a critic (rloo, grpo)
     5. update      ppo_epochs x mini-batches of clipped surrogate + clipped value loss
-                   (+ PPO-ptx LM loss on pre-training text)              (ppo_update)
+                   (+ GRPO's k3 KL term, + PPO-ptx LM loss on pre-training text) (ppo_update)
 
 Over-optimisation guard (no gold judge needed): every `eval_every` iterations a small held-out set
 of prompts is answered by the policy and compared against SFT answers by the *training* labelers
