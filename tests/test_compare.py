@@ -41,6 +41,15 @@ def test_compare_trains_and_judges_every_method_on_the_tiny_world(tmp_path):
     dpo_eval = json.loads((tmp_path / "compare" / "dpo" / "eval.json").read_text())
     assert dpo_eval["before"]["acc_held_out_prompts"] == pytest.approx(0.5)
 
+    # online DPO on the same run: round 2 ranks fresh samples of the round-1 policy
+    from chatrlhf.stages.dpo import run_dpo
+
+    online = run_dpo(cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"rounds": 2})}), out_dir=tmp_path / "dpo_online")
+    meta = read_meta(online)
+    assert meta["complete"] and [r["round"] for r in meta["eval"]["rounds"]] == [1, 2]
+    fresh = (online / "round_2" / "comparisons.jsonl").read_text().splitlines()
+    assert len(fresh) == cfg.iterate.prompts_per_round and json.loads(fresh[0])["rankings"]
+
 
 def test_compare_rejects_unknown_methods():
     from chatrlhf.stages.compare import check_methods
