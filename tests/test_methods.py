@@ -223,3 +223,18 @@ def test_dpo_encoding_keeps_the_response_and_its_end_of_turn(tiny_model_dir):
                          add_special_tokens=False)["input_ids"]
     short_p, short_r = encode_pair_side(tok, msgs, GOOD, 30)
     assert short_r == resp and len(short_p) + len(short_r) == 30 and short_p == prompt[-len(short_p):]
+
+
+def test_packed_sequence_logprobs_equal_padded_ones_and_carry_the_same_gradient(tiny_model_dir):
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+    from chatrlhf.rl.dpo import encode_pair_side, packed_sequence_logprobs, sequence_logprobs
+
+    tok, model = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    seqs = [encode_pair_side(tok, [{"role": "user", "content": q}], r, 256)
+            for q in QUESTIONS[:5] for r in (GOOD, BAD, "Hello! " * (len(q) % 4 + 1))]
+    padded = sequence_logprobs(model, seqs, tok.pad_token_id, "cpu")
+    packed = packed_sequence_logprobs(model, seqs, tok.pad_token_id, "cpu")
+    assert torch.allclose(padded, packed, atol=1e-4), (padded - packed).abs().max()
+    g_pad = torch.autograd.grad(padded.sum(), model.model.embed_tokens.weight)[0]
+    g_pack = torch.autograd.grad(packed.sum(), model.model.embed_tokens.weight)[0]
+    assert torch.allclose(g_pad, g_pack, atol=1e-4)

@@ -347,6 +347,9 @@ class DPOConfig(Section):
     max_len: int = Field(256, description="Maximum tokens of prompt plus response; the prompt is cut from the left.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of prompts held out for preference accuracy "
                                 "(a comparison's own `split` field wins, as in the RM stage).")
+    packing: bool = Field(True, description="Pack each batch's sequences into rows with restarting position ids instead "
+                          "of padding them, the LM head run on response positions only (checked against padding on the "
+                          "first batch; falls back to padding, with a warning, where the model's attention ignores the restarts).")
     ref_batch: int = Field(64, ge=1, description="Sequences per forward pass when the reference log-probs are computed "
                            "(once, before training: the reference is frozen, so one pass serves every epoch).")
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
