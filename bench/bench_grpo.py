@@ -11,7 +11,8 @@ most 48 tokens, mini-batches of 8, 2 passes (TRL: per_device_train_batch_size 8,
 4, num_generations 4, num_iterations 2, so 8 optimizer steps per generation batch, as ours), KL
 coefficient 0.05 to a frozen reference, the RM as the reward, fp32 and no gradient checkpointing.
 TRL's GRPO loss_type is 'bnpo' (tokens of the mini-batch, as ours averages). The first step is a
-warm-up and not counted; the trainers run alternately, twice each, and medians are compared.
+warm-up and not counted; the trainers run alternately, twice each, and the medians of the steps' CPU
+seconds are compared (wall seconds too: they swing with a shared machine's load).
 """
 
 from __future__ import annotations
@@ -62,8 +63,13 @@ def worker_ours(tmp: Path, estimator: str) -> dict:
     trainer = PPOTrainer(cfg, load_causal_lm(tmp / "policy"), load_causal_lm(tmp / "policy"), None, tok,
                          lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / f"ours_{estimator}",
                          make_accelerator(S["seed"], device="cpu"), seed=S["seed"])
-    steps = [trainer.step() for _ in range(S["steps"] + 1)][1:]
-    return {"step_s": [h["time_step_s"] for h in steps], "response_len": statistics.mean(h["response_len"] for h in steps)}
+    steps, cpu = [], []
+    for _ in range(S["steps"] + 1):
+        c0 = time.process_time()
+        steps.append(trainer.step())
+        cpu.append(time.process_time() - c0)
+    return {"step_s": [h["time_step_s"] for h in steps[1:]], "step_cpu_s": cpu[1:],
+            "response_len": statistics.mean(h["response_len"] for h in steps[1:])}
 
 
 def worker_trl(tmp: Path, kind: str) -> dict:
@@ -90,20 +96,21 @@ def worker_trl(tmp: Path, kind: str) -> dict:
         from trl import RLOOConfig, RLOOTrainer
 
         args, cls = RLOOConfig(**common), RLOOTrainer
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, *_a, **_k):
-            stamps.append(time.time())
+            stamps.append((time.time(), time.process_time()))
 
     ds = Dataset.from_list([{"prompt": p["messages"]} for p in prompts])
     trainer = cls(model=str(tmp / "policy"), reward_funcs=str(tmp / "rm"), args=args, train_dataset=ds,
                   processing_class=tok, callbacks=[Clock()])
-    t0 = time.time()
+    t0 = (time.time(), time.process_time())
     trainer.train()
     ends = [t0] + stamps[per_gen - 1::per_gen]  # the end of each generation batch's updates
-    steps = [b - a for a, b in zip(ends, ends[1:])][1:]
-    return {"step_s": steps, "trl_version": trl.__version__, "optimizer_steps": len(stamps)}
+    return {"step_s": [b[0] - a[0] for a, b in zip(ends, ends[1:])][1:],
+            "step_cpu_s": [b[1] - a[1] for a, b in zip(ends, ends[1:])][1:],
+            "trl_version": trl.__version__, "optimizer_steps": len(stamps)}
 
 
 def run_worker(py: Path, which: str, tmp: Path) -> dict:
@@ -139,18 +146,25 @@ def main() -> None:
         for _ in range(2):  # alternate, so a shared machine's load hits every side alike
             for w in runs:
                 runs[w].append(run_worker(OURS_PY if w.startswith("ours") else TRL_PY, w, tmp))
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     for kind in ("grpo", "rloo"):
         ours = [s for r in runs[f"ours_{kind}"] for s in r["step_s"]]
         trl = [s for r in runs[f"trl_{kind}"] for s in r["step_s"]]
-        o, t = (statistics.median(ours) if ours else None), (statistics.median(trl) if trl else None)
-        res[f"{kind}_speedup_vs_trl"] = t / o if o and t else None
-        res[kind] = {"ours_step_s_median": o, "trl_step_s_median": t, "ours_step_s": ours, "trl_step_s": trl,
+        ours_cpu = [s for r in runs[f"ours_{kind}"] for s in r.get("step_cpu_s", [])]
+        trl_cpu = [s for r in runs[f"trl_{kind}"] for s in r.get("step_cpu_s", [])]
+        o, t, oc, tc = med(ours), med(trl), med(ours_cpu), med(trl_cpu)
+        # CPU seconds are the headline: on a shared machine wall time swings with the other load
+        res[f"{kind}_speedup_vs_trl"] = tc / oc if oc and tc else None
+        res[f"{kind}_speedup_vs_trl_wall"] = t / o if o and t else None
+        res[kind] = {"ours_step_cpu_s_median": oc, "trl_step_cpu_s_median": tc, "ours_step_s_median": o,
+                     "trl_step_s_median": t, "ours_step_s": ours, "trl_step_s": trl, "ours_step_cpu_s": ours_cpu,
+                     "trl_step_cpu_s": trl_cpu,
                      "errors": [r["error"] for r in runs[f"ours_{kind}"] + runs[f"trl_{kind}"] if "error" in r],
                      "trl_version": next((r.get("trl_version") for r in runs[f"trl_{kind}"] if "trl_version" in r), None)}
     res["machine"] = {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k.endswith("speedup_vs_trl")}, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if "speedup" in k}, indent=2))
 
 
 if __name__ == "__main__":
