@@ -129,6 +129,28 @@ def ppo(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt =
 
 
 @app.command()
+def dpo(config: ConfigOpt = None, set: SetOpt = None):
+    """DPO from the SFT model on the RM's comparisons (reference = SFT; dpo.rounds > 1: online rounds)."""
+    from chatrlhf.stages.dpo import run_dpo
+
+    run_dpo(load_cfg(config, set))
+
+
+@app.command()
+def compare(config: ConfigOpt = None, set: SetOpt = None,
+            methods: Annotated[Optional[str], typer.Option(help="Comma-separated: sft,ppo,dpo,grpo,rloo,bon4,bon16,fewshot "
+                                                          "(default: compare.methods).")] = None):
+    """Train PPO, GRPO, RLOO and DPO from the same SFT model and comparisons, add best-of-n and few-shot
+    baselines, and judge all against SFT with the held-out labelers (compare/table.md, table.json)."""
+    from chatrlhf.stages.compare import run_compare
+
+    try:
+        run_compare(load_cfg(config, set), [m.strip() for m in methods.split(",") if m.strip()] if methods else None)
+    except (FileNotFoundError, ValueError) as e:
+        fail_with(e)
+
+
+@app.command()
 def iterate(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False,
             rounds: Annotated[Optional[int], typer.Option(help="RLHF rounds (overrides iterate.rounds).")] = None):
     """Iterated RLHF: fresh comparisons from the newest policy, RM update, PPO again."""

@@ -232,9 +232,11 @@ class PPOConfig(Section):
     max_minutes: float = Field(3.0, description="Stop PPO after this many minutes per round (0 = no limit; 3 keeps `chatrlhf run` under 15 CPU-minutes); the guard's best is still taken.")
     rollout_batch_size: int = Field(32, description="Responses per rollout batch (rollout_batch_size / samples_per_prompt distinct prompts).")
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt in a rollout batch (RLOO needs at least 2).")
-    advantage_estimator: Literal["gae", "rloo"] = Field(
-        "gae", description="gae: GAE with the value model (initialised from the RM); rloo: the RM score minus the "
-        "mean of the prompt's other samples (leave-one-out, Ahmadian et al. 2024), no value model.")
+    advantage_estimator: Literal["gae", "rloo", "grpo"] = Field(
+        "gae", description="gae: GAE with the value model (initialised from the RM); rloo: the sequence reward with "
+        "the KL in it, minus the mean of the prompt's other samples (leave-one-out, Ahmadian et al. 2024); grpo: "
+        "(reward - group mean) / group std, with the KL to SFT as a k3 loss term weighted by kl_coef (Shao et al. "
+        "2024). rloo and grpo need samples_per_prompt >= 2 and load, train and save no value model.")
     critic: Literal["shared", "separate"] = Field(
         "shared", description="GAE's value function. shared: a scalar head on the policy's last hidden states, initialised "
         "from the RM's head -- one trunk pass per update instead of two, and the rollout's hidden states give the values "
@@ -293,9 +295,9 @@ class PPOConfig(Section):
         if self.rollout_batch_size % self.samples_per_prompt:
             raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                              f"samples_per_prompt ({self.samples_per_prompt})")
-        if self.advantage_estimator == "rloo" and self.samples_per_prompt < 2:
-            raise ValueError("advantage_estimator 'rloo' needs samples_per_prompt >= 2 (its baseline is the "
-                             "mean score of the prompt's other samples)")
+        if self.advantage_estimator in ("rloo", "grpo") and self.samples_per_prompt < 2:
+            raise ValueError(f"advantage_estimator '{self.advantage_estimator}' needs samples_per_prompt >= 2 (its "
+                             "baseline comes from the prompt's other samples)")
         return self
 
 
@@ -373,6 +375,47 @@ class PreferencesConfig(Section):
                                 "comparison is between what each group's reward model teaches).")
     eval_prompts: int = Field(200, ge=1, description="Held-out eval prompts each policy answers (greedy).")
     judgements: int = Field(4, ge=1, description="Judgements per answer pair, spread over the judging group's held-out members.")
+class DPOConfig(Section):
+    data: str | None = Field(None, description="Comparisons to learn from: None = the RM stage's comparisons (rm/comparisons.jsonl, "
+                             "sampled and ranked as the RM stage does when missing); or a rankings/pairs jsonl path or datasets name.")
+    beta: float = Field(0.1, gt=0, description="DPO's beta (TRL's name): the strength of the implicit KL to the reference; "
+                        "the implicit reward is beta * (log pi(y) - log pi_SFT(y)).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the comparisons (the RM's default: the same data, seen as often).")
+    batch_prompts: int = Field(8, ge=1, description="Comparisons per optimizer step; all pairs of a K-way ranking share a batch "
+                               "and each response is scored once, as in the RM stage.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate (cosine decay after warm-up).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay floor as a fraction of the peak.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, description="Gradient norm clip (0 = off).")
+    max_len: int = Field(256, description="Maximum tokens of prompt plus response; the prompt is cut from the left.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of prompts held out for preference accuracy "
+                                "(a comparison's own `split` field wins, as in the RM stage).")
+    packing: bool = Field(True, description="Pack each batch's sequences into rows with restarting position ids instead "
+                          "of padding them, the LM head run on response positions only (checked against padding on the "
+                          "first batch; falls back to padding, with a warning, where the model's attention ignores the restarts).")
+    ref_batch: int = Field(64, ge=1, description="Sequences per forward pass when the reference log-probs are computed "
+                           "(once, before training: the reference is frozen, so one pass serves every epoch).")
+    save_every: int = Field(100, description="Steps between resumable checkpoints.")
+    log_every: int = Field(10, description="Steps between logged scalars.")
+    rounds: int = Field(1, ge=1, description="Iterated (online) DPO: after the first pass, each further round samples rm.k "
+                        "answers from the newest policy for iterate.prompts_per_round fresh PPO prompts, has the training "
+                        "labelers rank them, and runs DPO on them from the newest policy (reference still SFT). 1 = offline DPO.")
+
+
+class CompareConfig(Section):
+    methods: list[str] = Field(
+        default_factory=lambda: ["sft", "ppo", "dpo", "grpo", "rloo", "bon4", "bon16", "fewshot"],
+        description="Methods in the table: sft (the baseline), ppo (GAE), grpo, rloo, dpo, bonN (best of N SFT samples "
+                    "under the RM, at inference), fewshot (the pre-trained model prompted with demonstrations).")
+    samples_per_prompt: int = Field(4, ge=2, description="GRPO/RLOO group size; PPO gets the same rollout_batch_size in "
+                                    "responses, so every RL method generates the same number of tokens' worth of answers.")
+    rejection_sampling: bool = Field(False, description="Let the RL methods start from ppo.rejection_sampling's best-of-n "
+                                     "fine-tune (as `chatrlhf ppo` does); off = every method starts from SFT itself.")
+    fewshot_demos: int = Field(4, ge=0, description="Demonstrations (world SFT demonstrations, never eval prompts) put "
+                               "before the question for the few-shot base model.")
+    kl_prompts: int = Field(64, ge=1, description="Eval prompts on which KL(method || SFT) is estimated from each model's "
+                            "own temperature-1 samples.")
 
 
 class Config(Section):
@@ -390,6 +433,8 @@ class Config(Section):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     def stage_dir(self, stage: str) -> Path:
         """Where a stage writes its outputs, e.g. runs/default/sft."""

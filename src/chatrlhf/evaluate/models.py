@@ -8,7 +8,9 @@ The base model never saw the chat template tokens, so it is prompted in plain te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,28 @@ class ModelHandle:
     model: Any
     tokenizer: Any
     chat: bool  # True: apply the chat template; False: plain "User: ...\nAssistant:" prompt
+    prefix: str = ""  # text before every plain prompt (few-shot demonstrations, evaluate/methods.py)
+    # (prompts, max_new_tokens, temperature, seed) -> {"greedy", "sample"}: an evaluation-time method's
+    # own answers (best-of-n) instead of plain decoding
+    answer_fn: Callable[[list[dict], int, float, int], dict[str, list[str]]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_len(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+
+# evaluation-time methods (evaluate/methods.py) are named like models: bonN, fewshot
+BON = re.compile(r"bon(\d+)")
+
+
+def is_method(name: str) -> bool:
+    return bool(BON.fullmatch(name)) or name == "fewshot"
+
+
+def default_model(name: str) -> str:
+    """The stage a method is built on: best-of-n samples SFT, few-shot prompts the base model."""
+    return "base" if name == "fewshot" else "sft"
 
 
 def resolve_models(cfg: Config, specs: list[str]) -> list[tuple[str, str]]:
@@ -42,8 +62,8 @@ def resolve_models(cfg: Config, specs: list[str]) -> list[tuple[str, str]]:
     for spec in specs:
         if "=" in spec:
             name, path = spec.split("=", 1)
-        else:
-            name, path = spec, str(stage_path(cfg, spec))
+        else:  # an evaluation-time method (bon16, fewshot) runs on the stage it is built on
+            name, path = spec, str(stage_path(cfg, default_model(spec) if is_method(spec) else spec))
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"--model {spec}: no such stage output {path}; run that stage first "
                                         "or pass NAME=DIR")
@@ -67,7 +87,7 @@ def prompt_text(h: ModelHandle, messages: list[dict[str, str]]) -> str:
     """The text the model continues to answer the last user turn."""
     if h.chat:
         return apply_template(h.tokenizer, messages, tokenize=False, add_generation_prompt=True)
-    return plain_prompt(messages)
+    return h.prefix + plain_prompt(messages)
 
 
 def encode_text(h: ModelHandle, text: str) -> list[int]:

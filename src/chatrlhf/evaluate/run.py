@@ -229,6 +229,24 @@ def _ci(t: tuple[float, float, float]) -> dict[str, float]:
     return {"estimate": t[0], "low": t[1], "high": t[2]}
 
 
+def load_any_handle(ctx: Context, name: str, path: str) -> ModelHandle:
+    """A trained model's handle, or an evaluation-time method's (bonN, fewshot: evaluate/methods.py)
+    with the run's RM (the one PPO was trained against) and the world's demonstrations."""
+    from chatrlhf.evaluate.methods import load_method_handle
+    from chatrlhf.evaluate.models import is_method
+
+    cfg = ctx.cfg
+    if not is_method(name):
+        return load_handle(name, path, cfg.model.dtype)
+    rm = None
+    if name != "fewshot":
+        from chatrlhf.lm.reward_model import RewardModel
+
+        rm_dir = cfg.stage_dir("rm")
+        rm = RewardModel.load(rm_dir) if (rm_dir / "config.json").is_file() else ctx.reward_model
+    return load_method_handle(name, path, cfg.model.dtype, rm, ctx.world, cfg.compare.fewshot_demos)
+
+
 def run_eval(cfg: Config, models: list[str]) -> dict[str, Any]:
     """Evaluate each model, write eval/<name>.json and eval/summary.json; returns the summary."""
     specs = resolve_models(cfg, models)
@@ -242,7 +260,7 @@ def run_eval(cfg: Config, models: list[str]) -> dict[str, Any]:
     for name, path in specs:
         console.print(f"[bold]eval[/bold] {name} ({path})")
         t = time.time()
-        h = load_handle(name, path, cfg.model.dtype)
+        h = load_any_handle(ctx, name, path)
         results[name] = evaluate_model(ctx, h)
         results[name]["seconds_total"] = time.time() - t
         (out / f"{name}.json").write_text(json.dumps(results[name], indent=1, default=_jsonable))

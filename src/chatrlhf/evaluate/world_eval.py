@@ -29,6 +29,8 @@ def _is(task: str, keys: tuple[str, ...]) -> bool:
 
 def answer(h: ModelHandle, prompts: list[dict], max_new_tokens: int, temperature: float, seed: int
            ) -> dict[str, list[str]]:
+    if h.answer_fn is not None:  # an evaluation-time method (best-of-n) answers its own way
+        return h.answer_fn(prompts, max_new_tokens, temperature, seed)
     texts = [prompt_text(h, p["messages"]) for p in prompts]
     return {"greedy": generate(h, texts, max_new_tokens, temperature=0.0, seed=seed),
             "sample": generate(h, texts, max_new_tokens, temperature=temperature, seed=seed)}

@@ -144,3 +144,49 @@ def gather_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """The given tokens' entries of a log-softmax (B, T, V) -> (B, T), for callers that keep the
     log-softmax for something else (PPO's entropy)."""
     return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+# --- critic-free estimators (Ahmadian et al. 2024; Shao et al. 2024) --------------------------
+
+
+def group_normalized_advantages(scores: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, eq. 3 with outcome supervision): (r - mean) / std over the k samples of
+    each prompt, std unbiased as in the paper's reference code. A group whose samples all score the
+    same gets 0 (nothing to prefer). scores: (B,) as B/k consecutive groups of k."""
+    g = scores.view(-1, k)
+    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)).reshape(-1)
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate k3 = pi_ref/pi - log(pi_ref/pi) - 1 (Schulman 2020), used
+    by GRPO as a loss term: unbiased, and never negative, unlike k1 = log pi - log pi_ref."""
+    d = ref_logprobs - logprobs
+    return torch.exp(d) - d - 1.0
+
+
+# --- direct preference optimisation (Rafailov et al. 2023) -----------------------------------
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+    beta: float, weight: torch.Tensor | None = None, n_groups: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO eq. 7: -log sigmoid(beta * ((log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)))),
+    on summed response log-probs per pair, (P,) each. `weight` and `n_groups` weigh pairs as
+    `ranking_loss` does (1/C(K,2) per ranking, every ranking the same total), so a K-way ranking
+    counts in DPO as it counts in the RM; without them every pair weighs the same.
+    Stats: the implicit rewards beta * (log pi - log pi_ref) of chosen and rejected, their margin and
+    how often the chosen one is higher (TRL's rewards/* names)."""
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    per_pair = -F.logsigmoid(chosen_reward - rejected_reward)
+    if weight is None:
+        loss = per_pair.mean()
+    else:
+        denom = float(n_groups) if n_groups else weight.sum().clamp(min=1e-8)
+        loss = (weight * per_pair).sum() / denom
+    with torch.no_grad():
+        stats = {"rewards/chosen": chosen_reward.mean(), "rewards/rejected": rejected_reward.mean(),
+                 "rewards/margins": (chosen_reward - rejected_reward).mean(),
+                 "rewards/accuracies": (chosen_reward > rejected_reward).float().mean()}
+    return loss, stats

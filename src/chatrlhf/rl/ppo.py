@@ -9,9 +9,10 @@ every token. Each iteration:
     2. score       RM score, missing-EOS penalty, gold score for logging (score_rollout)
     3. evaluate    reference log-probs, values                            (evaluate_rollout)
     4. advantages  KL-penalised per-token rewards (+ the SFT model's      (compute_advantages)
-                   log-likelihood of the response), GAE, whitening
+                   log-likelihood of the response), GAE, whitening; or a group baseline
+                   over the prompt's samples without a critic (rloo, grpo)
     5. update      ppo_epochs x mini-batches of clipped surrogate + clipped value loss
-                   (+ PPO-ptx LM loss on pre-training text)              (ppo_update)
+                   (+ GRPO's k3 KL term, + PPO-ptx LM loss on pre-training text) (ppo_update)
 
 Over-optimisation guard (no gold judge needed): every `eval_every` iterations a small held-out set
 of prompts is answered by the policy and compared against SFT answers by the *training* labelers
@@ -46,10 +47,11 @@ from chatrlhf.rl.experience import (
 from chatrlhf.rl.guard import ComparisonGuard, LabelerGuard
 from chatrlhf.rl.kl_controller import make_kl_controller
 from chatrlhf.rl.losses import (
-    discounted_returns,
     entropy_from_logprobs,
     gae_advantages,
     gather_logprobs,
+    group_normalized_advantages,
+    k3_kl,
     kl_penalized_rewards,
     leave_one_out_baseline,
     masked_mean,
@@ -68,22 +70,43 @@ class PPOInstabilityError(TrainingStopped):
 
 
 def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
-    scores = ro.scores
-    if cfg.advantage_estimator == "rloo":  # only differences within a prompt carry signal
-        scores = leave_one_out_baseline(scores, cfg.samples_per_prompt)
-    rewards, kl = kl_penalized_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
+    if cfg.advantage_estimator != "gae":
+        return _group_advantages(ro, kl_coef, cfg)
+    rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
     if cfg.sft_loglik_coef:
         rewards = rewards + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.sft_loglik_coef)
         ro.stats["sft_loglik"] = masked_mean(ro.ref_logprobs, ro.mask, dim=1).mean().item()
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
-    if cfg.advantage_estimator == "rloo":
-        adv = ro.returns = discounted_returns(rewards, ro.mask, cfg.gamma)
-    else:
-        adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
+    adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
     ro.advantages = masked_whiten(adv, ro.mask)
     ro.stats["kl"] = kl.sum(1).mean().item()  # nats per sequence
     ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
+
+
+def _group_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
+    """Critic-free estimators over the samples_per_prompt samples of each prompt, one advantage per
+    sequence given to all its tokens. The sequence reward is the same as GAE's summed per-token
+    reward (score + the SFT log-likelihood term); the KL sits where each paper puts it:
+      rloo  KL in the reward, R = score - kl_coef * sum_t KL_t, minus the mean R of the prompt's other
+            samples (Ahmadian et al. 2024), then whitened as GAE's advantages are (one learning rate
+            serves both);
+      grpo  (R - mean) / std over the group without KL; the KL to SFT is a loss term with the k3
+            estimator (Shao et al. 2024), added in ppo_update."""
+    kl = (ro.logprobs - ro.ref_logprobs) * ro.mask  # k1 per token, as GAE's reward uses
+    seq = ro.scores.float().clone()
+    if cfg.sft_loglik_coef:
+        seq = seq + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.sft_loglik_coef).sum(1)
+        ro.stats["sft_loglik"] = masked_mean(ro.ref_logprobs, ro.mask, dim=1).mean().item()
+    k = cfg.samples_per_prompt
+    if cfg.advantage_estimator == "rloo":
+        seq = seq - kl_coef * kl.sum(1)
+        ro.advantages = masked_whiten(leave_one_out_baseline(seq, k)[:, None] * ro.mask, ro.mask)
+        ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
+    else:
+        ro.advantages = group_normalized_advantages(seq, k)[:, None] * ro.mask
+    ro.returns = seq[:, None] * ro.mask  # no value target; kept for logging and shape
+    ro.stats["kl"] = kl.sum(1).mean().item()  # nats per sequence
 
 
 # --- 5. update -------------------------------------------------------------------------------
@@ -95,15 +118,18 @@ def ptx_loss(policy, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
 
 
-def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead, optimizer, accelerator, cfg: PPOConfig,
-               seed: int, ptx_sampler: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
-    """ppo_epochs passes of shuffled mini-batches; returns the mean of each loss statistic."""
+def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead | None, optimizer, accelerator, cfg: PPOConfig,
+               seed: int, ptx_sampler: Callable[[], torch.Tensor] | None = None,
+               kl_coef: float | None = None) -> dict[str, float]:
+    """ppo_epochs passes of shuffled mini-batches; returns the mean of each loss statistic. `kl_coef`
+    (default cfg.kl_coef) weighs GRPO's KL loss term."""
     gen = torch.Generator().manual_seed(seed)
     B = len(ro.texts)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n = 0
-    gae = cfg.advantage_estimator == "gae"  # RLOO has no value model to train
+    gae = cfg.advantage_estimator == "gae"  # RLOO and GRPO have no value model to train
+    kl_loss_coef = (cfg.kl_coef if kl_coef is None else kl_coef) if cfg.advantage_estimator == "grpo" else 0.0
     for _ in range(cfg.ppo_epochs):
         for idx in torch.randperm(B, generator=gen).split(cfg.mini_batch_size):
             cols, r, p = minibatch_columns(ro, idx)
@@ -121,6 +147,10 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead, optimiz
                 vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
                 loss = loss + cfg.vf_coef * vf
                 stats |= {"vf_loss": vf.item(), **{k: t.item() for k, t in vf_stats.items()}}
+            if kl_loss_coef:
+                kl_term = masked_mean(k3_kl(lp, ro.ref_logprobs[idx, :r]), mask)
+                loss = loss + kl_loss_coef * kl_term
+                stats["kl_loss"] = kl_term.item()
             if ptx_sampler is not None and cfg.ptx_coef > 0:
                 lm = ptx_loss(policy, ptx_sampler())
                 loss = loss + cfg.ptx_coef * lm
@@ -145,13 +175,16 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead, optimiz
 class PPOTrainer:
     """Holds the models and optimizer; `train()` runs iterations with checkpoints and the guard."""
 
-    def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel | ValueHead, tokenizer,
+    def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel | ValueHead | None, tokenizer,
                  reward_fn: RewardFn, prompts: list[dict], out_dir: str | Path, accelerator, seed: int = 0,
                  gold_fn: GoldFn | None = None, guard: LabelerGuard | ComparisonGuard | None = None,
                  ptx_data: torch.Tensor | None = None, start_win_rate: float | None = None):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
-        if isinstance(value_model, ValueHead) != (cfg.critic == "shared"):
+        if (value_model is not None) != (cfg.advantage_estimator == "gae"):
+            raise TypeError(f"ppo.advantage_estimator={cfg.advantage_estimator} "
+                            f"{'needs a critic' if value_model is None else 'trains no critic; pass value_model=None'}")
+        if value_model is not None and isinstance(value_model, ValueHead) != (cfg.critic == "shared"):
             raise TypeError(f"ppo.critic={cfg.critic} needs a {'ValueHead' if cfg.critic == 'shared' else 'ValueModel'}, "
                             f"got a {type(value_model).__name__}")
         self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
@@ -162,15 +195,20 @@ class PPOTrainer:
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval()
         head_lr = cfg.learning_rate * (cfg.value_head_lr_scale if cfg.critic == "shared" else 1.0)
-        trainable = [{"params": [p for p in policy.parameters() if p.requires_grad]},
-                     {"params": list(value_model.parameters()), "lr": head_lr}]
+        trainable = [{"params": [p for p in policy.parameters() if p.requires_grad]}]
+        if value_model is not None:
+            trainable.append({"params": list(value_model.parameters()), "lr": head_lr})
         # fused: one kernel per step instead of ~10 small ops per tensor (TRL's default optimizer too)
         optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
-        self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)
+        if value_model is None:
+            (self.policy, self.optimizer), self.value_model = accelerator.prepare(policy, optimizer), None
+        else:
+            self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)
         # eval mode throughout (gradients still flow): with dropout on, the update's log-probs would
         # differ from the rollout's and the reference's before any step, a ratio and KL made of noise
         self.policy.eval()
-        self.value_model.eval()
+        if self.value_model is not None:
+            self.value_model.eval()
         self.ref_policy = ref_policy.to(accelerator.device) if ref_policy is not None else None
         self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
         self.ckpts = Checkpoints(self.out_dir, settings={"ppo": cfg.model_dump(mode="json", exclude={
@@ -193,11 +231,12 @@ class PPOTrainer:
         compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.
         self._check_kl(ro.stats["kl"])
         self.policy.eval()
-        self.value_model.eval()
+        if self.value_model is not None:
+            self.value_model.eval()
         sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx_coef > 0 else None
         try:
             stats = ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator, cfg,
-                               seed=self.seed * 7 + it, ptx_sampler=sampler)  # 5.
+                               seed=self.seed * 7 + it, ptx_sampler=sampler, kl_coef=self.kl_ctl.value)  # 5.
         except PPOInstabilityError as e:
             raise PPOInstabilityError(f"{e} at iteration {it + 1}; stopping, last good checkpoint kept in "
                                       f"{self.ckpts.latest() or '(none yet)'}. Lower ppo.learning_rate.") from None
@@ -256,8 +295,10 @@ class PPOTrainer:
         if smoothed > self.best["win_rate"]:
             self.best = {"win_rate": smoothed, "iteration": self.iteration, "stale": 0}
             unwrap = self.accelerator.unwrap_model
-            torch.save({"policy": _cpu_state(unwrap(self.policy)), "value": _cpu_state(unwrap(self.value_model))},
-                       self.out_dir / "best_state.pt")
+            state = {"policy": _cpu_state(unwrap(self.policy))}
+            if self.value_model is not None:
+                state["value"] = _cpu_state(unwrap(self.value_model))
+            torch.save(state, self.out_dir / "best_state.pt")
         else:
             self.best["stale"] += 1
         return smoothed
@@ -268,7 +309,8 @@ class PPOTrainer:
         if path.is_file():
             state = torch.load(path, weights_only=True)
             self.accelerator.unwrap_model(self.policy).load_state_dict(state["policy"])
-            self.accelerator.unwrap_model(self.value_model).load_state_dict(state["value"])
+            if self.value_model is not None:
+                self.accelerator.unwrap_model(self.value_model).load_state_dict(state["value"])
 
     # -- checkpoints
     def save_checkpoint(self) -> Path:

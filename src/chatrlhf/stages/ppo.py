@@ -188,7 +188,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
     rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
-    value = load_critic(rm_dir, pc.critic, policy, cfg.model.dtype)
+    value = load_critic(rm_dir, pc.critic, policy, cfg.model.dtype) if pc.advantage_estimator == "gae" else None
 
     world = _load_world(cfg)
     prompts, source = ppo_prompts(cfg, world)
@@ -238,8 +238,9 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
                       "; try more iterations, a lower ppo.learning_rate or ppo.early_stop=none")
     if stage_complete(out / "best_of_n"):
         meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
-    acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
-    if pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
+    if trainer.value_model is not None:  # RLOO and GRPO train none
+        acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
+    if trainer.value_model is not None and pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
         tok.save_pretrained(out / "value")
     plot_reward_vs_gold(history, out / "reward_vs_gold.png")
     return save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
