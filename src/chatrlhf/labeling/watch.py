@@ -33,7 +33,7 @@ def _share(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
-def watch_report(s: Session, round: int | None = None) -> dict[str, Any]:
+def watch_report(s: Session, round_no: int | None = None) -> dict[str, Any]:
     users = {u.id: u for u in s.scalars(select(User))}
     group_of = {u.name: u.group_name for u in users.values()}
     rows = s.execute(select(Submission, Item, Project.kind).join(Item, Item.id == Submission.item_id)
@@ -43,7 +43,7 @@ def watch_report(s: Session, round: int | None = None) -> dict[str, Any]:
     tasks: dict[str, int] = defaultdict(int)
     sugg: dict[str, list[int]] = defaultdict(list)  # name -> edit distance of each suggestion (0 = kept)
     for sub, item, kind in rows:
-        if round is not None and item.payload.get("round") != round:
+        if round_no is not None and item.payload.get("round") != round_no:
             continue
         name = users[sub.user_id].name
         tasks[name] += 1
@@ -57,8 +57,8 @@ def watch_report(s: Session, round: int | None = None) -> dict[str, Any]:
                 sugg[name].append(edit_distance(item.payload["suggestion"], sub.data["messages"][n]["content"]))
 
     chat_q = select(Chat)
-    if round is not None:
-        chat_q = chat_q.where(Chat.round == round)
+    if round_no is not None:
+        chat_q = chat_q.where(Chat.round == round_no)
     chats: dict[str, int] = defaultdict(int)
     chat_seconds: dict[str, list[float]] = defaultdict(list)
     chat_ids: dict[int, str] = {}
@@ -112,6 +112,6 @@ def watch_report(s: Session, round: int | None = None) -> dict[str, Any]:
         within = [p for p in pair_counts if p[0] in members and p[1] in members]
         across = [p for p in pair_counts if (p[0] in members) != (p[1] in members)]
         groups.append({"group": g, "members": sorted(members), **summary(members, within, across)})
-    return {"round": round, "measure": "agreement: share of response pairs two rankers order the same way "
+    return {"round": round_no, "measure": "agreement: share of response pairs two rankers order the same way "
                                        "(pairs either tied left out), over items both ranked",
             "trainers": trainers, "groups": groups}
