@@ -330,7 +330,8 @@ def rank_plan(s: Session, user: User, chat_id: int, turn: int | None = None, k: 
     policy = current_policy(s)
     if policy is None:
         raise store.Conflict("no model is served to sample alternatives from: an admin sets one first")
-    user_meta = next((t.meta for t in reversed(turns[:turn]) if t.role == "user" and t.meta), None) or {}
+    asked = turns[turn - 1] if turn > 0 and turns[turn - 1].role == "user" else None
+    user_meta = (asked.meta if asked is not None else None) or {}  # the prompt the ranked reply answers
     return RankPlan(chat.id, turn, messages_of(turns[:turn]), turns[turn].content, k,
                     seed=(chat.id * 1009 + turn) * 101, policy=policy_view(policy), settings=settings,
                     meta={**user_meta, "round": chat.round})
