@@ -1,6 +1,7 @@
 """The chat loop in the labeling app, through its API on SQLite and PostgreSQL: chat with the served
 policy, both sides from suggestions, rank one model turn, what an admin watches, and the errors."""
 
+# ruff: noqa: F811  (pytest fixtures imported from test_labeling are test parameters here)
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import threading
 import time
 
 import pytest
-from test_labeling import A, app, bearer, c, db_url, pg_schema, setup_project, sqlite_template  # noqa: F401
+from test_labeling import A, app, bearer, c, db_url, pg_schema, setup_project, sqlite_template  # noqa: F401  (the API suite's fixtures)
 
 from chatrlhf.labeling.loadtest import free_port
 from chatrlhf.lm.conversations import load_conversations
@@ -70,7 +71,7 @@ def test_chat_then_rank_one_model_turn_with_auth(c, tiny_model_dir, tmp_path):
     r = c.post(f"/api/chats/{chat['id']}/finish", headers=ana)
     assert r.status_code == 200 and r.json()["rank_item"] is None and r.json()["chat"]["status"] == "finished"
     assert say(c, tok["ana"], chat["id"], "more").status_code == 409  # finished chats take no more turns
-    bad = [({"turn": 7}, "out of range: chat %d has 4 turns" % chat["id"]), ({"turn": -1}, "out of range"),
+    bad = [({"turn": 7}, f"out of range: chat {chat['id']} has 4 turns"), ({"turn": -1}, "out of range"),
            ({"turn": 2}, "written by the trainer, not the model; model-written turns: [1, 3]"),
            ({"k": 1}, "'k' must be an integer from 2 to 9"), ({"k": 10}, "from 2 to 9")]
     for body, why in bad:

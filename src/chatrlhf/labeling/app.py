@@ -600,7 +600,7 @@ def _chat_routes(app: FastAPI, ctx: Ctx) -> None:
                             "The conversation so far is saved; write the turn yourself or ask again")[0]
         with ctx.tx() as s:
             chats.store_suggestion(s, ask, text)
-        return {"suggestion": text}
+        return {"suggestion": chats.clean(text)}
 
     @app.post("/api/chats/{chat_id}/finish")
     def api_finish(chat_id: int, user: User = Depends(ctx.current_user)):

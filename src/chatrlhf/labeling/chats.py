@@ -153,7 +153,15 @@ def my_chats(s: Session, user: User, project_name: str) -> list[dict[str, Any]]:
     return [{"id": c.id, "status": c.status, "round": c.round, "rank_item": c.rank_item_id} for c in chats]
 
 
+def clean(text: str) -> str:
+    """Text as stored: without NUL characters (PostgreSQL text cannot hold them; a small model's
+    byte-level samples can contain them)."""
+    return text.replace("\x00", "")
+
+
 def _content(text: Any, field: str = "content") -> str:
+    if isinstance(text, str):
+        text = clean(text)
     if not isinstance(text, str) or not text.strip():
         raise TaskError(f"'{field}' must be a non-empty string")
     if len(text) > MAX_TEXT:
@@ -200,9 +208,8 @@ def add_turn(s: Session, user: User, chat_id: int, role: str, content: Any, meta
             raise store.Conflict(f"the policy has not answered turn {last.position} yet: retry the reply "
                                  f"(POST /api/chats/{chat_id}/reply) before writing again")
         raise TaskError(f"turns alternate: turn {last.position} is already a {role} turn")
-    if last is None or last.role == "system":
-        if role != "user":
-            raise TaskError("a conversation starts with a user turn")
+    if (last is None or last.role == "system") and role != "user":
+        raise TaskError("a conversation starts with a user turn")
     turn = Turn(chat_id=chat.id, position=len(turns), role=role, content=_content(content), by_model=False,
                 meta=_meta(meta), seconds=seconds if seconds is not None else _since(chat, last))
     if project.kind == "both_sides" and role == "assistant":
@@ -262,7 +269,7 @@ def store_reply(s: Session, ask: Ask, text: str) -> Turn:
     turns = turns_of(s, chat)
     if chat.status != "open" or len(turns) != ask.position:
         raise store.Conflict(f"chat {chat.id} changed while the model was answering; reload it")
-    turn = Turn(chat_id=chat.id, position=ask.position, role="assistant", content=text, by_model=True,
+    turn = Turn(chat_id=chat.id, position=ask.position, role="assistant", content=clean(text), by_model=True,
                 policy_id=ask.policy["id"], seconds=_since(chat, turns[-1] if turns else None))
     s.add(turn)
     s.flush()
@@ -273,13 +280,13 @@ def store_suggestion(s: Session, ask: Ask, text: str) -> None:
     chat = s.get(Chat, ask.chat_id, with_for_update=True)
     if chat.status != "open" or len(turns_of(s, chat)) != ask.position:
         raise store.Conflict(f"chat {chat.id} changed while the model was answering; reload it")
-    chat.pending_suggestion = text
+    chat.pending_suggestion = clean(text)
     if chat.policy_id is None:
         chat.policy_id, chat.round = ask.policy["id"], ask.policy["round"]
 
 
 def finish_chat(s: Session, user: User, chat_id: int) -> Chat:
-    chat, project, turns = _open_chat(s, user, chat_id)
+    chat, _, turns = _open_chat(s, user, chat_id)
     if not any(t.role == "assistant" for t in turns):
         raise TaskError(f"chat {chat_id} has no assistant turn yet; a finished chat needs at least one")
     chat.status, chat.finished_at, chat.pending_suggestion = "finished", utcnow(), None
@@ -343,7 +350,7 @@ def queue_ranking(s: Session, plan: RankPlan, alternatives: list[str], rng: rand
     if chat.rank_item_id is not None:
         raise store.Conflict(f"chat {chat.id} already has ranking task {chat.rank_item_id}")
     chat_project = s.get(Project, chat.project_id)
-    responses = list(alternatives[: plan.k - 1])
+    responses = [clean(a) for a in alternatives[: plan.k - 1]]
     at = (rng or random.Random(plan.seed)).randrange(len(responses) + 1)
     responses.insert(at, plan.original)
     ext_id = f"chat{chat.id}-t{plan.turn}"

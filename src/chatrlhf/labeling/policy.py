@@ -47,7 +47,7 @@ class LocalBackend:
         check_target("local", model_dir)
         try:
             self.engine = load_engine(model_dir, device="cpu")
-        except Exception as e:  # noqa: BLE001 - any load failure is the model's
+        except Exception as e:  # any load failure is the model's
             raise ModelError(f"model directory {model_dir} could not be loaded: {type(e).__name__}: {e}") from e
         self.name = model_dir
         self.lock = threading.Lock()
@@ -71,9 +71,7 @@ class OpenAIBackend:
 
     def __init__(self, url: str, model: str | None = None, timeout_s: float = 60.0, api_key: str | None = None):
         check_target("openai", url)
-        self.url = url.rstrip("/")
-        if self.url.endswith("/v1"):
-            self.url = self.url[:-3]
+        self.url = url.rstrip("/").removesuffix("/v1")
         self.model, self.timeout_s = model, timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
