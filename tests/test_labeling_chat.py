@@ -245,3 +245,21 @@ def test_any_openai_compatible_endpoint_serves_the_chat(c, tiny_model_dir):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_cli_serves_a_policy_and_prints_the_watch_report(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from chatrlhf.labeling.cli import label_app
+
+    db = f"sqlite:///{tmp_path}/cli.db"
+    run = CliRunner().invoke
+    assert json.loads(run(label_app, ["policy", "--db", db]).stdout) is None
+    r = run(label_app, ["policy", "--db", db, "--model", "/nonexistent"])
+    assert r.exit_code == 1 and "no config.json" in r.output
+    r = run(label_app, ["policy", "--db", db, "--model", str(tiny_model_dir), "--round", "4"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["round"] == 4
+    assert json.loads(run(label_app, ["policy", "--db", db]).stdout)["target"] == str(tiny_model_dir.resolve())
+    assert run(label_app, ["create-user", "ana", "--db", db, "--group", "brief"]).exit_code == 0
+    report = json.loads(run(label_app, ["watch", "--db", db]).stdout)
+    assert report["trainers"][0]["name"] == "ana" and report["trainers"][0]["group"] == "brief"
