@@ -263,3 +263,56 @@ def test_cli_serves_a_policy_and_prints_the_watch_report(tmp_path, tiny_model_di
     assert run(label_app, ["create-user", "ana", "--db", db, "--group", "brief"]).exit_code == 0
     report = json.loads(run(label_app, ["watch", "--db", db]).stdout)
     assert report["trainers"][0]["name"] == "ana" and report["trainers"][0]["group"] == "brief"
+
+
+def test_model_text_is_stored_without_nul_and_two_racing_messages_keep_one_order(c, tiny_model_dir, monkeypatch):
+    from chatrlhf.labeling import policy
+
+    monkeypatch.setattr(policy.LocalBackend, "complete", lambda self, messages, n=1, **kw: ["a\x00b"] * n)
+    tok = chat_project(c)
+    serve_policy(c, tiny_model_dir)
+    chat = c.post("/api/projects/talk/chats", headers=bearer(tok["ana"])).json()
+    r = say(c, tok["ana"], chat["id"], "hi\x00 there")
+    assert r.status_code == 201, r.text  # PostgreSQL text cannot hold NUL
+    assert [m["content"] for m in r.json()["messages"]] == ["hi there", "ab"]
+
+    codes: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def send(text):
+        barrier.wait()
+        codes.append(say(c, tok["ana"], chat["id"], text).status_code)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    msgs = c.get(f"/api/chats/{chat['id']}", headers=bearer(tok["ana"])).json()["messages"]
+    assert [m["position"] for m in msgs] == list(range(len(msgs)))
+    assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)  # never two user turns in a row
+    assert sorted(codes)[0] == 201 and len(msgs) in (4, 6)
+
+
+def test_migration_0003_keeps_existing_data_and_downgrades(db_url):
+    from sqlalchemy import inspect
+
+    from chatrlhf.labeling import db as labdb
+
+    labdb.downgrade(db_url, "0002")
+    engine = labdb.make_engine(db_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO users (id, name, role, created_at) VALUES (1, 'ana', 'labeler', '2026-01-01')")
+        conn.exec_driver_sql("INSERT INTO projects (id, name, kind, labelers_per_item, instructions, created_at)"
+                             " VALUES (1, 'p', 'rank', 1, '', '2026-01-01')")
+    labdb.migrate(db_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT name, group_name FROM users").all() == [("ana", None)]
+        assert conn.exec_driver_sql("SELECT name, settings FROM projects").all() == [("p", None)]
+    assert {"policies", "chats", "turns"} <= set(inspect(engine).get_table_names())
+    labdb.downgrade(db_url, "0002")
+    assert not {"policies", "chats", "turns"} & set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT name FROM users").all() == [("ana",)]
+    labdb.migrate(db_url)
+    engine.dispose()
