@@ -358,9 +358,15 @@ def queue_ranking(s: Session, plan: RankPlan, alternatives: list[str], rng: rand
               "task": plan.meta.get("task"), "policy": plan.policy["model"] or plan.policy["target"],
               "round": chat.round, "chat_id": chat.id, "turn": plan.turn, "project": chat_project.name,
               "messages": plan.context, "responses": responses, "original_index": at}
-    rank_project, _ = store.create_project(s, plan.settings["rank_project"], "rank",
-                                           plan.settings["rank_labelers_per_item"],
-                                           "Rank the replies to the conversation so far, best first (ties allowed).")
+    rank_project, created = store.create_project(s, plan.settings["rank_project"], "rank",
+                                                 plan.settings["rank_labelers_per_item"],
+                                                 "Rank the replies to the conversation so far, best first (ties allowed).")
+    if created:  # the chat project's trainers rank its turns, unless an admin assigns others later
+        from chatrlhf.labeling.db import Member
+
+        members = s.scalars(select(User.name).join(Member, Member.user_id == User.id)
+                            .where(Member.project_id == chat_project.id))
+        store.add_members(s, rank_project, list(members))
     _, payload = validate_record(record, "rank", f"chat {chat.id}")
     item = s.scalar(select(Item).where(Item.project_id == rank_project.id, Item.ext_id == ext_id))
     if item is None:
