@@ -483,8 +483,7 @@ def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
             policy = chats.set_policy(s, kind, target, req.model, req.round)
             view = chats.policy_view(policy)
         if backend is not None:
-            with ctx.backends.lock:
-                ctx.backends.loaded = {view["id"]: backend}
+            ctx.backends.put(view["id"], backend)
         return {"policy": view}
 
     @app.get("/api/admin/watch")

@@ -334,7 +334,8 @@ def rank_plan(s: Session, user: User, chat_id: int, turn: int | None = None, k: 
     elif turn not in model_turns:
         raise TaskError(f"turn {turn} of chat {chat_id} was written by the trainer, not the model; "
                         f"model-written turns: {model_turns}")
-    policy = current_policy(s)
+    # the alternatives come from the model that wrote the original, so they compete with it fairly
+    policy = s.get(Policy, turns[turn].policy_id) if turns[turn].policy_id else current_policy(s)
     if policy is None:
         raise store.Conflict("no model is served to sample alternatives from: an admin sets one first")
     asked = turns[turn - 1] if turn > 0 and turns[turn - 1].role == "user" else None

@@ -114,8 +114,8 @@ def open_backend(kind: str, target: str, model: str | None = None, timeout_s: fl
 
 
 class Backends:
-    """Loaded backends by policy id: the app loads a policy once, the first time it is needed, and
-    drops the older ones when a newer policy is served."""
+    """Loaded backends by policy id: the app loads a policy the first time it is needed and keeps the
+    two most recently used (the served one, and the one that wrote a chat still being ranked)."""
 
     def __init__(self, timeout_s: float = 60.0):
         self.timeout_s = timeout_s
@@ -124,8 +124,16 @@ class Backends:
 
     def get(self, policy_id: int, kind: str, target: str, model: str | None):
         with self.lock:
-            backend = self.loaded.get(policy_id)
+            backend = self.loaded.pop(policy_id, None)
             if backend is None:
                 backend = open_backend(kind, target, model, self.timeout_s)
-                self.loaded = {policy_id: backend}  # one policy at a time in memory
+            self.loaded[policy_id] = backend  # most recently used last
+            while len(self.loaded) > 2:
+                self.loaded.pop(next(iter(self.loaded)))
             return backend
+
+    def put(self, policy_id: int, backend) -> None:
+        with self.lock:
+            self.loaded[policy_id] = backend
+            while len(self.loaded) > 2:
+                self.loaded.pop(next(iter(self.loaded)))
