@@ -34,7 +34,7 @@ def client_for(cfg: Config):
 
 def chat_project(cfg: Config) -> dict[str, Any] | None:
     """The chat project iterate draws from, or None when the app's project is not a chat project
-    (then iterate queues its own sampled comparisons, as before)."""
+    (then iterate queues its own sampled comparisons in `<labeling_project>-round-<r>`)."""
     from chatrlhf.labeling.client import LabelingError
 
     if cfg.iterate.source != "labeling_app" or not cfg.iterate.labeling_project:
