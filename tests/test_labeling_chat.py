@@ -11,6 +11,7 @@ import time
 import pytest
 from test_labeling import A, app, bearer, c, db_url, pg_schema, setup_project, sqlite_template  # noqa: F401  (the API suite's fixtures)
 
+from chatrlhf.labeling.chats import edit_distance
 from chatrlhf.labeling.loadtest import free_port
 from chatrlhf.lm.conversations import load_conversations
 from chatrlhf.lm.rankings import load_comparisons
@@ -102,7 +103,10 @@ def test_chat_then_rank_one_model_turn_with_auth(c, tiny_model_dir, tmp_path):
 
     convs = c.get("/api/admin/projects/talk/export", headers=A).text
     (tmp_path / "chats.jsonl").write_text(convs)
-    assert load_conversations(tmp_path / "chats.jsonl") == [[{"role": m["role"], "content": m["content"]} for m in msgs]]
+    expected = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    while not expected[-1]["content"].strip():  # an empty reply (the tiny model may end at once) teaches SFT nothing
+        expected = expected[:-2]
+    assert load_conversations(tmp_path / "chats.jsonl") == [expected]
 
 
 def test_a_finished_chat_queues_a_random_model_turn_shuffled_with_k_minus_1_alternatives(c, tiny_model_dir):
@@ -136,7 +140,12 @@ def test_a_finished_chat_queues_a_random_model_turn_shuffled_with_k_minus_1_alte
     assert r.status_code == 422
 
 
-def test_both_sides_keeps_suggestion_and_final_text_and_the_watch_report_counts_them(c, tiny_model_dir, tmp_path):
+def test_both_sides_keeps_suggestion_and_final_text_and_the_watch_report_counts_them(c, tiny_model_dir, tmp_path,
+                                                                                      monkeypatch):
+    from chatrlhf.labeling import policy
+
+    offered = iter(["I am an assistant.", "Varnok's capital is Selmo."])
+    monkeypatch.setattr(policy.LocalBackend, "complete", lambda self, messages, n=1, **kw: [next(offered)])
     tok = chat_project(c, name="both", kind="both_sides", max_new_tokens=8)
     c.post("/api/admin/users", json={"name": "cy", "group": "brief"}, headers=A)
     serve_policy(c, tiny_model_dir, round=2)
@@ -160,8 +169,10 @@ def test_both_sides_keeps_suggestion_and_final_text_and_the_watch_report_counts_
 
     (rec,) = [json.loads(x) for x in c.get("/api/admin/projects/both/export", headers=A).text.splitlines()]
     assert rec["suggestions"] == [None, s1, None, s2, None, None]
-    assert rec["kept_suggestion"] == [None, True, None, "Selmouth." == s2, None, None]
-    assert rec["edit_distance"][1] == 0 and rec["edit_distance"][3] > 0
+    assert (s1, s2) == ("I am an assistant.", "Varnok's capital is Selmo.")
+    assert rec["kept_suggestion"] == [None, True, None, False, None, None]
+    assert rec["edit_distance"][1] == 0 and rec["edit_distance"][3] == edit_distance(s2, "Selmouth.") > 0
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "abc") == 3
     assert rec["messages"][3] == {"role": "assistant", "content": "Selmouth."} and rec["round"] == 2
     (tmp_path / "demos.jsonl").write_text(json.dumps(rec) + "\n")
     assert len(load_conversations(tmp_path / "demos.jsonl")[0]) == 6  # what `chatrlhf sft` reads
