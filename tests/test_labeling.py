@@ -60,7 +60,7 @@ def pg_database() -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-TABLES = ("submissions", "claims", "items", "members", "projects", "tokens", "users")
+TABLES = ("turns", "chats", "policies", "submissions", "claims", "items", "members", "projects", "tokens", "users")
 
 
 @pytest.fixture(scope="module")

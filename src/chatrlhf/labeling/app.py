@@ -6,6 +6,11 @@ Auth: `Authorization: Bearer <token>` (API clients, simulated labelers) or the `
 cookie set by /api/login (people). Labelers reach /api/queue, /api/projects/*/next, /api/items/*
 and their own /api/submissions; everything under /api/admin needs an admin.
 
+Chats (`chats`): trainers talk to the served policy in chat projects, or write both sides from
+its suggestions in both_sides projects, under /api/projects/*/chats and /api/chats/*; a finished
+chat's model turn becomes a ranking task. Admins choose the policy with /api/admin/policy and read
+the per-trainer report at /api/admin/watch.
+
 Failed logins are limited per user name and per client address (429 with Retry-After), so a
 password cannot be guessed at speed; an admin revokes a user's tokens with
 POST /api/admin/users/{name}/revoke (or `chatrlhf label revoke NAME`).
@@ -28,8 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatrlhf.labeling import store
+from chatrlhf.labeling import chats, store
 from chatrlhf.labeling.db import User, open_db, reader
+from chatrlhf.labeling.policy import Backends, ModelError
 from chatrlhf.labeling.tasks import TaskError
 
 PAGES = Path(__file__).parent / "pages"
@@ -50,13 +56,38 @@ class UserReq(Req):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     role: str = Field("labeler", pattern="^(admin|labeler)$")
     password: str | None = Field(None, min_length=8, max_length=256)
+    group: str | None = Field(None, min_length=1, max_length=64)
 
 
 class ProjectReq(Req):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: str = Field(pattern="^(rank|demo|likert)$")
+    kind: str = Field(pattern="^(rank|demo|likert|chat|both_sides)$")
     labelers_per_item: int = Field(1, ge=1, le=20)
     instructions: str = Field("", max_length=4000)
+    settings: dict[str, Any] | None = None
+
+
+class ChatReq(Req):
+    system: str | None = Field(None, max_length=20_000)
+
+
+class TurnReq(Req):
+    role: str = "user"
+    content: str
+    meta: dict[str, Any] | None = None
+
+
+class RankTurnReq(Req):
+    turn: int | None = None
+    k: int | None = None
+
+
+class PolicyReq(Req):
+    model_dir: str | None = Field(None, max_length=1000)
+    url: str | None = Field(None, max_length=1000)
+    model: str | None = Field(None, max_length=200)
+    round: int | None = Field(None, ge=1)
+    check: bool = True
 
 
 class ItemsReq(Req):
@@ -142,6 +173,17 @@ class Ctx:
         # token -> (user, when looked up): saves a database round trip on most requests. Logout
         # drops the entry here; another server process sees a revoked token at most AUTH_TTL_S later.
         self.auth_cache: dict[str, tuple[User, float]] = {}
+        self.backends = Backends()
+
+    def complete(self, policy: dict[str, Any], messages: list[dict[str, str]], n: int, seed: int | None,
+                 settings: dict[str, Any], what: str) -> list[str]:
+        """n replies of the served policy; a model that fails is a 502 naming it and saying what is kept."""
+        try:
+            backend = self.backends.get(policy["id"], policy["kind"], policy["target"], policy["model"])
+            return backend.complete(messages, n=n, seed=seed, max_new_tokens=settings["max_new_tokens"],
+                                    temperature=settings["temperature"])
+        except ModelError as e:
+            raise HTTPException(502, f"{e}. {what}") from None
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -209,6 +251,7 @@ def create_app(db: str, max_body_bytes: int = 4_000_000, claim_minutes: float = 
     ctx = Ctx(sessions, claim_minutes, login_limit, login_window_s)
     _page_routes(app, ctx)
     _labeler_routes(app, ctx)
+    _chat_routes(app, ctx)
     _admin_routes(app, ctx)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
@@ -231,6 +274,10 @@ def _page_routes(app: FastAPI, ctx: Ctx) -> None:
     @app.get("/label/{project}", include_in_schema=False)
     def label_page(project: str, request: Request):
         return page("label.html") if ctx.token_of(request) else RedirectResponse("/login", 303)
+
+    @app.get("/chat/{project}", include_in_schema=False)
+    def chat_page(project: str, request: Request):
+        return page("chat.html") if ctx.token_of(request) else RedirectResponse("/login", 303)
 
     @app.get("/mine", include_in_schema=False)
     def mine_page(request: Request):
@@ -349,8 +396,8 @@ def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
     @app.post("/api/admin/users", status_code=201)
     def api_create_user(req: UserReq, _: User = Depends(admin)):
         with ctx.tx() as s:
-            user, token = store.create_user(s, req.name, req.role, req.password)
-            return {"name": user.name, "role": user.role, "token": token}
+            user, token = store.create_user(s, req.name, req.role, req.password, req.group)
+            return {"name": user.name, "role": user.role, "group": user.group_name, "token": token}
 
     @app.post("/api/admin/users/{name}/token", status_code=201)
     def api_new_token(name: str, _: User = Depends(admin)):
@@ -371,12 +418,14 @@ def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
     @app.get("/api/admin/users")
     def api_users(_: User = Depends(admin)):
         with ctx.tx() as s:
-            return {"users": [{"name": u.name, "role": u.role} for u in s.query(User).order_by(User.name)]}
+            return {"users": [{"name": u.name, "role": u.role, "group": u.group_name}
+                              for u in s.query(User).order_by(User.name)]}
 
     @app.post("/api/admin/projects")
     def api_create_project(req: ProjectReq, response: Response, _: User = Depends(admin)):
         with ctx.tx() as s:
-            project, created = store.create_project(s, req.name, req.kind, req.labelers_per_item, req.instructions)
+            project, created = store.create_project(s, req.name, req.kind, req.labelers_per_item, req.instructions,
+                                                    req.settings)
             response.status_code = 201 if created else 200
             return {**store.project_stats(s, project), "created": created}
 
@@ -408,17 +457,174 @@ def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
             return {"added": store.add_members(s, store.get_project(s, project), req.labelers)}
 
     @app.get("/api/admin/projects/{project}/export")
-    def api_export(project: str, all: bool = False, _: User = Depends(admin)):
+    def api_export(project: str, all: bool = False, round: int | None = None, _: User = Depends(admin)):
         with ctx.tx() as s:
-            records = store.export(s, store.get_project(s, project), include_unlabeled=all)
+            records = store.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         return Response(body, media_type="application/x-ndjson",
                         headers={"Content-Disposition": f'attachment; filename="{project}.jsonl"'})
+
+    @app.get("/api/admin/policy")
+    def api_policy(_: User = Depends(admin)):
+        with ctx.tx() as s:
+            return {"policy": chats.policy_view(chats.current_policy(s))}
+
+    @app.post("/api/admin/policy", status_code=201)
+    def api_set_policy(req: PolicyReq, _: User = Depends(admin)):
+        """Serve a model to the trainers from now on: a model directory (loaded in this process) or an
+        OpenAI-compatible endpoint; `round` is the RLHF round its chats feed."""
+        if (req.model_dir is None) == (req.url is None):
+            raise HTTPException(422, "give exactly one of 'model_dir' (a saved model) or 'url' (an OpenAI-compatible endpoint)")
+        kind, target = ("local", req.model_dir) if req.model_dir is not None else ("openai", req.url)
+        backend = None
+        if req.check:
+            backend = _probe(kind, target, req.model)
+        with ctx.tx() as s:
+            policy = chats.set_policy(s, kind, target, req.model, req.round)
+            view = chats.policy_view(policy)
+        if backend is not None:
+            ctx.backends.put(view["id"], backend)
+        return {"policy": view}
+
+    @app.get("/api/admin/watch")
+    def api_watch(round: int | None = None, _: User = Depends(admin)):
+        from chatrlhf.labeling.watch import watch_report
+
+        with ctx.tx() as s:
+            return watch_report(s, round)
+
+    @app.get("/api/admin/chats")
+    def api_chats(project: str | None = None, round: int | None = None, admin_user: User = Depends(admin)):
+        with ctx.tx() as s:
+            q = s.query(chats.Chat).order_by(chats.Chat.id)
+            if project is not None:
+                q = q.filter(chats.Chat.project_id == store.get_project(s, project).id)
+            if round is not None:
+                q = q.filter(chats.Chat.round == round)
+            return {"chats": [chats.chat_view(s, c) for c in q]}
 
     @app.get("/api/admin/projects/{project}/agreement")
     def api_agreement(project: str, _: User = Depends(admin)):
         with ctx.tx() as s:
             return store.project_agreement(s, store.get_project(s, project))
+
+
+def _probe(kind: str, target: str, model: str | None):
+    """Load a model directory, or ask an endpoint for its models: a policy that cannot answer is
+    refused before trainers meet it (422 naming the cause)."""
+    from chatrlhf.labeling.policy import LocalBackend, OpenAIBackend
+
+    try:
+        if kind == "local":
+            return LocalBackend(target)
+        backend = OpenAIBackend(target, model)
+        import httpx
+
+        try:
+            r = httpx.get(backend.url + "/v1/models", timeout=10.0, trust_env=False)
+        except httpx.HTTPError as e:
+            raise ModelError(f"the model endpoint {backend.url} is unreachable: {type(e).__name__}: {e}") from e
+        if r.status_code >= 400:
+            raise ModelError(f"the model endpoint {backend.url}/v1/models answered {r.status_code}")
+        return backend
+    except ModelError as e:
+        raise HTTPException(422, f"{e} (pass \"check\": false to store it anyway)") from None
+
+
+def _chat_routes(app: FastAPI, ctx: Ctx) -> None:
+    """Trainers' conversations with the served policy. Each turn is committed as soon as it is
+    written; the model is asked outside any transaction."""
+
+    def reply(user: User, chat_id: int) -> None:
+        with ctx.tx() as s:
+            ask = chats.reply_request(s, user, chat_id)
+        text = ctx.complete(ask.policy, ask.messages, 1, None, ask.settings,
+                            f"The conversation so far is saved (turns 0 to {ask.position - 1}); retry the reply "
+                            f"with POST /api/chats/{chat_id}/reply")[0]
+        with ctx.tx() as s:
+            chats.store_reply(s, ask, text)
+
+    def rank_turn(user: User, chat_id: int, turn: int | None, k: int | None) -> dict[str, Any]:
+        with ctx.tx() as s:
+            plan = chats.rank_plan(s, user, chat_id, turn, k)
+        alts = ctx.complete(plan.policy, plan.context, plan.k - 1, plan.seed, plan.settings,
+                            f"The chat is kept; no ranking task was queued: retry with POST /api/chats/{chat_id}/rank-turn")
+        with ctx.tx() as s:
+            item = chats.queue_ranking(s, plan, alts)
+            return {"id": item.id, "ext_id": item.ext_id, "project": plan.settings["rank_project"],
+                    "turn": plan.turn, "k": len(item.payload["responses"])}
+
+    @app.post("/api/projects/{project}/chats", status_code=201)
+    def api_start_chat(project: str, req: ChatReq | None = None, user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
+            chat = chats.start_chat(s, user, project, req.system if req else None)
+            return chats.chat_view(s, chat)
+
+    @app.get("/api/projects/{project}/chats")
+    def api_my_chats(project: str, user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
+            return {"chats": chats.my_chats(s, user, project)}
+
+    @app.get("/api/chats/{chat_id}")
+    def api_chat(chat_id: int, user: User = Depends(ctx.current_user)):
+        with ctx.tx() as s:
+            return chats.chat_view(s, chats.get_chat(s, user, chat_id))
+
+    @app.post("/api/chats/{chat_id}/messages", status_code=201)
+    def api_message(chat_id: int, req: TurnReq, user: User = Depends(ctx.current_user)):
+        """Store the trainer's turn; in a chat project the policy then answers it (a failing model
+        is a 502 and the turn stays stored)."""
+        with ctx.tx() as s:
+            chats.add_turn(s, user, chat_id, req.role, req.content, req.meta)
+            kind = s.get(store.Project, s.get(chats.Chat, chat_id).project_id).kind
+        if kind == "chat":
+            reply(user, chat_id)
+        with ctx.tx() as s:
+            return chats.chat_view(s, chats.get_chat(s, user, chat_id))
+
+    @app.post("/api/chats/{chat_id}/reply", status_code=201)
+    def api_reply(chat_id: int, user: User = Depends(ctx.current_user)):
+        """The policy answers the chat's last user turn (again, after a failed attempt)."""
+        reply(user, chat_id)
+        with ctx.tx() as s:
+            return chats.chat_view(s, chats.get_chat(s, user, chat_id))
+
+    @app.post("/api/chats/{chat_id}/suggest")
+    def api_suggest(chat_id: int, user: User = Depends(ctx.current_user)):
+        """both_sides: the policy's suggestion for the next assistant turn, kept with the turn the
+        trainer writes from it."""
+        with ctx.tx() as s:
+            ask = chats.suggestion_request(s, user, chat_id)
+        text = ctx.complete(ask.policy, ask.messages, 1, None, ask.settings,
+                            "The conversation so far is saved; write the turn yourself or ask again")[0]
+        with ctx.tx() as s:
+            chats.store_suggestion(s, ask, text)
+        return {"suggestion": chats.clean(text)}
+
+    @app.post("/api/chats/{chat_id}/finish")
+    def api_finish(chat_id: int, user: User = Depends(ctx.current_user)):
+        """Finish the chat; in a chat project with auto_rank, one of its model turns becomes a ranking
+        task (a failure to sample alternatives leaves the chat finished and says so in rank_error)."""
+        with ctx.tx() as s:
+            chat = chats.finish_chat(s, user, chat_id)
+            project = s.get(store.Project, chat.project_id)
+            auto = project.kind == "chat" and (project.settings or {}).get("auto_rank", True)
+        rank_item, rank_error = None, None
+        if auto:
+            try:
+                rank_item = rank_turn(user, chat_id, None, None)
+            except HTTPException as e:
+                rank_error = e.detail
+        with ctx.tx() as s:
+            return {"chat": chats.chat_view(s, chats.get_chat(s, user, chat_id)), "rank_item": rank_item,
+                    "rank_error": rank_error}
+
+    @app.post("/api/chats/{chat_id}/rank-turn", status_code=201)
+    def api_rank_turn(chat_id: int, req: RankTurnReq | None = None, user: User = Depends(ctx.current_user)):
+        """Queue a K-way ranking of one model turn (`turn`, default random) of a finished chat: the
+        original and K - 1 fresh samples for the same context, shuffled."""
+        req = req or RankTurnReq()
+        return rank_turn(user, chat_id, req.turn, req.k)
 
 
 def _item_view(item, project, **extra: Any) -> dict[str, Any]:
@@ -429,4 +635,4 @@ def _item_view(item, project, **extra: Any) -> dict[str, Any]:
 
 def _public(payload: dict[str, Any]) -> dict[str, Any]:
     """What a labeler sees of an item: the gold `reference` would bias the labeler, so it stays hidden."""
-    return {k: v for k, v in payload.items() if k not in ("reference", "rankings")}
+    return {k: v for k, v in payload.items() if k not in ("reference", "rankings", "original_index", "policy")}

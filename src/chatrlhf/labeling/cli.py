@@ -8,6 +8,9 @@
     chatrlhf label export round-2 --out rm_rankings.jsonl
     chatrlhf label agreement round-2
     chatrlhf label simulate 'chatrlhf-round-*' --watch   # world labelers as API clients (for iterate)
+    chatrlhf label policy --model runs/default/ppo --round 2  # the model trainers chat with
+    chatrlhf label simulate-chats talk --chats 20        # world labelers as trainers in a chat project
+    chatrlhf label watch --round 2                       # agreement, time per task, suggestions kept
 
 Heavy imports (FastAPI, SQLAlchemy) stay inside the commands so `chatrlhf --help` stays fast.
 """
@@ -54,7 +57,10 @@ def fail_with(e: Exception) -> None:
 def serve(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
           host: Annotated[Optional[str], typer.Option(help="Bind address (default label.host).")] = None,
           port: Annotated[Optional[int], typer.Option(help="Port (default label.port).")] = None,
-          workers_log: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning"):
+          workers_log: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+          model: Annotated[Optional[str], typer.Option(help="Serve this model directory to chat projects.")] = None,
+          model_url: Annotated[Optional[str], typer.Option(help="Or an OpenAI-compatible endpoint (e.g. `chatrlhf serve`).")] = None,
+          round: Annotated[Optional[int], typer.Option(help="RLHF round the served model's chats feed.")] = None):
     """Serve the labeling app (pages at /, API at /api, docs at /api/docs)."""
     import uvicorn
 
@@ -62,6 +68,8 @@ def serve(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
 
     cfg = _label_cfg(config, set)
     url = db or cfg.db
+    if model or model_url:
+        _set_policy(url, model, model_url, None, round)
     # the same variable `chatrlhf iterate` and `label simulate` read works for the server too
     token = os.environ.get("CHATRLHF_LABEL_ADMIN_TOKEN") or os.environ.get("CHATRLHF_LABEL_TOKEN")
     app = create_app(url, max_body_bytes=cfg.max_body_bytes, claim_minutes=cfg.claim_minutes,
@@ -72,6 +80,78 @@ def serve(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
         typer.echo("no CHATRLHF_LABEL_ADMIN_TOKEN (or CHATRLHF_LABEL_TOKEN) set: make an admin with "
                    "`chatrlhf label create-user NAME --role admin`", err=True)
     uvicorn.run(app, host=h, port=p, log_level=workers_log)
+
+
+def _set_policy(db: str, model: str | None, url: str | None, name: str | None, round: int | None) -> dict:
+    from chatrlhf.labeling import chats
+    from chatrlhf.labeling.tasks import TaskError
+
+    if (model is None) == (url is None):
+        fail_with(ValueError("give exactly one of --model DIR or --model-url URL"))
+    try:
+        with _session(db) as s:
+            return chats.policy_view(chats.set_policy(s, "local" if model else "openai",
+                                                      str(Path(model).resolve()) if model else url, name, round))
+    except TaskError as e:
+        fail_with(e)
+
+
+@label_app.command()
+def policy(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
+           model: Annotated[Optional[str], typer.Option(help="A saved model directory (runs/default/ppo).")] = None,
+           model_url: Annotated[Optional[str], typer.Option(help="An OpenAI-compatible endpoint.")] = None,
+           name: Annotated[Optional[str], typer.Option(help="The endpoint's model name.")] = None,
+           round: Annotated[Optional[int], typer.Option(help="RLHF round the chats with it feed.")] = None):
+    """Show the model chat projects talk to, or serve another one (running apps switch at their
+    next model call)."""
+    from chatrlhf.labeling import chats
+
+    url = _db(config, set, db)
+    if model or model_url:
+        typer.echo(json.dumps(_set_policy(url, model, model_url, name, round)))
+        return
+    with _session(url) as s:
+        typer.echo(json.dumps(chats.policy_view(chats.current_policy(s))))
+
+
+@label_app.command()
+def watch(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
+          round: Annotated[Optional[int], typer.Option(help="Only items and chats of this round.")] = None):
+    """Per trainer and per group: agreement on overlapping items, time per task, suggestions kept."""
+    from chatrlhf.labeling.watch import watch_report
+
+    with _session(_db(config, set, db)) as s:
+        typer.echo(json.dumps(watch_report(s, round), indent=2))
+
+
+@label_app.command("simulate-chats")
+def simulate_chats(project: str, url: Annotated[str, typer.Option(help="Labeling app URL.")] = "http://127.0.0.1:8100",
+                   config: ConfigOpt = None, set: SetOpt = None,
+                   chats: Annotated[int, typer.Option(help="Conversations to hold (two world prompts each).")] = 10,
+                   labelers: Annotated[Optional[str], typer.Option(help="Comma-separated labeler ids (default: all "
+                                                                        "non-held-out world labelers).")] = None,
+                   seed: Annotated[int, typer.Option(help="Seed of the trainers' judgement noise.")] = 0):
+    """World labelers as trainers of a chat (or both_sides) project, over the API (admin token in
+    CHATRLHF_LABEL_TOKEN); in a chat project each finished chat queues a ranking task, which
+    `chatrlhf label simulate PROJECT-rank` can then fill."""
+    from chatrlhf.cli_options import load_cfg
+    from chatrlhf.labeling.client import LabelingClient, LabelingError
+    from chatrlhf.world.loader import require_world
+
+    token = os.environ.get("CHATRLHF_LABEL_TOKEN")
+    if not token:
+        fail_with(ValueError("set CHATRLHF_LABEL_TOKEN to an admin token of the labeling app"))
+    world = require_world(load_cfg(config, set), "the simulated trainers")
+    labs = [world.labeler(x) for x in labelers.split(",")] if labelers else world.labelers(held_out=False)
+    client = LabelingClient(url, token)
+    prompts = world.prompts("rm")
+    try:
+        if client.stats(project)["kind"] == "both_sides":
+            typer.echo(json.dumps(client.simulate_both_sides(project, labs, world, prompts[:chats], seed)))
+        else:
+            typer.echo(json.dumps(client.simulate_chats(project, labs, world, prompts[: 2 * chats], 2, seed)))
+    except LabelingError as e:
+        fail_with(e)
 
 
 @label_app.command()
@@ -88,6 +168,7 @@ def migrate(config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
 @label_app.command("create-user")
 def create_user(name: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
                 role: Annotated[str, typer.Option(help="admin or labeler.")] = "labeler",
+                group: Annotated[Optional[str], typer.Option(help="Team, for the watch report.")] = None,
                 password: Annotated[Optional[str], typer.Option(help="Password for the web login (8+ chars).")] = None):
     """Create a user and print its API token (shown only once)."""
     from chatrlhf.labeling import store
@@ -96,7 +177,7 @@ def create_user(name: str, config: ConfigOpt = None, set: SetOpt = None, db: DbO
         fail_with(ValueError("password must have at least 8 characters"))
     try:
         with _session(_db(config, set, db)) as s:
-            _, token = store.create_user(s, name, role, password)
+            _, token = store.create_user(s, name, role, password, group)
     except (store.Conflict, ValueError) as e:
         fail_with(e)
     typer.echo(token)
@@ -153,13 +234,14 @@ def assign(project: str, labelers: list[str], config: ConfigOpt = None, set: Set
 @label_app.command()
 def export(project: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
            out: Annotated[Optional[Path], typer.Option(help="Output jsonl (default: stdout).")] = None,
-           all: Annotated[bool, typer.Option("--all", help="Include comparison items nobody ranked yet.")] = False):
+           all: Annotated[bool, typer.Option("--all", help="Include comparison items nobody ranked yet.")] = False,
+           round: Annotated[Optional[int], typer.Option(help="Only items and chats of this RLHF round.")] = None):
     """Export answers in the formats `chatrlhf sft` (demonstrations) and `chatrlhf rm` (rankings) read."""
     from chatrlhf.labeling import store
 
     try:
         with _session(_db(config, set, db)) as s:
-            records = store.export(s, store.get_project(s, project), include_unlabeled=all)
+            records = store.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
     except store.NotFound as e:
         fail_with(e)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

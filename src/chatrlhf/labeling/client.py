@@ -5,6 +5,10 @@
     c.attach_simulated("round-2", world.labelers(held_out=False), world)   # or wait for people
     ranked = c.pull_rankings("round-2")                     # same records, `rankings` filled
 
+    c.set_policy(model_dir="runs/default/ppo", round=2)     # the model trainers chat with
+    c.simulate_chats("talk", trainers, world, prompts)      # chat -> finish -> a ranking task per chat
+    c.attach_simulated("talk-rank", trainers, world)        # rank the chats' turns
+
 Simulated labelers use the same HTTP queue as people (one bearer token each), so the app cannot
 tell them apart and everything downstream (export, agreement) is the same code path.
 """
@@ -67,9 +71,10 @@ class LabelingClient:
                 total[k] += got[k]
         return total
 
-    def add_labeler(self, name: str, password: str | None = None) -> str:
+    def add_labeler(self, name: str, password: str | None = None, group: str | None = None) -> str:
         """Create a labeler (or give an existing one a new API token); returns the token."""
-        r = self.admin.post("/api/admin/users", json={"name": name, "role": "labeler", "password": password})
+        r = self.admin.post("/api/admin/users", json={"name": name, "role": "labeler", "password": password,
+                                                      "group": group})
         if r.status_code == 409:
             roles = {u["name"]: u["role"] for u in self._check(self.admin.get("/api/admin/users"))["users"]}
             if roles.get(name) != "labeler":  # never hand an admin's powers to a simulated labeler
@@ -80,11 +85,11 @@ class LabelingClient:
     def assign(self, project: str, labelers: list[str]) -> int:
         return self._check(self.admin.post(f"/api/admin/projects/{project}/members", json={"labelers": labelers}))["added"]
 
-    def export(self, project: str, include_unlabeled: bool = False) -> list[dict]:
+    def export(self, project: str, include_unlabeled: bool = False, round: int | None = None) -> list[dict]:
         import json
 
-        text = self._check(self.admin.get(f"/api/admin/projects/{project}/export",
-                                          params={"all": str(include_unlabeled).lower()}))
+        params = {"all": str(include_unlabeled).lower(), **({"round": round} if round is not None else {})}
+        text = self._check(self.admin.get(f"/api/admin/projects/{project}/export", params=params))
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def pull_rankings(self, project: str) -> list[dict]:
@@ -124,6 +129,97 @@ class LabelingClient:
                 if fnmatch.fnmatch(p["project"], pattern) and p["kind"] in ("rank", "likert") and open_items > 0:
                     self.attach_simulated(p["project"], labelers, world, seed)
             stop.wait(poll_s)
+
+    # --- the chat loop ---------------------------------------------------------------------------
+
+    def set_policy(self, model_dir: str | None = None, url: str | None = None, model: str | None = None,
+                   round: int | None = None, check: bool = True) -> dict:
+        """Serve a model to the trainers: a model directory the app loads, or an OpenAI-compatible URL."""
+        body = {"model_dir": model_dir, "url": url, "model": model, "round": round, "check": check}
+        return self._check(self.admin.post("/api/admin/policy", json=body, timeout=600))["policy"]
+
+    def policy(self) -> dict | None:
+        return self._check(self.admin.get("/api/admin/policy"))["policy"]
+
+    def create_chat_project(self, project: str, kind: str = "chat", instructions: str = "", **settings: Any) -> dict:
+        """A chat (or both_sides) project; settings: k, rank_project, rank_labelers_per_item, auto_rank,
+        max_new_tokens, temperature."""
+        return self._check(self.admin.post("/api/admin/projects", json={
+            "name": project, "kind": kind, "instructions": instructions, "settings": settings}))
+
+    def watch(self, round: int | None = None) -> dict:
+        return self._check(self.admin.get("/api/admin/watch", params={"round": round} if round is not None else {}))
+
+    def simulate_chats(self, project: str, trainers: Iterable[Any], world: Any, prompts: list[dict],
+                       prompts_per_chat: int = 2, seed: int = 0) -> dict[str, int]:
+        """Simulated trainers chat with the served policy: each chat asks `prompts_per_chat` world
+        prompts in turn (their user messages; the policy answers each), tagging each prompt's last
+        user turn with its prompt_id and task, then finishes (which queues a ranking task in a chat
+        project with auto_rank). Blocks; returns {trainer: chats finished}."""
+        return self._run_trainers(project, trainers, prompts, seed, lambda http, lab, chunk, rng:
+                                  self._one_chat(http, project, chunk), prompts_per_chat)
+
+    def simulate_both_sides(self, project: str, trainers: Iterable[Any], world: Any, prompts: list[dict],
+                            seed: int = 0) -> dict[str, int]:
+        """Simulated trainers write both sides of one-prompt conversations: the user turn from a world
+        prompt, the assistant turn from the policy's suggestion, kept when the trainer judges it at
+        least as good as the world's ideal answer, else replaced by that answer."""
+        single = [p for p in prompts if sum(m["role"] == "user" for m in p["messages"]) == 1]
+        return self._run_trainers(project, trainers, single, seed, lambda http, lab, chunk, rng:
+                                  self._one_dialogue(http, project, lab, chunk[0], rng), 1)
+
+    def _run_trainers(self, project: str, trainers: Iterable[Any], prompts: list[dict], seed: int, one, per: int
+                      ) -> dict[str, int]:
+        trainers = list(trainers)
+        tokens = {lab.id: self.add_labeler(str(lab.id), group=getattr(lab, "group", None)) for lab in trainers}
+        self.assign(project, list(tokens))
+        chunks = [prompts[i:i + per] for i in range(0, len(prompts), per)]
+        counts: dict[str, int] = {}
+        errors: list[BaseException] = []
+
+        def work(k: int, lab: Any) -> None:
+            rng = _make_rng(seed + k)
+            try:
+                with self._http(tokens[lab.id]) as http:
+                    mine = chunks[k::len(trainers)]
+                    for chunk in mine:
+                        one(http, lab, chunk, rng)
+                    counts[str(lab.id)] = len(mine)
+            except BaseException as e:  # surfaced after join
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k, lab), daemon=True, name=f"trainer-{lab.id}")
+                   for k, lab in enumerate(trainers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise LabelingError(f"a simulated trainer failed: {errors[0]}") from errors[0]
+        return counts
+
+    def _one_chat(self, http: httpx.Client, project: str, prompts: list[dict]) -> dict:
+        chat = self._check(http.post(f"/api/projects/{project}/chats"))
+        for p in prompts:
+            users = [m["content"] for m in p["messages"] if m["role"] == "user"]
+            for i, text in enumerate(users):
+                meta = {"prompt_id": p["id"], **({"task": p["task"]} if p.get("task") else {})} \
+                    if i == len(users) - 1 else None
+                self._check(http.post(f"/api/chats/{chat['id']}/messages",
+                                      json={"role": "user", "content": text, "meta": meta}))
+        return self._check(http.post(f"/api/chats/{chat['id']}/finish"))
+
+    def _one_dialogue(self, http: httpx.Client, project: str, lab: Any, prompt: dict, rng: random.Random) -> dict:
+        chat = self._check(http.post(f"/api/projects/{project}/chats"))
+        user = next(m["content"] for m in prompt["messages"] if m["role"] == "user")
+        self._check(http.post(f"/api/chats/{chat['id']}/messages", json={
+            "role": "user", "content": user, "meta": {"prompt_id": prompt["id"], "task": prompt.get("task")}}))
+        suggestion = self._check(http.post(f"/api/chats/{chat['id']}/suggest"))["suggestion"]
+        ideal = (prompt.get("reference") or {}).get("ideal") or "I am not sure; could you say more?"
+        keep = bool(suggestion.strip()) and lab.compare(prompt, suggestion, ideal, rng) >= 0.5
+        self._check(http.post(f"/api/chats/{chat['id']}/messages",
+                              json={"role": "assistant", "content": suggestion if keep else ideal}))
+        return self._check(http.post(f"/api/chats/{chat['id']}/finish"))
 
     # --- simulated labelers as API clients -----------------------------------------------------
 

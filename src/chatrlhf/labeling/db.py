@@ -15,7 +15,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, create_engine, event
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        create_engine, event)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -36,6 +37,7 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))  # "admin" | "labeler"
     password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    group_name: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a team of trainers (watch report)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -54,9 +56,11 @@ class Project(Base):
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "rank" | "demo" | "likert"
+    kind: Mapped[str] = mapped_column(String(16))  # "rank" | "demo" | "likert" | "chat" | "both_sides"
     labelers_per_item: Mapped[int] = mapped_column(Integer, default=1)
     instructions: Mapped[str] = mapped_column(String(4000), default="")
+    # chat projects: {"k", "rank_project", "rank_labelers_per_item", "max_new_tokens", "temperature"}
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -89,6 +93,7 @@ class Claim(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)  # first claim, for time per task
 
 
 class Submission(Base):
@@ -100,6 +105,56 @@ class Submission(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # claim -> submit
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Policy(Base):
+    """A model the app talks to: a model directory loaded in the app process ("local") or an
+    OpenAI-compatible endpoint ("openai"). The newest row is the one served; `round` is the RLHF
+    round whose data its chats feed."""
+
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "local" | "openai"
+    target: Mapped[str] = mapped_column(String(1000))  # model directory or base URL
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the endpoint's model name
+    round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Chat(Base):
+    """A conversation a trainer holds in a chat project (the policy writes the assistant turns) or
+    writes in a both-sides project (the trainer writes both, from the policy's suggestions)."""
+
+    __tablename__ = "chats"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    policy_id: Mapped[int | None] = mapped_column(ForeignKey("policies.id", ondelete="SET NULL"), nullable=True)
+    round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # "open" | "finished"
+    pending_suggestion: Mapped[str | None] = mapped_column(Text, nullable=True)  # both-sides: offered, not yet answered
+    rank_item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Turn(Base):
+    """One message of a chat, stored as soon as it is written."""
+
+    __tablename__ = "turns"
+    __table_args__ = (UniqueConstraint("chat_id", "position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # "system" | "user" | "assistant"
+    content: Mapped[str] = mapped_column(Text)
+    by_model: Mapped[bool] = mapped_column(Boolean, default=False)
+    suggestion: Mapped[str | None] = mapped_column(Text, nullable=True)  # both-sides: what the policy offered
+    policy_id: Mapped[int | None] = mapped_column(ForeignKey("policies.id", ondelete="SET NULL"), nullable=True)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # e.g. {"prompt_id", "task"}
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # since the previous turn
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -41,13 +41,16 @@ def get_user(s: Session, name: str) -> User:
     return user
 
 
-def create_user(s: Session, name: str, role: str, password: str | None = None) -> tuple[User, str]:
-    """A new user and a fresh API token (shown once; only its hash is stored)."""
+def create_user(s: Session, name: str, role: str, password: str | None = None,
+                group: str | None = None) -> tuple[User, str]:
+    """A new user and a fresh API token (shown once; only its hash is stored). `group`: the team
+    the watch report groups trainers by."""
     if role not in ("admin", "labeler"):
         raise TaskError(f"'role' must be admin or labeler, got {role!r}")
     if s.scalar(select(User).where(User.name == name)) is not None:
         raise Conflict(f"user '{name}' already exists")
-    user = User(name=name, role=role, password_hash=auth.hash_password(password) if password else None)
+    user = User(name=name, role=role, password_hash=auth.hash_password(password) if password else None,
+                group_name=group)
     s.add(user)
     s.flush()
     return user, issue_token(s, user)
@@ -112,16 +115,24 @@ def get_project(s: Session, name: str, lock: bool = False) -> Project:
     return project
 
 
-def create_project(s: Session, name: str, kind: str, labelers_per_item: int = 1, instructions: str = "") -> tuple[Project, bool]:
-    """Create a project, or return the existing one of the same kind (idempotent)."""
+def create_project(s: Session, name: str, kind: str, labelers_per_item: int = 1, instructions: str = "",
+                   settings: dict[str, Any] | None = None) -> tuple[Project, bool]:
+    """Create a project, or return the existing one of the same kind (idempotent). `settings`:
+    chat projects only (`chats.SETTINGS`: K, the rank project, sampling)."""
+    from chatrlhf.labeling.chats import check_settings
+
     if kind not in KINDS:
         raise TaskError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    checked = check_settings(kind, name, settings)
     old = s.scalar(select(Project).where(Project.name == name))
     if old is not None:
         if old.kind != kind:
             raise Conflict(f"project '{name}' exists with kind '{old.kind}', not '{kind}'")
+        if settings is not None and checked != old.settings:
+            old.settings = checked  # an admin changes K or sampling for the chats to come
         return old, False
-    project = Project(name=name, kind=kind, labelers_per_item=labelers_per_item, instructions=instructions)
+    project = Project(name=name, kind=kind, labelers_per_item=labelers_per_item, instructions=instructions,
+                      settings=checked)
     s.add(project)
     s.flush()
     return project, True
@@ -196,7 +207,7 @@ def next_item(s: Session, user: User, project_name: str, claim_minutes: float) -
     claim = s.get(Claim, (item.id, user.id))
     expires = now + dt.timedelta(minutes=claim_minutes)
     if claim is None:
-        s.add(Claim(item_id=item.id, user_id=user.id, expires_at=expires))
+        s.add(Claim(item_id=item.id, user_id=user.id, expires_at=expires, claimed_at=now))
     else:
         claim.expires_at = expires
     s.flush()
@@ -234,9 +245,12 @@ def submit(s: Session, user: User, item_id: int, data: Any) -> tuple[Submission,
             Claim.item_id == item.id, Claim.user_id != user.id, Claim.expires_at > now))
         if taken >= project.labelers_per_item:
             raise Conflict(f"item {item_id} already has the {project.labelers_per_item} answer(s) it needs")
+    seconds = None
     if claim is not None:
+        if claim.claimed_at is not None:
+            seconds = round(max(0.0, (now - claim.claimed_at).total_seconds()), 3)
         s.delete(claim)
-    sub = Submission(item_id=item.id, user_id=user.id, data=answer)
+    sub = Submission(item_id=item.id, user_id=user.id, data=answer, seconds=seconds)
     item.answers += 1  # under the item's row lock (PostgreSQL) or the database write lock (SQLite)
     s.add(sub)
     s.flush()
@@ -273,6 +287,13 @@ def queue(s: Session, user: User) -> list[dict[str, Any]]:
     out = []
     now = utcnow()
     for p in projects:
+        if p.kind in ("chat", "both_sides"):  # no queue: the trainer starts conversations
+            from chatrlhf.labeling.db import Chat
+
+            done = s.scalar(select(func.count()).select_from(Chat).where(
+                Chat.project_id == p.id, Chat.user_id == user.id, Chat.status == "finished"))
+            out.append({"project": p.name, "kind": p.kind, "instructions": p.instructions, "done": done, "open": None})
+            continue
         done = s.scalar(select(func.count()).select_from(Submission).join(Item, Item.id == Submission.item_id)
                         .where(Item.project_id == p.id, Submission.user_id == user.id))
         open_n = s.scalar(select(func.count()).select_from(_open_items(s, p, user, now).subquery()))
@@ -293,25 +314,46 @@ def answers_by_item(s: Session, project: Project) -> list[tuple[Item, list[tuple
     return list(grouped.values())
 
 
-def export(s: Session, project: Project, include_unlabeled: bool = False) -> list[dict[str, Any]]:
-    """Records in the formats the trainers read (see docs/ARCHITECTURE.md)."""
+def export(s: Session, project: Project, include_unlabeled: bool = False, round: int | None = None) -> list[dict[str, Any]]:
+    """Records in the formats the trainers read (see docs/ARCHITECTURE.md). `round`: only items of
+    that RLHF round (rank items made from chats, chats themselves)."""
+    if project.kind in ("chat", "both_sides"):
+        from chatrlhf.labeling.chats import export_chats
+
+        return export_chats(s, project, round, include_open=include_unlabeled)
     out: list[dict[str, Any]] = []
     for item, subs in answers_by_item(s, project):
         p = item.payload
+        if round is not None and p.get("round") != round:
+            continue
         if project.kind == "rank":
             if subs or include_unlabeled:
-                out.append({**p, "rankings": [{"labeler": n, "ranks": sub.data["ranks"]} for n, sub in subs]})
+                out.append({**p, "rankings": [{"labeler": n, "ranks": sub.data["ranks"]} for n, sub in subs],
+                            "seconds": {n: sub.seconds for n, sub in subs if sub.seconds is not None}})
         elif project.kind == "demo":
             for name, sub in subs:  # what `chatrlhf sft` reads
                 out.append({"id": f"demo-{sub.id:06d}", "prompt_id": p.get("prompt_id", item.ext_id),
                             **({"task": p["task"]} if "task" in p else {}),
-                            "messages": sub.data["messages"], "labeler": name})
+                            "messages": sub.data["messages"], "labeler": name,
+                            **_suggestion_use(p, sub.data["messages"]),
+                            **({"seconds": sub.seconds} if sub.seconds is not None else {})})
         else:
             for name, sub in subs:
                 out.append({"id": f"lik-{sub.id:06d}", "prompt_id": p.get("prompt_id", item.ext_id),
                             "messages": p["messages"], "response": p["response"], "labeler": name,
                             "score": sub.data["score"], "flags": sub.data["flags"]})
     return out
+
+
+def _suggestion_use(payload: dict[str, Any], messages: list[dict[str, str]]) -> dict[str, Any]:
+    """A demo item's suggestion against the labeler's first assistant turn: kept as is, and the edit distance."""
+    from chatrlhf.labeling.chats import edit_distance
+
+    sug = payload.get("suggestion")
+    if sug is None or len(messages) <= len(payload["messages"]):
+        return {}
+    final = messages[len(payload["messages"])]["content"]
+    return {"suggestion": sug, "kept_suggestion": final == sug, "edit_distance": edit_distance(sug, final)}
 
 
 def project_agreement(s: Session, project: Project) -> dict[str, Any]:
@@ -327,6 +369,14 @@ def project_stats(s: Session, project: Project) -> dict[str, Any]:
         Item.project_id == project.id, Item.answers >= project.labelers_per_item))
     members = list(s.scalars(select(User.name).join(Member, and_(Member.user_id == User.id,
                                                                  Member.project_id == project.id)).order_by(User.name)))
-    return {"project": project.name, "kind": project.kind, "labelers_per_item": project.labelers_per_item,
-            "instructions": project.instructions, "items": items, "answers": subs, "complete_items": full,
-            "labelers": members}
+    out = {"project": project.name, "kind": project.kind, "labelers_per_item": project.labelers_per_item,
+           "instructions": project.instructions, "items": items, "answers": subs, "complete_items": full,
+           "labelers": members}
+    if project.kind in ("chat", "both_sides"):
+        from chatrlhf.labeling.db import Chat
+
+        out["settings"] = project.settings
+        out["chats"] = s.scalar(select(func.count()).select_from(Chat).where(Chat.project_id == project.id))
+        out["finished_chats"] = s.scalar(select(func.count()).select_from(Chat).where(
+            Chat.project_id == project.id, Chat.status == "finished"))
+    return out

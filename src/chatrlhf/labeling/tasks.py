@@ -7,6 +7,8 @@
   is the whole conversation with the labeler's assistant turns (multi-turn allowed).
 - likert: a prompt plus one `response`; the answer is a 1-7 score and the InstructGPT flags
   (Ouyang et al. 2022, Table 3 metadata).
+- chat, both_sides: no imported items; trainers hold conversations with the served policy (see
+  `chats`), and a chat's model turn becomes a rank item.
 
 Errors are `TaskError`s whose message names the record (index and id) and the field.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-KINDS = ("rank", "demo", "likert")
+KINDS = ("rank", "demo", "likert", "chat", "both_sides")
+ITEM_KINDS = ("rank", "demo", "likert")
 FLAGS = ("fails_instruction", "hallucination", "harmful", "sexual", "violent", "denigrates_protected_class")
 MIN_K, MAX_K = 2, 9
 MAX_TEXT = 20_000   # characters in one message or response
@@ -68,6 +71,8 @@ def validate_record(record: Any, kind: str, where: str) -> tuple[str, dict[str, 
     if not isinstance(ext_id, str) or not ext_id or len(ext_id) > 128:
         raise TaskError(f"{where}: 'id' must be a non-empty string of at most 128 characters")
     where = f"{where} (id {ext_id})"
+    if kind not in ITEM_KINDS:
+        raise TaskError(f"{where}: a '{kind}' project takes no imported items; trainers start its chats")
     if detect_kind(record) != kind:
         raise TaskError(f"{where}: looks like a '{detect_kind(record)}' task but the project is '{kind}'")
     payload = {k: v for k, v in record.items() if k != "rankings"}  # answers come from this app
@@ -105,6 +110,8 @@ def validate_submission(kind: str, payload: dict[str, Any], data: Any) -> dict[s
     """Check a labeler's answer against the item; returns the normalised answer to store."""
     if not isinstance(data, dict):
         raise TaskError("the answer must be a JSON object")
+    if kind not in ITEM_KINDS:
+        raise TaskError(f"a '{kind}' project has no items to answer")
     if kind == "rank":
         out: dict[str, Any] = {"ranks": check_ranks(data.get("ranks"), len(payload["responses"]))}
     elif kind == "likert":

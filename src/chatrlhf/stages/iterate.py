@@ -4,6 +4,8 @@ Round 1 is the first RM (rm/) and PPO from SFT (ppo/). Each later round r:
 
     1. sample K responses per *fresh* prompt from the newest policy        (collect_comparisons)
     2. have them ranked: simulated labelers, or the labeling app's queue
+       (or, when iterate.labeling_project is a chat project of the app, 1-2 are the trainers' chats
+       with the served policy and their ranked turns: labeling/loop.py)
     3. add them to the RM's data and continue (or retrain) the RM         rounds/round_r/rm/
     4. PPO again from the newest policy, still KL-anchored to SFT          rounds/round_r/ppo/
 
@@ -131,12 +133,21 @@ def run_round(cfg: Config, world, r: int) -> Path:
         return ppo_dir
     t0, before = time.time(), round_seconds(cfg, r) or 0.0
     cmp_file = d / "comparisons.jsonl"
-    if not cmp_file.is_file():
+    chats = None
+    if cfg.iterate.source == "labeling_app":  # a chat project: the trainers' chats with the policy feed the round
+        from chatrlhf.labeling import loop
+
+        chats = loop.chat_project(cfg)
+    if not cmp_file.is_file() and chats is not None:
+        loop.collect_chat_round(cfg, prev_policy, d, r)
+    elif not cmp_file.is_file():
         collect_comparisons(cfg, world, prev_policy, fresh_prompts(world, cfg, r), cmp_file, r)
     if not stage_complete(rm_dir):
         init = prev_rm if cfg.iterate.rm_mode == "continue" else cfg.stage_dir(cfg.rm.init_from)
         train_reward_model(cfg, round_rm_data(cfg, r), init, rm_dir, world=world)
     run_ppo(cfg, policy_dir=prev_policy, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=cfg.stage_dir("sft"))
+    if chats is not None:  # the trainers talk to the new policy from now on, for round r + 1
+        loop.serve_policy(cfg, ppo_dir, r + 1)
     (d / "seconds.json").write_text(json.dumps({"seconds": round(before + time.time() - t0, 1)}))
     return ppo_dir
 
