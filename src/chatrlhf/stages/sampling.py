@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chatrlhf.config import Config
+from chatrlhf.lm.distributed import barrier, gather, init_processes, is_main, share
 from chatrlhf.lm.rankings import to_competition, write_comparisons
 from chatrlhf.lm.training import progress_bar
 
@@ -85,9 +86,10 @@ def assign_splits(prompts: list[dict], val_fraction: float, rng: random.Random) 
 # --- sampling -------------------------------------------------------------------------------
 
 
-def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config) -> list[list[str]]:
+def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config, offset: int = 0) -> list[list[str]]:
     """K samples per conversation at cfg.rm.temperature, in chunks under a progress bar. A chunk is
-    k times the engine's batch, so continuous batching keeps the batch full for most of it."""
+    k times the engine's batch, so continuous batching keeps the batch full for most of it. `offset`:
+    the position of the first conversation in the whole list (a rank's share), which seeds its chunks."""
     from chatrlhf.lm.engine import SamplingParams
 
     chunk_prompts = max(1, engine.max_batch)
@@ -97,7 +99,7 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
         for lo in range(0, len(message_lists), chunk_prompts):
             chunk = message_lists[lo: lo + chunk_prompts]
             params = SamplingParams(max_new_tokens=cfg.rm.max_new_tokens, temperature=cfg.rm.temperature,
-                                    seed=cfg.run.seed * 100_003 + lo * k)
+                                    seed=cfg.run.seed * 100_003 + (offset + lo) * k)
             gens = engine.generate_chat(chunk, params, n=k)
             out += [[g.text for g in gens[i * k: (i + 1) * k]] for i in range(len(chunk))]
             bar.update(task, advance=len(chunk))
@@ -154,6 +156,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     policy_dir = Path(policy) if policy else default_policy(cfg)
     out = Path(out) if out else cfg.stage_dir("rm") / "comparisons.jsonl"
     rng = random.Random(cfg.run.seed)
+    init_processes(cfg.run.device)  # before the engine picks its device
     world = load_world(cfg)
     if conversations:
         from chatrlhf.lm.conversations import load_conversations
@@ -168,7 +171,8 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
     engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
     n_new = k - 1 if conversations else k
-    samples = sample_responses(engine, [p["messages"] for p in prompts], n_new, cfg)
+    mine = share(len(prompts))  # each rank samples its share of the prompts; all of them come back to every rank
+    samples = gather(sample_responses(engine, [p["messages"] for p in prompts[mine]], n_new, cfg, offset=mine.start))
     comparisons = []
     for i, (p, resp, split) in enumerate(zip(prompts, samples, splits)):
         c: dict[str, Any] = {"id": f"cmp-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
@@ -184,5 +188,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     if label and world is not None:
         n = label_with_world(world, comparisons, cfg, rng)
         log.info("%d rankings by simulated labelers", n)
-    write_comparisons(comparisons, out)
+    if is_main():
+        write_comparisons(comparisons, out)
+    barrier()
     return out

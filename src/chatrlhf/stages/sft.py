@@ -25,9 +25,18 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, build_examples, ensure_template, evaluate_sft_loss,
-                                   sft_loss, split_examples)
+from chatrlhf.lm.chat_data import (
+    IGNORE,
+    Batches,
+    Example,
+    build_examples,
+    ensure_template,
+    evaluate_sft_loss,
+    sft_loss,
+    split_examples,
+)
 from chatrlhf.lm.conversations import Conversation, load_conversations
+from chatrlhf.lm.distributed import all_sum, announce, barrier, is_main, optimizer_step, rows_of_rank, weighted_loss
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, stage_complete
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
@@ -80,8 +89,9 @@ def run_sft(cfg: Config, eval_only: bool = False) -> Path:
     out = cfg.stage_dir("sft")
     if not eval_only:
         train_sft(cfg)
-    if eval_only or cfg.sft.eval_after:
+    if (eval_only or cfg.sft.eval_after) and is_main():  # one process samples and writes; the others wait
         evaluate_sft(cfg)
+    barrier()
     return out
 
 
@@ -106,6 +116,7 @@ def train_sft(cfg: Config) -> Path:
     if sc.lora.enabled:
         model = wrap_lora(model, sc.lora)
     n_train, n_all = trainable_params(model)
+    announce(accelerator, "sft", f"{sc.batch_size / accelerator.num_processes:g} rows", f"{sc.batch_size} rows")
     console.print(f"sft: {stats['train_examples']} train / {stats['val_examples']} val examples "
                   f"({stats['truncated_away']} truncated away), {stats['assistant_tokens']:,} assistant tokens, "
                   f"{total} steps ({total / train_b.per_epoch:.1f} epochs), {n_train:,}/{n_all:,} trainable params")
@@ -116,7 +127,8 @@ def train_sft(cfg: Config) -> Path:
     ckpts, fingerprint = Checkpoints.for_run(cfg, out, run_settings(cfg)), run_fingerprint(cfg)
     state = _resume(ckpts, accelerator, fingerprint)
     start = state.get("step", 0)
-    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
+    if is_main():
+        (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=start > 0)
 
     # --- train
@@ -133,8 +145,9 @@ def train_sft(cfg: Config) -> Path:
             "train_loss": last_loss, "val_loss": val_loss, "val_loss_before": val_before,
             "tokens_per_s": round(tok_s, 1), "lora": sc.lora.model_dump() if sc.lora.enabled else None,
             "packing": sc.packing, "max_len": sc.max_len, **stats}
-    unwrapped = accelerator.unwrap_model(model)
-    save_merged(unwrapped, tokenizer, out, meta)  # LoRA: adapters folded into plain weights
+    if is_main():
+        save_merged(accelerator.unwrap_model(model), tokenizer, out, meta)  # LoRA: adapters folded into plain weights
+    barrier()
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
     console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
@@ -152,22 +165,21 @@ class _TrainLoop:
         self.sc, self.acc, self.model, self.opt, self.sched = cfg.sft, accelerator, model, opt, sched
         self.train_b, self.val_b, self.ckpts, self.logger = train_b, val_b, ckpts, logger
         self.state, self.total = state, total  # state: saved with every checkpoint
+        self.counts = True  # whether this rank's rows of the current batch count (rows_of_rank)
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """This rank's share of the step's global batch; self.counts says whether it counts (rows_of_rank)."""
         epoch, pos = divmod(step, self.train_b.per_epoch)
-        rank, world = self.acc.process_index, self.acc.num_processes
-        batch = self.train_b.epoch(epoch)[pos] if world == 1 else self.train_b.epoch(epoch)[pos][rank::world]
-        return {k: v.to(self.acc.device) for k, v in self.train_b.tensors(batch).items()}
+        rows = self.train_b.epoch(epoch)[pos]
+        part, self.counts = rows_of_rank(len(rows))
+        return {k: v.to(self.acc.device) for k, v in self.train_b.tensors(rows[part]).items()}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float]:
-        loss = sft_loss(self.model, batch)
-        self.ckpts.check_loss(loss, step, "sft")  # before the update: weights stay good
-        self.acc.backward(loss)
-        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.sc.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.item(), float(grad_norm)
+        targets = int((batch["labels"][:, 1:] != IGNORE).sum()) if self.counts else 0
+        loss, global_loss = weighted_loss(sft_loss(self.model, batch), targets)  # the global batch's token mean
+        self.ckpts.check_loss(global_loss, step, "sft")  # before the update: weights stay good
+        grad_norm = optimizer_step(self.acc, loss, self.model.parameters(), self.opt, self.sched, self.sc.grad_clip)
+        return global_loss.item(), grad_norm
 
     def run(self, start: int) -> tuple[int, float, float]:
         """Train from `start` to the last step; returns (step, last train loss, tokens/s)."""
@@ -181,7 +193,7 @@ class _TrainLoop:
                 loss, grad_norm = self.train_step(batch, step)
                 train_time += time.time() - t0
                 step += 1
-                tokens += int((batch["input_ids"] != self.train_b.pad_id).sum())
+                tokens += int(all_sum((batch["input_ids"] != self.train_b.pad_id).sum() if self.counts else 0))
                 tok_s = tokens / max(train_time, 1e-9)
                 bar.update(task, completed=step, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
                 if step % sc.log_every == 0 or step == self.total:
