@@ -93,13 +93,12 @@ def all_sum(x: float | torch.Tensor) -> float:
 
 
 def all_mean(stats: dict[str, float]) -> dict[str, float]:
-    """Each statistic averaged over ranks (one all-reduce for the whole dict); identical on every rank."""
-    if world_size() == 1 or not stats:
+    """Each statistic averaged over the ranks that have it; identical on every rank."""
+    if world_size() == 1:
         return dict(stats)
-    keys = sorted(stats)
-    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
+    parts = gather([{k: float(v) for k, v in stats.items()}])
+    keys = dict.fromkeys(k for p in parts for k in p)  # first-seen order
+    return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
 
 
 def rows_of_rank(n: int) -> tuple[slice, bool]:

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from chatrlhf.config import Config, PPOConfig
+from chatrlhf.lm.distributed import announce, barrier, is_main
 from chatrlhf.lm.training import Checkpoints
 from chatrlhf.rl.critic import load_critic
-from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout
+from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout_texts
 from chatrlhf.rl.guard import LabelerGuard
 from chatrlhf.rl.ppo import PPOTrainer
 
@@ -50,7 +51,7 @@ def _load_policy(path: Path, cfg: Config):
 def _sft_baseline(policy, ref, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> list[str]:
     """SFT answers for the guard prompts, sampled once (the comparison the guard keeps making)."""
     with reference_model(policy, ref) as sft:
-        return rollout(sft, tokenizer, prompts, cfg, seed=seed).texts
+        return rollout_texts(sft, tokenizer, prompts, cfg, seed=seed)
 
 
 def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Path | None = None,
@@ -66,9 +67,13 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy_dir = Path(policy_dir or cfg.stage_dir("sft"))
     ref_dir, rm_dir = Path(ref_dir or cfg.stage_dir("sft")), Path(rm_dir or cfg.stage_dir("rm"))
     out = Path(out_dir or cfg.stage_dir("ppo"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
+    barrier()
+    announce(acc, "ppo", f"{pc.rollout_batch_size / acc.num_processes:g} rollouts, mini-batch "
+             f"{pc.mini_batch_size / acc.num_processes:g}", f"{pc.rollout_batch_size} rollouts, mini-batch {pc.mini_batch_size}")
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
@@ -98,7 +103,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
         # PPO's training prompts, topped up with the RM stage's: more distinct prompts distil better
         rs_prompts = train_prompts + world.prompts("rm")[: max(0, pc.rejection_sampling.prompts - len(train_prompts))]
         policy, ref = _best_of_n_start(cfg, policy, ref, tok, rs_prompts, reward_fn, gold_fn, out / "best_of_n",
-                                       ref_dir, start_is_ref)
+                                       ref_dir, start_is_ref, acc)
         start_is_ref = False
     trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
                          gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
@@ -112,15 +117,18 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
     if stage_complete(out / "best_of_n"):
         meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
-    acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
-    if pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
-        tok.save_pretrained(out / "value")
-    plot_reward_vs_gold(history, out / "reward_vs_gold.png")
-    return save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
+    if is_main():  # every rank holds the same weights; rank 0 writes
+        acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
+        if pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
+            tok.save_pretrained(out / "value")
+        plot_reward_vs_gold(history, out / "reward_vs_gold.png")
+        save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
+    barrier()
+    return out
 
 
 def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_fn: RewardFn, gold_fn: GoldFn,
-                     rs_dir: Path, ref_dir: Path, start_is_ref: bool):
+                     rs_dir: Path, ref_dir: Path, start_is_ref: bool, accelerator=None):
     """PPO's starting policy after rejection-sampling fine-tuning (rejection_sampling.py), saved
     to `rs_dir` and reused from there. Returns (policy, reference)."""
     from chatrlhf.lm.lora import merge
@@ -129,8 +137,11 @@ def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_
 
     if not stage_complete(rs_dir):
         meta = run_rejection_sampling(policy, ref, tok, prompts, reward_fn, cfg.ppo, seed=cfg.run.seed * 100_003 + 77_777,
-                                      max_len=cfg.sft.max_len, same_as_reference=start_is_ref, gold_fn=gold_fn)
-        save_stage(merge(policy) if cfg.ppo.lora.enabled else policy, tok, rs_dir, meta)
+                                      max_len=cfg.sft.max_len, same_as_reference=start_is_ref, gold_fn=gold_fn,
+                                      accelerator=accelerator)
+        if is_main():
+            save_stage(merge(policy) if cfg.ppo.lora.enabled else policy, tok, rs_dir, meta)
+        barrier()
     if ref is None:  # a LoRA policy's reference was itself with adapters off; the new start is not SFT
         ref = load_causal_lm(ref_dir, cfg.model.dtype)
     return _load_policy(rs_dir, cfg), ref
