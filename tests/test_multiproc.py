@@ -7,6 +7,7 @@ complete, and a 2-rank run killed with SIGKILL mid-way resumes under 2 processes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -45,9 +47,8 @@ def launch(stage: str, out: Path, *extra: str, ranks: int = 2, wait: bool = True
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(port), "-m", "chatrlhf.cli", stage, "--config", str(TINY), *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if not wait:  # its own process group, so one killpg reaches the launcher and every rank
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(out / "launch.log").open("w"),
-                                start_new_session=True)
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(out / "launch.log").open("w"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stderr
@@ -160,8 +161,15 @@ def kill_after_first_checkpoint(run: Path, *extra: str) -> Path:
     ckpts, deadline = Checkpoints(run / "pretrain"), time.time() + 300
     while ckpts.latest() is None and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.poll() is None, f"exited with {proc.returncode} before a checkpoint: " + (run / "launch.log").read_text()[-3000:]
+    # the ranks run in sessions of their own (torch elastic starts them so): kill them by id, with the launcher
+    victims = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in victims):
+        time.sleep(0.05)
     killed_at = ckpts.latest()
     assert killed_at is not None, (run / "launch.log").read_text()[-3000:]
     assert not read_meta(run / "pretrain").get("complete"), "killed too late: the run had finished"

@@ -128,12 +128,20 @@ def optimizer_step(accelerator, loss: torch.Tensor, params, opt, sched=None,
     """One optimiser step: backward (gradients all-reduced across ranks), clip, step, schedule (once
     per optimiser step, whatever the number of processes), zero. Returns the gradient norm."""
     accelerator.backward(loss)
-    grad_norm = accelerator.clip_grad_norm_(params, grad_clip) if grad_clip > 0 else torch.tensor(0.0)
+    grad_norm = accelerator.clip_grad_norm_(params, grad_clip) if grad_clip > 0 else None
     opt.step()
     if sched is not None:
         sched.step()
     opt.zero_grad(set_to_none=True)
-    return float(grad_norm)
+    return float(grad_norm) if grad_norm is not None else float("nan")  # DeepSpeed clips inside, reports none
+
+
+def sharded_state_dict(accelerator, model) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights, for rank 0 to save, where the ranks hold shards of them (FSDP,
+    DeepSpeed); None where the unwrapped model holds them all. Every rank must call it."""
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        return accelerator.get_state_dict(model)
+    return None
 
 
 def describe(accelerator, stage: str, per_rank: str, global_batch: str) -> str:

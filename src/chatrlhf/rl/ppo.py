@@ -33,33 +33,13 @@ from chatrlhf.config import PPOConfig
 from chatrlhf.lm.distributed import all_mean, all_sum, barrier, is_main, share
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
-from chatrlhf.rl.experience import (
-    GoldFn,
-    RewardFn,
-    Rollout,
-    evaluate_rollout,
-    minibatch_columns,
-    response_forward,
-    response_values,
-    rollout,
-    rollout_texts,
-    score_rollout,
-)
+from chatrlhf.rl.experience import (GoldFn, RewardFn, Rollout, evaluate_rollout, minibatch_columns, response_forward,
+                                    response_values, rollout, rollout_texts, score_rollout)
 from chatrlhf.rl.guard import LabelerGuard
 from chatrlhf.rl.kl_controller import make_kl_controller
-from chatrlhf.rl.losses import (
-    discounted_returns,
-    entropy_from_logprobs,
-    gae_advantages,
-    gather_logprobs,
-    kl_penalized_rewards,
-    leave_one_out_baseline,
-    masked_mean,
-    masked_whiten,
-    ppo_policy_loss,
-    ppo_value_loss,
-    sft_loglik_rewards,
-)
+from chatrlhf.rl.losses import (discounted_returns, entropy_from_logprobs, gae_advantages, gather_logprobs,
+                                kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
+                                ppo_policy_loss, ppo_value_loss, sft_loglik_rewards)
 
 
 class PPOInstabilityError(TrainingStopped):

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from chatrlhf.config import PPOConfig
 from chatrlhf.lm.data import DataError
-from chatrlhf.lm.distributed import all_mean, gather, optimizer_step, rows_of_rank, share, weighted_loss
+from chatrlhf.lm.distributed import all_mean, gather, is_main, optimizer_step, rows_of_rank, share, weighted_loss
 from chatrlhf.lm.training import check_finite, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.lm.verifiers import checked_mean, verifier_scores
 from chatrlhf.rl.losses import masked_mean, sft_loglik_rewards
@@ -149,8 +149,14 @@ def run_rejection_sampling(policy, ref_policy, tokenizer, prompts: list[dict], r
     meta = {"stage": "best_of_n", "prompts_sampled": len(prompts), "n": cfg.rejection_sampling.n, **stats,
             **{f"fine_tune_{k}": v for k, v in train.items()}, "sample_seconds": round(t1 - t0, 1),
             "train_seconds": round(time.time() - t1, 1), "config": cfg.rejection_sampling.model_dump()}
-    console.print(f"best-of-{cfg.rejection_sampling.n}: {len(prompts)} prompts, reward {stats['reward_mean']:+.3f} -> "
+    _report(cfg, len(prompts), len(kept), stats, train)
+    return meta
+
+
+def _report(cfg: PPOConfig, n_prompts: int, n_kept: int, stats: dict[str, float], train: dict[str, float]) -> None:
+    if not is_main():
+        return
+    console.print(f"best-of-{cfg.rejection_sampling.n}: {n_prompts} prompts, reward {stats['reward_mean']:+.3f} -> "
                   f"{stats['reward_best']:+.3f} (RM {stats['rm_score_mean']:+.3f} -> {stats['rm_score_best']:+.3f}"
                   + (f", checks passed {stats['verified_mean']:.2f} -> {stats['verified_best']:.2f}" if "verified_best" in stats else "")
-                  + f"); fine-tuned on {len(kept)} kept answers, {train['steps']} steps, loss {train['loss_first']:.3f} -> {train['loss_last_epoch']:.3f}")
-    return meta
+                  + f"); fine-tuned on {n_kept} kept answers, {train['steps']} steps, loss {train['loss_first']:.3f} -> {train['loss_last_epoch']:.3f}")

@@ -22,28 +22,15 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.data import (
-    PackedStream,
-    TextCorpus,
-    eval_chunks,
-    evaluate_lm_loss,
-    lm_loss,
-    load_text_corpus,
-    pack_documents,
-    read_text_file,
-)
-from chatrlhf.lm.distributed import all_mean, announce, barrier, is_main, optimizer_step, rows_of_rank, weighted_loss
-from chatrlhf.lm.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
+from chatrlhf.lm.data import (PackedStream, TextCorpus, eval_chunks, evaluate_lm_loss, lm_loss, load_text_corpus,
+                              pack_documents, read_text_file)
+from chatrlhf.lm.distributed import (all_mean, announce, barrier, is_main, optimizer_step, rows_of_rank,
+                                     sharded_state_dict, weighted_loss)
+from chatrlhf.lm.modeling import (build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage,
+                                  write_meta)
 from chatrlhf.lm.tokenizer import ensure_chat_template, save_tokenizer, train_tokenizer
-from chatrlhf.lm.training import (
-    Checkpoints,
-    MetricsLogger,
-    WarmupCosine,
-    configure_threads,
-    cosine_with_warmup,
-    make_accelerator,
-    progress_bar,
-)
+from chatrlhf.lm.training import (Checkpoints, MetricsLogger, WarmupCosine, configure_threads, cosine_with_warmup,
+                                  make_accelerator, progress_bar)
 
 console = Console(stderr=True)
 WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on
@@ -207,8 +194,9 @@ def run_pretrain(cfg: Config) -> Path:
         meta["wikitext2_bpb"] = meta["wikitext2_loss"] / bytes_per_token / math.log(2)
     logger.log(step, {k: v for k, v in meta.items() if k.startswith(("val_", "wikitext2_"))})
     logger.close()
+    full = sharded_state_dict(accelerator, model)
     if is_main():
-        save_stage(accelerator.unwrap_model(model), tokenizer, out, meta)
+        save_stage(accelerator.unwrap_model(model), tokenizer, out, meta, state_dict=full)
         console.print(f"pretrain: val loss {val_loss:.3f} (ppl {meta['val_ppl']:.1f}) vs unigram {baseline:.3f}; "
                       f"{tokens_seen:,} tokens at {tok_per_s:,.0f} tok/s -> {out}")
     barrier()

@@ -27,36 +27,13 @@ import numpy as np
 import torch
 
 from chatrlhf.config import Config
-from chatrlhf.lm.distributed import (
-    all_mean,
-    all_sum,
-    announce,
-    barrier,
-    init_processes,
-    is_main,
-    optimizer_step,
-    rows_of_rank,
-    weighted_loss,
-)
+from chatrlhf.lm.distributed import (all_mean, all_sum, announce, barrier, init_processes, is_main, optimizer_step,
+                                     rows_of_rank, weighted_loss)
 from chatrlhf.lm.modeling import load_tokenizer, read_meta, save_stage, stage_complete, write_meta
-from chatrlhf.lm.rankings import (
-    PairBatch,
-    labeler_agreement,
-    load_comparisons,
-    make_batch,
-    ranking_pairs,
-    split_by_prompt,
-)
-from chatrlhf.lm.reward_model import (
-    Messages,
-    RewardModel,
-    build_reward_model,
-    collate_packed_sequences,
-    collate_sequences,
-    encode_response,
-    raw_rewards,
-    score_comparisons,
-)
+from chatrlhf.lm.rankings import (PairBatch, labeler_agreement, load_comparisons, make_batch, ranking_pairs,
+                                  split_by_prompt)
+from chatrlhf.lm.reward_model import (Messages, RewardModel, build_reward_model, collate_packed_sequences,
+                                      collate_sequences, encode_response, raw_rewards, score_comparisons)
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.rl.losses import ranking_loss
 from chatrlhf.world.loader import held_out_labelers, load_world

@@ -25,16 +25,8 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.chat_data import (
-    IGNORE,
-    Batches,
-    Example,
-    build_examples,
-    ensure_template,
-    evaluate_sft_loss,
-    sft_loss,
-    split_examples,
-)
+from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, build_examples, ensure_template, evaluate_sft_loss,
+                                   sft_loss, split_examples)
 from chatrlhf.lm.conversations import Conversation, load_conversations
 from chatrlhf.lm.distributed import all_sum, announce, barrier, is_main, optimizer_step, rows_of_rank, weighted_loss
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
@@ -149,7 +141,8 @@ def train_sft(cfg: Config) -> Path:
         save_merged(accelerator.unwrap_model(model), tokenizer, out, meta)  # LoRA: adapters folded into plain weights
     barrier()
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
-    console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
+    if is_main():
+        console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
 
 
