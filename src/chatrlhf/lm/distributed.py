@@ -144,14 +144,24 @@ def sharded_state_dict(accelerator, model) -> dict[str, torch.Tensor] | None:
     return None
 
 
+def save_on_main(accelerator, model, save: Callable[[Any, dict[str, torch.Tensor] | None], Any]) -> None:
+    """`save(plain model, weights)` on rank 0, the others waiting; `weights` is the gathered state dict
+    where ranks hold shards (FSDP, DeepSpeed), else None (the plain model holds them all)."""
+    weights = sharded_state_dict(accelerator, model)
+    if accelerator.is_main_process:
+        save(accelerator.unwrap_model(model), weights)
+    accelerator.wait_for_everyone()
+
+
 def describe(accelerator, stage: str, per_rank: str, global_batch: str) -> str:
     """The startup line: what `accelerate launch` actually gave this run."""
     st = accelerator.state
     backend = getattr(st, "backend", None) or "none"
     line = (f"{stage}: {accelerator.num_processes} process(es) [{st.distributed_type.value}, backend {backend}, "
             f"device {accelerator.device}], per-rank batch {per_rank}, global batch {global_batch}")
-    if accelerator.num_processes == 1 and int(os.environ.get("ACCELERATE_NUM_PROCESSES", "1") or 1) > 1:
-        line += " (one process although more were asked for: on a CPU-only machine use --multi_gpu, not --cpu)"
+    if accelerator.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1"):
+        line += (" (`accelerate launch --cpu` starts one process whatever --num_processes says; CPU ranks come from "
+                 "`accelerate launch --multi_gpu --num_processes N` on a machine without GPUs)")
     return line
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from chatrlhf.config import PPOConfig
-from chatrlhf.lm.distributed import all_mean, all_sum, barrier, is_main, share
+from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.experience import (GoldFn, RewardFn, Rollout, evaluate_rollout, minibatch_columns, response_forward,
@@ -147,6 +147,8 @@ class PPOTrainer:
                              f"({cfg.rollout_batch_size // cfg.samples_per_prompt}) and mini_batch_size "
                              f"({cfg.mini_batch_size}) must be multiples of {world}")
         self.rank_cfg = cfg.model_copy(update={"mini_batch_size": cfg.mini_batch_size // world})
+        announce(accelerator, "ppo", f"{cfg.rollout_batch_size // world} rollouts, mini-batch {self.rank_cfg.mini_batch_size}",
+                 f"{cfg.rollout_batch_size} rollouts, mini-batch {cfg.mini_batch_size}")
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval()
         head_lr = cfg.learning_rate * (cfg.value_head_lr_scale if cfg.critic == "shared" else 1.0)

@@ -29,7 +29,7 @@ from chatrlhf.lm.training import check_finite, cosine_with_warmup, make_accelera
 from chatrlhf.lm.verifiers import checked_mean, verifier_scores
 from chatrlhf.rl.losses import masked_mean, sft_loglik_rewards
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 @torch.no_grad()
@@ -149,14 +149,8 @@ def run_rejection_sampling(policy, ref_policy, tokenizer, prompts: list[dict], r
     meta = {"stage": "best_of_n", "prompts_sampled": len(prompts), "n": cfg.rejection_sampling.n, **stats,
             **{f"fine_tune_{k}": v for k, v in train.items()}, "sample_seconds": round(t1 - t0, 1),
             "train_seconds": round(time.time() - t1, 1), "config": cfg.rejection_sampling.model_dump()}
-    _report(cfg, len(prompts), len(kept), stats, train)
-    return meta
-
-
-def _report(cfg: PPOConfig, n_prompts: int, n_kept: int, stats: dict[str, float], train: dict[str, float]) -> None:
-    if not is_main():
-        return
-    console.print(f"best-of-{cfg.rejection_sampling.n}: {n_prompts} prompts, reward {stats['reward_mean']:+.3f} -> "
+    console.print(f"best-of-{cfg.rejection_sampling.n}: {len(prompts)} prompts, reward {stats['reward_mean']:+.3f} -> "
                   f"{stats['reward_best']:+.3f} (RM {stats['rm_score_mean']:+.3f} -> {stats['rm_score_best']:+.3f}"
                   + (f", checks passed {stats['verified_mean']:.2f} -> {stats['verified_best']:.2f}" if "verified_best" in stats else "")
-                  + f"); fine-tuned on {n_kept} kept answers, {train['steps']} steps, loss {train['loss_first']:.3f} -> {train['loss_last_epoch']:.3f}")
+                  + f"); fine-tuned on {len(kept)} kept answers, {train['steps']} steps, loss {train['loss_first']:.3f} -> {train['loss_last_epoch']:.3f}")
+    return meta

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from chatrlhf.config import Config, PPOConfig
-from chatrlhf.lm.distributed import announce, barrier, is_main
+from chatrlhf.lm.distributed import barrier, is_main, on_main
 from chatrlhf.lm.training import Checkpoints
 from chatrlhf.rl.critic import load_critic
 from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout_texts
@@ -58,8 +58,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
             out_dir: str | Path | None = None, ref_dir: str | Path | None = None) -> Path:
     """`chatrlhf ppo`: policy from `policy_dir` (default sft/), KL to `ref_dir` (default sft/), reward
     and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/)."""
-    from chatrlhf.lm.lora import is_lora, merge
-    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
+    from chatrlhf.lm.lora import is_lora
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
     from chatrlhf.lm.reward_model import RewardModel
     from chatrlhf.lm.training import make_accelerator
 
@@ -67,13 +67,9 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy_dir = Path(policy_dir or cfg.stage_dir("sft"))
     ref_dir, rm_dir = Path(ref_dir or cfg.stage_dir("sft")), Path(rm_dir or cfg.stage_dir("rm"))
     out = Path(out_dir or cfg.stage_dir("ppo"))
+    if is_main():  # the stage is incomplete until saved again (rank 0 by the launcher's RANK: no group yet)
+        _clear_stage(out)
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
-    barrier()
-    announce(acc, "ppo", f"{pc.rollout_batch_size / acc.num_processes:g} rollouts, mini-batch "
-             f"{pc.mini_batch_size / acc.num_processes:g}", f"{pc.rollout_batch_size} rollouts, mini-batch {pc.mini_batch_size}")
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
@@ -115,16 +111,28 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy = acc.unwrap_model(trainer.policy)
     ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
     meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
+    on_main(lambda: _save_outputs(acc, trainer, tok, out, meta, history))  # every rank holds the same weights
+    return out
+
+
+def _clear_stage(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+
+
+def _save_outputs(acc, trainer: PPOTrainer, tok, out: Path, meta: dict[str, Any], history: list[dict]) -> None:
+    """The value model, the reward-vs-gold plot and the policy's stage directory (meta.json last)."""
+    from chatrlhf.lm.lora import merge
+    from chatrlhf.lm.modeling import save_stage, stage_complete
+
     if stage_complete(out / "best_of_n"):
         meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
-    if is_main():  # every rank holds the same weights; rank 0 writes
-        acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
-        if pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
-            tok.save_pretrained(out / "value")
-        plot_reward_vs_gold(history, out / "reward_vs_gold.png")
-        save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
-    barrier()
-    return out
+    acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
+    if trainer.cfg.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
+        tok.save_pretrained(out / "value")
+    plot_reward_vs_gold(history, out / "reward_vs_gold.png")
+    policy = acc.unwrap_model(trainer.policy)
+    save_stage(merge(policy) if trainer.cfg.lora.merge else policy, tok, out, meta)
 
 
 def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_fn: RewardFn, gold_fn: GoldFn,

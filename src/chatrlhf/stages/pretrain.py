@@ -24,15 +24,15 @@ from rich.console import Console
 from chatrlhf.config import Config
 from chatrlhf.lm.data import (PackedStream, TextCorpus, eval_chunks, evaluate_lm_loss, lm_loss, load_text_corpus,
                               pack_documents, read_text_file)
-from chatrlhf.lm.distributed import (all_mean, announce, barrier, is_main, optimizer_step, rows_of_rank,
-                                     sharded_state_dict, weighted_loss)
+from chatrlhf.lm.distributed import (all_mean, announce, is_main, on_main, optimizer_step, rows_of_rank, save_on_main,
+                                     weighted_loss)
 from chatrlhf.lm.modeling import (build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage,
                                   write_meta)
 from chatrlhf.lm.tokenizer import ensure_chat_template, save_tokenizer, train_tokenizer
 from chatrlhf.lm.training import (Checkpoints, MetricsLogger, WarmupCosine, configure_threads, cosine_with_warmup,
                                   make_accelerator, progress_bar)
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on
 
 
@@ -150,12 +150,9 @@ def run_pretrain(cfg: Config) -> Path:
     wiki = _wikitext_chunks(cfg, tokenizer)
     vocab = model.get_input_embeddings().num_embeddings
     baseline = unigram_loss(train_tokens, val_tokens, vocab) if len(val_tokens) > 1 else float("nan")
-    announce(accelerator, "pretrain", f"{pc.batch_size / accelerator.num_processes:g} x {pc.seq_len} tokens",
-             f"{pc.batch_size} x {pc.seq_len} tokens")
-    if is_main():
-        console.print(f"pretrain: {threads} threads, {len(corpus.train)} docs, {len(train_tokens):,} train tokens, "
-                      f"{len(val_tokens):,} val tokens, {count_params(model):,} params, "
-                      f"up to {stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {baseline:.3f}")
+    console.print(f"pretrain: {threads} threads, {len(corpus.train)} docs, {len(train_tokens):,} train tokens, "
+                  f"{len(val_tokens):,} val tokens, {count_params(model):,} params, "
+                  f"up to {stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {baseline:.3f}")
 
     # --- optimizer, schedule, resume
     opt = make_optimizer(model, pc.learning_rate, pc.weight_decay)
@@ -164,8 +161,7 @@ def run_pretrain(cfg: Config) -> Path:
     model, opt, sched = accelerator.prepare(model, opt, sched)
     ckpts, fingerprint = Checkpoints.for_run(cfg, out, run_settings(cfg)), run_fingerprint(cfg)
     state = _resume(ckpts, accelerator, fingerprint)
-    if is_main():
-        (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
+    on_main(lambda: (out / "meta.json").unlink(missing_ok=True))  # the stage is incomplete until saved again
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=state["step"] > 0)
 
     loop = _TrainLoop(cfg, accelerator, model, opt, sched, schedule, stream, val_chunks, ckpts, logger, fingerprint)
@@ -194,12 +190,9 @@ def run_pretrain(cfg: Config) -> Path:
         meta["wikitext2_bpb"] = meta["wikitext2_loss"] / bytes_per_token / math.log(2)
     logger.log(step, {k: v for k, v in meta.items() if k.startswith(("val_", "wikitext2_"))})
     logger.close()
-    full = sharded_state_dict(accelerator, model)
-    if is_main():
-        save_stage(accelerator.unwrap_model(model), tokenizer, out, meta, state_dict=full)
-        console.print(f"pretrain: val loss {val_loss:.3f} (ppl {meta['val_ppl']:.1f}) vs unigram {baseline:.3f}; "
-                      f"{tokens_seen:,} tokens at {tok_per_s:,.0f} tok/s -> {out}")
-    barrier()
+    save_on_main(accelerator, model, lambda plain, weights: save_stage(plain, tokenizer, out, meta, state_dict=weights))
+    console.print(f"pretrain: val loss {val_loss:.3f} (ppl {meta['val_ppl']:.1f}) vs unigram {baseline:.3f}; "
+                  f"{tokens_seen:,} tokens at {tok_per_s:,.0f} tok/s -> {out}")
     return out
 
 
@@ -254,6 +247,8 @@ class _TrainLoop:
         t_loop, loop_before, step = time.time(), c["loop_seconds"], start
         mark = (start + 1, 0.0)  # (step, time) speed is measured from: after this segment's first step
         first_plan = max(pc.warmup_steps, start + 5)
+        announce(self.acc, "pretrain", f"{pc.batch_size / self.acc.num_processes:g} x {pc.seq_len} tokens",
+                 f"{pc.batch_size} x {pc.seq_len} tokens")
         with progress_bar("pretrain") as bar:
             task = bar.add_task("pretrain", total=self.schedule.total_steps, completed=start, info="")
             while step < self.schedule.total_steps:

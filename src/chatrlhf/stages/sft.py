@@ -28,15 +28,16 @@ from chatrlhf.config import Config
 from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, build_examples, ensure_template, evaluate_sft_loss,
                                    sft_loss, split_examples)
 from chatrlhf.lm.conversations import Conversation, load_conversations
-from chatrlhf.lm.distributed import all_sum, announce, barrier, is_main, optimizer_step, rows_of_rank, weighted_loss
+from chatrlhf.lm.distributed import (all_sum, announce, barrier, is_main, optimizer_step, rows_of_rank, save_on_main,
+                                     weighted_loss)
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
-from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, stage_complete
+from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.world.loader import require_world, world_demonstrations
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -137,12 +138,10 @@ def train_sft(cfg: Config) -> Path:
             "train_loss": last_loss, "val_loss": val_loss, "val_loss_before": val_before,
             "tokens_per_s": round(tok_s, 1), "lora": sc.lora.model_dump() if sc.lora.enabled else None,
             "packing": sc.packing, "max_len": sc.max_len, **stats}
-    if is_main():
-        save_merged(accelerator.unwrap_model(model), tokenizer, out, meta)  # LoRA: adapters folded into plain weights
-    barrier()
+    save_on_main(accelerator, model, lambda plain, weights: save_merged(plain, tokenizer, out, meta) if weights is None
+                 else save_stage(plain, tokenizer, out, meta, state_dict=weights))  # LoRA: adapters folded in
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
-    if is_main():
-        console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
+    console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
 
 
