@@ -316,7 +316,8 @@ def _restore_hyperparameters(snap: list[tuple[Any, Any]]) -> None:
                 g["initial_lr"], g["lr"] = b, b * lam(obj.last_epoch)
 
 
-WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin")
+# plain and DDP saves; FSDP's sharded state and DeepSpeed's engine directory
+WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "pytorch_model_fsdp_*", "pytorch_model*/mp_rank_*")
 _WARNED: set[Path] = set()  # incomplete checkpoints already reported
 
 

@@ -28,7 +28,7 @@ from chatrlhf.config import Config
 from chatrlhf.lm.chat_data import (IGNORE, Batches, Example, build_examples, ensure_template, evaluate_sft_loss,
                                    sft_loss, split_examples)
 from chatrlhf.lm.conversations import Conversation, load_conversations
-from chatrlhf.lm.distributed import (all_sum, announce, barrier, is_main, optimizer_step, rows_of_rank, save_on_main,
+from chatrlhf.lm.distributed import (announce, barrier, is_main, optimizer_step, rows_of_rank, save_on_main,
                                      weighted_loss)
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
@@ -157,13 +157,14 @@ class _TrainLoop:
         self.sc, self.acc, self.model, self.opt, self.sched = cfg.sft, accelerator, model, opt, sched
         self.train_b, self.val_b, self.ckpts, self.logger = train_b, val_b, ckpts, logger
         self.state, self.total = state, total  # state: saved with every checkpoint
-        self.counts = True  # whether this rank's rows of the current batch count (rows_of_rank)
+        self.counts, self.batch_tokens = True, 0  # this rank's rows count (rows_of_rank); the global batch's tokens
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """This rank's share of the step's global batch; self.counts says whether it counts (rows_of_rank)."""
         epoch, pos = divmod(step, self.train_b.per_epoch)
         rows = self.train_b.epoch(epoch)[pos]
         part, self.counts = rows_of_rank(len(rows))
+        self.batch_tokens = sum(len(e) for r in rows for e in (r if self.train_b.packing else [r]))  # all ranks' rows
         return {k: v.to(self.acc.device) for k, v in self.train_b.tensors(rows[part]).items()}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float]:
@@ -185,7 +186,7 @@ class _TrainLoop:
                 loss, grad_norm = self.train_step(batch, step)
                 train_time += time.time() - t0
                 step += 1
-                tokens += int(all_sum((batch["input_ids"] != self.train_b.pad_id).sum() if self.counts else 0))
+                tokens += self.batch_tokens
                 tok_s = tokens / max(train_time, 1e-9)
                 bar.update(task, completed=step, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
                 if step % sc.log_every == 0 or step == self.total:
