@@ -27,7 +27,7 @@ from chatrlhf.config import load_config
 from chatrlhf.lm.modeling import read_meta
 from chatrlhf.lm.training import Checkpoints, read_metrics
 
-pytestmark = pytest.mark.slow  # each 2-rank job starts three interpreters: 20-40 s on a loaded 2-core box
+pytestmark = pytest.mark.slow  # each 2-rank job starts three interpreters: 20-50 s, 3.5 min in all on a loaded 2-core box
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 FAST = ["sft.eval_after=false", "sft.save_every=10", "rm.save_every=2"]
