@@ -121,25 +121,19 @@ def test_sft_on_two_ranks_matches_one_process(one_process, tmp_path):
     assert read_meta(run / "sft")["steps"] == read_meta(one_process / "sft")["steps"]
 
 
-def test_rm_on_two_ranks_matches_one_process(one_process, tmp_path):
+def test_rm_with_its_samples_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """`chatrlhf rm` samples the comparisons first: each rank samples its share of the prompts (row i
+    keeps its seed), rank 0 labels and writes them, then both train."""
     run = copy_stages(one_process, tmp_path, "world", "tokenizer", "pretrain", "sft")
-    (run / "rm").mkdir()
-    shutil.copy(one_process / "rm" / "comparisons.jsonl", run / "rm" / "comparisons.jsonl")
     log = launch("rm", run)
     assert log.count("rm: held-out prompts acc") == 1
+    comparisons = (run / "rm" / "comparisons.jsonl").read_text()
+    assert comparisons == (one_process / "rm" / "comparisons.jsonl").read_text()
     assert_same_weights(one_process / "rm", run / "rm")
     assert_written_once(run / "rm")
     assert Checkpoints(run / "rm").good(), "rm.save_every=2 wrote checkpoints on two ranks"
     for key in ("acc_held_out_prompts", "reward_bias"):
         assert read_meta(run / "rm")["eval"][key] == pytest.approx(read_meta(one_process / "rm")["eval"][key], abs=1e-4)
-
-
-def test_sampling_on_two_ranks_writes_every_comparison_once(one_process, tmp_path):
-    run = copy_stages(one_process, tmp_path, "world", "tokenizer", "sft")
-    launch("sample", run, "rm.n_prompts=6")
-    rows = [json.loads(line) for line in (run / "rm" / "comparisons.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == [f"cmp-{i:06d}" for i in range(1, 7)]
-    assert all(len(r["responses"]) == 4 and r["rankings"] for r in rows)
 
 
 def test_ppo_on_two_ranks_finishes_and_writes_each_file_once(one_process, tmp_path):
