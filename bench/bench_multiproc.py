@@ -1,6 +1,7 @@
 """Throughput with more processes: 2 ranks x 1 thread against 1 rank x 1 thread, for SFT and PPO.
 
-    .venv/bin/python bench/bench_multiproc.py [--sft-steps 40] [--ppo-iterations 5] [--repeats 1]
+    .venv/bin/python bench/bench_multiproc.py [--sft-steps 40] [--sft-batch 32] [--ppo-iterations 5]
+                                              [--ppo-batch 64] [--repeats 1]
 
 Both sides run the CLI with OMP_NUM_THREADS=1 per process and the same global batch: one process is
 `python -m chatrlhf.cli`, two are `accelerate launch --multi_gpu --num_processes 2` (gloo ranks on
@@ -64,7 +65,7 @@ def launch(stage: str, out: Path, ranks: int, sets: list[str]) -> None:
             port = s.getsockname()[1]
         cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(ranks), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *tail]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"{stage} on {ranks} rank(s) failed:\n{proc.stderr[-3000:]}")
 
@@ -86,14 +87,18 @@ def side(work: Path, stage: str, ranks: int, sets: list[str]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sft-steps", type=int, default=40)
+    ap.add_argument("--sft-batch", type=int, default=32, help="rows per global batch (the tiny world has 38)")
     ap.add_argument("--ppo-iterations", type=int, default=5)
+    ap.add_argument("--ppo-batch", type=int, default=64, help="rollouts per iteration (mini-batches of a quarter)")
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    sets = {"sft": [f"sft.max_steps={args.sft_steps}", "sft.batch_size=16"],
-            "ppo": [f"ppo.total_iterations={args.ppo_iterations}", "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8",
+    sets = {"sft": [f"sft.max_steps={args.sft_steps}", f"sft.batch_size={args.sft_batch}"],
+            "ppo": [f"ppo.total_iterations={args.ppo_iterations}", f"ppo.rollout_batch_size={args.ppo_batch}",
+                    f"ppo.mini_batch_size={args.ppo_batch // 4}",
                     "ppo.ppo_epochs=2", "ppo.rejection_sampling.n=1", "ppo.early_stop=none", "ppo.save_every=100000"]}
-    result: dict[str, float | str] = {"load_before": round(load_before, 2), "cores": os.cpu_count() or 0}
+    result: dict[str, float | str] = {"load_before": round(load_before, 2), "cores": os.cpu_count() or 0,
+                                      "sft_batch": args.sft_batch, "ppo_batch": args.ppo_batch}
     with tempfile.TemporaryDirectory(prefix="bench_multiproc_") as tmp:
         work = Path(tmp)
         t0 = time.time()

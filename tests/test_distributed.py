@@ -9,7 +9,7 @@ from chatrlhf.lm import distributed as d
 
 
 def test_shares_cover_every_row_once_in_order_and_differ_by_at_most_one():
-    for n in range(0, 12):
+    for n in range(12):
         for w in (1, 2, 3, 5):
             parts = [d.share(n, r, w) for r in range(w)]
             assert [i for p in parts for i in range(p.start, p.stop)] == list(range(n))
