@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from chatrlhf.config import WorldConfig
-from chatrlhf.stages.sampling import assign_splits
+from chatrlhf.lm.rankings import assign_splits
 from chatrlhf.world import World
 from chatrlhf.world.tasks import content_keys
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from chatrlhf.labeling import chats, store
+from chatrlhf.labeling import chats, exports, store
 from chatrlhf.labeling.db import User, open_db, reader
 from chatrlhf.labeling.policy import Backends, ModelError
 from chatrlhf.labeling.tasks import TaskError
@@ -459,7 +459,7 @@ def _admin_routes(app: FastAPI, ctx: Ctx) -> None:
     @app.get("/api/admin/projects/{project}/export")
     def api_export(project: str, all: bool = False, round: int | None = None, _: User = Depends(admin)):
         with ctx.tx() as s:
-            records = store.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
+            records = exports.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         return Response(body, media_type="application/x-ndjson",
                         headers={"Content-Disposition": f'attachment; filename="{project}.jsonl"'})

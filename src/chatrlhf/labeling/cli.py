@@ -237,11 +237,11 @@ def export(project: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt
            all: Annotated[bool, typer.Option("--all", help="Include comparison items nobody ranked yet.")] = False,
            round: Annotated[Optional[int], typer.Option(help="Only items and chats of this RLHF round.")] = None):
     """Export answers in the formats `chatrlhf sft` (demonstrations) and `chatrlhf rm` (rankings) read."""
-    from chatrlhf.labeling import store
+    from chatrlhf.labeling import exports, store
 
     try:
         with _session(_db(config, set, db)) as s:
-            records = store.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
+            records = exports.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
     except store.NotFound as e:
         fail_with(e)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

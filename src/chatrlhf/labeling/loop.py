@@ -63,8 +63,7 @@ def collect_chat_round(cfg: Config, policy_dir: Path, out_dir: Path, r: int, pol
     """Serve the policy for round r, wait until `iterate.prompts_per_round` chat turns of round r are
     ranked by `settings.rank_labelers_per_item` trainers each, and write them (with the round's
     both-sides conversations) into `out_dir`. Returns the comparison file."""
-    from chatrlhf.lm.rankings import write_comparisons
-    from chatrlhf.stages.sampling import assign_splits
+    from chatrlhf.lm.rankings import assign_splits, write_comparisons
 
     project = chat_project(cfg)
     if project is None:

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from chatrlhf.labeling import auth
 from chatrlhf.labeling.agreement import agreement
 from chatrlhf.labeling.db import Claim, Item, Member, Project, Submission, Token, User, utcnow
-from chatrlhf.labeling.tasks import KINDS, TaskError, validate_record, validate_submission
+from chatrlhf.labeling.tasks import (CHAT_KINDS, KINDS, TaskError, check_settings, edit_distance, validate_record,
+                                     validate_submission)
 
 
 class NotFound(LookupError):
@@ -119,7 +120,6 @@ def create_project(s: Session, name: str, kind: str, labelers_per_item: int = 1,
                    settings: dict[str, Any] | None = None) -> tuple[Project, bool]:
     """Create a project, or return the existing one of the same kind (idempotent). `settings`:
     chat projects only (`chats.SETTINGS`: K, the rank project, sampling)."""
-    from chatrlhf.labeling.chats import check_settings
 
     if kind not in KINDS:
         raise TaskError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -317,10 +317,8 @@ def answers_by_item(s: Session, project: Project) -> list[tuple[Item, list[tuple
 def export(s: Session, project: Project, include_unlabeled: bool = False, round: int | None = None) -> list[dict[str, Any]]:
     """Records in the formats the trainers read (see docs/ARCHITECTURE.md). `round`: only items of
     that RLHF round (rank items made from chats, chats themselves)."""
-    if project.kind in ("chat", "both_sides"):
-        from chatrlhf.labeling.chats import export_chats
-
-        return export_chats(s, project, round, include_open=include_unlabeled)
+    if project.kind in CHAT_KINDS:
+        raise TaskError(f"project '{project.name}' is a {project.kind} project: export it with exports.export")
     out: list[dict[str, Any]] = []
     for item, subs in answers_by_item(s, project):
         p = item.payload
@@ -347,7 +345,6 @@ def export(s: Session, project: Project, include_unlabeled: bool = False, round:
 
 def _suggestion_use(payload: dict[str, Any], messages: list[dict[str, str]]) -> dict[str, Any]:
     """A demo item's suggestion against the labeler's first assistant turn: kept as is, and the edit distance."""
-    from chatrlhf.labeling.chats import edit_distance
 
     sug = payload.get("suggestion")
     if sug is None or len(messages) <= len(payload["messages"]):

@@ -150,3 +150,51 @@ def _demo_messages(context: list[dict[str, str]], messages: Any) -> list[dict[st
     if tail[-1]["role"] != "assistant":
         raise TaskError("'messages' must end with an assistant turn")
     return msgs
+
+
+# --- chat projects' settings ----------------------------------------------------------------
+
+CHAT_KINDS = ("chat", "both_sides")
+DEFAULT_K = 4
+SETTINGS = {  # name: (default, check, what it must be)
+    "k": (DEFAULT_K, lambda v: isinstance(v, int) and not isinstance(v, bool) and MIN_K <= v <= MAX_K,
+          f"an integer from {MIN_K} to {MAX_K} (responses per ranking task, the original included)"),
+    "rank_project": (None, lambda v: v is None or (isinstance(v, str) and 0 < len(v) <= 128),
+                     "a project name (default: <chat project>-rank)"),
+    "rank_labelers_per_item": (1, lambda v: isinstance(v, int) and 1 <= v <= 20, "an integer from 1 to 20"),
+    "auto_rank": (True, lambda v: isinstance(v, bool), "true or false (queue a ranking task when a chat is finished)"),
+    "max_new_tokens": (64, lambda v: isinstance(v, int) and 1 <= v <= 1024, "an integer from 1 to 1024"),
+    "temperature": (1.0, lambda v: isinstance(v, (int, float)) and 0 <= v <= 2, "a number from 0 to 2"),
+}
+
+
+def check_settings(kind: str, name: str, settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A chat project's settings with defaults filled in; None for other kinds (which take none)."""
+    if kind not in CHAT_KINDS:
+        if settings:
+            raise TaskError(f"'settings' are for chat and both_sides projects, not '{kind}'")
+        return None
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise TaskError(f"unknown settings {unknown}; allowed: {', '.join(SETTINGS)}")
+    out = {}
+    for key, (default, ok, what) in SETTINGS.items():
+        value = settings.get(key, default)
+        if not ok(value):
+            raise TaskError(f"'settings.{key}' must be {what}, got {value!r}")
+        out[key] = value
+    out["rank_project"] = out["rank_project"] or f"{name}-rank"
+    return out
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance in characters (in words when both texts are long)."""
+    x, y = (a, b) if len(a) * len(b) <= 4_000_000 else (a.split(), b.split())
+    prev = list(range(len(y) + 1))
+    for i, cx in enumerate(x, 1):
+        cur = [i]
+        for j, cy in enumerate(y, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (cx != cy)))
+        prev = cur
+    return prev[-1]

@@ -21,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from chatrlhf.labeling.agreement import ranking_pairs
-from chatrlhf.labeling.chats import edit_distance
 from chatrlhf.labeling.db import Chat, Item, Project, Submission, Turn, User
+from chatrlhf.labeling.tasks import edit_distance
 
 
 def _median(xs: list[float]) -> float | None:

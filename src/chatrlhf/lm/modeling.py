@@ -120,12 +120,14 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_stage(model, tokenizer, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+def save_stage(model, tokenizer, out_dir: str | Path, meta: dict[str, Any],
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save weights (safetensors), tokenizer and meta.json; meta.json is written last and marks
-    the stage complete, so a crash mid-save never looks like a finished stage."""
+    the stage complete, so a crash mid-save never looks like a finished stage. `state_dict`: the
+    weights to save when the model object does not hold them all (sharded by FSDP or ZeRO-3)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     write_meta(out, {**meta, "complete": True})

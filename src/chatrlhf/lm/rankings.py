@@ -378,3 +378,39 @@ def labeler_agreement(comparisons: list[dict], labelers: set[str] | None = None)
                     total += 1
                     agree += rks[b][i] < rks[b][j]
     return (agree / total if total else float("nan")), total
+
+
+def assign_splits(prompts: list[dict], val_fraction: float, rng: random.Random) -> list[str]:
+    """'val' for about val_fraction of prompts, else 'train'. Whole content clusters (a world prompt's
+    `cluster`: the entity, list or request it asks about; else the prompt alone) go to one side, so
+    validation prompts ask nothing the training prompts ask; clusters are drawn per kind (the part
+    before ':') so every kind is represented. At least one val prompt when any is asked for."""
+    n = len(prompts)
+    if val_fraction <= 0 or n < 2:
+        return ["train"] * n
+    keys = [str(p.get("cluster") or f"prompt:{i}") for i, p in enumerate(prompts)]
+    if len(set(keys)) < 2:  # one cluster cannot be split by content: split its prompts
+        keys = [f"prompt:{i}" for i in range(n)]
+    members: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    kinds: dict[str, list[str]] = {}
+    for k in sorted(members):
+        kinds.setdefault(k.split(":", 1)[0], []).append(k)
+    val: set[int] = set()
+    for kind in sorted(kinds):
+        clusters = kinds[kind]
+        rng.shuffle(clusters)
+        target, got = val_fraction * sum(len(members[k]) for k in clusters), 0
+        for k in clusters:
+            if got + len(members[k]) / 2 <= target:
+                val.update(members[k])
+                got += len(members[k])
+    if not val:
+        val.update(members[min(members, key=lambda k: (len(members[k]), k))])
+    if len(val) == n:
+        val.difference_update(members[keys[0]])
+    return ["val" if i in val else "train" for i in range(n)]
+
+
+# --- sampling -------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from chatrlhf.lm.distributed import barrier, is_main, use_cpu
+
 # Accelerate warns on every save that it dropped lm_head.weight; with tied embeddings that is the
 # intended layout (the tie is restored on load), so the warning is noise in every progress bar.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
@@ -57,10 +59,16 @@ def configure_threads(threads: int = 0) -> int:
     return threads
 
 
-def make_accelerator(seed: int, mixed_precision: str = "no", device: str = "auto") -> Accelerator:
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    acc = Accelerator(mixed_precision=mixed_precision if not cpu or mixed_precision == "bf16" else "no", cpu=cpu)
-    set_seed(seed)
+def make_accelerator(seed: int | None, mixed_precision: str = "no", device: str = "auto") -> Accelerator:
+    """The run's Accelerator (one per trainer; they share the process group). `seed` None leaves the
+    RNGs as they are (a trainer inside a stage that already seeded them)."""
+    cpu = use_cpu(device)
+    # each trainer shares out one global batch itself, so the schedule steps once per optimiser step
+    # (Accelerate's default steps it once per process, for per-process batches)
+    acc = Accelerator(mixed_precision=mixed_precision if not cpu or mixed_precision == "bf16" else "no", cpu=cpu,
+                      step_scheduler_with_optimizer=False)
+    if seed is not None:
+        set_seed(seed)
     return acc
 
 
@@ -222,22 +230,28 @@ class SettingsMismatchError(ValueError):
 
 
 class MetricsLogger:
-    """Scalars to TensorBoard (<stage>/tb) and to <stage>/metrics.jsonl (read by the report)."""
+    """Scalars to TensorBoard (<stage>/tb) and to <stage>/metrics.jsonl (read by the report); rank 0
+    writes, other ranks' loggers do nothing."""
 
     def __init__(self, stage_dir: Path, tensorboard: bool = True, resume: bool = False):
         self.path = Path(stage_dir) / "metrics.jsonl"
+        self.tb = None
+        self.enabled = is_main()
+        if not self.enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
         if resume:
             self._drop_after_checkpoint(Path(stage_dir))
-        self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(Path(stage_dir) / "tb"))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         clean = {k: float(v) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
@@ -302,7 +316,8 @@ def _restore_hyperparameters(snap: list[tuple[Any, Any]]) -> None:
                 g["initial_lr"], g["lr"] = b, b * lam(obj.last_epoch)
 
 
-WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin")
+# plain and DDP saves; FSDP's sharded state and DeepSpeed's engine directory
+WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "pytorch_model_fsdp_*", "pytorch_model*/mp_rank_*")
 _WARNED: set[Path] = set()  # incomplete checkpoints already reported
 
 
@@ -384,30 +399,40 @@ class Checkpoints:
                                      f"{_kept(self.latest())}. Try a lower learning rate or a tighter grad_clip.")
 
     def save(self, accelerator: Accelerator, step: int, state: dict[str, Any]) -> Path:
+        """Every rank writes its part (weights, optimizer, its RNG state) into a temp dir; only when
+        all have finished does rank 0 add trainer_state.json and rename it, so a checkpoint that
+        counts is complete. Every rank must call this (it holds barriers)."""
         self.verify(accelerator, step)
         final = self.root / f"step_{step:06d}"
         tmp = self.root / f".tmp_step_{step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
-        extra: dict[str, Any] = {"verified_finite": True, "divergence_guard": self.guard.state()}
-        if self.settings is not None:
-            extra["settings"] = self.settings
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state, **extra}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in self.good()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            extra: dict[str, Any] = {"verified_finite": True, "divergence_guard": self.guard.state(),
+                                     "world_size": accelerator.num_processes}
+            if self.settings is not None:
+                extra["settings"] = self.settings
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state, **extra}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self.good()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
         return final
 
     def reject(self, step: int, why: str) -> Path | None:
         """Move the checkpoint of `step` out of the resumable set (kept as rejected_step_N for a
         look); returns the checkpoint now latest."""
         path = self.root / f"step_{step:06d}"
-        if path.is_dir():
+        if path.is_dir() and is_main():
             dest = self.root / f"rejected_step_{step:06d}"
             shutil.rmtree(dest, ignore_errors=True)
             path.rename(dest)
             (dest / "REJECTED").write_text(why + "\n")
+        barrier()
         return self.latest()
 
     def check_settings(self, path: Path, saved: dict[str, Any], fingerprint: str | None, what: str) -> bool:
@@ -466,4 +491,5 @@ def progress_bar(description: str) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=False,
+        disable=not is_main(),
     )

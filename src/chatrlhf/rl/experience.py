@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from chatrlhf.config import PPOConfig
+from chatrlhf.lm.distributed import gather, share
 from chatrlhf.lm.engine import Engine, SamplingParams
 from chatrlhf.lm.verifiers import checked_mean, verifier_scores
 from chatrlhf.rl.critic import ValueHead, ValueModel
@@ -78,6 +79,14 @@ def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, ma
                    mask=ro.response_mask[:, P:].float().to(dev),
                    finished=torch.tensor([g.finished for g in ro.generations]), logprobs=ro.logprobs[:, P:].to(dev),
                    hidden=None if ro.hidden is None else ro.hidden.to(dev))
+
+
+def rollout_texts(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> list[str]:
+    """One response per prompt, every rank sampling its share (row i still samples with seed + i);
+    all responses, in prompt order, on every rank. `model` is the plain model, not a DDP wrapper."""
+    mine = share(len(prompts))
+    texts = rollout(model, tokenizer, prompts[mine], cfg, seed=seed + mine.start).texts if mine.stop > mine.start else []
+    return gather(texts)
 
 
 # --- 2. score --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from chatrlhf.config import PPOConfig
+from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.experience import (
@@ -42,6 +43,7 @@ from chatrlhf.rl.experience import (
     response_forward,
     response_values,
     rollout,
+    rollout_texts,
     score_rollout,
 )
 from chatrlhf.rl.guard import ComparisonGuard, LabelerGuard
@@ -192,6 +194,14 @@ class PPOTrainer:
         # the starting policy's win rate when known without asking: 0.5 when it *is* the reference
         self.start_win_rate = start_win_rate
         self.out_dir, self.accelerator = Path(out_dir), accelerator
+        world = accelerator.num_processes  # each rank rolls out and updates on its share of the batch
+        if (cfg.rollout_batch_size // cfg.samples_per_prompt) % world or cfg.mini_batch_size % world:
+            raise ValueError(f"ppo: with {world} processes, rollout_batch_size / samples_per_prompt "
+                             f"({cfg.rollout_batch_size // cfg.samples_per_prompt}) and mini_batch_size "
+                             f"({cfg.mini_batch_size}) must be multiples of {world}")
+        self.rank_cfg = cfg.model_copy(update={"mini_batch_size": cfg.mini_batch_size // world})
+        announce(accelerator, "ppo", f"{cfg.rollout_batch_size // world} rollouts, mini-batch {self.rank_cfg.mini_batch_size}",
+                 f"{cfg.rollout_batch_size} rollouts, mini-batch {cfg.mini_batch_size}")
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval()
         head_lr = cfg.learning_rate * (cfg.value_head_lr_scale if cfg.critic == "shared" else 1.0)
@@ -222,26 +232,30 @@ class PPOTrainer:
     def step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         it, cfg = self.iteration, self.cfg
-        prompts = self._batch_prompts(it)
-        ro = rollout(self.policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it,
+        prompts, first = self._rank_prompts(it)
+        policy = self.accelerator.unwrap_model(self.policy)  # sampling and scoring read the plain model
+        ro = rollout(policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it + first,
                      keep_hidden=cfg.reads_policy_hidden_states)  # 1.
         t_roll = time.perf_counter() - t0
         score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
-        evaluate_rollout(ro, self.policy, self.ref_policy, self.value_model, cfg, cfg.mini_batch_size)  # 3.
+        value = self.accelerator.unwrap_model(self.value_model) if self.value_model is not None else None
+        evaluate_rollout(ro, policy, self.ref_policy, value, cfg, self.rank_cfg.mini_batch_size)  # 3.
         compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.
+        ro.stats = all_mean(ro.stats)  # the global batch's figures, the same on every rank
         self._check_kl(ro.stats["kl"])
         self.policy.eval()
         if self.value_model is not None:
             self.value_model.eval()
         sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx_coef > 0 else None
         try:
-            stats = ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator, cfg,
-                               seed=self.seed * 7 + it, ptx_sampler=sampler, kl_coef=self.kl_ctl.value)  # 5.
+            stats = all_mean(ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator,
+                                        self.rank_cfg, seed=self.seed * 7 + it, ptx_sampler=sampler,
+                                        kl_coef=self.kl_ctl.value))  # 5.
         except PPOInstabilityError as e:
             raise PPOInstabilityError(f"{e} at iteration {it + 1}; stopping, last good checkpoint kept in "
                                       f"{self.ckpts.latest() or '(none yet)'}. Lower ppo.learning_rate.") from None
         stats = {**ro.stats, **stats, "kl_coef": self.kl_ctl.value}
-        self.kl_ctl.update(ro.stats["kl"], len(prompts))
+        self.kl_ctl.update(ro.stats["kl"], cfg.rollout_batch_size)
         stats["time_rollout_s"], stats["time_step_s"] = t_roll, time.perf_counter() - t0
         self.iteration += 1
         return stats
@@ -256,6 +270,13 @@ class PPOTrainer:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + j // n))
             out += [self.prompts[perm[j % n].item()]] * k
         return out
+
+    def _rank_prompts(self, it: int) -> tuple[list[dict], int]:
+        """This rank's share of the iteration's prompts (whole groups of samples_per_prompt) and the
+        position of its first row in the global batch."""
+        rows, k = self._batch_prompts(it), self.cfg.samples_per_prompt
+        mine = share(len(rows) // k)
+        return rows[mine.start * k: mine.stop * k], mine.start * k
 
     def _ptx_sampler(self, it: int) -> Callable[[], torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 31 + it)
@@ -281,8 +302,9 @@ class PPOTrainer:
         """One guard evaluation; `repeat` k > 0 draws fresh samples and judgements of the same policy."""
         if isinstance(self.guard, ComparisonGuard):  # deterministic: no samples to redraw
             return self.guard.evaluate(self.accelerator.unwrap_model(self.policy), self.ref_policy)
-        ro = rollout(self.policy, self.tokenizer, self.guard.prompts, self.cfg, seed=self.seed * 17 + 1 + 1000 * repeat)
-        return self.guard.win_rate(ro.texts, self.iteration - 1000 * repeat)
+        texts = rollout_texts(self.accelerator.unwrap_model(self.policy), self.tokenizer, self.guard.prompts,
+                              self.cfg, seed=self.seed * 17 + 1 + 1000 * repeat)
+        return self.guard.win_rate(texts, self.iteration - 1000 * repeat)
 
     def _update_best(self, win_rate: float) -> float:
         """Record a guard evaluation; a new best *smoothed* win rate (the mean of the last
@@ -295,10 +317,12 @@ class PPOTrainer:
         if smoothed > self.best["win_rate"]:
             self.best = {"win_rate": smoothed, "iteration": self.iteration, "stale": 0}
             unwrap = self.accelerator.unwrap_model
-            state = {"policy": _cpu_state(unwrap(self.policy))}
-            if self.value_model is not None:
-                state["value"] = _cpu_state(unwrap(self.value_model))
-            torch.save(state, self.out_dir / "best_state.pt")
+            if is_main():
+                state = {"policy": _cpu_state(unwrap(self.policy))}
+                if self.value_model is not None:
+                    state["value"] = _cpu_state(unwrap(self.value_model))
+                torch.save(state, self.out_dir / "best_state.pt")
+            barrier()
         else:
             self.best["stale"] += 1
         return smoothed
@@ -359,7 +383,7 @@ class PPOTrainer:
                     stop_reason = "early_stop"
                     self.save_checkpoint()
                     break
-                if cfg.max_minutes and time.time() - t_start > 60 * cfg.max_minutes:
+                if cfg.max_minutes and all_sum(time.time() - t_start > 60 * cfg.max_minutes):  # any rank: all stop
                     stop_reason = "max_minutes"
                     self.save_checkpoint()
                     break

@@ -24,11 +24,12 @@ from rich.console import Console
 
 from chatrlhf.config import PPOConfig
 from chatrlhf.lm.data import DataError
-from chatrlhf.lm.training import check_finite, cosine_with_warmup, progress_bar
+from chatrlhf.lm.distributed import all_mean, gather, is_main, optimizer_step, rows_of_rank, share, weighted_loss
+from chatrlhf.lm.training import check_finite, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.lm.verifiers import checked_mean, verifier_scores
 from chatrlhf.rl.losses import masked_mean, sft_loglik_rewards
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 @torch.no_grad()
@@ -96,9 +97,11 @@ def distinct_responses(ro, n: int) -> tuple[list[int], torch.Tensor]:
 
 
 def fine_tune(policy, tokenizer, prompts: list[dict], answers: list[str], cfg: PPOConfig, seed: int,
-              max_len: int) -> dict[str, float]:
-    """SFT loss (assistant tokens only) on (prompt, kept answer) conversations, in place."""
-    from chatrlhf.lm.chat_data import Batches, build_examples, sft_loss
+              max_len: int, accelerator=None) -> dict[str, float]:
+    """SFT loss (assistant tokens only) on (prompt, kept answer) conversations, in place, on
+    Accelerate: each rank trains on its share of every batch (a new Accelerator when none is given;
+    the one given is left with nothing prepared, for the next trainer)."""
+    from chatrlhf.lm.chat_data import IGNORE, Batches, build_examples, sft_loss
 
     rc = cfg.rejection_sampling
     convs = [p["messages"] + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
@@ -108,39 +111,45 @@ def fine_tune(policy, tokenizer, prompts: list[dict], answers: list[str], cfg: P
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=rc.learning_rate, weight_decay=0.0, betas=(0.9, 0.95))
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
-    device = next(policy.parameters()).device
-    policy.train()
+    acc = accelerator or make_accelerator(None, device=next(policy.parameters()).device.type)
+    model, opt, sched = acc.prepare(policy, opt, sched)
+    model.train()
     losses: list[float] = []
     with progress_bar("best-of-n sft") as bar:
         task = bar.add_task("best-of-n sft", total=total, info="")
         for step in range(total):
             epoch, pos = divmod(step, batches.per_epoch)
-            batch = {k: v.to(device) for k, v in batches.tensors(batches.epoch(epoch)[pos]).items()}
-            loss = sft_loss(policy, batch)
-            check_finite(loss, step + 1, "best-of-n fine-tuning")  # before the update; best_of_n/ is saved only after
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            bar.update(task, advance=1, info=f"loss {loss.item():.3f}")
+            rows = batches.epoch(epoch)[pos]
+            part, counts = rows_of_rank(len(rows))  # this rank's share of the global batch
+            batch = {k: v.to(acc.device) for k, v in batches.tensors(rows[part]).items()}
+            targets = int((batch["labels"][:, 1:] != IGNORE).sum()) if counts else 0
+            loss, global_loss = weighted_loss(sft_loss(model, batch), targets)
+            check_finite(global_loss, step + 1, "best-of-n fine-tuning")  # before the update; best_of_n/ is saved only after
+            optimizer_step(acc, loss, params, opt, sched, cfg.grad_clip)
+            losses.append(global_loss.item())
+            bar.update(task, advance=1, info=f"loss {losses[-1]:.3f}")
+    acc.free_memory()  # the policy object itself was trained (DDP shares its parameters)
     policy.eval()
     tail = losses[-max(1, batches.per_epoch):]
     return {"steps": total, "loss_first": losses[0], "loss_last_epoch": sum(tail) / len(tail)}
 
 
 def run_rejection_sampling(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg: PPOConfig,
-                           seed: int, max_len: int, same_as_reference: bool, gold_fn=None) -> dict[str, Any]:
+                           seed: int, max_len: int, same_as_reference: bool, gold_fn=None,
+                           accelerator=None) -> dict[str, Any]:
     """Best-of-n, then fine-tune `policy` on the kept answers, in place; returns the stage's meta."""
     t0 = time.time()
-    picked, stats = best_of_n(policy, ref_policy, tokenizer, prompts, reward_fn, cfg, seed, same_as_reference, gold_fn)
+    mine = share(len(prompts))  # each rank samples its share; row i still samples with seed + i
+    picked, stats = best_of_n(policy, ref_policy, tokenizer, prompts[mine], reward_fn, cfg,
+                              seed + mine.start * cfg.rejection_sampling.n, same_as_reference, gold_fn)
+    picked, stats = gather(picked), all_mean(stats)
+    stats["kept"] = sum(a is not None for a in picked)
     t1 = time.time()
     kept = [(p, a) for p, a in zip(prompts, picked) if a is not None]
     if not kept:
         raise DataError(f"best-of-{cfg.rejection_sampling.n}: no kept answer of {len(prompts)} prompts passes its check "
                         f"at ppo.rejection_sampling.min_check={cfg.rejection_sampling.min_check}; lower it (0 = keep all)")
-    train = fine_tune(policy, tokenizer, [p for p, _ in kept], [a for _, a in kept], cfg, seed, max_len)
+    train = fine_tune(policy, tokenizer, [p for p, _ in kept], [a for _, a in kept], cfg, seed, max_len, accelerator)
     meta = {"stage": "best_of_n", "prompts_sampled": len(prompts), "n": cfg.rejection_sampling.n, **stats,
             **{f"fine_tune_{k}": v for k, v in train.items()}, "sample_seconds": round(t1 - t0, 1),
             "train_seconds": round(time.time() - t1, 1), "config": cfg.rejection_sampling.model_dump()}

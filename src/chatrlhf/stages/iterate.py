@@ -52,8 +52,8 @@ def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
 def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict], out: Path, r: int) -> Path:
     """K samples per prompt from `policy_dir`, ranked, written as a comparison file."""
     from chatrlhf.lm.engine import load_engine
-    from chatrlhf.lm.rankings import write_comparisons
-    from chatrlhf.stages.sampling import assign_splits, label_with_world, sample_responses
+    from chatrlhf.lm.rankings import assign_splits, write_comparisons
+    from chatrlhf.stages.sampling import label_with_world, sample_responses
 
     rng = random.Random(cfg.run.seed * 1000 + r)
     engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)

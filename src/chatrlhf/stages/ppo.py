@@ -12,9 +12,10 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config, PPOConfig
+from chatrlhf.lm.distributed import barrier, is_main, on_main
 from chatrlhf.lm.training import Checkpoints
 from chatrlhf.rl.critic import load_critic
-from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout
+from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout_texts
 from chatrlhf.rl.guard import LabelerGuard
 from chatrlhf.rl.ppo import PPOTrainer
 
@@ -162,15 +163,15 @@ def _load_policy(path: Path, cfg: Config):
 def _sft_baseline(policy, ref, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> list[str]:
     """SFT answers for the guard prompts, sampled once (the comparison the guard keeps making)."""
     with reference_model(policy, ref) as sft:
-        return rollout(sft, tokenizer, prompts, cfg, seed=seed).texts
+        return rollout_texts(sft, tokenizer, prompts, cfg, seed=seed)
 
 
 def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Path | None = None,
             out_dir: str | Path | None = None, ref_dir: str | Path | None = None) -> Path:
     """`chatrlhf ppo`: policy from `policy_dir` (default sft/), KL to `ref_dir` (default sft/), reward
     and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/)."""
-    from chatrlhf.lm.lora import is_lora, merge
-    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
+    from chatrlhf.lm.lora import is_lora
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
     from chatrlhf.lm.reward_model import RewardModel
     from chatrlhf.lm.training import make_accelerator
 
@@ -178,8 +179,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy_dir = Path(policy_dir or cfg.stage_dir("sft"))
     ref_dir, rm_dir = Path(ref_dir or cfg.stage_dir("sft")), Path(rm_dir or cfg.stage_dir("rm"))
     out = Path(out_dir or cfg.stage_dir("ppo"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
+    if is_main():  # the stage is incomplete until saved again (rank 0 by the launcher's RANK: no group yet)
+        _clear_stage(out)
     _require_stage(policy_dir, "a policy", "chatrlhf sft")
     _require_stage(ref_dir, "the reference (SFT) model", "chatrlhf sft")
     _require_stage(rm_dir, "a reward model", "chatrlhf rm")
@@ -217,7 +218,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     if pc.rejection_sampling.n > 1 and Checkpoints(out).latest() is None:  # a resumed run already holds it
         rs_prompts = _rejection_sampling_prompts(cfg, train_prompts, world)
         policy, ref = _best_of_n_start(cfg, policy, ref, tok, rs_prompts, reward_fn, gold_fn, out / "best_of_n",
-                                       ref_dir, start_is_ref)
+                                       ref_dir, start_is_ref, acc)
         start_is_ref = False
     trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
                          gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
@@ -234,20 +235,35 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
         meta["group_messages"] = _group_messages(world, cfg)
     if guard is not None and meta["selected_iteration"] == 0:
         console.print("[yellow]ppo: the guard kept the starting policy (iteration 0): no PPO iteration beat it, so "
-                      f"{out} holds the {'best-of-n policy' if stage_complete(out / 'best_of_n') else 'policy PPO started from'}"
+                      f"{out} holds the {'best-of-n policy' if (out / 'best_of_n' / 'meta.json').is_file() else 'policy PPO started from'}"
                       "; try more iterations, a lower ppo.learning_rate or ppo.early_stop=none")
+    on_main(lambda: _save_outputs(acc, trainer, tok, out, meta, history))  # every rank holds the same weights
+    return out
+
+
+def _clear_stage(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+
+
+def _save_outputs(acc, trainer: PPOTrainer, tok, out: Path, meta: dict[str, Any], history: list[dict]) -> None:
+    """The value model, the reward-vs-gold plot and the policy's stage directory (meta.json last)."""
+    from chatrlhf.lm.lora import merge
+    from chatrlhf.lm.modeling import save_stage, stage_complete
+
     if stage_complete(out / "best_of_n"):
         meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
     if trainer.value_model is not None:  # RLOO and GRPO train none
         acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
-    if trainer.value_model is not None and pc.critic == "separate":  # a loadable sequence-classification model; a shared head is one weight file
+    if trainer.value_model is not None and trainer.cfg.critic == "separate":  # a loadable model; a shared head is one file
         tok.save_pretrained(out / "value")
     plot_reward_vs_gold(history, out / "reward_vs_gold.png")
-    return save_stage(merge(policy) if pc.lora.merge else policy, tok, out, meta)
+    policy = acc.unwrap_model(trainer.policy)
+    save_stage(merge(policy) if trainer.cfg.lora.merge else policy, tok, out, meta)
 
 
 def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_fn: RewardFn, gold_fn: GoldFn,
-                     rs_dir: Path, ref_dir: Path, start_is_ref: bool):
+                     rs_dir: Path, ref_dir: Path, start_is_ref: bool, accelerator=None):
     """PPO's starting policy after rejection-sampling fine-tuning (rejection_sampling.py), saved
     to `rs_dir` and reused from there. Returns (policy, reference)."""
     from chatrlhf.lm.lora import merge
@@ -256,8 +272,11 @@ def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_
 
     if not stage_complete(rs_dir):
         meta = run_rejection_sampling(policy, ref, tok, prompts, reward_fn, cfg.ppo, seed=cfg.run.seed * 100_003 + 77_777,
-                                      max_len=cfg.sft.max_len, same_as_reference=start_is_ref, gold_fn=gold_fn)
-        save_stage(merge(policy) if cfg.ppo.lora.enabled else policy, tok, rs_dir, meta)
+                                      max_len=cfg.sft.max_len, same_as_reference=start_is_ref, gold_fn=gold_fn,
+                                      accelerator=accelerator)
+        if is_main():
+            save_stage(merge(policy) if cfg.ppo.lora.enabled else policy, tok, rs_dir, meta)
+        barrier()
     if ref is None:  # a LoRA policy's reference was itself with adapters off; the new start is not SFT
         ref = load_causal_lm(ref_dir, cfg.model.dtype)
     return _load_policy(rs_dir, cfg), ref

@@ -32,6 +32,16 @@ from chatrlhf.lm.data import (
     pack_documents,
     read_text_file,
 )
+from chatrlhf.lm.distributed import (
+    all_mean,
+    announce,
+    is_main,
+    on_main,
+    optimizer_step,
+    rows_of_rank,
+    save_on_main,
+    weighted_loss,
+)
 from chatrlhf.lm.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
 from chatrlhf.lm.tokenizer import ensure_chat_template, save_tokenizer, train_tokenizer
 from chatrlhf.lm.training import (
@@ -44,7 +54,7 @@ from chatrlhf.lm.training import (
     progress_bar,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 WIKITEXT = "wikitext2/valid.txt"  # under cfg.eval.shared_data; eval only, never trained on
 
 
@@ -173,7 +183,7 @@ def run_pretrain(cfg: Config) -> Path:
     model, opt, sched = accelerator.prepare(model, opt, sched)
     ckpts, fingerprint = Checkpoints.for_run(cfg, out, run_settings(cfg)), run_fingerprint(cfg)
     state = _resume(ckpts, accelerator, fingerprint)
-    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
+    on_main(lambda: (out / "meta.json").unlink(missing_ok=True))  # the stage is incomplete until saved again
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=state["step"] > 0)
 
     loop = _TrainLoop(cfg, accelerator, model, opt, sched, schedule, stream, val_chunks, ckpts, logger, fingerprint)
@@ -202,7 +212,7 @@ def run_pretrain(cfg: Config) -> Path:
         meta["wikitext2_bpb"] = meta["wikitext2_loss"] / bytes_per_token / math.log(2)
     logger.log(step, {k: v for k, v in meta.items() if k.startswith(("val_", "wikitext2_"))})
     logger.close()
-    save_stage(accelerator.unwrap_model(model), tokenizer, out, meta)
+    save_on_main(accelerator, model, lambda plain, weights: save_stage(plain, tokenizer, out, meta, state_dict=weights))
     console.print(f"pretrain: val loss {val_loss:.3f} (ppl {meta['val_ppl']:.1f}) vs unigram {baseline:.3f}; "
                   f"{tokens_seen:,} tokens at {tok_per_s:,.0f} tok/s -> {out}")
     return out
@@ -231,22 +241,21 @@ class _TrainLoop:
         self.val_chunks, self.ckpts, self.logger, self.fingerprint = val_chunks, ckpts, logger, fingerprint
 
     def train_step(self, step: int) -> tuple[float, float]:
-        x, y = (t.to(self.acc.device) for t in self.stream.batch(step))
+        x, y = self.stream.batch(step)
+        rows, counts = rows_of_rank(len(x))  # this rank's share of the global batch
+        x, y = x[rows].to(self.acc.device), y[rows].to(self.acc.device)
         with self.acc.autocast():
-            loss = lm_loss(self.model, x, y)
-        self.ckpts.check_loss(loss, step, "pretrain")  # before the update: weights stay good
-        self.acc.backward(loss)
-        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.pc.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.item(), float(grad_norm)
+            loss, global_loss = weighted_loss(lm_loss(self.model, x, y), y.numel() if counts else 0)
+        self.ckpts.check_loss(global_loss, step, "pretrain")  # before the update: weights stay good
+        grad_norm = optimizer_step(self.acc, loss, self.model.parameters(), self.opt, self.sched, self.pc.grad_clip)
+        return global_loss.item(), grad_norm
 
     def plan(self, step: int, elapsed: float, sec_per_step: float) -> None:
         """Fit the run to pretrain.max_minutes: the cosine ends where the budget does, at the speed
         measured so far (steps after warm-up depend on the plan, so it is re-made as speed changes)."""
-        remaining = 60 * self.pc.max_minutes - elapsed
-        fit = step + max(0, int(remaining / max(sec_per_step, 1e-6)))
+        agreed = all_mean({"elapsed": elapsed, "sec_per_step": sec_per_step})  # every rank plans the same
+        remaining = 60 * self.pc.max_minutes - agreed["elapsed"]
+        fit = step + max(0, int(remaining / max(agreed["sec_per_step"], 1e-6)))
         self.schedule.total_steps = max(step, min(self.pc.max_steps, fit))
 
     def save(self, step: int, counters: dict[str, float]) -> None:
@@ -260,6 +269,8 @@ class _TrainLoop:
         t_loop, loop_before, step = time.time(), c["loop_seconds"], start
         mark = (start + 1, 0.0)  # (step, time) speed is measured from: after this segment's first step
         first_plan = max(pc.warmup_steps, start + 5)
+        announce(self.acc, "pretrain", f"{pc.batch_size / self.acc.num_processes:g} x {pc.seq_len} tokens",
+                 f"{pc.batch_size} x {pc.seq_len} tokens")
         with progress_bar("pretrain") as bar:
             task = bar.add_task("pretrain", total=self.schedule.total_steps, completed=start, info="")
             while step < self.schedule.total_steps:

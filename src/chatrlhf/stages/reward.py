@@ -27,6 +27,17 @@ import numpy as np
 import torch
 
 from chatrlhf.config import Config
+from chatrlhf.lm.distributed import (
+    all_mean,
+    all_sum,
+    announce,
+    barrier,
+    init_processes,
+    is_main,
+    optimizer_step,
+    rows_of_rank,
+    weighted_loss,
+)
 from chatrlhf.lm.modeling import check_context, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
 from chatrlhf.lm.rankings import (
     PairBatch,
@@ -181,6 +192,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     opt = torch.optim.AdamW(model.parameters(), lr=rc.learning_rate, weight_decay=rc.weight_decay)
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
     model, opt, sched = acc.prepare(model, opt, sched)
+    announce(acc, "rm", f"{rc.batch_prompts / acc.num_processes:g} rankings", f"{rc.batch_prompts} rankings")
     settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch", "data", "split", "columns"}),
                 "seed": cfg.run.seed, "dtype": cfg.model.dtype, **data_fingerprints(tok, train)}  # what fixes the trajectory
     ckpts = Checkpoints.for_run(cfg, out_dir, settings)
@@ -197,26 +209,24 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
             epoch, pos = divmod(step, n_batches)  # data order is a function of (seed, epoch): resume-exact
             if epoch != batches_epoch:
                 batches, batches_epoch = _epoch_batches(len(widths), rc.batch_prompts, cfg.run.seed * 1000 + epoch), epoch
-            idx = batches[pos]
+            part, counts = rows_of_rank(len(batches[pos]))  # this rank's share of the global batch
+            idx = batches[pos][part]
             pb: PairBatch = make_batch([train[i] for i in idx], held_out)
             seqs = [tokens[idx[g]][k] for g, k in pb.sequences]
-            if packing and step == start:
-                packing = _packing_matches_padding(model, seqs, tok.pad_token_id, acc.device)
+            if packing and step == start:  # every rank packs, or none does
+                packing = all_sum(not _packing_matches_padding(model, seqs, tok.pad_token_id, acc.device)) == 0
             batch = (collate_packed_sequences if packing else collate_sequences)(seqs, tok.pad_token_id)
             rewards = raw_rewards(model, {k: v.to(acc.device) for k, v in batch.items()})  # (S,) one per response
             ch, rj = rewards[pb.chosen], rewards[pb.rejected]  # (P,) per pair
-            loss = ranking_loss(ch, rj, torch.tensor(pb.weight, device=acc.device), pb.n_groups)
-            ckpts.check_loss(loss, step, "rm")
-            acc.backward(loss)
-            if rc.grad_clip > 0:
-                acc.clip_grad_norm_(model.parameters(), rc.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            seqs_seen += len(pb.sequences)
-            pairs_seen += len(pb.chosen)
-            last = {"loss": loss.item(), "acc": (ch > rj).float().mean().item(), "margin": (ch - rj).mean().item()}
+            loss, global_loss = weighted_loss(ranking_loss(ch, rj, torch.tensor(pb.weight, device=acc.device),
+                                                           pb.n_groups), pb.n_groups if counts else 0)
+            ckpts.check_loss(global_loss, step, "rm")
+            optimizer_step(acc, loss, model.parameters(), opt, sched, rc.grad_clip)
+            whole = pb if acc.num_processes == 1 else make_batch([train[i] for i in batches[pos]], held_out)  # global counts
+            seqs_seen, pairs_seen = seqs_seen + len(whole.sequences), pairs_seen + len(whole.chosen)
+            last = {"loss": global_loss.item(), "acc": (ch > rj).float().mean().item(), "margin": (ch - rj).mean().item()}
             if (step + 1) % rc.log_every == 0 or step + 1 == total:
+                last |= all_mean({k: last[k] for k in ("acc", "margin")})  # over ranks: logged and returned
                 metrics.log(step + 1, {f"rm/{k}": v for k, v in last.items()} | {"rm/lr": sched.get_last_lr()[0]})
             if rc.save_every and (step + 1) % rc.save_every == 0 and step + 1 < total:
                 ckpts.save(acc, step + 1, {"epoch": epoch})
@@ -292,11 +302,14 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
     train = [c for c in train if make_batch([c], held_out).n_groups]  # a comparison with no strict preference teaches nothing
     if not train:
         raise ValueError(f"rm: no training comparisons with a strict preference in {comparisons if not isinstance(comparisons, list) else 'the given list'}")
-    if stage_complete(out_dir):  # a finished RM is retrained from scratch, not resumed; until done it is not complete
+    if stage_complete(out_dir) and is_main():  # a finished RM is retrained from scratch, not resumed; until done it is not complete
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         write_meta(out_dir, {**read_meta(out_dir), "complete": False})
+    barrier()
     tok = load_tokenizer(init_dir)
-    model = build_reward_model(init_dir, tok, cfg.model.dtype)
+    with torch.random.fork_rng():  # a new head's init is a function of the seed, however many processes run
+        torch.manual_seed(cfg.run.seed)
+        model = build_reward_model(init_dir, tok, cfg.model.dtype)
     tokens = [[encode_response(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
     check_context(model, cfg.rm.max_len, "rm.max_len", max(len(s) for seqs in tokens for s in seqs))
     run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir)
@@ -313,13 +326,15 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
     if world is not None and agreement.is_file():
         a = json.loads(agreement.read_text())
         metrics["world_agreement"] = {k: a.get(k) for k in ("train", "held_out", "train_vs_held_out")}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-    write_comparisons(val, out_dir / "val_comparisons.jsonl")  # held out: PPO's guard without a world reads them
-    save_stage(model, tok, out_dir, {"stage": "rm", "reward_bias": rm.bias, "bias_reference": bias_ref,
-                                     "max_len": cfg.rm.max_len, "init_from": str(init_dir),
-                                     "held_out_labelers": sorted(held_out), "eval": metrics})
-    _print_summary(metrics)
+    if is_main():  # every rank evaluated the same weights; rank 0 writes
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+        write_comparisons(val, out_dir / "val_comparisons.jsonl")  # held out: PPO's guard without a world reads them
+        save_stage(model, tok, out_dir, {"stage": "rm", "reward_bias": rm.bias, "bias_reference": bias_ref,
+                                         "max_len": cfg.rm.max_len, "init_from": str(init_dir),
+                                         "held_out_labelers": sorted(held_out), "eval": metrics})
+        _print_summary(metrics)
+    barrier()
     return metrics
 
 
@@ -352,6 +367,7 @@ def init_dir_for(cfg: Config) -> Path:
 def run_rm(cfg: Config) -> Path:
     """`chatrlhf rm`: sample and rank comparisons if missing (world default), then train and evaluate."""
     out = cfg.stage_dir("rm")
+    init_processes(cfg.run.device)
     if cfg.rm.data:
         comparisons: str | Path = cfg.rm.data
         world = None

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from chatrlhf.config import Config
-from chatrlhf.lm.rankings import to_competition, write_comparisons
+from chatrlhf.lm.distributed import barrier, gather, init_processes, is_main, share
+from chatrlhf.lm.rankings import assign_splits, to_competition, write_comparisons
 from chatrlhf.lm.training import progress_bar
 
 log = logging.getLogger(__name__)
@@ -49,45 +50,10 @@ def conversation_prompts(convs: list[list[dict]], rng: random.Random, n: int = 0
     return out[:n] if n else out
 
 
-def assign_splits(prompts: list[dict], val_fraction: float, rng: random.Random) -> list[str]:
-    """'val' for about val_fraction of prompts, else 'train'. Whole content clusters (a world prompt's
-    `cluster`: the entity, list or request it asks about; else the prompt alone) go to one side, so
-    validation prompts ask nothing the training prompts ask; clusters are drawn per kind (the part
-    before ':') so every kind is represented. At least one val prompt when any is asked for."""
-    n = len(prompts)
-    if val_fraction <= 0 or n < 2:
-        return ["train"] * n
-    keys = [str(p.get("cluster") or f"prompt:{i}") for i, p in enumerate(prompts)]
-    if len(set(keys)) < 2:  # one cluster cannot be split by content: split its prompts
-        keys = [f"prompt:{i}" for i in range(n)]
-    members: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        members.setdefault(k, []).append(i)
-    kinds: dict[str, list[str]] = {}
-    for k in sorted(members):
-        kinds.setdefault(k.split(":", 1)[0], []).append(k)
-    val: set[int] = set()
-    for kind in sorted(kinds):
-        clusters = kinds[kind]
-        rng.shuffle(clusters)
-        target, got = val_fraction * sum(len(members[k]) for k in clusters), 0
-        for k in clusters:
-            if got + len(members[k]) / 2 <= target:
-                val.update(members[k])
-                got += len(members[k])
-    if not val:
-        val.update(members[min(members, key=lambda k: (len(members[k]), k))])
-    if len(val) == n:
-        val.difference_update(members[keys[0]])
-    return ["val" if i in val else "train" for i in range(n)]
-
-
-# --- sampling -------------------------------------------------------------------------------
-
-
-def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config) -> list[list[str]]:
+def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Config, offset: int = 0) -> list[list[str]]:
     """K samples per conversation at cfg.rm.temperature, in chunks under a progress bar. A chunk is
-    k times the engine's batch, so continuous batching keeps the batch full for most of it."""
+    k times the engine's batch, so continuous batching keeps the batch full for most of it. `offset`:
+    the position of the first conversation in the whole list (a rank's share), which seeds its chunks."""
     from chatrlhf.lm.engine import SamplingParams
 
     chunk_prompts = max(1, engine.max_batch)
@@ -97,7 +63,7 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
         for lo in range(0, len(message_lists), chunk_prompts):
             chunk = message_lists[lo: lo + chunk_prompts]
             params = SamplingParams(max_new_tokens=cfg.rm.max_new_tokens, temperature=cfg.rm.temperature,
-                                    seed=cfg.run.seed * 100_003 + lo * k)
+                                    seed=cfg.run.seed * 100_003 + (offset + lo) * k)
             gens = engine.generate_chat(chunk, params, n=k)
             out += [[g.text for g in gens[i * k: (i + 1) * k]] for i in range(len(chunk))]
             bar.update(task, advance=len(chunk))
@@ -192,6 +158,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     policy_dir = Path(policy) if policy else default_policy(cfg)
     out = Path(out) if out else cfg.stage_dir("rm") / "comparisons.jsonl"
     rng = random.Random(cfg.run.seed)
+    init_processes(cfg.run.device)  # before the engine picks its device
     world = load_world(cfg)
     if conversations:
         from chatrlhf.lm.conversations import load_conversations
@@ -206,7 +173,8 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
     engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
     n_new = k - 1 if conversations else k
-    samples = sample_responses(engine, [p["messages"] for p in prompts], n_new, cfg)
+    mine = share(len(prompts))  # each rank samples its share of the prompts; all of them come back to every rank
+    samples = gather(sample_responses(engine, [p["messages"] for p in prompts[mine]], n_new, cfg, offset=mine.start))
     comparisons = []
     for i, (p, resp, split) in enumerate(zip(prompts, samples, splits)):
         c: dict[str, Any] = {"id": f"cmp-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
@@ -222,5 +190,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     if label and world is not None:
         n = label_with_world(world, comparisons, cfg, rng)
         log.info("%d rankings by simulated labelers", n)
-    write_comparisons(comparisons, out)
+    if is_main():
+        write_comparisons(comparisons, out)
+    barrier()
     return out

@@ -37,14 +37,23 @@ from chatrlhf.lm.chat_data import (
 )
 from chatrlhf.lm.conversations import Conversation, load_conversations
 from chatrlhf.lm.data import DataError
+from chatrlhf.lm.distributed import (
+    announce,
+    barrier,
+    is_main,
+    optimizer_step,
+    rows_of_rank,
+    save_on_main,
+    weighted_loss,
+)
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
-from chatrlhf.lm.modeling import check_context, load_causal_lm, load_tokenizer, stage_complete
+from chatrlhf.lm.modeling import check_context, load_causal_lm, load_tokenizer, save_stage, stage_complete
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.world.loader import require_world, world_demonstrations
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -115,18 +124,25 @@ def run_sft(cfg: Config, eval_only: bool = False) -> Path:
     out = cfg.stage_dir("sft")
     if not eval_only:
         train_sft(cfg)
-    if not (eval_only or cfg.sft.eval_after):
-        return out
+    if (eval_only or cfg.sft.eval_after) and is_main():  # one process samples and writes; the others wait
+        _closing_evaluation(cfg, out, eval_only)
+    barrier()
+    return out
+
+
+def _closing_evaluation(cfg: Config, out: Path, eval_only: bool) -> None:
+    """SFT against the base model: the world's held-out prompts and labelers for the world's
+    demonstrations, else the user's own held-out split. Training already succeeded, so a failure
+    here is a warning (an error only when the evaluation was all that was asked)."""
     if cfg.sft.data is None:
-        evaluate_sft(cfg)  # world demonstrations: the world's held-out prompts and labelers
-        return out
+        evaluate_sft(cfg)
+        return
     try:
         evaluate_on_user_data(cfg)
     except (OSError, ValueError) as e:
         if eval_only:
             raise
         console.print(f"[yellow]sft: trained and saved to {out}; the closing evaluation failed: {e}")
-    return out
 
 
 def _answer(model, tokenizer, examples: list[Example], cfg: Config) -> list[str]:
@@ -214,6 +230,7 @@ def train_sft(cfg: Config) -> Path:
         model = wrap_lora(model, sc.lora)
     n_train, n_all = trainable_params(model)
     _report_data(stats, sc.max_len)
+    announce(accelerator, "sft", f"{sc.batch_size / accelerator.num_processes:g} rows", f"{sc.batch_size} rows")
     console.print(f"sft: {stats['train_examples']} train / {stats['val_examples']} val examples "
                   f"({stats['truncated_away']} truncated away), {stats['assistant_tokens']:,} assistant tokens, "
                   f"{total} steps ({total / train_b.per_epoch:.1f} epochs), {n_train:,}/{n_all:,} trainable params")
@@ -224,7 +241,8 @@ def train_sft(cfg: Config) -> Path:
     ckpts, fingerprint = Checkpoints.for_run(cfg, out, run_settings(cfg)), run_fingerprint(cfg)
     state = _resume(ckpts, accelerator, fingerprint)
     start = state.get("step", 0)
-    (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
+    if is_main():
+        (out / "meta.json").unlink(missing_ok=True)  # the stage is incomplete until saved again
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=start > 0)
 
     # --- train
@@ -241,8 +259,8 @@ def train_sft(cfg: Config) -> Path:
             "train_loss": last_loss, "val_loss": val_loss, "val_loss_before": val_before,
             "tokens_per_s": round(tok_s, 1), "lora": sc.lora.model_dump() if sc.lora.enabled else None,
             "packing": sc.packing, "max_len": sc.max_len, **stats}
-    unwrapped = accelerator.unwrap_model(model)
-    save_merged(unwrapped, tokenizer, out, meta)  # LoRA: adapters folded into plain weights
+    save_on_main(accelerator, model, lambda plain, weights: save_merged(plain, tokenizer, out, meta) if weights is None
+                 else save_stage(plain, tokenizer, out, meta, state_dict=weights))  # LoRA: adapters folded in
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
     console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
@@ -260,22 +278,22 @@ class _TrainLoop:
         self.sc, self.acc, self.model, self.opt, self.sched = cfg.sft, accelerator, model, opt, sched
         self.train_b, self.val_b, self.ckpts, self.logger = train_b, val_b, ckpts, logger
         self.state, self.total = state, total  # state: saved with every checkpoint
+        self.counts, self.batch_tokens = True, 0  # this rank's rows count (rows_of_rank); the global batch's tokens
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """This rank's share of the step's global batch; self.counts says whether it counts (rows_of_rank)."""
         epoch, pos = divmod(step, self.train_b.per_epoch)
-        rank, world = self.acc.process_index, self.acc.num_processes
-        batch = self.train_b.epoch(epoch)[pos] if world == 1 else self.train_b.epoch(epoch)[pos][rank::world]
-        return {k: v.to(self.acc.device) for k, v in self.train_b.tensors(batch).items()}
+        rows = self.train_b.epoch(epoch)[pos]
+        part, self.counts = rows_of_rank(len(rows))
+        self.batch_tokens = sum(len(e) for r in rows for e in (r if self.train_b.packing else [r]))  # all ranks' rows
+        return {k: v.to(self.acc.device) for k, v in self.train_b.tensors(rows[part]).items()}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float]:
-        loss = sft_loss(self.model, batch)
-        self.ckpts.check_loss(loss, step, "sft")  # before the update: weights stay good
-        self.acc.backward(loss)
-        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.sc.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.item(), float(grad_norm)
+        targets = int((batch["labels"][:, 1:] != IGNORE).sum()) if self.counts else 0
+        loss, global_loss = weighted_loss(sft_loss(self.model, batch), targets)  # the global batch's token mean
+        self.ckpts.check_loss(global_loss, step, "sft")  # before the update: weights stay good
+        grad_norm = optimizer_step(self.acc, loss, self.model.parameters(), self.opt, self.sched, self.sc.grad_clip)
+        return global_loss.item(), grad_norm
 
     def run(self, start: int) -> tuple[int, float, float]:
         """Train from `start` to the last step; returns (step, last train loss, tokens/s)."""
@@ -289,7 +307,7 @@ class _TrainLoop:
                 loss, grad_norm = self.train_step(batch, step)
                 train_time += time.time() - t0
                 step += 1
-                tokens += int((batch["input_ids"] != self.train_b.pad_id).sum())
+                tokens += self.batch_tokens
                 tok_s = tokens / max(train_time, 1e-9)
                 bar.update(task, completed=step, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
                 if step % sc.log_every == 0 or step == self.total:

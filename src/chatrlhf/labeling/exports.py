@@ -1,0 +1,20 @@
+"""Exports of any project kind in the formats the trainers read: rankings and demonstrations from
+the store, chats and both-sides dialogues (conversation format) from the chat loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from chatrlhf.labeling import store
+from chatrlhf.labeling.chats import export_chats
+from chatrlhf.labeling.db import Project
+from chatrlhf.labeling.tasks import CHAT_KINDS
+
+
+def export(s: Session, project: Project, include_unlabeled: bool = False, round: int | None = None) -> list[dict[str, Any]]:
+    """Records of `project` (see docs/ARCHITECTURE.md). `round`: only items of that RLHF round."""
+    if project.kind in CHAT_KINDS:
+        return export_chats(s, project, round, include_open=include_unlabeled)
+    return store.export(s, project, include_unlabeled, round)

@@ -1,0 +1,28 @@
+"""lm/distributed.py in one process (the 2-rank behaviour is tests/test_multiproc.py's): shares cover a
+batch exactly once, and every helper is the identity without a launcher."""
+
+from __future__ import annotations
+
+import torch
+
+from chatrlhf.lm import distributed as d
+
+
+def test_shares_cover_every_row_once_in_order_and_differ_by_at_most_one():
+    for n in range(12):
+        for w in (1, 2, 3, 5):
+            parts = [d.share(n, r, w) for r in range(w)]
+            assert [i for p in parts for i in range(p.start, p.stop)] == list(range(n))
+            sizes = [p.stop - p.start for p in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_one_process_is_rank_zero_and_the_helpers_change_nothing():
+    assert d.world_size() == 1 and d.is_main()
+    assert d.shard([1, 2, 3]) == [1, 2, 3] and d.gather([1, 2]) == [1, 2]
+    assert d.rows_of_rank(4) == (slice(0, 4), True)
+    assert d.all_mean({"kl": 0.5}) == {"kl": 0.5} and d.all_sum(3) == 3.0
+    loss = torch.tensor(2.0, requires_grad=True)
+    scaled, mean = d.weighted_loss(loss, 7)
+    assert scaled is loss and float(mean) == 2.0
+    assert d.on_main(lambda: 5) == 5

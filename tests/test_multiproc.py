@@ -1,0 +1,191 @@
+"""Many processes: `accelerate launch` with two gloo ranks on the CPU, for pretrain, SFT, RM and PPO.
+
+Each 2-rank run is checked against a 1-process run with the same global batch (same steps, same
+schedule): the final weights agree within float tolerance, every output file is written once and
+complete, and a 2-rank run killed with SIGKILL mid-way resumes under 2 processes and under 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chatrlhf.config import load_config
+from chatrlhf.lm.modeling import read_meta
+from chatrlhf.lm.training import Checkpoints, read_metrics
+
+pytestmark = pytest.mark.slow  # each 2-rank job starts three interpreters: 20-50 s, 3.5 min in all on a loaded 2-core box
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+FAST = ["sft.eval_after=false", "sft.save_every=10", "rm.save_every=2"]
+
+
+def cfg_for(out: Path, *extra: str):
+    return load_config(TINY, [f"run.out_dir={out}", *FAST, *extra])
+
+
+def launch(stage: str, out: Path, *extra: str, ranks: int = 2, wait: bool = True):
+    """`accelerate launch --multi_gpu --num_processes N` of `chatrlhf <stage>`: real gloo ranks on a CPU."""
+    with socket.socket() as s:  # a free rendezvous port: other jobs may run on this machine
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [a for o in [f"run.out_dir={out}", *FAST, *extra] for a in ("--set", o)]
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(ranks),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), "-m", "chatrlhf.cli", stage, "--config", str(TINY), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(out / "launch.log").open("w"))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The tiny pipeline up to the RM, in this process: the 1-process references."""
+    from chatrlhf.stages.pretrain import run_pretrain, run_tokenizer
+    from chatrlhf.stages.reward import run_rm
+    from chatrlhf.stages.sft import run_sft
+    from chatrlhf.world.generate import run_world
+
+    out = tmp_path_factory.mktemp("one")
+    cfg = cfg_for(out)
+    for stage in (run_world, run_tokenizer, run_pretrain, run_sft, run_rm):
+        stage(cfg)
+    return out
+
+
+def copy_stages(src: Path, dst: Path, *stages: str) -> Path:
+    for s in stages:
+        shutil.copytree(src / s, dst / s)
+    return dst
+
+
+def weights(stage_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(stage_dir / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 2e-5) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
+
+
+def assert_written_once(stage_dir: Path, ranks: int = 2) -> None:
+    """Complete stage, one metrics row per (step, metric set), complete checkpoints with every rank's
+    state, no temp files left."""
+    assert read_meta(stage_dir).get("complete"), f"{stage_dir} not complete"
+    rows = read_metrics(stage_dir)
+    keys = [(r["step"], tuple(sorted(k for k in r if k != "time"))) for r in rows]
+    assert len(keys) == len(set(keys)), f"metric rows repeated in {stage_dir}"
+    ckpts = Checkpoints(stage_dir)
+    for c in ckpts.good():
+        assert json.loads((c / "trainer_state.json").read_text())["world_size"] == ranks
+        assert sorted(p.name for p in c.glob("random_states_*.pkl")) == [f"random_states_{i}.pkl" for i in range(ranks)]
+    leftovers = [p for p in stage_dir.rglob("*") if p.name.startswith(".tmp") or p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+
+
+def test_pretrain_on_two_ranks_matches_one_process(one_process, tmp_path):
+    run = copy_stages(one_process, tmp_path, "world", "tokenizer")
+    log = launch("pretrain", run)
+    assert "pretrain: 2 process(es) [MULTI_CPU, backend gloo" in log and "per-rank batch 2 x 64 tokens" in log
+    assert log.count("pretrain: val loss") == 1  # one rank reports and writes
+    assert_same_weights(one_process / "pretrain", run / "pretrain")
+    assert_written_once(run / "pretrain")
+    assert len(read_metrics(run / "pretrain")) == len(read_metrics(one_process / "pretrain"))
+    assert read_meta(run / "pretrain")["val_loss"] == pytest.approx(read_meta(one_process / "pretrain")["val_loss"], abs=1e-4)
+
+
+def test_sft_on_two_ranks_matches_one_process(one_process, tmp_path):
+    run = copy_stages(one_process, tmp_path, "world", "tokenizer", "pretrain")
+    log = launch("sft", run)
+    assert "sft: 2 process(es)" in log
+    assert_same_weights(one_process / "sft", run / "sft")
+    assert_written_once(run / "sft")
+    assert read_meta(run / "sft")["steps"] == read_meta(one_process / "sft")["steps"]
+
+
+def test_rm_with_its_samples_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """`chatrlhf rm` samples the comparisons first: each rank samples its share of the prompts (row i
+    keeps its seed), rank 0 labels and writes them, then both train."""
+    run = copy_stages(one_process, tmp_path, "world", "tokenizer", "pretrain", "sft")
+    log = launch("rm", run)
+    assert log.count("rm: held-out prompts acc") == 1
+    comparisons = (run / "rm" / "comparisons.jsonl").read_text()
+    assert comparisons == (one_process / "rm" / "comparisons.jsonl").read_text()
+    assert_same_weights(one_process / "rm", run / "rm")
+    assert_written_once(run / "rm")
+    assert Checkpoints(run / "rm").good(), "rm.save_every=2 wrote checkpoints on two ranks"
+    for key in ("acc_held_out_prompts", "reward_bias"):
+        assert read_meta(run / "rm")["eval"][key] == pytest.approx(read_meta(one_process / "rm")["eval"][key], abs=1e-4)
+
+
+def test_ppo_on_two_ranks_finishes_and_writes_each_file_once(one_process, tmp_path):
+    run = copy_stages(one_process, tmp_path, "world", "sft", "rm")
+    log = launch("ppo", run)
+    assert "ppo: 2 process(es)" in log and log.count("best-of-4:") == 1
+    out = run / "ppo"
+    assert_written_once(out)
+    assert read_meta(out / "best_of_n").get("complete") and (out / "value").is_dir()
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    assert read_meta(out)["iterations"] == 2
+    sft, ppo = weights(one_process / "sft"), weights(out)
+    assert any(not torch.equal(sft[k], ppo[k]) for k in sft), "the policy moved away from SFT"
+
+
+def kill_after_first_checkpoint(run: Path, *extra: str) -> Path:
+    """Start a 2-rank pretrain, SIGKILL the launcher and both ranks once a checkpoint counts."""
+    proc = launch("pretrain", run, *extra, wait=False)
+    ckpts, deadline = Checkpoints(run / "pretrain"), time.time() + 300
+    while ckpts.latest() is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"exited with {proc.returncode} before a checkpoint: " + (run / "launch.log").read_text()[-3000:]
+    # the ranks run in sessions of their own (torch elastic starts them so): kill them by id, with the launcher
+    victims = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in victims):
+        time.sleep(0.05)
+    killed_at = ckpts.latest()
+    assert killed_at is not None, (run / "launch.log").read_text()[-3000:]
+    assert not read_meta(run / "pretrain").get("complete"), "killed too late: the run had finished"
+    return killed_at
+
+
+LONG = ["pretrain.max_steps=200", "pretrain.save_every=10", "pretrain.eval_every=100"]
+
+
+@pytest.mark.parametrize("resume_ranks", [2, 1])
+def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_ranks):
+    from chatrlhf.stages.pretrain import run_pretrain
+
+    full = run_pretrain(cfg_for(copy_stages(one_process, tmp_path / "full", "world", "tokenizer"), *LONG))
+    run = copy_stages(one_process, tmp_path / "killed", "world", "tokenizer")
+    killed_at = kill_after_first_checkpoint(run, *LONG)
+    if resume_ranks == 2:
+        log = launch("pretrain", run, *LONG)
+        assert f"resuming from {killed_at}" in log or "resuming from" in log
+    else:
+        run_pretrain(cfg_for(run, *LONG))
+    assert_same_weights(full, run / "pretrain", atol=5e-5)
+    assert read_meta(run / "pretrain")["steps"] == 200
+    steps = [r["step"] for r in read_metrics(run / "pretrain") if "train/loss" in r]
+    assert steps == sorted(set(steps)), "no step logged twice after the resume"
