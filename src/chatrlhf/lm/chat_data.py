@@ -74,7 +74,7 @@ def _to_example(ids: list[int], mask: list[int]) -> Example:
     return Example(ids, [t if m else IGNORE for t, m in zip(ids, mask)])
 
 
-def _last_reply_start(mask: list[int]) -> int:
+def last_reply_start(mask: list[int]) -> int:
     """Index of the first token of the last assistant turn (the last run of 1s in the mask)."""
     end = max(i for i, m in enumerate(mask) if m)
     start = end
@@ -100,7 +100,7 @@ def encode_conversation(tokenizer, conv: Conversation, max_len: int, stats: dict
                 stats["older_turns_dropped"] = stats.get("older_turns_dropped", 0) + 1
                 break
     if len(ids) > max_len:
-        if not any(mask) or len(ids) - _last_reply_start(mask) > max_len - 1:
+        if not any(mask) or len(ids) - last_reply_start(mask) > max_len - 1:
             stats["reply_too_long"] = stats.get("reply_too_long", 0) + 1
             return None
         ids, mask = ids[-max_len:], mask[-max_len:]

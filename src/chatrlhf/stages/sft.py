@@ -148,10 +148,10 @@ def _closing_evaluation(cfg: Config, out: Path, eval_only: bool) -> None:
 def _answer(model, tokenizer, examples: list[Example], cfg: Config) -> list[str]:
     """Greedy answers to the prompts of encoded examples: the tokens before each one's last reply,
     already cut to sft.max_len, so a long prompt is answered as it was trained on."""
-    from chatrlhf.lm.chat_data import _last_reply_start
+    from chatrlhf.lm.chat_data import last_reply_start
     from chatrlhf.lm.engine import Engine, SamplingParams
 
-    ids = [e.input_ids[:_last_reply_start([int(t != IGNORE) for t in e.labels])] for e in examples]
+    ids = [e.input_ids[:last_reply_start([int(t != IGNORE) for t in e.labels])] for e in examples]
     gens = Engine(model, tokenizer).generate(ids, SamplingParams(max_new_tokens=cfg.eval.max_new_tokens,
                                                                  temperature=0.0, seed=cfg.run.seed))
     return [g.text.strip() for g in gens]
