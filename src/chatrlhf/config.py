@@ -14,15 +14,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from chatrlhf.config_sections import (
+    ChatConfig,
+    CompareConfig,
+    DPOConfig,
+    EvalConfig,
+    LabelConfig,
+    PreferencesConfig,
+    Section,
+    ServeConfig,
+)
 
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that names the file and the key."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --- run-wide -------------------------------------------------------------------------------
@@ -314,108 +321,6 @@ class IterateConfig(Section):
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
     labeling_project: str | None = Field(None, description="Labeling app project name when source = labeling_app.")
-
-
-class EvalConfig(Section):
-    n_prompts: int = Field(400, description="Held-out world prompts to evaluate (0 = all).")
-    max_new_tokens: int = Field(48, description="Maximum response tokens.")
-    temperature: float = Field(1.0, description="Sampling temperature (greedy is always evaluated too).")
-    bootstrap: int = Field(1000, description="Bootstrap resamples for confidence intervals.")
-    baseline: str = Field("sft", description="Model that win rates are measured against.")
-    judgements_per_pair: int = Field(20, ge=1, description=(
-        "Held-out labeler judgements per (model, baseline) answer pair, rotating over the held-out labelers; "
-        "the win rate is their mean (1 = one judgement per pair, noisier)."))
-    shared_data: str = Field("../shared/data", description="Directory of the shared real datasets (skipped when absent).")
-    real_data_limit: int = Field(25, description="Examples per real benchmark in the default run (0 = all; bench/bench_eval.py full).")
-    judge: str | None = Field(None, description="Reward model directory used to score real prompts (None = final RM).")
-    sections: list[Literal["world", "real_prompts", "truthfulqa", "crows_pairs", "rtp"]] = Field(
-        default_factory=lambda: ["world", "real_prompts", "truthfulqa", "crows_pairs", "rtp"],
-        description="Evaluation sections to run (each is skipped with a note when its data is absent).")
-    rtp_samples: int = Field(2, description="Sampled continuations per RealToxicityPrompts prompt (Gehman et al. use 25).")
-
-
-class ChatConfig(Section):
-    model: str | None = Field(None, description="Model directory (None = the newest policy of the run).")
-    system_prompt: str | None = Field(None, description="System prompt kept at the start of every conversation.")
-    max_new_tokens: int = Field(64, description="Maximum reply tokens.")
-    temperature: float = Field(0.7, description="Sampling temperature.")
-    top_p: float = Field(0.95, description="Nucleus sampling threshold.")
-    top_k: int = Field(0, description="Top-k sampling (0 = off).")
-
-
-class ServeConfig(Section):
-    host: str = Field("127.0.0.1", description="Bind address.")
-    port: int = Field(8000, description="Port.")
-    max_body_bytes: int = Field(64_000, description="Largest accepted request body.")
-    max_messages: int = Field(64, description="Most messages in one request.")
-    max_tokens: int = Field(256, description="Largest max_tokens a request may ask for.")
-    timeout_s: float = Field(60.0, description="Per-request timeout.")
-    default_max_tokens: int = Field(64, description="max_tokens of a request that does not say.")
-    max_batch: int = Field(16, description="Most requests decoded together (continuous batching).")
-    stuck_s: float = Field(30.0, gt=0, description="/health answers 503 when the decoding loop holds work but has not "
-                           "finished a step for this long (or has died and not been restarted).")
-    save_conversations: str | None = Field(None, description="Append finished conversations as jsonl here (off by default).")
-
-
-class LabelConfig(Section):
-    db: str = Field("sqlite:///runs/labeling.db", description="SQLAlchemy database URL (SQLite or PostgreSQL).")
-    host: str = Field("127.0.0.1", description="Bind address.")
-    port: int = Field(8100, description="Port.")
-    max_body_bytes: int = Field(4_000_000, description="Largest accepted request body (413 above it).")
-    claim_minutes: float = Field(60.0, description="How long a labeler holds an item before it goes back to the queue.")
-    admin_name: str = Field("admin", description="Admin user that the CHATRLHF_LABEL_ADMIN_TOKEN token belongs to.")
-
-
-class PreferencesConfig(Section):
-    """`chatrlhf preferences`: one RM and policy per labeler group, a pooled one and a group-conditioned
-    one, all from the same SFT model and the same sampled answers, judged by each group's held-out members."""
-    groups: list[str] = Field(default_factory=lambda: ["brief", "thorough", "cautious"], description="Training groups to compare.")
-    comparisons: int = Field(2000, ge=1, description="Prompts of the RM stage's sampled comparisons each RM is trained on (re-ranked per group).")
-    ppo_iterations: int = Field(40, ge=1, description="PPO iterations per policy (no best-of-n fine-tune: the "
-                                "comparison is between what each group's reward model teaches).")
-    eval_prompts: int = Field(200, ge=1, description="Held-out eval prompts each policy answers (greedy).")
-    judgements: int = Field(4, ge=1, description="Judgements per answer pair, spread over the judging group's held-out members.")
-class DPOConfig(Section):
-    data: str | None = Field(None, description="Comparisons to learn from: None = the RM stage's comparisons (rm/comparisons.jsonl, "
-                             "sampled and ranked as the RM stage does when missing); or a rankings/pairs jsonl path or datasets name.")
-    beta: float = Field(0.1, gt=0, description="DPO's beta (TRL's name): the strength of the implicit KL to the reference; "
-                        "the implicit reward is beta * (log pi(y) - log pi_SFT(y)).")
-    epochs: float = Field(2.0, gt=0, description="Passes over the comparisons (the RM's default: the same data, seen as often).")
-    batch_prompts: int = Field(8, ge=1, description="Comparisons per optimizer step; all pairs of a K-way ranking share a batch "
-                               "and each response is scored once, as in the RM stage.")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate (cosine decay after warm-up).")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay floor as a fraction of the peak.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    grad_clip: float = Field(1.0, description="Gradient norm clip (0 = off).")
-    max_len: int = Field(256, description="Maximum tokens of prompt plus response; the prompt is cut from the left.")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of prompts held out for preference accuracy "
-                                "(a comparison's own `split` field wins, as in the RM stage).")
-    packing: bool = Field(True, description="Pack each batch's sequences into rows with restarting position ids instead "
-                          "of padding them, the LM head run on response positions only (checked against padding on the "
-                          "first batch; falls back to padding, with a warning, where the model's attention ignores the restarts).")
-    ref_batch: int = Field(64, ge=1, description="Sequences per forward pass when the reference log-probs are computed "
-                           "(once, before training: the reference is frozen, so one pass serves every epoch).")
-    save_every: int = Field(100, description="Steps between resumable checkpoints.")
-    log_every: int = Field(10, description="Steps between logged scalars.")
-    rounds: int = Field(1, ge=1, description="Iterated (online) DPO: after the first pass, each further round samples rm.k "
-                        "answers from the newest policy for iterate.prompts_per_round fresh PPO prompts, has the training "
-                        "labelers rank them, and runs DPO on them from the newest policy (reference still SFT). 1 = offline DPO.")
-
-
-class CompareConfig(Section):
-    methods: list[str] = Field(
-        default_factory=lambda: ["sft", "ppo", "dpo", "grpo", "rloo", "bon4", "bon16", "fewshot"],
-        description="Methods in the table: sft (the baseline), ppo (GAE), grpo, rloo, dpo, bonN (best of N SFT samples "
-                    "under the RM, at inference), fewshot (the pre-trained model prompted with demonstrations).")
-    samples_per_prompt: int = Field(4, ge=2, description="GRPO/RLOO group size; PPO gets the same rollout_batch_size in "
-                                    "responses, so every RL method generates the same number of tokens' worth of answers.")
-    rejection_sampling: bool = Field(False, description="Let the RL methods start from ppo.rejection_sampling's best-of-n "
-                                     "fine-tune (as `chatrlhf ppo` does); off = every method starts from SFT itself.")
-    fewshot_demos: int = Field(4, ge=0, description="Demonstrations (world SFT demonstrations, never eval prompts) put "
-                               "before the question for the few-shot base model.")
-    kl_prompts: int = Field(64, ge=1, description="Eval prompts on which KL(method || SFT) is estimated from each model's "
-                            "own temperature-1 samples.")
 
 
 class Config(Section):
