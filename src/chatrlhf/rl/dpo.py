@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,21 +218,53 @@ def train_dpo(policy, ref, tokenizer, train: list[dict], val: list[dict], cfg: D
     ref.to(dev)
     t_ref = time.time()
     packing = cfg.packing and packing_matches_padding(ref, [s for seqs in tokens[:8] for s in seqs], pad, dev)
-
-    def ref_table(toks: list[list[Encoded]]) -> list[torch.Tensor]:
-        lp = batched_logprobs(ref, [s for seqs in toks for s in seqs], pad, dev, cfg.ref_batch, packing)
-        out, k = [], 0
-        for seqs in toks:
-            out.append(lp[k:k + len(seqs)])
-            k += len(seqs)
-        return out
-
-    ref_lp, val_ref_lp = ref_table(tokens), ref_table(val_tokens)
+    ref_lp = _reference_logprobs(ref, tokens, pad, dev, cfg.ref_batch, packing)
+    val_ref_lp = _reference_logprobs(ref, val_tokens, pad, dev, cfg.ref_batch, packing)
     ref_seconds = time.time() - t_ref
     policy.to(dev)
     before = evaluate_dpo(policy, val_tokens, val_ref_lp, val, held_out, cfg, pad, dev, packing)
 
-    n_batches = math.ceil(len(train) / cfg.batch_prompts)
+    data = _TrainData(train, tokens, ref_lp, held_out, pad, packing)
+    model, run = _optimise(policy, data, cfg, out_dir, accelerator, seed, tensorboard)
+    secs = run["seconds"]
+    model = accelerator.unwrap_model(model).eval()
+    after = evaluate_dpo(model, val_tokens, val_ref_lp, val, held_out, cfg, pad, dev, packing)
+    return {"model": model, "steps": run["steps"], "resumed_from": run["start"], "train_comparisons": len(train),
+            "val_comparisons": len(val), "train_seconds": secs, "reference_seconds": ref_seconds,
+            "sequences_per_second": run["sequences"] / secs if secs > 0 else 0.0,
+            "pairs_per_second": run["pairs"] / secs if secs > 0 else 0.0, "tokens_trained": run["tokens"],
+            "packing": bool(packing), "before": before, "after": after, "last": run["last"]}
+
+
+def _reference_logprobs(ref, toks: list[list[Encoded]], pad: int, dev, batch: int, packing: bool) -> list[torch.Tensor]:
+    """Each comparison's response log-probs under the frozen reference, computed once before training
+    (the reference never changes, so one pass serves every epoch)."""
+    lp = batched_logprobs(ref, [s for seqs in toks for s in seqs], pad, dev, batch, packing)
+    out, k = [], 0
+    for seqs in toks:
+        out.append(lp[k:k + len(seqs)])
+        k += len(seqs)
+    return out
+
+
+@dataclass
+class _TrainData:
+    """The training comparisons as the optimisation loop reads them."""
+
+    comparisons: list[dict]
+    tokens: list[list[Encoded]]  # per comparison, its responses encoded with the prompt
+    ref_lp: list[torch.Tensor]  # per comparison, the reference's log-prob of each response
+    held_out: set[str]
+    pad: int
+    packing: bool
+
+
+def _optimise(policy, data: _TrainData, cfg: DPOConfig, out_dir: Path, accelerator, seed: int,
+              tensorboard: bool) -> tuple[Any, dict[str, Any]]:
+    """The training loop, resumed from out_dir's latest checkpoint: returns the (wrapped) model and
+    what the run did (steps, where it resumed, sequences, pairs and tokens trained, seconds, last scalars)."""
+    dev = accelerator.device
+    n_batches = math.ceil(len(data.comparisons) / cfg.batch_prompts)
     total = max(1, math.ceil(cfg.epochs * n_batches))
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
                             weight_decay=cfg.weight_decay)
@@ -249,37 +282,39 @@ def train_dpo(policy, ref, tokenizer, train: list[dict], val: list[dict], cfg: D
         for step in range(start, total):
             epoch, pos = divmod(step, n_batches)  # data order is a function of (seed, epoch): resume-exact
             if epoch != batches_epoch:
-                batches, batches_epoch = _epoch_batches(len(train), cfg.batch_prompts, seed * 1000 + epoch), epoch
+                batches = _epoch_batches(len(data.comparisons), cfg.batch_prompts, seed * 1000 + epoch)
+                batches_epoch = epoch
             idx = batches[pos]
-            pb = make_batch([train[i] for i in idx], held_out)
-            seqs = [tokens[idx[g]][k] for g, k in pb.sequences]
-            ref_seq = torch.stack([ref_lp[idx[g]][k] for g, k in pb.sequences]).to(dev)
-            lp = (packed_sequence_logprobs if packing else sequence_logprobs)(model, seqs, pad, dev)
-            ch, rj = torch.tensor(pb.chosen, device=dev), torch.tensor(pb.rejected, device=dev)
-            loss, stats = dpo_loss(lp[ch], lp[rj], ref_seq[ch], ref_seq[rj], cfg.beta,
-                                   torch.tensor(pb.weight, device=dev), pb.n_groups)
-            check_finite(loss, step, "dpo", ckpts.latest())
-            accelerator.backward(loss)
-            if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            pb = make_batch([data.comparisons[i] for i in idx], data.held_out)
+            seqs = [data.tokens[idx[g]][k] for g, k in pb.sequences]
+            ref_seq = torch.stack([data.ref_lp[idx[g]][k] for g, k in pb.sequences]).to(dev)
+            last = _update(model, seqs, ref_seq, pb, data, cfg, accelerator, opt, sched, step, ckpts)
             seqs_seen += len(seqs)
             pairs_seen += len(pb.chosen)
             tokens_seen += sum(len(p) + len(r) for p, r in seqs)
-            last = {"loss": loss.item(), **{k: v.item() for k, v in stats.items()}}
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 metrics.log(step + 1, {f"dpo/{k}": v for k, v in last.items()} | {"dpo/lr": sched.get_last_lr()[0]})
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 ckpts.save(accelerator, step + 1, {"epoch": epoch})
             bar.update(task, advance=1, info=f"loss {last['loss']:.3f} acc {last['rewards/accuracies']:.2f}")
     metrics.close()
-    secs = time.time() - t0
-    model = accelerator.unwrap_model(model).eval()
-    after = evaluate_dpo(model, val_tokens, val_ref_lp, val, held_out, cfg, pad, dev, packing)
-    return {"model": model, "steps": total, "resumed_from": start, "train_comparisons": len(train),
-            "val_comparisons": len(val), "train_seconds": secs, "reference_seconds": ref_seconds,
-            "sequences_per_second": seqs_seen / secs if secs > 0 else 0.0,
-            "pairs_per_second": pairs_seen / secs if secs > 0 else 0.0, "tokens_trained": tokens_seen,
-            "packing": bool(packing), "before": before, "after": after, "last": last}
+    return model, {"steps": total, "start": start, "sequences": seqs_seen, "pairs": pairs_seen,
+                   "tokens": tokens_seen, "seconds": time.time() - t0, "last": last}
+
+
+def _update(model, seqs: list[Encoded], ref_seq: torch.Tensor, pb, data: _TrainData, cfg: DPOConfig, accelerator,
+            opt, sched, step: int, ckpts: Checkpoints) -> dict[str, float]:
+    """One optimiser step on one batch of comparisons; returns its loss and DPO statistics."""
+    dev = accelerator.device
+    lp = (packed_sequence_logprobs if data.packing else sequence_logprobs)(model, seqs, data.pad, dev)
+    ch, rj = torch.tensor(pb.chosen, device=dev), torch.tensor(pb.rejected, device=dev)
+    loss, stats = dpo_loss(lp[ch], lp[rj], ref_seq[ch], ref_seq[rj], cfg.beta,
+                           torch.tensor(pb.weight, device=dev), pb.n_groups)
+    check_finite(loss, step, "dpo", ckpts.latest())
+    accelerator.backward(loss)
+    if cfg.grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": loss.item(), **{k: v.item() for k, v in stats.items()}}
