@@ -195,24 +195,10 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     prompts, source = ppo_prompts(cfg, world)
     prompts = _fitting(_conditioned(cfg, world, prompts), tok, policy, pc.max_new_tokens, source)
     console.print(f"ppo: {len(prompts)} prompts from {source}")
-    labeler_guard = world is not None and not pc.data and pc.early_stop == "held_out_comparisons"
-    n_guard = min(pc.guard_prompts, len(prompts) // 4) if labeler_guard else 0
-    train_prompts, guard_prompts = prompts[: len(prompts) - n_guard], prompts[len(prompts) - n_guard:]
+    train_prompts, guard_prompts = _split_guard_prompts(cfg, world, prompts)
     ptx_train, ppl_chunks = _lm_text(cfg, tok, world)
-    guard = None
-    if n_guard:
-        baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
-        guard = LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard_labelers)
-    elif pc.early_stop == "held_out_comparisons":
-        guard = _comparison_guard(cfg, rm_dir, tok)
-
-    def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
-        return rm.score([p["messages"] for p in ps], texts)
-
-    def world_gold(p: dict, text: str) -> float:
-        return float(world.gold(p, text).total)
-
-    gold_fn = world_gold if world is not None and not pc.data else None  # the world's rubric knows only its prompts
+    guard = _make_guard(cfg, policy, ref, tok, world, guard_prompts, rm_dir)
+    reward_fn, gold_fn = _reward_fns(rm, world, pc)
     ppl_before = _lm_ppl(policy, ppl_chunks, acc.device)
     start_is_ref = policy_dir.resolve() == ref_dir.resolve()
     if pc.rejection_sampling.n > 1 and Checkpoints(out).latest() is None:  # a resumed run already holds it
@@ -234,11 +220,50 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     if cfg.rm.conditioned:  # what `chatrlhf chat --group` and the server's `group` field put in the system message
         meta["group_messages"] = _group_messages(world, cfg)
     if guard is not None and meta["selected_iteration"] == 0:
-        console.print("[yellow]ppo: the guard kept the starting policy (iteration 0): no PPO iteration beat it, so "
-                      f"{out} holds the {'best-of-n policy' if (out / 'best_of_n' / 'meta.json').is_file() else 'policy PPO started from'}"
-                      "; try more iterations, a lower ppo.learning_rate or ppo.early_stop=none")
+        _warn_start_kept(out)
     on_main(lambda: _save_outputs(acc, trainer, tok, out, meta, history))  # every rank holds the same weights
     return out
+
+
+def _split_guard_prompts(cfg: Config, world, prompts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """PPO's training prompts, and the last few kept back for the held-out labelers' guard when it is
+    a world run stopped on held-out comparisons (none otherwise)."""
+    pc = cfg.ppo
+    labeler_guard = world is not None and not pc.data and pc.early_stop == "held_out_comparisons"
+    n_guard = min(pc.guard_prompts, len(prompts) // 4) if labeler_guard else 0
+    return prompts[: len(prompts) - n_guard], prompts[len(prompts) - n_guard:]
+
+
+def _make_guard(cfg: Config, policy, ref, tok, world, guard_prompts: list[dict], rm_dir: Path):
+    """What early stopping asks: held-out labelers comparing the policy with SFT answers on the guard
+    prompts, else the reward model's held-out comparisons; None when neither applies."""
+    pc = cfg.ppo
+    if guard_prompts:
+        baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
+        return LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard_labelers)
+    if pc.early_stop == "held_out_comparisons":
+        return _comparison_guard(cfg, rm_dir, tok)
+    return None
+
+
+def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:
+    """The reward model's score, and the world's gold score where PPO runs on the world's prompts."""
+
+    def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        return rm.score([p["messages"] for p in ps], texts)
+
+    def world_gold(p: dict, text: str) -> float:
+        return float(world.gold(p, text).total)
+
+    # the world's rubric knows only its own prompts
+    return reward_fn, (world_gold if world is not None and not pc.data else None)
+
+
+def _warn_start_kept(out: Path) -> None:
+    """The guard found no PPO iteration better than the start: say what the stage directory holds."""
+    console.print("[yellow]ppo: the guard kept the starting policy (iteration 0): no PPO iteration beat it, so "
+                  f"{out} holds the {'best-of-n policy' if (out / 'best_of_n' / 'meta.json').is_file() else 'policy PPO started from'}"
+                  "; try more iterations, a lower ppo.learning_rate or ppo.early_stop=none")
 
 
 def _clear_stage(out: Path) -> None:
