@@ -192,6 +192,8 @@ def run_pretrain(cfg: Config) -> Path:
         "val_bpb": bits_per_byte(val_loss, len(val_tokens), _utf8_bytes(corpus.val)),
         "unigram_val_loss": baseline, "train_tokens": len(train_tokens),
         "epochs": stream.epochs(step), "planned_steps": schedule.total_steps, "threads": threads,
+        "max_steps": pc.max_steps, "max_minutes": pc.max_minutes,
+        "time_limited": bool(pc.max_minutes > 0 and step < pc.max_steps),  # the wall-clock safety cut it short
         "train_seconds": counters["train_seconds"], "loop_seconds": counters["loop_seconds"],
         "mixed_precision": pc.mixed_precision,
     }
