@@ -85,9 +85,10 @@ def gather(cfg: Config) -> dict[str, Any]:
     summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
     rounds = read_meta(cfg.stage_dir("rounds"))  # why the last RLHF round was or was not started
     pj = Path(cfg.run.out_dir) / "pipeline.json"
-    times = json.loads(pj.read_text()).get("stages", {}) if pj.is_file() else {}
+    pipe = json.loads(pj.read_text()) if pj.is_file() else {}
+    times = pipe.get("stages", {})
     return {"out_dir": str(cfg.run.out_dir), "stages": stages, "eval": summary, "rounds_budget": rounds.get("budget"),
-            "rounds_run": rounds.get("rounds"), "budget": budget_plan(cfg), "time_limits_fired": time_limits_fired(cfg),
+            "rounds_run": rounds.get("rounds"), "budget": pipe.get("budget") or budget_plan(cfg), "time_limits_fired": time_limits_fired(cfg),
             "stage_seconds": times}
 
 
@@ -430,9 +431,9 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
         ("Real-data benchmarks", real_data_table(summary)),
         ("Budget and time limits", budget_lines(data)),
         ("Pipeline stages", (["stage", "complete", "key figures"], stage_rows)),
-        ("Means with bootstrap 95% intervals", interval_table(summary)),
+        ("Means with bootstrap 95% intervals (world series: over content clusters)", interval_table(summary)),
         ("Every metric, every model", metric_table(summary)),
-        ("Win rates and paired differences vs baseline (bootstrap 95% CI)", win_table(summary)),
+        ("Win rates and paired differences vs baseline (95% CI; world series over content clusters)", win_table(summary)),
         ("Sample responses (greedy)", samples_side_by_side(cfg, summary)),
     ]
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>chatrlhf report</title><style>{CSS}</style>"
