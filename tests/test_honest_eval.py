@@ -153,3 +153,15 @@ def test_tiny_run_reports_the_matched_headline_and_stage_attribution_first(tmp_p
     assert "Wall-clock limits that fired (the result then depends on the machine's speed): none." in md
     pj = json.loads((tmp_path / "pipeline.json").read_text())
     assert pj["budget"]["rounds"] == 2 and pj["time_limits_fired"] == []
+
+
+def test_world_series_are_resampled_by_content_cluster_and_real_items_alone():
+    from types import SimpleNamespace
+
+    from chatrlhf.evaluate.run import series_clusters
+
+    ctx = SimpleNamespace(prompts=[{"id": str(i)} for i in range(6)], clusters=["a", "a", "b", "b", "c", "c"])
+    items = {"world_series_index": {"world_greedy_fact_correct": [1, 2, 5]}}
+    assert series_clusters(ctx, items, "world_greedy_likert", 6) == ["a", "a", "b", "b", "c", "c"]
+    assert series_clusters(ctx, items, "world_greedy_fact_correct", 3) == ["a", "b", "c"]  # a subset: its prompts' clusters
+    assert series_clusters(ctx, items, "truthfulqa_mc2", 4) == [0, 1, 2, 3]  # each real item its own cluster
