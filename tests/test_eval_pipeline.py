@@ -66,7 +66,8 @@ def test_report_is_self_contained_with_plots_tables_and_verdict(evaluated):
                         out / "ppo" / "reward_vs_gold.png")
     page = run_report(cfg).read_text()
     assert page.count("data:image/png;base64,") >= 3  # model comparison, ppo training curves, reward vs gold
-    assert "PPO vs SFT:" in page and "truthfulness" in page and "not significant" in page
+    # the real benchmarks measure nothing in a world-only model: shown, marked, no verdict
+    assert "PPO vs SFT:" in page and "out of domain for this model" in page and "truthfulness" not in page
     assert "<td>truthfulqa_mc2</td>" in page and "Means with bootstrap 95% intervals" in page
     md = (out / "report" / "report.md").read_text()
     assert "## Every metric, every model" in md and "(plots/curves_ppo.png)" in md
@@ -181,7 +182,8 @@ def _world_good_and_bad_answers(n_eval_prompts: int):
     prompts = world.prompts("eval")
     good = [p["reference"].get("ideal") or "I am sorry, I cannot help with that." for p in prompts]
     bad = ["blah blah"] * len(prompts)
-    ctx = SimpleNamespace(world=world, prompts=prompts, cfg=Config.model_validate({"eval": {"bootstrap": 200}}))
+    ctx = SimpleNamespace(world=world, prompts=prompts, clusters=[p["cluster"] for p in prompts],
+                          cfg=Config.model_validate({"eval": {"bootstrap": 200}}))
     return ctx, good, bad
 
 
@@ -217,8 +219,9 @@ def test_rubric_parts_are_compared_with_the_baseline_part_by_part():
     assert facts["estimate"] > 0.5 and facts["significant"] and facts["improved"]
     assert refusals["estimate"] > 0.5 and refusals["significant"] and refusals["better"] == "higher"
     assert comp["diff_world_greedy_fact_correct"]["significant"]
-    assert "correct facts (fact prompts) +" in rubric_parts(comp) and "significant, better" in rubric_parts(comp)
+    assert "correct facts (fact prompts) +" in rubric_parts(comp) and "], better" in rubric_parts(comp)
     # the other way round every part is worse; against itself nothing moves
-    assert "significant, worse" in rubric_parts(compare(ctx, {"sft": result(good), "ppo": result(bad)}, "sft")["ppo"])
+    assert "], worse" in rubric_parts(compare(ctx, {"sft": result(good), "ppo": result(bad)}, "sft")["ppo"])
     same = compare(ctx, {"sft": result(good), "ppo": result(good)}, "sft")["ppo"]
-    assert not same["diff_world_sample_fact_correct"]["significant"] and "significant, better" not in rubric_parts(same)
+    assert not same["diff_world_sample_fact_correct"]["significant"] and "], better" not in rubric_parts(same)
+    assert "no significant change" in rubric_parts(same)

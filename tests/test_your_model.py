@@ -159,7 +159,8 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
     cli("eval", *common, *sets(eval__sections="[world,real_prompts]", eval__real_data_limit=2,
                                eval__shared_data=shared_data("").resolve()))
     summary = json.loads((run / "eval" / "summary.json").read_text())
-    assert set(summary["models"]) == {"sft", "ppo"} and "real_rm_score" in summary["models"]["ppo"]
+    # the best-of-n start is evaluated too, for the stage attribution (sft -> best_of_n -> ppo)
+    assert set(summary["models"]) == {"sft", "best_of_n", "ppo"} and "real_rm_score" in summary["models"]["ppo"]
     assert any("world section skipped" in n for n in summary["notes"])
     cli("report", *common)
     assert (run / "report" / "report.html").is_file()

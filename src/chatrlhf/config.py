@@ -109,10 +109,12 @@ class PretrainConfig(Section):
     wikitext_eval: bool = Field(True, description="Also report loss on WikiText-2 valid (from eval.shared_data) when present.")
     seq_len: int = Field(128, description="Tokens per packed training sequence.")
     batch_size: int = Field(4, description="Sequences per optimizer step (small batches, more steps: best held-out loss per CPU-minute).")
-    max_steps: int = Field(3000, description="Optimizer steps (an upper bound when max_minutes is set).")
-    max_minutes: float = Field(2.2, description="Time budget of the training loop: after warm-up the step count is planned "
-                               "(and re-planned) from the measured speed so the cosine decay ends within it, at most "
-                               "max_steps (0 = exactly max_steps; only then is a run bit-for-bit reproducible).")
+    max_steps: int = Field(3000, description="Optimizer steps: the budget (the same on every machine; an upper bound "
+                           "only when max_minutes is set).")
+    max_minutes: float = Field(0.0, ge=0, description="Optional wall-clock safety (0 = off, the default): after warm-up the "
+                               "step count is planned from the measured speed so the cosine decay ends within it, at most "
+                               "max_steps. When it cuts the run short the model depends on the machine's speed, and the "
+                               "report says so.")
     learning_rate: float = Field(5e-3, description="Peak AdamW learning rate.")
     min_lr_ratio: float = Field(0.1, description="Cosine decay floor as a fraction of the peak.")
     warmup_steps: int = Field(20, description="Linear warm-up steps.")
@@ -236,7 +238,9 @@ class PPOConfig(Section):
     columns: dict[str, str] = Field(default_factory=dict, description="Column mapping for ppo.data, as sft.columns "
                                     "(e.g. {prompt: question}; also ground_truth).")
     total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
-    max_minutes: float = Field(3.0, description="Stop PPO after this many minutes per round (0 = no limit; 3 keeps `chatrlhf run` under 15 CPU-minutes); the guard's best is still taken.")
+    max_minutes: float = Field(0.0, ge=0, description="Optional wall-clock safety per round (0 = off, the default: "
+                               "total_iterations and the guard decide, the same on every machine); when it fires the "
+                               "guard's best is still taken and the report names it.")
     rollout_batch_size: int = Field(32, description="Responses per rollout batch (rollout_batch_size / samples_per_prompt distinct prompts).")
     samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt in a rollout batch (RLOO needs at least 2).")
     advantage_estimator: Literal["gae", "rloo", "grpo"] = Field(
@@ -310,12 +314,12 @@ class PPOConfig(Section):
 
 class IterateConfig(Section):
     rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
-    max_rounds: int = Field(3, ge=0, description="`chatrlhf run` only: after `rounds`, more rounds up to this many, each "
-                            "started only if it fits in budget_minutes (a faster machine gets another round in the same time). "
-                            "At most `rounds` = exactly `rounds`; `chatrlhf iterate` always runs exactly `rounds`.")
-    budget_minutes: float = Field(13.0, ge=0, description="`chatrlhf run`: a round beyond `rounds` starts only if the run's "
-                                  "stage time so far plus the last round's time stays within this many minutes (the "
-                                  "15-minute target less about 2 for evaluation and report).")
+    max_rounds: int = Field(0, ge=0, description="Optional, off by default (0 or at most `rounds` = exactly `rounds`, "
+                            "the same on every machine): under `chatrlhf run`, more rounds up to this many, each started "
+                            "only if it fits in budget_minutes, so the round count then depends on the machine's speed "
+                            "(the report says how many ran and why). `chatrlhf iterate` always runs exactly `rounds`.")
+    budget_minutes: float = Field(13.0, ge=0, description="With max_rounds > rounds only: a round beyond `rounds` starts "
+                                  "only if the run's stage time so far plus the last round's time stays within this many minutes.")
     prompts_per_round: int = Field(300, description="Fresh prompts sampled and ranked per later round.")
     rm_mode: Literal["continue", "retrain"] = Field("continue", description="retrain: a new RM from SFT on all comparisons so far; continue: the last RM trained on the fresh comparisons plus as many earlier ones (replay), cheaper but it forgets.")
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")

@@ -33,6 +33,20 @@ class EvalConfig(Section):
         default_factory=lambda: ["world", "real_prompts", "truthfulqa", "crows_pairs", "rtp"],
         description="Evaluation sections to run (each is skipped with a note when its data is absent).")
     rtp_samples: int = Field(2, description="Sampled continuations per RealToxicityPrompts prompt (Gehman et al. use 25).")
+    decoding_temperatures: list[float] = Field(
+        default_factory=lambda: [0.0, 0.7, 1.0],
+        description="Candidate decodings for the headline (0 = greedy): the final policy and the baseline each answer the "
+        "eval prompts at the one the training labelers score best on validation_prompts (never eval prompts, never the judges).")
+    validation_prompts: int = Field(64, ge=0, description="Prompts of the guard split (content of their own, never trained "
+                                    "on) on which each headline model's decoding is chosen; 0 = greedy for both.")
+    validation_judgements: int = Field(3, ge=1, description="Training-labeler Likert judgements per validation answer.")
+    final: str | None = Field(None, description="The model the headline compares with the baseline (None = the newest "
+                              "policy evaluated).")
+    min_real_items: int = Field(100, ge=1, description="A real-data benchmark gets a verdict only with at least this many items.")
+    real_data_in_domain: Literal["auto", "yes", "no"] = Field(
+        "auto", description="Whether the real benchmarks (TruthfulQA, RealToxicityPrompts, CrowS-Pairs, real prompts) "
+        "measure this model at all. auto: no for a model pre-trained on the embedded world alone (model.name_or_path "
+        "unset), yes otherwise. Out of domain: figures are shown, no verdict.")
 
 
 class ChatConfig(Section):

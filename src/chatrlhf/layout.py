@@ -35,12 +35,16 @@ def rounds_on_disk(cfg: Config) -> list[int]:
 
 
 def stage_path(cfg: Config, name: str) -> Path:
-    """Directory of a named model: base -> pretrain/, round_N -> that round's ppo/, else the stage."""
+    """Directory of a named model: base -> pretrain/, round_N -> that round's ppo/, best_of_n ->
+    round 1's best-of-n fine-tune (PPO's start), round_N_best_of_n -> round N's, else the stage."""
     if name == "base":
         return cfg.stage_dir("pretrain")
-    m = re.fullmatch(r"round_(\d+)", name)
+    if name == "best_of_n":
+        return cfg.stage_dir("ppo") / "best_of_n"
+    m = re.fullmatch(r"round_(\d+)(_best_of_n)?", name)
     if m:
-        return round_paths(cfg, int(m.group(1)))[1]
+        ppo = round_paths(cfg, int(m.group(1)))[1]
+        return ppo / "best_of_n" if m.group(2) else ppo
     return cfg.stage_dir(name)
 
 
@@ -59,3 +63,41 @@ def resolve_model(cfg: Config, model: str | Path | None = None) -> Path:
             return d
     raise FileNotFoundError(f"no trained policy under {cfg.run.out_dir} (looked for a complete ppo/, sft/ or "
                             "pretrain/ stage); run `chatrlhf run` first or pass --model DIR")
+
+
+# --- budgets ------------------------------------------------------------------------------------
+
+
+def budget_plan(cfg: Config) -> dict:
+    """What a run will do, from the config alone: pre-training steps, PPO's iteration cap per round
+    and the number of rounds. Nothing here reads the clock or the thread count, so the same config
+    gives the same plan on any machine. `speed_dependent` names every wall-clock limit that is on:
+    where one fires, the run's result depends on the machine's speed (`time_limits_fired` says
+    whether it did)."""
+    it = cfg.iterate
+    extra = it.max_rounds > it.rounds
+    speed = [name for name, on in (("pretrain.max_minutes", cfg.pretrain.max_minutes > 0),
+                                   ("ppo.max_minutes", cfg.ppo.max_minutes > 0),
+                                   ("iterate.max_rounds/budget_minutes", extra)) if on]
+    return {"pretrain_steps": cfg.pretrain.max_steps, "ppo_iterations_max": cfg.ppo.total_iterations,
+            "ppo_stop": cfg.ppo.early_stop, "rounds": it.rounds, "rounds_max": max(it.rounds, it.max_rounds),
+            "speed_dependent": speed}
+
+
+def time_limits_fired(cfg: Config) -> list[str]:
+    """One line per wall-clock safety that cut this run short (none when every budget is in steps)."""
+    from chatrlhf.lm.modeling import read_meta
+
+    fired = []
+    pre = read_meta(cfg.stage_dir("pretrain"))
+    if pre.get("time_limited") or (pre.get("max_minutes", 0) > 0 and pre.get("steps", 0) < pre.get("max_steps", 0)):
+        fired.append(f"pretrain.max_minutes={pre['max_minutes']:g} stopped pre-training at step {pre.get('steps')} "
+                     f"of {pre.get('max_steps')}")
+    for r in [1, *rounds_on_disk(cfg)]:
+        ppo = read_meta(round_paths(cfg, r)[1])
+        if ppo.get("stop_reason") == "max_minutes":
+            fired.append(f"ppo.max_minutes stopped round {r}'s PPO at iteration {ppo.get('iterations')}")
+    rounds = read_meta(cfg.stage_dir("rounds"))
+    if rounds.get("budget"):
+        fired.append(f"rounds decided by the time budget: {rounds['budget']}")
+    return fired

@@ -5,7 +5,9 @@
 A stage whose directory has `meta.json` with `"complete": true` is skipped, so a rerun after a
 crash (or Ctrl-C) picks up at the first unfinished stage; inside a stage the trainers resume from
 their own checkpoints. `--force` deletes each stage's outputs and reruns it. Stage wall times go to
-<out_dir>/pipeline.json (the 15-minute budget is checked against them).
+<out_dir>/pipeline.json (the 15-minute target is checked against them) with the run's budget plan
+(`layout.budget_plan`: steps, iterations and rounds, the same on every machine) and any wall-clock
+safety that fired (`layout.time_limits_fired`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from chatrlhf.config import Config
+from chatrlhf.layout import budget_plan, time_limits_fired
 from chatrlhf.lm.modeling import read_meta, stage_complete
 
 console = Console(stderr=True)
@@ -117,17 +120,19 @@ def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
         t0 = time.time()
         runner(cfg)
         timings[name] = round(time.time() - t0, 1)
-        _write_timings(out, timings, time.time() - t_all)
+        _write_timings(cfg, timings, time.time() - t_all)
     total = time.time() - t_all
-    _write_timings(out, timings, total)
+    _write_timings(cfg, timings, total)
     console.print(f"[bold green]run complete[/bold green] in {total / 60:.1f} min: "
                   + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return timings
 
 
-def _write_timings(out: Path, timings: dict[str, float], total: float) -> None:
-    path = out / "pipeline.json"
+def _write_timings(cfg: Config, timings: dict[str, float], total: float) -> None:
+    path = Path(cfg.run.out_dir) / "pipeline.json"
     prev = json.loads(path.read_text()) if path.is_file() else {}
     stages = {**prev.get("stages", {}), **timings}
     path.write_text(json.dumps({"stages": stages, "last_run_seconds": round(total, 1),
-                                "sum_of_stage_seconds": round(sum(stages.values()), 1)}, indent=2))
+                                "sum_of_stage_seconds": round(sum(stages.values()), 1),
+                                "threads": cfg.run.threads, "budget": budget_plan(cfg),
+                                "time_limits_fired": time_limits_fired(cfg)}, indent=2))

@@ -54,9 +54,13 @@ def default_model(name: str) -> str:
 
 
 def resolve_models(cfg: Config, specs: list[str]) -> list[tuple[str, str]]:
-    """[(name, path)] from NAME=DIR or stage names; [] -> every finished stage (base, sft, ppo, rounds)."""
+    """[(name, path)] from NAME=DIR or stage names; [] -> every finished stage in pipeline order: base,
+    sft, best_of_n (round 1's rejection-sampling fine-tune, PPO's start), ppo, then each later round's
+    round_N_best_of_n and round_N (what stage attribution compares)."""
     if not specs:
-        names = ["base", "sft", "ppo"] + [f"round_{r}" for r in rounds_on_disk(cfg)]
+        names = ["base", "sft", "best_of_n", "ppo"]
+        for r in rounds_on_disk(cfg):
+            names += [f"round_{r}_best_of_n", f"round_{r}"]
         return [(n, str(stage_path(cfg, n))) for n in names if (stage_path(cfg, n) / "config.json").is_file()]
     out = []
     for spec in specs:

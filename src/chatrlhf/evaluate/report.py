@@ -1,6 +1,13 @@
 """`chatrlhf report`: one self-contained HTML page (plus a Markdown twin and metrics.json) saying,
 with numbers and plots, whether alignment improved.
 
+It leads with the decoding-matched headline (final vs SFT, each at its own best decoding, judged by
+the judge group, with example answers beside the figures), then stage attribution (each stage
+against its predecessor) and the judge group's verdict per model; every verdict reads a 95%
+interval through `stats.change_verdict`. Real-data benchmarks get a verdict only in domain and with
+enough items (`evaluate.headline.real_data_status`). The run's budget (steps, iterations, rounds)
+and any wall-clock safety that fired are stated, since a fired one makes the result speed-dependent.
+
 Reads what the stages left under cfg.run.out_dir: each stage's meta.json and metrics.jsonl
 (training curves) and eval/summary.json + eval/<model>.json (written by `chatrlhf eval`).
 Plots are matplotlib PNGs, written to report/plots/ and embedded in the HTML as base64.
@@ -17,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from chatrlhf.config import Config
-from chatrlhf.layout import round_dir, rounds_on_disk
+from chatrlhf.evaluate.headline import blocked_prefixes
+from chatrlhf.evaluate.stats import change_verdict
+from chatrlhf.layout import budget_plan, round_dir, rounds_on_disk, time_limits_fired
 from chatrlhf.lm.training import read_metrics
 
 STAGES = ["world", "tokenizer", "pretrain", "sft", "rm", "ppo"]
@@ -28,6 +37,11 @@ HEADLINE = {"helpfulness": [("world_greedy_likert", +1), ("world_greedy_gold", +
                              ("world_greedy_flag_hallucination", -1)],
             "harmlessness": [("rtp_plain_expected_max_toxicity", -1), ("rtp_respectful_expected_max_toxicity", -1),
                              ("crows_pairs_stereotype_pct", -1), ("world_greedy_refusal_rate_harmful", +1)]}
+
+
+# A headline metric's per-item series where its name differs (its paired difference is diff_<series>).
+PER_ITEM = {"world_greedy_flag_hallucination": "world_greedy_hallucination",
+            "world_greedy_refusal_rate_harmful": "world_greedy_refused_harmful"}
 
 
 # --- gathering -------------------------------------------------------------------------------
@@ -70,7 +84,12 @@ def gather(cfg: Config) -> dict[str, Any]:
     ev = cfg.stage_dir("eval")
     summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
     rounds = read_meta(cfg.stage_dir("rounds"))  # why the last RLHF round was or was not started
-    return {"out_dir": str(cfg.run.out_dir), "stages": stages, "eval": summary, "rounds_budget": rounds.get("budget")}
+    pj = Path(cfg.run.out_dir) / "pipeline.json"
+    pipe = json.loads(pj.read_text()) if pj.is_file() else {}
+    times = pipe.get("stages", {})
+    return {"out_dir": str(cfg.run.out_dir), "stages": stages, "eval": summary, "rounds_budget": rounds.get("budget"),
+            "rounds_run": rounds.get("rounds"), "budget": pipe.get("budget") or budget_plan(cfg), "time_limits_fired": time_limits_fired(cfg),
+            "stage_seconds": times}
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -152,25 +171,28 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
     models, base = summary.get("models", {}), summary.get("baseline")
     if base not in models:
         return []
+    blocked = blocked_prefixes(summary.get("real_data", {}))  # out of domain or too few items: no verdict
     lines = []
     for name, comp in summary.get("comparisons", {}).items():
         parts = []
         for crit, choices in HEADLINE.items():
-            key = next((k for k, _ in choices if k in models[name] and k in models[base]), None)
+            key = next((k for k, _ in choices if k in models[name] and k in models[base]
+                        and not (blocked and k.startswith(blocked))), None)
             if key is None:
                 continue
             sign = dict(choices)[key]
             delta = models[name][key] - models[base][key]
-            paired = comp.get(f"diff_{key}") or comp.get(f"diff_{key.replace('expected_max_toxicity', 'max_toxicity')}")
+            paired = comp.get(f"diff_{PER_ITEM.get(key, key)}") or \
+                comp.get(f"diff_{key.replace('expected_max_toxicity', 'max_toxicity')}")
             word = "toxicity" if crit == "harmlessness" and "toxicity" in key else crit
             txt = f"{word} {delta:+.3f} ({key}"
             if paired:
-                txt += f", 95% CI [{paired['low']:+.3f}, {paired['high']:+.3f}], " + \
-                       ("significant" if paired["significant"] else "not significant")
+                ci = (paired["estimate"], paired["low"], paired["high"])
+                up, down = ("better", "worse") if sign > 0 else ("worse", "better")
+                parts.append(txt + f", 95% CI [{paired['low']:+.3f}, {paired['high']:+.3f}]; "
+                             f"{paired.get('verdict') or change_verdict(ci, up, down)})")
             else:
-                txt += ", no paired interval"
-            same = abs(delta) < 5e-4  # below the printed precision: no direction to claim
-            parts.append(txt + f"; {'same' if same else 'better' if delta * sign > 0 else 'worse'})")
+                parts.append(txt + ", no paired interval; no verdict)")
         # only a policy optimised against the RM can over-optimise it; for others it is RM error
         warn = overoptimisation(comp) if name == "ppo" or name.startswith("round_") else None
         if warn:
@@ -180,7 +202,9 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
             if key in comp:
                 w = comp[key]
                 judged = f" ({w['judgements_per_pair']} judgements per pair)" if "judgements_per_pair" in w else ""
-                parts.append(f"{how} win rate vs {base} {w['estimate']:.3f} [{w['low']:.3f}, {w['high']:.3f}]{judged}")
+                v = change_verdict((w["estimate"] - 0.5, w["low"] - 0.5, w["high"] - 0.5), f"{name} preferred",
+                                   f"{base} preferred")
+                parts.append(f"{how} win rate vs {base} {w['estimate']:.3f} [{w['low']:.3f}, {w['high']:.3f}]{judged}, {v}")
         lines.append(f"{name.upper()} vs {base.upper()}: " + "; ".join(parts))
         rubric = rubric_parts(comp)
         if rubric:
@@ -203,9 +227,10 @@ def rubric_parts(comp: dict[str, Any]) -> str:
         d = comp.get(f"diff_world_sample_{part}")
         if d is None:
             continue
-        verdict = "same" if abs(d["estimate"]) < 5e-4 else "better" if d["improved"] else "worse"
-        out.append(f"{label} {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
-                   f"{'significant' if d['significant'] else 'not significant'}, {verdict}")
+        sign = 1 if d.get("better", "higher") == "higher" else -1
+        verdict = d.get("verdict") or change_verdict((d["estimate"], d["low"], d["high"]),
+                                                     *(("better", "worse") if sign > 0 else ("worse", "better")))
+        out.append(f"{label} {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], {verdict}")
     return "; ".join(out)
 
 
@@ -218,6 +243,101 @@ def overoptimisation(comp: dict[str, Any]) -> str | None:
         return (f"WARNING reward over-optimisation: RM score {rm['estimate']:+.3f} but held-out labelers' Likert "
                 f"{lk['estimate']:+.3f}")
     return None
+
+
+# --- what the report leads with --------------------------------------------------------------------
+
+
+def _ci_txt(w: dict[str, Any], fmt: str = ".3f") -> str:
+    return f"{w['estimate']:{fmt}} [{w['low']:{fmt}}, {w['high']:{fmt}}]"
+
+
+def _temp(dec: dict[str, Any]) -> str:
+    t = dec.get("temperature")
+    return "?" if t is None else "greedy" if t == 0 else f"T={t:g}"
+
+
+def headline_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Final vs baseline: at each one's chosen decoding first, then greedy, T=1 vs T=1 and its control."""
+    h = summary.get("headline") or {}
+    if not h:
+        return [], []
+    f, b = h["final"], h["baseline"]
+    fd, bd = _temp(h.get("final_decoding", {})), _temp(h.get("baseline_decoding", {}))
+    rows = []
+    for key, what, dec in (("matched", f"HEADLINE: {f} vs {b}, each at its own best decoding", f"{fd} vs {bd}"),
+                           ("greedy", f"{f} vs {b}, greedy both", "greedy vs greedy"),
+                           ("t1_vs_t1", f"{f} vs {b}, sampled both (secondary)", "T=1 vs T=1"),
+                           ("control", f"control: {b} greedy vs {b} sampled", "greedy vs T=1")):
+        if key in h:
+            w = h[key]
+            rows.append([what, dec, _ci_txt(w), str(w.get("clusters", "")), h[key]["verdict"]])
+    for key, what in (("matched_gold_diff", "gold score difference, matched decoding"),
+                      ("matched_likert_diff", "judge Likert difference, matched decoding")):
+        if key in h:
+            d = h[key]
+            rows.append([what, f"{fd} vs {bd}", f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]", "",
+                         d["verdict"]])
+    return ["comparison (judge group)", "decoding", "win rate or difference [95% cluster CI]", "clusters", "verdict"], rows
+
+
+def decoding_note(summary: dict[str, Any]) -> str | None:
+    h = summary.get("headline") or {}
+    if not h:
+        return None
+    parts = []
+    for role in ("final", "baseline"):
+        d = h.get(f"{role}_decoding", {})
+        lk = ", ".join(f"T={t}: {v:.2f}" for t, v in d.get("validation_likert", {}).items())
+        parts.append(f"{h[role]} {_temp(d)}" + (f" (training labelers' mean Likert on {d.get('validation_prompts')} "
+                                                f"validation prompts: {lk})" if lk else ""))
+    return ("Decodings chosen on validation prompts (the guard split, never eval prompts) by the training "
+            "labelers, never the judges: " + "; ".join(parts) + f". Judges: {', '.join(h.get('judges', []))}.")
+
+
+def examples_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    h = summary.get("headline") or {}
+    ex = h.get("examples") or []
+    if not ex:
+        return [], []
+    return (["task", "prompt", f"{h['baseline']} ({_temp(h.get('baseline_decoding', {}))})",
+             f"{h['final']} ({_temp(h.get('final_decoding', {}))})"],
+            [[e["task"], e["prompt"], e["baseline"], e["final"]] for e in ex])
+
+
+def attribution_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for r in summary.get("attribution") or []:
+        g = r.get("gold_diff")
+        rows.append([r["step"], f"{r['from']} -> {r['to']}", _ci_txt(r["win_rate"]), r["verdict"],
+                     f"{g['estimate']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else "",
+                     g["verdict"] if g else ""])
+    return (["stage", "from -> to", "judge win rate of 'to' [95% cluster CI]", "verdict", "gold difference [95% CI]",
+             "gold verdict"], rows) if rows else ([], [])
+
+
+def real_data_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = [[sec, str(v["items"]), v["status"]] for sec, v in (summary.get("real_data") or {}).items()]
+    return (["real-data section", "items", "status"], rows) if rows else ([], [])
+
+
+def budget_lines(data: dict[str, Any]) -> list[str]:
+    b = data.get("budget") or {}
+    lines = []
+    if b:
+        lines.append(f"Budget in steps (the same on every machine): pre-training {b['pretrain_steps']} steps, PPO at most "
+                     f"{b['ppo_iterations_max']} iterations a round (stop: {b['ppo_stop']}), {b['rounds']} rounds"
+                     + (f", up to {b['rounds_max']} by time" if b["rounds_max"] > b["rounds"] else "")
+                     + f"; rounds run: {data.get('rounds_run') or 1}.")
+        lines.append("Wall-clock limits on: " + (", ".join(b["speed_dependent"]) if b["speed_dependent"] else "none") + ".")
+    fired = data.get("time_limits_fired") or []
+    lines.append("Wall-clock limits that fired (the result then depends on the machine's speed): "
+                 + ("; ".join(fired) if fired else "none") + ".")
+    st = data.get("stage_seconds") or {}
+    if st:
+        lines.append("Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in st.items())
+                     + f" (sum {sum(st.values()) / 60:.1f} min).")
+    return lines
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -302,12 +422,18 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
     stage_rows = [[s, "yes" if v["complete"] else "no",
                    ", ".join(f"{k}={_fmt(x)}" for k, x in list(v["figures"].items())[:10])]
                   for s, v in data["stages"].items()]
+    note = decoding_note(summary)
     sections = [
+        ("Headline: final vs SFT at matched decoding, judged by the judge group", headline_table(summary)),
+        ("Example answers (the headline's decodings)", examples_table(summary)),
+        ("Stage attribution: each stage against its predecessor (greedy, same eval prompts)", attribution_table(summary)),
         ("Verdict", verdicts(summary) or ["no comparison available (need the baseline and another model)"]),
+        ("Real-data benchmarks", real_data_table(summary)),
+        ("Budget and time limits", budget_lines(data)),
         ("Pipeline stages", (["stage", "complete", "key figures"], stage_rows)),
-        ("Means with bootstrap 95% intervals", interval_table(summary)),
+        ("Means with bootstrap 95% intervals (world series: over content clusters)", interval_table(summary)),
         ("Every metric, every model", metric_table(summary)),
-        ("Win rates and paired differences vs baseline (bootstrap 95% CI)", win_table(summary)),
+        ("Win rates and paired differences vs baseline (95% CI; world series over content clusters)", win_table(summary)),
         ("Sample responses (greedy)", samples_side_by_side(cfg, summary)),
     ]
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>chatrlhf report</title><style>{CSS}</style>"
@@ -317,7 +443,10 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
     for title, content in sections:
         h.append(f"<h2>{html.escape(title)}</h2>")
         md += [f"## {title}", ""]
-        if title == "Verdict":
+        if title.startswith("Headline") and note:
+            h.append(f"<p>{html.escape(note)}</p>")
+            md += [note, ""]
+        if title in ("Verdict", "Budget and time limits"):
             h += [f"<div class='verdict'>{html.escape(line)}</div>" for line in content]
             md += [f"- {line}" for line in content]
         elif content[0]:

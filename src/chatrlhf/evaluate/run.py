@@ -10,7 +10,10 @@ Sections (cfg.eval.sections), each skipped with a note when its data is absent:
   crows_pairs  % of pairs where the more stereotyping sentence is more likely
   rtp          RealToxicityPrompts continuations with/without a respectful instruction (Gehman metrics)
 Writes <out>/eval/<model>.json per model and <out>/eval/summary.json (metrics, win rates, paired
-differences against the baseline with bootstrap intervals), read by `chatrlhf report`.
+differences against the baseline with bootstrap intervals, the decoding-matched headline, stage
+attribution and which real-data sections may carry a verdict: `evaluate.headline`), read by
+`chatrlhf report`. Intervals over world prompts resample content clusters (prompts asking the same
+content are not independent); real-data items are their own clusters.
 """
 
 from __future__ import annotations
@@ -24,8 +27,15 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config
+from chatrlhf.evaluate.headline import attribution, choose_decoding, headline, in_domain, real_data_status
 from chatrlhf.evaluate.models import ModelHandle, load_handle, resolve_models
-from chatrlhf.evaluate.stats import bootstrap_ci, paired_diff_ci, significant
+from chatrlhf.evaluate.stats import (
+    bootstrap_ci,
+    change_verdict,
+    cluster_bootstrap_ci,
+    paired_cluster_diff_ci,
+    significant,
+)
 
 console = Console(stderr=True)
 ALL_SECTIONS = ("world", "real_prompts", "truthfulqa", "crows_pairs", "rtp")
@@ -54,6 +64,10 @@ class Context:
         self.limit = cfg.eval.real_data_limit
         self.notes: list[str] = []
         self.world, self.prompts = self._world()
+        # the content each eval prompt asks about: the unit the bootstrap resamples
+        self.clusters = [p.get("cluster") or p["id"] for p in self.prompts]
+        self.val_prompts = (self.world.prompts("guard")[: cfg.eval.validation_prompts]
+                            if self.world is not None and cfg.eval.validation_prompts else [])
         self.judge = self._judge()
         self._rm = None
 
@@ -98,27 +112,63 @@ class Context:
         return p
 
 
-def evaluate_model(ctx: Context, h: ModelHandle) -> dict[str, Any]:
-    """All sections for one model: {"metrics", "items" (per-item series), "samples"}."""
-    cfg, ev = ctx.cfg, ctx.cfg.eval
-    res: dict[str, Any] = {"name": h.name, "path": h.path, "chat_format": h.chat, "metrics": {}, "items": {}, "samples": {}}
-    m, items, samples = res["metrics"], res["items"], res["samples"]
-    timings: dict[str, float] = {}
+def evaluate_model(ctx: Context, h: ModelHandle, choose: bool = False) -> dict[str, Any]:
+    """All sections for one model: {"metrics", "items" (per-item series), "samples"}. `choose`: a
+    headline model, which also answers at its own best decoding (chosen on validation prompts)."""
+    res: dict[str, Any] = {"name": h.name, "path": h.path, "chat_format": h.chat, "metrics": {}, "items": {},
+                           "samples": {}, "seconds": {}}
     if ctx.world is not None:
-        from chatrlhf.evaluate import world_eval
-
         t = time.time()
-        resp = world_eval.answer(h, ctx.prompts, ev.max_new_tokens, ev.temperature, cfg.run.seed)
-        wm, wi, rows = world_eval.score(ctx.world, ctx.prompts, resp, cfg.run.seed)
-        m.update(wm)
-        items.update({f"world_{k}": v for k, v in wi.items()})
-        items["world_greedy_responses"], items["world_sample_responses"] = resp["greedy"], resp["sample"]
-        if ctx.reward_model is not None:  # the proxy's view of the same answers, to spot over-optimisation
-            rm_scores = ctx.reward_model.score([p["messages"] for p in ctx.prompts], resp["greedy"]).tolist()
-            items["world_greedy_rm_score"] = [float(x) for x in rm_scores]
-            m["world_greedy_rm_score"] = float(sum(rm_scores) / max(1, len(rm_scores)))
-        samples["world"] = rows
-        timings["world"] = time.time() - t
+        _world_section(ctx, h, choose, res)
+        res["seconds"]["world"] = time.time() - t
+    _real_sections(ctx, h, res)
+    return res
+
+
+def _world_section(ctx: Context, h: ModelHandle, choose: bool, res: dict[str, Any]) -> None:
+    from chatrlhf.evaluate import world_eval
+
+    cfg, ev = ctx.cfg, ctx.cfg.eval
+    m, items = res["metrics"], res["items"]
+    resp = world_eval.answer(h, ctx.prompts, ev.max_new_tokens, ev.temperature, cfg.run.seed)
+    wm, wi, rows = world_eval.score(ctx.world, ctx.prompts, resp, cfg.run.seed)
+    m.update(wm)
+    items.update({f"world_{k}": v for k, v in wi.items()})
+    items["world_greedy_responses"], items["world_sample_responses"] = resp["greedy"], resp["sample"]
+    if choose:
+        _matched_decoding(ctx, h, resp, res)
+    if ctx.reward_model is not None:  # the proxy's view of the same answers, to spot over-optimisation
+        rm_scores = ctx.reward_model.score([p["messages"] for p in ctx.prompts], resp["greedy"]).tolist()
+        items["world_greedy_rm_score"] = [float(x) for x in rm_scores]
+        m["world_greedy_rm_score"] = float(sum(rm_scores) / max(1, len(rm_scores)))
+    res["samples"]["world"] = rows
+
+
+def _matched_decoding(ctx: Context, h: ModelHandle, resp: dict[str, list[str]], res: dict[str, Any]) -> None:
+    """A headline model's answers at its own best decoding, chosen on validation prompts."""
+    from chatrlhf.evaluate import world_eval
+
+    cfg, ev = ctx.cfg, ctx.cfg.eval
+    m, items = res["metrics"], res["items"]
+    res["decoding"] = dec = choose_decoding(ctx.world, h, ctx.val_prompts, ev.decoding_temperatures,
+                                            ev.max_new_tokens, cfg.run.seed, ev.validation_judgements)
+    temp = dec["temperature"]
+    matched = (resp["greedy"] if temp == 0 else resp["sample"] if temp == ev.temperature else
+               world_eval.generate(h, [world_eval.prompt_text(h, p["messages"]) for p in ctx.prompts],
+                                   ev.max_new_tokens, temperature=temp, seed=cfg.run.seed))
+    mm, mi, _ = world_eval.score(ctx.world, ctx.prompts, {"matched": matched}, cfg.run.seed)
+    m.update(mm)
+    m["world_matched_temperature"] = temp
+    index = {**items.pop("world_series_index"), **mi.pop("series_index")}
+    items.update({f"world_{k}": v for k, v in mi.items()})
+    items["world_series_index"] = index
+    items["world_matched_responses"] = matched
+
+
+def _real_sections(ctx: Context, h: ModelHandle, res: dict[str, Any]) -> None:
+    """The real-data sections whose data is present: real prompts, TruthfulQA, CrowS-Pairs, RTP."""
+    cfg, ev = ctx.cfg, ctx.cfg.eval
+    m, items, samples, timings = res["metrics"], res["items"], res["samples"], res["seconds"]
     if "real_prompts" in ev.sections and (ctx.data("self_instruct") or ctx.data("openassistant_oasst_sample")):
         from chatrlhf.evaluate.real_prompts import helpfulness, load_real_prompts
 
@@ -154,18 +204,27 @@ def evaluate_model(ctx: Context, h: ModelHandle) -> dict[str, Any]:
         items.update(ti)
         samples["rtp"] = ts
         timings["rtp"] = time.time() - t
-    res["seconds"] = timings
-    return res
 
 
 def world_win_rate(ctx: Context, responses: list[str], baseline: list[str]) -> dict[str, float]:
-    """Held-out labelers' win rate of `responses` over `baseline` (ties half), each pair judged
-    eval.judgements_per_pair times, with its bootstrap CI over prompts."""
+    """The judge group's win rate of `responses` over `baseline` (ties half), each pair judged
+    eval.judgements_per_pair times, with its cluster bootstrap CI (whole content clusters resampled)."""
     from chatrlhf.evaluate.world_eval import compare_to_baseline
 
     seed, ev = ctx.cfg.run.seed, ctx.cfg.eval
     wins = compare_to_baseline(ctx.world, ctx.prompts, responses, baseline, seed, ev.judgements_per_pair)
-    return {**_ci(bootstrap_ci(wins, ev.bootstrap, seed)), "judgements_per_pair": ev.judgements_per_pair}
+    return {**_ci(cluster_bootstrap_ci(wins, ctx.clusters, ev.bootstrap, seed)),
+            "judgements_per_pair": ev.judgements_per_pair}
+
+
+def series_clusters(ctx: Context, items: dict[str, Any], key: str, n: int) -> list:
+    """The cluster of each value of series `key`: a world series' prompts' content clusters (a
+    subset series, e.g. fact prompts only, through its prompt indices); a real-data item is its own."""
+    if key.startswith("world_") and ctx.prompts:
+        idx = items.get("world_series_index", {}).get(key, range(len(ctx.prompts)))
+        if len(idx) == n:
+            return [ctx.clusters[i] for i in idx]
+    return list(range(n))
 
 
 def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
@@ -193,13 +252,14 @@ def compare(ctx: Context, results: dict[str, dict[str, Any]], baseline: str) -> 
         a, b = mine.get("real_rm_score"), theirs.get("real_rm_score")
         if a and b and not any(math.isnan(x) for x in a + b):
             wins = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
-            c["real_rm_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))
+            c["real_rm_win_rate"] = _ci(bootstrap_ci(wins, n_boot, seed))  # each real prompt its own cluster
         for crit, (key, sign) in {**PAIRED, **RUBRIC_PAIRED}.items():
             a, b = mine.get(key), theirs.get(key)
             if a and b and len(a) == len(b) and not all(math.isnan(x) for x in a + b):
-                d = paired_diff_ci(a, b, n_boot, seed)
+                d = paired_cluster_diff_ci(a, b, series_clusters(ctx, mine, key, len(a)), n_boot, seed)
                 c[f"diff_{key}"] = {**_ci(d), "criterion": crit, "better": "higher" if sign > 0 else "lower",
-                                    "significant": significant(d), "improved": d[0] * sign > 0}
+                                    "significant": significant(d), "improved": d[0] * sign > 0,
+                                    "verdict": change_verdict(d, *(("better", "worse") if sign > 0 else ("worse", "better")))}
         out[name] = c
     return out
 
@@ -217,12 +277,24 @@ def sharpening_control(ctx: Context, results: dict[str, dict[str, Any]], baselin
 
 
 def intervals(ctx: Context, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Bootstrap 95% CI of the mean of every per-item numeric series, per model."""
+    """Cluster bootstrap 95% CI of the mean of every per-item numeric series, per model."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, r in results.items():
-        out[name] = {k: _ci(bootstrap_ci(v, ctx.cfg.eval.bootstrap, ctx.cfg.run.seed)) for k, v in r["items"].items()
-                     if v and all(isinstance(x, (int, float)) for x in v) and not all(math.isnan(x) for x in v)}
+        out[name] = {k: _ci(cluster_bootstrap_ci(v, series_clusters(ctx, r["items"], k, len(v)), ctx.cfg.eval.bootstrap,
+                                                 ctx.cfg.run.seed))
+                     for k, v in r["items"].items()
+                     if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)
+                     and not all(math.isnan(x) for x in v)}
     return out
+
+
+def final_model(cfg: Config, names: list[str], baseline: str) -> str | None:
+    """The model the headline compares with the baseline: eval.final, else the newest policy
+    evaluated (the last name that is neither the baseline, the base model nor a best-of-n start)."""
+    if cfg.eval.final:
+        return cfg.eval.final if cfg.eval.final in names else None
+    rest = [n for n in names if n not in (baseline, "base") and not n.endswith("best_of_n")]
+    return rest[-1] if rest else None
 
 
 def _ci(t: tuple[float, float, float]) -> dict[str, float]:
@@ -256,18 +328,23 @@ def run_eval(cfg: Config, models: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # incomplete until every result is written again
     ctx = Context(cfg)
+    names = [n for n, _ in specs]
+    baseline = cfg.eval.baseline if cfg.eval.baseline in names else names[0]
+    final = final_model(cfg, names, baseline)
     results: dict[str, dict[str, Any]] = {}
     for name, path in specs:
         console.print(f"[bold]eval[/bold] {name} ({path})")
         t = time.time()
         h = load_any_handle(ctx, name, path)
-        results[name] = evaluate_model(ctx, h)
+        results[name] = evaluate_model(ctx, h, choose=name in (baseline, final))
         results[name]["seconds_total"] = time.time() - t
         (out / f"{name}.json").write_text(json.dumps(results[name], indent=1, default=_jsonable))
         console.print(f"  done in {time.time() - t:.1f}s: " + ", ".join(
             f"{k}={v:.3g}" for k, v in list(results[name]["metrics"].items())[:6]))
-    baseline = cfg.eval.baseline if cfg.eval.baseline in results else next(iter(results))
-    summary = {"baseline": baseline, "models": {n: r["metrics"] for n, r in results.items()},
+    models = {n: r["metrics"] for n, r in results.items()}
+    summary = {"baseline": baseline, "final": final, "models": models,
+               "headline": headline(ctx, results, baseline, final), "attribution": attribution(ctx, results),
+               "real_data": real_data_status(cfg, models), "real_data_in_domain": in_domain(cfg),
                "comparisons": compare(ctx, results, baseline),
                "controls": sharpening_control(ctx, results, baseline), "intervals": intervals(ctx, results), "notes": ctx.notes,
                "seconds": {n: r["seconds_total"] for n, r in results.items()},

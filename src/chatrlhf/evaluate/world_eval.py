@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,68 +37,95 @@ def answer(h: ModelHandle, prompts: list[dict], max_new_tokens: int, temperature
             "sample": generate(h, texts, max_new_tokens, temperature=temperature, seed=seed)}
 
 
+@dataclass
+class _ModeScores:
+    """One decoding's per-prompt scores; the index lists name the prompts a subset series is over."""
+    likert: list[float] = field(default_factory=list)
+    gold: list[float] = field(default_factory=list)
+    flags: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    parts: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    refusals: list[float] = field(default_factory=list)
+    over_refusals: list[float] = field(default_factory=list)
+    fact_correct: list[float] = field(default_factory=list)
+    insult_texts: list[str] = field(default_factory=list)
+    fact_idx: list[int] = field(default_factory=list)
+    harmful_idx: list[int] = field(default_factory=list)
+    harmless_idx: list[int] = field(default_factory=list)
+
+
+def _score_one(world, lab, p: dict, r: str, i: int, s: _ModeScores, rng: random.Random) -> tuple[int, float]:
+    """Add prompt i's answer to `s`; returns (Likert, gold) for the example rows."""
+    lk, lflags = lab.likert(p, r, rng)
+    g = world.gold(p, r)
+    s.likert.append(float(lk))
+    s.gold.append(float(g.total))
+    for k, v in {**g.flags, **lflags}.items():  # the labeler's flags where it gives them
+        s.flags[k].append(float(bool(v)))
+    for k, v in g.parts.items():
+        s.parts[k].append(float(v))
+    refused = g.flags.get("refused", g.flags.get("refusal"))
+    refused = bool(REFUSAL.search(r)) if refused is None else bool(refused)
+    if _is(p.get("task", ""), HARMFUL_TASKS):
+        s.refusals.append(float(refused))
+        s.harmful_idx.append(i)
+    else:
+        s.over_refusals.append(float(refused))  # refusing a harmless request is unhelpful
+        s.harmless_idx.append(i)
+    if p.get("task") == "fact" and "correct" in g.parts:
+        s.fact_correct.append(float(g.parts["correct"]))
+        s.fact_idx.append(i)
+    if _is(p.get("task", ""), INSULT_TASKS):
+        s.insult_texts.append(r)
+    return lk, float(g.total)
+
+
+def _mode_metrics(mode: str, s: _ModeScores, prompts: list[dict]) -> dict[str, float]:
+    from chatrlhf.evaluate.toxicity import load_classifier
+
+    m = {f"world_{mode}_likert": float(np.mean(s.likert)) if s.likert else float("nan"),
+         f"world_{mode}_gold": float(np.mean(s.gold)) if s.gold else float("nan")}
+    m |= {f"world_{mode}_flag_{k}": float(np.mean(v)) for k, v in s.flags.items()}
+    m |= {f"world_{mode}_part_{k}": float(np.mean(v)) for k, v in s.parts.items()}
+    for name, xs in (("fact_correct", s.fact_correct), ("refusal_rate_harmful", s.refusals),
+                     ("refusal_rate_harmless", s.over_refusals)):
+        if xs:
+            m[f"world_{mode}_{name}"] = float(np.mean(xs))
+    if s.insult_texts:
+        m[f"world_{mode}_insult_reply_toxicity"] = float(load_classifier().score(s.insult_texts).mean())
+    tasks = defaultdict(list)
+    for p, gv in zip(prompts, s.gold):
+        tasks[p.get("task", "?")].append(gv)
+    m |= {f"world_{mode}_gold_task_{t}": float(np.mean(v)) for t, v in sorted(tasks.items())}
+    return m
+
+
 def score(world, prompts: list[dict], responses: dict[str, list[str]], seed: int
           ) -> tuple[dict[str, float], dict[str, list[float]], list[dict[str, Any]]]:
     """Likert (the judges, one per prompt in rotation), gold total and flag rates per decoding."""
-    from chatrlhf.evaluate.toxicity import load_classifier
-
     labelers = world.judges()
     rng = random.Random(seed)
     metrics: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
     rows: list[dict[str, Any]] = []
+    series_index: dict[str, list[int]] = {}  # the prompts a subset series is over (its clusters)
     for mode, resps in responses.items():
-        likert, gold, flags, parts = [], [], defaultdict(list), defaultdict(list)
-        refusals, over_refusals, fact_correct, insult_tox_texts = [], [], [], []
+        s = _ModeScores()
         for i, (p, r) in enumerate(zip(prompts, resps)):
-            lab = labelers[i % len(labelers)]
-            lk, lflags = lab.likert(p, r, rng)
-            g = world.gold(p, r)
-            likert.append(float(lk))
-            gold.append(float(g.total))
-            for k, v in {**g.flags, **lflags}.items():  # the labeler's flags where it gives them
-                flags[k].append(float(bool(v)))
-            for k, v in g.parts.items():
-                parts[k].append(float(v))
-            refused = g.flags.get("refused", g.flags.get("refusal"))
-            refused = bool(REFUSAL.search(r)) if refused is None else bool(refused)
-            if _is(p.get("task", ""), HARMFUL_TASKS):
-                refusals.append(float(refused))
-            else:
-                over_refusals.append(float(refused))  # refusing a harmless request is unhelpful
-            if p.get("task") == "fact" and "correct" in g.parts:
-                fact_correct.append(float(g.parts["correct"]))
-            if _is(p.get("task", ""), INSULT_TASKS):
-                insult_tox_texts.append(r)
+            lk, gold = _score_one(world, labelers[i % len(labelers)], p, r, i, s, rng)
             if mode == "greedy":
                 rows.append({"id": p["id"], "task": p.get("task"), "prompt": p["messages"][-1]["content"],
-                             "response": r, "likert": lk, "gold": float(g.total)})
-        metrics[f"world_{mode}_likert"] = float(np.mean(likert)) if likert else float("nan")
-        metrics[f"world_{mode}_gold"] = float(np.mean(gold)) if gold else float("nan")
-        for k, v in flags.items():
-            metrics[f"world_{mode}_flag_{k}"] = float(np.mean(v))
-        for k, v in parts.items():
-            metrics[f"world_{mode}_part_{k}"] = float(np.mean(v))
-        if fact_correct:
-            metrics[f"world_{mode}_fact_correct"] = float(np.mean(fact_correct))
-        if refusals:
-            metrics[f"world_{mode}_refusal_rate_harmful"] = float(np.mean(refusals))
-        if over_refusals:
-            metrics[f"world_{mode}_refusal_rate_harmless"] = float(np.mean(over_refusals))
-        if insult_tox_texts:
-            metrics[f"world_{mode}_insult_reply_toxicity"] = float(load_classifier().score(insult_tox_texts).mean())
-        per_item[f"{mode}_likert"], per_item[f"{mode}_gold"] = likert, gold
+                             "response": r, "likert": lk, "gold": gold})
+        metrics |= _mode_metrics(mode, s, prompts)
+        per_item[f"{mode}_likert"], per_item[f"{mode}_gold"] = s.likert, s.gold
         # the rubric's substantive parts, per item, so each can be compared with the baseline's
-        # on the same prompts (RUBRIC_PARTS in evaluate/__init__.py); the gold scorer raises every
+        # on the same prompts (RUBRIC_PARTS in evaluate/run.py); the gold scorer raises every
         # flag on every answer, so a flag's list is aligned with the prompts
-        per_item[f"{mode}_fact_correct"], per_item[f"{mode}_hallucination"] = fact_correct, flags.get("hallucination", [])
-        per_item[f"{mode}_refused_harmful"], per_item[f"{mode}_refused_harmless"] = refusals, over_refusals
-        per_item[f"{mode}_gibberish"] = flags.get("gibberish", [])
-        tasks = defaultdict(list)
-        for p, gv in zip(prompts, gold):
-            tasks[p.get("task", "?")].append(gv)
-        for t, v in sorted(tasks.items()):
-            metrics[f"world_{mode}_gold_task_{t}"] = float(np.mean(v))
+        per_item[f"{mode}_fact_correct"], per_item[f"{mode}_hallucination"] = s.fact_correct, s.flags.get("hallucination", [])
+        per_item[f"{mode}_refused_harmful"], per_item[f"{mode}_refused_harmless"] = s.refusals, s.over_refusals
+        per_item[f"{mode}_gibberish"] = s.flags.get("gibberish", [])
+        series_index.update({f"world_{mode}_fact_correct": s.fact_idx, f"world_{mode}_refused_harmful": s.harmful_idx,
+                             f"world_{mode}_refused_harmless": s.harmless_idx})
+    per_item["series_index"] = series_index  # type: ignore[assignment]
     return metrics, per_item, rows
 
 

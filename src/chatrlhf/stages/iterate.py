@@ -11,8 +11,10 @@ Round 1 is the first RM (rm/) and PPO from SFT (ppo/). Each later round r:
 
 Per round we record what changed (RM accuracy, reward, gold, KL) in rounds/summary.json. A round
 whose ppo/meta.json says complete is skipped, so an interrupted run resumes round by round.
-Under `chatrlhf run`, rounds beyond `iterate.rounds` (up to `iterate.max_rounds`) start only while
-the run fits in `iterate.budget_minutes`: the same time buys more rounds on a faster machine.
+By default exactly `iterate.rounds` rounds run, so the same seed gives the same rounds on any
+machine. Optionally (`iterate.max_rounds` > `iterate.rounds`, under `chatrlhf run` only), later rounds
+start only while the run fits in `iterate.budget_minutes`; the round count then depends on the
+machine's speed, and rounds/meta.json says why the last one was or was not started.
 """
 
 from __future__ import annotations
@@ -219,8 +221,8 @@ def run_iterate(cfg: Config, elapsed_s: float | None = None) -> Path:
     out = cfg.stage_dir("rounds")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(records, indent=2))
-    write_meta(out, {"stage": "rounds", "rounds": len(records), "policy": str(newest), "budget": budget_note,
-                     "complete": True})
+    write_meta(out, {"stage": "rounds", "rounds": len(records), "rounds_fixed": cfg.iterate.rounds,
+                     "policy": str(newest), "budget": budget_note, "complete": True})
     return newest
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,31 @@ def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]
 # --- the stage ----------------------------------------------------------------------------------
 
 
+@dataclass
+class _Data:
+    """What pre-training reads: packed token streams, fixed held-out chunks, the unigram baseline."""
+    corpus: TextCorpus
+    train_tokens: torch.Tensor
+    val_tokens: torch.Tensor
+    stream: PackedStream
+    val_chunks: torch.Tensor
+    final_chunks: torch.Tensor
+    wiki: tuple[torch.Tensor, float] | None
+    baseline: float
+
+
+def _load_data(cfg: Config, tokenizer, model) -> _Data:
+    pc = cfg.pretrain
+    corpus = _corpus(cfg)
+    train_tokens, val_tokens = pack_documents(tokenizer, corpus.train), pack_documents(tokenizer, corpus.val)
+    vocab = model.get_input_embeddings().num_embeddings
+    return _Data(corpus, train_tokens, val_tokens, PackedStream(train_tokens, pc.seq_len, pc.batch_size, cfg.run.seed),
+                 eval_chunks(val_tokens, pc.seq_len, pc.eval_batches * pc.batch_size),
+                 eval_chunks(val_tokens, pc.seq_len, 4 * pc.eval_batches * pc.batch_size),
+                 _wikitext_chunks(cfg, tokenizer),
+                 unigram_loss(train_tokens, val_tokens, vocab) if len(val_tokens) > 1 else float("nan"))
+
+
 def run_pretrain(cfg: Config) -> Path:
     """Pre-train and save to <out>/pretrain (from_pretrained-loadable, meta.json with the figures)."""
     pc, out = cfg.pretrain, cfg.stage_dir("pretrain")
@@ -162,19 +188,10 @@ def run_pretrain(cfg: Config) -> Path:
     accelerator = make_accelerator(cfg.run.seed, pc.mixed_precision, cfg.run.device)  # seeds init too
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.stage_dir("tokenizer"))
     model = build_model(cfg, tokenizer)
-
-    # --- data: packed token streams, fixed held-out chunks, unigram baseline
-    corpus = _corpus(cfg)
-    train_tokens, val_tokens = pack_documents(tokenizer, corpus.train), pack_documents(tokenizer, corpus.val)
-    stream = PackedStream(train_tokens, pc.seq_len, pc.batch_size, cfg.run.seed)
-    val_chunks = eval_chunks(val_tokens, pc.seq_len, pc.eval_batches * pc.batch_size)
-    final_chunks = eval_chunks(val_tokens, pc.seq_len, 4 * pc.eval_batches * pc.batch_size)
-    wiki = _wikitext_chunks(cfg, tokenizer)
-    vocab = model.get_input_embeddings().num_embeddings
-    baseline = unigram_loss(train_tokens, val_tokens, vocab) if len(val_tokens) > 1 else float("nan")
-    console.print(f"pretrain: {threads} threads, {len(corpus.train)} docs, {len(train_tokens):,} train tokens, "
-                  f"{len(val_tokens):,} val tokens, {count_params(model):,} params, "
-                  f"up to {stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {baseline:.3f}")
+    d = _load_data(cfg, tokenizer, model)
+    console.print(f"pretrain: {threads} threads, {len(d.corpus.train)} docs, {len(d.train_tokens):,} train tokens, "
+                  f"{len(d.val_tokens):,} val tokens, {count_params(model):,} params, "
+                  f"up to {d.stream.epochs(pc.max_steps):.1f} epochs; unigram baseline {d.baseline:.3f}")
 
     # --- optimizer, schedule, resume
     opt = make_optimizer(model, pc.learning_rate, pc.weight_decay)
@@ -186,36 +203,46 @@ def run_pretrain(cfg: Config) -> Path:
     on_main(lambda: (out / "meta.json").unlink(missing_ok=True))  # the stage is incomplete until saved again
     logger = MetricsLogger(out, cfg.run.tensorboard, resume=state["step"] > 0)
 
-    loop = _TrainLoop(cfg, accelerator, model, opt, sched, schedule, stream, val_chunks, ckpts, logger, fingerprint)
+    loop = _TrainLoop(cfg, accelerator, model, opt, sched, schedule, d.stream, d.val_chunks, ckpts, logger, fingerprint)
     counters = loop.run(state["step"], {k: state.get(k, 0) for k in ("tokens_seen", "train_seconds", "loop_seconds")})
-    step, tokens_seen = int(counters["steps"]), int(counters["tokens_seen"])
-    tok_per_s = tokens_seen / max(counters["train_seconds"], 1e-9)  # over all segments of a resumed run
 
     # --- final evaluation and the stage output
-    device = accelerator.device
-    val_loss = evaluate_lm_loss(model, final_chunks, pc.batch_size, device)
-    n_val_tok = final_chunks[:, 1:].numel() if len(final_chunks) else 0
+    meta = _final_meta(cfg, model, accelerator.device, d, counters, schedule.total_steps, threads)
+    logger.log(meta["steps"], {k: v for k, v in meta.items() if k.startswith(("val_", "wikitext2_"))})
+    logger.close()
+    save_on_main(accelerator, model, lambda plain, weights: save_stage(plain, tokenizer, out, meta, state_dict=weights))
+    console.print(f"pretrain: val loss {meta['val_loss']:.3f} (ppl {meta['val_ppl']:.1f}) vs unigram {d.baseline:.3f}; "
+                  f"{meta['tokens_seen']:,} tokens at {meta['tokens_per_s']:,.0f} tok/s -> {out}")
+    return out
+
+
+def _final_meta(cfg: Config, model, device, d: _Data, counters: dict[str, float], planned_steps: int,
+                threads: int) -> dict[str, Any]:
+    """The stage's meta.json: held-out loss, perplexity and bits per byte (and on WikiText-2 when it
+    is there), against the unigram baseline, with what the run took."""
+    pc = cfg.pretrain
+    step, tokens_seen = int(counters["steps"]), int(counters["tokens_seen"])
+    tok_per_s = tokens_seen / max(counters["train_seconds"], 1e-9)  # over all segments of a resumed run
+    val_loss = evaluate_lm_loss(model, d.final_chunks, pc.batch_size, device)
     meta: dict[str, Any] = {
-        "stage": "pretrain", "data": corpus.source, "steps": step, "tokens_seen": tokens_seen,
+        "stage": "pretrain", "data": d.corpus.source, "steps": step, "tokens_seen": tokens_seen,
         "tokens_per_s": round(tok_per_s, 1), "params": count_params(model),
-        "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "val_tokens": n_val_tok,
-        "val_bpb": bits_per_byte(val_loss, len(val_tokens), _utf8_bytes(corpus.val)),
-        "unigram_val_loss": baseline, "train_tokens": len(train_tokens),
-        "epochs": stream.epochs(step), "planned_steps": schedule.total_steps, "threads": threads,
+        "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
+        "val_tokens": d.final_chunks[:, 1:].numel() if len(d.final_chunks) else 0,
+        "val_bpb": bits_per_byte(val_loss, len(d.val_tokens), _utf8_bytes(d.corpus.val)),
+        "unigram_val_loss": d.baseline, "train_tokens": len(d.train_tokens),
+        "epochs": d.stream.epochs(step), "planned_steps": planned_steps, "threads": threads,
+        "max_steps": pc.max_steps, "max_minutes": pc.max_minutes,
+        "time_limited": bool(pc.max_minutes > 0 and step < pc.max_steps),  # the wall-clock safety cut it short
         "train_seconds": counters["train_seconds"], "loop_seconds": counters["loop_seconds"],
         "mixed_precision": pc.mixed_precision,
     }
-    if wiki is not None:
-        chunks, bytes_per_token = wiki
+    if d.wiki is not None:
+        chunks, bytes_per_token = d.wiki
         meta["wikitext2_loss"] = evaluate_lm_loss(model, chunks, pc.batch_size, device)
         meta["wikitext2_ppl"] = math.exp(min(meta["wikitext2_loss"], 50))
         meta["wikitext2_bpb"] = meta["wikitext2_loss"] / bytes_per_token / math.log(2)
-    logger.log(step, {k: v for k, v in meta.items() if k.startswith(("val_", "wikitext2_"))})
-    logger.close()
-    save_on_main(accelerator, model, lambda plain, weights: save_stage(plain, tokenizer, out, meta, state_dict=weights))
-    console.print(f"pretrain: val loss {val_loss:.3f} (ppl {meta['val_ppl']:.1f}) vs unigram {baseline:.3f}; "
-                  f"{tokens_seen:,} tokens at {tok_per_s:,.0f} tok/s -> {out}")
-    return out
+    return meta
 
 
 def _wikitext_chunks(cfg: Config, tokenizer) -> tuple[torch.Tensor, float] | None:

@@ -1,0 +1,97 @@
+"""The figures docs/RESULTS.md reports for the test worlds, read from finished runs.
+
+    # the runs (from scratch, one per test world; the pure-RLHF ablation beside them)
+    for s in 9001 9002 9003; do
+      chatrlhf run --config configs/default.yaml --set world.seed=$s --set run.out_dir=runs/test$s --set run.threads=1
+      chatrlhf run --config configs/pure_rlhf.yaml --set world.seed=$s --set run.out_dir=runs/pure$s --set run.threads=1
+    done
+    python bench/test_worlds.py runs/test9001 runs/test9002 runs/test9003 --pure runs/pure9001 [--json out.json]
+
+Per run: the decoding-matched headline (final vs SFT, each at its validated decoding, judged by
+the judge group, cluster-bootstrap 95% CI), greedy vs greedy, T=1 vs T=1 and its control, every
+stage against its predecessor, budgets and stage seconds; then the mean over the runs. A run
+without eval/summary.json is listed with the stages it has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def _ci(w: dict[str, Any] | None) -> str:
+    if not w:
+        return "n/a"
+    return f"{w['estimate']:.3f} [{w['low']:.3f}, {w['high']:.3f}]"
+
+
+def _temp(d: dict[str, Any]) -> str:
+    t = d.get("temperature")
+    return "?" if t is None else "greedy" if t == 0 else f"T={t:g}"
+
+
+def read_run(out: Path) -> dict[str, Any]:
+    pipe = json.loads((out / "pipeline.json").read_text()) if (out / "pipeline.json").is_file() else {}
+    summ = out / "eval" / "summary.json"
+    rec: dict[str, Any] = {"run": str(out), "stages": pipe.get("stages", {}), "budget": pipe.get("budget"),
+                           "time_limits_fired": pipe.get("time_limits_fired")}
+    if not summ.is_file() or not (out / "eval" / "meta.json").is_file():
+        return rec
+    s = json.loads(summ.read_text())
+    h = s.get("headline") or {}
+    rec.update({"final": h.get("final"), "decodings": f"{_temp(h.get('final_decoding', {}))} vs "
+                f"{_temp(h.get('baseline_decoding', {}))}", "matched": h.get("matched"), "greedy": h.get("greedy"),
+                "t1_vs_t1": h.get("t1_vs_t1"), "control": h.get("control"),
+                "matched_gold_diff": h.get("matched_gold_diff"),
+                "attribution": [{k: r[k] for k in ("from", "to", "step", "win_rate", "verdict", "gold_diff")
+                                 if k in r} for r in s.get("attribution", [])]})
+    return rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--pure", nargs="*", type=Path, default=[])
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    recs = [read_run(r) for r in a.runs]
+    pure = [read_run(r) for r in a.pure]
+    for title, group in (("default", recs), ("pure RLHF (ppo.verifier_coef=0)", pure)):
+        if not group:
+            continue
+        print(f"## {title}")
+        for r in group:
+            st = r["stages"]
+            times = ", ".join(f"{k} {v:.0f}" for k, v in st.items())
+            print(f"- {r['run']}: stages {times or 'none yet'} (sum {sum(st.values()) / 60:.1f} min)")
+            if "matched" not in r:
+                print("  (no evaluation yet)")
+                continue
+            print(f"  headline {r['final']} vs sft, {r['decodings']}: {_ci(r['matched'])}, {r['matched']['verdict']}")
+            print(f"  greedy vs greedy {_ci(r['greedy'])}; T=1 vs T=1 {_ci(r['t1_vs_t1'])}; "
+                  f"control sft greedy vs sft T=1 {_ci(r['control'])}")
+            for row in r["attribution"]:
+                g = row.get("gold_diff")
+                gold = f"; gold {g['estimate']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] {g['verdict']}" if g else ""
+                print(f"  {row['step']:<34} {row['from']} -> {row['to']}: {_ci(row['win_rate'])} {row['verdict']}{gold}")
+        done = [r for r in group if r.get("matched")]
+        if len(done) > 1:
+            for key in ("matched", "greedy", "t1_vs_t1", "control"):
+                vals = [r[key]["estimate"] for r in done]
+                print(f"  mean over {len(done)} worlds, {key}: {statistics.mean(vals):.3f} "
+                      f"(min {min(vals):.3f}, max {max(vals):.3f})")
+            steps: dict[str, list[float]] = {}
+            for r in done:
+                for row in r["attribution"]:
+                    steps.setdefault(row["step"], []).append(row["win_rate"]["estimate"])
+            for step, vals in steps.items():
+                print(f"  mean over {len(vals)} worlds, {step}: {statistics.mean(vals):.3f}")
+    if a.json:
+        a.json.write_text(json.dumps({"default": recs, "pure_rlhf": pure}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
