@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ RESULTS = ROOT / "bench" / "results" / "dpo.json"
 BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_rm import init_model, synthetic_comparisons  # noqa: E402  (same model and data as the RM bench)
+from bench_rm import init_model, run_side, synthetic_comparisons  # noqa: E402  (same model and data as the RM bench)
 
 LR, BETA, MAX_LEN = 5e-5, 0.1, 256
 
@@ -99,18 +98,6 @@ def side_trl(spec: dict) -> dict:
             "final_loss": out.training_loss, "precompute_ref_log_probs": spec.get("precompute", False)}
 
 
-def run_side(python: Path, side: str, spec: dict) -> dict:
-    spec_path = Path(spec["tmp"]) / f"{side}-{spec.get('precompute', '')}.json"
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([str(python), __file__, "--side", side, "--spec", str(spec_path)], capture_output=True,
-                          text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
-                "stderr_tail": proc.stderr[-2000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def shape(name: str, k: int, n_prompts: int, batch_prompts: int, steps: int) -> dict:
     from math import comb
 
@@ -130,10 +117,10 @@ def shape(name: str, k: int, n_prompts: int, batch_prompts: int, steps: int) -> 
         spec = {"init": str(init), "comparisons": str(tmp / "comparisons.json"), "pairs": str(tmp / "pairs.json"),
                 "tmp": str(tmp), "steps": steps, "batch_prompts": batch_prompts,
                 "pairs_per_step": batch_prompts * comb(k, 2)}
-        ours = run_side(Path(sys.executable), "ours", spec)
+        ours = run_side(Path(sys.executable), "ours", spec, __file__)
         if BENCH_PY.exists():
-            trl = run_side(BENCH_PY, "trl", spec)
-            trl_pre = run_side(BENCH_PY, "trl", spec | {"precompute": True})
+            trl = run_side(BENCH_PY, "trl", spec, __file__)
+            trl_pre = run_side(BENCH_PY, "trl", spec | {"precompute": True}, __file__, "-precompute")
         else:
             trl = trl_pre = {"error": f"{BENCH_PY} missing (bench_sft.py builds it)"}
     ratio = lambda a, b, key: a[key] / b[key] if key in a and key in b else None  # noqa: E731

@@ -38,6 +38,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ppo import matmul_peak  # noqa: E402  (the same CPU ceiling as the PPO bench)
+
 from chatrlhf.lm.engine import Engine, SamplingParams
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -114,17 +117,6 @@ def ratios(a: list[float], b: list[float]) -> dict[str, float]:
 def flat(key: str, s: dict[str, float]) -> dict[str, float]:
     """One flat JSON object (bench/run_all.py contract): key = median, key_min, key_max."""
     return {key: s["median"], f"{key}_min": s["min"], f"{key}_max": s["max"]}
-
-
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
-    """Best fp32 GFLOP/s of an n x n matmul on the current threads (the CPU's practical ceiling)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def flops_per_token(model, context: float) -> float:
@@ -251,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(exactness(fast, slow, tok, args.new))
     print(f"same tokens on both paths: {result['exact_same_tokens']}, largest log-prob difference "
           f"{result['exact_max_logprob_diff']:.2e}", file=sys.stderr)
-    peak = matmul_peak()
+    peak = matmul_peak(torch.get_num_threads())
     result["matmul_peak_gflops"] = round(peak, 1)
 
     def report(key: str, rates: dict[str, list[float]], base: str, prompts: list[list[int]]) -> None:

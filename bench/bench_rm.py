@@ -136,11 +136,13 @@ def side_trl(spec: dict) -> dict:
             "sequences_per_s": 2 * n_pairs / secs, "final_loss": out.training_loss}
 
 
-def run_side(python: Path, side: str, spec: dict) -> dict:
-    spec_path = Path(spec["tmp"]) / f"{side}.json"
+def run_side(python: Path, side: str, spec: dict, script: str = __file__, tag: str = "") -> dict:
+    """Run `script --side SIDE --spec FILE` in `python` (ours, or a peer's venv) on one thread; its last
+    stdout line is the result. `tag` keeps the spec files of several runs of one side apart."""
+    spec_path = Path(spec["tmp"]) / f"{side}{tag}.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([str(python), __file__, "--side", side, "--spec", str(spec_path)], capture_output=True,
+    proc = subprocess.run([str(python), script, "--side", side, "--spec", str(spec_path)], capture_output=True,
                           text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
