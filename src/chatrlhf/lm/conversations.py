@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chatrlhf.lm.data import DataError, iter_jsonl
+from chatrlhf.lm.data import DataError, check_mapping, iter_jsonl
 
 log = logging.getLogger(__name__)
 Message = dict[str, str]
@@ -243,20 +243,8 @@ MAPPING_KEYS = sorted({k for cols in DEFAULT_COLUMNS.values() for k in cols} | {
 
 
 def check_columns(columns: dict[str, str] | None, key: str = "sft.columns") -> dict[str, str]:
-    """A column mapping with known keys only: a misspelt key would be ignored and the default
-    column read instead, training on other data than the user meant."""
-    columns = dict(columns or {})
-    for k, v in columns.items():
-        if k not in MAPPING_KEYS:
-            import difflib
-
-            hint = difflib.get_close_matches(k, MAPPING_KEYS, n=1)
-            raise DataError(f"{key}: unknown mapping key '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                            + f"; the keys are {', '.join(MAPPING_KEYS)}, each naming a column of your data, "
-                            f"e.g. --set {key}.prompt=question")
-        if not isinstance(v, str):
-            raise DataError(f"{key}.{k}: expected a column name, got {v!r}")
-    return columns
+    """A conversation or prompt column mapping with known keys only (lm.data.check_mapping)."""
+    return check_mapping(columns, key, MAPPING_KEYS, "prompt=question")
 
 
 def load_conversations(source: str | Path | None, fmt: str = "auto", columns: dict[str, str] | None = None,

@@ -29,6 +29,24 @@ class DataError(ValueError):
     and field named. The project's one data error: rankings.RankingError is a kind of it."""
 
 
+def check_mapping(columns: dict[str, str] | None, key: str, known: list[str], example: str,
+                  error: type[DataError] = DataError) -> dict[str, str]:
+    """A column mapping (`key`, e.g. sft.columns) with known keys only: a misspelt key would be
+    ignored and the default column read instead, training on other data than the user meant."""
+    import difflib
+
+    columns = dict(columns or {})
+    for k, v in columns.items():
+        if k not in known:
+            hint = difflib.get_close_matches(k, known, n=1)
+            raise error(f"{key}: unknown mapping key '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                        + f"; the keys are {', '.join(known)}, each naming a column of your data, "
+                        f"e.g. --set {key}.{example}")
+        if not isinstance(v, str):
+            raise error(f"{key}.{k}: expected a column name, got {v!r}")
+    return columns
+
+
 def _suffix(path: Path) -> str:
     """'.jsonl' for corpus.jsonl and corpus.jsonl.gz alike."""
     suffixes = [s for s in path.suffixes if s != ".gz"]

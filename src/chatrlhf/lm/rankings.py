@@ -192,19 +192,8 @@ FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".csv", ".parquet")
 
 
 def check_rm_columns(columns: dict[str, str] | None) -> dict[str, str]:
-    """rm.columns with known keys only (a misspelt key would silently read the default column)."""
-    import difflib
-
-    columns = dict(columns or {})
-    for k, v in columns.items():
-        if k not in RM_COLUMN_KEYS:
-            hint = difflib.get_close_matches(k, RM_COLUMN_KEYS, n=1)
-            raise RankingError(f"rm.columns: unknown mapping key '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                               + f"; the keys are {', '.join(RM_COLUMN_KEYS)}, each naming a column of your data, "
-                               "e.g. --set rm.columns.chosen=better")
-        if not isinstance(v, str):
-            raise RankingError(f"rm.columns.{k}: expected a column name, got {v!r}")
-    return columns
+    """rm.columns with known keys only (lm.data.check_mapping)."""
+    return data.check_mapping(columns, "rm.columns", RM_COLUMN_KEYS, "chosen=better", RankingError)
 
 
 def _mapped(row: Any, columns: dict[str, str], at: str) -> Any:
