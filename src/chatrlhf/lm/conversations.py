@@ -248,14 +248,12 @@ def check_columns(columns: dict[str, str] | None, key: str = "sft.columns") -> d
 
 
 def load_conversations(source: str | Path | None, fmt: str = "auto", columns: dict[str, str] | None = None,
-                       split: str = "train", world_dir: str | Path | None = None,
-                       limit: int = 0) -> list[Conversation]:
+                       split: str = "train", limit: int = 0) -> list[Conversation]:
     """All conversations of a source. An empty result is an error: training on nothing would
     "succeed" silently. The embedded world's demonstrations are the stages' to load
-    (`world.loader.world_demonstrations`: building blocks never read the world); `world_dir` only
-    names it in the error for a missing source."""
+    (`world.loader.world_demonstrations`: building blocks never read the world)."""
     if source is None:
-        raise DataError(f"no data source given (the embedded world at {world_dir} is read by the stages only); "
+        raise DataError("no data source given (the embedded world is read by the stages only); "
                         "set sft.data to your demonstrations")
     columns = check_columns(columns)
     convs, skipped = [], []

@@ -18,18 +18,12 @@ from chatrlhf.rl.critic import load_critic
 from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout_texts
 from chatrlhf.rl.guard import LabelerGuard
 from chatrlhf.rl.ppo import PPOTrainer
+from chatrlhf.world import loader
 
 console = Console(stderr=True)
 
 
 # --- the stage -------------------------------------------------------------------------------
-def _load_world(cfg: Config):
-    """The run's generated world, or None: PPO never generates one itself."""
-    from chatrlhf.world.loader import load_world
-
-    return load_world(cfg)
-
-
 def ppo_prompts(cfg: Config, world) -> tuple[list[dict], str]:
     """PPO's prompt pool and where it came from: ppo.data, else the embedded world's PPO prompts."""
     from chatrlhf.lm.data import DataError
@@ -191,7 +185,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
     value = load_critic(rm_dir, pc.critic, policy, cfg.model.dtype) if pc.advantage_estimator == "gae" else None
 
-    world = _load_world(cfg)
+    world = loader.load_world(cfg)  # the run's world, or None: PPO never generates one
     prompts, source = ppo_prompts(cfg, world)
     prompts = _fitting(_conditioned(cfg, world, prompts), tok, policy, pc.max_new_tokens, source)
     console.print(f"ppo: {len(prompts)} prompts from {source}")
