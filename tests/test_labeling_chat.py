@@ -287,13 +287,14 @@ def test_cli_serves_a_policy_and_prints_the_watch_report(tmp_path, tiny_model_di
 def test_model_text_is_stored_without_nul_and_two_racing_messages_keep_one_order(c, tiny_model_dir, monkeypatch):
     from chatrlhf.labeling import policy
 
-    monkeypatch.setattr(policy.LocalBackend, "complete", lambda self, messages, n=1, **kw: ["a\x00b"] * n)
+    monkeypatch.setattr(policy.LocalBackend, "complete", lambda self, messages, n=1, **kw: ["a\x00b\rc\r\nd"] * n)
     tok = chat_project(c)
     serve_policy(c, tiny_model_dir)
     chat = c.post("/api/projects/talk/chats", headers=bearer(tok["ana"])).json()
     r = say(c, tok["ana"], chat["id"], "hi\x00 there")
     assert r.status_code == 201, r.text  # PostgreSQL text cannot hold NUL
-    assert [m["content"] for m in r.json()["messages"]] == ["hi there", "ab"]
+    # line breaks as a browser's text box submits them, so what a trainer sees is what is stored
+    assert [m["content"] for m in r.json()["messages"]] == ["hi there", "ab\nc\nd"]
 
     codes: list[int] = []
     barrier = threading.Barrier(2)

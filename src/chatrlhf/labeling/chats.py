@@ -132,8 +132,9 @@ def my_chats(s: Session, user: User, project_name: str) -> list[dict[str, Any]]:
 
 def clean(text: str) -> str:
     """Text as stored: without NUL characters (PostgreSQL text cannot hold them; a small model's
-    byte-level samples can contain them)."""
-    return text.replace("\x00", "")
+    byte-level samples can contain them) and with line breaks as a browser's text box submits them
+    (CR and CRLF become LF), so a suggestion a trainer kept unchanged compares equal to its turn."""
+    return text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _content(text: Any, field: str = "content") -> str:
