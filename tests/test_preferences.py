@@ -127,12 +127,16 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
     out = run_preferences(cfg)
     table = json.loads((out / "table.json").read_text())
     groups = ["brief", "thorough", "cautious"]
-    assert set(table["rows"]) == set(groups) | {f"conditioned:{g}" for g in groups}
+    assert set(table["rows"]) == set(groups) | {f"{c}:{g}" for c in ("conditioned", "conditioned-sft") for g in groups}
     for row in table["rows"].values():
         assert set(row) == set(groups)
         assert all(0 <= cell["low"] <= cell["win_rate"] <= cell["high"] <= 1 for cell in row.values())
     assert "judged by cautious" in (out / "table.md").read_text()
     assert set(read_meta(out / "conditioned" / "ppo")["group_messages"]) == set(groups)
+    # conditioned-sft's SFT read every demonstration under its writer's group line; the shared SFT did not
+    assert set(read_meta(out / "conditioned-sft" / "sft")["group_messages"]) == set(groups)
+    assert "group_messages" not in read_meta(tmp_path / "sft")
+    assert read_meta(out / "conditioned-sft" / "rm")["init_from"] == str(out / "conditioned-sft" / "sft")
     world = World.load(tmp_path / "world")
     by_id = {lab.id: lab for lab in world.labelers()}
     for name, want in [("brief", {"brief"}), ("cautious", {"cautious"}), ("pooled", {"brief", "thorough", "cautious"})]:

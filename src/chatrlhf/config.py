@@ -170,6 +170,11 @@ class SFTConfig(Section):
                              "embedded world, base vs SFT on held-out world prompts.")
     eval_prompts: int = Field(100, description="Held-out prompts answered in that evaluation (0 = all).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+    group_system_message: bool = Field(False, description="World demonstrations only: start each with a system message "
+        "naming its writer's labeler group (chatrlhf.world.groups.group_message, the line a group-conditioned RM and "
+        "policy are given), so the model learns how each group writes and answers the group it is asked for; the "
+        "saved model's meta.json lists the lines (`chatrlhf chat --group`). `chatrlhf preferences` trains such an "
+        "SFT for its conditioned-sft variant (preferences.conditioned_sft).")
 
 
 class RMConfig(Section):

@@ -90,6 +90,13 @@ class PreferencesConfig(Section):
                                 "comparison is between what each group's reward model teaches).")
     eval_prompts: int = Field(200, ge=1, description="Held-out eval prompts each policy answers (greedy).")
     judgements: int = Field(4, ge=1, description="Judgements per answer pair, spread over the judging group's held-out members.")
+    conditioned_sft: bool = Field(True, description="Also train a conditioned-sft variant: the conditioned RM and policy "
+                                  "started from an SFT model fine-tuned from the same pre-trained model, with the same "
+                                  "sft.* settings, on demonstrations that name their writer's group in a system message "
+                                  "(sft.group_system_message). The conditioned variant keeps the shared SFT model, so the "
+                                  "two rows show what reading the group line from SFT on adds.")
+
+
 class DPOConfig(Section):
     data: str | None = Field(None, description="Comparisons to learn from: None = the RM stage's comparisons (rm/comparisons.jsonl, "
                              "sampled and ranked as the RM stage does when missing); or a rankings/pairs jsonl path or datasets name.")

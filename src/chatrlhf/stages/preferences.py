@@ -2,12 +2,15 @@
 
 From the same SFT model and the same sampled answers (the RM stage's comparisons, re-ranked), train
 one reward model and policy per labeler group, one on everyone's rankings pooled, and one
-group-conditioned model on all groups (the group named in a system message). Each group's held-out
-members, never trained on, then judge every policy against the pooled one on held-out prompts.
-The diagonal is the bias a group passes on; the conditioned row is one model serving each group
-when asked for it.
+group-conditioned model on all groups (the group named in a system message). With
+preferences.conditioned_sft a second conditioned model, conditioned-sft, starts its RM and policy
+from an SFT model whose demonstrations named their writer's group the same way, so it has read the
+group line before the RM stage asks it to. Each group's held-out members, never trained on, then
+judge every policy against the pooled one on held-out prompts. The diagonal is the bias a group
+passes on; the conditioned rows are one model serving each group when asked for it.
 
     runs/default/preferences/{pooled,brief,thorough,cautious,conditioned}/{comparisons.jsonl,rm/,ppo/}
+    runs/default/preferences/conditioned-sft/{sft/,comparisons.jsonl,rm/,ppo/}
     runs/default/preferences/table.json, table.md
 """
 
@@ -30,17 +33,24 @@ from chatrlhf.lm.rankings import load_comparisons, write_comparisons
 from chatrlhf.stages.ppo import run_ppo
 from chatrlhf.stages.reward import train_reward_model
 from chatrlhf.stages.sampling import label_with_world
+from chatrlhf.stages.sft import train_sft
 from chatrlhf.world.groups import for_group
 from chatrlhf.world.loader import require_world
 
 console = Console(stderr=True)
 
 
-def variants(groups: list[str]) -> dict[str, dict[str, Any]]:
-    """name -> the rm.* settings that say whose rankings train it."""
+CONDITIONED = ("conditioned", "conditioned-sft")  # the variants asked for each group in a system message
+
+
+def variants(groups: list[str], conditioned_sft: bool = False) -> dict[str, dict[str, Any]]:
+    """name -> the rm.* settings that say whose rankings train it (conditioned-sft differs from
+    conditioned in its SFT model only)."""
     out: dict[str, dict[str, Any]] = {"pooled": {"labeler_groups": None, "conditioned": False}}
     out |= {g: {"labeler_groups": {g: 1.0}, "conditioned": False} for g in groups}
     out["conditioned"] = {"labeler_groups": {g: 1.0 for g in groups}, "conditioned": True}
+    if conditioned_sft:
+        out["conditioned-sft"] = out["conditioned"]
     return out
 
 
@@ -63,10 +73,22 @@ def base_comparisons(cfg: Config) -> list[dict]:
     return [{k: v for k, v in c.items() if k not in ("rankings", "group")} | {"rankings": []} for c in comps]
 
 
+def conditioned_sft(cfg: Config, out: Path) -> Path:
+    """The run's SFT repeated from the same pre-trained model with the same settings, each
+    demonstration naming its writer's group in a system message (sft.group_system_message)."""
+    if not stage_complete(out):
+        d = cfg.model_dump()
+        d["sft"]["group_system_message"] = True
+        train_sft(Config.model_validate(d), out)
+    return out
+
+
 def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) -> Path:
-    """Rank the shared answers as this variant's labelers would, train its RM, then PPO from SFT."""
-    vcfg = variant_config(cfg, variants(cfg.preferences.groups)[name])
-    sft, rm_dir, ppo_dir = cfg.stage_dir("sft"), out / "rm", out / "ppo"
+    """Rank the shared answers as this variant's labelers would, train its RM, then PPO, both from
+    the variant's SFT model (the run's, or conditioned-sft's own)."""
+    vcfg = variant_config(cfg, variants(cfg.preferences.groups, True)[name])
+    sft = conditioned_sft(cfg, out / "sft") if name == "conditioned-sft" else cfg.stage_dir("sft")
+    rm_dir, ppo_dir = out / "rm", out / "ppo"
     if not stage_complete(rm_dir):
         comps = [json.loads(json.dumps(c)) for c in base]
         label_with_world(world, comps, vcfg, random.Random(cfg.run.seed))
@@ -90,7 +112,8 @@ def judge(cfg: Config, world, policies: dict[str, Path]) -> dict[str, Any]:
     clusters = [p.get("cluster", p["id"]) for p in prompts]
     pooled = answers(cfg, policies["pooled"], prompts)
     said = {name: answers(cfg, policies[name], prompts) for name in groups}
-    said |= {f"conditioned:{g}": answers(cfg, policies["conditioned"], [for_group(p, g) for p in prompts]) for g in groups}
+    said |= {f"{c}:{g}": answers(cfg, policies[c], [for_group(p, g) for p in prompts])
+             for c in CONDITIONED if c in policies for g in groups}
     rows = {}
     for name, responses in said.items():
         rows[name] = {}
@@ -123,7 +146,8 @@ def run_preferences(cfg: Config) -> Path:
         raise FileNotFoundError(f"preferences starts every variant from SFT at {cfg.stage_dir('sft')}; run `chatrlhf sft` first")
     out = cfg.stage_dir("preferences")
     base = base_comparisons(cfg)
-    policies = {name: train_variant(cfg, world, base, name, out / name) for name in variants(cfg.preferences.groups)}
+    names = variants(cfg.preferences.groups, cfg.preferences.conditioned_sft)
+    policies = {name: train_variant(cfg, world, base, name, out / name) for name in names}
     result = judge(cfg, world, policies)
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, cfg.preferences.groups))

@@ -51,7 +51,7 @@ from chatrlhf.lm.modeling import check_context, load_causal_lm, load_tokenizer, 
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
-from chatrlhf.world.loader import require_world, world_demonstrations
+from chatrlhf.world.loader import group_messages, require_world, world_demonstrations
 
 console = Console(stderr=True, quiet=not is_main())  # one process reports
 
@@ -70,6 +70,8 @@ def base_model_path(cfg: Config) -> Path | str:
 def run_settings(cfg: Config) -> dict[str, Any]:
     """What fixes the trajectory, so a checkpoint of another configuration is never resumed."""
     s = cfg.sft.model_dump(exclude={"eval_every", "save_every", "log_every", "eval_prompts", "eval_after"})
+    if not s["group_system_message"]:  # off, a run's fingerprint is what it was before the switch existed
+        del s["group_system_message"]
     return {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
 
 
@@ -81,6 +83,9 @@ def load_split(cfg: Config, tokenizer) -> tuple[list[tuple[Conversation, Example
                                                 dict[str, Any]]:
     """(conversation, example) pairs for training and validation, and what happened on the way."""
     sc = cfg.sft
+    if sc.data and sc.group_system_message:
+        raise DataError("sft.group_system_message names the writer's labeler group of the embedded world's "
+                        f"demonstrations; sft.data={sc.data!r} has no writers' groups (put any system message in the data)")
     convs = load_conversations(sc.data, sc.format, sc.columns, sc.split) if sc.data else world_demonstrations(cfg)
     source = sc.data or f"world demonstrations ({cfg.stage_dir('world')})"
     counts: dict[str, int] = {}
@@ -204,8 +209,9 @@ def evaluate_on_user_data(cfg: Config) -> dict[str, Any]:
     return results
 
 
-def train_sft(cfg: Config) -> Path:
-    sc, out = cfg.sft, cfg.stage_dir("sft")
+def train_sft(cfg: Config, out: Path | None = None) -> Path:
+    """Fine-tune the pre-trained model into `out` (default: this run's sft stage)."""
+    sc, out = cfg.sft, out or cfg.stage_dir("sft")
     accelerator = make_accelerator(cfg.run.seed, "no", cfg.run.device)
     src = base_model_path(cfg)
     if isinstance(src, Path) and not src.is_dir():
@@ -259,6 +265,8 @@ def train_sft(cfg: Config) -> Path:
             "train_loss": last_loss, "val_loss": val_loss, "val_loss_before": val_before,
             "tokens_per_s": round(tok_s, 1), "lora": sc.lora.model_dump() if sc.lora.enabled else None,
             "packing": sc.packing, "max_len": sc.max_len, **stats}
+    if sc.group_system_message:  # what `chatrlhf chat --group` puts in the system message
+        meta["group_messages"] = group_messages(require_world(cfg, "sft.group_system_message"))
     save_on_main(accelerator, model, lambda plain, weights: save_merged(plain, tokenizer, out, meta) if weights is None
                  else save_stage(plain, tokenizer, out, meta, state_dict=weights))  # LoRA: adapters folded in
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"

@@ -39,10 +39,28 @@ def world_demonstrations(cfg: Config) -> list[Conversation]:
                         "demonstrations (jsonl/csv/parquet or a datasets name; sft.columns maps your column names), "
                         "or run `chatrlhf world` to generate the embedded world")
     print(f"sft: using the embedded world's demonstrations ({world_dir}); set sft.data to use your own")
-    demos = World.load(world_dir).demonstrations()
+    world = World.load(world_dir)
+    demos = world.demonstrations()
+    if cfg.sft.group_system_message:
+        demos = with_writer_group(world, demos)
     return nonempty([c for i, d in enumerate(demos)
                      for c in row_to_conversations(d, "messages", {}, f"{world_dir}/demonstrations.jsonl:{i + 1}")],
                     f"world demonstrations in {world_dir}")
+
+
+def with_writer_group(world, demos: list[dict]) -> list[dict]:
+    """Each demonstration with its writer's group named in a system message first (any other system
+    message dropped), as a group-conditioned model is asked: the writer's group is how it was written."""
+    from chatrlhf.world.groups import for_group
+
+    return [for_group(d, world.labeler(d["labeler"]).group) for d in demos]
+
+
+def group_messages(world) -> dict[str, str]:
+    """group -> the system message naming it, for every training group (a conditioned model's meta.json)."""
+    from chatrlhf.world.groups import group_message
+
+    return {g: group_message(g)["content"] for g in world.labeler_groups()}
 
 
 def labeler_id(lab) -> str:
