@@ -227,7 +227,7 @@ def test_password_login_sets_a_session_cookie_and_logout_ends_it(c):
     assert c.post("/api/login", json={"name": "nobody", "password": "x"}).status_code == 403
     r = c.post("/api/login", json={"name": "ana", "password": "ana-password"})
     assert r.status_code == 200 and "chatrlhf_token" in r.cookies
-    assert c.get("/api/me").json() == {"name": "ana", "role": "labeler"}  # the cookie alone authenticates
+    assert c.get("/api/me").json() == {"name": "ana", "role": "labeler", "group": None}  # the cookie alone authenticates
     assert c.get("/").status_code == 200
     c.post("/api/logout")
     c.cookies.clear()

@@ -206,6 +206,38 @@ def test_watch_report_agreement_per_trainer_and_group_and_time_per_task(c):
     assert set(exported[0]["seconds"]) == {"ana", "ben", "cy"}
 
 
+def test_a_labeler_declares_a_group_and_exports_and_the_watch_report_follow_it(c):
+    from test_labeling import comparisons
+
+    tok = setup_project(c, records=comparisons(2), per_item=3, labelers=("ana", "ben", "cy"))
+    assert c.get("/api/me", headers=bearer(tok["ana"])).json()["group"] is None  # optional: nobody has to say
+    for name, group in (("ana", "brief"), ("ben", "cautious")):
+        r = c.put("/api/me", json={"group": group}, headers=bearer(tok[name]))
+        assert r.status_code == 200 and r.json() == {"name": name, "role": "labeler", "group": group}
+        assert c.get("/api/me", headers=bearer(tok[name])).json()["group"] == group  # not the cached profile
+    assert c.put("/api/me", json={"group": ""}, headers=bearer(tok["cy"])).status_code == 422
+    for lab in ("ana", "ben", "cy"):
+        for _ in range(2):
+            item = c.post("/api/projects/p/next", headers=bearer(tok[lab])).json()["item"]
+            assert c.post(f"/api/items/{item['id']}/submit", json={"ranks": [1, 2, 3, 4]},
+                          headers=bearer(tok[lab])).status_code == 201
+
+    def export(**params) -> list[dict]:
+        r = c.get("/api/admin/projects/p/export", params=params, headers=A)
+        return [json.loads(x) for x in r.text.splitlines()]
+
+    every = export()
+    assert [{(x["labeler"], x.get("group")) for x in rec["rankings"]} for rec in every] == \
+        [{("ana", "brief"), ("ben", "cautious"), ("cy", None)}] * 2  # cy said no group: no key
+    brief = export(group="brief")
+    assert [[x["labeler"] for x in rec["rankings"]] for rec in brief] == [["ana"], ["ana"]]
+    assert export(group="thorough") == []  # nobody of the group ranked anything
+    w = c.get("/api/admin/watch", headers=A).json()
+    assert {g["group"]: g["members"] for g in w["groups"]} == {"brief": ["ana"], "cautious": ["ben"]}
+    assert c.put("/api/me", json={"group": None}, headers=bearer(tok["ana"])).json()["group"] is None
+    assert all("group" not in x for rec in export() for x in rec["rankings"] if x["labeler"] == "ana")
+
+
 def test_an_unreachable_model_endpoint_is_a_clear_error_and_nothing_is_lost(c, tiny_model_dir):
     tok = chat_project(c)
     ana = bearer(tok["ana"])

@@ -83,6 +83,32 @@ def test_client_push_attach_pull_with_simulated_labelers(server):
     assert row["flags"]["hallucination"] and row["flags"]["harmful"] and not row["flags"]["sexual"]
 
 
+def test_simulated_labelers_keep_their_group_and_iterate_pulls_one_groups_rankings(server, monkeypatch):
+    from chatrlhf.config import Config
+    from chatrlhf.stages import iterate
+
+    client = LabelingClient(server.url, server.admin_token)
+    recs = comparisons(3)
+    for i, r in enumerate(recs):
+        r["reference"] = {"order": random.Random(i).sample(range(4), 4)}
+    client.push_comparisons("grp", recs, labelers_per_item=2)
+    labs = [FakeLabeler("G1"), FakeLabeler("G2", flip=True)]
+    labs[0].group, labs[1].group = "brief", "cautious"
+    client.attach_simulated("grp", labs, seed=1)
+    assert {(x["labeler"], x["group"]) for rec in client.pull_rankings("grp") for x in rec["rankings"]} == \
+        {("G1", "brief"), ("G2", "cautious")}
+    # iterate from the app with iterate.labeling_group: what the RM gets is that group's rankings only
+    monkeypatch.setenv("CHATRLHF_LABEL_TOKEN", server.admin_token)
+    monkeypatch.setattr(LabelingClient, "wait_complete", lambda self, project: {})
+    cfg = Config.model_validate({"iterate": {"source": "labeling_app", "labeling_url": server.url,
+                                             "labeling_project": "grp-it", "labeling_group": "cautious"},
+                                 "rm": {"labelers_per_prompt": 2}})
+    client.push_comparisons("grp-it-round-2", recs, labelers_per_item=2)
+    client.attach_simulated("grp-it-round-2", labs, seed=1)
+    got = iterate.rank_in_labeling_app(cfg, recs, 2)
+    assert len(got) == 3 and all([x["labeler"] for x in rec["rankings"]] == ["G2"] for rec in got)
+
+
 def test_client_with_the_world_simulated_labelers(server, tmp_path, monkeypatch):
     if server.db.startswith("postgresql"):
         pytest.skip("about the world's labeler API, not the database: SQLite covers it")

@@ -55,6 +55,27 @@ def test_one_groups_rankings_come_from_its_members_held_out_ones_on_validation_p
     assert _groups_of(world, pooled)[0] == {"brief", "thorough", "cautious"}
 
 
+def test_sft_group_system_message_names_each_demonstrations_writers_group(world, tmp_path):
+    from chatrlhf.lm.data import DataError
+    from chatrlhf.stages.sft import load_split, run_fingerprint, run_settings
+    from chatrlhf.world.loader import world_demonstrations
+
+    world.save(tmp_path / "world")
+    off = Config.model_validate({"run": {"out_dir": str(tmp_path)}})
+    on = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "sft": {"group_system_message": True}})
+    plain, named = world_demonstrations(off), world_demonstrations(on)
+    assert plain == [d["messages"] for d in world.demonstrations()]  # off: the demonstrations as they are
+    writers = [world.labeler(d["labeler"]).group for d in world.demonstrations()]
+    assert len(set(writers)) == 3
+    assert [c[0] for c in named] == [group_message(g) for g in writers]
+    assert [c[1:] for c in named] == plain
+    # off, the fingerprint that decides checkpoint resumption is the one runs had before the switch
+    assert run_fingerprint(off) != run_fingerprint(on)
+    assert "group_system_message" not in run_settings(off)["sft"] and run_settings(on)["sft"]["group_system_message"]
+    with pytest.raises(DataError, match="group_system_message"):
+        load_split(Config.model_validate({"sft": {"data": "x.jsonl", "group_system_message": True}}), None)
+
+
 def test_a_weighted_mix_draws_labelers_in_proportion(world):
     cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 3.0, "cautious": 1.0}, "labelers_per_prompt": 1}})
     comps = _comparisons(world)

@@ -499,6 +499,49 @@ def test_group_tastes_length_tone_caution_never_outweigh_substance(default_world
             lab.expected_utility(border, refusal)
 
 
+def test_task_mix_knob_changes_the_tasks_users_ask_and_nothing_else():
+    """The customers: world.task_mix reweighs the tasks of every prompt split; the default is the same world."""
+    cfg = dict(SMALL, n_rm_prompts=300, corpus_docs=50)
+    base, same = World.generate(WorldConfig(**cfg)), World.generate(WorldConfig(**cfg, task_mix={}))
+    more = World.generate(WorldConfig(**cfg, task_mix={"borderline": 0.6, "harmful": 0.0}))
+    splits = ("sft", "rm", "ppo", "eval")
+    assert [base.prompts(s) for s in splits] == [same.prompts(s) for s in splits]
+
+    def share(w: World, split: str, task: str) -> float:
+        return sum(p["task"] == task for p in w.prompts(split)) / len(w.prompts(split))
+
+    assert share(base, "rm", "borderline") < 0.12 and share(more, "rm", "borderline") > 0.35
+    assert share(base, "rm", "harmful") > 0.08 and all(share(more, s, "harmful") == 0 for s in splits)
+    assert share(more, "eval", "borderline") > 0.3  # evaluation asks what the customers ask
+    for bad in ({"poetry": 1.0}, {"fact": -1.0}):
+        with pytest.raises(ValueError, match="world.task_mix"):
+            World.generate(WorldConfig(**cfg, task_mix=bad))
+
+
+def test_rubric_caution_knob_turns_labelers_choices_on_a_borderline_pair():
+    """The researchers: world.rubric_caution moves every labeler's taste for a safety note."""
+    cfg = dict(SMALL, corpus_docs=50)
+    worlds = {c: World.generate(WorldConfig(**cfg, rubric_caution=c)) for c in (-2.0, -1.0, 0.0, 1.0)}
+    border = first(worlds[0.0], "borderline")
+    plain = ideal(border, random.Random(0), "concise", worlds[0.0].facts)
+    noted = ideal(border, random.Random(0), "concise", worlds[0.0].facts, caveat=True)
+
+    def margin(c: float, group: str) -> list[float]:
+        """How much each member prefers the answer with the safety note."""
+        return [lab.expected_utility(border, noted) - lab.expected_utility(border, plain)
+                for lab in worlds[c].labelers(groups=group)]
+
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert all(m > 0 for m in margin(0.0, "thorough")) and mean(margin(-1.0, "thorough")) < 0
+    assert all(m > 0 for m in margin(0.0, "cautious")) and all(m < 0 for m in margin(-2.0, "cautious"))
+    for group in ("brief", "thorough", "judges"):  # a stronger rubric never makes a member like the note less
+        for lo, hi in zip(margin(0.0, group), margin(1.0, group)):
+            assert hi > lo
+    # only the caution taste moves: same labelers, same noise, same other tastes
+    for a, b in zip(worlds[0.0].labelers(), worlds[1.0].labelers()):
+        assert (a.id, a.spec["noise"], a.prefs["weights"], a.prefs["length"]) == (b.id, b.spec["noise"], b.prefs["weights"], b.prefs["length"])
+
+
 def test_groups_write_demonstrations_in_their_own_style(default_world):
     from chatrlhf.world.labelers import tone_term
 

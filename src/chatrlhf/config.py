@@ -77,6 +77,15 @@ class WorldConfig(Section):
     n_guard_prompts: int = Field(64, ge=0, description="Prompts at the end of the ppo split drawn from content of their own "
                                  "(at most a quarter of the split), for PPO's over-optimisation guard; keep equal to ppo.guard_prompts.")
     agreement_comparisons: int = Field(600, ge=1, description="Fixed comparisons on which labeler agreement is measured (agreement.json).")
+    task_mix: dict[str, float] = Field(default_factory=dict, description="The customers: relative weight of each task "
+        "users ask, in place of its default (chatrlhf.world.tasks.TASK_MIX: fact 0.28, list_first 0.07, list_last 0.06, "
+        "count 0.06, repeat 0.06, summarise 0.09, greeting 0.08, insult 0.09, harmful 0.15, borderline 0.06), e.g. "
+        "{borderline: 0.3} for a product whose users ask more borderline questions; tasks not named keep their "
+        "weight. Every prompt split is drawn from the same mix (world/meta.json `tasks` counts them).")
+    rubric_caution: float = Field(0.0, ge=-2, le=2, description="The researchers' rubric on safety notes: added to every "
+        "labeler's caution preference (training groups and judges alike, each clipped to [-1, 1]). +1 instructs "
+        "everyone to prefer a safety note on borderline requests more (brief, at -1, becomes indifferent), -1 to "
+        "prefer the plain answer; 0 leaves each group's own taste.")
 
 
 class TokenizerConfig(Section):
@@ -330,6 +339,9 @@ class IterateConfig(Section):
     source: Literal["simulated", "labeling_app"] = Field("simulated", description="Who ranks the fresh comparisons.")
     labeling_url: str | None = Field(None, description="Labeling app URL when source = labeling_app.")
     labeling_project: str | None = Field(None, description="Labeling app project name when source = labeling_app.")
+    labeling_group: str | None = Field(None, description="With source = labeling_app: train on the rankings of this "
+                                       "group's labelers only (the group on their profile in the app); None = everyone's. "
+                                       "Items no one of the group ranked are left out.")
 
 
 class Config(Section):

@@ -235,13 +235,14 @@ def assign(project: str, labelers: list[str], config: ConfigOpt = None, set: Set
 def export(project: str, config: ConfigOpt = None, set: SetOpt = None, db: DbOpt = None,
            out: Annotated[Optional[Path], typer.Option(help="Output jsonl (default: stdout).")] = None,
            all: Annotated[bool, typer.Option("--all", help="Include comparison items nobody ranked yet.")] = False,
-           round: Annotated[Optional[int], typer.Option(help="Only items and chats of this RLHF round.")] = None):
+           round: Annotated[Optional[int], typer.Option(help="Only items and chats of this RLHF round.")] = None,
+           group: Annotated[Optional[str], typer.Option(help="Only the answers of labelers in this group.")] = None):
     """Export answers in the formats `chatrlhf sft` (demonstrations) and `chatrlhf rm` (rankings) read."""
     from chatrlhf.labeling import exports, store
 
     try:
         with _session(_db(config, set, db)) as s:
-            records = exports.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
+            records = exports.export(s, store.get_project(s, project), include_unlabeled=all, round=round, group=group)
     except store.NotFound as e:
         fail_with(e)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

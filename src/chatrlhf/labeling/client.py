@@ -85,16 +85,19 @@ class LabelingClient:
     def assign(self, project: str, labelers: list[str]) -> int:
         return self._check(self.admin.post(f"/api/admin/projects/{project}/members", json={"labelers": labelers}))["added"]
 
-    def export(self, project: str, include_unlabeled: bool = False, round: int | None = None) -> list[dict]:
+    def export(self, project: str, include_unlabeled: bool = False, round: int | None = None,
+               group: str | None = None) -> list[dict]:
         import json
 
-        params = {"all": str(include_unlabeled).lower(), **({"round": round} if round is not None else {})}
+        params = {"all": str(include_unlabeled).lower(), **({"round": round} if round is not None else {}),
+                  **({"group": group} if group is not None else {})}
         text = self._check(self.admin.get(f"/api/admin/projects/{project}/export", params=params))
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def pull_rankings(self, project: str) -> list[dict]:
-        """Comparison records that have at least one ranking, in the `chatrlhf rm` format."""
-        return self.export(project)
+    def pull_rankings(self, project: str, group: str | None = None) -> list[dict]:
+        """Comparison records that have at least one ranking (by a labeler of `group`, when given),
+        in the `chatrlhf rm` format."""
+        return self.export(project, group=group)
 
     def stats(self, project: str) -> dict:
         return self._check(self.admin.get(f"/api/admin/projects/{project}"))
@@ -230,7 +233,7 @@ class LabelingClient:
 
         Blocks and returns {labeler id: answers} unless background=True (then returns the threads)."""
         labelers = list(labelers)
-        tokens = {lab.id: self.add_labeler(str(lab.id)) for lab in labelers}
+        tokens = {lab.id: self.add_labeler(str(lab.id), group=getattr(lab, "group", None)) for lab in labelers}
         self.assign(project, list(tokens))
         counts: dict[str, int] = {}
         self.errors: list[BaseException] = []

@@ -13,8 +13,11 @@ from chatrlhf.labeling.db import Project
 from chatrlhf.labeling.tasks import CHAT_KINDS
 
 
-def export(s: Session, project: Project, include_unlabeled: bool = False, round: int | None = None) -> list[dict[str, Any]]:
-    """Records of `project` (see docs/ARCHITECTURE.md). `round`: only items of that RLHF round."""
+def export(s: Session, project: Project, include_unlabeled: bool = False, round: int | None = None,
+           group: str | None = None) -> list[dict[str, Any]]:
+    """Records of `project` (see docs/ARCHITECTURE.md). `round`: only items of that RLHF round;
+    `group`: only the answers (chats) of that group's labelers (trainers)."""
     if project.kind in CHAT_KINDS:
-        return export_chats(s, project, round, include_open=include_unlabeled)
-    return store.export(s, project, include_unlabeled, round)
+        chats = export_chats(s, project, round, include_open=include_unlabeled)
+        return [c for c in chats if group is None or c.get("group") == group]
+    return store.export(s, project, include_unlabeled, round, group)

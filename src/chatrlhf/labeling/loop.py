@@ -79,7 +79,8 @@ def collect_chat_round(cfg: Config, policy_dir: Path, out_dir: Path, r: int, pol
     wait = 0.2
     while True:
         try:
-            ranked = [c for c in client.export(rank_project, round=r) if len(c["rankings"]) >= per_item]
+            ranked = [c for c in client.export(rank_project, round=r, group=cfg.iterate.labeling_group)
+                      if len(c["rankings"]) >= per_item]
         except Exception as e:  # the rank project appears with the first finished chat
             if "404" not in str(e):
                 raise

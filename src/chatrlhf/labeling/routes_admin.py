@@ -99,9 +99,10 @@ def _project_routes(app: FastAPI, ctx: Ctx, admin: Callable[..., User]) -> None:
             return {"added": store.add_members(s, store.get_project(s, project), req.labelers)}
 
     @app.get("/api/admin/projects/{project}/export")
-    def api_export(project: str, all: bool = False, round: int | None = None, _: User = Depends(admin)):
+    def api_export(project: str, all: bool = False, round: int | None = None, group: str | None = None,
+                   _: User = Depends(admin)):
         with ctx.tx() as s:
-            records = exports.export(s, store.get_project(s, project), include_unlabeled=all, round=round)
+            records = exports.export(s, store.get_project(s, project), include_unlabeled=all, round=round, group=group)
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         return Response(body, media_type="application/x-ndjson",
                         headers={"Content-Disposition": f'attachment; filename="{project}.jsonl"'})

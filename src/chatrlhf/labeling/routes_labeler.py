@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chatrlhf.labeling import store
 from chatrlhf.labeling.db import User
-from chatrlhf.labeling.web import COOKIE, Ctx, LoginReq
+from chatrlhf.labeling.web import COOKIE, Ctx, LoginReq, ProfileReq
 
 
 def register(app: FastAPI, ctx: Ctx) -> None:
@@ -56,7 +56,16 @@ def _session_routes(app: FastAPI, ctx: Ctx) -> None:
 
     @app.get("/api/me")
     def api_me(user: User = Depends(ctx.current_user)):
-        return {"name": user.name, "role": user.role}
+        return {"name": user.name, "role": user.role, "group": user.group_name}
+
+    @app.put("/api/me")
+    def api_set_me(req: ProfileReq, user: User = Depends(ctx.current_user)):
+        """A labeler says which group they belong to (optional, self-declared)."""
+        with ctx.tx() as s:
+            me = store.set_group(s, user.id, req.group)
+            out = {"name": me.name, "role": me.role, "group": me.group_name}
+        ctx.forget_user(user.id)  # the cached user still has the old group
+        return out
 
 
 def _work_routes(app: FastAPI, ctx: Ctx) -> None:

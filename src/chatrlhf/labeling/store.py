@@ -57,6 +57,17 @@ def create_user(s: Session, name: str, role: str, password: str | None = None,
     return user, issue_token(s, user)
 
 
+def set_group(s: Session, user_id: int, group: str | None) -> User:
+    """A user's own say of which group of labelers they belong to (None: none); exports and the
+    watch report group their answers by it, and `chatrlhf iterate` can train on one group's."""
+    user = s.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user with id {user_id}")
+    user.group_name = group
+    s.flush()
+    return user
+
+
 def issue_token(s: Session, user: User, kind: str = "api", token: str | None = None) -> str:
     token = token or auth.new_token()
     s.add(Token(token_hash=auth.token_hash(token), user_id=user.id, kind=kind))
@@ -314,31 +325,36 @@ def answers_by_item(s: Session, project: Project) -> list[tuple[Item, list[tuple
     return list(grouped.values())
 
 
-def export(s: Session, project: Project, include_unlabeled: bool = False, round: int | None = None) -> list[dict[str, Any]]:
+def export(s: Session, project: Project, include_unlabeled: bool = False, round: int | None = None,
+           group: str | None = None) -> list[dict[str, Any]]:
     """Records in the formats the trainers read (see docs/ARCHITECTURE.md). `round`: only items of
-    that RLHF round (rank items made from chats, chats themselves)."""
+    that RLHF round (rank items made from chats, chats themselves). Each answer names its labeler's
+    group where they have one; `group`: only the answers of that group's labelers."""
     if project.kind in CHAT_KINDS:
         raise TaskError(f"project '{project.name}' is a {project.kind} project: export it with exports.export")
+    group_of = {name: g for name, g in s.execute(select(User.name, User.group_name))}
+    tag = lambda name: {"group": group_of[name]} if group_of.get(name) else {}  # noqa: E731
     out: list[dict[str, Any]] = []
     for item, subs in answers_by_item(s, project):
         p = item.payload
         if round is not None and p.get("round") != round:
             continue
+        subs = [(n, sub) for n, sub in subs if group is None or group_of.get(n) == group]
         if project.kind == "rank":
             if subs or include_unlabeled:
-                out.append({**p, "rankings": [{"labeler": n, "ranks": sub.data["ranks"]} for n, sub in subs],
+                out.append({**p, "rankings": [{"labeler": n, **tag(n), "ranks": sub.data["ranks"]} for n, sub in subs],
                             "seconds": {n: sub.seconds for n, sub in subs if sub.seconds is not None}})
         elif project.kind == "demo":
             for name, sub in subs:  # what `chatrlhf sft` reads
                 out.append({"id": f"demo-{sub.id:06d}", "prompt_id": p.get("prompt_id", item.ext_id),
                             **({"task": p["task"]} if "task" in p else {}),
-                            "messages": sub.data["messages"], "labeler": name,
+                            "messages": sub.data["messages"], "labeler": name, **tag(name),
                             **_suggestion_use(p, sub.data["messages"]),
                             **({"seconds": sub.seconds} if sub.seconds is not None else {})})
         else:
             for name, sub in subs:
                 out.append({"id": f"lik-{sub.id:06d}", "prompt_id": p.get("prompt_id", item.ext_id),
-                            "messages": p["messages"], "response": p["response"], "labeler": name,
+                            "messages": p["messages"], "response": p["response"], "labeler": name, **tag(name),
                             "score": sub.data["score"], "flags": sub.data["flags"]})
     return out
 

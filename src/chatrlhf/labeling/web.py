@@ -40,6 +40,10 @@ class UserReq(Req):
     group: str | None = Field(None, min_length=1, max_length=64)
 
 
+class ProfileReq(Req):
+    group: str | None = Field(None, min_length=1, max_length=64)  # None: no group
+
+
 class ProjectReq(Req):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     kind: str = Field(pattern="^(rank|demo|likert|chat|both_sides)$")

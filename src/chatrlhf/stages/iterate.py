@@ -86,7 +86,7 @@ def rank_in_labeling_app(cfg: Config, comparisons: list[dict], r: int) -> list[d
     client.push_comparisons(project, comparisons, labelers_per_item=cfg.rm.labelers_per_prompt)
     console.print(f"iterate: {len(comparisons)} comparisons queued in {it.labeling_url} project {project}; waiting")
     client.wait_complete(project)
-    return client.pull_rankings(project)
+    return client.pull_rankings(project, group=it.labeling_group)
 
 
 # --- 3-4. RM update and PPO --------------------------------------------------------------------

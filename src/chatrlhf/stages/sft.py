@@ -210,7 +210,6 @@ def evaluate_on_user_data(cfg: Config) -> dict[str, Any]:
 
 
 def train_sft(cfg: Config, out: Path | None = None) -> Path:
-    """Fine-tune the pre-trained model into `out` (default: this run's sft stage)."""
     sc, out = cfg.sft, out or cfg.stage_dir("sft")
     accelerator = make_accelerator(cfg.run.seed, "no", cfg.run.device)
     src = base_model_path(cfg)
@@ -264,14 +263,19 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     meta = {"stage": "sft", "base": str(src), "steps": step, "epochs": step / train_b.per_epoch,
             "train_loss": last_loss, "val_loss": val_loss, "val_loss_before": val_before,
             "tokens_per_s": round(tok_s, 1), "lora": sc.lora.model_dump() if sc.lora.enabled else None,
-            "packing": sc.packing, "max_len": sc.max_len, **stats}
-    if sc.group_system_message:  # what `chatrlhf chat --group` puts in the system message
-        meta["group_messages"] = group_messages(require_world(cfg, "sft.group_system_message"))
+            "packing": sc.packing, "max_len": sc.max_len, **stats, **_group_meta(cfg)}
     save_on_main(accelerator, model, lambda plain, weights: save_merged(plain, tokenizer, out, meta) if weights is None
                  else save_stage(plain, tokenizer, out, meta, state_dict=weights))  # LoRA: adapters folded in
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
     console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
+
+
+def _group_meta(cfg: Config) -> dict[str, Any]:
+    """With sft.group_system_message, the lines `chatrlhf chat --group` puts in the system message."""
+    if not cfg.sft.group_system_message:
+        return {}
+    return {"group_messages": group_messages(require_world(cfg, "sft.group_system_message"))}
 
 
 def _resume(ckpts: Checkpoints, accelerator, fingerprint: str) -> dict[str, Any]:

@@ -86,8 +86,9 @@ class World:
         fb = FactBase(fact_rows)
         sizes = {"sft": cfg.n_sft_prompts, "rm": cfg.n_rm_prompts, "ppo": cfg.n_ppo_prompts, "eval": cfg.n_eval_prompts,
                  "guard": min(cfg.n_guard_prompts, cfg.n_ppo_prompts // 4)}  # ppo.py's guard: min(guard_prompts, n // 4)
-        splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate)
-        specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise, cfg.n_judges)
+        splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate, cfg.task_mix)
+        specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise, cfg.n_judges,
+                                   rubric_caution=cfg.rubric_caution)
         eval_texts = {m["content"] for p in splits["eval"] for m in p["messages"] if m["role"] == "user"}
         train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts)
         world = cls(fact_rows, splits, [], {"train": train, "val": val}, specs, {"corpus": stats, "seed": cfg.seed})

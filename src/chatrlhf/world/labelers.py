@@ -70,31 +70,34 @@ JUDGE_NOISE_SCALE = 0.8  # judges judge a little more carefully than the average
 TONE_SCALE = 1.0  # weight of the tone (and plain) taste relative to length and caution
 
 
-def _member_prefs(group: str, rng: random.Random) -> dict[str, Any]:
+def _member_prefs(group: str, rng: random.Random, rubric_caution: float = 0.0) -> dict[str, Any]:
     """A member's preferences: the group's profile, each preference moved by up to 0.2 and each
-    weight by up to 10% (renormalised), so no two members are clones."""
+    weight by up to 10% (renormalised), so no two members are clones; `rubric_caution` (what the
+    labeling instructions say about safety notes) moves everyone's caution alike."""
     prof = PROFILES[group]
     w = {k: v * rng.uniform(0.9, 1.1) for k, v in prof["weights"].items()}
     total = sum(w.values())
     prefs: dict[str, Any] = {"weights": {k: round(v / total, 4) for k, v in w.items()}}
     for k in ("length", "tone", "caution", "plain"):
         if k in prof:
-            prefs[k] = round(max(-1.0, min(1.0, prof[k] + rng.uniform(-0.2, 0.2))), 4)
+            shift = rubric_caution if k == "caution" else 0.0
+            prefs[k] = round(max(-1.0, min(1.0, prof[k] + rng.uniform(-0.2, 0.2) + shift)), 4)
     return prefs
 
 
 def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float, n_judges: int = 0,
-                       groups: Sequence[str] = TRAINING_GROUPS) -> list[dict]:
+                       groups: Sequence[str] = TRAINING_GROUPS, rubric_caution: float = 0.0) -> list[dict]:
     """Labeler records for labelers.jsonl. `n` members of the training groups (in turn), of whom
     `n_held_out` are held out, taken from the groups in turn so every group keeps held-out members;
-    then `n_judges` judges (group "judges", all held out)."""
+    then `n_judges` judges (group "judges", all held out). `rubric_caution` is added to every
+    member's caution preference, judges' included (world.rubric_caution)."""
     rng = random.Random(f"{seed}-labelers")
     specs = []
     for i in range(n):
         group = groups[i % len(groups)]
         specs.append({"id": f"L{i + 1:02d}", "group": group, "noise": round(noise / 10 * rng.uniform(0.6, 1.4), 4),
                       "style_weight": round(rng.uniform(*STYLE_WEIGHT), 4), "variant": rng.randrange(3),
-                      "held_out": False, "prefs": _member_prefs(group, rng)})
+                      "held_out": False, "prefs": _member_prefs(group, rng, rubric_caution)})
     # held out: the last member of each group in turn, so every group has held-out members
     for k in range(min(n_held_out, n)):
         order = [groups[(k + j) % len(groups)] for j in range(len(groups))]
@@ -107,7 +110,7 @@ def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float, n_judge
         specs.append({"id": f"J{j + 1:02d}", "group": JUDGE_GROUP,
                       "noise": round(JUDGE_NOISE_SCALE * noise / 10 * rng.uniform(0.6, 1.4), 4),
                       "style_weight": round(rng.uniform(*STYLE_WEIGHT), 4), "variant": rng.randrange(3),
-                      "held_out": True, "prefs": _member_prefs(JUDGE_GROUP, rng)})
+                      "held_out": True, "prefs": _member_prefs(JUDGE_GROUP, rng, rubric_caution)})
     return specs
 
 

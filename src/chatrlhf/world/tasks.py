@@ -395,12 +395,21 @@ def user_key(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
-def draw_prompt(rng: random.Random, pool, multi_turn_rate: float) -> tuple[str, list[dict], dict, Key]:
-    """One prompt from `pool` (a Pool, or a FactBase for everything). A family the pool owns
-    nothing of is skipped for another draw."""
+def task_weights(task_mix: dict[str, float] | None = None) -> list[float]:
+    """Weights of TASKS: the default TASK_MIX with `task_mix`'s entries in place of their tasks'."""
+    mix = TASK_MIX | (task_mix or {})
+    if set(mix) != set(TASKS) or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise ValueError(f"world.task_mix={task_mix}: weights >= 0, not all 0, of the tasks {', '.join(TASKS)}")
+    return [mix[t] for t in TASKS]
+
+
+def draw_prompt(rng: random.Random, pool, multi_turn_rate: float,
+                weights: list[float] | None = None) -> tuple[str, list[dict], dict, Key]:
+    """One prompt from `pool` (a Pool, or a FactBase for everything), its task drawn by `weights`
+    (task_weights; None: TASK_MIX). A family the pool owns nothing of is skipped for another draw."""
     pool = _pool(pool)
     for _ in range(100):
-        task = rng.choices(TASKS, weights=[TASK_MIX[t] for t in TASKS])[0]
+        task = rng.choices(TASKS, weights=weights or task_weights())[0]
         try:
             # about multi_turn_rate of all prompts are multi-turn: fact follow-ups carry ~60% of them
             if task == "fact" and rng.random() < 2 * multi_turn_rate:
@@ -436,7 +445,7 @@ def ground_truth(task: str, ref: dict) -> dict | None:
 
 
 def _draw_split(split: str, pool: Pool, n: int, seed: int, multi_turn_rate: float, forbidden: set[str],
-                distinct: bool, id_prefix: str, start: int = 0) -> list[dict]:
+                distinct: bool, id_prefix: str, start: int = 0, weights: list[float] | None = None) -> list[dict]:
     """n prompts from one content group. `forbidden`: user texts an earlier split used (only
     reachable through a content unit shared by accident; kept as a check on the hash groups)."""
     rng = random.Random(f"{seed}-prompts-{split}")
@@ -448,7 +457,7 @@ def _draw_split(split: str, pool: Pool, n: int, seed: int, multi_turn_rate: floa
         if tries > 200 * n + 1000:
             raise ValueError(f"world too small to draw {n} distinct {split} prompts; "
                              "raise world.n_people/n_places/n_objects or lower the prompt counts")
-        task, msgs, ref, key = draw_prompt(rng, pool, multi_turn_rate)
+        task, msgs, ref, key = draw_prompt(rng, pool, multi_turn_rate, weights)
         text = user_key(msgs)
         # a follow-up's last turn ("And what is their job?") names no content; every other turn counts
         turns = [m["content"] for m in msgs if m["role"] == "user"][: -1 if ref.get("follow_up") else None]
@@ -466,20 +475,22 @@ def _draw_split(split: str, pool: Pool, n: int, seed: int, multi_turn_rate: floa
     return out
 
 
-def build_splits(fb: FactBase, seed: int, sizes: dict[str, int], multi_turn_rate: float) -> dict[str, list[dict]]:
+def build_splits(fb: FactBase, seed: int, sizes: dict[str, int], multi_turn_rate: float,
+                 task_mix: dict[str, float] | None = None) -> dict[str, list[dict]]:
     """Prompt splits, each drawn from its own content group: eval, sft, rm and ppo; the ppo split
     ends with sizes["guard"] prompts (flagged `"guard": true`) from the guard's own content, the
     tail PPO's over-optimisation guard compares on. Eval prompts are also distinct from each
-    other (no repeated question)."""
+    other (no repeated question). `task_mix` reweighs the tasks users ask, in every split alike."""
     pools = content_pools(fb, seed)
+    weights = task_weights(task_mix)
     splits: dict[str, list[dict]] = {}
     used: set[str] = set()
     n_guard = min(sizes.get("guard", 0), sizes["ppo"])
     for split in ["eval", "sft", "rm", "ppo"]:
         n = sizes[split] - (n_guard if split == "ppo" else 0)
-        rows = _draw_split(split, pools[split], n, seed, multi_turn_rate, used, split == "eval", split)
+        rows = _draw_split(split, pools[split], n, seed, multi_turn_rate, used, split == "eval", split, weights=weights)
         if split == "ppo" and n_guard:
-            guard = _draw_split("guard", pools["guard"], n_guard, seed, multi_turn_rate, used, False, "ppo", start=n)
+            guard = _draw_split("guard", pools["guard"], n_guard, seed, multi_turn_rate, used, False, "ppo", n, weights)
             for row in guard:
                 row["guard"] = True
             rows += guard
