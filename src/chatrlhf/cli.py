@@ -235,6 +235,25 @@ def score_toxicity(file: Path, column: Annotated[str, typer.Option(help="Column 
         fail_with(e)
 
 
+@score_app.command("oasst-agreement")
+def score_oasst_agreement(file: Path, out: Annotated[Optional[Path], typer.Option(help="Also write the table as JSON here.")] = None):
+    """OpenAssistant trees (jsonl[.gz]): per language, how often the better-ranked of two sibling
+    replies also has more net thumbs (+1 minus -1), with a 95% bootstrap interval over trees."""
+    import json
+
+    from chatrlhf.evaluate.oasst_agreement import language_agreement, read_trees
+
+    try:
+        table = language_agreement(read_trees(file))
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        fail_with(e)
+    for lang, row in table.items():
+        typer.echo(f"{lang}: agreement {row['agreement']:.3f} [{row['low']:.3f}, {row['high']:.3f}] on "
+                   f"{row['pairs'] - row['thumb_ties']} pairs ({row['thumb_ties']} thumb ties left out) in {row['trees']} trees")
+    if out:
+        out.write_text(json.dumps(table, indent=2))
+
+
 @score_app.command("truthfulness")
 def score_truthfulness(file: Path,
                        question_column: Annotated[str, typer.Option(help="Column with the question.")] = "question",
