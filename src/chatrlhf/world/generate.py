@@ -8,6 +8,7 @@ Nothing time-dependent is written: the same seed gives byte-identical files.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ from chatrlhf.config import Config
 from chatrlhf.world.core import SPLITS, World
 from chatrlhf.world.schema import README
 from chatrlhf.world.seeds import seed_role
+from chatrlhf.world.writing import ideal
 
 console = Console(stderr=True)
 
@@ -41,6 +43,22 @@ def world_agreement(w: World, seed: int, n: int) -> dict:
     return w.agreement(n, seed)
 
 
+def note_preference(w: World, n: int = 50) -> dict[str, float]:
+    """Per group (judges too): the share of (member, prompt) on the first n single-turn borderline
+    rm prompts where the member prefers the ideal answer with a safety note to the same answer
+    without one: the groups' caution as world.rubric_caution leaves it."""
+    prompts = [p for p in w.prompts("rm") if p["task"] == "borderline" and len(p["messages"]) == 1][:n]
+    pairs = [(p, ideal(p, random.Random(p["id"]), "concise", w.facts),
+              ideal(p, random.Random(p["id"]), "concise", w.facts, caveat=True)) for p in prompts]
+    out = {}
+    for g in [*w.labeler_groups(), "judges"]:
+        votes = [lab.expected_utility(p, noted) > lab.expected_utility(p, plain)
+                 for p, plain, noted in pairs for lab in w.labelers(groups=g)]
+        if votes:
+            out[g] = round(sum(votes) / len(votes), 3)
+    return out
+
+
 def summary(w: World, agree: dict) -> dict:
     tasks = Counter(p["task"] for s in SPLITS for p in w.prompts(s))
     demos = Counter(d["quality"].split(":")[0] for d in w.demonstrations())
@@ -58,6 +76,7 @@ def summary(w: World, agree: dict) -> dict:
         "demonstrations": {"ideal": demos["ideal"], "flawed": demos["flawed"], "multi_turn": multi},
         "corpus": w.info.get("corpus", {}),
         "agreement": {**{k: agree.get(k) for k in POOLS}, "groups": agree.get("groups", {})},
+        "safety_note_preferred": note_preference(w),
     }
 
 
@@ -75,6 +94,9 @@ def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
     t.add_row("  across training groups", str(a["across_groups"]))
     t.add_row("  a group's held-out vs training members", str(a["group_held_out_vs_train"]))
     t.add_row("  judges / judges vs training", f"{a['judges']} / {a['judges_vs_train']}")
+    if meta.get("safety_note_preferred"):
+        t.add_row("prefer a safety note on borderline requests",
+                  " / ".join(f"{g} {v:.2f}" for g, v in meta["safety_note_preferred"].items()))
     gold = agree["with_gold"]
     if gold:
         t.add_row("agreement with gold (min-max)", f"{min(gold.values()):.3f} - {max(gold.values()):.3f}")
