@@ -6,11 +6,11 @@ import gzip
 import json
 
 import pytest
+from conftest import shared_data
 from typer.testing import CliRunner
 
 from chatrlhf.cli import app
 from chatrlhf.evaluate.oasst_agreement import language_agreement, read_trees
-from conftest import shared_data
 
 
 def reply(rank, up=0, down=0, lang="en", replies=()):

@@ -531,7 +531,7 @@ def test_rubric_caution_knob_turns_labelers_choices_on_a_borderline_pair():
         return [lab.expected_utility(border, noted) - lab.expected_utility(border, plain)
                 for lab in worlds[c].labelers(groups=group)]
 
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     assert all(m > 0 for m in margin(0.0, "thorough")) and mean(margin(-1.0, "thorough")) < 0
     assert all(m > 0 for m in margin(0.0, "cautious")) and all(m < 0 for m in margin(-2.0, "cautious"))
     for group in ("brief", "thorough", "judges"):  # a stronger rubric never makes a member like the note less

@@ -16,8 +16,9 @@ import gzip
 import itertools
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from chatrlhf.evaluate.stats import cluster_bootstrap_ci
 

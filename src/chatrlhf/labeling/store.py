@@ -333,7 +333,7 @@ def export(s: Session, project: Project, include_unlabeled: bool = False, round:
     if project.kind in CHAT_KINDS:
         raise TaskError(f"project '{project.name}' is a {project.kind} project: export it with exports.export")
     group_of = {name: g for name, g in s.execute(select(User.name, User.group_name))}
-    tag = lambda name: {"group": group_of[name]} if group_of.get(name) else {}  # noqa: E731
+    tag = lambda name: {"group": group_of[name]} if group_of.get(name) else {}
     out: list[dict[str, Any]] = []
     for item, subs in answers_by_item(s, project):
         p = item.payload
