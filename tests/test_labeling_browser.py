@@ -50,6 +50,9 @@ def test_labeler_logs_in_ranks_four_answers_and_the_export_has_it(tmp_path):
             page.fill("#password", "ana-password")
             page.click("#submit")
             page.wait_for_selector("text=1 open, 0 done by you")
+            page.fill("#group", "brief")  # self-declared, optional
+            page.click("#save-group")
+            page.wait_for_selector("#group-status:has-text('saved: brief')")
             page.screenshot(path=str(shots / "queue.png"))
             page.click("text=Start")
             page.wait_for_selector("#resp-3")
@@ -84,4 +87,4 @@ def test_labeler_logs_in_ranks_four_answers_and_the_export_has_it(tmp_path):
             browser.close()
 
         exported = [json.loads(x) for x in admin.get("/api/admin/projects/round-2/export").text.splitlines()]
-        assert exported[0]["rankings"] == [{"labeler": "ana", "ranks": [1, 4, 3, 2]}]
+        assert exported[0]["rankings"] == [{"labeler": "ana", "group": "brief", "ranks": [1, 4, 3, 2]}]
