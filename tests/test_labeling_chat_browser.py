@@ -96,7 +96,7 @@ def test_trainer_chats_ranks_a_model_turn_and_writes_both_sides_from_a_suggestio
 
         (rank,) = [json.loads(x) for x in admin.get("/api/admin/projects/talk-rank/export").text.splitlines()]
         assert rank["turn"] in (1, 3) and len(rank["responses"]) == 4
-        assert rank["rankings"] == [{"labeler": "ana", "ranks": [2, 3, 1, 3]}]
+        assert rank["rankings"] == [{"labeler": "ana", "group": "brief", "ranks": [2, 3, 1, 3]}]  # her group, set by the admin
         (chat,) = [json.loads(x) for x in admin.get("/api/admin/projects/talk/export").text.splitlines()]
         assert rank["responses"][rank["original_index"]] == chat["messages"][rank["turn"]]["content"]
         (demo,) = [json.loads(x) for x in admin.get("/api/admin/projects/both/export").text.splitlines()]
