@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from chatrlhf.config import PPOConfig
-from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share
+from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share, weighted_loss, world_size
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.experience import (
@@ -71,6 +71,14 @@ class PPOInstabilityError(TrainingStopped):
 # --- 4. advantages ---------------------------------------------------------------------------
 
 
+def batch_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """masked_mean over the global batch, every rank's rows (the same value on each), so advantages are
+    whitened as one process whitens them."""
+    if world_size() == 1:
+        return masked_mean(x, mask)
+    return torch.tensor(all_sum((x * mask).sum()) / max(all_sum(mask.sum()), 1.0), dtype=x.dtype)
+
+
 def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
     if cfg.advantage.estimator != "gae":
         return _group_advantages(ro, kl_coef, cfg)
@@ -79,9 +87,9 @@ def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
         rewards = rewards + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.reward.sft_loglik_coef)
         ro.stats["sft_loglik"] = masked_mean(ro.ref_logprobs, ro.mask, dim=1).mean().item()
     if cfg.advantage.whiten_rewards:
-        rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
+        rewards = masked_whiten(rewards, ro.mask, shift_mean=False, mean_fn=batch_mean)
     adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.advantage.gamma, cfg.advantage.lam)
-    ro.advantages = masked_whiten(adv, ro.mask)
+    ro.advantages = masked_whiten(adv, ro.mask, mean_fn=batch_mean)
     ro.stats["kl"] = kl.sum(1).mean().item()  # nats per sequence
     ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
 
@@ -103,7 +111,7 @@ def _group_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
     k = cfg.rollout.samples_per_prompt
     if cfg.advantage.estimator == "rloo":
         seq = seq - kl_coef * kl.sum(1)
-        ro.advantages = masked_whiten(leave_one_out_baseline(seq, k)[:, None] * ro.mask, ro.mask)
+        ro.advantages = masked_whiten(leave_one_out_baseline(seq, k)[:, None] * ro.mask, ro.mask, mean_fn=batch_mean)
         ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
     else:
         ro.advantages = group_normalized_advantages(seq, k)[:, None] * ro.mask
@@ -122,53 +130,68 @@ def ptx_loss(policy, batch: torch.Tensor) -> torch.Tensor:
 
 def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead | None, optimizer, accelerator, cfg: PPOConfig,
                seed: int, ptx_sampler: Callable[[], torch.Tensor] | None = None,
-               kl_coef: float | None = None) -> dict[str, float]:
-    """update.epochs passes of shuffled mini-batches; returns the mean of each loss statistic. `kl_coef`
-    (default cfg.reward.kl_coef) weighs GRPO's KL loss term."""
+               kl_coef: float | None = None, first_row: int = 0) -> dict[str, float]:
+    """update.epochs passes over the global batch in shuffled mini-batches of update.mini_batch_size
+    rows; returns the mean of each loss statistic. `kl_coef` (default cfg.reward.kl_coef) weighs GRPO's
+    KL loss term. When the batch is shared out, this rank holds global rows first_row... and runs the
+    rows of each mini-batch it holds, its loss weighted by its share of the mini-batch's tokens
+    (lm.distributed.weighted_loss): the all-reduced update is one process's on the whole batch."""
     gen = torch.Generator().manual_seed(seed)
     B = len(ro.texts)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n = 0
-    gae = cfg.advantage.estimator == "gae"  # RLOO and GRPO have no value model to train
     kl_loss_coef = (cfg.reward.kl_coef if kl_coef is None else kl_coef) if cfg.advantage.estimator == "grpo" else 0.0
     for _ in range(cfg.update.epochs):
-        for idx in torch.randperm(B, generator=gen).split(cfg.update.mini_batch_size):
-            cols, r, p = minibatch_columns(ro, idx)
-            args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
-            mask = ro.mask[idx, :r]
-            logits, hidden = response_forward(policy, *args, cfg.rollout.temperature, hidden=cfg.reads_policy_hidden_states)
-            logp = F.log_softmax(logits, dim=-1)  # (b, r, V)
-            lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
-            pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.update.cliprange)
-            loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
-            if gae:
-                if hidden is not None:
-                    hidden = hidden.detach()  # the head reads the policy's features; only the policy loss trains them
-                v = response_values(value_model, *args, hidden=hidden)
-                vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.critic.cliprange_value)
-                loss = loss + cfg.critic.vf_coef * vf
-                stats |= {"vf_loss": vf.item(), **{k: t.item() for k, t in vf_stats.items()}}
-            if kl_loss_coef:
-                kl_term = masked_mean(k3_kl(lp, ro.ref_logprobs[idx, :r]), mask)
-                loss = loss + kl_loss_coef * kl_term
-                stats["kl_loss"] = kl_term.item()
+        for idx in torch.randperm(int(all_sum(B)), generator=gen).split(cfg.update.mini_batch_size):
+            local = idx[(idx >= first_row) & (idx < first_row + B)] - first_row
+            counts = len(local) > 0  # a rank without rows here runs row 0 with weight 0, to join the all-reduce
+            local = local if counts else torch.zeros(1, dtype=torch.long)
+            loss, stats = minibatch_loss(ro, local, policy, value_model, cfg, kl_loss_coef)
+            loss, global_loss = weighted_loss(loss, float(ro.mask[local].sum()) if counts else 0.0)
             if ptx_sampler is not None and cfg.ptx.coef > 0:
-                lm = ptx_loss(policy, ptx_sampler())
-                loss = loss + cfg.ptx.coef * lm
+                lm = ptx_loss(policy, ptx_sampler())  # the same batch on every rank
+                loss, global_loss = loss + cfg.ptx.coef * lm, global_loss + cfg.ptx.coef * lm.detach()
                 stats["ptx_loss"] = lm.item()
-            if not torch.isfinite(loss):
-                raise PPOInstabilityError(f"PPO loss became {loss.item()}")
-            with torch.no_grad():
-                stats["entropy"] = masked_mean(entropy_from_logprobs(logp), mask).item()
+            if not torch.isfinite(global_loss):
+                raise PPOInstabilityError(f"PPO loss became {global_loss.item()}")
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, cfg.update.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            for k, val in stats.items():
-                sums[k] = sums.get(k, 0.0) + val
-            n += 1
-    return {k: val / n for k, val in sums.items()}
+            if counts:
+                for k, val in stats.items():
+                    sums[k] = sums.get(k, 0.0) + val
+                n += 1
+    return {k: val / max(n, 1) for k, val in sums.items()}
+
+
+def minibatch_loss(ro: Rollout, idx: torch.Tensor, policy, value_model: ValueModel | ValueHead | None,
+                   cfg: PPOConfig, kl_loss_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate on rows `idx` (+ GAE's clipped value loss, + GRPO's KL term), each a mean
+    over the rows' response tokens, and its statistics."""
+    cols, r, p = minibatch_columns(ro, idx)
+    args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
+    mask = ro.mask[idx, :r]
+    logits, hidden = response_forward(policy, *args, cfg.rollout.temperature, hidden=cfg.reads_policy_hidden_states)
+    logp = F.log_softmax(logits, dim=-1)  # (b, r, V)
+    lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
+    pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.update.cliprange)
+    loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
+    if cfg.advantage.estimator == "gae":  # RLOO and GRPO have no value model to train
+        if hidden is not None:
+            hidden = hidden.detach()  # the head reads the policy's features; only the policy loss trains them
+        v = response_values(value_model, *args, hidden=hidden)
+        vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.critic.cliprange_value)
+        loss = loss + cfg.critic.vf_coef * vf
+        stats |= {"vf_loss": vf.item(), **{k: t.item() for k, t in vf_stats.items()}}
+    if kl_loss_coef:
+        kl_term = masked_mean(k3_kl(lp, ro.ref_logprobs[idx, :r]), mask)
+        loss = loss + kl_loss_coef * kl_term
+        stats["kl_loss"] = kl_term.item()
+    with torch.no_grad():
+        stats["entropy"] = masked_mean(entropy_from_logprobs(logp), mask).item()
+    return loss, stats
 
 
 # --- the trainer -----------------------------------------------------------------------------
@@ -195,13 +218,10 @@ class PPOTrainer:
         self.start_win_rate = start_win_rate
         self.out_dir, self.accelerator = Path(out_dir), accelerator
         world = accelerator.num_processes  # each rank rolls out and updates on its share of the batch
-        if (cfg.rollout.batch_size // cfg.rollout.samples_per_prompt) % world or cfg.update.mini_batch_size % world:
+        if (cfg.rollout.batch_size // cfg.rollout.samples_per_prompt) % world:
             raise ValueError(f"ppo: with {world} processes, rollout.batch_size / rollout.samples_per_prompt "
-                             f"({cfg.rollout.batch_size // cfg.rollout.samples_per_prompt}) and update.mini_batch_size "
-                             f"({cfg.update.mini_batch_size}) must be multiples of {world}")
-        self.rank_cfg = cfg.model_copy(update={"update": cfg.update.model_copy(
-            update={"mini_batch_size": cfg.update.mini_batch_size // world})})
-        announce(accelerator, "ppo", f"{cfg.rollout.batch_size // world} rollouts, mini-batch {self.rank_cfg.update.mini_batch_size}",
+                             f"({cfg.rollout.batch_size // cfg.rollout.samples_per_prompt}) must be a multiple of {world}")
+        announce(accelerator, "ppo", f"{cfg.rollout.batch_size // world} rollouts, its rows of each mini-batch",
                  f"{cfg.rollout.batch_size} rollouts, mini-batch {cfg.update.mini_batch_size}")
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval()
@@ -241,7 +261,7 @@ class PPOTrainer:
         t_roll = time.perf_counter() - t0
         score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
         value = self.accelerator.unwrap_model(self.value_model) if self.value_model is not None else None
-        evaluate_rollout(ro, policy, self.ref_policy, value, cfg, self.rank_cfg.update.mini_batch_size)  # 3.
+        evaluate_rollout(ro, policy, self.ref_policy, value, cfg, cfg.update.mini_batch_size)  # 3.
         compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.
         ro.stats = all_mean(ro.stats)  # the global batch's figures, the same on every rank
         self._check_kl(ro.stats["kl"])
@@ -251,8 +271,8 @@ class PPOTrainer:
         sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx.coef > 0 else None
         try:
             stats = all_mean(ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator,
-                                        self.rank_cfg, seed=self.seed * 7 + it, ptx_sampler=sampler,
-                                        kl_coef=self.kl_ctl.value))  # 5.
+                                        cfg, seed=self.seed * 7 + it, ptx_sampler=sampler,
+                                        kl_coef=self.kl_ctl.value, first_row=first))  # 5.
         except PPOInstabilityError as e:
             raise PPOInstabilityError(f"{e} at iteration {it + 1}; stopping, last good checkpoint kept in "
                                       f"{self.ckpts.latest() or '(none yet)'}. Lower ppo.update.learning_rate.") from None
