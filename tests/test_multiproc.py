@@ -170,6 +170,29 @@ def test_ppo_on_two_ranks_matches_one_process(one_process, tmp_path, method):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
 
 
+def test_whole_run_on_two_ranks_matches_one_process(tmp_path):
+    """`chatrlhf run` (world to report, two rounds) under two ranks: every stage's weights and every
+    evaluation figure are one process's."""
+    from chatrlhf.pipeline import run_all
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    log = launch("run", two)
+    assert log.count("run complete") == 1, log[-3000:]
+    run_all(cfg_for(one))
+    for stage in ("pretrain", "sft", "rm", "ppo", "rounds/round_2/rm", "rounds/round_2/ppo"):
+        assert_same_weights(one / stage, two / stage, atol=1e-5)
+    assert_written_once(two / "rounds" / "round_2" / "ppo")
+    a, b = (json.loads((d / "eval" / "summary.json").read_text()) for d in (one, two))
+    assert a["models"].keys() == b["models"].keys()
+    for model, figures in a["models"].items():
+        for key, value in figures.items():
+            if isinstance(value, float) and "second" not in key:
+                assert b["models"][model][key] == pytest.approx(value, abs=1e-6), (model, key)
+    assert json.loads((two / "pipeline.json").read_text())["stages"].keys() == json.loads(
+        (one / "pipeline.json").read_text())["stages"].keys()
+
+
 def kill_after_first_checkpoint(run: Path, *extra: str) -> Path:
     """Start a 2-rank pretrain, SIGKILL the launcher and both ranks once a checkpoint counts."""
     proc = launch("pretrain", run, *extra, wait=False)
