@@ -58,8 +58,10 @@ class Scheduler:
     def __init__(self, engine: Engine, max_batch: int = 16, stuck_s: float = 30.0):
         self.eng, self.max_batch, self.stuck_s = engine, max_batch, stuck_s
         self.gather_s = 0.005
+        self.idle_s = 0.5  # how often an idle loop wakes to show /health it is alive
         self.pending: deque[Job] = deque()
-        self.cond = threading.Condition()
+        self.cond = threading.Condition()  # the decoding thread's alone: submit's notify() must wake it
+        self.stopping = threading.Event()  # what the supervisor waits on
         self.running = False
         self.live = 0
         self.thread: threading.Thread | None = None
@@ -72,6 +74,7 @@ class Scheduler:
 
     def start(self) -> None:
         self.running = True
+        self.stopping.clear()
         self._spawn()
         self.supervisor = threading.Thread(target=self._supervise, name="chatrlhf-supervisor", daemon=True)
         self.supervisor.start()
@@ -85,6 +88,7 @@ class Scheduler:
         with self.cond:
             self.running = False
             self.cond.notify_all()
+        self.stopping.set()
         for th in (self.supervisor, self.thread):
             if th:
                 th.join(timeout=10)
@@ -106,11 +110,7 @@ class Scheduler:
         return True, ""
 
     def _supervise(self) -> None:
-        while True:
-            with self.cond:
-                self.cond.wait(0.2)
-                if not self.running:
-                    return
+        while not self.stopping.wait(0.2):
             if self.thread is not None and not self.thread.is_alive():
                 self._fail_held(f"the decoding loop died ({self.last_error}); this request was lost")
                 self.restarts += 1
@@ -142,7 +142,7 @@ class Scheduler:
             idle = self.live == 0
             while self.running and not self.pending and self.live == 0:
                 self.beat = time.monotonic()
-                self.cond.wait(0.5)
+                self.cond.wait(self.idle_s)
             if idle and self.pending:  # requests sent together arrive a few ms apart: one prefill for all
                 end = time.monotonic() + self.gather_s
                 while self.running and len(self.pending) < room and time.monotonic() < end:
