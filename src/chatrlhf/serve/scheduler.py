@@ -26,6 +26,7 @@ class Job:
         self.prompt_ids, self.params, self.loop, self.stream = prompt_ids, params, loop, stream
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
+        self.submitted = time.monotonic()
 
     def push(self, kind: str, value: Any) -> None:
         try:
@@ -36,6 +37,25 @@ class Job:
     def fail(self, message: str) -> None:
         self.push("error", message)
         self.cancelled = True
+
+
+def deliver(events: list[tuple[Job, str, Any]]) -> None:
+    """Hand a step's events to their requests with one wake-up per event loop, not one per event: each
+    wake-up is a write to the loop's self-pipe, and that thread then competes with this one for the GIL."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, Any]]] = {}
+    for ev in events:
+        by_loop.setdefault(ev[0].loop, []).append(ev)
+    for loop, evs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, evs)
+        except RuntimeError:  # that event loop is gone (client and server shut down): nobody to tell
+            for job, _, _ in evs:
+                job.cancelled = True
+
+
+def _put_all(events: list[tuple[Job, str, Any]]) -> None:
+    for job, kind, value in events:
+        job.queue.put_nowait((kind, value))
 
 
 def check_params(params: SamplingParams) -> None:
@@ -57,7 +77,11 @@ class Scheduler:
 
     def __init__(self, engine: Engine, max_batch: int = 16, stuck_s: float = 30.0):
         self.eng, self.max_batch, self.stuck_s = engine, max_batch, stuck_s
-        self.gather_s = 0.005
+        # a join prefills its newcomers in one call, which costs about one decode step whether it holds
+        # one prompt or several: a running batch lets arrivals gather until there are `refill` of them
+        # (or they fill the batch), but makes none wait longer than join_wait_s
+        self.refill = max(1, max_batch // 4)
+        self.join_wait_s = 0.005
         self.idle_s = 0.5  # how often an idle loop wakes to show /health it is alive
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()  # the decoding thread's alone: submit's notify() must wake it
@@ -95,6 +119,7 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         with self.cond:
+            job.submitted = time.monotonic()
             self.pending.append(job)
             self.cond.notify()
 
@@ -139,14 +164,13 @@ class Scheduler:
 
     def _take(self, room: int) -> list[Job]:
         with self.cond:
-            idle = self.live == 0
             while self.running and not self.pending and self.live == 0:
                 self.beat = time.monotonic()
                 self.cond.wait(self.idle_s)
-            if idle and self.pending:  # requests sent together arrive a few ms apart: one prefill for all
-                end = time.monotonic() + self.gather_s
-                while self.running and len(self.pending) < room and time.monotonic() < end:
-                    self.cond.wait(max(0.0, end - time.monotonic()))
+            # an idle loop starts at once: arrivals just behind the first join at the next steps
+            if self.live and self.pending and len(self.pending) < min(room, self.refill) \
+                    and time.monotonic() - self.pending[0].submitted < self.join_wait_s:
+                return []
             jobs = []
             while self.pending and len(jobs) < room:
                 job = self.pending.popleft()
@@ -210,20 +234,25 @@ class Scheduler:
             rows.clear()
             self.batch, self.live = None, 0
             return
+        events: list[tuple[Job, str, Any]] = []
         for r in got:
             job = rows.get(r)
             if job is None:
                 continue
             try:
                 piece = batch.delta(r) if job.stream else ""  # a non-streamed reply only needs the end
-                if piece:
-                    job.push("piece", piece)
-                if batch.reason[r] is not None:
-                    job.push("done", batch.result(r))
+                done = batch.result(r) if batch.reason[r] is not None else None
             except Exception as e:  # this row's output failed: end this request only
-                job.fail(f"generation failed: {e}")
+                events.append((job, "error", f"generation failed: {e}"))
+                job.cancelled = True
                 batch.cancel(r)
                 rows.pop(r, None)
+                continue
+            if piece:
+                events.append((job, "piece", piece))
+            if done is not None:
+                events.append((job, "done", done))
+        deliver(events)
         for r in [r for r in rows if batch.reason[r] is not None]:
             del rows[r]
         self.live = len(rows)
