@@ -26,7 +26,6 @@ class Job:
         self.prompt_ids, self.params, self.loop, self.stream = prompt_ids, params, loop, stream
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
-        self.submitted = time.monotonic()
 
     def push(self, kind: str, value: Any) -> None:
         try:
@@ -77,11 +76,6 @@ class Scheduler:
 
     def __init__(self, engine: Engine, max_batch: int = 16, stuck_s: float = 30.0):
         self.eng, self.max_batch, self.stuck_s = engine, max_batch, stuck_s
-        # a join prefills its newcomers in one call, which costs about one decode step whether it holds
-        # one prompt or several: a running batch lets arrivals gather until there are `refill` of them
-        # (or they fill the batch), but makes none wait longer than join_wait_s
-        self.refill = max(1, max_batch // 4)
-        self.join_wait_s = 0.005
         self.idle_s = 0.5  # how often an idle loop wakes to show /health it is alive
         self.pending: deque[Job] = deque()
         self.cond = threading.Condition()  # the decoding thread's alone: submit's notify() must wake it
@@ -119,7 +113,6 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         with self.cond:
-            job.submitted = time.monotonic()
             self.pending.append(job)
             self.cond.notify()
 
@@ -167,10 +160,9 @@ class Scheduler:
             while self.running and not self.pending and self.live == 0:
                 self.beat = time.monotonic()
                 self.cond.wait(self.idle_s)
-            # an idle loop starts at once: arrivals just behind the first join at the next steps
-            if self.live and self.pending and len(self.pending) < min(room, self.refill) \
-                    and time.monotonic() - self.pending[0].submitted < self.join_wait_s:
-                return []
+            # no gathering window: requests that arrive together but a few ms apart join the batch
+            # at the next step boundaries (measured: holding arrivals back to prefill them together
+            # lost more rows-in-flight than it saved in prefill calls)
             jobs = []
             while self.pending and len(jobs) < room:
                 job = self.pending.popleft()
