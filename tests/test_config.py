@@ -44,8 +44,8 @@ def test_a_flat_ppo_key_names_its_group(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(f, [])
     msg = str(e.value)
-    assert "'ppo.reward.kl_coef' is now 'ppo.reward.kl_coef'" in msg and "'ppo.critic.model' is now 'ppo.critic.model'" in msg
-    assert "'ppo.ptx.coef' is now 'ppo.ptx.coef'" in msg and str(f) in msg
+    assert "'ppo.kl_coef' is now 'ppo.reward.kl_coef'" in msg and "'ppo.critic' is now 'ppo.critic.model'" in msg
+    assert "'ppo.ptx_coef' is now 'ppo.ptx.coef'" in msg and str(f) in msg
     cfg = load_config(None, ["ppo.reward.kl_coef=0.1", "ppo.critic.model=separate", "ppo.ptx.coef=0.5"])
     assert (cfg.ppo.reward.kl_coef, cfg.ppo.critic.model, cfg.ppo.ptx.coef) == (0.1, "separate", 0.5)
     with pytest.raises(ConfigError, match="unknown key 'ppo.update.kl_coef'"):  # groups are sections like any other
