@@ -55,11 +55,13 @@ def worker_ours(tmp: Path, estimator: str) -> dict:
     prompts = json.loads((tmp / "prompts.json").read_text())
     tok = load_tokenizer(tmp / "policy")
     rm = RewardModel.load(tmp / "rm")
-    cfg = PPOConfig(total_iterations=S["steps"] + 1, rollout_batch_size=S["prompts_per_step"] * S["k"],
-                    samples_per_prompt=S["k"], advantage_estimator=estimator, mini_batch_size=S["mini_batch_size"],
-                    ppo_epochs=S["epochs"], max_new_tokens=S["response_length"], learning_rate=S["learning_rate"],
-                    kl_coef=S["kl_coef"], early_stop="none", save_every=10_000, max_kl=1e9, sft_loglik_coef=0.0,
-                    verifier_coef=0.0)
+    cfg = PPOConfig.model_validate({
+        "total_iterations": S["steps"] + 1, "save_every": 10_000, "advantage": {"estimator": estimator},
+        "rollout": {"batch_size": S["prompts_per_step"] * S["k"], "samples_per_prompt": S["k"],
+                    "max_new_tokens": S["response_length"]},
+        "update": {"mini_batch_size": S["mini_batch_size"], "epochs": S["epochs"], "learning_rate": S["learning_rate"]},
+        "reward": {"kl_coef": S["kl_coef"], "sft_loglik_coef": 0.0, "verifier_coef": 0.0},
+        "guard": {"early_stop": "none", "max_kl": 1e9}})
     trainer = PPOTrainer(cfg, load_causal_lm(tmp / "policy"), load_causal_lm(tmp / "policy"), None, tok,
                          lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / f"ours_{estimator}",
                          make_accelerator(S["seed"], device="cpu"), seed=S["seed"])

@@ -80,7 +80,7 @@ def side(work: Path, stage: str, ranks: int, sets: list[str]) -> float:
         return json.loads((out / "sft" / "meta.json").read_text())["tokens_per_s"]
     rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["time_step_s"] for r in rows if "time_step_s" in r][1:]  # the first pays allocations
-    batch = int(next(s.split("=")[1] for s in sets if s.startswith("ppo.rollout_batch_size=")))
+    batch = int(next(s.split("=")[1] for s in sets if s.startswith("ppo.rollout.batch_size=")))
     return batch * len(steps) / sum(steps)
 
 
@@ -94,9 +94,9 @@ def main() -> int:
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     sets = {"sft": [f"sft.max_steps={args.sft_steps}", f"sft.batch_size={args.sft_batch}"],
-            "ppo": [f"ppo.total_iterations={args.ppo_iterations}", f"ppo.rollout_batch_size={args.ppo_batch}",
-                    f"ppo.mini_batch_size={args.ppo_batch // 4}",
-                    "ppo.ppo_epochs=2", "ppo.rejection_sampling.n=1", "ppo.early_stop=none", "ppo.save_every=100000"]}
+            "ppo": [f"ppo.total_iterations={args.ppo_iterations}", f"ppo.rollout.batch_size={args.ppo_batch}",
+                    f"ppo.update.mini_batch_size={args.ppo_batch // 4}",
+                    "ppo.update.epochs=2", "ppo.rejection_sampling.n=1", "ppo.guard.early_stop=none", "ppo.save_every=100000"]}
     result: dict[str, float | str] = {"load_before": round(load_before, 2), "cores": os.cpu_count() or 0,
                                       "sft_batch": args.sft_batch, "ppo_batch": args.ppo_batch}
     with tempfile.TemporaryDirectory(prefix="bench_multiproc_") as tmp:

@@ -10,9 +10,9 @@ batch, mini-batch and PPO epochs, one CPU thread each, each trainer in its own s
 PPO epochs; the first step is a warm-up and not counted. The trainers run alternately, twice each,
 and the medians of all their steps are compared, so load on a shared machine hits both alike.
 
-Ours runs twice: with the default `ppo.critic=shared`, a value head on the policy's last hidden
+Ours runs twice: with the default `ppo.critic.model=shared`, a value head on the policy's last hidden
 states (one trunk pass per mini-batch, values from the rollout's hidden states), and with
-`ppo.critic=separate`, a value model initialised from the whole RM, the critic TRL 1.10's
+`ppo.critic.model=separate`, a value model initialised from the whole RM, the critic TRL 1.10's
 PPOTrainer takes. Both ratios are reported.
 
 Also: rollout tokens/s of our KV-cache engine against `model.generate` on the same batch, and the
@@ -88,10 +88,11 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
     tok = load_tokenizer(tmp / "policy")
     policy, ref = load_causal_lm(tmp / "policy"), load_causal_lm(tmp / "policy")
     rm = RewardModel.load(tmp / "rm")
-    cfg = PPOConfig(total_iterations=s["steps"] + 1, rollout_batch_size=s["rollout_batch_size"],
-                    mini_batch_size=s["mini_batch_size"], ppo_epochs=s["ppo_epochs"],
-                    max_new_tokens=s["response_length"], learning_rate=s["learning_rate"], kl_coef=s["kl_coef"],
-                    early_stop="none", save_every=10_000, max_kl=1e9, critic=critic)
+    cfg = PPOConfig.model_validate({
+        "total_iterations": s["steps"] + 1, "save_every": 10_000, "critic": {"model": critic},
+        "rollout": {"batch_size": s["rollout_batch_size"], "max_new_tokens": s["response_length"]},
+        "update": {"mini_batch_size": s["mini_batch_size"], "epochs": s["ppo_epochs"], "learning_rate": s["learning_rate"]},
+        "reward": {"kl_coef": s["kl_coef"]}, "guard": {"early_stop": "none", "max_kl": 1e9}})
     trainer = PPOTrainer(cfg, policy, ref, load_critic(tmp / "rm", critic, policy), tok,
                          lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / "ours_out",
                          make_accelerator(s["seed"], device="cpu"), seed=s["seed"])
@@ -237,7 +238,7 @@ def main() -> None:
     res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen,
            "ours": {"step_s_median": ours_step, "step_s": ours["step_s"], "rollout_s": ours["rollout_s"],
                     "mean_response_tokens": ours["response_len"]},
-           # ppo.critic=separate: a value model of its own, as TRL 1.10's PPOTrainer has
+           # ppo.critic.model=separate: a value model of its own, as TRL 1.10's PPOTrainer has
            "ours_separate_critic": {"step_s_median": separate_step, "step_s": separate["step_s"],
                                     "rollout_s": separate["rollout_s"]},
            "trl_1_10": None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"]},

@@ -10,7 +10,7 @@ finished run: n SFT samples (T=1) per prompt, then per n the expected win rate a
 T=1 answer of the eval (held-out labelers, 20 judgements per pair averaged, ties half), its gold
 score, and the same per task. The run's PPO policies are listed beside it for comparison. Also
 best-of-n by the SFT model's mean log-likelihood, and by RM + sft_loglik_coef x that likelihood: the
-reward PPO optimises with ppo.sft_loglik_coef.
+reward PPO optimises with ppo.reward.sft_loglik_coef.
 Writes bench/results/rm_ceiling.json; skips with a note when the run is missing.
 """
 
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sft-loglik-coef", type=float, default=2.0,
-                    help="weight of the SFT mean log-likelihood in PPO's reward (ppo.sft_loglik_coef)")
+                    help="weight of the SFT mean log-likelihood in PPO's reward (ppo.reward.sft_loglik_coef)")
     args = ap.parse_args()
     run = ROOT / args.run
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def main() -> None:
     pairs = knowledge_pairs(world, prompts)
 
     def sft_loglik(ps: list[dict], answers: list[str], mean: bool = False) -> list[float]:
-        """Sum of the answer's token log-probs under SFT; `mean`: per token, as ppo.sft_loglik_coef pays it."""
+        """Sum of the answer's token log-probs under SFT; `mean`: per token, as ppo.reward.sft_loglik_coef pays it."""
         ctx = [encode_prompt(sft, prompt_text(sft, p["messages"])) for p in ps]
         full = [encode_response(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
         sums = continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])

@@ -1,12 +1,19 @@
-"""Server throughput and latency vs `model.generate` called directly, in one run.
+"""Server throughput and latency against the engine it serves, side by side in one run.
 
-    .venv/bin/python bench/bench_server.py [--model DIR] [--clients 1 4 16] [--requests 32] [--max-tokens 32]
+    .venv/bin/python bench/bench_server.py [--model DIR] [--clients 1 4 16] [--requests 256] [--max-tokens 32] [--repeats 3]
 
-Starts `chatrlhf serve` as a subprocess on a free loopback port, then for each concurrency level
-runs that many clients (each sending non-streamed requests back to back, `--requests` in all) and
-reports completion tokens/s and p50/p95 request latency. The baseline answers the same requests
-with `model.generate` directly: one at a time (what a naive server does) and as one padded batch
-per wave of clients (the best a static batch can do). Writes bench/results/server.json.
+Request i is prompt i mod 6 of the engine bench as a one-message chat, seed i, temperature 1,
+`--max-tokens`. Starts `chatrlhf serve` as a subprocess on a free loopback port; each repeat then
+answers the same requests, in turn, with
+- the server at each concurrency level: that many clients, each sending non-streamed requests back
+  to back over its own kept-alive loopback HTTP connection;
+- `Engine.generate` (the fast path the server decodes with) on waves of 16 requests, one call per
+  wave (`engine_batch_16`), and one request at a time (`engine_batch_1`). A request's seed fixes its
+  sample whatever it is batched with, so the engine samples the same tokens as the server;
+- `model.generate` on left-padded waves of 16 (`generate_batch_16`).
+A figure is the median over repeats of completion tokens/s and p50/p95 latency (a wave's requests
+all wait for the wave); the ratio server_c16 / engine_batch_16 is the median of the per-repeat
+ratios. Writes bench/results/server.json.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,88 +39,114 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import PROMPTS, bench_model  # noqa: E402
 
+from chatrlhf.lm.engine import Engine, SamplingParams  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
+WAVE = 16
 
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def summary(latencies: list[float], tokens: int, wall: float) -> dict:
-    return {"requests": len(latencies), "completion_tokens": tokens, "wall_s": round(wall, 2),
-            "tokens_per_s": round(tokens / wall, 1), "p50_latency_s": pct(latencies, 0.5),
-            "p95_latency_s": pct(latencies, 0.95)}
+    return {"tokens": tokens, "tokens_per_s": tokens / wall, "p50_s": pct(latencies, 0.5), "p95_s": pct(latencies, 0.95)}
 
 
 def messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
 
 
-# --- the server side ------------------------------------------------------------------------
+# --- the server -----------------------------------------------------------------------------
 
 
-def start_server(model_dir: Path, max_tokens: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, max_tokens: int, threads: int, log) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "chatrlhf.cli", "serve", "--model", str(model_dir), "--set", "serve.host=127.0.0.1",
            "--set", f"serve.port={port}", "--set", f"serve.max_tokens={max(max_tokens, 16)}",
-           "--set", "serve.max_batch=16", "--set", "serve.timeout_s=300", "--set", f"run.threads={threads}"]
+           "--set", f"serve.max_batch={WAVE}", "--set", "serve.timeout_s=300", "--set", f"run.threads={threads}"]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # the access log goes to a file: a pipe nobody reads fills up and stalls the server
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not come up in 120 s")
 
 
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict) -> dict:
+    """One HTTP/1.1 request on a kept-alive connection. The load generator is a few lines of asyncio
+    rather than an HTTP client library: it shares the machine's cores with the server, and httpx
+    spent ~1 ms of CPU per request where this spends ~0.2 ms."""
+    data = json.dumps(body).encode()
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in head[1:] if line)
+    reply = json.loads(await reader.readexactly(int(headers["content-length"])))
+    if head[0].split()[1] != "200":
+        raise RuntimeError(f"{head[0]}: {reply}")
+    return reply
+
+
 async def run_clients(url: str, clients: int, total: int, max_tokens: int) -> dict:
-    """`clients` concurrent loops sharing `total` requests; latency per request, tokens from usage."""
+    """`clients` concurrent connections sharing `total` requests; latency per request, tokens from usage."""
+    host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
     tokens = 0
     todo = iter(range(total))
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(conn) -> None:
         nonlocal tokens
         for i in todo:
             body = {"messages": messages(i), "max_tokens": max_tokens, "temperature": 1.0, "seed": i}
             t0 = time.perf_counter()
-            r = await http.post(url + "/v1/chat/completions", json=body)
-            r.raise_for_status()
+            reply = await post(*conn, body)
             latencies.append(time.perf_counter() - t0)
-            tokens += r.json()["usage"]["completion_tokens"]
+            tokens += reply["usage"]["completion_tokens"]
 
-    limits = httpx.Limits(max_connections=clients + 2)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
-        await client_warmup(http, url)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - t0
+    conns = [await asyncio.open_connection(host, int(port)) for _ in range(clients)]
+    await post(*conns[0], {"messages": messages(0), "max_tokens": 4})
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in conns))
+    wall = time.perf_counter() - t0
+    for _, writer in conns:
+        writer.close()
     return summary(latencies, tokens, wall)
 
 
-async def client_warmup(http: httpx.AsyncClient, url: str) -> None:
-    await http.post(url + "/v1/chat/completions", json={"messages": messages(0), "max_tokens": 4})
+# --- the baselines, in this process ----------------------------------------------------------
 
 
-# --- the baseline ---------------------------------------------------------------------------
-
-
-def direct_generate(model, tok, total: int, max_tokens: int, wave: int) -> dict:
-    """model.generate on the same requests, `wave` at a time in one left-padded batch."""
-    ids = [tok(tok.apply_chat_template(messages(i), add_generation_prompt=True, tokenize=False),
-               add_special_tokens=False)["input_ids"] for i in range(total)]
+def engine_waves(eng: Engine, ids: list[list[int]], max_tokens: int, wave: int) -> dict:
+    """Engine.generate on `wave` requests per call; row j of a wave starting at request lo has seed
+    lo + j, the seed the server's request lo + j asks for."""
     latencies, tokens = [], 0
     t0 = time.perf_counter()
-    for lo in range(0, total, wave):
+    for lo in range(0, len(ids), wave):
+        s = time.perf_counter()
+        gens = eng.generate(ids[lo: lo + wave], SamplingParams(max_new_tokens=max_tokens, temperature=1.0, seed=lo))
+        latencies += [time.perf_counter() - s] * len(gens)
+        tokens += sum(len(g.token_ids) for g in gens)
+    return summary(latencies, tokens, time.perf_counter() - t0)
+
+
+def generate_waves(model, tok, ids: list[list[int]], max_tokens: int, wave: int) -> dict:
+    """model.generate on the same prompts, `wave` at a time in one left-padded batch."""
+    latencies, tokens = [], 0
+    t0 = time.perf_counter()
+    for lo in range(0, len(ids), wave):
         enc = tok.pad({"input_ids": ids[lo: lo + wave]}, return_tensors="pt", padding_side="left")
         s = time.perf_counter()
         with torch.inference_mode():
@@ -121,23 +155,41 @@ def direct_generate(model, tok, total: int, max_tokens: int, wave: int) -> dict:
         dt = time.perf_counter() - s
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-            latencies.append(dt)  # every request of the wave waits for the whole batch
+            latencies.append(dt)
     return summary(latencies, tokens, time.perf_counter() - t0)
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def run_repeats(args, model, tok, url: str) -> list[dict[str, dict]]:
+    eng = Engine(model, tok, max_batch=WAVE)
+    ids = [eng.chat_prompt(messages(i)) for i in range(args.requests)]  # what the server's chat_prompt makes
+    runs = []
+    for rep in range(args.repeats):
+        got = {f"server_c{c}": asyncio.run(run_clients(url, c, args.requests, args.max_tokens)) for c in args.clients}
+        got["engine_batch_16"] = engine_waves(eng, ids, args.max_tokens, WAVE)
+        got["engine_batch_1"] = engine_waves(eng, ids, args.max_tokens, 1)
+        got["generate_batch_16"] = generate_waves(model, tok, ids, args.max_tokens, WAVE)
+        print(f"repeat {rep}: " + ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s p95 {v['p95_s']:.3f}"
+                                            for k, v in got.items()), file=sys.stderr, flush=True)
+        runs.append(got)
+    return runs
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="Model dir (default: the run's newest policy, else a random Llama).")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--requests", type=int, default=32, help="Requests per concurrency level.")
+    ap.add_argument("--requests", type=int, default=256, help="Requests per figure and repeat.")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads for server and baseline alike (0 = auto: 1 on a busy CPU).")
+                    help="torch threads for server and baselines alike (0 = auto: 1 on a busy CPU).")
     args = ap.parse_args(argv)
     from chatrlhf.lm.training import configure_threads
 
     args.threads = configure_threads(args.threads)
-
     model, tok, source = bench_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else Path(source) if Path(source).is_dir() else None
@@ -145,32 +197,37 @@ def main(argv: list[str] | None = None) -> dict:
             from chatrlhf.lm.modeling import save_stage
 
             model_dir = save_stage(model, tok, Path(tmp) / "model", {"stage": "bench"})
-        proc, url = start_server(model_dir, args.max_tokens, args.threads)
-        try:
-            served = {}
-            for c in args.clients:
-                served[str(c)] = asyncio.run(run_clients(url, c, args.requests, args.max_tokens))
-                print(f"server   {c:2d} clients: {served[str(c)]}", file=sys.stderr)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    direct = {"sequential": direct_generate(model, tok, args.requests, args.max_tokens, 1),
-              "batch_16": direct_generate(model, tok, args.requests, args.max_tokens, 16)}
-    for k, v in direct.items():
-        print(f"generate {k}: {v}", file=sys.stderr)
-    # one flat object (bench/run_all.py contract): <who>_<metric>
-    result = {"model": source, "max_tokens": args.max_tokens, "requests_per_level": args.requests,
-              "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "threads": args.threads}
-    for c, r in served.items():
-        result.update({f"server_c{c}_tokens_per_s": r["tokens_per_s"], f"server_c{c}_p50_s": r["p50_latency_s"],
-                       f"server_c{c}_p95_s": r["p95_latency_s"]})
-    for k, r in direct.items():
-        result.update({f"generate_{k}_tokens_per_s": r["tokens_per_s"], f"generate_{k}_p50_s": r["p50_latency_s"],
-                       f"generate_{k}_p95_s": r["p95_latency_s"]})
-    result["note"] = ("loopback HTTP to `chatrlhf serve`, non-streamed, temperature 1; c<N> = N concurrent clients; "
-                      "generate_batch_16 = model.generate on padded batches of 16 (each request waits for its batch)")
+        with open(Path(tmp) / "server.log", "w") as log:
+            proc, url = start_server(model_dir, args.max_tokens, args.threads, log)
+            try:
+                runs = run_repeats(args, model, tok, url)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    result = report(args, source, runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def report(args, source: str, runs: list[dict[str, dict]]) -> dict:
+    """One flat object (bench/run_all.py contract): <who>_<metric>, medians over repeats."""
+    result = {"model": source, "max_tokens": args.max_tokens, "requests": args.requests, "repeats": args.repeats,
+              "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "threads": args.threads}
+    for who in runs[0]:
+        for metric, digits in (("tokens_per_s", 1), ("p50_s", 3), ("p95_s", 3)):
+            result[f"{who}_{metric}"] = round(statistics.median(r[who][metric] for r in runs), digits)
+    ratios = [r["server_c16"]["tokens_per_s"] / r["engine_batch_16"]["tokens_per_s"] for r in runs if "server_c16" in r]
+    if ratios:
+        result.update({"server_c16_over_engine_batch_16": round(statistics.median(ratios), 3),
+                       "server_c16_over_engine_batch_16_min": round(min(ratios), 3),
+                       "server_c16_over_engine_batch_16_max": round(max(ratios), 3)})
+    # the seeds fix every sample: the server and the engine must have produced the same tokens
+    result["server_tokens_equal_engine"] = all(r[k]["tokens"] == r["engine_batch_16"]["tokens"]
+                                               for r in runs for k in r if k.startswith(("server", "engine")))
+    result["note"] = ("loopback HTTP to `chatrlhf serve`, non-streamed, temperature 1; server_c<N> = N concurrent "
+                      "clients; engine_batch_<N> = Engine.generate on N requests per call, generate_batch_16 = "
+                      "model.generate on padded batches of 16 (a wave's requests wait for the whole wave)")
     return result
 
 

@@ -59,7 +59,7 @@ def main() -> None:
     a = ap.parse_args()
     recs = [read_run(r) for r in a.runs]
     pure = [read_run(r) for r in a.pure]
-    for title, group in (("default", recs), ("pure RLHF (ppo.verifier_coef=0)", pure)):
+    for title, group in (("default", recs), ("pure RLHF (ppo.reward.verifier_coef=0)", pure)):
         if not group:
             continue
         print(f"## {title}")

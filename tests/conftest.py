@@ -13,6 +13,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def ppo_cfg(**kw):
+    """A PPOConfig from flat keyword settings (`learning_rate=1e-3`, `critic="separate"`), each put in its
+    group (update.learning_rate, critic.model), so a test names only what it sets."""
+    from chatrlhf.config import PPOConfig
+    from chatrlhf.config_ppo import MOVED_KEYS
+
+    tree: dict = {}
+    for key, value in kw.items():
+        path = "critic.model" if key == "critic" else MOVED_KEYS.get(key, key)
+        group, _, leaf = path.rpartition(".")
+        (tree.setdefault(group, {}) if group else tree)[leaf] = value
+    return PPOConfig.model_validate(tree)
+
+
 def shared_data(rel: str) -> Path:
     """Path to a file of ../shared/data; skips the test cleanly when it is absent."""
     p = SHARED_DATA / rel

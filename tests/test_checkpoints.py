@@ -124,7 +124,7 @@ def test_ppo_refuses_a_checkpoint_of_other_settings_naming_them(tiny_model_dir, 
 
     make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=1, save_every=1)).train(resume=False)
     other = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, save_every=1, learning_rate=1e-3))
-    with pytest.raises(SettingsMismatchError, match=r"ppo\.learning_rate: 0\.003 -> 0\.001"):
+    with pytest.raises(SettingsMismatchError, match=r"ppo\.update\.learning_rate: 0\.003 -> 0\.001"):
         other.train(resume=True)
     other.ckpts.configure(resume_anyway=True)
     assert len(other.train(resume=True)) == 1 and other.iteration == 2  # resumed at iteration 1

@@ -29,7 +29,7 @@ def test_compare_trains_and_judges_every_method_on_the_tiny_world(tmp_path):
         assert rows[m]["kl_to_sft"] is not None and rows[m]["train_seconds"] > 0
     assert rows["ppo"]["critic"] and not rows["grpo"]["critic"] and not rows["rloo"]["critic"]  # no value/ saved
     assert not (tmp_path / "compare" / "grpo" / "value").exists()
-    assert read_meta(tmp_path / "compare" / "grpo")["config"]["advantage_estimator"] == "grpo"
+    assert read_meta(tmp_path / "compare" / "grpo")["config"]["advantage"]["estimator"] == "grpo"
     assert rows["ppo"]["train_tokens_generated"] > 0 and rows["dpo"]["train_tokens_generated"] == 0
     # best-of-4 generated 4 answers per slot where SFT generated one
     assert rows["bon4"]["eval_tokens_generated"] > 2 * rows["sft"]["eval_tokens_generated"]

@@ -5,7 +5,7 @@ from chatrlhf.config import ConfigError, load_config
 
 def test_defaults_validate():
     cfg = load_config(None, [])
-    assert cfg.ppo.kl_coef > 0
+    assert cfg.ppo.reward.kl_coef > 0
 
 
 def test_default_yaml_matches_models():
@@ -24,8 +24,8 @@ def test_every_shipped_config_validates():
 
 
 def test_override_sets_nested_value():
-    cfg = load_config(None, ["ppo.kl_coef=0.5", "sft.lora.r=4", "model.name_or_path=gpt2"])
-    assert cfg.ppo.kl_coef == 0.5 and cfg.sft.lora.r == 4 and cfg.model.name_or_path == "gpt2"
+    cfg = load_config(None, ["ppo.reward.kl_coef=0.5", "sft.lora.r=4", "model.name_or_path=gpt2"])
+    assert cfg.ppo.reward.kl_coef == 0.5 and cfg.sft.lora.r == 4 and cfg.model.name_or_path == "gpt2"
 
 
 def test_typo_names_file_key_and_suggestion(tmp_path):
@@ -36,6 +36,20 @@ def test_typo_names_file_key_and_suggestion(tmp_path):
     msg = str(e.value)
     assert str(f) in msg and "pretrain.lerning_rate" in msg and "pretrain.learning_rate" in msg
     assert "allowed keys" in msg and "warmup_steps" in msg
+
+
+def test_a_flat_ppo_key_names_its_group(tmp_path):
+    f = tmp_path / "old.yaml"
+    f.write_text("ppo:\n  kl_coef: 0.1\n  critic: separate\n  ptx_coef: 0.5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, [])
+    msg = str(e.value)
+    assert "'ppo.kl_coef' is now 'ppo.reward.kl_coef'" in msg and "'ppo.critic' is now 'ppo.critic.model'" in msg
+    assert "'ppo.ptx_coef' is now 'ppo.ptx.coef'" in msg and str(f) in msg
+    cfg = load_config(None, ["ppo.reward.kl_coef=0.1", "ppo.critic.model=separate", "ppo.ptx.coef=0.5"])
+    assert (cfg.ppo.reward.kl_coef, cfg.ppo.critic.model, cfg.ppo.ptx.coef) == (0.1, "separate", 0.5)
+    with pytest.raises(ConfigError, match="unknown key 'ppo.update.kl_coef'"):  # groups are sections like any other
+        load_config(None, ["ppo.update.kl_coef=0.1"])
 
 
 def test_unknown_section_and_wrong_type():
@@ -49,7 +63,7 @@ def test_missing_file_and_bad_override():
     with pytest.raises(ConfigError, match="not found: nope.yaml"):
         load_config("nope.yaml", [])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        load_config(None, ["ppo.kl_coef"])
+        load_config(None, ["ppo.reward.kl_coef"])
 
 
 def test_cli_reports_config_error(tmp_path):

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from chatrlhf.config import DPOConfig, PPOConfig
+from chatrlhf.config import DPOConfig
 from chatrlhf.lm.rankings import expand_pairs, make_batch
 from chatrlhf.rl.losses import dpo_loss, group_normalized_advantages, k3_kl, leave_one_out_baseline, ranking_loss
+from tests.conftest import ppo_cfg
 
 # --- DPO loss ---------------------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ def test_rloo_puts_the_kl_in_the_reward_and_grpo_leaves_it_out():
     ref = torch.full((4, 2), -1.0)  # sample 1 drifted: KL 1.0 nat over its two tokens
     kw = dict(samples_per_prompt=4, rollout_batch_size=4, sft_loglik_coef=0.0)
     ro = _rollout_stub(scores.clone(), lp, ref, 4)
-    compute_advantages(ro, 0.5, PPOConfig(advantage_estimator="rloo", **kw))
+    compute_advantages(ro, 0.5, ppo_cfg(advantage_estimator="rloo", **kw))
     seq = scores - 0.5 * torch.tensor([0.0, 1.0, 0.0, 0.0])  # 1, 0.5, 2, 0
     loo = leave_one_out_baseline(seq, 4)
     per_token = loo[:, None].expand(4, 2)
@@ -119,7 +120,7 @@ def test_rloo_puts_the_kl_in_the_reward_and_grpo_leaves_it_out():
     assert ro.advantages.tolist() == [pytest.approx(r, abs=1e-3) for r in white.tolist()]
     assert ro.stats["kl"] == pytest.approx(0.25)  # nats per sequence, mean over the batch
     ro = _rollout_stub(scores.clone(), lp, ref, 4)
-    compute_advantages(ro, 0.5, PPOConfig(advantage_estimator="grpo", **kw))
+    compute_advantages(ro, 0.5, ppo_cfg(advantage_estimator="grpo", **kw))
     g = group_normalized_advantages(scores, 4)  # the KL does not enter GRPO's advantage
     assert ro.advantages[:, 0].tolist() == pytest.approx(g.tolist()) and torch.equal(ro.advantages[:, 0], ro.advantages[:, 1])
 
@@ -133,7 +134,7 @@ def test_grpo_update_carries_a_k3_kl_loss_term(tiny_model_dir, tmp_path):
     t = make_trainer(tiny_model_dir, tmp_path, cfg)
     ro = rollout(t.policy, t.tokenizer, t._batch_prompts(0), cfg, seed=1)
     score_rollout(ro, t.reward_fn, cfg)
-    evaluate_rollout(ro, t.policy, t.ref_policy, t.value_model, cfg, cfg.mini_batch_size)
+    evaluate_rollout(ro, t.policy, t.ref_policy, t.value_model, cfg, cfg.update.mini_batch_size)
     compute_advantages(ro, 0.1, cfg)
     stats = ppo_update(ro, t.policy, t.value_model, t.optimizer, t.accelerator, cfg, seed=0, kl_coef=0.1)
     assert "kl_loss" in stats and stats["kl_loss"] >= 0 and "vf_loss" not in stats

@@ -136,17 +136,61 @@ def test_rm_with_its_samples_on_two_ranks_matches_one_process(one_process, tmp_p
         assert read_meta(run / "rm")["eval"][key] == pytest.approx(read_meta(one_process / "rm")["eval"][key], abs=1e-4)
 
 
-def test_ppo_on_two_ranks_finishes_and_writes_each_file_once(one_process, tmp_path):
-    run = copy_stages(one_process, tmp_path, "world", "sft", "rm")
-    log = launch("ppo", run)
-    assert "ppo: 2 process(es)" in log and log.count("best-of-4:") == 1
+LAST = ["ppo.guard.early_stop=none"]  # the last iteration is exported, not the guard's pick
+RLOO = [*LAST, "ppo.advantage.estimator=rloo", "ppo.rollout.samples_per_prompt=2", "ppo.rejection_sampling.n=1"]
+
+
+@pytest.mark.parametrize("method", ["gae", "rloo"])
+def test_ppo_on_two_ranks_matches_one_process(one_process, tmp_path, method):
+    """Best-of-n, then PPO (GAE, or RLOO without a critic): the same rollouts (a row's sample depends
+    on its seed only), advantages whitened over the global batch, and each mini-batch's rows run
+    where they are held, weighted by their share of its tokens: the weights agree with one process's."""
+    from chatrlhf.stages.ppo import run_ppo
+
+    extra = RLOO if method == "rloo" else LAST
+    run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
+    log = launch("ppo", run, *extra)
+    assert "ppo: 2 process(es)" in log and log.count("best-of-4:") == (method == "gae")
     out = run / "ppo"
     assert_written_once(out)
-    assert read_meta(out / "best_of_n").get("complete") and (out / "value").is_dir()
+    assert (out / "value").is_dir() == (method == "gae")
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
-    assert read_meta(out)["iterations"] == 2
+    assert read_meta(out)["iterations"] == 2 and read_meta(out)["selected_iteration"] == 2
     sft, ppo = weights(one_process / "sft"), weights(out)
     assert any(not torch.equal(sft[k], ppo[k]) for k in sft), "the policy moved away from SFT"
+
+    single = copy_stages(one_process, tmp_path / "one", "world", "sft", "rm")
+    run_ppo(cfg_for(single, *extra))
+    if method == "gae":
+        assert read_meta(out / "best_of_n").get("complete")
+        assert_same_weights(single / "ppo" / "best_of_n", out / "best_of_n", atol=1e-6)
+    assert_same_weights(single / "ppo", out, atol=1e-6)  # PPO moves weights by ~2e-4 here
+    for a, b in zip(read_metrics(single / "ppo"), read_metrics(out), strict=True):
+        for key in ("rm_score", "kl", "response_len"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
+
+
+def test_whole_run_on_two_ranks_matches_one_process(tmp_path):
+    """`chatrlhf run` (world to report, two rounds) under two ranks: every stage's weights and every
+    evaluation figure are one process's."""
+    from chatrlhf.pipeline import run_all
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    log = launch("run", two)
+    assert log.count("run complete") == 1, log[-3000:]
+    run_all(cfg_for(one))
+    for stage in ("pretrain", "sft", "rm", "ppo", "rounds/round_2/rm", "rounds/round_2/ppo"):
+        assert_same_weights(one / stage, two / stage, atol=1e-5)
+    assert_written_once(two / "rounds" / "round_2" / "ppo")
+    a, b = (json.loads((d / "eval" / "summary.json").read_text()) for d in (one, two))
+    assert a["models"].keys() == b["models"].keys()
+    for model, figures in a["models"].items():
+        for key, value in figures.items():
+            if isinstance(value, float) and "second" not in key:
+                assert b["models"][model][key] == pytest.approx(value, abs=1e-6), (model, key)
+    assert json.loads((two / "pipeline.json").read_text())["stages"].keys() == json.loads(
+        (one / "pipeline.json").read_text())["stages"].keys()
 
 
 def kill_after_first_checkpoint(run: Path, *extra: str) -> Path:

@@ -111,7 +111,7 @@ class _World:
 def test_fresh_prompts_differ_per_round_and_skip_the_guard_set(tmp_path):
     from chatrlhf.stages.iterate import fresh_prompts
 
-    cfg = load_config(None, ["iterate.prompts_per_round=30", "ppo.guard_prompts=20"])
+    cfg = load_config(None, ["iterate.prompts_per_round=30", "ppo.guard.prompts=20"])
     r2, r3 = ({p["id"] for p in fresh_prompts(_World(), cfg, r)} for r in (2, 3))
     assert len(r2) == 30 and not (r2 & r3)
     guard = {f"ppo-{i}" for i in range(80, 100)}  # PPO keeps the last guard_prompts as its held-out set

@@ -12,6 +12,7 @@ from chatrlhf.rl.critic import ValueHead, ValueModel, load_critic
 from chatrlhf.rl.experience import evaluate_rollout, response_forward, response_values, rollout, score_rollout
 from chatrlhf.rl.guard import LabelerGuard
 from chatrlhf.rl.ppo import PPOInstabilityError, PPOTrainer, compute_advantages, ppo_update
+from tests.conftest import ppo_cfg
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.",
@@ -23,7 +24,7 @@ def toy_cfg(**kw) -> PPOConfig:
                 learning_rate=3e-3, kl_coef=0.0, vf_coef=0.1, missing_eos_penalty=0.0, save_every=2,
                 early_stop="none", max_kl=1e9, sft_loglik_coef=0.0,  # the toy reward alone
                 value_head_lr_scale=1.0)  # the toy learning rate is already large
-    return PPOConfig(**{**base, **kw})
+    return ppo_cfg(**{**base, **kw})
 
 
 def fifth_token_reward(tok):
@@ -49,7 +50,7 @@ def make_trainer(tiny_model_dir, out_dir, cfg, lora=False, guard=None, seed=0):
 
         policy, ref = wrap_lora(policy, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"])), None
     acc = make_accelerator(seed, device="cpu")
-    critic = load_critic(tiny_model_dir, cfg.critic, policy) if cfg.advantage_estimator == "gae" else None
+    critic = load_critic(tiny_model_dir, cfg.critic.model, policy) if cfg.advantage.estimator == "gae" else None
     return PPOTrainer(cfg, policy, ref, critic, tok, fifth_token_reward(tok), PROMPTS, out_dir, acc, seed=seed,
                       guard=guard)
 
@@ -111,9 +112,9 @@ def test_shared_value_head_starts_as_the_rms_head_on_the_policys_own_states(tiny
     assert torch.allclose(v, rm.score(states[:, P - 1:-1]).squeeze(-1), atol=1e-5)  # read before each response token
     head.save_pretrained(tmp_path / "value")
     assert torch.equal(ValueHead.from_saved(tmp_path / "value").head.weight, head.head.weight)
-    with pytest.raises(ValueError, match="ppo.critic=separate"):
+    with pytest.raises(ValueError, match="ppo.critic.model=separate"):
         ValueHead.from_reward_model(tmp_path / "rm", H + 8)
-    with pytest.raises(TypeError, match="ppo.critic=shared needs a ValueHead"):
+    with pytest.raises(TypeError, match="ppo.critic.model=shared needs a ValueHead"):
         PPOTrainer(toy_cfg(critic="shared"), policy, None, ValueModel.from_pretrained(tmp_path / "rm"),
                    load_tokenizer(tiny_model_dir), fifth_token_reward(None), PROMPTS, tmp_path / "x",
                    make_accelerator(0, device="cpu"))
@@ -126,7 +127,7 @@ def test_shared_value_loss_trains_the_head_not_the_policy(tiny_model_dir, tmp_pa
     t = make_trainer(tiny_model_dir, tmp_path, cfg)
     ro = rollout(t.policy, t.tokenizer, PROMPTS, cfg, seed=1, keep_hidden=True)
     score_rollout(ro, t.reward_fn, cfg)
-    evaluate_rollout(ro, t.policy, t.ref_policy, t.value_model, cfg, cfg.mini_batch_size)
+    evaluate_rollout(ro, t.policy, t.ref_policy, t.value_model, cfg, cfg.update.mini_batch_size)
     compute_advantages(ro, 0.0, cfg)
     ro.advantages = torch.zeros_like(ro.advantages)
     before = {k: v.clone() for k, v in t.policy.state_dict().items()}
@@ -167,9 +168,9 @@ def test_rloo_groups_samples_per_prompt_and_raises_reward_without_a_value_model(
 
 def test_rloo_config_needs_groups():
     with pytest.raises(ValueError, match="samples_per_prompt >= 2"):
-        PPOConfig(advantage_estimator="rloo")
-    with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
-        PPOConfig(rollout_batch_size=30, samples_per_prompt=4)
+        ppo_cfg(advantage_estimator="rloo")
+    with pytest.raises(ValueError, match="multiple of rollout.samples_per_prompt"):
+        ppo_cfg(rollout_batch_size=30, samples_per_prompt=4)
 
 
 def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
@@ -189,7 +190,7 @@ def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
 def test_exploding_kl_stops_with_clear_message_and_keeps_checkpoint(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=2, save_every=1))
     trainer.train(resume=False)
-    trainer.cfg.total_iterations, trainer.cfg.max_kl = 3, -1.0
+    trainer.cfg.total_iterations, trainer.cfg.guard.max_kl = 3, -1.0
     # the policy whose KL failed is the one checkpointed at iteration 2: set aside, never resumed
     with pytest.raises(PPOInstabilityError, match="last good checkpoint kept in .*step_000001"):
         trainer.train(resume=False)

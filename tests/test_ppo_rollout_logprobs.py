@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatrlhf.config import PPOConfig
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 from chatrlhf.rl.experience import response_forward, rollout
 from chatrlhf.rl.losses import token_logprobs
+from tests.conftest import ppo_cfg
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hi", "What is two plus two?", "Who is Zorbel Quint, the baker who lives in Varnok and likes teal?",
@@ -24,7 +24,7 @@ def test_rollout_logprobs_equal_a_full_forward(tiny_model_dir, temperature):
         logits[..., tok.eos_token_id] += 3.0
 
     model.lm_head.register_forward_hook(eos_likely)
-    cfg = PPOConfig(max_new_tokens=16, temperature=temperature)
+    cfg = ppo_cfg(max_new_tokens=16, temperature=temperature)
     ro = rollout(model, tok, PROMPTS, cfg, seed=3, keep_hidden=True)
     P = ro.prompt_len
     lengths = ro.attention_mask[:, :P].sum(1)

@@ -191,7 +191,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tokenized_run, tmp_
     real_save = Checkpoints.save
 
     def save_then_die(self, accelerator, step, state):
-        path = real_save(self, accelerator, step, state)
+        real_save(self, accelerator, step, state)
         raise KeyboardInterrupt(f"simulated kill after step {step}")
 
     monkeypatch.setattr(Checkpoints, "save", save_then_die)

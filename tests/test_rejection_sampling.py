@@ -8,6 +8,7 @@ import torch
 from chatrlhf.config import PPOConfig, RejectionSamplingConfig
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 from chatrlhf.rl.rejection_sampling import best_of_n, fine_tune
+from tests.conftest import ppo_cfg
 
 PROMPTS = [{"messages": [{"role": "user", "content": c}]} for c in
            ["Hello!", "What is two plus two?", "Who is Zorbel Quint?", "List three fruits.", "Where is Varnok?"]]
@@ -17,7 +18,7 @@ def cfg(n: int = 4, **kw) -> PPOConfig:
     base = dict(max_new_tokens=8, missing_eos_penalty=0.0, sft_loglik_coef=0.0,
                 rejection_sampling=RejectionSamplingConfig(n=n, epochs=3, learning_rate=3e-3, batch_size=4,
                                                            warmup_steps=0, sample_batch=8))
-    return PPOConfig(**{**base, **kw})
+    return ppo_cfg(**{**base, **kw})
 
 
 class RecordingReward:
@@ -141,8 +142,8 @@ def test_ppo_start_is_saved_as_a_stage_and_reused_on_rerun(tiny_model_dir, tmp_p
     from chatrlhf.lm.modeling import read_meta
     from chatrlhf.stages.ppo import _best_of_n_start
 
-    c = load_config(None, ["ppo.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
-                           "ppo.sft_loglik_coef=0", "sft.max_len=128"])
+    c = load_config(None, ["ppo.rollout.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
+                           "ppo.reward.sft_loglik_coef=0", "sft.max_len=128"])
     tok = load_tokenizer(tiny_model_dir)
     reward = RecordingReward(tok)
     policy, ref = _best_of_n_start(c, load_causal_lm(tiny_model_dir), load_causal_lm(tiny_model_dir), tok, PROMPTS,
@@ -168,8 +169,8 @@ def test_lora_policy_is_distilled_merged_and_gets_a_separate_reference(tiny_mode
     from chatrlhf.lm.lora import is_lora, wrap_lora
     from chatrlhf.stages.ppo import _best_of_n_start
 
-    c = load_config(None, ["ppo.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
-                           "ppo.rejection_sampling.learning_rate=0.01", "ppo.sft_loglik_coef=1", "sft.max_len=128",
+    c = load_config(None, ["ppo.rollout.max_new_tokens=8", "ppo.rejection_sampling.n=2", "ppo.rejection_sampling.epochs=1",
+                           "ppo.rejection_sampling.learning_rate=0.01", "ppo.reward.sft_loglik_coef=1", "sft.max_len=128",
                            "ppo.lora.enabled=true", "ppo.lora.r=4", "ppo.lora.target_modules=[q_proj,v_proj]"])
     tok = load_tokenizer(tiny_model_dir)
     policy = wrap_lora(load_causal_lm(tiny_model_dir), c.ppo.lora)

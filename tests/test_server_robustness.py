@@ -240,3 +240,13 @@ def test_an_error_escaping_the_loop_restarts_it_and_pending_requests_are_served(
         health = c.get("/health")
         assert health.status_code == 200 and health.json()["restarts"] == 1
         assert "bug in the scheduler" in c.app.state.scheduler.last_error
+
+
+def test_a_request_wakes_the_idle_loop_though_the_supervisor_waits_too(engine):
+    """submit() must wake the decoding loop, not the supervisor's periodic wait. The idle loop's own
+    timer is set far past the request timeout, so a reply means submit woke it."""
+    app = create_app(engine, LIMITS.model_copy(update={"timeout_s": 10.0}), "tiny")
+    app.state.scheduler.idle_s = 3600.0
+    with TestClient(app) as c:
+        for i in range(10):  # back to back: each arrives while the loop has just gone idle again
+            assert c.post("/v1/chat/completions", json={**normal(i), "max_tokens": 2}).status_code == 200

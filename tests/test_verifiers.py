@@ -9,11 +9,12 @@ import random
 import pytest
 import torch
 
-from chatrlhf.config import PPOConfig, WorldConfig
+from chatrlhf.config import WorldConfig
 from chatrlhf.lm.verifiers import check, verifier_scores, verify
 from chatrlhf.rl.experience import Rollout, score_rollout
 from chatrlhf.world import World
 from chatrlhf.world.writing import flawed
+from tests.conftest import ppo_cfg
 
 SMALL = dict(n_people=8, n_places=5, n_objects=4, corpus_docs=300, n_sft_prompts=120, n_rm_prompts=200,
              n_ppo_prompts=40, n_eval_prompts=40)
@@ -91,7 +92,7 @@ def test_score_rollout_adds_the_weighted_check_to_the_rm_score_only_where_a_prom
         ro = Rollout(prompts=prompts, texts=texts, input_ids=torch.zeros(3, 2, dtype=torch.long),
                      attention_mask=torch.ones(3, 2), position_ids=torch.zeros(3, 2, dtype=torch.long), prompt_len=1,
                      mask=torch.ones(3, 1), finished=torch.tensor([True, True, False]), logprobs=torch.zeros(3, 1))
-        score_rollout(ro, rm, PPOConfig(verifier_coef=coef, missing_eos_penalty=1.0))
+        score_rollout(ro, rm, ppo_cfg(verifier_coef=coef, missing_eos_penalty=1.0))
         return ro
 
     on, off = scored(2.0), scored(0.0)

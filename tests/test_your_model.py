@@ -108,10 +108,10 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
                   sft__data=sft_data, sft__max_steps=3, sft__batch_size=4, sft__max_len=256, sft__eval_prompts=3, sft__val_fraction=0.1,
                   eval__max_new_tokens=6,
                   rm__data=rm_data, rm__epochs=0.1, rm__batch_prompts=4, rm__max_len=128, rm__val_fraction=0.2,
-                  ppo__data=ppo_data, ppo__total_iterations=2, ppo__rollout_batch_size=4, ppo__mini_batch_size=4,
-                  ppo__ppo_epochs=1, ppo__max_new_tokens=6, ppo__learning_rate=1e-3, ppo__eval_every=1,
-                  ppo__guard_prompts=4, ppo__rejection_sampling__n=2, ppo__rejection_sampling__prompts=6,
-                  ppo__rejection_sampling__epochs=1, ppo__rejection_sampling__batch_size=4, ppo__early_stop=guard,
+                  ppo__data=ppo_data, ppo__total_iterations=2, ppo__rollout__batch_size=4, ppo__update__mini_batch_size=4,
+                  ppo__update__epochs=1, ppo__rollout__max_new_tokens=6, ppo__update__learning_rate=1e-3, ppo__guard__eval_every=1,
+                  ppo__guard__prompts=4, ppo__rejection_sampling__n=2, ppo__rejection_sampling__prompts=6,
+                  ppo__rejection_sampling__epochs=1, ppo__rejection_sampling__batch_size=4, ppo__guard__early_stop=guard,
                   **s1, **s2, **s3)
     if lora:
         common += sets(sft__lora__enabled="true", sft__lora__target_modules=lora,
@@ -197,9 +197,9 @@ def test_readme_commands_align_your_own_model(tmp_path, no_world, monkeypatch):
     model = save_user_model(tmp_path / "model", "qwen2", "chatml")
     fast = sets(run__out_dir=tmp_path / "run", sft__max_steps=2, sft__batch_size=4, sft__max_len=256,
                 sft__eval_prompts=2, eval__max_new_tokens=4, rm__epochs=0.05, rm__max_len=256, rm__batch_prompts=4,
-                ppo__total_iterations=1, ppo__rollout_batch_size=4, ppo__mini_batch_size=4, ppo__max_new_tokens=4,
+                ppo__total_iterations=1, ppo__rollout__batch_size=4, ppo__update__mini_batch_size=4, ppo__rollout__max_new_tokens=4,
                 ppo__rejection_sampling__prompts=4, ppo__rejection_sampling__n=2, ppo__rejection_sampling__epochs=1,
-                ppo__guard_prompts=4, eval__sections="[real_prompts]", eval__real_data_limit=2)
+                ppo__guard__prompts=4, eval__sections="[real_prompts]", eval__real_data_limit=2)
     for cmd in commands:
         cmd = [a.replace("$MODEL", str(model)) for a in cmd]
         if cmd[0] == "serve":  # a server runs until stopped: check it starts on the right model instead

@@ -15,6 +15,7 @@ from user_models import build_model, save_user_model, train_bpe
 from chatrlhf.cli import app
 from chatrlhf.lm import chat_data
 from chatrlhf.lm.data import DataError
+from tests.conftest import ppo_cfg
 
 SYSTEM_CONV = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a fruit."},
                {"role": "assistant", "content": "A pear."}]
@@ -191,7 +192,6 @@ def test_interrupted_rm_run_is_not_resumed_for_other_data(tmp_path, monkeypatch)
 def test_ppo_passes_run_without_dropout(tmp_path):
     """GPT-2 with dropout 0.1: before any update the update's log-probs equal the rollout's (approx-KL
     ~0) and the reference's (KL ~0)."""
-    from chatrlhf.config import PPOConfig
     from chatrlhf.lm.training import make_accelerator
     from chatrlhf.rl.critic import ValueHead
     from chatrlhf.rl.ppo import PPOTrainer
@@ -200,7 +200,7 @@ def test_ppo_passes_run_without_dropout(tmp_path):
     tok.pad_token = tok.eos_token if tok.pad_token is None else tok.pad_token
     policy, ref = build_model("gpt2", tok, dropout=0.1), build_model("gpt2", tok, dropout=0.1)
     assert policy.config.resid_pdrop == 0.1
-    cfg = PPOConfig(rollout_batch_size=8, mini_batch_size=8, ppo_epochs=1, max_new_tokens=8, learning_rate=1e-9,
+    cfg = ppo_cfg(rollout_batch_size=8, mini_batch_size=8, ppo_epochs=1, max_new_tokens=8, learning_rate=1e-9,
                     early_stop="none", rejection_sampling={"n": 0})
     prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"Say {w}."}]}
                for i, w in enumerate("one two three four five six seven eight".split())]

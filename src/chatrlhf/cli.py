@@ -122,7 +122,7 @@ def rm(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = 
 
 @app.command()
 def ppo(config: ConfigOpt = None, set: SetOpt = None, resume_anyway: ResumeOpt = False):
-    """PPO against the reward model with a KL penalty to the SFT model (PPO-ptx with ppo.ptx_coef > 0)."""
+    """PPO against the reward model with a KL penalty to the SFT model (PPO-ptx with ppo.ptx.coef > 0)."""
     from chatrlhf.stages.ppo import run_ppo
 
     run_ppo(load_cfg(config, set, resume_anyway))

@@ -15,7 +15,7 @@ console = Console(stderr=True)
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (defaults: configs/default.yaml).")]
 
 ResumeOpt = Annotated[bool, typer.Option("--resume-anyway", help="Resume checkpoints even when they were written with other settings (listed as a warning; same as --set run.resume_anyway=true).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. --set ppo.kl_coef=0.05 (repeatable).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. --set ppo.reward.kl_coef=0.05 (repeatable).")]
 
 
 def load_cfg(config: Path | None, overrides: list[str] | None, resume_anyway: bool = False) -> Config:

@@ -1,6 +1,6 @@
 """Typed configuration: one pydantic model per stage, loaded from YAML with dotted overrides.
 
-    cfg = load_config("configs/default.yaml", ["ppo.kl_coef=0.05"])
+    cfg = load_config("configs/default.yaml", ["ppo.reward.kl_coef=0.05"])
 
 Every field carries a description (shown by `chatrlhf config --help-keys`). Unknown keys, wrong
 types and missing files fail at once with the file, the key path, the allowed keys and a
@@ -14,18 +14,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError
 
+from chatrlhf.config_ppo import MOVED_KEYS, PPOConfig, RejectionSamplingConfig
 from chatrlhf.config_sections import (
     ChatConfig,
     CompareConfig,
     DPOConfig,
     EvalConfig,
     LabelConfig,
+    LoraConfig,
     PreferencesConfig,
     Section,
     ServeConfig,
 )
+
+__all__ = ["ChatConfig", "CompareConfig", "Config", "ConfigError", "DPOConfig", "EvalConfig", "IterateConfig",
+           "LabelConfig", "LoraConfig", "ModelConfig", "PPOConfig", "PreferencesConfig", "PretrainConfig",
+           "RejectionSamplingConfig", "RMConfig", "RunConfig", "Section", "ServeConfig", "SFTConfig",
+           "TokenizerConfig", "WorldConfig", "dump_config", "load_config", "parse_override"]
 
 
 class ConfigError(ValueError):
@@ -75,7 +82,7 @@ class WorldConfig(Section):
     demo_quality: float = Field(0.7, ge=0, le=1, description="Probability that a demonstration is the ideal answer (the rest are flawed, as real ones are).")
     multi_turn_rate: float = Field(0.15, ge=0, le=0.5, description="Share of prompts that are multi-turn (fact follow-ups needing the first turn, or a greeting first).")
     n_guard_prompts: int = Field(64, ge=0, description="Prompts at the end of the ppo split drawn from content of their own "
-                                 "(at most a quarter of the split), for PPO's over-optimisation guard; keep equal to ppo.guard_prompts.")
+                                 "(at most a quarter of the split), for PPO's over-optimisation guard; keep equal to ppo.guard.prompts.")
     agreement_comparisons: int = Field(600, ge=1, description="Fixed comparisons on which labeler agreement is measured (agreement.json).")
     task_mix: dict[str, float] = Field(default_factory=dict, description="The customers: relative weight of each task "
         "users ask, in place of its default (chatrlhf.world.tasks.TASK_MIX: fact 0.28, list_first 0.07, list_last 0.06, "
@@ -135,19 +142,6 @@ class PretrainConfig(Section):
     log_every: int = Field(10, description="Steps between logged scalars.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Accelerate mixed precision (bf16 autocast measured 3-8x slower on an AVX2 CPU without bf16 units).")
-
-
-class LoraConfig(Section):
-    enabled: bool = Field(False, description="Train LoRA adapters through peft instead of all weights.")
-    r: int = Field(8, description="LoRA rank.")
-    alpha: int = Field(16, description="LoRA alpha.")
-    dropout: float = Field(0.0, description="LoRA dropout.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules that get adapters."
-    )
-    merge: bool = Field(True, description="PPO: merge adapters into a plain checkpoint when the stage ends (false "
-                        "saves the peft adapter alone). SFT always saves merged weights, with the adapter alone in "
-                        "sft/adapter/, because the RM and PPO load SFT as a plain model.")
 
 
 class SFTConfig(Section):
@@ -225,107 +219,6 @@ class RMConfig(Section):
     init_from: Literal["sft", "pretrain"] = Field("sft", description="Stage whose weights initialise the RM.")
 
 
-class RejectionSamplingConfig(Section):
-    n: int = Field(8, ge=0, description="Samples per prompt before PPO; the best under PPO's reward "
-                   "(RM score + sft_loglik_coef x SFT mean log-likelihood + verifier_coef x check) is kept and the policy fine-tuned on the kept "
-                   "answers (Llama 2's rejection sampling). 0 or 1 = off: PPO starts from the given policy.")
-    prompts: int = Field(3000, ge=1, description="Prompts to sample: PPO's training prompts, topped up with the RM "
-                         "stage's prompts (never eval or guard prompts). Distinct prompts distil better than more "
-                         "samples of fewer prompts (docs/RESULTS.md).")
-    epochs: float = Field(5.0, description="Fine-tuning passes over the kept answers.")
-    learning_rate: float = Field(3e-4, description="Fine-tuning AdamW learning rate (cosine decay).")
-    batch_size: int = Field(16, ge=1, description="Conversations per fine-tuning step.")
-    warmup_steps: int = Field(5, ge=0, description="Linear learning-rate warm-up steps.")
-    sample_batch: int = Field(256, ge=1, description="Rows sampled at once (continuous batching).")
-    min_check: float = Field(0.0, ge=0.0, le=1.0, description="Drop a prompt from fine-tuning when its kept answer "
-                             "scores below this on the prompt's rule-based check (rejection-sampling fine-tuning "
-                             "on verified answers only, as RFT and STaR do); prompts without a check are always kept. 0 = keep all.")
-
-
-class PPOConfig(Section):
-    data: str | None = Field(None, description="PPO's prompts: None = the embedded world's; or a local jsonl/csv/parquet "
-                             "path or datasets name: a prompt column, a bare string per line, or any SFT format (the "
-                             "last reply is taken off). Rows with a `ground_truth` also get the rule-based check.")
-    split: str = Field("train", description="datasets split to read for ppo.data.")
-    format: Literal["auto", "messages", "prompt_response", "instruction", "transcript", "oasst_tree"] = Field(
-        "auto", description="How ppo.data rows become prompts (as sft.format).")
-    columns: dict[str, str] = Field(default_factory=dict, description="Column mapping for ppo.data, as sft.columns "
-                                    "(e.g. {prompt: question}; also ground_truth).")
-    total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
-    max_minutes: float = Field(0.0, ge=0, description="Optional wall-clock safety per round (0 = off, the default: "
-                               "total_iterations and the guard decide, the same on every machine); when it fires the "
-                               "guard's best is still taken and the report names it.")
-    rollout_batch_size: int = Field(32, description="Responses per rollout batch (rollout_batch_size / samples_per_prompt distinct prompts).")
-    samples_per_prompt: int = Field(1, ge=1, description="Responses sampled per prompt in a rollout batch (RLOO needs at least 2).")
-    advantage_estimator: Literal["gae", "rloo", "grpo"] = Field(
-        "gae", description="gae: GAE with the value model (initialised from the RM); rloo: the sequence reward with "
-        "the KL in it, minus the mean of the prompt's other samples (leave-one-out, Ahmadian et al. 2024); grpo: "
-        "(reward - group mean) / group std, with the KL to SFT as a k3 loss term weighted by kl_coef (Shao et al. "
-        "2024). rloo and grpo need samples_per_prompt >= 2 and load, train and save no value model.")
-    critic: Literal["shared", "separate"] = Field(
-        "shared", description="GAE's value function. shared: a scalar head on the policy's last hidden states, initialised "
-        "from the RM's head -- one trunk pass per update instead of two, and the rollout's hidden states give the values "
-        "without a pass of their own; separate: its own model initialised "
-        "from the whole RM (InstructGPT, TRL 1.10). A shared head needs an RM as wide as the policy.")
-    value_head_lr_scale: float = Field(20.0, gt=0, description="Shared critic: the value head's learning rate as a multiple "
-                                       "of learning_rate (a linear head on features it does not train needs larger steps).")
-    mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch.")
-    ppo_epochs: int = Field(2, description="Passes over each rollout batch.")
-    max_new_tokens: int = Field(48, description="Maximum response tokens per rollout.")
-    temperature: float = Field(1.0, description="Rollout sampling temperature.")
-    learning_rate: float = Field(5e-5, description="Policy and value AdamW learning rate.")
-    kl_coef: float = Field(0.05, description="Initial coefficient of the per-token KL penalty to the SFT model.")
-    adaptive_kl: bool = Field(False, description="Adapt kl_coef towards target_kl (Ziegler et al. 2019).")
-    sft_loglik_coef: float = Field(2.0, description="Weight of the SFT model's length-normalised log-likelihood of the "
-                                   "response, added to the reward token by token (0 = off).")
-    verifier_coef: float = Field(4.0, ge=0, description="Weight of the rule-based check of a prompt's `ground_truth` "
-                                 "(chatrlhf.verifiers, score in [0, 1]) added to the RM score; prompts without one get the RM alone (0 = off).")
-    target_kl: float = Field(6.0, description="Target KL (nats per sequence) for the adaptive controller.")
-    horizon: int = Field(10000, description="Adaptive KL controller horizon.")
-    cliprange: float = Field(0.2, description="PPO policy ratio clip.")
-    cliprange_value: float = Field(0.2, description="Value prediction clip.")
-    vf_coef: float = Field(0.1, description="Value loss coefficient.")
-    gamma: float = Field(1.0, description="GAE discount.")
-    lam: float = Field(0.95, description="GAE lambda.")
-    whiten_rewards: bool = Field(False, description="Whiten per-token rewards before GAE.")
-    missing_eos_penalty: float = Field(1.0, description="Subtracted from the reward of responses that never end.")
-    ptx_coef: float = Field(0.0, description="PPO-ptx: weight of the pre-training LM loss mixed into each update.")
-    ptx_batch_size: int = Field(4, description="Pre-training sequences per update for PPO-ptx.")
-    max_kl: float = Field(50.0, description="Stop the run when mean KL (nats per sequence) exceeds this.")
-    early_stop: Literal["none", "held_out_comparisons", "target_kl"] = Field(
-        "held_out_comparisons", description="Guard against reward over-optimisation. held_out_comparisons: with the "
-        "embedded world, its training labelers compare the policy with SFT on held-out prompts; without it, the "
-        "RM's held-out (validation) comparisons, scored as the share of pairs the policy's implicit reward "
-        "(log pi - log pi_SFT of the whole reply) orders as the people did. target_kl: stop at ppo.target_kl. "
-        "none: the last iteration is exported.")
-    eval_every: int = Field(3, description="Iterations between guard evaluations.")
-    save_every: int = Field(5, description="Iterations between resumable checkpoints.")
-    grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
-    guard_prompts: int = Field(64, description="Held-out PPO prompts the over-optimisation guard compares on (not trained on).")
-    guard_labelers: int = Field(2, ge=1, description="Training labelers who compare each guard prompt's pair (more = a less noisy win rate).")
-    patience: int = Field(10, description="Guard evaluations without a new best (smoothed) win rate before early stop.")
-    guard_window: int = Field(3, ge=1, description="The guard selects and stops on the mean of its last guard_window evaluations (1 = raw; a single evaluation is noisy).")
-    ptx_seq_len: int = Field(128, description="Tokens per pre-training sequence for PPO-ptx and the perplexity check.")
-    rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig,
-                                                        description="Best-of-n fine-tuning before PPO.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings for the policy.")
-
-    @property
-    def reads_policy_hidden_states(self) -> bool:
-        """GAE with the shared critic: the rollout keeps the policy's hidden states and the update reads them."""
-        return self.advantage_estimator == "gae" and self.critic == "shared"
-
-    @model_validator(mode="after")
-    def _groups_fit(self) -> "PPOConfig":
-        if self.rollout_batch_size % self.samples_per_prompt:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
-                             f"samples_per_prompt ({self.samples_per_prompt})")
-        if self.advantage_estimator in ("rloo", "grpo") and self.samples_per_prompt < 2:
-            raise ValueError(f"advantage_estimator '{self.advantage_estimator}' needs samples_per_prompt >= 2 (its "
-                             "baseline comes from the prompt's other samples)")
-        return self
-
-
 class IterateConfig(Section):
     rounds: int = Field(2, description="RLHF rounds (round 1 = RM + PPO from SFT; later rounds add fresh comparisons).")
     max_rounds: int = Field(0, ge=0, description="Optional, off by default (0 or at most `rounds` = exactly `rounds`, "
@@ -382,12 +275,25 @@ def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]
     return model
 
 
+def _moved(loc: tuple[Any, ...], value: Any) -> str | None:
+    """The place of a flat PPO key in the grouped section (kl_coef -> reward.kl_coef; `critic: separate`
+    -> critic.model), or None."""
+    if len(loc) == 2 and loc[0] == "ppo" and str(loc[1]) in MOVED_KEYS:
+        return "ppo." + MOVED_KEYS[str(loc[1])]
+    if loc == ("ppo", "critic") and isinstance(value, str):
+        return "ppo.critic.model"
+    return None
+
+
 def _explain(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc)
-        if e["type"] == "extra_forbidden":
+        moved = _moved(loc, e.get("input"))
+        if moved:
+            msg = f"  '{key}' is now '{moved}' (PPO's settings are grouped by concern: see configs/default.yaml)"
+        elif e["type"] == "extra_forbidden":
             owner = _section_at(Config, loc)
             allowed = list(owner.model_fields)
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
@@ -413,9 +319,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """'ppo.kl_coef=0.05' -> ('ppo.kl_coef', 0.05); values are parsed as YAML scalars."""
+    """'ppo.reward.kl_coef=0.05' -> ('ppo.reward.kl_coef', 0.05); values are parsed as YAML scalars."""
     if "=" not in item:
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. ppo.kl_coef=0.05), got {item!r}")
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. ppo.reward.kl_coef=0.05), got {item!r}")
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""

@@ -1,6 +1,6 @@
 """The configuration sections of evaluation, the apps (chat, serve, label) and the method comparisons
-(preferences, DPO, compare), and `Section`, the base of every section. `chatrlhf.config` assembles
-them into `Config`; import them from there.
+(preferences, DPO, compare), `LoraConfig` (SFT's and PPO's), and `Section`, the base of every section.
+`chatrlhf.config` assembles them into `Config`; import them from there.
 """
 
 from __future__ import annotations
@@ -12,6 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="Train LoRA adapters through peft instead of all weights.")
+    r: int = Field(8, description="LoRA rank.")
+    alpha: int = Field(16, description="LoRA alpha.")
+    dropout: float = Field(0.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules that get adapters."
+    )
+    merge: bool = Field(True, description="PPO: merge adapters into a plain checkpoint when the stage ends (false "
+                        "saves the peft adapter alone). SFT always saves merged weights, with the adapter alone in "
+                        "sft/adapter/, because the RM and PPO load SFT as a plain model.")
 
 
 # --- evaluation, apps and method comparisons --------------------------------------------------
@@ -130,7 +143,7 @@ class CompareConfig(Section):
         default_factory=lambda: ["sft", "ppo", "dpo", "grpo", "rloo", "bon4", "bon16", "fewshot"],
         description="Methods in the table: sft (the baseline), ppo (GAE), grpo, rloo, dpo, bonN (best of N SFT samples "
                     "under the RM, at inference), fewshot (the pre-trained model prompted with demonstrations).")
-    samples_per_prompt: int = Field(4, ge=2, description="GRPO/RLOO group size; PPO gets the same rollout_batch_size in "
+    samples_per_prompt: int = Field(4, ge=2, description="GRPO/RLOO group size; PPO gets the same ppo.rollout.batch_size in "
                                     "responses, so every RL method generates the same number of tokens' worth of answers.")
     rejection_sampling: bool = Field(False, description="Let the RL methods start from ppo.rejection_sampling's best-of-n "
                                      "fine-tune (as `chatrlhf ppo` does); off = every method starts from SFT itself.")

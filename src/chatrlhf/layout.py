@@ -80,7 +80,7 @@ def budget_plan(cfg: Config) -> dict:
                                    ("ppo.max_minutes", cfg.ppo.max_minutes > 0),
                                    ("iterate.max_rounds/budget_minutes", extra)) if on]
     return {"pretrain_steps": cfg.pretrain.max_steps, "ppo_iterations_max": cfg.ppo.total_iterations,
-            "ppo_stop": cfg.ppo.early_stop, "rounds": it.rounds, "rounds_max": max(it.rounds, it.max_rounds),
+            "ppo_stop": cfg.ppo.guard.early_stop, "rounds": it.rounds, "rounds_max": max(it.rounds, it.max_rounds),
             "speed_dependent": speed}
 
 

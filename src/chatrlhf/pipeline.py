@@ -22,9 +22,10 @@ from rich.console import Console
 
 from chatrlhf.config import Config
 from chatrlhf.layout import budget_plan, time_limits_fired
+from chatrlhf.lm.distributed import is_main, on_main
 from chatrlhf.lm.modeling import read_meta, stage_complete
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process speaks for all
 
 
 def _world(cfg: Config) -> None:
@@ -112,7 +113,7 @@ def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
             continue
         marker = cfg.stage_dir(subdir)
         if force:
-            shutil.rmtree(cfg.stage_dir(subdir), ignore_errors=True)
+            on_main(lambda d=cfg.stage_dir(subdir): shutil.rmtree(d, ignore_errors=True))
         elif _complete(cfg, name, marker):
             console.print(f"[dim]run: {name} complete, skipped ({marker}/meta.json)[/dim]")
             continue
@@ -129,10 +130,18 @@ def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
 
 
 def _write_timings(cfg: Config, timings: dict[str, float], total: float) -> None:
+    """Rank 0 writes (whole, by rename) while the others wait: every rank then reads the same times,
+    so all take the same decision on a further round."""
     path = Path(cfg.run.out_dir) / "pipeline.json"
-    prev = json.loads(path.read_text()) if path.is_file() else {}
-    stages = {**prev.get("stages", {}), **timings}
-    path.write_text(json.dumps({"stages": stages, "last_run_seconds": round(total, 1),
-                                "sum_of_stage_seconds": round(sum(stages.values()), 1),
-                                "threads": cfg.run.threads, "budget": budget_plan(cfg),
-                                "time_limits_fired": time_limits_fired(cfg)}, indent=2))
+
+    def write() -> None:
+        prev = json.loads(path.read_text()) if path.is_file() else {}
+        stages = {**prev.get("stages", {}), **timings}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"stages": stages, "last_run_seconds": round(total, 1),
+                                   "sum_of_stage_seconds": round(sum(stages.values()), 1),
+                                   "threads": cfg.run.threads, "budget": budget_plan(cfg),
+                                   "time_limits_fired": time_limits_fired(cfg)}, indent=2))
+        tmp.replace(path)
+
+    on_main(write)

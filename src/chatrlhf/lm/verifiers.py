@@ -3,7 +3,7 @@
 Human comparisons teach the RM what people prefer; a tiny RM learns slowly whether "lemon" really
 is the last item of the list in the prompt. Where a prompt comes with a checkable answer, a rule
 says so exactly, as in Tulu 3's RLVR (Lambert et al. 2024) and DeepSeek-R1's rule-based rewards.
-PPO's reward then is the RM score plus `ppo.verifier_coef` times the check's score in [0, 1], on
+PPO's reward then is the RM score plus `ppo.reward.verifier_coef` times the check's score in [0, 1], on
 prompts that carry a `ground_truth`; other prompts get the RM score alone.
 
 A prompt row's `ground_truth` is one of:

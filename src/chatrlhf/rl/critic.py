@@ -1,10 +1,10 @@
-"""The PPO critic, in one of two shapes (`ppo.critic`).
+"""The PPO critic, in one of two shapes (`ppo.critic.model`).
 
 shared (default): a scalar head on the policy's own last hidden states, its weights copied from the
 RM's head. One trunk pass serves the policy loss and the value loss, and the rollout's hidden states
 give the values, so the critic costs almost nothing. The head reads the policy's features without
 training them (the value loss's gradient stops at the head, so the policy's trunk moves only for the
-policy loss) and learns at value_head_lr_scale x the policy's learning rate. It needs an RM as wide as the policy.
+policy loss) and learns at critic.head_lr_scale x the policy's learning rate. It needs an RM as wide as the policy.
 
 separate: a policy-independent value model initialised from the whole reward model, as InstructGPT
 does. The RM is an AutoModelForSequenceClassification(num_labels=1): a backbone plus a scalar
@@ -82,9 +82,9 @@ class ValueHead(nn.Module):
         rm = ValueModel.from_pretrained(rm_dir).model
         _, rm_head = reward_backbone_and_head(rm)
         if rm_head.in_features != hidden_size:
-            raise ValueError(f"ppo.critic=shared: the reward model in {rm_dir} has width {rm_head.in_features}, "
+            raise ValueError(f"ppo.critic.model=shared: the reward model in {rm_dir} has width {rm_head.in_features}, "
                              f"the policy {hidden_size}; its head cannot start the policy's value head. "
-                             "Use ppo.critic=separate.")
+                             "Use ppo.critic.model=separate.")
         out = cls(hidden_size)
         with torch.no_grad():
             out.head.weight.copy_(rm_head.weight.float())

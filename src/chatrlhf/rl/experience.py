@@ -69,7 +69,7 @@ def rollout(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int, ma
                  keep_hidden=keep_hidden)
     eng.progress = progress
     ids = [eng.chat_prompt(p["messages"]) for p in prompts]
-    ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed), n)
+    ro = eng.rollout(ids, SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature, seed=seed), n)
     prompts = [p for p in prompts for _ in range(n)]
     model.train(was_training)
     dev, P = eng.device, ro.query_len
@@ -95,10 +95,10 @@ def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: Gol
     """RM score of each (prompt, response), plus verifier_coef times the rule-based check where the
     prompt has a checkable answer; responses that never reached EOS pay a penalty."""
     rm = reward_fn(ro.prompts, ro.texts).detach().float().cpu().reshape(-1)
-    score = rm - cfg.missing_eos_penalty * (~ro.finished).float()
-    if cfg.verifier_coef:
+    score = rm - cfg.reward.missing_eos_penalty * (~ro.finished).float()
+    if cfg.reward.verifier_coef:
         checks, has = verifier_scores(ro.prompts, ro.texts)
-        score = score + cfg.verifier_coef * torch.tensor(checks)
+        score = score + cfg.reward.verifier_coef * torch.tensor(checks)
         if (mean := checked_mean(checks, has)) is not None:
             ro.stats["verified"] = mean
     ro.scores, ro.rm_scores = score.to(ro.mask.device), rm
@@ -159,12 +159,12 @@ def evaluate_rollout(ro: Rollout, policy, ref_policy, value_model: ValueModel | 
         cols, r, p = minibatch_columns(ro, idx)
         args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
         with reference_model(policy, ref_policy) as ref_model:
-            ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.temperature), args[0][:, p:])
-        if value_model is not None and cfg.advantage_estimator == "gae" and cfg.critic == "separate":
+            ref[idx, :r] = token_logprobs(response_logits(ref_model, *args, cfg.rollout.temperature), args[0][:, p:])
+        if value_model is not None and cfg.advantage.estimator == "gae" and cfg.critic.model == "separate":
             val[idx, :r] = response_values(value_model, *args)
     if value_model is not None and cfg.reads_policy_hidden_states:
         if ro.hidden is None:
-            raise ValueError("ppo.critic=shared reads the rollout's hidden states: sample with rollout(..., keep_hidden=True)")
+            raise ValueError("ppo.critic.model=shared reads the rollout's hidden states: sample with rollout(..., keep_hidden=True)")
         val = value_model(ro.hidden)
     ro.ref_logprobs, ro.values = ref * ro.mask, val * ro.mask
 

@@ -7,6 +7,8 @@ noted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -34,10 +36,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries; shift_mean=False keeps the mean (for rewards)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  mean_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_mean) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; shift_mean=False keeps the mean (for rewards). `mean_fn`
+    takes both moments (a mean over every process's rows when the batch is shared out)."""
+    mean = mean_fn(x, mask)
+    var = mean_fn((x - mean) ** 2, mask)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean

@@ -11,7 +11,7 @@ every token. Each iteration:
     4. advantages  KL-penalised per-token rewards (+ the SFT model's      (compute_advantages)
                    log-likelihood of the response), GAE, whitening; or a group baseline
                    over the prompt's samples without a critic (rloo, grpo)
-    5. update      ppo_epochs x mini-batches of clipped surrogate + clipped value loss
+    5. update      update.epochs x mini-batches of clipped surrogate + clipped value loss
                    (+ GRPO's k3 KL term, + PPO-ptx LM loss on pre-training text) (ppo_update)
 
 Over-optimisation guard (no gold judge needed): every `eval_every` iterations a small held-out set
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from chatrlhf.config import PPOConfig
-from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share
+from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share, weighted_loss, world_size
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.experience import (
@@ -71,17 +71,25 @@ class PPOInstabilityError(TrainingStopped):
 # --- 4. advantages ---------------------------------------------------------------------------
 
 
+def batch_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """masked_mean over the global batch, every rank's rows (the same value on each), so advantages are
+    whitened as one process whitens them."""
+    if world_size() == 1:
+        return masked_mean(x, mask)
+    return torch.tensor(all_sum((x * mask).sum()) / max(all_sum(mask.sum()), 1.0), dtype=x.dtype)
+
+
 def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
-    if cfg.advantage_estimator != "gae":
+    if cfg.advantage.estimator != "gae":
         return _group_advantages(ro, kl_coef, cfg)
     rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
-    if cfg.sft_loglik_coef:
-        rewards = rewards + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.sft_loglik_coef)
+    if cfg.reward.sft_loglik_coef:
+        rewards = rewards + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.reward.sft_loglik_coef)
         ro.stats["sft_loglik"] = masked_mean(ro.ref_logprobs, ro.mask, dim=1).mean().item()
-    if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, ro.mask, shift_mean=False)
-    adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
-    ro.advantages = masked_whiten(adv, ro.mask)
+    if cfg.advantage.whiten_rewards:
+        rewards = masked_whiten(rewards, ro.mask, shift_mean=False, mean_fn=batch_mean)
+    adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.advantage.gamma, cfg.advantage.lam)
+    ro.advantages = masked_whiten(adv, ro.mask, mean_fn=batch_mean)
     ro.stats["kl"] = kl.sum(1).mean().item()  # nats per sequence
     ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
 
@@ -97,13 +105,13 @@ def _group_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
             estimator (Shao et al. 2024), added in ppo_update."""
     kl = (ro.logprobs - ro.ref_logprobs) * ro.mask  # k1 per token, as GAE's reward uses
     seq = ro.scores.float().clone()
-    if cfg.sft_loglik_coef:
-        seq = seq + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.sft_loglik_coef).sum(1)
+    if cfg.reward.sft_loglik_coef:
+        seq = seq + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.reward.sft_loglik_coef).sum(1)
         ro.stats["sft_loglik"] = masked_mean(ro.ref_logprobs, ro.mask, dim=1).mean().item()
-    k = cfg.samples_per_prompt
-    if cfg.advantage_estimator == "rloo":
+    k = cfg.rollout.samples_per_prompt
+    if cfg.advantage.estimator == "rloo":
         seq = seq - kl_coef * kl.sum(1)
-        ro.advantages = masked_whiten(leave_one_out_baseline(seq, k)[:, None] * ro.mask, ro.mask)
+        ro.advantages = masked_whiten(leave_one_out_baseline(seq, k)[:, None] * ro.mask, ro.mask, mean_fn=batch_mean)
         ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
     else:
         ro.advantages = group_normalized_advantages(seq, k)[:, None] * ro.mask
@@ -122,53 +130,68 @@ def ptx_loss(policy, batch: torch.Tensor) -> torch.Tensor:
 
 def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead | None, optimizer, accelerator, cfg: PPOConfig,
                seed: int, ptx_sampler: Callable[[], torch.Tensor] | None = None,
-               kl_coef: float | None = None) -> dict[str, float]:
-    """ppo_epochs passes of shuffled mini-batches; returns the mean of each loss statistic. `kl_coef`
-    (default cfg.kl_coef) weighs GRPO's KL loss term."""
+               kl_coef: float | None = None, first_row: int = 0) -> dict[str, float]:
+    """update.epochs passes over the global batch in shuffled mini-batches of update.mini_batch_size
+    rows; returns the mean of each loss statistic. `kl_coef` (default cfg.reward.kl_coef) weighs GRPO's
+    KL loss term. When the batch is shared out, this rank holds global rows first_row... and runs the
+    rows of each mini-batch it holds, its loss weighted by its share of the mini-batch's tokens
+    (lm.distributed.weighted_loss): the all-reduced update is one process's on the whole batch."""
     gen = torch.Generator().manual_seed(seed)
     B = len(ro.texts)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n = 0
-    gae = cfg.advantage_estimator == "gae"  # RLOO and GRPO have no value model to train
-    kl_loss_coef = (cfg.kl_coef if kl_coef is None else kl_coef) if cfg.advantage_estimator == "grpo" else 0.0
-    for _ in range(cfg.ppo_epochs):
-        for idx in torch.randperm(B, generator=gen).split(cfg.mini_batch_size):
-            cols, r, p = minibatch_columns(ro, idx)
-            args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
-            mask = ro.mask[idx, :r]
-            logits, hidden = response_forward(policy, *args, cfg.temperature, hidden=cfg.reads_policy_hidden_states)
-            logp = F.log_softmax(logits, dim=-1)  # (b, r, V)
-            lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
-            pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.cliprange)
-            loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
-            if gae:
-                if hidden is not None:
-                    hidden = hidden.detach()  # the head reads the policy's features; only the policy loss trains them
-                v = response_values(value_model, *args, hidden=hidden)
-                vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.cliprange_value)
-                loss = loss + cfg.vf_coef * vf
-                stats |= {"vf_loss": vf.item(), **{k: t.item() for k, t in vf_stats.items()}}
-            if kl_loss_coef:
-                kl_term = masked_mean(k3_kl(lp, ro.ref_logprobs[idx, :r]), mask)
-                loss = loss + kl_loss_coef * kl_term
-                stats["kl_loss"] = kl_term.item()
-            if ptx_sampler is not None and cfg.ptx_coef > 0:
-                lm = ptx_loss(policy, ptx_sampler())
-                loss = loss + cfg.ptx_coef * lm
+    kl_loss_coef = (cfg.reward.kl_coef if kl_coef is None else kl_coef) if cfg.advantage.estimator == "grpo" else 0.0
+    for _ in range(cfg.update.epochs):
+        for idx in torch.randperm(int(all_sum(B)), generator=gen).split(cfg.update.mini_batch_size):
+            local = idx[(idx >= first_row) & (idx < first_row + B)] - first_row
+            counts = len(local) > 0  # a rank without rows here runs row 0 with weight 0, to join the all-reduce
+            local = local if counts else torch.zeros(1, dtype=torch.long)
+            loss, stats = minibatch_loss(ro, local, policy, value_model, cfg, kl_loss_coef)
+            loss, global_loss = weighted_loss(loss, float(ro.mask[local].sum()) if counts else 0.0)
+            if ptx_sampler is not None and cfg.ptx.coef > 0:
+                lm = ptx_loss(policy, ptx_sampler())  # the same batch on every rank
+                loss, global_loss = loss + cfg.ptx.coef * lm, global_loss + cfg.ptx.coef * lm.detach()
                 stats["ptx_loss"] = lm.item()
-            if not torch.isfinite(loss):
-                raise PPOInstabilityError(f"PPO loss became {loss.item()}")
-            with torch.no_grad():
-                stats["entropy"] = masked_mean(entropy_from_logprobs(logp), mask).item()
+            if not torch.isfinite(global_loss):
+                raise PPOInstabilityError(f"PPO loss became {global_loss.item()}")
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            accelerator.clip_grad_norm_(params, cfg.update.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            for k, val in stats.items():
-                sums[k] = sums.get(k, 0.0) + val
-            n += 1
-    return {k: val / n for k, val in sums.items()}
+            if counts:
+                for k, val in stats.items():
+                    sums[k] = sums.get(k, 0.0) + val
+                n += 1
+    return {k: val / max(n, 1) for k, val in sums.items()}
+
+
+def minibatch_loss(ro: Rollout, idx: torch.Tensor, policy, value_model: ValueModel | ValueHead | None,
+                   cfg: PPOConfig, kl_loss_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate on rows `idx` (+ GAE's clipped value loss, + GRPO's KL term), each a mean
+    over the rows' response tokens, and its statistics."""
+    cols, r, p = minibatch_columns(ro, idx)
+    args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
+    mask = ro.mask[idx, :r]
+    logits, hidden = response_forward(policy, *args, cfg.rollout.temperature, hidden=cfg.reads_policy_hidden_states)
+    logp = F.log_softmax(logits, dim=-1)  # (b, r, V)
+    lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
+    pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.update.cliprange)
+    loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
+    if cfg.advantage.estimator == "gae":  # RLOO and GRPO have no value model to train
+        if hidden is not None:
+            hidden = hidden.detach()  # the head reads the policy's features; only the policy loss trains them
+        v = response_values(value_model, *args, hidden=hidden)
+        vf, vf_stats = ppo_value_loss(v, ro.values[idx, :r], ro.returns[idx, :r], mask, cfg.critic.cliprange_value)
+        loss = loss + cfg.critic.vf_coef * vf
+        stats |= {"vf_loss": vf.item(), **{k: t.item() for k, t in vf_stats.items()}}
+    if kl_loss_coef:
+        kl_term = masked_mean(k3_kl(lp, ro.ref_logprobs[idx, :r]), mask)
+        loss = loss + kl_loss_coef * kl_term
+        stats["kl_loss"] = kl_term.item()
+    with torch.no_grad():
+        stats["entropy"] = masked_mean(entropy_from_logprobs(logp), mask).item()
+    return loss, stats
 
 
 # --- the trainer -----------------------------------------------------------------------------
@@ -183,11 +206,11 @@ class PPOTrainer:
                  ptx_data: torch.Tensor | None = None, start_win_rate: float | None = None):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
-        if (value_model is not None) != (cfg.advantage_estimator == "gae"):
-            raise TypeError(f"ppo.advantage_estimator={cfg.advantage_estimator} "
+        if (value_model is not None) != (cfg.advantage.estimator == "gae"):
+            raise TypeError(f"ppo.advantage.estimator={cfg.advantage.estimator} "
                             f"{'needs a critic' if value_model is None else 'trains no critic; pass value_model=None'}")
-        if value_model is not None and isinstance(value_model, ValueHead) != (cfg.critic == "shared"):
-            raise TypeError(f"ppo.critic={cfg.critic} needs a {'ValueHead' if cfg.critic == 'shared' else 'ValueModel'}, "
+        if value_model is not None and isinstance(value_model, ValueHead) != (cfg.critic.model == "shared"):
+            raise TypeError(f"ppo.critic.model={cfg.critic.model} needs a {'ValueHead' if cfg.critic.model == 'shared' else 'ValueModel'}, "
                             f"got a {type(value_model).__name__}")
         self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
         self.gold_fn, self.guard, self.ptx_data, self.seed = gold_fn, guard, ptx_data, seed
@@ -195,21 +218,19 @@ class PPOTrainer:
         self.start_win_rate = start_win_rate
         self.out_dir, self.accelerator = Path(out_dir), accelerator
         world = accelerator.num_processes  # each rank rolls out and updates on its share of the batch
-        if (cfg.rollout_batch_size // cfg.samples_per_prompt) % world or cfg.mini_batch_size % world:
-            raise ValueError(f"ppo: with {world} processes, rollout_batch_size / samples_per_prompt "
-                             f"({cfg.rollout_batch_size // cfg.samples_per_prompt}) and mini_batch_size "
-                             f"({cfg.mini_batch_size}) must be multiples of {world}")
-        self.rank_cfg = cfg.model_copy(update={"mini_batch_size": cfg.mini_batch_size // world})
-        announce(accelerator, "ppo", f"{cfg.rollout_batch_size // world} rollouts, mini-batch {self.rank_cfg.mini_batch_size}",
-                 f"{cfg.rollout_batch_size} rollouts, mini-batch {cfg.mini_batch_size}")
+        if (cfg.rollout.batch_size // cfg.rollout.samples_per_prompt) % world:
+            raise ValueError(f"ppo: with {world} processes, rollout.batch_size / rollout.samples_per_prompt "
+                             f"({cfg.rollout.batch_size // cfg.rollout.samples_per_prompt}) must be a multiple of {world}")
+        announce(accelerator, "ppo", f"{cfg.rollout.batch_size // world} rollouts, its rows of each mini-batch",
+                 f"{cfg.rollout.batch_size} rollouts, mini-batch {cfg.update.mini_batch_size}")
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval()
-        head_lr = cfg.learning_rate * (cfg.value_head_lr_scale if cfg.critic == "shared" else 1.0)
+        head_lr = cfg.update.learning_rate * (cfg.critic.head_lr_scale if cfg.critic.model == "shared" else 1.0)
         trainable = [{"params": [p for p in policy.parameters() if p.requires_grad]}]
         if value_model is not None:
             trainable.append({"params": list(value_model.parameters()), "lr": head_lr})
         # fused: one kernel per step instead of ~10 small ops per tensor (TRL's default optimizer too)
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.update.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
         if value_model is None:
             (self.policy, self.optimizer), self.value_model = accelerator.prepare(policy, optimizer), None
         else:
@@ -220,9 +241,10 @@ class PPOTrainer:
         if self.value_model is not None:
             self.value_model.eval()
         self.ref_policy = ref_policy.to(accelerator.device) if ref_policy is not None else None
-        self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.adaptive_kl, cfg.target_kl, cfg.horizon)
-        self.ckpts = Checkpoints(self.out_dir, settings={"ppo": cfg.model_dump(mode="json", exclude={
-            "total_iterations", "max_minutes", "eval_every", "save_every", "patience"}), "seed": seed})
+        self.kl_ctl = make_kl_controller(cfg.reward.kl_coef, cfg.reward.adaptive_kl, cfg.reward.target_kl, cfg.reward.horizon)
+        self.ckpts = Checkpoints(self.out_dir, settings={"ppo": cfg.model_dump(mode="json", exclude={  # how long, not how
+            "total_iterations": True, "max_minutes": True, "save_every": True, "guard": {"eval_every", "patience"}}),
+            "seed": seed})
         self.iteration, self.best = 0, {"win_rate": -1.0, "iteration": 0, "stale": 0}
         self.guard_history: list[float] = []  # every guard evaluation, iteration 0 first
         self.history: list[dict[str, float]] = []
@@ -239,23 +261,23 @@ class PPOTrainer:
         t_roll = time.perf_counter() - t0
         score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
         value = self.accelerator.unwrap_model(self.value_model) if self.value_model is not None else None
-        evaluate_rollout(ro, policy, self.ref_policy, value, cfg, self.rank_cfg.mini_batch_size)  # 3.
+        evaluate_rollout(ro, policy, self.ref_policy, value, cfg, cfg.update.mini_batch_size)  # 3.
         compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.
         ro.stats = all_mean(ro.stats)  # the global batch's figures, the same on every rank
         self._check_kl(ro.stats["kl"])
         self.policy.eval()
         if self.value_model is not None:
             self.value_model.eval()
-        sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx_coef > 0 else None
+        sampler = self._ptx_sampler(it) if self.ptx_data is not None and cfg.ptx.coef > 0 else None
         try:
             stats = all_mean(ppo_update(ro, self.policy, self.value_model, self.optimizer, self.accelerator,
-                                        self.rank_cfg, seed=self.seed * 7 + it, ptx_sampler=sampler,
-                                        kl_coef=self.kl_ctl.value))  # 5.
+                                        cfg, seed=self.seed * 7 + it, ptx_sampler=sampler,
+                                        kl_coef=self.kl_ctl.value, first_row=first))  # 5.
         except PPOInstabilityError as e:
             raise PPOInstabilityError(f"{e} at iteration {it + 1}; stopping, last good checkpoint kept in "
-                                      f"{self.ckpts.latest() or '(none yet)'}. Lower ppo.learning_rate.") from None
+                                      f"{self.ckpts.latest() or '(none yet)'}. Lower ppo.update.learning_rate.") from None
         stats = {**ro.stats, **stats, "kl_coef": self.kl_ctl.value}
-        self.kl_ctl.update(ro.stats["kl"], cfg.rollout_batch_size)
+        self.kl_ctl.update(ro.stats["kl"], cfg.rollout.batch_size)
         stats["time_rollout_s"], stats["time_step_s"] = t_roll, time.perf_counter() - t0
         self.iteration += 1
         return stats
@@ -263,8 +285,8 @@ class PPOTrainer:
     def _batch_prompts(self, it: int) -> list[dict]:
         """Epoch-wise shuffled prompts, each repeated samples_per_prompt times in a row (the groups
         RLOO's baseline needs); a pure function of (seed, iteration) so resume is exact."""
-        n, k = len(self.prompts), self.cfg.samples_per_prompt
-        bs = self.cfg.rollout_batch_size // k
+        n, k = len(self.prompts), self.cfg.rollout.samples_per_prompt
+        bs = self.cfg.rollout.batch_size // k
         out = []
         for j in range(it * bs, (it + 1) * bs):
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + j // n))
@@ -274,7 +296,7 @@ class PPOTrainer:
     def _rank_prompts(self, it: int) -> tuple[list[dict], int]:
         """This rank's share of the iteration's prompts (whole groups of samples_per_prompt) and the
         position of its first row in the global batch."""
-        rows, k = self._batch_prompts(it), self.cfg.samples_per_prompt
+        rows, k = self._batch_prompts(it), self.cfg.rollout.samples_per_prompt
         mine = share(len(rows) // k)
         return rows[mine.start * k: mine.stop * k], mine.start * k
 
@@ -282,19 +304,19 @@ class PPOTrainer:
         gen = torch.Generator().manual_seed(self.seed * 31 + it)
 
         def sample() -> torch.Tensor:
-            idx = torch.randint(len(self.ptx_data), (self.cfg.ptx_batch_size,), generator=gen)
+            idx = torch.randint(len(self.ptx_data), (self.cfg.ptx.batch_size,), generator=gen)
             return self.ptx_data[idx].to(self.accelerator.device)
 
         return sample
 
     def _check_kl(self, kl: float) -> None:
-        if not math.isfinite(kl) or kl > self.cfg.max_kl:
+        if not math.isfinite(kl) or kl > self.cfg.guard.max_kl:
             # the policy just measured is not good: a checkpoint of it is set aside, never resumed
-            last = self.ckpts.reject(self.iteration, f"KL to SFT {kl:.3g} > ppo.max_kl {self.cfg.max_kl}")
+            last = self.ckpts.reject(self.iteration, f"KL to SFT {kl:.3g} > ppo.guard.max_kl {self.cfg.guard.max_kl}")
             raise PPOInstabilityError(
                 f"PPO stopped at iteration {self.iteration}: KL to SFT is {kl:.3g} nats/sequence "
-                f"(ppo.max_kl = {self.cfg.max_kl}); last good checkpoint kept in {last or '(none yet)'}. "
-                "Lower ppo.learning_rate, raise ppo.kl_coef or use ppo.adaptive_kl=true"
+                f"(ppo.guard.max_kl = {self.cfg.guard.max_kl}); last good checkpoint kept in {last or '(none yet)'}. "
+                "Lower ppo.update.learning_rate, raise ppo.reward.kl_coef or use ppo.reward.adaptive_kl=true"
                 + (", and rerun with --resume-anyway to continue from that checkpoint." if last else "."))
 
     # -- guard
@@ -308,11 +330,11 @@ class PPOTrainer:
 
     def _update_best(self, win_rate: float) -> float:
         """Record a guard evaluation; a new best *smoothed* win rate (the mean of the last
-        guard_window evaluations) saves the current policy. One evaluation of 64 prompts has a standard
+        guard.window evaluations) saves the current policy. One evaluation of 64 prompts has a standard
         error near 0.05, as large as the gains it should see: the best of many raw evaluations is a
         noise peak, which stopped rounds early. Returns the smoothed win rate."""
         self.guard_history.append(win_rate)
-        recent = self.guard_history[-self.cfg.guard_window:]
+        recent = self.guard_history[-self.cfg.guard.window:]
         smoothed = sum(recent) / len(recent)
         if smoothed > self.best["win_rate"]:
             self.best = {"win_rate": smoothed, "iteration": self.iteration, "stale": 0}
@@ -361,16 +383,16 @@ class PPOTrainer:
             if self.guard is not None and self.iteration == 0:  # iteration 0 = the starting policy
                 # A start that is the reference scores a known 0.5: measuring it would only add noise, and
                 # a high draw would make every later iteration look worse. An unknown start (a later
-                # round's policy) is measured guard_window times, so its score is a mean like every
+                # round's policy) is measured guard.window times, so its score is a mean like every
                 # later one, not a single draw that may be a noise peak.
                 if self.start_win_rate is None:
-                    self.guard_history += [self.evaluate_guard(k) for k in range(1, cfg.guard_window)]
+                    self.guard_history += [self.evaluate_guard(k) for k in range(1, cfg.guard.window)]
                     self._update_best(self.evaluate_guard())
                 else:
                     self._update_best(self.start_win_rate)
             while self.iteration < cfg.total_iterations:
                 stats = self.step()
-                if self.guard is not None and self.iteration % cfg.eval_every == 0:
+                if self.guard is not None and self.iteration % cfg.guard.eval_every == 0:
                     stats["guard_win_rate"] = self.evaluate_guard()
                     stats["guard_win_rate_smoothed"] = self._update_best(stats["guard_win_rate"])
                     stats["guard_best_iteration"] = self.best["iteration"]
@@ -392,10 +414,10 @@ class PPOTrainer:
         return self.history
 
     def _should_stop(self, stats: dict[str, float]) -> bool:
-        if self.cfg.early_stop == "target_kl":
-            return stats["kl"] > self.cfg.target_kl
-        if self.cfg.early_stop == "held_out_comparisons" and self.guard is not None:
-            return self.best["stale"] >= self.cfg.patience
+        if self.cfg.guard.early_stop == "target_kl":
+            return stats["kl"] > self.cfg.reward.target_kl
+        if self.cfg.guard.early_stop == "held_out_comparisons" and self.guard is not None:
+            return self.best["stale"] >= self.cfg.guard.patience
         return False
 
 

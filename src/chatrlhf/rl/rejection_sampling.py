@@ -53,13 +53,13 @@ def best_of_n(policy, ref_policy, tokenizer, prompts: list[dict], reward_fn, cfg
     first, copy_of = distinct_responses(ro, n)
     u = ro.select(first)
     score_rollout(u, reward_fn, cfg)  # RM score (+ verifier_coef x check) minus the missing-EOS penalty
-    if same_as_reference and cfg.temperature == 1.0:
+    if same_as_reference and cfg.rollout.temperature == 1.0:
         u.ref_logprobs = u.logprobs * u.mask
     else:
         evaluate_rollout(u, policy, ref_policy, None, cfg, batch_size=64)
     loglik = masked_mean(u.ref_logprobs, u.mask, dim=1)[copy_of]  # mean log pi_SFT(y_t) per response
     # PPO's reward without its KL penalty: best-of-n bounds the KL itself (0 when the policy is SFT)
-    reward = (u.scores + sft_loglik_rewards(u.ref_logprobs, u.mask, cfg.sft_loglik_coef).sum(1))[copy_of]
+    reward = (u.scores + sft_loglik_rewards(u.ref_logprobs, u.mask, cfg.reward.sft_loglik_coef).sum(1))[copy_of]
     reward, rm_scores = reward.view(len(prompts), n), u.rm_scores[copy_of.cpu()]
     best = reward.argmax(1)
     picked = [ro.texts[i * n + int(b)] for i, b in enumerate(best)]
@@ -125,7 +125,7 @@ def fine_tune(policy, tokenizer, prompts: list[dict], answers: list[str], cfg: P
             targets = int((batch["labels"][:, 1:] != IGNORE).sum()) if counts else 0
             loss, global_loss = weighted_loss(sft_loss(model, batch), targets)
             check_finite(global_loss, step + 1, "best-of-n fine-tuning")  # before the update; best_of_n/ is saved only after
-            optimizer_step(acc, loss, params, opt, sched, cfg.grad_clip)
+            optimizer_step(acc, loss, params, opt, sched, cfg.update.grad_clip)
             losses.append(global_loss.item())
             bar.update(task, advance=1, info=f"loss {losses[-1]:.3f}")
     acc.free_memory()  # the policy object itself was trained (DDP shares its parameters)

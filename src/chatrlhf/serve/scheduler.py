@@ -38,6 +38,25 @@ class Job:
         self.cancelled = True
 
 
+def deliver(events: list[tuple[Job, str, Any]]) -> None:
+    """Hand a step's events to their requests with one wake-up per event loop, not one per event: each
+    wake-up is a write to the loop's self-pipe, and that thread then competes with this one for the GIL."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, Any]]] = {}
+    for ev in events:
+        by_loop.setdefault(ev[0].loop, []).append(ev)
+    for loop, evs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, evs)
+        except RuntimeError:  # that event loop is gone (client and server shut down): nobody to tell
+            for job, _, _ in evs:
+                job.cancelled = True
+
+
+def _put_all(events: list[tuple[Job, str, Any]]) -> None:
+    for job, kind, value in events:
+        job.queue.put_nowait((kind, value))
+
+
 def check_params(params: SamplingParams) -> None:
     """What the sampler accepts, checked before a request joins a batch (a bad value raising inside
     the batch would take the other rows with it)."""
@@ -57,9 +76,10 @@ class Scheduler:
 
     def __init__(self, engine: Engine, max_batch: int = 16, stuck_s: float = 30.0):
         self.eng, self.max_batch, self.stuck_s = engine, max_batch, stuck_s
-        self.gather_s = 0.005
+        self.idle_s = 0.5  # how often an idle loop wakes to show /health it is alive
         self.pending: deque[Job] = deque()
-        self.cond = threading.Condition()
+        self.cond = threading.Condition()  # the decoding thread's alone: submit's notify() must wake it
+        self.stopping = threading.Event()  # what the supervisor waits on
         self.running = False
         self.live = 0
         self.thread: threading.Thread | None = None
@@ -72,6 +92,7 @@ class Scheduler:
 
     def start(self) -> None:
         self.running = True
+        self.stopping.clear()
         self._spawn()
         self.supervisor = threading.Thread(target=self._supervise, name="chatrlhf-supervisor", daemon=True)
         self.supervisor.start()
@@ -85,6 +106,7 @@ class Scheduler:
         with self.cond:
             self.running = False
             self.cond.notify_all()
+        self.stopping.set()
         for th in (self.supervisor, self.thread):
             if th:
                 th.join(timeout=10)
@@ -106,11 +128,7 @@ class Scheduler:
         return True, ""
 
     def _supervise(self) -> None:
-        while True:
-            with self.cond:
-                self.cond.wait(0.2)
-                if not self.running:
-                    return
+        while not self.stopping.wait(0.2):
             if self.thread is not None and not self.thread.is_alive():
                 self._fail_held(f"the decoding loop died ({self.last_error}); this request was lost")
                 self.restarts += 1
@@ -139,14 +157,12 @@ class Scheduler:
 
     def _take(self, room: int) -> list[Job]:
         with self.cond:
-            idle = self.live == 0
             while self.running and not self.pending and self.live == 0:
                 self.beat = time.monotonic()
-                self.cond.wait(0.5)
-            if idle and self.pending:  # requests sent together arrive a few ms apart: one prefill for all
-                end = time.monotonic() + self.gather_s
-                while self.running and len(self.pending) < room and time.monotonic() < end:
-                    self.cond.wait(max(0.0, end - time.monotonic()))
+                self.cond.wait(self.idle_s)
+            # no gathering window: requests that arrive together but a few ms apart join the batch
+            # at the next step boundaries (measured: holding arrivals back to prefill them together
+            # lost more rows-in-flight than it saved in prefill calls)
             jobs = []
             while self.pending and len(jobs) < room:
                 job = self.pending.popleft()
@@ -210,20 +226,25 @@ class Scheduler:
             rows.clear()
             self.batch, self.live = None, 0
             return
+        events: list[tuple[Job, str, Any]] = []
         for r in got:
             job = rows.get(r)
             if job is None:
                 continue
             try:
                 piece = batch.delta(r) if job.stream else ""  # a non-streamed reply only needs the end
-                if piece:
-                    job.push("piece", piece)
-                if batch.reason[r] is not None:
-                    job.push("done", batch.result(r))
+                done = batch.result(r) if batch.reason[r] is not None else None
             except Exception as e:  # this row's output failed: end this request only
-                job.fail(f"generation failed: {e}")
+                events.append((job, "error", f"generation failed: {e}"))
+                job.cancelled = True
                 batch.cancel(r)
                 rows.pop(r, None)
+                continue
+            if piece:
+                events.append((job, "piece", piece))
+            if done is not None:
+                events.append((job, "done", done))
+        deliver(events)
         for r in [r for r in rows if batch.reason[r] is not None]:
             del rows[r]
         self.live = len(rows)

@@ -51,9 +51,9 @@ def rl_config(cfg: Config, method: str) -> Config:
     """The RL stage's config for one estimator: everything else as configured, so the methods share
     reward, iterations, rollout batch (responses per iteration) and learning rate."""
     pc = cfg.ppo.model_dump()
-    pc["advantage_estimator"] = RL_METHODS[method]
+    pc["advantage"]["estimator"] = RL_METHODS[method]
     if method != "ppo":
-        pc["samples_per_prompt"] = cfg.compare.samples_per_prompt
+        pc["rollout"]["samples_per_prompt"] = cfg.compare.samples_per_prompt
     if not cfg.compare.rejection_sampling:
         pc["rejection_sampling"]["n"] = 0
     return cfg.model_copy(update={"ppo": PPOConfig.model_validate(pc)})
@@ -100,12 +100,12 @@ def training_cost(cfg: Config, method: str, out: Path) -> dict[str, Any]:
         return cost | {"train_tokens_generated": 0, "guard_judgements": 0}
     rc = rl_config(cfg, method).ppo
     rows = read_metrics(out)
-    cost["train_tokens_generated"] = round(sum(r.get("response_len", 0.0) for r in rows) * rc.rollout_batch_size)
+    cost["train_tokens_generated"] = round(sum(r.get("response_len", 0.0) for r in rows) * rc.rollout.batch_size)
     cost["iterations"] = meta.get("iterations")
-    # a policy that starts as SFT is known to score 0.5 and is not measured; a best-of-n start is, guard_window times
-    evals = sum("guard_win_rate" in r for r in rows) + (rc.guard_window if rc.rejection_sampling.n > 1 else 0)
-    n_guard = len(rows) and min(rc.guard_prompts, cfg.world.n_ppo_prompts // 4)
-    cost["guard_judgements"] = evals * n_guard * rc.guard_labelers if rc.early_stop == "held_out_comparisons" else 0
+    # a policy that starts as SFT is known to score 0.5 and is not measured; a best-of-n start is, guard.window times
+    evals = sum("guard_win_rate" in r for r in rows) + (rc.guard.window if rc.rejection_sampling.n > 1 else 0)
+    n_guard = len(rows) and min(rc.guard.prompts, cfg.world.n_ppo_prompts // 4)
+    cost["guard_judgements"] = evals * n_guard * rc.guard.labelers if rc.guard.early_stop == "held_out_comparisons" else 0
     cost["critic"] = (out / "value").exists()
     return cost
 
@@ -117,8 +117,9 @@ def kl_to_sft(cfg: Config, model_dir: Path, sft_dir: Path, prompts: list[dict]) 
     from chatrlhf.rl.experience import evaluate_rollout, rollout
 
     policy, ref = load_causal_lm(model_dir, cfg.model.dtype), load_causal_lm(sft_dir, cfg.model.dtype)
-    pc = PPOConfig.model_validate({**cfg.ppo.model_dump(), "temperature": 1.0, "max_new_tokens": cfg.eval.max_new_tokens,
-                                   "advantage_estimator": "rloo", "samples_per_prompt": 2, "rollout_batch_size": 2})
+    pc = PPOConfig.model_validate({**cfg.ppo.model_dump(), "advantage": {"estimator": "rloo"},
+                                   "rollout": {"temperature": 1.0, "max_new_tokens": cfg.eval.max_new_tokens,
+                                               "samples_per_prompt": 2, "batch_size": 2}})
     ro = rollout(policy, load_tokenizer(model_dir), prompts, pc, seed=cfg.run.seed + 4242)
     evaluate_rollout(ro, policy, ref, None, pc, 32)
     return float(((ro.logprobs - ro.ref_logprobs) * ro.mask).sum(1).mean())

@@ -42,7 +42,7 @@ def comparisons_path(cfg: Config) -> str | Path:
 def online_prompts(world, cfg: Config, r: int) -> list[dict]:
     """Round r's fresh prompts: the PPO pool without the guard's held-out tail, a new slice per round."""
     pool = world.prompts("ppo")
-    pool = pool[: len(pool) - min(cfg.ppo.guard_prompts, len(pool) // 4)]
+    pool = pool[: len(pool) - min(cfg.ppo.guard.prompts, len(pool) // 4)]
     n = min(cfg.iterate.prompts_per_round, len(pool))
     start = ((r - 2) * n) % max(1, len(pool))
     return [pool[(start + i) % len(pool)] for i in range(n)]

@@ -42,7 +42,7 @@ def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
 
     pool, _ = ppo_prompts(cfg, world)
     if not cfg.ppo.data:
-        pool = pool[: len(pool) - min(cfg.ppo.guard_prompts, len(pool) // 4)]
+        pool = pool[: len(pool) - min(cfg.ppo.guard.prompts, len(pool) // 4)]
     n = cfg.iterate.prompts_per_round
     start = ((r - 2) * n) % max(1, len(pool))
     return [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))]

@@ -68,10 +68,10 @@ def _fitting(prompts: list[dict], tok, policy, max_new_tokens: int, source: str)
     kept = [p for p in prompts if prompt_length(tok, p["messages"]) <= limit]
     if len(kept) < len(prompts):
         console.print(f"ppo: {len(prompts) - len(kept)} of {len(prompts)} prompts of {source} are longer than "
-                      f"{limit} tokens (the context less ppo.max_new_tokens) and are left out")
+                      f"{limit} tokens (the context less ppo.rollout.max_new_tokens) and are left out")
     if not kept:
         raise DataError(f"ppo: every prompt of {source} is longer than {limit} tokens (the model's context less "
-                        "ppo.max_new_tokens); use shorter prompts or a lower ppo.max_new_tokens")
+                        "ppo.rollout.max_new_tokens); use shorter prompts or a lower ppo.rollout.max_new_tokens")
     return kept
 
 
@@ -91,13 +91,13 @@ def _comparison_guard(cfg: Config, rm_dir: Path, tok):
 
     val_file = rm_dir / "val_comparisons.jsonl"
     val = load_comparisons(val_file, cfg.rm.allow_ties) if val_file.is_file() and val_file.stat().st_size else []
-    guard = ComparisonGuard(val[: cfg.ppo.guard_prompts], tok, cfg.rm.max_len) if val else None
+    guard = ComparisonGuard(val[: cfg.ppo.guard.prompts], tok, cfg.rm.max_len) if val else None
     if not guard:
         console.print(f"[yellow]ppo: no guard: the reward model in {rm_dir} kept no held-out comparisons "
-                      "(rm.val_fraction=0?); the last iteration is exported. Set ppo.early_stop=target_kl to stop "
-                      "at ppo.target_kl instead")
+                      "(rm.val_fraction=0?); the last iteration is exported. Set ppo.guard.early_stop=target_kl to stop "
+                      "at ppo.reward.target_kl instead")
         return None
-    console.print(f"ppo: guard = {len(guard)} pairs of {min(len(val), cfg.ppo.guard_prompts)} held-out comparisons "
+    console.print(f"ppo: guard = {len(guard)} pairs of {min(len(val), cfg.ppo.guard.prompts)} held-out comparisons "
                   f"from {val_file}")
     return guard
 
@@ -123,14 +123,14 @@ def _lm_text(cfg: Config, tok, world) -> tuple[torch.Tensor | None, torch.Tensor
                                   cfg.pretrain.val_fraction)
         train, val = corpus.train, corpus.val
     else:
-        if pc.ptx_coef > 0:
+        if pc.ptx.coef > 0:
             from chatrlhf.lm.data import DataError
 
-            raise DataError("ppo.ptx_coef > 0 mixes pre-training text into PPO, and there is none: set pretrain.data "
-                            "to a text corpus, or ppo.ptx_coef=0")
-        return None, torch.zeros(0, pc.ptx_seq_len + 1, dtype=torch.long)
-    ptx = _ptx_chunks(tok, train[:2000], pc.ptx_seq_len, 4000) if pc.ptx_coef > 0 else None
-    return ptx, _ptx_chunks(tok, val[:300], pc.ptx_seq_len, 48)
+            raise DataError("ppo.ptx.coef > 0 mixes pre-training text into PPO, and there is none: set pretrain.data "
+                            "to a text corpus, or ppo.ptx.coef=0")
+        return None, torch.zeros(0, pc.ptx.seq_len + 1, dtype=torch.long)
+    ptx = _ptx_chunks(tok, train[:2000], pc.ptx.seq_len, 4000) if pc.ptx.coef > 0 else None
+    return ptx, _ptx_chunks(tok, val[:300], pc.ptx.seq_len, 48)
 
 
 def _ptx_chunks(tokenizer, docs: list[str], seq_len: int, max_chunks: int) -> torch.Tensor:
@@ -183,11 +183,11 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
     rm = RewardModel.load(rm_dir, cfg.model.dtype, device=str(acc.device))
-    value = load_critic(rm_dir, pc.critic, policy, cfg.model.dtype) if pc.advantage_estimator == "gae" else None
+    value = load_critic(rm_dir, pc.critic.model, policy, cfg.model.dtype) if pc.advantage.estimator == "gae" else None
 
     world = loader.load_world(cfg)  # the run's world, or None: PPO never generates one
     prompts, source = ppo_prompts(cfg, world)
-    prompts = _fitting(_conditioned(cfg, world, prompts), tok, policy, pc.max_new_tokens, source)
+    prompts = _fitting(_conditioned(cfg, world, prompts), tok, policy, pc.rollout.max_new_tokens, source)
     console.print(f"ppo: {len(prompts)} prompts from {source}")
     train_prompts, guard_prompts = _split_guard_prompts(cfg, world, prompts)
     ptx_train, ppl_chunks = _lm_text(cfg, tok, world)
@@ -223,8 +223,8 @@ def _split_guard_prompts(cfg: Config, world, prompts: list[dict]) -> tuple[list[
     """PPO's training prompts, and the last few kept back for the held-out labelers' guard when it is
     a world run stopped on held-out comparisons (none otherwise)."""
     pc = cfg.ppo
-    labeler_guard = world is not None and not pc.data and pc.early_stop == "held_out_comparisons"
-    n_guard = min(pc.guard_prompts, len(prompts) // 4) if labeler_guard else 0
+    labeler_guard = world is not None and not pc.data and pc.guard.early_stop == "held_out_comparisons"
+    n_guard = min(pc.guard.prompts, len(prompts) // 4) if labeler_guard else 0
     return prompts[: len(prompts) - n_guard], prompts[len(prompts) - n_guard:]
 
 
@@ -234,8 +234,8 @@ def _make_guard(cfg: Config, policy, ref, tok, world, guard_prompts: list[dict],
     pc = cfg.ppo
     if guard_prompts:
         baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
-        return LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard_labelers)
-    if pc.early_stop == "held_out_comparisons":
+        return LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard.labelers)
+    if pc.guard.early_stop == "held_out_comparisons":
         return _comparison_guard(cfg, rm_dir, tok)
     return None
 
@@ -257,7 +257,7 @@ def _warn_start_kept(out: Path) -> None:
     """The guard found no PPO iteration better than the start: say what the stage directory holds."""
     console.print("[yellow]ppo: the guard kept the starting policy (iteration 0): no PPO iteration beat it, so "
                   f"{out} holds the {'best-of-n policy' if (out / 'best_of_n' / 'meta.json').is_file() else 'policy PPO started from'}"
-                  "; try more iterations, a lower ppo.learning_rate or ppo.early_stop=none")
+                  "; try more iterations, a lower ppo.update.learning_rate or ppo.guard.early_stop=none")
 
 
 def _clear_stage(out: Path) -> None:
@@ -274,7 +274,7 @@ def _save_outputs(acc, trainer: PPOTrainer, tok, out: Path, meta: dict[str, Any]
         meta["best_of_n_start"] = str(out / "best_of_n")  # PPO started from there, not from policy_init
     if trainer.value_model is not None:  # RLOO and GRPO train none
         acc.unwrap_model(trainer.value_model).save_pretrained(out / "value")
-    if trainer.value_model is not None and trainer.cfg.critic == "separate":  # a loadable model; a shared head is one file
+    if trainer.value_model is not None and trainer.cfg.critic.model == "separate":  # a loadable model; a shared head is one file
         tok.save_pretrained(out / "value")
     plot_reward_vs_gold(history, out / "reward_vs_gold.png")
     policy = acc.unwrap_model(trainer.policy)
@@ -312,11 +312,11 @@ def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: 
     at_best = history[min(best_it - first, len(history) - 1)] if history and best_it >= first else {}
     return {"stage": "ppo", "policy_init": str(policy_dir), "reference": str(ref_dir), "reward_model": str(rm_dir),
             "iterations": trainer.iteration, "stop_reason": trainer.stop_reason,
-            "selected_iteration": best_it, "guard": cfg.ppo.early_stop, "guard_win_rate": trainer.best["win_rate"],
+            "selected_iteration": best_it, "guard": cfg.ppo.guard.early_stop, "guard_win_rate": trainer.best["win_rate"],
             "reward": at_best.get("reward"), "gold": at_best.get("gold"), "kl": at_best.get("kl"),
             "verified": at_best.get("verified"),  # mean ground-truth check score (verifier_coef > 0)
             "final_iteration_reward": last.get("reward"), "final_iteration_gold": last.get("gold"),
-            "final_iteration_kl": last.get("kl"), "ptx_coef": cfg.ppo.ptx_coef,
+            "final_iteration_kl": last.get("kl"), "ptx_coef": cfg.ppo.ptx.coef,
             "pretrain_val_ppl_before": ppl_before, "pretrain_val_ppl_after": ppl_after,
             "config": cfg.ppo.model_dump(mode="json")}
 

@@ -59,7 +59,8 @@ def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
     no best-of-n start and no guard, which would pick checkpoints by the pooled labelers' taste."""
     d = cfg.model_dump()
     d["rm"] |= rm_over
-    d["ppo"] |= {"total_iterations": cfg.preferences.ppo_iterations, "max_minutes": 0.0, "early_stop": "none"}
+    d["ppo"] |= {"total_iterations": cfg.preferences.ppo_iterations, "max_minutes": 0.0}
+    d["ppo"]["guard"]["early_stop"] = "none"
     d["ppo"]["rejection_sampling"]["n"] = 0
     return Config.model_validate(d)
 

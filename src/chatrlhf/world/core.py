@@ -85,7 +85,7 @@ class World:
         fact_rows = generate_facts(cfg.seed, cfg.n_people, cfg.n_places, cfg.n_objects)
         fb = FactBase(fact_rows)
         sizes = {"sft": cfg.n_sft_prompts, "rm": cfg.n_rm_prompts, "ppo": cfg.n_ppo_prompts, "eval": cfg.n_eval_prompts,
-                 "guard": min(cfg.n_guard_prompts, cfg.n_ppo_prompts // 4)}  # ppo.py's guard: min(guard_prompts, n // 4)
+                 "guard": min(cfg.n_guard_prompts, cfg.n_ppo_prompts // 4)}  # the PPO stage's guard: min(ppo.guard.prompts, n // 4)
         splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate, cfg.task_mix)
         specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise, cfg.n_judges,
                                    rubric_caution=cfg.rubric_caution)

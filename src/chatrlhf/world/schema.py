@@ -65,7 +65,7 @@ Prompts whose answer can be checked by a rule also carry `ground_truth` (the spe
 repeat `{"type": "repeat", "word": ..., "n": n}`, fact `{"type": "mentions", "all": [value]}`,
 summarise `{"type": "mentions", "all": [[full name, first, last], value]}`, borderline
 `{"type": "mentions", "all": [key]}`. With
-`ppo.verifier_coef > 0`, PPO's reward adds that weight times the check's score (0..1) to the RM's;
+`ppo.reward.verifier_coef > 0`, PPO's reward adds that weight times the check's score (0..1) to the RM's;
 eval never reads it. Set it to `null` on a prompt to leave that prompt to the RM alone.
 
 ## demonstrations.jsonl
