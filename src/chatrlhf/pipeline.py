@@ -22,7 +22,7 @@ from rich.console import Console
 
 from chatrlhf.config import Config
 from chatrlhf.layout import budget_plan, time_limits_fired
-from chatrlhf.lm.distributed import is_main, on_main
+from chatrlhf.lm.distributed import barrier, is_main, on_main
 from chatrlhf.lm.modeling import read_meta, stage_complete
 
 console = Console(stderr=True, quiet=not is_main())  # one process speaks for all
@@ -77,13 +77,13 @@ def _rounds(cfg: Config) -> None:
 def _eval(cfg: Config) -> None:
     from chatrlhf.evaluate.run import run_eval
 
-    run_eval(cfg, models=[])
+    on_main(lambda: run_eval(cfg, models=[]))  # rank 0 evaluates while any other process waits
 
 
 def _report(cfg: Config) -> None:
     from chatrlhf.evaluate.report import run_report
 
-    run_report(cfg)
+    on_main(lambda: run_report(cfg))
 
 
 # (name, directory under out_dir, runner)
@@ -112,6 +112,7 @@ def run_all(cfg: Config, force: bool = False) -> dict[str, float]:
         if name == "rounds" and max(cfg.iterate.rounds, cfg.iterate.max_rounds) < 2:
             continue
         marker = cfg.stage_dir(subdir)
+        barrier()  # every rank has finished the stage before: all see the same stages complete
         if force:
             on_main(lambda d=cfg.stage_dir(subdir): shutil.rmtree(d, ignore_errors=True))
         elif _complete(cfg, name, marker):

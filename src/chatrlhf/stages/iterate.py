@@ -30,9 +30,10 @@ from rich.console import Console
 
 from chatrlhf.config import Config
 from chatrlhf.layout import round_dir, round_paths
+from chatrlhf.lm.distributed import is_main, on_main
 from chatrlhf.lm.modeling import read_meta, stage_complete, write_meta
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process speaks for all
 
 
 def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
@@ -150,7 +151,8 @@ def run_round(cfg: Config, world, r: int) -> Path:
     run_ppo(cfg, policy_dir=prev_policy, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=cfg.stage_dir("sft"))
     if chats is not None:  # the trainers talk to the new policy from now on, for round r + 1
         loop.serve_policy(cfg, ppo_dir, r + 1)
-    (d / "seconds.json").write_text(json.dumps({"seconds": round(before + time.time() - t0, 1)}))
+    seconds = json.dumps({"seconds": round(before + time.time() - t0, 1)})
+    on_main(lambda: (d / "seconds.json").write_text(seconds))  # every rank then reads rank 0's time
     return ppo_dir
 
 
@@ -219,10 +221,14 @@ def run_iterate(cfg: Config, elapsed_s: float | None = None) -> Path:
         records.append(round_record(cfg, r))
         _print_round(records[-1])
     out = cfg.stage_dir("rounds")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(records, indent=2))
-    write_meta(out, {"stage": "rounds", "rounds": len(records), "rounds_fixed": cfg.iterate.rounds,
-                     "policy": str(newest), "budget": budget_note, "complete": True})
+
+    def write() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(records, indent=2))
+        write_meta(out, {"stage": "rounds", "rounds": len(records), "rounds_fixed": cfg.iterate.rounds,
+                         "policy": str(newest), "budget": budget_note, "complete": True})
+
+    on_main(write)
     return newest
 
 

@@ -68,7 +68,13 @@ def _corpus(cfg: Config) -> TextCorpus:
 
 
 def run_tokenizer(cfg: Config) -> Path:
-    """Train the BPE on the pre-training corpus (or copy a user's model's tokenizer) into <out>/tokenizer."""
+    """Train the BPE on the pre-training corpus (or copy a user's model's tokenizer) into <out>/tokenizer
+    (rank 0 writes while any other process waits)."""
+    on_main(lambda: _write_tokenizer(cfg))
+    return cfg.stage_dir("tokenizer")
+
+
+def _write_tokenizer(cfg: Config) -> Path:
     out = cfg.stage_dir("tokenizer")
     if cfg.model.name_or_path or cfg.model.tokenizer:
         source = cfg.model.tokenizer or cfg.model.name_or_path

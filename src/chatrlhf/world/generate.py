@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatrlhf.config import Config
+from chatrlhf.lm.distributed import on_main
 from chatrlhf.world.core import SPLITS, World
 from chatrlhf.world.schema import README
 from chatrlhf.world.seeds import seed_role
@@ -112,7 +113,13 @@ def print_summary(meta: dict, agree: dict, seconds: float, out: Path) -> None:
 
 
 def run_world(cfg: Config) -> Path:
-    """Generate the world from cfg.world and write it to cfg.stage_dir('world')."""
+    """Generate the world from cfg.world and write it to cfg.stage_dir('world') (rank 0 writes while
+    any other process waits: the world is the same for every rank)."""
+    on_main(lambda: _write_world(cfg))
+    return cfg.stage_dir("world")
+
+
+def _write_world(cfg: Config) -> Path:
     start = time.time()
     out = cfg.stage_dir("world")
     out.mkdir(parents=True, exist_ok=True)
