@@ -4,7 +4,8 @@ per-token work done on the real tokens only.
 RL batches are [left-padded prompt | right-padded response]: a PPO mini-batch of 8 rollouts is
 about a fifth padding. The transformers forward runs every projection, norm and MLP on the pads as
 well; here the tokens are gathered into one (N, H) matrix first, so the matmuls, norms and MLP see N
-real tokens, and only attention, which needs each row's own layout, runs on the padded (B, T) grid.
+real tokens, and only attention, which needs each row's own layout, runs on a (B, L) grid of the
+rows' real tokens (L: the longest row).
 The arithmetic is the model's own (its modules are called; RoPE from its rotary module), so the
 hidden states at real tokens equal `model(...).last_hidden_state` to float rounding and so do the
 gradients (tests/test_ppo.py checks both). Pad positions are returned as zeros.
@@ -37,20 +38,22 @@ def unpadded_hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch
     x = trunk.embed_tokens(input_ids.reshape(-1)[flat])  # (N, H)
     cos, sin = trunk.rotary_emb(x, position_ids.reshape(-1)[flat][None])
     cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # (N, 1, head_dim), broadcast over heads
-    eye = torch.eye(T, dtype=torch.bool, device=x.device)
-    # causal over each row's real keys; a pad query also sees itself so no softmax row is empty (a NaN
-    # there would reach the gradients, though its output is dropped)
-    mask = ((keep[:, None, :] & eye.new_ones(T, T).tril()) | eye)[:, None]  # (B, 1, T, T)
+    # attention runs on a grid with each row's real tokens from column 0 (RoPE reads position_ids, not
+    # columns): the pads come after every real token, so plain causal attention sees exactly each
+    # row's real keys, with no mask and the upper triangle skipped
+    L = int(keep.sum(1).max())
+    cell = (torch.arange(B, device=x.device)[:, None] * L + keep.cumsum(1) - 1)[keep]  # (N,) in the (B, L) grid
     for layer in trunk.layers:
         attn = layer.self_attn
         h = layer.input_layernorm(x)
         heads = [proj(h).view(len(flat), -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)]
         q, k = (t * cos + _rotate_half(t) * sin for t in heads[:2])
         nq, nk = q.shape[1], k.shape[1]
-        grid = scatter_rows(torch.cat([q, k, heads[2]], 1), flat, B, T).transpose(1, 2)  # (B, nq+2nk, T, d)
-        o = F.scaled_dot_product_attention(grid[:, :nq], grid[:, nq:nq + nk], grid[:, nq + nk:], attn_mask=mask,
+        # zeros, not empty: garbage in a pad query could be NaN, and 0 x NaN in the backward reaches real keys
+        grid = scatter_rows(torch.cat([q, k, heads[2]], 1), cell, B, L).transpose(1, 2)  # (B, nq+2nk, L, d)
+        o = F.scaled_dot_product_attention(grid[:, :nq], grid[:, nq:nq + nk], grid[:, nq + nk:], is_causal=True,
                                            scale=attn.scaling, enable_gqa=nq != nk)
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(B * T, -1)[flat])
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(B * L, -1)[cell])
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     return trunk.norm(x), flat
 
