@@ -22,6 +22,8 @@ from chatrlhf.lm.engine_fast import unsupported
 def why_not_unpadded(model) -> str | None:
     """Why `unpadded_hidden_states` cannot run this model, a *ForCausalLM / *ForSequenceClassification
     around a Llama-family trunk at `model.model` (None: it can)."""
+    if not hasattr(model, "config"):
+        return f"{type(model).__name__} wraps the model (the wrapper's own forward must run)"
     if model.training and getattr(model.config, "attention_dropout", 0.0):
         return "attention dropout in training mode"
     return unsupported(model)

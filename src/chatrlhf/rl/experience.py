@@ -13,6 +13,7 @@ import torch
 from chatrlhf.config import PPOConfig
 from chatrlhf.lm.distributed import gather, share
 from chatrlhf.lm.engine import Engine, SamplingParams
+from chatrlhf.lm.unpadded import scatter_rows, unpadded_hidden_states, why_not_unpadded
 from chatrlhf.lm.verifiers import checked_mean, verifier_scores
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.losses import token_logprobs
@@ -118,12 +119,18 @@ def response_forward(model, ids, attn, pos, P: int, temperature: float,
     The last token predicts nothing here, so the model runs on the first P+R-1 columns (causal: the
     same numbers)."""
     R = ids.shape[1] - P
-    out = model(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1], use_cache=False,
-                logits_to_keep=R, output_hidden_states=hidden)
-    logits = out.logits.float()
+    ids, attn, pos = ids[:, :-1], attn[:, :-1], pos[:, :-1]
+    if why_not_unpadded(model) is None:  # projections and MLP on the real tokens only (a DDP wrapper is not)
+        states, flat = unpadded_hidden_states(model.model, ids, attn, pos)
+        states = scatter_rows(states, flat, *ids.shape)[:, P - 1:]  # (B, R, H)
+        logits = model.get_output_embeddings()(states).float()
+    else:
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=R,
+                    output_hidden_states=hidden)
+        logits, states = out.logits.float(), out.hidden_states[-1][:, P - 1:] if hidden else None
     if temperature != 1.0:
         logits = logits / temperature  # the same distribution the rollout sampled from
-    return logits, out.hidden_states[-1][:, P - 1:] if hidden else None
+    return logits, states if hidden else None
 
 
 def response_logits(model, ids, attn, pos, P: int, temperature: float) -> torch.Tensor:
