@@ -34,7 +34,7 @@ def unpadded_hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch
     """(the final-normed hidden states of the real tokens, (N, H) in row-major order; their flat
     indices into the (B, T) batch, (N,)) for a LlamaModel-like `trunk`. Scatter a per-token result
     back with `scatter_rows`."""
-    B, T = input_ids.shape
+    B = input_ids.shape[0]
     keep = attention_mask.bool()
     flat = keep.reshape(-1).nonzero().squeeze(1)  # (N,)
     x = trunk.embed_tokens(input_ids.reshape(-1)[flat])  # (N, H)
