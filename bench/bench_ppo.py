@@ -8,7 +8,8 @@ batch, mini-batch and PPO epochs, one CPU thread each, each trainer in its own s
 (chatrlhf in .venv, TRL's `trl.experimental.ppo.PPOTrainer` in .venv-trl110, made with
 `pip install torch==2.13.0`, then `trl==1.10.0` and `-e .`). A step is one rollout batch plus its
 PPO epochs; the first step is a warm-up and not counted. The trainers run alternately, twice each,
-and the medians of all their steps are compared, so load on a shared machine hits both alike.
+and the medians of all their steps are compared, so load on a shared machine hits both alike. Each
+step is timed in wall seconds and in the worker's CPU seconds; both ratios are reported.
 
 Ours runs twice: with the default `ppo.critic.model=shared`, a value head on the policy's last hidden
 states (one trunk pass per mini-batch, values from the rollout's hidden states), and with
@@ -23,6 +24,7 @@ at these lengths) against the CPU's measured fp32 matmul peak on the same thread
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -96,8 +98,14 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
     trainer = PPOTrainer(cfg, policy, ref, load_critic(tmp / "rm", critic, policy), tok,
                          lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / "ours_out",
                          make_accelerator(s["seed"], device="cpu"), seed=s["seed"])
-    steps = [trainer.step() for _ in range(s["steps"] + 1)][1:]
-    out = {"step_s": [h["time_step_s"] for h in steps], "rollout_s": [h["time_rollout_s"] for h in steps],
+    steps, cpu = [], []
+    for _ in range(s["steps"] + 1):
+        c = time.process_time()
+        steps.append(trainer.step())
+        cpu.append(time.process_time() - c)
+    steps, cpu = steps[1:], cpu[1:]
+    out = {"step_s": [h["time_step_s"] for h in steps], "step_cpu_s": cpu,
+           "rollout_s": [h["time_rollout_s"] for h in steps],
            "response_len": statistics.mean(h["response_len"] for h in steps)}
     if critic == "shared":
         out.update(generation_speed(tmp, s, policy, tok, prompts))
@@ -151,11 +159,11 @@ def worker_trl(tmp: Path, s: dict) -> dict:
                      local_rollout_forward_batch_size=B, learning_rate=s["learning_rate"], kl_coef=s["kl_coef"],
                      stop_token="eos", missing_eos_penalty=1.0, report_to=[], save_strategy="no",
                      num_sample_generations=0, use_cpu=True, seed=s["seed"], logging_steps=1, disable_tqdm=True)
-    times: list[float] = []
+    times: list[tuple[float, float]] = []
 
     class Timer(TrainerCallback):
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter())
+            times.append((time.perf_counter(), time.process_time()))
 
     load = lambda cls, d, **kw: cls.from_pretrained(str(tmp / d), **kw)  # noqa: E731
     trainer = PPOTrainer(args=args, processing_class=tok, model=load(AutoModelForCausalLM, "policy"),
@@ -165,7 +173,8 @@ def worker_trl(tmp: Path, s: dict) -> dict:
                          train_dataset=Dataset.from_dict({"input_ids": ids}), eval_dataset=Dataset.from_dict({"input_ids": ids[:B]}),
                          callbacks=[Timer()])
     trainer.train()
-    return {"step_s": [b - a for a, b in zip(times, times[1:])]}
+    return {"step_s": [b[0] - a[0] for a, b in itertools.pairwise(times)],
+            "step_cpu_s": [b[1] - a[1] for a, b in itertools.pairwise(times)]}
 
 
 def matmul_peak(threads: int, n: int = 1024, reps: int = 10) -> float:
@@ -224,9 +233,11 @@ def main() -> None:
             trl = run_worker(TRL_PY, "trl", tmp)
             for name, acc in (("ours", ours), ("ours_separate", separate)):
                 again = run_worker(OURS_PY, name, tmp)
-                acc["step_s"] += again["step_s"]
-                acc["rollout_s"] += again["rollout_s"]
-            trl["step_s"] += run_worker(TRL_PY, "trl", tmp)["step_s"]
+                for k in ("step_s", "step_cpu_s", "rollout_s"):
+                    acc[k] += again[k]
+            again = run_worker(TRL_PY, "trl", tmp)
+            trl["step_s"] += again["step_s"]
+            trl["step_cpu_s"] += again["step_cpu_s"]
         from chatrlhf.lm.modeling import load_tokenizer
 
         tok = load_tokenizer(tmp / "policy")
@@ -234,16 +245,22 @@ def main() -> None:
                                        add_special_tokens=False)["input_ids"]) for p in prompts)
     ours_step, separate_step = statistics.median(ours["step_s"]), statistics.median(separate["step_s"])
     trl_step = None if trl is None else statistics.median(trl["step_s"])
+    cpu = {k: statistics.median(v["step_cpu_s"]) for k, v in (("ours", ours), ("separate", separate), ("trl", trl)) if v}
     flops = step_flops(info["params"], plen, ours["response_len"], SETTINGS)
     res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen,
-           "ours": {"step_s_median": ours_step, "step_s": ours["step_s"], "rollout_s": ours["rollout_s"],
-                    "mean_response_tokens": ours["response_len"]},
+           "ours": {"step_s_median": ours_step, "step_s": ours["step_s"], "step_cpu_s": ours["step_cpu_s"],
+                    "rollout_s": ours["rollout_s"], "mean_response_tokens": ours["response_len"]},
            # ppo.critic.model=separate: a value model of its own, as TRL 1.10's PPOTrainer has
            "ours_separate_critic": {"step_s_median": separate_step, "step_s": separate["step_s"],
-                                    "rollout_s": separate["rollout_s"]},
-           "trl_1_10": None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"]},
+                                    "step_cpu_s": separate["step_cpu_s"], "rollout_s": separate["rollout_s"]},
+           "trl_1_10": None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"],
+                                                 "step_cpu_s": trl["step_cpu_s"]},
            "speedup_vs_trl": None if trl is None else trl_step / ours_step,  # our default (shared critic)
            "speedup_vs_trl_separate_critic": None if trl is None else trl_step / separate_step,  # critic like TRL's
+           # the same ratios in CPU seconds of each worker: on a machine shared with other jobs, time spent
+           # waiting for a core is not the trainer's, and it varies more than the trainers differ
+           "cpu_speedup_vs_trl": None if trl is None else cpu["trl"] / cpu["ours"],
+           "cpu_speedup_vs_trl_separate_critic": None if trl is None else cpu["trl"] / cpu["separate"],
            "rollout": {k: ours[k] for k in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "engine_vs_generate")},
            "flops": {"per_step": flops, "achieved_gflops": flops / ours_step / 1e9,
                      "matmul_peak_gflops": ours["matmul_peak_gflops"],
@@ -251,7 +268,8 @@ def main() -> None:
            "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "speedup_vs_trl_separate_critic", "rollout", "flops")}, indent=2))
+    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "speedup_vs_trl_separate_critic", "cpu_speedup_vs_trl",
+                                          "cpu_speedup_vs_trl_separate_critic", "rollout", "flops")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,46 @@ def test_shared_value_loss_trains_the_head_not_the_policy(tiny_model_dir, tmp_pa
     assert bool(moved) == trains_policy, moved
 
 
+def test_separate_value_model_on_real_tokens_only_matches_the_transformers_forward(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    """The unpadded value model (projections and MLP on the real tokens) gives the transformers forward's
+    values and gradients, and a separate-critic PPO step the same weights, to float rounding."""
+    import chatrlhf.rl.critic as critic_mod
+
+    cfg = toy_cfg(critic="separate", learning_rate=1e-3)
+    t = make_trainer(tiny_model_dir, tmp_path / "a", cfg)
+    ro = rollout(t.policy, t.tokenizer, PROMPTS, cfg, seed=1)
+    assert (ro.attention_mask == 0).any(dim=1).float().mean() > 0.5  # most rows padded: the case that matters
+    args = (ro.input_ids, ro.attention_mask, ro.position_ids)
+    real = ro.attention_mask.bool()
+    assert critic_mod.why_not_unpadded(t.value_model.model) is None  # the tiny Llama takes the unpadded path
+
+    def values_and_grads():
+        t.value_model.zero_grad()
+        v = t.value_model(*args)
+        (v * real).square().sum().backward()
+        return v.detach(), [p.grad.clone() for p in t.value_model.parameters()]
+
+    fast, fast_grads = values_and_grads()
+    monkeypatch.setattr(critic_mod, "why_not_unpadded", lambda model: "forced: transformers forward")
+    slow, slow_grads = values_and_grads()
+    assert torch.allclose(fast[real], slow[real], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fast_grads, slow_grads, strict=True))
+
+    def step_weights(out_dir):
+        tr = make_trainer(tiny_model_dir, out_dir, cfg)
+        tr.step()
+        return {**tr.policy.state_dict(), **{f"value.{k}": v for k, v in tr.value_model.state_dict().items()}}
+
+    slow_w = step_weights(tmp_path / "slow")
+    monkeypatch.undo()
+    fast_w = step_weights(tmp_path / "fast")
+    start = make_trainer(tiny_model_dir, tmp_path / "start", cfg).value_model.state_dict()
+    assert any(not torch.equal(fast_w[f"value.{k}"], w) for k, w in start.items())  # the step trained the critic
+    assert all(torch.allclose(fast_w[k], slow_w[k], atol=1e-6) for k in slow_w), \
+        max((fast_w[k] - slow_w[k]).abs().max().item() for k in slow_w)
+
+
 @pytest.mark.parametrize("critic", ["shared", "separate"])
 def test_short_ppo_run_raises_mean_reward(tiny_model_dir, tmp_path, critic):
     trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4,

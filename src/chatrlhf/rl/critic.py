@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification
 
 from chatrlhf.lm.modeling import DTYPES
 from chatrlhf.lm.reward_model import reward_backbone_and_head
+from chatrlhf.lm.unpadded import scatter_rows, unpadded_hidden_states, why_not_unpadded
 
 
 class ValueModel(nn.Module):
@@ -48,8 +49,13 @@ class ValueModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """V(s_t) at every real token, (B, T); what a pad position holds is unspecified."""
         # looked up per call, not stored as submodules, so state_dict has each weight once
         backbone, head = reward_backbone_and_head(self.model)
+        if position_ids is not None and why_not_unpadded(self.model) is None:
+            # PPO's rows are [left-padded prompt | right-padded response]: skip the pads' projections and MLP
+            hidden, flat = unpadded_hidden_states(backbone, input_ids, attention_mask, position_ids)
+            return scatter_rows(head(hidden).squeeze(-1).float(), flat, *input_ids.shape)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state  # (B, T, H)
         return head(hidden).squeeze(-1).float()  # (B, T)

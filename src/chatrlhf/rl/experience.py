@@ -13,6 +13,7 @@ import torch
 from chatrlhf.config import PPOConfig
 from chatrlhf.lm.distributed import gather, share
 from chatrlhf.lm.engine import Engine, SamplingParams
+from chatrlhf.lm.unpadded import scatter_rows, unpadded_hidden_states, why_not_unpadded
 from chatrlhf.lm.verifiers import checked_mean, verifier_scores
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.losses import token_logprobs
@@ -114,14 +115,22 @@ def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: Gol
 def response_forward(model, ids, attn, pos, P: int, temperature: float,
                      hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits that predict the R response tokens, read at positions P-1 .. P+R-2: (B, R, V); with
-    `hidden`, also the last hidden states at those positions, (B, R, H), for a shared value head."""
+    `hidden`, also the last hidden states at those positions, (B, R, H), for a shared value head.
+    The last token predicts nothing here, so the model runs on the first P+R-1 columns (causal: the
+    same numbers)."""
     R = ids.shape[1] - P
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=R + 1,
-                output_hidden_states=hidden)
-    logits = out.logits[:, :-1].float()
+    ids, attn, pos = ids[:, :-1], attn[:, :-1], pos[:, :-1]
+    if why_not_unpadded(model) is None:  # projections and MLP on the real tokens only (a DDP wrapper is not)
+        states, flat = unpadded_hidden_states(model.model, ids, attn, pos)
+        states = scatter_rows(states, flat, *ids.shape)[:, P - 1:]  # (B, R, H)
+        logits = model.get_output_embeddings()(states).float()
+    else:
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=R,
+                    output_hidden_states=hidden)
+        logits, states = out.logits.float(), out.hidden_states[-1][:, P - 1:] if hidden else None
     if temperature != 1.0:
         logits = logits / temperature  # the same distribution the rollout sampled from
-    return logits, out.hidden_states[-1][:, P - 1:P + R - 1] if hidden else None
+    return logits, states if hidden else None
 
 
 def response_logits(model, ids, attn, pos, P: int, temperature: float) -> torch.Tensor:
@@ -134,8 +143,7 @@ def response_values(critic: ValueModel | ValueHead, ids, attn, pos, P: int,
     the tokens; a shared value head reads the policy's `hidden` states at those positions."""
     if hidden is not None:
         return critic(hidden)
-    R = ids.shape[1] - P
-    return critic(ids, attn, pos)[:, P - 1:P + R - 1]
+    return critic(ids[:, :-1], attn[:, :-1], pos[:, :-1])[:, P - 1:]  # the last token's value is never read
 
 
 def minibatch_columns(ro: Rollout, idx: torch.Tensor) -> tuple[slice, int, int]:
