@@ -39,6 +39,14 @@ class RewardConfig(Section):
     verifier_coef: float = Field(4.0, ge=0, description="Weight of the rule-based check of a prompt's `ground_truth` "
                                  "(chatrlhf.lm.verifiers, score in [0, 1]) added to the RM score; prompts without one get the RM alone (0 = off).")
     missing_eos_penalty: float = Field(1.0, description="Subtracted from the reward of responses that never end.")
+    source: Literal["rm", "gold"] = Field(
+        "rm", description="Where the score term comes from. rm: the reward model (the method). gold: gold_scale x the "
+        "embedded world's gold rubric (the function the simulated labelers' preferences are built on), a diagnostic "
+        "upper bound -- what PPO reaches with a reward model free of labeler noise and taste. Only with the embedded "
+        "world's prompts; never used by any shipped config.")
+    gold_scale: float = Field(6.0, gt=0, description="reward.source=gold: gold total (0..1) x this. About the RM's own "
+                              "scale: labelers whose judgement noise is ~0.2 on the rubric's 0..1 scale give a "
+                              "Bradley-Terry RM ~6 logits per rubric unit.")
 
 
 class AdvantageConfig(Section):

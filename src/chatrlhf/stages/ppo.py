@@ -241,7 +241,8 @@ def _make_guard(cfg: Config, policy, ref, tok, world, guard_prompts: list[dict],
 
 
 def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:
-    """The reward model's score, and the world's gold score where PPO runs on the world's prompts."""
+    """The score PPO is paid (the reward model's, or with reward.source=gold the scaled gold rubric,
+    a diagnostic upper bound), and the world's gold score where PPO runs on the world's prompts."""
 
     def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
         return rm.score([p["messages"] for p in ps], texts)
@@ -249,8 +250,16 @@ def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:
     def world_gold(p: dict, text: str) -> float:
         return float(world.gold(p, text).total)
 
-    # the world's rubric knows only its own prompts
-    return reward_fn, (world_gold if world is not None and not pc.data else None)
+    def gold_reward(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        return torch.tensor([pc.reward.gold_scale * world_gold(p, t) for p, t in zip(ps, texts)])
+
+    gold_fn = world_gold if world is not None and not pc.data else None  # the rubric knows only its own prompts
+    if pc.reward.source == "gold":
+        if gold_fn is None:
+            raise ValueError("ppo.reward.source=gold needs the embedded world's prompts (no ppo.data): "
+                             "the gold rubric scores only those")
+        return gold_reward, gold_fn
+    return reward_fn, gold_fn
 
 
 def _warn_start_kept(out: Path) -> None:

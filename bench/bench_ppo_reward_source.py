@@ -1,0 +1,196 @@
+"""Why does PPO add little over its start? PPO against the reward model vs against the gold rubric.
+
+    python bench/bench_ppo_reward_source.py --run runs/default [--iterations 120] [--sources rm,gold]
+        [--json bench/results/ppo_reward_source.json] [--set KEY=VALUE ...]
+
+From a finished run's best-of-n start (<run>/ppo/best_of_n) PPO runs once per reward source, everything
+else as configured: the same start, reference (sft/), seed, prompts and iterations, with the guard off
+(ppo.guard.early_stop=none: the last iteration is kept, nothing is selected). Sources:
+
+    rm    the learned reward model (what the method uses)
+    gold  ppo.reward.source=gold: reward.gold_scale x the world's gold rubric, the function the labelers'
+          preferences are built on before their noise and taste (a diagnostic upper bound)
+
+Then, for the start and each final policy:
+  1. judged against the start by the held-out judge group on the 400 eval prompts (20 judgements a
+     pair, ties half, cluster-bootstrap 95% intervals), greedy vs greedy and at matched decoding (each
+     model's temperature chosen by the training labelers on validation prompts, as `chatrlhf eval`
+     does), with the paired gold difference;
+  2. the RM on the policy's own samples: two T=1 samples for each of 256 PPO training prompts, the
+     correlation of the RM score with gold, and on the pairs how often the RM, the training labelers
+     (one noisy judgement each; their noise-free mean) and the judges' noise-free mean order the pair
+     as gold does;
+  3. the training curves (<out>/metrics.jsonl): gold and RM score of the rollouts, KL to SFT, value
+     loss and explained variance, mean of the first and last 10 iterations.
+Also the RM's held-out accuracy beside the held-out labelers' own agreement (<run>/rm/eval.json).
+Outputs go under <run>/diag_reward_source/ (a finished PPO run there is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_PROMPTS = 256
+
+
+def diag_config(run: Path, iterations: int, extra: list[str]):
+    """The run's config with the guard off, a fixed iteration count and no best-of-n (PPO starts from
+    the run's finished best-of-n policy)."""
+    from chatrlhf.config import load_config
+
+    sets = [f"run.out_dir={run}", "ppo.guard.early_stop=none", f"ppo.total_iterations={iterations}",
+            "ppo.rejection_sampling.n=0", "eval.sections=[world]", *extra]
+    return load_config(ROOT / "configs" / "default.yaml", sets)
+
+
+def train(cfg, run: Path, source: str) -> Path:
+    from chatrlhf.lm.modeling import stage_complete
+    from chatrlhf.stages.ppo import run_ppo
+
+    out = run / "diag_reward_source" / f"ppo_{source}"
+    if not stage_complete(out):
+        pc = cfg.ppo.model_copy(update={"reward": cfg.ppo.reward.model_copy(update={"source": source})})
+        run_ppo(cfg.model_copy(update={"ppo": pc}), policy_dir=run / "ppo" / "best_of_n", rm_dir=run / "rm",
+                out_dir=out, ref_dir=run / "sft")
+    return out
+
+
+# --- 1. judged against the start ------------------------------------------------------------------
+
+
+def judge_against_start(cfg, models: dict[str, Path]) -> dict[str, dict]:
+    """Each model's greedy and matched-decoding answers to the eval prompts, judged against the start's."""
+    from chatrlhf.evaluate.headline import ci_dict, diff_verdict, judged_win_rate, win_verdict
+    from chatrlhf.evaluate.models import load_handle
+    from chatrlhf.evaluate.run import Context, evaluate_model
+    from chatrlhf.evaluate.stats import paired_cluster_diff_ci
+
+    ctx, ev, seed = Context(cfg), cfg.eval, cfg.run.seed
+    items = {name: evaluate_model(ctx, load_handle(name, str(path)), choose=True) for name, path in models.items()}
+    start = items["start"]["items"]
+    out = {}
+    for name, res in items.items():
+        it = res["items"]
+        row = {"temperature": res.get("decoding", {}).get("temperature"),
+               "validation_likert": res.get("decoding", {}).get("validation_likert"),
+               "gold_greedy": statistics.fmean(it["world_greedy_gold"]),
+               "gold_matched": statistics.fmean(it["world_matched_gold"]),
+               "rm_greedy": res["metrics"].get("world_greedy_rm_score")}
+        if name != "start":
+            for mode in ("greedy", "matched"):
+                w = judged_win_rate(ctx.world, ctx.prompts, ctx.clusters, it[f"world_{mode}_responses"],
+                                    start[f"world_{mode}_responses"], seed, ev.judgements_per_pair, ev.bootstrap)
+                d = ci_dict(paired_cluster_diff_ci(it[f"world_{mode}_gold"], start[f"world_{mode}_gold"],
+                                                   ctx.clusters, ev.bootstrap, seed))
+                row[f"win_vs_start_{mode}"] = {**w, "verdict": win_verdict(w, name, "start")}
+                row[f"gold_diff_{mode}"] = {**d, "verdict": diff_verdict(d)}
+        out[name] = row
+    return out
+
+
+# --- 2. the RM on the policy's own samples ------------------------------------------------------------
+
+
+def _agree(scores: list[tuple[float, float]], gold: list[tuple[float, float]]) -> float:
+    """Share of pairs a scorer orders as gold does (gold ties left out, a scorer's tie half)."""
+    hits = [1.0 if (a - b) * (ga - gb) > 0 else 0.5 if a == b else 0.0
+            for (a, b), (ga, gb) in zip(scores, gold) if ga != gb]
+    return round(statistics.fmean(hits), 4) if hits else float("nan")
+
+
+def rm_on_samples(cfg, world, rm, path: Path) -> dict:
+    """Two T=1 samples per training prompt from `path`; how the RM's view of them matches gold's."""
+    from chatrlhf.evaluate.models import generate, load_handle, prompt_text
+
+    prompts = world.prompts("ppo")[:SAMPLE_PROMPTS]
+    h = load_handle("policy", str(path))
+    texts = [prompt_text(h, p["messages"]) for p in prompts]
+    a, b = (generate(h, texts, cfg.ppo.rollout.max_new_tokens, temperature=1.0, seed=cfg.run.seed + s) for s in (101, 202))
+    msgs = [p["messages"] for p in prompts]
+    ra, rb = rm.score(msgs, a).tolist(), rm.score(msgs, b).tolist()
+    ga, gb = ([world.gold(p, t).total for p, t in zip(prompts, x)] for x in (a, b))
+    rng = random.Random(cfg.run.seed)
+    train_labs, judges = world.labelers(held_out=False), world.judges()
+
+    def mean_utility(labs, p, t):
+        return statistics.fmean(lab.expected_utility(p, t) for lab in labs)
+
+    noisy = [(lab.compare(p, x, y, rng), 0.5) for i, (p, x, y) in enumerate(zip(prompts, a, b))
+             for lab in [train_labs[i % len(train_labs)]]]
+    pairs_gold = list(zip(ga, gb))
+    return {"samples": 2 * len(prompts), "gold_mean": round(statistics.fmean(ga + gb), 4),
+            "rm_mean": round(statistics.fmean(ra + rb), 4),
+            "rm_gold_pearson": round(statistics.correlation(ra + rb, ga + gb), 4),
+            "rm_std": round(statistics.stdev(ra + rb), 4), "gold_std": round(statistics.stdev(ga + gb), 4),
+            "distinct_pairs": sum(x != y for x, y in zip(ga, gb)),
+            "agree_with_gold": {
+                "rm": _agree(list(zip(ra, rb)), pairs_gold),
+                "training_labeler_one_judgement": _agree(noisy, pairs_gold),
+                "training_labelers_noise_free_mean": _agree(
+                    [(mean_utility(train_labs, p, x), mean_utility(train_labs, p, y)) for p, x, y in zip(prompts, a, b)],
+                    pairs_gold),
+                "judges_noise_free_mean": _agree(
+                    [(mean_utility(judges, p, x), mean_utility(judges, p, y)) for p, x, y in zip(prompts, a, b)],
+                    pairs_gold)}}
+
+
+# --- 3. training curves ----------------------------------------------------------------------------
+
+
+def curves(out: Path, k: int = 10) -> dict:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    keys = ("gold", "rm_score", "reward", "kl", "vf_loss", "value_explained_var", "response_len", "verified")
+
+    def mean(part: list[dict], key: str) -> float | None:
+        xs = [r[key] for r in part if isinstance(r.get(key), (int, float))]
+        return round(statistics.fmean(xs), 4) if xs else None
+
+    return {"iterations": len(rows), "first": {key: mean(rows[:k], key) for key in keys},
+            "last": {key: mean(rows[-k:], key) for key in keys},
+            "per_iteration": [{key: r.get(key) for key in ("step", *keys)} for r in rows]}
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default="runs/default", help="a run with world, sft, rm and ppo/best_of_n")
+    ap.add_argument("--iterations", type=int, default=120)
+    ap.add_argument("--sources", default="rm,gold")
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides for both PPO runs")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "ppo_reward_source.json"))
+    args = ap.parse_args()
+    from chatrlhf.lm.reward_model import RewardModel
+    from chatrlhf.world.loader import load_world
+
+    run = Path(args.run)
+    cfg = diag_config(run, args.iterations, args.set)
+    models = {"start": run / "ppo" / "best_of_n"}
+    for source in args.sources.split(","):
+        models[f"ppo_{source}"] = train(cfg, run, source)
+    world, rm = load_world(cfg), RewardModel.load(run / "rm")
+    result = {"run": str(run), "iterations": args.iterations, "overrides": args.set,
+              "rm_eval": {k: v for k, v in json.loads((run / "rm" / "eval.json").read_text()).items()
+                          if k.startswith(("acc_", "held_out_labeler_agreement", "all_labeler"))},
+              "judged": judge_against_start(cfg, models),
+              "rm_on_samples": {name: rm_on_samples(cfg, world, rm, path) for name, path in models.items()},
+              "curves": {name: curves(path) for name, path in models.items() if name != "start"}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("rm_eval", "judged", "rm_on_samples")}, indent=1))
+    for name, c in result["curves"].items():
+        print(name, "first", c["first"], "\n", name, "last ", c["last"])
+
+
+if __name__ == "__main__":
+    main()
