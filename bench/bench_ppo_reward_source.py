@@ -16,14 +16,16 @@ Then, for the start and each final policy:
      pair, ties half, cluster-bootstrap 95% intervals), greedy vs greedy and at matched decoding (each
      model's temperature chosen by the training labelers on validation prompts, as `chatrlhf eval`
      does), with the paired gold difference;
-  2. the RM on the policy's own samples: two T=1 samples for each of 256 PPO training prompts, the
-     correlation of the RM score with gold, and on the pairs how often the RM, the training labelers
-     (one noisy judgement each; their noise-free mean) and the judges' noise-free mean order the pair
-     as gold does;
-  3. the training curves (<out>/metrics.jsonl): gold and RM score of the rollouts, KL to SFT, value
+  2. the RM on the policy's own samples: two T=1 samples for each of 256 PPO training prompts and
+     256 eval prompts, their gold (overall and per task), the correlation of the RM score with gold,
+     and on each prompt's pair how often the RM, the training labelers (one noisy judgement each;
+     their noise-free mean) and the judges' noise-free mean order the pair as gold does;
+  3. the headroom: on 256 eval prompts, the gold of the greedy answer, of a T=1 sample, of the best
+     of 8 samples by gold (an oracle) and by the RM, with the judges' win rate of each pick over greedy;
+  4. the training curves (<out>/metrics.jsonl): gold and RM score of the rollouts, KL to SFT, value
      loss and explained variance, mean of the first and last 10 iterations.
 Also the RM's held-out accuracy beside the held-out labelers' own agreement (<run>/rm/eval.json).
-Outputs go under <run>/diag_reward_source/ (a finished PPO run there is reused).
+The PPO runs go under <run>/<--out>/ppo_<source>/ (a finished one there is reused).
 """
 
 from __future__ import annotations
@@ -52,11 +54,11 @@ def diag_config(run: Path, iterations: int, extra: list[str]):
     return load_config(ROOT / "configs" / "default.yaml", sets)
 
 
-def train(cfg, run: Path, source: str) -> Path:
+def train(cfg, run: Path, out_name: str, source: str) -> Path:
     from chatrlhf.lm.modeling import stage_complete
     from chatrlhf.stages.ppo import run_ppo
 
-    out = run / "diag_reward_source" / f"ppo_{source}"
+    out = run / out_name / f"ppo_{source}"
     if not stage_complete(out):
         pc = cfg.ppo.model_copy(update={"reward": cfg.ppo.reward.model_copy(update={"source": source})})
         run_ppo(cfg.model_copy(update={"ppo": pc}), policy_dir=run / "ppo" / "best_of_n", rm_dir=run / "rm",
@@ -84,6 +86,7 @@ def judge_against_start(cfg, models: dict[str, Path]) -> dict[str, dict]:
                "validation_likert": res.get("decoding", {}).get("validation_likert"),
                "gold_greedy": statistics.fmean(it["world_greedy_gold"]),
                "gold_matched": statistics.fmean(it["world_matched_gold"]),
+               "gold_sampled": statistics.fmean(it["world_sample_gold"]),
                "rm_greedy": res["metrics"].get("world_greedy_rm_score")}
         if name != "start":
             for mode in ("greedy", "matched"):
@@ -107,40 +110,76 @@ def _agree(scores: list[tuple[float, float]], gold: list[tuple[float, float]]) -
     return round(statistics.fmean(hits), 4) if hits else float("nan")
 
 
-def rm_on_samples(cfg, world, rm, path: Path) -> dict:
-    """Two T=1 samples per training prompt from `path`; how the RM's view of them matches gold's."""
+def rm_on_samples(cfg, world, rm, path: Path, split: str) -> dict:
+    """Two T=1 samples per prompt of `split` from `path`; their gold (overall and per task) and how the
+    RM's view of them matches gold's."""
     from chatrlhf.evaluate.models import generate, load_handle, prompt_text
 
-    prompts = world.prompts("ppo")[:SAMPLE_PROMPTS]
+    prompts = world.prompts(split)[:SAMPLE_PROMPTS]
     h = load_handle("policy", str(path))
     texts = [prompt_text(h, p["messages"]) for p in prompts]
     a, b = (generate(h, texts, cfg.ppo.rollout.max_new_tokens, temperature=1.0, seed=cfg.run.seed + s) for s in (101, 202))
     msgs = [p["messages"] for p in prompts]
     ra, rb = rm.score(msgs, a).tolist(), rm.score(msgs, b).tolist()
     ga, gb = ([world.gold(p, t).total for p, t in zip(prompts, x)] for x in (a, b))
+    by_task: dict[str, list[float]] = {}
+    for p, x, y in zip(prompts, ga, gb):
+        by_task.setdefault(p["task"], []).extend((x, y))
+    return {"prompts": f"{split}[:{len(prompts)}]", "samples": 2 * len(prompts),
+            "gold_mean": round(statistics.fmean(ga + gb), 4), "rm_mean": round(statistics.fmean(ra + rb), 4),
+            "gold_by_task": {t: round(statistics.fmean(v), 4) for t, v in sorted(by_task.items())},
+            "rm_gold_pearson": round(statistics.correlation(ra + rb, ga + gb), 4),
+            "rm_std": round(statistics.stdev(ra + rb), 4), "gold_std": round(statistics.stdev(ga + gb), 4),
+            "distinct_pairs": sum(x != y for x, y in zip(ga, gb)),
+            "agree_with_gold": pair_agreement(cfg, world, prompts, a, b, list(zip(ra, rb)), list(zip(ga, gb)))}
+
+
+def pair_agreement(cfg, world, prompts, a, b, rm_pairs, gold_pairs) -> dict[str, float]:
+    """On each prompt's pair of samples: how often the RM, one training labeler's noisy judgement, the
+    training labelers' noise-free mean utility and the judges' order the pair as gold does."""
     rng = random.Random(cfg.run.seed)
     train_labs, judges = world.labelers(held_out=False), world.judges()
 
     def mean_utility(labs, p, t):
         return statistics.fmean(lab.expected_utility(p, t) for lab in labs)
 
-    noisy = [(lab.compare(p, x, y, rng), 0.5) for i, (p, x, y) in enumerate(zip(prompts, a, b))
-             for lab in [train_labs[i % len(train_labs)]]]
-    pairs_gold = list(zip(ga, gb))
-    return {"samples": 2 * len(prompts), "gold_mean": round(statistics.fmean(ga + gb), 4),
-            "rm_mean": round(statistics.fmean(ra + rb), 4),
-            "rm_gold_pearson": round(statistics.correlation(ra + rb, ga + gb), 4),
-            "rm_std": round(statistics.stdev(ra + rb), 4), "gold_std": round(statistics.stdev(ga + gb), 4),
-            "distinct_pairs": sum(x != y for x, y in zip(ga, gb)),
-            "agree_with_gold": {
-                "rm": _agree(list(zip(ra, rb)), pairs_gold),
-                "training_labeler_one_judgement": _agree(noisy, pairs_gold),
-                "training_labelers_noise_free_mean": _agree(
-                    [(mean_utility(train_labs, p, x), mean_utility(train_labs, p, y)) for p, x, y in zip(prompts, a, b)],
-                    pairs_gold),
-                "judges_noise_free_mean": _agree(
-                    [(mean_utility(judges, p, x), mean_utility(judges, p, y)) for p, x, y in zip(prompts, a, b)],
-                    pairs_gold)}}
+    noisy = [(train_labs[i % len(train_labs)].compare(p, x, y, rng), 0.5) for i, (p, x, y) in enumerate(zip(prompts, a, b))]
+    return {"rm": _agree(rm_pairs, gold_pairs), "training_labeler_one_judgement": _agree(noisy, gold_pairs),
+            "training_labelers_noise_free_mean": _agree(
+                [(mean_utility(train_labs, p, x), mean_utility(train_labs, p, y)) for p, x, y in zip(prompts, a, b)],
+                gold_pairs),
+            "judges_noise_free_mean": _agree(
+                [(mean_utility(judges, p, x), mean_utility(judges, p, y)) for p, x, y in zip(prompts, a, b)],
+                gold_pairs)}
+
+
+def headroom(cfg, world, rm, path: Path, n: int = 8) -> dict:
+    """What reweighting the policy's own samples could reach on eval prompts: the gold of its greedy
+    answer, of a T=1 sample, and of the best of n T=1 samples picked by gold (an oracle) or by the RM
+    (KL <= log n from the policy), with the judges' win rate of each pick over the greedy answer."""
+    from chatrlhf.evaluate.models import generate, load_handle, prompt_text
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+
+    prompts = world.prompts("eval")[:SAMPLE_PROMPTS]
+    h = load_handle("policy", str(path))
+    texts = [prompt_text(h, p["messages"]) for p in prompts]
+    greedy = generate(h, texts, cfg.ppo.rollout.max_new_tokens, temperature=0.0, seed=cfg.run.seed)
+    samples = [generate(h, texts, cfg.ppo.rollout.max_new_tokens, temperature=1.0, seed=cfg.run.seed + 1000 * k)
+               for k in range(n)]
+    msgs = [p["messages"] for p in prompts]
+    rms = [rm.score(msgs, s).tolist() for s in samples]
+    golds = [[world.gold(p, t).total for p, t in zip(prompts, s)] for s in samples]
+    pick = {"gold": [max(range(n), key=lambda k: golds[k][i]) for i in range(len(prompts))],
+            "rm": [max(range(n), key=lambda k: rms[k][i]) for i in range(len(prompts))]}
+    out = {"n": n, "prompts": len(prompts),
+           "gold_greedy": round(statistics.fmean(world.gold(p, t).total for p, t in zip(prompts, greedy)), 4),
+           "gold_sample": round(statistics.fmean(golds[0]), 4)}
+    for by, ks in pick.items():
+        best = [samples[k][i] for i, k in enumerate(ks)]
+        out[f"gold_best_by_{by}"] = round(statistics.fmean(golds[k][i] for i, k in enumerate(ks)), 4)
+        wins = compare_to_baseline(world, prompts, best, greedy, cfg.run.seed, cfg.eval.judgements_per_pair)
+        out[f"judges_win_best_by_{by}_vs_greedy"] = round(statistics.fmean(wins), 4)
+    return out
 
 
 # --- 3. training curves ----------------------------------------------------------------------------
@@ -167,6 +206,7 @@ def main() -> None:
     ap.add_argument("--run", default="runs/default", help="a run with world, sft, rm and ppo/best_of_n")
     ap.add_argument("--iterations", type=int, default=120)
     ap.add_argument("--sources", default="rm,gold")
+    ap.add_argument("--out", default="diag_reward_source", help="the PPO runs' directory under --run (one per setting)")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for both PPO runs")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "ppo_reward_source.json"))
     args = ap.parse_args()
@@ -177,13 +217,15 @@ def main() -> None:
     cfg = diag_config(run, args.iterations, args.set)
     models = {"start": run / "ppo" / "best_of_n"}
     for source in args.sources.split(","):
-        models[f"ppo_{source}"] = train(cfg, run, source)
+        models[f"ppo_{source}"] = train(cfg, run, args.out, source)
     world, rm = load_world(cfg), RewardModel.load(run / "rm")
-    result = {"run": str(run), "iterations": args.iterations, "overrides": args.set,
+    result = {"run": str(run), "iterations": args.iterations, "overrides": args.set, "seed": cfg.run.seed,
               "rm_eval": {k: v for k, v in json.loads((run / "rm" / "eval.json").read_text()).items()
                           if k.startswith(("acc_", "held_out_labeler_agreement", "all_labeler"))},
               "judged": judge_against_start(cfg, models),
-              "rm_on_samples": {name: rm_on_samples(cfg, world, rm, path) for name, path in models.items()},
+              "rm_on_samples": {split: {name: rm_on_samples(cfg, world, rm, path, split) for name, path in models.items()}
+                                for split in ("ppo", "eval")},
+              "headroom": {name: headroom(cfg, world, rm, path) for name, path in models.items()},
               "curves": {name: curves(path) for name, path in models.items() if name != "start"}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
