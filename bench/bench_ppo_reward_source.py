@@ -131,7 +131,15 @@ def rm_on_samples(cfg, world, rm, path: Path, split: str) -> dict:
             "rm_gold_pearson": round(statistics.correlation(ra + rb, ga + gb), 4),
             "rm_std": round(statistics.stdev(ra + rb), 4), "gold_std": round(statistics.stdev(ga + gb), 4),
             "distinct_pairs": sum(x != y for x, y in zip(ga, gb)),
+            "within_prompt_share": {"gold": within_prompt_share(ga, gb), "rm": within_prompt_share(ra, rb)},
             "agree_with_gold": pair_agreement(cfg, world, prompts, a, b, list(zip(ra, rb)), list(zip(ga, gb)))}
+
+
+def within_prompt_share(a: list[float], b: list[float]) -> float:
+    """The share of the samples' variance that lies between two samples of the same prompt (the part an
+    advantage should carry); the rest is which prompt it was, which only a good baseline removes."""
+    within = statistics.fmean((x - y) ** 2 / 2 for x, y in zip(a, b))
+    return round(within / statistics.variance(a + b), 4)
 
 
 def pair_agreement(cfg, world, prompts, a, b, rm_pairs, gold_pairs) -> dict[str, float]:
@@ -171,8 +179,12 @@ def headroom(cfg, world, rm, path: Path, n: int = 8) -> dict:
     golds = [[world.gold(p, t).total for p, t in zip(prompts, s)] for s in samples]
     pick = {"gold": [max(range(n), key=lambda k: golds[k][i]) for i in range(len(prompts))],
             "rm": [max(range(n), key=lambda k: rms[k][i]) for i in range(len(prompts))]}
-    out = {"n": n, "prompts": len(prompts),
-           "gold_greedy": round(statistics.fmean(world.gold(p, t).total for p, t in zip(prompts, greedy)), 4),
+    gold_greedy = [world.gold(p, t).total for p, t in zip(prompts, greedy)]
+    by_task: dict[str, list[float]] = {}
+    for p, g in zip(prompts, gold_greedy):
+        by_task.setdefault(p["task"], []).append(g)
+    out = {"n": n, "prompts": len(prompts), "gold_greedy": round(statistics.fmean(gold_greedy), 4),
+           "gold_greedy_by_task": {t: round(statistics.fmean(v), 4) for t, v in sorted(by_task.items())},
            "gold_sample": round(statistics.fmean(golds[0]), 4)}
     for by, ks in pick.items():
         best = [samples[k][i] for i, k in enumerate(ks)]

@@ -1,5 +1,6 @@
 """ppo.reward.source: the RM by default and in every shipped config; `gold` pays the scaled gold
-rubric (a diagnostic upper bound) and refuses to run where there is no world to score with."""
+rubric (a diagnostic upper bound) and refuses to run where there is no world to score with;
+ppo.top_up_prompts adds RM prompts to PPO's training prompts, off by default."""
 
 from __future__ import annotations
 
@@ -72,3 +73,19 @@ def test_explained_variance_by_hand():
     assert explained_variance(torch.tensor([[1.0, 1.0, 5.0]]), returns, mask) == pytest.approx(0.0)
     # values 3, 1: errors -2, 2 (variance 4) -> 1 - 4/1
     assert explained_variance(torch.tensor([[3.0, 1.0, 0.0]]), returns, mask) == pytest.approx(-3.0)
+
+
+class PromptWorld:
+    def prompts(self, split):
+        return [{"id": f"{split}{i}"} for i in range(5)]
+
+
+def test_top_up_puts_rm_prompts_first_and_is_off_by_default():
+    from chatrlhf.stages.ppo import _topped_up
+
+    own = PromptWorld().prompts("ppo")
+    assert _topped_up(load_config(None, []), PromptWorld(), own) == own
+    cfg = load_config(None, ["ppo.top_up_prompts=3"])
+    ids = [p["id"] for p in _topped_up(cfg, PromptWorld(), own)]
+    assert ids == ["rm0", "rm1", "rm2", "ppo0", "ppo1", "ppo2", "ppo3", "ppo4"]  # the guard's tail unchanged
+    assert _topped_up(cfg, None, own) == own

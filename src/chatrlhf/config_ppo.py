@@ -127,6 +127,9 @@ class PPOConfig(Section):
         "auto", description="How ppo.data rows become prompts (as sft.format).")
     columns: dict[str, str] = Field(default_factory=dict, description="Column mapping for ppo.data, as sft.columns "
                                     "(e.g. {prompt: question}; also ground_truth).")
+    top_up_prompts: int = Field(0, ge=0, description="With the embedded world: add up to this many of the RM stage's "
+                                "prompts to PPO's training prompts (more distinct prompts, fewer passes over each; the "
+                                "guard's prompts are unchanged). 0 = the world's PPO prompts only.")
     total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
     max_minutes: float = Field(0.0, ge=0, description="Optional wall-clock safety per round (0 = off, the default: "
                                "total_iterations and the guard decide, the same on every machine); when it fires the "

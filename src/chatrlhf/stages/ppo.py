@@ -187,7 +187,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
 
     world = loader.load_world(cfg)  # the run's world, or None: PPO never generates one
     prompts, source = ppo_prompts(cfg, world)
-    prompts = _fitting(_conditioned(cfg, world, prompts), tok, policy, pc.rollout.max_new_tokens, source)
+    prompts = _fitting(_conditioned(cfg, world, _topped_up(cfg, world, prompts)), tok, policy, pc.rollout.max_new_tokens, source)
     console.print(f"ppo: {len(prompts)} prompts from {source}")
     train_prompts, guard_prompts = _split_guard_prompts(cfg, world, prompts)
     ptx_train, ppl_chunks = _lm_text(cfg, tok, world)
@@ -217,6 +217,14 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
         _warn_start_kept(out)
     on_main(lambda: _save_outputs(acc, trainer, tok, out, meta, history))  # every rank holds the same weights
     return out
+
+
+def _topped_up(cfg: Config, world, prompts: list[dict]) -> list[dict]:
+    """ppo.top_up_prompts of the world's RM prompts, then PPO's own: first, so the guard's prompts (the
+    last few of PPO's own) stay the same; the trainer shuffles the order anyway."""
+    if not cfg.ppo.top_up_prompts or world is None or cfg.ppo.data:
+        return prompts
+    return world.prompts("rm")[: cfg.ppo.top_up_prompts] + prompts
 
 
 def _split_guard_prompts(cfg: Config, world, prompts: list[dict]) -> tuple[list[dict], list[dict]]:
