@@ -1,6 +1,6 @@
 """Why does PPO add little over its start? PPO against the reward model vs against the gold rubric.
 
-    python bench/bench_ppo_reward_source.py --run runs/default [--iterations 120] [--sources rm,gold]
+    python bench/ppo_reward_source.py --run runs/default [--iterations 120] [--sources rm,gold]
         [--json bench/results/ppo_reward_source.json] [--set KEY=VALUE ...]
 
 From a finished run's best-of-n start (<run>/ppo/best_of_n) PPO runs once per reward source, everything
@@ -18,12 +18,15 @@ Then, for the start and each final policy:
      does), with the paired gold difference;
   2. the RM on the policy's own samples: two T=1 samples for each of 256 PPO training prompts and
      256 eval prompts, their gold (overall and per task), the correlation of the RM score with gold,
+     the share of the RM's and gold's variance that lies between two samples of one prompt,
      and on each prompt's pair how often the RM, the training labelers (one noisy judgement each;
      their noise-free mean) and the judges' noise-free mean order the pair as gold does;
   3. the headroom: on 256 eval prompts, the gold of the greedy answer, of a T=1 sample, of the best
-     of 8 samples by gold (an oracle) and by the RM, with the judges' win rate of each pick over greedy;
+     of 8 samples by gold (an oracle) and by the RM, with the judges' win rate of each pick over greedy
+     and each task's part of the pick's gold gain;
   4. the training curves (<out>/metrics.jsonl): gold and RM score of the rollouts, KL to SFT, value
      loss and explained variance, mean of the first and last 10 iterations.
+A diagnostic of a few PPO runs, not a speed benchmark, so `bench/run_all.py` does not run it.
 Also the RM's held-out accuracy beside the held-out labelers' own agreement (<run>/rm/eval.json).
 The PPO runs go under <run>/<--out>/ppo_<source>/ (a finished one there is reused).
 """
@@ -189,6 +192,12 @@ def headroom(cfg, world, rm, path: Path, n: int = 8) -> dict:
     for by, ks in pick.items():
         best = [samples[k][i] for i, k in enumerate(ks)]
         out[f"gold_best_by_{by}"] = round(statistics.fmean(golds[k][i] for i, k in enumerate(ks)), 4)
+        gain: dict[str, list[float]] = {}
+        for i, (p, k) in enumerate(zip(prompts, ks)):
+            gain.setdefault(p["task"], []).append(golds[k][i] - gold_greedy[i])
+        out[f"gold_gain_best_by_{by}_over_greedy_by_task"] = {  # the task's share of the mean gain, and its size
+            t: {"prompts": len(v), "mean": round(statistics.fmean(v), 4), "share": round(sum(v) / len(prompts), 4)}
+            for t, v in sorted(gain.items())}
         wins = compare_to_baseline(world, prompts, best, greedy, cfg.run.seed, cfg.eval.judgements_per_pair)
         out[f"judges_win_best_by_{by}_vs_greedy"] = round(statistics.fmean(wins), 4)
     return out
