@@ -39,6 +39,14 @@ class RewardConfig(Section):
     verifier_coef: float = Field(4.0, ge=0, description="Weight of the rule-based check of a prompt's `ground_truth` "
                                  "(chatrlhf.lm.verifiers, score in [0, 1]) added to the RM score; prompts without one get the RM alone (0 = off).")
     missing_eos_penalty: float = Field(1.0, description="Subtracted from the reward of responses that never end.")
+    source: Literal["rm", "gold"] = Field(
+        "rm", description="Where the score term comes from. rm: the reward model (the method). gold: gold_scale x the "
+        "embedded world's gold rubric (the function the simulated labelers' preferences are built on), a diagnostic "
+        "upper bound -- what PPO reaches with a reward model free of labeler noise and taste. Only with the embedded "
+        "world's prompts; never used by any shipped config.")
+    gold_scale: float = Field(6.0, gt=0, description="reward.source=gold: gold total (0..1) x this. About the RM's own "
+                              "scale: labelers whose judgement noise is ~0.2 on the rubric's 0..1 scale give a "
+                              "Bradley-Terry RM ~6 logits per rubric unit.")
 
 
 class AdvantageConfig(Section):
@@ -119,6 +127,9 @@ class PPOConfig(Section):
         "auto", description="How ppo.data rows become prompts (as sft.format).")
     columns: dict[str, str] = Field(default_factory=dict, description="Column mapping for ppo.data, as sft.columns "
                                     "(e.g. {prompt: question}; also ground_truth).")
+    top_up_prompts: int = Field(0, ge=0, description="With the embedded world: add up to this many of the RM stage's "
+                                "prompts to PPO's training prompts (more distinct prompts, fewer passes over each; the "
+                                "guard's prompts are unchanged). 0 = the world's PPO prompts only.")
     total_iterations: int = Field(120, description="PPO iterations (one rollout batch + its update epochs each; the guard usually stops earlier).")
     max_minutes: float = Field(0.0, ge=0, description="Optional wall-clock safety per round (0 = off, the default: "
                                "total_iterations and the guard decide, the same on every machine); when it fires the "

@@ -90,8 +90,19 @@ def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
         rewards = masked_whiten(rewards, ro.mask, shift_mean=False, mean_fn=batch_mean)
     adv, ro.returns = gae_advantages(rewards, ro.values, ro.mask, cfg.advantage.gamma, cfg.advantage.lam)
     ro.advantages = masked_whiten(adv, ro.mask, mean_fn=batch_mean)
+    ro.stats["value_explained_var"] = explained_variance(ro.values, ro.returns, ro.mask)
     ro.stats["kl"] = kl.sum(1).mean().item()  # nats per sequence
     ro.stats["non_score_reward"] = (-kl_coef * kl).sum(1).mean().item()
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over the response tokens, before the update: 1 is a
+    critic that predicts the returns, 0 one no better than their mean (then GAE's advantages carry
+    the returns' full noise), below 0 worse than the mean."""
+    var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    err = returns - values
+    var_err = masked_mean((err - masked_mean(err, mask)) ** 2, mask)
+    return (1.0 - var_err / var).item() if var > 0 else float("nan")
 
 
 def _group_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:

@@ -187,7 +187,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
 
     world = loader.load_world(cfg)  # the run's world, or None: PPO never generates one
     prompts, source = ppo_prompts(cfg, world)
-    prompts = _fitting(_conditioned(cfg, world, prompts), tok, policy, pc.rollout.max_new_tokens, source)
+    prompts = _fitting(_conditioned(cfg, world, _topped_up(cfg, world, prompts)), tok, policy, pc.rollout.max_new_tokens, source)
     console.print(f"ppo: {len(prompts)} prompts from {source}")
     train_prompts, guard_prompts = _split_guard_prompts(cfg, world, prompts)
     ptx_train, ppl_chunks = _lm_text(cfg, tok, world)
@@ -219,6 +219,14 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     return out
 
 
+def _topped_up(cfg: Config, world, prompts: list[dict]) -> list[dict]:
+    """ppo.top_up_prompts of the world's RM prompts, then PPO's own: first, so the guard's prompts (the
+    last few of PPO's own) stay the same; the trainer shuffles the order anyway."""
+    if not cfg.ppo.top_up_prompts or world is None or cfg.ppo.data:
+        return prompts
+    return world.prompts("rm")[: cfg.ppo.top_up_prompts] + prompts
+
+
 def _split_guard_prompts(cfg: Config, world, prompts: list[dict]) -> tuple[list[dict], list[dict]]:
     """PPO's training prompts, and the last few kept back for the held-out labelers' guard when it is
     a world run stopped on held-out comparisons (none otherwise)."""
@@ -241,7 +249,8 @@ def _make_guard(cfg: Config, policy, ref, tok, world, guard_prompts: list[dict],
 
 
 def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:
-    """The reward model's score, and the world's gold score where PPO runs on the world's prompts."""
+    """The score PPO is paid (the reward model's, or with reward.source=gold the scaled gold rubric,
+    a diagnostic upper bound), and the world's gold score where PPO runs on the world's prompts."""
 
     def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
         return rm.score([p["messages"] for p in ps], texts)
@@ -249,8 +258,16 @@ def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:
     def world_gold(p: dict, text: str) -> float:
         return float(world.gold(p, text).total)
 
-    # the world's rubric knows only its own prompts
-    return reward_fn, (world_gold if world is not None and not pc.data else None)
+    def gold_reward(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        return torch.tensor([pc.reward.gold_scale * world_gold(p, t) for p, t in zip(ps, texts)])
+
+    gold_fn = world_gold if world is not None and not pc.data else None  # the rubric knows only its own prompts
+    if pc.reward.source == "gold":
+        if gold_fn is None:
+            raise ValueError("ppo.reward.source=gold needs the embedded world's prompts (no ppo.data): "
+                             "the gold rubric scores only those")
+        return gold_reward, gold_fn
+    return reward_fn, gold_fn
 
 
 def _warn_start_kept(out: Path) -> None:

@@ -1,0 +1,91 @@
+"""ppo.reward.source: the RM by default and in every shipped config; `gold` pays the scaled gold
+rubric (a diagnostic upper bound) and refuses to run where there is no world to score with;
+ppo.top_up_prompts adds RM prompts to PPO's training prompts, off by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatrlhf.config import PPOConfig, load_config
+from chatrlhf.rl.ppo import explained_variance
+
+
+class FakeRM:
+    def score(self, messages, texts):
+        return torch.tensor([10.0 + len(t) for t in texts])
+
+
+class FakeGold:
+    def __init__(self, total: float):
+        self.total = total
+
+
+class FakeWorld:
+    def gold(self, prompt, text):
+        return FakeGold(0.25 if text == "a" else 0.5)
+
+
+PROMPTS = [{"messages": [{"role": "user", "content": "q"}]}] * 2
+
+
+def test_every_shipped_config_pays_the_reward_model():
+    assert PPOConfig().reward.source == "rm"
+    for p in sorted(Path("configs").glob("*.yaml")):
+        assert load_config(p, []).ppo.reward.source == "rm", p
+
+
+def test_default_source_scores_with_the_rm_and_logs_gold():
+    from chatrlhf.stages.ppo import _reward_fns
+
+    reward_fn, gold_fn = _reward_fns(FakeRM(), FakeWorld(), PPOConfig())
+    assert reward_fn(PROMPTS, ["a", "bbb"]).tolist() == [11.0, 13.0]
+    assert gold_fn(PROMPTS[0], "a") == 0.25
+
+
+def test_gold_source_pays_gold_scale_times_the_rubric():
+    from chatrlhf.stages.ppo import _reward_fns
+
+    pc = PPOConfig.model_validate({"reward": {"source": "gold", "gold_scale": 4.0}})
+    reward_fn, gold_fn = _reward_fns(FakeRM(), FakeWorld(), pc)
+    assert reward_fn(PROMPTS, ["a", "bbb"]).tolist() == [1.0, 2.0]
+    assert gold_fn(PROMPTS[0], "bbb") == 0.5
+
+
+def test_gold_source_needs_the_world():
+    from chatrlhf.stages.ppo import _reward_fns
+
+    pc = PPOConfig.model_validate({"reward": {"source": "gold"}})
+    with pytest.raises(ValueError, match="embedded world"):
+        _reward_fns(FakeRM(), None, pc)
+    with pytest.raises(ValueError, match="embedded world"):
+        _reward_fns(FakeRM(), FakeWorld(), pc.model_copy(update={"data": "my_prompts.jsonl"}))
+
+
+def test_explained_variance_by_hand():
+    returns = torch.tensor([[1.0, 3.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)
+    # values 1, 1: errors 0, 2 (variance 1) against returns' variance 1 -> 0
+    assert explained_variance(torch.tensor([[1.0, 1.0, 5.0]]), returns, mask) == pytest.approx(0.0)
+    # values 3, 1: errors -2, 2 (variance 4) -> 1 - 4/1
+    assert explained_variance(torch.tensor([[3.0, 1.0, 0.0]]), returns, mask) == pytest.approx(-3.0)
+
+
+class PromptWorld:
+    def prompts(self, split):
+        return [{"id": f"{split}{i}"} for i in range(5)]
+
+
+def test_top_up_puts_rm_prompts_first_and_is_off_by_default():
+    from chatrlhf.stages.ppo import _topped_up
+
+    own = PromptWorld().prompts("ppo")
+    assert _topped_up(load_config(None, []), PromptWorld(), own) == own
+    cfg = load_config(None, ["ppo.top_up_prompts=3"])
+    ids = [p["id"] for p in _topped_up(cfg, PromptWorld(), own)]
+    assert ids == ["rm0", "rm1", "rm2", "ppo0", "ppo1", "ppo2", "ppo3", "ppo4"]  # the guard's tail unchanged
+    assert _topped_up(cfg, None, own) == own
