@@ -174,11 +174,9 @@ def eval_(config: ConfigOpt = None, set: SetOpt = None,
           model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="NAME=DIR or a stage name (base, sft, ppo); repeatable.")] = None):
     """Evaluate helpfulness, truthfulness and harmlessness of one or more models."""
     from chatrlhf.evaluate.run import run_eval
-    from chatrlhf.lm.distributed import on_main
 
-    cfg = load_cfg(config, set)
-    try:  # under several processes rank 0 evaluates while the others wait
-        on_main(lambda: run_eval(cfg, models=model or []))
+    try:
+        run_eval(load_cfg(config, set), models=model or [])
     except (FileNotFoundError, ValueError) as e:
         fail_with(e)
 
@@ -187,10 +185,8 @@ def eval_(config: ConfigOpt = None, set: SetOpt = None,
 def report(config: ConfigOpt = None, set: SetOpt = None):
     """Write the alignment report (HTML, Markdown and metrics.json)."""
     from chatrlhf.evaluate.report import run_report
-    from chatrlhf.lm.distributed import on_main
 
-    cfg = load_cfg(config, set)
-    on_main(lambda: run_report(cfg))
+    run_report(load_cfg(config, set))
 
 
 @app.command()

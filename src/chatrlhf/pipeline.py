@@ -77,13 +77,13 @@ def _rounds(cfg: Config) -> None:
 def _eval(cfg: Config) -> None:
     from chatrlhf.evaluate.run import run_eval
 
-    on_main(lambda: run_eval(cfg, models=[]))  # rank 0 evaluates while any other process waits
+    run_eval(cfg, models=[])
 
 
 def _report(cfg: Config) -> None:
     from chatrlhf.evaluate.report import run_report
 
-    on_main(lambda: run_report(cfg))
+    run_report(cfg)
 
 
 # (name, directory under out_dir, runner)

@@ -23,10 +23,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from chatrlhf.config import Config
 from chatrlhf.evaluate.headline import blocked_prefixes
 from chatrlhf.evaluate.stats import change_verdict
 from chatrlhf.layout import budget_plan, round_dir, rounds_on_disk, time_limits_fired
+from chatrlhf.lm.distributed import on_main
+from chatrlhf.lm.modeling import write_meta
 from chatrlhf.lm.training import read_metrics
 
 STAGES = ["world", "tokenizer", "pretrain", "sft", "rm", "ppo"]
@@ -469,7 +473,13 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
 
 
 def run_report(cfg: Config) -> Path:
-    """Write report/report.html, report/report.md, report/metrics.json and report/plots/*.png."""
+    """Write report/ (report.html, report.md, metrics.json, plots/*.png); returns the HTML page. Under
+    several processes rank 0 writes while the others wait."""
+    on_main(lambda: _write_report(cfg))
+    return cfg.stage_dir("report") / "report.html"
+
+
+def _write_report(cfg: Config) -> None:
     out = cfg.stage_dir("report")
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -477,9 +487,7 @@ def run_report(cfg: Config) -> Path:
     data = gather(cfg)
     plots = [p for p in [plot_models(data["eval"], plots_dir)] if p]
     for name, d in stage_dirs(cfg).items():
-        p = plot_curves(name, read_metrics(d), plots_dir)
-        if p:
-            plots.append(p)
+        plots += [p for p in [plot_curves(name, read_metrics(d), plots_dir)] if p]
         if (d / "reward_vs_gold.png").is_file():  # PPO's reward-hacking check: RM score, gold, guard, KL
             plots.append(Path(shutil.copy(d / "reward_vs_gold.png", plots_dir / f"reward_vs_gold_{name.replace('/', '_')}.png")))
     data["verdicts"] = verdicts(data["eval"])
@@ -487,13 +495,5 @@ def run_report(cfg: Config) -> Path:
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(data, indent=1, default=str))
-    from chatrlhf.lm.modeling import write_meta
-
     write_meta(out, {"stage": "report", "html": "report.html", "complete": True})
-    from rich.console import Console
-
-    con = Console(stderr=True)
-    for line in data["verdicts"]:
-        con.print(line)
-    con.print(f"report: {out / 'report.html'}")
-    return out / "report.html"
+    Console(stderr=True).print(*data["verdicts"], f"report: {out / 'report.html'}", sep="\n")

@@ -36,6 +36,7 @@ from chatrlhf.evaluate.stats import (
     paired_cluster_diff_ci,
     significant,
 )
+from chatrlhf.lm.distributed import on_main
 
 console = Console(stderr=True)
 ALL_SECTIONS = ("world", "real_prompts", "truthfulqa", "crows_pairs", "rtp")
@@ -320,7 +321,13 @@ def load_any_handle(ctx: Context, name: str, path: str) -> ModelHandle:
 
 
 def run_eval(cfg: Config, models: list[str]) -> dict[str, Any]:
-    """Evaluate each model, write eval/<name>.json and eval/summary.json; returns the summary."""
+    """Evaluate each model, write eval/<name>.json and eval/summary.json; returns the summary. Under
+    several processes rank 0 evaluates while the others wait, then read the summary it wrote."""
+    summary = on_main(lambda: _evaluate(cfg, models))
+    return summary if summary is not None else json.loads((cfg.stage_dir("eval") / "summary.json").read_text())
+
+
+def _evaluate(cfg: Config, models: list[str]) -> dict[str, Any]:
     specs = resolve_models(cfg, models)
     if not specs:
         raise FileNotFoundError(f"no model to evaluate under {cfg.run.out_dir}; pass --model NAME=DIR")

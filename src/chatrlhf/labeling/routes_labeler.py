@@ -56,16 +56,19 @@ def _session_routes(app: FastAPI, ctx: Ctx) -> None:
 
     @app.get("/api/me")
     def api_me(user: User = Depends(ctx.current_user)):
-        return {"name": user.name, "role": user.role, "group": user.group_name}
+        return _me_view(user)
 
     @app.put("/api/me")
     def api_set_me(req: ProfileReq, user: User = Depends(ctx.current_user)):
         """A labeler says which group they belong to (optional, self-declared)."""
         with ctx.tx() as s:
-            me = store.set_group(s, user.id, req.group)
-            out = {"name": me.name, "role": me.role, "group": me.group_name}
+            out = _me_view(store.set_group(s, user.id, req.group))
         ctx.forget_user(user.id)  # the cached user still has the old group
         return out
+
+
+def _me_view(user: User) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role, "group": user.group_name}
 
 
 def _work_routes(app: FastAPI, ctx: Ctx) -> None:

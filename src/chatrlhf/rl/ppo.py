@@ -149,12 +149,13 @@ def ppo_update(ro: Rollout, policy, value_model: ValueModel | ValueHead | None, 
     (lm.distributed.weighted_loss): the all-reduced update is one process's on the whole batch."""
     gen = torch.Generator().manual_seed(seed)
     B = len(ro.texts)
+    B_global = int(all_sum(B))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     n = 0
     kl_loss_coef = (cfg.reward.kl_coef if kl_coef is None else kl_coef) if cfg.advantage.estimator == "grpo" else 0.0
     for _ in range(cfg.update.epochs):
-        for idx in torch.randperm(int(all_sum(B)), generator=gen).split(cfg.update.mini_batch_size):
+        for idx in torch.randperm(B_global, generator=gen).split(cfg.update.mini_batch_size):
             local = idx[(idx >= first_row) & (idx < first_row + B)] - first_row
             counts = len(local) > 0  # a rank without rows here runs row 0 with weight 0, to join the all-reduce
             local = local if counts else torch.zeros(1, dtype=torch.long)
