@@ -156,7 +156,7 @@ class SFTConfig(Section):
                                     "(keys: messages; prompt, response; instruction, input, output; text; tree).")
     max_len: int = Field(256, description="Maximum tokens per example; older turns are dropped first.")
     batch_size: int = Field(16, description="Examples per optimizer step.")
-    epochs: float = Field(10.0, description="Passes over the data (10: about a CPU minute on the default world).")
+    epochs: float = Field(2.0, description="Passes over the data (more passes memorise the demonstrations' content and forget pre-trained knowledge; see docs/RESULTS.md).")
     max_steps: int = Field(0, description="Stop after this many steps (0 = epochs decide).")
     learning_rate: float = Field(1e-3, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(20, description="Linear warm-up steps.")

@@ -102,7 +102,7 @@ class PtxConfig(Section):
 
 
 class RejectionSamplingConfig(Section):
-    n: int = Field(8, ge=0, description="Samples per prompt before PPO; the best under PPO's reward "
+    n: int = Field(0, ge=0, description="Samples per prompt before PPO (off by default: see docs/RESULTS.md); the best under PPO's reward "
                    "(RM score + reward.sft_loglik_coef x SFT mean log-likelihood + reward.verifier_coef x check) is kept "
                    "and the policy fine-tuned on the kept answers (Llama 2's rejection sampling). 0 or 1 = off: PPO "
                    "starts from the given policy.")
