@@ -48,7 +48,43 @@ def read_run(out: Path) -> dict[str, Any]:
                 "matched_gold_diff": h.get("matched_gold_diff"),
                 "attribution": [{k: r[k] for k in ("from", "to", "step", "win_rate", "verdict", "gold_diff")
                                  if k in r} for r in s.get("attribution", [])]})
+    rec["substance"] = substance(out, s)
     return rec
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    """What the issue's targets name beside the win rates: the RM's held-out-labeler accuracy against
+    those labelers' own agreement each round, pre-training perplexity at SFT and after the last
+    PPO, the judges' greedy Likert and correct facts per model."""
+    rms = [("round 1", out / "rm")] + [(d.name.replace("_", " "), d / "rm")
+                                       for d in sorted((out / "rounds").glob("round_*")) if (d / "rm").is_dir()]
+    rm = {name: {"accuracy": e.get("acc_held_out_labelers"), "ceiling": e.get("held_out_labeler_agreement")}
+          for name, d in rms if (e := _json(d / "eval.json"))}
+    ppos = [out / "ppo"] + [d / "ppo" for d in sorted((out / "rounds").glob("round_*"))]
+    metas = [m for d in ppos if (m := _json(d / "meta.json"))]
+    models = s.get("models", {})
+    return {"rm": rm,
+            "ppl_sft": _json(out / "ppo" / "meta.json").get("pretrain_val_ppl_before"),
+            "ppl_final": metas[-1].get("pretrain_val_ppl_after") if metas else None,
+            "likert": {m: v.get("world_greedy_likert") for m, v in models.items()},
+            "facts": {m: v.get("world_greedy_fact_correct") for m, v in models.items()}}
+
+
+def _substance_lines(sub: dict[str, Any]) -> list[str]:
+    rm = "; ".join(f"{k} {v['accuracy']:.3f} (ceiling {v['ceiling']:.3f})" for k, v in sub["rm"].items()
+                   if v["accuracy"] is not None and v["ceiling"] is not None)
+    lines = [f"  RM accuracy on held-out labelers: {rm or 'n/a'}"]
+    if sub.get("ppl_sft") and sub.get("ppl_final"):
+        lines.append(f"  pre-training perplexity: SFT {sub['ppl_sft']:.3f} -> final {sub['ppl_final']:.3f} "
+                     f"({sub['ppl_final'] / sub['ppl_sft'] - 1:+.1%})")
+    for key, label in (("likert", "judges' Likert, greedy"), ("facts", "correct facts, greedy")):
+        vals = ", ".join(f"{m} {v:.2f}" for m, v in sub[key].items() if v is not None)
+        lines.append(f"  {label}: {vals}")
+    return lines
 
 
 def main() -> None:
@@ -77,6 +113,7 @@ def main() -> None:
                 g = row.get("gold_diff")
                 gold = f"; gold {g['estimate']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] {g['verdict']}" if g else ""
                 print(f"  {row['step']:<34} {row['from']} -> {row['to']}: {_ci(row['win_rate'])} {row['verdict']}{gold}")
+            print("\n".join(_substance_lines(r["substance"])))
         done = [r for r in group if r.get("matched")]
         if len(done) > 1:
             for key in ("matched", "greedy", "t1_vs_t1", "control"):
