@@ -96,7 +96,8 @@ class GuardConfig(Section):
 
 
 class PtxConfig(Section):
-    coef: float = Field(0.0, description="PPO-ptx: weight of the pre-training LM loss mixed into each update (0 = off).")
+    coef: float = Field(0.2, description="PPO-ptx: weight of the pre-training LM loss mixed into each update (0 = off; "
+                        "needs pre-training text: the world's corpus or pretrain.data, else PPO runs without it).")
     batch_size: int = Field(4, description="Pre-training sequences per update.")
     seq_len: int = Field(128, description="Tokens per pre-training sequence, for PPO-ptx and the perplexity check.")
 

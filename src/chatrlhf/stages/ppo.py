@@ -112,7 +112,7 @@ def _rejection_sampling_prompts(cfg: Config, train_prompts: list[dict], world) -
 
 def _lm_text(cfg: Config, tok, world) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Pre-training text for PPO-ptx and the perplexity check: pretrain.data, else the world's
-    corpus when PPO runs on the world; none at all leaves the check out (and PPO-ptx is an error)."""
+    corpus when PPO runs on the world; none at all leaves the check and PPO-ptx out, with a note."""
     pc = cfg.ppo
     if world is not None and not pc.data and not cfg.pretrain.data:
         train, val = world.corpus("train"), world.corpus("val")
@@ -124,10 +124,8 @@ def _lm_text(cfg: Config, tok, world) -> tuple[torch.Tensor | None, torch.Tensor
         train, val = corpus.train, corpus.val
     else:
         if pc.ptx.coef > 0:
-            from chatrlhf.lm.data import DataError
-
-            raise DataError("ppo.ptx.coef > 0 mixes pre-training text into PPO, and there is none: set pretrain.data "
-                            "to a text corpus, or ppo.ptx.coef=0")
+            console.print(f"ppo: PPO-ptx off (ppo.ptx.coef={pc.ptx.coef:g} needs pre-training text; set pretrain.data "
+                          "to a text corpus to mix it in)")
         return None, torch.zeros(0, pc.ptx.seq_len + 1, dtype=torch.long)
     ptx = _ptx_chunks(tok, train[:2000], pc.ptx.seq_len, 4000) if pc.ptx.coef > 0 else None
     return ptx, _ptx_chunks(tok, val[:300], pc.ptx.seq_len, 48)
@@ -333,7 +331,7 @@ def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: 
             "reward": at_best.get("reward"), "gold": at_best.get("gold"), "kl": at_best.get("kl"),
             "verified": at_best.get("verified"),  # mean ground-truth check score (verifier_coef > 0)
             "final_iteration_reward": last.get("reward"), "final_iteration_gold": last.get("gold"),
-            "final_iteration_kl": last.get("kl"), "ptx_coef": cfg.ppo.ptx.coef,
+            "final_iteration_kl": last.get("kl"), "ptx_coef": cfg.ppo.ptx.coef if trainer.ptx_data is not None else 0.0,
             "pretrain_val_ppl_before": ppl_before, "pretrain_val_ppl_after": ppl_after,
             "config": cfg.ppo.model_dump(mode="json")}
 
