@@ -143,6 +143,8 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
     assert meta["iterations"] == 2 and meta["prompts"]["source"] == ppo_data
     assert meta["prompts"]["guard"] == ("ComparisonGuard" if guard == "held_out_comparisons" else None)
     assert seen and set(seen) <= user_prompts  # PPO trained on the user's prompts, and only on them
+    # no pre-training text (no world, no pretrain.data): the default PPO-ptx is left out and says so
+    assert meta["ptx_coef"] == 0.0 and "PPO-ptx off" in out
     best_of_n = json.loads((run / "ppo" / "best_of_n" / "meta.json").read_text())
     assert best_of_n["prompts_sampled"] == 6
     sft_w, ppo_w = load_file(run / "sft" / "model.safetensors"), load_file(run / "ppo" / "model.safetensors")
