@@ -361,7 +361,8 @@ def test_summary_reports_the_selected_policys_own_rollout():
     from chatrlhf.stages.ppo import _summary
 
     history = [{"reward": r, "gold": 0.5, "kl": kl} for r, kl in [(0.1, 0.0), (0.3, 0.7), (0.9, 3.2)]]
-    trainer = SimpleNamespace(guard=object(), best={"iteration": 0, "win_rate": 0.5}, iteration=3, stop_reason="early_stop")
+    trainer = SimpleNamespace(guard=object(), best={"iteration": 0, "win_rate": 0.5}, iteration=3, stop_reason="early_stop",
+                              ptx_data=None)
     meta = _summary(Config(), trainer, history, 1.0, 1.0, "p", "r", "s")
     assert (meta["selected_iteration"], meta["kl"], meta["reward"]) == (0, 0.0, 0.1)
     assert meta["final_iteration_kl"] == 3.2
