@@ -9,8 +9,9 @@ sharpening alone; matching decodings removes that. T=1 vs T=1 stays as a seconda
 control, SFT greedy vs SFT T=1 (what lowering the temperature alone buys).
 
 Stage attribution: each stage against its predecessor on the same eval prompts, all greedy:
-base -> SFT, SFT -> best-of-n fine-tune, best-of-n -> PPO, and per later round r: round r-1 ->
-round r's best-of-n -> round r's PPO, plus round r-1 -> round r as a whole.
+base -> SFT, SFT -> PPO (through the best-of-n fine-tune when there is one), and per later round
+r: round r-1 -> round r (through round r's best-of-n when there is one), plus round r-1 -> round r as
+a whole.
 
 Every win rate and paired difference on world prompts gets a cluster bootstrap interval (prompts
 that ask the same content share a `cluster`) and reads through `stats.change_verdict`: a preference
