@@ -11,7 +11,9 @@ policies (same prompts, judgements per pair and cluster-bootstrap intervals). Th
 a policy that had learnt its group's taste perfectly, choosing among what this model already says,
 would win with its own group; off the diagonal, what the other groups make of it. A second table
 judges the same picks against the pooled policy's greedy answers (`preferences/pooled/ppo`), the
-baseline of the whose-preferences table. A third table bounds the world itself: the ideal answer as
+baseline of the whose-preferences table. With --conditioned (a group-conditioned SFT model, e.g.
+`--model preferences/conditioned-sft/sft`) each group picks among samples asked for it in its system
+message. A third table bounds the world itself: the ideal answer as
 each group writes it (its length, tone and safety note) against the ideal answer as a writer drawn
 from every training group writes it (the demonstrations' mix), judged the same way.
 """
@@ -32,6 +34,7 @@ from chatrlhf.config import load_config  # noqa: E402
 from chatrlhf.evaluate.models import generate, load_handle, prompt_text  # noqa: E402
 from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci  # noqa: E402
 from chatrlhf.evaluate.world_eval import compare_to_baseline  # noqa: E402
+from chatrlhf.world.groups import for_group  # noqa: E402
 from chatrlhf.world.loader import require_world  # noqa: E402
 
 
@@ -42,6 +45,12 @@ def pick(prompts: list[dict], samples: list[list[str]], labelers: list) -> list[
         scores = [statistics.mean(lab.expected_utility(p, c) for lab in labelers) for c in cands]
         out.append(cands[max(range(len(cands)), key=scores.__getitem__)])
     return out
+
+
+def sample(cfg, h, texts: list[str], n: int) -> list[list[str]]:
+    """n T=1 samples per prompt text (draw k with seed run.seed + 1000 k)."""
+    draws = [generate(h, texts, cfg.eval.max_new_tokens, 1.0, cfg.run.seed + 1000 * k) for k in range(n)]
+    return [[d[i] for d in draws] for i in range(len(texts))]
 
 
 def judged(world, prompts, responses, baseline, groups, seed, judgements) -> dict[str, dict]:
@@ -70,6 +79,8 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a run directory with world, sft (and preferences/pooled/ppo)")
     ap.add_argument("--model", default="sft", help="stage directory to sample from (relative to --run)")
     ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--conditioned", action="store_true",
+                    help="the model is group-conditioned: sample each group's candidates with its system message")
     ap.add_argument("--set", action="append", default=[], help="config override, as on the CLI")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -79,18 +90,22 @@ def main() -> None:
     prompts = world.prompts("eval")[: pc.eval_prompts]
     h = load_handle(a.model, str(a.run / a.model), cfg.model.dtype)
     texts = [prompt_text(h, p["messages"]) for p in prompts]
-    draws = [generate(h, texts, cfg.eval.max_new_tokens, 1.0, cfg.run.seed + 1000 * k) for k in range(a.n)]
-    samples = [[d[i] for d in draws] for i in range(len(prompts))]
+    samples = sample(cfg, h, texts, a.n)
     train = world.labelers(held_out=False, groups=list(groups))
     pooled_pick = pick(prompts, samples, train)
-    picks = {g: pick(prompts, samples, world.labelers(held_out=False, groups=[g])) for g in groups}
+    # with --conditioned each group picks among samples asked for it (its system message), as a
+    # group-conditioned model would be asked; the pooled pick stays among the plain prompt's samples
+    own = {g: sample(cfg, h, [prompt_text(h, for_group(p, g)["messages"]) for p in prompts], a.n)
+           for g in groups} if a.conditioned else {g: samples for g in groups}
+    picks = {g: pick(prompts, own[g], world.labelers(held_out=False, groups=[g])) for g in groups}
     differ = {g: sum(x != y for x, y in zip(picks[g], pooled_pick)) / len(prompts) for g in groups}
     seed, j = cfg.run.seed, pc.judgements
     vs_pick = {g: judged(world, prompts, picks[g], pooled_pick, groups, seed, j) for g in groups}
-    out = {"run": str(a.run), "model": a.model, "n": a.n, "n_prompts": len(prompts), "judgements": j,
+    out = {"run": str(a.run), "model": a.model, "conditioned": a.conditioned, "n": a.n, "n_prompts": len(prompts), "judgements": j,
            "share_differing_from_pooled_pick": differ, "vs_pooled_pick": vs_pick}
-    print(table(f"Oracle best-of-{a.n} of {a.model} for each group against the pooled pick, same samples "
-                f"({len(prompts)} prompts, {j} judgements a pair, held-out members)", vs_pick, groups))
+    print(table(f"Oracle best-of-{a.n} of {a.model} for each group against the pooled pick "
+                f"({'each group among samples asked for it, ' if a.conditioned else 'same samples, '}"
+                f"{len(prompts)} prompts, {j} judgements a pair, held-out members)", vs_pick, groups))
     print("share of prompts where the group's pick differs from the pooled pick:",
           ", ".join(f"{g} {v:.2f}" for g, v in differ.items()))
     pooled_policy = a.run / "preferences" / "pooled" / "ppo"
