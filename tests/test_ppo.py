@@ -370,3 +370,34 @@ def test_summary_reports_the_selected_policys_own_rollout():
     assert _summary(Config(), trainer, history, 1.0, 1.0, "p", "r", "s")["kl"] == 0.7
     trainer.iteration, trainer.best["iteration"] = 5, 3  # resumed at 2: history holds iterations 3 to 5
     assert _summary(Config(), trainer, history, 1.0, 1.0, "p", "r", "s")["kl"] == 0.7
+
+
+def test_watched_scores_are_logged_each_iteration_and_never_paid(tiny_model_dir, tmp_path):
+    """`watch` (the stage passes the held-out judges' utility) adds a figure per iteration to the log
+    and leaves the update alone: the same weights as without it."""
+    cfg = toy_cfg()
+    plain = make_trainer(tiny_model_dir, tmp_path / "plain", cfg)
+    watched = make_trainer(tiny_model_dir, tmp_path / "watched", cfg)
+    watched.watch = {"judges": lambda p, t: float(len(t.split()))}
+    a, b = plain.step(), watched.step()
+    assert "judges" in b and "judges" not in a and b["judges"] >= 0
+    assert all(torch.equal(x, y) for x, y in zip(plain.policy.state_dict().values(), watched.policy.state_dict().values()))
+
+
+def test_the_stage_watches_the_held_out_judges_on_world_prompts_only():
+    from types import SimpleNamespace
+
+    from chatrlhf.config_ppo import PPOConfig
+    from chatrlhf.stages.ppo import _watch_fns
+
+    class Judge:
+        def __init__(self, u):
+            self.u = u
+
+        def expected_utility(self, prompt, text):
+            return self.u
+
+    world = SimpleNamespace(judges=lambda: [Judge(0.2), Judge(0.6)])
+    assert _watch_fns(world, PPOConfig())["judges"]({}, "x") == pytest.approx(0.4)
+    assert _watch_fns(None, PPOConfig()) == {}
+    assert _watch_fns(world, PPOConfig(data="my_prompts.jsonl")) == {}  # the judges know only the world's prompts

@@ -215,7 +215,8 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig, policy, ref_policy, value_model: ValueModel | ValueHead | None, tokenizer,
                  reward_fn: RewardFn, prompts: list[dict], out_dir: str | Path, accelerator, seed: int = 0,
                  gold_fn: GoldFn | None = None, guard: LabelerGuard | ComparisonGuard | None = None,
-                 ptx_data: torch.Tensor | None = None, start_win_rate: float | None = None):
+                 ptx_data: torch.Tensor | None = None, start_win_rate: float | None = None,
+                 watch: dict[str, GoldFn] | None = None):
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
         if (value_model is not None) != (cfg.advantage.estimator == "gae"):
@@ -226,6 +227,7 @@ class PPOTrainer:
                             f"got a {type(value_model).__name__}")
         self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
         self.gold_fn, self.guard, self.ptx_data, self.seed = gold_fn, guard, ptx_data, seed
+        self.watch = watch or {}  # more scores of each rollout, logged beside gold; nothing is paid or selected on them
         # the starting policy's win rate when known without asking: 0.5 when it *is* the reference
         self.start_win_rate = start_win_rate
         self.out_dir, self.accelerator = Path(out_dir), accelerator
@@ -272,6 +274,8 @@ class PPOTrainer:
                      keep_hidden=cfg.reads_policy_hidden_states)  # 1.
         t_roll = time.perf_counter() - t0
         score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
+        for name, fn in self.watch.items():
+            ro.stats[name] = sum(fn(p, t) for p, t in zip(ro.prompts, ro.texts)) / len(ro.texts)
         value = self.accelerator.unwrap_model(self.value_model) if self.value_model is not None else None
         evaluate_rollout(ro, policy, self.ref_policy, value, cfg, cfg.update.mini_batch_size)  # 3.
         compute_advantages(ro, self.kl_ctl.value, cfg)  # 4.

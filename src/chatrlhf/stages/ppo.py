@@ -199,7 +199,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
                                        ref_dir, start_is_ref, acc)
         start_is_ref = False
     trainer = PPOTrainer(pc, policy, ref, value, tok, reward_fn, train_prompts, out, acc, seed=cfg.run.seed,
-                         gold_fn=gold_fn, guard=guard, ptx_data=ptx_train,
+                         gold_fn=gold_fn, guard=guard, ptx_data=ptx_train, watch=_watch_fns(world, pc),
                          start_win_rate=0.5 if start_is_ref else None)
     trainer.ckpts.configure(resume_anyway=cfg.run.resume_anyway)
     history = trainer.train(resume=True, tensorboard=cfg.run.tensorboard)
@@ -296,6 +296,15 @@ def _save_outputs(acc, trainer: PPOTrainer, tok, out: Path, meta: dict[str, Any]
     save_stage(merge(policy) if trainer.cfg.lora.merge else policy, tok, out, meta)
 
 
+def _watch_fns(world, pc: PPOConfig) -> dict[str, GoldFn]:
+    """Scores logged beside gold on the world's prompts and never paid, guarded or selected on: the
+    held-out judges' mean noise-free utility, the over-optimisation check of the report's plot."""
+    judges = world.judges() if world is not None and not pc.data else []
+    if not judges:
+        return {}
+    return {"judges": lambda p, t: sum(j.expected_utility(p, t) for j in judges) / len(judges)}
+
+
 def _best_of_n_start(cfg: Config, policy, ref, tok, prompts: list[dict], reward_fn: RewardFn, gold_fn: GoldFn,
                      rs_dir: Path, ref_dir: Path, start_is_ref: bool, accelerator=None):
     """PPO's starting policy after rejection-sampling fine-tuning (rejection_sampling.py), saved
@@ -337,7 +346,8 @@ def _summary(cfg: Config, trainer: PPOTrainer, history: list[dict], ppl_before: 
 
 
 def plot_reward_vs_gold(history: list[dict], path: Path) -> None:
-    """The reward-hacking check: RM reward, gold score and KL over PPO iterations."""
+    """The reward-hacking check: RM reward, gold score, the held-out judges' utility and KL over PPO
+    iterations."""
     if not history or "gold" not in history[0]:
         return
     import matplotlib
@@ -348,7 +358,10 @@ def plot_reward_vs_gold(history: list[dict], path: Path) -> None:
     its = list(range(1, len(history) + 1))
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     ax[0].plot(its, [h["rm_score"] for h in history], label="RM score")
-    ax[0].plot(its, [h["gold"] for h in history], label="gold (simulated labelers)")
+    ax[0].plot(its, [h["gold"] for h in history], label="gold rubric")
+    judged = [(i, h["judges"]) for i, h in zip(its, history) if "judges" in h]
+    if judged:
+        ax[0].plot(*zip(*judged), label="held-out judges' utility (logged only)")
     guard = [(i, h["guard_win_rate"]) for i, h in zip(its, history) if "guard_win_rate" in h]
     if guard:
         ax[0].plot(*zip(*guard), "o", ms=3, label="guard win rate vs SFT")
