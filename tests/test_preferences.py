@@ -163,3 +163,16 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
     for name, want in [("brief", {"brief"}), ("cautious", {"cautious"}), ("pooled", {"brief", "thorough", "cautious"})]:
         ranked = [json.loads(x) for x in (out / name / "comparisons.jsonl").read_text().splitlines()]
         assert {by_id[r["labeler"]].group for c in ranked for r in c["rankings"] if not by_id[r["labeler"]].held_out} == want
+
+
+def test_conditioned_sft_trains_with_its_own_epochs_when_set(tmp_path, monkeypatch):
+    """preferences.conditioned_sft_epochs replaces sft.epochs for the conditioned-sft variant's SFT
+    only, which always reads its writers' group lines; None keeps the run's sft.epochs."""
+    import chatrlhf.stages.preferences as prefs
+
+    seen = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append((cfg.sft.epochs, cfg.sft.group_system_message)))
+    for n, over in enumerate(([], ["preferences.conditioned_sft_epochs=10"])):
+        cfg = load_config(None, [f"run.out_dir={tmp_path / str(n)}", "sft.epochs=2", *over])
+        prefs.conditioned_sft(cfg, tmp_path / str(n) / "sft")
+    assert seen == [(2.0, True), (10.0, True)]

@@ -108,6 +108,8 @@ class PreferencesConfig(Section):
                                   "sft.* settings, on demonstrations that name their writer's group in a system message "
                                   "(sft.group_system_message). The conditioned variant keeps the shared SFT model, so the "
                                   "two rows show what reading the group line from SFT on adds.")
+    conditioned_sft_epochs: float | None = Field(None, gt=0, description="sft.epochs for the conditioned-sft "
+                                                 "variant's SFT model (None: the run's sft.epochs).")
 
 
 class DPOConfig(Section):

@@ -80,6 +80,8 @@ def conditioned_sft(cfg: Config, out: Path) -> Path:
     if not stage_complete(out):
         d = cfg.model_dump()
         d["sft"]["group_system_message"] = True
+        if cfg.preferences.conditioned_sft_epochs is not None:
+            d["sft"]["epochs"] = cfg.preferences.conditioned_sft_epochs
         train_sft(Config.model_validate(d), out)
     return out
 
