@@ -32,8 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from chatrlhf.config import load_config  # noqa: E402
 from chatrlhf.evaluate.models import generate, load_handle, prompt_text  # noqa: E402
-from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci  # noqa: E402
-from chatrlhf.evaluate.world_eval import compare_to_baseline  # noqa: E402
+from chatrlhf.stages.preferences import judged_by_groups as judged  # noqa: E402
 from chatrlhf.world.groups import for_group  # noqa: E402
 from chatrlhf.world.loader import require_world  # noqa: E402
 
@@ -51,18 +50,6 @@ def sample(cfg, h, texts: list[str], n: int) -> list[list[str]]:
     """n T=1 samples per prompt text (draw k with seed run.seed + 1000 k)."""
     draws = [generate(h, texts, cfg.eval.max_new_tokens, 1.0, cfg.run.seed + 1000 * k) for k in range(n)]
     return [[d[i] for d in draws] for i in range(len(texts))]
-
-
-def judged(world, prompts, responses, baseline, groups, seed, judgements) -> dict[str, dict]:
-    clusters = [p.get("cluster", p["id"]) for p in prompts]
-    row = {}
-    for g in groups:
-        wins = compare_to_baseline(world, prompts, responses, baseline, seed, judgements,
-                                   world.labelers(held_out=True, groups=[g]))
-        ci = cluster_bootstrap_ci([w - 0.5 for w in wins], clusters, seed=seed)
-        row[g] = {"win_rate": ci[0] + 0.5, "low": ci[1] + 0.5, "high": ci[2] + 0.5,
-                  "verdict": change_verdict(ci, "preferred", "dispreferred")}
-    return row
 
 
 def table(title: str, rows: dict[str, dict], groups: list[str]) -> str:

@@ -92,7 +92,7 @@ def rollout_texts(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: i
 
 # --- 2. score --------------------------------------------------------------------------------
 @torch.no_grad()
-def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: GoldFn | None = None) -> None:
+def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig) -> None:
     """RM score of each (prompt, response), plus verifier_coef times the rule-based check where the
     prompt has a checkable answer; responses that never reached EOS pay a penalty."""
     rm = reward_fn(ro.prompts, ro.texts).detach().float().cpu().reshape(-1)
@@ -107,8 +107,6 @@ def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig, gold_fn: Gol
     ro.stats["reward"] = ro.scores.mean().item()
     ro.stats["eos_rate"] = ro.finished.float().mean().item()
     ro.stats["response_len"] = ro.mask.sum(1).mean().item()
-    if gold_fn is not None:
-        ro.stats["gold"] = sum(gold_fn(p, t) for p, t in zip(ro.prompts, ro.texts)) / len(ro.texts)
 
 
 # --- 3. log-probs and values -----------------------------------------------------------------

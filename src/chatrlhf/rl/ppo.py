@@ -226,8 +226,9 @@ class PPOTrainer:
             raise TypeError(f"ppo.critic.model={cfg.critic.model} needs a {'ValueHead' if cfg.critic.model == 'shared' else 'ValueModel'}, "
                             f"got a {type(value_model).__name__}")
         self.cfg, self.tokenizer, self.reward_fn, self.prompts = cfg, tokenizer, reward_fn, prompts
-        self.gold_fn, self.guard, self.ptx_data, self.seed = gold_fn, guard, ptx_data, seed
-        self.watch = watch or {}  # more scores of each rollout, logged beside gold; nothing is paid or selected on them
+        self.guard, self.ptx_data, self.seed = guard, ptx_data, seed
+        # scores of each rollout logged beside the reward (gold, the held-out judges): nothing is paid or selected on them
+        self.watch = ({"gold": gold_fn} if gold_fn is not None else {}) | (watch or {})
         # the starting policy's win rate when known without asking: 0.5 when it *is* the reference
         self.start_win_rate = start_win_rate
         self.out_dir, self.accelerator = Path(out_dir), accelerator
@@ -273,7 +274,7 @@ class PPOTrainer:
         ro = rollout(policy, self.tokenizer, prompts, cfg, seed=self.seed * 100_003 + it + first,
                      keep_hidden=cfg.reads_policy_hidden_states)  # 1.
         t_roll = time.perf_counter() - t0
-        score_rollout(ro, self.reward_fn, cfg, self.gold_fn)  # 2.
+        score_rollout(ro, self.reward_fn, cfg)  # 2.
         for name, fn in self.watch.items():
             ro.stats[name] = sum(fn(p, t) for p, t in zip(ro.prompts, ro.texts)) / len(ro.texts)
         value = self.accelerator.unwrap_model(self.value_model) if self.value_model is not None else None

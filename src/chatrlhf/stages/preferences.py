@@ -112,23 +112,30 @@ def judge(cfg: Config, world, policies: dict[str, Path]) -> dict[str, Any]:
     group's held-out members: win rate with a cluster-bootstrap interval."""
     pc, groups = cfg.preferences, cfg.preferences.groups
     prompts = world.prompts("eval")[: pc.eval_prompts]
-    clusters = [p.get("cluster", p["id"]) for p in prompts]
     pooled = answers(cfg, policies["pooled"], prompts)
     said = {name: answers(cfg, policies[name], prompts) for name in groups}
     said |= {f"{c}:{g}": answers(cfg, policies[c], [for_group(p, g) for p in prompts])
              for c in CONDITIONED if c in policies for g in groups}
-    rows = {}
-    for name, responses in said.items():
-        rows[name] = {}
-        for judge_group in groups:
-            judges = world.labelers(held_out=True, groups=[judge_group])
-            wins = compare_to_baseline(world, prompts, responses, pooled, cfg.run.seed, pc.judgements, judges)
-            ci = cluster_bootstrap_ci([w - 0.5 for w in wins], clusters, seed=cfg.run.seed)
-            rows[name][judge_group] = {"win_rate": ci[0] + 0.5, "low": ci[1] + 0.5, "high": ci[2] + 0.5,
-                                       "verdict": change_verdict(ci, "preferred", "dispreferred")}
+    rows = {name: judged_by_groups(world, prompts, responses, pooled, groups, cfg.run.seed, pc.judgements)
+            for name, responses in said.items()}
     examples = [{"prompt": p["messages"][-1]["content"], "pooled": pooled[i],
                  **{name: said[name][i] for name in said}} for i, p in enumerate(prompts[:5])]
     return {"n_prompts": len(prompts), "baseline": "pooled", "rows": rows, "examples": examples}
+
+
+def judged_by_groups(world, prompts: list[dict], responses: list[str], baseline: list[str], groups: list[str],
+                     seed: int, judgements: int) -> dict[str, dict[str, Any]]:
+    """Group -> the win rate of `responses` over `baseline` by that group's held-out members, with a
+    cluster-bootstrap interval and its verdict."""
+    clusters = [p.get("cluster", p["id"]) for p in prompts]
+    row = {}
+    for g in groups:
+        wins = compare_to_baseline(world, prompts, responses, baseline, seed, judgements,
+                                   world.labelers(held_out=True, groups=[g]))
+        ci = cluster_bootstrap_ci([w - 0.5 for w in wins], clusters, seed=seed)
+        row[g] = {"win_rate": ci[0] + 0.5, "low": ci[1] + 0.5, "high": ci[2] + 0.5,
+                  "verdict": change_verdict(ci, "preferred", "dispreferred")}
+    return row
 
 
 def table_md(result: dict[str, Any], groups: list[str]) -> str:
