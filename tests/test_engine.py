@@ -336,6 +336,57 @@ def test_fused_prefill_and_step_logits_match_the_transformers_forward(default_si
         hf.keep_hidden = False
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention
+def test_prompts_joining_inside_a_step_get_what_a_prefill_gives(tiny_model_dir, kv_heads):
+    """FusedLlama.step(joining=...): the decode rows' logits are the plain step's, each newcomer's
+    the logits its own prefill gives, and the cache it leaves decodes on exactly as a prefilled one.
+    The newcomers' slots first hold another row's longer keys, as a reused slot does."""
+    from chatrlhf.config import ModelConfig
+    from chatrlhf.lm.modeling import build_tiny_llama
+
+    torch.manual_seed(2)
+    tok = load_tokenizer(tiny_model_dir)
+    model = build_tiny_llama(ModelConfig(num_heads=4, num_kv_heads=kv_heads), tok).eval()
+    f = FusedLlama(model)
+    f.refresh()
+    e = Engine(model, tok, fast=True)
+    running = _texts_ids(e, ["Zorbel Quint is a baker who lives in", "Hi"])
+    joining = _texts_ids(e, ["Hello", "List: apple, pear, plum. Reversed: plum, pear, apple."])
+
+    def cache():
+        kv = SlotKV(len(f.layers), f.n_kv, f.head_dim, torch.float32, "cpu")
+        kv.reserve(4, 64, 0)
+        f.prefill(running + [[7] * 40, [9] * 40], kv, 0)  # slots 2 and 3 start full of other keys
+        return kv
+
+    pos = torch.tensor([len(p) for p in running])
+    tok_in = torch.tensor([11, 12])
+    plain = cache()
+    ref, _ = f.step(tok_in, pos, plain, int(pos.max()) + 1)
+    ref_new, _ = f.prefill(joining, plain, 2)
+    mixed = cache()
+    got, h = f.step(tok_in, pos, mixed, int(pos.max()) + 1, keep_hidden=True, joining=joining)
+    assert got.shape[0] == 4 and h.shape[0] == 4
+    torch.testing.assert_close(got[:2], ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[2:], ref_new, atol=1e-5, rtol=1e-5)
+    pos4 = torch.cat([pos + 1, torch.tensor([len(p) for p in joining])])
+    nxt = torch.tensor([13, 14, 15, 16])
+    torch.testing.assert_close(f.step(nxt, pos4, mixed, int(pos4.max()) + 1)[0],
+                               f.step(nxt, pos4, plain, int(pos4.max()) + 1)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_prompt_with_an_id_outside_the_vocabulary_cannot_join(default_size):
+    fast, _ = default_size
+    p = SamplingParams(max_new_tokens=4, temperature=0.0)
+    batch = fast.batch(_texts_ids(fast, ["Hello"]), p)
+    batch.step()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        batch.join([[5, len(fast.tok) + 10]], [p])
+    while not batch.done:
+        batch.step()
+    assert batch.result(0).token_ids == fast.generate(_texts_ids(fast, ["Hello"]), p)[0].token_ids
+
+
 def test_fast_path_samples_what_the_transformers_path_samples_batch_1(default_size):
     fast, hf = default_size
     ids = _texts_ids(hf, ["Tell me about Selmouth."])

@@ -250,3 +250,25 @@ def test_a_request_wakes_the_idle_loop_though_the_supervisor_waits_too(engine):
     with TestClient(app) as c:
         for i in range(10):  # back to back: each arrives while the loop has just gone idle again
             assert c.post("/v1/chat/completions", json={**normal(i), "max_tokens": 2}).status_code == 200
+
+
+def test_a_batch_that_never_empties_keeps_no_finished_answers(live):
+    """Under steady load the server's DecodeBatch runs on and on: the rows it finished keep no
+    tokens or text, only the live ones do."""
+    url, sched = live
+    with httpx.Client(base_url=url, timeout=60) as c, ThreadPoolExecutor(4) as pool:
+        long = pool.submit(c.post, "/v1/chat/completions", json={**normal(0), "max_tokens": 150, "temperature": 1.0,
+                                                                   "seed": 3})
+        while sched.live == 0:
+            time.sleep(0.01)
+        batch = sched.batch
+        replies = list(pool.map(lambda i: c.post("/v1/chat/completions", json=normal(i)), range(1, 9)))
+        assert all(r.status_code == 200 and r.json()["choices"][0]["message"]["content"] for r in replies)
+        still = long.result()
+    assert still.status_code == 200
+    assert batch is sched.batch or batch.done  # the short requests joined the long one's batch
+    finished = [r for r in range(len(batch.reason)) if batch.reason[r] is not None]
+    assert len(finished) >= 5 and all(not batch.tokens[r] and not batch.text[r] for r in finished)
+    with pytest.raises(ValueError, match="still decoding"):
+        b = DecodeBatch(sched.eng, [[5, 6]], [SamplingParams(max_new_tokens=4)])
+        b.release(0)

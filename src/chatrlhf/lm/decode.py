@@ -104,11 +104,12 @@ class DecodeBatch:
         self.kv = engine._slots()  # None: the transformers path (not fast, or a module hooked since)
         self.fast = self.kv is not None
         self.width = 0  # fast path: 1 + the largest position of a live row
+        self.waiting: list[int] = []  # fast path: rows that joined a running batch, prefilled in the next step
         self.join(prompts, params, seeds, n)
 
     @property
     def done(self) -> bool:  # every unfinished row is in the batch: no need to scan all rows ever added
-        return all(self.reason[r] is not None for r in self.active.tolist())
+        return not self.waiting and all(self.reason[r] is not None for r in self.active.tolist())
 
     def _add_rows(self, prompts, params, seeds) -> list[int]:
         if len(prompts) != len(params) or not prompts:
@@ -141,15 +142,27 @@ class DecodeBatch:
              seeds: Sequence[int | None] | None = None, n: int = 1) -> list[int]:
         """Add prompts to the running batch (continuous batching); returns their row indices.
 
-        The newcomers are prefilled on their own, then both caches are left-padded to one length
-        and stacked, so running rows keep going without recomputing anything. `n` > 1: each prompt
-        becomes n rows (params and seeds are per row) that share one prefill, its cache repeated.
+        Fast path: a prompt that joins a running batch is prefilled inside the next step, its tokens
+        beside the running rows' (FusedLlama.step(joining=...)), and samples its first token at the
+        step after; with n > 1, or into an empty batch, the prompts are prefilled at once into their
+        slots. Transformers path: the newcomers are prefilled on their own, then both caches are
+        left-padded to one length and stacked. Either way running rows keep going without
+        recomputing anything. `n` > 1: each prompt becomes n rows (params and seeds are per row)
+        that share one prefill.
         """
         if len(params) != len(prompts) * n:
             raise ValueError(f"DecodeBatch.join needs one SamplingParams per row: {len(prompts)} prompts x n={n}")
+        if self.fast:
+            vocab = self.eng._fused.embed.shape[0]
+            for i, p in enumerate(prompts):  # checked here: an id the embedding refuses would fail the whole next step
+                if p and (min(p) < 0 or max(p) >= vocab):
+                    raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {vocab})")
         rows = self._add_rows([p for p in prompts for _ in range(n)], params, seeds)
         if self.fast:
-            self._join_slots(prompts, rows, n)
+            if n == 1 and self.cache is not None and len(self.active):
+                self.waiting += rows  # prefilled inside the next step, beside the running rows' tokens
+            else:
+                self._join_slots(prompts, rows, n)
             return rows
         eng, dev = self.eng, self.eng.device
         width = max(len(p) for p in prompts)
@@ -308,6 +321,9 @@ class DecodeBatch:
         self.steps += 1
         if not keep:  # everyone finished: free the cache; a later join starts afresh
             self.active, self.cache = self.active[:0], None
+            if self.waiting:
+                rows, self.waiting = self.waiting, []
+                self._join_slots([self.prompts[r] for r in rows], rows, 1)
         elif self.fast:
             self._advance_slots(nxt, keep)
         else:
@@ -387,7 +403,23 @@ class DecodeBatch:
             self.width = int(self.pos.max()) + 1
         self.pos = self.pos + 1
         self.width += 1
-        self.logits, self.h = self.eng._fused.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden)
+        if not self.waiting:
+            self.logits, self.h = self.eng._fused.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden)
+            return
+        rows, self.waiting = self.waiting, []
+        need = max(len(self.prompts[r]) + self.max_new[r] for r in rows)
+        self.kv.reserve(n + len(rows), max(need, self.width), n)
+        try:
+            self.logits, self.h = self.eng._fused.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden,
+                                                       joining=[self.prompts[r] for r in rows])
+        except Exception:
+            for r in rows:
+                self.reason[r] = "error"
+            raise
+        self._join_rows(rows)
+        self.active = torch.cat([self.active, torch.tensor(rows)])
+        self.pos = torch.cat([self.pos, torch.tensor([len(self.prompts[r]) - 1 for r in rows], device=self.pos.device)])
+        self.width = int(self.pos.max()) + 1
 
     # --- results --------------------------------------------------------------------------
 
@@ -410,6 +442,13 @@ class DecodeBatch:
         piece = text[self.emitted[r]: safe]
         self.emitted[r] += len(piece)
         return piece
+
+    def release(self, r: int) -> None:
+        """Forget a finished row's prompt, tokens and text once its result was taken: a server's batch
+        runs as long as requests keep arriving, and must not hold every answer it ever gave."""
+        if self.reason[r] is None:
+            raise ValueError(f"row {r} is still decoding")
+        self.prompts[r], self.tokens[r], self.logprobs[r], self.hidden[r], self.text[r] = [], [], [], [], ""
 
     def result(self, r: int) -> Generation:
         reason = self.reason[r] or "length"

@@ -138,43 +138,59 @@ class FusedLlama:
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: SlotKV, width: int,
-             keep_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+             keep_hidden: bool = False, joining: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed tokens (B,) at positions (B,) (each row's length so far), write their keys/values at
         column pos of rows [0, B) of `kv`, attend over columns [0, width) (width > max(pos)).
         Returns (logits (B, V), final normed hidden state (B, H) with keep_hidden, else None).
+
+        `joining`: whole prompts prefilled in the same pass (as vLLM's chunked prefill mixes prompt
+        and decode tokens), prompt i into slot B + i at positions 0..len-1; the result then has B + P
+        rows, row B + i the logits after prompt i. Their tokens share every projection and MLP matmul
+        with the decode rows, so a newcomer costs a few calls per layer instead of a prefill's every call.
 
         Every Python-level tensor call costs about as much as the arithmetic of this model's matmuls,
         so the step is written to make few: views of all layers' caches are taken once per step,
         norms are one F.rms_norm call, residual adds ride on addmm."""
         B, nh, nkv, d = len(tokens), self.n_heads, self.n_kv, self.head_dim
         dims = (self.embed.shape[1],)
-        cos_t, sin_t = self.rope(width, tokens.device)
-        cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)  # (B, 1, d): broadcast over heads
+        new = Joining(joining, B, kv) if joining else None
+        cos_t, sin_t = self.rope(max(width, new.T) if new else width, tokens.device)
+        if new is not None:
+            tokens, all_pos, rows = torch.cat([tokens, new.ids]), torch.cat([pos, new.pos]), new.rows
+        else:
+            all_pos, rows = pos, slice(0, B)
+        cos, sin = cos_t[all_pos].unsqueeze(1), sin_t[all_pos].unsqueeze(1)  # (M, 1, d): broadcast over heads
         # additive mask (B * heads, 1, width): a row sees its own columns [0, pos]
         bias = torch.zeros(B, width, dtype=cos.dtype, device=cos.device)
         bias.masked_fill_(kv.cols[:width] > pos.unsqueeze(1), float("-inf"))
         bias = bias.unsqueeze(1).expand(B, nh, width).reshape(B * nh, 1, width)
         # where each row's new key/value goes in the (rows * kv heads * columns, d) view of a layer's cache
-        slot = (kv.row_head[:B] + pos.unsqueeze(1)).view(-1)
+        slot = (kv.row_head[rows] + all_pos.unsqueeze(1)).view(-1)
         # every layer's live keys (transposed) and values as (B * kv heads, ...) batches
         keys_t = kv.k[:, :B, :, :width].flatten(1, 2).transpose(2, 3).unbind(0)
         vals = kv.v[:, :B, :, :width].flatten(1, 2).unbind(0)
         x = F.embedding(tokens, self.embed)
-        n_qk = nh + nkv
-        for (w_in, eps_in, w_qkv, w_o, w_post, eps_post, w_gu, w_down), k_flat, v_flat, k_t, v in zip(
-                self.w, kv.k_flat, kv.v_flat, keys_t, vals):
-            qkv = torch.mm(F.rms_norm(x, dims, w_in, eps_in), w_qkv).view(B, 2 * n_qk + nkv, d)
+        M, n_qk = len(tokens), nh + nkv
+        for li, ((w_in, eps_in, w_qkv, w_o, w_post, eps_post, w_gu, w_down), k_flat, v_flat, k_t, v) in enumerate(zip(
+                self.w, kv.k_flat, kv.v_flat, keys_t, vals)):
+            qkv = torch.mm(F.rms_norm(x, dims, w_in, eps_in), w_qkv).view(M, 2 * n_qk + nkv, d)
             # RoPE: q * cos + rotate_half(q) * sin, rotate_half(q) = roll(q) with the sign in `sin`
             qk = torch.addcmul(qkv.narrow(1, 0, n_qk) * cos, qkv.narrow(1, n_qk + nkv, n_qk), sin)
-            k_flat.index_copy_(0, slot, qk.narrow(1, nh, nkv).reshape(B * nkv, d))
-            v_flat.index_copy_(0, slot, qkv.narrow(1, n_qk, nkv).reshape(B * nkv, d))
+            k_flat.index_copy_(0, slot, qk.narrow(1, nh, nkv).reshape(M * nkv, d))
+            v_flat.index_copy_(0, slot, qkv.narrow(1, n_qk, nkv).reshape(M * nkv, d))
             if self.gqa:
                 k_t = k_t.unflatten(0, (B, nkv)).repeat_interleave(nh // nkv, 1).flatten(0, 1)
                 v = v.unflatten(0, (B, nkv)).repeat_interleave(nh // nkv, 1).flatten(0, 1)
-            scores = torch.baddbmm(bias, qk.narrow(1, 0, nh).reshape(B * nh, 1, d), k_t, alpha=self.scaling)
-            x = torch.addmm(x, torch.bmm(scores.softmax(-1), v).view(B, nh * d), w_o)
+            q = qk.narrow(1, 0, nh)
+            scores = torch.baddbmm(bias, q.narrow(0, 0, B).reshape(B * nh, 1, d), k_t, alpha=self.scaling)
+            o = torch.bmm(scores.softmax(-1), v).view(B, nh * d)
+            if new is not None:
+                o = torch.cat([o, new.attend(q.narrow(0, B, M - B), kv, li, self.scaling, self.gqa)])
+            x = torch.addmm(x, o, w_o)
             gate, up = torch.mm(F.rms_norm(x, dims, w_post, eps_post), w_gu).chunk(2, -1)
             x = torch.addmm(x, F.silu(gate) * up, w_down)
+        if new is not None:
+            x = x[new.out]  # the decode rows, then each prompt's last position
         w_n, eps_n = self.norm
         x = F.rms_norm(x, dims, w_n, eps_n)
         return torch.mm(x, self.head), (x if keep_hidden else None)
@@ -216,6 +232,34 @@ class FusedLlama:
         last = x.view(P, T, -1)[torch.arange(P, device=dev), lengths - 1]
         last = F.rms_norm(last, dims, *self.norm)
         return torch.mm(last, self.head), (last if keep_hidden else None)
+
+
+class Joining:
+    """Index tensors for prompts prefilled inside a decode step (`FusedLlama.step(joining=...)`): their
+    N tokens follow the B decode tokens; prompt i goes to slot B + i, token t of it to column t."""
+
+    def __init__(self, prompts: list[list[int]], B: int, kv: SlotKV):
+        dev = kv.cols.device
+        lens = torch.tensor([len(p) for p in prompts], device=dev)
+        self.P, self.T = len(prompts), int(lens.max())
+        self.ids = torch.tensor([t for p in prompts for t in p], device=dev)
+        self.pos = torch.cat([kv.cols[:n] for n in lens.tolist()])  # (N,)
+        prompt = torch.repeat_interleave(torch.arange(self.P, device=dev), lens)  # (N,) which prompt
+        self.rows = torch.cat([kv.rows[:B], B + prompt])  # slot of each of the B + N tokens
+        self.cell = prompt * self.T + self.pos  # (N,) place in a (P, T) grid
+        self.B = B
+        self.out = torch.cat([kv.rows[:B], B + lens.cumsum(0) - 1])  # rows whose logits come back
+
+    def attend(self, q: torch.Tensor, kv: SlotKV, layer: int, scale: float, gqa: bool) -> torch.Tensor:
+        """Causal attention of the prompts' queries (N, heads, d) over their keys/values, already
+        written to their slots: (N, heads * d). Columns past a prompt's end hold an earlier row's
+        keys; only the grid's padding queries, whose outputs are dropped, come after them."""
+        N, nh, d = q.shape
+        grid = q.new_zeros(self.P * self.T, nh, d).index_copy_(0, self.cell, q).view(self.P, self.T, nh, d)
+        rows = slice(self.B, self.B + self.P)
+        o = F.scaled_dot_product_attention(grid.transpose(1, 2), kv.k[layer, rows, :, :self.T], kv.v[layer, rows, :, :self.T],
+                                           is_causal=True, scale=scale, enable_gqa=gqa)  # (P, heads, T, d)
+        return o.transpose(1, 2).reshape(self.P * self.T, nh * d)[self.cell]
 
 
 class SlotKV:

@@ -247,4 +247,5 @@ class Scheduler:
         deliver(events)
         for r in [r for r in rows if batch.reason[r] is not None]:
             del rows[r]
+            batch.release(r)
         self.live = len(rows)
