@@ -2,7 +2,8 @@
 `Engine` (lm/engine.py) runs for generate, stream and rollout, and the server runs continuously.
 
 Each row samples with its own torch.Generator (seed + row) by inverse CDF over one uniform number,
-so a row's sample depends on its seed and logits only, not on what it is batched with.
+so a row's sample depends on its seed and logits only, not on what it is batched with
+(beyond float rounding of the logits, which can tip a draw that lands on a boundary between two tokens).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 One prefill over the batch's prompts, then one token per step with a KV cache. Rows that finish
 (eos or a stop string) are dropped from the batch and its cache, so a long straggler does not make
 the finished rows pay for more forward passes. Each row samples with its own torch.Generator
-(seed + row), so a row's sample depends on its seed and logits only, not on what it is batched with.
+(seed + row), so a row's sample depends on its seed and logits only, not on what it is batched with
+(beyond float rounding of the logits, which can tip a draw that lands on a boundary between two tokens).
 
 Two paths give the same samples (tokens equal, log-probs to float rounding): the fast path
 (`Engine(fast=True)`, the default where the model allows it, see engine_fast.py) runs prefill and
