@@ -125,7 +125,33 @@ def evaluate_rm(rm: RewardModel, val: list[dict], held_out: set[str], world=None
     }
     if world is not None:
         out.update(gold_correlation(world, val, rewards))
+        if held_out and any(c.get("reference") is not None for c in val):
+            out.update(gold_as_reward(world, val, rewards, held_lab))
     return out
+
+
+def gold_as_reward(world, comparisons: list[dict], rewards: list[list[float]], keep) -> dict[str, Any]:
+    """The world's noise-free rubric scored as if it were the RM, on the same held-out pairs: what any
+    reward could reach (the labelers' noise and groups stay). Also the RM's and the rubric's accuracy
+    per task, which says what the RM misses. Prompts without a world reference are left out."""
+    rows = [(c, r, [world.gold(_gold_prompt(c), resp).total for resp in c["responses"]])
+            for c, r in zip(comparisons, rewards) if c.get("reference") is not None]
+    out: dict[str, Any] = {"gold_acc_held_out_labelers": pairwise_accuracy([c for c, _, _ in rows], [g for _, _, g in rows], keep)[0]}
+    by_task: dict[str, dict[str, float]] = {}
+    for task in sorted({str(c.get("task")) for c, _, _ in rows}):
+        sub = [row for row in rows if str(row[0].get("task")) == task]
+        acc, n = pairwise_accuracy([c for c, _, _ in sub], [r for _, r, _ in sub], keep)
+        if n:
+            gold = pairwise_accuracy([c for c, _, _ in sub], [g for _, _, g in sub], keep)[0]
+            by_task[task] = {"rm": acc, "gold": gold, "pairs": n}
+    out["acc_held_out_labelers_by_task"] = by_task
+    return out
+
+
+def _gold_prompt(c: dict) -> dict:
+    prompt = {k: c.get(k) for k in ("id", "task", "messages", "reference")}
+    prompt["id"] = c.get("prompt_id", c.get("id"))
+    return prompt
 
 
 def gold_correlation(world, comparisons: list[dict], rewards: list[list[float]]) -> dict[str, float]:
@@ -136,8 +162,7 @@ def gold_correlation(world, comparisons: list[dict], rewards: list[list[float]])
     for c, r in zip(comparisons, rewards):
         if c.get("reference") is None:  # no gold for free conversations or external data
             continue
-        prompt = {k: c.get(k) for k in ("id", "task", "messages", "reference")}
-        prompt["id"] = c.get("prompt_id", c.get("id"))
+        prompt = _gold_prompt(c)
         for resp, x in zip(c["responses"], r):
             gold.append(world.gold(prompt, resp).total)
             rew.append(x)
@@ -347,7 +372,9 @@ def _print_summary(m: dict[str, Any]) -> None:
                 if m["pairs_held_out_labelers"] else "")  # only simulated labelers are held out
     c.print(f"[bold]rm[/bold]: held-out prompts acc {m['acc_held_out_prompts']:.3f} ({m['pairs_held_out_prompts']} pairs), "
             f"{labelers}train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
-            + (f", gold spearman {m['gold_spearman']:.3f}" if "gold_spearman" in m else ""))
+            + (f", gold spearman {m['gold_spearman']:.3f}" if "gold_spearman" in m else "")
+            + (f"; the world's noise-free rubric as the reward: {m['gold_acc_held_out_labelers']:.3f} on the same "
+               "held-out pairs" if "gold_acc_held_out_labelers" in m else ""))
 
 
 # --- stage entry point ----------------------------------------------------------------------
