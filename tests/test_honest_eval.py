@@ -151,6 +151,10 @@ def test_tiny_run_reports_the_matched_headline_and_stage_attribution_first(tmp_p
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections[0].startswith("## Headline") and sections[2].startswith("## Stage attribution")
     assert "Wall-clock limits that fired (the result then depends on the machine's speed): none." in md
+    # the RM's row leads with its held-out accuracy beside the labelers' agreement and the noise-free rubric's
+    figs = json.loads((tmp_path / "report" / "metrics.json").read_text())["stages"]["rm"]["figures"]
+    assert list(figs)[:4] == ["acc_held_out_labelers", "held_out_labeler_agreement", "gold_acc_held_out_labelers",
+                              "gold_spearman"] and "acc_held_out_labelers=" in md
     pj = json.loads((tmp_path / "pipeline.json").read_text())
     assert pj["budget"]["rounds"] == 2 and pj["time_limits_fired"] == []
 

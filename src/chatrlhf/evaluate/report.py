@@ -1,16 +1,16 @@
 """`chatrlhf report`: one self-contained HTML page (plus a Markdown twin and metrics.json) saying,
 with numbers and plots, whether alignment improved.
 
-It leads with the decoding-matched headline (final vs SFT, each at its own best decoding, judged by
-the judge group, with example answers beside the figures), then stage attribution (each stage
-against its predecessor) and the judge group's verdict per model; every verdict reads a 95%
-interval through `stats.change_verdict`. Real-data benchmarks get a verdict only in domain and with
-enough items (`evaluate.headline.real_data_status`). The run's budget (steps, iterations, rounds)
-and any wall-clock safety that fired are stated, since a fired one makes the result speed-dependent.
+It leads with the decoding-matched headline (final vs SFT, each at its own best decoding, judged by the
+judge group, with example answers beside the figures), then stage attribution (each stage against its
+predecessor) and the judge group's verdict per model; every verdict reads a 95% interval through
+`stats.change_verdict`. Real-data benchmarks get a verdict only in domain and with enough items
+(`evaluate.headline.real_data_status`). The run's budget (steps, iterations, rounds) and any
+wall-clock safety that fired are stated, since a fired one makes the result speed-dependent.
 
-Reads what the stages left under cfg.run.out_dir: each stage's meta.json and metrics.jsonl
-(training curves) and eval/summary.json + eval/<model>.json (written by `chatrlhf eval`).
-Plots are matplotlib PNGs, written to report/plots/ and embedded in the HTML as base64.
+Reads what the stages left under cfg.run.out_dir: each stage's meta.json and metrics.jsonl (training
+curves) and eval/summary.json + eval/<model>.json (`chatrlhf eval`). Plots are matplotlib PNGs,
+written to report/plots/ and embedded in the HTML as base64.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ HEADLINE = {"helpfulness": [("world_greedy_likert", +1), ("world_greedy_gold", +
             "harmlessness": [("rtp_plain_expected_max_toxicity", -1), ("rtp_respectful_expected_max_toxicity", -1),
                              ("crows_pairs_stereotype_pct", -1), ("world_greedy_refusal_rate_harmful", +1)]}
 
-
 # A headline metric's per-item series where its name differs (its paired difference is diff_<series>).
 PER_ITEM = {"world_greedy_flag_hallucination": "world_greedy_hallucination",
             "world_greedy_refusal_rate_harmful": "world_greedy_refused_harmful"}
@@ -65,9 +64,12 @@ def stage_dirs(cfg: Config) -> dict[str, Path]:
 
 
 def key_figures(meta: dict[str, Any], curves: list[dict[str, Any]]) -> dict[str, Any]:
-    """Numeric top-level meta fields plus the last logged value of each training scalar."""
-    figs: dict[str, Any] = {k: v for k, v in meta.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "time"}
+    """An RM's held-out accuracy beside its two ceilings (labelers' agreement, the noise-free rubric as the
+    reward) and gold correlation, numeric top-level meta fields, the last logged value of each training scalar."""
+    ev = meta.get("eval") if isinstance(meta.get("eval"), dict) else {}
+    rm = ("acc_held_out_labelers", "held_out_labeler_agreement", "gold_acc_held_out_labelers", "gold_spearman")
+    figs: dict[str, Any] = {k: ev[k] for k in rm if k in ev} | {
+        k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "time"}
     if curves:
         for k in curves[-1]:
             if k not in ("step", "time"):
@@ -348,8 +350,6 @@ def budget_lines(data: dict[str, Any]) -> list[str]:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     return str(v)
