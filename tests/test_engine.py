@@ -381,7 +381,7 @@ def test_a_prompt_with_an_id_outside_the_vocabulary_cannot_join(default_size):
     batch = fast.batch(_texts_ids(fast, ["Hello"]), p)
     batch.step()
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        batch.join([[5, len(fast.tok) + 10]], [p])
+        batch.join([[5, fast.model.get_input_embeddings().weight.shape[0]]], [p])
     while not batch.done:
         batch.step()
     assert batch.result(0).token_ids == fast.generate(_texts_ids(fast, ["Hello"]), p)[0].token_ids
