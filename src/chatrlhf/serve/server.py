@@ -199,9 +199,10 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str =
         text_parts: list[str] = []
         gen = await _collect(job, deadline, text_parts, cfg.timeout_s)
         _save(save_path, meta, messages, gen)
-        return {**meta, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                             "finish_reason": _finish(gen)}], "usage": _usage(gen)}
+        # a JSONResponse of plain JSON types: FastAPI's generic encoding pass over the reply is not needed
+        return JSONResponse({**meta, "object": "chat.completion",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                                          "finish_reason": _finish(gen)}], "usage": _usage(gen)})
 
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
     if WEB_DIR.is_dir():
