@@ -76,6 +76,28 @@ def test_sft_group_system_message_names_each_demonstrations_writers_group(world,
         load_split(Config.model_validate({"sft": {"data": "x.jsonl", "group_system_message": True}}), None)
 
 
+def test_every_groups_writers_answer_every_prompt_with_group_demonstrations(world, tmp_path):
+    """sft.group_demonstrations: one demonstration per SFT prompt and group, by a training labeler of
+    that group, named in its system message; without group_system_message it is refused."""
+    from chatrlhf.lm.data import DataError
+    from chatrlhf.stages.sft import load_split, run_settings
+    from chatrlhf.world.loader import world_demonstrations
+
+    world.save(tmp_path / "world")
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "world": {"seed": world.info["seed"]},
+                                 "sft": {"group_system_message": True, "group_demonstrations": True}})
+    convs = world_demonstrations(cfg)
+    prompts = world.prompts("sft")
+    assert len(convs) == 3 * len(prompts)
+    for g in ("brief", "thorough", "cautious"):
+        mine = [c for c in convs if c[0] == group_message(g)]
+        assert [c[1:-1] for c in mine] == [p["messages"] for p in prompts]  # every prompt, once per group
+    assert convs == world_demonstrations(cfg)  # the same writers and answers every time
+    assert run_settings(cfg)["sft"]["group_demonstrations"] and "group_demonstrations" not in run_settings(Config())["sft"]
+    with pytest.raises(DataError, match="group_demonstrations needs sft.group_system_message"):
+        load_split(Config.model_validate({"sft": {"group_demonstrations": True}}), None)
+
+
 def test_a_weighted_mix_draws_labelers_in_proportion(world):
     cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 3.0, "cautious": 1.0}, "labelers_per_prompt": 1}})
     comps = _comparisons(world)
@@ -171,8 +193,9 @@ def test_conditioned_sft_trains_with_its_own_epochs_when_set(tmp_path, monkeypat
     import chatrlhf.stages.preferences as prefs
 
     seen = []
-    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append((cfg.sft.epochs, cfg.sft.group_system_message)))
-    for n, over in enumerate(([], ["preferences.conditioned_sft_epochs=10"])):
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append(
+        (cfg.sft.epochs, cfg.sft.group_system_message, cfg.sft.group_demonstrations)))
+    for n, over in enumerate(([], ["preferences.conditioned_sft_epochs=10"], ["preferences.group_demonstrations=true"])):
         cfg = load_config(None, [f"run.out_dir={tmp_path / str(n)}", "sft.epochs=2", *over])
         prefs.conditioned_sft(cfg, tmp_path / str(n) / "sft")
-    assert seen == [(2.0, True), (10.0, True)]
+    assert seen == [(2.0, True, False), (10.0, True, False), (2.0, True, True)]

@@ -110,6 +110,9 @@ class PreferencesConfig(Section):
                                   "two rows show what reading the group line from SFT on adds.")
     conditioned_sft_epochs: float | None = Field(None, gt=0, description="sft.epochs for the conditioned-sft "
                                                  "variant's SFT model (None: the run's sft.epochs).")
+    group_demonstrations: bool = Field(False, description="The conditioned-sft variant's demonstrations: a writer of "
+                                       "every group answers every SFT prompt (sft.group_demonstrations) instead of one "
+                                       "writer per prompt.")
 
 
 class DPOConfig(Section):

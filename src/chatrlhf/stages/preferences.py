@@ -80,6 +80,7 @@ def conditioned_sft(cfg: Config, out: Path) -> Path:
     if not stage_complete(out):
         d = cfg.model_dump()
         d["sft"]["group_system_message"] = True
+        d["sft"]["group_demonstrations"] = cfg.preferences.group_demonstrations
         if cfg.preferences.conditioned_sft_epochs is not None:
             d["sft"]["epochs"] = cfg.preferences.conditioned_sft_epochs
         train_sft(Config.model_validate(d), out)

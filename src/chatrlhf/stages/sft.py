@@ -70,8 +70,9 @@ def base_model_path(cfg: Config) -> Path | str:
 def run_settings(cfg: Config) -> dict[str, Any]:
     """What fixes the trajectory, so a checkpoint of another configuration is never resumed."""
     s = cfg.sft.model_dump(exclude={"eval_every", "save_every", "log_every", "eval_prompts", "eval_after"})
-    if not s["group_system_message"]:  # off, a run's fingerprint is what it was before the switch existed
-        del s["group_system_message"]
+    for switch in ("group_system_message", "group_demonstrations"):
+        if not s[switch]:  # off, a run's fingerprint is what it was before the switch existed
+            del s[switch]
     return {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
 
 
@@ -83,6 +84,9 @@ def load_split(cfg: Config, tokenizer) -> tuple[list[tuple[Conversation, Example
                                                 dict[str, Any]]:
     """(conversation, example) pairs for training and validation, and what happened on the way."""
     sc = cfg.sft
+    if sc.group_demonstrations and not sc.group_system_message:
+        raise DataError("sft.group_demonstrations needs sft.group_system_message: each group's demonstrations name "
+                        "their group in a system message")
     if sc.data and sc.group_system_message:
         raise DataError("sft.group_system_message names the writer's labeler group of the embedded world's "
                         f"demonstrations; sft.data={sc.data!r} has no writers' groups (put any system message in the data)")

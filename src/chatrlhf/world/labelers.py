@@ -297,6 +297,23 @@ def write_demonstrations(prompts: list[dict], labelers: list[SimulatedLabeler], 
     return demos
 
 
+def write_group_demonstrations(prompts: list[dict], labelers: list[SimulatedLabeler], seed: int, quality: float,
+                               facts) -> list[dict]:
+    """One demonstration per SFT prompt by a training labeler of *each* group, written as
+    write_demonstrations writes: how a team would collect data for a group-conditioned model, every
+    group's writers answering every prompt."""
+    by_group: dict[str, list[SimulatedLabeler]] = {}
+    for lab in labelers:
+        if not lab.held_out and lab.group:
+            by_group.setdefault(lab.group, []).append(lab)
+    demos = []
+    for g, members in sorted(by_group.items()):
+        rng = random.Random(f"{seed}-demos-{g}")
+        for d in write_demonstrations(prompts, members, rng.randrange(2**31), quality, facts):
+            demos.append(d | {"id": f"{d['id']}-{g}"})
+    return demos
+
+
 # --- agreement ----------------------------------------------------------------------------------
 
 

@@ -41,6 +41,11 @@ def world_demonstrations(cfg: Config) -> list[Conversation]:
     print(f"sft: using the embedded world's demonstrations ({world_dir}); set sft.data to use your own")
     world = World.load(world_dir)
     demos = world.demonstrations()
+    if cfg.sft.group_demonstrations:  # every group's writers answer every prompt
+        from chatrlhf.world.labelers import write_group_demonstrations
+
+        demos = write_group_demonstrations(world.prompts("sft"), world.labelers(), world.info.get("seed", cfg.world.seed),
+                                           cfg.world.demo_quality, world.facts)
     if cfg.sft.group_system_message:
         demos = with_writer_group(world, demos)
     return nonempty([c for i, d in enumerate(demos)
