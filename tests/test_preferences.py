@@ -170,7 +170,8 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
     out = run_preferences(cfg)
     table = json.loads((out / "table.json").read_text())
     groups = ["brief", "thorough", "cautious"]
-    assert set(table["rows"]) == set(groups) | {f"{c}:{g}" for c in ("conditioned", "conditioned-sft") for g in groups}
+    conditioned = ("conditioned", "conditioned-sft", "conditioned-sft before RM and PPO")
+    assert set(table["rows"]) == set(groups) | {f"{c}:{g}" for c in conditioned for g in groups}
     for row in table["rows"].values():
         assert set(row) == set(groups)
         assert all(0 <= cell["low"] <= cell["win_rate"] <= cell["high"] <= 1 for cell in row.values())

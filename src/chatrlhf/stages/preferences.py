@@ -40,7 +40,8 @@ from chatrlhf.world.loader import require_world
 console = Console(stderr=True)
 
 
-CONDITIONED = ("conditioned", "conditioned-sft")  # the variants asked for each group in a system message
+SFT_ONLY = "conditioned-sft before RM and PPO"  # the conditioned SFT model itself: what RM and PPO add to it
+CONDITIONED = ("conditioned", "conditioned-sft", SFT_ONLY)  # the policies asked for each group in a system message
 
 
 def variants(groups: list[str], conditioned_sft: bool = False) -> dict[str, dict[str, Any]]:
@@ -159,6 +160,8 @@ def run_preferences(cfg: Config) -> Path:
     base = base_comparisons(cfg)
     names = variants(cfg.preferences.groups, cfg.preferences.conditioned_sft)
     policies = {name: train_variant(cfg, world, base, name, out / name) for name in names}
+    if "conditioned-sft" in policies:
+        policies[SFT_ONLY] = out / "conditioned-sft" / "sft"
     result = judge(cfg, world, policies)
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, cfg.preferences.groups))
