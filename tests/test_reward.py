@@ -145,6 +145,12 @@ def test_score_is_independent_of_batch_padding(trained):
     both = rm.score(msgs, [GOOD[0], BAD[1]])
     alone = torch.stack([rm.score([m], [r])[0] for m, r in zip(msgs, [GOOD[0], BAD[1]])])
     assert torch.allclose(both, alone, atol=1e-5)
+    # scored on the real tokens only, the same as the model's own forward on the padded batch
+    from chatrlhf.lm.reward_model import collate_sequences, encode_response, raw_rewards
+
+    seqs = [encode_response(rm.tokenizer, m, r, rm.max_len) for m, r in zip(msgs, [GOOD[0], BAD[1]])]
+    padded = raw_rewards(rm.model, collate_sequences(seqs, rm.tokenizer.pad_token_id)) + rm.bias
+    assert torch.allclose(both, padded, atol=1e-5)
 
 
 def test_resumed_run_continues_where_it_stopped(tiny_model_dir, tmp_path, monkeypatch):

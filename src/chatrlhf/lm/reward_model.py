@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification
 from chatrlhf.lm.modeling import DTYPES, load_tokenizer, read_meta
 from chatrlhf.lm.tokenizer import apply_template
 from chatrlhf.lm.training import best_fit_decreasing, pack_rows, packed_position_ids
+from chatrlhf.lm.unpadded import unpadded_hidden_states, why_not_unpadded
 
 Messages = list[dict[str, str]]
 
@@ -152,8 +153,18 @@ class RewardModel:
         for lo in range(0, len(order), self.batch_size):
             idx = order[lo: lo + self.batch_size]
             batch = {k: v.to(device) for k, v in collate_sequences([seqs[i] for i in idx], self.tokenizer.pad_token_id).items()}
-            out[idx] = raw_rewards(self.model, batch).cpu()
+            out[idx] = self._last_token_rewards(batch).cpu()
         return out if raw else out + self.bias
+
+    def _last_token_rewards(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """raw_rewards on a left-padded batch; for a Llama-family RM the trunk runs on the real tokens
+        only (lm.unpadded: the same numbers to float rounding, without the pads' work)."""
+        if why_not_unpadded(self.model) is not None:
+            return raw_rewards(self.model, batch)
+        backbone, head = reward_backbone_and_head(self.model)
+        hidden, _ = unpadded_hidden_states(backbone, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+        last = batch["attention_mask"].sum(1).cumsum(0) - 1  # each row's last real token, rows in order
+        return head(hidden[last]).squeeze(-1).float()
 
 
 # --- evaluation -----------------------------------------------------------------------------

@@ -48,11 +48,12 @@ def unpadded_hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch
     for layer in trunk.layers:
         attn = layer.self_attn
         h = layer.input_layernorm(x)
-        heads = [proj(h).view(len(flat), -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)]
-        q, k = (t * cos + _rotate_half(t) * sin for t in heads[:2])
+        q, k, v = (proj(h).view(len(flat), -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         nq, nk = q.shape[1], k.shape[1]
+        qk = torch.cat([q, k], 1)
+        qk = qk * cos + _rotate_half(qk) * sin  # RoPE on queries and keys at once
         # zeros, not empty: garbage in a pad query could be NaN, and 0 x NaN in the backward reaches real keys
-        grid = scatter_rows(torch.cat([q, k, heads[2]], 1), cell, B, L).transpose(1, 2)  # (B, nq+2nk, L, d)
+        grid = scatter_rows(torch.cat([qk, v], 1), cell, B, L).transpose(1, 2)  # (B, nq+2nk, L, d)
         o = F.scaled_dot_product_attention(grid[:, :nq], grid[:, nq:nq + nk], grid[:, nq + nk:], is_causal=True,
                                            scale=attn.scaling, enable_gqa=nq != nk)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(B * L, -1)[cell])
