@@ -343,8 +343,8 @@ def run_server(cfg, model: str | Path | None = None, save_conversations: str | P
     app = create_app(engine, cfg.serve, name, save, read_meta(path).get("group_messages") if (path / "meta.json").is_file() else None)
     print(f"serving {path} as '{name}' on http://{cfg.serve.host}:{cfg.serve.port}/"
           + (f" (saving conversations to {save})" if save else ""), flush=True)
-    # what is loaded now (torch, transformers, the model: ~400k objects) lives as long as the server; out of
-    # the collector's sight, a full collection no longer stalls every request in flight (~0.2 s each time)
+    # what is loaded by now (torch, transformers, the model: ~400k objects) lives as long as the server; out of
+    # the collector's sight, it cannot make a full collection stall every request in flight (~0.2 s each time)
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
