@@ -9,7 +9,8 @@ so a row's sample depends on its seed and logits only, not on what it is batched
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,9 +118,12 @@ class DecodeBatch:
             raise ValueError("DecodeBatch needs one SamplingParams per prompt and at least one prompt")
         first = len(self.prompts)
         seeds = seeds if seeds is not None else [sp.seed for sp in params]
+        vocab = self.eng.model.get_input_embeddings().weight.shape[0]
         for i, p in enumerate(prompts):  # check all before adding any: a bad prompt leaves the batch as it was
             if not p:
                 raise ValueError(f"prompt {i} is empty")
+            if min(p) < 0 or max(p) >= vocab:  # the embedding would refuse it in a forward that other rows share
+                raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {vocab})")
         budgets = [self.eng.budget(len(p), sp.max_new_tokens) for p, sp in zip(prompts, params)]
         for p, sp, s, b in zip(prompts, params, seeds, budgets):
             self.max_new.append(b)
@@ -153,11 +157,6 @@ class DecodeBatch:
         """
         if len(params) != len(prompts) * n:
             raise ValueError(f"DecodeBatch.join needs one SamplingParams per row: {len(prompts)} prompts x n={n}")
-        if self.fast:
-            vocab = self.eng._fused.embed.shape[0]
-            for i, p in enumerate(prompts):  # checked here: an id the embedding refuses would fail the whole next step
-                if p and (min(p) < 0 or max(p) >= vocab):
-                    raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {vocab})")
         rows = self._add_rows([p for p in prompts for _ in range(n)], params, seeds)
         if self.fast:
             if n == 1 and self.cache is not None and len(self.active):
@@ -175,13 +174,9 @@ class DecodeBatch:
         position_ids = (mask.cumsum(1) - 1).clamp_min(0)  # right positions under left padding
         cache = DynamicCache(config=eng.model.config)
         ids, mask, position_ids = ids.to(dev), mask.to(dev), position_ids.to(dev)
-        try:
+        with self._starting(rows):
             logits, h = eng.forward(ids, mask, position_ids, cache, last_only=True)
             logits = logits[:, -1]
-        except Exception:
-            for r in rows:  # the newcomers never started; the running rows go on
-                self.reason[r] = "error"
-            raise
         if n > 1:  # the n samples of a prompt start from the same prefill
             cache.batch_repeat_interleave(n)
             mask, logits = mask.repeat_interleave(n, 0), logits.repeat_interleave(n, 0)
@@ -203,15 +198,10 @@ class DecodeBatch:
         """Fast path: prefill the newcomers straight into slots after the live rows (the n rows of a
         prompt share its prefill)."""
         live = len(self.active) if self.cache is not None else 0
-        need = max(len(self.prompts[r]) + self.max_new[r] for r in rows)
-        self.kv.reserve(live + len(rows), max(need, self.width + 1), live)
-        try:
+        self._reserve(rows, live, self.width + 1)
+        with self._starting(rows):
             logits, h = self.eng._fused.prefill([list(map(int, p)) for p in prompts], self.kv, live, n,
                                                 self.eng.keep_hidden)
-        except Exception:
-            for r in rows:  # the newcomers never started; the running rows go on
-                self.reason[r] = "error"
-            raise
         if n > 1:
             logits = logits.repeat_interleave(n, 0)
             h = None if h is None else h.repeat_interleave(n, 0)
@@ -225,6 +215,23 @@ class DecodeBatch:
             self.pos, self.logits = torch.cat([self.pos, pos]), torch.cat([self.logits, logits])
             self.h = None if h is None else torch.cat([self.h, h])
         self.width = int(self.pos.max()) + 1
+
+    def _reserve(self, rows: list[int], live: int, cols: int) -> None:
+        """Fast path: slots for `rows` after the first `live`, as wide as each one's prompt and token
+        budget need and at least `cols`."""
+        need = max(len(self.prompts[r]) + self.max_new[r] for r in rows)
+        self.kv.reserve(live + len(rows), max(need, cols), live)
+
+    @contextmanager
+    def _starting(self, rows: list[int]) -> Iterator[None]:
+        """The forward that prefills newcomers `rows`: if it raises they end as "error" (they never
+        started) and the error goes on to the caller."""
+        try:
+            yield
+        except Exception:
+            for r in rows:
+                self.reason[r] = "error"
+            raise
 
     def _join_rows(self, rows: list[int]) -> None:
         """Per-row sampling state of the newcomers, appended after the live rows (call before
@@ -408,15 +415,10 @@ class DecodeBatch:
             self.logits, self.h = self.eng._fused.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden)
             return
         rows, self.waiting = self.waiting, []
-        need = max(len(self.prompts[r]) + self.max_new[r] for r in rows)
-        self.kv.reserve(n + len(rows), max(need, self.width), n)
-        try:
+        self._reserve(rows, n, self.width)
+        with self._starting(rows):
             self.logits, self.h = self.eng._fused.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden,
                                                        joining=[self.prompts[r] for r in rows])
-        except Exception:
-            for r in rows:
-                self.reason[r] = "error"
-            raise
         self._join_rows(rows)
         self.active = torch.cat([self.active, torch.tensor(rows)])
         self.pos = torch.cat([self.pos, torch.tensor([len(self.prompts[r]) - 1 for r in rows], device=self.pos.device)])
