@@ -124,18 +124,30 @@ def evaluate_rm(rm: RewardModel, val: list[dict], held_out: set[str], world=None
         "calibration": calibration(val, rewards, train_lab),
     }
     if world is not None:
-        out.update(gold_correlation(world, val, rewards))
-        if held_out and any(c.get("reference") is not None for c in val):
-            out.update(gold_as_reward(world, val, rewards, held_lab))
+        golds = gold_scores(world, val)
+        out.update(gold_correlation(golds, rewards))
+        if held_out and any(g is not None for g in golds):
+            out.update(gold_as_reward(val, golds, rewards, held_lab))
     return out
 
 
-def gold_as_reward(world, comparisons: list[dict], rewards: list[list[float]], keep) -> dict[str, Any]:
-    """The world's noise-free rubric scored as if it were the RM, on the same held-out pairs: what any
-    reward could reach (the labelers' noise and groups stay). Also the RM's and the rubric's accuracy
-    per task, which says what the RM misses. Prompts without a world reference are left out."""
-    rows = [(c, r, [world.gold(_gold_prompt(c), resp).total for resp in c["responses"]])
-            for c, r in zip(comparisons, rewards) if c.get("reference") is not None]
+def gold_scores(world, comparisons: list[dict]) -> list[list[float] | None]:
+    """The world's gold rubric score of each comparison's responses; None where the prompt has no
+    world reference (free conversations, external data)."""
+    out: list[list[float] | None] = []
+    for c in comparisons:
+        prompt = _gold_prompt(c) if c.get("reference") is not None else None
+        out.append(None if prompt is None else [world.gold(prompt, resp).total for resp in c["responses"]])
+    return out
+
+
+def gold_as_reward(comparisons: list[dict], golds: list[list[float] | None], rewards: list[list[float]],
+                   keep) -> dict[str, Any]:
+    """The world's noise-free rubric (`golds`, from gold_scores) scored as if it were the RM, on the
+    same held-out pairs: what any reward could reach (the labelers' noise and groups stay). Also the
+    RM's and the rubric's accuracy per task, which says what the RM misses. Prompts without a world
+    reference are left out."""
+    rows = [(c, r, g) for c, r, g in zip(comparisons, rewards, golds) if g is not None]
     out: dict[str, Any] = {"gold_acc_held_out_labelers": pairwise_accuracy([c for c, _, _ in rows], [g for _, _, g in rows], keep)[0]}
     by_task: dict[str, dict[str, float]] = {}
     for task in sorted({str(c.get("task")) for c, _, _ in rows}):
@@ -154,18 +166,13 @@ def _gold_prompt(c: dict) -> dict:
     return prompt
 
 
-def gold_correlation(world, comparisons: list[dict], rewards: list[list[float]]) -> dict[str, float]:
-    """Pearson and Spearman correlation of reward with the world's gold rubric score."""
+def gold_correlation(golds: list[list[float] | None], rewards: list[list[float]]) -> dict[str, float]:
+    """Pearson and Spearman correlation of reward with the world's gold rubric score (`golds`, from
+    gold_scores; comparisons without one are left out)."""
     from scipy.stats import pearsonr, spearmanr
 
-    gold, rew = [], []
-    for c, r in zip(comparisons, rewards):
-        if c.get("reference") is None:  # no gold for free conversations or external data
-            continue
-        prompt = _gold_prompt(c)
-        for resp, x in zip(c["responses"], r):
-            gold.append(world.gold(prompt, resp).total)
-            rew.append(x)
+    pairs = [(g, x) for gs, r in zip(golds, rewards) if gs is not None for g, x in zip(gs, r)]
+    gold, rew = [g for g, _ in pairs], [x for _, x in pairs]
     if len(gold) < 3 or np.std(gold) == 0 or np.std(rew) == 0:
         return {"gold_pearson": float("nan"), "gold_spearman": float("nan"), "gold_n": len(gold)}
     return {"gold_pearson": float(pearsonr(rew, gold)[0]), "gold_spearman": float(spearmanr(rew, gold)[0]),
