@@ -196,20 +196,20 @@ def run_repeats(args, model, tok, url: str) -> list[dict[str, dict]]:
     eng = Engine(model, tok, max_batch=WAVE)
     ids = [eng.chat_prompt(messages(i)) for i in range(args.requests)]  # what the server's chat_prompt makes
     runs = []
-    waves: list[list[int]] = []
-    engine_waves(eng, ids, args.max_tokens, WAVE, waves)
+    waves: list[list[int]] = []  # each request's tokens, from the first repeat
     joined: list[list[int]] = []
-    joined_one_at_a_time(eng, ids, args.max_tokens, WAVE, joined)
-    args.differing = [i for i, (a, b) in enumerate(zip(waves, joined)) if a != b]
     for rep in range(args.repeats):
+        keep = rep == 0
         got = {f"server_c{c}": asyncio.run(run_clients(url, c, args.requests, args.max_tokens)) for c in args.clients}
-        got["engine_batch_16"] = engine_waves(eng, ids, args.max_tokens, WAVE)
+        got["engine_batch_16"] = engine_waves(eng, ids, args.max_tokens, WAVE, waves if keep else None)
         got["engine_batch_1"] = engine_waves(eng, ids, args.max_tokens, 1)
-        got["engine_joined_one_at_a_time"] = joined_one_at_a_time(eng, ids, args.max_tokens, WAVE)
+        got["engine_joined_one_at_a_time"] = joined_one_at_a_time(eng, ids, args.max_tokens, WAVE,
+                                                                   joined if keep else None)
         got["generate_batch_16"] = generate_waves(model, tok, ids, args.max_tokens, WAVE)
         print(f"repeat {rep}: " + ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s p95 {v['p95_s']:.3f}"
                                             for k, v in got.items()), file=sys.stderr, flush=True)
         runs.append(got)
+    args.differing = [i for i, (a, b) in enumerate(zip(waves, joined)) if a != b]
     return runs
 
 
