@@ -3,12 +3,15 @@
     .venv/bin/python bench/bench_server.py [--model DIR] [--clients 1 4 16] [--requests 256] [--max-tokens 32] [--repeats 3]
 
 Request i is prompt i mod 6 of the engine bench as a one-message chat, seed i, temperature 1,
-`--max-tokens`. Starts `chatrlhf serve` as a subprocess on a free loopback port; each repeat then
+`--max-tokens`. Starts `chatrlhf serve` as a subprocess on a free loopback port (it decodes in a
+child process of its own, with every core but one unless `--threads` says); each repeat then
 answers the same requests, in turn, with
 - the server at each concurrency level: that many clients, each sending non-streamed requests back
-  to back over its own kept-alive loopback HTTP connection;
+  to back over its own kept-alive loopback HTTP connection; and at 16 clients the same server decoding
+  in its HTTP process (`serve.decode_process=false`, on the baselines' threads: `server_in_process_c16`);
 - `Engine.generate` (the fast path the server decodes with) on waves of 16 requests, one call per
-  wave (`engine_batch_16`), and one request at a time (`engine_batch_1`);
+  wave (`engine_batch_16`), the same on one torch thread (`engine_batch_16_one_thread`: the server's
+  decoding process leaves a core to HTTP), and one request at a time (`engine_batch_1`);
 - the server's decoding without HTTP (`engine_joined_one_at_a_time`): one `DecodeBatch` of up to 16
   rows where each request joins alone as soon as a slot frees, as the server's requests do.
   A request's seed fixes its sample (to float rounding: `requests_differing_joined_vs_waves` counts
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -64,16 +68,19 @@ def messages(i: int) -> list[dict[str, str]]:
 # --- the server -----------------------------------------------------------------------------
 
 
-def start_server(model_dir: Path, max_tokens: int, threads: int, log) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, max_tokens: int, threads: int, log, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`chatrlhf serve` on a free loopback port; `threads` > 0 sets its decoding threads (0: the
+    server's own choice, every core but one); `extra`: more --set overrides."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "chatrlhf.cli", "serve", "--model", str(model_dir), "--set", "serve.host=127.0.0.1",
            "--set", f"serve.port={port}", "--set", f"serve.max_tokens={max(max_tokens, 16)}",
-           "--set", f"serve.max_batch={WAVE}", "--set", "serve.timeout_s=300", "--set", f"run.threads={threads}"]
+           "--set", f"serve.max_batch={WAVE}", "--set", "serve.timeout_s=300", "--set", f"run.threads={threads}",
+           *[a for o in extra for a in ("--set", o)]]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     # the access log goes to a file: a pipe nobody reads fills up and stalls the server
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
@@ -192,7 +199,7 @@ def generate_waves(model, tok, ids: list[list[int]], max_tokens: int, wave: int)
 # --- the run --------------------------------------------------------------------------------
 
 
-def run_repeats(args, model, tok, url: str) -> list[dict[str, dict]]:
+def run_repeats(args, model, tok, url: str, url_in_process: str) -> list[dict[str, dict]]:
     eng = Engine(model, tok, max_batch=WAVE)
     ids = [eng.chat_prompt(messages(i)) for i in range(args.requests)]  # what the server's chat_prompt makes
     runs = []
@@ -201,7 +208,12 @@ def run_repeats(args, model, tok, url: str) -> list[dict[str, dict]]:
     for rep in range(args.repeats):
         keep = rep == 0
         got = {f"server_c{c}": asyncio.run(run_clients(url, c, args.requests, args.max_tokens)) for c in args.clients}
+        got["server_in_process_c16"] = asyncio.run(run_clients(url_in_process, 16, args.requests, args.max_tokens))
         got["engine_batch_16"] = engine_waves(eng, ids, args.max_tokens, WAVE, waves if keep else None)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what the server's decoding process has on this machine when it has 1 thread
+        got["engine_batch_16_one_thread"] = engine_waves(eng, ids, args.max_tokens, WAVE)
+        torch.set_num_threads(threads)
         got["engine_batch_1"] = engine_waves(eng, ids, args.max_tokens, 1)
         got["engine_joined_one_at_a_time"] = joined_one_at_a_time(eng, ids, args.max_tokens, WAVE,
                                                                    joined if keep else None)
@@ -221,10 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads for server and baselines alike (0 = auto: 1 on a busy CPU).")
+                    help="torch threads for the server's decoding and the baselines alike (0 = auto: the baselines "
+                         "take every core, 1 on a busy CPU; the server its own default, every core but one).")
     args = ap.parse_args(argv)
     from chatrlhf.lm.training import configure_threads
 
+    server_threads = args.threads
     args.threads = configure_threads(args.threads)
     model, tok, source = bench_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,13 +247,18 @@ def main(argv: list[str] | None = None) -> dict:
             from chatrlhf.lm.modeling import save_stage
 
             model_dir = save_stage(model, tok, Path(tmp) / "model", {"stage": "bench"})
-        with open(Path(tmp) / "server.log", "w") as log:
-            proc, url = start_server(model_dir, args.max_tokens, args.threads, log)
+        with open(Path(tmp) / "server.log", "w") as log, open(Path(tmp) / "server_in_process.log", "w") as log2:
+            proc, url = start_server(model_dir, args.max_tokens, server_threads, log)
+            # the same server decoding in its HTTP process (serve.decode_process=false), on the baselines' threads
+            proc2, url2 = start_server(model_dir, args.max_tokens, args.threads, log2, "serve.decode_process=false")
             try:
-                runs = run_repeats(args, model, tok, url)
+                runs = run_repeats(args, model, tok, url, url2)
             finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+                for p in (proc, proc2):
+                    p.terminate()
+                    p.wait(timeout=30)
+            said = re.search(r"decoding in ([^)]*)\)", Path(log.name).read_text())
+            args.server_decoding = said.group(1) if said else "unknown"
     result = report(args, source, runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server.json").write_text(json.dumps(result, indent=2))
@@ -249,15 +268,17 @@ def main(argv: list[str] | None = None) -> dict:
 def report(args, source: str, runs: list[dict[str, dict]]) -> dict:
     """One flat object (bench/run_all.py contract): <who>_<metric>, medians over repeats."""
     result = {"model": source, "max_tokens": args.max_tokens, "requests": args.requests, "repeats": args.repeats,
-              "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "threads": args.threads}
+              "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "threads": args.threads,
+              "server_decoding": args.server_decoding}
     for who in runs[0]:
         for metric, digits in (("tokens_per_s", 1), ("p50_s", 3), ("p95_s", 3)):
             result[f"{who}_{metric}"] = round(statistics.median(r[who][metric] for r in runs), digits)
-    ratios = [r["server_c16"]["tokens_per_s"] / r["engine_batch_16"]["tokens_per_s"] for r in runs if "server_c16" in r]
-    if ratios:
-        result.update({"server_c16_over_engine_batch_16": round(statistics.median(ratios), 3),
-                       "server_c16_over_engine_batch_16_min": round(min(ratios), 3),
-                       "server_c16_over_engine_batch_16_max": round(max(ratios), 3)})
+    for who, base in (("server_c16", "engine_batch_16"), ("server_c16", "engine_batch_16_one_thread"),
+                      ("server_in_process_c16", "engine_batch_16")):
+        ratios = [r[who]["tokens_per_s"] / r[base]["tokens_per_s"] for r in runs if who in r]
+        if ratios:
+            result.update({f"{who}_over_{base}": round(statistics.median(ratios), 3),
+                           f"{who}_over_{base}_min": round(min(ratios), 3), f"{who}_over_{base}_max": round(max(ratios), 3)})
     joined = [r["engine_joined_one_at_a_time"]["tokens_per_s"] / r["engine_batch_16"]["tokens_per_s"] for r in runs]
     result.update({"joined_one_at_a_time_over_engine_batch_16": round(statistics.median(joined), 3),
                    "joined_one_at_a_time_over_engine_batch_16_min": round(min(joined), 3),

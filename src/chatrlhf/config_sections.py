@@ -83,6 +83,8 @@ class ServeConfig(Section):
     stuck_s: float = Field(30.0, gt=0, description="/health answers 503 when the decoding loop holds work but has not "
                            "finished a step for this long (or has died and not been restarted).")
     save_conversations: str | None = Field(None, description="Append finished conversations as jsonl here (off by default).")
+    decode_process: bool = Field(True, description="Decode in a child process (run.threads torch threads; 0 = every core "
+                                 "but one): HTTP work in the serving process then never stalls a decode step.")
 
 
 class LabelConfig(Section):

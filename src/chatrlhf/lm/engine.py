@@ -34,8 +34,8 @@ from chatrlhf.lm.decode import DecodeBatch, Generation, SamplingParams, sample_t
 from chatrlhf.lm.prompts import PLAIN_TURN_STOP, plain_prompt
 from chatrlhf.lm.tokenizer import apply_template
 
-__all__ = ["DecodeBatch", "Engine", "Generation", "Rollout", "SamplingParams", "load_engine", "sample_tokens",
-           "sampled_logprobs"]
+__all__ = ["ChatFront", "DecodeBatch", "Engine", "Generation", "Rollout", "SamplingParams", "load_engine",
+           "sample_tokens", "sampled_logprobs"]
 
 
 @dataclass
@@ -52,7 +52,38 @@ class Rollout:
 
 
 
-class Engine:
+class ChatFront:
+    """What a chat front end needs of a model, without its weights: the prompt a conversation makes
+    and the context it must fit (the server's HTTP process, when a child process decodes)."""
+
+    def __init__(self, tokenizer, context: int):
+        self.tok = tokenizer
+        self.context = context
+        self.plain_chat = getattr(tokenizer, "chat_template", None) is None
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path) -> "ChatFront":
+        from transformers import AutoConfig
+
+        from chatrlhf.lm.modeling import load_tokenizer
+
+        cfg = AutoConfig.from_pretrained(model_dir)
+        return cls(load_tokenizer(model_dir), int(getattr(cfg, "max_position_embeddings", 0) or 1_000_000))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation ready for the assistant's next turn."""
+        if self.plain_chat:
+            return self.tok(plain_prompt(messages), add_special_tokens=True)["input_ids"]
+        text = apply_template(self.tok, messages, add_generation_prompt=True, tokenize=False)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def chat_params(self, params: SamplingParams) -> SamplingParams:
+        if not self.plain_chat or PLAIN_TURN_STOP in params.stop:
+            return params
+        return SamplingParams(**{**params.__dict__, "stop": [*params.stop, PLAIN_TURN_STOP]})
+
+
+class Engine(ChatFront):
     """Generation for any transformers causal LM + tokenizer (the embedded Llama or a user's model)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 64, keep_hidden: bool = False, fast: bool | None = None):
@@ -64,7 +95,7 @@ class Engine:
             raise ValueError(f"the fast decode path does not support this model: {why}")
         self.fast = why is None if fast is None else bool(fast)
         self._fused: engine_fast.FusedLlama | None = None
-        self.tok = tokenizer
+        super().__init__(tokenizer, int(getattr(model.config, "max_position_embeddings", 0) or 1_000_000))
         self.max_batch = max_batch
         # keep the last hidden state each token was sampled from (PPO's shared value head reads it)
         self.keep_hidden = keep_hidden
@@ -73,9 +104,7 @@ class Engine:
         self.eos_ids = {tokenizer.eos_token_id} - {None}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None}
-        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 1_000_000)
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.plain_chat = getattr(tokenizer, "chat_template", None) is None
 
     # --- low level --------------------------------------------------------------------------
 
@@ -165,18 +194,6 @@ class Engine:
         for r, i in enumerate(rows):
             out[i] = b.result(r)
         return out  # type: ignore[return-value]
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a conversation ready for the assistant's next turn."""
-        if self.plain_chat:
-            return self.tok(plain_prompt(messages), add_special_tokens=True)["input_ids"]
-        text = apply_template(self.tok, messages, add_generation_prompt=True, tokenize=False)
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def chat_params(self, params: SamplingParams) -> SamplingParams:
-        if not self.plain_chat or PLAIN_TURN_STOP in params.stop:
-            return params
-        return SamplingParams(**{**params.__dict__, "stop": [*params.stop, PLAIN_TURN_STOP]})
 
     def generate_chat(self, message_lists: Sequence[list[dict[str, str]]], params: SamplingParams | None = None,
                       n: int = 1) -> list[Generation]:

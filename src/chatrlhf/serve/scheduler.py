@@ -26,6 +26,13 @@ class Job:
         self.prompt_ids, self.params, self.loop, self.stream = prompt_ids, params, loop, stream
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
+        self.on_cancel: Any = None  # set by a scheduler that must pass the cancellation on (another process)
+
+    def cancel(self) -> None:
+        """Stop decoding this request (its client went away or its time ran out)."""
+        if not self.cancelled and self.on_cancel is not None:
+            self.on_cancel()
+        self.cancelled = True
 
     def push(self, kind: str, value: Any) -> None:
         try:
@@ -88,6 +95,7 @@ class Scheduler:
         self.rows: dict[int, Job] = {}
         self.beat = time.monotonic()  # last time the loop made progress (or waited idle)
         self.restarts = 0
+        self.admitted = 0  # requests that joined a batch (a cancelled request that never ran is not one)
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -110,6 +118,10 @@ class Scheduler:
         for th in (self.supervisor, self.thread):
             if th:
                 th.join(timeout=10)
+
+    @property
+    def queued(self) -> int:
+        return len(self.pending)
 
     def submit(self, job: Job) -> None:
         with self.cond:
@@ -196,6 +208,7 @@ class Scheduler:
                     group[0].fail(str(e))
                 continue
             self.rows.update(zip(ids, group))
+            self.admitted += len(group)
             if group is ok:
                 return  # all joined together: the one-by-one retries are not needed
 

@@ -5,7 +5,8 @@
 
 One worker thread owns the model and decodes every request in one continuously batched
 DecodeBatch: a request that arrives mid-generation joins the running batch at the next step
-instead of waiting for it to finish. Tokens go to each request's asyncio queue, so a client
+instead of waiting for it to finish. `chatrlhf serve` runs that thread in a child process
+(engine_process.py, `serve.decode_process`), so the HTTP work never holds up a decode step. Tokens go to each request's asyncio queue, so a client
 that reads slowly only delays itself. Limits (body size, messages, max_tokens, timeout) and
 every field's type and range answer 4xx with an OpenAI-style JSON error whose `param` names the
 field; every other error (404, 405, 500) has the same {"error": {...}} shape.
@@ -37,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatrlhf.config import ServeConfig
-from chatrlhf.lm.engine import Engine, Generation, SamplingParams
+from chatrlhf.lm.engine import ChatFront, Engine, Generation, SamplingParams
+from chatrlhf.serve.engine_process import ProcessScheduler
 from chatrlhf.serve.scheduler import MAX_STOP, MAX_TOP_K, SEED_MAX, SEED_MIN, Job, Scheduler
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -155,10 +157,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(f"{param}: {err['msg']}", param, "invalid_value"), status_code=400)
 
 
-def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str = "chatrlhf",
-               save_conversations: str | Path | None = None, group_messages: dict[str, str] | None = None) -> FastAPI:
+def create_app(engine: ChatFront, cfg: ServeConfig | None = None, model_name: str = "chatrlhf",
+               save_conversations: str | Path | None = None, group_messages: dict[str, str] | None = None,
+               scheduler: Scheduler | ProcessScheduler | None = None) -> FastAPI:
+    """The app over `engine`: an Engine decoded by a Scheduler thread in this process, or a ChatFront
+    (the tokenizer alone) with the `scheduler` that decodes, such as a ProcessScheduler."""
     cfg = cfg or ServeConfig()
-    sched = Scheduler(engine, cfg.max_batch, cfg.stuck_s)
+    if scheduler is None and not isinstance(engine, Engine):
+        raise TypeError("create_app needs an Engine, or a ChatFront with the scheduler that decodes for it")
+    sched = scheduler or Scheduler(engine, cfg.max_batch, cfg.stuck_s)
     save_path = Path(save_conversations) / "conversations.jsonl" if save_conversations else None
     created = int(time.time())
 
@@ -176,7 +183,7 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str =
     @app.get("/health")
     async def health():
         ok, why = sched.health()
-        body = {"status": "ok" if ok else "unhealthy", "model": model_name, "queued": len(sched.pending),
+        body = {"status": "ok" if ok else "unhealthy", "model": model_name, "queued": sched.queued,
                 "decoding": sched.live, "restarts": sched.restarts}
         if ok:
             return body
@@ -210,7 +217,7 @@ def create_app(engine: Engine, cfg: ServeConfig | None = None, model_name: str =
     return app
 
 
-def _make_job(req: ChatRequest, engine: Engine, cfg: ServeConfig,
+def _make_job(req: ChatRequest, engine: ChatFront, cfg: ServeConfig,
               group_messages: dict[str, str]) -> tuple[Job, list[dict[str, str]]]:
     """Check the limits and build the job; every breach names its field."""
     if not req.messages:
@@ -260,10 +267,10 @@ async def _collect(job: Job, deadline: float, parts: list[str], timeout_s: float
             else:
                 raise APIError(500, f"generation failed: {value}", None, "generation_error")
     except (TimeoutError, asyncio.TimeoutError):
-        job.cancelled = True
+        job.cancel()
         raise APIError(408, f"request took longer than the {timeout_s:g} s timeout", "timeout", "timeout") from None
     except asyncio.CancelledError:
-        job.cancelled = True
+        job.cancel()
         raise
 
 
@@ -281,7 +288,7 @@ async def _sse(job: Job, meta: dict, deadline: float, include_usage: bool, messa
             try:
                 kind, value = await _next(job, deadline)
             except (TimeoutError, asyncio.TimeoutError):
-                job.cancelled = True
+                job.cancel()
                 err = error_body("request took longer than the timeout", "timeout", "timeout")
                 yield f"data: {json.dumps(err)}\n\n"
                 break
@@ -298,7 +305,7 @@ async def _sse(job: Job, meta: dict, deadline: float, include_usage: bool, messa
                 break
         yield "data: [DONE]\n\n"
     finally:  # the client went away or we are done: stop decoding this row
-        job.cancelled = True
+        job.cancel()
 
 
 def _finish(gen: Generation) -> str:
@@ -334,15 +341,21 @@ def run_server(cfg, model: str | Path | None = None, save_conversations: str | P
 
     path = resolve_model(cfg, model)
     hf_logging.disable_progress_bar()
-    configure_threads(cfg.run.threads)  # 1 thread on a busy CPU: OpenMP threads wait on each other
-    engine = load_engine(path, cfg.model.dtype, cfg.run.device)
+    if cfg.serve.decode_process:  # this process answers HTTP with the tokenizer alone; a child decodes
+        engine: ChatFront = ChatFront.from_pretrained(path)
+        sched = ProcessScheduler(path, cfg.model.dtype, cfg.run.device, cfg.run.threads, cfg.serve.max_batch, cfg.serve.stuck_s)
+    else:
+        configure_threads(cfg.run.threads)  # 1 thread on a busy CPU: OpenMP threads wait on each other
+        engine, sched = load_engine(path, cfg.model.dtype, cfg.run.device), None
     save = save_conversations or cfg.serve.save_conversations
     name = path.name if path.name not in ("ppo", "sft", "pretrain") else f"chatrlhf-{path.name}"
     from chatrlhf.lm.modeling import read_meta
 
-    app = create_app(engine, cfg.serve, name, save, read_meta(path).get("group_messages") if (path / "meta.json").is_file() else None)
-    print(f"serving {path} as '{name}' on http://{cfg.serve.host}:{cfg.serve.port}/"
-          + (f" (saving conversations to {save})" if save else ""), flush=True)
+    groups = read_meta(path).get("group_messages") if (path / "meta.json").is_file() else None
+    app = create_app(engine, cfg.serve, name, save, groups, scheduler=sched)
+    where = f"a child process, {sched.args[3]} torch threads" if sched else "this process"
+    print(f"serving {path} as '{name}' on http://{cfg.serve.host}:{cfg.serve.port}/ (decoding in {where})"
+          + (f"; saving conversations to {save}" if save else ""), flush=True)
     # what is loaded by now (torch, transformers, the model: ~400k objects) lives as long as the server; out of
     # the collector's sight, it cannot make a full collection stall every request in flight (~0.2 s each time)
     gc.collect()
