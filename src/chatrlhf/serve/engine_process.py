@@ -195,9 +195,12 @@ class ProcessScheduler:
                 self._post(("submit", job_id, job.prompt_ids, job.params, job.stream))
 
     def _cancel(self, job_id: int) -> None:
+        """Nobody reads the job's events any more; the child drops it if it still holds it (a streamed
+        request is cancelled when its stream closes, after its end came too: nothing to send then)."""
         with self.lock:
-            self.jobs.pop(job_id, None)  # nobody reads its events any more
-            if self.conn is not None:
+            held = self.jobs.pop(job_id, None) is not None
+            self.backlog = [(i, job) for i, job in self.backlog if i != job_id]
+            if held and self.conn is not None:
                 self._post(("cancel", job_id))
 
     def _read(self) -> None:
