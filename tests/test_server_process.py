@@ -107,6 +107,11 @@ def test_a_model_the_child_cannot_load_fails_the_start_with_its_error(tmp_path):
         ProcessScheduler(tmp_path, threads=1).start()
 
 
+def test_the_http_side_names_a_directory_that_is_no_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ChatFront.from_pretrained(tmp_path)
+
+
 def test_decode_threads_leave_a_core_for_http():
     assert decode_threads(3) == 3
     assert 1 <= decode_threads(0) <= max(1, (__import__("os").cpu_count() or 1) - 1)

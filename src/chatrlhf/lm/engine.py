@@ -63,11 +63,9 @@ class ChatFront:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path) -> "ChatFront":
-        from transformers import AutoConfig
+        from chatrlhf.lm.modeling import load_model_config, load_tokenizer
 
-        from chatrlhf.lm.modeling import load_tokenizer
-
-        cfg = AutoConfig.from_pretrained(model_dir)
+        cfg = load_model_config(model_dir)
         return cls(load_tokenizer(model_dir), int(getattr(cfg, "max_position_embeddings", 0) or 1_000_000))
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:

@@ -82,14 +82,26 @@ def load_tokenizer(name_or_path: str | Path, key: str = "model.tokenizer"):
 
 
 def load_causal_lm(name_or_path: str | Path, dtype: str = "float32", key: str = "model.name_or_path"):
+    return _from_checkpoint(lambda where: AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype]),
+                            name_or_path, key)
+
+
+def load_model_config(name_or_path: str | Path, key: str = "model.name_or_path"):
+    """The model's config alone, without its weights (what a chat front end needs), with
+    load_causal_lm's errors."""
+    from transformers import AutoConfig
+
+    return _from_checkpoint(AutoConfig.from_pretrained, name_or_path, key)
+
+
+def _from_checkpoint(load, name_or_path: str | Path, key: str):
     path = Path(name_or_path).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json); did that stage finish?")
     if not path.exists() and looks_local(name_or_path):
         raise _not_found(name_or_path, "model", key)
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else str(name_or_path),
-                                                    dtype=DTYPES[dtype])
+        return load(str(path) if path.exists() else str(name_or_path))
     except OSError:
         if path.exists():
             raise
