@@ -52,7 +52,7 @@ def test_health_reports_the_childs_loop(remote):
     c, sched = remote
     body = c.get("/health").json()
     assert body["status"] == "ok" and body["queued"] == 0 and body["decoding"] == 0
-    assert sched.proc.is_alive() and sched.args[3] == 1
+    assert sched.proc.is_alive() and sched.threads == 1
 
 
 def test_a_request_cancelled_while_queued_never_runs(tiny_model_dir):

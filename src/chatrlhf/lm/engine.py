@@ -52,6 +52,11 @@ class Rollout:
 
 
 
+def context_of(config) -> int:
+    """Positions a model takes (its config's max_position_embeddings; no limit when it has none)."""
+    return int(getattr(config, "max_position_embeddings", 0) or 1_000_000)
+
+
 class ChatFront:
     """What a chat front end needs of a model, without its weights: the prompt a conversation makes
     and the context it must fit (the server's HTTP process, when a child process decodes)."""
@@ -65,8 +70,8 @@ class ChatFront:
     def from_pretrained(cls, model_dir: str | Path) -> "ChatFront":
         from chatrlhf.lm.modeling import load_model_config, load_tokenizer
 
-        cfg = load_model_config(model_dir)
-        return cls(load_tokenizer(model_dir), int(getattr(cfg, "max_position_embeddings", 0) or 1_000_000))
+        context = context_of(load_model_config(model_dir))  # first: a directory that is no model is named as such
+        return cls(load_tokenizer(model_dir), context)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation ready for the assistant's next turn."""
@@ -93,7 +98,7 @@ class Engine(ChatFront):
             raise ValueError(f"the fast decode path does not support this model: {why}")
         self.fast = why is None if fast is None else bool(fast)
         self._fused: engine_fast.FusedLlama | None = None
-        super().__init__(tokenizer, int(getattr(model.config, "max_position_embeddings", 0) or 1_000_000))
+        super().__init__(tokenizer, context_of(model.config))
         self.max_batch = max_batch
         # keep the last hidden state each token was sampled from (PPO's shared value head reads it)
         self.keep_hidden = keep_hidden

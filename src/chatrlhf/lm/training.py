@@ -47,14 +47,17 @@ class DivergenceError(TrainingStopped):
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), before anyone changes it
 
 
+def cpu_busy() -> bool:
+    """Is the machine already busy (1-minute load average >= cores)?"""
+    return hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1)
+
+
 def configure_threads(threads: int = 0) -> int:
     """Set torch's CPU threads: `threads` when > 0; on 0 (auto) all cores, but 1 when the machine is
-    already busy (1-minute load average >= cores). OpenMP threads wait on each other at every op,
-    so on an oversubscribed CPU two threads measured 5-12x slower than one for this model size."""
+    already busy (cpu_busy). OpenMP threads wait on each other at every op, so on an oversubscribed
+    CPU two threads measured 5-12x slower than one for this model size."""
     if threads <= 0:
-        cores = os.cpu_count() or 1
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores
-        threads = 1 if busy else _DEFAULT_THREADS
+        threads = 1 if cpu_busy() else _DEFAULT_THREADS
     torch.set_num_threads(threads)
     return threads
 

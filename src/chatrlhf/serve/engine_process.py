@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from chatrlhf.lm.training import cpu_busy
 from chatrlhf.serve.scheduler import Job, Scheduler, deliver
 
 LOST = "the decoding process died; this request was lost"
@@ -34,9 +35,7 @@ def decode_threads(threads: int) -> int:
     process and its clients need one), and 1 on a busy machine."""
     if threads > 0:
         return threads
-    cores = os.cpu_count() or 1
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores
-    return 1 if busy else max(1, cores - 1)
+    return 1 if cpu_busy() else max(1, (os.cpu_count() or 1) - 1)
 
 
 # --- the child --------------------------------------------------------------------------------
@@ -120,7 +119,8 @@ class ProcessScheduler:
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str = "auto", threads: int = 0,
                  max_batch: int = 16, stuck_s: float = 30.0, start_timeout_s: float = 600.0):
-        self.args = (str(model_dir), dtype, device, decode_threads(threads), max_batch, stuck_s)
+        self.model_dir, self.threads = str(model_dir), decode_threads(threads)
+        self.args = (self.model_dir, dtype, device, self.threads, max_batch, stuck_s)  # the child's
         self.start_timeout_s = start_timeout_s
         self.lock = threading.Lock()  # guards conn, jobs, backlog: the event loop and the reader both use them
         self.conn: Any = None  # to the child; None while it (re)starts
@@ -168,7 +168,7 @@ class ProcessScheduler:
             raise
         if msg[0] != "ready":
             proc.join(5)
-            raise RuntimeError(f"the decoding process could not load {self.args[0]}:\n{msg[1]}")
+            raise RuntimeError(f"the decoding process could not load {self.model_dir}:\n{msg[1]}")
         self.proc, self.events = proc, events_r
         with self.lock:
             self.conn = inbox_w
@@ -213,11 +213,12 @@ class ProcessScheduler:
                     self._restart()
                 continue
             if msg[0] == "events":
+                routed = []
                 with self.lock:
-                    routed = [(self.jobs[i], kind, value) for i, kind, value in msg[1] if i in self.jobs]
-                    for i, kind, _ in msg[1]:
-                        if kind in ("done", "error"):
-                            self.jobs.pop(i, None)
+                    for i, kind, value in msg[1]:
+                        job = self.jobs.pop(i, None) if kind in ("done", "error") else self.jobs.get(i)
+                        if job is not None:
+                            routed.append((job, kind, value))
                 deliver(routed)
             elif msg[0] == "health":
                 self._health, (self.queued, self.live, self._loop_restarts, self.admitted) = msg[1:3], msg[3:]

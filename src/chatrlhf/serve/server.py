@@ -353,7 +353,7 @@ def run_server(cfg, model: str | Path | None = None, save_conversations: str | P
 
     groups = read_meta(path).get("group_messages") if (path / "meta.json").is_file() else None
     app = create_app(engine, cfg.serve, name, save, groups, scheduler=sched)
-    where = f"a child process, {sched.args[3]} torch threads" if sched else "this process"
+    where = f"a child process, {sched.threads} torch threads" if sched else "this process"
     print(f"serving {path} as '{name}' on http://{cfg.serve.host}:{cfg.serve.port}/ (decoding in {where})"
           + (f"; saving conversations to {save}" if save else ""), flush=True)
     # what is loaded by now (torch, transformers, the model: ~400k objects) lives as long as the server; out of
