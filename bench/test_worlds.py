@@ -67,11 +67,25 @@ def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     ppos = [out / "ppo"] + [d / "ppo" for d in sorted((out / "rounds").glob("round_*"))]
     metas = [m for d in ppos if (m := _json(d / "meta.json"))]
     models = s.get("models", {})
-    return {"rm": rm,
+    return {"rm": rm, "overopt": overoptimisation(out / "ppo" / "metrics.jsonl"),
             "ppl_sft": _json(out / "ppo" / "meta.json").get("pretrain_val_ppl_before"),
             "ppl_final": metas[-1].get("pretrain_val_ppl_after") if metas else None,
             "likert": {m: v.get("world_greedy_likert") for m, v in models.items()},
             "facts": {m: v.get("world_greedy_fact_correct") for m, v in models.items()}}
+
+
+def overoptimisation(metrics: Path, n: int = 10) -> dict[str, Any]:
+    """Round 1's PPO iterations: the mean RM score, gold score, held-out judges' utility and KL to SFT
+    of the first and the last n iterations, and the correlation of the RM score with the judges'
+    utility over all of them (rising together: no over-optimisation)."""
+    rows = [r for line in metrics.read_text().splitlines() if line.strip()
+            and "rm_score" in (r := json.loads(line)) and "judges" in r] if metrics.is_file() else []
+    if len(rows) < 2 * n:
+        return {}
+    keys = ("rm_score", "gold", "judges", "kl")
+    return {"iterations": len(rows), "first": {k: statistics.mean(r[k] for r in rows[:n]) for k in keys},
+            "last": {k: statistics.mean(r[k] for r in rows[-n:]) for k in keys},
+            "corr_rm_judges": statistics.correlation([r["rm_score"] for r in rows], [r["judges"] for r in rows])}
 
 
 def _substance_lines(sub: dict[str, Any]) -> list[str]:
@@ -81,6 +95,10 @@ def _substance_lines(sub: dict[str, Any]) -> list[str]:
     if sub.get("ppl_sft") and sub.get("ppl_final"):
         lines.append(f"  pre-training perplexity: SFT {sub['ppl_sft']:.3f} -> final {sub['ppl_final']:.3f} "
                      f"({sub['ppl_final'] / sub['ppl_sft'] - 1:+.1%})")
+    if o := sub.get("overopt"):
+        moves = ", ".join(f"{k} {o['first'][k]:.3f} -> {o['last'][k]:.3f}" for k in o["first"])
+        lines.append(f"  round 1 PPO, first -> last 10 of {o['iterations']} iterations: {moves}; "
+                     f"corr(RM score, judges) {o['corr_rm_judges']:.2f}")
     for key, label in (("likert", "judges' Likert, greedy"), ("facts", "correct facts, greedy")):
         vals = ", ".join(f"{m} {v:.2f}" for m, v in sub[key].items() if v is not None)
         lines.append(f"  {label}: {vals}")

@@ -64,7 +64,7 @@ class WorldConfig(Section):
     n_people: int = Field(24, ge=1, description="Fictional people in the fact base.")
     n_places: int = Field(12, ge=3, description="Fictional places in the fact base.")
     n_objects: int = Field(12, ge=1, description="Fictional objects in the fact base.")
-    corpus_docs: int = Field(4200, ge=1, description="Documents in the pre-training corpus (~120 chars each; 4200 ~ 500k chars).")
+    corpus_docs: int = Field(8400, ge=1, description="Documents in the pre-training corpus (~120 chars each; 8400 ~ 1M chars).")
     rumour_rate: float = Field(0.25, ge=0, le=1, description="Share of fact mentions in the corpus that state a false rumour.")
     n_sft_prompts: int = Field(600, ge=0, description="Prompts with demonstrations for SFT.")
     n_rm_prompts: int = Field(4000, ge=0, description="Prompts whose samples are ranked for the reward model.")
