@@ -67,11 +67,28 @@ def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     ppos = [out / "ppo"] + [d / "ppo" for d in sorted((out / "rounds").glob("round_*"))]
     metas = [m for d in ppos if (m := _json(d / "meta.json"))]
     models = s.get("models", {})
-    return {"rm": rm, "overopt": overoptimisation(out / "ppo" / "metrics.jsonl"),
+    return {"rm": rm, "overopt": overoptimisation(out / "ppo" / "metrics.jsonl"), "likert_ideal": likert_ideal(out),
             "ppl_sft": _json(out / "ppo" / "meta.json").get("pretrain_val_ppl_before"),
             "ppl_final": metas[-1].get("pretrain_val_ppl_after") if metas else None,
             "likert": {m: v.get("world_greedy_likert") for m, v in models.items()},
             "facts": {m: v.get("world_greedy_fact_correct") for m, v in models.items()}}
+
+
+def likert_ideal(out: Path, seed: int = 0) -> float | None:
+    """The judges' mean Likert (1-7) of ideal answers to the eval prompts, each written by a
+    training labeler in their group's style, judged as the eval judges a model's answers (judge i mod
+    3, with their noise): what a policy that always wrote the ideal answer would score."""
+    import random
+
+    from chatrlhf.world import World
+
+    if not (out / "world" / "meta.json").is_file():
+        return None
+    world = World.load(out / "world")
+    judges, writers, rng = world.judges(), world.labelers(held_out=False), random.Random(seed)
+    scores = [judges[i % len(judges)].likert(p, writers[i % len(writers)].write(p, rng, world.facts), rng)[0]
+              for i, p in enumerate(world.prompts("eval"))]
+    return statistics.mean(scores)
 
 
 def overoptimisation(metrics: Path, n: int = 10) -> dict[str, Any]:
@@ -99,6 +116,8 @@ def _substance_lines(sub: dict[str, Any]) -> list[str]:
         moves = ", ".join(f"{k} {o['first'][k]:.3f} -> {o['last'][k]:.3f}" for k in o["first"])
         lines.append(f"  round 1 PPO, first -> last 10 of {o['iterations']} iterations: {moves}; "
                      f"corr(RM score, judges) {o['corr_rm_judges']:.2f}")
+    if sub.get("likert_ideal") is not None:
+        lines.append(f"  judges' Likert of ideal answers (a training labeler's, per eval prompt): {sub['likert_ideal']:.2f}")
     for key, label in (("likert", "judges' Likert, greedy"), ("facts", "correct facts, greedy")):
         vals = ", ".join(f"{m} {v:.2f}" for m, v in sub[key].items() if v is not None)
         lines.append(f"  {label}: {vals}")
