@@ -67,7 +67,7 @@ def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     ppos = [out / "ppo"] + [d / "ppo" for d in sorted((out / "rounds").glob("round_*"))]
     metas = [m for d in ppos if (m := _json(d / "meta.json"))]
     models = s.get("models", {})
-    return {"rm": rm, "overopt": overoptimisation(out / "ppo" / "metrics.jsonl"), "likert_ideal": likert_ideal(out),
+    return {"rm": rm, "overopt": overoptimisation(out / "ppo"), "likert_ideal": likert_ideal(out),
             "ppl_sft": _json(out / "ppo" / "meta.json").get("pretrain_val_ppl_before"),
             "ppl_final": metas[-1].get("pretrain_val_ppl_after") if metas else None,
             "likert": {m: v.get("world_greedy_likert") for m, v in models.items()},
@@ -91,12 +91,13 @@ def likert_ideal(out: Path, seed: int = 0) -> float | None:
     return statistics.mean(scores)
 
 
-def overoptimisation(metrics: Path, n: int = 10) -> dict[str, Any]:
+def overoptimisation(ppo_dir: Path, n: int = 10) -> dict[str, Any]:
     """Round 1's PPO iterations: the mean RM score, gold score, held-out judges' utility and KL to SFT
     of the first and the last n iterations, and the correlation of the RM score with the judges'
     utility over all of them (rising together: no over-optimisation)."""
-    rows = [r for line in metrics.read_text().splitlines() if line.strip()
-            and "rm_score" in (r := json.loads(line)) and "judges" in r] if metrics.is_file() else []
+    from chatrlhf.lm.training import read_metrics
+
+    rows = [r for r in read_metrics(ppo_dir) if "rm_score" in r and "judges" in r]
     if len(rows) < 2 * n:
         return {}
     keys = ("rm_score", "gold", "judges", "kl")
