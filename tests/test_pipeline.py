@@ -37,6 +37,9 @@ def test_run_all_skips_complete_stages_and_resumes_at_the_first_unfinished(tmp_p
     pipeline.run_all(cfg)
     assert calls == ["rm", "report"]
     calls.clear()
+    pipeline.run_all(load_config(None, [f"run.out_dir={tmp_path}", "rm.ensemble=2"]))
+    assert calls == ["rm"]  # a finished RM of one member is not an ensemble of two: the RM stage adds the member
+    calls.clear()
     pipeline.run_all(cfg, force=True)
     assert len(calls) == 9
     assert json.loads((tmp_path / "pipeline.json").read_text())["stages"].keys() >= {"world", "report"}
@@ -118,11 +121,15 @@ def test_fresh_prompts_differ_per_round_and_skip_the_guard_set(tmp_path):
     assert not ((r2 | r3) & guard)
 
 
-def test_tiny_pipeline_end_to_end(tmp_path):  # about 25 s: every stage, both rounds, best-of-n included
+def test_tiny_pipeline_end_to_end(tmp_path):  # about 25 s: every stage, both rounds, best-of-n, an RM ensemble
     from chatrlhf.lm.modeling import read_meta
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [f"run.out_dir={tmp_path}"])
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [f"run.out_dir={tmp_path}", "rm.ensemble=2"])
     pipeline.run_all(cfg)
+    # round 2 continues each ensemble member from its own round-1 self
+    assert read_meta(tmp_path / "rounds/round_2/rm")["ensemble"] == ["ensemble/1"]
+    assert read_meta(tmp_path / "rounds/round_2/rm/ensemble/1")["init_from"] == str(tmp_path / "rm/ensemble/1")
+    assert read_meta(tmp_path / "rounds/round_2/rm")["init_from"] == str(tmp_path / "rm")
     for stage in ("world", "tokenizer", "pretrain", "sft", "rm", "ppo/best_of_n", "ppo", "rounds/round_2/ppo/best_of_n",
                   "rounds/round_2/ppo", "eval", "report"):
         assert read_meta(tmp_path / stage).get("complete"), stage

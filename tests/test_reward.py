@@ -264,3 +264,35 @@ def test_rm_epoch_batches_cover_every_comparison_once_shuffled():
     assert sorted(i for b in plain for i in b) == list(range(200)) and len(plain) == 25
     assert plain == _epoch_batches(200, 8, seed=3)  # resume-exact
     assert plain != _epoch_batches(200, 8, seed=4)
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_and_evaluates_that_mean(tiny_model_dir, tmp_path, monkeypatch):
+    from chatrlhf.lm.reward_model import RewardEnsemble, load_reward
+    from chatrlhf.stages.reward import member_dir, reward_complete, train_reward_ensemble
+
+    comps = [dict(c, reference={}, task="fact") for c in comparisons(n=24, held_out_reversed=True)]
+    cfg = cfg_for(tmp_path, epochs=1, ensemble=2)
+    out = tmp_path / "rm"
+    m = train_reward_ensemble(cfg, comps, lambda i: tiny_model_dir, out, world=FakeWorld())
+    assert reward_complete(out, 2) and not reward_complete(out, 1) and not reward_complete(out, 3)
+    assert read_meta(out)["ensemble"] == ["ensemble/1"] and read_meta(member_dir(out, 1))["ensemble_member"] == 1
+    first, second, both = RewardModel.load(out), RewardModel.load(member_dir(out, 1)), load_reward(out)
+    assert isinstance(both, RewardEnsemble) and isinstance(load_reward(member_dir(out, 1)), RewardModel)
+    msgs, texts = [[{"role": "user", "content": "question 1?"}]] * 3, [GOOD[0], BAD[1], GOOD[2]]
+    a, b = first.score(msgs, texts), second.score(msgs, texts)
+    assert not torch.allclose(a, b)  # another seed: another head and data order, another model
+    assert torch.allclose(both.score(msgs, texts), (a + b) / 2)
+    # eval.json and meta.json evaluate the mean reward, and list each member's own accuracy
+    val = reward.load_comparisons(out / "val_comparisons.jsonl")
+    mean = [[(x + y) / 2 for x, y in zip(r1, r2)] for r1, r2 in
+            zip(reward.score_comparisons(first, val), reward.score_comparisons(second, val))]
+    assert m["acc_held_out_prompts"] == pairwise_accuracy(val, mean, lambda lab: lab != "H1")[0]
+    assert read_meta(out)["eval"]["acc_held_out_prompts"] == m["acc_held_out_prompts"] and len(m["members"]) == 2
+    # resumed: finished members are kept, not retrained
+    monkeypatch.setattr(reward, "train_reward_model", lambda *a, **k: pytest.fail("a finished member was retrained"))
+    again = train_reward_ensemble(cfg, comps, lambda i: tiny_model_dir, out, world=FakeWorld(), keep_done=True)
+    assert again["acc_held_out_prompts"] == m["acc_held_out_prompts"]
+    # one member again: the ensemble's other members are gone, and the reward is the RM alone
+    monkeypatch.undo()
+    train_reward_ensemble(cfg_for(tmp_path, epochs=1), comps, lambda i: tiny_model_dir, out, world=FakeWorld())
+    assert reward_complete(out, 1) and isinstance(load_reward(out), RewardModel) and not (out / "ensemble").exists()

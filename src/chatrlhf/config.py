@@ -220,6 +220,9 @@ class RMConfig(Section):
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
     log_every: int = Field(10, description="Steps between logged scalars.")
     init_from: Literal["sft", "pretrain"] = Field("sft", description="Stage whose weights initialise the RM.")
+    ensemble: int = Field(1, ge=1, description="Reward models trained alike on the same comparisons from different "
+                          "seeds (head initialisation, data order); the reward is their mean (Coste et al. 2023, reward "
+                          "model ensembles against over-optimisation). Member 0 is rm/ itself, member m rm/ensemble/m.")
 
 
 class IterateConfig(Section):

@@ -55,7 +55,7 @@ def _sft(cfg: Config) -> None:
 def _rm(cfg: Config) -> None:
     from chatrlhf.stages.reward import run_rm
 
-    run_rm(cfg)
+    run_rm(cfg, keep_done=True)
 
 
 def _ppo(cfg: Config) -> None:
@@ -99,6 +99,10 @@ def _complete(cfg: Config, name: str, d: Path) -> bool:
     raising iterate.rounds on a finished run adds rounds)."""
     if name == "rounds":
         return stage_complete(d) and read_meta(d).get("rounds", 0) >= cfg.iterate.rounds
+    if name == "rm":
+        from chatrlhf.stages.reward import reward_complete
+
+        return reward_complete(d, cfg.rm.ensemble)
     return stage_complete(d)
 
 

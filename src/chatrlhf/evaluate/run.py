@@ -313,10 +313,10 @@ def load_any_handle(ctx: Context, name: str, path: str) -> ModelHandle:
         return load_handle(name, path, cfg.model.dtype)
     rm = None
     if name != "fewshot":
-        from chatrlhf.lm.reward_model import RewardModel
+        from chatrlhf.lm.reward_model import load_reward
 
         rm_dir = cfg.stage_dir("rm")
-        rm = RewardModel.load(rm_dir) if (rm_dir / "config.json").is_file() else ctx.reward_model
+        rm = load_reward(rm_dir) if (rm_dir / "config.json").is_file() else ctx.reward_model
     return load_method_handle(name, path, cfg.model.dtype, rm, ctx.world, cfg.compare.fewshot_demos)
 
 

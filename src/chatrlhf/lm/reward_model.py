@@ -167,6 +167,29 @@ class RewardModel:
         return head(hidden[last]).squeeze(-1).float()
 
 
+class RewardEnsemble:
+    """Several RMs trained alike from different seeds; the reward is their mean, whose errors are
+    smaller where the members' differ (Coste et al. 2023, "Reward Model Ensembles Help Mitigate
+    Overoptimization"). Scores like a RewardModel."""
+
+    def __init__(self, members: list[RewardModel]):
+        self.members = members
+
+    def score(self, message_lists: list[Messages], responses: list[str], raw: bool = False) -> torch.Tensor:
+        return torch.stack([m.score(message_lists, responses, raw) for m in self.members]).mean(0)
+
+
+def load_reward(rm_dir: str | Path, dtype: str = "float32", device: str = "cpu") -> RewardModel | RewardEnsemble:
+    """The reward an RM stage directory holds: its RM, or with `rm.ensemble` > 1 the mean of its members
+    (listed in its meta.json as "ensemble", directories relative to it)."""
+    rm_dir = Path(rm_dir)
+    first = RewardModel.load(rm_dir, dtype, device)
+    members = read_meta(rm_dir).get("ensemble") or []
+    if not members:
+        return first
+    return RewardEnsemble([first, *(RewardModel.load(rm_dir / m, dtype, device) for m in members)])
+
+
 # --- evaluation -----------------------------------------------------------------------------
 def score_comparisons(rm: RewardModel, comparisons: list[dict]) -> list[list[float]]:
     """Raw reward of every response of every comparison (K per comparison)."""

@@ -126,7 +126,7 @@ def run_round(cfg: Config, world, r: int) -> Path:
     """Round r >= 2: comparisons -> RM -> PPO. Returns the new policy dir. The round's own seconds
     (summed over resumed invocations) go to round_r/seconds.json, which the time budget reads."""
     from chatrlhf.stages.ppo import run_ppo
-    from chatrlhf.stages.reward import train_reward_model
+    from chatrlhf.stages.reward import member_dir, reward_complete, train_reward_ensemble
 
     d = round_dir(cfg, r)
     d.mkdir(parents=True, exist_ok=True)
@@ -145,9 +145,13 @@ def run_round(cfg: Config, world, r: int) -> Path:
         loop.collect_chat_round(cfg, prev_policy, d, r)
     elif not cmp_file.is_file():
         collect_comparisons(cfg, world, prev_policy, fresh_prompts(world, cfg, r), cmp_file, r)
-    if not stage_complete(rm_dir):
-        init = prev_rm if cfg.iterate.rm_mode == "continue" else cfg.stage_dir(cfg.rm.init_from)
-        train_reward_model(cfg, round_rm_data(cfg, r), init, rm_dir, world=world)
+    if not reward_complete(rm_dir, cfg.rm.ensemble):
+        def init(m: int) -> Path:  # continue: each ensemble member from its own last round (a new one from member 0)
+            if cfg.iterate.rm_mode != "continue":
+                return cfg.stage_dir(cfg.rm.init_from)
+            return member_dir(prev_rm, m) if stage_complete(member_dir(prev_rm, m)) else prev_rm
+
+        train_reward_ensemble(cfg, round_rm_data(cfg, r), init, rm_dir, world=world, keep_done=True)
     run_ppo(cfg, policy_dir=prev_policy, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=cfg.stage_dir("sft"))
     if chats is not None:  # the trainers talk to the new policy from now on, for round r + 1
         loop.serve_policy(cfg, ppo_dir, r + 1)

@@ -8,6 +8,9 @@ num_labels=1: the backbone plus a linear `score` head read at the last token (<|
 Loss: InstructGPT eq. 1 (`losses.ranking_loss`), all pairs of a ranking in one batch, each weighted
 1/C(K,2). After training a bias makes the mean reward of the labelers' demonstrations 0
 (InstructGPT sec. 3.5); it is stored in meta.json as `reward_bias` and added by `score()`.
+With `rm.ensemble` = M > 1, M - 1 more RMs are trained the same way from other seeds into
+rm/ensemble/1.. (`lm.reward_model.load_reward` then gives their mean as the reward), and eval.json
+evaluates that mean.
 
 Sections: encoding -> model -> evaluation -> training loop -> stage entry points.
 """
@@ -21,10 +24,12 @@ import random
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from chatrlhf.config import Config
 from chatrlhf.lm.distributed import (
@@ -108,7 +113,11 @@ def calibration(comparisons: list[dict], rewards: list[list[float]], keep, bins:
 def evaluate_rm(rm: RewardModel, val: list[dict], held_out: set[str], world=None) -> dict[str, Any]:
     """Held-out prompts (training labelers), held-out labelers, their agreement (the ceiling),
     correlation with the world's gold rubric, calibration."""
-    rewards = score_comparisons(rm, val)
+    return evaluate_rewards(score_comparisons(rm, val), val, held_out, world)
+
+
+def evaluate_rewards(rewards: list[list[float]], val: list[dict], held_out: set[str], world=None) -> dict[str, Any]:
+    """evaluate_rm's figures for given rewards of every response of `val`."""
     train_lab = lambda lab: lab not in held_out  # noqa: E731
     held_lab = lambda lab: lab in held_out  # noqa: E731
     acc_p, n_p = pairwise_accuracy(val, rewards, train_lab)
@@ -213,10 +222,10 @@ def _epoch_batches(n: int, batch_prompts: int, seed: int) -> list[list[int]]:
 
 
 def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[list[int]]], held_out: set[str],
-                 out_dir: Path) -> dict[str, Any]:
+                 out_dir: Path, seed: int) -> dict[str, Any]:
     """The optimisation loop: resumable, logged, NaN-guarded. Returns the trained (unwrapped) model info."""
     rc = cfg.rm
-    acc = make_accelerator(cfg.run.seed, "no", cfg.run.device)
+    acc = make_accelerator(seed, "no", cfg.run.device)
     n_batches = math.ceil(len(train) / rc.batch_prompts)
     widths = [max(map(len, seqs)) for seqs in tokens]  # a prompt's K responses pad to its longest
     batches, batches_epoch = [], -1
@@ -225,8 +234,9 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
     model, opt, sched = acc.prepare(model, opt, sched)
     announce(acc, "rm", f"{rc.batch_prompts / acc.num_processes:g} rankings", f"{rc.batch_prompts} rankings")
-    settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch", "data", "split", "columns"}),
-                "seed": cfg.run.seed, "dtype": cfg.model.dtype, **data_fingerprints(tok, train)}  # what fixes the trajectory
+    settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch", "data", "split", "columns",
+                                                 "ensemble"}),
+                "seed": seed, "dtype": cfg.model.dtype, **data_fingerprints(tok, train)}  # what fixes the trajectory
     ckpts = Checkpoints.for_run(cfg, out_dir, settings)
     _refuse_other_data(ckpts, settings)
     state = ckpts.resume(acc, None, "rm")
@@ -240,7 +250,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
         for step in range(start, total):
             epoch, pos = divmod(step, n_batches)  # data order is a function of (seed, epoch): resume-exact
             if epoch != batches_epoch:
-                batches, batches_epoch = _epoch_batches(len(widths), rc.batch_prompts, cfg.run.seed * 1000 + epoch), epoch
+                batches, batches_epoch = _epoch_batches(len(widths), rc.batch_prompts, seed * 1000 + epoch), epoch
             part, counts = rows_of_rank(len(batches[pos]))  # this rank's share of the global batch
             idx = batches[pos][part]
             pb: PairBatch = make_batch([train[i] for i in idx], held_out)
@@ -318,11 +328,17 @@ def _packing_matches_padding(model, seqs: list[list[int]], pad_id: int, device) 
     return False
 
 
+MEMBER_SEED_STEP = 7919  # ensemble member m trains with seed run.seed + m * this
+
+
 def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_dir: str | Path,
-                       out_dir: str | Path, world: Any = "auto", val: list[dict] | None = None) -> dict[str, Any]:
+                       out_dir: str | Path, world: Any = "auto", val: list[dict] | None = None,
+                       member: int = 0) -> dict[str, Any]:
     """Train an RM from `init_dir` (SFT/pretrain causal LM, or an earlier RM to continue) on
     `comparisons` (file or list), evaluate it, save it to `out_dir`. Used by `chatrlhf rm` and by
-    the iterate stage. Rankings by held-out labelers are never trained on. Returns the eval metrics."""
+    the iterate stage. Rankings by held-out labelers are never trained on. Returns the eval metrics.
+    `member` m of an ensemble starts its head and orders its data from seed run.seed + m * 7919; the
+    train/validation split is the same for every member."""
     out_dir, init_dir = Path(out_dir), Path(init_dir)
     if out_dir.resolve() == init_dir.resolve():
         raise ValueError(f"rm: init_dir and out_dir are both {out_dir}; write the new RM to another directory")
@@ -339,12 +355,13 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         write_meta(out_dir, {**read_meta(out_dir), "complete": False})
     barrier()
     tok = load_tokenizer(init_dir)
+    seed = cfg.run.seed + MEMBER_SEED_STEP * member
     with torch.random.fork_rng():  # a new head's init is a function of the seed, however many processes run
-        torch.manual_seed(cfg.run.seed)
+        torch.manual_seed(seed)
         model = build_reward_model(init_dir, tok, cfg.model.dtype)
     tokens = [[encode_response(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
     check_context(model, cfg.rm.max_len, "rm.max_len", max(len(s) for seqs in tokens for s in seqs))
-    run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir)
+    run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir, seed)
     model = run.pop("model").eval()
 
     rm = RewardModel(model, tok, 0.0, cfg.rm.max_len)
@@ -364,15 +381,68 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         write_comparisons(val, out_dir / "val_comparisons.jsonl")  # held out: PPO's guard without a world reads them
         save_stage(model, tok, out_dir, {"stage": "rm", "reward_bias": rm.bias, "bias_reference": bias_ref,
                                          "max_len": cfg.rm.max_len, "init_from": str(init_dir),
-                                         "held_out_labelers": sorted(held_out), "eval": metrics})
+                                         "held_out_labelers": sorted(held_out), "eval": metrics,
+                                         **({"ensemble_member": member, "seed": seed} if member else {})})
         _print_summary(metrics)
     barrier()
     return metrics
 
 
-def _print_summary(m: dict[str, Any]) -> None:
-    from rich.console import Console
+def member_dir(out_dir: str | Path, m: int) -> Path:
+    """Where ensemble member m of the RM in out_dir lives (member 0: out_dir itself)."""
+    return Path(out_dir) if m == 0 else Path(out_dir) / "ensemble" / str(m)
 
+
+def reward_complete(out_dir: str | Path, members: int) -> bool:
+    """The RM in out_dir is finished, with exactly `members` members."""
+    return stage_complete(out_dir) and len(read_meta(out_dir).get("ensemble") or []) == members - 1
+
+
+def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], init_dir: Callable[[int], Path],
+                          out_dir: str | Path, world: Any = "auto", keep_done: bool = False) -> dict[str, Any]:
+    """cfg.rm.ensemble RMs on the same comparisons (train_reward_model, member m from init_dir(m))
+    into out_dir and out_dir/ensemble/m. With one member this is train_reward_model. With more,
+    out_dir's eval.json and meta.json ("eval") evaluate the members' mean reward, the one
+    `load_reward` gives PPO, and list each member's held-out-labeler accuracy; meta.json's
+    "ensemble" names the other members' directories once all are trained. `keep_done`: members
+    already complete are kept, not retrained (a run resumed after a crash)."""
+    out_dir, n = Path(out_dir), cfg.rm.ensemble
+    world = load_world(cfg) if world == "auto" else world
+    if is_main():  # not complete as an ensemble until every member is
+        if stage_complete(out_dir):
+            write_meta(out_dir, {k: v for k, v in read_meta(out_dir).items() if k != "ensemble"})
+        if not keep_done:
+            shutil.rmtree(out_dir / "ensemble", ignore_errors=True)
+    barrier()
+    member_metrics = []
+    for m in range(n):
+        d = member_dir(out_dir, m)
+        if keep_done and stage_complete(d):
+            member_metrics.append(read_meta(d)["eval"])
+        else:
+            member_metrics.append(train_reward_model(cfg, comparisons, init_dir(m), d, world=world, member=m))
+    if n == 1:
+        return member_metrics[0]
+    members = [member_dir(out_dir, m) for m in range(n)]
+    val = load_comparisons(out_dir / "val_comparisons.jsonl")
+    rewards = [score_comparisons(RewardModel.load(d, cfg.model.dtype), val) for d in members]
+    mean = [[sum(r[i][j] for r in rewards) / n for j in range(len(val[i]["responses"]))] for i in range(len(val))]
+    metrics = evaluate_rewards(mean, val, held_out_labelers(world), world)
+    metrics["members"] = [{k: e.get(k) for k in ("acc_held_out_prompts", "acc_held_out_labelers", "reward_bias")}
+                          for e in member_metrics]
+    metrics |= {k: member_metrics[0][k] for k in ("train_comparisons", "world_agreement") if k in member_metrics[0]}
+    if is_main():
+        (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+        write_meta(out_dir, {**read_meta(out_dir), "eval": metrics,
+                             "ensemble": [str(d.relative_to(out_dir)) for d in members[1:]]})
+        Console(stderr=True).print(f"[bold]rm[/bold]: the mean of {n} reward models: held-out labelers acc "
+                                   f"{metrics['acc_held_out_labelers']:.3f} (members "
+                                   + ", ".join(f"{e['acc_held_out_labelers']:.3f}" for e in metrics["members"]) + ")")
+    barrier()
+    return metrics
+
+
+def _print_summary(m: dict[str, Any]) -> None:
     c = Console(stderr=True)
     labelers = (f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
                 f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, "
@@ -398,8 +468,9 @@ def init_dir_for(cfg: Config) -> Path:
                             f"run `chatrlhf {cfg.rm.init_from}` first or set model.name_or_path")
 
 
-def run_rm(cfg: Config) -> Path:
-    """`chatrlhf rm`: sample and rank comparisons if missing (world default), then train and evaluate."""
+def run_rm(cfg: Config, keep_done: bool = False) -> Path:
+    """`chatrlhf rm`: sample and rank comparisons if missing (world default), then train and evaluate.
+    `keep_done` (`chatrlhf run`, resuming): finished ensemble members are kept."""
     out = cfg.stage_dir("rm")
     init_processes(cfg.run.device)
     if cfg.rm.data:
@@ -422,5 +493,6 @@ def run_rm(cfg: Config) -> Path:
             sft = cfg.stage_dir("sft")  # InstructGPT ranks samples of the SFT model
             run_sample(cfg, policy=sft if stage_complete(sft) else init_dir_for(cfg), out=comparisons)
         world = "auto"
-    train_reward_model(cfg, comparisons, init_dir_for(cfg), out, world=world)
+    init = init_dir_for(cfg)
+    train_reward_ensemble(cfg, comparisons, lambda m: init, out, world=world, keep_done=keep_done)
     return out

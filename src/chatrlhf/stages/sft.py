@@ -190,9 +190,9 @@ def evaluate_on_user_data(cfg: Config) -> dict[str, Any]:
     rows = [{"messages": p, "reference": c[-1]["content"], "response": a} for p, c, a in zip(prompts, convs, answers)]
     rm_dir = cfg.stage_dir("rm")
     if stage_complete(rm_dir):
-        from chatrlhf.lm.reward_model import RewardModel
+        from chatrlhf.lm.reward_model import load_reward
 
-        rm = RewardModel.load(rm_dir, cfg.model.dtype)
+        rm = load_reward(rm_dir, cfg.model.dtype)
         sft_scores = rm.score(prompts, answers).tolist()
         ref_scores = rm.score(prompts, [r["reference"] for r in rows]).tolist()
         for r, a, b in zip(rows, sft_scores, ref_scores):
