@@ -282,6 +282,8 @@ def test_an_ensemble_scores_the_mean_of_its_members_and_evaluates_that_mean(tiny
     a, b = first.score(msgs, texts), second.score(msgs, texts)
     assert not torch.allclose(a, b)  # another seed: another head and data order, another model
     assert torch.allclose(both.score(msgs, texts), (a + b) / 2)
+    cautious = load_reward(out, penalty=1.0)  # the mean minus one std across members: |a - b| / 2 for two
+    assert torch.allclose(cautious.score(msgs, texts), (a + b) / 2 - (a - b).abs() / 2, atol=1e-6)
     # eval.json and meta.json evaluate the mean reward, and list each member's own accuracy
     val = reward.load_comparisons(out / "val_comparisons.jsonl")
     mean = [[(x + y) / 2 for x, y in zip(r1, r2)] for r1, r2 in

@@ -223,6 +223,9 @@ class RMConfig(Section):
     ensemble: int = Field(1, ge=1, description="Reward models trained alike on the same comparisons from different "
                           "seeds (head initialisation, data order); the reward is their mean (Coste et al. 2023, reward "
                           "model ensembles against over-optimisation). Member 0 is rm/ itself, member m rm/ensemble/m.")
+    ensemble_penalty: float = Field(0.0, ge=0, description="With rm.ensemble > 1: the reward is the members' mean minus "
+                                    "this many standard deviations across them (uncertainty-weighted optimisation: "
+                                    "answers the members disagree on pay).")
 
 
 class IterateConfig(Section):

@@ -170,24 +170,27 @@ class RewardModel:
 class RewardEnsemble:
     """Several RMs trained alike from different seeds; the reward is their mean, whose errors are
     smaller where the members' differ (Coste et al. 2023, "Reward Model Ensembles Help Mitigate
-    Overoptimization"). Scores like a RewardModel."""
+    Overoptimization"). `penalty` > 0: the mean minus that many standard deviations across the
+    members (their uncertainty-weighted optimisation). Scores like a RewardModel."""
 
-    def __init__(self, members: list[RewardModel]):
-        self.members = members
+    def __init__(self, members: list[RewardModel], penalty: float = 0.0):
+        self.members, self.penalty = members, penalty
 
     def score(self, message_lists: list[Messages], responses: list[str], raw: bool = False) -> torch.Tensor:
-        return torch.stack([m.score(message_lists, responses, raw) for m in self.members]).mean(0)
+        r = torch.stack([m.score(message_lists, responses, raw) for m in self.members])  # (members, B)
+        return r.mean(0) - self.penalty * r.std(0, correction=0) if self.penalty else r.mean(0)
 
 
-def load_reward(rm_dir: str | Path, dtype: str = "float32", device: str = "cpu") -> RewardModel | RewardEnsemble:
+def load_reward(rm_dir: str | Path, dtype: str = "float32", device: str = "cpu",
+                penalty: float = 0.0) -> RewardModel | RewardEnsemble:
     """The reward an RM stage directory holds: its RM, or with `rm.ensemble` > 1 the mean of its members
-    (listed in its meta.json as "ensemble", directories relative to it)."""
+    (listed in its meta.json as "ensemble", directories relative to it), minus `penalty` x their std."""
     rm_dir = Path(rm_dir)
     first = RewardModel.load(rm_dir, dtype, device)
     members = read_meta(rm_dir).get("ensemble") or []
     if not members:
         return first
-    return RewardEnsemble([first, *(RewardModel.load(rm_dir / m, dtype, device) for m in members)])
+    return RewardEnsemble([first, *(RewardModel.load(rm_dir / m, dtype, device) for m in members)], penalty)
 
 
 # --- evaluation -----------------------------------------------------------------------------

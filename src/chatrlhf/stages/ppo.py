@@ -180,7 +180,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
-    rm = load_reward(rm_dir, cfg.model.dtype, device=str(acc.device))
+    rm = load_reward(rm_dir, cfg.model.dtype, device=str(acc.device), penalty=cfg.rm.ensemble_penalty)
     value = load_critic(rm_dir, pc.critic.model, policy, cfg.model.dtype) if pc.advantage.estimator == "gae" else None
 
     world = loader.load_world(cfg)  # the run's world, or None: PPO never generates one
