@@ -3,6 +3,7 @@ demonstration bias, resumes exactly, stops on NaN, exposes per-token values, eva
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -294,6 +295,12 @@ def test_an_ensemble_scores_the_mean_of_its_members_and_evaluates_that_mean(tiny
     monkeypatch.setattr(reward, "train_reward_model", lambda *a, **k: pytest.fail("a finished member was retrained"))
     again = train_reward_ensemble(cfg, comps, lambda i: tiny_model_dir, out, world=FakeWorld(), keep_done=True)
     assert again["acc_held_out_prompts"] == m["acc_held_out_prompts"]
+    # resumed with one member: member 0 is kept and gets its own evaluation back, not the ensemble's
+    alone = train_reward_ensemble(cfg_for(tmp_path, epochs=1), comps, lambda i: tiny_model_dir, out, world=FakeWorld(),
+                                  keep_done=True)
+    assert alone["acc_held_out_prompts"] == m["members"][0]["acc_held_out_prompts"] == read_meta(out)["eval"]["acc_held_out_prompts"]
+    assert "member_eval" not in read_meta(out) and reward_complete(out, 1)
+    assert "members" not in alone and "members" not in json.loads((out / "eval.json").read_text())
     # one member again: the ensemble's other members are gone, and the reward is the RM alone
     monkeypatch.undo()
     train_reward_ensemble(cfg_for(tmp_path, epochs=1), comps, lambda i: tiny_model_dir, out, world=FakeWorld())

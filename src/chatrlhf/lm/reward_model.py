@@ -194,7 +194,7 @@ def load_reward(rm_dir: str | Path, dtype: str = "float32", device: str = "cpu",
 
 
 # --- evaluation -----------------------------------------------------------------------------
-def score_comparisons(rm: RewardModel, comparisons: list[dict]) -> list[list[float]]:
+def score_comparisons(rm: RewardModel | RewardEnsemble, comparisons: list[dict]) -> list[list[float]]:
     """Raw reward of every response of every comparison (K per comparison)."""
     flat_m = [c["messages"] for c in comparisons for _ in c["responses"]]
     flat_r = [r for c in comparisons for r in c["responses"]]

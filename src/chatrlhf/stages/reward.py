@@ -55,6 +55,7 @@ from chatrlhf.lm.rankings import (
 )
 from chatrlhf.lm.reward_model import (
     Messages,
+    RewardEnsemble,
     RewardModel,
     build_reward_model,
     collate_packed_sequences,
@@ -110,14 +111,10 @@ def calibration(comparisons: list[dict], rewards: list[list[float]], keep, bins:
     return {"ece": float(ece), "bins": table}
 
 
-def evaluate_rm(rm: RewardModel, val: list[dict], held_out: set[str], world=None) -> dict[str, Any]:
+def evaluate_rm(rm: RewardModel | RewardEnsemble, val: list[dict], held_out: set[str], world=None) -> dict[str, Any]:
     """Held-out prompts (training labelers), held-out labelers, their agreement (the ceiling),
     correlation with the world's gold rubric, calibration."""
-    return evaluate_rewards(score_comparisons(rm, val), val, held_out, world)
-
-
-def evaluate_rewards(rewards: list[list[float]], val: list[dict], held_out: set[str], world=None) -> dict[str, Any]:
-    """evaluate_rm's figures for given rewards of every response of `val`."""
+    rewards = score_comparisons(rm, val)
     train_lab = lambda lab: lab not in held_out  # noqa: E731
     held_lab = lambda lab: lab in held_out  # noqa: E731
     acc_p, n_p = pairwise_accuracy(val, rewards, train_lab)
@@ -408,9 +405,13 @@ def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], ini
     already complete are kept, not retrained (a run resumed after a crash)."""
     out_dir, n = Path(out_dir), cfg.rm.ensemble
     world = load_world(cfg) if world == "auto" else world
-    if is_main():  # not complete as an ensemble until every member is
+    if is_main():  # not complete as an ensemble until every member is; member 0 gets its own eval back
+        meta = read_meta(out_dir)
+        if "member_eval" in meta:
+            meta["eval"] = meta.pop("member_eval")
+            (out_dir / "eval.json").write_text(json.dumps(meta["eval"], indent=2))
         if stage_complete(out_dir):
-            write_meta(out_dir, {k: v for k, v in read_meta(out_dir).items() if k != "ensemble"})
+            write_meta(out_dir, {k: v for k, v in meta.items() if k != "ensemble"})
         if not keep_done:
             shutil.rmtree(out_dir / "ensemble", ignore_errors=True)
     barrier()
@@ -425,15 +426,14 @@ def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], ini
         return member_metrics[0]
     members = [member_dir(out_dir, m) for m in range(n)]
     val = load_comparisons(out_dir / "val_comparisons.jsonl")
-    rewards = [score_comparisons(RewardModel.load(d, cfg.model.dtype), val) for d in members]
-    mean = [[sum(r[i][j] for r in rewards) / n for j in range(len(val[i]["responses"]))] for i in range(len(val))]
-    metrics = evaluate_rewards(mean, val, held_out_labelers(world), world)
+    ensemble = RewardEnsemble([RewardModel.load(d, cfg.model.dtype) for d in members])
+    metrics = evaluate_rm(ensemble, val, held_out_labelers(world), world)
     metrics["members"] = [{k: e.get(k) for k in ("acc_held_out_prompts", "acc_held_out_labelers", "reward_bias")}
                           for e in member_metrics]
     metrics |= {k: member_metrics[0][k] for k in ("train_comparisons", "world_agreement") if k in member_metrics[0]}
     if is_main():
         (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-        write_meta(out_dir, {**read_meta(out_dir), "eval": metrics,
+        write_meta(out_dir, {**read_meta(out_dir), "eval": metrics, "member_eval": member_metrics[0],
                              "ensemble": [str(d.relative_to(out_dir)) for d in members[1:]]})
         Console(stderr=True).print(f"[bold]rm[/bold]: the mean of {n} reward models: held-out labelers acc "
                                    f"{metrics['acc_held_out_labelers']:.3f} (members "
