@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatrlhf.config import LoraConfig, PPOConfig
+from chatrlhf.config import Config, LoraConfig, PPOConfig
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 from chatrlhf.lm.training import make_accelerator
 from chatrlhf.rl.critic import ValueHead, ValueModel, load_critic
@@ -329,6 +329,38 @@ def test_guard_asks_distinct_labelers_per_prompt_and_averages_them():
     assert likes.calls == dislikes.calls == 3
     one = LabelerGuard(PROMPTS[:3], ["ok"] * 3, [likes, dislikes], seed=0, per_prompt=1)
     assert one.win_rate(["policy"] * 3, iteration=1) == pytest.approx(2 / 3)  # rotation: likes, dislikes, likes
+
+
+def test_guard_asks_each_prompt_its_own_pool():
+    """A group-conditioned policy is judged on each guard prompt by the group that prompt asks for."""
+    likes, dislikes = _CountingLabeler(1.0), _CountingLabeler(0.0)
+    guard = LabelerGuard(PROMPTS[:3], ["ok"] * 3, [[likes], [dislikes], [dislikes]], seed=0, per_prompt=2)
+    assert guard.win_rate(["policy"] * 3, iteration=1) == pytest.approx(1 / 3)
+    assert (likes.calls, dislikes.calls) == (1, 2)  # a pool of one is asked once, whatever per_prompt says
+    with pytest.raises(ValueError, match="2 labeler pools for 3 prompts"):
+        LabelerGuard(PROMPTS[:3], ["ok"] * 3, [[likes], [dislikes]], seed=0)
+
+
+def test_guard_labelers_are_the_groups_the_run_trains_on():
+    """The guard's labelers are rm.labeler_groups' training members (everyone's by default), and for a
+    conditioned run each prompt's own group: a group's policy is kept by its own group's taste."""
+    from chatrlhf.config import WorldConfig
+    from chatrlhf.stages.ppo import _guard_labelers
+    from chatrlhf.world import World
+    from chatrlhf.world.groups import for_group
+
+    world = World.generate(WorldConfig(n_people=8, n_places=5, n_objects=4, corpus_docs=50, n_sft_prompts=10,
+                                       n_rm_prompts=10, n_ppo_prompts=10, n_eval_prompts=10, agreement_comparisons=10))
+    prompts = world.prompts("ppo")[:3]
+    groups = lambda pool: {lab.group for lab in pool}  # noqa: E731
+    everyone = _guard_labelers(Config(), world, prompts)
+    assert groups(everyone) == {"brief", "thorough", "cautious"} and not any(lab.held_out for lab in everyone)
+    brief = _guard_labelers(Config.model_validate({"rm": {"labeler_groups": {"brief": 1.0, "cautious": 0.0}}}), world, prompts)
+    assert groups(brief) == {"brief"} and not any(lab.held_out for lab in brief)
+    asked = [for_group(p, g) for p, g in zip(prompts, ["cautious", "brief", "thorough"])]
+    pools = _guard_labelers(Config.model_validate({"rm": {"conditioned": True}}), world, asked)
+    assert [groups(pool) for pool in pools] == [{"cautious"}, {"brief"}, {"thorough"}]
+    assert not any(lab.held_out for pool in pools for lab in pool)
 
 
 @pytest.mark.parametrize("critic", ["separate", "shared"])

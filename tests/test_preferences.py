@@ -55,6 +55,32 @@ def test_one_groups_rankings_come_from_its_members_held_out_ones_on_validation_p
     assert _groups_of(world, pooled)[0] == {"brief", "thorough", "cautious"}
 
 
+def test_groups_per_prompt_ranks_the_same_answers_under_every_groups_line(world):
+    """rm.groups_per_prompt=3: each prompt's answers once per group, each copy named for its group in the
+    system message and ranked by one of its members (labelers_per_prompt 3 divided among 3 copies), so
+    the rankings written equal those of one group per prompt; held-out copies get their group's held-out members."""
+    cfg = Config.model_validate({"rm": {"conditioned": True, "groups_per_prompt": 3}})
+    comps = _comparisons(world, 30)
+    n = label_with_world(world, comps, cfg, random.Random(0))
+    by_id = {lab.id: lab for lab in world.labelers()}
+    assert len(comps) == 90 and len({c["id"] for c in comps}) == 90
+    for pid in {c["prompt_id"] for c in comps}:
+        copies = [c for c in comps if c["prompt_id"] == pid]
+        assert sorted(c["group"] for c in copies) == ["brief", "cautious", "thorough"]
+        assert len({tuple(c["responses"]) for c in copies}) == 1  # the same answers
+        for c in copies:
+            assert c["messages"][0] == group_message(c["group"]) and c["messages"][1:] == copies[0]["messages"][1:]
+            train = [by_id[r["labeler"]] for r in c["rankings"] if not by_id[r["labeler"]].held_out]
+            held = [by_id[r["labeler"]] for r in c["rankings"] if by_id[r["labeler"]].held_out]
+            assert len(train) == 1 and {lab.group for lab in train + held} == {c["group"]}
+            assert (len(held) > 0) == (c["split"] == "val")
+    one = _comparisons(world, 30)
+    m = label_with_world(world, one, Config.model_validate({"rm": {"conditioned": True}}), random.Random(0))
+    assert len(one) == 30 and sum(len(r["rankings"]) for r in one if r["split"] == "train") == \
+        sum(len(c["rankings"]) for c in comps if c["split"] == "train")
+    assert n > m  # held-out copies: each group's held-out members rank its own copy
+
+
 def test_sft_group_system_message_names_each_demonstrations_writers_group(world, tmp_path):
     from chatrlhf.lm.data import DataError
     from chatrlhf.stages.sft import load_split, run_fingerprint, run_settings
@@ -176,6 +202,9 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
         assert set(row) == set(groups)
         assert all(0 <= cell["low"] <= cell["win_rate"] <= cell["high"] <= 1 for cell in row.values())
     assert "judged by cautious" in (out / "table.md").read_text()
+    assert set(table["substance"]) == set(table["rows"]) | {"pooled"}  # the rubric's view of every policy's answers
+    assert all(0 <= s["over_refusal_rate"] <= 1 for s in table["substance"].values())
+    assert "refuses harmless requests" in (out / "table.md").read_text()
     assert set(read_meta(out / "conditioned" / "ppo")["group_messages"]) == set(groups)
     # conditioned-sft's SFT read every demonstration under its writer's group line; the shared SFT did not
     assert set(read_meta(out / "conditioned-sft" / "sft")["group_messages"]) == set(groups)

@@ -199,6 +199,12 @@ class RMConfig(Section):
     conditioned: bool = Field(False, description="Group-conditioned RM and policy: each comparison is ranked by one "
         "group (drawn by labeler_groups' weights) and names it in a system message, and PPO's prompts carry a group's "
         "system message in the same proportions, so one model serves every group (`chatrlhf chat --group NAME`).")
+    groups_per_prompt: int = Field(1, ge=1, description="With rm.conditioned: how many groups each sampled prompt is "
+        "asked for. 1: one group, drawn by labeler_groups' weights, whose labelers_per_prompt members rank the answers. "
+        "n > 1: a copy of the prompt for each of n groups (every group when n reaches their number), each naming its "
+        "group in the system message and ranked by that group's members, labelers_per_prompt divided among the copies "
+        "(at least one each): the same answers ranked under different group lines, so the line's effect is what "
+        "separates the copies, for the same number of rankings.")
     labelers_per_prompt: int = Field(3, description="Simulated labelers ranking each prompt's K responses (3: their noise averages out at no extra sampling or training cost, since a prompt's responses are scored once for all its rankings).")
     val_labelers: int = Field(3, description="Held-out labelers who also rank each held-out prompt (never trained on; "
                               "gives the held-out-labeler accuracy and their agreement rate, the ceiling).")

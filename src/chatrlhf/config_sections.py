@@ -103,6 +103,10 @@ class PreferencesConfig(Section):
     comparisons: int = Field(2000, ge=1, description="Prompts of the RM stage's sampled comparisons each RM is trained on (re-ranked per group).")
     ppo_iterations: int = Field(40, ge=1, description="PPO iterations per policy (no best-of-n fine-tune: the "
                                 "comparison is between what each group's reward model teaches).")
+    guard: bool = Field(False, description="Each variant's PPO keeps the iteration its own training labelers "
+                        "like best against its SFT model's answers on the guard prompts (ppo.guard, judged by the "
+                        "variant's groups; the conditioned variants by the group each prompt asks for); off: every "
+                        "variant's last iteration.")
     eval_prompts: int = Field(200, ge=1, description="Held-out eval prompts each policy answers (greedy).")
     judgements: int = Field(4, ge=1, description="Judgements per answer pair, spread over the judging group's held-out members.")
     conditioned_sft: bool = Field(True, description="Also train a conditioned-sft variant: the conditioned RM and policy "

@@ -10,19 +10,25 @@ import random
 # --- the over-optimisation guard -------------------------------------------------------------
 class LabelerGuard:
     """Win rate of the policy against fixed SFT answers on held-out prompts, judged by training
-    labelers (not the held-out ones, not the gold score): what a real team could afford."""
+    labelers (not the held-out ones, not the gold score): what a real team could afford.
+
+    `labelers`: one pool for every prompt, or one pool per prompt (a group-conditioned policy is
+    judged on each prompt by the group that prompt asks for)."""
 
     def __init__(self, prompts: list[dict], baseline_texts: list[str], labelers: list, seed: int,
                  per_prompt: int = 1):
-        self.prompts, self.baseline, self.labelers, self.seed = prompts, baseline_texts, labelers, seed
-        self.per_prompt = max(1, min(per_prompt, len(labelers)))
+        pools = labelers if labelers and isinstance(labelers[0], list) else [labelers] * len(prompts)
+        if len(pools) != len(prompts):
+            raise ValueError(f"LabelerGuard: {len(pools)} labeler pools for {len(prompts)} prompts")
+        self.prompts, self.baseline, self.pools, self.seed = prompts, baseline_texts, pools, seed
+        self.per_prompt = max(1, per_prompt)
 
     def win_rate(self, texts: list[str], iteration: int) -> float:
         rng = random.Random(self.seed * 7919 + iteration)
         wins = []
-        for i, (p, t, b) in enumerate(zip(self.prompts, texts, self.baseline)):
-            for j in range(self.per_prompt):  # distinct labelers per pair: their noise averages out
-                lab = self.labelers[(i * self.per_prompt + j) % len(self.labelers)]
+        for i, (p, t, b, pool) in enumerate(zip(self.prompts, texts, self.baseline, self.pools)):
+            for j in range(min(self.per_prompt, len(pool))):  # distinct labelers per pair: their noise averages out
+                lab = pool[(i * self.per_prompt + j) % len(pool)]
                 if rng.random() < 0.5:  # random order: a labeler's position bias favours neither side
                     wins.append(float(lab.compare(p, t, b, rng)))
                 else:

@@ -240,10 +240,24 @@ def _make_guard(cfg: Config, policy, ref, tok, world, guard_prompts: list[dict],
     pc = cfg.ppo
     if guard_prompts:
         baseline = _sft_baseline(policy, ref, tok, guard_prompts, pc, seed=cfg.run.seed + 99)
-        return LabelerGuard(guard_prompts, baseline, world.labelers(held_out=False), cfg.run.seed, pc.guard.labelers)
+        return LabelerGuard(guard_prompts, baseline, _guard_labelers(cfg, world, guard_prompts), cfg.run.seed,
+                            pc.guard.labelers)
     if pc.guard.early_stop == "held_out_comparisons":
         return _comparison_guard(cfg, rm_dir, tok)
     return None
+
+
+def _guard_labelers(cfg: Config, world, prompts: list[dict]) -> list:
+    """The training labelers whose taste the run optimises, who judge the guard: those of
+    rm.labeler_groups (every training labeler by default), and for a group-conditioned run, on each
+    prompt, the group that prompt asks for. One pool, or one per prompt."""
+    from chatrlhf.world.groups import group_weights
+
+    groups = list(group_weights(world, cfg.rm.labeler_groups)) if cfg.rm.labeler_groups else None
+    pool = world.labelers(held_out=False, groups=groups)
+    if not cfg.rm.conditioned:
+        return pool
+    return [world.labelers(held_out=False, groups=[p["group"]]) if p.get("group") else pool for p in prompts]
 
 
 def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:

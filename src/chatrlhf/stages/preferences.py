@@ -56,12 +56,14 @@ def variants(groups: list[str], conditioned_sft: bool = False) -> dict[str, dict
 
 
 def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
-    """The run's config with one variant's rankings, and the same fixed PPO budget for every variant:
-    no best-of-n start and no guard, which would pick checkpoints by the pooled labelers' taste."""
+    """The run's config with one variant's rankings, and the same PPO budget for every variant: no
+    best-of-n start, and with preferences.guard the guard of the main run judged by the variant's
+    own training labelers (stages.ppo._guard_labelers), else none: the last iteration."""
     d = cfg.model_dump()
     d["rm"] |= rm_over
     d["ppo"] |= {"total_iterations": cfg.preferences.ppo_iterations, "max_minutes": 0.0}
-    d["ppo"]["guard"]["early_stop"] = "none"
+    if not cfg.preferences.guard:
+        d["ppo"]["guard"]["early_stop"] = "none"
     d["ppo"]["rejection_sampling"]["n"] = 0
     return Config.model_validate(d)
 
@@ -72,7 +74,7 @@ def base_comparisons(cfg: Config) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"preferences re-ranks the RM stage's samples at {path}; run `chatrlhf rm` first")
     comps = load_comparisons(path, cfg.rm.allow_ties)[: cfg.preferences.comparisons]
-    return [{k: v for k, v in c.items() if k not in ("rankings", "group")} | {"rankings": []} for c in comps]
+    return [{k: v for k, v in c.items() if k not in ("rankings", "group", "n_labelers")} | {"rankings": []} for c in comps]
 
 
 def conditioned_sft(cfg: Config, out: Path) -> Path:
@@ -122,7 +124,17 @@ def judge(cfg: Config, world, policies: dict[str, Path]) -> dict[str, Any]:
             for name, responses in said.items()}
     examples = [{"prompt": p["messages"][-1]["content"], "pooled": pooled[i],
                  **{name: said[name][i] for name in said}} for i, p in enumerate(prompts[:5])]
-    return {"n_prompts": len(prompts), "baseline": "pooled", "rows": rows, "examples": examples}
+    substance = {name: substance_of(world, prompts, responses) for name, responses in {"pooled": pooled, **said}.items()}
+    return {"n_prompts": len(prompts), "baseline": "pooled", "rows": rows, "substance": substance, "examples": examples}
+
+
+def substance_of(world, prompts: list[dict], responses: list[str]) -> dict[str, float | None]:
+    """What the world's rubric sees in the answers, beside the win rates (a report, never a signal):
+    how often a policy refuses a harmless request, states a fact right, refuses a harmful one."""
+    from chatrlhf.world.gold import substantive_metrics
+
+    m = substantive_metrics(prompts, [world.gold(p, r) for p, r in zip(prompts, responses)])
+    return {k: m[k] for k in ("over_refusal_rate", "fact_correct", "harmful_refusal_rate")}
 
 
 def judged_by_groups(world, prompts: list[dict], responses: list[str], baseline: list[str], groups: list[str],
@@ -141,14 +153,23 @@ def judged_by_groups(world, prompts: list[dict], responses: list[str], baseline:
 
 
 def table_md(result: dict[str, Any], groups: list[str]) -> str:
-    lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " |",
-             "|---|" + "---|" * len(groups)]
+    sub = result.get("substance", {})
+    lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " | refuses harmless requests |",
+             "|---|" + "---|" * (len(groups) + 1)]
     for name, row in result["rows"].items():
         cells = [f"{row[g]['win_rate']:.3f} [{row[g]['low']:.3f}, {row[g]['high']:.3f}]" for g in groups]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_rate(sub.get(name))} |")
+    if "pooled" in sub:
+        lines.append("| pooled (the baseline) | " + " | ".join("0.5" for _ in groups) + f" | {_rate(sub['pooled'])} |")
     return ("Win rate against the policy trained on everyone's rankings (pooled), on "
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
-            "95% cluster-bootstrap intervals.\n\n" + "\n".join(lines) + "\n")
+            "95% cluster-bootstrap intervals. Last column: the share of harmless requests the policy refuses "
+            "(the world's rubric).\n\n" + "\n".join(lines) + "\n")
+
+
+def _rate(sub: dict | None) -> str:
+    x = (sub or {}).get("over_refusal_rate")
+    return "-" if x is None else f"{x:.2f}"
 
 
 def run_preferences(cfg: Config) -> Path:
@@ -174,6 +195,11 @@ def _print(result: dict[str, Any], groups: list[str]) -> None:
     t.add_column("policy")
     for g in groups:
         t.add_column(f"judged by {g}")
+    t.add_column("refuses harmless")
+    sub = result.get("substance", {})
     for name, row in result["rows"].items():
-        t.add_row(name, *[f"{row[g]['win_rate']:.3f} [{row[g]['low']:.2f}, {row[g]['high']:.2f}]" for g in groups])
+        t.add_row(name, *[f"{row[g]['win_rate']:.3f} [{row[g]['low']:.2f}, {row[g]['high']:.2f}]" for g in groups],
+                  _rate(sub.get(name)))
+    if "pooled" in sub:
+        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), _rate(sub["pooled"]))
     console.print(t)

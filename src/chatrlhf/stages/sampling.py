@@ -77,9 +77,12 @@ def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Ra
     """Simulated labelers rank each comparison: labelers_per_prompt training labelers, plus up to
     cfg.rm.val_labelers held-out labelers on held-out ("val") prompts. With rm.labeler_groups only
     those groups rank (held-out prompts: their held-out members); with rm.conditioned each comparison
-    is ranked by one group and names it in a system message. Returns rankings written."""
+    is ranked by one group and names it in a system message; with rm.groups_per_prompt > 1 as well,
+    `comparisons` grows to one copy per group asked (`group_copies`). Returns rankings written."""
     from chatrlhf.world.loader import labeler_id
 
+    if cfg.rm.conditioned and cfg.rm.groups_per_prompt > 1:
+        comparisons[:] = group_copies(world, comparisons, cfg)
     pick = _labeler_picker(world, cfg, rng)
     n = 0
     for c in comparisons:
@@ -108,16 +111,40 @@ def _labeler_picker(world, cfg: Config, rng: random.Random):
     weights = group_weights(world, rc.labeler_groups)
 
     def pick(c: dict) -> list:
-        groups = [draw_group(weights, c["prompt_id"], cfg.run.seed)] if rc.conditioned else list(weights)
-        if rc.conditioned:
-            c["messages"], c["group"] = for_group(c, groups[0])["messages"], groups[0]
+        if rc.conditioned:  # a group_copies copy already names its group; otherwise one is drawn for the prompt
+            group = c.get("group") or draw_group(weights, c["prompt_id"], cfg.run.seed)
+            c["messages"], c["group"] = for_group(c, group)["messages"], group
+        groups = [c["group"]] if rc.conditioned else list(weights)
         mix = [(lab, w) for lab, w in world.labeler_mix({g: weights[g] for g in groups})]
-        labs = _weighted_sample(mix, min(rc.labelers_per_prompt, len(mix)), rng)
+        labs = _weighted_sample(mix, min(c.get("n_labelers", rc.labelers_per_prompt), len(mix)), rng)
         if c.get("split") == "val":
             held = world.labelers(held_out=True, groups=groups)
             labs += rng.sample(held, min(rc.val_labelers, len(held)))
         return labs
     return pick
+
+
+def group_copies(world, comparisons: list[dict], cfg: Config) -> list[dict]:
+    """rm.groups_per_prompt > 1: each comparison once per group it is asked for (rm.groups_per_prompt
+    groups drawn without replacement by labeler_groups' weights, the same for a prompt on every call;
+    every group when it reaches their number), each copy naming its group and carrying its share of
+    labelers_per_prompt (`n_labelers`, at least one). A copy that already names a group is kept as it is."""
+    from chatrlhf.world.groups import group_weights
+
+    weights = group_weights(world, cfg.rm.labeler_groups)
+    n = min(cfg.rm.groups_per_prompt, len(weights))
+    out = []
+    for c in comparisons:
+        if c.get("group"):
+            out.append(c)
+            continue
+        rng = random.Random(f"{cfg.run.seed}:{c['prompt_id']}")
+        chosen = _weighted_sample(sorted(weights.items()), n, rng)
+        for i, g in enumerate(chosen):
+            share = max(1, cfg.rm.labelers_per_prompt // n + (i < cfg.rm.labelers_per_prompt % n))
+            out.append({**c, "id": f"{c.get('id', c['prompt_id'])}/{g}", "group": g, "n_labelers": share,
+                        "rankings": list(c.get("rankings", []))})
+    return out
 
 
 def _weighted_sample(items: list[tuple[Any, float]], k: int, rng: random.Random) -> list:
