@@ -331,6 +331,40 @@ def test_guard_asks_distinct_labelers_per_prompt_and_averages_them():
     assert one.win_rate(["policy"] * 3, iteration=1) == pytest.approx(2 / 3)  # rotation: likes, dislikes, likes
 
 
+class _Recorder:
+    """A labeler who notes the policy's answer of each pair (the baseline's is "ok") and ties."""
+
+    def __init__(self):
+        self.seen = []
+
+    def compare(self, prompt, a, b, rng):
+        self.seen.append(b if a == "ok" else a)
+        return 0.5
+
+
+def test_guard_temperature_zero_judges_greedy_answers(tiny_model_dir, tmp_path):
+    """ppo.guard.temperature=0: the guard's answers are the policy's greedy ones, the same on a repeat
+    draw; by default (the rollout temperature, 1) they are samples that differ between draws."""
+    from chatrlhf.lm.engine import Engine, SamplingParams
+
+    for temperature in (0.0, None):
+        rec = _Recorder()
+        cfg = toy_cfg(total_iterations=0, early_stop="held_out_comparisons", max_new_tokens=16)
+        cfg.guard.temperature = temperature
+        trainer = make_trainer(tiny_model_dir, tmp_path / str(temperature), cfg,
+                               guard=LabelerGuard(PROMPTS[:4], ["ok"] * 4, [rec], seed=0))
+        trainer.evaluate_guard(repeat=0)
+        trainer.evaluate_guard(repeat=1)
+        first, second = rec.seen[:4], rec.seen[4:]
+        if temperature == 0.0:
+            eng = Engine(trainer.policy, trainer.tokenizer)
+            greedy = eng.generate([eng.chat_prompt(p["messages"]) for p in PROMPTS[:4]],
+                                  SamplingParams(max_new_tokens=16, temperature=0.0, seed=5))
+            assert first == second == [g.text.strip() for g in greedy]
+        else:
+            assert first != second
+
+
 def test_guard_asks_each_prompt_its_own_pool():
     """A group-conditioned policy is judged on each guard prompt by the group that prompt asks for."""
     likes, dislikes = _CountingLabeler(1.0), _CountingLabeler(0.0)

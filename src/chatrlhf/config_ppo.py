@@ -92,6 +92,9 @@ class GuardConfig(Section):
     labelers: int = Field(2, ge=1, description="Training labelers who compare each guard prompt's pair (more = a less noisy win rate).")
     patience: int = Field(10, description="Guard evaluations without a new best (smoothed) win rate before early stop.")
     window: int = Field(3, ge=1, description="The guard selects and stops on the mean of its last `window` evaluations (1 = raw; a single evaluation is noisy).")
+    temperature: float | None = Field(None, ge=0, description="Temperature of the policy's and the SFT model's answers "
+                                      "the guard compares (None: ppo.rollout.temperature; 0: greedy answers, what people "
+                                      "get from a model served greedily).")
     max_kl: float = Field(50.0, description="Stop the run when mean KL (nats per sequence) exceeds this.")
 
 
@@ -180,3 +183,9 @@ MOVED_KEYS = {
     "guard_labelers": "guard.labelers", "patience": "guard.patience", "guard_window": "guard.window", "max_kl": "guard.max_kl",
     "ptx_coef": "ptx.coef", "ptx_batch_size": "ptx.batch_size", "ptx_seq_len": "ptx.seq_len",
 }
+
+
+def guard_sampling(cfg: PPOConfig) -> PPOConfig:
+    """`cfg` with the guard's temperature as the rollout's: how the guard's answers are drawn."""
+    t = cfg.guard.temperature
+    return cfg if t is None else cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"temperature": t})})

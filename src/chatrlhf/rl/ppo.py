@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from chatrlhf.config import PPOConfig
+from chatrlhf.config_ppo import guard_sampling
 from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share, weighted_loss, world_size
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
 from chatrlhf.rl.critic import ValueHead, ValueModel
@@ -342,7 +343,7 @@ class PPOTrainer:
         if isinstance(self.guard, ComparisonGuard):  # deterministic: no samples to redraw
             return self.guard.evaluate(self.accelerator.unwrap_model(self.policy), self.ref_policy)
         texts = rollout_texts(self.accelerator.unwrap_model(self.policy), self.tokenizer, self.guard.prompts,
-                              self.cfg, seed=self.seed * 17 + 1 + 1000 * repeat)
+                              guard_sampling(self.cfg), seed=self.seed * 17 + 1 + 1000 * repeat)
         return self.guard.win_rate(texts, self.iteration - 1000 * repeat)
 
     def _update_best(self, win_rate: float) -> float:

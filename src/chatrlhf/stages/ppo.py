@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config, PPOConfig
+from chatrlhf.config_ppo import guard_sampling
 from chatrlhf.lm.distributed import barrier, is_main, on_main
 from chatrlhf.lm.training import Checkpoints
 from chatrlhf.rl.critic import load_critic
@@ -155,7 +156,7 @@ def _load_policy(path: Path, cfg: Config):
 def _sft_baseline(policy, ref, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: int) -> list[str]:
     """SFT answers for the guard prompts, sampled once (the comparison the guard keeps making)."""
     with reference_model(policy, ref) as sft:
-        return rollout_texts(sft, tokenizer, prompts, cfg, seed=seed)
+        return rollout_texts(sft, tokenizer, prompts, guard_sampling(cfg), seed=seed)
 
 
 def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Path | None = None,
