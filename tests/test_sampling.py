@@ -85,3 +85,30 @@ def test_conversations_give_alternatives_for_a_model_written_turn(tiny_model_dir
 def test_k_below_two_is_refused(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="rm.k = 1"):
         run_sample(cfg_for(tmp_path, k=1), policy=tiny_model_dir)
+
+
+def test_written_answers_join_the_samples_on_training_prompts_only(tiny_model_dir, tmp_path, monkeypatch):
+    """rm.written_answers: a training labeler's own answer joins the K samples on that share of the
+    training prompts (K + 1 answers, all ranked), never on held-out prompts; the samples themselves
+    are what they were without it."""
+    from chatrlhf.config import WorldConfig
+    from chatrlhf.world import World
+
+    world = World.generate(WorldConfig(n_people=8, n_places=5, n_objects=4, corpus_docs=50, n_sft_prompts=10,
+                                       n_rm_prompts=24, n_ppo_prompts=10, n_eval_prompts=10, agreement_comparisons=10))
+    monkeypatch.setattr(world_loader, "load_world", lambda cfg: world)
+    plain = load_comparisons(run_sample(cfg_for(tmp_path), policy=tiny_model_dir, out=tmp_path / "plain.jsonl"))
+    comps = load_comparisons(run_sample(cfg_for(tmp_path, written_answers=1.0), policy=tiny_model_dir,
+                                        out=tmp_path / "written.jsonl"))
+    by_id = {lab.id: lab for lab in world.labelers()}
+    train = [c for c in comps if c["split"] == "train"]
+    assert train and all(len(c["responses"]) == 5 and len(c["rankings"][0]["ranks"]) == 5 for c in train)
+    assert all(not by_id[c["writer"]].held_out for c in train)
+    assert all(len(c["responses"]) == 4 and "writer" not in c for c in comps if c["split"] == "val")
+    for c, p in zip(comps, plain):
+        at = c.get("written_index")
+        samples = c["responses"] if at is None else c["responses"][:at] + c["responses"][at + 1:]
+        assert samples == p["responses"]
+    half = load_comparisons(run_sample(cfg_for(tmp_path, written_answers=0.5), policy=tiny_model_dir,
+                                       out=tmp_path / "half.jsonl"))
+    assert 0 < sum("writer" in c for c in half) < len(train)

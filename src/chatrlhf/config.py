@@ -205,6 +205,11 @@ class RMConfig(Section):
         "group in the system message and ranked by that group's members, labelers_per_prompt divided among the copies "
         "(at least one each): the same answers ranked under different group lines, so the line's effect is what "
         "separates the copies, for the same number of rankings.")
+    written_answers: float = Field(0.0, ge=0, le=1, description="Share of the RM stage's training prompts (embedded "
+        "world) for which a training labeler also writes an answer, as demonstrations are written (world.demo_quality), "
+        "that joins the K samples to be ranked: the comparisons then hold answers better than the model's own, so a "
+        "reward model sees, e.g., a refusal beside a good answer to a harmless request. Held-out prompts keep the K "
+        "samples alone, so the RM's evaluation is unchanged.")
     labelers_per_prompt: int = Field(3, description="Simulated labelers ranking each prompt's K responses (3: their noise averages out at no extra sampling or training cost, since a prompt's responses are scored once for all its rankings).")
     val_labelers: int = Field(3, description="Held-out labelers who also rank each held-out prompt (never trained on; "
                               "gives the held-out-labeler accuracy and their agreement rate, the ceiling).")

@@ -162,6 +162,24 @@ def _weighted_sample(items: list[tuple[Any, float]], k: int, rng: random.Random)
     return out
 
 
+def written_answers(world, prompts: list[dict], splits: list[str], cfg: Config) -> dict[int, tuple[int, dict]]:
+    """rm.written_answers: prompt index -> (where the written answer goes among the K samples, the
+    demonstration a training labeler wrote for it), for that share of the training prompts. Its own
+    random stream, so the rest of the stage draws what it drew without it."""
+    from chatrlhf.world.groups import group_weights
+    from chatrlhf.world.labelers import write_demonstrations
+
+    share = cfg.rm.written_answers
+    if not share:
+        return {}
+    rng = random.Random(f"{cfg.run.seed}-written")
+    chosen = [i for i, split in enumerate(splits) if split == "train" and rng.random() < share]
+    groups = list(group_weights(world, cfg.rm.labeler_groups)) if cfg.rm.labeler_groups else None
+    writers = world.labelers(held_out=False, groups=groups)  # those whose rankings the RM learns
+    demos = write_demonstrations([prompts[i] for i in chosen], writers, cfg.run.seed, cfg.world.demo_quality, world.facts)
+    return {i: (rng.randrange(cfg.rm.k + 1), d) for i, d in zip(chosen, demos)}
+
+
 # --- stage entry point ----------------------------------------------------------------------
 
 
@@ -202,6 +220,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     n_new = k - 1 if conversations else k
     mine = share(len(prompts))  # each rank samples its share of the prompts; all of them come back to every rank
     samples = gather(sample_responses(engine, [p["messages"] for p in prompts[mine]], n_new, cfg, offset=mine.start))
+    written = written_answers(world, prompts, splits, cfg) if world is not None and not conversations else {}
     comparisons = []
     for i, (p, resp, split) in enumerate(zip(prompts, samples, splits)):
         c: dict[str, Any] = {"id": f"cmp-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
@@ -211,6 +230,10 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
             at = rng.randrange(k)
             c["responses"] = [*resp[:at], p["original"], *resp[at:]]
             c["original_index"] = at
+        if i in written:  # a labeler's own answer among the samples, at a place of its own
+            at, demo = written[i]
+            c["responses"] = [*resp[:at], demo["messages"][-1]["content"], *resp[at:]]
+            c["written_index"], c["writer"] = at, demo["labeler"]
         if p.get("reference") is not None:
             c["reference"] = p["reference"]
         comparisons.append(c)
