@@ -141,8 +141,8 @@ def group_copies(world, comparisons: list[dict], cfg: Config) -> list[dict]:
         rng = random.Random(f"{cfg.run.seed}:{c['prompt_id']}")
         chosen = _weighted_sample(sorted(weights.items()), n, rng)
         for i, g in enumerate(chosen):
-            share = max(1, cfg.rm.labelers_per_prompt // n + (i < cfg.rm.labelers_per_prompt % n))
-            out.append({**c, "id": f"{c.get('id', c['prompt_id'])}/{g}", "group": g, "n_labelers": share,
+            labs = max(1, cfg.rm.labelers_per_prompt // n + (i < cfg.rm.labelers_per_prompt % n))
+            out.append({**c, "id": f"{c.get('id', c['prompt_id'])}/{g}", "group": g, "n_labelers": labs,
                         "rankings": list(c.get("rankings", []))})
     return out
 
@@ -169,11 +169,11 @@ def written_answers(world, prompts: list[dict], splits: list[str], cfg: Config) 
     from chatrlhf.world.groups import group_weights
     from chatrlhf.world.labelers import write_demonstrations
 
-    share = cfg.rm.written_answers
-    if not share:
+    fraction = cfg.rm.written_answers
+    if not fraction:
         return {}
     rng = random.Random(f"{cfg.run.seed}-written")
-    chosen = [i for i, split in enumerate(splits) if split == "train" and rng.random() < share]
+    chosen = [i for i, split in enumerate(splits) if split == "train" and rng.random() < fraction]
     groups = list(group_weights(world, cfg.rm.labeler_groups)) if cfg.rm.labeler_groups else None
     writers = world.labelers(held_out=False, groups=groups)  # those whose rankings the RM learns
     demos = write_demonstrations([prompts[i] for i in chosen], writers, cfg.run.seed, cfg.world.demo_quality, world.facts)
