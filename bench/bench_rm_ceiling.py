@@ -100,8 +100,8 @@ def main() -> None:
 
     import torch
 
-    from chatrlhf.evaluate.models import continuation_logprobs, encode_prompt, generate, load_handle, prompt_text
-    from chatrlhf.lm.reward_model import RewardModel, encode_response
+    from chatrlhf.evaluate.models import answer_logprobs, generate, load_handle, prompt_text
+    from chatrlhf.lm.reward_model import RewardModel
     from chatrlhf.world import World
 
     torch.set_num_threads(args.threads)
@@ -132,11 +132,7 @@ def main() -> None:
     pairs = knowledge_pairs(world, prompts)
 
     def sft_loglik(ps: list[dict], answers: list[str], mean: bool = False) -> list[float]:
-        """Sum of the answer's token log-probs under SFT; `mean`: per token, as ppo.reward.sft_loglik_coef pays it."""
-        ctx = [encode_prompt(sft, prompt_text(sft, p["messages"])) for p in ps]
-        full = [encode_response(sft.tokenizer, p["messages"], a, sft.max_len) for p, a in zip(ps, answers)]
-        sums = continuation_logprobs(sft, [(c, f[len(c):]) for c, f in zip(ctx, full)])
-        return [x / max(1, len(f) - len(c)) for x, c, f in zip(sums, ctx, full)] if mean else sums
+        return answer_logprobs(sft, [p["messages"] for p in ps], answers, mean)
 
     result["knowledge_probe"]["sft_likelihood"] = pair_accuracy(pairs, sft_loglik)
     # PPO pays RM + sft_loglik_coef * mean log pi_SFT(y): best-of-n under that sum is its ceiling

@@ -25,9 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from chatrlhf.config import load_config  # noqa: E402
 from chatrlhf.evaluate.models import (  # noqa: E402
-    continuation_logprobs,
-    encode_prompt,
-    encode_text,
+    answer_logprobs,
     generate,
     load_handle,
     prompt_text,
@@ -35,13 +33,6 @@ from chatrlhf.evaluate.models import (  # noqa: E402
 from chatrlhf.layout import resolve_model  # noqa: E402
 from chatrlhf.lm.reward_model import load_reward  # noqa: E402
 from chatrlhf.world.loader import require_world  # noqa: E402
-
-
-def mean_loglik(h, prompts: list[dict], responses: list[str]) -> list[float]:
-    """Mean log-likelihood per token of each response (its eos included) under h's model."""
-    eos = h.tokenizer.eos_token or ""
-    pairs = [(encode_prompt(h, prompt_text(h, p["messages"])), encode_text(h, r + eos)) for p, r in zip(prompts, responses)]
-    return [s / max(1, len(c)) for s, (_, c) in zip(continuation_logprobs(h, pairs), pairs)]
 
 
 def main() -> None:
@@ -67,7 +58,8 @@ def main() -> None:
     rm = load_reward(a.run / "rm", cfg.model.dtype)
     rm_refusal = rm.score([p["messages"] for p in prompts], [refusal] * len(prompts)).tolist()
     rm_sample = rm.score([p["messages"] for p in prompts], sample).tolist()
-    ll_refusal, ll_sample = mean_loglik(sft, prompts, [refusal] * len(prompts)), mean_loglik(sft, prompts, sample)
+    msgs = [p["messages"] for p in prompts]
+    ll_refusal, ll_sample = answer_logprobs(sft, msgs, [refusal] * len(msgs), mean=True), answer_logprobs(sft, msgs, sample, mean=True)
     labelers = world.labelers(held_out=False)
 
     def utility(p: dict, r: str) -> float:

@@ -145,6 +145,19 @@ def continuation_logprobs(h: ModelHandle, pairs: list[tuple[list[int], list[int]
     return out
 
 
+def answer_logprobs(h: ModelHandle, message_lists: list[list[dict[str, str]]], answers: list[str],
+                    mean: bool = False) -> list[float]:
+    """Sum of each answer's token log-probs after its conversation, the answer encoded as the RM and PPO
+    encode it (`lm.reward_model.encode_response`: the chat template's end of turn included); `mean`:
+    per token, as ppo.reward.sft_loglik_coef pays it."""
+    from chatrlhf.lm.reward_model import encode_response
+
+    ctx = [encode_prompt(h, prompt_text(h, m)) for m in message_lists]
+    full = [encode_response(h.tokenizer, m, a, h.max_len) for m, a in zip(message_lists, answers)]
+    sums = continuation_logprobs(h, [(c, f[len(c):]) for c, f in zip(ctx, full)])
+    return [x / max(1, len(f) - len(c)) for x, c, f in zip(sums, ctx, full)] if mean else sums
+
+
 # --- generation -------------------------------------------------------------------------------
 
 
