@@ -252,10 +252,7 @@ def _guard_labelers(cfg: Config, world, prompts: list[dict]) -> list:
     """The training labelers whose taste the run optimises, who judge the guard: those of
     rm.labeler_groups (every training labeler by default), and for a group-conditioned run, on each
     prompt, the group that prompt asks for. One pool, or one per prompt."""
-    from chatrlhf.world.groups import group_weights
-
-    groups = list(group_weights(world, cfg.rm.labeler_groups)) if cfg.rm.labeler_groups else None
-    pool = world.labelers(held_out=False, groups=groups)
+    pool = [lab for lab, _ in world.labeler_mix(cfg.rm.labeler_groups)]
     if not cfg.rm.conditioned:
         return pool
     return [world.labelers(held_out=False, groups=[p["group"]]) if p.get("group") else pool for p in prompts]

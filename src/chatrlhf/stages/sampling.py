@@ -166,7 +166,6 @@ def written_answers(world, prompts: list[dict], splits: list[str], cfg: Config) 
     """rm.written_answers: prompt index -> (where the written answer goes among the K samples, the
     demonstration a training labeler wrote for it), for that share of the training prompts. Its own
     random stream, so the rest of the stage draws what it drew without it."""
-    from chatrlhf.world.groups import group_weights
     from chatrlhf.world.labelers import write_demonstrations
 
     fraction = cfg.rm.written_answers
@@ -174,8 +173,7 @@ def written_answers(world, prompts: list[dict], splits: list[str], cfg: Config) 
         return {}
     rng = random.Random(f"{cfg.run.seed}-written")
     chosen = [i for i, split in enumerate(splits) if split == "train" and rng.random() < fraction]
-    groups = list(group_weights(world, cfg.rm.labeler_groups)) if cfg.rm.labeler_groups else None
-    writers = world.labelers(held_out=False, groups=groups)  # those whose rankings the RM learns
+    writers = [lab for lab, _ in world.labeler_mix(cfg.rm.labeler_groups)]  # those whose rankings the RM learns
     demos = write_demonstrations([prompts[i] for i in chosen], writers, cfg.run.seed, cfg.world.demo_quality, world.facts)
     return {i: (rng.randrange(cfg.rm.k + 1), d) for i, d in zip(chosen, demos)}
 
