@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=8, help="samples per prompt for the best-of-n row (0 = skip it).")
     ap.add_argument("--n-prompts", type=int, default=32)
     ap.add_argument("--compile-probe", action="store_true", help="also time a torch.compile'd decode step.")
+    ap.add_argument("--no-compiled", action="store_true", help="skip the engine with the compiled batch-1 step.")
     args = ap.parse_args(argv)
     from chatrlhf.lm.training import configure_threads
 
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> dict:
             row.update(flat(f"{key}_{k}_tokens_per_s", summary(v)))
         row.update(flat(f"{key}_speedup_vs_{base}", ratios(rates["fast"], rates[base])))
         row.update(flat(f"{key}_speedup_vs_engine_transformers", ratios(rates["fast"], rates["engine_transformers"])))
+        if "compiled" in rates:
+            row.update(flat(f"{key}_compiled_speedup_vs_{base}", ratios(rates["compiled"], rates[base])))
+            row.update(flat(f"{key}_compiled_speedup_vs_fast", ratios(rates["compiled"], rates["fast"])))
         row[f"{key}_fraction_of_matmul_peak"] = round(gflops / peak, 4)
         result.update(row)
         print(f"{key:>6}: fast {row[f'{key}_fast_tokens_per_s']:9.1f} tok/s   "
@@ -261,12 +265,32 @@ def main(argv: list[str] | None = None) -> dict:
               f"{base} {row[f'{key}_{base}_tokens_per_s']:9.1f}   x{row[f'{key}_speedup_vs_{base}']} "
               f"({row[f'{key}_speedup_vs_{base}_min']}-{row[f'{key}_speedup_vs_{base}_max']}) vs {base}   "
               f"{100 * row[f'{key}_fraction_of_matmul_peak']:.1f}% of matmul peak", file=sys.stderr)
+        if "compiled" in rates:
+            print(f"{key:>6}: compiled step {row[f'{key}_compiled_tokens_per_s']:9.1f} tok/s   "
+                  f"x{row[f'{key}_compiled_speedup_vs_{base}']} ({row[f'{key}_compiled_speedup_vs_{base}_min']}-"
+                  f"{row[f'{key}_compiled_speedup_vs_{base}_max']}) vs {base}, x{row[f'{key}_compiled_speedup_vs_fast']} "
+                  f"vs the eager fast path", file=sys.stderr)
 
+    compiled = None if args.no_compiled else Engine(model, tok, compile=True)
+    if compiled is not None:  # build (or load from the on-disk cache) the library of each cache size the runs reach
+        t0 = time.perf_counter()
+        for ps in (prompt_ids(tok, len(PROMPTS)),):
+            compiled.generate(ps[:1], SamplingParams(max_new_tokens=args.new, seed=0))
+        result["b1_compiled_first_call_s"] = round(time.perf_counter() - t0, 1)
+        one = prompt_ids(tok, 1)
+        same = [g.token_ids for s in range(3) for g in compiled.generate(one, SamplingParams(max_new_tokens=args.new, seed=s))] == \
+            [g.token_ids for s in range(3) for g in fast.generate(one, SamplingParams(max_new_tokens=args.new, seed=s))]
+        result["b1_compiled_same_tokens"] = same
+        print(f"compiled step: first call {result['b1_compiled_first_call_s']} s (compiling, or loading from "
+              f"the cache), same tokens as the eager fast path: {same}", file=sys.stderr)
     for b in args.batch:
         ps = prompt_ids(tok, b)
-        rates = timed({"fast": lambda s: run_engine(fast, ps, args.new, s),
-                       "engine_transformers": lambda s: run_engine(slow, ps, args.new, s),
-                       "generate": lambda s: run_hf(model, tok, ps, args.new, s)}, args.repeats, max(1, 16 // b))
+        fns = {"fast": lambda s: run_engine(fast, ps, args.new, s),
+               "engine_transformers": lambda s: run_engine(slow, ps, args.new, s),
+               "generate": lambda s: run_hf(model, tok, ps, args.new, s)}
+        if b == 1 and compiled is not None:
+            fns["compiled"] = lambda s: run_engine(compiled, ps, args.new, s)
+        rates = timed(fns, args.repeats, max(1, 16 // b))
         report(f"b{b}", rates, "generate", ps)
     if args.n > 1:
         ps, n = prompt_ids(tok, args.n_prompts), args.n

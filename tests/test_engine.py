@@ -6,6 +6,7 @@ tests at the end check that the two sample the same tokens with the same log-pro
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -488,3 +489,63 @@ def test_a_forward_hook_sends_decoding_through_the_modules(default_size):
     from chatrlhf.lm.engine_fast import unsupported
     assert unsupported(fast.model) is None, unsupported(fast.model)
     assert fast.batch(ids, p).fast is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="no C++ compiler (make test's .ci/setup-test-deps installs g++)")
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_compiled_step_samples_what_the_eager_step_samples(tiny_model_dir, tmp_path, monkeypatch, kv_heads):
+    """A lone row through the compiled step (engine_fast.CompiledStep): the same tokens and log-probs
+    as the eager fast path, sampled (the draw made inside the compiled call), greedy and with top-p
+    (drawn outside), after a weight update too; two rows decode eagerly; a second engine loads the
+    library from the disk cache instead of compiling it again."""
+    from chatrlhf.config import ModelConfig
+    from chatrlhf.lm import engine_fast
+    from chatrlhf.lm.modeling import build_tiny_llama
+
+    monkeypatch.setenv("CHATRLHF_CACHE", str(tmp_path))
+    torch.manual_seed(1)
+    tok = load_tokenizer(tiny_model_dir)
+    model = build_tiny_llama(ModelConfig(num_kv_heads=kv_heads), tok).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    eager, comp = Engine(model, tok, fast=True), Engine(model, tok, compile=True)
+    calls = []
+    call = engine_fast.CompiledStep.__call__
+    monkeypatch.setattr(engine_fast.CompiledStep, "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    one = _texts_ids(eager, ["Tell me about Selmouth."])
+    ps = [SamplingParams(max_new_tokens=40, temperature=1.0, seed=3), SamplingParams(max_new_tokens=20, temperature=0.0),
+          SamplingParams(max_new_tokens=30, temperature=0.8, top_p=0.9, seed=4)]
+    for p in ps:
+        n = len(calls)
+        a, b = comp.generate(one, p), eager.generate(one, p)
+        assert len(a[0].token_ids) > 5 and len(calls) - n == len(a[0].token_ids) - 1  # every step after the prefill's
+        _same(a, b)
+    assert len(list((tmp_path / "compiled").glob("step-*.pt2"))) == 1
+    w = model.model.layers[0].mlp.gate_proj.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.mul_(3.0)
+        _same(comp.generate(one, ps[0]), eager.generate(one, ps[0]))
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+    n = len(calls)
+    two = _texts_ids(eager, ["Hello", "Who is the baker of Varnok?"])
+    _same(comp.generate(two, ps[0]), eager.generate(two, ps[0]))
+    assert len(calls) == n  # a batch of two rows takes the eager step
+
+    def no_compiling(*a, **k):
+        raise AssertionError("compiled again instead of loading the library from the cache")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
+    again = Engine(model, tok, compile=True)
+    _same(again.generate(one, ps[0]), eager.generate(one, ps[0]))
+
+
+def test_compile_needs_the_fast_path(tiny_model_dir):
+    model = load_causal_lm(tiny_model_dir, "bfloat16")
+    with pytest.raises(ValueError, match="compile needs the fast decode path"):
+        Engine(model, load_tokenizer(tiny_model_dir), compile=True)

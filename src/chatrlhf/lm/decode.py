@@ -107,6 +107,7 @@ class DecodeBatch:
         self.fast = self.kv is not None
         self.width = 0  # fast path: 1 + the largest position of a live row
         self.waiting: list[int] = []  # fast path: rows that joined a running batch, prefilled in the next step
+        self.drawn: tuple | None = None  # (logits, tokens, log-probs): the next draw, made by a compiled step
         self.join(prompts, params, seeds, n)
 
     @property
@@ -310,7 +311,10 @@ class DecodeBatch:
         if self.done:
             return []
         rows = self.active.tolist()
-        nxt, lps = self._sample(self.logits, self.U[:, self.steps - self.u_off])
+        if self.drawn is not None and self.drawn[0] is self.logits:  # the compiled step drew it already
+            nxt, lps = self.drawn[1:]
+        else:
+            nxt, lps = self._sample(self.logits, self.U[:, self.steps - self.u_off])
         got, keep = [], []
         for j, (r, t, lp) in enumerate(zip(rows, nxt.tolist(), lps.tolist())):
             if self.reason[r] is not None:  # finished at an earlier step; its cache row is dropped later
@@ -412,7 +416,10 @@ class DecodeBatch:
         self.pos = self.pos + 1
         self.width += 1
         if not self.waiting:
-            self.logits, self.h = self.eng._fused.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden)
+            f, col = self.eng._fused, self.steps - self.u_off
+            draw = (self.U[:, col], self.temp) if self.plain and col < self.U.shape[1] else None
+            self.logits, self.h = f.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden, draw=draw)
+            self.drawn = None if f.drawn is None else (self.logits, *f.drawn)
             return
         rows, self.waiting = self.waiting, []
         self._reserve(rows, n, self.width)

@@ -89,14 +89,22 @@ class ChatFront:
 class Engine(ChatFront):
     """Generation for any transformers causal LM + tokenizer (the embedded Llama or a user's model)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 64, keep_hidden: bool = False, fast: bool | None = None):
+    def __init__(self, model, tokenizer, max_batch: int = 64, keep_hidden: bool = False, fast: bool | None = None,
+                 compile: bool = False):
         """`fast`: decode with the fused step (engine_fast.py); None = wherever the model allows it,
-        True = require it, False = the transformers forward every step."""
+        True = require it, False = the transformers forward every step. `compile`: a single row's
+        decode step runs compiled (engine_fast.CompiledStep; needs the fast path and a C++ compiler;
+        each cache size compiles once, seconds, on first use)."""
         self.model = model.eval()
         why = engine_fast.unsupported(model)
         if fast and why:
             raise ValueError(f"the fast decode path does not support this model: {why}")
         self.fast = why is None if fast is None else bool(fast)
+        if compile and not self.fast:
+            raise ValueError(f"compile needs the fast decode path, which this model does not take: {why or 'fast=False'}")
+        if compile and next(model.parameters()).device.type != "cpu":
+            raise ValueError("compile: the compiled decode step is built for the CPU (on a GPU the fast path runs eagerly)")
+        self.compile = compile
         self._fused: engine_fast.FusedLlama | None = None
         super().__init__(tokenizer, context_of(model.config))
         self.max_batch = max_batch
@@ -126,12 +134,12 @@ class Engine(ChatFront):
         if not self.fast:
             return None
         if self._fused is None or self._fused.model is not self.model:
-            self._fused = engine_fast.FusedLlama(self.model)
+            self._fused = engine_fast.FusedLlama(self.model, compile=self.compile)
         if self._fused.hooked():
             return None
         self._fused.refresh()
         f = self._fused
-        return engine_fast.SlotKV(len(f.layers), f.n_kv, f.head_dim, f.embed.dtype, self.device)
+        return engine_fast.SlotKV(len(f.layers), f.n_kv, f.head_dim, f.embed.dtype, self.device, pow2=self.compile)
 
     def decode(self, ids: Sequence[int]) -> str:
         """A reply's text. Its first word carries the byte-level BPE's word-start space (the
@@ -242,10 +250,11 @@ class Engine(ChatFront):
         return Rollout(ids, attn, resp, logprobs, q, gens, hidden)
 
 
-def load_engine(model_dir: str | Path, dtype: str = "float32", device: str = "auto", max_batch: int = 64) -> Engine:
+def load_engine(model_dir: str | Path, dtype: str = "float32", device: str = "auto", max_batch: int = 64,
+                compile: bool = False) -> Engine:
     from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(model_dir, dtype)
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         model = model.to("cuda")
-    return Engine(model, load_tokenizer(model_dir), max_batch)
+    return Engine(model, load_tokenizer(model_dir), max_batch, compile=compile)

@@ -23,10 +23,21 @@ way). Models the fused code does not cover (`unsupported`) use the transformers 
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 SUPPORTED = {"llama"}
+
+
+def cache_dir() -> Path:
+    """Where compiled decode steps are kept: $CHATRLHF_CACHE/compiled, else ~/.cache/chatrlhf/compiled."""
+    root = os.environ.get("CHATRLHF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatrlhf"
+    return Path(root) / "compiled"
 
 
 def unsupported(model) -> str | None:
@@ -70,8 +81,9 @@ def _hooked(model, modules=None) -> bool:
 class FusedLlama:
     """Decode step for a LlamaForCausalLM: (B,) tokens at (B,) positions -> (B, V) logits."""
 
-    def __init__(self, model):
+    def __init__(self, model, compile: bool = False):
         self.model = model
+        self.compiled = CompiledStep(self) if compile else None
         cfg = model.config
         self.layers = list(model.model.layers)
         self.n_heads = cfg.num_attention_heads
@@ -82,6 +94,7 @@ class FusedLlama:
         self._version: tuple | None = None
         self._rope_len = 0
         self._modules = list(model.modules())
+        self.drawn: tuple[torch.Tensor, torch.Tensor] | None = None  # see step(draw=...)
         self._param_list = list(model.parameters())
 
     def hooked(self) -> bool:
@@ -138,10 +151,15 @@ class FusedLlama:
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: SlotKV, width: int,
-             keep_hidden: bool = False, joining: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             keep_hidden: bool = False, joining: list[list[int]] | None = None,
+             draw: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed tokens (B,) at positions (B,) (each row's length so far), write their keys/values at
         column pos of rows [0, B) of `kv`, attend over columns [0, width) (width > max(pos)).
         Returns (logits (B, V), final normed hidden state (B, H) with keep_hidden, else None).
+
+        `draw`: (uniform (B,), temperature (B,)) of the next token's draw; where the compiled step ran,
+        it samples that token in the same call (the sampler's inverse CDF, no top-k/top-p) and
+        `self.drawn` holds (tokens (B,), log-probs (B,)) afterwards, else None.
 
         `joining`: whole prompts prefilled in the same pass (as vLLM's chunked prefill mixes prompt
         and decode tokens), prompt i into slot B + i at positions 0..len-1; the result then has B + P
@@ -151,6 +169,10 @@ class FusedLlama:
         Every Python-level tensor call costs about as much as the arithmetic of this model's matmuls,
         so the step is written to make few: views of all layers' caches are taken once per step,
         norms are one F.rms_norm call, residual adds ride on addmm."""
+        self.drawn = None
+        if self.compiled is not None and joining is None and self.compiled.covers(len(tokens), kv):
+            logits, hidden, self.drawn = self.compiled(tokens, pos, kv, keep_hidden, draw)
+            return logits, hidden
         B, nh, nkv, d = len(tokens), self.n_heads, self.n_kv, self.head_dim
         dims = (self.embed.shape[1],)
         new = Joining(joining, B, kv) if joining else None
@@ -234,6 +256,152 @@ class FusedLlama:
         return torch.mm(last, self.head), (last if keep_hidden else None)
 
 
+class CompiledStep:
+    """`FusedLlama.step` for a batch of one row (a chat), compiled ahead of time by AOTInductor
+    (torch.export, then inductor's C++ kernels and C++ wrapper in a shared library). At batch 1 the
+    eager step is ~25 framework calls per layer, each costing more than its arithmetic; here a token
+    is one call into generated code: the step, the write of the new keys and values into the cache,
+    and the draw of the next token (the sampler's inverse CDF at the row's next uniform number, so
+    the samples are the eager path's), with no Python guard checks per call.
+
+    Shapes are static: one library per cache size (`SlotKV(pow2=True)` grows the columns in powers
+    of two, so a conversation compiles a handful at most), built once and kept on disk
+    (`cache_dir()`), keyed by the architecture, the size, this code and the torch version. The
+    weights are the library's constants, pointed at the model's live tensors after loading (no copy)
+    and again whenever `FusedLlama.refresh` rebuilt them, so a trained model needs no recompiling.
+    Batches of several rows take the eager step: at 32 rows compiling saved a seventh of a step
+    (docs/RESULTS.md), where per-op overhead is shared by the rows."""
+
+    def __init__(self, fused: "FusedLlama"):
+        self.f = fused
+        self.runners: dict[int, object] = {}  # cache columns -> loaded library
+        self.weights: list | None = None  # the FusedLlama.w the libraries read
+        self.no_draw = (torch.zeros(1), torch.zeros(1))  # greedy: no draw asked for
+
+    def covers(self, B: int, kv: "SlotKV") -> bool:
+        """One row in a cache of one row (the library reads its tensors with the traced strides), on the CPU."""
+        return B == 1 and kv.pow2 and kv.k.shape[1] == 1 and kv.k.device.type == "cpu"
+
+    def __call__(self, tokens, pos, kv: "SlotKV", keep_hidden: bool,
+                 draw: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None]:
+        """(logits, hidden state with keep_hidden, (next token, its log-prob) when `draw` is given)."""
+        f = self.f
+        C = kv.capacity[1]
+        cos_t, sin_t = f.rope(C, tokens.device)
+        runner = self.runners.get(C) or self._load(C, tokens, pos, kv)
+        if self.weights is not f.w:  # the model was trained since: point the library at the new tensors
+            self._point(runner)
+        u, temp = draw if draw is not None else self.no_draw
+        # the flat inputs themselves: AOTICompiledModel.__call__ flattens and checks an argument tree every call
+        logits, x, nxt, lp = runner.loader.boxed_run([tokens, pos, kv.k, kv.v, cos_t[:C], sin_t[:C], kv.cols, u, temp])
+        return logits, (x if keep_hidden else None), ((nxt, lp) if draw is not None else None)
+
+    def _constants(self) -> dict[str, torch.Tensor]:
+        f = self.f
+        flat = [t for layer in f.w for t in layer if isinstance(t, torch.Tensor)]
+        return {**{f"w{i}": t for i, t in enumerate(flat)}, "embed": f.embed, "norm": f.norm[0], "head": f.head}
+
+    def _point(self, runner) -> None:
+        """The library reads the current weight tensors themselves (user-managed constants, no copy)."""
+        runner.load_constants(self._constants(), check_full_update=True, user_managed=True)
+        self.weights = self.f.w
+        for other in self.runners.values():
+            if other is not runner:
+                other.load_constants(self._constants(), check_full_update=True, user_managed=True)
+
+    def key(self, C: int) -> str:
+        """What the compiled library depends on: the graph's shapes, constants and code, and torch."""
+        import hashlib
+        import inspect
+
+        f, cfg = self.f, self.f.model.config
+        parts = [torch.__version__, f.n_heads, f.n_kv, f.head_dim, f.scaling, cfg.hidden_size, cfg.intermediate_size,
+                 len(f.layers), f.embed.shape[0], [w[1] for w in f.w], [w[5] for w in f.w], f.norm[1], C,
+                 [(tuple(t.shape), t.stride()) for t in self._constants().values()],
+                 str(f.embed.dtype), str(f.embed.device), inspect.getsource(CompiledStep), inspect.getsource(_StepModule)]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
+
+    def _load(self, C: int, tokens, pos, kv: "SlotKV"):
+        path = cache_dir() / f"step-{self.key(C)}.pt2"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.pt2")
+            cos_t, sin_t = self.f.rope(C, tokens.device)
+            # distinct tensors for every input: export would trace two arguments given the same tensor as one
+            args = (tokens.clone(), pos.clone(), kv.k.clone(), kv.v.clone(), cos_t[:C].clone(),
+                    sin_t[:C].clone(), kv.cols.clone(), torch.full((1,), 0.5), torch.ones(1))
+            print(f"compiling the decode step for a {C}-column cache (once: kept in {path.parent})", file=sys.stderr)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations, not the caller's
+                program = torch.export.export(_StepModule(self), args)
+                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+            os.replace(tmp, path)  # whole or absent: another process may be reading the directory
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            runner = torch._inductor.aoti_load_package(str(path))
+        self.runners[C] = runner
+        self._point(runner)
+        return runner
+
+    def _pure(self, tokens, pos, K, V, w, embed, w_norm, head, cos_t, sin_t, cols, u, temp):
+        f = self.f
+        nh, nkv, d = f.n_heads, f.n_kv, f.head_dim
+        B, dims, n_qk, C = tokens.shape[0], (embed.shape[1],), nh + nkv, K.shape[3]
+        cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
+        bias = torch.where(cols.unsqueeze(0) < pos.unsqueeze(1), 0.0, float("-inf"))  # the row's earlier columns
+        bias = bias.unsqueeze(1).expand(B, nh, C).reshape(B * nh, 1, C)
+        group = nh // nkv
+        x = F.embedding(tokens, embed)
+        ks, vs = [], []
+        for li, (w_in, eps_in, w_qkv, w_o, w_post, eps_post, w_gu, w_down) in enumerate(w):
+            qkv = torch.mm(F.rms_norm(x, dims, w_in, eps_in), w_qkv).view(B, 2 * n_qk + nkv, d)
+            qk = torch.addcmul(qkv.narrow(1, 0, n_qk) * cos, qkv.narrow(1, n_qk + nkv, n_qk), sin)
+            k, v = qk.narrow(1, nh, nkv), qkv.narrow(1, n_qk, nkv)
+            ks.append(k)
+            vs.append(v)
+            keys, vals = K[li], V[li]  # (B, kv heads, C, d)
+            if group > 1:
+                keys, vals = keys.repeat_interleave(group, 1), vals.repeat_interleave(group, 1)
+                k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+            q = qk.narrow(1, 0, nh).reshape(B * nh, 1, d)
+            s_old = torch.baddbmm(bias, q, keys.reshape(B * nh, C, d).transpose(1, 2), alpha=f.scaling)
+            s_new = (q * k.reshape(B * nh, 1, d)).sum(-1, keepdim=True) * f.scaling
+            p = torch.cat([s_old, s_new], -1).softmax(-1)
+            a = torch.bmm(p.narrow(2, 0, C), vals.reshape(B * nh, C, d)) + p.narrow(2, C, 1) * v.reshape(B * nh, 1, d)
+            x = torch.addmm(x, a.view(B, nh * d), w_o)
+            gate, up = torch.mm(F.rms_norm(x, dims, w_post, eps_post), w_gu).chunk(2, -1)
+            x = torch.addmm(x, F.silu(gate) * up, w_down)
+        x = F.rms_norm(x, dims, w_norm, f.norm[1])
+        logits = torch.mm(x, head)
+        # the next token, as DecodeBatch._sample draws it: inverse CDF of softmax(logits / T) at u, argmax where T <= 0
+        z = logits / temp.clamp_min(1e-5).unsqueeze(1)
+        cdf = z.softmax(-1).cumsum(-1)
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_max(z.shape[-1] - 1).squeeze(1)
+        nxt = torch.where(temp <= 0, logits.argmax(-1), drawn)
+        lp = z.log_softmax(-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
+        K.index_copy_(3, pos, torch.stack(ks).unsqueeze(3))  # the new keys and values at column pos, in place
+        V.index_copy_(3, pos, torch.stack(vs).unsqueeze(3))
+        return logits, x, nxt, lp
+
+
+class _StepModule(torch.nn.Module):
+    """What torch.export traces: `CompiledStep._pure` with the weights as buffers, which become the
+    library's constants (re-pointed at the live tensors after loading, so they never go stale)."""
+
+    def __init__(self, step: CompiledStep):
+        super().__init__()
+        self.step = [step]  # a list: not a submodule
+        for name, t in step._constants().items():
+            self.register_buffer(name, t.detach().clone())
+        self.n = sum(1 for layer in step.f.w for t in layer if isinstance(t, torch.Tensor))
+
+    def forward(self, tokens, pos, K, V, cos, sin, cols, u, temp):
+        step = self.step[0]
+        flat = iter([getattr(self, f"w{i}") for i in range(self.n)])
+        w = [tuple(next(flat) if isinstance(t, torch.Tensor) else t for t in layer) for layer in step.f.w]
+        return step._pure(tokens, pos, K, V, w, self.embed, self.norm, self.head, cos, sin, cols, u, temp)
+
+
 class Joining:
     """Index tensors for prompts prefilled inside a decode step (`FusedLlama.step(joining=...)`): their
     N tokens follow the B decode tokens; prompt i goes to slot B + i, token t of it to column t."""
@@ -267,7 +435,9 @@ class SlotKV:
     and keeps its tokens from column 0. Grows (reallocating) only when a batch needs more rows or
     columns than it has."""
 
-    def __init__(self, n_layers: int, n_kv: int, head_dim: int, dtype, device):
+    def __init__(self, n_layers: int, n_kv: int, head_dim: int, dtype, device, pow2: bool = False):
+        """`pow2`: columns grow to powers of two (at least 128), the few shapes a compiled step needs."""
+        self.pow2 = pow2
         self.shape = (n_layers, n_kv, head_dim)
         self.dtype, self.device = dtype, device
         self.k = self.v = torch.empty(n_layers, 0, n_kv, 0, head_dim, dtype=dtype, device=device)
@@ -285,6 +455,8 @@ class SlotKV:
             return
         r, c = max(rows, r0), max(cols, c0)
         c = -(-c // 64) * 64  # whole blocks of columns: fewer regrowths as answers get longer
+        if self.pow2:
+            c = max(128, 1 << (c - 1).bit_length())
         L, h, d = self.shape
         k = torch.zeros(L, r, h, c, d, dtype=self.dtype, device=self.device)
         v = torch.zeros_like(k)

@@ -172,7 +172,7 @@ def run_chat(cfg, model: str | Path | None = None, system: str | None = None, gr
         system = group_system_message(read_meta(path), group)
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in a chat window
     configure_threads(cfg.run.threads)  # 1 thread on a busy CPU: OpenMP threads wait on each other
-    eng = load_engine(path, cfg.model.dtype, cfg.run.device)
+    eng = load_engine(path, cfg.model.dtype, cfg.run.device, compile=cfg.chat.compile)
     c = cfg.chat
     params = SamplingParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
                             top_k=c.top_k, seed=None)

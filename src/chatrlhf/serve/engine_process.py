@@ -68,7 +68,8 @@ class _ChildJob(Job):
         self.loop.call_soon_threadsafe(None, [(self, kind, value)])
 
 
-def _child(model_dir: str, dtype: str, device: str, threads: int, max_batch: int, stuck_s: float, inbox, outbox) -> None:
+def _child(model_dir: str, dtype: str, device: str, threads: int, max_batch: int, stuck_s: float, compile: bool,
+           inbox, outbox) -> None:
     """The decoding process: load the model, run a Scheduler, and turn pipe messages into its jobs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the HTTP process, which stops this one
     try:
@@ -79,7 +80,7 @@ def _child(model_dir: str, dtype: str, device: str, threads: int, max_batch: int
 
         hf_logging.disable_progress_bar()
         configure_threads(threads)
-        sched = Scheduler(load_engine(model_dir, dtype, device), max_batch, stuck_s)
+        sched = Scheduler(load_engine(model_dir, dtype, device, compile=compile), max_batch, stuck_s)
     except BaseException:
         outbox.send(("failed", traceback.format_exc()))
         return
@@ -118,9 +119,9 @@ class ProcessScheduler:
     process that loads the model from `model_dir` and decodes."""
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str = "auto", threads: int = 0,
-                 max_batch: int = 16, stuck_s: float = 30.0, start_timeout_s: float = 600.0):
+                 max_batch: int = 16, stuck_s: float = 30.0, start_timeout_s: float = 600.0, compile: bool = False):
         self.model_dir, self.threads = str(model_dir), decode_threads(threads)
-        self.args = (self.model_dir, dtype, device, self.threads, max_batch, stuck_s)  # the child's
+        self.args = (self.model_dir, dtype, device, self.threads, max_batch, stuck_s, compile)  # the child's
         self.start_timeout_s = start_timeout_s
         self.lock = threading.Lock()  # guards conn, jobs, backlog: the event loop and the reader both use them
         self.conn: Any = None  # to the child; None while it (re)starts

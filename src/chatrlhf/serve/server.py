@@ -343,10 +343,11 @@ def run_server(cfg, model: str | Path | None = None, save_conversations: str | P
     hf_logging.disable_progress_bar()
     if cfg.serve.decode_process:  # this process answers HTTP with the tokenizer alone; a child decodes
         engine: ChatFront = ChatFront.from_pretrained(path)
-        sched = ProcessScheduler(path, cfg.model.dtype, cfg.run.device, cfg.run.threads, cfg.serve.max_batch, cfg.serve.stuck_s)
+        sched = ProcessScheduler(path, cfg.model.dtype, cfg.run.device, cfg.run.threads, cfg.serve.max_batch, cfg.serve.stuck_s,
+                                 compile=cfg.serve.compile)
     else:
         configure_threads(cfg.run.threads)  # 1 thread on a busy CPU: OpenMP threads wait on each other
-        engine, sched = load_engine(path, cfg.model.dtype, cfg.run.device), None
+        engine, sched = load_engine(path, cfg.model.dtype, cfg.run.device, compile=cfg.serve.compile), None
     save = save_conversations or cfg.serve.save_conversations
     name = path.name if path.name not in ("ppo", "sft", "pretrain") else f"chatrlhf-{path.name}"
     from chatrlhf.lm.modeling import read_meta
