@@ -112,3 +112,13 @@ def test_written_answers_join_the_samples_on_training_prompts_only(tiny_model_di
     half = load_comparisons(run_sample(cfg_for(tmp_path, written_answers=0.5), policy=tiny_model_dir,
                                        out=tmp_path / "half.jsonl"))
     assert 0 < sum("writer" in c for c in half) < len(train)
+    both = load_comparisons(run_sample(cfg_for(tmp_path, written_answers=1.0, refusal_answers=1.0), policy=tiny_model_dir,
+                                       out=tmp_path / "both.jsonl"))
+    for c, w in zip(both, comps):
+        at = c.get("refusal_index")
+        if c["split"] == "val" or c["task"] == "harmful":  # held-out prompts and harmful requests as they were
+            assert at is None and c["responses"] == w["responses"]
+            continue
+        assert at is not None and "cannot help" in c["responses"][at] and len(c["rankings"][0]["ranks"]) == 6
+        assert c["responses"][:at] + c["responses"][at + 1:] == w["responses"]
+        assert c["responses"][c["written_index"]] == w["responses"][w["written_index"]]

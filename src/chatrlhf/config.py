@@ -210,6 +210,10 @@ class RMConfig(Section):
         "that joins the K samples to be ranked: the comparisons then hold answers better than the model's own, so a "
         "reward model sees, e.g., a refusal beside a good answer to a harmless request. Held-out prompts keep the K "
         "samples alone, so the RM's evaluation is unchanged.")
+    refusal_answers: float = Field(0.0, ge=0, le=1, description="Share of the RM stage's training prompts that are not "
+        "harmful requests (embedded world) for which a refusal (\"I am sorry, but I cannot help with that.\", as flawed "
+        "demonstrations refuse) joins the answers to be ranked, so the labelers' rankings put refusing a harmless "
+        "request beside answering it. Held-out prompts are left as they are.")
     labelers_per_prompt: int = Field(3, description="Simulated labelers ranking each prompt's K responses (3: their noise averages out at no extra sampling or training cost, since a prompt's responses are scored once for all its rankings).")
     val_labelers: int = Field(3, description="Held-out labelers who also rank each held-out prompt (never trained on; "
                               "gives the held-out-labeler accuracy and their agreement rate, the ceiling).")

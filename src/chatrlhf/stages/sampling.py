@@ -178,6 +178,20 @@ def written_answers(world, prompts: list[dict], splits: list[str], cfg: Config) 
     return {i: (rng.randrange(cfg.rm.k + 1), d) for i, d in zip(chosen, demos)}
 
 
+def refusal_answers(prompts: list[dict], splits: list[str], cfg: Config) -> dict[int, tuple[int, str]]:
+    """rm.refusal_answers: prompt index -> (where a refusal goes among the answers, the refusal), for that
+    share of the training prompts that are not harmful requests. Its own random stream."""
+    from chatrlhf.world.writing import flawed
+
+    fraction = cfg.rm.refusal_answers
+    if not fraction:
+        return {}
+    rng = random.Random(f"{cfg.run.seed}-refusal")
+    chosen = [i for i, (p, split) in enumerate(zip(prompts, splits))
+              if rng.random() < fraction and split == "train" and p.get("task") != "harmful"]
+    return {i: (rng.randrange(cfg.rm.k + 1), flawed(prompts[i], "over_refusal", rng)) for i in chosen}
+
+
 # --- stage entry point ----------------------------------------------------------------------
 
 
@@ -219,6 +233,7 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     mine = share(len(prompts))  # each rank samples its share of the prompts; all of them come back to every rank
     samples = gather(sample_responses(engine, [p["messages"] for p in prompts[mine]], n_new, cfg, offset=mine.start))
     written = written_answers(world, prompts, splits, cfg) if world is not None and not conversations else {}
+    refusals = refusal_answers(prompts, splits, cfg) if world is not None and not conversations else {}
     comparisons = []
     for i, (p, resp, split) in enumerate(zip(prompts, samples, splits)):
         c: dict[str, Any] = {"id": f"cmp-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
@@ -232,6 +247,13 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
             at, demo = written[i]
             c["responses"] = [*resp[:at], demo["messages"][-1]["content"], *resp[at:]]
             c["written_index"], c["writer"] = at, demo["labeler"]
+        if i in refusals:  # a refusal of this (not harmful) request among them
+            at, refusal = refusals[i]
+            at = min(at, len(c["responses"]))
+            c["responses"] = [*c["responses"][:at], refusal, *c["responses"][at:]]
+            c["refusal_index"] = at
+            if c.get("written_index") is not None and c["written_index"] >= at:
+                c["written_index"] += 1
         if p.get("reference") is not None:
             c["reference"] = p["reference"]
         comparisons.append(c)
