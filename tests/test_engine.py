@@ -545,6 +545,26 @@ def test_compiled_step_samples_what_the_eager_step_samples(tiny_model_dir, tmp_p
     _same(again.generate(one, ps[0]), eager.generate(one, ps[0]))
 
 
+def test_a_compiled_step_that_cannot_be_built_leaves_decoding_eager(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """No C++ compiler (say): the build fails once, is reported once, and every step runs eagerly."""
+    monkeypatch.setenv("CHATRLHF_CACHE", str(tmp_path))
+    builds = []
+
+    def fails(*a, **k):
+        builds.append(1)
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fails)
+    model, tok = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    eager, comp = Engine(model, tok, fast=True), Engine(model, tok, compile=True)
+    ids = [_ids(eager, "Hello")]
+    p = SamplingParams(max_new_tokens=12, temperature=1.0, seed=5)
+    for _ in range(2):
+        _same(comp.generate(ids, p), eager.generate(ids, p))
+    assert len(builds) == 1
+    assert capsys.readouterr().err.count("could not build the compiled decode step (RuntimeError: no C++ compiler found)") == 1
+
+
 def test_compile_needs_the_fast_path(tiny_model_dir):
     model = load_causal_lm(tiny_model_dir, "bfloat16")
     with pytest.raises(ValueError, match="compile needs the fast decode path"):

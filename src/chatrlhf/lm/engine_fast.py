@@ -171,8 +171,10 @@ class FusedLlama:
         norms are one F.rms_norm call, residual adds ride on addmm."""
         self.drawn = None
         if self.compiled is not None and joining is None and self.compiled.covers(len(tokens), kv):
-            logits, hidden, self.drawn = self.compiled(tokens, pos, kv, keep_hidden, draw)
-            return logits, hidden
+            out = self.compiled(tokens, pos, kv, keep_hidden, draw)
+            if out is not None:  # None: the library could not be built, and this step runs eagerly
+                logits, hidden, self.drawn = out
+                return logits, hidden
         B, nh, nkv, d = len(tokens), self.n_heads, self.n_kv, self.head_dim
         dims = (self.embed.shape[1],)
         new = Joining(joining, B, kv) if joining else None
@@ -277,18 +279,30 @@ class CompiledStep:
         self.runners: dict[int, object] = {}  # cache columns -> loaded library
         self.weights: list | None = None  # the FusedLlama.w the libraries read
         self.no_draw = (torch.zeros(1), torch.zeros(1))  # greedy: no draw asked for
+        self.failed: str | None = None  # why a library could not be built
 
     def covers(self, B: int, kv: "SlotKV") -> bool:
-        """One row in a cache of one row (the library reads its tensors with the traced strides), on the CPU."""
-        return B == 1 and kv.pow2 and kv.k.shape[1] == 1 and kv.k.device.type == "cpu"
+        """One row in a cache of one row (the library reads its tensors with the traced strides), on the
+        CPU, unless building a library failed once (then every step runs eagerly)."""
+        return self.failed is None and B == 1 and kv.pow2 and kv.k.shape[1] == 1 and kv.k.device.type == "cpu"
 
     def __call__(self, tokens, pos, kv: "SlotKV", keep_hidden: bool,
-                 draw: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None]:
-        """(logits, hidden state with keep_hidden, (next token, its log-prob) when `draw` is given)."""
+                 draw: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None] | None:
+        """(logits, hidden state with keep_hidden, (next token, its log-prob) when `draw` is given);
+        None when the library for this cache size cannot be built (no C++ compiler, say): the reason is
+        printed once and the engine decodes eagerly from then on."""
         f = self.f
         C = kv.capacity[1]
         cos_t, sin_t = f.rope(C, tokens.device)
-        runner = self.runners.get(C) or self._load(C, tokens, pos, kv)
+        runner = self.runners.get(C)
+        if runner is None:
+            try:
+                runner = self._load(C, tokens, pos, kv)
+            except Exception as e:  # noqa: BLE001 -- any build failure: decode eagerly, as without compile
+                self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                print(f"compile: could not build the compiled decode step ({self.failed}); decoding with the "
+                      "eager fast path", file=sys.stderr)
+                return None
         if self.weights is not f.w:  # the model was trained since: point the library at the new tensors
             self._point(runner)
         u, temp = draw if draw is not None else self.no_draw
