@@ -193,3 +193,19 @@ def test_multi_turn_on_the_embedded_policy(tmp_path):
         if term.proc.poll() is None:
             term.proc.kill()
     print(f"gold score of the follow-up answers: {scores}")
+
+
+def test_compile_flag_reaches_the_chat_and_server_configs(monkeypatch):
+    """`chatrlhf chat --compile` / `serve --compile` set chat.compile / serve.compile; without it they stay off."""
+    from typer.testing import CliRunner
+
+    import chatrlhf.serve.chat as chat_mod
+    import chatrlhf.serve.server as server_mod
+    from chatrlhf.cli import app
+
+    seen = []
+    monkeypatch.setattr(chat_mod, "run_chat", lambda cfg, **kw: seen.append(("chat", cfg.chat.compile)))
+    monkeypatch.setattr(server_mod, "run_server", lambda cfg, **kw: seen.append(("serve", cfg.serve.compile)))
+    for args in (["chat", "--compile"], ["chat"], ["serve", "--compile"], ["serve"]):
+        assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen == [("chat", True), ("chat", False), ("serve", True), ("serve", False)]

@@ -203,22 +203,27 @@ def chat(config: ConfigOpt = None, set: SetOpt = None,
          model: Annotated[Optional[Path], typer.Option(help="Model directory (default: newest policy of the run).")] = None,
          system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
          group: Annotated[Optional[str], typer.Option(help="Labeler group a group-conditioned model answers for "
-                                                      "(its system message; e.g. brief, thorough, cautious).")] = None):
+                                                      "(its system message; e.g. brief, thorough, cautious).")] = None,
+         compile: Annotated[bool, typer.Option("--compile", help="Decode through the compiled one-row step "
+                                               "(sets chat.compile; compiles once per cache size, kept on disk).")] = False):
     """Chat in the terminal; the conversation is kept across turns (/reset, /save FILE, /load FILE)."""
     from chatrlhf.serve.chat import run_chat
 
-    run_chat(load_cfg(config, set), model=model, system=system, group=group)
+    run_chat(load_cfg(config, list(set or []) + (["chat.compile=true"] if compile else [])), model=model, system=system,
+             group=group)
 
 
 @app.command()
 def serve(config: ConfigOpt = None, set: SetOpt = None,
           model: Annotated[Optional[Path], typer.Option(help="Model directory (default: newest policy of the run).")] = None,
           save_conversations: Annotated[Optional[Path], typer.Option(help="Directory: finished conversations are appended to DIR/conversations.jsonl (off by default).")] = None,
-          port: Annotated[Optional[int], typer.Option(help="Port (overrides serve.port).")] = None):
+          port: Annotated[Optional[int], typer.Option(help="Port (overrides serve.port).")] = None,
+          compile: Annotated[bool, typer.Option("--compile", help="Decode a lone conversation through the compiled "
+                                                "one-row step (sets serve.compile).")] = False):
     """OpenAI-compatible chat server (/v1/chat/completions, /v1/models, /health) with a web chat page at /."""
     from chatrlhf.serve.server import run_server
 
-    overrides = list(set or []) + ([f"serve.port={port}"] if port is not None else [])
+    overrides = list(set or []) + ([f"serve.port={port}"] if port is not None else []) + (["serve.compile=true"] if compile else [])
     run_server(load_cfg(config, overrides), model=model, save_conversations=save_conversations)
 
 
