@@ -9,6 +9,10 @@ model (the kind of answer the RM was trained to rank), for the two learned terms
 the round-1 reward model's score, and the SFT model's mean token log-likelihood (paid x
 ppo.reward.sft_loglik_coef). And what the training labelers make of the change: their mean
 noise-free utility of the SFT model's and the final policy's greedy answers.
+
+When the run's RM comparisons hold refusals (`rm.refusal_answers`), first: per task, how often the
+labelers' recorded rankings put the refusal first and last among the answers, and how often the
+training labelers and the held-out judges would, by their noise-free utilities.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def main() -> None:
     a = ap.parse_args()
     cfg = load_config(None, [f"run.out_dir={a.run}", *a.set])
     world = require_world(cfg, "bench/refusal_probe.py")
+    ranked = refusal_rankings(a.run / "rm" / "comparisons.jsonl", world)
     final_dir = resolve_model(cfg, None)  # the newest policy: the last round's PPO
     prompts = [p for p in world.prompts("eval") if p.get("task") != "harmful"]
     sft, final = load_handle("sft", str(a.run / "sft"), cfg.model.dtype), load_handle("final", str(final_dir), cfg.model.dtype)
@@ -87,7 +92,41 @@ def main() -> None:
               f"| {r['labelers_sft_greedy']:.2f} / {r['labelers_final_greedy']:.2f} |")
     if a.json:
         a.json.write_text(json.dumps({"run": str(a.run), "final": str(final_dir), "refusal": refusal,
-                                      "sft_loglik_coef": coef, "tasks": rows}, indent=2))
+                                      "sft_loglik_coef": coef, "tasks": rows, "refusal_rankings": ranked}, indent=2))
+
+
+def refusal_rankings(path: Path, world) -> dict | None:
+    """Where the rankings of the RM's comparisons put the refusal rm.refusal_answers added (None when none did):
+    per task, the share of recorded rankings with it first / last, and of the training labelers' and the judges'
+    noise-free utilities ranking it first / last (ties count for both)."""
+    if not path.is_file():
+        return None
+    tally: dict[str, dict[str, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0, 0]))
+    training, judges = [lab for lab, _ in world.labeler_mix(None)], world.judges()
+    for line in path.open():
+        c = json.loads(line)
+        at = c.get("refusal_index")
+        if at is None:
+            continue
+        prompt = {"messages": c["messages"], "task": c["task"], "reference": c.get("reference")}
+        orders = {"rankings": [r["ranks"] for r in c["rankings"]]}  # rank 1 = best
+        for name, labs in (("training", training), ("judges", judges)):
+            orders[name] = [[-u for u in (lab.expected_utility(prompt, r) for r in c["responses"])] for lab in labs]
+        for task in (c["task"], "all"):
+            for name, rows in orders.items():
+                for ranks in rows:
+                    t = tally[task][name]
+                    t[0], t[1], t[2] = t[0] + 1, t[1] + (ranks[at] <= min(ranks)), t[2] + (ranks[at] >= max(ranks))
+    if not tally:
+        return None
+    out = {task: {name: {"first": round(n1 / n, 3), "last": round(n2 / n, 3), "n": n} for name, (n, n1, n2) in by.items()}
+           for task, by in sorted(tally.items())}
+    print(f"the refusal among the answers of {out['all']['rankings']['n']} rankings ({path}): share ranked first / last")
+    print("| task | recorded rankings | training labelers, noise-free | judges, noise-free |")
+    print("|---|---|---|---|")
+    for task, by in out.items():
+        print(f"| {task} | " + " | ".join(f"{by[k]['first']:.2f} / {by[k]['last']:.2f}" for k in ("rankings", "training", "judges")) + " |")
+    return out
 
 
 if __name__ == "__main__":
