@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "setup-test-deps"
 
 
 def run_with(tmp_path: Path, uid: int, apt_rc: int) -> subprocess.CompletedProcess:
-    """The script on a PATH that has no chromium or PostgreSQL, a fake `id` and a fake `apt-get`."""
+    """The script on a PATH that has no chromium, g++ or PostgreSQL, a fake `id` and a fake `apt-get`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("dirname",):
@@ -31,14 +31,14 @@ def run_with(tmp_path: Path, uid: int, apt_rc: int) -> subprocess.CompletedProce
 def test_an_install_failure_as_root_fails_the_run(tmp_path):
     r = run_with(tmp_path, uid=0, apt_rc=100)
     assert r.returncode == 1, r.stderr
-    assert "installing chromium chromium-driver postgresql" in r.stderr and "apt-get update failed" in r.stderr
+    assert "installing chromium chromium-driver g++ postgresql" in r.stderr and "apt-get update failed" in r.stderr
 
 
 @pytest.mark.skipif(not Path("/bin/bash").exists() or os.name != "posix", reason="needs bash")
 def test_a_plain_user_gets_skips_named_not_an_install(tmp_path):
     r = run_with(tmp_path, uid=1000, apt_rc=0)
     assert r.returncode == 0, r.stderr
-    assert "not root with apt-get: the browser/PostgreSQL tests will skip" in r.stderr
+    assert "not root with apt-get: the tests that need them will skip" in r.stderr
     assert not (tmp_path / "apt.log").exists()
 
 

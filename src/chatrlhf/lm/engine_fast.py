@@ -164,17 +164,20 @@ class FusedLlama:
         `joining`: whole prompts prefilled in the same pass (as vLLM's chunked prefill mixes prompt
         and decode tokens), prompt i into slot B + i at positions 0..len-1; the result then has B + P
         rows, row B + i the logits after prompt i. Their tokens share every projection and MLP matmul
-        with the decode rows, so a newcomer costs a few calls per layer instead of a prefill's every call.
-
-        Every Python-level tensor call costs about as much as the arithmetic of this model's matmuls,
-        so the step is written to make few: views of all layers' caches are taken once per step,
-        norms are one F.rms_norm call, residual adds ride on addmm."""
+        with the decode rows, so a newcomer costs a few calls per layer instead of a prefill's every call."""
         self.drawn = None
         if self.compiled is not None and joining is None and self.compiled.covers(len(tokens), kv):
             out = self.compiled(tokens, pos, kv, keep_hidden, draw)
             if out is not None:  # None: the library could not be built, and this step runs eagerly
                 logits, hidden, self.drawn = out
                 return logits, hidden
+        return self._eager_step(tokens, pos, kv, width, keep_hidden, joining)
+
+    def _eager_step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: SlotKV, width: int, keep_hidden: bool,
+                    joining: list[list[int]] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`step` in tensor calls. Every Python-level tensor call costs about as much as the arithmetic
+        of this model's matmuls, so it is written to make few: views of all layers' caches are taken
+        once per step, norms are one F.rms_norm call, residual adds ride on addmm."""
         B, nh, nkv, d = len(tokens), self.n_heads, self.n_kv, self.head_dim
         dims = (self.embed.shape[1],)
         new = Joining(joining, B, kv) if joining else None

@@ -192,6 +192,22 @@ def refusal_answers(prompts: list[dict], splits: list[str], cfg: Config) -> dict
     return {i: (rng.randrange(cfg.rm.k + 1), flawed(prompts[i], "over_refusal", rng)) for i in chosen}
 
 
+def add_answers(c: dict, written: tuple[int, dict] | None, refusal: tuple[int, str] | None) -> None:
+    """Put a labeler's own answer (`written_answers`) and a refusal (`refusal_answers`) among a
+    comparison's responses, each at its drawn place, and record where they are."""
+    if written is not None:
+        at, demo = written
+        c["responses"].insert(at, demo["messages"][-1]["content"])
+        c["written_index"], c["writer"] = at, demo["labeler"]
+    if refusal is not None:
+        at, text = refusal
+        at = min(at, len(c["responses"]))
+        c["responses"].insert(at, text)
+        c["refusal_index"] = at
+        if c.get("written_index") is not None and c["written_index"] >= at:
+            c["written_index"] += 1
+
+
 # --- stage entry point ----------------------------------------------------------------------
 
 
@@ -238,22 +254,12 @@ def run_sample(cfg: Config, policy: str | Path | None = None, out: str | Path | 
     for i, (p, resp, split) in enumerate(zip(prompts, samples, splits)):
         c: dict[str, Any] = {"id": f"cmp-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
                              "policy": policy_dir.name, "split": split, "messages": p["messages"],
-                             "responses": resp, "rankings": []}
+                             "responses": list(resp), "rankings": []}
         if "original" in p:
             at = rng.randrange(k)
             c["responses"] = [*resp[:at], p["original"], *resp[at:]]
             c["original_index"] = at
-        if i in written:  # a labeler's own answer among the samples, at a place of its own
-            at, demo = written[i]
-            c["responses"] = [*resp[:at], demo["messages"][-1]["content"], *resp[at:]]
-            c["written_index"], c["writer"] = at, demo["labeler"]
-        if i in refusals:  # a refusal of this (not harmful) request among them
-            at, refusal = refusals[i]
-            at = min(at, len(c["responses"]))
-            c["responses"] = [*c["responses"][:at], refusal, *c["responses"][at:]]
-            c["refusal_index"] = at
-            if c.get("written_index") is not None and c["written_index"] >= at:
-                c["written_index"] += 1
+        add_answers(c, written.get(i), refusals.get(i))
         if p.get("reference") is not None:
             c["reference"] = p["reference"]
         comparisons.append(c)
