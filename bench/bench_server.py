@@ -16,7 +16,10 @@ answers the same requests, in turn, with
   rows where each request joins alone as soon as a slot frees, as the server's requests do.
   A request's seed fixes its sample (to float rounding: `requests_differing_joined_vs_waves` counts
   the requests whose tokens differ between joining alone and decoding in waves);
-- `model.generate` on left-padded waves of 16 (`generate_batch_16`).
+- `model.generate` on left-padded waves of 16 (`generate_batch_16`);
+- one client of a third server that decodes a lone conversation through the compiled one-row step
+  (`serve.compile=true`, compiling into an empty cache on its first request: `server_compiled_c1`),
+  against `server_c1`.
 A figure is the median over repeats of completion tokens/s and p50/p95 latency (a wave's requests
 all wait for the wave); the ratio server_c16 / engine_batch_16 is the median of the per-repeat
 ratios. Writes bench/results/server.json.
@@ -199,7 +202,7 @@ def generate_waves(model, tok, ids: list[list[int]], max_tokens: int, wave: int)
 # --- the run --------------------------------------------------------------------------------
 
 
-def run_repeats(args, model, tok, url: str, url_in_process: str) -> list[dict[str, dict]]:
+def run_repeats(args, model, tok, url: str, url_in_process: str, url_compiled: str) -> list[dict[str, dict]]:
     eng = Engine(model, tok, max_batch=WAVE)
     ids = [eng.chat_prompt(messages(i)) for i in range(args.requests)]  # what the server's chat_prompt makes
     runs = []
@@ -209,6 +212,7 @@ def run_repeats(args, model, tok, url: str, url_in_process: str) -> list[dict[st
         keep = rep == 0
         got = {f"server_c{c}": asyncio.run(run_clients(url, c, args.requests, args.max_tokens)) for c in args.clients}
         got["server_in_process_c16"] = asyncio.run(run_clients(url_in_process, 16, args.requests, args.max_tokens))
+        got["server_compiled_c1"] = asyncio.run(run_clients(url_compiled, 1, args.requests, args.max_tokens))
         got["engine_batch_16"] = engine_waves(eng, ids, args.max_tokens, WAVE, waves if keep else None)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # what the server's decoding process has on this machine when it has 1 thread
@@ -247,14 +251,17 @@ def main(argv: list[str] | None = None) -> dict:
             from chatrlhf.lm.modeling import save_stage
 
             model_dir = save_stage(model, tok, Path(tmp) / "model", {"stage": "bench"})
-        with open(Path(tmp) / "server.log", "w") as log, open(Path(tmp) / "server_in_process.log", "w") as log2:
+        with open(Path(tmp) / "server.log", "w") as log, open(Path(tmp) / "server_in_process.log", "w") as log2, \
+                open(Path(tmp) / "server_compiled.log", "w") as log3:
             proc, url = start_server(model_dir, args.max_tokens, server_threads, log)
             # the same server decoding in its HTTP process (serve.decode_process=false), on the baselines' threads
             proc2, url2 = start_server(model_dir, args.max_tokens, args.threads, log2, "serve.decode_process=false")
+            os.environ["CHATRLHF_CACHE"] = str(Path(tmp) / "cache")  # the compiled server starts cold
+            proc3, url3 = start_server(model_dir, args.max_tokens, server_threads, log3, "serve.compile=true")
             try:
-                runs = run_repeats(args, model, tok, url, url2)
+                runs = run_repeats(args, model, tok, url, url2, url3)
             finally:
-                for p in (proc, proc2):
+                for p in (proc, proc2, proc3):
                     p.terminate()
                     p.wait(timeout=30)
             said = re.search(r"decoding in ([^)]*)\)", Path(log.name).read_text())
@@ -274,8 +281,8 @@ def report(args, source: str, runs: list[dict[str, dict]]) -> dict:
         for metric, digits in (("tokens_per_s", 1), ("p50_s", 3), ("p95_s", 3)):
             result[f"{who}_{metric}"] = round(statistics.median(r[who][metric] for r in runs), digits)
     for who, base in (("server_c16", "engine_batch_16"), ("server_c16", "engine_batch_16_one_thread"),
-                      ("server_in_process_c16", "engine_batch_16")):
-        ratios = [r[who]["tokens_per_s"] / r[base]["tokens_per_s"] for r in runs if who in r]
+                      ("server_in_process_c16", "engine_batch_16"), ("server_compiled_c1", "server_c1")):
+        ratios = [r[who]["tokens_per_s"] / r[base]["tokens_per_s"] for r in runs if who in r and base in r]
         if ratios:
             result.update({f"{who}_over_{base}": round(statistics.median(ratios), 3),
                            f"{who}_over_{base}_min": round(min(ratios), 3), f"{who}_over_{base}_max": round(max(ratios), 3)})
