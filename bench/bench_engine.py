@@ -17,7 +17,8 @@ repeats (with min and max); each speedup is the median of the per-repeat ratios.
   the largest log-prob difference;
 - the compiled one-row step (`Engine(compile=True)`, engine_fast.CompiledStep) as a fourth generator
   at batch 1: its first call (compiling into an empty cache directory), whether it samples the eager
-  fast path's tokens, tokens/s (`--no-compiled` skips it);
+  fast path's tokens, tokens/s; and the four at batch 1 with the chat's sampling settings (`b1chat`:
+  chat.temperature and chat.top_p, a sorted draw) (`--no-compiled` skips both);
 - `--compile-probe` (off by default: it compiles for a minute or more): the fused decode step against
   the same step compiled by torch.compile (inductor's C++ backend, dynamic shapes, the cache writes
   kept out of the graph), at batch 1 and 32: compile seconds, step speedup, largest logit difference.
@@ -44,6 +45,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ppo import matmul_peak  # noqa: E402  (the same CPU ceiling as the PPO bench)
 
+from chatrlhf.config_sections import ChatConfig
 from chatrlhf.lm.engine import Engine, SamplingParams
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,12 +78,13 @@ def prompt_ids(tok, n: int) -> list[list[int]]:
             for m in msgs]
 
 
-def run_hf(model, tok, prompts: list[list[int]], new: int, seed: int, n: int = 1) -> int:
+def run_hf(model, tok, prompts: list[list[int]], new: int, seed: int, n: int = 1, temperature: float = 1.0,
+           top_p: float = 1.0) -> int:
     """model.generate on the same left-padded batch; returns generated tokens (pads after eos excluded)."""
     enc = tok.pad({"input_ids": prompts}, return_tensors="pt", padding_side="left")
     torch.manual_seed(seed)
     with torch.inference_mode():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=top_p, max_new_tokens=new,
                              num_return_sequences=n, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     resp = out[:, enc["input_ids"].shape[1]:]
     n = 0
@@ -90,8 +93,9 @@ def run_hf(model, tok, prompts: list[list[int]], new: int, seed: int, n: int = 1
     return n
 
 
-def run_engine(eng: Engine, prompts: list[list[int]], new: int, seed: int, n: int = 1) -> int:
-    gens = eng.generate(prompts, SamplingParams(max_new_tokens=new, temperature=1.0, seed=seed), n)
+def run_engine(eng: Engine, prompts: list[list[int]], new: int, seed: int, n: int = 1, temperature: float = 1.0,
+               top_p: float = 1.0) -> int:
+    gens = eng.generate(prompts, SamplingParams(max_new_tokens=new, temperature=temperature, top_p=top_p, seed=seed), n)
     return sum(len(g.token_ids) for g in gens)
 
 
@@ -297,6 +301,14 @@ def main(argv: list[str] | None = None) -> dict:
             fns["compiled"] = lambda s: run_engine(compiled, ps, args.new, s)
         rates = timed(fns, args.repeats, max(1, 16 // b))
         report(f"b{b}", rates, "generate", ps)
+        if b == 1 and compiled is not None:  # the chat's own sampling settings: a sorted (top-p) draw
+            c = ChatConfig()
+            kw = {"temperature": c.temperature, "top_p": c.top_p}
+            rates = timed({"fast": lambda s: run_engine(fast, ps, args.new, s, **kw),
+                           "engine_transformers": lambda s: run_engine(slow, ps, args.new, s, **kw),
+                           "generate": lambda s: run_hf(model, tok, ps, args.new, s, **kw),
+                           "compiled": lambda s: run_engine(compiled, ps, args.new, s, **kw)}, args.repeats, 16)
+            report("b1chat", rates, "generate", ps)
     if args.n > 1:
         ps, n = prompt_ids(tok, args.n_prompts), args.n
         fast.max_batch = slow.max_batch = len(ps) * n  # every row in one batch, as model.generate has them

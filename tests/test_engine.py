@@ -497,9 +497,9 @@ def test_a_forward_hook_sends_decoding_through_the_modules(default_size):
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_compiled_step_samples_what_the_eager_step_samples(tiny_model_dir, tmp_path, monkeypatch, kv_heads):
     """A lone row through the compiled step (engine_fast.CompiledStep): the same tokens and log-probs
-    as the eager fast path, sampled (the draw made inside the compiled call), greedy and with top-p
-    (drawn outside), after a weight update too; two rows decode eagerly; a second engine loads the
-    library from the disk cache instead of compiling it again."""
+    as the eager fast path, sampled, greedy, with top-p and with top-k (every draw after the first
+    made inside the compiled call), after a weight update too; two rows decode eagerly; a second
+    engine loads the library from the disk cache instead of compiling it again."""
     from chatrlhf.config import ModelConfig
     from chatrlhf.lm import engine_fast
     from chatrlhf.lm.modeling import build_tiny_llama
@@ -511,18 +511,22 @@ def test_compiled_step_samples_what_the_eager_step_samples(tiny_model_dir, tmp_p
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
     eager, comp = Engine(model, tok, fast=True), Engine(model, tok, compile=True)
-    calls = []
-    call = engine_fast.CompiledStep.__call__
+    calls, draws = [], []
+    call, sample = engine_fast.CompiledStep.__call__, DecodeBatch._sample
     monkeypatch.setattr(engine_fast.CompiledStep, "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    monkeypatch.setattr(DecodeBatch, "_sample", lambda self, *a: draws.append(1) or sample(self, *a))
     one = _texts_ids(eager, ["Tell me about Selmouth."])
     ps = [SamplingParams(max_new_tokens=40, temperature=1.0, seed=3), SamplingParams(max_new_tokens=20, temperature=0.0),
-          SamplingParams(max_new_tokens=30, temperature=0.8, top_p=0.9, seed=4)]
+          SamplingParams(max_new_tokens=30, temperature=0.8, top_p=0.9, seed=4),
+          SamplingParams(max_new_tokens=30, temperature=1.2, top_k=5, seed=6)]
     for p in ps:
-        n = len(calls)
-        a, b = comp.generate(one, p), eager.generate(one, p)
+        n, m = len(calls), len(draws)
+        a = comp.generate(one, p)
+        assert len(draws) - m == 1  # the draw after the prefill; the compiled calls made every other
+        b = eager.generate(one, p)
         assert len(a[0].token_ids) > 5 and len(calls) - n == len(a[0].token_ids) - 1  # every step after the prefill's
         _same(a, b)
-    assert len(list((tmp_path / "compiled").glob("step-*.pt2"))) == 1
+    assert len(list((tmp_path / "compiled").glob("step-*.pt2"))) == 2  # a plain draw and a sorted one
     w = model.model.layers[0].mlp.gate_proj.weight
     saved = w.detach().clone()
     try:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from chatrlhf.lm.engine_fast import Draw
+
 
 @dataclass
 class SamplingParams:
@@ -417,7 +419,7 @@ class DecodeBatch:
         self.width += 1
         if not self.waiting:
             f, col = self.eng._fused, self.steps - self.u_off
-            draw = (self.U[:, col], self.temp) if self.plain and col < self.U.shape[1] else None
+            draw = Draw(self.U[:, col], self.temp, self.top_k, self.top_p, not self.plain) if col < self.U.shape[1] else None
             self.logits, self.h = f.step(nxt, self.pos, self.kv, self.width, self.eng.keep_hidden, draw=draw)
             self.drawn = None if f.drawn is None else (self.logits, *f.drawn)
             return

@@ -27,6 +27,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -152,13 +153,13 @@ class FusedLlama:
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: SlotKV, width: int,
              keep_hidden: bool = False, joining: list[list[int]] | None = None,
-             draw: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             draw: Draw | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Feed tokens (B,) at positions (B,) (each row's length so far), write their keys/values at
         column pos of rows [0, B) of `kv`, attend over columns [0, width) (width > max(pos)).
         Returns (logits (B, V), final normed hidden state (B, H) with keep_hidden, else None).
 
-        `draw`: (uniform (B,), temperature (B,)) of the next token's draw; where the compiled step ran,
-        it samples that token in the same call (the sampler's inverse CDF, no top-k/top-p) and
+        `draw`: the next token's sampling settings and uniform numbers; where the compiled step ran, it
+        samples that token in the same call (as decode.sample_tokens and sampled_logprobs do) and
         `self.drawn` holds (tokens (B,), log-probs (B,)) afterwards, else None.
 
         `joining`: whole prompts prefilled in the same pass (as vLLM's chunked prefill mixes prompt
@@ -261,6 +262,17 @@ class FusedLlama:
         return torch.mm(last, self.head), (last if keep_hidden else None)
 
 
+class Draw(NamedTuple):
+    """The next token's draw, per row: its uniform number, temperature, top-k and top-p, and whether
+    any row needs the sorted (top-k/top-p) path."""
+
+    u: torch.Tensor
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    sort: bool
+
+
 class CompiledStep:
     """`FusedLlama.step` for a batch of one row (a chat), compiled ahead of time by AOTInductor
     (torch.export, then inductor's C++ kernels and C++ wrapper in a shared library). At batch 1 the
@@ -270,7 +282,8 @@ class CompiledStep:
     the samples are the eager path's), with no Python guard checks per call.
 
     Shapes are static: one library per cache size (`SlotKV(pow2=True)` grows the columns in powers
-    of two, so a conversation compiles a handful at most), built once and kept on disk
+    of two, so a conversation compiles a handful at most) and per draw (plain, or sorted for
+    top-k/top-p), built once and kept on disk
     (`cache_dir()`), keyed by the architecture, the size, this code and the torch version. The
     weights are the library's constants, pointed at the model's live tensors after loading (no copy)
     and again whenever `FusedLlama.refresh` rebuilt them, so a trained model needs no recompiling.
@@ -279,9 +292,9 @@ class CompiledStep:
 
     def __init__(self, fused: "FusedLlama"):
         self.f = fused
-        self.runners: dict[int, object] = {}  # cache columns -> loaded library
+        self.runners: dict[tuple[int, bool], object] = {}  # (cache columns, sorted draw) -> loaded library
         self.weights: list | None = None  # the FusedLlama.w the libraries read
-        self.no_draw = (torch.zeros(1), torch.zeros(1))  # greedy: no draw asked for
+        self.no_draw = Draw(torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long), torch.ones(1), False)  # greedy
         self.failed: str | None = None  # why a library could not be built
 
     def covers(self, B: int, kv: "SlotKV") -> bool:
@@ -290,17 +303,18 @@ class CompiledStep:
         return self.failed is None and B == 1 and kv.pow2 and kv.k.shape[1] == 1 and kv.k.device.type == "cpu"
 
     def __call__(self, tokens, pos, kv: "SlotKV", keep_hidden: bool,
-                 draw: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None] | None:
+                 draw: Draw | None = None) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None] | None:
         """(logits, hidden state with keep_hidden, (next token, its log-prob) when `draw` is given);
         None when the library for this cache size cannot be built (no C++ compiler, say): the reason is
         printed once and the engine decodes eagerly from then on."""
         f = self.f
         C = kv.capacity[1]
         cos_t, sin_t = f.rope(C, tokens.device)
-        runner = self.runners.get(C)
+        d = draw if draw is not None else self.no_draw
+        runner = self.runners.get((C, d.sort))
         if runner is None:
             try:
-                runner = self._load(C, tokens, pos, kv)
+                runner = self._load(C, d.sort, tokens, pos, kv)
             except Exception as e:  # noqa: BLE001 -- any build failure: decode eagerly, as without compile
                 self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                 print(f"compile: could not build the compiled decode step ({self.failed}); decoding with the "
@@ -308,9 +322,9 @@ class CompiledStep:
                 return None
         if self.weights is not f.w:  # the model was trained since: point the library at the new tensors
             self._point(runner)
-        u, temp = draw if draw is not None else self.no_draw
         # the flat inputs themselves: AOTICompiledModel.__call__ flattens and checks an argument tree every call
-        logits, x, nxt, lp = runner.loader.boxed_run([tokens, pos, kv.k, kv.v, cos_t[:C], sin_t[:C], kv.cols, u, temp])
+        logits, x, nxt, lp = runner.loader.boxed_run([tokens, pos, kv.k, kv.v, cos_t[:C], sin_t[:C], kv.cols,
+                                                      d.u, d.temperature, d.top_k, d.top_p])
         return logits, (x if keep_hidden else None), ((nxt, lp) if draw is not None else None)
 
     def _constants(self) -> dict[str, torch.Tensor]:
@@ -326,41 +340,42 @@ class CompiledStep:
             if other is not runner:
                 other.load_constants(self._constants(), check_full_update=True, user_managed=True)
 
-    def key(self, C: int) -> str:
+    def key(self, C: int, sort: bool) -> str:
         """What the compiled library depends on: the graph's shapes, constants and code, and torch."""
         import hashlib
         import inspect
 
         f, cfg = self.f, self.f.model.config
         parts = [torch.__version__, f.n_heads, f.n_kv, f.head_dim, f.scaling, cfg.hidden_size, cfg.intermediate_size,
-                 len(f.layers), f.embed.shape[0], [w[1] for w in f.w], [w[5] for w in f.w], f.norm[1], C,
+                 len(f.layers), f.embed.shape[0], [w[1] for w in f.w], [w[5] for w in f.w], f.norm[1], C, sort,
                  [(tuple(t.shape), t.stride()) for t in self._constants().values()],
                  str(f.embed.dtype), str(f.embed.device), inspect.getsource(CompiledStep), inspect.getsource(_StepModule)]
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
 
-    def _load(self, C: int, tokens, pos, kv: "SlotKV"):
-        path = cache_dir() / f"step-{self.key(C)}.pt2"
+    def _load(self, C: int, sort: bool, tokens, pos, kv: "SlotKV"):
+        path = cache_dir() / f"step-{self.key(C, sort)}.pt2"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.pt2")
             cos_t, sin_t = self.f.rope(C, tokens.device)
             # distinct tensors for every input: export would trace two arguments given the same tensor as one
             args = (tokens.clone(), pos.clone(), kv.k.clone(), kv.v.clone(), cos_t[:C].clone(),
-                    sin_t[:C].clone(), kv.cols.clone(), torch.full((1,), 0.5), torch.ones(1))
+                    sin_t[:C].clone(), kv.cols.clone(), torch.full((1,), 0.5), torch.ones(1), torch.zeros(1, dtype=torch.long),
+                    torch.ones(1))
             print(f"compiling the decode step for a {C}-column cache (once: kept in {path.parent})", file=sys.stderr)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations, not the caller's
-                program = torch.export.export(_StepModule(self), args)
+                program = torch.export.export(_StepModule(self, sort), args)
                 torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
             os.replace(tmp, path)  # whole or absent: another process may be reading the directory
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             runner = torch._inductor.aoti_load_package(str(path))
-        self.runners[C] = runner
+        self.runners[(C, sort)] = runner
         self._point(runner)
         return runner
 
-    def _pure(self, tokens, pos, K, V, w, embed, w_norm, head, cos_t, sin_t, cols, u, temp):
+    def _pure(self, tokens, pos, K, V, w, embed, w_norm, head, cos_t, sin_t, cols, u, temp, top_k, top_p, sort: bool):
         f = self.f
         nh, nkv, d = f.n_heads, f.n_kv, f.head_dim
         B, dims, n_qk, C = tokens.shape[0], (embed.shape[1],), nh + nkv, K.shape[3]
@@ -390,10 +405,18 @@ class CompiledStep:
             x = torch.addmm(x, F.silu(gate) * up, w_down)
         x = F.rms_norm(x, dims, w_norm, f.norm[1])
         logits = torch.mm(x, head)
-        # the next token, as DecodeBatch._sample draws it: inverse CDF of softmax(logits / T) at u, argmax where T <= 0
+        # the next token, as decode.sample_tokens draws it: inverse CDF at u of softmax(logits / T), over the
+        # tokens top-k and top-p keep in sorted order when `sort`; argmax where T <= 0
         z = logits / temp.clamp_min(1e-5).unsqueeze(1)
-        cdf = z.softmax(-1).cumsum(-1)
-        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_max(z.shape[-1] - 1).squeeze(1)
+        x, order = z.sort(-1, descending=True) if sort else (z, None)
+        if sort:
+            rank = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
+            x = x.masked_fill((top_k > 0).unsqueeze(1) & (rank >= top_k.unsqueeze(1)), float("-inf"))
+            probs = x.softmax(-1)
+            x = x.masked_fill(probs.cumsum(-1) - probs >= top_p.unsqueeze(1), float("-inf"))
+        cdf = x.softmax(-1).cumsum(-1)
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_max(x.shape[-1] - 1)
+        drawn = (order.gather(1, drawn) if sort else drawn).squeeze(1)
         nxt = torch.where(temp <= 0, logits.argmax(-1), drawn)
         lp = z.log_softmax(-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
         K.index_copy_(3, pos, torch.stack(ks).unsqueeze(3))  # the new keys and values at column pos, in place
@@ -405,18 +428,19 @@ class _StepModule(torch.nn.Module):
     """What torch.export traces: `CompiledStep._pure` with the weights as buffers, which become the
     library's constants (re-pointed at the live tensors after loading, so they never go stale)."""
 
-    def __init__(self, step: CompiledStep):
+    def __init__(self, step: CompiledStep, sort: bool):
         super().__init__()
-        self.step = [step]  # a list: not a submodule
+        self.step, self.sort = [step], sort  # a list: not a submodule
         for name, t in step._constants().items():
             self.register_buffer(name, t.detach().clone())
         self.n = sum(1 for layer in step.f.w for t in layer if isinstance(t, torch.Tensor))
 
-    def forward(self, tokens, pos, K, V, cos, sin, cols, u, temp):
+    def forward(self, tokens, pos, K, V, cos, sin, cols, u, temp, top_k, top_p):
         step = self.step[0]
         flat = iter([getattr(self, f"w{i}") for i in range(self.n)])
         w = [tuple(next(flat) if isinstance(t, torch.Tensor) else t for t in layer) for layer in step.f.w]
-        return step._pure(tokens, pos, K, V, w, self.embed, self.norm, self.head, cos, sin, cols, u, temp)
+        return step._pure(tokens, pos, K, V, w, self.embed, self.norm, self.head, cos, sin, cols, u, temp, top_k, top_p,
+                          self.sort)
 
 
 class Joining:
