@@ -15,7 +15,7 @@ repeats (with min and max); each speedup is the median of the per-repeat ratios.
 - threads: the fast path on 1 and on 2 intra-op threads, alternating;
 - exactness: the fast path and the transformers path sample the same tokens for the same seeds, and
   the largest log-prob difference;
-- the compiled one-row step (`Engine(compile=True)`, engine_fast.CompiledStep) as a fourth generator
+- the compiled one-row step (`Engine(compile=True)`, engine_compiled.CompiledStep) as a fourth generator
   at batch 1: its first call (compiling into an empty cache directory), whether it samples the eager
   fast path's tokens, tokens/s; and the four at batch 1 with the chat's sampling settings (`b1chat`:
   chat.temperature and chat.top_p, a sorted draw) (`--no-compiled` skips both);

@@ -496,12 +496,12 @@ def test_a_forward_hook_sends_decoding_through_the_modules(default_size):
                     reason="no C++ compiler (make test's .ci/setup-test-deps installs g++)")
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_compiled_step_samples_what_the_eager_step_samples(tiny_model_dir, tmp_path, monkeypatch, kv_heads):
-    """A lone row through the compiled step (engine_fast.CompiledStep): the same tokens and log-probs
+    """A lone row through the compiled step (engine_compiled.CompiledStep): the same tokens and log-probs
     as the eager fast path, sampled, greedy, with top-p and with top-k (every draw after the first
     made inside the compiled call), after a weight update too; two rows decode eagerly; a second
     engine loads the library from the disk cache instead of compiling it again."""
     from chatrlhf.config import ModelConfig
-    from chatrlhf.lm import engine_fast
+    from chatrlhf.lm import engine_compiled
     from chatrlhf.lm.modeling import build_tiny_llama
 
     monkeypatch.setenv("CHATRLHF_CACHE", str(tmp_path))
@@ -512,8 +512,8 @@ def test_compiled_step_samples_what_the_eager_step_samples(tiny_model_dir, tmp_p
         model.lm_head.weight.mul_(8.0)
     eager, comp = Engine(model, tok, fast=True), Engine(model, tok, compile=True)
     calls, draws = [], []
-    call, sample = engine_fast.CompiledStep.__call__, DecodeBatch._sample
-    monkeypatch.setattr(engine_fast.CompiledStep, "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    call, sample = engine_compiled.CompiledStep.__call__, DecodeBatch._sample
+    monkeypatch.setattr(engine_compiled.CompiledStep, "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
     monkeypatch.setattr(DecodeBatch, "_sample", lambda self, *a: draws.append(1) or sample(self, *a))
     one = _texts_ids(eager, ["Tell me about Selmouth."])
     ps = [SamplingParams(max_new_tokens=40, temperature=1.0, seed=3), SamplingParams(max_new_tokens=20, temperature=0.0),

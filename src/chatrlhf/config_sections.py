@@ -69,7 +69,7 @@ class ChatConfig(Section):
     temperature: float = Field(0.7, description="Sampling temperature.")
     top_p: float = Field(0.95, description="Nucleus sampling threshold.")
     top_k: int = Field(0, description="Top-k sampling (0 = off).")
-    compile: bool = Field(False, description="Decode with the compiled one-row step (lm/engine_fast.py CompiledStep; "
+    compile: bool = Field(False, description="Decode with the compiled one-row step (lm/engine_compiled.py CompiledStep; "
                           "CPU, Llama-family models): about twice the eager fast path per token. Each cache size "
                           "compiles once (seconds, a C++ compiler needed) and is kept on disk.")
 

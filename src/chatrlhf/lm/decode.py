@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from chatrlhf.lm.engine_fast import Draw
+from chatrlhf.lm.engine_compiled import Draw
 
 
 @dataclass

@@ -93,7 +93,7 @@ class Engine(ChatFront):
                  compile: bool = False):
         """`fast`: decode with the fused step (engine_fast.py); None = wherever the model allows it,
         True = require it, False = the transformers forward every step. `compile`: a single row's
-        decode step runs compiled (engine_fast.CompiledStep; needs the fast path and a C++ compiler;
+        decode step runs compiled (engine_compiled.CompiledStep; needs the fast path and a C++ compiler;
         each cache size compiles once, seconds, on first use)."""
         self.model = model.eval()
         why = engine_fast.unsupported(model)
