@@ -536,6 +536,13 @@ def test_compiled_step_samples_what_the_eager_step_samples(tiny_model_dir, tmp_p
     finally:
         with torch.no_grad():
             w.copy_(saved)
+    try:  # the last hidden state each token was sampled from (PPO's shared value head reads it)
+        comp.keep_hidden = eager.keep_hidden = True
+        a, b = comp.generate(one, ps[0]), eager.generate(one, ps[0])
+    finally:
+        comp.keep_hidden = eager.keep_hidden = False
+    _same(a, b)
+    torch.testing.assert_close(a[0].hidden, b[0].hidden, atol=1e-5, rtol=1e-5)
     n = len(calls)
     two = _texts_ids(eager, ["Hello", "Who is the baker of Varnok?"])
     _same(comp.generate(two, ps[0]), eager.generate(two, ps[0]))

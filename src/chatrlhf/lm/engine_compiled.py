@@ -45,9 +45,8 @@ class CompiledStep:
 
     Shapes are static: one library per cache size (`SlotKV(pow2=True)` grows the columns in powers
     of two, so a conversation compiles a handful at most) and per draw (plain, or sorted for
-    top-k/top-p), built once and kept on disk
-    (`cache_dir()`), keyed by the architecture, the size, this code and the torch version. The
-    weights are the library's constants, pointed at the model's live tensors after loading (no copy)
+    top-k/top-p), built once and kept on disk (`cache_dir()`), keyed by the architecture, the size,
+    this code and the torch version. The weights are the library's constants, pointed at the model's live tensors after loading (no copy)
     and again whenever `FusedLlama.refresh` rebuilt them, so a trained model needs no recompiling.
     Batches of several rows take the eager step: at 32 rows compiling saved a seventh of a step
     (docs/RESULTS.md), where per-op overhead is shared by the rows."""
@@ -165,8 +164,8 @@ class CompiledStep:
             x = torch.addmm(x, a.view(B, nh * d), w_o)
             gate, up = torch.mm(F.rms_norm(x, dims, w_post, eps_post), w_gu).chunk(2, -1)
             x = torch.addmm(x, F.silu(gate) * up, w_down)
-        x = F.rms_norm(x, dims, w_norm, f.norm[1])
-        logits = torch.mm(x, head)
+        hidden = F.rms_norm(x, dims, w_norm, f.norm[1])
+        logits = torch.mm(hidden, head)
         # the next token, as decode.sample_tokens draws it: inverse CDF at u of softmax(logits / T), over the
         # tokens top-k and top-p keep in sorted order when `sort`; argmax where T <= 0
         z = logits / temp.clamp_min(1e-5).unsqueeze(1)
@@ -183,7 +182,7 @@ class CompiledStep:
         lp = z.log_softmax(-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
         K.index_copy_(3, pos, torch.stack(ks).unsqueeze(3))  # the new keys and values at column pos, in place
         V.index_copy_(3, pos, torch.stack(vs).unsqueeze(3))
-        return logits, x, nxt, lp
+        return logits, hidden, nxt, lp
 
 
 class _StepModule(torch.nn.Module):
