@@ -12,12 +12,11 @@ import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import DynamicCache
 
-from chatrlhf.lm.engine_compiled import Draw
 
 
 @dataclass
@@ -45,16 +44,28 @@ class Generation:
 # --- sampling -------------------------------------------------------------------------------
 
 
+class Draw(NamedTuple):
+    """The next token's draw, per row: its uniform number, temperature, top-k and top-p, and whether
+    any row needs the sorted (top-k/top-p) path."""
+
+    u: torch.Tensor
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    sort: bool
+
+
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                  uniform: torch.Tensor) -> torch.Tensor:
+                  uniform: torch.Tensor, sort: bool | None = None) -> torch.Tensor:
     """One token per row from (B, V) logits with per-row temperature/top-k/top-p.
 
     Inverse-CDF sampling with one uniform number per row, so each row's randomness comes from its
-    own generator. Rows with temperature 0 take the argmax.
+    own generator. Rows with temperature 0 take the argmax. `sort`: whether any row needs top-k/top-p
+    (None: read from top_k and top_p; a traced graph, which cannot branch on tensor values, says it).
     """
     greedy = temperature <= 0
     x = logits.float() / temperature.clamp_min(1e-5).unsqueeze(1)
-    need_sort = bool((top_k > 0).any() or (top_p < 1.0).any())
+    need_sort = bool((top_k > 0).any() or (top_p < 1.0).any()) if sort is None else sort
     if need_sort:
         x, order = x.sort(dim=-1, descending=True)
         rank = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)

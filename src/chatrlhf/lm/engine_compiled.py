@@ -9,10 +9,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from chatrlhf.lm.decode import Draw, sample_tokens, sampled_logprobs
 
 # the FusedLlama it compiles and the SlotKV it reads come from engine_fast, which imports this module
 FusedLlama = SlotKV = Any
@@ -22,17 +24,6 @@ def cache_dir() -> Path:
     """Where compiled decode steps are kept: $CHATRLHF_CACHE/compiled, else ~/.cache/chatrlhf/compiled."""
     root = os.environ.get("CHATRLHF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatrlhf"
     return Path(root) / "compiled"
-
-
-class Draw(NamedTuple):
-    """The next token's draw, per row: its uniform number, temperature, top-k and top-p, and whether
-    any row needs the sorted (top-k/top-p) path."""
-
-    u: torch.Tensor
-    temperature: torch.Tensor
-    top_k: torch.Tensor
-    top_p: torch.Tensor
-    sort: bool
 
 
 class CompiledStep:
@@ -72,20 +63,20 @@ class CompiledStep:
         C = kv.capacity[1]
         cos_t, sin_t = f.rope(C, tokens.device)
         d = draw if draw is not None else self.no_draw
+        inputs = [tokens, pos, kv.k, kv.v, cos_t[:C], sin_t[:C], kv.cols, d.u, d.temperature, d.top_k, d.top_p]
         runner = self.runners.get((C, d.sort))
         if runner is None:
             try:
-                runner = self._load(C, d.sort, tokens, pos, kv)
+                runner = self._load(C, d.sort, inputs)
             except Exception as e:  # noqa: BLE001 -- any build failure: decode eagerly, as without compile
                 self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                 print(f"compile: could not build the compiled decode step ({self.failed}); decoding with the "
                       "eager fast path", file=sys.stderr)
                 return None
-        if self.weights is not f.w:  # the model was trained since: point the library at the new tensors
-            self._point(runner)
+        if self.weights is not f.w:  # the model was trained since: point the libraries at the new tensors
+            self._point()
         # the flat inputs themselves: AOTICompiledModel.__call__ flattens and checks an argument tree every call
-        logits, x, nxt, lp = runner.loader.boxed_run([tokens, pos, kv.k, kv.v, cos_t[:C], sin_t[:C], kv.cols,
-                                                      d.u, d.temperature, d.top_k, d.top_p])
+        logits, x, nxt, lp = runner.loader.boxed_run(inputs)
         return logits, (x if keep_hidden else None), ((nxt, lp) if draw is not None else None)
 
     def _constants(self) -> dict[str, torch.Tensor]:
@@ -93,13 +84,12 @@ class CompiledStep:
         flat = [t for layer in f.w for t in layer if isinstance(t, torch.Tensor)]
         return {**{f"w{i}": t for i, t in enumerate(flat)}, "embed": f.embed, "norm": f.norm[0], "head": f.head}
 
-    def _point(self, runner) -> None:
-        """The library reads the current weight tensors themselves (user-managed constants, no copy)."""
-        runner.load_constants(self._constants(), check_full_update=True, user_managed=True)
+    def _point(self) -> None:
+        """Every library reads the current weight tensors themselves (user-managed constants, no copy)."""
+        constants = self._constants()
+        for runner in self.runners.values():
+            runner.load_constants(constants, check_full_update=True, user_managed=True)
         self.weights = self.f.w
-        for other in self.runners.values():
-            if other is not runner:
-                other.load_constants(self._constants(), check_full_update=True, user_managed=True)
 
     def key(self, C: int, sort: bool) -> str:
         """What the compiled library depends on: the graph's shapes, constants and code, and torch."""
@@ -110,19 +100,17 @@ class CompiledStep:
         parts = [torch.__version__, f.n_heads, f.n_kv, f.head_dim, f.scaling, cfg.hidden_size, cfg.intermediate_size,
                  len(f.layers), f.embed.shape[0], [w[1] for w in f.w], [w[5] for w in f.w], f.norm[1], C, sort,
                  [(tuple(t.shape), t.stride()) for t in self._constants().values()],
-                 str(f.embed.dtype), str(f.embed.device), inspect.getsource(CompiledStep), inspect.getsource(_StepModule)]
+                 str(f.embed.dtype), str(f.embed.device),
+                 *(inspect.getsource(code) for code in (CompiledStep, _StepModule, sample_tokens, sampled_logprobs))]
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
 
-    def _load(self, C: int, sort: bool, tokens, pos, kv: SlotKV):
+    def _load(self, C: int, sort: bool, inputs: list[torch.Tensor]):
         path = cache_dir() / f"step-{self.key(C, sort)}.pt2"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.pt2")
-            cos_t, sin_t = self.f.rope(C, tokens.device)
             # distinct tensors for every input: export would trace two arguments given the same tensor as one
-            args = (tokens.clone(), pos.clone(), kv.k.clone(), kv.v.clone(), cos_t[:C].clone(),
-                    sin_t[:C].clone(), kv.cols.clone(), torch.full((1,), 0.5), torch.ones(1), torch.zeros(1, dtype=torch.long),
-                    torch.ones(1))
+            args = tuple(t.clone() for t in inputs)
             print(f"compiling the decode step for a {C}-column cache (once: kept in {path.parent})", file=sys.stderr)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations, not the caller's
@@ -133,7 +121,7 @@ class CompiledStep:
             warnings.simplefilter("ignore", FutureWarning)
             runner = torch._inductor.aoti_load_package(str(path))
         self.runners[(C, sort)] = runner
-        self._point(runner)
+        self._point()
         return runner
 
     def _pure(self, tokens, pos, K, V, w, embed, w_norm, head, cos_t, sin_t, cols, u, temp, top_k, top_p, sort: bool):
@@ -166,20 +154,8 @@ class CompiledStep:
             x = torch.addmm(x, F.silu(gate) * up, w_down)
         hidden = F.rms_norm(x, dims, w_norm, f.norm[1])
         logits = torch.mm(hidden, head)
-        # the next token, as decode.sample_tokens draws it: inverse CDF at u of softmax(logits / T), over the
-        # tokens top-k and top-p keep in sorted order when `sort`; argmax where T <= 0
-        z = logits / temp.clamp_min(1e-5).unsqueeze(1)
-        x, order = z.sort(-1, descending=True) if sort else (z, None)
-        if sort:
-            rank = torch.arange(x.shape[-1], device=x.device).unsqueeze(0)
-            x = x.masked_fill((top_k > 0).unsqueeze(1) & (rank >= top_k.unsqueeze(1)), float("-inf"))
-            probs = x.softmax(-1)
-            x = x.masked_fill(probs.cumsum(-1) - probs >= top_p.unsqueeze(1), float("-inf"))
-        cdf = x.softmax(-1).cumsum(-1)
-        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_max(x.shape[-1] - 1)
-        drawn = (order.gather(1, drawn) if sort else drawn).squeeze(1)
-        nxt = torch.where(temp <= 0, logits.argmax(-1), drawn)
-        lp = z.log_softmax(-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
+        nxt = sample_tokens(logits, temp, top_k, top_p, u, sort=sort)  # the next token, as the eager path draws it
+        lp = sampled_logprobs(logits, temp, nxt)
         K.index_copy_(3, pos, torch.stack(ks).unsqueeze(3))  # the new keys and values at column pos, in place
         V.index_copy_(3, pos, torch.stack(vs).unsqueeze(3))
         return logits, hidden, nxt, lp

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from chatrlhf.lm.engine_compiled import CompiledStep, Draw
+from chatrlhf.lm.decode import Draw
+from chatrlhf.lm.engine_compiled import CompiledStep
 
 SUPPORTED = {"llama"}
 

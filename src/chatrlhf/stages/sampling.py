@@ -201,7 +201,6 @@ def add_answers(c: dict, written: tuple[int, dict] | None, refusal: tuple[int, s
         c["written_index"], c["writer"] = at, demo["labeler"]
     if refusal is not None:
         at, text = refusal
-        at = min(at, len(c["responses"]))
         c["responses"].insert(at, text)
         c["refusal_index"] = at
         if c.get("written_index") is not None and c["written_index"] >= at:
