@@ -14,7 +14,11 @@ step is timed in wall seconds and in the worker's CPU seconds; both ratios are r
 Ours runs twice: with the default `ppo.critic.model=shared`, a value head on the policy's last hidden
 states (one trunk pass per mini-batch, values from the rollout's hidden states), and with
 `ppo.critic.model=separate`, a value model initialised from the whole RM, the critic TRL 1.10's
-PPOTrainer takes. Both ratios are reported.
+PPOTrainer takes. Both ratios are reported. A third run keeps the separate critic and sets
+`ppo.update.compile` (torch.compile of the policy's, reference's and value model's layer stacks);
+TRL runs eager, so that ratio is ours compiled against TRL as it ships. Its first step compiles
+(cold in the first run, from inductor's disk cache in the second) and each worker's first step is
+reported apart.
 
 Also: rollout tokens/s of our KV-cache engine against `model.generate` on the same batch, and the
 step's model FLOPs (2N per token forward, 6N forward+backward; attention's T^2 term left out, small
@@ -75,7 +79,13 @@ def setup(tmp: Path) -> dict:
 # --- workers -----------------------------------------------------------------------------------
 
 
-def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
+# our trainer's variants: the default shared critic, a separate critic as TRL's, and the separate critic
+# with ppo.update.compile (torch.compile of the layer stacks; its first step compiles and is not counted)
+OURS = {"ours": {"critic": "shared"}, "ours_separate": {"critic": "separate"},
+        "ours_separate_compiled": {"critic": "separate", "compile": True}}
+
+
+def worker_ours(tmp: Path, s: dict, critic: str = "shared", compile: bool = False) -> dict:
     import torch
 
     from chatrlhf.config import PPOConfig
@@ -93,24 +103,45 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared") -> dict:
     cfg = PPOConfig.model_validate({
         "total_iterations": s["steps"] + 1, "save_every": 10_000, "critic": {"model": critic},
         "rollout": {"batch_size": s["rollout_batch_size"], "max_new_tokens": s["response_length"]},
-        "update": {"mini_batch_size": s["mini_batch_size"], "epochs": s["ppo_epochs"], "learning_rate": s["learning_rate"]},
+        "update": {"mini_batch_size": s["mini_batch_size"], "epochs": s["ppo_epochs"], "learning_rate": s["learning_rate"],
+                   "compile": compile},
         "reward": {"kl_coef": s["kl_coef"]}, "guard": {"early_stop": "none", "max_kl": 1e9}})
     trainer = PPOTrainer(cfg, policy, ref, load_critic(tmp / "rm", critic, policy), tok,
                          lambda ps, ts: rm.score([p["messages"] for p in ps], ts), prompts, tmp / "ours_out",
                          make_accelerator(s["seed"], device="cpu"), seed=s["seed"])
+    phases = time_phases()
     steps, cpu = [], []
     for _ in range(s["steps"] + 1):
         c = time.process_time()
         steps.append(trainer.step())
         cpu.append(time.process_time() - c)
-    steps, cpu = steps[1:], cpu[1:]
-    out = {"step_s": [h["time_step_s"] for h in steps], "step_cpu_s": cpu,
+    first, steps, cpu = steps[0], steps[1:], cpu[1:]
+    out = {"first_step_s": first["time_step_s"], "step_s": [h["time_step_s"] for h in steps], "step_cpu_s": cpu,
            "rollout_s": [h["time_rollout_s"] for h in steps],
+           # seconds per counted step in each phase after the rollout (the first, warm-up step left out)
+           "phases_s": {k: sum(v[1:]) / len(steps) for k, v in phases.items()},
            "response_len": statistics.mean(h["response_len"] for h in steps)}
     if critic == "shared":
         out.update(generation_speed(tmp, s, policy, tok, prompts))
         out["matmul_peak_gflops"] = matmul_peak(s["threads"])
     return out
+
+
+def time_phases() -> dict[str, list[float]]:
+    """Wall seconds of each call to the PPO step's phases after the rollout (RM scoring, the reference
+    and value passes, the update epochs), recorded by wrapping them where chatrlhf.rl.ppo calls them."""
+    import chatrlhf.rl.ppo as ppo
+
+    seconds: dict[str, list[float]] = {}
+    for name in ("score_rollout", "evaluate_rollout", "ppo_update"):
+        def timed(*a, _fn=getattr(ppo, name), _name=name, **k):
+            t = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                seconds.setdefault(_name, []).append(time.perf_counter() - t)
+        setattr(ppo, name, timed)
+    return seconds
 
 
 def generation_speed(tmp: Path, s: dict, model, tok, prompts: list[dict]) -> dict:
@@ -208,33 +239,36 @@ def step_flops(n_params: int, prompt_len: float, resp_len: float, s: dict, separ
 def run_worker(py: Path, which: str, tmp: Path) -> dict:
     out = tmp / f"{which}.json"
     cmd = [str(py), __file__, "--worker", which, "--tmp", str(tmp), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(SETTINGS["threads"]), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": str(SETTINGS["threads"]), "CUDA_VISIBLE_DEVICES": "",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}  # the first compiled worker compiles cold, the second reads it
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     return json.loads(out.read_text())
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=["ours", "ours_separate", "trl"])
+    p.add_argument("--worker", choices=[*OURS, "trl"])
     p.add_argument("--tmp", type=Path)
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     if a.worker:
-        fns = {"ours": worker_ours, "ours_separate": lambda t, s: worker_ours(t, s, "separate"), "trl": worker_trl}
-        a.out.write_text(json.dumps(fns[a.worker](a.tmp, SETTINGS)))
+        res = worker_trl(a.tmp, SETTINGS) if a.worker == "trl" else worker_ours(a.tmp, SETTINGS, **OURS[a.worker])
+        a.out.write_text(json.dumps(res))
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         info = setup(tmp)
         prompts = json.loads((tmp / "prompts.json").read_text())
-        # alternate the trainers (ours, separate, TRL, ours, separate, TRL) so a shared machine's load hits all alike
-        ours, separate, trl = run_worker(OURS_PY, "ours", tmp), run_worker(OURS_PY, "ours_separate", tmp), None
+        # alternate the trainers (ours..., TRL, ours..., TRL) so a shared machine's load hits all alike
+        ours, trl = {name: run_worker(OURS_PY, name, tmp) for name in OURS}, None
         if TRL_PY.exists():
             trl = run_worker(TRL_PY, "trl", tmp)
-            for name, acc in (("ours", ours), ("ours_separate", separate)):
+            for name, acc in ours.items():
                 again = run_worker(OURS_PY, name, tmp)
+                acc["first_step_s"] = [acc["first_step_s"], again["first_step_s"]]
                 for k in ("step_s", "step_cpu_s", "rollout_s"):
                     acc[k] += again[k]
+                acc["phases_s"] = {k: (v + again["phases_s"][k]) / 2 for k, v in acc["phases_s"].items()}
             again = run_worker(TRL_PY, "trl", tmp)
             trl["step_s"] += again["step_s"]
             trl["step_cpu_s"] += again["step_cpu_s"]
@@ -243,33 +277,41 @@ def main() -> None:
         tok = load_tokenizer(tmp / "policy")
         plen = statistics.mean(len(tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),
                                        add_special_tokens=False)["input_ids"]) for p in prompts)
-    ours_step, separate_step = statistics.median(ours["step_s"]), statistics.median(separate["step_s"])
-    trl_step = None if trl is None else statistics.median(trl["step_s"])
-    cpu = {k: statistics.median(v["step_cpu_s"]) for k, v in (("ours", ours), ("separate", separate), ("trl", trl)) if v}
-    flops = step_flops(info["params"], plen, ours["response_len"], SETTINGS)
-    res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen,
-           "ours": {"step_s_median": ours_step, "step_s": ours["step_s"], "step_cpu_s": ours["step_cpu_s"],
-                    "rollout_s": ours["rollout_s"], "mean_response_tokens": ours["response_len"]},
-           # ppo.critic.model=separate: a value model of its own, as TRL 1.10's PPOTrainer has
-           "ours_separate_critic": {"step_s_median": separate_step, "step_s": separate["step_s"],
-                                    "step_cpu_s": separate["step_cpu_s"], "rollout_s": separate["rollout_s"]},
-           "trl_1_10": None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"],
-                                                 "step_cpu_s": trl["step_cpu_s"]},
-           "speedup_vs_trl": None if trl is None else trl_step / ours_step,  # our default (shared critic)
-           "speedup_vs_trl_separate_critic": None if trl is None else trl_step / separate_step,  # critic like TRL's
-           # the same ratios in CPU seconds of each worker: on a machine shared with other jobs, time spent
-           # waiting for a core is not the trainer's, and it varies more than the trainers differ
-           "cpu_speedup_vs_trl": None if trl is None else cpu["trl"] / cpu["ours"],
-           "cpu_speedup_vs_trl_separate_critic": None if trl is None else cpu["trl"] / cpu["separate"],
-           "rollout": {k: ours[k] for k in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "engine_vs_generate")},
-           "flops": {"per_step": flops, "achieved_gflops": flops / ours_step / 1e9,
-                     "matmul_peak_gflops": ours["matmul_peak_gflops"],
-                     "fraction_of_peak": flops / ours_step / 1e9 / ours["matmul_peak_gflops"]},
-           "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}}
+    res = summarise(info, plen, ours, trl)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: res[k] for k in ("speedup_vs_trl", "speedup_vs_trl_separate_critic", "cpu_speedup_vs_trl",
-                                          "cpu_speedup_vs_trl_separate_critic", "rollout", "flops")}, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if "speedup" in k or k in ("rollout", "flops")}, indent=2))
+
+
+# result keys of our variants (the first two as in earlier results files)
+KEYS = {"ours": ("ours", ""), "ours_separate": ("ours_separate_critic", "_separate_critic"),
+        "ours_separate_compiled": ("ours_separate_critic_compiled", "_separate_critic_compiled")}
+
+
+def summarise(info: dict, plen: float, ours: dict[str, dict], trl: dict | None) -> dict:
+    """Per variant: step medians, the first (warm-up) step, and its ratio to TRL's step in wall and
+    CPU seconds; the default variant's rollout speed and FLOPs."""
+    res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen}
+    trl_step = None if trl is None else statistics.median(trl["step_s"])
+    for name, run in ours.items():
+        key, suffix = KEYS[name]
+        step = statistics.median(run["step_s"])
+        res[key] = {"step_s_median": step, **{k: run[k] for k in ("first_step_s", "step_s", "step_cpu_s", "rollout_s")},
+                    "phases_s": run["phases_s"]}
+        if trl is not None:
+            # CPU seconds too: on a machine shared with other jobs, time spent waiting for a core is not the
+            # trainer's, and it varies more than the trainers differ
+            res[f"speedup_vs_trl{suffix}"] = trl_step / step
+            res[f"cpu_speedup_vs_trl{suffix}"] = statistics.median(trl["step_cpu_s"]) / statistics.median(run["step_cpu_s"])
+    res["ours"]["mean_response_tokens"] = ours["ours"]["response_len"]
+    res["trl_1_10"] = None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"], "step_cpu_s": trl["step_cpu_s"]}
+    base, ours_step = ours["ours"], res["ours"]["step_s_median"]
+    flops = step_flops(info["params"], plen, base["response_len"], SETTINGS)
+    res["rollout"] = {k: base[k] for k in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "engine_vs_generate")}
+    res["flops"] = {"per_step": flops, "achieved_gflops": flops / ours_step / 1e9, "matmul_peak_gflops": base["matmul_peak_gflops"],
+                    "fraction_of_peak": flops / ours_step / 1e9 / base["matmul_peak_gflops"]}
+    res["machine"] = {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
+    return res
 
 
 if __name__ == "__main__":

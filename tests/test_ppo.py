@@ -178,6 +178,52 @@ def test_separate_value_model_on_real_tokens_only_matches_the_transformers_forwa
         max((fast_w[k] - slow_w[k]).abs().max().item() for k in slow_w)
 
 
+@pytest.mark.slow
+def test_compiled_layer_stacks_give_the_eager_values_gradients_and_step(tiny_model_dir, tmp_path, monkeypatch):
+    """ppo.update.compile runs the policy's, reference's and value model's layer stacks compiled: the same
+    values, gradients and PPO step as the eager stacks, to float rounding; without a C++ compiler they
+    stay eager."""
+    import chatrlhf.lm.unpadded as unpadded
+
+    compiled = make_trainer(tiny_model_dir, tmp_path / "c", toy_cfg(critic="separate", learning_rate=1e-3,
+                                                                     **{"update.compile": True}))
+    trunks = [compiled.policy.model, compiled.ref_policy.model, compiled.value_model.model.model]
+    assert all(getattr(m, "unpadded_compiled", False) for m in trunks)
+    calls, real_compiled = [], unpadded._compiled_layers
+    monkeypatch.setattr(unpadded, "_compiled_layers", lambda: calls.append(1) or real_compiled())
+    ro = rollout(compiled.policy, compiled.tokenizer, PROMPTS, compiled.cfg, seed=1)
+    args = (ro.input_ids, ro.attention_mask, ro.position_ids)
+    real = ro.attention_mask.bool()
+
+    def values_and_grads():
+        compiled.value_model.zero_grad()
+        v = compiled.value_model(*args)
+        (v * real).square().sum().backward()
+        return v.detach(), [p.grad.clone() for p in compiled.value_model.parameters()]
+
+    fast, fast_grads = values_and_grads()
+    assert len(calls) == 1  # the compiled stack ran
+    trunks[2].unpadded_compiled = False
+    slow, slow_grads = values_and_grads()
+    assert len(calls) == 1  # ... and now the eager one
+    assert torch.allclose(fast[real], slow[real], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fast_grads, slow_grads, strict=True))
+    monkeypatch.undo()
+    trunks[2].unpadded_compiled = True
+    compiled.value_model.zero_grad(set_to_none=True)  # the step starts from no gradients
+    eager = make_trainer(tiny_model_dir, tmp_path / "e", toy_cfg(critic="separate", learning_rate=1e-3))
+    assert not getattr(eager.policy.model, "unpadded_compiled", False)
+    compiled.step(), eager.step()
+    a, b = compiled.policy.state_dict(), eager.policy.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+    moved = make_trainer(tiny_model_dir, tmp_path / "s", toy_cfg(critic="separate")).policy.state_dict()
+    assert any(not torch.equal(a[k], moved[k]) for k in a)  # the step moved the weights it compares
+
+    monkeypatch.setattr(unpadded.shutil, "which", lambda name: None)
+    policy = load_causal_lm(tiny_model_dir)
+    assert not unpadded.compile_unpadded(policy) and not getattr(policy.model, "unpadded_compiled", False)
+
+
 @pytest.mark.parametrize("critic", ["shared", "separate"])
 def test_short_ppo_run_raises_mean_reward(tiny_model_dir, tmp_path, critic):
     trainer = make_trainer(tiny_model_dir, tmp_path, toy_cfg(total_iterations=12, learning_rate=1e-2, ppo_epochs=4,

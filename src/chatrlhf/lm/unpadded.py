@@ -13,6 +13,9 @@ gradients (tests/test_ppo.py checks both). Pad positions are returned as zeros.
 
 from __future__ import annotations
 
+import functools
+import shutil
+
 import torch
 import torch.nn.functional as F
 
@@ -45,10 +48,17 @@ def unpadded_hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch
     # row's real keys, with no mask and the upper triangle skipped
     L = int(keep.sum(1).max())
     cell = (torch.arange(B, device=x.device)[:, None] * L + keep.cumsum(1) - 1)[keep]  # (N,) in the (B, L) grid
+    layers = _compiled_layers() if getattr(trunk, "unpadded_compiled", False) else _layers
+    return layers(trunk, x, cos, sin, cell, B, L), flat
+
+
+def _layers(trunk, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cell: torch.Tensor, B: int,
+            L: int) -> torch.Tensor:
+    """The decoder layers and the final norm on the (N, H) real tokens; attention on the (B, L) grid."""
     for layer in trunk.layers:
         attn = layer.self_attn
         h = layer.input_layernorm(x)
-        q, k, v = (proj(h).view(len(flat), -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (proj(h).view(x.shape[0], -1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         nq, nk = q.shape[1], k.shape[1]
         qk = torch.cat([q, k], 1)
         qk = qk * cos + _rotate_half(qk) * sin  # RoPE on queries and keys at once
@@ -58,7 +68,30 @@ def unpadded_hidden_states(trunk, input_ids: torch.Tensor, attention_mask: torch
                                            scale=attn.scaling, enable_gqa=nq != nk)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(B * L, -1)[cell])
         x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return trunk.norm(x), flat
+    return trunk.norm(x)
+
+
+@functools.cache
+def _compiled_layers():
+    # one compiled function for every trunk: modules are inlined, so a trunk of the same shape reuses its
+    # graphs; N and L are symbolic, so new batch shapes do not recompile
+    return torch.compile(_layers, dynamic=True)
+
+
+def compile_unpadded(model) -> bool:
+    """Run the layer stack of each Llama-family trunk inside `model` (a causal LM, a sequence
+    classifier, a value model, a PEFT wrapper) compiled by torch.compile whenever
+    `unpadded_hidden_states` runs it: inductor fuses the norms, RoPE and MLP activations of the
+    forward and the backward. The first passes compile (seconds to tens of seconds; inductor caches on
+    disk), later ones reuse the graphs. Float rounding differs from the eager stack. Returns False,
+    with a message, where no C++ compiler is installed (inductor's CPU backend needs one)."""
+    if not torch.cuda.is_available() and not (shutil.which("g++") or shutil.which("c++")):
+        print("compile: no C++ compiler (g++) found; the layer stacks stay eager")
+        return False
+    for m in model.modules():
+        if hasattr(m, "layers") and hasattr(m, "embed_tokens"):
+            m.unpadded_compiled = True
+    return True
 
 
 def scatter_rows(x: torch.Tensor, flat: torch.Tensor, B: int, T: int) -> torch.Tensor:

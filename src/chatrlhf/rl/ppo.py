@@ -34,6 +34,7 @@ from chatrlhf.config import PPOConfig
 from chatrlhf.config_ppo import guard_sampling
 from chatrlhf.lm.distributed import all_mean, all_sum, announce, barrier, is_main, share, weighted_loss, world_size
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, TrainingStopped, progress_bar
+from chatrlhf.lm.unpadded import compile_unpadded
 from chatrlhf.rl.critic import ValueHead, ValueModel
 from chatrlhf.rl.experience import (
     GoldFn,
@@ -241,6 +242,10 @@ class PPOTrainer:
                  f"{cfg.rollout.batch_size} rollouts, mini-batch {cfg.update.mini_batch_size}")
         if ref_policy is not None:
             ref_policy.requires_grad_(False).eval()
+        if cfg.update.compile:  # the layer stacks of the update's, reference and value passes (lm.unpadded)
+            for m in (policy, ref_policy, value_model):
+                if m is not None and not compile_unpadded(m):
+                    break
         head_lr = cfg.update.learning_rate * (cfg.critic.head_lr_scale if cfg.critic.model == "shared" else 1.0)
         trainable = [{"params": [p for p in policy.parameters() if p.requires_grad]}]
         if value_model is not None:
