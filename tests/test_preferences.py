@@ -124,6 +124,51 @@ def test_every_groups_writers_answer_every_prompt_with_group_demonstrations(worl
         load_split(Config.model_validate({"sft": {"group_demonstrations": True}}), None)
 
 
+def test_sft_writer_group_keeps_one_groups_demonstrations_of_every_prompt(world, tmp_path):
+    """sft.writer_group: every SFT prompt answered once, by a training labeler of that group, as
+    group_demonstrations writes it; an unknown group or a user's data is refused by name."""
+    from chatrlhf.lm.data import DataError
+    from chatrlhf.stages.sft import load_split, run_settings
+    from chatrlhf.world.labelers import write_group_demonstrations
+    from chatrlhf.world.loader import world_demonstrations
+
+    world.save(tmp_path / "world")
+    by_id = {lab.id: lab for lab in world.labelers()}
+    every = write_group_demonstrations(world.prompts("sft"), world.labelers(), world.info["seed"],
+                                       Config().world.demo_quality, world.facts)
+    for g in ("brief", "cautious"):
+        cfg = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "world": {"seed": world.info["seed"]},
+                                     "sft": {"writer_group": g}})
+        convs = world_demonstrations(cfg)
+        mine = [d for d in every if by_id[d["labeler"]].group == g and not by_id[d["labeler"]].held_out]
+        assert convs == [d["messages"] for d in mine]  # that group's writers' demonstrations, no system line
+        assert [c[:-1] for c in convs] == [p["messages"] for p in world.prompts("sft")]  # every prompt once
+        assert run_settings(cfg)["sft"]["writer_group"] == g
+    assert world_demonstrations(cfg) != world_demonstrations(cfg.model_copy(update={"sft": cfg.sft.model_copy(
+        update={"writer_group": "brief"})}))  # the groups write differently
+    assert "writer_group" not in run_settings(Config())["sft"]
+    with pytest.raises(DataError, match="writer_group='judges' is not a training group"):
+        world_demonstrations(Config.model_validate({"run": {"out_dir": str(tmp_path)}, "sft": {"writer_group": "judges"}}))
+    with pytest.raises(DataError, match="sft.writer_group reads the writers' labeler groups"):
+        load_split(Config.model_validate({"sft": {"data": "x.jsonl", "writer_group": "brief"}}), None)
+
+
+def test_group_sft_starts_each_groups_variant_from_its_own_demonstrations(tmp_path, monkeypatch):
+    """preferences.group_sft: a group's variant starts from an SFT model on its own group's
+    demonstrations; the pooled and conditioned variants keep theirs, and off, every group the run's."""
+    import chatrlhf.stages.preferences as prefs
+
+    seen = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append((out.name, cfg.sft.writer_group)))
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true"])
+    dirs = {name: prefs.variant_sft(cfg, name, tmp_path / name) for name in ("pooled", "brief", "cautious", "conditioned")}
+    assert dirs == {"pooled": cfg.stage_dir("sft"), "brief": tmp_path / "brief", "cautious": tmp_path / "cautious",
+                    "conditioned": cfg.stage_dir("sft")}
+    assert seen == [("brief", "brief"), ("cautious", "cautious")]
+    off = load_config(None, [f"run.out_dir={tmp_path}"])
+    assert prefs.variant_sft(off, "brief", tmp_path / "x") == off.stage_dir("sft") and len(seen) == 2
+
+
 def test_a_weighted_mix_draws_labelers_in_proportion(world):
     cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 3.0, "cautious": 1.0}, "labelers_per_prompt": 1}})
     comps = _comparisons(world)

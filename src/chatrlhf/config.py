@@ -181,6 +181,10 @@ class SFTConfig(Section):
     group_demonstrations: bool = Field(False, description="With group_system_message: a training labeler of every group "
         "writes a demonstration for every SFT prompt (as many demonstrations as groups per prompt), instead of one "
         "writer per prompt, so the model sees each group's way of answering on all the prompts.")
+    writer_group: str | None = Field(None, description="World demonstrations only: every SFT prompt answered by a "
+        "training labeler of this group (the demonstrations group_demonstrations writes, that group's share), so the "
+        "model learns one group's way of answering. `chatrlhf preferences` trains one per group with "
+        "preferences.group_sft.")
 
 
 class RMConfig(Section):

@@ -124,6 +124,10 @@ class PreferencesConfig(Section):
     group_demonstrations: bool = Field(False, description="The conditioned-sft variant's demonstrations: a writer of "
                                        "every group answers every SFT prompt (sft.group_demonstrations) instead of one "
                                        "writer per prompt.")
+    group_sft: bool = Field(False, description="Each group's variant starts its RM and policy from an SFT model "
+                            "fine-tuned, with the run's sft.* settings, on demonstrations its own group wrote "
+                            "(sft.writer_group) instead of the shared SFT model: the group's bias through "
+                            "demonstrations and rankings both, as the labelers who write and rank pass it on.")
 
 
 class DPOConfig(Section):

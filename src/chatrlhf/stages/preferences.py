@@ -90,11 +90,31 @@ def conditioned_sft(cfg: Config, out: Path) -> Path:
     return out
 
 
+def group_sft(cfg: Config, group: str, out: Path) -> Path:
+    """The run's SFT repeated from the same pre-trained model with the same settings, on
+    demonstrations written by `group`'s training labelers only (sft.writer_group)."""
+    if not stage_complete(out):
+        d = cfg.model_dump()
+        d["sft"]["writer_group"] = group
+        train_sft(Config.model_validate(d), out)
+    return out
+
+
+def variant_sft(cfg: Config, name: str, out: Path) -> Path:
+    """The SFT model a variant starts from: the run's, conditioned-sft's own, or with
+    preferences.group_sft a group's own."""
+    if name == "conditioned-sft":
+        return conditioned_sft(cfg, out)
+    if cfg.preferences.group_sft and name in cfg.preferences.groups:
+        return group_sft(cfg, name, out)
+    return cfg.stage_dir("sft")
+
+
 def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) -> Path:
     """Rank the shared answers as this variant's labelers would, train its RM, then PPO, both from
-    the variant's SFT model (the run's, or conditioned-sft's own)."""
+    the variant's SFT model (variant_sft)."""
     vcfg = variant_config(cfg, variants(cfg.preferences.groups, True)[name])
-    sft = conditioned_sft(cfg, out / "sft") if name == "conditioned-sft" else cfg.stage_dir("sft")
+    sft = variant_sft(cfg, name, out / "sft")
     rm_dir, ppo_dir = out / "rm", out / "ppo"
     if not stage_complete(rm_dir):
         comps = [json.loads(json.dumps(c)) for c in base]

@@ -70,7 +70,7 @@ def base_model_path(cfg: Config) -> Path | str:
 def run_settings(cfg: Config) -> dict[str, Any]:
     """What fixes the trajectory, so a checkpoint of another configuration is never resumed."""
     s = cfg.sft.model_dump(exclude={"eval_every", "save_every", "log_every", "eval_prompts", "eval_after"})
-    for switch in ("group_system_message", "group_demonstrations"):
+    for switch in ("group_system_message", "group_demonstrations", "writer_group"):
         if not s[switch]:  # off, a run's fingerprint is what it was before the switch existed
             del s[switch]
     return {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
@@ -87,9 +87,9 @@ def load_split(cfg: Config, tokenizer) -> tuple[list[tuple[Conversation, Example
     if sc.group_demonstrations and not sc.group_system_message:
         raise DataError("sft.group_demonstrations needs sft.group_system_message: each group's demonstrations name "
                         "their group in a system message")
-    if sc.data and sc.group_system_message:
-        raise DataError("sft.group_system_message names the writer's labeler group of the embedded world's "
-                        f"demonstrations; sft.data={sc.data!r} has no writers' groups (put any system message in the data)")
+    if sc.data and (switch := "group_system_message" if sc.group_system_message else "writer_group" if sc.writer_group else None):
+        raise DataError(f"sft.{switch} reads the writers' labeler groups of the embedded world's demonstrations; "
+                        f"sft.data={sc.data!r} has no writers' groups (put any system message in the data)")
     convs = load_conversations(sc.data, sc.format, sc.columns, sc.split) if sc.data else world_demonstrations(cfg)
     source = sc.data or f"world demonstrations ({cfg.stage_dir('world')})"
     counts: dict[str, int] = {}

@@ -41,11 +41,17 @@ def world_demonstrations(cfg: Config) -> list[Conversation]:
     print(f"sft: using the embedded world's demonstrations ({world_dir}); set sft.data to use your own")
     world = World.load(world_dir)
     demos = world.demonstrations()
-    if cfg.sft.group_demonstrations:  # every group's writers answer every prompt
+    if cfg.sft.group_demonstrations or cfg.sft.writer_group:  # every group's writers answer every prompt
         from chatrlhf.world.labelers import write_group_demonstrations
 
         demos = write_group_demonstrations(world.prompts("sft"), world.labelers(), world.info.get("seed", cfg.world.seed),
                                            cfg.world.demo_quality, world.facts)
+        if (g := cfg.sft.writer_group) is not None:  # ... and one group's share is kept
+            groups = sorted({lab.group for lab in world.labelers() if lab.group and not lab.held_out})
+            if g not in groups:
+                raise DataError(f"sft.writer_group={g!r} is not a training group of the world in {world_dir} "
+                                f"(its groups: {', '.join(groups)})")
+            demos = [d for d in demos if world.labeler(d["labeler"]).group == g]
     if cfg.sft.group_system_message:
         demos = with_writer_group(world, demos)
     return nonempty([c for i, d in enumerate(demos)
