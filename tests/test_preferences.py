@@ -167,6 +167,9 @@ def test_group_sft_starts_each_groups_variant_from_its_own_demonstrations(tmp_pa
     assert seen == [("brief", "brief"), ("cautious", "cautious")]
     off = load_config(None, [f"run.out_dir={tmp_path}"])
     assert prefs.variant_sft(off, "brief", tmp_path / "x") == off.stage_dir("sft") and len(seen) == 2
+    result = {"n_prompts": 1, "rows": {"brief": {"brief": {"win_rate": 0.6, "low": 0.5, "high": 0.7}}}}
+    assert "own group's demonstrations" in prefs.table_md(result | {"group_sft": True}, ["brief"])
+    assert "demonstrations" not in prefs.table_md(result, ["brief"])  # the table says which SFT the rows started from
 
 
 def test_a_weighted_mix_draws_labelers_in_proportion(world):

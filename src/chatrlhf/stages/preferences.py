@@ -184,7 +184,12 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
     return ("Win rate against the policy trained on everyone's rankings (pooled), on "
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
             "95% cluster-bootstrap intervals. Last column: the share of harmless requests the policy refuses "
-            "(the world's rubric).\n\n" + "\n".join(lines) + "\n")
+            "(the world's rubric)." + GROUP_SFT_NOTE * result.get("group_sft", False) + "\n\n" + "\n".join(lines) + "\n")
+
+
+GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own group's demonstrations "
+                  "(preferences.group_sft): its row shows the bias of the labelers who write and rank; the pooled "
+                  "and conditioned policies started from the run's SFT model.")
 
 
 def _rate(sub: dict | None) -> str:
@@ -203,7 +208,7 @@ def run_preferences(cfg: Config) -> Path:
     policies = {name: train_variant(cfg, world, base, name, out / name) for name in names}
     if "conditioned-sft" in policies:
         policies[SFT_ONLY] = out / "conditioned-sft" / "sft"
-    result = judge(cfg, world, policies)
+    result = judge(cfg, world, policies) | {"group_sft": cfg.preferences.group_sft}
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, cfg.preferences.groups))
     _print(result, cfg.preferences.groups)
