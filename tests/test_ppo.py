@@ -138,6 +138,14 @@ def test_shared_value_loss_trains_the_head_not_the_policy(tiny_model_dir, tmp_pa
     assert bool(moved) == trains_policy, moved
 
 
+def values_and_grads(value_model, ro) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """V(s_t) on a rollout's rows and the gradients of their squares' sum over the real tokens."""
+    value_model.zero_grad()
+    v = value_model(ro.input_ids, ro.attention_mask, ro.position_ids)
+    (v * ro.attention_mask.bool()).square().sum().backward()
+    return v.detach(), [p.grad.clone() for p in value_model.parameters()]
+
+
 def test_separate_value_model_on_real_tokens_only_matches_the_transformers_forward(tiny_model_dir, tmp_path,
                                                                                   monkeypatch):
     """The unpadded value model (projections and MLP on the real tokens) gives the transformers forward's
@@ -148,19 +156,11 @@ def test_separate_value_model_on_real_tokens_only_matches_the_transformers_forwa
     t = make_trainer(tiny_model_dir, tmp_path / "a", cfg)
     ro = rollout(t.policy, t.tokenizer, PROMPTS, cfg, seed=1)
     assert (ro.attention_mask == 0).any(dim=1).float().mean() > 0.5  # most rows padded: the case that matters
-    args = (ro.input_ids, ro.attention_mask, ro.position_ids)
     real = ro.attention_mask.bool()
     assert critic_mod.why_not_unpadded(t.value_model.model) is None  # the tiny Llama takes the unpadded path
-
-    def values_and_grads():
-        t.value_model.zero_grad()
-        v = t.value_model(*args)
-        (v * real).square().sum().backward()
-        return v.detach(), [p.grad.clone() for p in t.value_model.parameters()]
-
-    fast, fast_grads = values_and_grads()
+    fast, fast_grads = values_and_grads(t.value_model, ro)
     monkeypatch.setattr(critic_mod, "why_not_unpadded", lambda model: "forced: transformers forward")
-    slow, slow_grads = values_and_grads()
+    slow, slow_grads = values_and_grads(t.value_model, ro)
     assert torch.allclose(fast[real], slow[real], atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fast_grads, slow_grads, strict=True))
 
@@ -192,19 +192,11 @@ def test_compiled_layer_stacks_give_the_eager_values_gradients_and_step(tiny_mod
     calls, real_compiled = [], unpadded._compiled_layers
     monkeypatch.setattr(unpadded, "_compiled_layers", lambda: calls.append(1) or real_compiled())
     ro = rollout(compiled.policy, compiled.tokenizer, PROMPTS, compiled.cfg, seed=1)
-    args = (ro.input_ids, ro.attention_mask, ro.position_ids)
     real = ro.attention_mask.bool()
-
-    def values_and_grads():
-        compiled.value_model.zero_grad()
-        v = compiled.value_model(*args)
-        (v * real).square().sum().backward()
-        return v.detach(), [p.grad.clone() for p in compiled.value_model.parameters()]
-
-    fast, fast_grads = values_and_grads()
+    fast, fast_grads = values_and_grads(compiled.value_model, ro)
     assert len(calls) == 1  # the compiled stack ran
     trunks[2].unpadded_compiled = False
-    slow, slow_grads = values_and_grads()
+    slow, slow_grads = values_and_grads(compiled.value_model, ro)
     assert len(calls) == 1  # ... and now the eager one
     assert torch.allclose(fast[real], slow[real], atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fast_grads, slow_grads, strict=True))
