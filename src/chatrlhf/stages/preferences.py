@@ -184,7 +184,8 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
     return ("Win rate against the policy trained on everyone's rankings (pooled), on "
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
             "95% cluster-bootstrap intervals. Last column: the share of harmless requests the policy refuses "
-            "(the world's rubric)." + GROUP_SFT_NOTE * result.get("group_sft", False) + "\n\n" + "\n".join(lines) + "\n")
+            "(the world's rubric)." + GROUP_SFT_NOTE * result.get("group_sft", False)
+            + "\n\n" + "\n".join(lines) + "\n")
 
 
 GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own group's demonstrations "

@@ -87,7 +87,8 @@ def load_split(cfg: Config, tokenizer) -> tuple[list[tuple[Conversation, Example
     if sc.group_demonstrations and not sc.group_system_message:
         raise DataError("sft.group_demonstrations needs sft.group_system_message: each group's demonstrations name "
                         "their group in a system message")
-    if sc.data and (switch := "group_system_message" if sc.group_system_message else "writer_group" if sc.writer_group else None):
+    switch = "group_system_message" if sc.group_system_message else "writer_group" if sc.writer_group else None
+    if sc.data and switch:
         raise DataError(f"sft.{switch} reads the writers' labeler groups of the embedded world's demonstrations; "
                         f"sft.data={sc.data!r} has no writers' groups (put any system message in the data)")
     convs = load_conversations(sc.data, sc.format, sc.columns, sc.split) if sc.data else world_demonstrations(cfg)
