@@ -81,8 +81,9 @@ class UpdateConfig(Section):
     compile: bool = Field(False, description="Compile the layer stacks of the policy, the reference and a separate "
                           "value model with torch.compile (inductor) where they run on the real tokens only (lm.unpadded): "
                           "the first iteration compiles (tens of seconds on 2 CPU cores, seconds from inductor's disk "
-                          "cache), later steps run faster; float rounding differs from the eager passes. Off by "
-                          "default: in a run of the embedded default it costs about what it saves.")
+                          "cache); float rounding differs from the eager passes. A step with a separate critic runs "
+                          "1.10-1.15x faster on CPU; the default shared critic's step, whose PPO-ptx pass and "
+                          "rollout stay eager, about as fast as eager, so it is off by default.")
 
 
 class GuardConfig(Section):
