@@ -116,7 +116,7 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared", compile: bool = Fals
         steps.append(trainer.step())
         cpu.append(time.process_time() - c)
     first, steps, cpu = steps[0], steps[1:], cpu[1:]
-    out = {"first_step_s": first["time_step_s"], "step_s": [h["time_step_s"] for h in steps], "step_cpu_s": cpu,
+    out = {"first_step_s": [first["time_step_s"]], "step_s": [h["time_step_s"] for h in steps], "step_cpu_s": cpu,
            "rollout_s": [h["time_rollout_s"] for h in steps],
            # seconds per counted step in each phase after the rollout (the first, warm-up step left out)
            "phases_s": {k: sum(v[1:]) / len(steps) for k, v in phases.items()},
@@ -265,8 +265,7 @@ def main() -> None:
             trl = run_worker(TRL_PY, "trl", tmp)
             for name, acc in ours.items():
                 again = run_worker(OURS_PY, name, tmp)
-                acc["first_step_s"] = [acc["first_step_s"], again["first_step_s"]]
-                for k in ("step_s", "step_cpu_s", "rollout_s"):
+                for k in ("first_step_s", "step_s", "step_cpu_s", "rollout_s"):
                     acc[k] += again[k]
                 acc["phases_s"] = {k: (v + again["phases_s"][k]) / 2 for k, v in acc["phases_s"].items()}
             again = run_worker(TRL_PY, "trl", tmp)
@@ -283,9 +282,9 @@ def main() -> None:
     print(json.dumps({k: v for k, v in res.items() if "speedup" in k or k in ("rollout", "flops")}, indent=2))
 
 
-# result keys of our variants (the first two as in earlier results files)
-KEYS = {"ours": ("ours", ""), "ours_separate": ("ours_separate_critic", "_separate_critic"),
-        "ours_separate_compiled": ("ours_separate_critic_compiled", "_separate_critic_compiled")}
+# result keys of our variants (the first two as in earlier results files); each ratio to TRL is named
+# speedup_vs_trl + the key after "ours"
+KEYS = {"ours": "ours", "ours_separate": "ours_separate_critic", "ours_separate_compiled": "ours_separate_critic_compiled"}
 
 
 def summarise(info: dict, plen: float, ours: dict[str, dict], trl: dict | None) -> dict:
@@ -294,7 +293,8 @@ def summarise(info: dict, plen: float, ours: dict[str, dict], trl: dict | None) 
     res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen}
     trl_step = None if trl is None else statistics.median(trl["step_s"])
     for name, run in ours.items():
-        key, suffix = KEYS[name]
+        key = KEYS[name]
+        suffix = key.removeprefix("ours")
         step = statistics.median(run["step_s"])
         res[key] = {"step_s_median": step, **{k: run[k] for k in ("first_step_s", "step_s", "step_cpu_s", "rollout_s")},
                     "phases_s": run["phases_s"]}

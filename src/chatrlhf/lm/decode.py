@@ -18,7 +18,6 @@ import torch
 from transformers import DynamicCache
 
 
-
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 48

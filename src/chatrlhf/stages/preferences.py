@@ -77,36 +77,31 @@ def base_comparisons(cfg: Config) -> list[dict]:
     return [{k: v for k, v in c.items() if k not in ("rankings", "group", "n_labelers")} | {"rankings": []} for c in comps]
 
 
+def sft_with(cfg: Config, out: Path, **sft: Any) -> Path:
+    """The run's SFT repeated into `out` from the same pre-trained model with the same settings but
+    the sft.* fields given (once: a finished `out` is kept)."""
+    if not stage_complete(out):
+        d = cfg.model_dump()
+        d["sft"] |= sft
+        train_sft(Config.model_validate(d), out)
+    return out
+
+
 def conditioned_sft(cfg: Config, out: Path) -> Path:
-    """The run's SFT repeated from the same pre-trained model with the same settings, each
-    demonstration naming its writer's group in a system message (sft.group_system_message)."""
-    if not stage_complete(out):
-        d = cfg.model_dump()
-        d["sft"]["group_system_message"] = True
-        d["sft"]["group_demonstrations"] = cfg.preferences.group_demonstrations
-        if cfg.preferences.conditioned_sft_epochs is not None:
-            d["sft"]["epochs"] = cfg.preferences.conditioned_sft_epochs
-        train_sft(Config.model_validate(d), out)
-    return out
-
-
-def group_sft(cfg: Config, group: str, out: Path) -> Path:
-    """The run's SFT repeated from the same pre-trained model with the same settings, on
-    demonstrations written by `group`'s training labelers only (sft.writer_group)."""
-    if not stage_complete(out):
-        d = cfg.model_dump()
-        d["sft"]["writer_group"] = group
-        train_sft(Config.model_validate(d), out)
-    return out
+    """The run's SFT with each demonstration naming its writer's group in a system message
+    (sft.group_system_message)."""
+    epochs = cfg.preferences.conditioned_sft_epochs
+    return sft_with(cfg, out, group_system_message=True, group_demonstrations=cfg.preferences.group_demonstrations,
+                    **({} if epochs is None else {"epochs": epochs}))
 
 
 def variant_sft(cfg: Config, name: str, out: Path) -> Path:
     """The SFT model a variant starts from: the run's, conditioned-sft's own, or with
-    preferences.group_sft a group's own."""
+    preferences.group_sft a group's own (demonstrations by its training labelers only, sft.writer_group)."""
     if name == "conditioned-sft":
         return conditioned_sft(cfg, out)
     if cfg.preferences.group_sft and name in cfg.preferences.groups:
-        return group_sft(cfg, name, out)
+        return sft_with(cfg, out, writer_group=name)
     return cfg.stage_dir("sft")
 
 
@@ -184,7 +179,7 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
     return ("Win rate against the policy trained on everyone's rankings (pooled), on "
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
             "95% cluster-bootstrap intervals. Last column: the share of harmless requests the policy refuses "
-            "(the world's rubric)." + GROUP_SFT_NOTE * result.get("group_sft", False)
+            "(the world's rubric)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
             + "\n\n" + "\n".join(lines) + "\n")
 
 

@@ -47,10 +47,9 @@ def world_demonstrations(cfg: Config) -> list[Conversation]:
         demos = write_group_demonstrations(world.prompts("sft"), world.labelers(), world.info.get("seed", cfg.world.seed),
                                            cfg.world.demo_quality, world.facts)
         if (g := cfg.sft.writer_group) is not None:  # ... and one group's share is kept
-            groups = sorted({lab.group for lab in world.labelers() if lab.group and not lab.held_out})
-            if g not in groups:
+            if g not in world.labeler_groups():
                 raise DataError(f"sft.writer_group={g!r} is not a training group of the world in {world_dir} "
-                                f"(its groups: {', '.join(groups)})")
+                                f"(its groups: {', '.join(world.labeler_groups())})")
             demos = [d for d in demos if world.labeler(d["labeler"]).group == g]
     if cfg.sft.group_system_message:
         demos = with_writer_group(world, demos)
