@@ -62,7 +62,8 @@ def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     PPO, the judges' greedy Likert and correct facts per model."""
     rms = [("round 1", out / "rm")] + [(d.name.replace("_", " "), d / "rm")
                                        for d in sorted((out / "rounds").glob("round_*")) if (d / "rm").is_dir()]
-    rm = {name: {"accuracy": e.get("acc_held_out_labelers"), "ceiling": e.get("held_out_labeler_agreement")}
+    rm = {name: {"accuracy": e.get("acc_held_out_labelers"), "ceiling": e.get("held_out_labeler_agreement"),
+                 "gap": e.get("ceiling_gap") or ceiling_gap(out, d)}
           for name, d in rms if (e := _json(d / "eval.json"))}
     ppos = [out / "ppo"] + [d / "ppo" for d in sorted((out / "rounds").glob("round_*"))]
     metas = [m for d in ppos if (m := _json(d / "meta.json"))]
@@ -72,6 +73,22 @@ def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
             "ppl_final": metas[-1].get("pretrain_val_ppl_after") if metas else None,
             "likert": {m: v.get("world_greedy_likert") for m, v in models.items()},
             "facts": {m: v.get("world_greedy_fact_correct") for m, v in models.items()}}
+
+
+def ceiling_gap(out: Path, rm_dir: Path) -> dict[str, float] | None:
+    """The RM's gap to its ceiling with its interval, for an RM whose eval.json predates it: its
+    validation comparisons scored again (the same figures the RM stage now writes)."""
+    from chatrlhf.lm.rankings import load_comparisons
+    from chatrlhf.lm.reward_model import load_reward
+    from chatrlhf.stages.reward import ceiling_gap as gap, score_comparisons
+    from chatrlhf.world import World
+    from chatrlhf.world.loader import held_out_labelers
+
+    if not (rm_dir / "val_comparisons.jsonl").is_file() or not (out / "world" / "meta.json").is_file():
+        return None
+    val = load_comparisons(rm_dir / "val_comparisons.jsonl")
+    held_out = held_out_labelers(World.load(out / "world"))
+    return gap(val, score_comparisons(load_reward(rm_dir), val), held_out)
 
 
 def likert_ideal(out: Path, seed: int = 0) -> float | None:
@@ -107,8 +124,9 @@ def overoptimisation(ppo_dir: Path, n: int = 10) -> dict[str, Any]:
 
 
 def _substance_lines(sub: dict[str, Any]) -> list[str]:
-    rm = "; ".join(f"{k} {v['accuracy']:.3f} (ceiling {v['ceiling']:.3f})" for k, v in sub["rm"].items()
-                   if v["accuracy"] is not None and v["ceiling"] is not None)
+    rm = "; ".join(f"{k} {v['accuracy']:.3f} (ceiling {v['ceiling']:.3f}" + (
+        f", gap {g['estimate']:.3f} [{g['low']:.3f}, {g['high']:.3f}])" if (g := v.get("gap")) else ")")
+        for k, v in sub["rm"].items() if v["accuracy"] is not None and v["ceiling"] is not None)
     lines = [f"  RM accuracy on held-out labelers: {rm or 'n/a'}"]
     if sub.get("ppl_sft") and sub.get("ppl_final"):
         lines.append(f"  pre-training perplexity: SFT {sub['ppl_sft']:.3f} -> final {sub['ppl_final']:.3f} "

@@ -18,7 +18,8 @@ from chatrlhf.config import Config
 from chatrlhf.lm.modeling import read_meta
 from chatrlhf.lm.reward_model import RewardModel, reward_backbone_and_head
 from chatrlhf.lm.training import NonFiniteLossError, read_metrics
-from chatrlhf.stages.reward import calibration, pairwise_accuracy, train_reward_model
+from chatrlhf.lm.rankings import calibration, pairwise_accuracy
+from chatrlhf.stages.reward import ceiling_gap, train_reward_model
 
 GOOD = ["Her favourite colour is teal.", "The capital of Varnok is Selmouth.", "Thank you, that is kind."]
 BAD = ["I cannot help with that.", "plum pear apple", "four four four"]
@@ -229,6 +230,22 @@ def test_accuracy_and_calibration_by_hand():
     assert wrong["ece"] == pytest.approx(1 / (1 + math.exp(-3)), rel=1e-6)
     assert calibration(pair * 3 + [{"responses": ["a", "b"], "rankings": [{"ranks": [2, 1]}]}],
                        [[math.log(3), 0.0]] * 4, lambda lab: True)["ece"] == pytest.approx(0.0, abs=1e-9)  # 3:1 at p=0.75
+
+
+def test_ceiling_gap_is_agreement_minus_accuracy_with_an_interval_over_content_clusters():
+    # two held-out labelers agree on 3 of 4 fact prompts about two entities; the RM matches H1 everywhere
+    def comp(entity: str, h2: list[int]) -> dict:
+        return {"task": "fact", "reference": {"entity": entity}, "responses": ["a", "b"],
+                "rankings": [{"labeler": "H1", "ranks": [1, 2]}, {"labeler": "H2", "ranks": h2},
+                             {"labeler": "L0", "ranks": [2, 1]}]}
+    val = [comp("x", [1, 2]), comp("x", [1, 2]), comp("y", [1, 2]), comp("y", [2, 1])]
+    gap = ceiling_gap(val, [[1.0, 0.0]] * 4, {"H1", "H2"})
+    # agreement 3/4; accuracy with H1 and H2 7/8 (the training labeler L0 is not counted)
+    assert gap["estimate"] == pytest.approx(0.75 - 7 / 8)
+    assert gap["low"] <= gap["estimate"] <= gap["high"] and gap["low"] < gap["high"]
+    # one content cluster: no interval to draw
+    one = ceiling_gap([comp("x", [1, 2]), comp("x", [2, 1])], [[1.0, 0.0]] * 2, {"H1", "H2"})
+    assert one["low"] == one["estimate"] == one["high"] == pytest.approx(0.5 - 0.75)
 
 
 def test_init_dir_and_out_dir_must_differ(tiny_model_dir, tmp_path):

@@ -88,6 +88,32 @@ def paired_cluster_diff_ci(a: Sequence[float], b: Sequence[float], clusters: Seq
     return cluster_bootstrap_ci(a_ - b_, clusters, n=n, seed=seed, alpha=alpha)
 
 
+def cluster_bootstrap_ratio_diff(num_a: Sequence[float], den_a: Sequence[float], num_b: Sequence[float],
+                                 den_b: Sequence[float], clusters: Sequence, n: int = 1000, seed: int = 0,
+                                 alpha: float = 0.05) -> tuple[float, float, float]:
+    """(sum(num_a)/sum(den_a) - sum(num_b)/sum(den_b), low, high): two pooled rates measured on the same
+    items (say, labelers' agreement and a model's accuracy on the same comparisons), resampling whole
+    clusters for both at once."""
+    parts = [np.asarray(v, dtype=float) for v in (num_a, den_a, num_b, den_b)]
+    if any(len(p) != len(clusters) for p in parts):
+        raise ValueError("cluster_bootstrap_ratio_diff needs one cluster per item")
+    keys = {c: i for i, c in enumerate(sorted({str(c) for c in clusters}))}
+    which = np.array([keys[str(c)] for c in clusters], dtype=int)
+    sums = np.stack([np.bincount(which, weights=p, minlength=len(keys)) for p in parts])  # (4, clusters)
+
+    def gap(s: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return s[0] / s[1] - s[2] / s[3]
+
+    est = float(gap(sums.sum(axis=1)))
+    if len(keys) < 2 or n <= 0:
+        return (est, est, est)
+    idx = np.random.default_rng(seed).integers(0, len(keys), size=(n, len(keys)))
+    boots = gap(sums[:, idx].sum(axis=2))
+    lo, hi = np.nanpercentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (est, float(lo), float(hi))
+
+
 def change_verdict(ci: tuple[float, float, float], up: str = "better", down: str = "worse") -> str:
     """How a difference's interval reads: `up` or `down` only when it excludes 0, else
     "no significant change" (never "better" or "worse" on an interval that covers 0)."""

@@ -18,12 +18,15 @@ whatever its K or its number of labelers. All pairs of a comparison go in the sa
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from chatrlhf.lm import data
 from chatrlhf.lm.data import DataError
@@ -351,6 +354,46 @@ def make_batch(comparisons: list[dict], exclude_labelers: set[str] | frozenset =
             rejected.append(base + p.rejected)
             weight.append(p.weight)
     return PairBatch(seqs, chosen, rejected, weight, n_groups)
+
+
+def pairwise_accuracy(comparisons: list[dict], rewards: list[list[float]], keep) -> tuple[float, int]:
+    """Share of ranked pairs (from rankings whose labeler passes `keep`) that the RM orders the same
+    way; a reward tie counts half."""
+    hit, n = 0.0, 0
+    for c, r in zip(comparisons, rewards):
+        for rk in c.get("rankings", []):
+            if not keep(rk.get("labeler")):
+                continue
+            for i, j in ranking_pairs(rk["ranks"]):
+                hit += 1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0
+                n += 1
+    return (hit / n if n else float("nan")), n
+
+
+def calibration(comparisons: list[dict], rewards: list[list[float]], keep, bins: int = 10) -> dict[str, Any]:
+    """Bradley-Terry says P(i preferred to j) = sigmoid(r_i - r_j). Each pair is used in both
+    orientations; ECE is the count-weighted gap between predicted and observed per bin."""
+    pred, obs = [], []
+    for c, r in zip(comparisons, rewards):
+        for rk in c.get("rankings", []):
+            if keep(rk.get("labeler")):
+                for i, j in ranking_pairs(rk["ranks"]):
+                    p = 1.0 / (1.0 + math.exp(-(r[i] - r[j])))
+                    pred += [p, 1.0 - p]
+                    obs += [1.0, 0.0]
+    if not pred:
+        return {"ece": float("nan"), "bins": []}
+    pred_a, obs_a = np.array(pred), np.array(obs)
+    which = np.minimum((pred_a * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            gap = abs(pred_a[sel].mean() - obs_a[sel].mean())
+            ece += sel.mean() * gap
+            table.append({"bin": b, "predicted": float(pred_a[sel].mean()), "observed": float(obs_a[sel].mean()),
+                          "n": int(sel.sum())})
+    return {"ece": float(ece), "bins": table}
 
 
 def labeler_agreement(comparisons: list[dict], labelers: set[str] | None = None) -> tuple[float, int]:

@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
+from chatrlhf.evaluate.stats import cluster_bootstrap_ratio_diff
 from chatrlhf.lm.distributed import (
     all_mean,
     all_sum,
@@ -46,10 +47,11 @@ from chatrlhf.lm.distributed import (
 from chatrlhf.lm.modeling import check_context, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
 from chatrlhf.lm.rankings import (
     PairBatch,
+    calibration,
     labeler_agreement,
     load_comparisons,
     make_batch,
-    ranking_pairs,
+    pairwise_accuracy,
     split_by_prompt,
     write_comparisons,
 )
@@ -67,48 +69,9 @@ from chatrlhf.lm.reward_model import (
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.rl.losses import ranking_loss
 from chatrlhf.world.loader import held_out_labelers, load_world
+from chatrlhf.world.tasks import content_cluster
 
 log = logging.getLogger(__name__)
-
-
-def pairwise_accuracy(comparisons: list[dict], rewards: list[list[float]], keep) -> tuple[float, int]:
-    """Share of ranked pairs (from rankings whose labeler passes `keep`) that the RM orders the same
-    way; a reward tie counts half."""
-    hit, n = 0.0, 0
-    for c, r in zip(comparisons, rewards):
-        for rk in c.get("rankings", []):
-            if not keep(rk.get("labeler")):
-                continue
-            for i, j in ranking_pairs(rk["ranks"]):
-                hit += 1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0
-                n += 1
-    return (hit / n if n else float("nan")), n
-
-
-def calibration(comparisons: list[dict], rewards: list[list[float]], keep, bins: int = 10) -> dict[str, Any]:
-    """Bradley-Terry says P(i preferred to j) = sigmoid(r_i - r_j). Each pair is used in both
-    orientations; ECE is the count-weighted gap between predicted and observed per bin."""
-    pred, obs = [], []
-    for c, r in zip(comparisons, rewards):
-        for rk in c.get("rankings", []):
-            if keep(rk.get("labeler")):
-                for i, j in ranking_pairs(rk["ranks"]):
-                    p = 1.0 / (1.0 + math.exp(-(r[i] - r[j])))
-                    pred += [p, 1.0 - p]
-                    obs += [1.0, 0.0]
-    if not pred:
-        return {"ece": float("nan"), "bins": []}
-    pred_a, obs_a = np.array(pred), np.array(obs)
-    which = np.minimum((pred_a * bins).astype(int), bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            gap = abs(pred_a[sel].mean() - obs_a[sel].mean())
-            ece += sel.mean() * gap
-            table.append({"bin": b, "predicted": float(pred_a[sel].mean()), "observed": float(obs_a[sel].mean()),
-                          "n": int(sel.sum())})
-    return {"ece": float(ece), "bins": table}
 
 
 def evaluate_rm(rm: RewardModel | RewardEnsemble, val: list[dict], held_out: set[str], world=None) -> dict[str, Any]:
@@ -129,12 +92,25 @@ def evaluate_rm(rm: RewardModel | RewardEnsemble, val: list[dict], held_out: set
         "all_labeler_agreement": agree_all,
         "calibration": calibration(val, rewards, train_lab),
     }
+    if held_out:
+        out["ceiling_gap"] = ceiling_gap(val, rewards, held_out)
     if world is not None:
         golds = gold_scores(world, val)
         out.update(gold_correlation(golds, rewards))
         if held_out and any(g is not None for g in golds):
             out.update(gold_as_reward(val, golds, rewards, held_lab))
     return out
+
+
+def ceiling_gap(val: list[dict], rewards: list[list[float]], held_out: set[str], seed: int = 0) -> dict[str, float]:
+    """The held-out labelers' agreement minus the RM's accuracy with them (how far the RM is below its
+    ceiling), with a 95% interval that resamples the comparisons' content clusters."""
+    acc = [pairwise_accuracy([c], [r], lambda lab: lab in held_out) for c, r in zip(val, rewards)]
+    agree = [labeler_agreement([c], held_out) for c in val]
+    est, lo, hi = cluster_bootstrap_ratio_diff([a * n if n else 0.0 for a, n in agree], [n for _, n in agree],
+                                               [a * n if n else 0.0 for a, n in acc], [n for _, n in acc],
+                                               [content_cluster(c) for c in val], seed=seed)
+    return {"estimate": est, "low": lo, "high": hi}
 
 
 def gold_scores(world, comparisons: list[dict]) -> list[list[float] | None]:
@@ -442,10 +418,15 @@ def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], ini
     return metrics
 
 
+def _ci(e: dict[str, float]) -> str:
+    return f"{e['estimate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
 def _print_summary(m: dict[str, Any]) -> None:
     c = Console(stderr=True)
     labelers = (f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
-                f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, "
+                f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, gap "
+                f"{_ci(m['ceiling_gap'])}, "
                 if m["pairs_held_out_labelers"] else "")  # only simulated labelers are held out
     c.print(f"[bold]rm[/bold]: held-out prompts acc {m['acc_held_out_prompts']:.3f} ({m['pairs_held_out_prompts']} pairs), "
             f"{labelers}train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
