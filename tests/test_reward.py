@@ -72,6 +72,7 @@ def test_rm_learns_the_preference_and_reports_held_out_accuracy(trained):
     assert m["acc_held_out_prompts"] > 0.9 and m["pairs_held_out_prompts"] > 0
     # the held-out labeler (who reverses every preference) was not trained on: the RM disagrees with them
     assert m["acc_held_out_labelers"] < 0.1 and m["held_out_labeler_agreement"] != m["held_out_labeler_agreement"]  # nan: one held-out labeler
+    assert set(m["ceiling_gap"]) == {"estimate", "low", "high"}  # nan with no agreement to measure
     # the noise-free rubric scored as the reward on the same pairs: it agrees with the training labelers, so it
     # disagrees with the reversing one too, and the per-task table holds the RM's and the rubric's accuracy
     assert m["gold_acc_held_out_labelers"] < 0.1

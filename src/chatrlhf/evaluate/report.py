@@ -65,10 +65,13 @@ def stage_dirs(cfg: Config) -> dict[str, Path]:
 
 def key_figures(meta: dict[str, Any], curves: list[dict[str, Any]]) -> dict[str, Any]:
     """An RM's held-out accuracy beside its two ceilings (labelers' agreement, the noise-free rubric as the
-    reward) and gold correlation, numeric top-level meta fields, the last logged value of each training scalar."""
+    reward) and its gap to the first with a 95% interval, gold correlation, numeric top-level meta fields, the
+    last logged value of each training scalar."""
     ev = meta.get("eval") if isinstance(meta.get("eval"), dict) else {}
-    rm = ("acc_held_out_labelers", "held_out_labeler_agreement", "gold_acc_held_out_labelers", "gold_spearman")
-    figs: dict[str, Any] = {k: ev[k] for k in rm if k in ev} | {
+    rm = ("acc_held_out_labelers", "held_out_labeler_agreement", "ceiling_gap", "gold_acc_held_out_labelers",
+          "gold_spearman")
+    gap = lambda g: f"{g['estimate']:.3f} [{g['low']:.3f}, {g['high']:.3f}]" if isinstance(g, dict) else g  # noqa: E731
+    figs: dict[str, Any] = {k: gap(ev[k]) for k in rm if k in ev} | {
         k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "time"}
     if curves:
         for k in curves[-1]:
