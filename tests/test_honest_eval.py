@@ -5,6 +5,7 @@ something; every verdict reads its interval through change_verdict."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,7 @@ def test_tiny_run_reports_the_matched_headline_and_stage_attribution_first(tmp_p
     figs = json.loads((tmp_path / "report" / "metrics.json").read_text())["stages"]["rm"]["figures"]
     assert list(figs)[:4] == ["acc_held_out_labelers", "held_out_labeler_agreement", "gold_acc_held_out_labelers",
                               "gold_spearman"] and "acc_held_out_labelers=" in md
+    assert re.fullmatch(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", figs["ceiling_gap"])  # the gap to the ceiling, its interval
     pj = json.loads((tmp_path / "pipeline.json").read_text())
     assert pj["budget"]["rounds"] == 2 and pj["time_limits_fired"] == []
 

@@ -64,14 +64,12 @@ def stage_dirs(cfg: Config) -> dict[str, Path]:
 
 
 def key_figures(meta: dict[str, Any], curves: list[dict[str, Any]]) -> dict[str, Any]:
-    """An RM's held-out accuracy beside its two ceilings (labelers' agreement, the noise-free rubric as the
-    reward) and its gap to the first with a 95% interval, gold correlation, numeric top-level meta fields, the
-    last logged value of each training scalar."""
+    """An RM's held-out accuracy beside its two ceilings (labelers' agreement, the rubric as the reward), gold
+    correlation, its gap to the first with a 95% interval; numeric meta fields; each training scalar's last value."""
     ev = meta.get("eval") if isinstance(meta.get("eval"), dict) else {}
-    rm = ("acc_held_out_labelers", "held_out_labeler_agreement", "ceiling_gap", "gold_acc_held_out_labelers",
-          "gold_spearman")
-    gap = lambda g: f"{g['estimate']:.3f} [{g['low']:.3f}, {g['high']:.3f}]" if isinstance(g, dict) else g  # noqa: E731
-    figs: dict[str, Any] = {k: gap(ev[k]) for k in rm if k in ev} | {
+    rm = ("acc_held_out_labelers", "held_out_labeler_agreement", "gold_acc_held_out_labelers", "gold_spearman")
+    figs: dict[str, Any] = {k: ev[k] for k in rm if k in ev} | (
+        {"ceiling_gap": "{estimate:.3f} [{low:.3f}, {high:.3f}]".format(**ev["ceiling_gap"])} if "ceiling_gap" in ev else {}) | {
         k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "time"}
     if curves:
         for k in curves[-1]:
