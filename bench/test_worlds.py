@@ -6,6 +6,7 @@
       chatrlhf run --config configs/pure_rlhf.yaml --set world.seed=$s --set run.out_dir=runs/pure$s --set run.threads=1
     done
     python bench/test_worlds.py runs/test9001 runs/test9002 runs/test9003 --pure runs/pure9001 [--json out.json]
+    # a second run seed: the same with --set run.seed=1 into runs/test9001s1 ...; all six runs at once print their mean
 
 Per run: the decoding-matched headline (final vs SFT, each at its validated decoding, judged by
 the judge group, cluster-bootstrap 95% CI), greedy vs greedy, T=1 vs T=1 and its control, every
@@ -174,14 +175,14 @@ def main() -> None:
         if len(done) > 1:
             for key in ("matched", "greedy", "t1_vs_t1", "control"):
                 vals = [r[key]["estimate"] for r in done]
-                print(f"  mean over {len(done)} worlds, {key}: {statistics.mean(vals):.3f} "
+                print(f"  mean over {len(done)} runs, {key}: {statistics.mean(vals):.3f} "
                       f"(min {min(vals):.3f}, max {max(vals):.3f})")
             steps: dict[str, list[float]] = {}
             for r in done:
                 for row in r["attribution"]:
                     steps.setdefault(row["step"], []).append(row["win_rate"]["estimate"])
             for step, vals in steps.items():
-                print(f"  mean over {len(vals)} worlds, {step}: {statistics.mean(vals):.3f}")
+                print(f"  mean over {len(vals)} runs, {step}: {statistics.mean(vals):.3f}")
     if a.json:
         a.json.write_text(json.dumps({"default": recs, "pure_rlhf": pure}, indent=1))
 
