@@ -126,7 +126,7 @@ def overoptimisation(ppo_dir: Path, n: int = 10) -> dict[str, Any]:
 
 def _substance_lines(sub: dict[str, Any]) -> list[str]:
     rm = "; ".join(f"{k} {v['accuracy']:.3f} (ceiling {v['ceiling']:.3f}" + (
-        f", gap {g['estimate']:.3f} [{g['low']:.3f}, {g['high']:.3f}])" if (g := v.get("gap")) else ")")
+        f", gap {_ci(g)})" if (g := v.get("gap")) else ")")
         for k, v in sub["rm"].items() if v["accuracy"] is not None and v["ceiling"] is not None)
     lines = [f"  RM accuracy on held-out labelers: {rm or 'n/a'}"]
     if sub.get("ppl_sft") and sub.get("ppl_final"):

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from chatrlhf.config import Config
 from chatrlhf.evaluate.headline import blocked_prefixes
-from chatrlhf.evaluate.stats import change_verdict
+from chatrlhf.evaluate.stats import change_verdict, ci_text
 from chatrlhf.layout import budget_plan, round_dir, rounds_on_disk, time_limits_fired
 from chatrlhf.lm.distributed import on_main
 from chatrlhf.lm.modeling import write_meta
@@ -69,7 +69,7 @@ def key_figures(meta: dict[str, Any], curves: list[dict[str, Any]]) -> dict[str,
     ev = meta.get("eval") if isinstance(meta.get("eval"), dict) else {}
     rm = ("acc_held_out_labelers", "held_out_labeler_agreement", "gold_acc_held_out_labelers", "gold_spearman")
     figs: dict[str, Any] = {k: ev[k] for k in rm if k in ev} | (
-        {"ceiling_gap": "{estimate:.3f} [{low:.3f}, {high:.3f}]".format(**ev["ceiling_gap"])} if "ceiling_gap" in ev else {}) | {
+        {"ceiling_gap": ci_text(ev["ceiling_gap"])} if "ceiling_gap" in ev else {}) | {
         k: v for k, v in meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "time"}
     if curves:
         for k in curves[-1]:
@@ -255,10 +255,6 @@ def overoptimisation(comp: dict[str, Any]) -> str | None:
 # --- what the report leads with --------------------------------------------------------------------
 
 
-def _ci_txt(w: dict[str, Any], fmt: str = ".3f") -> str:
-    return f"{w['estimate']:{fmt}} [{w['low']:{fmt}}, {w['high']:{fmt}}]"
-
-
 def _temp(dec: dict[str, Any]) -> str:
     t = dec.get("temperature")
     return "?" if t is None else "greedy" if t == 0 else f"T={t:g}"
@@ -278,7 +274,7 @@ def headline_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
                            ("control", f"control: {b} greedy vs {b} sampled", "greedy vs T=1")):
         if key in h:
             w = h[key]
-            rows.append([what, dec, _ci_txt(w), str(w.get("clusters", "")), h[key]["verdict"]])
+            rows.append([what, dec, ci_text(w), str(w.get("clusters", "")), h[key]["verdict"]])
     for key, what in (("matched_gold_diff", "gold score difference, matched decoding"),
                       ("matched_likert_diff", "judge Likert difference, matched decoding")):
         if key in h:
@@ -316,7 +312,7 @@ def attribution_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str
     rows = []
     for r in summary.get("attribution") or []:
         g = r.get("gold_diff")
-        rows.append([r["step"], f"{r['from']} -> {r['to']}", _ci_txt(r["win_rate"]), r["verdict"],
+        rows.append([r["step"], f"{r['from']} -> {r['to']}", ci_text(r["win_rate"]), r["verdict"],
                      f"{g['estimate']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else "",
                      g["verdict"] if g else ""])
     return (["stage", "from -> to", "judge win rate of 'to' [95% cluster CI]", "verdict", "gold difference [95% CI]",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -112,6 +113,11 @@ def cluster_bootstrap_ratio_diff(num_a: Sequence[float], den_a: Sequence[float],
     boots = gap(sums[:, idx].sum(axis=2))
     lo, hi = np.nanpercentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return (est, float(lo), float(hi))
+
+
+def ci_text(w: dict[str, Any], fmt: str = ".3f") -> str:
+    """An {estimate, low, high} interval as "est [low, high]"."""
+    return f"{w['estimate']:{fmt}} [{w['low']:{fmt}}, {w['high']:{fmt}}]"
 
 
 def change_verdict(ci: tuple[float, float, float], up: str = "better", down: str = "worse") -> str:

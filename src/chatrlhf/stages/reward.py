@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.evaluate.stats import cluster_bootstrap_ratio_diff
+from chatrlhf.evaluate.stats import ci_text, cluster_bootstrap_ratio_diff
 from chatrlhf.lm.distributed import (
     all_mean,
     all_sum,
@@ -418,15 +418,11 @@ def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], ini
     return metrics
 
 
-def _ci(e: dict[str, float]) -> str:
-    return f"{e['estimate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
-
-
 def _print_summary(m: dict[str, Any]) -> None:
     c = Console(stderr=True)
     labelers = (f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
                 f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, gap "
-                f"{_ci(m['ceiling_gap'])}, "
+                f"{ci_text(m['ceiling_gap'])}, "
                 if m["pairs_held_out_labelers"] else "")  # only simulated labelers are held out
     c.print(f"[bold]rm[/bold]: held-out prompts acc {m['acc_held_out_prompts']:.3f} ({m['pairs_held_out_prompts']} pairs), "
             f"{labelers}train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
