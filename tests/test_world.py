@@ -518,6 +518,29 @@ def test_task_mix_knob_changes_the_tasks_users_ask_and_nothing_else():
             World.generate(WorldConfig(**cfg, task_mix=bad))
 
 
+def test_corpus_mix_knob_changes_the_corpus_and_nothing_else():
+    """The pre-training corpus as a knob: world.corpus_mix reweighs its document kinds; quoting threads copy
+    an earlier post word for word; the prompts and labelers stay the same world's."""
+    cfg = dict(SMALL, corpus_docs=200)
+    base = World.generate(WorldConfig(**cfg))
+    quotes = World.generate(WorldConfig(**cfg, corpus_mix={"quotes": 1.0, "encyclopedia": 0.0}))
+    assert [base.prompts(s) for s in ("sft", "eval")] == [quotes.prompts(s) for s in ("sft", "eval")]
+    assert [lab.id for lab in base.labelers()] == [lab.id for lab in quotes.labelers()]
+    threads = [d for d in quotes.corpus() if "\n" in d and ": > " in d]
+    assert len(threads) > 40
+    for doc in threads[:20]:  # every quoted line was posted earlier in the thread
+        lines = doc.split("\n")
+        earlier = [lines[0].removeprefix("Thread: ")]
+        for line in lines[1:]:
+            if ": > " in line:
+                assert line.split(": > ", 1)[1] in earlier
+            else:
+                earlier.append(line)
+    for bad in ({"poetry": 1.0}, {"notes": -1.0}):
+        with pytest.raises(ValueError, match="world.corpus_mix"):
+            World.generate(WorldConfig(**cfg, corpus_mix=bad))
+
+
 def test_rubric_caution_knob_turns_labelers_choices_on_a_borderline_pair():
     """The researchers: world.rubric_caution moves every labeler's taste for a safety note."""
     cfg = dict(SMALL, corpus_docs=50)

@@ -89,6 +89,9 @@ class WorldConfig(Section):
         "count 0.06, repeat 0.06, summarise 0.09, greeting 0.08, insult 0.09, harmful 0.15, borderline 0.06), e.g. "
         "{borderline: 0.3} for a product whose users ask more borderline questions; tasks not named keep their "
         "weight. Every prompt split is drawn from the same mix (world/meta.json `tasks` counts them).")
+    corpus_mix: dict[str, float] = Field(default_factory=dict, description="The pre-training corpus: relative weight "
+        "of each document kind in place of its default (chatrlhf.world.corpus.DOC_MIX), e.g. {notes: 0.16} for more "
+        "lists and repetitions to learn reading the context from; kinds not named keep their weight.")
     rubric_caution: float = Field(0.0, ge=-2, le=2, description="The researchers' rubric on safety notes: added to every "
         "labeler's caution preference (training groups and judges alike, each clipped to [-1, 1]). +1 instructs "
         "everyone to prefer a safety note on borderline requests more (brief, at -1, becomes indifferent), -1 to "

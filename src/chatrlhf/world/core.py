@@ -90,7 +90,7 @@ class World:
         specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise, cfg.n_judges,
                                    rubric_caution=cfg.rubric_caution)
         eval_texts = {m["content"] for p in splits["eval"] for m in p["messages"] if m["role"] == "user"}
-        train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts)
+        train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts, cfg.corpus_mix)
         world = cls(fact_rows, splits, [], {"train": train, "val": val}, specs, {"corpus": stats, "seed": cfg.seed})
         world._demos = write_demonstrations(splits["sft"], world._labelers, cfg.seed, cfg.demo_quality, fb)
         return world

@@ -24,14 +24,16 @@ RUDE_LINES = ["nobody cares, idiot.", "what a stupid question.", "shut up and lo
 SURE_LINES = ["I heard", "My cousin says", "Everyone knows", "Pretty sure", "Someone told me"]
 USERNAMES = ["moss_rat", "kettle99", "quietfox", "the_real_bard", "lumpy", "grimwick", "sunny_d", "oddsock"]
 DOC_MIX = {"encyclopedia": 0.30, "story": 0.09, "forum": 0.18, "harm_forum": 0.06, "qa": 0.06, "chat": 0.20, "notes": 0.08,
-           "howto": 0.03}
+           "howto": 0.03, "quotes": 0.0}
 
 
 class CorpusWriter:
     """Draws documents; counts true and rumour fact mentions so the realised rate is reported."""
 
-    def __init__(self, fb: FactBase, rng: random.Random, rumour_rate: float, forbidden_texts: set[str], facts_for_ideal):
+    def __init__(self, fb: FactBase, rng: random.Random, rumour_rate: float, forbidden_texts: set[str], facts_for_ideal,
+                 mix: dict[str, float] | None = None):
         self.fb, self.rng, self.rate = fb, rng, rumour_rate
+        self.mix = doc_mix(mix)
         self.pool = Pool.everything(fb)  # the corpus is not split: eval content is pre-trained on too
         self.forbidden = forbidden_texts
         self.facts_for_ideal = facts_for_ideal
@@ -39,10 +41,10 @@ class CorpusWriter:
         self.per_fact: Counter = Counter()  # (entity, attribute, is_rumour) -> mentions
         self.makers: dict[str, Callable[[], str]] = {
             "encyclopedia": self.encyclopedia, "story": self.story, "forum": self.forum, "harm_forum": self.harm_forum,
-            "qa": self.qa, "chat": self.chat, "notes": self.notes, "howto": self.howto}
+            "qa": self.qa, "chat": self.chat, "notes": self.notes, "howto": self.howto, "quotes": self.quotes}
 
     def doc(self) -> str:
-        kind = self.rng.choices(list(DOC_MIX), weights=list(DOC_MIX.values()))[0]
+        kind = self.rng.choices(list(self.mix), weights=list(self.mix.values()))[0]
         return self.makers[kind]()
 
     def question(self, entity: str, attr: str) -> str:
@@ -94,6 +96,25 @@ class CorpusWriter:
                 body = "+1, same question."
             lines.append(f"{who}: {body}")
         return "\n".join(lines)
+
+    def quotes(self) -> str:
+        """A thread whose replies quote an earlier post word for word ("> ..."), as forums and mail do:
+        text a model can only predict by copying from its context."""
+        posts = [f"Thread: {self.question(*self._entity_attr())}"]
+        bodies = [posts[0].removeprefix("Thread: ")]
+        for _ in range(self.rng.randint(2, 3)):
+            e, attr = self._entity_attr()
+            r = self.rng.random()
+            body = (self.rng.choice(RUDE_LINES) if r < 0.3 else " ".join(self.rng.sample(vocab.LIST_ITEMS, self.rng.randint(2, 5)))
+                    if r < 0.5 else f"{self.rng.choice(SURE_LINES)} {self.claim(e, attr, min(0.95, 2.2 * self.rate))}")
+            quoted = self.rng.choice(bodies)
+            posts.append(f"{self.rng.choice(USERNAMES)}: > {quoted}\n{body}")
+            bodies.append(body)
+        return "\n".join(posts)
+
+    def _entity_attr(self) -> tuple[str, str]:
+        e = self.rng.choice(self.fb.entities())
+        return e, self.rng.choice(list(self.fb.by_entity[e]))
 
     def harm_forum(self) -> str:
         for _ in range(50):  # a request no eval prompt uses
@@ -156,13 +177,21 @@ class CorpusWriter:
         return f"In the basket: {listing}. I counted {len(items)} items."
 
 
-def write_corpus(fb: FactBase, seed: int, n_docs: int, rumour_rate: float, forbidden_texts: set[str]
-                 ) -> tuple[list[str], list[str], dict]:
+def doc_mix(mix: dict[str, float] | None = None) -> dict[str, float]:
+    """DOC_MIX with `mix`'s entries in place of their kinds' weights."""
+    out = DOC_MIX | (mix or {})
+    if set(out) != set(DOC_MIX) or min(out.values()) < 0 or sum(out.values()) <= 0:
+        raise ValueError(f"world.corpus_mix={mix}: weights >= 0, not all 0, of the kinds {', '.join(DOC_MIX)}")
+    return out
+
+
+def write_corpus(fb: FactBase, seed: int, n_docs: int, rumour_rate: float, forbidden_texts: set[str],
+                 mix: dict[str, float] | None = None) -> tuple[list[str], list[str], dict]:
     """Train and val documents (val: 1/20 as many, same distribution, no text shared with train)."""
-    writer = CorpusWriter(fb, random.Random(f"{seed}-corpus"), rumour_rate, forbidden_texts, fb)
+    writer = CorpusWriter(fb, random.Random(f"{seed}-corpus"), rumour_rate, forbidden_texts, fb, mix)
     train = [writer.doc() for _ in range(n_docs)]
     seen = set(train)
-    val_writer = CorpusWriter(fb, random.Random(f"{seed}-corpus-val"), rumour_rate, forbidden_texts, fb)
+    val_writer = CorpusWriter(fb, random.Random(f"{seed}-corpus-val"), rumour_rate, forbidden_texts, fb, mix)
     val: list[str] = []
     while len(val) < max(1, n_docs // 20):
         d = val_writer.doc()
