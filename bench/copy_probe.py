@@ -1,6 +1,7 @@
 """Can a model copy from its context? Next-token probes of in-context copying.
 
     python bench/copy_probe.py MODEL_DIR [MODEL_DIR ...] [--n 200] [--json out.json]
+    python bench/copy_probe.py --synthetic runs/default/pretrain --lr 0.005 0.001 0.0003 [--steps 1500]
 
 Four probes in the pre-training corpus's own formats (`chatrlhf.world.corpus`), each the share of
 n random cases where the model's most likely next token is the word to copy; every word is drawn
@@ -13,6 +14,12 @@ at random, so only reading the context predicts it (chance: one in `len(LIST_ITE
 - `quote`: the third word of a line quoted in a forum reply ("> fig kiwi [plum]"), an induction
   copy: find the earlier occurrence of the last word and copy what followed it;
 - `sing`: "The children sang the word [W] 3 times: [W]": a word a fixed number of tokens back.
+
+`--synthetic` asks whether the architecture can learn to copy at all: a freshly initialised model of
+MODEL_DIR's config trains on nothing but copying (a run of 5-15 random tokens, a marker, the same run
+again), at pre-training's batch (4 x 128 tokens), AdamW with weight decay 0.1, for each learning rate.
+Half the tokens are random (ln 190 = 5.25 nats) and half can be copied (0 nats once learnt): the
+loss falls from about 5 towards 2.6 as the copying circuit forms.
 """
 
 from __future__ import annotations
@@ -59,13 +66,55 @@ def probe(model_dir: str, n: int) -> dict[str, float]:
     return {k: v / n for k, v in hits.items()}
 
 
+def synthetic(model_dir: str, lr: float, steps: int, every: int = 250) -> list[tuple[int, float]]:
+    """(step, mean training loss of the last `every` steps) of a fresh model trained only to copy."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.vocab_size = 200
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    rng, curve, window = random.Random(0), [], []
+    for step in range(1, steps + 1):
+        rows = []
+        for _ in range(4):
+            seq: list[int] = []
+            while len(seq) < 129:
+                run = [rng.randrange(10, 200) for _ in range(rng.randint(5, 15))]
+                seq += [1, *run, 2, *run]
+            rows.append(seq[:129])
+        x = torch.tensor(rows)
+        loss = torch.nn.functional.cross_entropy(model(input_ids=x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        window.append(loss.item())
+        if step % every == 0:
+            curve.append((step, sum(window) / len(window)))
+            window = []
+    return curve
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--synthetic", action="store_true", help="train fresh models of the first MODEL_DIR's config to copy")
+    ap.add_argument("--lr", type=float, nargs="+", default=[0.005, 0.001, 0.0003])
+    ap.add_argument("--steps", type=int, default=1500)
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.synthetic:
+        curves = {}
+        for lr in args.lr:
+            curves[f"{lr:g}"] = synthetic(args.models[0], lr, args.steps)
+            print(f"lr {lr:g}: " + ", ".join(f"step {s} loss {v:.2f}" for s, v in curves[f"{lr:g}"]), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": args.models[0], "curves": curves}, indent=2) + "\n")
+        return
     out = {"chance": {"list": 1 / len(vocab.LIST_ITEMS), "sing": 1 / len(vocab.REPEAT_WORDS)}, "n": args.n, "models": {}}
     for m in args.models:
         out["models"][m] = probe(m, args.n)
