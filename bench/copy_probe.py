@@ -2,6 +2,7 @@
 
     python bench/copy_probe.py MODEL_DIR [MODEL_DIR ...] [--n 200] [--json out.json]
     python bench/copy_probe.py --synthetic runs/default/pretrain --lr 0.005 0.001 0.0003 [--steps 1500]
+    python bench/copy_probe.py --chat runs/default/world runs/default/sft [MODEL_DIR ...]
 
 Four probes in the pre-training corpus's own formats (`chatrlhf.world.corpus`), each the share of
 n random cases where the model's most likely next token is the word to copy; every word is drawn
@@ -14,6 +15,10 @@ at random, so only reading the context predicts it (chance: one in `len(LIST_ITE
 - `quote`: the third word of a line quoted in a forum reply ("> fig kiwi [plum]"), an induction
   copy: find the earlier occurrence of the last word and copy what followed it;
 - `sing`: "The children sang the word [W] 3 times: [W]": a word a fixed number of tokens back.
+
+`--chat WORLD_DIR` asks the same of a chat model on the world's own eval prompts: its greedy answers
+(24 new tokens) to the prompts of the tasks answered by reading the prompt (list_first, list_last,
+count, repeat), each scored by the rule-based verifier (`chatrlhf.lm.verifiers.check`, 0-1).
 
 `--synthetic` asks whether the architecture can learn to copy at all: a freshly initialised model of
 MODEL_DIR's config trains on nothing but copying (a run of 5-15 random tokens, a marker, the same run
@@ -66,6 +71,26 @@ def probe(model_dir: str, n: int) -> dict[str, float]:
     return {k: v / n for k, v in hits.items()}
 
 
+@torch.no_grad()
+def chat_probe(model_dir: str, world_dir: str) -> dict[str, float]:
+    """Mean verifier score of greedy answers to the world's eval prompts that need reading the prompt."""
+    from chatrlhf.lm.verifiers import check
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    scores: dict[str, list[float]] = {}
+    for line in Path(world_dir, "prompts_eval.jsonl").read_text().splitlines():
+        p = json.loads(line)
+        if p["task"] not in ("list_first", "list_last", "count", "repeat") or not p.get("ground_truth"):
+            continue
+        ids = tok.apply_chat_template(p["messages"], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
+        out = model.generate(ids, max_new_tokens=24, do_sample=False)
+        answer = tok.decode(out[0][ids.shape[1]:], skip_special_tokens=True)
+        scores.setdefault(p["task"], []).append(check(p["ground_truth"], answer))
+    return {t: sum(v) / len(v) for t, v in sorted(scores.items())}
+
+
 def synthetic(model_dir: str, lr: float, steps: int, every: int = 250) -> list[tuple[int, float]]:
     """(step, mean training loss of the last `every` steps) of a fresh model trained only to copy."""
     from transformers import AutoConfig
@@ -105,8 +130,17 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="train fresh models of the first MODEL_DIR's config to copy")
     ap.add_argument("--lr", type=float, nargs="+", default=[0.005, 0.001, 0.0003])
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--chat", action="store_true", help="the first argument is a world directory; probe chat models on its eval prompts")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.chat:
+        world_dir, models = args.models[0], args.models[1:]
+        res = {m: chat_probe(m, world_dir) for m in models}
+        for m, r in res.items():
+            print(m, "  ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"world": world_dir, "models": res}, indent=2) + "\n")
+        return
     if args.synthetic:
         curves = {}
         for lr in args.lr:
