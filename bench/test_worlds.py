@@ -70,7 +70,7 @@ def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     metas = [m for d in ppos if (m := _json(d / "meta.json"))]
     models = s.get("models", {})
     return {"rm": rm, "overopt": overoptimisation(out / "ppo"), "likert_ideal": likert_ideal(out),
-            "headroom": headroom(out, s.get("headline", {}).get("final")),
+            "headroom": headroom(out, s),
             "ppl_sft": _json(out / "ppo" / "meta.json").get("pretrain_val_ppl_before"),
             "ppl_final": metas[-1].get("pretrain_val_ppl_after") if metas else None,
             "likert": {m: v.get("world_greedy_likert") for m, v in models.items()},
@@ -110,47 +110,24 @@ def likert_ideal(out: Path, seed: int = 0) -> float | None:
     return statistics.mean(scores)
 
 
-CONTEXT_TASKS = ("list_first", "list_last", "count", "repeat")  # answered by reading the prompt's own words
-
-
-def headroom(out: Path, final: str | None, seed: int = 0) -> dict[str, Any]:
-    """How far the headline could go. The ideal answers of `likert_ideal` against SFT's matched answers,
-    judged as the headline judges (20 judgements a pair), per task, beside the final policy's matched
-    answers against the same; and the part of each win rate's distance from 0.5 that the tasks answered
-    by reading the prompt (CONTEXT_TASKS) make up. `bench/copy_probe.py` measures whether a model can."""
-    from chatrlhf.evaluate.world_eval import compare_to_baseline
+def headroom(out: Path, s: dict[str, Any]) -> dict[str, Any]:
+    """The eval's own headroom (`evaluate.headline.headroom`: ideal answers and the final policy against
+    SFT per task, the prompt-reading tasks' share); for a run whose eval predates it, computed here from
+    its answers with judging seed 0."""
+    from chatrlhf.evaluate.headline import headroom as compute
     from chatrlhf.world import World
 
-    if final is None or not (out / "world" / "meta.json").is_file():
-        return {}
+    h = s.get("headline") or {}
+    if h.get("headroom") or h.get("final") is None or not (out / "world" / "meta.json").is_file():
+        return h.get("headroom") or {}
     world = World.load(out / "world")
-    prompts, answers = world.prompts("eval"), {}
-    for name in ("sft", final):
+    prompts, answers = world.prompts("eval"), []
+    for name in (h["final"], "sft"):
         items = _json(out / "eval" / f"{name}.json").get("items", {})
         if len(items.get("world_matched_responses", [])) != len(prompts):
             return {}
-        answers[name] = items["world_matched_responses"]
-    wins = {"ideal": compare_to_baseline(world, prompts, ideal_answers(world, seed), answers["sft"], seed, 20),
-            "final": compare_to_baseline(world, prompts, answers[final], answers["sft"], seed, 20)}
-    tasks = sorted({p["task"] for p in prompts})
-    per_task = {t: {k: statistics.mean(w for p, w in zip(prompts, ws) if p["task"] == t) for k, ws in wins.items()}
-                | {"prompts": sum(p["task"] == t for p in prompts)} for t in tasks}
-    context = {k: sum(w - 0.5 for p, w in zip(prompts, ws) if p["task"] in CONTEXT_TASKS) / len(prompts)
-               for k, ws in wins.items()}
-    # a generous bound for a policy that cannot read the prompt: on every other task the better of the ideal
-    # writer's and the final policy's win rate, on the prompt-reading tasks SFT's own level (0.5)
-    bound = 0.5 + sum(r["prompts"] * (max(r["ideal"], r["final"]) - 0.5) for t, r in per_task.items()
-                      if t not in CONTEXT_TASKS) / len(prompts)
-    return {"vs_sft": {k: statistics.mean(ws) for k, ws in wins.items()}, "context_share": context,
-            "bound_without_context": bound, "per_task": per_task}
-
-
-def ideal_answers(world, seed: int = 0) -> list[str]:
-    """An ideal answer to each eval prompt, written by training labeler i mod n in their group's style."""
-    import random
-
-    writers, rng = world.labelers(held_out=False), random.Random(seed)
-    return [writers[i % len(writers)].write(p, rng, world.facts) for i, p in enumerate(world.prompts("eval"))]
+        answers.append(items["world_matched_responses"])
+    return compute(world, prompts, *answers, seed=0, judgements=20)
 
 
 def overoptimisation(ppo_dir: Path, n: int = 10) -> dict[str, Any]:
@@ -182,9 +159,11 @@ def _substance_lines(sub: dict[str, Any]) -> list[str]:
                      f"corr(RM score, judges) {o['corr_rm_judges']:.2f}")
     if sub.get("likert_ideal") is not None:
         lines.append(f"  judges' Likert of ideal answers (a training labeler's, per eval prompt): {sub['likert_ideal']:.2f}")
+    from chatrlhf.evaluate.headline import CONTEXT_TASKS
+
     if h := sub.get("headroom"):
-        v, c = h["vs_sft"], h["context_share"]
-        lines.append(f"  against SFT's matched answers (judge draw of its own): ideal answers {v['ideal']:.3f}, final "
+        v, c = h["vs_baseline"], h["context_share"]
+        lines.append(f"  against SFT's matched answers: ideal answers {v['ideal']:.3f}, final "
                      f"{v['final']:.3f}; the prompt-reading tasks ({', '.join(CONTEXT_TASKS)}) give "
                      f"{c['ideal']:+.3f} / {c['final']:+.3f} of it; without them, at best {h['bound_without_context']:.3f}")
         lines.append("  per task, ideal / final vs SFT: " + ", ".join(

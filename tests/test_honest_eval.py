@@ -144,6 +144,9 @@ def test_tiny_run_reports_the_matched_headline_and_stage_attribution_first(tmp_p
         assert h[key]["low"] <= h[key]["estimate"] <= h[key]["high"] and h[key]["verdict"]
     assert h["final_decoding"]["temperature"] in cfg.eval.decoding_temperatures
     assert h["examples"] and {"prompt", "final", "baseline"} <= set(h["examples"][0])
+    # headroom: the final policy's per-prompt wins are the headline's own, beside a labeler's ideal answers
+    assert h["headroom"]["vs_baseline"]["final"] == pytest.approx(h["matched"]["estimate"])
+    assert 0.5 <= h["headroom"]["bound_without_context"] <= 1 and h["headroom"]["per_task"]
     steps = [(r["from"], r["to"]) for r in summary["attribution"]]
     assert steps[:3] == [("base", "sft"), ("sft", "best_of_n"), ("best_of_n", "ppo")]
     assert ("round_2_best_of_n", "round_2") in steps and ("ppo", "round_2") in steps
@@ -151,6 +154,7 @@ def test_tiny_run_reports_the_matched_headline_and_stage_attribution_first(tmp_p
     md = (tmp_path / "report" / "report.md").read_text()
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections[0].startswith("## Headline") and sections[2].startswith("## Stage attribution")
+    assert "How far it could go: a training labeler's ideal answers win" in md
     assert "Wall-clock limits that fired (the result then depends on the machine's speed): none." in md
     # the RM's row leads with its held-out accuracy beside the labelers' agreement and the noise-free rubric's
     figs = json.loads((tmp_path / "report" / "metrics.json").read_text())["stages"]["rm"]["figures"]
@@ -171,3 +175,27 @@ def test_world_series_are_resampled_by_content_cluster_and_real_items_alone():
     assert series_clusters(ctx, items, "world_greedy_likert", 6) == ["a", "a", "b", "b", "c", "c"]
     assert series_clusters(ctx, items, "world_greedy_fact_correct", 3) == ["a", "b", "c"]  # a subset: its prompts' clusters
     assert series_clusters(ctx, items, "truthfulqa_mc2", 4) == [0, 1, 2, 3]  # each real item its own cluster
+
+
+def test_headroom_splits_the_ideal_answers_margin_by_task_and_bounds_a_policy_that_cannot_read_the_prompt():
+    from chatrlhf.config import WorldConfig
+    from chatrlhf.evaluate.headline import CONTEXT_TASKS, headroom, headroom_note, ideal_answers
+    from chatrlhf.world import World
+
+    world = World.generate(WorldConfig(n_people=8, n_places=5, n_objects=4, corpus_docs=50, n_sft_prompts=60,
+                                       n_rm_prompts=40, n_ppo_prompts=80, n_eval_prompts=120))
+    prompts = world.prompts("eval")
+    base = ["I do not know. Do you?"] * len(prompts)
+    ideal = ideal_answers(world, prompts, seed=0)
+    # the final policy: ideal answers where the prompt's words are not needed, the baseline's where they are
+    final = [b if p["task"] in CONTEXT_TASKS else a for p, a, b in zip(prompts, ideal, base)]
+    h = headroom(world, prompts, final, base, seed=0, judgements=4)
+    assert h["vs_baseline"]["ideal"] > 0.7 and set(h["per_task"]) == {p["task"] for p in prompts}
+    assert h["context_share"]["ideal"] > 0.05 and h["context_share"]["final"] == 0.0  # ties count half
+    for t in CONTEXT_TASKS:
+        assert h["per_task"][t]["final"] == 0.5
+    # the bound is what this policy wins: the ideal answer everywhere it need not read the prompt
+    assert h["vs_baseline"]["final"] == pytest.approx(h["bound_without_context"], abs=0.03)
+    assert h["bound_without_context"] < h["vs_baseline"]["ideal"]
+    note = headroom_note({"baseline": "sft", "headline": {"headroom": h}})
+    assert note.startswith("How far it could go") and f"{h['bound_without_context']:.3f}" in note

@@ -13,6 +13,10 @@ base -> SFT, SFT -> PPO (through the best-of-n fine-tune when there is one), and
 r: round r-1 -> round r (through round r's best-of-n when there is one), plus round r-1 -> round r as
 a whole.
 
+Headroom (the embedded world only): a training labeler's ideal answer to every eval prompt against the
+baseline's, judged as the headline is, per task beside the final policy's: how far the headline could
+go, and how much of that lies in the tasks answered by reading the prompt's own words.
+
 Every win rate and paired difference on world prompts gets a cluster bootstrap interval (prompts
 that ask the same content share a `cluster`) and reads through `stats.change_verdict`: a preference
 or a difference only where the interval excludes no change.
@@ -31,6 +35,8 @@ from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci, paired
 REAL_SECTIONS = {"real_prompts": ("real_prompts_n", "real_"), "truthfulqa": ("truthfulqa_mc_n", "truthfulqa_"),
                  "crows_pairs": ("crows_pairs_n", "crows_pairs_"), "rtp": ("rtp_n_prompts", "rtp_")}
 OUT_OF_DOMAIN = "out of domain for this model"
+# Tasks answered by reading the prompt's own words: a list's first or last item, its length, a word n times.
+CONTEXT_TASKS = ("list_first", "list_last", "count", "repeat")
 
 
 def ci_dict(t: tuple[float, float, float]) -> dict[str, float]:
@@ -120,7 +126,50 @@ def headline(ctx, results: dict[str, dict[str, Any]], baseline: str, final: str 
             d = ci_dict(paired_cluster_diff_ci(a, b, ctx.clusters, ev.bootstrap, seed))
             out[f"matched_{key}_diff"] = {**d, "verdict": diff_verdict(d)}
     out["examples"] = examples(ctx.prompts, fi["world_matched_responses"], bi["world_matched_responses"])
+    out["headroom"] = headroom(ctx.world, ctx.prompts, fi["world_matched_responses"], bi["world_matched_responses"],
+                               seed, ev.judgements_per_pair)
     return out
+
+
+def ideal_answers(world, prompts: list[dict], seed: int) -> list[str]:
+    """An ideal answer to each prompt, written by training labeler i mod n in their group's style."""
+    writers, rng = world.labelers(held_out=False), random.Random(seed)
+    return [writers[i % len(writers)].write(p, rng, world.facts) for i, p in enumerate(prompts)]
+
+
+def headroom(world, prompts: list[dict], final: list[str], base: list[str], seed: int,
+             judgements: int) -> dict[str, Any]:
+    """Ideal answers and the final policy's, each against the baseline's, per task (the final policy's
+    per-prompt wins are the headline's own: same judges, seed and judgements). `context_share`: the part
+    of each win rate's distance from 0.5 that CONTEXT_TASKS make up. `bound_without_context`: a generous
+    bound for a policy that cannot read the prompt, the better of the two on every other task and the
+    baseline's level (0.5) on the prompt-reading ones."""
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+
+    wins = {"ideal": compare_to_baseline(world, prompts, ideal_answers(world, prompts, seed), base, seed, judgements),
+            "final": compare_to_baseline(world, prompts, final, base, seed, judgements)}
+    per_task = {}
+    for t in sorted({p["task"] for p in prompts}):
+        rows = [i for i, p in enumerate(prompts) if p["task"] == t]
+        per_task[t] = {"prompts": len(rows), **{k: float(np.mean([ws[i] for i in rows])) for k, ws in wins.items()}}
+    n = len(prompts)
+    context = {k: sum(w - 0.5 for p, w in zip(prompts, ws) if p["task"] in CONTEXT_TASKS) / n for k, ws in wins.items()}
+    bound = 0.5 + sum(r["prompts"] * (max(r["ideal"], r["final"]) - 0.5) for t, r in per_task.items()
+                      if t not in CONTEXT_TASKS) / n
+    return {"vs_baseline": {k: float(np.mean(ws)) for k, ws in wins.items()}, "context_share": context,
+            "bound_without_context": bound, "per_task": per_task}
+
+
+def headroom_note(summary: dict[str, Any]) -> str | None:
+    """The report's line under the headline: how far it could go, and what lies out of reach."""
+    h = (summary.get("headline") or {}).get("headroom")
+    if not h:
+        return None
+    v, c, base = h["vs_baseline"], h["context_share"], summary.get("baseline", "the baseline")
+    return (f"How far it could go: a training labeler's ideal answers win {v['ideal']:.3f} against {base} "
+            f"({c['ideal']:+.3f} of it on the prompts answered by reading the prompt's words: "
+            f"{', '.join(CONTEXT_TASKS)}; the final policy {c['final']:+.3f} there). A policy as good as those "
+            f"answers on every other task would win at best {h['bound_without_context']:.3f}.")
 
 
 def examples(prompts: list[dict], final: list[str], base: list[str], n: int = 4) -> list[dict[str, str]]:

@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.evaluate.headline import blocked_prefixes
+from chatrlhf.evaluate.headline import blocked_prefixes, headroom_note
 from chatrlhf.evaluate.stats import change_verdict, ci_text
 from chatrlhf.layout import budget_plan, round_dir, rounds_on_disk, time_limits_fired
 from chatrlhf.lm.distributed import on_main
@@ -423,7 +423,7 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
     stage_rows = [[s, "yes" if v["complete"] else "no",
                    ", ".join(f"{k}={_fmt(x)}" for k, x in list(v["figures"].items())[:10])]
                   for s, v in data["stages"].items()]
-    note = decoding_note(summary)
+    note = " ".join(n for n in (decoding_note(summary), headroom_note(summary)) if n)
     sections = [
         ("Headline: final vs SFT at matched decoding, judged by the judge group", headline_table(summary)),
         ("Example answers (the headline's decodings)", examples_table(summary)),
