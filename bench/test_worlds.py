@@ -69,7 +69,7 @@ def substance(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     ppos = [out / "ppo"] + [d / "ppo" for d in sorted((out / "rounds").glob("round_*"))]
     metas = [m for d in ppos if (m := _json(d / "meta.json"))]
     models = s.get("models", {})
-    return {"rm": rm, "overopt": overoptimisation(out / "ppo"), "likert_ideal": likert_ideal(out),
+    return {"rm": rm, "overopt": overoptimisation(out / "ppo"), "likert_ideal": likert_ideal(out, s),
             "headroom": headroom(out, s),
             "ppl_sft": _json(out / "ppo" / "meta.json").get("pretrain_val_ppl_before"),
             "ppl_final": metas[-1].get("pretrain_val_ppl_after") if metas else None,
@@ -93,21 +93,35 @@ def ceiling_gap(out: Path, rm_dir: Path) -> dict[str, float] | None:
     return gap(val, score_comparisons(load_reward(rm_dir), val), held_out)
 
 
-def likert_ideal(out: Path, seed: int = 0) -> float | None:
-    """The judges' mean Likert (1-7) of ideal answers to the eval prompts, each written by a
-    training labeler in their group's style, judged as the eval judges a model's answers (judge i mod
-    3, with their noise): what a policy that always wrote the ideal answer would score."""
+def likert_ideal(out: Path, s: dict[str, Any], seed: int = 0) -> dict[str, float] | None:
+    """The judges' mean Likert (1-7) of ideal answers to the eval prompts, each written by a training
+    labeler in their group's style, judged as the eval judges a model's answers (judge i mod 3, with their
+    noise): what a policy that always wrote the ideal answer would score (`mean`). `bound_without_context`:
+    per task the better of the ideal answers' and the final policy's greedy mean, the final policy's own on
+    the prompt-reading tasks, minus the base model's greedy mean: the Likert gain over base a policy that
+    cannot read the prompt could reach."""
     import random
 
+    from chatrlhf.evaluate.headline import CONTEXT_TASKS
     from chatrlhf.world import World
 
     if not (out / "world" / "meta.json").is_file():
         return None
     world = World.load(out / "world")
-    judges, writers, rng = world.judges(), world.labelers(held_out=False), random.Random(seed)
+    judges, writers, rng, prompts = world.judges(), world.labelers(held_out=False), random.Random(seed), world.prompts("eval")
     scores = [judges[i % len(judges)].likert(p, writers[i % len(writers)].write(p, rng, world.facts), rng)[0]
-              for i, p in enumerate(world.prompts("eval"))]
-    return statistics.mean(scores)
+              for i, p in enumerate(prompts)]
+    out_ = {"mean": statistics.mean(scores)}
+    final = (s.get("headline") or {}).get("final")
+    greedy = {m: _json(out / "eval" / f"{m}.json").get("items", {}).get("world_greedy_likert") for m in ("base", final)}
+    if final and all(v and len(v) == len(prompts) for v in greedy.values()):
+        total = 0.0
+        for t in {p["task"] for p in prompts}:
+            rows = [i for i, p in enumerate(prompts) if p["task"] == t]
+            fin = statistics.mean(greedy[final][i] for i in rows)
+            total += len(rows) * (fin if t in CONTEXT_TASKS else max(fin, statistics.mean(scores[i] for i in rows)))
+        out_["bound_without_context"] = total / len(prompts) - statistics.mean(greedy["base"])
+    return out_
 
 
 def headroom(out: Path, s: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +171,10 @@ def _substance_lines(sub: dict[str, Any]) -> list[str]:
         moves = ", ".join(f"{k} {o['first'][k]:.3f} -> {o['last'][k]:.3f}" for k in o["first"])
         lines.append(f"  round 1 PPO, first -> last 10 of {o['iterations']} iterations: {moves}; "
                      f"corr(RM score, judges) {o['corr_rm_judges']:.2f}")
-    if sub.get("likert_ideal") is not None:
-        lines.append(f"  judges' Likert of ideal answers (a training labeler's, per eval prompt): {sub['likert_ideal']:.2f}")
+    if li := sub.get("likert_ideal"):
+        bound = li.get("bound_without_context")
+        lines.append(f"  judges' Likert of ideal answers (a training labeler's, per eval prompt): {li['mean']:.2f}"
+                     + (f"; gain over base without the prompt-reading tasks at best {bound:+.2f}" if bound is not None else ""))
     from chatrlhf.evaluate.headline import CONTEXT_TASKS
 
     if h := sub.get("headroom"):
