@@ -132,11 +132,17 @@ def test_real_data_is_out_of_domain_for_a_world_model_and_needs_enough_items_oth
 
 
 @pytest.mark.slow
-def test_tiny_run_reports_the_matched_headline_and_stage_attribution_first(tmp_path):
+def test_tiny_run_reports_the_matched_headline_and_stage_attribution_first(tmp_path, capsys):
     from chatrlhf import pipeline
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run.out_dir={tmp_path}", "run.threads=1"])
     pipeline.run_all(cfg)
+    capsys.readouterr()
+    from chatrlhf.evaluate.report import run_report
+
+    run_report(cfg)  # the console leads with the headline, then how far it could go
+    printed = " ".join(capsys.readouterr().err.split())
+    assert printed.startswith("HEADLINE: round_2 vs sft, each at its own best decoding (") and "How far it could go" in printed
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     h = summary["headline"]
     assert h["final"] == "round_2" and h["baseline"] == "sft"

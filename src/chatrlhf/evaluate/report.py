@@ -493,4 +493,6 @@ def _write_report(cfg: Config) -> None:
     (out / "report.md").write_text(md, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(data, indent=1, default=str))
     write_meta(out, {"stage": "report", "html": "report.html", "complete": True})
-    Console(stderr=True).print(*data["verdicts"], f"report: {out / 'report.html'}", sep="\n")
+    lead = [f"{r[0]} ({r[1]}): {r[2]}, {r[4]}" for r in headline_table(data["eval"])[1][:1]]  # the headline first
+    lead += [n for n in [headroom_note(data["eval"])] if n]
+    Console(stderr=True).print(*lead, *data["verdicts"], f"report: {out / 'report.html'}", sep="\n")
