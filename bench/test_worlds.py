@@ -126,7 +126,7 @@ def likert_ideal(out: Path, s: dict[str, Any], seed: int = 0) -> dict[str, float
 
 def headroom(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     """The eval's own headroom (`evaluate.headline.headroom`: ideal answers and the final policy against
-    SFT per task, the prompt-reading tasks' share); for a run whose eval predates it, computed here from
+    SFT per task, the prompt-reading tasks' share); for a run whose summary lacks it, computed here from
     its answers with judging seed 0."""
     from chatrlhf.evaluate.headline import headroom as compute
     from chatrlhf.world import World
