@@ -74,6 +74,7 @@ def probe(model_dir: str, n: int) -> dict[str, float]:
 @torch.no_grad()
 def chat_probe(model_dir: str, world_dir: str) -> dict[str, float]:
     """Mean verifier score of greedy answers to the world's eval prompts that need reading the prompt."""
+    from chatrlhf.evaluate.headline import CONTEXT_TASKS
     from chatrlhf.lm.verifiers import check
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -81,7 +82,7 @@ def chat_probe(model_dir: str, world_dir: str) -> dict[str, float]:
     scores: dict[str, list[float]] = {}
     for line in Path(world_dir, "prompts_eval.jsonl").read_text().splitlines():
         p = json.loads(line)
-        if p["task"] not in ("list_first", "list_last", "count", "repeat") or not p.get("ground_truth"):
+        if p["task"] not in CONTEXT_TASKS or not p.get("ground_truth"):
             continue
         ids = tok.apply_chat_template(p["messages"], add_generation_prompt=True, return_tensors="pt",
                                       return_dict=True)["input_ids"]

@@ -129,6 +129,7 @@ def headroom(out: Path, s: dict[str, Any]) -> dict[str, Any]:
     SFT per task, the prompt-reading tasks' share); for a run whose summary lacks it, computed here from
     its answers with judging seed 0."""
     from chatrlhf.evaluate.headline import headroom as compute
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
     from chatrlhf.world import World
 
     h = s.get("headline") or {}
@@ -141,7 +142,8 @@ def headroom(out: Path, s: dict[str, Any]) -> dict[str, Any]:
         if len(items.get("world_matched_responses", [])) != len(prompts):
             return {}
         answers.append(items["world_matched_responses"])
-    return compute(world, prompts, *answers, seed=0, judgements=20)
+    final_wins = compare_to_baseline(world, prompts, answers[0], answers[1], 0, 20)
+    return compute(world, prompts, final_wins, answers[1], seed=0, judgements=20)
 
 
 def overoptimisation(ppo_dir: Path, n: int = 10) -> dict[str, Any]:

@@ -195,7 +195,9 @@ def test_headroom_splits_the_ideal_answers_margin_by_task_and_bounds_a_policy_th
     ideal = ideal_answers(world, prompts, seed=0)
     # the final policy: ideal answers where the prompt's words are not needed, the baseline's where they are
     final = [b if p["task"] in CONTEXT_TASKS else a for p, a, b in zip(prompts, ideal, base)]
-    h = headroom(world, prompts, final, base, seed=0, judgements=4)
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+
+    h = headroom(world, prompts, compare_to_baseline(world, prompts, final, base, 0, 4), base, seed=0, judgements=4)
     assert h["vs_baseline"]["ideal"] > 0.7 and set(h["per_task"]) == {p["task"] for p in prompts}
     assert h["context_share"]["ideal"] > 0.05 and h["context_share"]["final"] == 0.0  # ties count half
     for t in CONTEXT_TASKS:

@@ -89,17 +89,23 @@ def choose_decoding(world, h, val_prompts: list[dict], temperatures: list[float]
 def judged_win_rate(world, prompts: list[dict], clusters: list, a: list[str], b: list[str], seed: int,
                     judgements: int, n_boot: int) -> dict[str, Any]:
     """The judge group's win rate of answers `a` over `b` on the same prompts, with its cluster
-    bootstrap interval, and the per-prompt values (for a later pooled figure)."""
+    bootstrap interval."""
     from chatrlhf.evaluate.world_eval import compare_to_baseline
 
-    wins = compare_to_baseline(world, prompts, a, b, seed, judgements)
+    return win_rate(compare_to_baseline(world, prompts, a, b, seed, judgements), clusters, seed, judgements, n_boot)
+
+
+def win_rate(wins: list[float], clusters: list, seed: int, judgements: int, n_boot: int) -> dict[str, Any]:
+    """Per-prompt judged wins -> their mean with its cluster bootstrap interval."""
     return {**ci_dict(cluster_bootstrap_ci(wins, clusters, n_boot, seed)), "judgements_per_pair": judgements,
-            "clusters": len(set(clusters)), "prompts": len(prompts)}
+            "clusters": len(set(clusters)), "prompts": len(wins)}
 
 
 def headline(ctx, results: dict[str, dict[str, Any]], baseline: str, final: str | None) -> dict[str, Any]:
     """Final vs baseline at each one's chosen decoding (the headline), T=1 vs T=1 and its control,
     with verdicts and a few example answers side by side."""
+    from chatrlhf.evaluate.world_eval import compare_to_baseline
+
     if ctx.world is None or final is None or final not in results or baseline not in results:
         return {}
     ev, seed = ctx.cfg.eval, ctx.cfg.run.seed
@@ -112,7 +118,10 @@ def headline(ctx, results: dict[str, dict[str, Any]], baseline: str, final: str 
     out: dict[str, Any] = {"final": final, "baseline": baseline, "judges": [lab.id for lab in ctx.world.judges()],
                            "final_decoding": results[final].get("decoding", {}),
                            "baseline_decoding": results[baseline].get("decoding", {})}
-    out["matched"] = judge(fi["world_matched_responses"], bi["world_matched_responses"])
+    # the matched pair's per-prompt wins, judged once: the headline and the headroom's final row
+    matched = compare_to_baseline(ctx.world, ctx.prompts, fi["world_matched_responses"], bi["world_matched_responses"],
+                                  seed, ev.judgements_per_pair)
+    out["matched"] = win_rate(matched, ctx.clusters, seed, ev.judgements_per_pair, ev.bootstrap)
     out["matched"]["verdict"] = win_verdict(out["matched"], final, baseline)
     out["greedy"] = judge(fi["world_greedy_responses"], bi["world_greedy_responses"])
     out["greedy"]["verdict"] = win_verdict(out["greedy"], final, baseline)
@@ -126,8 +135,8 @@ def headline(ctx, results: dict[str, dict[str, Any]], baseline: str, final: str 
             d = ci_dict(paired_cluster_diff_ci(a, b, ctx.clusters, ev.bootstrap, seed))
             out[f"matched_{key}_diff"] = {**d, "verdict": diff_verdict(d)}
     out["examples"] = examples(ctx.prompts, fi["world_matched_responses"], bi["world_matched_responses"])
-    out["headroom"] = headroom(ctx.world, ctx.prompts, fi["world_matched_responses"], bi["world_matched_responses"],
-                               seed, ev.judgements_per_pair)
+    out["headroom"] = headroom(ctx.world, ctx.prompts, matched, bi["world_matched_responses"], seed,
+                               ev.judgements_per_pair)
     return out
 
 
@@ -137,17 +146,17 @@ def ideal_answers(world, prompts: list[dict], seed: int) -> list[str]:
     return [writers[i % len(writers)].write(p, rng, world.facts) for i, p in enumerate(prompts)]
 
 
-def headroom(world, prompts: list[dict], final: list[str], base: list[str], seed: int,
+def headroom(world, prompts: list[dict], final_wins: list[float], base: list[str], seed: int,
              judgements: int) -> dict[str, Any]:
-    """Ideal answers and the final policy's, each against the baseline's, per task (the final policy's
-    per-prompt wins are the headline's own: same judges, seed and judgements). `context_share`: the part
+    """Ideal answers and the final policy's, each against the baseline's, per task (`final_wins`: the final
+    policy's per-prompt wins, the headline's own; the ideal answers are judged the same way). `context_share`: the part
     of each win rate's distance from 0.5 that CONTEXT_TASKS make up. `bound_without_context`: a generous
     bound for a policy that cannot read the prompt, the better of the two on every other task and the
     baseline's level (0.5) on the prompt-reading ones."""
     from chatrlhf.evaluate.world_eval import compare_to_baseline
 
     wins = {"ideal": compare_to_baseline(world, prompts, ideal_answers(world, prompts, seed), base, seed, judgements),
-            "final": compare_to_baseline(world, prompts, final, base, seed, judgements)}
+            "final": final_wins}
     per_task = {}
     for t in sorted({p["task"] for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if p["task"] == t]

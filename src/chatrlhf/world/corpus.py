@@ -82,8 +82,7 @@ class CorpusWriter:
         return f"{open_}, {e} set out on a long walk. {middle} {end}"
 
     def forum(self) -> str:
-        e = self.rng.choice(self.fb.entities())
-        attr = self.rng.choice(list(self.fb.by_entity[e]))
+        e, attr = self._entity_attr()
         lines = [f"Thread: {self.question(e, attr)}"]
         for _ in range(self.rng.randint(2, 4)):
             who = self.rng.choice(USERNAMES)
@@ -100,8 +99,8 @@ class CorpusWriter:
     def quotes(self) -> str:
         """A thread whose replies quote an earlier post word for word ("> ..."), as forums and mail do:
         text a model can only predict by copying from its context."""
-        posts = [f"Thread: {self.question(*self._entity_attr())}"]
-        bodies = [posts[0].removeprefix("Thread: ")]
+        ask = self.question(*self._entity_attr())
+        posts, bodies = [f"Thread: {ask}"], [ask]
         for _ in range(self.rng.randint(2, 3)):
             e, attr = self._entity_attr()
             r = self.rng.random()
