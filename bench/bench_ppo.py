@@ -15,10 +15,14 @@ Ours runs twice: with the default `ppo.critic.model=shared`, a value head on the
 states (one trunk pass per mini-batch, values from the rollout's hidden states), and with
 `ppo.critic.model=separate`, a value model initialised from the whole RM, the critic TRL 1.10's
 PPOTrainer takes. Both ratios are reported. A third run keeps the separate critic and sets
-`ppo.update.compile` (torch.compile of the policy's, reference's and value model's layer stacks);
-TRL runs eager, so that ratio is ours compiled against TRL as it ships. Its first step compiles
-(cold in the first run, from inductor's disk cache in the second) and each worker's first step is
-reported apart.
+`ppo.update.compile` (torch.compile of the layer stacks of the policy, the reference, the value model
+and the RM, and of the update's log-softmax).
+TRL runs twice as well: as it ships (eager), and compiled through accelerate's dynamo backend
+(`ACCELERATE_DYNAMO_BACKEND=inductor`, what `accelerate launch --dynamo_backend inductor` sets; TRL's
+PPOTrainer ignores `TrainingArguments.torch_compile`). The ratios named speedup_vs_trl* are against
+TRL eager; `best_vs_best_separate_critic` compares each trainer at its best with a separate critic
+(the faster of its eager and compiled steps). A compiled worker's first step compiles (cold in its
+first run, from inductor's disk cache in the second) and each worker's first step is reported apart.
 
 Also: rollout tokens/s of our KV-cache engine against `model.generate` on the same batch, and the
 step's model FLOPs (2N per token forward, 6N forward+backward; attention's T^2 term left out, small
@@ -83,6 +87,8 @@ def setup(tmp: Path) -> dict:
 # with ppo.update.compile (torch.compile of the layer stacks; its first step compiles and is not counted)
 OURS = {"ours": {"critic": "shared"}, "ours_separate": {"critic": "separate"},
         "ours_separate_compiled": {"critic": "separate", "compile": True}}
+# TRL as it ships (eager), and compiled through accelerate's dynamo backend: each trainer is also compared at its best
+TRL = {"trl": {}, "trl_compiled": {"compile": True}}
 
 
 def worker_ours(tmp: Path, s: dict, critic: str = "shared", compile: bool = False) -> dict:
@@ -90,7 +96,7 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared", compile: bool = Fals
 
     from chatrlhf.config import PPOConfig
     from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
-    from chatrlhf.lm.reward_model import RewardModel
+    from chatrlhf.lm.reward_model import RewardModel, compile_reward
     from chatrlhf.lm.training import make_accelerator
     from chatrlhf.rl.critic import load_critic
     from chatrlhf.rl.ppo import PPOTrainer
@@ -100,6 +106,8 @@ def worker_ours(tmp: Path, s: dict, critic: str = "shared", compile: bool = Fals
     tok = load_tokenizer(tmp / "policy")
     policy, ref = load_causal_lm(tmp / "policy"), load_causal_lm(tmp / "policy")
     rm = RewardModel.load(tmp / "rm")
+    if compile:  # as chatrlhf ppo does with ppo.update.compile
+        compile_reward(rm)
     cfg = PPOConfig.model_validate({
         "total_iterations": s["steps"] + 1, "save_every": 10_000, "critic": {"model": critic},
         "rollout": {"batch_size": s["rollout_batch_size"], "max_new_tokens": s["response_length"]},
@@ -170,7 +178,11 @@ def generation_speed(tmp: Path, s: dict, model, tok, prompts: list[dict]) -> dic
             "engine_vs_generate": ours / (n_hf / secs)}
 
 
-def worker_trl(tmp: Path, s: dict) -> dict:
+def worker_trl(tmp: Path, s: dict, compile: bool = False) -> dict:
+    if compile:
+        # TRL's PPOTrainer builds its own Accelerator, which ignores TrainingArguments.torch_compile; accelerate's
+        # dynamo backend (what `accelerate launch --dynamo_backend inductor` sets) compiles the models it prepares
+        os.environ["ACCELERATE_DYNAMO_BACKEND"] = "inductor"
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
@@ -193,6 +205,9 @@ def worker_trl(tmp: Path, s: dict) -> dict:
     times: list[tuple[float, float]] = []
 
     class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            times.append((time.perf_counter(), time.process_time()))
+
         def on_step_end(self, *a, **k):
             times.append((time.perf_counter(), time.process_time()))
 
@@ -204,8 +219,8 @@ def worker_trl(tmp: Path, s: dict) -> dict:
                          train_dataset=Dataset.from_dict({"input_ids": ids}), eval_dataset=Dataset.from_dict({"input_ids": ids[:B]}),
                          callbacks=[Timer()])
     trainer.train()
-    return {"step_s": [b[0] - a[0] for a, b in itertools.pairwise(times)],
-            "step_cpu_s": [b[1] - a[1] for a, b in itertools.pairwise(times)]}
+    steps = [b[0] - a[0] for a, b in itertools.pairwise(times)]  # the first (warm-up, compiling) step apart
+    return {"first_step_s": steps[:1], "step_s": steps[1:], "step_cpu_s": [b[1] - a[1] for a, b in itertools.pairwise(times)][1:]}
 
 
 def matmul_peak(threads: int, n: int = 1024, reps: int = 10) -> float:
@@ -247,30 +262,30 @@ def run_worker(py: Path, which: str, tmp: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--worker", choices=[*OURS, "trl"])
+    p.add_argument("--worker", choices=[*OURS, *TRL])
     p.add_argument("--tmp", type=Path)
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     if a.worker:
-        res = worker_trl(a.tmp, SETTINGS) if a.worker == "trl" else worker_ours(a.tmp, SETTINGS, **OURS[a.worker])
+        res = worker_trl(a.tmp, SETTINGS, **TRL[a.worker]) if a.worker in TRL else worker_ours(a.tmp, SETTINGS, **OURS[a.worker])
         a.out.write_text(json.dumps(res))
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         info = setup(tmp)
         prompts = json.loads((tmp / "prompts.json").read_text())
-        # alternate the trainers (ours..., TRL, ours..., TRL) so a shared machine's load hits all alike
-        ours, trl = {name: run_worker(OURS_PY, name, tmp) for name in OURS}, None
+        # alternate the trainers (ours..., TRL..., ours..., TRL...) so a shared machine's load hits all alike
+        ours, trl = {name: run_worker(OURS_PY, name, tmp) for name in OURS}, {}
         if TRL_PY.exists():
-            trl = run_worker(TRL_PY, "trl", tmp)
-            for name, acc in ours.items():
-                again = run_worker(OURS_PY, name, tmp)
-                for k in ("first_step_s", "step_s", "step_cpu_s", "rollout_s"):
-                    acc[k] += again[k]
-                acc["phases_s"] = {k: (v + again["phases_s"][k]) / 2 for k, v in acc["phases_s"].items()}
-            again = run_worker(TRL_PY, "trl", tmp)
-            trl["step_s"] += again["step_s"]
-            trl["step_cpu_s"] += again["step_cpu_s"]
+            trl = {name: run_worker(TRL_PY, name, tmp) for name in TRL}
+            for runs, py in ((ours, OURS_PY), (trl, TRL_PY)):
+                for name, acc in runs.items():
+                    again = run_worker(py, name, tmp)
+                    for k in ("first_step_s", "step_s", "step_cpu_s", "rollout_s"):
+                        if k in acc:
+                            acc[k] += again[k]
+                    if "phases_s" in acc:
+                        acc["phases_s"] = {k: (v + again["phases_s"][k]) / 2 for k, v in acc["phases_s"].items()}
         from chatrlhf.lm.modeling import load_tokenizer
 
         tok = load_tokenizer(tmp / "policy")
@@ -279,32 +294,42 @@ def main() -> None:
     res = summarise(info, plen, ours, trl)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if "speedup" in k or k in ("rollout", "flops")}, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if "speedup" in k or k in ("rollout", "flops", "best_vs_best_separate_critic")},
+                     indent=2))
 
 
 # result keys of our variants (the first two as in earlier results files); each ratio to TRL is named
 # speedup_vs_trl + the key after "ours"
 KEYS = {"ours": "ours", "ours_separate": "ours_separate_critic", "ours_separate_compiled": "ours_separate_critic_compiled"}
+TRL_KEYS = {"trl": "trl_1_10", "trl_compiled": "trl_1_10_compiled"}
 
 
-def summarise(info: dict, plen: float, ours: dict[str, dict], trl: dict | None) -> dict:
-    """Per variant: step medians, the first (warm-up) step, and its ratio to TRL's step in wall and
-    CPU seconds; the default variant's rollout speed and FLOPs."""
+def summarise(info: dict, plen: float, ours: dict[str, dict], trl: dict[str, dict]) -> dict:
+    """Per variant: step medians, the first (warm-up) step, and its ratio to TRL's eager step in wall
+    and CPU seconds; with a separate critic, each trainer at its best (the faster of its eager and
+    compiled steps); the default variant's rollout speed and FLOPs."""
     res = {"settings": SETTINGS, "model_params": info["params"], "mean_prompt_tokens": plen}
-    trl_step = None if trl is None else statistics.median(trl["step_s"])
+    med = lambda run, k="step_s": statistics.median(run[k])  # noqa: E731
     for name, run in ours.items():
         key = KEYS[name]
         suffix = key.removeprefix("ours")
-        step = statistics.median(run["step_s"])
-        res[key] = {"step_s_median": step, **{k: run[k] for k in ("first_step_s", "step_s", "step_cpu_s", "rollout_s")},
+        res[key] = {"step_s_median": med(run), **{k: run[k] for k in ("first_step_s", "step_s", "step_cpu_s", "rollout_s")},
                     "phases_s": run["phases_s"]}
-        if trl is not None:
+        if trl:
             # CPU seconds too: on a machine shared with other jobs, time spent waiting for a core is not the
             # trainer's, and it varies more than the trainers differ
-            res[f"speedup_vs_trl{suffix}"] = trl_step / step
-            res[f"cpu_speedup_vs_trl{suffix}"] = statistics.median(trl["step_cpu_s"]) / statistics.median(run["step_cpu_s"])
+            res[f"speedup_vs_trl{suffix}"] = med(trl["trl"]) / med(run)
+            res[f"cpu_speedup_vs_trl{suffix}"] = med(trl["trl"], "step_cpu_s") / med(run, "step_cpu_s")
     res["ours"]["mean_response_tokens"] = ours["ours"]["response_len"]
-    res["trl_1_10"] = None if trl is None else {"step_s_median": trl_step, "step_s": trl["step_s"], "step_cpu_s": trl["step_cpu_s"]}
+    res["trl_1_10"] = None
+    for name, run in trl.items():
+        res[TRL_KEYS[name]] = {"step_s_median": med(run), **{k: run[k] for k in ("first_step_s", "step_s", "step_cpu_s")}}
+    if trl:
+        best_ours = min(("ours_separate", "ours_separate_compiled"), key=lambda n: med(ours[n]))
+        best_trl = min(trl, key=lambda n: med(trl[n]))
+        res["best_vs_best_separate_critic"] = {
+            "ours": KEYS[best_ours], "trl": TRL_KEYS[best_trl], "speedup": med(trl[best_trl]) / med(ours[best_ours]),
+            "cpu_speedup": med(trl[best_trl], "step_cpu_s") / med(ours[best_ours], "step_cpu_s")}
     base, ours_step = ours["ours"], res["ours"]["step_s_median"]
     flops = step_flops(info["params"], plen, base["response_len"], SETTINGS)
     res["rollout"] = {k: base[k] for k in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "engine_vs_generate")}

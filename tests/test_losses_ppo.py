@@ -7,11 +7,13 @@ import torch
 
 from chatrlhf.rl.kl_controller import AdaptiveKLController, FixedKLController
 from chatrlhf.rl.losses import (
+    compiled_logprobs_and_entropy,
     discounted_returns,
     entropy_from_logprobs,
     gae_advantages,
     kl_penalized_rewards,
     leave_one_out_baseline,
+    logprobs_and_entropy,
     masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
@@ -129,3 +131,20 @@ def test_kl_controllers():
     assert ada.value == pytest.approx(0.1 * 1.02)
     ada.update(0.0, 10)  # too little KL: beta goes down
     assert ada.value < 0.1 * 1.02
+
+
+@pytest.mark.slow
+def test_compiled_logprobs_and_entropy_match_the_eager_ones_and_their_gradients():
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    tokens = torch.randint(0, 11, (3, 5))
+    grads = []
+    for fn in (logprobs_and_entropy, compiled_logprobs_and_entropy()):
+        lp, ent = fn(logits, tokens)
+        assert not ent.requires_grad  # the entropy is a statistic, not a loss term
+        (g,) = torch.autograd.grad((lp * torch.arange(15.0).view(3, 5)).sum(), logits)
+        grads.append((lp.detach(), ent, g))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(grads[0][0], logits.log_softmax(-1).gather(2, tokens[..., None])[..., 0])
+    torch.testing.assert_close(grads[0][1], entropy_from_logprobs(logits.log_softmax(-1)))
+

@@ -156,6 +156,19 @@ def test_score_is_independent_of_batch_padding(trained):
     assert torch.allclose(both, padded, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_compiled_rm_scores_as_the_eager_one(trained):
+    """compile_reward (with ppo.update.compile) runs the RM's trunk through the compiled layer stacks:
+    the same rewards to float rounding."""
+    from chatrlhf.lm.reward_model import compile_reward
+
+    rm = RewardModel.load(trained[0])
+    msgs = [[{"role": "user", "content": "q?"}], [{"role": "user", "content": "a much longer question, is it not?"}]]
+    eager = rm.score(msgs, [GOOD[0], BAD[1]])
+    assert compile_reward(rm) and rm.model.model.unpadded_compiled
+    assert torch.allclose(rm.score(msgs, [GOOD[0], BAD[1]]), eager, atol=1e-5)
+
+
 def test_resumed_run_continues_where_it_stopped(tiny_model_dir, tmp_path, monkeypatch):
     comps = comparisons(32)
     full = tmp_path / "full"

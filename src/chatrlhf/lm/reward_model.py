@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification
 from chatrlhf.lm.modeling import DTYPES, load_tokenizer, read_meta
 from chatrlhf.lm.tokenizer import apply_template
 from chatrlhf.lm.training import best_fit_decreasing, pack_rows, packed_position_ids
-from chatrlhf.lm.unpadded import unpadded_hidden_states, why_not_unpadded
+from chatrlhf.lm.unpadded import compile_unpadded, unpadded_hidden_states, why_not_unpadded
 
 Messages = list[dict[str, str]]
 
@@ -179,6 +179,12 @@ class RewardEnsemble:
     def score(self, message_lists: list[Messages], responses: list[str], raw: bool = False) -> torch.Tensor:
         r = torch.stack([m.score(message_lists, responses, raw) for m in self.members])  # (members, B)
         return r.mean(0) - self.penalty * r.std(0, correction=0) if self.penalty else r.mean(0)
+
+
+def compile_reward(rm: RewardModel | RewardEnsemble) -> bool:
+    """Run the trunk of the RM (of every ensemble member) through lm.unpadded's torch.compile'd layer
+    stacks when it scores; False where they stay eager (no C++ compiler)."""
+    return all([compile_unpadded(m.model) for m in getattr(rm, "members", [rm])])
 
 
 def load_reward(rm_dir: str | Path, dtype: str = "float32", device: str = "cpu",

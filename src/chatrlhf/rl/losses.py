@@ -7,6 +7,7 @@ noted.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -148,6 +149,20 @@ def gather_logprobs(logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """The given tokens' entries of a log-softmax (B, T, V) -> (B, T), for callers that keep the
     log-softmax for something else (PPO's entropy)."""
     return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(y_t), (B, T); the policy's entropy at each position, (B, T), without gradient) from
+    logits (B, T, V): the update's one pass over the vocabulary."""
+    logp = F.log_softmax(logits, dim=-1)
+    return gather_logprobs(logp, tokens), entropy_from_logprobs(logp.detach())
+
+
+@functools.cache
+def compiled_logprobs_and_entropy() -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """logprobs_and_entropy through torch.compile: inductor fuses the log-softmax, the gather and the
+    entropy into passes over the vocabulary, forward and backward (dynamic shapes: compiled once)."""
+    return torch.compile(logprobs_and_entropy, dynamic=True)
 
 
 # --- critic-free estimators (Ahmadian et al. 2024; Shao et al. 2024) --------------------------

@@ -51,13 +51,13 @@ from chatrlhf.rl.experience import (
 from chatrlhf.rl.guard import ComparisonGuard, LabelerGuard
 from chatrlhf.rl.kl_controller import make_kl_controller
 from chatrlhf.rl.losses import (
-    entropy_from_logprobs,
+    compiled_logprobs_and_entropy,
     gae_advantages,
-    gather_logprobs,
     group_normalized_advantages,
     k3_kl,
     kl_penalized_rewards,
     leave_one_out_baseline,
+    logprobs_and_entropy,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -188,8 +188,7 @@ def minibatch_loss(ro: Rollout, idx: torch.Tensor, policy, value_model: ValueMod
     args = (ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols], ro.position_ids[idx][:, cols], p)
     mask = ro.mask[idx, :r]
     logits, hidden = response_forward(policy, *args, cfg.rollout.temperature, hidden=cfg.reads_policy_hidden_states)
-    logp = F.log_softmax(logits, dim=-1)  # (b, r, V)
-    lp = gather_logprobs(logp, args[0][:, p:])  # logp is kept for the entropy
+    lp, entropy = (compiled_logprobs_and_entropy() if cfg.update.compile else logprobs_and_entropy)(logits, args[0][:, p:])
     pg, pg_stats = ppo_policy_loss(lp, ro.logprobs[idx, :r], ro.advantages[idx, :r], mask, cfg.update.cliprange)
     loss, stats = pg, {"pg_loss": pg.item(), **{k: t.item() for k, t in pg_stats.items()}}
     if cfg.advantage.estimator == "gae":  # RLOO and GRPO have no value model to train
@@ -203,8 +202,7 @@ def minibatch_loss(ro: Rollout, idx: torch.Tensor, policy, value_model: ValueMod
         kl_term = masked_mean(k3_kl(lp, ro.ref_logprobs[idx, :r]), mask)
         loss = loss + kl_loss_coef * kl_term
         stats["kl_loss"] = kl_term.item()
-    with torch.no_grad():
-        stats["entropy"] = masked_mean(entropy_from_logprobs(logp), mask).item()
+    stats["entropy"] = masked_mean(entropy, mask).item()
     return loss, stats
 
 

@@ -165,7 +165,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/)."""
     from chatrlhf.lm.lora import is_lora
     from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
-    from chatrlhf.lm.reward_model import load_reward
+    from chatrlhf.lm.reward_model import compile_reward, load_reward
     from chatrlhf.lm.training import make_accelerator
 
     pc = cfg.ppo
@@ -183,6 +183,8 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
     rm = load_reward(rm_dir, cfg.model.dtype, device=str(acc.device), penalty=cfg.rm.ensemble_penalty)
     value = load_critic(rm_dir, pc.critic.model, policy, cfg.model.dtype) if pc.advantage.estimator == "gae" else None
+    if pc.update.compile:  # the RM scores every rollout; its trunk shares the critic's compiled graphs
+        compile_reward(rm)
 
     world = loader.load_world(cfg)  # the run's world, or None: PPO never generates one
     prompts, source = ppo_prompts(cfg, world)
