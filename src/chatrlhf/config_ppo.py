@@ -78,12 +78,13 @@ class UpdateConfig(Section):
     epochs: int = Field(2, description="Passes over each rollout batch.")
     cliprange: float = Field(0.2, description="PPO policy ratio clip.")
     grad_clip: float = Field(1.0, description="Gradient norm clip of the policy and value update.")
-    compile: bool = Field(False, description="Compile the layer stacks of the policy, the reference and a separate "
-                          "value model with torch.compile (inductor) where they run on the real tokens only (lm.unpadded): "
-                          "the first iteration compiles (tens of seconds on 2 CPU cores, seconds from inductor's disk "
-                          "cache); float rounding differs from the eager passes. A step with a separate critic runs "
-                          "1.10-1.15x faster on CPU; the default shared critic's step, whose PPO-ptx pass and "
-                          "rollout stay eager, about as fast as eager, so it is off by default.")
+    compile: bool = Field(False, description="Compile the layer stacks of the policy, the reference, a separate "
+                          "value model and the RM with torch.compile (inductor) where they run on the real tokens only "
+                          "(lm.unpadded), and the update's log-softmax: the first iteration compiles (tens of seconds on "
+                          "2 CPU cores, seconds from inductor's disk cache); float rounding differs from the eager passes. "
+                          "A step with a separate critic runs 1.13-1.19x faster on CPU; the default shared critic's step, "
+                          "whose PPO-ptx pass and rollout stay eager, about 1.04x, which does not repay the compiling in "
+                          "the default run, so it is off by default.")
 
 
 class GuardConfig(Section):
