@@ -250,6 +250,12 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
         assert set(row) == set(groups)
         assert all(0 <= cell["low"] <= cell["win_rate"] <= cell["high"] <= 1 for cell in row.values())
     assert "judged by cautious" in (out / "table.md").read_text()
+    by_task = table["rows"]["cautious"]["cautious"]["by_task"]  # the diagonal split by task, every prompt once
+    assert sum(c["n"] for c in by_task.values()) == table["n_prompts"] == 8
+    mean = sum(c["win_rate"] * c["n"] for c in by_task.values()) / 8
+    assert mean == pytest.approx(table["rows"]["cautious"]["cautious"]["win_rate"])  # the tasks add up to the cell
+    md = (out / "table.md").read_text().split("The same diagonal by task")[1]
+    assert "| conditioned-sft:thorough |" in md and "| brief |" in md and "| brief:" not in md
     assert set(table["substance"]) == set(table["rows"]) | {"pooled"}  # the rubric's view of every policy's answers
     assert all(0 <= s["over_refusal_rate"] <= 1 for s in table["substance"].values())
     assert "refuses harmless requests" in (out / "table.md").read_text()

@@ -163,8 +163,16 @@ def judged_by_groups(world, prompts: list[dict], responses: list[str], baseline:
                                    world.labelers(held_out=True, groups=[g]))
         ci = cluster_bootstrap_ci([w - 0.5 for w in wins], clusters, seed=seed)
         row[g] = {"win_rate": ci[0] + 0.5, "low": ci[1] + 0.5, "high": ci[2] + 0.5,
-                  "verdict": change_verdict(ci, "preferred", "dispreferred")}
+                  "verdict": change_verdict(ci, "preferred", "dispreferred"), "by_task": by_task(prompts, wins)}
     return row
+
+
+def by_task(prompts: list[dict], wins: list[float]) -> dict[str, dict[str, float]]:
+    """Task -> the mean win and the number of prompts: where a group's taste shows, and where not."""
+    tasks: dict[str, list[float]] = {}
+    for p, w in zip(prompts, wins):
+        tasks.setdefault(p.get("task", "other"), []).append(w)
+    return {t: {"win_rate": sum(ws) / len(ws), "n": len(ws)} for t, ws in sorted(tasks.items())}
 
 
 def table_md(result: dict[str, Any], groups: list[str]) -> str:
@@ -180,7 +188,24 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
             "95% cluster-bootstrap intervals. Last column: the share of harmless requests the policy refuses "
             "(the world's rubric)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
-            + "\n\n" + "\n".join(lines) + "\n")
+            + "\n\n" + "\n".join(lines) + "\n\n" + own_group_by_task_md(result, groups))
+
+
+def own_group_by_task_md(result: dict[str, Any], groups: list[str]) -> str:
+    """Each group's policy (and the conditioned ones asked for it) judged by its own group's members,
+    task by task: the diagonal's cells split where the groups' tastes differ and where they agree."""
+    own = [(name, g) for name in result["rows"] for g in groups if name == g or name.endswith(f":{g}")]
+    tasks = sorted({t for name, g in own for t in result["rows"][name][g].get("by_task", {})})
+    if not tasks:
+        return ""
+    n = result["rows"][own[0][0]][own[0][1]]["by_task"]
+    lines = ["| policy, judged by its own group | " + " | ".join(f"{t} ({n[t]['n']})" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for name, g in own:
+        cells = result["rows"][name][g]["by_task"]
+        lines.append(f"| {name} | " + " | ".join(f"{cells[t]['win_rate']:.2f}" if t in cells else "-" for t in tasks) + " |")
+    return ("The same diagonal by task (number of prompts in brackets; no intervals, the cells are small):\n\n"
+            + "\n".join(lines) + "\n")
 
 
 GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own group's demonstrations "
