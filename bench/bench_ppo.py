@@ -219,8 +219,8 @@ def worker_trl(tmp: Path, s: dict, compile: bool = False) -> dict:
                          train_dataset=Dataset.from_dict({"input_ids": ids}), eval_dataset=Dataset.from_dict({"input_ids": ids[:B]}),
                          callbacks=[Timer()])
     trainer.train()
-    steps = [b[0] - a[0] for a, b in itertools.pairwise(times)]  # the first (warm-up, compiling) step apart
-    return {"first_step_s": steps[:1], "step_s": steps[1:], "step_cpu_s": [b[1] - a[1] for a, b in itertools.pairwise(times)][1:]}
+    wall, cpu = ([b[k] - a[k] for a, b in itertools.pairwise(times)] for k in (0, 1))
+    return {"first_step_s": wall[:1], "step_s": wall[1:], "step_cpu_s": cpu[1:]}  # the first (warm-up, compiling) step apart
 
 
 def matmul_peak(threads: int, n: int = 1024, reps: int = 10) -> float:

@@ -102,7 +102,7 @@ def likert_ideal(out: Path, s: dict[str, Any], seed: int = 0) -> dict[str, float
     cannot read the prompt could reach."""
     import random
 
-    from chatrlhf.evaluate.headline import CONTEXT_TASKS
+    from chatrlhf.evaluate.headline import CONTEXT_TASKS, task_rows
     from chatrlhf.world import World
 
     if not (out / "world" / "meta.json").is_file():
@@ -116,8 +116,7 @@ def likert_ideal(out: Path, s: dict[str, Any], seed: int = 0) -> dict[str, float
     greedy = {m: _json(out / "eval" / f"{m}.json").get("items", {}).get("world_greedy_likert") for m in ("base", final)}
     if final and all(v and len(v) == len(prompts) for v in greedy.values()):
         total = 0.0
-        for t in {p["task"] for p in prompts}:
-            rows = [i for i, p in enumerate(prompts) if p["task"] == t]
+        for t, rows in task_rows(prompts).items():
             fin = statistics.mean(greedy[final][i] for i in rows)
             total += len(rows) * (fin if t in CONTEXT_TASKS else max(fin, statistics.mean(scores[i] for i in rows)))
         out_["bound_without_context"] = total / len(prompts) - statistics.mean(greedy["base"])

@@ -146,6 +146,14 @@ def ideal_answers(world, prompts: list[dict], seed: int) -> list[str]:
     return [writers[i % len(writers)].write(p, rng, world.facts) for i, p in enumerate(prompts)]
 
 
+def task_rows(prompts: list[dict]) -> dict[str, list[int]]:
+    """Task -> the indices of its prompts, tasks in sorted order: for figures split by task."""
+    rows: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        rows.setdefault(p.get("task", "other"), []).append(i)
+    return dict(sorted(rows.items()))
+
+
 def headroom(world, prompts: list[dict], final_wins: list[float], base: list[str], seed: int,
              judgements: int) -> dict[str, Any]:
     """Ideal answers and the final policy's, each against the baseline's, per task (`final_wins`: the final
@@ -157,10 +165,8 @@ def headroom(world, prompts: list[dict], final_wins: list[float], base: list[str
 
     wins = {"ideal": compare_to_baseline(world, prompts, ideal_answers(world, prompts, seed), base, seed, judgements),
             "final": final_wins}
-    per_task = {}
-    for t in sorted({p["task"] for p in prompts}):
-        rows = [i for i, p in enumerate(prompts) if p["task"] == t]
-        per_task[t] = {"prompts": len(rows), **{k: float(np.mean([ws[i] for i in rows])) for k, ws in wins.items()}}
+    per_task = {t: {"prompts": len(rows), **{k: float(np.mean([ws[i] for i in rows])) for k, ws in wins.items()}}
+                for t, rows in task_rows(prompts).items()}
     n = len(prompts)
     context = {k: sum(w - 0.5 for p, w in zip(prompts, ws) if p["task"] in CONTEXT_TASKS) / n for k, ws in wins.items()}
     bound = 0.5 + sum(r["prompts"] * (max(r["ideal"], r["final"]) - 0.5) for t, r in per_task.items()

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatrlhf.config import Config
+from chatrlhf.evaluate.headline import task_rows
 from chatrlhf.evaluate.models import generate, load_handle, prompt_text
 from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci
 from chatrlhf.evaluate.world_eval import compare_to_baseline
@@ -169,10 +170,7 @@ def judged_by_groups(world, prompts: list[dict], responses: list[str], baseline:
 
 def by_task(prompts: list[dict], wins: list[float]) -> dict[str, dict[str, float]]:
     """Task -> the mean win and the number of prompts: where a group's taste shows, and where not."""
-    tasks: dict[str, list[float]] = {}
-    for p, w in zip(prompts, wins):
-        tasks.setdefault(p.get("task", "other"), []).append(w)
-    return {t: {"win_rate": sum(ws) / len(ws), "n": len(ws)} for t, ws in sorted(tasks.items())}
+    return {t: {"win_rate": sum(wins[i] for i in rows) / len(rows), "n": len(rows)} for t, rows in task_rows(prompts).items()}
 
 
 def table_md(result: dict[str, Any], groups: list[str]) -> str:
