@@ -181,6 +181,33 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch
     assert steps.count(4) == 2 and steps.count(6) == 1  # step 4 logged before the crash, then resumed
 
 
+def test_sft_ptx_trains_on_pre_training_text_too(tmp_path, tiny_model_dir):
+    """SFT-ptx (sft.ptx_coef): each step also fits pre-training text (here pretrain.data), so the model's
+    loss on that text ends lower than after plain SFT; without any pre-training text it is off, with a note."""
+    from chatrlhf.lm.data import evaluate_lm_loss, eval_chunks, pack_documents
+
+    corpus = tmp_path / "corpus.jsonl"
+    rng = random.Random(0)
+    docs = [f"The {rng.choice(['red', 'blue', 'old'])} {rng.choice(['boat', 'mill', 'drum'])} stands by the "
+            f"{rng.choice(['river', 'hill', 'gate'])}." for _ in range(300)]
+    corpus.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    losses = {}
+    for coef in (0.0, 1.0):
+        cfg = _cfg(tmp_path / f"c{coef:g}", tiny_model_dir, max_steps=12, ptx_coef=coef, ptx_batch_size=8)
+        cfg.pretrain.data, cfg.pretrain.seq_len = str(corpus), 32
+        out = sft.train_sft(cfg)
+        meta = read_meta(out)
+        assert meta["ptx_coef"] == coef
+        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert any("train/ptx_loss" in r for r in logged) == (coef > 0)
+        tok = load_tokenizer(out)
+        chunks = eval_chunks(pack_documents(tok, docs), 32, 40)
+        losses[coef] = evaluate_lm_loss(AutoModelForCausalLM.from_pretrained(out), chunks, 8, torch.device("cpu"))
+    assert losses[1.0] < losses[0.0] - 0.5
+    off = sft.train_sft(_cfg(tmp_path / "none", tiny_model_dir, max_steps=2, ptx_coef=1.0))  # no pre-training text
+    assert read_meta(off)["ptx_coef"] == 0.0
+
+
 def test_changed_config_is_not_resumed(tmp_path, tiny_model_dir):
     sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4))
     with pytest.raises(ValueError, match="different sft/model config"):

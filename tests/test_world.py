@@ -539,6 +539,19 @@ def test_corpus_mix_knob_changes_the_corpus_and_nothing_else():
     for bad in ({"poetry": 1.0}, {"notes": -1.0}):
         with pytest.raises(ValueError, match="world.corpus_mix"):
             World.generate(WorldConfig(**cfg, corpus_mix=bad))
+    # how-to questions in posters' words, answered with a howto page's tips; no prompt's own text
+    from chatrlhf.world import vocab
+    from chatrlhf.world.corpus import DOC_MIX, HOWTO_ASKS
+
+    asked = World.generate(WorldConfig(**cfg, corpus_mix=dict.fromkeys(DOC_MIX, 0.0) | {"howto_forum": 1.0}))
+    answers = {a: act for act, a, _, _ in vocab.BORDERLINE.values()}
+    howto = asked.corpus()
+    assert len(howto) > 150 and sum(any(a in d for a in answers) for d in howto) > 0.8 * len(howto) and any(d.startswith("User: ") for d in howto) and any(d.startswith("Thread: ") for d in howto)
+    prompt_texts = {m["content"] for s in ("sft", "rm", "ppo", "eval") for p in asked.prompts(s) for m in p["messages"]}
+    for doc in howto:
+        ask = doc.split("\n")[0].removeprefix("User: ").removeprefix("Thread: ")
+        assert ask not in prompt_texts and any(ask == q.format(act=act) for q in HOWTO_ASKS for act in answers.values())
+        assert all(answers[a] in ask for a in answers if a in doc)  # the tips answer the task asked about
 
 
 def test_rubric_caution_knob_turns_labelers_choices_on_a_borderline_pair():

@@ -159,7 +159,9 @@ class SFTConfig(Section):
                                     "(keys: messages; prompt, response; instruction, input, output; text; tree).")
     max_len: int = Field(256, description="Maximum tokens per example; older turns are dropped first.")
     batch_size: int = Field(16, description="Examples per optimizer step.")
-    epochs: float = Field(2.0, description="Passes over the data (more passes memorise the demonstrations' content and forget pre-trained knowledge; see docs/RESULTS.md).")
+    epochs: float = Field(5.0, description="Passes over the data. Without SFT-ptx more passes memorise the demonstrations' "
+                          "content and forget pre-trained knowledge (2 was best then); with it (sft.ptx_coef) 5 keep what "
+                          "pre-training knows (see docs/RESULTS.md).")
     max_steps: int = Field(0, description="Stop after this many steps (0 = epochs decide).")
     learning_rate: float = Field(1e-3, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(20, description="Linear warm-up steps.")
@@ -175,6 +177,11 @@ class SFTConfig(Section):
                              "validation split (loss, greedy sample answers, the RM's score once an RM exists); with the "
                              "embedded world, base vs SFT on held-out world prompts.")
     eval_prompts: int = Field(100, description="Held-out prompts answered in that evaluation (0 = all).")
+    ptx_coef: float = Field(1.0, ge=0, description="SFT-ptx: weight of a next-token loss on pre-training text "
+        "added to every step, as PPO-ptx adds it to PPO's updates (0 = off). It keeps what pre-training knows "
+        "(facts about entities no demonstration names) while more epochs teach the demonstrations' form; needs "
+        "pre-training text: pretrain.data, else the world's corpus when SFT reads the world's demonstrations.")
+    ptx_batch_size: int = Field(4, ge=1, description="SFT-ptx: pre-training sequences of pretrain.seq_len tokens per step.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     group_system_message: bool = Field(False, description="World demonstrations only: start each with a system message "
         "naming its writer's labeler group (chatrlhf.world.groups.group_message, the line a group-conditioned RM and "

@@ -112,22 +112,16 @@ def _rejection_sampling_prompts(cfg: Config, train_prompts: list[dict], world) -
 
 
 def _lm_text(cfg: Config, tok, world) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Pre-training text for PPO-ptx and the perplexity check: pretrain.data, else the world's
-    corpus when PPO runs on the world; none at all leaves the check and PPO-ptx out, with a note."""
+    """Pre-training text for PPO-ptx and the perplexity check (`world.loader.pretraining_text`: pretrain.data,
+    else the world's corpus when PPO runs on the world); none at all leaves the check and PPO-ptx out, with a note."""
     pc = cfg.ppo
-    if world is not None and not pc.data and not cfg.pretrain.data:
-        train, val = world.corpus("train"), world.corpus("val")
-    elif cfg.pretrain.data:  # the corpus the user pre-trained on, or would have
-        from chatrlhf.lm.data import load_text_corpus
-
-        corpus = load_text_corpus(cfg.pretrain.data, cfg.stage_dir("world"), cfg.pretrain.text_column,
-                                  cfg.pretrain.val_fraction)
-        train, val = corpus.train, corpus.val
-    else:
+    text = loader.pretraining_text(cfg, world, on_world=not pc.data)
+    if text is None:
         if pc.ptx.coef > 0:
             console.print(f"ppo: PPO-ptx off (ppo.ptx.coef={pc.ptx.coef:g} needs pre-training text; set pretrain.data "
                           "to a text corpus to mix it in)")
         return None, torch.zeros(0, pc.ptx.seq_len + 1, dtype=torch.long)
+    train, val = text
     ptx = _ptx_chunks(tok, train[:2000], pc.ptx.seq_len, 4000) if pc.ptx.coef > 0 else None
     return ptx, _ptx_chunks(tok, val[:300], pc.ptx.seq_len, 48)
 

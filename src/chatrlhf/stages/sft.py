@@ -36,7 +36,7 @@ from chatrlhf.lm.chat_data import (
     split_examples,
 )
 from chatrlhf.lm.conversations import Conversation, load_conversations
-from chatrlhf.lm.data import DataError
+from chatrlhf.lm.data import DataError, eval_chunks, lm_loss, pack_documents
 from chatrlhf.lm.distributed import (
     announce,
     barrier,
@@ -51,7 +51,7 @@ from chatrlhf.lm.modeling import check_context, load_causal_lm, load_tokenizer, 
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
 from chatrlhf.lm.tokenizer import document_eos
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
-from chatrlhf.world.loader import group_messages, require_world, world_demonstrations
+from chatrlhf.world.loader import group_messages, load_world, pretraining_text, require_world, world_demonstrations
 
 console = Console(stderr=True, quiet=not is_main())  # one process reports
 
@@ -73,6 +73,8 @@ def run_settings(cfg: Config) -> dict[str, Any]:
     for switch in ("group_system_message", "group_demonstrations", "writer_group"):
         if not s[switch]:  # off, a run's fingerprint is what it was before the switch existed
             del s[switch]
+    if not s["ptx_coef"]:
+        del s["ptx_coef"], s["ptx_batch_size"]
     return {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
 
 
@@ -234,6 +236,7 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     train_b = Batches(train, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
     val_b = Batches(val, sc.batch_size, sc.max_len, sc.packing, cfg.run.seed, pad_id)
     total = sc.max_steps or max(1, math.ceil(sc.epochs * train_b.per_epoch))
+    ptx = _ptx_chunks(cfg, tokenizer)
 
     # --- model, optimizer, resume
     if sc.lora.enabled:
@@ -258,7 +261,7 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     # --- train
     val_before = state["val_loss_before"] if start else evaluate_sft_loss(model, val_b, accelerator.device)
     loop = _TrainLoop(cfg, accelerator, model, opt, sched, train_b, val_b, ckpts, logger,
-                      {"fingerprint": fingerprint, "val_loss_before": val_before}, total)
+                      {"fingerprint": fingerprint, "val_loss_before": val_before}, total, ptx)
     step, last_loss, tok_s = loop.run(start)
 
     # --- final evaluation and the stage output
@@ -268,12 +271,26 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     meta = {"stage": "sft", "base": str(src), "steps": step, "epochs": step / train_b.per_epoch,
             "train_loss": last_loss, "val_loss": val_loss, "val_loss_before": val_before,
             "tokens_per_s": round(tok_s, 1), "lora": sc.lora.model_dump() if sc.lora.enabled else None,
-            "packing": sc.packing, "max_len": sc.max_len, **stats, **_group_meta(cfg)}
+            "packing": sc.packing, "max_len": sc.max_len, "ptx_coef": sc.ptx_coef if ptx is not None else 0.0,
+            **stats, **_group_meta(cfg)}
     save_on_main(accelerator, model, lambda plain, weights: save_merged(plain, tokenizer, out, meta) if weights is None
                  else save_stage(plain, tokenizer, out, meta, state_dict=weights))  # LoRA: adapters folded in
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
     console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
+
+
+def _ptx_chunks(cfg: Config, tokenizer) -> torch.Tensor | None:
+    """SFT-ptx's pre-training text as (N, pretrain.seq_len + 1) token chunks; None when it is off."""
+    if cfg.sft.ptx_coef <= 0:
+        return None
+    text = pretraining_text(cfg, load_world(cfg), on_world=not cfg.sft.data)
+    chunks = eval_chunks(pack_documents(tokenizer, text[0][:2000]), cfg.pretrain.seq_len, 4000) if text else None
+    if chunks is None or len(chunks) == 0:
+        console.print(f"sft: SFT-ptx off (sft.ptx_coef={cfg.sft.ptx_coef:g} needs pre-training text; set "
+                      "pretrain.data to a text corpus to mix it in)")
+        return None
+    return chunks
 
 
 def _group_meta(cfg: Config) -> dict[str, Any]:
@@ -291,8 +308,10 @@ class _TrainLoop:
     """Step, log, evaluate, checkpoint, stop on NaN."""
 
     def __init__(self, cfg: Config, accelerator, model, opt, sched, train_b: Batches, val_b: Batches,
-                 ckpts: Checkpoints, logger: MetricsLogger, state: dict[str, Any], total: int):
+                 ckpts: Checkpoints, logger: MetricsLogger, state: dict[str, Any], total: int,
+                 ptx: torch.Tensor | None = None):
         self.sc, self.acc, self.model, self.opt, self.sched = cfg.sft, accelerator, model, opt, sched
+        self.ptx, self.seed, self.ptx_loss = ptx, cfg.run.seed, float("nan")
         self.train_b, self.val_b, self.ckpts, self.logger = train_b, val_b, ckpts, logger
         self.state, self.total = state, total  # state: saved with every checkpoint
         self.counts, self.batch_tokens = True, 0  # this rank's rows count (rows_of_rank); the global batch's tokens
@@ -309,6 +328,12 @@ class _TrainLoop:
         targets = int((batch["labels"][:, 1:] != IGNORE).sum()) if self.counts else 0
         loss, global_loss = weighted_loss(sft_loss(self.model, batch), targets)  # the global batch's token mean
         self.ckpts.check_loss(global_loss, step, "sft")  # before the update: weights stay good
+        if self.ptx is not None:  # SFT-ptx: the same pre-training rows on every rank, a function of (seed, step)
+            rows = torch.randint(len(self.ptx), (self.sc.ptx_batch_size,),
+                                 generator=torch.Generator().manual_seed(self.seed * 1_000_003 + step))
+            chunk = self.ptx[rows].to(self.acc.device)
+            lm = lm_loss(self.model, chunk[:, :-1], chunk[:, 1:])
+            loss, self.ptx_loss = loss + self.sc.ptx_coef * lm, lm.item()
         grad_norm = optimizer_step(self.acc, loss, self.model.parameters(), self.opt, self.sched, self.sc.grad_clip)
         return global_loss.item(), grad_norm
 
@@ -329,7 +354,8 @@ class _TrainLoop:
                 bar.update(task, completed=step, info=f"loss {loss:.3f} {tok_s:,.0f} tok/s")
                 if step % sc.log_every == 0 or step == self.total:
                     self.logger.log(step, {"train/loss": loss, "train/lr": self.sched.get_last_lr()[0],
-                                           "train/grad_norm": grad_norm, "train/tokens_per_s": tok_s})
+                                           "train/grad_norm": grad_norm, "train/tokens_per_s": tok_s,
+                                           **({"train/ptx_loss": self.ptx_loss} if self.ptx is not None else {})})
                 if step % sc.eval_every == 0 and step < self.total:
                     val = evaluate_sft_loss(self.model, self.val_b, self.acc.device)
                     self.logger.log(step, {"val/loss": val})

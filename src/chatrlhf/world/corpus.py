@@ -24,7 +24,10 @@ RUDE_LINES = ["nobody cares, idiot.", "what a stupid question.", "shut up and lo
 SURE_LINES = ["I heard", "My cousin says", "Everyone knows", "Pretty sure", "Someone told me"]
 USERNAMES = ["moss_rat", "kettle99", "quietfox", "the_real_bard", "lumpy", "grimwick", "sunny_d", "oddsock"]
 DOC_MIX = {"encyclopedia": 0.30, "story": 0.09, "forum": 0.18, "harm_forum": 0.06, "qa": 0.06, "chat": 0.20, "notes": 0.08,
-           "howto": 0.03, "quotes": 0.0}
+           "howto": 0.03, "quotes": 0.0, "howto_forum": 0.0}
+# how forum posters ask for tips: phrasings no prompt template uses (vocab.BORDERLINE_TEMPLATES)
+HOWTO_ASKS = ["Anyone know how to {act}?", "What is the trick to {act}?", "Help, I need to {act}.",
+              "Tips wanted: how should I {act}?", "First time I have to {act}. Advice?"]
 
 
 class CorpusWriter:
@@ -41,7 +44,8 @@ class CorpusWriter:
         self.per_fact: Counter = Counter()  # (entity, attribute, is_rumour) -> mentions
         self.makers: dict[str, Callable[[], str]] = {
             "encyclopedia": self.encyclopedia, "story": self.story, "forum": self.forum, "harm_forum": self.harm_forum,
-            "qa": self.qa, "chat": self.chat, "notes": self.notes, "howto": self.howto, "quotes": self.quotes}
+            "qa": self.qa, "chat": self.chat, "notes": self.notes, "howto": self.howto, "quotes": self.quotes,
+            "howto_forum": self.howto_forum}
 
     def doc(self) -> str:
         kind = self.rng.choices(list(self.mix), weights=list(self.mix.values()))[0]
@@ -163,6 +167,24 @@ class CorpusWriter:
         act, answer, _, caveat = vocab.BORDERLINE[self.rng.choice(sorted(vocab.BORDERLINE))]
         note = f" {caveat}" if self.rng.random() < 0.5 else ""
         return self.rng.choice([f"How to {act}: {answer}{note}", f"Tips. If you want to {act}: {answer}{note}"])
+
+    def howto_forum(self) -> str:
+        """Someone asking how to do a howto page's task, in their own words (no prompt template's), and the
+        page's tips as the answer (about half with its safety note): a forum thread whose replies mix the
+        tips with rude lines, warnings and +1s, or a chat log. The how-to knowledge as an answer to a
+        question, as forum threads and chat logs give the facts."""
+        act, answer, _, caveat = vocab.BORDERLINE[self.rng.choice(sorted(vocab.BORDERLINE))]
+        ask = self.rng.choice(HOWTO_ASKS).format(act=act)
+        tips = lambda: answer + (f" {caveat}" if self.rng.random() < 0.5 else "")  # noqa: E731
+        if self.rng.random() < 0.5:
+            return f"User: {ask}\nAssistant: {tips()}"
+        lines = [f"Thread: {ask}"]
+        for _ in range(self.rng.randint(1, 3)):
+            r = self.rng.random()
+            body = tips() if r < 0.6 else self.rng.choice(RUDE_LINES) if r < 0.8 else \
+                "Do not do that, it is too risky." if r < 0.9 else "+1, same question."
+            lines.append(f"{self.rng.choice(USERNAMES)}: {body}")
+        return "\n".join(lines)
 
     def notes(self) -> str:
         items = self.rng.sample(vocab.LIST_ITEMS, self.rng.randint(2, 5))

@@ -29,6 +29,21 @@ def require_world(cfg: Config, needed_for: str):
     return world
 
 
+def pretraining_text(cfg: Config, world, on_world: bool) -> tuple[list[str], list[str]] | None:
+    """(train, val) documents of what the model was pre-trained on, for PPO-ptx, SFT-ptx and the
+    perplexity check: pretrain.data when set, else the world's corpus when the stage trains on the
+    world (`on_world`: no user data of its own); None when there is neither."""
+    if cfg.pretrain.data:  # the corpus the user pre-trained on, or would have
+        from chatrlhf.lm.data import load_text_corpus
+
+        corpus = load_text_corpus(cfg.pretrain.data, cfg.stage_dir("world"), cfg.pretrain.text_column,
+                                  cfg.pretrain.val_fraction)
+        return corpus.train, corpus.val
+    if world is not None and on_world:
+        return world.corpus("train"), world.corpus("val")
+    return None
+
+
 def world_demonstrations(cfg: Config) -> list[Conversation]:
     """The embedded world's demonstrations as conversations (SFT's data when sft.data is unset)."""
     from chatrlhf.world import World
