@@ -180,8 +180,12 @@ def test_whole_run_on_two_ranks_matches_one_process(tmp_path):
     log = launch("run", two)
     assert log.count("run complete") == 1, log[-3000:]
     run_all(cfg_for(one))
-    for stage in ("pretrain", "sft", "rm", "ppo", "rounds/round_2/rm", "rounds/round_2/ppo"):
-        assert_same_weights(one / stage, two / stage, atol=1e-5)
+    assert_same_weights(one / "pretrain", two / "pretrain", atol=1e-5)
+    # each later stage starts from its predecessor's weights, which differ from one process's in the last
+    # float bits (the per-stage tests above start both sides from the same weights and hold 2e-5); SFT-ptx
+    # trains every weight on pre-training text too, so that difference grows (about 1e-4 by PPO)
+    for stage in ("sft", "rm", "ppo", "rounds/round_2/rm", "rounds/round_2/ppo"):
+        assert_same_weights(one / stage, two / stage, atol=3e-4)
     assert_written_once(two / "rounds" / "round_2" / "ppo")
     a, b = (json.loads((d / "eval" / "summary.json").read_text()) for d in (one, two))
     assert a["models"].keys() == b["models"].keys()

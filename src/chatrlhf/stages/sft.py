@@ -9,6 +9,9 @@ only (the model learns to answer, not to imitate users). Examples longer than `s
 oldest turns first. Batches are length-grouped (little padding) or packed (several conversations per
 row, kept apart by position ids, which transformers turns into a block-diagonal attention mask).
 Data order is a pure function of (seed, epoch), so a checkpoint's data position is its step number.
+SFT-ptx (`sft.ptx_coef`, on by default) adds the next-token loss on a few pre-training sequences to
+every step, as PPO-ptx does for PPO, so the model keeps what pre-training knew while it learns the
+demonstrations' form; those rows are a function of (seed, step) too.
 """
 
 from __future__ import annotations
@@ -222,10 +225,7 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     src = base_model_path(cfg)
     if isinstance(src, Path) and not src.is_dir():
         raise FileNotFoundError(f"no pre-trained model at {src}; run `chatrlhf pretrain` first or set model.name_or_path")
-    if cfg.model.tokenizer:
-        tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
-    else:
-        tokenizer = load_tokenizer(src, "model.name_or_path" if src == cfg.model.name_or_path else "the pretrain stage")
+    tokenizer = _base_tokenizer(cfg, src)
     ensure_template(tokenizer)
     model = load_causal_lm(src, cfg.model.dtype)
 
@@ -278,6 +278,13 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
     console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
+
+
+def _base_tokenizer(cfg: Config, src: Path | str):
+    """model.tokenizer when set, else the base model's own."""
+    if cfg.model.tokenizer:
+        return load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
+    return load_tokenizer(src, "model.name_or_path" if src == cfg.model.name_or_path else "the pretrain stage")
 
 
 def _ptx_chunks(cfg: Config, tokenizer) -> torch.Tensor | None:
