@@ -32,14 +32,14 @@ def _summary(run: Path) -> dict[str, Any]:
 
 def compare(a: Path, b: Path, judgements: int = 20, n_boot: int = 1000) -> dict[str, Any]:
     """A's models against B's, stage by stage, on their shared world's eval prompts."""
-    from chatrlhf.evaluate.headline import judged_win_rate
+    from chatrlhf.evaluate.headline import judged_win_rate, prompt_clusters
     from chatrlhf.world import World
 
     if (a / "world" / "prompts_eval.jsonl").read_text() != (b / "world" / "prompts_eval.jsonl").read_text():
         raise SystemExit(f"{a} and {b} have different eval prompts: compare runs of the same world")
     world = World.load(a / "world")
     prompts = world.prompts("eval")
-    clusters = [p.get("cluster") or p["id"] for p in prompts]  # as the eval resamples them
+    clusters = prompt_clusters(prompts)
     sa, sb = _summary(a), _summary(b)
     final_a, final_b = (s.get("headline", {}).get("final") for s in (sa, sb))
     out: dict[str, Any] = {"a": str(a), "b": str(b), "rows": []}

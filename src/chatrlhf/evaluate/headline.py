@@ -146,6 +146,11 @@ def ideal_answers(world, prompts: list[dict], seed: int) -> list[str]:
     return [writers[i % len(writers)].write(p, rng, world.facts) for i, p in enumerate(prompts)]
 
 
+def prompt_clusters(prompts: list[dict]) -> list:
+    """The content each eval prompt asks about (its cluster, else its id): the unit the bootstrap resamples."""
+    return [p.get("cluster") or p["id"] for p in prompts]
+
+
 def task_rows(prompts: list[dict]) -> dict[str, list[int]]:
     """Task -> the indices of its prompts, tasks in sorted order: for figures split by task."""
     rows: dict[str, list[int]] = {}

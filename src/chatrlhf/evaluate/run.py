@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.evaluate.headline import attribution, choose_decoding, headline, in_domain, real_data_status
+from chatrlhf.evaluate.headline import attribution, choose_decoding, headline, in_domain, prompt_clusters, real_data_status
 from chatrlhf.evaluate.models import ModelHandle, load_handle, resolve_models
 from chatrlhf.evaluate.stats import (
     bootstrap_ci,
@@ -65,8 +65,7 @@ class Context:
         self.limit = cfg.eval.real_data_limit
         self.notes: list[str] = []
         self.world, self.prompts = self._world()
-        # the content each eval prompt asks about: the unit the bootstrap resamples
-        self.clusters = [p.get("cluster") or p["id"] for p in self.prompts]
+        self.clusters = prompt_clusters(self.prompts)
         self.val_prompts = (self.world.prompts("guard")[: cfg.eval.validation_prompts]
                             if self.world is not None and cfg.eval.validation_prompts else [])
         self.judge = self._judge()

@@ -270,6 +270,17 @@ def eval_chunks(tokens: torch.Tensor, seq_len: int, max_chunks: int) -> torch.Te
     return torch.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)]) if n else tokens[:0]
 
 
+def text_chunks(tokenizer, docs: list[str], seq_len: int, max_chunks: int) -> torch.Tensor:
+    """Documents -> their first `max_chunks` (seq_len + 1)-token chunks, (N, seq_len + 1)."""
+    return eval_chunks(pack_documents(tokenizer, docs), seq_len, max_chunks)
+
+
+def ptx_chunks(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
+    """The pre-training text a -ptx loss (PPO-ptx, SFT-ptx) draws its rows from: the first 2,000
+    documents, as up to 4,000 chunks."""
+    return text_chunks(tokenizer, docs[:2000], seq_len, 4000)
+
+
 # --- losses and baselines -----------------------------------------------------------------------
 def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats/token); logits upcast so bf16 autocast stays accurate."""

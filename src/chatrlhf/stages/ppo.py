@@ -122,15 +122,10 @@ def _lm_text(cfg: Config, tok, world) -> tuple[torch.Tensor | None, torch.Tensor
                           "to a text corpus to mix it in)")
         return None, torch.zeros(0, pc.ptx.seq_len + 1, dtype=torch.long)
     train, val = text
-    ptx = _ptx_chunks(tok, train[:2000], pc.ptx.seq_len, 4000) if pc.ptx.coef > 0 else None
-    return ptx, _ptx_chunks(tok, val[:300], pc.ptx.seq_len, 48)
+    from chatrlhf.lm.data import ptx_chunks, text_chunks
 
-
-def _ptx_chunks(tokenizer, docs: list[str], seq_len: int, max_chunks: int) -> torch.Tensor:
-    """Pre-training text as (N, seq_len + 1) token chunks, for PPO-ptx and the perplexity check."""
-    from chatrlhf.lm.data import eval_chunks, pack_documents
-
-    return eval_chunks(pack_documents(tokenizer, docs), seq_len, max_chunks)
+    ptx = ptx_chunks(tok, train, pc.ptx.seq_len) if pc.ptx.coef > 0 else None
+    return ptx, text_chunks(tok, val[:300], pc.ptx.seq_len, 48)
 
 
 def _lm_ppl(model, chunks: torch.Tensor, device) -> float:

@@ -39,7 +39,7 @@ from chatrlhf.lm.chat_data import (
     split_examples,
 )
 from chatrlhf.lm.conversations import Conversation, load_conversations
-from chatrlhf.lm.data import DataError, eval_chunks, lm_loss, pack_documents
+from chatrlhf.lm.data import DataError, lm_loss, ptx_chunks
 from chatrlhf.lm.distributed import (
     announce,
     barrier,
@@ -292,7 +292,7 @@ def _ptx_chunks(cfg: Config, tokenizer) -> torch.Tensor | None:
     if cfg.sft.ptx_coef <= 0:
         return None
     text = pretraining_text(cfg, load_world(cfg), on_world=not cfg.sft.data)
-    chunks = eval_chunks(pack_documents(tokenizer, text[0][:2000]), cfg.pretrain.seq_len, 4000) if text else None
+    chunks = ptx_chunks(tokenizer, text[0], cfg.pretrain.seq_len) if text else None
     if chunks is None or len(chunks) == 0:
         console.print(f"sft: SFT-ptx off (sft.ptx_coef={cfg.sft.ptx_coef:g} needs pre-training text; set "
                       "pretrain.data to a text corpus to mix it in)")
