@@ -2,6 +2,7 @@
 
     python bench/copy_probe.py MODEL_DIR [MODEL_DIR ...] [--n 200] [--json out.json]
     python bench/copy_probe.py --synthetic runs/default/pretrain --lr 0.005 0.001 0.0003 [--steps 1500]
+        [--batch 4] [--task marker|induction]
     python bench/copy_probe.py --chat runs/default/world runs/default/sft [MODEL_DIR ...]
 
 Four probes in the pre-training corpus's own formats (`chatrlhf.world.corpus`), each the share of
@@ -24,7 +25,11 @@ count, repeat), each scored by the rule-based verifier (`chatrlhf.lm.verifiers.c
 MODEL_DIR's config trains on nothing but copying (a run of 5-15 random tokens, a marker, the same run
 again), at pre-training's batch (4 x 128 tokens), AdamW with weight decay 0.1, for each learning rate.
 Half the tokens are random (ln 190 = 5.25 nats) and half can be copied (0 nats once learnt): the
-loss falls from about 5 towards 2.6 as the copying circuit forms.
+loss falls from about 5 towards 2.6 as the copying circuit forms. The marker makes a positional
+shortcut possible (copy the token as far after the marker as this one is after the run's start);
+`--task induction` takes it away: earlier stretches recur at random places with no marker, and only
+the recurring tokens are scored (5.25 nats until the model finds the earlier occurrence, near 0 once
+it does), which is the copying a list item or a quoted line needs.
 """
 
 from __future__ import annotations
@@ -92,7 +97,35 @@ def chat_probe(model_dir: str, world_dir: str) -> dict[str, float]:
     return {t: sum(v) / len(v) for t, v in sorted(scores.items())}
 
 
-def synthetic(model_dir: str, lr: float, steps: int, every: int = 250) -> list[tuple[int, float]]:
+def synthetic_row(rng: random.Random, task: str) -> tuple[list[int], list[int]]:
+    """129 tokens of a copying task and the targets that count (-100: not scored).
+
+    `marker`: runs of 5-15 random tokens, each followed by a marker and the same run again; every
+    next token is scored. `induction`: random tokens in which, now and then, an earlier stretch of
+    3-10 tokens comes again, with no marker; only the repeated tokens after a stretch's first are
+    scored, so the loss is ln 190 = 5.25 until the model finds the earlier occurrence (an induction
+    head) and near 0 once it does."""
+    seq: list[int] = []
+    scored: list[bool] = []
+    while len(seq) < 129:
+        if task == "marker":
+            run = [rng.randrange(10, 200) for _ in range(rng.randint(5, 15))]
+            seq += [1, *run, 2, *run]
+            scored += [True] * (2 * len(run) + 2)
+        elif len(seq) > 12 and rng.random() < 0.5:
+            n = rng.randint(3, 10)
+            start = rng.randrange(0, len(seq) - n)
+            seq += seq[start:start + n]
+            scored += [False] + [True] * (n - 1)
+        else:
+            n = rng.randint(3, 10)
+            seq += [rng.randrange(10, 200) for _ in range(n)]
+            scored += [False] * n
+    return seq[:129], [t if ok else -100 for t, ok in zip(seq[1:129], scored[1:129])]
+
+
+def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: int = 4,
+              task: str = "marker") -> list[tuple[int, float]]:
     """(step, mean training loss of the last `every` steps) of a fresh model trained only to copy."""
     from transformers import AutoConfig
 
@@ -103,15 +136,9 @@ def synthetic(model_dir: str, lr: float, steps: int, every: int = 250) -> list[t
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     rng, curve, window = random.Random(0), [], []
     for step in range(1, steps + 1):
-        rows = []
-        for _ in range(4):
-            seq: list[int] = []
-            while len(seq) < 129:
-                run = [rng.randrange(10, 200) for _ in range(rng.randint(5, 15))]
-                seq += [1, *run, 2, *run]
-            rows.append(seq[:129])
-        x = torch.tensor(rows)
-        loss = torch.nn.functional.cross_entropy(model(input_ids=x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten())
+        rows = [synthetic_row(rng, task) for _ in range(batch)]
+        x, y = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+        loss = torch.nn.functional.cross_entropy(model(input_ids=x[:, :-1]).logits.flatten(0, 1), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -131,6 +158,8 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="train fresh models of the first MODEL_DIR's config to copy")
     ap.add_argument("--lr", type=float, nargs="+", default=[0.005, 0.001, 0.0003])
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=4, help="--synthetic: sequences of 128 tokens per step")
+    ap.add_argument("--task", choices=["marker", "induction"], default="marker", help="--synthetic: what to copy")
     ap.add_argument("--chat", action="store_true", help="the first argument is a world directory; probe chat models on its eval prompts")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -145,10 +174,11 @@ def main() -> None:
     if args.synthetic:
         curves = {}
         for lr in args.lr:
-            curves[f"{lr:g}"] = synthetic(args.models[0], lr, args.steps)
+            curves[f"{lr:g}"] = synthetic(args.models[0], lr, args.steps, batch=args.batch, task=args.task)
             print(f"lr {lr:g}: " + ", ".join(f"step {s} loss {v:.2f}" for s, v in curves[f"{lr:g}"]), flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps({"model": args.models[0], "curves": curves}, indent=2) + "\n")
+            Path(args.json).write_text(json.dumps({"model": args.models[0], "task": args.task, "batch": args.batch,
+                                                   "curves": curves}, indent=2) + "\n")
         return
     out = {"chance": {"list": 1 / len(vocab.LIST_ITEMS), "sing": 1 / len(vocab.REPEAT_WORDS)}, "n": args.n, "models": {}}
     for m in args.models:

@@ -172,6 +172,24 @@ def test_group_sft_starts_each_groups_variant_from_its_own_demonstrations(tmp_pa
     assert "demonstrations" not in prefs.table_md(result, ["brief"])  # the table says which SFT the rows started from
 
 
+def test_own_reference_anchors_each_variants_kl_to_its_own_sft_model(world, tmp_path, monkeypatch):
+    """preferences.own_reference: a variant's PPO takes its KL to the SFT model it started from; off,
+    to the run's shared SFT model, whatever the variant started from."""
+    import chatrlhf.stages.preferences as prefs
+
+    calls = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: None)
+    monkeypatch.setattr(prefs, "label_with_world", lambda *a: None)
+    monkeypatch.setattr(prefs, "train_reward_model", lambda *a, **k: None)
+    monkeypatch.setattr(prefs, "run_ppo", lambda cfg, **k: calls.append((k["policy_dir"], k["ref_dir"])))
+    for own in (False, True):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true",
+                                 f"preferences.own_reference={str(own).lower()}"])
+        prefs.train_variant(cfg, world, [], "brief", tmp_path / f"brief{own:d}")
+    assert calls == [(tmp_path / "brief0" / "sft", None),  # None: run_ppo's default, the run's SFT model
+                     (tmp_path / "brief1" / "sft", tmp_path / "brief1" / "sft")]
+
+
 def test_a_weighted_mix_draws_labelers_in_proportion(world):
     cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 3.0, "cautious": 1.0}, "labelers_per_prompt": 1}})
     comps = _comparisons(world)
@@ -200,6 +218,36 @@ def test_group_draws_are_stable_and_follow_the_weights():
     prompts = condition([{"id": "a", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]}], w)
     assert [m["role"] for m in prompts[0]["messages"]] == ["system", "user"]  # an old system message is replaced
     assert prompts[0]["messages"][0]["content"] in GROUP_INSTRUCTIONS.values()
+
+
+def test_group_line_near_answer_is_trained_and_saved_with_the_sft_model(world, tiny_model_dir, tmp_path):
+    """sft.group_line_near_answer: the conditioned SFT model is saved with the template that writes the
+    group line right before the answer, so its RM, policy and `chat --group` read it there."""
+    import shutil
+
+    from chatrlhf.lm.data import DataError
+    from chatrlhf.lm.tokenizer import SYSTEM_NEAR_ANSWER_TEMPLATE
+    from chatrlhf.stages.preferences import run_preferences
+    from chatrlhf.stages.sft import load_split, run_settings, train_sft
+
+    world.save(tmp_path / "world")
+    shutil.copytree(tiny_model_dir, tmp_path / "pretrain")
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path), "tensorboard": False, "device": "cpu"},
+                                 "sft": {"group_system_message": True, "group_line_near_answer": True, "max_steps": 2,
+                                         "batch_size": 8, "ptx_coef": 0.0}})
+    out = train_sft(cfg)
+    tok = load_tokenizer(out)
+    assert tok.chat_template == SYSTEM_NEAR_ANSWER_TEMPLATE
+    p = for_group({"id": "x", "messages": [{"role": "user", "content": "Where is Varnok?"}]}, "brief")
+    text = tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True)
+    assert text.endswith(f"Where is Varnok?<|end|><|system|>{GROUP_INSTRUCTIONS['brief']}<|end|><|assistant|>")
+    assert read_meta(out)["group_messages"]["brief"] == GROUP_INSTRUCTIONS["brief"]
+    off = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "sft": {"group_system_message": True}})
+    assert "group_line_near_answer" not in run_settings(off)["sft"] and run_settings(cfg)["sft"]["group_line_near_answer"]
+    with pytest.raises(DataError, match="group_line_near_answer"):
+        load_split(Config.model_validate({"run": {"out_dir": str(tmp_path)}, "sft": {"group_line_near_answer": True}}), tok)
+    with pytest.raises(ValueError, match="own_reference"):  # the shared SFT model would read the line as the user's
+        run_preferences(cfg)
 
 
 def test_the_group_reaches_the_model_through_the_chat_template(tiny_model_dir):

@@ -11,7 +11,15 @@ from transformers import AutoTokenizer
 
 from chatrlhf.config import load_config
 from chatrlhf.lm.modeling import read_meta
-from chatrlhf.lm.tokenizer import EOS, FALLBACK_CHAT_TEMPLATE, SPECIAL_TOKENS, document_eos, ensure_chat_template
+from chatrlhf.lm.tokenizer import (
+    EOS,
+    FALLBACK_CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    SYSTEM_NEAR_ANSWER_TEMPLATE,
+    document_eos,
+    ensure_chat_template,
+    system_near_answer,
+)
 from chatrlhf.stages import pretrain
 
 CONVERSATION = [
@@ -75,6 +83,28 @@ def test_chat_template_round_trip_and_assistant_mask(tok_dir):
         prev = m
     assert spans == 2
     assert tok.convert_ids_to_tokens(ids[mask.index(1) - 1]) == "<|assistant|>"
+
+
+def test_system_near_answer_template_puts_the_line_before_each_answer(tok_dir):
+    """sft.group_line_near_answer's template: the system message right before every assistant turn and
+    the generation prompt, never first; the loss mask still covers exactly the answers."""
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    assert system_near_answer(tok) and tok.chat_template == SYSTEM_NEAR_ANSWER_TEMPLATE
+    line = "<|system|>You are a helpful assistant.<|end|><|assistant|>"
+    rendered = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    assert rendered.startswith("<|bos|><|user|>Where does Zorbel Quint live?<|end|>" + line)
+    assert rendered.count(line) == 2 and rendered.count("<|system|>") == 2
+    prompt = tok.apply_chat_template(CONVERSATION[:4], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|user|>And her job?<|end|>" + line)
+    out = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tok.decode(masked) == "".join(" " + m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
+    plain = [m for m in CONVERSATION if m["role"] != "system"]  # no system message: the usual layout
+    assert tok.apply_chat_template(plain, tokenize=False) == AutoTokenizer.from_pretrained(tok_dir).apply_chat_template(
+        plain, tokenize=False)
+    theirs = AutoTokenizer.from_pretrained(tok_dir)
+    theirs.chat_template = FALLBACK_CHAT_TEMPLATE  # a user's own template is left as it is
+    assert not system_near_answer(theirs) and theirs.chat_template == FALLBACK_CHAT_TEMPLATE
 
 
 def test_generation_prompt_ends_with_assistant_tag(tok_dir):

@@ -188,6 +188,10 @@ class SFTConfig(Section):
         "policy are given), so the model learns how each group writes and answers the group it is asked for; the "
         "saved model's meta.json lists the lines (`chatrlhf chat --group`). `chatrlhf preferences` trains such an "
         "SFT for its conditioned-sft variant (preferences.conditioned_sft).")
+    group_line_near_answer: bool = Field(False, description="With group_system_message, on the embedded tokenizer: "
+        "the model is trained, and saved, with a chat template that writes the system message right before each "
+        "answer instead of first (lm.tokenizer.SYSTEM_NEAR_ANSWER_TEMPLATE), where a model this small reads it; "
+        "its RM and policy inherit the template. A user's tokenizer keeps its own template.")
     group_demonstrations: bool = Field(False, description="With group_system_message: a training labeler of every group "
         "writes a demonstration for every SFT prompt (as many demonstrations as groups per prompt), instead of one "
         "writer per prompt, so the model sees each group's way of answering on all the prompts.")

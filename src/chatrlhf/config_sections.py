@@ -124,6 +124,10 @@ class PreferencesConfig(Section):
     group_demonstrations: bool = Field(False, description="The conditioned-sft variant's demonstrations: a writer of "
                                        "every group answers every SFT prompt (sft.group_demonstrations) instead of one "
                                        "writer per prompt.")
+    own_reference: bool = Field(False, description="Each variant's PPO takes its KL penalty to the SFT model it "
+                                "started from (conditioned-sft's, a group's with group_sft), as InstructGPT's policy "
+                                "does to its own SFT model; off: to the run's shared SFT model, the same anchor for "
+                                "every variant.")
     group_sft: bool = Field(False, description="Each group's variant starts its RM and policy from an SFT model "
                             "fine-tuned, with the run's sft.* settings, on demonstrations its own group wrote "
                             "(sft.writer_group) instead of the shared SFT model: the group's bias through "

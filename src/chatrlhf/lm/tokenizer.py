@@ -33,6 +33,27 @@ CHAT_TEMPLATE = (
 )
 
 
+# The same layout with the system message (the last one, if several) written right before every
+# assistant turn instead of first. A model this small reads a line a fixed number of tokens back, not
+# one at the head of a long context (bench/copy_probe.py): a group-conditioned SFT model
+# (sft.group_system_message) is trained and served with this template, so the group line sits next
+# to the answer it should shape. A model trained without system messages keeps CHAT_TEMPLATE: for it
+# a line next to the answer would read as the user's words.
+SYSTEM_NEAR_ANSWER_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}{% if message['role'] == 'system' %}{% set ns.system = message['content'] %}{% endif %}{% endfor %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% if ns.system %}<|system|>{{ ns.system }}<|end|>{% endif %}"
+    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
+    "{% elif message['role'] != 'system' %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{% if ns.system %}<|system|>{{ ns.system }}<|end|>{% endif %}<|assistant|>{% endif %}"
+)
+
 # For a user's tokenizer that has no chat template: the same turn layout, written as plain text and
 # ended with the model's own eos token, so SFT/PPO/chat work unchanged on any causal LM.
 FALLBACK_CHAT_TEMPLATE = (
@@ -53,6 +74,15 @@ def ensure_chat_template(tokenizer):
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     return tokenizer
+
+
+def system_near_answer(tokenizer) -> bool:
+    """Give the embedded tokenizer the template that writes the system message next to the answer
+    (True); a user's tokenizer keeps its own template (False)."""
+    if tokenizer.chat_template not in (CHAT_TEMPLATE, SYSTEM_NEAR_ANSWER_TEMPLATE):
+        return False
+    tokenizer.chat_template = SYSTEM_NEAR_ANSWER_TEMPLATE
+    return True
 
 
 def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -118,7 +118,8 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
         write_comparisons(comps, out / "comparisons.jsonl")  # what this variant's labelers said, to audit
         train_reward_model(vcfg, comps, sft, rm_dir, world=world)
     if not stage_complete(ppo_dir):
-        run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir)
+        ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
+        run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=ref)
     return ppo_dir
 
 
@@ -221,6 +222,11 @@ def run_preferences(cfg: Config) -> Path:
     world = require_world(cfg, "`chatrlhf preferences`")
     if not stage_complete(cfg.stage_dir("sft")):
         raise FileNotFoundError(f"preferences starts every variant from SFT at {cfg.stage_dir('sft')}; run `chatrlhf sft` first")
+    pc = cfg.preferences
+    if pc.conditioned_sft and cfg.sft.group_line_near_answer and not pc.own_reference:
+        raise ValueError("sft.group_line_near_answer puts the group line next to the answer, which the run's shared SFT "
+                         "model reads as the user's words: as conditioned-sft's KL reference it drags the policy off "
+                         "the prompt. Set preferences.own_reference=true (KL to conditioned-sft's own SFT model)")
     out = cfg.stage_dir("preferences")
     base = base_comparisons(cfg)
     names = variants(cfg.preferences.groups, cfg.preferences.conditioned_sft)

@@ -52,7 +52,7 @@ from chatrlhf.lm.distributed import (
 from chatrlhf.lm.lora import save_merged, trainable_params, wrap_lora
 from chatrlhf.lm.modeling import check_context, load_causal_lm, load_tokenizer, save_stage, stage_complete
 from chatrlhf.lm.prompts import PLAIN_STOPS, plain_prompt
-from chatrlhf.lm.tokenizer import document_eos
+from chatrlhf.lm.tokenizer import document_eos, system_near_answer
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
 from chatrlhf.world.loader import group_messages, load_world, pretraining_text, require_world, world_demonstrations
 
@@ -73,7 +73,7 @@ def base_model_path(cfg: Config) -> Path | str:
 def run_settings(cfg: Config) -> dict[str, Any]:
     """What fixes the trajectory, so a checkpoint of another configuration is never resumed."""
     s = cfg.sft.model_dump(exclude={"eval_every", "save_every", "log_every", "eval_prompts", "eval_after"})
-    for switch in ("group_system_message", "group_demonstrations", "writer_group"):
+    for switch in ("group_system_message", "group_line_near_answer", "group_demonstrations", "writer_group"):
         if not s[switch]:  # off, a run's fingerprint is what it was before the switch existed
             del s[switch]
     if not s["ptx_coef"]:
@@ -89,6 +89,8 @@ def load_split(cfg: Config, tokenizer) -> tuple[list[tuple[Conversation, Example
                                                 dict[str, Any]]:
     """(conversation, example) pairs for training and validation, and what happened on the way."""
     sc = cfg.sft
+    if sc.group_line_near_answer and not sc.group_system_message:
+        raise DataError("sft.group_line_near_answer places the group line of sft.group_system_message; turn that on too")
     if sc.group_demonstrations and not sc.group_system_message:
         raise DataError("sft.group_demonstrations needs sft.group_system_message: each group's demonstrations name "
                         "their group in a system message")
@@ -225,8 +227,7 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     src = base_model_path(cfg)
     if isinstance(src, Path) and not src.is_dir():
         raise FileNotFoundError(f"no pre-trained model at {src}; run `chatrlhf pretrain` first or set model.name_or_path")
-    tokenizer = _base_tokenizer(cfg, src)
-    ensure_template(tokenizer)
+    tokenizer = _chat_tokenizer(cfg, src)
     model = load_causal_lm(src, cfg.model.dtype)
 
     # --- data
@@ -278,6 +279,16 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     summary = f"val loss {val_before:.3f} -> {val_loss:.3f}" if val_b.examples else "no validation split"
     console.print(f"sft: {summary} after {step} steps ({tok_s:,.0f} tok/s) -> {out}")
     return out
+
+
+def _chat_tokenizer(cfg: Config, src: Path | str):
+    """The base tokenizer with a chat template; with sft.group_line_near_answer, the embedded one
+    writes the group line right before each answer (saved with the model: its RM, PPO and chat follow)."""
+    tokenizer = _base_tokenizer(cfg, src)
+    ensure_template(tokenizer)
+    if cfg.sft.group_line_near_answer and system_near_answer(tokenizer):
+        console.print("sft: the chat template writes the group line right before each answer")
+    return tokenizer
 
 
 def _base_tokenizer(cfg: Config, src: Path | str):
