@@ -35,8 +35,8 @@ CHAT_TEMPLATE = (
 
 # The same layout with the system message (the last one, if several) written right before every
 # assistant turn instead of first. A model this small reads a line a fixed number of tokens back, not
-# one at the head of a long context (bench/copy_probe.py): a group-conditioned SFT model
-# (sft.group_system_message) is trained and served with this template, so the group line sits next
+# one at the head of a long context (bench/copy_probe.py): with sft.group_line_near_answer a
+# group-conditioned SFT model is trained and served with this template, so the group line sits next
 # to the answer it should shape. A model trained without system messages keeps CHAT_TEMPLATE: for it
 # a line next to the answer would read as the user's words.
 SYSTEM_NEAR_ANSWER_TEMPLATE = (

@@ -286,8 +286,9 @@ def _chat_tokenizer(cfg: Config, src: Path | str):
     writes the group line right before each answer (saved with the model: its RM, PPO and chat follow)."""
     tokenizer = _base_tokenizer(cfg, src)
     ensure_template(tokenizer)
-    if cfg.sft.group_line_near_answer and system_near_answer(tokenizer):
-        console.print("sft: the chat template writes the group line right before each answer")
+    if cfg.sft.group_line_near_answer:
+        console.print("sft: the chat template writes the group line right before each answer" if system_near_answer(tokenizer)
+                      else "[yellow]sft: group_line_near_answer: the tokenizer has a chat template of its own; kept")
     return tokenizer
 
 
