@@ -246,7 +246,8 @@ def test_group_line_near_answer_is_trained_and_saved_with_the_sft_model(world, t
     assert "group_line_near_answer" not in run_settings(off)["sft"] and run_settings(cfg)["sft"]["group_line_near_answer"]
     with pytest.raises(DataError, match="group_line_near_answer"):
         load_split(Config.model_validate({"run": {"out_dir": str(tmp_path)}, "sft": {"group_line_near_answer": True}}), tok)
-    with pytest.raises(ValueError, match="own_reference"):  # the shared SFT model would read the line as the user's
+    cfg.preferences.own_reference = False  # the shared SFT model as the reference would read the line as the user's
+    with pytest.raises(ValueError, match="own_reference"):
         run_preferences(cfg)
 
 
@@ -327,7 +328,7 @@ def test_conditioned_sft_trains_with_its_own_epochs_when_set(tmp_path, monkeypat
     seen = []
     monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append(
         (cfg.sft.epochs, cfg.sft.group_system_message, cfg.sft.group_demonstrations)))
-    for n, over in enumerate(([], ["preferences.conditioned_sft_epochs=10"], ["preferences.group_demonstrations=true"])):
+    for n, over in enumerate(([], ["preferences.conditioned_sft_epochs=10"], ["preferences.group_demonstrations=false"])):
         cfg = load_config(None, [f"run.out_dir={tmp_path / str(n)}", "sft.epochs=2", *over])
         prefs.conditioned_sft(cfg, tmp_path / str(n) / "sft")
-    assert seen == [(2.0, True, False), (10.0, True, False), (2.0, True, True)]
+    assert seen == [(2.0, True, True), (10.0, True, True), (2.0, True, False)]  # every group's writers by default

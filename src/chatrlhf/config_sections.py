@@ -121,10 +121,10 @@ class PreferencesConfig(Section):
                                   "two rows show what reading the group line from SFT on adds.")
     conditioned_sft_epochs: float | None = Field(None, gt=0, description="sft.epochs for the conditioned-sft "
                                                  "variant's SFT model (None: the run's sft.epochs).")
-    group_demonstrations: bool = Field(False, description="The conditioned-sft variant's demonstrations: a writer of "
-                                       "every group answers every SFT prompt (sft.group_demonstrations) instead of one "
-                                       "writer per prompt.")
-    own_reference: bool = Field(False, description="Each variant's PPO takes its KL penalty to the SFT model it "
+    group_demonstrations: bool = Field(True, description="The conditioned-sft variant's demonstrations: a writer of "
+                                       "every group answers every SFT prompt, each under its group's line "
+                                       "(sft.group_demonstrations); off: one writer per prompt, as the shared SFT model reads.")
+    own_reference: bool = Field(True, description="Each variant's PPO takes its KL penalty to the SFT model it "
                                 "started from (conditioned-sft's, a group's with group_sft), as InstructGPT's policy "
                                 "does to its own SFT model; off: to the run's shared SFT model, the same anchor for "
                                 "every variant.")
