@@ -229,14 +229,14 @@ def run_preferences(cfg: Config) -> Path:
                          "the prompt. Set preferences.own_reference=true (KL to conditioned-sft's own SFT model)")
     out = cfg.stage_dir("preferences")
     base = base_comparisons(cfg)
-    names = variants(cfg.preferences.groups, cfg.preferences.conditioned_sft)
+    names = variants(pc.groups, pc.conditioned_sft)
     policies = {name: train_variant(cfg, world, base, name, out / name) for name in names}
     if "conditioned-sft" in policies:
         policies[SFT_ONLY] = out / "conditioned-sft" / "sft"
-    result = judge(cfg, world, policies) | {"group_sft": cfg.preferences.group_sft}
+    result = judge(cfg, world, policies) | {"group_sft": pc.group_sft}
     (out / "table.json").write_text(json.dumps(result, indent=2))
-    (out / "table.md").write_text(table_md(result, cfg.preferences.groups))
-    _print(result, cfg.preferences.groups)
+    (out / "table.md").write_text(table_md(result, pc.groups))
+    _print(result, pc.groups)
     return out
 
 

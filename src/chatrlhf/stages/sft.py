@@ -286,7 +286,7 @@ def _chat_tokenizer(cfg: Config, src: Path | str):
     writes the group line right before each answer (saved with the model: its RM, PPO and chat follow)."""
     tokenizer = _base_tokenizer(cfg, src)
     ensure_template(tokenizer)
-    if cfg.sft.group_line_near_answer:
+    if cfg.sft.group_line_near_answer and cfg.sft.group_system_message:  # without the line, load_split refuses it
         console.print("sft: the chat template writes the group line right before each answer" if system_near_answer(tokenizer)
                       else "[yellow]sft: group_line_near_answer: the tokenizer has a chat template of its own; kept")
     return tokenizer
