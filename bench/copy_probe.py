@@ -2,7 +2,7 @@
 
     python bench/copy_probe.py MODEL_DIR [MODEL_DIR ...] [--n 200] [--json out.json]
     python bench/copy_probe.py --synthetic runs/default/pretrain --lr 0.005 0.001 0.0003 [--steps 1500]
-        [--batch 4] [--task marker|induction]
+        [--batch 4] [--task marker|induction] [--heads H]
     python bench/copy_probe.py --chat runs/default/world runs/default/sft [MODEL_DIR ...]
 
 Four probes in the pre-training corpus's own formats (`chatrlhf.world.corpus`), each the share of
@@ -29,7 +29,8 @@ loss falls from about 5 towards 2.6 as the copying circuit forms. The marker mak
 shortcut possible (copy the token as far after the marker as this one is after the run's start);
 `--task induction` takes it away: earlier stretches recur at random places with no marker, and only
 the recurring tokens are scored (5.25 nats until the model finds the earlier occurrence, near 0 once
-it does), which is the copying a list item or a quoted line needs.
+it does), which is the copying a list item or a quoted line needs. `--heads H` gives the fresh
+model H attention heads of hidden_size / H dimensions each instead of MODEL_DIR's.
 """
 
 from __future__ import annotations
@@ -125,12 +126,15 @@ def synthetic_row(rng: random.Random, task: str) -> tuple[list[int], list[int]]:
 
 
 def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: int = 4,
-              task: str = "marker") -> list[tuple[int, float]]:
+              task: str = "marker", heads: int = 0) -> list[tuple[int, float]]:
     """(step, mean training loss of the last `every` steps) of a fresh model trained only to copy."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
     config.vocab_size = 200
+    if heads:
+        config.num_attention_heads = config.num_key_value_heads = heads
+        config.head_dim = config.hidden_size // heads
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
@@ -160,6 +164,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=4, help="--synthetic: sequences of 128 tokens per step")
     ap.add_argument("--task", choices=["marker", "induction"], default="marker", help="--synthetic: what to copy")
+    ap.add_argument("--heads", type=int, default=0, help="--synthetic: attention heads (0: MODEL_DIR's)")
     ap.add_argument("--chat", action="store_true", help="the first argument is a world directory; probe chat models on its eval prompts")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -174,11 +179,12 @@ def main() -> None:
     if args.synthetic:
         curves = {}
         for lr in args.lr:
-            curves[f"{lr:g}"] = synthetic(args.models[0], lr, args.steps, batch=args.batch, task=args.task)
+            curves[f"{lr:g}"] = synthetic(args.models[0], lr, args.steps, batch=args.batch, task=args.task,
+                                           heads=args.heads)
             print(f"lr {lr:g}: " + ", ".join(f"step {s} loss {v:.2f}" for s, v in curves[f"{lr:g}"]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"model": args.models[0], "task": args.task, "batch": args.batch,
-                                                   "curves": curves}, indent=2) + "\n")
+                                                   "heads": args.heads or None, "curves": curves}, indent=2) + "\n")
         return
     out = {"chance": {"list": 1 / len(vocab.LIST_ITEMS), "sing": 1 / len(vocab.REPEAT_WORDS)}, "n": args.n, "models": {}}
     for m in args.models:
