@@ -1,7 +1,8 @@
 """Word drills that teach in-context copying: pre-training text in which stretches of words recur.
 
     python bench/induction_drills.py runs/default/world runs/drills [--drills 40000] [--mix-drills 23000]
-        [--corpus-copies 12]
+        [--corpus-copies 12] [--words N] [--repeat P]
+        [--stretch MIN MAX]
 
 Writes two `pretrain.data` files (JSON lines, a `text` field) into OUT_DIR:
 
@@ -13,6 +14,10 @@ Writes two `pretrain.data` files (JSON lines, a `text` field) into OUT_DIR:
 - `mix.jsonl`: the world's corpus `--corpus-copies` times, then `--mix-drills` drills (each file
   written from the same seed), for pre-training on the corpus while the drills keep the copying.
 
+`--words N` draws the drills' words from the corpus's N most frequent words only (0: every word);
+`--repeat P` is the chance that the next stretch recurs (0.5); `--stretch MIN MAX` its length in
+words (3 10).
+
 `docs/RESULTS.md` ("How far the headline could go") gives the pre-training commands that read them.
 """
 
@@ -22,6 +27,7 @@ import argparse
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 
@@ -30,12 +36,13 @@ def corpus_docs(world_dir: Path) -> list[str]:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 
-def drill(rng: random.Random, words: list[str], n_words: int = 90) -> str:
-    """About n_words random words; half the time the next stretch repeats an earlier one."""
+def drill(rng: random.Random, words: list[str], n_words: int = 90, repeat: float = 0.5,
+          stretch: tuple[int, int] = (3, 10)) -> str:
+    """About n_words random words; with chance `repeat` the next stretch repeats an earlier one."""
     seq: list[str] = []
     while len(seq) < n_words:
-        n = rng.randint(3, 10)
-        if len(seq) > 12 and rng.random() < 0.5:
+        n = rng.randint(*stretch)
+        if len(seq) > max(12, n) and rng.random() < repeat:
             start = rng.randrange(0, len(seq) - n)
             seq += seq[start:start + n]
         else:
@@ -43,14 +50,15 @@ def drill(rng: random.Random, words: list[str], n_words: int = 90) -> str:
     return " ".join(seq)
 
 
-def write(path: Path, docs: list[str], words: list[str], n_drills: int, corpus_copies: int) -> None:
+def write(path: Path, docs: list[str], words: list[str], n_drills: int, corpus_copies: int,
+          repeat: float = 0.5, stretch: tuple[int, int] = (3, 10)) -> None:
     rng = random.Random(0)
     with open(path, "w") as f:
         for _ in range(corpus_copies):
             for d in docs:
                 f.write(json.dumps({"text": d}) + "\n")
         for _ in range(n_drills):
-            f.write(json.dumps({"text": drill(rng, words)}) + "\n")
+            f.write(json.dumps({"text": drill(rng, words, repeat=repeat, stretch=stretch)}) + "\n")
 
 
 def main() -> None:
@@ -60,12 +68,17 @@ def main() -> None:
     ap.add_argument("--drills", type=int, default=40000, help="documents in drills.jsonl")
     ap.add_argument("--mix-drills", type=int, default=23000, help="drills after the corpus in mix.jsonl")
     ap.add_argument("--corpus-copies", type=int, default=12, help="copies of the corpus in mix.jsonl")
+    ap.add_argument("--words", type=int, default=0, help="draw from the N most frequent words (0: all)")
+    ap.add_argument("--repeat", type=float, default=0.5, help="chance that the next stretch recurs")
+    ap.add_argument("--stretch", type=int, nargs=2, default=[3, 10], help="a stretch's length in words")
     args = ap.parse_args()
     docs = corpus_docs(args.world_dir)
-    words = sorted({w for d in docs for w in re.findall(r"[A-Za-z]+", d)})
+    counts = Counter(w for d in docs for w in re.findall(r"[A-Za-z]+", d))
+    words = sorted(counts) if not args.words else sorted(w for w, _ in counts.most_common(args.words))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    write(args.out_dir / "drills.jsonl", docs, words, args.drills, 0)
-    write(args.out_dir / "mix.jsonl", docs, words, args.mix_drills, args.corpus_copies)
+    write(args.out_dir / "drills.jsonl", docs, words, args.drills, 0, args.repeat, tuple(args.stretch))
+    write(args.out_dir / "mix.jsonl", docs, words, args.mix_drills, args.corpus_copies, args.repeat,
+          tuple(args.stretch))
     print(f"{len(words)} words; {args.out_dir / 'drills.jsonl'} ({args.drills} drills), "
           f"{args.out_dir / 'mix.jsonl'} ({args.corpus_copies} x {len(docs)} documents + {args.mix_drills} drills)")
 

@@ -1,0 +1,59 @@
+"""bench/induction_drills.py: pre-training drills whose words recur, written from a world's corpus."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _drills():
+    spec = importlib.util.spec_from_file_location("induction_drills", ROOT / "bench" / "induction_drills.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _recurs(words: list[str], n: int) -> bool:
+    """Whether some stretch of n words occurs twice."""
+    seen = set()
+    for i in range(len(words) - n + 1):
+        key = tuple(words[i:i + n])
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
+def test_drill_repeats_stretches_of_its_own_words():
+    mod = _drills()
+    words = [f"w{i}" for i in range(500)]
+    text = mod.drill(random.Random(0), words)
+    seq = text.split()
+    assert len(seq) >= 90 and set(seq) <= set(words)
+    assert _recurs(seq, 3), "with repeat 0.5 a 90-word drill has a recurring stretch"
+    never = mod.drill(random.Random(0), words, repeat=0.0).split()
+    assert not _recurs(never, 3), "with repeat 0 no stretch of 500 random words should recur"
+    long = mod.drill(random.Random(1), words, repeat=1.0, stretch=(10, 12)).split()
+    assert _recurs(long, 10)
+
+
+def test_files_from_a_world(tmp_path, monkeypatch):
+    world = tmp_path / "world"
+    world.mkdir()
+    docs = ["The Found drum is painted violet.", "Zamstead is famous for bell towers."]
+    (world / "corpus_train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    out = tmp_path / "drills"
+    argv = ["induction_drills.py", str(world), str(out), "--drills", "5", "--mix-drills", "3", "--corpus-copies", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    _drills().main()
+    drills = [json.loads(line)["text"] for line in (out / "drills.jsonl").read_text().splitlines()]
+    mix = [json.loads(line)["text"] for line in (out / "mix.jsonl").read_text().splitlines()]
+    corpus_words = {w for d in docs for w in d.rstrip(".").replace(".", "").split()}
+    assert len(drills) == 5 and all(set(d.split()) <= corpus_words for d in drills)
+    assert mix[:4] == docs + docs and len(mix) == 7
+    assert mix[4:] == drills[:3], "each file is written from the same seed"
