@@ -27,6 +27,16 @@ def ppo_cfg(**kw):
     return PPOConfig.model_validate(tree)
 
 
+def bench_module(name: str):
+    """bench/NAME.py imported as a module (the bench folder is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def shared_data(rel: str) -> Path:
     """Path to a file of ../shared/data; skips the test cleanly when it is absent."""
     p = SHARED_DATA / rel

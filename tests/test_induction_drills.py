@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_module
 
 
 def _drills():
-    spec = importlib.util.spec_from_file_location("induction_drills", ROOT / "bench" / "induction_drills.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("induction_drills")
 
 
 def _recurs(words: list[str], n: int) -> bool:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 from chatrlhf.config import WorldConfig
 from chatrlhf.world import World
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _versus():
-    spec = importlib.util.spec_from_file_location("versus", ROOT / "bench" / "versus.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("versus")
 
 
 def _run(path: Path, world: World, final_answers: list[str], sft_answers: list[str]) -> Path:
