@@ -36,18 +36,28 @@ def corpus_docs(world_dir: Path) -> list[str]:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 
-def drill(rng: random.Random, words: list[str], n_words: int = 90, repeat: float = 0.5,
-          stretch: tuple[int, int] = (3, 10)) -> str:
-    """About n_words random words; with chance `repeat` the next stretch repeats an earlier one."""
+def drill_words(rng: random.Random, words: list[str], n_words: int = 90, repeat: float = 0.5,
+                stretch: tuple[int, int] = (3, 10)) -> tuple[list[str], list[bool]]:
+    """About n_words random words; with chance `repeat` the next stretch repeats an earlier one.
+    Also, per word, whether reading the context predicts it: a recurring word after its stretch's first."""
     seq: list[str] = []
+    known: list[bool] = []
     while len(seq) < n_words:
         n = rng.randint(*stretch)
         if len(seq) > max(12, n) and rng.random() < repeat:
             start = rng.randrange(0, len(seq) - n)
             seq += seq[start:start + n]
+            known += [False] + [True] * (n - 1)
         else:
             seq += [rng.choice(words) for _ in range(n)]
-    return " ".join(seq)
+            known += [False] * n
+    return seq, known
+
+
+def drill(rng: random.Random, words: list[str], n_words: int = 90, repeat: float = 0.5,
+          stretch: tuple[int, int] = (3, 10)) -> str:
+    """A drill as text (`drill_words`, joined)."""
+    return " ".join(drill_words(rng, words, n_words, repeat, stretch)[0])
 
 
 def write(path: Path, docs: list[str], words: list[str], n_drills: int, corpus_copies: int,
@@ -59,6 +69,12 @@ def write(path: Path, docs: list[str], words: list[str], n_drills: int, corpus_c
                 f.write(json.dumps({"text": d}) + "\n")
         for _ in range(n_drills):
             f.write(json.dumps({"text": drill(rng, words, repeat=repeat, stretch=stretch)}) + "\n")
+
+
+def corpus_words(world_dir: Path, most_common: int = 0) -> list[str]:
+    """The words of the world's pre-training corpus (its `most_common` most frequent, 0: all)."""
+    counts = Counter(w for d in corpus_docs(world_dir) for w in re.findall(r"[A-Za-z]+", d))
+    return sorted(counts) if not most_common else sorted(w for w, _ in counts.most_common(most_common))
 
 
 def main() -> None:
@@ -73,8 +89,7 @@ def main() -> None:
     ap.add_argument("--stretch", type=int, nargs=2, default=[3, 10], help="a stretch's length in words")
     args = ap.parse_args()
     docs = corpus_docs(args.world_dir)
-    counts = Counter(w for d in docs for w in re.findall(r"[A-Za-z]+", d))
-    words = sorted(counts) if not args.words else sorted(w for w, _ in counts.most_common(args.words))
+    words = corpus_words(args.world_dir, args.words)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write(args.out_dir / "drills.jsonl", docs, words, args.drills, 0, args.repeat, tuple(args.stretch))
     write(args.out_dir / "mix.jsonl", docs, words, args.mix_drills, args.corpus_copies, args.repeat,

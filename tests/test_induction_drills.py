@@ -52,3 +52,37 @@ def test_files_from_a_world(tmp_path, monkeypatch):
     assert len(drills) == 5 and all(set(d.split()) <= corpus_words for d in drills)
     assert mix[:4] == docs + docs and len(mix) == 7
     assert mix[4:] == drills[:3], "each file is written from the same seed"
+
+
+def test_warmup_scores_only_the_words_reading_predicts(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    warmup = bench_module("induction_warmup")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    words = ["apple", "pear", "plum", "teal", "baker", "colour", "capital", "request"]
+    rng = random.Random(0)
+    seq, known = bench_module("induction_drills").drill_words(random.Random(0), words)
+    ids, scored = warmup.drill_tokens(tok, rng, words)
+    assert len(ids) == len(scored) >= len(seq), "every word is at least one token"
+    # the scored tokens, decoded word by word, are the predictable words, in order
+    pieces, cur = [], []
+    for i, s in zip(ids, scored):
+        if s:
+            cur.append(i)
+        elif cur:
+            pieces.append(tok.decode(cur).split())
+            cur = []
+    if cur:
+        pieces.append(tok.decode(cur).split())
+    assert [w for p in pieces for w in p] == [w for w, k in zip(seq, known) if k]
+    x, y = warmup.DrillRows(tok, words, seed=0).batch(3)
+    assert x.shape == y.shape == (3, 128)
+    assert 0 < (y != -100).float().mean() < 1
+    assert torch_equal_where_scored(x, y)
+
+
+def torch_equal_where_scored(x, y) -> bool:
+    """Each scored target is the next input token."""
+    nxt, tgt = x[:, 1:], y[:, :-1]
+    mask = tgt != -100
+    return bool((nxt[mask] == tgt[mask]).all())
