@@ -137,12 +137,24 @@ def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: in
         config.head_dim = config.hidden_size // heads
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    rng, curve, window = random.Random(0), [], []
-    for step in range(1, steps + 1):
+    rng = random.Random(0)
+
+    def batch_fn() -> tuple[torch.Tensor, torch.Tensor]:
         rows = [synthetic_row(rng, task) for _ in range(batch)]
-        x, y = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
-        loss = torch.nn.functional.cross_entropy(model(input_ids=x[:, :-1]).logits.flatten(0, 1), y.flatten())
+        return torch.tensor([r[0][:-1] for r in rows]), torch.tensor([r[1] for r in rows])
+
+    return train_copying(model, batch_fn, lr, steps, every)
+
+
+def train_copying(model, batch_fn, lr: float, steps: int, every: int = 250,
+                  log: bool = False) -> list[tuple[int, float]]:
+    """AdamW (weight decay 0.1, clip 1.0) on `batch_fn()`'s (inputs, targets; -100 unscored) for
+    `steps` steps; (step, mean loss of the last `every` steps)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    curve, window = [], []
+    for step in range(1, steps + 1):
+        x, y = batch_fn()
+        loss = torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -151,6 +163,8 @@ def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: in
         if step % every == 0:
             curve.append((step, sum(window) / len(window)))
             window = []
+            if log:
+                print(f"step {step} loss {curve[-1][1]:.2f}", flush=True)
     return curve
 
 

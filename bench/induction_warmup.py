@@ -28,6 +28,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from copy_probe import train_copying  # noqa: E402
 from induction_drills import corpus_words, drill_words  # noqa: E402
 
 ROW = 129  # 128 inputs and the next token
@@ -78,20 +79,8 @@ def warm_up(model_dir: str, world_dir: Path, out_dir: Path, steps: int, lr: floa
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    data, curve, window = DrillRows(tok, corpus_words(world_dir), seed), [], []
-    for step in range(1, steps + 1):
-        x, y = data.batch(batch)
-        loss = torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-        window.append(loss.item())
-        if step % every == 0:
-            curve.append((step, sum(window) / len(window)))
-            window = []
-            print(f"step {step} loss {curve[-1][1]:.2f}", flush=True)
+    data = DrillRows(tok, corpus_words(world_dir), seed)
+    curve = train_copying(model, lambda: data.batch(batch), lr, steps, every, log=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
