@@ -71,9 +71,9 @@ def write(path: Path, docs: list[str], words: list[str], n_drills: int, corpus_c
             f.write(json.dumps({"text": drill(rng, words, repeat=repeat, stretch=stretch)}) + "\n")
 
 
-def corpus_words(world_dir: Path, most_common: int = 0) -> list[str]:
-    """The words of the world's pre-training corpus (its `most_common` most frequent, 0: all)."""
-    counts = Counter(w for d in corpus_docs(world_dir) for w in re.findall(r"[A-Za-z]+", d))
+def corpus_words(docs: list[str], most_common: int = 0) -> list[str]:
+    """The words of a pre-training corpus (its `most_common` most frequent, 0: all)."""
+    counts = Counter(w for d in docs for w in re.findall(r"[A-Za-z]+", d))
     return sorted(counts) if not most_common else sorted(w for w, _ in counts.most_common(most_common))
 
 
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--stretch", type=int, nargs=2, default=[3, 10], help="a stretch's length in words")
     args = ap.parse_args()
     docs = corpus_docs(args.world_dir)
-    words = corpus_words(args.world_dir, args.words)
+    words = corpus_words(docs, args.words)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write(args.out_dir / "drills.jsonl", docs, words, args.drills, 0, args.repeat, tuple(args.stretch))
     write(args.out_dir / "mix.jsonl", docs, words, args.mix_drills, args.corpus_copies, args.repeat,

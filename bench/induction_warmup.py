@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from copy_probe import train_copying  # noqa: E402
-from induction_drills import corpus_words, drill_words  # noqa: E402
+from induction_drills import corpus_docs, corpus_words, drill_words  # noqa: E402
 
 ROW = 129  # 128 inputs and the next token
 
@@ -79,7 +79,7 @@ def warm_up(model_dir: str, world_dir: Path, out_dir: Path, steps: int, lr: floa
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    data = DrillRows(tok, corpus_words(world_dir), seed)
+    data = DrillRows(tok, corpus_words(corpus_docs(world_dir)), seed)
     curve = train_copying(model, lambda: data.batch(batch), lr, steps, every, log=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
