@@ -577,7 +577,7 @@ def test_rubric_caution_knob_turns_labelers_choices_on_a_borderline_pair():
     from chatrlhf.world.generate import note_preference
 
     shares = {c: note_preference(w) for c, w in worlds.items()}
-    assert shares[-2.0]["cautious"] < shares[0.0]["cautious"] and shares[0.0]["thorough"] < shares[1.0]["thorough"]
+    assert shares[-2.0]["cautious"] < shares[0.0]["cautious"] and shares[-1.0]["thorough"] < shares[0.0]["thorough"]
     # only the caution taste moves: same labelers, same noise, same other tastes
     for a, b in zip(worlds[0.0].labelers(), worlds[1.0].labelers()):
         assert (a.id, a.spec["noise"], a.prefs["weights"], a.prefs["length"]) == (b.id, b.spec["noise"], b.prefs["weights"], b.prefs["length"])

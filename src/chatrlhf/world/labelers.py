@@ -67,6 +67,7 @@ GROUP_INSTRUCTIONS = {"brief": "The reader wants short, casual answers.",
                       "cautious": "The reader wants careful answers, with a safety note where one helps."}
 STYLE_WEIGHT = (0.35, 0.5)  # range of a member's style_weight: how much taste counts next to substance
 JUDGE_NOISE_SCALE = 0.8  # judges judge a little more carefully than the average training labeler
+SENTENCE_WORDS = 8  # words in the one extra sentence a thorough reader wants
 TONE_SCALE = 1.0  # weight of the tone (and plain) taste relative to length and caution
 
 
@@ -135,14 +136,16 @@ def tone_term(response: str) -> float:
 
 
 def length_fit(prompt: dict, response: str, pref: float) -> float:
-    """In [0, 1], how well the length suits a taste. s = length relative to the task's target:
-    brief (pref < 0) is 1 up to the target and falls to 0 at twice it; thorough (pref > 0) rises
-    to 1 at twice the target (one extra sentence) and falls back to 0 at 2.5 times (rambling)."""
+    """In [0, 1], how well the length suits a taste. brief (pref < 0): s = length relative to the
+    task's target; 1 up to the target, 0 at twice it. thorough (pref > 0): the words past the target
+    in sentences of SENTENCE_WORDS; rises to 1 at one extra sentence, stays there through two and
+    falls back to 0 at four (rambling), whatever the task's target."""
     _, target, _ = length_spec(prompt.get("task", "open"), prompt.get("reference") or {})
-    s = (len(words(response)) - target) / max(1, target)
+    n = len(words(response))
     if pref < 0:
-        return 1.0 - min(1.0, max(0.0, s))
-    return min(1.0, max(0.0, s)) if s <= 1 else max(0.0, 1.0 - 2.0 * (s - 1.0))
+        return 1.0 - min(1.0, max(0.0, (n - target) / max(1, target)))
+    extra = (n - target) / SENTENCE_WORDS
+    return min(1.0, max(0.0, extra)) if extra <= 2 else max(0.0, 1.0 - (extra - 2.0) / 2.0)
 
 
 def caution_fit(prompt: dict, response: str, pref: float) -> float:

@@ -53,11 +53,15 @@ def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, 
     note to a borderline request's answer."""
     task, ref = prompt["task"], prompt["reference"]
     core = _ideal_core(task, ref, rng, variant)
-    if style == "detailed" and (extra := _helpful_extra(task, ref, rng, facts)):
+    extra = _helpful_extra(task, ref, rng, facts) if style == "detailed" else ""
+    if extra and task != "greeting":
         core = f"{core} {extra}"
     if caveat and task == "borderline":
         core = f"{core} {ref['caveat']}"
-    return with_tone(core, task, tone, rng)
+    text = with_tone(core, task, tone, rng)
+    if extra and task == "greeting":  # a register rewrites the whole greeting; the extra sentence follows it
+        text = f"{text} {contract(extra) if tone == 'casual' else extra}"
+    return text
 
 
 CASUAL_GREETINGS = ["Hey! What's up? How can I help?", "Hey there! How can I help you?"]
@@ -67,13 +71,19 @@ TONE_WORDS = " ".join([*vocab.CASUAL_OPENERS, *vocab.FORMAL_OPENERS, *(b for _, 
                        *CASUAL_GREETINGS, *FORMAL_GREETINGS])
 
 
+def contract(text: str) -> str:
+    """The casual register's contractions ("I am" -> "I'm", "cannot" -> "can't", ...)."""
+    for a, b in vocab.CONTRACTIONS:
+        text = re.sub(rf"\b{a}\b", b, text)
+    return text
+
+
 def with_tone(text: str, task: str, tone: str | None, rng: random.Random) -> str:
     """The same answer in a formal or casual register (None: unchanged)."""
     if tone is None or task == "repeat":
         return text
     if tone == "casual":
-        for a, b in vocab.CONTRACTIONS:
-            text = re.sub(rf"\b{a}\b", b, text)
+        text = contract(text)
         if task == "greeting":
             return rng.choice(CASUAL_GREETINGS)
         if task in ("harmful", "insult"):
