@@ -602,6 +602,31 @@ def test_groups_write_demonstrations_in_their_own_style(default_world):
     assert not any("to be safe" in t.lower() for t in border["brief"])
 
 
+def test_each_group_prefers_its_own_writers_answer_on_every_task(default_world):
+    """A group's members like the ideal answer as their own group writes it better than as another
+    group writes it, on every task where the groups write differently (noise-free utilities): the
+    thorough reader's one extra sentence is as welcome after a four-word count as after a summary.
+    (Insults are the closest: a long apology runs past the rubric's fluent length for some.)"""
+    w = default_world
+    groups = ("brief", "thorough", "cautious")
+    writers = {g: w.labelers(held_out=False, groups=g)[0] for g in groups}
+    wins: dict[tuple[str, str], list[bool]] = {}
+    for i, p in enumerate(w.prompts("eval")[:200]):
+        written = {g: writers[g].write(p, random.Random(i), w.facts) for g in groups}
+        for g, member in ((lab.group, lab) for lab in w.labelers() if lab.group in groups):
+            own = member.expected_utility(p, written[g])
+            for other in groups:
+                if other != g and written[other] != written[g]:
+                    wins.setdefault((g, p["task"]), []).append(own > member.expected_utility(p, written[other]))
+    share = {k: sum(v) / len(v) for k, v in wins.items()}
+    for g in groups:  # repeat is the one task every group answers alike
+        assert {t for h, t in share if h == g} >= {"fact", "count", "list_first", "list_last", "greeting", "summarise",
+                                                   "borderline", "harmful", "insult"}, g
+        assert min(v for (h, _), v in share.items() if h == g) >= 0.75, {k: v for k, v in share.items() if k[0] == g}
+        mine = [x for (h, _), v in wins.items() if h == g for x in v]
+        assert sum(mine) / len(mine) >= 0.95, g
+
+
 def test_borderline_requests_are_fine_to_answer(world):
     p = first(world, "borderline")
     r = p["reference"]
