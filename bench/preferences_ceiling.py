@@ -1,7 +1,7 @@
 """How far can a policy lean to one labeler group on this world? An oracle bound for the
 whose-preferences table (`chatrlhf preferences`).
 
-    python bench/preferences_ceiling.py --run runs/prefs1234 [--model sft] [--n 8] [--json out.json]
+    python bench/preferences_ceiling.py --run runs/prefs1234 [--model sft] [--n 8] [--written-only] [--json out.json]
 
 From one model's samples (n at T=1 per held-out eval prompt, the preferences table's prompts), pick
 for each training group the sample its *training* members like best on average (their noise-free
@@ -61,24 +61,13 @@ def table(title: str, rows: dict[str, dict], groups: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="a run directory with world, sft (and preferences/pooled/ppo)")
-    ap.add_argument("--model", default="sft", help="stage directory to sample from (relative to --run)")
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--conditioned", action="store_true",
-                    help="the model is group-conditioned: sample each group's candidates with its system message")
-    ap.add_argument("--set", action="append", default=[], help="config override, as on the CLI")
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
-    cfg = load_config(None, [f"run.out_dir={a.run}", *a.set])
-    world = require_world(cfg, "bench/preferences_ceiling.py")
-    pc, groups = cfg.preferences, cfg.preferences.groups
-    prompts = world.prompts("eval")[: pc.eval_prompts]
+def oracle_picks(a, cfg, world, prompts: list[dict], train: list) -> dict:
+    """The first two tables: each group's oracle pick among the model's samples against the pooled
+    pick, and against the pooled policy's greedy answers."""
+    groups, seed, j = cfg.preferences.groups, cfg.run.seed, cfg.preferences.judgements
     h = load_handle(a.model, str(a.run / a.model), cfg.model.dtype)
     texts = [prompt_text(h, p["messages"]) for p in prompts]
     samples = sample(cfg, h, texts, a.n)
-    train = world.labelers(held_out=False, groups=list(groups))
     pooled_pick = pick(prompts, samples, train)
     # with --conditioned each group picks among samples asked for it (its system message), as a
     # group-conditioned model would be asked; the pooled pick stays among the plain prompt's samples
@@ -86,7 +75,6 @@ def main() -> None:
            for g in groups} if a.conditioned else {g: samples for g in groups}
     picks = {g: pick(prompts, own[g], world.labelers(held_out=False, groups=[g])) for g in groups}
     differ = {g: sum(x != y for x, y in zip(picks[g], pooled_pick)) / len(prompts) for g in groups}
-    seed, j = cfg.run.seed, pc.judgements
     vs_pick = {g: judged(world, prompts, picks[g], pooled_pick, groups, seed, j) for g in groups}
     out = {"run": str(a.run), "model": a.model, "conditioned": a.conditioned, "n": a.n, "n_prompts": len(prompts), "judgements": j,
            "share_differing_from_pooled_pick": differ, "vs_pooled_pick": vs_pick}
@@ -105,6 +93,29 @@ def main() -> None:
         print()
         print(table("The same picks against the pooled policy's greedy answers (the whose-preferences baseline)",
                     vs_policy, groups))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="a run directory with world, sft (and preferences/pooled/ppo)")
+    ap.add_argument("--model", default="sft", help="stage directory to sample from (relative to --run)")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--conditioned", action="store_true",
+                    help="the model is group-conditioned: sample each group's candidates with its system message")
+    ap.add_argument("--written-only", action="store_true",
+                    help="only the third table (the world's bound): needs the run's world, no model")
+    ap.add_argument("--set", action="append", default=[], help="config override, as on the CLI")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    cfg = load_config(None, [f"run.out_dir={a.run}", *a.set])
+    world = require_world(cfg, "bench/preferences_ceiling.py")
+    pc, groups = cfg.preferences, cfg.preferences.groups
+    prompts = world.prompts("eval")[: pc.eval_prompts]
+    seed, j = cfg.run.seed, pc.judgements
+    train = world.labelers(held_out=False, groups=list(groups))
+    out = {"run": str(a.run), "n_prompts": len(prompts), "judgements": j} if a.written_only \
+        else oracle_picks(a, cfg, world, prompts, train)
     rng = random.Random(seed)
     writers = {g: world.labelers(held_out=False, groups=[g]) for g in groups}
     mixed = [rng.choice(train).write(p, random.Random(f"{seed}-{i}"), world.facts) for i, p in enumerate(prompts)]

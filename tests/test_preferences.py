@@ -332,3 +332,21 @@ def test_conditioned_sft_trains_with_its_own_epochs_when_set(tmp_path, monkeypat
         cfg = load_config(None, [f"run.out_dir={tmp_path / str(n)}", "sft.epochs=2", *over])
         prefs.conditioned_sft(cfg, tmp_path / str(n) / "sft")
     assert seen == [(2.0, True, True), (10.0, True, True), (2.0, True, False)]  # every group's writers by default
+
+
+def test_preferences_ceiling_written_bound_from_a_world_alone(tmp_path, monkeypatch):
+    """bench/preferences_ceiling.py --written-only bounds the diagonal from the world alone: every
+    group's held-out members prefer the answer as their own group writes it to a writer of any group."""
+    from conftest import bench_module
+
+    from chatrlhf.config import RunConfig
+    from chatrlhf.world.generate import run_world
+
+    run_world(Config(run=RunConfig(out_dir=str(tmp_path)), world=WorldConfig(**SMALL)))
+    out = tmp_path / "bound.json"
+    monkeypatch.setattr("sys.argv", ["preferences_ceiling.py", "--run", str(tmp_path), "--written-only", "--json", str(out)])
+    bench_module("preferences_ceiling").main()
+    bound = json.loads(out.read_text())["written_vs_mixed_writer"]
+    assert set(bound) == {"brief", "thorough", "cautious"}
+    for g, row in bound.items():
+        assert row[g]["win_rate"] > 0.55, (g, row[g])
