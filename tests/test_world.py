@@ -627,6 +627,25 @@ def test_each_group_prefers_its_own_writers_answer_on_every_task(default_world):
         assert sum(mine) / len(mine) >= 0.95, g
 
 
+def test_length_taste_ratio_repeats_the_earlier_worlds():
+    """world.length_taste=ratio: the earlier worlds' thorough taste (which an extra sentence after a
+    short answer overshoots) and greetings; every member's prefs say so, and the rest is unchanged."""
+    from chatrlhf.world.labelers import length_fit
+
+    cfg = dict(SMALL, corpus_docs=50)
+    now, ratio = World.generate(WorldConfig(**cfg)), World.generate(WorldConfig(**cfg, length_taste="ratio"))
+    assert all(lab.prefs["length_taste"] == "ratio" for lab in ratio.labelers())
+    assert all("length_taste" not in lab.prefs for lab in now.labelers())
+    assert now.prompts("eval") == ratio.prompts("eval") and now.facts.facts == ratio.facts.facts
+    count = first(now, "count")
+    answer = "Of course. There are 4 items. I counted each item once."  # a thorough writer's count (target 4 words)
+    assert length_fit(count, answer, 1.0) > 0.5 and length_fit(count, answer, 1.0, "ratio") == 0.0
+    greet = first(now, "greeting")
+    thorough = now.labelers(held_out=False, groups="thorough")[0]
+    assert "nice to hear from you" in thorough.write(greet, random.Random(0), now.facts)
+    assert "nice to hear from you" not in ratio.labeler(thorough.id).write(greet, random.Random(0), ratio.facts)
+
+
 def test_borderline_requests_are_fine_to_answer(world):
     p = first(world, "borderline")
     r = p["reference"]

@@ -92,6 +92,11 @@ class WorldConfig(Section):
     corpus_mix: dict[str, float] = Field(default_factory=dict, description="The pre-training corpus: relative weight "
         "of each document kind in place of its default (chatrlhf.world.corpus.DOC_MIX), e.g. {notes: 0.16} for more "
         "lists and repetitions to learn reading the context from; kinds not named keep their weight.")
+    length_taste: Literal["sentence", "ratio"] = Field(
+        "sentence", description="How a taste for longer answers (the thorough group) measures length: 'sentence' "
+        "likes one extra sentence past the task's target, in words, on every task (and its writers keep that sentence "
+        "in a register's greeting); 'ratio' is the earlier worlds' taste, which peaked at twice the target and "
+        "penalised that sentence on short tasks.")
     rubric_caution: float = Field(0.0, ge=-2, le=2, description="The researchers' rubric on safety notes: added to every "
         "labeler's caution preference (training groups and judges alike, each clipped to [-1, 1]). +1 instructs "
         "everyone to prefer a safety note on borderline requests more (brief, at -1, becomes indifferent), -1 to "

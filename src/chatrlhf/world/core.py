@@ -88,9 +88,10 @@ class World:
                  "guard": min(cfg.n_guard_prompts, cfg.n_ppo_prompts // 4)}  # the PPO stage's guard: min(ppo.guard.prompts, n // 4)
         splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate, cfg.task_mix)
         specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise, cfg.n_judges,
-                                   rubric_caution=cfg.rubric_caution)
+                                   rubric_caution=cfg.rubric_caution, length_taste=cfg.length_taste)
         eval_texts = {m["content"] for p in splits["eval"] for m in p["messages"] if m["role"] == "user"}
-        train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts, cfg.corpus_mix)
+        train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts, cfg.corpus_mix,
+                                         greeting_extra=cfg.length_taste == "sentence")
         world = cls(fact_rows, splits, [], {"train": train, "val": val}, specs, {"corpus": stats, "seed": cfg.seed})
         world._demos = write_demonstrations(splits["sft"], world._labelers, cfg.seed, cfg.demo_quality, fb)
         return world

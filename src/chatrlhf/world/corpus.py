@@ -34,8 +34,9 @@ class CorpusWriter:
     """Draws documents; counts true and rumour fact mentions so the realised rate is reported."""
 
     def __init__(self, fb: FactBase, rng: random.Random, rumour_rate: float, forbidden_texts: set[str], facts_for_ideal,
-                 mix: dict[str, float] | None = None):
+                 mix: dict[str, float] | None = None, greeting_extra: bool = True):
         self.fb, self.rng, self.rate = fb, rng, rumour_rate
+        self.greeting_extra = greeting_extra
         self.mix = doc_mix(mix)
         self.pool = Pool.everything(fb)  # the corpus is not split: eval content is pre-trained on too
         self.forbidden = forbidden_texts
@@ -159,7 +160,8 @@ class CorpusWriter:
             if task == "fact":
                 self.mentions["true"] += 1
             reply = ideal(p, self.rng, self.rng.choice(["concise", "detailed"]), self.facts_for_ideal,
-                          tone=self.rng.choice([None, None, "formal", "casual"]), caveat=self.rng.random() < 0.5)
+                          tone=self.rng.choice([None, None, "formal", "casual"]), caveat=self.rng.random() < 0.5,
+                          greeting_extra=self.greeting_extra)
         return f"User: {msgs[-1]['content']}\nAssistant: {reply}"
 
     def howto(self) -> str:
@@ -207,12 +209,13 @@ def doc_mix(mix: dict[str, float] | None = None) -> dict[str, float]:
 
 
 def write_corpus(fb: FactBase, seed: int, n_docs: int, rumour_rate: float, forbidden_texts: set[str],
-                 mix: dict[str, float] | None = None) -> tuple[list[str], list[str], dict]:
+                 mix: dict[str, float] | None = None, greeting_extra: bool = True) -> tuple[list[str], list[str], dict]:
     """Train and val documents (val: 1/20 as many, same distribution, no text shared with train)."""
-    writer = CorpusWriter(fb, random.Random(f"{seed}-corpus"), rumour_rate, forbidden_texts, fb, mix)
+    writer = CorpusWriter(fb, random.Random(f"{seed}-corpus"), rumour_rate, forbidden_texts, fb, mix, greeting_extra)
     train = [writer.doc() for _ in range(n_docs)]
     seen = set(train)
-    val_writer = CorpusWriter(fb, random.Random(f"{seed}-corpus-val"), rumour_rate, forbidden_texts, fb, mix)
+    val_writer = CorpusWriter(fb, random.Random(f"{seed}-corpus-val"), rumour_rate, forbidden_texts, fb, mix,
+                              greeting_extra)
     val: list[str] = []
     while len(val) < max(1, n_docs // 20):
         d = val_writer.doc()

@@ -87,11 +87,13 @@ def _member_prefs(group: str, rng: random.Random, rubric_caution: float = 0.0) -
 
 
 def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float, n_judges: int = 0,
-                       groups: Sequence[str] = TRAINING_GROUPS, rubric_caution: float = 0.0) -> list[dict]:
+                       groups: Sequence[str] = TRAINING_GROUPS, rubric_caution: float = 0.0,
+                       length_taste: str = "sentence") -> list[dict]:
     """Labeler records for labelers.jsonl. `n` members of the training groups (in turn), of whom
     `n_held_out` are held out, taken from the groups in turn so every group keeps held-out members;
     then `n_judges` judges (group "judges", all held out). `rubric_caution` is added to every
-    member's caution preference, judges' included (world.rubric_caution)."""
+    member's caution preference, judges' included (world.rubric_caution). A `length_taste` other
+    than "sentence" is written into every member's prefs (world.length_taste)."""
     rng = random.Random(f"{seed}-labelers")
     specs = []
     for i in range(n):
@@ -112,6 +114,9 @@ def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float, n_judge
                       "noise": round(JUDGE_NOISE_SCALE * noise / 10 * rng.uniform(0.6, 1.4), 4),
                       "style_weight": round(rng.uniform(*STYLE_WEIGHT), 4), "variant": rng.randrange(3),
                       "held_out": True, "prefs": _member_prefs(JUDGE_GROUP, rng, rubric_caution)})
+    if length_taste != "sentence":
+        for s in specs:
+            s["prefs"]["length_taste"] = length_taste
     return specs
 
 
@@ -135,15 +140,19 @@ def tone_term(response: str) -> float:
     return (f - c) / max(1, f + c)
 
 
-def length_fit(prompt: dict, response: str, pref: float) -> float:
+def length_fit(prompt: dict, response: str, pref: float, taste: str = "sentence") -> float:
     """In [0, 1], how well the length suits a taste. brief (pref < 0): s = length relative to the
     task's target; 1 up to the target, 0 at twice it. thorough (pref > 0): the words past the target
     in sentences of SENTENCE_WORDS; rises to 1 at one extra sentence, stays there through two and
-    falls back to 0 at four (rambling), whatever the task's target."""
+    falls back to 0 at four (rambling), whatever the task's target. taste "ratio" (earlier worlds):
+    thorough rises to 1 at twice the target and falls to 0 at 2.5 times it."""
     _, target, _ = length_spec(prompt.get("task", "open"), prompt.get("reference") or {})
     n = len(words(response))
     if pref < 0:
         return 1.0 - min(1.0, max(0.0, (n - target) / max(1, target)))
+    if taste == "ratio":
+        s = (n - target) / max(1, target)
+        return min(1.0, max(0.0, s)) if s <= 1 else max(0.0, 1.0 - 2.0 * (s - 1.0))
     extra = (n - target) / SENTENCE_WORDS
     return min(1.0, max(0.0, extra)) if extra <= 2 else max(0.0, 1.0 - (extra - 2.0) / 2.0)
 
@@ -161,7 +170,7 @@ def style_score(prefs: dict, prompt: dict, response: str, correct: float) -> flo
     caution, times the rubric's `correct` part. Style is a bonus among answers that answer: a
     short wrong answer is not better for being short, so taste never outweighs substance."""
     length, tone, caution = prefs["length"], prefs["tone"], prefs["caution"]
-    fit = abs(length) * length_fit(prompt, response, length) if length else 0.0
+    fit = abs(length) * length_fit(prompt, response, length, prefs.get("length_taste", "sentence")) if length else 0.0
     if tone:
         fit += TONE_SCALE * abs(tone) * (1.0 + (1 if tone > 0 else -1) * tone_term(response)) / 2
     fit += abs(caution) * caution_fit(prompt, response, caution)
@@ -271,7 +280,8 @@ class SimulatedLabeler:
     def write(self, prompt: dict, rng: random.Random, facts=None, variant: int | None = None) -> str:
         """The ideal answer as this labeler's group writes it (length, tone, safety note)."""
         style, tone, caveat = WRITING.get(self.group, ("concise", None, False))
-        return ideal(prompt, rng, style, facts, variant=variant, tone=tone, caveat=caveat)
+        return ideal(prompt, rng, style, facts, variant=variant, tone=tone, caveat=caveat,
+                     greeting_extra=self.prefs.get("length_taste", "sentence") == "sentence")
 
 
 # --- demonstrations ---------------------------------------------------------------------------
@@ -320,13 +330,14 @@ def write_group_demonstrations(prompts: list[dict], labelers: list[SimulatedLabe
 # --- agreement ----------------------------------------------------------------------------------
 
 
-def candidate_responses(prompt: dict, rng: random.Random, facts, tones: bool = True) -> list[str]:
+def candidate_responses(prompt: dict, rng: random.Random, facts, tones: bool = True, greeting_extra: bool = True) -> list[str]:
     """Responses of varied quality for one prompt: the ideal answer at both lengths and in both
     tones (with and without a safety note on borderline requests), every flaw, corpus-like.
     `tones=False` leaves out the formal and casual variants (their extra words are a fixed set,
     writing.TONE_WORDS)."""
     registers = (None, "formal", "casual") if tones else (None,)
-    out = [ideal(prompt, rng, style, facts, tone=tone) for style in ("concise", "detailed") for tone in registers]
+    out = [ideal(prompt, rng, style, facts, tone=tone, greeting_extra=greeting_extra)
+           for style in ("concise", "detailed") for tone in registers]
     if prompt["task"] == "borderline":
         out += [ideal(prompt, rng, "concise", facts, tone=tone, caveat=True) for tone in registers]
     out += [flawed(prompt, f, rng) for f in FLAWS_BY_TASK.get(prompt["task"], [])]
@@ -336,13 +347,13 @@ def candidate_responses(prompt: dict, rng: random.Random, facts, tones: bool = T
     return list(dict.fromkeys(out))
 
 
-def fixed_comparisons(prompts: list[dict], facts, seed: int, n: int) -> list[tuple[dict, str, str]]:
+def fixed_comparisons(prompts: list[dict], facts, seed: int, n: int, greeting_extra: bool = True) -> list[tuple[dict, str, str]]:
     """n (prompt, a, b) pairs of candidate responses, the same for every labeler."""
     rng = random.Random(f"{seed}-agreement")
     comps = []
     for _ in range(n):
         p = rng.choice(prompts)
-        a, b = rng.sample(candidate_responses(p, rng, facts), 2)
+        a, b = rng.sample(candidate_responses(p, rng, facts, greeting_extra=greeting_extra), 2)
         comps.append((p, a, b))
     return comps
 
@@ -374,7 +385,8 @@ def agreement(prompts: list[dict], labelers: list[SimulatedLabeler], facts, seed
     `across_groups` over the training groups; `group_held_out_vs_train`: a group's held-out members
     with its training members; `judges` and `judges_vs_train`), and each labeler's agreement with
     the gold rubric."""
-    comps = fixed_comparisons(prompts, facts, seed, n)
+    greeting_extra = all(lab.prefs.get("length_taste", "sentence") == "sentence" for lab in labelers)
+    comps = fixed_comparisons(prompts, facts, seed, n, greeting_extra)
     choices = {lab.id: [lab.compare(p, a, b, random.Random(f"{seed}-{lab.id}-{i}")) for i, (p, a, b) in enumerate(comps)]
                for lab in labelers}
     gold_choice = [1.0 if gold(p, a).total > gold(p, b).total else 0.0 if gold(p, b).total > gold(p, a).total else 0.5

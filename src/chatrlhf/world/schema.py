@@ -83,7 +83,9 @@ cautious: formal, with the safety note on borderline requests).
 style_score + N(0, noise^2)`; style_score (>= 0, times the `correct` part, so taste never makes a
 wrong answer better) rewards the length (-1 brief .. +1 thorough), tone (-1 casual .. +1 formal)
 and, on borderline requests, caution (+1 wants the safety note, -1 finds it preachy) the labeler
-prefers. The groups (`chatrlhf.world.labelers.PROFILES`):
+prefers. A taste for length (+1) likes one extra sentence past the task's target length; a world
+written with `world.length_taste=ratio` (the earlier worlds' taste, peaking at twice the target)
+says so in every member's prefs (`"length_taste": "ratio"`). The groups (`chatrlhf.world.labelers.PROFILES`):
 
 | group | length | tone | caution | weighs more |
 |---|---|---|---|---|

@@ -46,11 +46,12 @@ def count_word(n: int) -> str:
 
 
 def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, variant: int | None = None,
-          tone: str | None = None, caveat: bool = False) -> str:
+          tone: str | None = None, caveat: bool = False, greeting_extra: bool = True) -> str:
     """The ideal answer; 'detailed' adds one helpful, true sentence. `facts` (a FactBase) lets the
     detailed style add another true fact about the entity. `tone` "formal" or "casual" adds an
     opener in that register (casual also contracts "I am", "cannot", ...); `caveat` adds the safety
-    note to a borderline request's answer."""
+    note to a borderline request's answer. A register rewrites a whole greeting; the detailed extra
+    sentence follows it unless `greeting_extra` is off (world.length_taste "ratio")."""
     task, ref = prompt["task"], prompt["reference"]
     core = _ideal_core(task, ref, rng, variant)
     extra = _helpful_extra(task, ref, rng, facts) if style == "detailed" else ""
@@ -59,7 +60,7 @@ def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, 
     if caveat and task == "borderline":
         core = f"{core} {ref['caveat']}"
     text = with_tone(core, task, tone, rng)
-    if extra and task == "greeting":  # a register rewrites the whole greeting; the extra sentence follows it
+    if extra and task == "greeting" and (greeting_extra or tone is None):
         text = f"{text} {contract(extra) if tone == 'casual' else extra}"
     return text
 
