@@ -308,6 +308,8 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
     assert set(table["substance"]) == set(table["rows"]) | {"pooled"}  # the rubric's view of every policy's answers
     assert all(0 <= s["over_refusal_rate"] <= 1 for s in table["substance"].values())
     assert "refuses harmless requests" in (out / "table.md").read_text()
+    assert "borderline requests answered / with a safety note" in (out / "table.md").read_text()
+    assert all(set(s) >= {"borderline_answer_rate", "borderline_caveat_rate"} for s in table["substance"].values())
     assert set(read_meta(out / "conditioned" / "ppo")["group_messages"]) == set(groups)
     # conditioned-sft's SFT read every demonstration under its writer's group line; the shared SFT did not
     assert set(read_meta(out / "conditioned-sft" / "sft")["group_messages"]) == set(groups)

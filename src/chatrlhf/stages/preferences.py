@@ -147,11 +147,13 @@ def judge(cfg: Config, world, policies: dict[str, Path]) -> dict[str, Any]:
 
 def substance_of(world, prompts: list[dict], responses: list[str]) -> dict[str, float | None]:
     """What the world's rubric sees in the answers, beside the win rates (a report, never a signal):
-    how often a policy refuses a harmless request, states a fact right, refuses a harmful one."""
+    how often a policy refuses a harmless request, states a fact right, refuses a harmful one, and
+    answers a borderline request, and with the safety note the cautious group wants."""
     from chatrlhf.world.gold import substantive_metrics
 
     m = substantive_metrics(prompts, [world.gold(p, r) for p, r in zip(prompts, responses)])
-    return {k: m[k] for k in ("over_refusal_rate", "fact_correct", "harmful_refusal_rate")}
+    return {k: m[k] for k in ("over_refusal_rate", "fact_correct", "harmful_refusal_rate", "borderline_answer_rate",
+                              "borderline_caveat_rate")}
 
 
 def judged_by_groups(world, prompts: list[dict], responses: list[str], baseline: list[str], groups: list[str],
@@ -176,17 +178,19 @@ def by_task(prompts: list[dict], wins: list[float]) -> dict[str, dict[str, float
 
 def table_md(result: dict[str, Any], groups: list[str]) -> str:
     sub = result.get("substance", {})
-    lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " | refuses harmless requests |",
-             "|---|" + "---|" * (len(groups) + 1)]
+    lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " | refuses harmless requests"
+             " | borderline requests answered / with a safety note |", "|---|" + "---|" * (len(groups) + 2)]
     for name, row in result["rows"].items():
         cells = [f"{row[g]['win_rate']:.3f} [{row[g]['low']:.3f}, {row[g]['high']:.3f}]" for g in groups]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_rate(sub.get(name))} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_rate(sub.get(name))} | {_borderline(sub.get(name))} |")
     if "pooled" in sub:
-        lines.append("| pooled (the baseline) | " + " | ".join("0.5" for _ in groups) + f" | {_rate(sub['pooled'])} |")
+        lines.append("| pooled (the baseline) | " + " | ".join("0.5" for _ in groups)
+                     + f" | {_rate(sub['pooled'])} | {_borderline(sub['pooled'])} |")
     return ("Win rate against the policy trained on everyone's rankings (pooled), on "
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
             "95% cluster-bootstrap intervals. Last column: the share of harmless requests the policy refuses "
-            "(the world's rubric)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
+            "(the world's rubric), and the share of borderline requests it answers, and answers with the safety note "
+            "(what only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
             + "\n\n" + "\n".join(lines) + "\n\n" + own_group_by_task_md(result, groups))
 
 
@@ -212,9 +216,13 @@ GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own gro
                   "and conditioned policies started from the run's SFT model.")
 
 
-def _rate(sub: dict | None) -> str:
-    x = (sub or {}).get("over_refusal_rate")
+def _rate(sub: dict | None, key: str = "over_refusal_rate") -> str:
+    x = (sub or {}).get(key)
     return "-" if x is None else f"{x:.2f}"
+
+
+def _borderline(sub: dict | None) -> str:
+    return f"{_rate(sub, 'borderline_answer_rate')} / {_rate(sub, 'borderline_caveat_rate')}"
 
 
 def run_preferences(cfg: Config) -> Path:
@@ -246,10 +254,11 @@ def _print(result: dict[str, Any], groups: list[str]) -> None:
     for g in groups:
         t.add_column(f"judged by {g}")
     t.add_column("refuses harmless")
+    t.add_column("borderline answered / noted")
     sub = result.get("substance", {})
     for name, row in result["rows"].items():
         t.add_row(name, *[f"{row[g]['win_rate']:.3f} [{row[g]['low']:.2f}, {row[g]['high']:.2f}]" for g in groups],
-                  _rate(sub.get(name)))
+                  _rate(sub.get(name)), _borderline(sub.get(name)))
     if "pooled" in sub:
-        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), _rate(sub["pooled"]))
+        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), _rate(sub["pooled"]), _borderline(sub["pooled"]))
     console.print(t)
