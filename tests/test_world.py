@@ -719,6 +719,21 @@ def test_a_world_written_with_the_two_style_groups_still_loads(small_dir, tmp_pa
     assert all(lab.expected_utility(p, good) > lab.expected_utility(p, bad) for lab in w.labelers())
 
 
+def test_a_world_written_before_length_taste_loads_with_the_earlier_taste(small_dir, tmp_path):
+    """A world directory whose meta.json config has no length_taste was written with the ratio taste:
+    its labelers judge as they did when it was written; a current one keeps the sentence taste."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in small_dir.iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((old / "meta.json").read_text())
+    assert meta["config"]["length_taste"] == "sentence"
+    del meta["config"]["length_taste"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    assert all(lab.prefs["length_taste"] == "ratio" for lab in World.load(old).labelers())
+    assert all(lab.prefs.get("length_taste", "sentence") == "sentence" for lab in World.load(small_dir).labelers())
+
+
 def test_world_config_rejects_out_of_range_values():
     from chatrlhf.config import ConfigError, load_config
 

@@ -116,6 +116,10 @@ class World:
         specs = read_jsonl(d / FILES["labelers"], ("id", "group", "noise", "style_weight", "held_out"))
         meta_path = d / "meta.json"
         info = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if "length_taste" not in info.get("config", {"length_taste": None}):  # written before world.length_taste
+            for s in specs:
+                if isinstance(s.get("prefs"), dict):
+                    s["prefs"].setdefault("length_taste", "ratio")
         return cls(facts, splits, demos, corpus, specs, info)
 
     def save(self, world_dir: str | Path) -> Path:

@@ -214,7 +214,8 @@ class SimulatedLabeler:
         self.style_weight: float = float(spec["style_weight"])
         self.held_out: bool = bool(spec["held_out"])
         prof = PROFILES.get(self.group, PROFILES["concise"])
-        self.prefs: dict[str, Any] = spec.get("prefs") or {k: prof[k] for k in ("weights", "length", "tone", "caution")}
+        self.prefs: dict[str, Any] = spec.get("prefs") or {**{k: prof[k] for k in ("weights", "length", "tone", "caution")},
+                                                           "length_taste": "ratio"}  # worlds of the two style groups
         self.weights: dict[str, float] = dict(self.prefs["weights"])
         self._gold = gold
         self._rng = random.Random(f"labeler-{self.id}")

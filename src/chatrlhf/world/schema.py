@@ -85,7 +85,8 @@ wrong answer better) rewards the length (-1 brief .. +1 thorough), tone (-1 casu
 and, on borderline requests, caution (+1 wants the safety note, -1 finds it preachy) the labeler
 prefers. A taste for length (+1) likes one extra sentence past the task's target length; a world
 written with `world.length_taste=ratio` (the earlier worlds' taste, peaking at twice the target)
-says so in every member's prefs (`"length_taste": "ratio"`). The groups (`chatrlhf.world.labelers.PROFILES`):
+says so in every member's prefs (`"length_taste": "ratio"`); a world whose meta.json config has no
+`length_taste` (written before the setting) loads with the earlier taste. The groups (`chatrlhf.world.labelers.PROFILES`):
 
 | group | length | tone | caution | weighs more |
 |---|---|---|---|---|
