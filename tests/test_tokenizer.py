@@ -85,6 +85,28 @@ def test_chat_template_round_trip_and_assistant_mask(tok_dir):
     assert tok.convert_ids_to_tokens(ids[mask.index(1) - 1]) == "<|assistant|>"
 
 
+def test_corpus_chat_format_writes_turns_as_the_corpus_chat_logs(tok_dir, tmp_path):
+    """tokenizer.chat_format=corpus: 'User: ...' and 'Assistant: ...' lines as in the pre-training chat
+    logs; the mask still covers exactly each reply and its <|end|>, and a prompt is a prefix of the
+    conversation it starts."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tok_dir.parent / "world", out / "world")
+    cfg = load_config(None, [f"run.out_dir={out}", "tokenizer.vocab_size=320", "tokenizer.chat_format=corpus"])
+    tok = AutoTokenizer.from_pretrained(pretrain.run_tokenizer(cfg))
+    rendered = tok.apply_chat_template(CONVERSATION[:4], tokenize=False, add_generation_prompt=True)
+    assert rendered == ("<|bos|>System: You are a helpful assistant.\nUser: Where does Zorbel Quint live?\n"
+                        "Assistant: Zorbel Quint lives in Varnok.<|end|>\nUser: And her job?\nAssistant:")
+    out_ = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out_["input_ids"], out_["assistant_masks"]
+    expected = "".join(" " + m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == expected
+    prompt = tok.apply_chat_template(CONVERSATION[:4], add_generation_prompt=True)
+    prompt = prompt["input_ids"] if not isinstance(prompt, list) else prompt
+    assert ids[: len(prompt)] == prompt
+
+
 def test_system_near_answer_template_puts_the_line_before_each_answer(tok_dir):
     """sft.group_line_near_answer's template: the system message right before every assistant turn and
     the generation prompt, never first; the loss mask still covers exactly the answers."""

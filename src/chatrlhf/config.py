@@ -107,6 +107,10 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(2048, description="Byte-level BPE vocabulary size.")
     min_frequency: int = Field(2, description="Minimum pair frequency for a BPE merge.")
     max_docs: int = Field(0, description="Train on at most this many documents (0 = all).")
+    chat_format: Literal["roles", "corpus"] = Field(
+        "roles", description="The embedded tokenizer's chat template: 'roles' writes each turn as <|role|>text<|end|>; "
+        "'corpus' as the pre-training corpus writes its chat logs ('User: ...', 'Assistant: ...'), each reply still "
+        "ended by <|end|>.")
 
 
 class ModelConfig(Section):

@@ -54,6 +54,21 @@ SYSTEM_NEAR_ANSWER_TEMPLATE = (
     "{% if add_generation_prompt %}{% if ns.system %}<|system|>{{ ns.system }}<|end|>{% endif %}<|assistant|>{% endif %}"
 )
 
+# The turns written as the pre-training corpus writes its chat logs ("User: ...\nAssistant: ..."), so
+# what pre-training learnt from them carries over to the chat model; the assistant turn still ends
+# with <|end|> (the stop token and the reward model's read-out). tokenizer.chat_format=corpus.
+CORPUS_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "Assistant:{% generation %} {{ message['content'] }}<|end|>{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
 # For a user's tokenizer that has no chat template: the same turn layout, written as plain text and
 # ended with the model's own eos token, so SFT/PPO/chat work unchanged on any causal LM.
 FALLBACK_CHAT_TEMPLATE = (
@@ -123,8 +138,9 @@ def apply_template(tokenizer, messages: list[dict[str, str]], **kwargs):
                             "Most templates need user and assistant turns to alternate, starting with the user") from None
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on `texts` and wrap it for transformers."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2,
+                    chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts` and wrap it for transformers with `chat_template`."""
     tok = Tokenizer(models.BPE())
     # every text segment (also the one after a role token) starts a word with a space, so a reply's
     # first word is the same token as in running pre-training text: ' Hello', not 'H' 'ell' 'o'
@@ -139,10 +155,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return wrap(tok)
+    return wrap(tok, chat_template)
 
 
-def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+def wrap(tok: Tokenizer, chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
@@ -150,7 +166,7 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
         pad_token=PAD,
         additional_special_tokens=[EOS, *[t for t in ROLE_TOKENS if t != "<|end|>"]],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     fast.padding_side = "left"  # decoder-only generation pads on the left
     fast.model_max_length = 1_000_000
     return fast
