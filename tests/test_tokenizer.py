@@ -40,7 +40,7 @@ def tok_dir(tmp_path_factory) -> Path:
     docs += [f"Mira Vell sails from Selmouth on ship number {i}." for i in range(150)]
     (world / "corpus_train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     (world / "corpus_val.jsonl").write_text(json.dumps({"text": "Mira Vell lives in Varnok and works as a baker."}) + "\n")
-    cfg = load_config(None, [f"run.out_dir={out}", "tokenizer.vocab_size=320"])
+    cfg = load_config(None, [f"run.out_dir={out}", "tokenizer.vocab_size=320", "tokenizer.chat_format=roles"])
     return pretrain.run_tokenizer(cfg)
 
 

@@ -108,9 +108,9 @@ class TokenizerConfig(Section):
     min_frequency: int = Field(2, description="Minimum pair frequency for a BPE merge.")
     max_docs: int = Field(0, description="Train on at most this many documents (0 = all).")
     chat_format: Literal["roles", "corpus"] = Field(
-        "roles", description="The embedded tokenizer's chat template: 'roles' writes each turn as <|role|>text<|end|>; "
-        "'corpus' as the pre-training corpus writes its chat logs ('User: ...', 'Assistant: ...'), each reply still "
-        "ended by <|end|>.")
+        "corpus", description="The embedded tokenizer's chat template: 'corpus' writes the turns as the pre-training "
+        "corpus writes its chat logs ('User: ...', 'Assistant: ...'), each reply ended by <|end|>, so the chat model "
+        "starts from what pre-training learnt of them; 'roles' writes each turn as <|role|>text<|end|>.")
 
 
 class ModelConfig(Section):
