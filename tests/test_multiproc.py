@@ -189,10 +189,13 @@ def test_whole_run_on_two_ranks_matches_one_process(tmp_path):
     assert_written_once(two / "rounds" / "round_2" / "ppo")
     a, b = (json.loads((d / "eval" / "summary.json").read_text()) for d in (one, two))
     assert a["models"].keys() == b["models"].keys()
+    # likelihood figures (TruthfulQA MC) carry the weights' last-bit difference (about 1e-6); one judged
+    # answer that changed moves a rate by 1 / (prompts x judgements), over 1e-4 even at the default's
+    # 400 x 20, so 1e-5 still sees it
     for model, figures in a["models"].items():
         for key, value in figures.items():
             if isinstance(value, float) and "second" not in key:
-                assert b["models"][model][key] == pytest.approx(value, abs=1e-6), (model, key)
+                assert b["models"][model][key] == pytest.approx(value, abs=1e-5), (model, key)
     assert json.loads((two / "pipeline.json").read_text())["stages"].keys() == json.loads(
         (one / "pipeline.json").read_text())["stages"].keys()
 
