@@ -69,6 +69,9 @@ CORPUS_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+# tokenizer.chat_format -> the embedded tokenizer's template
+CHAT_FORMATS = {"corpus": CORPUS_CHAT_TEMPLATE, "roles": CHAT_TEMPLATE}
+
 # For a user's tokenizer that has no chat template: the same turn layout, written as plain text and
 # ended with the model's own eos token, so SFT/PPO/chat work unchanged on any causal LM.
 FALLBACK_CHAT_TEMPLATE = (

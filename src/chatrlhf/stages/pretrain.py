@@ -44,7 +44,7 @@ from chatrlhf.lm.distributed import (
     weighted_loss,
 )
 from chatrlhf.lm.modeling import build_tiny_llama, count_params, load_causal_lm, load_tokenizer, save_stage, write_meta
-from chatrlhf.lm.tokenizer import CHAT_TEMPLATE, CORPUS_CHAT_TEMPLATE, ensure_chat_template, save_tokenizer, train_tokenizer
+from chatrlhf.lm.tokenizer import CHAT_FORMATS, ensure_chat_template, save_tokenizer, train_tokenizer
 from chatrlhf.lm.training import (
     Checkpoints,
     MetricsLogger,
@@ -84,8 +84,8 @@ def _write_tokenizer(cfg: Config) -> Path:
         corpus = _corpus(cfg)
         texts = corpus.train[: cfg.tokenizer.max_docs or None]
         t0 = time.time()
-        template = CORPUS_CHAT_TEMPLATE if cfg.tokenizer.chat_format == "corpus" else CHAT_TEMPLATE
-        tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, template)
+        tok = train_tokenizer(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
+                              CHAT_FORMATS[cfg.tokenizer.chat_format])
         meta = {"source": corpus.source, "trained": True, "docs": len(texts),
                 "seconds": round(time.time() - t0, 2), "vocab_size_requested": cfg.tokenizer.vocab_size}
     save_tokenizer(tok, out)

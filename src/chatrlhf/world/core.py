@@ -116,7 +116,8 @@ class World:
         specs = read_jsonl(d / FILES["labelers"], ("id", "group", "noise", "style_weight", "held_out"))
         meta_path = d / "meta.json"
         info = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        if "length_taste" not in info.get("config", {"length_taste": None}):  # written before world.length_taste
+        written = info.get("config")
+        if written is not None and "length_taste" not in written:  # written before world.length_taste
             for s in specs:
                 if isinstance(s.get("prefs"), dict):
                     s["prefs"].setdefault("length_taste", "ratio")

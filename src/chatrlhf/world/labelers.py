@@ -140,6 +140,12 @@ def tone_term(response: str) -> float:
     return (f - c) / max(1, f + c)
 
 
+def length_taste(prefs: dict) -> str:
+    """How these preferences measure a taste for length: "sentence" (a world's default, written
+    nowhere) or what the world wrote into them (world.length_taste)."""
+    return prefs.get("length_taste", "sentence")
+
+
 def length_fit(prompt: dict, response: str, pref: float, taste: str = "sentence") -> float:
     """In [0, 1], how well the length suits a taste. brief (pref < 0): s = length relative to the
     task's target; 1 up to the target, 0 at twice it. thorough (pref > 0): the words past the target
@@ -170,7 +176,7 @@ def style_score(prefs: dict, prompt: dict, response: str, correct: float) -> flo
     caution, times the rubric's `correct` part. Style is a bonus among answers that answer: a
     short wrong answer is not better for being short, so taste never outweighs substance."""
     length, tone, caution = prefs["length"], prefs["tone"], prefs["caution"]
-    fit = abs(length) * length_fit(prompt, response, length, prefs.get("length_taste", "sentence")) if length else 0.0
+    fit = abs(length) * length_fit(prompt, response, length, length_taste(prefs)) if length else 0.0
     if tone:
         fit += TONE_SCALE * abs(tone) * (1.0 + (1 if tone > 0 else -1) * tone_term(response)) / 2
     fit += abs(caution) * caution_fit(prompt, response, caution)
@@ -282,7 +288,7 @@ class SimulatedLabeler:
         """The ideal answer as this labeler's group writes it (length, tone, safety note)."""
         style, tone, caveat = WRITING.get(self.group, ("concise", None, False))
         return ideal(prompt, rng, style, facts, variant=variant, tone=tone, caveat=caveat,
-                     greeting_extra=self.prefs.get("length_taste", "sentence") == "sentence")
+                     greeting_extra=length_taste(self.prefs) == "sentence")
 
 
 # --- demonstrations ---------------------------------------------------------------------------
@@ -386,7 +392,7 @@ def agreement(prompts: list[dict], labelers: list[SimulatedLabeler], facts, seed
     `across_groups` over the training groups; `group_held_out_vs_train`: a group's held-out members
     with its training members; `judges` and `judges_vs_train`), and each labeler's agreement with
     the gold rubric."""
-    greeting_extra = all(lab.prefs.get("length_taste", "sentence") == "sentence" for lab in labelers)
+    greeting_extra = all(length_taste(lab.prefs) == "sentence" for lab in labelers)
     comps = fixed_comparisons(prompts, facts, seed, n, greeting_extra)
     choices = {lab.id: [lab.compare(p, a, b, random.Random(f"{seed}-{lab.id}-{i}")) for i, (p, a, b) in enumerate(comps)]
                for lab in labelers}
