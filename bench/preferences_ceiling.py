@@ -14,8 +14,10 @@ judges the same picks against the pooled policy's greedy answers (`preferences/p
 baseline of the whose-preferences table. With --conditioned (a group-conditioned SFT model, e.g.
 `--model preferences/conditioned-sft/sft`) each group picks among samples asked for it in its system
 message. A third table bounds the world itself: the ideal answer as
-each group writes it (its length, tone and safety note) against the ideal answer as a writer drawn
-from every training group writes it (the demonstrations' mix), judged the same way.
+each group writes it (its length, tone, safety note and hedge) against the ideal answer as a writer
+drawn from every training group writes it (the demonstrations' mix), judged the same way; a fourth
+against the short formal answer with no safety note or hedge, which is what the pooled policies
+write: how far a group's taste is from the pooled one's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from chatrlhf.evaluate.models import generate, load_handle, prompt_text  # noqa:
 from chatrlhf.stages.preferences import judged_by_groups as judged  # noqa: E402
 from chatrlhf.world.groups import for_group  # noqa: E402
 from chatrlhf.world.loader import require_world  # noqa: E402
+from chatrlhf.world.writing import ideal  # noqa: E402
 
 
 def pick(prompts: list[dict], samples: list[list[str]], labelers: list) -> list[str]:
@@ -126,6 +129,12 @@ def main() -> None:
     print()
     print(table("Ideal answers as each group writes them against a writer drawn from every training group",
                 vs_written, groups))
+    # what the pooled policies write: the short formal answer with no safety note and no hedge
+    plain = [ideal(p, random.Random(f"{seed}-{i}"), "concise", world.facts, tone="formal") for i, p in enumerate(prompts)]
+    out["written_vs_plain_formal"] = {g: judged(world, prompts, written[g], plain, groups, seed, j) for g in groups}
+    print()
+    print(table("The same answers against the short formal answer with no safety note or hedge (what the pooled "
+                "policies write)", out["written_vs_plain_formal"], groups))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
 

@@ -309,7 +309,8 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
     assert all(0 <= s["over_refusal_rate"] <= 1 for s in table["substance"].values())
     assert "refuses harmless requests" in (out / "table.md").read_text()
     assert "borderline requests answered / with a safety note" in (out / "table.md").read_text()
-    assert all(set(s) >= {"borderline_answer_rate", "borderline_caveat_rate"} for s in table["substance"].values())
+    assert all(set(s) >= {"borderline_answer_rate", "borderline_caveat_rate", "hedge_rate"} for s in table["substance"].values())
+    assert "facts and summaries hedged" in (out / "table.md").read_text()
     assert set(read_meta(out / "conditioned" / "ppo")["group_messages"]) == set(groups)
     # conditioned-sft's SFT read every demonstration under its writer's group line; the shared SFT did not
     assert set(read_meta(out / "conditioned-sft" / "sft")["group_messages"]) == set(groups)
@@ -338,7 +339,8 @@ def test_conditioned_sft_trains_with_its_own_epochs_when_set(tmp_path, monkeypat
 
 def test_preferences_ceiling_written_bound_from_a_world_alone(tmp_path, monkeypatch):
     """bench/preferences_ceiling.py --written-only bounds the diagonal from the world alone: every
-    group's held-out members prefer the answer as their own group writes it to a writer of any group."""
+    group's held-out members prefer the answer as their own group writes it to a writer of any group,
+    and to the short formal answer the pooled policies write."""
     from conftest import bench_module
 
     from chatrlhf.config import RunConfig
@@ -351,4 +353,8 @@ def test_preferences_ceiling_written_bound_from_a_world_alone(tmp_path, monkeypa
     bound = json.loads(out.read_text())["written_vs_mixed_writer"]
     assert set(bound) == {"brief", "thorough", "cautious"}
     for g, row in bound.items():
+        assert row[g]["win_rate"] > 0.55, (g, row[g])
+    # against what the pooled policies write (short, formal, no note, no hedge) every group's taste shows
+    plain = json.loads(out.read_text())["written_vs_plain_formal"]
+    for g, row in plain.items():
         assert row[g]["win_rate"] > 0.55, (g, row[g])

@@ -13,6 +13,7 @@ import pytest
 from chatrlhf.config import Config, RunConfig, WorldConfig
 from chatrlhf.world import World
 from chatrlhf.world.generate import run_world, world_agreement
+from chatrlhf.world.gold import has_hedge
 from chatrlhf.world.labelers import candidate_responses
 from chatrlhf.world.tasks import user_key
 from chatrlhf.world.writing import FLAWS_BY_TASK, comply, flawed, ideal, rude
@@ -489,11 +490,16 @@ def test_group_tastes_length_tone_caution_never_outweigh_substance(default_world
     assert mean_u("brief", border, plain) > mean_u("brief", border, noted)
     assert mean_u("brief", fact, short_casual) > mean_u("brief", fact, long_formal)
     assert mean_u("thorough", fact, long_formal) > mean_u("thorough", fact, short_casual)
+    short, hedged = ideal(fact, rng, "concise", w.facts, tone="formal"), ideal(fact, rng, "concise", w.facts, tone="formal", hedge=True)
+    assert hedged != short and w.gold(fact, hedged).flags["hedge"] and not w.gold(fact, short).flags["hedge"]
+    assert all(lab.expected_utility(fact, hedged) > lab.expected_utility(fact, short) for lab in w.labelers(groups="cautious"))
+    assert all(lab.expected_utility(fact, short) > lab.expected_utility(fact, hedged) for lab in w.labelers(groups="brief"))
+    assert all("hedge" not in lab.prefs for lab in w.labelers(groups=["thorough", "judges"]))  # they do not mind
     wrong = flawed(fact, "rumour", rng)
     vague = flawed(fact, "vague", rng)
     refusal = flawed(border, "over_refusal", rng)
     for lab in w.labelers():  # whatever the taste, a right answer beats a wrong, vague or refused one
-        for good in (short_casual, long_formal):
+        for good in (short_casual, long_formal, hedged):
             assert lab.expected_utility(fact, good) > max(lab.expected_utility(fact, wrong), lab.expected_utility(fact, vague))
         assert min(lab.expected_utility(border, plain), lab.expected_utility(border, noted)) > \
             lab.expected_utility(border, refusal)
@@ -600,6 +606,28 @@ def test_groups_write_demonstrations_in_their_own_style(default_world):
     border = {g: [t for p, t in v if p["task"] == "borderline"] for g, v in by_group.items()}
     assert border["cautious"] and all("to be safe" in t.lower() for t in border["cautious"])
     assert not any("to be safe" in t.lower() for t in border["brief"])
+    claims = {g: [t for p, t in v if p["task"] in ("fact", "summarise")] for g, v in by_group.items()}
+    assert claims["cautious"] and all(has_hedge(t.lower()) for t in claims["cautious"])
+    assert not any(has_hedge(t.lower()) for g in ("brief", "thorough") for t in claims[g])
+
+
+def test_hedge_taste_off_repeats_the_earlier_worlds():
+    """world.hedge_taste=false: no member has a hedge taste and no writer hedges; on, only the
+    members' hedge preference and the cautious writers' facts and summaries differ."""
+    cfg = dict(SMALL, corpus_docs=50)
+    on, off = World.generate(WorldConfig(**cfg)), World.generate(WorldConfig(**cfg, hedge_taste=False))
+    assert all("hedge" not in lab.prefs for lab in off.labelers())
+    assert {lab.group for lab in on.labelers() if "hedge" in lab.prefs} == {"brief", "cautious"}
+    for a, b in zip(on.labelers(), off.labelers()):
+        assert {k: v for k, v in a.spec.items() if k != "prefs"} == {k: v for k, v in b.spec.items() if k != "prefs"}
+        assert {k: v for k, v in a.prefs.items() if k != "hedge"} == b.prefs
+    assert on.corpus() == off.corpus() and on.prompts("eval") == off.prompts("eval")
+    differ = [(x, y) for x, y in zip(on.demonstrations(), off.demonstrations()) if x != y]
+    assert differ and all(on.labeler(x["labeler"]).group == "cautious" and x["task"] in ("fact", "summarise")
+                          for x, _ in differ)
+    for x, y in differ:  # the same answer with a hedge at its end
+        said, plain = x["messages"][-1]["content"], y["messages"][-1]["content"]
+        assert has_hedge(said.lower()) and said.startswith(plain.rstrip("."))
 
 
 def test_each_group_prefers_its_own_writers_answer_on_every_task(default_world):
@@ -644,6 +672,22 @@ def test_length_taste_ratio_repeats_the_earlier_worlds():
     thorough = now.labelers(held_out=False, groups="thorough")[0]
     assert "nice to hear from you" in thorough.write(greet, random.Random(0), now.facts)
     assert "nice to hear from you" not in ratio.labeler(thorough.id).write(greet, random.Random(0), ratio.facts)
+
+
+def test_a_hedge_is_a_taste_the_rubric_does_not_score(world):
+    """A hedged claim ("..., I believe.") scores as the plain one on every rubric part but length (its
+    few more words); the flag and hedge_rate (over fact and summarise answers) report it."""
+    p = first(world, "fact")
+    plain = ideal(p, random.Random(0), "concise", world.facts)
+    hedged = ideal(p, random.Random(0), "concise", world.facts, hedge=True)
+    assert hedged.endswith(", I believe.") or hedged.endswith(", if I remember right.") or hedged.endswith(", to my knowledge.")
+    a, b = world.gold(p, plain), world.gold(p, hedged)
+    assert {k: v for k, v in a.parts.items() if k != "fluent"} == {k: v for k, v in b.parts.items() if k != "fluent"}
+    assert 0 < a.parts["fluent"] - b.parts["fluent"] < 0.1 and b.flags["hedge"] and not a.flags["hedge"]
+    greet = first(world, "greeting")
+    assert ideal(greet, random.Random(0), "concise", world.facts, hedge=True) == ideal(greet, random.Random(0), "concise", world.facts)
+    m = world.substantive([p, p, greet], [plain, hedged, "Hello! How can I help you today?"])
+    assert m["hedge_rate"] == pytest.approx(0.5)
 
 
 def test_borderline_requests_are_fine_to_answer(world):

@@ -97,6 +97,10 @@ class WorldConfig(Section):
         "likes one extra sentence past the task's target, in words, on every task (and its writers keep that sentence "
         "in a register's greeting); 'ratio' is the earlier worlds' taste, which peaked at twice the target and "
         "penalised that sentence on short tasks.")
+    hedge_taste: bool = Field(True, description="The cautious group also wants a hedge on claims about the world "
+        "(fact and summarise answers: '..., I believe.') and its writers write one; the brief group finds a hedge "
+        "wishy-washy; the thorough group and the judges do not mind. false: the earlier worlds, whose cautious group "
+        "differed from the others only on borderline requests.")
     rubric_caution: float = Field(0.0, ge=-2, le=2, description="The researchers' rubric on safety notes: added to every "
         "labeler's caution preference (training groups and judges alike, each clipped to [-1, 1]). +1 instructs "
         "everyone to prefer a safety note on borderline requests more (brief, at -1, becomes indifferent), -1 to "

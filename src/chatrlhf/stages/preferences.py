@@ -148,12 +148,13 @@ def judge(cfg: Config, world, policies: dict[str, Path]) -> dict[str, Any]:
 def substance_of(world, prompts: list[dict], responses: list[str]) -> dict[str, float | None]:
     """What the world's rubric sees in the answers, beside the win rates (a report, never a signal):
     how often a policy refuses a harmless request, states a fact right, refuses a harmful one, and
-    answers a borderline request, and with the safety note the cautious group wants."""
+    answers a borderline request, and with the safety note the cautious group wants, and hedges a
+    claim about the world (which the cautious group also wants)."""
     from chatrlhf.world.gold import substantive_metrics
 
     m = substantive_metrics(prompts, [world.gold(p, r) for p, r in zip(prompts, responses)])
     return {k: m[k] for k in ("over_refusal_rate", "fact_correct", "harmful_refusal_rate", "borderline_answer_rate",
-                              "borderline_caveat_rate")}
+                              "borderline_caveat_rate", "hedge_rate")}
 
 
 def judged_by_groups(world, prompts: list[dict], responses: list[str], baseline: list[str], groups: list[str],
@@ -179,18 +180,21 @@ def by_task(prompts: list[dict], wins: list[float]) -> dict[str, dict[str, float
 def table_md(result: dict[str, Any], groups: list[str]) -> str:
     sub = result.get("substance", {})
     lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " | refuses harmless requests"
-             " | borderline requests answered / with a safety note |", "|---|" + "---|" * (len(groups) + 2)]
+             " | borderline requests answered / with a safety note | facts and summaries hedged |",
+             "|---|" + "---|" * (len(groups) + 3)]
     for name, row in result["rows"].items():
         cells = [f"{row[g]['win_rate']:.3f} [{row[g]['low']:.3f}, {row[g]['high']:.3f}]" for g in groups]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_rate(sub.get(name))} | {_borderline(sub.get(name))} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_rate(sub.get(name))} | {_borderline(sub.get(name))}"
+                     f" | {_rate(sub.get(name), 'hedge_rate')} |")
     if "pooled" in sub:
         lines.append("| pooled (the baseline) | " + " | ".join("0.5" for _ in groups)
-                     + f" | {_rate(sub['pooled'])} | {_borderline(sub['pooled'])} |")
+                     + f" | {_rate(sub['pooled'])} | {_borderline(sub['pooled'])} | {_rate(sub['pooled'], 'hedge_rate')} |")
     return ("Win rate against the policy trained on everyone's rankings (pooled), on "
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
-            "95% cluster-bootstrap intervals. Last column: the share of harmless requests the policy refuses "
-            "(the world's rubric), and the share of borderline requests it answers, and answers with the safety note "
-            "(what only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
+            "95% cluster-bootstrap intervals. Last columns: the share of harmless requests the policy refuses "
+            "(the world's rubric), the share of borderline requests it answers, and answers with the safety note, and "
+            "the share of fact and summary answers it hedges (\"..., I believe.\"; the note and the hedge are what "
+            "only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
             + "\n\n" + "\n".join(lines) + "\n\n" + own_group_by_task_md(result, groups))
 
 
@@ -255,10 +259,12 @@ def _print(result: dict[str, Any], groups: list[str]) -> None:
         t.add_column(f"judged by {g}")
     t.add_column("refuses harmless")
     t.add_column("borderline answered / noted")
+    t.add_column("hedged")
     sub = result.get("substance", {})
     for name, row in result["rows"].items():
         t.add_row(name, *[f"{row[g]['win_rate']:.3f} [{row[g]['low']:.2f}, {row[g]['high']:.2f}]" for g in groups],
-                  _rate(sub.get(name)), _borderline(sub.get(name)))
+                  _rate(sub.get(name)), _borderline(sub.get(name)), _rate(sub.get(name), "hedge_rate"))
     if "pooled" in sub:
-        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), _rate(sub["pooled"]), _borderline(sub["pooled"]))
+        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), _rate(sub["pooled"]), _borderline(sub["pooled"]),
+                  _rate(sub["pooled"], "hedge_rate"))
     console.print(t)

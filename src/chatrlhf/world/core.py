@@ -33,6 +33,7 @@ from chatrlhf.world.labelers import (
     write_demonstrations,
 )
 from chatrlhf.world.tasks import build_splits, content_cluster, ground_truth
+from chatrlhf.world import vocab
 from chatrlhf.world.writing import TONE_WORDS
 
 SPLITS = ("sft", "rm", "ppo", "eval")
@@ -88,7 +89,8 @@ class World:
                  "guard": min(cfg.n_guard_prompts, cfg.n_ppo_prompts // 4)}  # the PPO stage's guard: min(ppo.guard.prompts, n // 4)
         splits = build_splits(fb, cfg.seed, sizes, cfg.multi_turn_rate, cfg.task_mix)
         specs = make_labeler_specs(cfg.seed, cfg.n_labelers, cfg.n_held_out_labelers, cfg.labeler_noise, cfg.n_judges,
-                                   rubric_caution=cfg.rubric_caution, length_taste=cfg.length_taste)
+                                   rubric_caution=cfg.rubric_caution, length_taste=cfg.length_taste,
+                                   hedge_taste=cfg.hedge_taste)
         eval_texts = {m["content"] for p in splits["eval"] for m in p["messages"] if m["role"] == "user"}
         train, val, stats = write_corpus(fb, cfg.seed, cfg.corpus_docs, cfg.rumour_rate, eval_texts, cfg.corpus_mix,
                                          greeting_extra=cfg.length_taste == "sentence")
@@ -147,6 +149,8 @@ class World:
         else a model writes is gibberish."""
         rng = random.Random("lexicon")
         texts = [TONE_WORDS, *self._corpus.get("train", []), *self._corpus.get("val", [])]
+        if any("hedge" in (s.get("prefs") or {}) for s in self._specs):
+            texts.append(" ".join(vocab.HEDGES))
         texts += [m["content"] for d in self._demos for m in d["messages"]]
         for prompts in self._splits.values():
             for p in prompts:

@@ -14,10 +14,11 @@ the style it dislikes to a wrong or vague one in the style it likes.
 Training groups (each with held-out members who never label anything used for training):
 
     brief     short answers, casual tone, permissive on borderline requests (a safety note is
-              preachy); weighs fluency (no padding) over politeness
+              preachy) and confident claims (a hedge is wishy-washy); weighs fluency (no padding)
+              over politeness
     thorough  one extra helpful sentence, mildly formal, mildly permissive; weighs politeness
-    cautious  short-ish answers, formal tone, wants a safety note on borderline requests; weighs
-              harmlessness most
+    cautious  short-ish answers, formal tone, wants a safety note on borderline requests and a
+              hedge on claims about the world ("..., I believe."); weighs harmlessness most
 
 The judge group ("judges", all held out) is what evaluation asks: it weighs correctness and
 truthfulness more than any training group and politeness and fluency less, mildly prefers
@@ -36,20 +37,21 @@ from typing import Any, Callable
 
 from chatrlhf.lm.verifiers import words
 from chatrlhf.world import vocab
-from chatrlhf.world.gold import WEIGHTS, Gold, count_hits, has_caveat, length_spec
+from chatrlhf.world.gold import HEDGED_TASKS, WEIGHTS, Gold, count_hits, has_caveat, has_hedge, length_spec
 from chatrlhf.world.writing import FLAWS_BY_TASK, comply, flawed, ideal, rude
 
 TRAINING_GROUPS = ("brief", "thorough", "cautious")
 JUDGE_GROUP = "judges"
 # group -> weights on the gold rubric's parts and preferences in [-1, 1]: length (-1 brief, +1
-# thorough), tone (-1 casual, +1 formal), caution (-1 permissive, +1 cautious)
+# thorough), tone (-1 casual, +1 formal), caution (-1 permissive, +1 cautious), hedge (-1 confident,
+# +1 hedged claims; written into a world's members only with world.hedge_taste)
 PROFILES: dict[str, dict[str, Any]] = {
     "brief": {"weights": {"correct": 0.35, "truthful": 0.20, "harmless": 0.20, "polite": 0.05, "fluent": 0.20},
-              "length": -1.0, "tone": -0.7, "caution": -1.0},
+              "length": -1.0, "tone": -0.7, "caution": -1.0, "hedge": -1.0},
     "thorough": {"weights": {"correct": 0.35, "truthful": 0.20, "harmless": 0.15, "polite": 0.20, "fluent": 0.10},
                  "length": 1.0, "tone": 0.3, "caution": -0.3},
     "cautious": {"weights": {"correct": 0.25, "truthful": 0.20, "harmless": 0.35, "polite": 0.10, "fluent": 0.10},
-                 "length": -0.3, "tone": 1.0, "caution": 1.0},
+                 "length": -0.3, "tone": 1.0, "caution": 1.0, "hedge": 1.0},
     # plain: likes answers with no register at all (no "Certainly." or "Yep!"), a taste no training group has
     JUDGE_GROUP: {"weights": {"correct": 0.45, "truthful": 0.30, "harmless": 0.15, "polite": 0.05, "fluent": 0.05},
                   "length": -0.3, "tone": 0.0, "caution": 0.5, "plain": 1.0},
@@ -88,12 +90,14 @@ def _member_prefs(group: str, rng: random.Random, rubric_caution: float = 0.0) -
 
 def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float, n_judges: int = 0,
                        groups: Sequence[str] = TRAINING_GROUPS, rubric_caution: float = 0.0,
-                       length_taste: str = "sentence") -> list[dict]:
+                       length_taste: str = "sentence", hedge_taste: bool = True) -> list[dict]:
     """Labeler records for labelers.jsonl. `n` members of the training groups (in turn), of whom
     `n_held_out` are held out, taken from the groups in turn so every group keeps held-out members;
     then `n_judges` judges (group "judges", all held out). `rubric_caution` is added to every
     member's caution preference, judges' included (world.rubric_caution). A `length_taste` other
-    than "sentence" is written into every member's prefs (world.length_taste)."""
+    than "sentence" is written into every member's prefs (world.length_taste). `hedge_taste` gives
+    the members of groups with a hedge preference theirs (moved by up to 0.2, from a stream of its
+    own, so every other preference is the same as in a world without it)."""
     rng = random.Random(f"{seed}-labelers")
     specs = []
     for i in range(n):
@@ -114,9 +118,12 @@ def make_labeler_specs(seed: int, n: int, n_held_out: int, noise: float, n_judge
                       "noise": round(JUDGE_NOISE_SCALE * noise / 10 * rng.uniform(0.6, 1.4), 4),
                       "style_weight": round(rng.uniform(*STYLE_WEIGHT), 4), "variant": rng.randrange(3),
                       "held_out": True, "prefs": _member_prefs(JUDGE_GROUP, rng, rubric_caution)})
-    if length_taste != "sentence":
-        for s in specs:
+    for s in specs:
+        if length_taste != "sentence":
             s["prefs"]["length_taste"] = length_taste
+        if hedge_taste and "hedge" in PROFILES[s["group"]]:
+            shift = random.Random(f"{seed}-hedge-{s['id']}").uniform(-0.2, 0.2)
+            s["prefs"]["hedge"] = round(max(-1.0, min(1.0, PROFILES[s["group"]]["hedge"] + shift)), 4)
     return specs
 
 
@@ -171,15 +178,25 @@ def caution_fit(prompt: dict, response: str, pref: float) -> float:
     return float(has_caveat(response.lower()) == (pref > 0))
 
 
+def hedge_fit(prompt: dict, response: str, pref: float) -> float:
+    """In [0, 1] on fact and summarise answers (0 elsewhere): a cautious taste (pref > 0) wants the
+    claim hedged ("..., I believe."), a confident one wants it without."""
+    if prompt.get("task") not in HEDGED_TASKS or not pref:
+        return 0.0
+    return float(has_hedge(response.lower()) == (pref > 0))
+
+
 def style_score(prefs: dict, prompt: dict, response: str, correct: float) -> float:
-    """How much a response suits a taste, >= 0: |pref| x fit for length, tone (at TONE_SCALE) and
-    caution, times the rubric's `correct` part. Style is a bonus among answers that answer: a
+    """How much a response suits a taste, >= 0: |pref| x fit for length, tone (at TONE_SCALE),
+    caution and hedge, times the rubric's `correct` part. Style is a bonus among answers that answer: a
     short wrong answer is not better for being short, so taste never outweighs substance."""
     length, tone, caution = prefs["length"], prefs["tone"], prefs["caution"]
     fit = abs(length) * length_fit(prompt, response, length, length_taste(prefs)) if length else 0.0
     if tone:
         fit += TONE_SCALE * abs(tone) * (1.0 + (1 if tone > 0 else -1) * tone_term(response)) / 2
     fit += abs(caution) * caution_fit(prompt, response, caution)
+    if hedge := prefs.get("hedge", 0.0):
+        fit += abs(hedge) * hedge_fit(prompt, response, hedge)
     if prefs.get("plain"):  # no register at all: neither "Certainly." nor "Yep!"
         fit += TONE_SCALE * prefs["plain"] * (1.0 - abs(tone_term(response)))
     return correct * fit
@@ -268,7 +285,8 @@ class SimulatedLabeler:
     def max_style(self) -> float:
         """The largest style_score this taste gives (every fit 1, the answer correct)."""
         p = self.prefs
-        return abs(p["length"]) + TONE_SCALE * (abs(p["tone"]) + p.get("plain", 0.0)) + abs(p["caution"])
+        return (abs(p["length"]) + TONE_SCALE * (abs(p["tone"]) + p.get("plain", 0.0)) + abs(p["caution"])
+                + abs(p.get("hedge", 0.0)))
 
     def likert(self, prompt: dict, response: str, rng: Any = None) -> tuple[int, dict[str, bool]]:
         """InstructGPT's 1-7 overall score plus its metadata flags: the weighted rubric parts, of
@@ -285,10 +303,11 @@ class SimulatedLabeler:
         return 1.0 if ua > ub else 0.0 if ub > ua else 0.5
 
     def write(self, prompt: dict, rng: random.Random, facts=None, variant: int | None = None) -> str:
-        """The ideal answer as this labeler's group writes it (length, tone, safety note)."""
+        """The ideal answer as this labeler's group writes it (length, tone, safety note), hedging
+        its claims where the labeler likes a hedge."""
         style, tone, caveat = WRITING.get(self.group, ("concise", None, False))
         return ideal(prompt, rng, style, facts, variant=variant, tone=tone, caveat=caveat,
-                     greeting_extra=length_taste(self.prefs) == "sentence")
+                     greeting_extra=length_taste(self.prefs) == "sentence", hedge=self.prefs.get("hedge", 0.0) > 0)
 
 
 # --- demonstrations ---------------------------------------------------------------------------

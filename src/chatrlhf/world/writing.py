@@ -12,6 +12,7 @@ import random
 import re
 
 from chatrlhf.world import vocab
+from chatrlhf.world.gold import HEDGED_TASKS
 
 # --- sentences stating one fact --------------------------------------------------------------
 
@@ -46,14 +47,17 @@ def count_word(n: int) -> str:
 
 
 def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, variant: int | None = None,
-          tone: str | None = None, caveat: bool = False, greeting_extra: bool = True) -> str:
+          tone: str | None = None, caveat: bool = False, greeting_extra: bool = True, hedge: bool = False) -> str:
     """The ideal answer; 'detailed' adds one helpful, true sentence. `facts` (a FactBase) lets the
     detailed style add another true fact about the entity. `tone` "formal" or "casual" adds an
     opener in that register (casual also contracts "I am", "cannot", ...); `caveat` adds the safety
-    note to a borderline request's answer. A register rewrites a whole greeting; the detailed extra
-    sentence follows it unless `greeting_extra` is off (world.length_taste "ratio")."""
+    note to a borderline request's answer; `hedge` softens a fact or summary's claim ("..., I believe.").
+    A register rewrites a whole greeting; the detailed extra sentence follows it unless
+    `greeting_extra` is off (world.length_taste "ratio")."""
     task, ref = prompt["task"], prompt["reference"]
     core = _ideal_core(task, ref, rng, variant)
+    if hedge and task in HEDGED_TASKS:
+        core = hedged(core)
     extra = _helpful_extra(task, ref, rng, facts) if style == "detailed" else ""
     if extra and task != "greeting":
         core = f"{core} {extra}"
@@ -63,6 +67,13 @@ def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, 
     if extra and task == "greeting" and (greeting_extra or tone is None):
         text = f"{text} {contract(extra) if tone == 'casual' else extra}"
     return text
+
+
+def hedged(sentence: str) -> str:
+    """The claim with a hedge at its end ("X is made of clay, I believe."); which hedge depends on the
+    sentence alone, so writing one draws nothing from the writer's random stream."""
+    h = vocab.HEDGES[sum(map(ord, sentence)) % len(vocab.HEDGES)]
+    return f"{sentence.rstrip('.')}, {h}."
 
 
 CASUAL_GREETINGS = ["Hey! What's up? How can I help?", "Hey there! How can I help you?"]
