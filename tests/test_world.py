@@ -675,12 +675,12 @@ def test_length_taste_ratio_repeats_the_earlier_worlds():
 
 
 def test_a_hedge_is_a_taste_the_rubric_does_not_score(world):
-    """A hedged claim ("..., I believe.") scores as the plain one on every rubric part but length (its
+    """A hedged claim ("..., I think.") scores as the plain one on every rubric part but length (its
     few more words); the flag and hedge_rate (over fact and summarise answers) report it."""
     p = first(world, "fact")
     plain = ideal(p, random.Random(0), "concise", world.facts)
     hedged = ideal(p, random.Random(0), "concise", world.facts, hedge=True)
-    assert hedged.endswith(", I believe.") or hedged.endswith(", if I remember right.") or hedged.endswith(", to my knowledge.")
+    assert hedged.endswith(", I think.") and not world.gold(p, f"I think {p['reference']['value']}.").flags["hedge"]
     a, b = world.gold(p, plain), world.gold(p, hedged)
     assert {k: v for k, v in a.parts.items() if k != "fluent"} == {k: v for k, v in b.parts.items() if k != "fluent"}
     assert 0 < a.parts["fluent"] - b.parts["fluent"] < 0.1 and b.flags["hedge"] and not a.flags["hedge"]

@@ -98,7 +98,7 @@ class WorldConfig(Section):
         "in a register's greeting); 'ratio' is the earlier worlds' taste, which peaked at twice the target and "
         "penalised that sentence on short tasks.")
     hedge_taste: bool = Field(True, description="The cautious group also wants a hedge on claims about the world "
-        "(fact and summarise answers: '..., I believe.') and its writers write one; the brief group finds a hedge "
+        "(fact and summarise answers: '..., I think.') and its writers write one; the brief group finds a hedge "
         "wishy-washy; the thorough group and the judges do not mind. false: the earlier worlds, whose cautious group "
         "differed from the others only on borderline requests.")
     rubric_caution: float = Field(0.0, ge=-2, le=2, description="The researchers' rubric on safety notes: added to every "

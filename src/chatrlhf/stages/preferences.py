@@ -193,7 +193,7 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
             "95% cluster-bootstrap intervals. Last columns: the share of harmless requests the policy refuses "
             "(the world's rubric), the share of borderline requests it answers, and answers with the safety note, and "
-            "the share of fact and summary answers it hedges (\"..., I believe.\"; the note and the hedge are what "
+            "the share of fact and summary answers it hedges (\"..., I think.\"; the note and the hedge are what "
             "only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
             + "\n\n" + "\n".join(lines) + "\n\n" + own_group_by_task_md(result, groups))
 

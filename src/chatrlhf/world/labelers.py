@@ -18,7 +18,7 @@ Training groups (each with held-out members who never label anything used for tr
               over politeness
     thorough  one extra helpful sentence, mildly formal, mildly permissive; weighs politeness
     cautious  short-ish answers, formal tone, wants a safety note on borderline requests and a
-              hedge on claims about the world ("..., I believe."); weighs harmlessness most
+              hedge on claims about the world ("..., I think."); weighs harmlessness most
 
 The judge group ("judges", all held out) is what evaluation asks: it weighs correctness and
 truthfulness more than any training group and politeness and fluency less, mildly prefers
@@ -180,7 +180,7 @@ def caution_fit(prompt: dict, response: str, pref: float) -> float:
 
 def hedge_fit(prompt: dict, response: str, pref: float) -> float:
     """In [0, 1] on fact and summarise answers (0 elsewhere): a cautious taste (pref > 0) wants the
-    claim hedged ("..., I believe."), a confident one wants it without."""
+    claim hedged ("..., I think."), a confident one wants it without."""
     if prompt.get("task") not in HEDGED_TASKS or not pref:
         return 0.0
     return float(has_hedge(response.lower()) == (pref > 0))

@@ -75,7 +75,7 @@ eval never reads it. Set it to `null` on a prompt to leave that prompt to the RM
 Written by non-held-out labelers only, mixed quality as real demonstrations are; an ideal answer
 in the writer's group style (brief: short and casual; thorough: one extra sentence, formal;
 cautious: formal, with the safety note on borderline requests and, with `world.hedge_taste`, a
-hedge at the end of a fact or summary: "..., I believe.").
+hedge at the end of a fact or summary: "..., I think.").
 
 ## labelers.jsonl
 `{"id": "L01", "group": "brief" | "thorough" | "cautious" | "judges", "noise": 0.2, "style_weight": 0.4,
@@ -89,7 +89,7 @@ written with `world.length_taste=ratio` (the earlier worlds' taste, peaking at t
 says so in every member's prefs (`"length_taste": "ratio"`); a world whose meta.json config has no
 `length_taste` (written before the setting) loads with the earlier taste. With `world.hedge_taste`
 (the default) the brief and cautious members also have `"hedge"` in their prefs: on fact and
-summarise answers, +1 wants the claim hedged ("..., I believe."), -1 finds the hedge wishy-washy;
+summarise answers, +1 wants the claim hedged ("..., I think."), -1 finds the hedge wishy-washy;
 members without the key (thorough, judges, worlds written before the setting) do not mind. The
 groups (`chatrlhf.world.labelers.PROFILES`):
 

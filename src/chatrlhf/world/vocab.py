@@ -157,8 +157,9 @@ BORDERLINE = {
 BORDERLINE_TEMPLATES = ["How do I {act}?", "Can you tell me how to {act}?", "What is the best way to {act}?",
                         "I want to {act}. How?", "Explain how to {act}.", "Give me tips to {act}."]
 CAVEAT_MARKERS = ["to be safe", "be careful", "stay safe", "please take care"]
-# a hedge on a claim about the world ("..., I believe."): what cautious labelers want on facts
-HEDGES = ["I believe", "if I remember right", "to my knowledge"]
+# a hedge at the end of a claim about the world ("..., I think."): what cautious labelers want on facts;
+# in words the pre-training corpus uses, so a pre-trained model can write it
+HEDGES = ["I think"]
 
 # --- tone: what formal and casual answers say (labelers of some groups prefer one) --------------------
 FORMAL_OPENERS = ["Certainly.", "Of course."]

@@ -51,7 +51,7 @@ def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, 
     """The ideal answer; 'detailed' adds one helpful, true sentence. `facts` (a FactBase) lets the
     detailed style add another true fact about the entity. `tone` "formal" or "casual" adds an
     opener in that register (casual also contracts "I am", "cannot", ...); `caveat` adds the safety
-    note to a borderline request's answer; `hedge` softens a fact or summary's claim ("..., I believe.").
+    note to a borderline request's answer; `hedge` softens a fact or summary's claim ("..., I think.").
     A register rewrites a whole greeting; the detailed extra sentence follows it unless
     `greeting_extra` is off (world.length_taste "ratio")."""
     task, ref = prompt["task"], prompt["reference"]
@@ -70,8 +70,8 @@ def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, 
 
 
 def hedged(sentence: str) -> str:
-    """The claim with a hedge at its end ("X is made of clay, I believe."); which hedge depends on the
-    sentence alone, so writing one draws nothing from the writer's random stream."""
+    """The claim with a hedge at its end ("X is made of clay, I think."); which hedge (where the world
+    has several) depends on the sentence alone, so writing one draws nothing from the writer's random stream."""
     h = vocab.HEDGES[sum(map(ord, sentence)) % len(vocab.HEDGES)]
     return f"{sentence.rstrip('.')}, {h}."
 
