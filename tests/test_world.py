@@ -611,6 +611,18 @@ def test_groups_write_demonstrations_in_their_own_style(default_world):
     assert not any(has_hedge(t.lower()) for g in ("brief", "thorough") for t in claims[g])
 
 
+def test_the_hedge_is_written_in_words_the_corpus_uses(default_world):
+    """A taste the pre-trained model could not write would be learnt from garbled samples: every word
+    of every hedge occurs in the pre-training corpus, often."""
+    from collections import Counter
+
+    from chatrlhf.lm.verifiers import words
+    from chatrlhf.world import vocab
+
+    seen = Counter(w for doc in default_world.corpus() for w in words(doc))
+    assert all(seen[w] >= 20 for h in vocab.HEDGES for w in words(h)), {w: seen[w] for h in vocab.HEDGES for w in words(h)}
+
+
 def test_hedge_taste_off_repeats_the_earlier_worlds():
     """world.hedge_taste=false: no member has a hedge taste and no writer hedges; on, only the
     members' hedge preference and the cautious writers' facts and summaries differ."""
