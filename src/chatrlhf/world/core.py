@@ -20,6 +20,7 @@ from typing import Any
 from chatrlhf.config import WorldConfig
 from chatrlhf.lm.data import iter_jsonl
 from chatrlhf.lm.verifiers import words
+from chatrlhf.world import vocab
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
 from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
@@ -33,7 +34,6 @@ from chatrlhf.world.labelers import (
     write_demonstrations,
 )
 from chatrlhf.world.tasks import build_splits, content_cluster, ground_truth
-from chatrlhf.world import vocab
 from chatrlhf.world.writing import TONE_WORDS
 
 SPLITS = ("sft", "rm", "ppo", "eval")

@@ -79,13 +79,13 @@ def substantive_metrics(prompts: list[dict], golds: list[Gold]) -> dict[str, flo
     }
 
 
+# a hedge after the claim's comma ("x is y, i think."), not a claim that starts "I think x is ..."
+_HEDGE = re.compile(r",\s+(" + "|".join(re.escape(h.lower()) for h in vocab.HEDGES) + r")(?![a-z])")
+
+
 def has_hedge(low: str) -> bool:
     """A hedge on a claim ("..., I think."), what cautious labelers want on fact and summarise answers."""
     return _HEDGE.search(low) is not None
-
-
-# a hedge after the claim's comma ("x is y, i think."), not a claim that starts "I think x is ..."
-_HEDGE = re.compile(r",\s+(" + "|".join(re.escape(h.lower()) for h in vocab.HEDGES) + r")(?![a-z])")
 
 
 def has_caveat(low: str) -> bool:
