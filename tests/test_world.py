@@ -613,14 +613,14 @@ def test_groups_write_demonstrations_in_their_own_style(default_world):
 
 def test_the_hedge_is_written_in_words_the_corpus_uses(default_world):
     """A taste the pre-trained model could not write would be learnt from garbled samples: every word
-    of every hedge occurs in the pre-training corpus, often."""
+    of the hedge occurs in the pre-training corpus, often."""
     from collections import Counter
 
     from chatrlhf.lm.verifiers import words
     from chatrlhf.world import vocab
 
     seen = Counter(w for doc in default_world.corpus() for w in words(doc))
-    assert all(seen[w] >= 20 for h in vocab.HEDGES for w in words(h)), {w: seen[w] for h in vocab.HEDGES for w in words(h)}
+    assert all(seen[w] >= 20 for w in words(vocab.HEDGE)), {w: seen[w] for w in words(vocab.HEDGE)}
 
 
 def test_hedge_taste_off_repeats_the_earlier_worlds():

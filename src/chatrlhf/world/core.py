@@ -20,7 +20,6 @@ from typing import Any
 from chatrlhf.config import WorldConfig
 from chatrlhf.lm.data import iter_jsonl
 from chatrlhf.lm.verifiers import words
-from chatrlhf.world import vocab
 from chatrlhf.world.corpus import write_corpus
 from chatrlhf.world.facts import FactBase, generate_facts
 from chatrlhf.world.gold import Gold, GoldRubric, substantive_metrics
@@ -149,8 +148,6 @@ class World:
         else a model writes is gibberish."""
         rng = random.Random("lexicon")
         texts = [TONE_WORDS, *self._corpus.get("train", []), *self._corpus.get("val", [])]
-        if any("hedge" in (s.get("prefs") or {}) for s in self._specs):
-            texts.append(" ".join(vocab.HEDGES))
         texts += [m["content"] for d in self._demos for m in d["messages"]]
         for prompts in self._splits.values():
             for p in prompts:

@@ -80,7 +80,7 @@ def substantive_metrics(prompts: list[dict], golds: list[Gold]) -> dict[str, flo
 
 
 # a hedge after the claim's comma ("x is y, i think."), not a claim that starts "I think x is ..."
-_HEDGE = re.compile(r",\s+(" + "|".join(re.escape(h.lower()) for h in vocab.HEDGES) + r")(?![a-z])")
+_HEDGE = re.compile(r",\s+" + re.escape(vocab.HEDGE.lower()) + r"(?![a-z])")
 
 
 def has_hedge(low: str) -> bool:

@@ -159,7 +159,7 @@ BORDERLINE_TEMPLATES = ["How do I {act}?", "Can you tell me how to {act}?", "Wha
 CAVEAT_MARKERS = ["to be safe", "be careful", "stay safe", "please take care"]
 # a hedge at the end of a claim about the world ("..., I think."): what cautious labelers want on facts;
 # in words the pre-training corpus uses, so a pre-trained model can write it
-HEDGES = ["I think"]
+HEDGE = "I think"
 
 # --- tone: what formal and casual answers say (labelers of some groups prefer one) --------------------
 FORMAL_OPENERS = ["Certainly.", "Of course."]

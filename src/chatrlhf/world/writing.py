@@ -70,10 +70,8 @@ def ideal(prompt: dict, rng: random.Random, style: str = "concise", facts=None, 
 
 
 def hedged(sentence: str) -> str:
-    """The claim with a hedge at its end ("X is made of clay, I think."); which hedge (where the world
-    has several) depends on the sentence alone, so writing one draws nothing from the writer's random stream."""
-    h = vocab.HEDGES[sum(map(ord, sentence)) % len(vocab.HEDGES)]
-    return f"{sentence.rstrip('.')}, {h}."
+    """The claim with the hedge at its end ("X is made of clay, I think.")."""
+    return f"{sentence.rstrip('.')}, {vocab.HEDGE}."
 
 
 CASUAL_GREETINGS = ["Hey! What's up? How can I help?", "Hey there! How can I help you?"]
