@@ -81,6 +81,23 @@ def test_groups_per_prompt_ranks_the_same_answers_under_every_groups_line(world)
     assert n > m  # held-out copies: each group's held-out members rank its own copy
 
 
+def test_labelers_per_group_ranks_every_copy_as_fully_as_one_groups_rm(world):
+    """rm.labelers_per_group=3 with groups_per_prompt=3: each group's copy is ranked by three of its own
+    members, so the conditioned RM learns from the rankings of the three group RMs together."""
+    cfg = Config.model_validate({"rm": {"conditioned": True, "groups_per_prompt": 3, "labelers_per_group": 3}})
+    comps = _comparisons(world, 30)
+    label_with_world(world, comps, cfg, random.Random(0))
+    by_id = {lab.id: lab for lab in world.labelers()}
+    assert len(comps) == 90
+    for c in comps:
+        train = [by_id[r["labeler"]] for r in c["rankings"] if not by_id[r["labeler"]].held_out]
+        assert len(train) == 3 and len({lab.id for lab in train}) == 3 and {lab.group for lab in train} == {c["group"]}
+    brief = _comparisons(world, 30)
+    label_with_world(world, brief, Config.model_validate({"rm": {"labeler_groups": {"brief": 1.0}}}), random.Random(0))
+    assert sum(len(c["rankings"]) for c in brief if c["split"] == "train") * 3 == \
+        sum(len(c["rankings"]) for c in comps if c["split"] == "train")
+
+
 def test_sft_group_system_message_names_each_demonstrations_writers_group(world, tmp_path):
     from chatrlhf.lm.data import DataError
     from chatrlhf.stages.sft import load_split, run_fingerprint, run_settings
@@ -170,6 +187,30 @@ def test_group_sft_starts_each_groups_variant_from_its_own_demonstrations(tmp_pa
     result = {"n_prompts": 1, "rows": {"brief": {"brief": {"win_rate": 0.6, "low": 0.5, "high": 0.7}}}}
     assert "own group's demonstrations" in prefs.table_md(result | {"group_sft": True}, ["brief"])
     assert "demonstrations" not in prefs.table_md(result, ["brief"])  # the table says which SFT the rows started from
+
+
+def test_conditioned_sft_reads_the_group_line_next_to_the_answer_by_default(tmp_path, monkeypatch):
+    """preferences.line_near_answer (default on): conditioned-sft's SFT model is trained with the group line
+    next to the answer and every group's demonstrations; off, the line first; the conditioned variant
+    keeps the run's SFT model either way."""
+    import chatrlhf.stages.preferences as prefs
+
+    seen = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append(
+        (cfg.sft.group_system_message, cfg.sft.group_line_near_answer, cfg.sft.group_demonstrations)))
+    for near in (True, False):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", f"preferences.line_near_answer={str(near).lower()}"])
+        assert prefs.variant_sft(cfg, "conditioned-sft", tmp_path / f"c{near:d}") == tmp_path / f"c{near:d}"
+        assert prefs.variant_sft(cfg, "conditioned", tmp_path / "x") == cfg.stage_dir("sft")
+    assert seen == [(True, True, True), (True, False, True)]
+
+
+def test_conditioned_ppo_iterations_set_the_conditioned_variants_budget_only(tmp_path):
+    from chatrlhf.stages.preferences import variant_config, variants
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.conditioned_ppo_iterations=120"])
+    iters = {name: variant_config(cfg, rm).ppo.total_iterations for name, rm in variants(cfg.preferences.groups, True).items()}
+    assert iters == {"pooled": 40, "brief": 40, "thorough": 40, "cautious": 40, "conditioned": 120, "conditioned-sft": 120}
 
 
 def test_own_reference_anchors_each_variants_kl_to_its_own_sft_model(world, tmp_path, monkeypatch):

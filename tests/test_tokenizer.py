@@ -12,6 +12,8 @@ from transformers import AutoTokenizer
 from chatrlhf.config import load_config
 from chatrlhf.lm.modeling import read_meta
 from chatrlhf.lm.tokenizer import (
+    CORPUS_CHAT_TEMPLATE,
+    CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE,
     EOS,
     FALLBACK_CHAT_TEMPLATE,
     SPECIAL_TOKENS,
@@ -127,6 +129,24 @@ def test_system_near_answer_template_puts_the_line_before_each_answer(tok_dir):
     theirs = AutoTokenizer.from_pretrained(tok_dir)
     theirs.chat_template = FALLBACK_CHAT_TEMPLATE  # a user's own template is left as it is
     assert not system_near_answer(theirs) and theirs.chat_template == FALLBACK_CHAT_TEMPLATE
+
+
+def test_system_near_answer_in_the_corpus_layout(tok_dir):
+    """The corpus chat format's near-answer template: "User: ...\nSystem: ...\nAssistant:" before every
+    answer and the generation prompt; the loss mask still covers exactly the answers."""
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok.chat_template = CORPUS_CHAT_TEMPLATE
+    assert system_near_answer(tok) and tok.chat_template == CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE
+    assert system_near_answer(tok) and tok.chat_template == CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE  # applied once
+    line = "System: You are a helpful assistant.\nAssistant: "
+    rendered = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    assert rendered.startswith("<|bos|>User: Where does Zorbel Quint live?\n" + line)
+    assert rendered.count(line) == 2 and rendered.count("System:") == 2
+    prompt = tok.apply_chat_template(CONVERSATION[:4], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("User: And her job?\nSystem: You are a helpful assistant.\nAssistant:")
+    out = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tok.decode(masked) == "".join(" " + m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
 
 
 def test_generation_prompt_ends_with_assistant_tag(tok_dir):

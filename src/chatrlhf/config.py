@@ -236,6 +236,10 @@ class RMConfig(Section):
         "group in the system message and ranked by that group's members, labelers_per_prompt divided among the copies "
         "(at least one each): the same answers ranked under different group lines, so the line's effect is what "
         "separates the copies, for the same number of rankings.")
+    labelers_per_group: int | None = Field(None, ge=1, description="With rm.conditioned and groups_per_prompt > 1: "
+        "the training labelers who rank each group's copy. None: labelers_per_prompt divided among the copies (the "
+        "rankings of one group's RM); labelers_per_prompt: each group ranks every copy as fully as its own RM's "
+        "prompts, so one conditioned RM learns from the rankings of every group's RM together.")
     written_answers: float = Field(0.0, ge=0, le=1, description="Share of the RM stage's training prompts (embedded "
         "world) for which a training labeler also writes an answer, as demonstrations are written (world.demo_quality), "
         "that joins the K samples to be ranked: the comparisons then hold answers better than the model's own, so a "

@@ -108,6 +108,8 @@ class PreferencesConfig(Section):
     comparisons: int = Field(2000, ge=1, description="Prompts of the RM stage's sampled comparisons each RM is trained on (re-ranked per group).")
     ppo_iterations: int = Field(40, ge=1, description="PPO iterations per policy (no best-of-n fine-tune: the "
                                 "comparison is between what each group's reward model teaches).")
+    conditioned_ppo_iterations: int | None = Field(None, ge=1, description="PPO iterations of the conditioned "
+                                                   "variants (None: ppo_iterations), whose prompts ask for every group.")
     guard: bool = Field(False, description="Each variant's PPO keeps the iteration its own training labelers "
                         "like best against its SFT model's answers on the guard prompts (ppo.guard, judged by the "
                         "variant's groups; the conditioned variants by the group each prompt asks for); off: every "
@@ -124,6 +126,10 @@ class PreferencesConfig(Section):
     group_demonstrations: bool = Field(True, description="The conditioned-sft variant's demonstrations: a writer of "
                                        "every group answers every SFT prompt, each under its group's line "
                                        "(sft.group_demonstrations); off: one writer per prompt, as the shared SFT model reads.")
+    line_near_answer: bool = Field(True, description="The conditioned-sft variant's SFT model is trained, and saved, with "
+                                   "the chat template that writes the group line right before each answer "
+                                   "(sft.group_line_near_answer; the embedded tokenizer only), where a model this small "
+                                   "reads it; off: the line first, as the template writes any system message.")
     own_reference: bool = Field(True, description="Each variant's PPO takes its KL penalty to the SFT model it "
                                 "started from (conditioned-sft's, a group's with group_sft), as InstructGPT's policy "
                                 "does to its own SFT model; off: to the run's shared SFT model, the same anchor for "

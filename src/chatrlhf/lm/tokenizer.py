@@ -69,8 +69,27 @@ CORPUS_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+# The corpus layout with the system message (the last one, if several) written right before every
+# assistant turn ("User: ...\nSystem: ...\nAssistant: ..."), as SYSTEM_NEAR_ANSWER_TEMPLATE is to CHAT_TEMPLATE.
+CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}{% if message['role'] == 'system' %}{% set ns.system = message['content'] %}{% endif %}{% endfor %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% if ns.system %}System: {{ ns.system }}\n{% endif %}"
+    "Assistant:{% generation %} {{ message['content'] }}<|end|>{% endgeneration %}{{ '\\n' }}"
+    "{% elif message['role'] != 'system' %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{% if ns.system %}System: {{ ns.system }}\n{% endif %}Assistant:{% endif %}"
+)
+
 # tokenizer.chat_format -> the embedded tokenizer's template
 CHAT_FORMATS = {"corpus": CORPUS_CHAT_TEMPLATE, "roles": CHAT_TEMPLATE}
+# an embedded template -> the same layout with the system message next to each answer
+NEAR_ANSWER = {CHAT_TEMPLATE: SYSTEM_NEAR_ANSWER_TEMPLATE, CORPUS_CHAT_TEMPLATE: CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE}
 
 # For a user's tokenizer that has no chat template: the same turn layout, written as plain text and
 # ended with the model's own eos token, so SFT/PPO/chat work unchanged on any causal LM.
@@ -97,9 +116,11 @@ def ensure_chat_template(tokenizer):
 def system_near_answer(tokenizer) -> bool:
     """Give the embedded tokenizer the template that writes the system message next to the answer
     (True); a user's tokenizer keeps its own template (False)."""
-    if tokenizer.chat_template not in (CHAT_TEMPLATE, SYSTEM_NEAR_ANSWER_TEMPLATE):
+    if tokenizer.chat_template in NEAR_ANSWER.values():
+        return True
+    if tokenizer.chat_template not in NEAR_ANSWER:
         return False
-    tokenizer.chat_template = SYSTEM_NEAR_ANSWER_TEMPLATE
+    tokenizer.chat_template = NEAR_ANSWER[tokenizer.chat_template]
     return True
 
 

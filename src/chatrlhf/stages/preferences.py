@@ -62,7 +62,8 @@ def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
     own training labelers (stages.ppo._guard_labelers), else none: the last iteration."""
     d = cfg.model_dump()
     d["rm"] |= rm_over
-    d["ppo"] |= {"total_iterations": cfg.preferences.ppo_iterations, "max_minutes": 0.0}
+    iterations = (rm_over["conditioned"] and cfg.preferences.conditioned_ppo_iterations) or cfg.preferences.ppo_iterations
+    d["ppo"] |= {"total_iterations": iterations, "max_minutes": 0.0}
     if not cfg.preferences.guard:
         d["ppo"]["guard"]["early_stop"] = "none"
     d["ppo"]["rejection_sampling"]["n"] = 0
@@ -93,7 +94,12 @@ def conditioned_sft(cfg: Config, out: Path) -> Path:
     (sft.group_system_message)."""
     epochs = cfg.preferences.conditioned_sft_epochs
     return sft_with(cfg, out, group_system_message=True, group_demonstrations=cfg.preferences.group_demonstrations,
-                    **({} if epochs is None else {"epochs": epochs}))
+                    group_line_near_answer=line_near_answer(cfg), **({} if epochs is None else {"epochs": epochs}))
+
+
+def line_near_answer(cfg: Config) -> bool:
+    """Whether conditioned-sft's SFT model reads the group line next to the answer."""
+    return cfg.preferences.line_near_answer or cfg.sft.group_line_near_answer
 
 
 def variant_sft(cfg: Config, name: str, out: Path) -> Path:
@@ -235,10 +241,11 @@ def run_preferences(cfg: Config) -> Path:
     if not stage_complete(cfg.stage_dir("sft")):
         raise FileNotFoundError(f"preferences starts every variant from SFT at {cfg.stage_dir('sft')}; run `chatrlhf sft` first")
     pc = cfg.preferences
-    if pc.conditioned_sft and cfg.sft.group_line_near_answer and not pc.own_reference:
-        raise ValueError("sft.group_line_near_answer puts the group line next to the answer, which the run's shared SFT "
+    if pc.conditioned_sft and line_near_answer(cfg) and not pc.own_reference:
+        raise ValueError("preferences.line_near_answer puts the group line next to the answer, which the run's shared SFT "
                          "model reads as the user's words: as conditioned-sft's KL reference it drags the policy off "
-                         "the prompt. Set preferences.own_reference=true (KL to conditioned-sft's own SFT model)")
+                         "the prompt. Set preferences.own_reference=true (KL to conditioned-sft's own SFT model) or "
+                         "preferences.line_near_answer=false")
     out = cfg.stage_dir("preferences")
     base = base_comparisons(cfg)
     names = variants(pc.groups, pc.conditioned_sft)

@@ -128,7 +128,8 @@ def group_copies(world, comparisons: list[dict], cfg: Config) -> list[dict]:
     """rm.groups_per_prompt > 1: each comparison once per group it is asked for (rm.groups_per_prompt
     groups drawn without replacement by labeler_groups' weights, the same for a prompt on every call;
     every group when it reaches their number), each copy naming its group and carrying its share of
-    labelers_per_prompt (`n_labelers`, at least one). A copy that already names a group is kept as it is."""
+    labelers_per_prompt (`n_labelers`, at least one) or rm.labelers_per_group. A copy that already names a
+    group is kept as it is."""
     from chatrlhf.world.groups import group_weights
 
     weights = group_weights(world, cfg.rm.labeler_groups)
@@ -141,7 +142,7 @@ def group_copies(world, comparisons: list[dict], cfg: Config) -> list[dict]:
         rng = random.Random(f"{cfg.run.seed}:{c['prompt_id']}")
         chosen = _weighted_sample(sorted(weights.items()), n, rng)
         for i, g in enumerate(chosen):
-            labs = max(1, cfg.rm.labelers_per_prompt // n + (i < cfg.rm.labelers_per_prompt % n))
+            labs = cfg.rm.labelers_per_group or max(1, cfg.rm.labelers_per_prompt // n + (i < cfg.rm.labelers_per_prompt % n))
             out.append({**c, "id": f"{c.get('id', c['prompt_id'])}/{g}", "group": g, "n_labelers": labs,
                         "rankings": list(c.get("rankings", []))})
     return out
