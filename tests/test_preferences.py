@@ -213,6 +213,42 @@ def test_conditioned_ppo_iterations_set_the_conditioned_variants_budget_only(tmp
     assert iters == {"pooled": 40, "brief": 40, "thorough": 40, "cautious": 40, "conditioned": 120, "conditioned-sft": 120}
 
 
+def test_own_samples_ranks_answers_of_the_variants_own_sft_model(world, tiny_model_dir, tmp_path, monkeypatch):
+    """preferences.own_samples: a variant with its own SFT model ranks K answers that model samples (a
+    conditioned one's asked under the group line its labelers rank for); one on the run's SFT model
+    re-ranks the RM stage's samples."""
+    import chatrlhf.stages.preferences as prefs
+
+    ranked = []
+    monkeypatch.setattr(prefs, "train_reward_model", lambda cfg, comps, sft, out, world=None: ranked.append(comps))
+    monkeypatch.setattr(prefs, "run_ppo", lambda cfg, **k: None)
+    base = _comparisons(world, 6)
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.own_samples=true", "rm.max_new_tokens=4",
+                             "run.device=cpu"])
+    monkeypatch.setattr(prefs, "variant_sft", lambda cfg, name, out: Path(tiny_model_dir))
+    prefs.train_variant(cfg, world, base, "conditioned-sft", tmp_path / "c")
+    monkeypatch.setattr(prefs, "variant_sft", lambda cfg, name, out: cfg.stage_dir("sft"))
+    prefs.train_variant(cfg, world, base, "pooled", tmp_path / "p")
+    own, pooled = ranked
+    assert all(len(c["responses"]) == cfg.rm.k and c["responses"] != base[0]["responses"] for c in own)
+    assert all(c["messages"][0] == group_message(c["group"]) and c["rankings"] for c in own)
+    assert [c["responses"] for c in pooled] == [c["responses"] for c in base] and base[0]["rankings"] == []
+
+
+def test_each_row_knows_the_group_it_serves():
+    """The by-task diagonal takes each row's own group: a group's policy, its SFT model, a conditioned
+    policy asked for it; the pooled row serves none."""
+    from chatrlhf.stages.preferences import own_group, own_group_by_task_md
+
+    groups = ["brief", "cautious"]
+    names = ["brief", "brief before RM and PPO", "conditioned-sft:cautious", "conditioned-sft before RM and PPO:brief",
+             "pooled", "conditioned-sft before RM and PPO"]
+    assert [own_group(n, groups) for n in names] == ["brief", "brief", "cautious", "brief", None, None]
+    cell = {"win_rate": 0.6, "low": 0.5, "high": 0.7, "by_task": {"fact": {"win_rate": 0.75, "n": 4}}}
+    md = own_group_by_task_md({"rows": {n: {g: cell for g in groups} for n in names[:4]}}, groups)
+    assert "| brief before RM and PPO | 0.75 |" in md and md.count("| 0.75 |") == 4
+
+
 def test_own_reference_anchors_each_variants_kl_to_its_own_sft_model(world, tmp_path, monkeypatch):
     """preferences.own_reference: a variant's PPO takes its KL to the SFT model it started from; off,
     to the run's shared SFT model, whatever the variant started from."""
@@ -328,14 +364,15 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml", [
         f"run.out_dir={tmp_path}", "preferences.comparisons=16", "preferences.ppo_iterations=2",
-        "preferences.eval_prompts=8", "preferences.judgements=1"])
+        "preferences.eval_prompts=8", "preferences.judgements=1", "preferences.group_sft=true"])
     for stage in (run_world, run_tokenizer, run_pretrain, run_sft, run_rm):
         stage(cfg)
     out = run_preferences(cfg)
     table = json.loads((out / "table.json").read_text())
     groups = ["brief", "thorough", "cautious"]
     conditioned = ("conditioned", "conditioned-sft", "conditioned-sft before RM and PPO")
-    assert set(table["rows"]) == set(groups) | {f"{c}:{g}" for c in conditioned for g in groups}
+    assert set(table["rows"]) == set(groups) | {f"{c}:{g}" for c in conditioned for g in groups} | {
+        f"{g} before RM and PPO" for g in groups}  # group_sft: each group's SFT model judged too
     for row in table["rows"].values():
         assert set(row) == set(groups)
         assert all(0 <= cell["low"] <= cell["win_rate"] <= cell["high"] <= 1 for cell in row.values())
@@ -346,6 +383,7 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
     assert mean == pytest.approx(table["rows"]["cautious"]["cautious"]["win_rate"])  # the tasks add up to the cell
     md = (out / "table.md").read_text().split("The same diagonal by task")[1]
     assert "| conditioned-sft:thorough |" in md and "| brief |" in md and "| brief:" not in md
+    assert "| brief before RM and PPO |" in md and "are those SFT models themselves" in (out / "table.md").read_text()
     assert set(table["substance"]) == set(table["rows"]) | {"pooled"}  # the rubric's view of every policy's answers
     assert all(0 <= s["over_refusal_rate"] <= 1 for s in table["substance"].values())
     assert "refuses harmless requests" in (out / "table.md").read_text()

@@ -130,6 +130,11 @@ class PreferencesConfig(Section):
                                    "the chat template that writes the group line right before each answer "
                                    "(sft.group_line_near_answer; the embedded tokenizer only), where a model this small "
                                    "reads it; off: the line first, as the template writes any system message.")
+    own_samples: bool = Field(False, description="A variant with an SFT model of its own (conditioned-sft; each group's "
+                              "with group_sft) ranks K answers its own SFT model samples for the RM stage's prompts (a "
+                              "conditioned one under the group line each prompt is drawn for), as InstructGPT's labelers "
+                              "rank the outputs of the model being aligned; off: every variant re-ranks the RM stage's "
+                              "samples of the run's SFT model.")
     own_reference: bool = Field(True, description="Each variant's PPO takes its KL penalty to the SFT model it "
                                 "started from (conditioned-sft's, a group's with group_sft), as InstructGPT's policy "
                                 "does to its own SFT model; off: to the run's shared SFT model, the same anchor for "

@@ -41,8 +41,16 @@ from chatrlhf.world.loader import require_world
 console = Console(stderr=True)
 
 
-SFT_ONLY = "conditioned-sft before RM and PPO"  # the conditioned SFT model itself: what RM and PPO add to it
+BEFORE = " before RM and PPO"  # a variant's own SFT model itself: what its RM and PPO add to it
+SFT_ONLY = "conditioned-sft" + BEFORE
 CONDITIONED = ("conditioned", "conditioned-sft", SFT_ONLY)  # the policies asked for each group in a system message
+
+
+def own_group(name: str, groups: list[str]) -> str | None:
+    """The group a table row serves: a group's policy ("brief"), its SFT model ("brief before RM and
+    PPO", with group_sft) or a conditioned policy asked for it ("conditioned-sft:brief"); None for none."""
+    g = name.rpartition(":")[2] if ":" in name else name.removesuffix(BEFORE)
+    return g if g in groups else None
 
 
 def variants(groups: list[str], conditioned_sft: bool = False) -> dict[str, dict[str, Any]]:
@@ -120,6 +128,8 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
     rm_dir, ppo_dir = out / "rm", out / "ppo"
     if not stage_complete(rm_dir):
         comps = [json.loads(json.dumps(c)) for c in base]
+        if cfg.preferences.own_samples and sft != cfg.stage_dir("sft"):
+            own_samples(world, vcfg, sft, comps)
         label_with_world(world, comps, vcfg, random.Random(cfg.run.seed))
         write_comparisons(comps, out / "comparisons.jsonl")  # what this variant's labelers said, to audit
         train_reward_model(vcfg, comps, sft, rm_dir, world=world)
@@ -129,18 +139,38 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
     return ppo_dir
 
 
+def own_samples(world, vcfg: Config, sft: Path, comps: list[dict]) -> None:
+    """preferences.own_samples: each comparison's answers replaced by K samples of the variant's own SFT
+    model, a conditioned variant's asked under the group line its labelers will rank for (the group drawn
+    as label_with_world draws it, kept on the comparison)."""
+    from chatrlhf.lm.engine import load_engine
+    from chatrlhf.stages.sampling import sample_responses
+    from chatrlhf.world.groups import draw_group, group_weights
+
+    if vcfg.rm.conditioned:
+        weights = group_weights(world, vcfg.rm.labeler_groups)
+        for c in comps:
+            c["group"] = draw_group(weights, c["prompt_id"], vcfg.run.seed)
+            c["messages"] = for_group(c, c["group"])["messages"]
+    engine = load_engine(sft, vcfg.model.dtype, vcfg.run.device, vcfg.rm.sample_batch)
+    for c, responses in zip(comps, sample_responses(engine, [c["messages"] for c in comps], vcfg.rm.k, vcfg)):
+        c["responses"], c["policy"] = responses, str(sft)
+
+
 def answers(cfg: Config, path: Path, prompts: list[dict]) -> list[str]:
     h = load_handle(path.name, str(path), cfg.model.dtype)
     return generate(h, [prompt_text(h, p["messages"]) for p in prompts], cfg.eval.max_new_tokens, 0.0, cfg.run.seed)
 
 
 def judge(cfg: Config, world, policies: dict[str, Path]) -> dict[str, Any]:
-    """Each policy (the conditioned one asked for each group) against the pooled one, judged by each
-    group's held-out members: win rate with a cluster-bootstrap interval."""
+    """Each policy (the conditioned one asked for each group; with group_sft each group's SFT model too)
+    against the pooled one, judged by each group's held-out members: win rate with a cluster-bootstrap
+    interval."""
     pc, groups = cfg.preferences, cfg.preferences.groups
     prompts = world.prompts("eval")[: pc.eval_prompts]
     pooled = answers(cfg, policies["pooled"], prompts)
-    said = {name: answers(cfg, policies[name], prompts) for name in groups}
+    said = {name: answers(cfg, policies[name], prompts) for name in [*groups, *(g + BEFORE for g in groups)]
+            if name in policies}
     said |= {f"{c}:{g}": answers(cfg, policies[c], [for_group(p, g) for p in prompts])
              for c in CONDITIONED if c in policies for g in groups}
     rows = {name: judged_by_groups(world, prompts, responses, pooled, groups, cfg.run.seed, pc.judgements)
@@ -207,7 +237,7 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
 def own_group_by_task_md(result: dict[str, Any], groups: list[str]) -> str:
     """Each group's policy (and the conditioned ones asked for it) judged by its own group's members,
     task by task: the diagonal's cells split where the groups' tastes differ and where they agree."""
-    own = [(name, g) for name in result["rows"] for g in groups if name == g or name.endswith(f":{g}")]
+    own = [(name, g) for name in result["rows"] if (g := own_group(name, groups))]
     tasks = sorted({t for name, g in own for t in result["rows"][name][g].get("by_task", {})})
     if not tasks:
         return ""
@@ -223,7 +253,8 @@ def own_group_by_task_md(result: dict[str, Any], groups: list[str]) -> str:
 
 GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own group's demonstrations "
                   "(preferences.group_sft): its row shows the bias of the labelers who write and rank; the pooled "
-                  "and conditioned policies started from the run's SFT model.")
+                  "and conditioned policies started from the run's SFT model. The rows \"<group> before RM and PPO\" "
+                  "are those SFT models themselves.")
 
 
 def _rate(sub: dict | None, key: str = "over_refusal_rate") -> str:
@@ -252,6 +283,8 @@ def run_preferences(cfg: Config) -> Path:
     policies = {name: train_variant(cfg, world, base, name, out / name) for name in names}
     if "conditioned-sft" in policies:
         policies[SFT_ONLY] = out / "conditioned-sft" / "sft"
+    if pc.group_sft:  # each group's own SFT model too: what its RM and PPO add
+        policies |= {g + BEFORE: out / g / "sft" for g in pc.groups}
     result = judge(cfg, world, policies) | {"group_sft": pc.group_sft}
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, pc.groups))
