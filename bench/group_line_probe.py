@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from chatrlhf.lm.rankings import load_comparisons, pairwise_accuracy  # noqa: E402
-from chatrlhf.lm.reward_model import RewardModel  # noqa: E402
+from chatrlhf.lm.reward_model import RewardModel, score_comparisons  # noqa: E402
 from chatrlhf.world import World  # noqa: E402
 from chatrlhf.world.groups import for_group  # noqa: E402
 
@@ -43,9 +43,7 @@ def probe(rm: RewardModel, val: list[dict], held_out: set[str], groups: list[str
         mine = [c for c in val if c.get("group") == g]
         out[g] = {}
         for line in [*groups, NONE]:
-            scores = iter(rm.score([with_line(c, line) for c in mine for _ in c["responses"]],
-                                   [r for c in mine for r in c["responses"]]).tolist())
-            rewards = [[next(scores) for _ in c["responses"]] for c in mine]
+            rewards = score_comparisons(rm, [{**c, "messages": with_line(c, line)} for c in mine])
             out[g][line] = pairwise_accuracy(mine, rewards, lambda lab: lab in held_out)[0]
     return out
 

@@ -144,14 +144,13 @@ def own_samples(world, vcfg: Config, sft: Path, comps: list[dict]) -> None:
     model, a conditioned variant's asked under the group line its labelers will rank for (the group drawn
     as label_with_world draws it, kept on the comparison)."""
     from chatrlhf.lm.engine import load_engine
-    from chatrlhf.stages.sampling import sample_responses
-    from chatrlhf.world.groups import draw_group, group_weights
+    from chatrlhf.stages.sampling import ask_group, sample_responses
+    from chatrlhf.world.groups import group_weights
 
     if vcfg.rm.conditioned:
         weights = group_weights(world, vcfg.rm.labeler_groups)
         for c in comps:
-            c["group"] = draw_group(weights, c["prompt_id"], vcfg.run.seed)
-            c["messages"] = for_group(c, c["group"])["messages"]
+            ask_group(c, weights, vcfg.run.seed)
     engine = load_engine(sft, vcfg.model.dtype, vcfg.run.device, vcfg.rm.sample_batch)
     for c, responses in zip(comps, sample_responses(engine, [c["messages"] for c in comps], vcfg.rm.k, vcfg)):
         c["responses"], c["policy"] = responses, str(sft)

@@ -99,7 +99,7 @@ def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Ra
 
 def _labeler_picker(world, cfg: Config, rng: random.Random):
     """comparison -> the labelers who rank it (and, conditioned, the comparison names its group)."""
-    from chatrlhf.world.groups import draw_group, for_group, group_weights
+    from chatrlhf.world.groups import group_weights
 
     rc = cfg.rm
     if rc.labeler_groups is None and not rc.conditioned:  # everyone pooled, judges among the held-out
@@ -111,9 +111,8 @@ def _labeler_picker(world, cfg: Config, rng: random.Random):
     weights = group_weights(world, rc.labeler_groups)
 
     def pick(c: dict) -> list:
-        if rc.conditioned:  # a group_copies copy already names its group; otherwise one is drawn for the prompt
-            group = c.get("group") or draw_group(weights, c["prompt_id"], cfg.run.seed)
-            c["messages"], c["group"] = for_group(c, group)["messages"], group
+        if rc.conditioned:
+            ask_group(c, weights, cfg.run.seed)
         groups = [c["group"]] if rc.conditioned else list(weights)
         mix = [(lab, w) for lab, w in world.labeler_mix({g: weights[g] for g in groups})]
         labs = _weighted_sample(mix, min(c.get("n_labelers", rc.labelers_per_prompt), len(mix)), rng)
@@ -122,6 +121,15 @@ def _labeler_picker(world, cfg: Config, rng: random.Random):
             labs += rng.sample(held, min(rc.val_labelers, len(held)))
         return labs
     return pick
+
+
+def ask_group(c: dict, weights: dict[str, float], seed: int) -> None:
+    """A conditioned comparison asked for its group in a system message: the group it names (a
+    group_copies copy), else one drawn for its prompt by the weights, the same on every call."""
+    from chatrlhf.world.groups import draw_group, for_group
+
+    group = c.get("group") or draw_group(weights, c["prompt_id"], seed)
+    c["messages"], c["group"] = for_group(c, group)["messages"], group
 
 
 def group_copies(world, comparisons: list[dict], cfg: Config) -> list[dict]:
