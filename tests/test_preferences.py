@@ -303,9 +303,9 @@ def test_group_line_near_answer_is_trained_and_saved_with_the_sft_model(world, t
     import shutil
 
     from chatrlhf.lm.data import DataError
-    from chatrlhf.lm.tokenizer import SYSTEM_NEAR_ANSWER_TEMPLATE
+    from chatrlhf.lm.tokenizer import SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE, SYSTEM_NEAR_ANSWER_TEMPLATE
     from chatrlhf.stages.preferences import run_preferences
-    from chatrlhf.stages.sft import load_split, run_settings, train_sft
+    from chatrlhf.stages.sft import _chat_tokenizer, load_split, run_fingerprint, run_settings, train_sft
 
     world.save(tmp_path / "world")
     shutil.copytree(tiny_model_dir, tmp_path / "pretrain")
@@ -321,6 +321,10 @@ def test_group_line_near_answer_is_trained_and_saved_with_the_sft_model(world, t
     assert read_meta(out)["group_messages"]["brief"] == GROUP_INSTRUCTIONS["brief"]
     off = Config.model_validate({"run": {"out_dir": str(tmp_path)}, "sft": {"group_system_message": True}})
     assert "group_line_near_answer" not in run_settings(off)["sft"] and run_settings(cfg)["sft"]["group_line_near_answer"]
+    assert "group_line_turns" not in run_settings(cfg)["sft"]  # "every", the default: the fingerprint it had
+    last = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"group_line_turns": "last"})})
+    assert run_settings(last)["sft"]["group_line_turns"] == "last" and run_fingerprint(last) != run_fingerprint(cfg)
+    assert _chat_tokenizer(last, tmp_path / "pretrain").chat_template == SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE
     with pytest.raises(DataError, match="group_line_near_answer"):
         load_split(Config.model_validate({"run": {"out_dir": str(tmp_path)}, "sft": {"group_line_near_answer": True}}), tok)
     cfg.preferences.own_reference = False  # the shared SFT model as the reference would read the line as the user's

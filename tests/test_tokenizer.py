@@ -13,10 +13,12 @@ from chatrlhf.config import load_config
 from chatrlhf.lm.modeling import read_meta
 from chatrlhf.lm.tokenizer import (
     CORPUS_CHAT_TEMPLATE,
+    CORPUS_SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE,
     CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE,
     EOS,
     FALLBACK_CHAT_TEMPLATE,
     SPECIAL_TOKENS,
+    SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE,
     SYSTEM_NEAR_ANSWER_TEMPLATE,
     document_eos,
     ensure_chat_template,
@@ -147,6 +149,37 @@ def test_system_near_answer_in_the_corpus_layout(tok_dir):
     out = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
     masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert tok.decode(masked) == "".join(" " + m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
+
+
+
+@pytest.mark.parametrize("layout", ["corpus", "roles"])
+def test_system_line_before_the_last_answer_only(tok_dir, layout):
+    """sft.group_line_turns=last: the line before the last answer (or the generation prompt) only, the
+    earlier turns as they were said; the prompt is a prefix of the full conversation (what PPO and the RM
+    score) and the loss mask still covers exactly the answers."""
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    plain_template = CORPUS_CHAT_TEMPLATE if layout == "corpus" else tok.chat_template
+    tok.chat_template = plain_template
+    assert system_near_answer(tok, "last")
+    assert tok.chat_template == (CORPUS_SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE if layout == "corpus"
+                                 else SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE)
+    line = ("System: You are a helpful assistant.\nAssistant:" if layout == "corpus"
+            else "<|system|>You are a helpful assistant.<|end|><|assistant|>")
+    plain = AutoTokenizer.from_pretrained(tok_dir)
+    plain.chat_template = plain_template
+    history = [m for m in CONVERSATION[:3] if m["role"] != "system"]
+    rendered = tok.apply_chat_template(CONVERSATION, tokenize=False)
+    assert rendered.count(line) == 1 and rendered.startswith(plain.apply_chat_template(history, tokenize=False))
+    prompt = tok.apply_chat_template(CONVERSATION[:4], tokenize=False, add_generation_prompt=True)
+    assert prompt.count(line) == 1 and prompt.endswith(line) and rendered.startswith(prompt)
+    out = tok.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tok.decode(masked) == "".join(" " + m["content"] + "<|end|>" for m in CONVERSATION if m["role"] == "assistant")
+    single = [CONVERSATION[0], CONVERSATION[1], CONVERSATION[2]]  # one answer: the same as before every answer
+    every = AutoTokenizer.from_pretrained(tok_dir)
+    every.chat_template = plain_template
+    system_near_answer(every, "every")
+    assert tok.apply_chat_template(single, tokenize=False) == every.apply_chat_template(single, tokenize=False)
 
 
 def test_generation_prompt_ends_with_assistant_tag(tok_dir):

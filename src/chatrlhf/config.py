@@ -205,6 +205,10 @@ class SFTConfig(Section):
         "the model is trained, and saved, with a chat template that writes the system message right before each "
         "answer instead of first (lm.tokenizer.SYSTEM_NEAR_ANSWER_TEMPLATE), where a model this small reads it; "
         "its RM and policy inherit the template. A user's tokenizer keeps its own template.")
+    group_line_turns: Literal["every", "last"] = Field("every", description="With group_line_near_answer: the "
+        "line before every assistant turn of a conversation, or before the last one only (the answer trained on or "
+        "asked for; lm.tokenizer.CORPUS_SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE), so the earlier turns read as they "
+        "were said and a follow-up's first question stays near its answers.")
     group_demonstrations: bool = Field(False, description="With group_system_message: a training labeler of every group "
         "writes a demonstration for every SFT prompt (as many demonstrations as groups per prompt), instead of one "
         "writer per prompt, so the model sees each group's way of answering on all the prompts.")

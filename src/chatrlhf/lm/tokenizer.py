@@ -86,10 +86,29 @@ CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE = (
     "{% if add_generation_prompt %}{% if ns.system %}System: {{ ns.system }}\n{% endif %}Assistant:{% endif %}"
 )
 
+
+
+def _before_last_answer(near: str) -> str:
+    """A near-answer template that writes the system message before the last answer only (the one
+    trained on, or asked for by the generation prompt): the earlier turns of a conversation read as
+    they were said, and its first question stays as near its answers as without a system message."""
+    last = ("{% for message in messages %}{% if message['role'] == 'assistant' and not add_generation_prompt %}"
+            "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}")
+    near = near.replace("namespace(system='')", "namespace(system='', last=-1)", 1)
+    near = near.replace("{% endfor %}", "{% endfor %}" + last, 1)
+    return near.replace("{% if ns.system %}", "{% if ns.system and loop.index0 == ns.last %}", 1)
+
+
+SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE = _before_last_answer(SYSTEM_NEAR_ANSWER_TEMPLATE)
+CORPUS_SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE = _before_last_answer(CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE)
+
 # tokenizer.chat_format -> the embedded tokenizer's template
 CHAT_FORMATS = {"corpus": CORPUS_CHAT_TEMPLATE, "roles": CHAT_TEMPLATE}
-# an embedded template -> the same layout with the system message next to each answer
-NEAR_ANSWER = {CHAT_TEMPLATE: SYSTEM_NEAR_ANSWER_TEMPLATE, CORPUS_CHAT_TEMPLATE: CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE}
+# sft.group_line_turns -> an embedded template -> the same layout with the system message next to each answer
+# ("every") or next to the last answer only ("last")
+NEAR_ANSWER = {"every": {CHAT_TEMPLATE: SYSTEM_NEAR_ANSWER_TEMPLATE, CORPUS_CHAT_TEMPLATE: CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE},
+               "last": {CHAT_TEMPLATE: SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE,
+                        CORPUS_CHAT_TEMPLATE: CORPUS_SYSTEM_BEFORE_LAST_ANSWER_TEMPLATE}}
 
 # For a user's tokenizer that has no chat template: the same turn layout, written as plain text and
 # ended with the model's own eos token, so SFT/PPO/chat work unchanged on any causal LM.
@@ -113,14 +132,15 @@ def ensure_chat_template(tokenizer):
     return tokenizer
 
 
-def system_near_answer(tokenizer) -> bool:
-    """Give the embedded tokenizer the template that writes the system message next to the answer
-    (True); a user's tokenizer keeps its own template (False)."""
-    if tokenizer.chat_template in NEAR_ANSWER.values():
+def system_near_answer(tokenizer, turns: str = "every") -> bool:
+    """Give the embedded tokenizer the template that writes the system message next to every answer
+    (`turns="every"`) or the last one ("last"), True; a user's tokenizer keeps its own template (False)."""
+    near = NEAR_ANSWER[turns]
+    if tokenizer.chat_template in near.values():
         return True
-    if tokenizer.chat_template not in NEAR_ANSWER:
+    if tokenizer.chat_template not in near:
         return False
-    tokenizer.chat_template = NEAR_ANSWER[tokenizer.chat_template]
+    tokenizer.chat_template = near[tokenizer.chat_template]
     return True
 
 

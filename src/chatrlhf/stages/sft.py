@@ -76,6 +76,8 @@ def run_settings(cfg: Config) -> dict[str, Any]:
     for switch in ("group_system_message", "group_line_near_answer", "group_demonstrations", "writer_group"):
         if not s[switch]:  # off, a run's fingerprint is what it was before the switch existed
             del s[switch]
+    if s["group_line_turns"] == "every" or "group_line_near_answer" not in s:
+        del s["group_line_turns"]
     if not s["ptx_coef"]:
         del s["ptx_coef"], s["ptx_batch_size"]
     return {"sft": s, "base": str(base_model_path(cfg)), "seed": cfg.run.seed}
@@ -287,7 +289,9 @@ def _chat_tokenizer(cfg: Config, src: Path | str):
     tokenizer = _base_tokenizer(cfg, src)
     ensure_template(tokenizer)
     if cfg.sft.group_line_near_answer and cfg.sft.group_system_message:  # without the line, load_split refuses it
-        console.print("sft: the chat template writes the group line right before each answer" if system_near_answer(tokenizer)
+        where = "each answer" if cfg.sft.group_line_turns == "every" else "the last answer"
+        console.print(f"sft: the chat template writes the group line right before {where}"
+                      if system_near_answer(tokenizer, cfg.sft.group_line_turns)
                       else "[yellow]sft: group_line_near_answer: the tokenizer has a chat template of its own; kept")
     return tokenizer
 
