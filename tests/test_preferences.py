@@ -441,3 +441,35 @@ def test_preferences_ceiling_written_bound_from_a_world_alone(tmp_path, monkeypa
     plain = json.loads(out.read_text())["written_vs_plain_formal"]
     for g, row in plain.items():
         assert row[g]["win_rate"] > 0.55, (g, row[g])
+
+
+def test_preferences_seeds_averages_each_worlds_runs(tmp_path, monkeypatch, capsys):
+    """bench/preferences_seeds.py: per world, each own-group cell's mean over the runs given, the runs
+    themselves, and how many world means reach 0.6; a missing table is named."""
+    from conftest import bench_module
+
+    def table(diag: float, cond: float) -> dict:
+        rows = {g: {h: {"win_rate": diag if g == h else 0.4} for h in ("brief", "cautious")} for g in ("brief", "cautious")}
+        rows |= {f"conditioned-sft:{g}": {h: {"win_rate": cond if g == h else 0.4} for h in ("brief", "cautious")}
+                 for g in ("brief", "cautious")}
+        rows["brief before RM and PPO"] = rows["brief"]  # rows the script leaves out
+        return {"rows": rows}
+
+    paths = []
+    for name, (d, c) in {"a": (0.7, 0.5), "b": (0.6, 0.8), "c": (0.55, 0.55)}.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(table(d, c)))
+    out = tmp_path / "seeds.json"
+    monkeypatch.setattr("sys.argv", ["preferences_seeds.py", f"9001={paths[0]}", f"9001={paths[1]}", f"9002={paths[2]}",
+                                     "--json", str(out)])
+    bench_module("preferences_seeds").main()
+    res = json.loads(out.read_text())
+    w1 = res["worlds"]["9001"]
+    assert set(w1) == {"diagonal:brief", "diagonal:cautious", "conditioned:brief", "conditioned:cautious"}
+    assert w1["diagonal:brief"]["runs"] == [0.7, 0.6] and abs(w1["diagonal:brief"]["mean"] - 0.65) < 1e-9
+    assert abs(w1["conditioned:cautious"]["mean"] - 0.65) < 1e-9 and w1["conditioned:cautious"]["min"] == 0.5
+    assert res["cells"] == 8 and res["met"] == 4  # 9001's four means are 0.65; 9002's are 0.55
+    assert "9001" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["preferences_seeds.py", f"9001={tmp_path / 'missing.json'}"])
+    with pytest.raises(SystemExit):
+        bench_module("preferences_seeds").main()
