@@ -87,7 +87,6 @@ CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE = (
 )
 
 
-
 def _before_last_answer(near: str) -> str:
     """A near-answer template that writes the system message before the last answer only (the one
     trained on, or asked for by the generation prompt): the earlier turns of a conversation read as
