@@ -32,28 +32,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-
-# The same layout with the system message (the last one, if several) written right before every
-# assistant turn instead of first. A model this small reads a line a fixed number of tokens back, not
-# one at the head of a long context (bench/copy_probe.py): with sft.group_line_near_answer a
-# group-conditioned SFT model is trained and served with this template, so the group line sits next
-# to the answer it should shape. A model trained without system messages keeps CHAT_TEMPLATE: for it
-# a line next to the answer would read as the user's words.
-SYSTEM_NEAR_ANSWER_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% set ns = namespace(system='') %}"
-    "{% for message in messages %}{% if message['role'] == 'system' %}{% set ns.system = message['content'] %}{% endif %}{% endfor %}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% if ns.system %}<|system|>{{ ns.system }}<|end|>{% endif %}"
-    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
-    "{% elif message['role'] != 'system' %}"
-    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{% if ns.system %}<|system|>{{ ns.system }}<|end|>{% endif %}<|assistant|>{% endif %}"
-)
-
 # The turns written as the pre-training corpus writes its chat logs ("User: ...\nAssistant: ..."), so
 # what pre-training learnt from them carries over to the chat model; the assistant turn still ends
 # with <|end|> (the stop token and the reward model's read-out). tokenizer.chat_format=corpus.
@@ -69,22 +47,29 @@ CORPUS_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+
+def _near_answer(plain: str, line: str) -> str:
+    """The plain template with the system message (the last one, if several) written as `line` right
+    before every assistant turn and the generation prompt, and nowhere else."""
+    capture = ("{% set ns = namespace(system='') %}{% for message in messages %}{% if message['role'] == 'system' %}"
+               "{% set ns.system = message['content'] %}{% endif %}{% endfor %}")
+    near = plain.replace("{{ bos_token }}", "{{ bos_token }}" + capture, 1)
+    line = "{% if ns.system %}" + line + "{% endif %}"
+    near = near.replace("{% if message['role'] == 'assistant' %}", "{% if message['role'] == 'assistant' %}" + line, 1)
+    near = near.replace("{% else %}", "{% elif message['role'] != 'system' %}", 1)
+    return near.replace("{% if add_generation_prompt %}", "{% if add_generation_prompt %}" + line, 1)
+
+
+# The same layout with the system message (the last one, if several) written right before every
+# assistant turn instead of first. A model this small reads a line a fixed number of tokens back, not
+# one at the head of a long context (bench/copy_probe.py): with sft.group_line_near_answer a
+# group-conditioned SFT model is trained and served with this template, so the group line sits next
+# to the answer it should shape. A model trained without system messages keeps CHAT_TEMPLATE: for it
+# a line next to the answer would read as the user's words.
+SYSTEM_NEAR_ANSWER_TEMPLATE = _near_answer(CHAT_TEMPLATE, "<|system|>{{ ns.system }}<|end|>")
 # The corpus layout with the system message (the last one, if several) written right before every
 # assistant turn ("User: ...\nSystem: ...\nAssistant: ..."), as SYSTEM_NEAR_ANSWER_TEMPLATE is to CHAT_TEMPLATE.
-CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% set ns = namespace(system='') %}"
-    "{% for message in messages %}{% if message['role'] == 'system' %}{% set ns.system = message['content'] %}{% endif %}{% endfor %}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% if ns.system %}System: {{ ns.system }}\n{% endif %}"
-    "Assistant:{% generation %} {{ message['content'] }}<|end|>{% endgeneration %}{{ '\\n' }}"
-    "{% elif message['role'] != 'system' %}"
-    "{{ message['role'] | capitalize }}: {{ message['content'] }}\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{% if ns.system %}System: {{ ns.system }}\n{% endif %}Assistant:{% endif %}"
-)
+CORPUS_SYSTEM_NEAR_ANSWER_TEMPLATE = _near_answer(CORPUS_CHAT_TEMPLATE, "System: {{ ns.system }}\n")
 
 
 def _before_last_answer(near: str) -> str:
