@@ -24,7 +24,7 @@ BAR = 0.6
 def own_cells(table: dict) -> dict[str, float]:
     """{"diagonal:G": win rate, "conditioned:G": win rate} for every group of one table."""
     rows = table["rows"]
-    groups = [g for g in rows if ":" not in g and " " not in g]
+    groups = list(next(iter(rows.values())))  # every row is judged by every group's members
     cond = "conditioned-sft" if any(k.startswith("conditioned-sft:") for k in rows) else "conditioned"
     cells = {f"diagonal:{g}": rows[g][g]["win_rate"] for g in groups}
     cells |= {f"conditioned:{g}": rows[f"{cond}:{g}"][g]["win_rate"] for g in groups if f"{cond}:{g}" in rows}
