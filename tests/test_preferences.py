@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from chatrlhf.config import Config, ServeConfig, WorldConfig, load_config
@@ -267,6 +269,50 @@ def test_own_reference_anchors_each_variants_kl_to_its_own_sft_model(world, tmp_
                      (tmp_path / "brief1" / "sft", tmp_path / "brief1" / "sft")]
 
 
+def test_conditioned_reward_groups_pays_the_conditioned_variants_by_each_groups_own_rm(world, tmp_path, monkeypatch):
+    """preferences.conditioned_reward=groups: the conditioned variants' PPO gets every group's own RM
+    (beside its own directory); the other variants, and every variant by default, their own RM only."""
+    import chatrlhf.stages.preferences as prefs
+
+    calls = {}
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: None)
+    monkeypatch.setattr(prefs, "label_with_world", lambda *a: None)
+    monkeypatch.setattr(prefs, "train_reward_model", lambda *a, **k: None)
+    monkeypatch.setattr(prefs, "run_ppo", lambda cfg, **k: calls.__setitem__(k["out_dir"].parent.name, k["group_rm_dirs"]))
+    for how in ("conditioned", "groups"):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", f"preferences.conditioned_reward={how}"])
+        for name in ("pooled", "brief", "conditioned", "conditioned-sft"):
+            prefs.train_variant(cfg, world, [], name, tmp_path / how / name)
+        rms = {g: tmp_path / how / g / "rm" for g in ("brief", "thorough", "cautious")}
+        assert calls == {"pooled": None, "brief": None, **({"conditioned": rms, "conditioned-sft": rms} if how == "groups"
+                                                           else {"conditioned": None, "conditioned-sft": None})}
+    with pytest.raises(ValueError, match="conditioned_reward"):
+        load_config(None, ["preferences.conditioned_reward=mine"])
+
+
+def test_group_rewards_score_each_prompt_by_its_groups_rm_without_the_group_line():
+    from chatrlhf.config import PPOConfig
+    from chatrlhf.lm.reward_model import RewardByKey
+    from chatrlhf.stages.ppo import _reward_fns
+
+    class Const:  # an RM that scores every response alike and records what it was shown
+        def __init__(self, value):
+            self.value, self.seen = value, []
+
+        def score(self, messages, responses):
+            self.seen += messages
+            return torch.full((len(responses),), self.value)
+
+    brief, cautious = Const(1.0), Const(-2.0)
+    user = [{"role": "user", "content": "Where is Oxby?"}]
+    ps = [for_group({"messages": user}, g) for g in ("cautious", "brief", "cautious")]
+    reward_fn, _ = _reward_fns(RewardByKey({"brief": brief, "cautious": cautious}), None, PPOConfig())
+    assert reward_fn(ps, ["a", "b", "c"]).tolist() == [-2.0, 1.0, -2.0]
+    assert brief.seen == [user] and cautious.seen == [user, user]  # the prompt as the group's labelers ranked it
+    with pytest.raises(KeyError, match="thorough"):
+        reward_fn([for_group({"messages": user}, "thorough")], ["a"])
+
+
 def test_a_weighted_mix_draws_labelers_in_proportion(world):
     cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 3.0, "cautious": 1.0}, "labelers_per_prompt": 1}})
     comps = _comparisons(world)
@@ -359,8 +405,8 @@ def test_chat_group_and_server_group_field(tiny_model_dir):
         assert r.status_code == 400 and r.json()["error"]["param"] == "group"
 
 
-def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
-    from chatrlhf.stages.preferences import run_preferences
+def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
+    from chatrlhf.stages.preferences import run_preferences, train_variant
     from chatrlhf.stages.pretrain import run_pretrain, run_tokenizer
     from chatrlhf.stages.reward import run_rm
     from chatrlhf.stages.sft import run_sft
@@ -404,6 +450,29 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path):
     for name, want in [("brief", {"brief"}), ("cautious", {"cautious"}), ("pooled", {"brief", "thorough", "cautious"})]:
         ranked = [json.loads(x) for x in (out / name / "comparisons.jsonl").read_text().splitlines()]
         assert {by_id[r["labeler"]].group for c in ranked for r in c["rankings"] if not by_id[r["labeler"]].held_out} == want
+    # preferences.conditioned_reward=groups: the conditioned policy paid by each group's own RM instead
+    groups_cfg = cfg.model_copy(update={"preferences": cfg.preferences.model_copy(update={"conditioned_reward": "groups"})})
+    shutil.copytree(out / "conditioned" / "rm", out / "conditioned-groups" / "rm")  # its own RM: the critic's start
+    ppo = train_variant(groups_cfg, world, [], "conditioned", out / "conditioned-groups")
+    assert read_meta(ppo)["group_reward_models"] == {g: str(out / g / "rm") for g in groups}
+    assert read_meta(out / "conditioned" / "ppo").get("group_reward_models") is None
+    paid = [json.loads(x)["rm_score"] for x in (ppo / "metrics.jsonl").read_text().splitlines() if "rm_score" in x]
+    own = [json.loads(x)["rm_score"] for x in (out / "conditioned" / "ppo" / "metrics.jsonl").read_text().splitlines()
+           if "rm_score" in x]
+    assert len(paid) == len(own) == 2 and paid != own  # the same rollouts' seed, another reward
+    # bench/hedge_probe.py on the same run: hedge rates, P(hedge) and each RM's gain from the hedge
+    from conftest import bench_module
+
+    probe = tmp_path / "hedge.json"
+    monkeypatch.setattr("sys.argv", ["hedge_probe.py", "--run", str(tmp_path), "--policies", str(out / "cautious" / "ppo"),
+                                     f"{out / 'conditioned' / 'ppo'}:cautious", "--rms", str(out / "cautious" / "rm"),
+                                     f"{out / 'conditioned' / 'rm'}:brief", "--json", str(probe)])
+    bench_module("hedge_probe").main()
+    res = json.loads(probe.read_text())
+    assert res["prompts"] > 0 and len(res["policies"]) == 2 and len(res["rms"]) == 2
+    assert all(0 <= v["hedged"] <= 1 and 0 < v["p_hedge"] < 1 for v in res["policies"].values())
+    assert all(0 <= v["hedge_higher"] <= 1 for v in res["rms"].values())
+    assert res["rm_samples_hedged"] is None or 0 <= res["rm_samples_hedged"] <= 1
 
 
 def test_conditioned_sft_trains_with_its_own_epochs_when_set(tmp_path, monkeypatch):

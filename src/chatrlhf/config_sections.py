@@ -135,6 +135,11 @@ class PreferencesConfig(Section):
                               "conditioned one under the group line each prompt is drawn for), as InstructGPT's labelers "
                               "rank the outputs of the model being aligned; off: every variant re-ranks the RM stage's "
                               "samples of the run's SFT model.")
+    conditioned_reward: Literal["conditioned", "groups"] = Field(
+        "conditioned", description="What the conditioned variants' PPO is paid: their own group-conditioned RM "
+        "(conditioned), or on each prompt the RM of the group it asks for, trained on that group's rankings alone "
+        "(groups; one policy still serves every group)."
+    )
     own_reference: bool = Field(True, description="Each variant's PPO takes its KL penalty to the SFT model it "
                                 "started from (conditioned-sft's, a group's with group_sft), as InstructGPT's policy "
                                 "does to its own SFT model; off: to the run's shared SFT model, the same anchor for "

@@ -181,7 +181,28 @@ class RewardEnsemble:
         return r.mean(0) - self.penalty * r.std(0, correction=0) if self.penalty else r.mean(0)
 
 
-def compile_reward(rm: RewardModel | RewardEnsemble) -> bool:
+class RewardByKey:
+    """One reward per key (a labeler group's own RM per group): each conversation is scored by the
+    reward of the key it comes with, as one policy serving several groups is paid by each group's
+    own RM for the prompts that ask for it."""
+
+    def __init__(self, rewards: dict[str, RewardModel | RewardEnsemble]):
+        self.rewards = rewards
+        self.members = [m for r in rewards.values() for m in getattr(r, "members", [r])]
+
+    def score_by(self, keys: list[str], message_lists: list[Messages], responses: list[str]) -> torch.Tensor:
+        """(B,) each response scored by the reward of its key."""
+        if unknown := sorted(set(keys) - set(self.rewards)):
+            raise KeyError(f"no reward model for {', '.join(map(repr, unknown))} (have: {', '.join(self.rewards)})")
+        out = torch.zeros(len(responses))
+        for key, reward in self.rewards.items():
+            idx = [i for i, k in enumerate(keys) if k == key]
+            if idx:
+                out[idx] = reward.score([message_lists[i] for i in idx], [responses[i] for i in idx])
+        return out
+
+
+def compile_reward(rm: RewardModel | RewardEnsemble | RewardByKey) -> bool:
     """Run the trunk of the RM (of every ensemble member) through lm.unpadded's torch.compile'd layer
     stacks when it scores; False where they stay eager (no C++ compiler)."""
     return all([compile_unpadded(m.model) for m in getattr(rm, "members", [rm])])

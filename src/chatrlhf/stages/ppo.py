@@ -149,12 +149,15 @@ def _sft_baseline(policy, ref, tokenizer, prompts: list[dict], cfg: PPOConfig, s
 
 
 def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Path | None = None,
-            out_dir: str | Path | None = None, ref_dir: str | Path | None = None) -> Path:
+            out_dir: str | Path | None = None, ref_dir: str | Path | None = None,
+            group_rm_dirs: dict[str, Path] | None = None) -> Path:
     """`chatrlhf ppo`: policy from `policy_dir` (default sft/), KL to `ref_dir` (default sft/), reward
-    and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/)."""
+    and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/). With
+    `group_rm_dirs` (rm.conditioned only) each prompt is paid by the RM of the group it asks for, on
+    the prompt without the group line, and `rm_dir` initialises the value model only."""
     from chatrlhf.lm.lora import is_lora
     from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
-    from chatrlhf.lm.reward_model import compile_reward, load_reward
+    from chatrlhf.lm.reward_model import compile_reward
     from chatrlhf.lm.training import make_accelerator
 
     pc = cfg.ppo
@@ -170,7 +173,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
-    rm = load_reward(rm_dir, cfg.model.dtype, device=str(acc.device), penalty=cfg.rm.ensemble_penalty)
+    rm = _load_rewards(cfg, rm_dir, group_rm_dirs, str(acc.device))
     value = load_critic(rm_dir, pc.critic.model, policy, cfg.model.dtype) if pc.advantage.estimator == "gae" else None
     if pc.update.compile:  # the RM scores every rollout; its trunk shares the critic's compiled graphs
         compile_reward(rm)
@@ -201,12 +204,28 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
     meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
     meta["prompts"] = {"source": source, "train": len(train_prompts), "guard": type(guard).__name__ if guard else None}
+    if group_rm_dirs:
+        meta["group_reward_models"] = {g: str(d) for g, d in group_rm_dirs.items()}
     if cfg.rm.conditioned:  # what `chatrlhf chat --group` and the server's `group` field put in the system message
         meta["group_messages"] = _group_messages(world, cfg)
     if guard is not None and meta["selected_iteration"] == 0:
         _warn_start_kept(out)
     on_main(lambda: _save_outputs(acc, trainer, tok, out, meta, history))  # every rank holds the same weights
     return out
+
+
+def _load_rewards(cfg: Config, rm_dir: Path, group_rm_dirs: dict[str, Path] | None, device: str):
+    """The reward PPO is paid: the RM in `rm_dir`, or with `group_rm_dirs` each group's own."""
+    from chatrlhf.lm.reward_model import RewardByKey, load_reward
+
+    if not group_rm_dirs:
+        return load_reward(rm_dir, cfg.model.dtype, device=device, penalty=cfg.rm.ensemble_penalty)
+    if not cfg.rm.conditioned:
+        raise ValueError("group reward models pay each prompt by the group it asks for: they need rm.conditioned=true")
+    for d in group_rm_dirs.values():
+        _require_stage(Path(d), "a group's reward model", "chatrlhf preferences")
+    return RewardByKey({g: load_reward(d, cfg.model.dtype, device=device, penalty=cfg.rm.ensemble_penalty)
+                        for g, d in group_rm_dirs.items()})
 
 
 def _topped_up(cfg: Config, world, prompts: list[dict]) -> list[dict]:
@@ -252,8 +271,12 @@ def _guard_labelers(cfg: Config, world, prompts: list[dict]) -> list:
 def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:
     """The score PPO is paid (the reward model's, or with reward.source=gold the scaled gold rubric,
     a diagnostic upper bound), and the world's gold score where PPO runs on the world's prompts."""
+    from chatrlhf.lm.reward_model import RewardByKey
 
     def reward_fn(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        if isinstance(rm, RewardByKey):  # each group's RM, on the prompt as its labelers ranked it: no group line
+            plain = [[m for m in p["messages"] if m["role"] != "system"] for p in ps]
+            return rm.score_by([p["group"] for p in ps], plain, texts)
         return rm.score([p["messages"] for p in ps], texts)
 
     def world_gold(p: dict, text: str) -> float:
