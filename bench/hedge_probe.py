@@ -2,7 +2,8 @@
 summary prompts (the first preferences.eval_prompts eval prompts, as `chatrlhf preferences` judges):
 
 - each policy's greedy answers, the share that hedge, and the probability it gives the hedge over the plain
-  full stop where its claim ends (mean over answers; above 0.5 on an answer, greedy decoding hedges it);
+  full stop where its claim ends (mean over answers; above 0.5 on an answer, greedy decoding hedges it),
+  and the share of its facts stated right (the rubric's `fact_correct`);
 - each reward model's score gain when the first policy's answers are hedged against the same answers
   plain (mean, and the share of answers where the hedge scores higher);
 - the share of the RM stage's sampled facts and summaries that hedge (the first preferences.comparisons
@@ -33,7 +34,7 @@ from chatrlhf.evaluate.models import generate, load_handle, prompt_text  # noqa:
 from chatrlhf.lm.rankings import load_comparisons  # noqa: E402
 from chatrlhf.lm.reward_model import load_reward  # noqa: E402
 from chatrlhf.world import World  # noqa: E402
-from chatrlhf.world.gold import HEDGED_TASKS, has_hedge  # noqa: E402
+from chatrlhf.world.gold import HEDGED_TASKS, has_hedge, substantive_metrics  # noqa: E402
 from chatrlhf.world.groups import for_group  # noqa: E402
 from chatrlhf.world.vocab import HEDGE  # noqa: E402
 
@@ -88,9 +89,10 @@ def main() -> None:
         h = load_handle(Path(path).name, path, cfg.model.dtype)
         said = generate(h, [prompt_text(h, p["messages"]) for p in qs], cfg.eval.max_new_tokens, 0.0, cfg.run.seed)
         first = first or said
-        out["policies"][spec] = {"hedged": statistics.fmean(has_hedge(a.lower()) for a in said),
-                                 "p_hedge": hedge_probability(h, qs, said)}
-        print(f"{spec}: hedges {out['policies'][spec]['hedged']:.2f} of its answers, P(hedge) {out['policies'][spec]['p_hedge']:.2f}")
+        facts = substantive_metrics(qs, [world.gold(p, a) for p, a in zip(qs, said)])["fact_correct"]
+        out["policies"][spec] = v = {"hedged": statistics.fmean(has_hedge(a.lower()) for a in said),
+                                     "p_hedge": hedge_probability(h, qs, said), "facts_right": facts}
+        print(f"{spec}: hedges {v['hedged']:.2f} of its answers, P(hedge) {v['p_hedge']:.2f}, facts right {'-' if facts is None else f'{facts:.2f}'}")
     samples = [r for c in load_comparisons(args.run / "rm" / "comparisons.jsonl", True)[: cfg.preferences.comparisons]
                if c["task"] in HEDGED_TASKS for r in c["responses"]]
     out["rm_samples_hedged"] = statistics.fmean(has_hedge(r.lower()) for r in samples) if samples else None

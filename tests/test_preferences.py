@@ -191,6 +191,26 @@ def test_group_sft_starts_each_groups_variant_from_its_own_demonstrations(tmp_pa
     assert "demonstrations" not in prefs.table_md(result, ["brief"])  # the table says which SFT the rows started from
 
 
+def test_sft_ptx_coef_trains_every_variants_sft_model_with_it(tmp_path, monkeypatch):
+    """preferences.sft_ptx_coef: each group's SFT model (group_sft), conditioned-sft's, and the run's SFT
+    again for the pooled and conditioned variants (one model, shared) are trained with that SFT-ptx weight;
+    unset, the variants' own with the run's sft.ptx_coef and the pooled one is the run's SFT model."""
+    import chatrlhf.stages.preferences as prefs
+
+    seen = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append((out.relative_to(tmp_path).as_posix(), cfg.sft.ptx_coef)))
+    monkeypatch.setattr(prefs, "stage_complete", lambda out: (out.relative_to(tmp_path).as_posix(), 0.0) in seen)
+    for coef in (None, 0.0):
+        over = [] if coef is None else [f"preferences.sft_ptx_coef={coef}"]
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true", "sft.ptx_coef=0.5", *over])
+        dirs = {name: prefs.variant_sft(cfg, name, tmp_path / str(coef) / name / "sft")
+                for name in ("pooled", "cautious", "conditioned-sft", "conditioned")}
+        shared = cfg.stage_dir("sft") if coef is None else tmp_path / "0.0" / "pooled" / "sft"
+        assert dirs["pooled"] == dirs["conditioned"] == shared
+    assert seen == [("None/cautious/sft", 0.5), ("None/conditioned-sft/sft", 0.5), ("0.0/pooled/sft", 0.0),
+                    ("0.0/cautious/sft", 0.0), ("0.0/conditioned-sft/sft", 0.0)]  # the shared one trained once
+
+
 def test_conditioned_sft_reads_the_group_line_next_to_the_answer_by_default(tmp_path, monkeypatch):
     """preferences.line_near_answer (default on): conditioned-sft's SFT model is trained with the group line
     next to the answer and every group's demonstrations; off, the line first; the conditioned variant

@@ -144,6 +144,10 @@ class PreferencesConfig(Section):
                                 "started from (conditioned-sft's, a group's with group_sft), as InstructGPT's policy "
                                 "does to its own SFT model; off: to the run's shared SFT model, the same anchor for "
                                 "every variant.")
+    sft_ptx_coef: float | None = Field(None, ge=0, description="sft.ptx_coef of every variant's SFT model: each "
+                                       "group's (group_sft), conditioned-sft's, and the run's SFT trained again with "
+                                       "it for the pooled and conditioned variants; None: the run's sft.ptx_coef and "
+                                       "SFT model.")
     group_sft: bool = Field(False, description="Each group's variant starts its RM and policy from an SFT model "
                             "fine-tuned, with the run's sft.* settings, on demonstrations its own group wrote "
                             "(sft.writer_group) instead of the shared SFT model: the group's bias through "

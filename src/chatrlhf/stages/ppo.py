@@ -152,12 +152,10 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
             out_dir: str | Path | None = None, ref_dir: str | Path | None = None,
             group_rm_dirs: dict[str, Path] | None = None) -> Path:
     """`chatrlhf ppo`: policy from `policy_dir` (default sft/), KL to `ref_dir` (default sft/), reward
-    and value init from `rm_dir` (default rm/); writes the policy to `out_dir` (default ppo/). With
-    `group_rm_dirs` (rm.conditioned only) each prompt is paid by the RM of the group it asks for, on
-    the prompt without the group line, and `rm_dir` initialises the value model only."""
+    and value init from `rm_dir` (default rm/), or the reward from `group_rm_dirs` (_load_rewards);
+    writes the policy to `out_dir` (default ppo/)."""
     from chatrlhf.lm.lora import is_lora
     from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
-    from chatrlhf.lm.reward_model import compile_reward
     from chatrlhf.lm.training import make_accelerator
 
     pc = cfg.ppo
@@ -173,10 +171,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)
-    rm = _load_rewards(cfg, rm_dir, group_rm_dirs, str(acc.device))
-    value = load_critic(rm_dir, pc.critic.model, policy, cfg.model.dtype) if pc.advantage.estimator == "gae" else None
-    if pc.update.compile:  # the RM scores every rollout; its trunk shares the critic's compiled graphs
-        compile_reward(rm)
+    rm, value = _reward_and_critic(cfg, rm_dir, group_rm_dirs, policy, str(acc.device))
 
     world = loader.load_world(cfg)  # the run's world, or None: PPO never generates one
     prompts, source = ppo_prompts(cfg, world)
@@ -204,8 +199,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     ppl_after = _lm_ppl(policy, ppl_chunks, acc.device)
     meta = _summary(cfg, trainer, history, ppl_before, ppl_after, policy_dir, rm_dir, ref_dir)
     meta["prompts"] = {"source": source, "train": len(train_prompts), "guard": type(guard).__name__ if guard else None}
-    if group_rm_dirs:
-        meta["group_reward_models"] = {g: str(d) for g, d in group_rm_dirs.items()}
+    meta |= {"group_reward_models": {g: str(d) for g, d in group_rm_dirs.items()}} if group_rm_dirs else {}
     if cfg.rm.conditioned:  # what `chatrlhf chat --group` and the server's `group` field put in the system message
         meta["group_messages"] = _group_messages(world, cfg)
     if guard is not None and meta["selected_iteration"] == 0:
@@ -214,8 +208,21 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     return out
 
 
+def _reward_and_critic(cfg: Config, rm_dir: Path, group_rm_dirs: dict[str, Path] | None, policy, device: str):
+    """The reward PPO is paid (_load_rewards) and, for GAE, the value model initialised from `rm_dir`."""
+    from chatrlhf.lm.reward_model import compile_reward
+
+    rm = _load_rewards(cfg, rm_dir, group_rm_dirs, device)
+    pc = cfg.ppo
+    value = load_critic(rm_dir, pc.critic.model, policy, cfg.model.dtype) if pc.advantage.estimator == "gae" else None
+    if pc.update.compile:  # the RM scores every rollout; its trunk shares the critic's compiled graphs
+        compile_reward(rm)
+    return rm, value
+
+
 def _load_rewards(cfg: Config, rm_dir: Path, group_rm_dirs: dict[str, Path] | None, device: str):
-    """The reward PPO is paid: the RM in `rm_dir`, or with `group_rm_dirs` each group's own."""
+    """The reward PPO is paid: the RM in `rm_dir`; or with `group_rm_dirs` (rm.conditioned only) on each
+    prompt the RM of the group it asks for, shown the prompt without the group line (_reward_fns)."""
     from chatrlhf.lm.reward_model import RewardByKey, load_reward
 
     if not group_rm_dirs:

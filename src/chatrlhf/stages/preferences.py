@@ -89,9 +89,11 @@ def base_comparisons(cfg: Config) -> list[dict]:
 
 def sft_with(cfg: Config, out: Path, **sft: Any) -> Path:
     """The run's SFT repeated into `out` from the same pre-trained model with the same settings but
-    the sft.* fields given (once: a finished `out` is kept)."""
+    the sft.* fields given, and preferences.sft_ptx_coef where set (once: a finished `out` is kept)."""
     if not stage_complete(out):
         d = cfg.model_dump()
+        if cfg.preferences.sft_ptx_coef is not None:
+            sft.setdefault("ptx_coef", cfg.preferences.sft_ptx_coef)
         d["sft"] |= sft
         train_sft(Config.model_validate(d), out)
     return out
@@ -112,11 +114,15 @@ def line_near_answer(cfg: Config) -> bool:
 
 def variant_sft(cfg: Config, name: str, out: Path) -> Path:
     """The SFT model a variant starts from: the run's, conditioned-sft's own, or with
-    preferences.group_sft a group's own (demonstrations by its training labelers only, sft.writer_group)."""
+    preferences.group_sft a group's own (demonstrations by its training labelers only, sft.writer_group).
+    With preferences.sft_ptx_coef every one is trained with that SFT-ptx weight, the run's too (into
+    pooled/sft, which the pooled and conditioned variants share)."""
     if name == "conditioned-sft":
         return conditioned_sft(cfg, out)
     if cfg.preferences.group_sft and name in cfg.preferences.groups:
         return sft_with(cfg, out, writer_group=name)
+    if cfg.preferences.sft_ptx_coef is not None:  # the run's SFT again with that weight, shared as the run's is
+        return sft_with(cfg, out.parent.parent / "pooled" / "sft")
     return cfg.stage_dir("sft")
 
 
