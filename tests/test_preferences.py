@@ -333,6 +333,18 @@ def test_group_rewards_score_each_prompt_by_its_groups_rm_without_the_group_line
         reward_fn([for_group({"messages": user}, "thorough")], ["a"])
 
 
+
+def test_group_rewards_need_a_conditioned_run_and_every_groups_rm(tmp_path):
+    from chatrlhf.stages.ppo import _load_rewards
+
+    plain = load_config(None, [f"run.out_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="rm.conditioned"):
+        _load_rewards(plain, tmp_path / "rm", {"brief": tmp_path / "brief" / "rm"}, "cpu")
+    conditioned = load_config(None, [f"run.out_dir={tmp_path}", "rm.conditioned=true"])
+    with pytest.raises(FileNotFoundError, match=r"a group's reward model at .*brief.*does not exist"):
+        _load_rewards(conditioned, tmp_path / "rm", {"brief": tmp_path / "brief" / "rm"}, "cpu")
+
+
 def test_a_weighted_mix_draws_labelers_in_proportion(world):
     cfg = Config.model_validate({"rm": {"labeler_groups": {"brief": 3.0, "cautious": 1.0}, "labelers_per_prompt": 1}})
     comps = _comparisons(world)
