@@ -58,11 +58,11 @@ def hedge_probability(h, prompts: list[dict], answers: list[str]) -> float:
     probs = []
     for p, a in zip(prompts, answers):
         plain, hedged = plain_and_hedged(a)
-        head = prompt_text(h, p["messages"]) + " " + plain[:-1]  # the prompt as generate() continues it
-        n0 = len(h.tokenizer(head, add_special_tokens=False).input_ids)
+        head = prompt_text(h, p["messages"]) + " "  # the prompt as generate() continues it
+        n0 = len(h.tokenizer(head + plain[:-1], add_special_tokens=False).input_ids)
         logps = []
         for text in (hedged, plain):
-            ids = h.tokenizer(prompt_text(h, p["messages"]) + " " + text, add_special_tokens=False, return_tensors="pt").input_ids
+            ids = h.tokenizer(head + text, add_special_tokens=False, return_tensors="pt").input_ids
             lp = h.model(ids).logits[0].log_softmax(-1)
             logps.append(sum(lp[i - 1, ids[0, i]].item() for i in range(n0, ids.shape[1])))
         probs.append(1 / (1 + torch.exp(torch.tensor(logps[1] - logps[0])).item()))

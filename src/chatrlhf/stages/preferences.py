@@ -141,16 +141,16 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
         train_reward_model(vcfg, comps, sft, rm_dir, world=world)
     if not stage_complete(ppo_dir):
         ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
-        run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=ref, group_rm_dirs=group_rewards(cfg, name, out))
+        run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=ref, group_rm_dirs=group_rewards(vcfg, out))
     return ppo_dir
 
 
-def group_rewards(cfg: Config, name: str, out: Path) -> dict[str, Path] | None:
-    """With preferences.conditioned_reward=groups, a conditioned variant's PPO is paid by each group's
-    own RM (trained before it, beside `out`); None: by the variant's own RM."""
-    if cfg.preferences.conditioned_reward != "groups" or not variants(cfg.preferences.groups, True)[name]["conditioned"]:
+def group_rewards(vcfg: Config, out: Path) -> dict[str, Path] | None:
+    """With preferences.conditioned_reward=groups, a conditioned variant's PPO (`vcfg`, variant_config's)
+    is paid by each group's own RM (trained before it, beside `out`); None: by the variant's own RM."""
+    if vcfg.preferences.conditioned_reward != "groups" or not vcfg.rm.conditioned:
         return None
-    return {g: out.parent / g / "rm" for g in cfg.preferences.groups}
+    return {g: out.parent / g / "rm" for g in vcfg.preferences.groups}
 
 
 def own_samples(world, vcfg: Config, sft: Path, comps: list[dict]) -> None:
