@@ -227,6 +227,22 @@ def test_conditioned_sft_reads_the_group_line_next_to_the_answer_by_default(tmp_
     assert seen == [(True, True, True), (True, False, True)]
 
 
+def test_conditioned_sft_start_sft_fine_tunes_the_runs_sft_model(tmp_path, monkeypatch):
+    """preferences.conditioned_sft_start=sft: conditioned-sft's SFT model starts from the run's SFT model
+    (sft.start_from); by default from the pre-trained model, and no other variant's SFT changes."""
+    import chatrlhf.stages.preferences as prefs
+
+    seen = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append((out.name, cfg.sft.start_from)))
+    for start in ("sft", "pretrain"):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true",
+                                 f"preferences.conditioned_sft_start={start}"])
+        for name in ("conditioned-sft", "cautious"):
+            prefs.variant_sft(cfg, name, tmp_path / f"{name}-{start}")
+    assert seen == [("conditioned-sft-sft", str(cfg.stage_dir("sft"))), ("cautious-sft", None),
+                    ("conditioned-sft-pretrain", None), ("cautious-pretrain", None)]
+
+
 def test_conditioned_ppo_iterations_set_the_conditioned_variants_budget_only(tmp_path):
     from chatrlhf.stages.preferences import variant_config, variants
 
@@ -255,6 +271,39 @@ def test_own_samples_ranks_answers_of_the_variants_own_sft_model(world, tiny_mod
     assert all(len(c["responses"]) == cfg.rm.k and c["responses"] != base[0]["responses"] for c in own)
     assert all(c["messages"][0] == group_message(c["group"]) and c["rankings"] for c in own)
     assert [c["responses"] for c in pooled] == [c["responses"] for c in base] and base[0]["rankings"] == []
+
+
+def test_mixed_samples_draw_each_comparisons_answers_from_every_sft_model_in_turn(world, tmp_path, monkeypatch):
+    """preferences.mixed_samples: answer j of comparison i comes from source (i + j) mod S (the run's SFT
+    model, then each group's), so every source answers every prompt when K = S and none keeps a place; K
+    above S draws a source twice, two different answers; the answers are sampled once and read back."""
+    import chatrlhf.lm.engine as engine_mod
+    import chatrlhf.stages.preferences as prefs
+    import chatrlhf.stages.sampling as sampling
+
+    calls = []
+    monkeypatch.setattr(prefs, "variant_sft", lambda cfg, name, out: Path(name))
+    monkeypatch.setattr(engine_mod, "load_engine", lambda sft, *a, **k: str(sft))
+    monkeypatch.setattr(sampling, "sample_responses", lambda engine, msgs, n, cfg: calls.append((engine, len(msgs), n))
+                        or [[f"{engine}:{m[-1]['content']}:{j}" for j in range(n)] for m in msgs])
+    base = _comparisons(world, 6)
+    for k in (4, 6):
+        cfg = load_config(None, [f"run.out_dir={tmp_path / str(k)}", "preferences.group_sft=true", f"rm.k={k}"])
+        comps = prefs.mixed_samples(cfg, tmp_path / str(k), base)
+        names = ["sft", "brief", "thorough", "cautious"]
+        for i, c in enumerate(comps):
+            assert c["sources"] == [names[(i + j) % 4] for j in range(k)] and c["messages"] == base[i]["messages"]
+            assert len(set(c["responses"])) == k and all(r.split(":")[1] == c["messages"][-1]["content"]
+                                                         for r in c["responses"])
+            assert [Path(r.split(":")[0]).name for r in c["responses"]] == c["sources"]
+        assert {c["sources"][0] for c in comps} == set(names)  # no source keeps the first place
+    assert [n for _, _, n in calls] == [1] * 4 + [2] * 4 and all(m == 6 for _, m, _ in calls)
+    again = prefs.mixed_samples(cfg, tmp_path / "6", base)
+    assert again == comps and len(calls) == 8  # read back from mixed_comparisons.jsonl, nothing sampled again
+    for over in (["preferences.mixed_samples=true"], ["preferences.mixed_samples=true", "preferences.group_sft=true",
+                                                       "preferences.own_samples=true"]):
+        with pytest.raises(ValueError, match="mixed_samples .* needs preferences.group_sft=true"):
+            prefs.run_preferences(load_config(None, [f"run.out_dir={tmp_path}", *over]))
 
 
 def test_each_row_knows_the_group_it_serves():
@@ -505,6 +554,16 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
     assert all(0 <= v["hedged"] <= 1 and 0 < v["p_hedge"] < 1 for v in res["policies"].values())
     assert all(0 <= v["hedge_higher"] <= 1 for v in res["rms"].values())
     assert res["rm_samples_hedged"] is None or 0 <= res["rm_samples_hedged"] <= 1
+    # preferences.mixed_samples on the same run: real samples of the run's SFT model and each group's
+    from chatrlhf.stages.preferences import base_comparisons, mixed_samples
+
+    mixed_cfg = cfg.model_copy(update={"preferences": cfg.preferences.model_copy(update={"mixed_samples": True})})
+    base = base_comparisons(mixed_cfg)
+    mixed = mixed_samples(mixed_cfg, out, base)  # the group SFT models trained above
+    assert len(mixed) == len(base) == 16 and (out / "mixed_comparisons.jsonl").is_file()
+    assert all(len(c["responses"]) == cfg.rm.k and c["messages"] == b["messages"] for c, b in zip(mixed, base))
+    assert {s for c in mixed for s in c["sources"]} == {"sft", *groups}
+    assert [c["responses"] for c in mixed] != [b["responses"] for b in base]
 
 
 def test_conditioned_sft_trains_with_its_own_epochs_when_set(tmp_path, monkeypatch):

@@ -214,9 +214,22 @@ def test_changed_config_is_not_resumed(tmp_path, tiny_model_dir):
         sft.train_sft(_cfg(tmp_path, tiny_model_dir, max_steps=4, learning_rate=1e-4))
 
 
+def test_start_from_fine_tunes_a_given_model_further(tmp_path, tiny_model_dir):
+    """sft.start_from: SFT starts from that model (an SFT model, say), not model.name_or_path; its
+    starting val loss is the first SFT's final one, and a missing directory is named."""
+    first = sft.train_sft(_cfg(tmp_path, tiny_model_dir), tmp_path / "first")
+    again = _cfg(tmp_path, tiny_model_dir, start_from=str(first))
+    assert sft.base_model_path(again) == first
+    second = sft.train_sft(again, tmp_path / "second")
+    m1, m2 = read_meta(first), read_meta(second)
+    assert m2["val_loss_before"] == pytest.approx(m1["val_loss"], rel=1e-4) and m2["val_loss"] < m1["val_loss"]
+    with pytest.raises(FileNotFoundError, match="no model at .*nowhere: SFT needs sft.start_from"):
+        sft.train_sft(_cfg(tmp_path, tiny_model_dir, start_from=str(tmp_path / "nowhere")), tmp_path / "third")
+
+
 def test_missing_base_model_is_a_clear_error(tmp_path):
     cfg = Config.model_validate({"run": {"out_dir": str(tmp_path / "run")}})
-    with pytest.raises(FileNotFoundError, match="no pre-trained model at .*run/pretrain; run `chatrlhf pretrain`"):
+    with pytest.raises(FileNotFoundError, match="no model at .*run/pretrain: SFT needs a pre-trained model; run `chatrlhf pretrain`"):
         sft.train_sft(cfg)
 
 

@@ -176,6 +176,9 @@ class SFTConfig(Section):
                           "content and forget pre-trained knowledge (2 was best then); with it (sft.ptx_coef) 5 keep what "
                           "pre-training knows (see docs/RESULTS.md).")
     max_steps: int = Field(0, description="Stop after this many steps (0 = epochs decide).")
+    start_from: str | None = Field(None, description="A model directory to fine-tune instead of the pre-trained "
+                                   "model (the pretrain stage, else model.name_or_path): an SFT model, say, fine-tuned "
+                                   "further on other demonstrations. Its tokenizer and chat template come with it.")
     learning_rate: float = Field(1e-3, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(20, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")

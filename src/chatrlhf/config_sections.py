@@ -123,6 +123,11 @@ class PreferencesConfig(Section):
                                   "two rows show what reading the group line from SFT on adds.")
     conditioned_sft_epochs: float | None = Field(None, gt=0, description="sft.epochs for the conditioned-sft "
                                                  "variant's SFT model (None: the run's sft.epochs).")
+    conditioned_sft_start: Literal["pretrain", "sft"] = Field("pretrain", description="What the conditioned-sft "
+                                                              "variant's SFT model is fine-tuned from: the pre-trained "
+                                                              "model, as the run's SFT is, or the run's SFT model itself "
+                                                              "(sft.start_from), which already answers in the chat format "
+                                                              "and states the world's facts.")
     group_demonstrations: bool = Field(True, description="The conditioned-sft variant's demonstrations: a writer of "
                                        "every group answers every SFT prompt, each under its group's line "
                                        "(sft.group_demonstrations); off: one writer per prompt, as the shared SFT model reads.")
@@ -135,6 +140,11 @@ class PreferencesConfig(Section):
                               "conditioned one under the group line each prompt is drawn for), as InstructGPT's labelers "
                               "rank the outputs of the model being aligned; off: every variant re-ranks the RM stage's "
                               "samples of the run's SFT model.")
+    mixed_samples: bool = Field(False, description="Every variant re-ranks the same answers, drawn in turn from each "
+                                "SFT model the stage has: the run's and each group's own (needs group_sft), so every RM "
+                                "sees the answers each group's writers taught, a hedge or a safety note included, as "
+                                "InstructGPT's labelers ranked outputs of several models; off: the RM stage's samples "
+                                "of the run's SFT model.")
     conditioned_reward: Literal["conditioned", "groups"] = Field(
         "conditioned", description="What the conditioned variants' PPO is paid: their own group-conditioned RM "
         "(conditioned), or on each prompt the RM of the group it asks for, trained on that group's rankings alone "

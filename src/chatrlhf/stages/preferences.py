@@ -2,7 +2,8 @@
 
 From the same SFT model and the same sampled answers (the RM stage's comparisons, re-ranked), train
 one reward model and policy per labeler group, one on everyone's rankings pooled, and one
-group-conditioned model on all groups (the group named in a system message). With
+group-conditioned model on all groups (the group named in a system message); with
+preferences.mixed_samples the shared answers are drawn from every group's SFT model instead. With
 preferences.conditioned_sft a second conditioned model, conditioned-sft, starts its RM and policy
 from an SFT model whose demonstrations named their writer's group the same way, so it has read the
 group line before the RM stage asks it to. Each group's held-out members, never trained on, then
@@ -101,10 +102,12 @@ def sft_with(cfg: Config, out: Path, **sft: Any) -> Path:
 
 def conditioned_sft(cfg: Config, out: Path) -> Path:
     """The run's SFT with each demonstration naming its writer's group in a system message
-    (sft.group_system_message)."""
+    (sft.group_system_message); with preferences.conditioned_sft_start=sft, fine-tuned from the run's
+    SFT model instead of the pre-trained one."""
     epochs = cfg.preferences.conditioned_sft_epochs
+    start = {"start_from": str(cfg.stage_dir("sft"))} if cfg.preferences.conditioned_sft_start == "sft" else {}
     return sft_with(cfg, out, group_system_message=True, group_demonstrations=cfg.preferences.group_demonstrations,
-                    group_line_near_answer=line_near_answer(cfg), **({} if epochs is None else {"epochs": epochs}))
+                    group_line_near_answer=line_near_answer(cfg), **start, **({} if epochs is None else {"epochs": epochs}))
 
 
 def line_near_answer(cfg: Config) -> bool:
@@ -168,6 +171,35 @@ def own_samples(world, vcfg: Config, sft: Path, comps: list[dict]) -> None:
     engine = load_engine(sft, vcfg.model.dtype, vcfg.run.device, vcfg.rm.sample_batch)
     for c, responses in zip(comps, sample_responses(engine, [c["messages"] for c in comps], vcfg.rm.k, vcfg)):
         c["responses"], c["policy"] = responses, str(sft)
+
+
+def mixed_samples(cfg: Config, out: Path, base: list[dict]) -> list[dict]:
+    """preferences.mixed_samples: each comparison's K answers drawn in turn from the run's SFT model and
+    each group's own (answer j of comparison i from source (i + j) mod S, so no source keeps a place),
+    the same answers for every variant to rank; sampled once into preferences/mixed_comparisons.jsonl."""
+    from chatrlhf.lm.engine import load_engine
+    from chatrlhf.stages.sampling import sample_responses
+
+    path = out / "mixed_comparisons.jsonl"
+    if path.is_file():
+        return [json.loads(line) for line in path.open(encoding="utf-8")]
+    names = ["sft", *cfg.preferences.groups]
+    dirs = [cfg.stage_dir("sft")] + [variant_sft(cfg, g, out / g / "sft") for g in cfg.preferences.groups]
+    slots = [[(i + j) % len(names) for j in range(cfg.rm.k)] for i in range(len(base))]
+    drawn: dict[int, dict[int, list[str]]] = {}
+    for s, sft in enumerate(dirs):
+        rows = [i for i, sl in enumerate(slots) if s in sl]
+        if rows:
+            engine = load_engine(sft, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
+            n = max(sl.count(s) for sl in slots)
+            drawn[s] = dict(zip(rows, sample_responses(engine, [base[i]["messages"] for i in rows], n, cfg)))
+    comps = []
+    for i, c in enumerate(base):
+        taken = {s: iter(drawn[s][i]) for s in set(slots[i])}
+        comps.append(c | {"responses": [next(taken[s]) for s in slots[i]], "policy": "mixed",
+                          "sources": [names[s] for s in slots[i]]})
+    write_comparisons(comps, path)
+    return comps
 
 
 def answers(cfg: Config, path: Path, prompts: list[dict]) -> list[str]:
@@ -244,6 +276,7 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
             "(the world's rubric), the share of borderline requests it answers, and answers with the safety note, and "
             "the share of fact and summary answers it hedges (\"..., I think.\"; the note and the hedge are what "
             "only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
+            + (MIXED_NOTE if result.get("mixed_samples") else "")
             + "\n\n" + "\n".join(lines) + "\n\n" + own_group_by_task_md(result, groups))
 
 
@@ -268,6 +301,8 @@ GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own gro
                   "(preferences.group_sft): its row shows the bias of the labelers who write and rank; the pooled "
                   "and conditioned policies started from the run's SFT model. The rows \"<group> before RM and PPO\" "
                   "are those SFT models themselves.")
+MIXED_NOTE = (" Every RM was trained on the same answers, drawn in turn from the run's SFT model and each group's "
+              "(preferences.mixed_samples).")
 
 
 def _rate(sub: dict | None, key: str = "over_refusal_rate") -> str:
@@ -281,10 +316,13 @@ def _borderline(sub: dict | None) -> str:
 
 def run_preferences(cfg: Config) -> Path:
     """Train every variant (reusing finished ones), judge them, write preferences/table.{json,md}."""
+    pc = cfg.preferences
+    if pc.mixed_samples and (pc.own_samples or not pc.group_sft):
+        raise ValueError("preferences.mixed_samples draws the shared answers from each group's own SFT model: it needs "
+                         "preferences.group_sft=true and preferences.own_samples=false")
     world = require_world(cfg, "`chatrlhf preferences`")
     if not stage_complete(cfg.stage_dir("sft")):
         raise FileNotFoundError(f"preferences starts every variant from SFT at {cfg.stage_dir('sft')}; run `chatrlhf sft` first")
-    pc = cfg.preferences
     if pc.conditioned_sft and line_near_answer(cfg) and not pc.own_reference:
         raise ValueError("preferences.line_near_answer puts the group line next to the answer, which the run's shared SFT "
                          "model reads as the user's words: as conditioned-sft's KL reference it drags the policy off "
@@ -292,13 +330,15 @@ def run_preferences(cfg: Config) -> Path:
                          "preferences.line_near_answer=false")
     out = cfg.stage_dir("preferences")
     base = base_comparisons(cfg)
+    if pc.mixed_samples:
+        base = mixed_samples(cfg, out, base)
     names = variants(pc.groups, pc.conditioned_sft)
     policies = {name: train_variant(cfg, world, base, name, out / name) for name in names}
     if "conditioned-sft" in policies:
         policies[SFT_ONLY] = out / "conditioned-sft" / "sft"
     if pc.group_sft:  # each group's own SFT model too: what its RM and PPO add
         policies |= {g + BEFORE: out / g / "sft" for g in pc.groups}
-    result = judge(cfg, world, policies) | {"group_sft": pc.group_sft}
+    result = judge(cfg, world, policies) | {"group_sft": pc.group_sft, "mixed_samples": pc.mixed_samples}
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, pc.groups))
     _print(result, pc.groups)

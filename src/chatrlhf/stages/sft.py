@@ -63,7 +63,10 @@ console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 def base_model_path(cfg: Config) -> Path | str:
-    """The finished pre-training stage of this run, else `model.name_or_path` as it is."""
+    """sft.start_from where set, else the finished pre-training stage of this run, else
+    `model.name_or_path` as it is."""
+    if cfg.sft.start_from:
+        return Path(cfg.sft.start_from)
     pretrain = cfg.stage_dir("pretrain")
     if stage_complete(pretrain) or not cfg.model.name_or_path:
         return pretrain
@@ -228,7 +231,8 @@ def train_sft(cfg: Config, out: Path | None = None) -> Path:
     accelerator = make_accelerator(cfg.run.seed, "no", cfg.run.device)
     src = base_model_path(cfg)
     if isinstance(src, Path) and not src.is_dir():
-        raise FileNotFoundError(f"no pre-trained model at {src}; run `chatrlhf pretrain` first or set model.name_or_path")
+        what = "sft.start_from" if cfg.sft.start_from else "a pre-trained model; run `chatrlhf pretrain` first or set model.name_or_path"
+        raise FileNotFoundError(f"no model at {src}: SFT needs {what}")
     tokenizer = _chat_tokenizer(cfg, src)
     model = load_causal_lm(src, cfg.model.dtype)
 
@@ -300,7 +304,8 @@ def _base_tokenizer(cfg: Config, src: Path | str):
     """model.tokenizer when set, else the base model's own."""
     if cfg.model.tokenizer:
         return load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
-    return load_tokenizer(src, "model.name_or_path" if src == cfg.model.name_or_path else "the pretrain stage")
+    what = "sft.start_from" if cfg.sft.start_from else "model.name_or_path" if src == cfg.model.name_or_path else "the pretrain stage"
+    return load_tokenizer(src, what)
 
 
 def _ptx_chunks(cfg: Config, tokenizer) -> torch.Tensor | None:
