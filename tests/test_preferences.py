@@ -554,6 +554,18 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
     assert all(0 <= v["hedged"] <= 1 and 0 < v["p_hedge"] < 1 for v in res["policies"].values())
     assert all(0 <= v["hedge_higher"] <= 1 for v in res["rms"].values())
     assert res["rm_samples_hedged"] is None or 0 <= res["rm_samples_hedged"] <= 1
+    # bench/judge_noise.py: the same answers judged again; draw 0 at the table's judgements is the table's cell
+    noise = tmp_path / "noise.json"
+    monkeypatch.setattr("sys.argv", ["judge_noise.py", "--run", str(tmp_path), "--config",
+                                     str(Path(__file__).parents[1] / "configs" / "tiny.yaml"), "--rows", "cautious",
+                                     "conditioned-sft:brief", "--judgements", "1", "3", "--draws", "3", "--prompts", "8",
+                                     "--json", str(noise)])
+    bench_module("judge_noise").main()
+    rows = json.loads(noise.read_text())["rows"]
+    assert rows["cautious"]["1"]["draws"][0] == pytest.approx(table["rows"]["cautious"]["cautious"]["win_rate"])
+    assert rows["conditioned-sft:brief"]["1"]["draws"][0] == pytest.approx(
+        table["rows"]["conditioned-sft:brief"]["brief"]["win_rate"])
+    assert all(len(v["draws"]) == 3 and v["sd"] >= 0 for r in rows.values() for v in r.values())
     # preferences.mixed_samples on the same run: real samples of the run's SFT model and each group's
     from chatrlhf.stages.preferences import base_comparisons, mixed_samples
 
