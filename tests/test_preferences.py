@@ -300,6 +300,8 @@ def test_mixed_samples_draw_each_comparisons_answers_from_every_sft_model_in_tur
     assert [n for _, _, n in calls] == [1] * 4 + [2] * 4 and all(m == 6 for _, m, _ in calls)
     again = prefs.mixed_samples(cfg, tmp_path / "6", base)
     assert again == comps and len(calls) == 8  # read back from mixed_comparisons.jsonl, nothing sampled again
+    with pytest.raises(ValueError, match="mixed_comparisons.jsonl holds answers for other prompts or another rm.k"):
+        prefs.mixed_samples(load_config(None, [f"run.out_dir={tmp_path}", "rm.k=5"]), tmp_path / "6", base)
     for over in (["preferences.mixed_samples=true"], ["preferences.mixed_samples=true", "preferences.group_sft=true",
                                                        "preferences.own_samples=true"]):
         with pytest.raises(ValueError, match="mixed_samples .* needs preferences.group_sft=true"):

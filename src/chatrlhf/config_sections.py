@@ -116,8 +116,8 @@ class PreferencesConfig(Section):
                         "variant's last iteration.")
     eval_prompts: int = Field(200, ge=1, description="Held-out eval prompts each policy answers (greedy).")
     judgements: int = Field(20, ge=1, description="Judgements per answer pair, spread over the judging group's held-out "
-                            "members, as the headline's 20 (each judgement draws the member's noise anew; with 4 the "
-                            "same answers' cell moved by a standard deviation of 0.01-0.015 between judge draws).")
+                            "members, as many as the headline's. Each draws the member's noise anew, so more leave less "
+                            "judge noise in a cell (bench/judge_noise.py measures it).")
     conditioned_sft: bool = Field(True, description="Also train a conditioned-sft variant: the conditioned RM and policy "
                                   "started from an SFT model fine-tuned from the same pre-trained model, with the same "
                                   "sft.* settings, on demonstrations that name their writer's group in a system message "

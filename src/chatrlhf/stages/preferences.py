@@ -182,7 +182,11 @@ def mixed_samples(cfg: Config, out: Path, base: list[dict]) -> list[dict]:
 
     path = out / "mixed_comparisons.jsonl"
     if path.is_file():
-        return [json.loads(line) for line in path.open(encoding="utf-8")]
+        kept = [json.loads(line) for line in path.open(encoding="utf-8")]
+        same = [c["prompt_id"] for c in kept] == [c["prompt_id"] for c in base]
+        if not same or any(len(c["responses"]) != cfg.rm.k for c in kept):
+            raise ValueError(f"{path} holds answers for other prompts or another rm.k; move it away to sample them again")
+        return kept
     names = ["sft", *cfg.preferences.groups]
     dirs = [cfg.stage_dir("sft")] + [variant_sft(cfg, g, out / g / "sft") for g in cfg.preferences.groups]
     slots = [[(i + j) % len(names) for j in range(cfg.rm.k)] for i in range(len(base))]
