@@ -177,12 +177,13 @@ def mixed_samples(cfg: Config, out: Path, base: list[dict]) -> list[dict]:
     """preferences.mixed_samples: each comparison's K answers drawn in turn from the run's SFT model and
     each group's own (answer j of comparison i from source (i + j) mod S, so no source keeps a place),
     the same answers for every variant to rank; sampled once into preferences/mixed_comparisons.jsonl."""
+    from chatrlhf.lm.data import read_jsonl
     from chatrlhf.lm.engine import load_engine
     from chatrlhf.stages.sampling import sample_responses
 
     path = out / "mixed_comparisons.jsonl"
     if path.is_file():
-        kept = [json.loads(line) for line in path.open(encoding="utf-8")]
+        kept = read_jsonl(path)
         same = [c["prompt_id"] for c in kept] == [c["prompt_id"] for c in base]
         if not same or any(len(c["responses"]) != cfg.rm.k for c in kept):
             raise ValueError(f"{path} holds answers for other prompts or another rm.k; move it away to sample them again")
