@@ -1,11 +1,12 @@
 """How much of a whose-preferences cell is the judges' own noise? The same answers, judged again.
 
 For each row of a finished `chatrlhf preferences` run, the policy's greedy answers to the first
---prompts eval prompts are judged against the pooled policy's by the row's group's held-out members,
-as `chatrlhf preferences` judges them, --draws times (judge seeds 0, 1, ...) at each number of
-judgements per answer pair. The answers do not change between draws, so the spread of a cell over the
-draws is what the judges' noise alone adds to it; draw k at J judgements is the cell the table gives
-with run.seed=k and preferences.judgements=J.
+--prompts eval prompts (by default the config's preferences.eval_prompts, as the table's) are judged
+against the pooled policy's by the row's group's held-out members, as `chatrlhf preferences` judges
+them, --draws times (judge seeds 0, 1, ...) at each number of judgements per answer pair. The answers
+do not change between draws, so the spread of a cell over the draws is what the judges' noise alone
+adds to it; draw k at J judgements is the cell the table gives with run.seed=k and
+preferences.judgements=J.
 
     python bench/judge_noise.py --run runs/X --rows cautious conditioned-sft:cautious brief \
         --judgements 4 20 100 --draws 6 [--config configs/default.yaml] [--json out.json]
@@ -52,13 +53,13 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=["cautious", "conditioned-sft:cautious"])
     ap.add_argument("--judgements", nargs="+", type=int, default=[4, 20, 100])
     ap.add_argument("--draws", type=int, default=6)
-    ap.add_argument("--prompts", type=int, default=200, help="eval prompts, as preferences.eval_prompts")
+    ap.add_argument("--prompts", type=int, help="eval prompts (default: the config's preferences.eval_prompts)")
     ap.add_argument("--json")
     a = ap.parse_args()
     run = Path(a.run)
     cfg = load_config(a.config, [f"run.out_dir={run}"])
     world = World.load(run / "world")
-    prompts = world.prompts("eval")[: a.prompts]
+    prompts = world.prompts("eval")[: a.prompts or cfg.preferences.eval_prompts]
     prefs = run / "preferences"
     pooled = answers(cfg, prefs / "pooled" / "ppo", prompts)
     result: dict = {"run": str(run), "prompts": len(prompts), "draws": a.draws, "rows": {}}
