@@ -337,6 +337,28 @@ def test_fused_prefill_and_step_logits_match_the_transformers_forward(default_si
         hf.keep_hidden = False
 
 
+def test_model_rope_theta_reaches_the_model_and_the_fused_path(tiny_model_dir):
+    """`model.rope_theta` sets the embedded model's RoPE base, and the fused path follows it: its
+    sampled tokens and log-probs are the transformers path's, and differ from the default base's."""
+    from chatrlhf.config import ModelConfig
+    from chatrlhf.lm.modeling import build_tiny_llama
+
+    tok = load_tokenizer(tiny_model_dir)
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=0)
+    runs = {}
+    for theta in (10000.0, 1e6):
+        torch.manual_seed(3)
+        model = build_tiny_llama(ModelConfig(rope_theta=theta), tok).eval()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(8.0)
+        assert model.config.rope_parameters["rope_theta"] == theta
+        fast, hf = Engine(model, tok, fast=True), Engine(model, tok, fast=False)
+        prompts = _texts_ids(hf, ["Zorbel Quint is a baker who lives in", "List: apple, pear, plum."])
+        runs[theta] = fast.generate(prompts, params)
+        _same(runs[theta], hf.generate(prompts, params))
+    assert [g.logprobs for g in runs[10000.0]] != [g.logprobs for g in runs[1e6]]
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention
 def test_prompts_joining_inside_a_step_get_what_a_prefill_gives(tiny_model_dir, kv_heads):
     """FusedLlama.step(joining=...): the decode rows' logits are the plain step's, each newcomer's

@@ -128,6 +128,7 @@ class ModelConfig(Section):
     num_heads: int = Field(4, description="Embedded model attention heads.")
     num_kv_heads: int = Field(4, description="Embedded model key/value heads (GQA when fewer than num_heads).")
     max_position_embeddings: int = Field(512, description="Embedded model context length.")
+    rope_theta: float = Field(10000.0, gt=0, description="Embedded model RoPE base (the rotary frequencies' period).")
     tie_word_embeddings: bool = Field(True, description="Share input and output embeddings.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
 

@@ -32,7 +32,7 @@ def build_tiny_llama(cfg: ModelConfig, tokenizer) -> LlamaForCausalLM:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        rope_theta=10000.0,
+        rope_theta=cfg.rope_theta,
         attention_dropout=0.0,
     )
     return LlamaForCausalLM(config)
