@@ -568,6 +568,18 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
     assert rows["conditioned-sft:brief"]["1"]["draws"][0] == pytest.approx(
         table["rows"]["conditioned-sft:brief"]["brief"]["win_rate"])
     assert all(len(v["draws"]) == 3 and v["sd"] >= 0 for r in rows.values() for v in r.values())
+    # bench/guidance.py: at w = 0 its greedy answers and cells are the table's; guidance changes the answers
+    guide = tmp_path / "guidance.json"
+    monkeypatch.setattr("sys.argv", ["guidance.py", "--run", str(tmp_path), "--config",
+                                     str(Path(__file__).parents[1] / "configs" / "tiny.yaml"), "--set",
+                                     "preferences.eval_prompts=8", "preferences.judgements=1", "--scales", "0", "3",
+                                     "--json", str(guide)])
+    bench_module("guidance").main()
+    scales = json.loads(guide.read_text())["scales"]
+    for g in groups:
+        assert scales["0"][g]["win_rate"] == pytest.approx(table["rows"][f"conditioned-sft:{g}"][g]["win_rate"])
+        assert scales["0"][g]["substance"] == table["substance"][f"conditioned-sft:{g}"]
+    assert [scales["3"][g]["examples"] for g in groups] != [scales["0"][g]["examples"] for g in groups]
     # preferences.mixed_samples on the same run: real samples of the run's SFT model and each group's
     from chatrlhf.stages.preferences import base_comparisons, mixed_samples
 
