@@ -251,6 +251,25 @@ def test_conditioned_ppo_iterations_set_the_conditioned_variants_budget_only(tmp
     assert iters == {"pooled": 40, "brief": 40, "thorough": 40, "cautious": 40, "conditioned": 120, "conditioned-sft": 120}
 
 
+def test_best_of_n_gives_every_variant_the_same_best_of_n_start(world, tmp_path):
+    """preferences.best_of_n: every variant's PPO starts from a best-of-n fine-tune (none by default),
+    and a conditioned variant's extra best-of-n prompts ask for a group as its PPO prompts do."""
+    from chatrlhf.stages.ppo import _rejection_sampling_prompts
+    from chatrlhf.stages.preferences import variant_config, variants
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    assert {variant_config(cfg, rm).ppo.rejection_sampling.n for rm in variants(cfg.preferences.groups, True).values()} == {0}
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.best_of_n=8", "ppo.rejection_sampling.prompts=30"])
+    configs = {name: variant_config(cfg, rm) for name, rm in variants(cfg.preferences.groups, True).items()}
+    assert {c.ppo.rejection_sampling.n for c in configs.values()} == {8}
+    train = world.prompts("ppo")[:10]
+    plain = _rejection_sampling_prompts(configs["cautious"], train, world)
+    assert len(plain) == 30 and plain[:10] == train and not any("group" in p for p in plain)
+    asked = _rejection_sampling_prompts(configs["conditioned-sft"], train, world)
+    assert len(asked) == 30 and all(p["group"] in cfg.preferences.groups and p["messages"][0]["role"] == "system"
+                                    for p in asked[10:])
+
+
 def test_own_samples_ranks_answers_of_the_variants_own_sft_model(world, tiny_model_dir, tmp_path, monkeypatch):
     """preferences.own_samples: a variant with its own SFT model ranks K answers that model samples (a
     conditioned one's asked under the group line its labelers rank for); one on the run's SFT model

@@ -110,6 +110,9 @@ class PreferencesConfig(Section):
                                 "comparison is between what each group's reward model teaches).")
     conditioned_ppo_iterations: int | None = Field(None, ge=1, description="PPO iterations of the conditioned "
                                                    "variants (None: ppo_iterations), whose prompts ask for every group.")
+    best_of_n: int = Field(0, ge=0, description="Each variant's PPO starts from a best-of-n fine-tune of its own SFT model "
+                           "under its own RM (ppo.rejection_sampling's settings with n = this; 0: none, PPO straight "
+                           "from the SFT model). Every variant gets the same.")
     guard: bool = Field(False, description="Each variant's PPO keeps the iteration its own training labelers "
                         "like best against its SFT model's answers on the guard prompts (ppo.guard, judged by the "
                         "variant's groups; the conditioned variants by the group each prompt asks for); off: every "

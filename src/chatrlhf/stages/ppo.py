@@ -105,9 +105,10 @@ def _comparison_guard(cfg: Config, rm_dir: Path, tok):
 
 def _rejection_sampling_prompts(cfg: Config, train_prompts: list[dict], world) -> list[dict]:
     """rejection_sampling.prompts prompts: PPO's training prompts, topped up with the world's RM
-    prompts when PPO runs on the world (more distinct prompts distil better)."""
+    prompts when PPO runs on the world (more distinct prompts distil better), each asking for a group
+    as PPO's own do where the RM is conditioned."""
     n = cfg.ppo.rejection_sampling.prompts
-    extra = world.prompts("rm") if world is not None and not cfg.ppo.data else []
+    extra = _conditioned(cfg, world, world.prompts("rm")) if world is not None and not cfg.ppo.data else []
     return (train_prompts + extra[: max(0, n - len(train_prompts))])[:n]
 
 

@@ -66,16 +66,17 @@ def variants(groups: list[str], conditioned_sft: bool = False) -> dict[str, dict
 
 
 def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
-    """The run's config with one variant's rankings, and the same PPO budget for every variant: no
-    best-of-n start, and with preferences.guard the guard of the main run judged by the variant's
-    own training labelers (stages.ppo._guard_labelers), else none: the last iteration."""
+    """The run's config with one variant's rankings, and the same PPO budget for every variant: a
+    best-of-n start only with preferences.best_of_n (the same n for every variant), and with
+    preferences.guard the guard of the main run judged by the variant's own training labelers
+    (stages.ppo._guard_labelers), else none: the last iteration."""
     d = cfg.model_dump()
     d["rm"] |= rm_over
     iterations = (rm_over["conditioned"] and cfg.preferences.conditioned_ppo_iterations) or cfg.preferences.ppo_iterations
     d["ppo"] |= {"total_iterations": iterations, "max_minutes": 0.0}
     if not cfg.preferences.guard:
         d["ppo"]["guard"]["early_stop"] = "none"
-    d["ppo"]["rejection_sampling"]["n"] = 0
+    d["ppo"]["rejection_sampling"]["n"] = cfg.preferences.best_of_n
     return Config.model_validate(d)
 
 
