@@ -124,7 +124,8 @@ def variant_sft(cfg: Config, name: str, out: Path) -> Path:
     if name == "conditioned-sft":
         return conditioned_sft(cfg, out)
     if cfg.preferences.group_sft and name in cfg.preferences.groups:
-        return sft_with(cfg, out, writer_group=name)
+        epochs = cfg.preferences.group_sft_epochs
+        return sft_with(cfg, out, writer_group=name, **({} if epochs is None else {"epochs": epochs}))
     if cfg.preferences.sft_ptx_coef is not None:  # the run's SFT again with that weight, shared as the run's is
         return sft_with(cfg, out.parent.parent / "pooled" / "sft")
     return cfg.stage_dir("sft")
