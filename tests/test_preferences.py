@@ -243,6 +243,23 @@ def test_conditioned_sft_start_sft_fine_tunes_the_runs_sft_model(tmp_path, monke
                     ("conditioned-sft-pretrain", None), ("cautious-pretrain", None)]
 
 
+def test_group_sft_epochs_set_each_groups_sft_model_only(tmp_path, monkeypatch):
+    """preferences.group_sft_epochs: each group's own SFT model trains that many epochs on its writers'
+    demonstrations; conditioned-sft keeps the run's sft.epochs."""
+    import chatrlhf.stages.preferences as prefs
+
+    seen = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append((out.name, cfg.sft.writer_group, cfg.sft.epochs)))
+    for epochs in ("15", "null"):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true",
+                                 f"preferences.group_sft_epochs={epochs}"])
+        for name in ("cautious", "conditioned-sft"):
+            prefs.variant_sft(cfg, name, tmp_path / f"{name}-{epochs}")
+    run = cfg.sft.epochs
+    assert seen == [("cautious-15", "cautious", 15.0), ("conditioned-sft-15", None, run),
+                    ("cautious-null", "cautious", run), ("conditioned-sft-null", None, run)]
+
+
 def test_conditioned_ppo_iterations_set_the_conditioned_variants_budget_only(tmp_path):
     from chatrlhf.stages.preferences import variant_config, variants
 
