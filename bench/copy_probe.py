@@ -2,7 +2,7 @@
 
     python bench/copy_probe.py MODEL_DIR [MODEL_DIR ...] [--n 200] [--json out.json]
     python bench/copy_probe.py --synthetic runs/default/pretrain --lr 0.005 0.001 0.0003 [--steps 1500]
-        [--batch 4] [--task marker|induction] [--heads H]
+        [--batch 4] [--task marker|induction] [--heads H] [--seed S] [--weight-decay W] [--every N]
     python bench/copy_probe.py --chat runs/default/world runs/default/sft [MODEL_DIR ...]
 
 Four probes in the pre-training corpus's own formats (`chatrlhf.world.corpus`), each the share of
@@ -126,7 +126,7 @@ def synthetic_row(rng: random.Random, task: str) -> tuple[list[int], list[int]]:
 
 
 def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: int = 4,
-              task: str = "marker", heads: int = 0) -> list[tuple[int, float]]:
+              task: str = "marker", heads: int = 0, seed: int = 0, weight_decay: float = 0.1) -> list[tuple[int, float]]:
     """(step, mean training loss of the last `every` steps) of a fresh model trained only to copy."""
     from transformers import AutoConfig
 
@@ -135,22 +135,22 @@ def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: in
     if heads:
         config.num_attention_heads = config.num_key_value_heads = heads
         config.head_dim = config.hidden_size // heads
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    rng = random.Random(0)
+    rng = random.Random(seed)
 
     def batch_fn() -> tuple[torch.Tensor, torch.Tensor]:
         rows = [synthetic_row(rng, task) for _ in range(batch)]
         return torch.tensor([r[0][:-1] for r in rows]), torch.tensor([r[1] for r in rows])
 
-    return train_copying(model, batch_fn, lr, steps, every)
+    return train_copying(model, batch_fn, lr, steps, every, weight_decay=weight_decay)
 
 
 def train_copying(model, batch_fn, lr: float, steps: int, every: int = 250,
-                  log: bool = False) -> list[tuple[int, float]]:
-    """AdamW (weight decay 0.1, clip 1.0) on `batch_fn()`'s (inputs, targets; -100 unscored) for
-    `steps` steps; (step, mean loss of the last `every` steps)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+                  log: bool = False, weight_decay: float = 0.1) -> list[tuple[int, float]]:
+    """AdamW (weight decay 0.1 unless given, clip 1.0) on `batch_fn()`'s (inputs, targets; -100
+    unscored) for `steps` steps; (step, mean loss of the last `every` steps)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     curve, window = [], []
     for step in range(1, steps + 1):
         x, y = batch_fn()
@@ -179,6 +179,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="--synthetic: sequences of 128 tokens per step")
     ap.add_argument("--task", choices=["marker", "induction"], default="marker", help="--synthetic: what to copy")
     ap.add_argument("--heads", type=int, default=0, help="--synthetic: attention heads (0: MODEL_DIR's)")
+    ap.add_argument("--seed", type=int, default=0, help="--synthetic: the fresh model's initialisation and data seed")
+    ap.add_argument("--weight-decay", type=float, default=0.1, help="--synthetic: AdamW weight decay")
+    ap.add_argument("--every", type=int, default=250, help="--synthetic: steps per point of the loss curve")
     ap.add_argument("--chat", action="store_true", help="the first argument is a world directory; probe chat models on its eval prompts")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -193,12 +196,14 @@ def main() -> None:
     if args.synthetic:
         curves = {}
         for lr in args.lr:
-            curves[f"{lr:g}"] = synthetic(args.models[0], lr, args.steps, batch=args.batch, task=args.task,
-                                           heads=args.heads)
+            curves[f"{lr:g}"] = synthetic(args.models[0], lr, args.steps, every=args.every, batch=args.batch,
+                                           task=args.task, heads=args.heads, seed=args.seed,
+                                           weight_decay=args.weight_decay)
             print(f"lr {lr:g}: " + ", ".join(f"step {s} loss {v:.2f}" for s, v in curves[f"{lr:g}"]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({"model": args.models[0], "task": args.task, "batch": args.batch,
-                                                   "heads": args.heads or None, "curves": curves}, indent=2) + "\n")
+                                                   "heads": args.heads or None, "seed": args.seed,
+                                                   "weight_decay": args.weight_decay, "curves": curves}, indent=2) + "\n")
         return
     out = {"chance": {"list": 1 / len(vocab.LIST_ITEMS), "sing": 1 / len(vocab.REPEAT_WORDS)}, "n": args.n, "models": {}}
     for m in args.models:
