@@ -127,8 +127,8 @@ class PreferencesConfig(Section):
                                   "(sft.group_system_message). The conditioned variant keeps the shared SFT model, so the "
                                   "two rows show what reading the group line from SFT on adds.")
     group_sft_epochs: float | None = Field(None, gt=0, description="sft.epochs for each group's own SFT model "
-                                           "(group_sft), which reads only its group's demonstrations (None: the run's "
-                                           "sft.epochs).")
+                                           "(group_sft: every SFT prompt answered by the group's writers; None: the "
+                                           "run's sft.epochs).")
     conditioned_sft_epochs: float | None = Field(None, gt=0, description="sft.epochs for the conditioned-sft "
                                                  "variant's SFT model (None: the run's sft.epochs).")
     conditioned_sft_start: Literal["pretrain", "sft"] = Field("pretrain", description="What the conditioned-sft "
