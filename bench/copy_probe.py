@@ -98,19 +98,19 @@ def chat_probe(model_dir: str, world_dir: str) -> dict[str, float]:
     return {t: sum(v) / len(v) for t, v in sorted(scores.items())}
 
 
-def synthetic_row(rng: random.Random, task: str) -> tuple[list[int], list[int]]:
+def synthetic_row(rng: random.Random, task: str, low: int = 10, high: int = 200) -> tuple[list[int], list[int]]:
     """129 tokens of a copying task and the targets that count (-100: not scored).
 
     `marker`: runs of 5-15 random tokens, each followed by a marker and the same run again; every
     next token is scored. `induction`: random tokens in which, now and then, an earlier stretch of
     3-10 tokens comes again, with no marker; only the repeated tokens after a stretch's first are
     scored, so the loss is ln 190 = 5.25 until the model finds the earlier occurrence (an induction
-    head) and near 0 once it does."""
+    head) and near 0 once it does. The random tokens are ids in [low, high)."""
     seq: list[int] = []
     scored: list[bool] = []
     while len(seq) < 129:
         if task == "marker":
-            run = [rng.randrange(10, 200) for _ in range(rng.randint(5, 15))]
+            run = [rng.randrange(low, high) for _ in range(rng.randint(5, 15))]
             seq += [1, *run, 2, *run]
             scored += [True] * (2 * len(run) + 2)
         elif len(seq) > 12 and rng.random() < 0.5:
@@ -120,7 +120,7 @@ def synthetic_row(rng: random.Random, task: str) -> tuple[list[int], list[int]]:
             scored += [False] + [True] * (n - 1)
         else:
             n = rng.randint(3, 10)
-            seq += [rng.randrange(10, 200) for _ in range(n)]
+            seq += [rng.randrange(low, high) for _ in range(n)]
             scored += [False] * n
     return seq[:129], [t if ok else -100 for t, ok in zip(seq[1:129], scored[1:129])]
 

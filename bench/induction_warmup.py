@@ -1,7 +1,7 @@
 """A warm-up on word drills whose loss counts only the words that reading the context predicts.
 
     python bench/induction_warmup.py MODEL_DIR WORLD_DIR OUT_DIR [--steps 2000] [--lr 0.001] [--batch 16]
-        [--seed 0]
+        [--seed 0] [--random-tokens]
 
 A freshly initialised model of MODEL_DIR's config, with MODEL_DIR's tokenizer, reads drills of the
 world's corpus words (`bench/induction_drills.py`: stretches of 3-10 words recur at random places)
@@ -9,7 +9,10 @@ in rows of 128 tokens. Only the tokens of a recurring word after its stretch's f
 as in `bench/copy_probe.py --synthetic --task induction`: the loss is that of guessing among the
 corpus's words until the model finds the stretch's earlier occurrence (an induction head), and
 near 0 once it does. Pre-training on `drills.jsonl` as plain text scores every token instead,
-most of them random words no model can predict.
+most of them random words no model can predict. With --random-tokens the rows are instead
+`bench/copy_probe.py --synthetic --task induction`'s own, over every ordinary token of MODEL_DIR's
+tokenizer rather than 190 ids: random tokens in which earlier stretches recur, only the recurring
+tokens scored (WORLD_DIR unused).
 
 Prints the loss every 250 steps and saves the model with its tokenizer to OUT_DIR (a
 `model.name_or_path` for pre-training on the corpus), its curve in OUT_DIR/curve.json.
@@ -28,7 +31,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from copy_probe import train_copying  # noqa: E402
+from copy_probe import synthetic_row, train_copying  # noqa: E402
 from induction_drills import corpus_docs, corpus_words, drill_words  # noqa: E402
 
 ROW = 129  # 128 inputs and the next token
@@ -74,18 +77,30 @@ class DrillRows:
         return torch.tensor([r[0][:-1] for r in rows]), torch.tensor([r[1] for r in rows])
 
 
+class TokenRows:
+    """`copy_probe.synthetic_row`'s induction rows over the tokenizer's ordinary tokens."""
+
+    def __init__(self, tok, seed: int):
+        self.rng, self.low, self.high = random.Random(seed), len(tok.all_special_ids), len(tok)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [synthetic_row(self.rng, "induction", self.low, self.high) for _ in range(n)]
+        return torch.tensor([r[0][:-1] for r in rows]), torch.tensor([r[1] for r in rows])
+
+
 def warm_up(model_dir: str, world_dir: Path, out_dir: Path, steps: int, lr: float, batch: int,
-            seed: int, every: int = 250) -> list[tuple[int, float]]:
+            seed: int, every: int = 250, random_tokens: bool = False) -> list[tuple[int, float]]:
     tok = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
-    data = DrillRows(tok, corpus_words(corpus_docs(world_dir)), seed)
+    data = TokenRows(tok, seed) if random_tokens else DrillRows(tok, corpus_words(corpus_docs(world_dir)), seed)
     curve = train_copying(model, lambda: data.batch(batch), lr, steps, every, log=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     (out_dir / "curve.json").write_text(json.dumps({"model": model_dir, "world": str(world_dir), "lr": lr,
-                                                    "batch": batch, "seed": seed, "curve": curve}, indent=2) + "\n")
+                                                    "batch": batch, "seed": seed, "random_tokens": random_tokens,
+                                                    "curve": curve}, indent=2) + "\n")
     return curve
 
 
@@ -98,8 +113,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--batch", type=int, default=16, help="rows of 128 tokens a step")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-tokens", action="store_true", help="random-token induction rows instead of word drills")
     args = ap.parse_args()
-    warm_up(args.model_dir, args.world_dir, args.out_dir, args.steps, args.lr, args.batch, args.seed)
+    warm_up(args.model_dir, args.world_dir, args.out_dir, args.steps, args.lr, args.batch, args.seed,
+            random_tokens=args.random_tokens)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,20 @@ def torch_equal_where_scored(x, y) -> bool:
     nxt, tgt = x[:, 1:], y[:, :-1]
     mask = tgt != -100
     return bool((nxt[mask] == tgt[mask]).all())
+
+
+def test_random_token_rows_span_the_tokenizers_ordinary_tokens_and_score_only_recurrences(tiny_model_dir):
+    """--random-tokens: the synthetic induction rows over every ordinary token (no special ones); each
+    scored target is a token whose context already showed it after the same previous token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    x, y = bench_module("induction_warmup").TokenRows(tok, seed=0).batch(8)
+    assert x.shape == y.shape == (8, 128)
+    assert int(x.min()) >= len(tok.all_special_ids) and int(x.max()) < len(tok)
+    assert 0 < (y != -100).float().mean() < 0.6
+    assert torch_equal_where_scored(x, y)
+    for row, tgt in zip(x.tolist(), y.tolist()):
+        for i, t in enumerate(tgt):
+            if t != -100:  # the bigram (row[i], t) occurred earlier in the row: reading the context predicts it
+                assert any(row[j] == row[i] and row[j + 1] == t for j in range(i))
