@@ -125,6 +125,13 @@ def synthetic_row(rng: random.Random, task: str, low: int = 10, high: int = 200)
     return seq[:129], [t if ok else -100 for t, ok in zip(seq[1:129], scored[1:129])]
 
 
+def synthetic_batch(rng: random.Random, task: str, n: int, low: int = 10, high: int = 200
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """n synthetic rows as (inputs, targets) tensors of 128 tokens each."""
+    rows = [synthetic_row(rng, task, low, high) for _ in range(n)]
+    return torch.tensor([r[0][:-1] for r in rows]), torch.tensor([r[1] for r in rows])
+
+
 def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: int = 4,
               task: str = "marker", heads: int = 0, seed: int = 0, weight_decay: float = 0.1) -> list[tuple[int, float]]:
     """(step, mean training loss of the last `every` steps) of a fresh model trained only to copy."""
@@ -138,12 +145,7 @@ def synthetic(model_dir: str, lr: float, steps: int, every: int = 250, batch: in
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     rng = random.Random(seed)
-
-    def batch_fn() -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [synthetic_row(rng, task) for _ in range(batch)]
-        return torch.tensor([r[0][:-1] for r in rows]), torch.tensor([r[1] for r in rows])
-
-    return train_copying(model, batch_fn, lr, steps, every, weight_decay=weight_decay)
+    return train_copying(model, lambda: synthetic_batch(rng, task, batch), lr, steps, every, weight_decay=weight_decay)
 
 
 def train_copying(model, batch_fn, lr: float, steps: int, every: int = 250,

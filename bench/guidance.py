@@ -29,24 +29,15 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from chatrlhf.config import load_config  # noqa: E402
 from chatrlhf.evaluate.models import encode_prompt, load_handle, prompt_text  # noqa: E402
+from chatrlhf.lm.reward_model import collate_sequences  # noqa: E402
 from chatrlhf.stages.preferences import answers, judged_by_groups, substance_of  # noqa: E402
 from chatrlhf.world import World  # noqa: E402
 from chatrlhf.world.groups import for_group  # noqa: E402
 
 
-def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    return ids, mask
-
-
 @torch.no_grad()
 def _last_logprobs(model, rows: list[list[int]], pad: int) -> torch.Tensor:
-    ids, mask = _padded(rows, pad)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_min(0)).logits
+    logits = model(**collate_sequences(rows, pad)).logits  # left-padded: every row ends at the last column
     return torch.log_softmax(logits[:, -1].float(), -1)
 
 
@@ -99,15 +90,17 @@ def main() -> None:
     h = load_handle(a.variant, str(prefs / a.variant / "ppo"), cfg.model.dtype)
     h.model.eval()
     room = h.max_len - cfg.eval.max_new_tokens
-    unconds = [encode_prompt(h, prompt_text(h, p["messages"]))[-room:] for p in prompts]
+    def encoded(asked: list[dict]) -> list[list[int]]:
+        return [encode_prompt(h, prompt_text(h, p["messages"]))[-room:] for p in asked]
+
+    unconds = encoded(prompts)
+    conds = {g: encoded([for_group(p, g) for p in prompts]) for g in groups}
     result: dict = {"run": str(run), "variant": a.variant, "prompts": len(prompts), "seed": cfg.run.seed,
                     "judgements": cfg.preferences.judgements, "scales": {}}
     for w in a.scales:
         cells = {}
         for g in groups:
-            asked = [for_group(p, g) for p in prompts]
-            conds = [encode_prompt(h, prompt_text(h, p["messages"]))[-room:] for p in asked]
-            said = guided(h, conds, unconds, w, cfg.eval.max_new_tokens)
+            said = guided(h, conds[g], unconds, w, cfg.eval.max_new_tokens)
             cell = judged_by_groups(world, prompts, said, pooled, [g], cfg.run.seed, cfg.preferences.judgements)[g]
             cells[g] = {**cell, "substance": substance_of(world, prompts, said), "examples": said[:3]}
         result["scales"][f"{w:g}"] = cells

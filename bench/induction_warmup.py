@@ -31,7 +31,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from copy_probe import synthetic_row, train_copying  # noqa: E402
+from copy_probe import synthetic_batch, train_copying  # noqa: E402
 from induction_drills import corpus_docs, corpus_words, drill_words  # noqa: E402
 
 ROW = 129  # 128 inputs and the next token
@@ -78,14 +78,13 @@ class DrillRows:
 
 
 class TokenRows:
-    """`copy_probe.synthetic_row`'s induction rows over the tokenizer's ordinary tokens."""
+    """`copy_probe.synthetic_batch`'s induction rows over the tokenizer's ordinary tokens."""
 
     def __init__(self, tok, seed: int):
         self.rng, self.low, self.high = random.Random(seed), len(tok.all_special_ids), len(tok)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [synthetic_row(self.rng, "induction", self.low, self.high) for _ in range(n)]
-        return torch.tensor([r[0][:-1] for r in rows]), torch.tensor([r[1] for r in rows])
+        return synthetic_batch(self.rng, "induction", n, self.low, self.high)
 
 
 def warm_up(model_dir: str, world_dir: Path, out_dir: Path, steps: int, lr: float, batch: int,

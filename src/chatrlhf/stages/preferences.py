@@ -91,12 +91,12 @@ def base_comparisons(cfg: Config) -> list[dict]:
 
 def sft_with(cfg: Config, out: Path, **sft: Any) -> Path:
     """The run's SFT repeated into `out` from the same pre-trained model with the same settings but
-    the sft.* fields given, and preferences.sft_ptx_coef where set (once: a finished `out` is kept)."""
+    the sft.* fields given (a field given as None keeps the run's), and preferences.sft_ptx_coef where
+    set (once: a finished `out` is kept)."""
     if not stage_complete(out):
         d = cfg.model_dump()
-        if cfg.preferences.sft_ptx_coef is not None:
-            sft.setdefault("ptx_coef", cfg.preferences.sft_ptx_coef)
-        d["sft"] |= sft
+        sft.setdefault("ptx_coef", cfg.preferences.sft_ptx_coef)
+        d["sft"] |= {k: v for k, v in sft.items() if v is not None}
         train_sft(Config.model_validate(d), out)
     return out
 
@@ -105,10 +105,10 @@ def conditioned_sft(cfg: Config, out: Path) -> Path:
     """The run's SFT with each demonstration naming its writer's group in a system message
     (sft.group_system_message); with preferences.conditioned_sft_start=sft, fine-tuned from the run's
     SFT model instead of the pre-trained one."""
-    epochs = cfg.preferences.conditioned_sft_epochs
-    start = {"start_from": str(cfg.stage_dir("sft"))} if cfg.preferences.conditioned_sft_start == "sft" else {}
+    start = str(cfg.stage_dir("sft")) if cfg.preferences.conditioned_sft_start == "sft" else None
     return sft_with(cfg, out, group_system_message=True, group_demonstrations=cfg.preferences.group_demonstrations,
-                    group_line_near_answer=line_near_answer(cfg), **start, **({} if epochs is None else {"epochs": epochs}))
+                    group_line_near_answer=line_near_answer(cfg), start_from=start,
+                    epochs=cfg.preferences.conditioned_sft_epochs)
 
 
 def line_near_answer(cfg: Config) -> bool:
@@ -124,8 +124,7 @@ def variant_sft(cfg: Config, name: str, out: Path) -> Path:
     if name == "conditioned-sft":
         return conditioned_sft(cfg, out)
     if cfg.preferences.group_sft and name in cfg.preferences.groups:
-        epochs = cfg.preferences.group_sft_epochs
-        return sft_with(cfg, out, writer_group=name, **({} if epochs is None else {"epochs": epochs}))
+        return sft_with(cfg, out, writer_group=name, epochs=cfg.preferences.group_sft_epochs)
     if cfg.preferences.sft_ptx_coef is not None:  # the run's SFT again with that weight, shared as the run's is
         return sft_with(cfg, out.parent.parent / "pooled" / "sft")
     return cfg.stage_dir("sft")
