@@ -227,20 +227,24 @@ def test_conditioned_sft_reads_the_group_line_next_to_the_answer_by_default(tmp_
     assert seen == [(True, True, True), (True, False, True)]
 
 
-def test_conditioned_sft_start_sft_fine_tunes_the_runs_sft_model(tmp_path, monkeypatch):
+def test_an_sft_start_of_sft_fine_tunes_the_runs_sft_model_for_its_variants_only(tmp_path, monkeypatch):
     """preferences.conditioned_sft_start=sft: conditioned-sft's SFT model starts from the run's SFT model
-    (sft.start_from); by default from the pre-trained model, and no other variant's SFT changes."""
+    (sft.start_from); preferences.group_sft_start=sft: each group's own; by default both from the
+    pre-trained model, and neither setting changes the other's."""
     import chatrlhf.stages.preferences as prefs
 
     seen = []
     monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: seen.append((out.name, cfg.sft.start_from)))
-    for start in ("sft", "pretrain"):
-        cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true",
-                                 f"preferences.conditioned_sft_start={start}"])
-        for name in ("conditioned-sft", "cautious"):
-            prefs.variant_sft(cfg, name, tmp_path / f"{name}-{start}")
-    assert seen == [("conditioned-sft-sft", str(cfg.stage_dir("sft"))), ("cautious-sft", None),
-                    ("conditioned-sft-pretrain", None), ("cautious-pretrain", None)]
+    for key in ("conditioned_sft_start", "group_sft_start"):
+        for start in ("sft", "pretrain"):
+            cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true", f"preferences.{key}={start}"])
+            for name in ("conditioned-sft", "cautious"):
+                prefs.variant_sft(cfg, name, tmp_path / f"{key}-{name}-{start}")
+    run_sft = str(cfg.stage_dir("sft"))
+    assert seen == [("conditioned_sft_start-conditioned-sft-sft", run_sft), ("conditioned_sft_start-cautious-sft", None),
+                    ("conditioned_sft_start-conditioned-sft-pretrain", None), ("conditioned_sft_start-cautious-pretrain", None),
+                    ("group_sft_start-conditioned-sft-sft", None), ("group_sft_start-cautious-sft", run_sft),
+                    ("group_sft_start-conditioned-sft-pretrain", None), ("group_sft_start-cautious-pretrain", None)]
 
 
 def test_group_sft_epochs_set_each_groups_sft_model_only(tmp_path, monkeypatch):

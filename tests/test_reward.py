@@ -11,12 +11,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import chatrlhf.stages.reward as reward
 from chatrlhf.config import Config
-from chatrlhf.lm.modeling import read_meta
-from chatrlhf.lm.reward_model import RewardModel, reward_backbone_and_head
+from chatrlhf.lm.modeling import load_tokenizer, read_meta, save_stage
+from chatrlhf.lm.reward_model import (
+    RewardModel,
+    build_reward_model,
+    output_embeddings,
+    response_length,
+    response_lm_loss,
+    reward_backbone_and_head,
+    rewards_and_hidden,
+    top_ranked,
+)
 from chatrlhf.lm.training import NonFiniteLossError, read_metrics
 from chatrlhf.lm.rankings import calibration, pairwise_accuracy
 from chatrlhf.stages.reward import ceiling_gap, train_reward_model
@@ -336,3 +345,69 @@ def test_an_ensemble_scores_the_mean_of_its_members_and_evaluates_that_mean(tiny
     monkeypatch.undo()
     train_reward_ensemble(cfg_for(tmp_path, epochs=1), comps, lambda i: tiny_model_dir, out, world=FakeWorld())
     assert reward_complete(out, 1) and isinstance(load_reward(out), RewardModel) and not (out / "ensemble").exists()
+
+
+def _untied_copy(tiny_model_dir: Path, out: Path) -> Path:
+    """The tiny model with an output layer of its own (as Mistral or Qwen2-7B have), saved like a stage."""
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), tie_word_embeddings=False)
+    with torch.no_grad():
+        lm.lm_head.weight.copy_(torch.randn_like(lm.lm_head.weight) * 0.1)
+    save_stage(lm, load_tokenizer(tiny_model_dir), out, {"stage": "test"})
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_rm_language_model_term_is_the_causal_lms_own_loss_on_the_responses(tiny_model_dir, tmp_path, tied):
+    init = tiny_model_dir if tied else _untied_copy(tiny_model_dir, tmp_path / "untied")
+    tok = load_tokenizer(init)
+    rm, lm = build_reward_model(init, tok), AutoModelForCausalLM.from_pretrained(str(init))
+    assert lm.config.tie_word_embeddings is tied
+    convs = [([{"role": "user", "content": f"question {i}?"}], r) for i, r in enumerate(GOOD + BAD)]
+    seqs = [reward.encode_response(tok, m, r, 256) for m, r in convs]
+    lengths = [response_length(tok, m, r, 256) for m, r in convs]
+    for (_, r), s, n in zip(convs, seqs, lengths):  # the last n tokens are the reply (and its end of turn)
+        assert r in tok.decode(s[-n:]) and r not in tok.decode(s[-n + 1:])
+    with torch.no_grad():  # the causal LM's mean cross-entropy over every reply token
+        ce = [torch.nn.functional.cross_entropy(lm(input_ids=torch.tensor([s])).logits[0, len(s) - n - 1: -1], torch.tensor(s[-n:]),
+                                                reduction="sum") for s, n in zip(seqs, lengths)]
+    expected = (sum(ce) / sum(lengths)).item()
+    embed = output_embeddings(rm, init)
+    for collate in (reward.collate_sequences, reward.collate_packed_sequences):
+        batch = collate(seqs, tok.pad_token_id)
+        with torch.no_grad():
+            rewards, hidden, last = rewards_and_hidden(rm, batch)
+            assert torch.allclose(rewards, reward.raw_rewards(rm, batch), atol=1e-5)
+            assert response_lm_loss(hidden, batch["input_ids"], last, lengths, embed).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_top_ranked_response_is_the_training_labelers_best_mean_rank():
+    c = {"responses": ["a", "b", "c"], "rankings": [{"labeler": "L0", "ranks": [2, 1, 3]},
+                                                    {"labeler": "L1", "ranks": [1, 2, None]},
+                                                    {"labeler": "H1", "ranks": [1, 3, 2]}]}
+    assert top_ranked(c, {"H1"}) == 0  # mean ranks 1.5, 1.5, 3: the tie goes to the first
+    assert top_ranked(c, {"H1", "L1"}) == 1 and top_ranked(c, {"L0", "L1"}) == 0
+    assert top_ranked(c, {"L0", "L1", "H1"}) is None
+
+
+def test_an_rm_with_the_language_model_term_ranks_as_well_and_keeps_modelling_the_best_answers(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(tiny_model_dir)
+    convs = [([{"role": "user", "content": f"question {i}?"}], g) for i, g in enumerate(GOOD)]
+    seqs = [reward.encode_response(tok, m, r, 256) for m, r in convs]
+    lengths = [response_length(tok, m, r, 256) for m, r in convs]
+    batch = reward.collate_sequences(seqs, tok.pad_token_id)
+
+    def lm_loss(rm_dir: Path) -> float:  # how well the RM's hidden states still model the preferred answers
+        model = RewardModel.load(rm_dir).model
+        with torch.no_grad():
+            _, hidden, last = rewards_and_hidden(model, batch)
+            return response_lm_loss(hidden, batch["input_ids"], last, lengths, output_embeddings(model, rm_dir)).item()
+
+    trained = {}
+    for coef in (0.0, 0.1):
+        out = tmp_path / f"rm{coef}"
+        m = train_reward_model(cfg_for(out, lm_coef=coef), comparisons(), tiny_model_dir, out / "rm", world=None)
+        assert m["acc_held_out_prompts"] > 0.9
+        trained[coef] = lm_loss(out / "rm")
+    logged = [r["rm/lm_loss"] for r in read_metrics(tmp_path / "rm0.1" / "rm")]
+    assert len(logged) == m["steps"] and logged[-1] < logged[0] - 0.5
+    assert trained[0.1] < trained[0.0] - 0.5

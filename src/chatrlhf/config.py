@@ -278,6 +278,10 @@ class RMConfig(Section):
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
     log_every: int = Field(10, description="Steps between logged scalars.")
     init_from: Literal["sft", "pretrain"] = Field("sft", description="Stage whose weights initialise the RM.")
+    lm_coef: float = Field(0.0, ge=0, description="Weight of a language-model loss on each training comparison's "
+        "top-ranked response, read from the RM's own hidden states through the LM's output embeddings, beside the "
+        "ranking loss (Yang et al. 2024, generalizable reward models by regularising hidden states): the RM keeps "
+        "what its LM knew, e.g. which facts are right. 0 = ranking loss alone.")
     ensemble: int = Field(1, ge=1, description="Reward models trained alike on the same comparisons from different "
                           "seeds (head initialisation, data order); the reward is their mean (Coste et al. 2023, reward "
                           "model ensembles against over-optimisation). Member 0 is rm/ itself, member m rm/ensemble/m.")

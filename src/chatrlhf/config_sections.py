@@ -136,6 +136,10 @@ class PreferencesConfig(Section):
                                                               "model, as the run's SFT is, or the run's SFT model itself "
                                                               "(sft.start_from), which already answers in the chat format "
                                                               "and states the world's facts.")
+    group_sft_start: Literal["pretrain", "sft"] = Field("pretrain", description="What each group's own SFT model "
+                                                        "(group_sft) is fine-tuned from: the pre-trained model, as the "
+                                                        "run's SFT is, or the run's SFT model itself (sft.start_from), "
+                                                        "which learnt from every group's writers.")
     group_demonstrations: bool = Field(True, description="The conditioned-sft variant's demonstrations: a writer of "
                                        "every group answers every SFT prompt, each under its group's line "
                                        "(sft.group_demonstrations); off: one writer per prompt, as the shared SFT model reads.")

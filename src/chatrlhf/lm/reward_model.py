@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from chatrlhf.lm.modeling import DTYPES, load_tokenizer, read_meta
 from chatrlhf.lm.tokenizer import apply_template
@@ -83,6 +83,110 @@ def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     finally:
         hook.remove()
     return per_token[0].flatten(0, 1)[batch["last_token"]].squeeze(-1).float()
+
+
+def rewards_and_hidden(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """raw_rewards, and with them the backbone's last hidden states flattened to (rows * width, H)
+    and each sequence's last position as a flat index into them (left-padded rows end in the last
+    column). Both are caught by one hook on the head during the model's ordinary forward."""
+    caught: list[tuple[torch.Tensor, torch.Tensor]] = []
+    head = reward_backbone_and_head(getattr(model, "module", model))[1]
+    hook = head.register_forward_hook(lambda _module, inputs, out: caught.append((inputs[0], out)))
+    try:
+        if "last_token" in batch:
+            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+            last = batch["last_token"]
+        else:
+            model(**batch, use_cache=False)
+            rows, width = batch["input_ids"].shape
+            last = torch.arange(1, rows + 1, device=batch["input_ids"].device) * width - 1
+    finally:
+        hook.remove()
+    hidden, per_token = caught[0]
+    return per_token.flatten(0, 1)[last].squeeze(-1).float(), hidden.flatten(0, 1), last
+
+
+def top_ranked(comparison: dict, exclude_labelers: set[str] | frozenset = frozenset()) -> int | None:
+    """The response with the best mean rank over the kept labelers' rankings (rank 1 is best), or None."""
+    ranks: dict[int, list[int]] = {}
+    for rk in comparison.get("rankings", []):
+        if rk.get("labeler") in exclude_labelers:
+            continue
+        for i, r in enumerate(rk["ranks"]):
+            if r is not None:
+                ranks.setdefault(i, []).append(r)
+    return min(ranks, key=lambda i: (sum(ranks[i]) / len(ranks[i]), i)) if ranks else None
+
+
+def response_length(tokenizer, messages: Messages, response: str, max_len: int) -> int:
+    """Tokens of the assistant's turn (its end-of-turn token included) at the end of
+    encode_response(messages, response), at most all but the first of its max_len tokens."""
+    full = len(encode_response(tokenizer, messages, response, 1 << 30))
+    if getattr(tokenizer, "chat_template", None):
+        prompt = len(apply_template(tokenizer, messages, tokenize=True, return_dict=True,
+                                    add_generation_prompt=True)["input_ids"])
+    else:  # the plain turns with an empty reply, less the end-of-sequence token encode_response adds
+        eos = tokenizer.eos_token_id is not None and tokenizer.eos_token_id != tokenizer.pad_token_id
+        prompt = len(encode_response(tokenizer, messages, "", 1 << 30)) - int(eos)
+    return max(1, min(full - prompt, min(full, max_len) - 1))
+
+
+def output_embeddings(model, init_dir: str | Path) -> torch.Tensor:
+    """The LM's output projection for an RM built from a causal LM: the input embeddings where they are
+    tied (trained with the RM), else the init LM's own output layer, loaded once and frozen."""
+    inner = getattr(model, "module", model)
+    if getattr(inner.config, "tie_word_embeddings", False):
+        return inner.get_input_embeddings().weight
+    with _quiet_transformers():
+        lm = AutoModelForCausalLM.from_pretrained(str(init_dir), dtype=inner.dtype)
+    head = lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"rm.lm_coef: {init_dir} has no output embeddings to read the RM's hidden states with")
+    return head.weight.detach().to(next(inner.parameters()).device)
+
+
+def response_lm_loss(hidden: torch.Tensor, input_ids: torch.Tensor, last: torch.Tensor, lengths: list[int],
+                     out_embed: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of the responses whose last flat positions are `last` and
+    lengths `lengths`, read from the RM backbone's hidden states through the LM's output
+    embeddings: the language-model term that keeps an RM's hidden states a language model's
+    (Yang et al. 2024, generalizable reward models by regularising hidden states)."""
+    pos = torch.cat([torch.arange(int(e) - n, int(e), device=hidden.device) for e, n in zip(last.tolist(), lengths)])
+    logits = hidden[pos] @ out_embed.t()
+    return nn.functional.cross_entropy(logits.float(), input_ids.flatten()[pos + 1])
+
+
+class ResponseLMTerm:
+    """rm.lm_coef's term: the language-model loss of each comparison's top-ranked response (by the
+    kept labelers), read from the RM's hidden states through the LM's output embeddings."""
+
+    def __init__(self, model, init_dir: str | Path, tokenizer, comparisons: list[dict],
+                 exclude_labelers: set[str] | frozenset, max_len: int):
+        self.targets: list[tuple[int, int] | None] = []  # per comparison: (response index, its length in tokens)
+        for c in comparisons:
+            best = top_ranked(c, exclude_labelers)
+            self.targets.append(None if best is None else
+                                (best, response_length(tokenizer, c["messages"], c["responses"][best], max_len)))
+        self.out_embed = output_embeddings(model, init_dir)
+
+    def loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, last: torch.Tensor,
+             sequences: list[tuple[int, int]]) -> torch.Tensor:
+        """`sequences`: (comparison index, response index) of each scored sequence, in batch order."""
+        best = [(s, t[1]) for s, (i, k) in enumerate(sequences) if (t := self.targets[i]) is not None and t[0] == k]
+        if not best:
+            return hidden.sum() * 0
+        return response_lm_loss(hidden, input_ids, last[[s for s, _ in best]], [n for _, n in best], self.out_embed)
+
+
+def pair_rewards(model, batch: dict[str, torch.Tensor], chosen: list[int], rejected: list[int],
+                 lm_term: ResponseLMTerm | None = None, sequences: list[tuple[int, int]] = ()
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(P,) rewards of the chosen and the rejected answer of each pair, and with an LM term its loss."""
+    if lm_term is None:
+        rewards = raw_rewards(model, batch)  # (S,) one per response
+        return rewards[chosen], rewards[rejected], None
+    rewards, hidden, last = rewards_and_hidden(model, batch)
+    return rewards[chosen], rewards[rejected], lm_term.loss(hidden, batch["input_ids"], last, list(sequences))
 
 
 # --- model ----------------------------------------------------------------------------------

@@ -118,13 +118,15 @@ def line_near_answer(cfg: Config) -> bool:
 
 def variant_sft(cfg: Config, name: str, out: Path) -> Path:
     """The SFT model a variant starts from: the run's, conditioned-sft's own, or with
-    preferences.group_sft a group's own (demonstrations by its training labelers only, sft.writer_group).
+    preferences.group_sft a group's own (demonstrations by its training labelers only, sft.writer_group;
+    fine-tuned from the run's SFT model with preferences.group_sft_start=sft).
     With preferences.sft_ptx_coef every one is trained with that SFT-ptx weight, the run's too (into
     pooled/sft, which the pooled and conditioned variants share)."""
     if name == "conditioned-sft":
         return conditioned_sft(cfg, out)
     if cfg.preferences.group_sft and name in cfg.preferences.groups:
-        return sft_with(cfg, out, writer_group=name, epochs=cfg.preferences.group_sft_epochs)
+        start = str(cfg.stage_dir("sft")) if cfg.preferences.group_sft_start == "sft" else None
+        return sft_with(cfg, out, writer_group=name, epochs=cfg.preferences.group_sft_epochs, start_from=start)
     if cfg.preferences.sft_ptx_coef is not None:  # the run's SFT again with that weight, shared as the run's is
         return sft_with(cfg, out.parent.parent / "pooled" / "sft")
     return cfg.stage_dir("sft")

@@ -63,6 +63,8 @@ from chatrlhf.lm.reward_model import (
     collate_packed_sequences,
     collate_sequences,
     encode_response,
+    ResponseLMTerm,
+    pair_rewards,
     raw_rewards,
     score_comparisons,
 )
@@ -195,7 +197,7 @@ def _epoch_batches(n: int, batch_prompts: int, seed: int) -> list[list[int]]:
 
 
 def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[list[int]]], held_out: set[str],
-                 out_dir: Path, seed: int) -> dict[str, Any]:
+                 out_dir: Path, seed: int, init_dir: Path) -> dict[str, Any]:
     """The optimisation loop: resumable, logged, NaN-guarded. Returns the trained (unwrapped) model info."""
     rc = cfg.rm
     acc = make_accelerator(seed, "no", cfg.run.device)
@@ -206,6 +208,7 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
     opt = torch.optim.AdamW(model.parameters(), lr=rc.learning_rate, weight_decay=rc.weight_decay)
     sched = cosine_with_warmup(opt, rc.warmup_steps, total)
     model, opt, sched = acc.prepare(model, opt, sched)
+    lm_term = ResponseLMTerm(model, init_dir, tok, train, held_out, rc.max_len) if rc.lm_coef > 0 else None
     announce(acc, "rm", f"{rc.batch_prompts / acc.num_processes:g} rankings", f"{rc.batch_prompts} rankings")
     settings = {"rm": cfg.rm.model_dump(exclude={"save_every", "log_every", "sample_batch", "data", "split", "columns",
                                                  "ensemble"}),
@@ -231,17 +234,18 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
             if packing and step == start:  # every rank packs, or none does
                 packing = all_sum(not _packing_matches_padding(model, seqs, tok.pad_token_id, acc.device)) == 0
             batch = (collate_packed_sequences if packing else collate_sequences)(seqs, tok.pad_token_id)
-            rewards = raw_rewards(model, {k: v.to(acc.device) for k, v in batch.items()})  # (S,) one per response
-            ch, rj = rewards[pb.chosen], rewards[pb.rejected]  # (P,) per pair
-            loss, global_loss = weighted_loss(ranking_loss(ch, rj, torch.tensor(pb.weight, device=acc.device),
-                                                           pb.n_groups), pb.n_groups if counts else 0)
+            ch, rj, lm_loss = pair_rewards(model, {k: v.to(acc.device) for k, v in batch.items()}, pb.chosen, pb.rejected,
+                                           lm_term, [(idx[g], k) for g, k in pb.sequences])  # (P,) per pair
+            ranking = ranking_loss(ch, rj, torch.tensor(pb.weight, device=acc.device), pb.n_groups)
+            loss, global_loss = weighted_loss(ranking + rc.lm_coef * (0 if lm_loss is None else lm_loss), pb.n_groups if counts else 0)
             ckpts.check_loss(global_loss, step, "rm")
             optimizer_step(acc, loss, model.parameters(), opt, sched, rc.grad_clip)
             whole = pb if acc.num_processes == 1 else make_batch([train[i] for i in batches[pos]], held_out)  # global counts
             seqs_seen, pairs_seen = seqs_seen + len(whole.sequences), pairs_seen + len(whole.chosen)
-            last = {"loss": global_loss.item(), "acc": (ch > rj).float().mean().item(), "margin": (ch - rj).mean().item()}
+            last = {"loss": global_loss.item(), "acc": (ch > rj).float().mean().item(), "margin": (ch - rj).mean().item(),
+                    **({} if lm_loss is None else {"lm_loss": lm_loss.item()})}
             if (step + 1) % rc.log_every == 0 or step + 1 == total:
-                last |= all_mean({k: last[k] for k in ("acc", "margin")})  # over ranks: logged and returned
+                last |= all_mean({k: last[k] for k in ("acc", "margin", "lm_loss") if k in last})  # over ranks: logged and returned
                 metrics.log(step + 1, {f"rm/{k}": v for k, v in last.items()} | {"rm/lr": sched.get_last_lr()[0]})
             if rc.save_every and (step + 1) % rc.save_every == 0 and step + 1 < total:
                 ckpts.save(acc, step + 1, {"epoch": epoch})
@@ -334,7 +338,7 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
         model = build_reward_model(init_dir, tok, cfg.model.dtype)
     tokens = [[encode_response(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
     check_context(model, cfg.rm.max_len, "rm.max_len", max(len(s) for seqs in tokens for s in seqs))
-    run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir, seed)
+    run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir, seed, init_dir)
     model = run.pop("model").eval()
 
     rm = RewardModel(model, tok, 0.0, cfg.rm.max_len)
