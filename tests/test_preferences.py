@@ -272,6 +272,30 @@ def test_conditioned_ppo_iterations_set_the_conditioned_variants_budget_only(tmp
     assert iters == {"pooled": 40, "brief": 40, "thorough": 40, "cautious": 40, "conditioned": 120, "conditioned-sft": 120}
 
 
+def test_conditioned_weights_set_whose_rankings_and_prompts_the_conditioned_variants_get(tmp_path):
+    """preferences.conditioned_weights: the conditioned variants' comparisons and PPO prompts are drawn by
+    those weights; every other variant keeps its own group (or all); a weight per group, above 0, or an error."""
+    from types import SimpleNamespace
+
+    from chatrlhf.stages.preferences import variant_config, variants
+    from chatrlhf.world.groups import condition, group_weights
+
+    w = {"brief": 0.2, "thorough": 0.4, "cautious": 0.4}
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.conditioned_weights={brief: 0.2, thorough: 0.4, cautious: 0.4}"])
+    groups = {name: variant_config(cfg, rm).rm.labeler_groups for name, rm in variants(cfg.preferences.groups, True).items()}
+    assert groups == {"pooled": None, "brief": {"brief": 1.0}, "thorough": {"thorough": 1.0}, "cautious": {"cautious": 1.0},
+                      "conditioned": w, "conditioned-sft": w}
+    world = SimpleNamespace(labeler_groups=lambda: ["brief", "cautious", "thorough"])
+    asked = Counter(p["messages"][0]["content"] for p in condition(
+        [{"id": f"p{i}", "messages": [{"role": "user", "content": "hi"}]} for i in range(3000)], group_weights(world, groups["conditioned"])))
+    shares = sorted(n / 3000 for n in asked.values())
+    assert shares == pytest.approx([0.2, 0.4, 0.4], abs=0.03)
+    for bad in ("{brief: 1, thorough: 1}", "{brief: 0, thorough: 1, cautious: 1}"):
+        cfg = load_config(None, [f"run.out_dir={tmp_path}", f"preferences.conditioned_weights={bad}"])
+        with pytest.raises(ValueError, match="preferences.conditioned_weights"):
+            variant_config(cfg, variants(cfg.preferences.groups)["conditioned"])
+
+
 def test_best_of_n_gives_every_variant_the_same_best_of_n_start(world, tmp_path):
     """preferences.best_of_n: every variant's PPO starts from a best-of-n fine-tune (none by default),
     and a conditioned variant's extra best-of-n prompts ask for a group as its PPO prompts do."""

@@ -136,6 +136,9 @@ class PreferencesConfig(Section):
                                                               "model, as the run's SFT is, or the run's SFT model itself "
                                                               "(sft.start_from), which already answers in the chat format "
                                                               "and states the world's facts.")
+    conditioned_weights: dict[str, float] | None = Field(None, description="The conditioned variants' weight for each "
+        "group: the share of their comparisons each group ranks and of their PPO prompts that ask for it, e.g. {brief: "
+        "0.2, thorough: 0.4, cautious: 0.4} (a design choice of whose taste one model leans to); None: every group alike.")
     group_sft_start: Literal["pretrain", "sft"] = Field("pretrain", description="What each group's own SFT model "
                                                         "(group_sft) is fine-tuned from: the pre-trained model, as the "
                                                         "run's SFT is, or the run's SFT model itself (sft.start_from), "
