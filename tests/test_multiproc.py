@@ -136,6 +136,25 @@ def test_rm_with_its_samples_on_two_ranks_matches_one_process(one_process, tmp_p
         assert read_meta(run / "rm")["eval"][key] == pytest.approx(read_meta(one_process / "rm")["eval"][key], abs=1e-4)
 
 
+def test_rm_with_its_language_model_term_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """rm.lm_coef: each rank's language-model term on its share of the comparisons; the term averages
+    over comparisons as the ranking loss does, so two ranks take the one-process steps."""
+    from chatrlhf.stages.reward import run_rm
+
+    runs = {}
+    for name in ("one", "two"):
+        runs[name] = copy_stages(one_process, tmp_path / name, "world", "tokenizer", "pretrain", "sft")
+        (runs[name] / "rm").mkdir()
+        shutil.copy(one_process / "rm" / "comparisons.jsonl", runs[name] / "rm" / "comparisons.jsonl")
+    run_rm(cfg_for(runs["one"], "rm.lm_coef=0.5"))
+    launch("rm", runs["two"], "rm.lm_coef=0.5")
+    assert_same_weights(runs["one"] / "rm", runs["two"] / "rm")
+    assert_written_once(runs["two"] / "rm")
+    one, two = (read_metrics(runs[n] / "rm") for n in ("one", "two"))
+    assert [r["rm/lm_loss"] for r in two] == pytest.approx([r["rm/lm_loss"] for r in one], abs=1e-4)
+    assert not any("rm/lm_loss" in r for r in read_metrics(one_process / "rm"))  # off by default
+
+
 LAST = ["ppo.guard.early_stop=none"]  # the last iteration is exported, not the guard's pick
 RLOO = [*LAST, "ppo.advantage.estimator=rloo", "ppo.rollout.samples_per_prompt=2", "ppo.rejection_sampling.n=1"]
 

@@ -367,10 +367,10 @@ def test_the_rm_language_model_term_is_the_causal_lms_own_loss_on_the_responses(
     lengths = [response_length(tok, m, r, 256) for m, r in convs]
     for (_, r), s, n in zip(convs, seqs, lengths):  # the last n tokens are the reply (and its end of turn)
         assert r in tok.decode(s[-n:]) and r not in tok.decode(s[-n + 1:])
-    with torch.no_grad():  # the causal LM's mean cross-entropy over every reply token
+    with torch.no_grad():  # the causal LM's cross-entropy summed over each reply's tokens
         ce = [torch.nn.functional.cross_entropy(lm(input_ids=torch.tensor([s])).logits[0, len(s) - n - 1: -1], torch.tensor(s[-n:]),
                                                 reduction="sum") for s, n in zip(seqs, lengths)]
-    expected = (sum(ce) / sum(lengths)).item()
+    expected = (sum(c / n for c, n in zip(ce, lengths)) / len(ce)).item()  # per reply, then over the replies
     embed = output_embeddings(rm, init)
     for collate in (reward.collate_sequences, reward.collate_packed_sequences):
         batch = collate(seqs, tok.pad_token_id)

@@ -147,13 +147,16 @@ def output_embeddings(model, init_dir: str | Path) -> torch.Tensor:
 
 def response_lm_loss(hidden: torch.Tensor, input_ids: torch.Tensor, last: torch.Tensor, lengths: list[int],
                      out_embed: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of the responses whose last flat positions are `last` and
-    lengths `lengths`, read from the RM backbone's hidden states through the LM's output
-    embeddings: the language-model term that keeps an RM's hidden states a language model's
-    (Yang et al. 2024, generalizable reward models by regularising hidden states)."""
+    """Next-token cross-entropy of the responses whose last flat positions are `last` and lengths
+    `lengths`, read from the RM backbone's hidden states through the LM's output embeddings, averaged
+    over each response's tokens and then over the responses (one per comparison, so the term, like
+    the ranking loss, weighs every comparison alike and splits over processes exactly): the
+    language-model term that keeps an RM's hidden states a language model's (Yang et al. 2024,
+    generalizable reward models by regularising hidden states)."""
     pos = torch.cat([torch.arange(int(e) - n, int(e), device=hidden.device) for e, n in zip(last.tolist(), lengths)])
-    logits = hidden[pos] @ out_embed.t()
-    return nn.functional.cross_entropy(logits.float(), input_ids.flatten()[pos + 1])
+    per_token = nn.functional.cross_entropy((hidden[pos] @ out_embed.t()).float(), input_ids.flatten()[pos + 1],
+                                            reduction="none")
+    return torch.stack([t.mean() for t in per_token.split(list(lengths))]).mean()
 
 
 class ResponseLMTerm:
