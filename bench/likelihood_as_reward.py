@@ -55,7 +55,10 @@ def main() -> None:
     run = Path(a.run)
     meta = json.loads((run / "rm" / "meta.json").read_text())
     held_out = set(meta["held_out_labelers"])
-    keep = lambda lab: lab in held_out  # noqa: E731
+
+    def keep(labeler: str) -> bool:
+        return labeler in held_out
+
     val = load_comparisons(run / "rm" / "val_comparisons.jsonl")
     model_dir = Path(a.model or run / "sft")
     tok, model = load_tokenizer(model_dir), AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()

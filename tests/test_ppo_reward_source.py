@@ -89,3 +89,41 @@ def test_top_up_puts_rm_prompts_first_and_is_off_by_default():
     ids = [p["id"] for p in _topped_up(cfg, PromptWorld(), own)]
     assert ids == ["rm0", "rm1", "rm2", "ppo0", "ppo1", "ppo2", "ppo3", "ppo4"]  # the guard's tail unchanged
     assert _topped_up(cfg, None, own) == own
+
+
+def test_group_normalised_scores_give_every_group_the_pooled_mean_and_spread(tmp_path):
+    """ppo.reward.group_normalise: on the reference answers each group's scores take the pooled mean and
+    spread; a group the reference lacks, or a prompt asking for none, keeps its score; the statistics
+    come from the conditioned RM's validation comparisons, and any other RM is a clear error."""
+    import json
+
+    from chatrlhf.rl.experience import group_normalised
+    from chatrlhf.stages.ppo import _group_normalised
+
+    def score(ps, texts):  # brief's answers score on a wide scale around 3, cautious's on a narrow one around 0
+        return torch.tensor([float(len(t)) * (3.0 if p.get("group") == "brief" else 0.5) for p, t in zip(ps, texts)])
+
+    texts = ["a" * n for n in range(1, 9)]
+    ps = [{"messages": [], "group": "brief" if i % 2 else "cautious"} for i in range(len(texts))]
+    pooled = score(ps, texts)
+    fn = group_normalised(score, ps, texts)
+    out = fn(ps, texts)
+    for g in ("brief", "cautious"):
+        own = out[torch.tensor([p["group"] == g for p in ps])]
+        assert own.mean().item() == pytest.approx(pooled.mean().item(), abs=1e-5)
+        assert own.std().item() == pytest.approx(pooled.std().item(), rel=1e-5)
+    other = [{"messages": [], "group": "thorough"}, {"messages": []}]
+    assert fn(other, ["aa", "aaa"]).tolist() == score(other, ["aa", "aaa"]).tolist()
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "rm.conditioned=true"])
+    with pytest.raises(ValueError, match="group_normalise needs a group-conditioned RM"):
+        _group_normalised(cfg, score, tmp_path)  # no validation comparisons
+    (tmp_path / "val_comparisons.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": "q"}], "responses": texts[i: i + 2], "group": g,
+                    "rankings": [{"labeler": "L1", "ranks": [1, 2]}]}) + "\n"
+        for i, g in ((0, "cautious"), (2, "brief"), (4, "cautious"), (6, "brief"))))
+    wired = _group_normalised(cfg, score, tmp_path)
+    asked = [{"messages": [], "group": "brief"}, {"messages": [], "group": "cautious"}]
+    assert wired(asked, ["aaa", "aaa"])[0] < score(asked, ["aaa", "aaa"])[0]  # brief's wide scale shrunk
+    with pytest.raises(ValueError, match="group_normalise needs a group-conditioned RM"):
+        _group_normalised(load_config(None, [f"run.out_dir={tmp_path}"]), score, tmp_path)

@@ -290,6 +290,10 @@ def test_conditioned_weights_set_whose_rankings_and_prompts_the_conditioned_vari
         [{"id": f"p{i}", "messages": [{"role": "user", "content": "hi"}]} for i in range(3000)], group_weights(world, groups["conditioned"])))
     shares = sorted(n / 3000 for n in asked.values())
     assert shares == pytest.approx([0.2, 0.4, 0.4], abs=0.03)
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "ppo.reward.group_normalise=true"])
+    normalise = {name: variant_config(cfg, rm).ppo.reward.group_normalise for name, rm in variants(cfg.preferences.groups, True).items()}
+    assert normalise == {"pooled": False, "brief": False, "thorough": False, "cautious": False, "conditioned": True,
+                         "conditioned-sft": True}  # ppo.reward.group_normalise: the conditioned variants only
     for bad in ("{brief: 1, thorough: 1}", "{brief: 0, thorough: 1, cautious: 1}"):
         cfg = load_config(None, [f"run.out_dir={tmp_path}", f"preferences.conditioned_weights={bad}"])
         with pytest.raises(ValueError, match="preferences.conditioned_weights"):

@@ -39,6 +39,10 @@ class RewardConfig(Section):
     verifier_coef: float = Field(4.0, ge=0, description="Weight of the rule-based check of a prompt's `ground_truth` "
                                  "(chatrlhf.lm.verifiers, score in [0, 1]) added to the RM score; prompts without one get the RM alone (0 = off).")
     missing_eos_penalty: float = Field(1.0, description="Subtracted from the reward of responses that never end.")
+    group_normalise: bool = Field(False, description="With a group-conditioned RM (rm.conditioned): each group's RM "
+                                  "scores shifted and scaled to the pooled mean and spread, by the RM's scores on its "
+                                  "validation comparisons per group, so no group's reward scale outweighs another's in "
+                                  "the update of the one policy that serves them all.")
     source: Literal["rm", "gold"] = Field(
         "rm", description="Where the score term comes from. rm: the reward model (the method). gold: gold_scale x the "
         "embedded world's gold rubric (the function the simulated labelers' preferences are built on), a diagnostic "

@@ -91,6 +91,30 @@ def rollout_texts(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: i
 
 
 # --- 2. score --------------------------------------------------------------------------------
+def group_normalised(reward_fn: RewardFn, prompts: list[dict], responses: list[str]) -> RewardFn:
+    """`reward_fn` with the score of each prompt that asks for a group (its "group") shifted and scaled
+    so that group's scores on the reference (prompts, responses), e.g. a conditioned RM's validation
+    comparisons, have the pooled mean and spread: no group's reward scale outweighs another's in the
+    update of one policy that serves them all. Prompts of other groups, or none, keep their score."""
+    ref = reward_fn(prompts, responses).detach().float().cpu().reshape(-1)
+    groups = [p.get("group") for p in prompts]
+    stats = {}
+    for g in {g for g in groups if g is not None}:
+        own = ref[torch.tensor([x == g for x in groups])]
+        if len(own) > 1 and own.std() > 0:
+            stats[g] = (own.mean(), own.std())
+    mean, std = ref.mean(), ref.std()
+
+    def normalised(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        scores = reward_fn(ps, texts).detach().float().cpu().reshape(-1)
+        shift = torch.tensor([stats[p["group"]][0] if p.get("group") in stats else 0.0 for p in ps])
+        scale = torch.tensor([std / stats[p["group"]][1] if p.get("group") in stats else 1.0 for p in ps])
+        keep = torch.tensor([p.get("group") not in stats for p in ps])
+        return torch.where(keep, scores, (scores - shift) * scale + mean)
+
+    return normalised
+
+
 @torch.no_grad()
 def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig) -> None:
     """RM score of each (prompt, response), plus verifier_coef times the rule-based check where the

@@ -70,7 +70,8 @@ def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
     best-of-n start only with preferences.best_of_n (the same n for every variant), and with
     preferences.guard the guard of the main run judged by the variant's own training labelers
     (stages.ppo._guard_labelers), else none: the last iteration. The conditioned variants weigh the
-    groups by preferences.conditioned_weights where set."""
+    groups by preferences.conditioned_weights where set, and only they normalise the reward per group
+    (ppo.reward.group_normalise)."""
     d = cfg.model_dump()
     d["rm"] |= rm_over
     if rm_over["conditioned"] and (weights := cfg.preferences.conditioned_weights) is not None:
@@ -78,6 +79,7 @@ def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
             raise ValueError(f"preferences.conditioned_weights={weights}: give each of preferences.groups "
                              f"({', '.join(cfg.preferences.groups)}) a weight above 0")
         d["rm"]["labeler_groups"] = dict(weights)
+    d["ppo"]["reward"]["group_normalise"] &= rm_over["conditioned"]  # per-group statistics need a conditioned RM
     iterations = (rm_over["conditioned"] and cfg.preferences.conditioned_ppo_iterations) or cfg.preferences.ppo_iterations
     d["ppo"] |= {"total_iterations": iterations, "max_minutes": 0.0}
     if not cfg.preferences.guard:
