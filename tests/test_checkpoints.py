@@ -14,6 +14,7 @@ from test_sft import _cfg
 
 from chatrlhf.lm.modeling import read_meta, stage_complete, write_meta
 from chatrlhf.lm.training import (
+    settings_diff,
     Checkpoints,
     DivergenceError,
     DivergenceGuard,
@@ -145,3 +146,12 @@ def test_cli_reports_a_stopped_run_without_a_traceback(tmp_path, tiny_model_dir,
     err = capsys.readouterr().err
     assert e.value.code == 1 and "error:" in err and "last verified checkpoint kept" in " ".join(err.split())
     assert "Traceback" not in err
+
+
+def test_an_option_added_later_and_left_off_is_no_difference_to_resume():
+    saved = {"rm": {"learning_rate": 5e-4, "epochs": 2.0}, "seed": 0}
+    later = {"rm": {"learning_rate": 5e-4, "epochs": 2.0, "lm_coef": 0.0, "conditioned": False, "data": None}, "seed": 0}
+    assert settings_diff(saved, later) == []
+    assert settings_diff(saved, {**later, "rm": {**later["rm"], "lm_coef": 0.5}}) == ["rm.lm_coef: '(unset)' -> 0.5"]
+    assert settings_diff(later, saved) == []  # an option removed at its off value: likewise
+    assert settings_diff({**saved, "rm": {**saved["rm"], "lm_coef": 0.5}}, later) == ["rm.lm_coef: 0.5 -> 0.0"]

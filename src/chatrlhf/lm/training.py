@@ -222,10 +222,13 @@ def flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def settings_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`name: saved -> current` for every dotted setting that differs."""
+    """`name: saved -> current` for every dotted setting that differs. A setting only one side has, at
+    an off value (false, 0, none, empty), is no difference: an option added later (or removed) and
+    left off does not stop a checkpoint from resuming."""
     a, b = flat_settings(saved), flat_settings(json.loads(json.dumps(current, default=str)))
+    off = (False, 0, None, "", [])
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k)]
+            if a.get(k) != b.get(k) and not (k not in a and b[k] in off) and not (k not in b and a[k] in off)]
 
 
 class SettingsMismatchError(ValueError):
