@@ -26,3 +26,23 @@ def test_continue_mode_trains_on_fresh_comparisons_plus_as_many_replayed(tmp_pat
 
     retrain = load_config(None, [f"run.out_dir={tmp_path}", "iterate.rm_mode=retrain"])  # a new RM from SFT on everything
     assert len(round_rm_data(retrain, 2)) == 13
+
+
+def test_a_rounds_comparisons_are_written_by_one_process(tmp_path, monkeypatch):
+    """Every rank samples and labels the same comparisons; rank 0 alone writes the file (two ranks
+    writing one temp file raced: one's rename left the other without its file)."""
+    import chatrlhf.lm.distributed as dist
+    import chatrlhf.lm.engine as engine
+    import chatrlhf.stages.sampling as sampling
+    from chatrlhf.stages.iterate import collect_comparisons
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    monkeypatch.setattr(engine, "load_engine", lambda *a, **k: None)
+    monkeypatch.setattr(sampling, "sample_responses", lambda eng, msgs, k, cfg: [["a", "b"] for _ in msgs])
+    monkeypatch.setattr(sampling, "label_with_world", lambda world, comps, cfg, rng: None)
+    prompts = [{"id": f"p{i}", "messages": [{"role": "user", "content": f"q {i}"}]} for i in range(4)]
+    for main, name in ((False, "rank1.jsonl"), (True, "rank0.jsonl")):
+        monkeypatch.setattr(dist, "is_main", lambda main=main: main)
+        assert collect_comparisons(cfg, None, tmp_path, prompts, tmp_path / name, 2) == tmp_path / name
+    assert not (tmp_path / "rank1.jsonl").exists() and (tmp_path / "rank0.jsonl").is_file()
+    assert len((tmp_path / "rank0.jsonl").read_text().splitlines()) == 4

@@ -222,9 +222,8 @@ def flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def settings_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`name: saved -> current` for every dotted setting that differs. A setting only one side has, at
-    an off value (false, 0, none, empty), is no difference: an option added later (or removed) and
-    left off does not stop a checkpoint from resuming."""
+    """`name: saved -> current` for every dotted setting that differs. A setting only one side has, at an
+    off value (false, 0, none, empty), is none: an option added later and left off does not block a resume."""
     a, b = flat_settings(saved), flat_settings(json.loads(json.dumps(current, default=str)))
     off = (False, 0, None, "", [])
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(a.keys() | b.keys())

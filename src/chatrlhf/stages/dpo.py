@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config
+from chatrlhf.lm.distributed import on_main
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
 from chatrlhf.lm.rankings import load_comparisons, split_by_prompt, write_comparisons
 from chatrlhf.lm.training import make_accelerator
@@ -60,7 +61,7 @@ def online_comparisons(cfg: Config, world, policy, tok, r: int, out: Path) -> li
                     "messages": p["messages"], "responses": s, "reference": p.get("reference"), "rankings": []}
                    for i, (p, s) in enumerate(zip(prompts, samples))]
     label_with_world(world, comparisons, cfg, random.Random(cfg.run.seed * 1000 + r))
-    write_comparisons(comparisons, out)
+    on_main(lambda: write_comparisons(comparisons, out))  # every rank holds the same comparisons; one writes them
     return comparisons
 
 

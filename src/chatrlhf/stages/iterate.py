@@ -70,7 +70,8 @@ def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict
         comparisons = rank_in_labeling_app(cfg, comparisons, r)
     else:
         label_with_world(world, comparisons, cfg, rng)
-    return write_comparisons(comparisons, out)
+    on_main(lambda: write_comparisons(comparisons, out))  # every rank holds the same comparisons; one writes them
+    return out
 
 
 def rank_in_labeling_app(cfg: Config, comparisons: list[dict], r: int) -> list[dict]:
