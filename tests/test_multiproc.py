@@ -50,7 +50,8 @@ def launch(stage: str, out: Path, *extra: str, ranks: int = 2, wait: bool = True
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=(out / "launch.log").open("w"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    errors = "\n".join(line for line in proc.stderr.splitlines() if "Error" in line)  # every rank's, not only the last
+    assert proc.returncode == 0, f"{errors[-3000:]}\n...\n{proc.stderr[-3000:]}"
     return proc.stderr
 
 
