@@ -25,23 +25,15 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from chatrlhf.lm.modeling import load_tokenizer  # noqa: E402
 from chatrlhf.lm.rankings import load_comparisons, pairwise_accuracy  # noqa: E402
-from chatrlhf.lm.reward_model import collate_sequences, encode_response, response_length  # noqa: E402
+from chatrlhf.rl.dpo import encode_pair_side, sequence_logprobs  # noqa: E402
 
 
 @torch.no_grad()
 def likelihoods(model, tok, comparison: dict, max_len: int = 256) -> list[tuple[float, float]]:
     """(sum, mean) of the answer tokens' log-probabilities, for each of the comparison's answers."""
-    msgs = comparison["messages"]
-    seqs = [encode_response(tok, msgs, r, max_len) for r in comparison["responses"]]
-    lengths = [response_length(tok, msgs, r, max_len) for r in comparison["responses"]]
-    batch = collate_sequences(seqs, tok.pad_token_id)
-    logp = model(**batch).logits.float().log_softmax(-1)
-    width = batch["input_ids"].shape[1]
-    out = []
-    for i, n in enumerate(lengths):
-        tokens = logp[i, width - n - 1: width - 1].gather(-1, batch["input_ids"][i, width - n:, None]).squeeze(-1)
-        out.append((tokens.sum().item(), tokens.mean().item()))
-    return out
+    seqs = [encode_pair_side(tok, comparison["messages"], r, max_len) for r in comparison["responses"]]
+    sums = sequence_logprobs(model, seqs, tok.pad_token_id, "cpu").tolist()
+    return [(s, s / len(resp)) for s, (_, resp) in zip(sums, seqs)]
 
 
 def main() -> None:

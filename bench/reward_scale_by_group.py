@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from chatrlhf.lm.rankings import load_comparisons  # noqa: E402
-from chatrlhf.lm.reward_model import RewardModel  # noqa: E402
+from chatrlhf.lm.reward_model import RewardModel, score_comparisons  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +32,12 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     rm = RewardModel.load(a.rm)
+    comparisons = load_comparisons(a.comparisons)[: a.n]
     scores: dict[str, list[float]] = {}
     within: dict[str, list[float]] = {}
-    for c in load_comparisons(a.comparisons)[: a.n]:
-        s = rm.score([c["messages"]] * len(c["responses"]), c["responses"])
-        scores.setdefault(c.get("group"), []).extend(s.tolist())
-        within.setdefault(c.get("group"), []).append(s.std().item())
+    for c, s in zip(comparisons, score_comparisons(rm, comparisons)):
+        scores.setdefault(c.get("group"), []).extend(s)
+        within.setdefault(c.get("group"), []).append(torch.tensor(s).std().item())
     out = {str(g): {"answers": len(v), "mean": statistics.mean(v), "sd": statistics.pstdev(v),
                     "within_prompt_sd": statistics.mean(within[g])} for g, v in sorted(scores.items(), key=str)}
     for g, r in out.items():

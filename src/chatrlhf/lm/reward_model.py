@@ -75,14 +75,7 @@ def raw_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "last_token" not in batch:
         out = model(**batch, use_cache=False)
         return out.logits[:, -1].float() if out.logits.dim() == 2 else out.logits.float()
-    per_token: list[torch.Tensor] = []
-    head = reward_backbone_and_head(getattr(model, "module", model))[1]
-    hook = head.register_forward_hook(lambda _module, _inputs, out: per_token.append(out))
-    try:
-        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-    finally:
-        hook.remove()
-    return per_token[0].flatten(0, 1)[batch["last_token"]].squeeze(-1).float()
+    return rewards_and_hidden(model, batch)[0]
 
 
 def rewards_and_hidden(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

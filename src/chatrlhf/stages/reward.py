@@ -57,13 +57,13 @@ from chatrlhf.lm.rankings import (
 )
 from chatrlhf.lm.reward_model import (
     Messages,
+    ResponseLMTerm,
     RewardEnsemble,
     RewardModel,
     build_reward_model,
     collate_packed_sequences,
     collate_sequences,
     encode_response,
-    ResponseLMTerm,
     pair_rewards,
     raw_rewards,
     score_comparisons,
@@ -242,10 +242,10 @@ def _train_steps(cfg: Config, model, tok, train: list[dict], tokens: list[list[l
             optimizer_step(acc, loss, model.parameters(), opt, sched, rc.grad_clip)
             whole = pb if acc.num_processes == 1 else make_batch([train[i] for i in batches[pos]], held_out)  # global counts
             seqs_seen, pairs_seen = seqs_seen + len(whole.sequences), pairs_seen + len(whole.chosen)
-            last = {"loss": global_loss.item(), "acc": (ch > rj).float().mean().item(), "margin": (ch - rj).mean().item(),
-                    **({} if lm_loss is None else {"lm_loss": weighted_loss(lm_loss.detach(), pb.n_groups if counts else 0)[1].item()})}
-            if (step + 1) % rc.log_every == 0 or step + 1 == total:
-                last |= all_mean({k: last[k] for k in ("acc", "margin")})  # over ranks: logged and returned
+            last = {"loss": global_loss.item(), "acc": (ch > rj).float().mean().item(), "margin": (ch - rj).mean().item()}
+            if (step + 1) % rc.log_every == 0 or step + 1 == total:  # over ranks: logged and returned
+                last |= all_mean({k: last[k] for k in ("acc", "margin")}) | ({} if lm_loss is None else {
+                    "lm_loss": weighted_loss(lm_loss.detach(), pb.n_groups if counts else 0)[1].item()})
                 metrics.log(step + 1, {f"rm/{k}": v for k, v in last.items()} | {"rm/lr": sched.get_last_lr()[0]})
             if rc.save_every and (step + 1) % rc.save_every == 0 and step + 1 < total:
                 ckpts.save(acc, step + 1, {"epoch": epoch})
