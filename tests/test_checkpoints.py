@@ -155,3 +155,16 @@ def test_an_option_added_later_and_left_off_is_no_difference_to_resume():
     assert settings_diff(saved, {**later, "rm": {**later["rm"], "lm_coef": 0.5}}) == ["rm.lm_coef: '(unset)' -> 0.5"]
     assert settings_diff(later, saved) == []  # an option removed at its off value: likewise
     assert settings_diff({**saved, "rm": {**saved["rm"], "lm_coef": 0.5}}, later) == ["rm.lm_coef: 0.5 -> 0.0"]
+
+
+def test_an_option_added_later_at_its_default_is_no_difference_to_resume():
+    """An option whose default is not an off value (ppo.reward.kl_estimator: "k1") still resumes a
+    checkpoint that predates it while it keeps its default, and not once set otherwise."""
+    saved = {"ppo": {"reward": {"kl_coef": 0.05}}}
+    later = {"ppo": {"reward": {"kl_coef": 0.05, "kl_estimator": "k1"}}}
+    defaults = {"ppo": {"reward": {"kl_coef": 0.05, "kl_estimator": "k1"}}}
+    assert settings_diff(saved, later) == ["ppo.reward.kl_estimator: '(unset)' -> 'k1'"]  # without the defaults
+    assert settings_diff(saved, later, defaults) == []
+    k3 = {"ppo": {"reward": {"kl_coef": 0.05, "kl_estimator": "k3"}}}
+    assert settings_diff(saved, k3, defaults) == ["ppo.reward.kl_estimator: '(unset)' -> 'k3'"]
+    assert settings_diff({"ppo": {"reward": {"kl_coef": 0.02}}}, later, defaults) == ["ppo.reward.kl_coef: 0.02 -> 0.05"]

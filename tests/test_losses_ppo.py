@@ -73,6 +73,31 @@ def test_kl_penalty_sign_and_placement():
     assert torch.allclose(rewards, torch.tensor([[-0.1, 0.0, 0.05 + 2.0], [-0.1, -1.0, 0.0]]))
 
 
+def test_k3_kl_penalty_is_never_a_bonus_and_averages_to_the_kl():
+    """ppo.reward.kl_estimator=k3: every token pays a penalty of at least 0 (k1 pays a bonus where the
+    policy is less likely than SFT), the score still lands on the last token, and on tokens drawn
+    from the policy both estimators average to the true KL(pi || pi_SFT)."""
+    scores = torch.tensor([2.0])
+    logprobs, ref = torch.tensor([[-1.0, -1.0, -1.0]]), torch.tensor([[-2.0, -1.0, -0.5]])
+    mask = torch.ones(1, 3)
+    rewards, kl = kl_penalized_rewards(scores, logprobs, ref, mask, kl_coef=0.1, estimator="k3")
+    d = ref - logprobs
+    assert torch.allclose(kl, torch.exp(d) - d - 1) and (kl >= 0).all()
+    assert torch.allclose(rewards, -0.1 * kl + torch.tensor([[0.0, 0.0, 2.0]]))
+    k1_rewards, _ = kl_penalized_rewards(scores, logprobs, ref, mask, kl_coef=0.1)
+    assert k1_rewards[0, 2] > rewards[0, 2]  # the less likely token: k1 pays 0.05, k3 charges 0.0149
+
+    g = torch.Generator().manual_seed(0)
+    pi = torch.softmax(torch.randn(50, generator=g), 0)
+    pi_ref = torch.softmax(torch.randn(50, generator=g), 0)
+    true_kl = (pi * (pi.log() - pi_ref.log())).sum()
+    y = torch.multinomial(pi, 200_000, replacement=True, generator=g)[None]
+    lp, rp = pi.log()[y], pi_ref.log()[y]
+    for est in ("k1", "k3"):
+        _, kl = kl_penalized_rewards(torch.zeros(1), lp, rp, torch.ones_like(lp), 0.1, estimator=est)
+        assert kl.mean().item() == pytest.approx(true_kl.item(), rel=0.02)
+
+
 def test_sft_loglik_reward_is_the_mean_log_likelihood_paid_per_token():
     ref = torch.tensor([[-0.1, -0.2, -0.3], [-0.1, -4.0, -9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])

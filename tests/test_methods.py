@@ -125,6 +125,23 @@ def test_rloo_puts_the_kl_in_the_reward_and_grpo_leaves_it_out():
     assert ro.advantages[:, 0].tolist() == pytest.approx(g.tolist()) and torch.equal(ro.advantages[:, 0], ro.advantages[:, 1])
 
 
+def test_kl_estimator_setting_reaches_the_rewards_of_gae_and_rloo():
+    """ppo.reward.kl_estimator=k3: the KL charged in GAE's per-token rewards and in RLOO's sequence
+    reward is k3's, never negative, where k1 (the default) credits the tokens SFT finds likelier."""
+    from chatrlhf.rl.ppo import compute_advantages
+
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5], [-1.0, -1.0], [-1.0, -1.0]])
+    ref = torch.full((4, 2), -1.0)
+    k3 = k3_kl(lp, ref).sum(1).mean().item()
+    kw = {"samples_per_prompt": 4, "rollout_batch_size": 4, "sft_loglik_coef": 0.0}
+    for est in ("gae", "rloo"):
+        for name, want in (("k1", (lp - ref).sum(1).mean().item()), ("k3", k3)):
+            ro = _rollout_stub(torch.zeros(4), lp, ref, 4)
+            compute_advantages(ro, 0.5, ppo_cfg(advantage_estimator=est, **kw, **{"reward.kl_estimator": name}))
+            assert ro.stats["kl"] == pytest.approx(want)
+    assert (lp - ref)[0].sum() < 0 < k3_kl(lp, ref)[0].sum()  # k1 reads row 0's less likely token as a bonus
+
+
 def test_grpo_update_carries_a_k3_kl_loss_term(tiny_model_dir, tmp_path):
     from chatrlhf.rl.experience import evaluate_rollout, rollout, score_rollout
     from chatrlhf.rl.ppo import compute_advantages, ppo_update

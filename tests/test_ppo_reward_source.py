@@ -98,7 +98,7 @@ def test_group_normalised_scores_give_every_group_the_pooled_mean_and_spread(tmp
     import json
 
     from chatrlhf.rl.experience import group_normalised
-    from chatrlhf.stages.ppo import _group_normalised
+    from chatrlhf.stages.ppo import _normalised
 
     def score(ps, texts):  # brief's answers score on a wide scale around 3, cautious's on a narrow one around 0
         return torch.tensor([float(len(t)) * (3.0 if p.get("group") == "brief" else 0.5) for p, t in zip(ps, texts)])
@@ -115,15 +115,46 @@ def test_group_normalised_scores_give_every_group_the_pooled_mean_and_spread(tmp
     other = [{"messages": [], "group": "thorough"}, {"messages": []}]
     assert fn(other, ["aa", "aaa"]).tolist() == score(other, ["aa", "aaa"]).tolist()
 
-    cfg = load_config(None, [f"run.out_dir={tmp_path}", "rm.conditioned=true"])
-    with pytest.raises(ValueError, match="group_normalise needs a group-conditioned RM"):
-        _group_normalised(cfg, score, tmp_path)  # no validation comparisons
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "rm.conditioned=true", "ppo.reward.group_normalise=true"])
+    with pytest.raises(ValueError, match="group_normalise needs the RM's validation comparisons"):
+        _normalised(cfg, score, tmp_path)
     (tmp_path / "val_comparisons.jsonl").write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": "q"}], "responses": texts[i: i + 2], "group": g,
                     "rankings": [{"labeler": "L1", "ranks": [1, 2]}]}) + "\n"
         for i, g in ((0, "cautious"), (2, "brief"), (4, "cautious"), (6, "brief"))))
-    wired = _group_normalised(cfg, score, tmp_path)
+    wired = _normalised(cfg, score, tmp_path)
     asked = [{"messages": [], "group": "brief"}, {"messages": [], "group": "cautious"}]
     assert wired(asked, ["aaa", "aaa"])[0] < score(asked, ["aaa", "aaa"])[0]  # brief's wide scale shrunk
     with pytest.raises(ValueError, match="group_normalise needs a group-conditioned RM"):
-        _group_normalised(load_config(None, [f"run.out_dir={tmp_path}"]), score, tmp_path)
+        _normalised(load_config(None, [f"run.out_dir={tmp_path}", "ppo.reward.group_normalise=true"]), score, tmp_path)
+    assert _normalised(load_config(None, [f"run.out_dir={tmp_path}"]), score, tmp_path) is score  # off: untouched
+
+
+def test_normalised_reward_has_mean_zero_and_spread_one_on_the_rm_validation_answers(tmp_path):
+    """ppo.reward.normalise (Ziegler et al. 2019): on the answers of the RM's validation comparisons the
+    score has mean 0 and spread 1; any other answer moves by the same shift and scale, so the RM's
+    order is kept; without validation comparisons, or with no spread, it is a clear error."""
+    import json
+
+    from chatrlhf.rl.experience import standardised
+    from chatrlhf.stages.ppo import _normalised
+
+    def score(ps, texts):
+        return torch.tensor([3.0 * len(t) + 7.0 for t in texts])
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "ppo.reward.normalise=true"])
+    with pytest.raises(ValueError, match="normalise needs the RM's validation comparisons"):
+        _normalised(cfg, score, tmp_path)
+    texts = ["a" * n for n in range(1, 9)]
+    (tmp_path / "val_comparisons.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": "q"}], "responses": texts[i: i + 2],
+                    "rankings": [{"labeler": "L1", "ranks": [1, 2]}]}) + "\n" for i in range(0, 8, 2)))
+    fn = _normalised(cfg, score, tmp_path)
+    ref = fn([{"messages": []}] * len(texts), texts)
+    assert ref.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert ref.std().item() == pytest.approx(1.0, rel=1e-5)
+    new = fn([{"messages": []}] * 2, ["a" * 20, "a" * 10])
+    assert new[0] > new[1] > ref.max()
+    assert (new[0] - new[1]).item() == pytest.approx(30.0 / score([], texts).std().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="distinct scores"):
+        standardised(lambda ps, ts: torch.ones(len(ts)), [{"messages": []}] * 3, ["a", "b", "c"])

@@ -39,6 +39,12 @@ class RewardConfig(Section):
     verifier_coef: float = Field(4.0, ge=0, description="Weight of the rule-based check of a prompt's `ground_truth` "
                                  "(chatrlhf.lm.verifiers, score in [0, 1]) added to the RM score; prompts without one get the RM alone (0 = off).")
     missing_eos_penalty: float = Field(1.0, description="Subtracted from the reward of responses that never end.")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k1", description="The per-token estimate of the KL to SFT in the reward (Schulman 2020; TRL's name): k1 = "
+        "log pi - log pi_SFT (InstructGPT), or k3 = pi_SFT/pi - log(pi_SFT/pi) - 1, never negative and of lower variance.")
+    normalise: bool = Field(False, description="The RM score shifted and scaled to mean 0 and spread 1 over the "
+                            "answers of the RM's validation comparisons, samples of the SFT model (Ziegler et al. "
+                            "2019 normalise on the start policy's samples), before the other terms are added.")
     group_normalise: bool = Field(False, description="With a group-conditioned RM (rm.conditioned): each group's RM "
                                   "scores shifted and scaled to the pooled mean and spread, by the RM's scores on its "
                                   "validation comparisons per group, so no group's reward scale outweighs another's in "

@@ -36,8 +36,7 @@ class TrainingStopped(RuntimeError):
 
 
 class NonFiniteLossError(TrainingStopped):
-    """Raised when a loss (or a weight about to be checkpointed) is NaN or inf; the last verified
-    checkpoint is left untouched."""
+    """A loss (or a weight about to be checkpointed) is NaN or inf; the last verified checkpoint is kept."""
 
 
 class DivergenceError(TrainingStopped):
@@ -221,13 +220,14 @@ def flat_settings(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def settings_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def settings_diff(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[str]:
     """`name: saved -> current` for every dotted setting that differs. A setting only one side has, at an
-    off value (false, 0, none, empty), is none: an option added later and left off does not block a resume."""
-    a, b = flat_settings(saved), flat_settings(json.loads(json.dumps(current, default=str)))
-    off = (False, 0, None, "", [])
+    off value (false, 0, none, empty) or at its default in `defaults`, is none: an option added later and
+    left as it was does not block a resume."""
+    a, b, d = (flat_settings(json.loads(json.dumps(x or {}, default=str))) for x in (saved, current, defaults))
+    kept = [k for k, v in (a | b).items() if (k in a) != (k in b) and (v in (False, 0, None, "", []) or d.get(k, []) == v)]
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k) and not (k not in a and b[k] in off) and not (k not in b and a[k] in off)]
+            if a.get(k) != b.get(k) and k not in kept]
 
 
 class SettingsMismatchError(ValueError):
@@ -339,11 +339,11 @@ class Checkpoints:
     """
 
     def __init__(self, stage_dir: Path, keep: int = 2, settings: dict[str, Any] | None = None,
-                 resume_anyway: bool = False, divergence_factor: float = 0.0):
+                 resume_anyway: bool = False, divergence_factor: float = 0.0, defaults: dict[str, Any] | None = None):
         self.root = Path(stage_dir) / "checkpoints"
         self.keep = keep
         self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
-        self.resume_anyway = resume_anyway
+        self.defaults, self.resume_anyway = defaults, resume_anyway  # settings_diff's defaults
         self.guard = DivergenceGuard(divergence_factor)
 
     def configure(self, settings: dict[str, Any] | None = None, resume_anyway: bool | None = None,
@@ -444,7 +444,7 @@ class Checkpoints:
         """Refuse (or with resume_anyway, warn about) a checkpoint made with other settings; True
         when they differ and the resume goes ahead."""
         if self.settings is not None and "settings" in saved:
-            diff = settings_diff(saved["settings"], self.settings)
+            diff = settings_diff(saved["settings"], self.settings, self.defaults)
         elif fingerprint is not None and saved.get("fingerprint") is not None:
             diff = [] if saved["fingerprint"] == fingerprint else ["(settings not recorded; config fingerprint differs)"]
         else:

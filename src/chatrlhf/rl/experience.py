@@ -115,6 +115,21 @@ def group_normalised(reward_fn: RewardFn, prompts: list[dict], responses: list[s
     return normalised
 
 
+def standardised(reward_fn: RewardFn, prompts: list[dict], responses: list[str]) -> RewardFn:
+    """`reward_fn` shifted and scaled so that its scores on the reference (prompts, responses), e.g. the
+    start policy's samples, have mean 0 and spread 1 (Ziegler et al. 2019): the RM's scale, which its
+    training leaves free, no longer sets its weight against the KL and the other terms."""
+    ref = reward_fn(prompts, responses).detach().float().cpu().reshape(-1)
+    mean, std = ref.mean(), ref.std()
+    if not len(ref) > 1 or not std > 0:
+        raise ValueError(f"reward normalisation needs reference answers with distinct scores ({len(ref)} given)")
+
+    def normalised(ps: list[dict], texts: list[str]) -> torch.Tensor:
+        return (reward_fn(ps, texts).detach().float().cpu().reshape(-1) - mean) / std
+
+    return normalised
+
+
 @torch.no_grad()
 def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig) -> None:
     """RM score of each (prompt, response), plus verifier_coef times the rule-based check where the

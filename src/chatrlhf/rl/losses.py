@@ -49,12 +49,23 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     return out * mask
 
 
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_SFT) on sampled tokens (Schulman 2020): k1 = log pi - log pi_SFT
+    (unbiased, negative on some tokens), or k3 (k3_kl: unbiased, never negative, lower variance)."""
+    if estimator == "k3":
+        return k3_kl(logprobs, ref_logprobs) * mask
+    return (logprobs - ref_logprobs) * mask
+
+
 def kl_penalized_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+    estimator: str = "k1",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """InstructGPT eq. 2 as per-token rewards: r_t = -kl_coef * (log pi(y_t) - log pi_SFT(y_t)) on every
-    response token, plus the RM score r(x, y) on the last one. scores: (B,). Returns (rewards, kl)."""
-    kl = (logprobs - ref_logprobs) * mask  # k1 estimator of KL(pi || pi_SFT), per token
+    response token (k1; or the k3 estimate of that KL), plus the RM score r(x, y) on the last one.
+    scores: (B,). Returns (rewards, kl)."""
+    kl = kl_estimate(logprobs, ref_logprobs, mask, estimator)
     rewards = -kl_coef * kl
     last = (mask.sum(1).long() - 1).clamp(min=0)  # index of the last response token (EOS or cut-off)
     rewards[torch.arange(len(scores)), last] += scores

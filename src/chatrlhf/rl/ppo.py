@@ -55,6 +55,7 @@ from chatrlhf.rl.losses import (
     gae_advantages,
     group_normalized_advantages,
     k3_kl,
+    kl_estimate,
     kl_penalized_rewards,
     leave_one_out_baseline,
     logprobs_and_entropy,
@@ -84,7 +85,7 @@ def batch_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def compute_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
     if cfg.advantage.estimator != "gae":
         return _group_advantages(ro, kl_coef, cfg)
-    rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef)
+    rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, kl_coef, cfg.reward.kl_estimator)
     if cfg.reward.sft_loglik_coef:
         rewards = rewards + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.reward.sft_loglik_coef)
         ro.stats["sft_loglik"] = masked_mean(ro.ref_logprobs, ro.mask, dim=1).mean().item()
@@ -116,7 +117,7 @@ def _group_advantages(ro: Rollout, kl_coef: float, cfg: PPOConfig) -> None:
             serves both);
       grpo  (R - mean) / std over the group without KL; the KL to SFT is a loss term with the k3
             estimator (Shao et al. 2024), added in ppo_update."""
-    kl = (ro.logprobs - ro.ref_logprobs) * ro.mask  # k1 per token, as GAE's reward uses
+    kl = kl_estimate(ro.logprobs, ro.ref_logprobs, ro.mask, cfg.reward.kl_estimator)  # as GAE's reward uses
     seq = ro.scores.float().clone()
     if cfg.reward.sft_loglik_coef:
         seq = seq + sft_loglik_rewards(ro.ref_logprobs, ro.mask, cfg.reward.sft_loglik_coef).sum(1)
@@ -263,7 +264,7 @@ class PPOTrainer:
         self.kl_ctl = make_kl_controller(cfg.reward.kl_coef, cfg.reward.adaptive_kl, cfg.reward.target_kl, cfg.reward.horizon)
         self.ckpts = Checkpoints(self.out_dir, settings={"ppo": cfg.model_dump(mode="json", exclude={  # how long, not how
             "total_iterations": True, "max_minutes": True, "save_every": True, "guard": {"eval_every", "patience"}}),
-            "seed": seed})
+            "seed": seed}, defaults={"ppo": type(cfg)().model_dump(mode="json")})
         self.iteration, self.best = 0, {"win_rate": -1.0, "iteration": 0, "stale": 0}
         self.guard_history: list[float] = []  # every guard evaluation, iteration 0 first
         self.history: list[dict[str, float]] = []

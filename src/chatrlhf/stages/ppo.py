@@ -182,7 +182,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     ptx_train, ppl_chunks = _lm_text(cfg, tok, world)
     guard = _make_guard(cfg, policy, ref, tok, world, guard_prompts, rm_dir)
     reward_fn, gold_fn = _reward_fns(rm, world, pc)
-    reward_fn = _group_normalised(cfg, reward_fn, rm_dir) if pc.reward.group_normalise else reward_fn
+    reward_fn = _normalised(cfg, reward_fn, rm_dir)
     ppl_before = _lm_ppl(policy, ppl_chunks, acc.device)
     start_is_ref = policy_dir.resolve() == ref_dir.resolve()
     if pc.rejection_sampling.n > 1 and Checkpoints(out).latest() is None:  # a resumed run already holds it
@@ -303,18 +303,27 @@ def _reward_fns(rm, world, pc: PPOConfig) -> tuple[RewardFn, GoldFn | None]:
     return reward_fn, gold_fn
 
 
-def _group_normalised(cfg: Config, reward_fn: RewardFn, rm_dir: Path) -> RewardFn:
-    """ppo.reward.group_normalise: the per-group statistics from the RM's validation comparisons."""
+def _normalised(cfg: Config, reward_fn: RewardFn, rm_dir: Path) -> RewardFn:
+    """ppo.reward.group_normalise, then ppo.reward.normalise: statistics from the RM's scores on the
+    answers of its validation comparisons (per group for the first, pooled for the second)."""
     from chatrlhf.lm.rankings import load_comparisons
-    from chatrlhf.rl.experience import group_normalised
+    from chatrlhf.rl.experience import group_normalised, standardised
 
+    rc = cfg.ppo.reward
+    if not (rc.group_normalise or rc.normalise):
+        return reward_fn
     path = rm_dir / "val_comparisons.jsonl"
-    if not cfg.rm.conditioned or not path.is_file():
-        raise ValueError("ppo.reward.group_normalise needs a group-conditioned RM (rm.conditioned) with its "
+    if rc.group_normalise and not cfg.rm.conditioned:
+        raise ValueError("ppo.reward.group_normalise needs a group-conditioned RM (rm.conditioned)")
+    if not path.is_file():
+        raise ValueError(f"ppo.reward.{'group_normalise' if rc.group_normalise else 'normalise'} needs the RM's "
                          f"validation comparisons ({path})")
     val = load_comparisons(path)
-    return group_normalised(reward_fn, [{"messages": c["messages"], "group": c.get("group")} for c in val for _ in c["responses"]],
-                            [r for c in val for r in c["responses"]])
+    prompts = [{"messages": c["messages"], "group": c.get("group")} for c in val for _ in c["responses"]]
+    responses = [r for c in val for r in c["responses"]]
+    if rc.group_normalise:
+        reward_fn = group_normalised(reward_fn, prompts, responses)
+    return standardised(reward_fn, prompts, responses) if rc.normalise else reward_fn
 
 
 def _warn_start_kept(out: Path) -> None:
