@@ -8,7 +8,7 @@
       total_iterations: 120
       rollout: {batch_size: 32, max_new_tokens: 48}
       reward: {kl_coef: 0.05}
-      update: {learning_rate: 5.0e-05, mini_batch_size: 8, epochs: 2}
+      update: {learning_rate: 1.5e-04, mini_batch_size: 8, epochs: 2}
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class CriticConfig(Section):
 
 
 class UpdateConfig(Section):
-    learning_rate: float = Field(5e-5, description="Policy and value AdamW learning rate.")
+    learning_rate: float = Field(1.5e-4, description="Policy and value AdamW learning rate.")
     mini_batch_size: int = Field(8, description="Sequences per PPO mini-batch (the global batch over all processes).")
     epochs: int = Field(2, description="Passes over each rollout batch.")
     cliprange: float = Field(0.2, description="PPO policy ratio clip.")
