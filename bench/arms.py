@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_worlds import read_run  # noqa: E402
+from test_worlds import _json, read_run  # noqa: E402
 
 
 def arm_figures(pattern: str, worlds: list[str]) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def arm_figures(pattern: str, worlds: list[str]) -> dict[str, Any]:
         out = Path(pattern.format(S=s))
         rec = read_run(out)
         ppo = next((r for r in rec.get("attribution", []) if r.get("to") == "ppo"), {})
-        meta = json.loads((out / "ppo" / "meta.json").read_text()) if (out / "ppo" / "meta.json").is_file() else {}
+        meta = _json(out / "ppo" / "meta.json")
         rows[s] = {"run": str(out), "headline": (rec.get("matched") or {}).get("estimate"),
                    "headline_ci": [(rec.get("matched") or {}).get(k) for k in ("low", "high")],
                    "ppo_over_start": (ppo.get("win_rate") or {}).get("estimate"),

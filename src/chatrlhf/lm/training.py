@@ -225,7 +225,7 @@ def settings_diff(saved: dict[str, Any], current: dict[str, Any], defaults: dict
     off value (false, 0, none, empty) or at its default in `defaults`, is none: an option added later and
     left as it was does not block a resume."""
     a, b, d = (flat_settings(json.loads(json.dumps(x or {}, default=str))) for x in (saved, current, defaults))
-    kept = [k for k, v in (a | b).items() if (k in a) != (k in b) and (v in (False, 0, None, "", []) or d.get(k, []) == v)]
+    kept = {k for k, v in (a | b).items() if (k in a) != (k in b) and (v in (False, 0, None, "", []) or d.get(k, []) == v)}
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k) and k not in kept]
 

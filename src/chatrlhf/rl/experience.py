@@ -91,12 +91,17 @@ def rollout_texts(model, tokenizer, prompts: list[dict], cfg: PPOConfig, seed: i
 
 
 # --- 2. score --------------------------------------------------------------------------------
+def flat_scores(reward_fn: RewardFn, prompts: list[dict], responses: list[str]) -> torch.Tensor:
+    """`reward_fn`'s scores as a flat float tensor on the CPU, outside the autograd graph."""
+    return reward_fn(prompts, responses).detach().float().cpu().reshape(-1)
+
+
 def group_normalised(reward_fn: RewardFn, prompts: list[dict], responses: list[str]) -> RewardFn:
     """`reward_fn` with the score of each prompt that asks for a group (its "group") shifted and scaled
     so that group's scores on the reference (prompts, responses), e.g. a conditioned RM's validation
     comparisons, have the pooled mean and spread: no group's reward scale outweighs another's in the
     update of one policy that serves them all. Prompts of other groups, or none, keep their score."""
-    ref = reward_fn(prompts, responses).detach().float().cpu().reshape(-1)
+    ref = flat_scores(reward_fn, prompts, responses)
     groups = [p.get("group") for p in prompts]
     stats = {}
     for g in {g for g in groups if g is not None}:
@@ -106,7 +111,7 @@ def group_normalised(reward_fn: RewardFn, prompts: list[dict], responses: list[s
     mean, std = ref.mean(), ref.std()
 
     def normalised(ps: list[dict], texts: list[str]) -> torch.Tensor:
-        scores = reward_fn(ps, texts).detach().float().cpu().reshape(-1)
+        scores = flat_scores(reward_fn, ps, texts)
         shift = torch.tensor([stats[p["group"]][0] if p.get("group") in stats else 0.0 for p in ps])
         scale = torch.tensor([std / stats[p["group"]][1] if p.get("group") in stats else 1.0 for p in ps])
         keep = torch.tensor([p.get("group") not in stats for p in ps])
@@ -119,13 +124,13 @@ def standardised(reward_fn: RewardFn, prompts: list[dict], responses: list[str])
     """`reward_fn` shifted and scaled so that its scores on the reference (prompts, responses), e.g. the
     start policy's samples, have mean 0 and spread 1 (Ziegler et al. 2019): the RM's scale, which its
     training leaves free, no longer sets its weight against the KL and the other terms."""
-    ref = reward_fn(prompts, responses).detach().float().cpu().reshape(-1)
+    ref = flat_scores(reward_fn, prompts, responses)
     mean, std = ref.mean(), ref.std()
     if not len(ref) > 1 or not std > 0:
         raise ValueError(f"reward normalisation needs reference answers with distinct scores ({len(ref)} given)")
 
     def normalised(ps: list[dict], texts: list[str]) -> torch.Tensor:
-        return (reward_fn(ps, texts).detach().float().cpu().reshape(-1) - mean) / std
+        return (flat_scores(reward_fn, ps, texts) - mean) / std
 
     return normalised
 
@@ -134,7 +139,7 @@ def standardised(reward_fn: RewardFn, prompts: list[dict], responses: list[str])
 def score_rollout(ro: Rollout, reward_fn: RewardFn, cfg: PPOConfig) -> None:
     """RM score of each (prompt, response), plus verifier_coef times the rule-based check where the
     prompt has a checkable answer; responses that never reached EOS pay a penalty."""
-    rm = reward_fn(ro.prompts, ro.texts).detach().float().cpu().reshape(-1)
+    rm = flat_scores(reward_fn, ro.prompts, ro.texts)
     score = rm - cfg.reward.missing_eos_penalty * (~ro.finished).float()
     if cfg.reward.verifier_coef:
         checks, has = verifier_scores(ro.prompts, ro.texts)
