@@ -272,6 +272,20 @@ def test_conditioned_ppo_iterations_set_the_conditioned_variants_budget_only(tmp
     assert iters == {"pooled": 40, "brief": 40, "thorough": 40, "cautious": 40, "conditioned": 120, "conditioned-sft": 120}
 
 
+def test_preferences_learning_rate_sets_every_variants_ppo_and_none_keeps_the_runs(tmp_path):
+    """preferences.learning_rate (5e-5 by default, below the main run's 1.5e-4): the variants' unguarded
+    PPO runs at it; the main run's PPO is untouched; None gives the variants ppo.update.learning_rate."""
+    from chatrlhf.stages.preferences import variant_config, variants
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    assert cfg.ppo.update.learning_rate == 1.5e-4 and cfg.preferences.learning_rate == 5e-5
+    assert {variant_config(cfg, rm).ppo.update.learning_rate for rm in variants(cfg.preferences.groups, True).values()} == {5e-5}
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.learning_rate=null", "ppo.update.learning_rate=2e-4"])
+    assert {variant_config(cfg, rm).ppo.update.learning_rate for rm in variants(cfg.preferences.groups, True).values()} == {2e-4}
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_config(None, [f"run.out_dir={tmp_path}", "preferences.learning_rate=0"])
+
+
 def test_conditioned_weights_set_whose_rankings_and_prompts_the_conditioned_variants_get(tmp_path):
     """preferences.conditioned_weights: the conditioned variants' comparisons and PPO prompts are drawn by
     those weights; every other variant keeps its own group (or all); a weight per group, above 0, or an error."""

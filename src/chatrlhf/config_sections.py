@@ -108,6 +108,11 @@ class PreferencesConfig(Section):
     comparisons: int = Field(2000, ge=1, description="Prompts of the RM stage's sampled comparisons each RM is trained on (re-ranked per group).")
     ppo_iterations: int = Field(40, ge=1, description="PPO iterations per policy (no best-of-n fine-tune: the "
                                 "comparison is between what each group's reward model teaches).")
+    learning_rate: float | None = Field(5e-5, gt=0, description="Every variant's PPO learning rate (None: "
+                                        "ppo.update.learning_rate). The variants run ppo_iterations with no guard, "
+                                        "so a faster rate takes them further from their SFT models than the main run's "
+                                        "guarded PPO goes (docs/RESULTS.md, 'The whose-preferences table with PPO's "
+                                        "learning rate 1.5e-4').")
     conditioned_ppo_iterations: int | None = Field(None, ge=1, description="PPO iterations of the conditioned "
                                                    "variants (None: ppo_iterations), whose prompts ask for every group.")
     best_of_n: int = Field(0, ge=0, description="Each variant's PPO starts from a best-of-n fine-tune of its own SFT model "

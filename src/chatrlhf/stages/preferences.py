@@ -69,7 +69,8 @@ def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
     """The run's config with one variant's rankings, and the same PPO budget for every variant: a
     best-of-n start only with preferences.best_of_n (the same n for every variant), and with
     preferences.guard the guard of the main run judged by the variant's own training labelers
-    (stages.ppo._guard_labelers), else none: the last iteration. The conditioned variants weigh the
+    (stages.ppo._guard_labelers), else none: the last iteration; PPO's learning rate
+    preferences.learning_rate where set. The conditioned variants weigh the
     groups by preferences.conditioned_weights where set, and only they normalise the reward per group
     (ppo.reward.group_normalise)."""
     d = cfg.model_dump()
@@ -82,6 +83,8 @@ def variant_config(cfg: Config, rm_over: dict[str, Any]) -> Config:
     d["ppo"]["reward"]["group_normalise"] &= rm_over["conditioned"]  # per-group statistics need a conditioned RM
     iterations = (rm_over["conditioned"] and cfg.preferences.conditioned_ppo_iterations) or cfg.preferences.ppo_iterations
     d["ppo"] |= {"total_iterations": iterations, "max_minutes": 0.0}
+    if cfg.preferences.learning_rate is not None:
+        d["ppo"]["update"]["learning_rate"] = cfg.preferences.learning_rate
     if not cfg.preferences.guard:
         d["ppo"]["guard"]["early_stop"] = "none"
     d["ppo"]["rejection_sampling"]["n"] = cfg.preferences.best_of_n
