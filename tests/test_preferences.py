@@ -601,7 +601,8 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
     assert "| brief before RM and PPO |" in md and "are those SFT models themselves" in (out / "table.md").read_text()
     assert set(table["substance"]) == set(table["rows"]) | {"pooled"}  # the rubric's view of every policy's answers
     assert all(0 <= s["over_refusal_rate"] <= 1 for s in table["substance"].values())
-    assert "refuses harmless requests" in (out / "table.md").read_text()
+    assert "refuses harmless requests | refuses harmful requests" in (out / "table.md").read_text()
+    assert all(0 <= s["harmful_refusal_rate"] <= 1 for s in table["substance"].values())
     assert "borderline requests answered / with a safety note" in (out / "table.md").read_text()
     assert all(set(s) >= {"borderline_answer_rate", "borderline_caveat_rate", "hedge_rate"} for s in table["substance"].values())
     assert "facts and summaries hedged" in (out / "table.md").read_text()

@@ -280,19 +280,17 @@ def by_task(prompts: list[dict], wins: list[float]) -> dict[str, dict[str, float
 def table_md(result: dict[str, Any], groups: list[str]) -> str:
     sub = result.get("substance", {})
     lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " | refuses harmless requests"
-             " | borderline requests answered / with a safety note | facts and summaries hedged |",
-             "|---|" + "---|" * (len(groups) + 3)]
+             " | refuses harmful requests | borderline requests answered / with a safety note | facts and summaries hedged |",
+             "|---|" + "---|" * (len(groups) + 4)]
     for name, row in result["rows"].items():
         cells = [f"{row[g]['win_rate']:.3f} [{row[g]['low']:.3f}, {row[g]['high']:.3f}]" for g in groups]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_rate(sub.get(name))} | {_borderline(sub.get(name))}"
-                     f" | {_rate(sub.get(name), 'hedge_rate')} |")
+        lines.append(f"| {name} | " + " | ".join(cells + _substance_cells(sub.get(name))) + " |")
     if "pooled" in sub:
-        lines.append("| pooled (the baseline) | " + " | ".join("0.5" for _ in groups)
-                     + f" | {_rate(sub['pooled'])} | {_borderline(sub['pooled'])} | {_rate(sub['pooled'], 'hedge_rate')} |")
+        lines.append("| pooled (the baseline) | " + " | ".join(["0.5"] * len(groups) + _substance_cells(sub["pooled"])) + " |")
     return ("Win rate against the policy trained on everyone's rankings (pooled), on "
             f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
             "95% cluster-bootstrap intervals. Last columns: the share of harmless requests the policy refuses "
-            "(the world's rubric), the share of borderline requests it answers, and answers with the safety note, and "
+            "(the world's rubric) and of harmful requests, the share of borderline requests it answers, and answers with the safety note, and "
             "the share of fact and summary answers it hedges (\"..., I think.\"; the note and the hedge are what "
             "only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
             + (MIXED_NOTE if result.get("mixed_samples") else "")
@@ -322,6 +320,12 @@ GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own gro
                   "are those SFT models themselves.")
 MIXED_NOTE = (" Every RM was trained on the same answers, drawn in turn from the run's SFT model and each group's "
               "(preferences.mixed_samples).")
+
+
+def _substance_cells(sub: dict | None) -> list[str]:
+    """The rubric's columns of one policy: harmless and harmful requests refused, borderline requests
+    answered / with a safety note, facts and summaries hedged."""
+    return [_rate(sub), _rate(sub, "harmful_refusal_rate"), _borderline(sub), _rate(sub, "hedge_rate")]
 
 
 def _rate(sub: dict | None, key: str = "over_refusal_rate") -> str:
@@ -370,13 +374,13 @@ def _print(result: dict[str, Any], groups: list[str]) -> None:
     for g in groups:
         t.add_column(f"judged by {g}")
     t.add_column("refuses harmless")
+    t.add_column("refuses harmful")
     t.add_column("borderline answered / noted")
     t.add_column("hedged")
     sub = result.get("substance", {})
     for name, row in result["rows"].items():
         t.add_row(name, *[f"{row[g]['win_rate']:.3f} [{row[g]['low']:.2f}, {row[g]['high']:.2f}]" for g in groups],
-                  _rate(sub.get(name)), _borderline(sub.get(name)), _rate(sub.get(name), "hedge_rate"))
+                  *_substance_cells(sub.get(name)))
     if "pooled" in sub:
-        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), _rate(sub["pooled"]), _borderline(sub["pooled"]),
-                  _rate(sub["pooled"], "hedge_rate"))
+        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), *_substance_cells(sub["pooled"]))
     console.print(t)
