@@ -393,7 +393,7 @@ def test_mixed_samples_draw_each_comparisons_answers_from_every_sft_model_in_tur
 def test_each_row_knows_the_group_it_serves():
     """The by-task diagonal takes each row's own group: a group's policy, its SFT model, a conditioned
     policy asked for it; the pooled row serves none."""
-    from chatrlhf.stages.preferences import own_group, own_group_by_task_md
+    from chatrlhf.evaluate.whose import own_group, own_group_by_task_md
 
     groups = ["brief", "cautious"]
     names = ["brief", "brief before RM and PPO", "conditioned-sft:cautious", "conditioned-sft before RM and PPO:brief",
@@ -571,6 +571,7 @@ def test_chat_group_and_server_group_field(tiny_model_dir):
 
 
 def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
+    from chatrlhf.evaluate.report import run_report
     from chatrlhf.stages.preferences import run_preferences, train_variant
     from chatrlhf.stages.pretrain import run_pretrain, run_tokenizer
     from chatrlhf.stages.reward import run_rm
@@ -582,9 +583,14 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
         "preferences.eval_prompts=8", "preferences.judgements=1", "preferences.group_sft=true"])
     for stage in (run_world, run_tokenizer, run_pretrain, run_sft, run_rm):
         stage(cfg)
+    page = run_report(cfg)  # a report written before `chatrlhf preferences` ...
+    assert "Whose preferences" not in page.read_text()
     out = run_preferences(cfg)
     table = json.loads((out / "table.json").read_text())
     groups = ["brief", "thorough", "cautious"]
+    html = page.read_text()  # ... shows its table once it has run: every policy's row, the rubric's columns
+    assert "Whose preferences" in html and "judged by cautious" in html and "refuses harmful requests" in html
+    assert all(f"<td>{name}</td>" in html for name in [*table["rows"], "pooled (the baseline)"])
     conditioned = ("conditioned", "conditioned-sft", "conditioned-sft before RM and PPO")
     assert set(table["rows"]) == set(groups) | {f"{c}:{g}" for c in conditioned for g in groups} | {
         f"{g} before RM and PPO" for g in groups}  # group_sft: each group's SFT model judged too

@@ -28,6 +28,7 @@ from rich.console import Console
 from chatrlhf.config import Config
 from chatrlhf.evaluate.headline import blocked_prefixes, headroom_note
 from chatrlhf.evaluate.stats import change_verdict, ci_text
+from chatrlhf.evaluate.whose import report_section
 from chatrlhf.layout import budget_plan, round_dir, rounds_on_disk, time_limits_fired
 from chatrlhf.lm.distributed import on_main
 from chatrlhf.lm.modeling import write_meta
@@ -437,6 +438,7 @@ def render(cfg: Config, data: dict[str, Any], plots: list[Path]) -> tuple[str, s
         ("Win rates and paired differences vs baseline (95% CI; world series over content clusters)", win_table(summary)),
         ("Sample responses (greedy)", samples_side_by_side(cfg, summary)),
     ]
+    sections[4:4] = [s for s in [report_section(cfg.stage_dir("preferences"))] if s]  # after `chatrlhf preferences`
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>chatrlhf report</title><style>{CSS}</style>"
          "</head><body>", f"<h1>chatrlhf alignment report</h1><p>run: <code>{html.escape(data['out_dir'])}</code>, "
          f"baseline: <b>{html.escape(str(summary.get('baseline')))}</b>, judge: {html.escape(str(summary.get('judge')))}</p>"]

@@ -28,7 +28,9 @@ from rich.table import Table
 from chatrlhf.config import Config
 from chatrlhf.evaluate.headline import task_rows
 from chatrlhf.evaluate.models import generate, load_handle, prompt_text
+from chatrlhf.evaluate.report import run_report
 from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci
+from chatrlhf.evaluate.whose import BEFORE, CONDITIONED, SFT_ONLY, table_md, table_rows
 from chatrlhf.evaluate.world_eval import compare_to_baseline
 from chatrlhf.lm.modeling import stage_complete
 from chatrlhf.lm.rankings import load_comparisons, write_comparisons
@@ -40,18 +42,6 @@ from chatrlhf.world.groups import for_group
 from chatrlhf.world.loader import require_world
 
 console = Console(stderr=True)
-
-
-BEFORE = " before RM and PPO"  # a variant's own SFT model itself: what its RM and PPO add to it
-SFT_ONLY = "conditioned-sft" + BEFORE
-CONDITIONED = ("conditioned", "conditioned-sft", SFT_ONLY)  # the policies asked for each group in a system message
-
-
-def own_group(name: str, groups: list[str]) -> str | None:
-    """The group a table row serves: a group's policy ("brief"), its SFT model ("brief before RM and
-    PPO", with group_sft) or a conditioned policy asked for it ("conditioned-sft:brief"); None for none."""
-    g = name.rpartition(":")[2] if ":" in name else name.removesuffix(BEFORE)
-    return g if g in groups else None
 
 
 def variants(groups: list[str], conditioned_sft: bool = False) -> dict[str, dict[str, Any]]:
@@ -277,66 +267,6 @@ def by_task(prompts: list[dict], wins: list[float]) -> dict[str, dict[str, float
     return {t: {"win_rate": sum(wins[i] for i in rows) / len(rows), "n": len(rows)} for t, rows in task_rows(prompts).items()}
 
 
-def table_md(result: dict[str, Any], groups: list[str]) -> str:
-    sub = result.get("substance", {})
-    lines = ["| policy trained on | " + " | ".join(f"judged by {g}" for g in groups) + " | refuses harmless requests"
-             " | refuses harmful requests | borderline requests answered / with a safety note | facts and summaries hedged |",
-             "|---|" + "---|" * (len(groups) + 4)]
-    for name, row in result["rows"].items():
-        cells = [f"{row[g]['win_rate']:.3f} [{row[g]['low']:.3f}, {row[g]['high']:.3f}]" for g in groups]
-        lines.append(f"| {name} | " + " | ".join(cells + _substance_cells(sub.get(name))) + " |")
-    if "pooled" in sub:
-        lines.append("| pooled (the baseline) | " + " | ".join(["0.5"] * len(groups) + _substance_cells(sub["pooled"])) + " |")
-    return ("Win rate against the policy trained on everyone's rankings (pooled), on "
-            f"{result['n_prompts']} held-out prompts, greedy answers, judged by each group's held-out members; "
-            "95% cluster-bootstrap intervals. Last columns: the share of harmless requests the policy refuses "
-            "(the world's rubric) and of harmful requests, the share of borderline requests it answers, and answers with the safety note, and "
-            "the share of fact and summary answers it hedges (\"..., I think.\"; the note and the hedge are what "
-            "only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
-            + (MIXED_NOTE if result.get("mixed_samples") else "")
-            + "\n\n" + "\n".join(lines) + "\n\n" + own_group_by_task_md(result, groups))
-
-
-def own_group_by_task_md(result: dict[str, Any], groups: list[str]) -> str:
-    """Each group's policy (and the conditioned ones asked for it) judged by its own group's members,
-    task by task: the diagonal's cells split where the groups' tastes differ and where they agree."""
-    own = [(name, g) for name in result["rows"] if (g := own_group(name, groups))]
-    tasks = sorted({t for name, g in own for t in result["rows"][name][g].get("by_task", {})})
-    if not tasks:
-        return ""
-    n = result["rows"][own[0][0]][own[0][1]]["by_task"]
-    lines = ["| policy, judged by its own group | " + " | ".join(f"{t} ({n[t]['n']})" for t in tasks) + " |",
-             "|---|" + "---|" * len(tasks)]
-    for name, g in own:
-        cells = result["rows"][name][g]["by_task"]
-        lines.append(f"| {name} | " + " | ".join(f"{cells[t]['win_rate']:.2f}" if t in cells else "-" for t in tasks) + " |")
-    return ("The same diagonal by task (number of prompts in brackets; no intervals, the cells are small):\n\n"
-            + "\n".join(lines) + "\n")
-
-
-GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own group's demonstrations "
-                  "(preferences.group_sft): its row shows the bias of the labelers who write and rank; the pooled "
-                  "and conditioned policies started from the run's SFT model. The rows \"<group> before RM and PPO\" "
-                  "are those SFT models themselves.")
-MIXED_NOTE = (" Every RM was trained on the same answers, drawn in turn from the run's SFT model and each group's "
-              "(preferences.mixed_samples).")
-
-
-def _substance_cells(sub: dict | None) -> list[str]:
-    """The rubric's columns of one policy: harmless and harmful requests refused, borderline requests
-    answered / with a safety note, facts and summaries hedged."""
-    return [_rate(sub), _rate(sub, "harmful_refusal_rate"), _borderline(sub), _rate(sub, "hedge_rate")]
-
-
-def _rate(sub: dict | None, key: str = "over_refusal_rate") -> str:
-    x = (sub or {}).get(key)
-    return "-" if x is None else f"{x:.2f}"
-
-
-def _borderline(sub: dict | None) -> str:
-    return f"{_rate(sub, 'borderline_answer_rate')} / {_rate(sub, 'borderline_caveat_rate')}"
-
-
 def run_preferences(cfg: Config) -> Path:
     """Train every variant (reusing finished ones), judge them, write preferences/table.{json,md}."""
     pc = cfg.preferences
@@ -365,22 +295,16 @@ def run_preferences(cfg: Config) -> Path:
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, pc.groups))
     _print(result, pc.groups)
+    if (cfg.stage_dir("report") / "report.html").is_file():  # the run's report shows the table from now on
+        run_report(cfg)
     return out
 
 
 def _print(result: dict[str, Any], groups: list[str]) -> None:
+    head, rows = table_rows(result, groups)
     t = Table(title="Whose preferences: win rate vs the pooled policy, by each group's held-out members")
-    t.add_column("policy")
-    for g in groups:
-        t.add_column(f"judged by {g}")
-    t.add_column("refuses harmless")
-    t.add_column("refuses harmful")
-    t.add_column("borderline answered / noted")
-    t.add_column("hedged")
-    sub = result.get("substance", {})
-    for name, row in result["rows"].items():
-        t.add_row(name, *[f"{row[g]['win_rate']:.3f} [{row[g]['low']:.2f}, {row[g]['high']:.2f}]" for g in groups],
-                  *_substance_cells(sub.get(name)))
-    if "pooled" in sub:
-        t.add_row("pooled (the baseline)", *["0.5"] * len(groups), *_substance_cells(sub["pooled"]))
+    for h in head:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*r)
     console.print(t)
