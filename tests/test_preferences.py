@@ -728,7 +728,8 @@ def test_preferences_seeds_averages_each_worlds_runs(tmp_path, monkeypatch, caps
         rows |= {f"conditioned-sft:{g}": {h: {"win_rate": cond if g == h else 0.4} for h in ("brief", "cautious")}
                  for g in ("brief", "cautious")}
         rows["brief before RM and PPO"] = rows["brief"]  # rows the script leaves out
-        return {"rows": rows}
+        substance = {name: {"harmful_refusal_rate": 1.0 if diag < 0.65 else 0.0} for name in ("pooled", "brief", "brief before RM and PPO")}
+        return {"rows": rows, "substance": substance}
 
     paths = []
     for name, (d, c) in {"a": (0.7, 0.5), "b": (0.6, 0.8), "c": (0.55, 0.55)}.items():
@@ -744,6 +745,7 @@ def test_preferences_seeds_averages_each_worlds_runs(tmp_path, monkeypatch, caps
     assert w1["diagonal:brief"]["runs"] == [0.7, 0.6] and abs(w1["diagonal:brief"]["mean"] - 0.65) < 1e-9
     assert abs(w1["conditioned:cautious"]["mean"] - 0.65) < 1e-9 and w1["conditioned:cautious"]["min"] == 0.5
     assert res["cells"] == 8 and res["met"] == 4  # 9001's four means are 0.65; 9002's are 0.55
+    assert res["harmful_refused"]["9001"] == {"pooled": [0.0, 1.0], "brief": [0.0, 1.0]}  # run by run, SFT models left out
     assert "9001" in capsys.readouterr().out
     monkeypatch.setattr("sys.argv", ["preferences_seeds.py", f"9001={tmp_path / 'missing.json'}"])
     with pytest.raises(SystemExit):
