@@ -750,3 +750,22 @@ def test_preferences_seeds_averages_each_worlds_runs(tmp_path, monkeypatch, caps
     monkeypatch.setattr("sys.argv", ["preferences_seeds.py", f"9001={tmp_path / 'missing.json'}"])
     with pytest.raises(SystemExit):
         bench_module("preferences_seeds").main()
+
+
+def test_harmful_probe_counts_refusals_ranked_above_other_answers(tmp_path):
+    """bench/harmful_probe.py: over every labeler's ranking of a harmful prompt's answers, the share of
+    (refusal, other answer) pairs with the refusal first; other tasks and pairs of two refusals left out."""
+    from types import SimpleNamespace
+
+    from conftest import bench_module
+
+    world = SimpleNamespace(gold=lambda c, r: SimpleNamespace(flags={"refused": r.startswith("Sorry")}))
+    rows = [{"task": "harmful", "responses": ["Sorry, no.", "Sure, here is how.", "Sorry, never.", "Hm."],
+             "rankings": [{"labeler": "L1", "ranks": [1, 3, 2, 4]}, {"labeler": "L2", "ranks": [4, 1, 2, 3]}]},
+            {"task": "fact", "responses": ["Sorry, no.", "Paris."], "rankings": [{"labeler": "L1", "ranks": [2, 1]}]}]
+    path = tmp_path / "comparisons.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # L1: both refusals above both others (4 of 4); L2: "Sorry, no." last (0 of 2), "Sorry, never." above "Hm." only (1 of 2)
+    assert bench_module("harmful_probe").refusal_ranked_first(path, world) == pytest.approx(5 / 8)
+    path.write_text(json.dumps(rows[1]) + "\n")
+    assert bench_module("harmful_probe").refusal_ranked_first(path, world) is None

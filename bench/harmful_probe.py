@@ -1,0 +1,103 @@
+"""Why does a group's policy in `chatrlhf preferences` stop refusing harmful requests the pooled policy refuses?
+
+    python bench/harmful_probe.py --run runs/plr9001s1 --set world.seed=9001 [--variants brief thorough] [--json out.json]
+
+On the harmful requests among the eval prompts the whose-preferences table judges: how many each
+variant's policy and the pooled policy refuse (greedy, the world's rubric), and how many of the
+variant's answers the rubric finds harmful. Then, on the prompts where the variant does not refuse
+and the pooled policy does, the margin of the variant's answer over
+the pooled policy's refusal under the variant's own RM, under the pooled RM, and under the noise-free
+utility of the variant's own training labelers (what its RM learns from). Last, in the variant's RM
+training comparisons on harmful prompts, the share of (refusal, other answer) pairs that its
+labelers ranked with the refusal first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from chatrlhf.config import load_config  # noqa: E402
+from chatrlhf.lm.reward_model import load_reward  # noqa: E402
+from chatrlhf.stages.preferences import answers  # noqa: E402
+from chatrlhf.world.loader import require_world  # noqa: E402
+
+
+def refusal_ranked_first(path: Path, world) -> float | None:
+    """Of every (refusal, other answer) pair of answers to a harmful prompt in the comparisons at `path`,
+    over every labeler's ranking, the share with the refusal ranked above (1 is best); None if no pair."""
+    above = pairs = 0
+    for line in path.open():
+        c = json.loads(line)
+        if c.get("task") != "harmful":
+            continue
+        refused = [world.gold(c, r).flags["refused"] for r in c["responses"]]
+        for ranking in c.get("rankings", []):
+            ranks = ranking["ranks"]
+            for i, j in ((i, j) for i in range(len(ranks)) for j in range(len(ranks)) if refused[i] and not refused[j]):
+                pairs += 1
+                above += ranks[i] < ranks[j]
+    return above / pairs if pairs else None
+
+
+def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: list[str]) -> dict:
+    said = answers(cfg, prefs / variant / "ppo", prompts)
+    gold = [world.gold(p, r) for p, r in zip(prompts, said)]
+    refused = [g.flags["refused"] for g in gold]
+    pooled_refused = [world.gold(p, r).flags["refused"] for p, r in zip(prompts, pooled)]
+    ix = [i for i in range(len(prompts)) if pooled_refused[i] and not refused[i]]
+    out = {"prompts": len(prompts), "variant_refuses": sum(refused), "pooled_refuses": sum(pooled_refused),
+           "variant_harmful": sum(g.flags["harmful"] for g in gold),
+           "not_refused_where_pooled_refuses": len(ix), "example": said[ix[0]] if ix else None}
+    if ix:
+        msgs = [prompts[i]["messages"] for i in ix]
+        for name, rm_dir in (("own_rm", prefs / variant / "rm"), ("pooled_rm", prefs / "pooled" / "rm")):
+            rm = load_reward(rm_dir, cfg.model.dtype)
+            diff = rm.score(msgs, [said[i] for i in ix]) - rm.score(msgs, [pooled[i] for i in ix])
+            out[f"{name}_margin"] = round(float(diff.float().mean()), 3)
+        labelers = world.labelers(held_out=False, groups=[variant])
+        out["own_labelers_margin"] = round(statistics.mean(
+            lab.expected_utility(prompts[i], said[i]) - lab.expected_utility(prompts[i], pooled[i])
+            for i in ix for lab in labelers), 3)
+    out["comparisons_refusal_ranked_first"] = refusal_ranked_first(prefs / variant / "comparisons.jsonl", world)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="a run directory after `chatrlhf preferences`")
+    ap.add_argument("--set", action="append", default=[], help="config override, as on the CLI")
+    ap.add_argument("--variants", nargs="+", help="per-group variants to probe (default: every group)")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    cfg = load_config(None, [f"run.out_dir={a.run}", *a.set])
+    world = require_world(cfg, "bench/harmful_probe.py")
+    prefs = a.run / "preferences"
+    prompts = [p for p in world.prompts("eval")[: cfg.preferences.eval_prompts] if p.get("task") == "harmful"]
+    pooled = answers(cfg, prefs / "pooled" / "ppo", prompts)
+    rows = {v: probe(cfg, world, prefs, v, prompts, pooled) for v in a.variants or cfg.preferences.groups}
+    print("| variant | refuses: variant / pooled, of N | harmful answers (rubric) | does not refuse where pooled refuses | margin over the pooled refusal: "
+          "own RM / pooled RM / own labelers | its comparisons: refusal ranked above another answer |")
+    print("|---|---|---|---|---|---|")
+    f = lambda x: "-" if x is None else f"{x:+.2f}"  # noqa: E731
+    for v, r in rows.items():
+        first = r["comparisons_refusal_ranked_first"]
+        print(f"| {v} | {r['variant_refuses']} / {r['pooled_refuses']} of {r['prompts']} | {r['variant_harmful']} "
+              f"| {r['not_refused_where_pooled_refuses']} "
+              f"| {f(r.get('own_rm_margin'))} / {f(r.get('pooled_rm_margin'))} / {f(r.get('own_labelers_margin'))} "
+              f"| {'-' if first is None else f'{first:.2f}'} |")
+    for v, r in rows.items():
+        if r["example"]:
+            print(f"{v}, where the pooled policy refuses: {r['example']!r}")
+    if a.json:
+        a.json.write_text(json.dumps({"run": str(a.run), "variants": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
