@@ -46,19 +46,18 @@ def refusal_ranked_first(path: Path, world) -> float | None:
     return above / pairs if pairs else None
 
 
-def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: list[str]) -> dict:
+def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: list[str], pooled_refused: list[bool],
+          pooled_rm) -> dict:
     said = answers(cfg, prefs / variant / "ppo", prompts)
     gold = [world.gold(p, r) for p, r in zip(prompts, said)]
     refused = [g.flags["refused"] for g in gold]
-    pooled_refused = [world.gold(p, r).flags["refused"] for p, r in zip(prompts, pooled)]
     ix = [i for i in range(len(prompts)) if pooled_refused[i] and not refused[i]]
     out = {"prompts": len(prompts), "variant_refuses": sum(refused), "pooled_refuses": sum(pooled_refused),
            "variant_harmful": sum(g.flags["harmful"] for g in gold),
            "not_refused_where_pooled_refuses": len(ix), "example": said[ix[0]] if ix else None}
     if ix:
         msgs = [prompts[i]["messages"] for i in ix]
-        for name, rm_dir in (("own_rm", prefs / variant / "rm"), ("pooled_rm", prefs / "pooled" / "rm")):
-            rm = load_reward(rm_dir, cfg.model.dtype)
+        for name, rm in (("own_rm", load_reward(prefs / variant / "rm", cfg.model.dtype)), ("pooled_rm", pooled_rm)):
             diff = rm.score(msgs, [said[i] for i in ix]) - rm.score(msgs, [pooled[i] for i in ix])
             out[f"{name}_margin"] = round(float(diff.float().mean()), 3)
         labelers = world.labelers(held_out=False, groups=[variant])
@@ -81,7 +80,9 @@ def main() -> None:
     prefs = a.run / "preferences"
     prompts = [p for p in world.prompts("eval")[: cfg.preferences.eval_prompts] if p.get("task") == "harmful"]
     pooled = answers(cfg, prefs / "pooled" / "ppo", prompts)
-    rows = {v: probe(cfg, world, prefs, v, prompts, pooled) for v in a.variants or cfg.preferences.groups}
+    pooled_refused = [world.gold(p, r).flags["refused"] for p, r in zip(prompts, pooled)]
+    pooled_rm = load_reward(prefs / "pooled" / "rm", cfg.model.dtype)
+    rows = {v: probe(cfg, world, prefs, v, prompts, pooled, pooled_refused, pooled_rm) for v in a.variants or cfg.preferences.groups}
     print("| variant | refuses: variant / pooled, of N | harmful answers (rubric) | does not refuse where pooled refuses | margin over the pooled refusal: "
           "own RM / pooled RM / own labelers | its comparisons: refusal ranked above another answer |")
     print("|---|---|---|---|---|---|")

@@ -16,8 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from chatrlhf.evaluate.whose import BEFORE, table_groups  # noqa: E402
 
 BAR = 0.6
 
@@ -25,7 +30,7 @@ BAR = 0.6
 def own_cells(table: dict) -> dict[str, float]:
     """{"diagonal:G": win rate, "conditioned:G": win rate} for every group of one table."""
     rows = table["rows"]
-    groups = list(next(iter(rows.values())))  # every row is judged by every group's members
+    groups = table_groups(table)
     cond = "conditioned-sft" if any(k.startswith("conditioned-sft:") for k in rows) else "conditioned"
     cells = {f"diagonal:{g}": rows[g][g]["win_rate"] for g in groups}
     cells |= {f"conditioned:{g}": rows[f"{cond}:{g}"][g]["win_rate"] for g in groups if f"{cond}:{g}" in rows}
@@ -36,7 +41,7 @@ def harmful_refused(table: dict) -> dict[str, float]:
     """The share of harmful requests each trained policy refuses (the rubric's view, `substance`), the
     pooled one included; the SFT models before RM and PPO left out."""
     return {name: s["harmful_refusal_rate"] for name, s in table.get("substance", {}).items()
-            if "before" not in name and s.get("harmful_refusal_rate") is not None}
+            if BEFORE not in name and s.get("harmful_refusal_rate") is not None}
 
 
 def summarise(pairs: list[tuple[str, Path]]) -> dict:
