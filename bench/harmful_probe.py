@@ -9,7 +9,11 @@ and the pooled policy does, the margin of the variant's answer over
 the pooled policy's refusal under the variant's own RM, under the pooled RM, and under the noise-free
 utility of the variant's own training labelers (what its RM learns from). Last, in the variant's RM
 training comparisons on harmful prompts, the share of (refusal, other answer) pairs that its
-labelers ranked with the refusal first.
+labelers ranked with the refusal first. And for the variant's most common such answer (a deflection
+such as "I understand you're frustrated. How can I help you?"): how often that exact answer is among its
+RM's training answers to harmful and to insulting prompts, and what its RM and its training labelers
+give it on the eval's harmful and insulting prompts (an RM that pays for the words whatever the prompt
+scores it alike on both).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +51,20 @@ def refusal_ranked_first(path: Path, world) -> float | None:
     return above / pairs if pairs else None
 
 
+def answer_by_task(world, prefs: Path, variant: str, rm, answer: str, tasks: dict[str, list[dict]]) -> dict:
+    """One answer to every prompt of each task: how often its exact text is among the variant's RM training
+    answers to that task, and the mean score its RM (`rm`) and its training labelers give it there."""
+    seen = Counter(c.get("task") for line in (prefs / variant / "comparisons.jsonl").open()
+                   for c in [json.loads(line)] for r in c["responses"] if r == answer)
+    labelers = world.labelers(held_out=False, groups=[variant])
+    return {task: {"in_rm_answers": seen.get(task, 0),
+                   "own_rm": round(float(rm.score([p["messages"] for p in ps], [answer] * len(ps)).float().mean()), 3),
+                   "own_labelers": round(statistics.mean(lab.expected_utility(p, answer) for p in ps for lab in labelers), 3)}
+            for task, ps in tasks.items()}
+
+
 def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: list[str], pooled_refused: list[bool],
-          pooled_rm) -> dict:
+          pooled_rm, insults: list[dict]) -> dict:
     said = answers(cfg, prefs / variant / "ppo", prompts)
     gold = [world.gold(p, r) for p, r in zip(prompts, said)]
     refused = [g.flags["refused"] for g in gold]
@@ -57,13 +74,18 @@ def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: li
            "not_refused_where_pooled_refuses": len(ix), "example": said[ix[0]] if ix else None}
     if ix:
         msgs = [prompts[i]["messages"] for i in ix]
-        for name, rm in (("own_rm", load_reward(prefs / variant / "rm", cfg.model.dtype)), ("pooled_rm", pooled_rm)):
+        own_rm = load_reward(prefs / variant / "rm", cfg.model.dtype)
+        for name, rm in (("own_rm", own_rm), ("pooled_rm", pooled_rm)):
             diff = rm.score(msgs, [said[i] for i in ix]) - rm.score(msgs, [pooled[i] for i in ix])
             out[f"{name}_margin"] = round(float(diff.float().mean()), 3)
         labelers = world.labelers(held_out=False, groups=[variant])
         out["own_labelers_margin"] = round(statistics.mean(
             lab.expected_utility(prompts[i], said[i]) - lab.expected_utility(prompts[i], pooled[i])
             for i in ix for lab in labelers), 3)
+        example, n = Counter(said[i] for i in ix).most_common(1)[0]
+        out |= {"example": example, "example_count": n,
+                "example_by_task": answer_by_task(world, prefs, variant, own_rm, example,
+                                                  {"harmful": prompts, "insult": insults})}
     out["comparisons_refusal_ranked_first"] = refusal_ranked_first(prefs / variant / "comparisons.jsonl", world)
     return out
 
@@ -78,11 +100,13 @@ def main() -> None:
     cfg = load_config(None, [f"run.out_dir={a.run}", *a.set])
     world = require_world(cfg, "bench/harmful_probe.py")
     prefs = a.run / "preferences"
-    prompts = [p for p in world.prompts("eval")[: cfg.preferences.eval_prompts] if p.get("task") == "harmful"]
+    evals = world.prompts("eval")[: cfg.preferences.eval_prompts]
+    prompts = [p for p in evals if p.get("task") == "harmful"]
+    insults = [p for p in evals if p.get("task") == "insult"]
     pooled = answers(cfg, prefs / "pooled" / "ppo", prompts)
     pooled_refused = [world.gold(p, r).flags["refused"] for p, r in zip(prompts, pooled)]
     pooled_rm = load_reward(prefs / "pooled" / "rm", cfg.model.dtype)
-    rows = {v: probe(cfg, world, prefs, v, prompts, pooled, pooled_refused, pooled_rm) for v in a.variants or cfg.preferences.groups}
+    rows = {v: probe(cfg, world, prefs, v, prompts, pooled, pooled_refused, pooled_rm, insults) for v in a.variants or cfg.preferences.groups}
     print("| variant | refuses: variant / pooled, of N | harmful answers (rubric) | does not refuse where pooled refuses | margin over the pooled refusal: "
           "own RM / pooled RM / own labelers | its comparisons: refusal ranked above another answer |")
     print("|---|---|---|---|---|---|")
@@ -95,7 +119,11 @@ def main() -> None:
               f"| {'-' if first is None else f'{first:.2f}'} |")
     for v, r in rows.items():
         if r["example"]:
-            print(f"{v}, where the pooled policy refuses: {r['example']!r}")
+            print(f"{v}, where the pooled policy refuses ({r['example_count']} of {r['not_refused_where_pooled_refuses']}): "
+                  f"{r['example']!r}")
+            for task, t in r["example_by_task"].items():
+                print(f"  to {task} prompts: {t['in_rm_answers']} times among its RM's training answers; "
+                      f"own RM {t['own_rm']:+.2f}, own labelers {t['own_labelers']:+.2f}")
     if a.json:
         a.json.write_text(json.dumps({"run": str(a.run), "variants": rows}, indent=2))
 

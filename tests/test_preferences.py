@@ -769,3 +769,31 @@ def test_harmful_probe_counts_refusals_ranked_above_other_answers(tmp_path):
     assert bench_module("harmful_probe").refusal_ranked_first(path, world) == pytest.approx(5 / 8)
     path.write_text(json.dumps(rows[1]) + "\n")
     assert bench_module("harmful_probe").refusal_ranked_first(path, world) is None
+
+
+def test_harmful_probe_scores_one_answer_per_task(tmp_path):
+    """bench/harmful_probe.py's answer_by_task: per task, how often the exact answer is among the variant's
+    RM training answers (other answers and tasks not counted) and the mean RM and training-labeler score of
+    that answer to the task's prompts."""
+    from types import SimpleNamespace
+
+    from conftest import bench_module
+
+    answer = "I understand you're frustrated. How can I help you?"
+    rows = [{"task": "insult", "responses": [answer, answer + " Really.", answer]},
+            {"task": "harmful", "responses": ["Sorry, no.", answer]}, {"task": "fact", "responses": [answer]}]
+    (tmp_path / "brief").mkdir()
+    (tmp_path / "brief" / "comparisons.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    by_task = {"harmful": 2.0, "insult": 4.0}  # the fake RM scores a prompt by its task, whatever the answer
+
+    class RM:
+        def score(self, messages, responses):
+            assert responses == [answer] * len(messages)
+            return torch.tensor([by_task[m[0]["content"]] for m in messages])
+
+    labeler = SimpleNamespace(expected_utility=lambda p, r: 1.0 if p["task"] == "insult" else 0.25)
+    world = SimpleNamespace(labelers=lambda held_out, groups: [labeler, labeler] if groups == ["brief"] else [])
+    tasks = {t: [{"task": t, "messages": [{"role": "user", "content": t}]}] * 3 for t in ("harmful", "insult")}
+    got = bench_module("harmful_probe").answer_by_task(world, tmp_path, "brief", RM(), answer, tasks)
+    assert got == {"harmful": {"in_rm_answers": 1, "own_rm": 2.0, "own_labelers": 0.25},
+                   "insult": {"in_rm_answers": 2, "own_rm": 4.0, "own_labelers": 1.0}}
