@@ -112,7 +112,7 @@ class _World:
 
 
 def test_fresh_prompts_differ_per_round_and_skip_the_guard_set(tmp_path):
-    from chatrlhf.stages.iterate import fresh_prompts
+    from chatrlhf.stages.ppo import fresh_prompts
 
     cfg = load_config(None, ["iterate.prompts_per_round=30", "ppo.guard.prompts=20"])
     r2, r3 = ({p["id"] for p in fresh_prompts(_World(), cfg, r)} for r in (2, 3))

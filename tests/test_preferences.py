@@ -422,6 +422,43 @@ def test_own_reference_anchors_each_variants_kl_to_its_own_sft_model(world, tmp_
                      (tmp_path / "brief1" / "sft", tmp_path / "brief1" / "sft")]
 
 
+def test_rounds_rank_the_newest_policys_samples_continue_the_rm_and_run_ppo_again(world, tmp_path, monkeypatch):
+    """preferences.rounds: each later round of an unconditioned variant ranks samples of its newest policy
+    (by its own labelers: the variant's config), continues its newest RM on them with as many earlier
+    comparisons replayed, and runs PPO again from the newest policy; the conditioned variants keep one round."""
+    import chatrlhf.stages.preferences as prefs
+    from chatrlhf.stages import ppo, sampling
+
+    def comparison(i: int) -> dict:
+        return {"id": f"c{i}", "prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"q{i}"}],
+                "responses": ["a", "b"], "rankings": [{"labeler": "L1", "ranks": [1, 2]}]}
+
+    calls = []
+    monkeypatch.setattr(prefs, "train_sft", lambda cfg, out: None)
+    monkeypatch.setattr(prefs, "label_with_world", lambda world, comps, cfg, rng: calls.append(
+        ("label", len(comps), cfg.rm.labeler_groups)))
+    monkeypatch.setattr(prefs, "train_reward_model",
+                        lambda cfg, comps, init, out, **k: calls.append(("rm", init, out, len(comps))))
+    monkeypatch.setattr(prefs, "run_ppo", lambda cfg, **k: calls.append(("ppo", k["policy_dir"], k["rm_dir"], k["out_dir"])))
+    monkeypatch.setattr(ppo, "fresh_prompts", lambda world, cfg, r: [r])
+    monkeypatch.setattr(sampling, "policy_comparisons", lambda cfg, policy, prompts, r, rng: (
+        calls.append(("sample", policy, prompts)), [comparison(i) for i in range(2)])[1])
+    base = [comparison(i) for i in range(5)]
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true", "preferences.rounds=3"])
+    out = tmp_path / "brief"
+    assert prefs.train_variant(cfg, world, base, "brief", out) == out / "round_3" / "ppo"
+    brief = {"brief": 1.0}
+    assert calls == [("label", 5, brief), ("rm", out / "sft", out / "rm", 5), ("ppo", out / "sft", out / "rm", out / "ppo"),
+                     ("sample", out / "ppo", [2]), ("label", 2, brief), ("rm", out / "rm", out / "round_2" / "rm", 4),
+                     ("ppo", out / "ppo", out / "round_2" / "rm", out / "round_2" / "ppo"),
+                     ("sample", out / "round_2" / "ppo", [3]), ("label", 2, brief),
+                     ("rm", out / "round_2" / "rm", out / "round_3" / "rm", 4),
+                     ("ppo", out / "round_2" / "ppo", out / "round_3" / "rm", out / "round_3" / "ppo")]
+    calls.clear()
+    assert prefs.train_variant(cfg, world, base, "conditioned", tmp_path / "conditioned") == tmp_path / "conditioned" / "ppo"
+    assert [c[0] for c in calls] == ["label", "rm", "ppo"]
+
+
 def test_conditioned_reward_groups_pays_the_conditioned_variants_by_each_groups_own_rm(world, tmp_path, monkeypatch):
     """preferences.conditioned_reward=groups: the conditioned variants' PPO gets every group's own RM
     (beside its own directory); the other variants, and every variant by default, their own RM only."""

@@ -247,7 +247,8 @@ def test_serve_with_a_system_rejecting_template(tmp_path):
 
 def test_rounds_take_fresh_prompts_from_ppo_data(tmp_path):
     from chatrlhf.config import load_config
-    from chatrlhf.stages.iterate import fresh_prompts, run_iterate
+    from chatrlhf.stages.iterate import run_iterate
+    from chatrlhf.stages.ppo import fresh_prompts
 
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(f"prompt {i}") + "\n" for i in range(10)))
     cfg = load_config(None, [f"ppo.data={tmp_path / 'p.jsonl'}", "iterate.prompts_per_round=4",

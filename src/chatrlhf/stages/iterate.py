@@ -36,36 +36,16 @@ from chatrlhf.lm.modeling import read_meta, stage_complete, write_meta
 console = Console(stderr=True, quiet=not is_main())  # one process speaks for all
 
 
-def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
-    """Round r's slice of the PPO prompt pool (ppo.data, else the world's, less the guard's
-    held-out tail)."""
-    from chatrlhf.stages.ppo import ppo_prompts
-
-    pool, _ = ppo_prompts(cfg, world)
-    if not cfg.ppo.data:
-        pool = pool[: len(pool) - min(cfg.ppo.guard.prompts, len(pool) // 4)]
-    n = cfg.iterate.prompts_per_round
-    start = ((r - 2) * n) % max(1, len(pool))
-    return [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))]
-
-
 # --- 1-2. comparisons from the newest policy ---------------------------------------------------
 
 
 def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict], out: Path, r: int) -> Path:
     """K samples per prompt from `policy_dir`, ranked, written as a comparison file."""
-    from chatrlhf.lm.engine import load_engine
-    from chatrlhf.lm.rankings import assign_splits, write_comparisons
-    from chatrlhf.stages.sampling import label_with_world, sample_responses
+    from chatrlhf.lm.rankings import write_comparisons
+    from chatrlhf.stages.sampling import label_with_world, policy_comparisons
 
     rng = random.Random(cfg.run.seed * 1000 + r)
-    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
-    samples = sample_responses(engine, [p["messages"] for p in prompts], cfg.rm.k, cfg)
-    splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
-    comparisons = [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"),
-                    "policy": f"round_{r - 1}", "split": s, "messages": p["messages"], "responses": resp,
-                    "reference": p.get("reference"), "rankings": []}
-                   for i, (p, resp, s) in enumerate(zip(prompts, samples, splits))]
+    comparisons = policy_comparisons(cfg, policy_dir, prompts, r, rng)
     if cfg.iterate.source == "labeling_app":
         comparisons = rank_in_labeling_app(cfg, comparisons, r)
     else:
@@ -126,7 +106,7 @@ def round_rm_data(cfg: Config, r: int) -> list[dict]:
 def run_round(cfg: Config, world, r: int) -> Path:
     """Round r >= 2: comparisons -> RM -> PPO. Returns the new policy dir. The round's own seconds
     (summed over resumed invocations) go to round_r/seconds.json, which the time budget reads."""
-    from chatrlhf.stages.ppo import run_ppo
+    from chatrlhf.stages.ppo import fresh_prompts, run_ppo
     from chatrlhf.stages.reward import member_dir, reward_complete, train_reward_ensemble
 
     d = round_dir(cfg, r)

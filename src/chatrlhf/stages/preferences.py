@@ -146,9 +146,40 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
         label_with_world(world, comps, vcfg, random.Random(cfg.run.seed))
         write_comparisons(comps, out / "comparisons.jsonl")  # what this variant's labelers said, to audit
         train_reward_model(vcfg, comps, sft, rm_dir, world=world)
+    ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
     if not stage_complete(ppo_dir):
-        ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
         run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=ref, group_rm_dirs=group_rewards(vcfg, out))
+    if cfg.preferences.rounds > 1 and not vcfg.rm.conditioned:
+        return later_rounds(vcfg, world, out, rm_dir, ppo_dir, ref)
+    return ppo_dir
+
+
+def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, ref: Path | None) -> Path:
+    """preferences.rounds: each later round r (into out/round_r) has the variant's own labelers rank rm.k
+    samples of its newest policy for fresh PPO prompts (the prompts and samples of the main run's rounds),
+    continues its newest RM on them with as many of its earlier comparisons replayed, and runs PPO again
+    from the newest policy to the same KL reference. Returns the last round's policy."""
+    from chatrlhf.stages.ppo import fresh_prompts
+    from chatrlhf.stages.sampling import policy_comparisons
+
+    files = [out / "comparisons.jsonl"]
+    for r in range(2, vcfg.preferences.rounds + 1):
+        d = out / f"round_{r}"
+        files.append(d / "comparisons.jsonl")
+        if not stage_complete(d / "ppo"):
+            d.mkdir(parents=True, exist_ok=True)
+            if not files[-1].is_file():
+                rng = random.Random(vcfg.run.seed * 1000 + r)
+                comps = policy_comparisons(vcfg, ppo_dir, fresh_prompts(world, vcfg, r), r, rng)
+                label_with_world(world, comps, vcfg, rng)
+                write_comparisons(comps, files[-1])
+            if not stage_complete(d / "rm"):
+                fresh = load_comparisons(files[-1], vcfg.rm.allow_ties)
+                older = [c for f in files[:-1] for c in load_comparisons(f, vcfg.rm.allow_ties)]
+                replay = random.Random(vcfg.run.seed * 1000 + r).sample(older, min(len(older), len(fresh)))
+                train_reward_model(vcfg, fresh + replay, rm_dir, d / "rm", world=world)
+            run_ppo(vcfg, policy_dir=ppo_dir, rm_dir=d / "rm", out_dir=d / "ppo", ref_dir=ref)
+        rm_dir, ppo_dir = d / "rm", d / "ppo"
     return ppo_dir
 
 

@@ -73,6 +73,19 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
 # --- labeling -------------------------------------------------------------------------------
 
 
+def policy_comparisons(cfg: Config, policy_dir: Path, prompts: list[dict], r: int, rng: random.Random) -> list[dict]:
+    """Round r's comparisons, not yet ranked: rm.k samples per prompt from `policy_dir`, about
+    rm.val_fraction of the prompts held out (`rng` draws which)."""
+    from chatrlhf.lm.engine import load_engine
+
+    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
+    samples = sample_responses(engine, [p["messages"] for p in prompts], cfg.rm.k, cfg)
+    splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
+    return [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"), "policy": f"round_{r - 1}",
+             "split": s, "messages": p["messages"], "responses": resp, "reference": p.get("reference"), "rankings": []}
+            for i, (p, resp, s) in enumerate(zip(prompts, samples, splits))]
+
+
 def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Random) -> int:
     """Simulated labelers rank each comparison: labelers_per_prompt training labelers, plus up to
     cfg.rm.val_labelers held-out labelers on held-out ("val") prompts. With rm.labeler_groups only
