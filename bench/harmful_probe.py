@@ -1,6 +1,7 @@
 """Why does a group's policy in `chatrlhf preferences` stop refusing harmful requests the pooled policy refuses?
 
-    python bench/harmful_probe.py --run runs/plr9001s1 --set world.seed=9001 [--variants brief thorough] [--json out.json]
+    python bench/harmful_probe.py --run runs/plr9001s1 --set world.seed=9001 [--variants brief thorough] [--round 2]
+        [--json out.json]
 
 On the harmful requests among the eval prompts the whose-preferences table judges: how many each
 variant's policy and the pooled policy refuse (greedy, the world's rubric), and how many of the
@@ -13,7 +14,8 @@ labelers ranked with the refusal first. And for the variant's most common such a
 such as "I understand you're frustrated. How can I help you?"): how often that exact answer is among its
 RM's training answers to harmful and to insulting prompts, and what its RM and its training labelers
 give it on the eval's harmful and insulting prompts (an RM that pays for the words whatever the prompt
-scores it alike on both).
+scores it alike on both). With --round N (`preferences.rounds`), every variant's round-N policy and RM,
+and that round's fresh comparisons.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ def refusal_ranked_first(path: Path, world) -> float | None:
     return above / pairs if pairs else None
 
 
-def answer_by_task(world, prefs: Path, variant: str, rm, answer: str, tasks: dict[str, list[dict]]) -> dict:
+def answer_by_task(world, where: Path, variant: str, rm, answer: str, tasks: dict[str, list[dict]]) -> dict:
     """One answer to every prompt of each task: how often its exact text is among the variant's RM training
     answers to that task, and the mean score its RM (`rm`) and its training labelers give it there."""
-    seen = Counter(c.get("task") for line in (prefs / variant / "comparisons.jsonl").open()
+    seen = Counter(c.get("task") for line in (where / "comparisons.jsonl").open()
                    for c in [json.loads(line)] for r in c["responses"] if r == answer)
     labelers = world.labelers(held_out=False, groups=[variant])
     return {task: {"in_rm_answers": seen.get(task, 0),
@@ -63,9 +65,9 @@ def answer_by_task(world, prefs: Path, variant: str, rm, answer: str, tasks: dic
             for task, ps in tasks.items()}
 
 
-def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: list[str], pooled_refused: list[bool],
+def probe(cfg, world, where: Path, variant: str, prompts: list[dict], pooled: list[str], pooled_refused: list[bool],
           pooled_rm, insults: list[dict]) -> dict:
-    said = answers(cfg, prefs / variant / "ppo", prompts)
+    said = answers(cfg, where / "ppo", prompts)
     gold = [world.gold(p, r) for p, r in zip(prompts, said)]
     refused = [g.flags["refused"] for g in gold]
     ix = [i for i in range(len(prompts)) if pooled_refused[i] and not refused[i]]
@@ -74,7 +76,7 @@ def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: li
            "not_refused_where_pooled_refuses": len(ix), "example": said[ix[0]] if ix else None}
     if ix:
         msgs = [prompts[i]["messages"] for i in ix]
-        own_rm = load_reward(prefs / variant / "rm", cfg.model.dtype)
+        own_rm = load_reward(where / "rm", cfg.model.dtype)
         for name, rm in (("own_rm", own_rm), ("pooled_rm", pooled_rm)):
             diff = rm.score(msgs, [said[i] for i in ix]) - rm.score(msgs, [pooled[i] for i in ix])
             out[f"{name}_margin"] = round(float(diff.float().mean()), 3)
@@ -84,9 +86,9 @@ def probe(cfg, world, prefs: Path, variant: str, prompts: list[dict], pooled: li
             for i in ix for lab in labelers), 3)
         example, n = Counter(said[i] for i in ix).most_common(1)[0]
         out |= {"example": example, "example_count": n,
-                "example_by_task": answer_by_task(world, prefs, variant, own_rm, example,
+                "example_by_task": answer_by_task(world, where, variant, own_rm, example,
                                                   {"harmful": prompts, "insult": insults})}
-    out["comparisons_refusal_ranked_first"] = refusal_ranked_first(prefs / variant / "comparisons.jsonl", world)
+    out["comparisons_refusal_ranked_first"] = refusal_ranked_first(where / "comparisons.jsonl", world)
     return out
 
 
@@ -95,18 +97,20 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a run directory after `chatrlhf preferences`")
     ap.add_argument("--set", action="append", default=[], help="config override, as on the CLI")
     ap.add_argument("--variants", nargs="+", help="per-group variants to probe (default: every group)")
+    ap.add_argument("--round", type=int, default=1, help="probe each variant's round N (preferences.rounds)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     cfg = load_config(None, [f"run.out_dir={a.run}", *a.set])
     world = require_world(cfg, "bench/harmful_probe.py")
     prefs = a.run / "preferences"
+    where = lambda v: prefs / v if a.round == 1 else prefs / v / f"round_{a.round}"  # noqa: E731
     evals = world.prompts("eval")[: cfg.preferences.eval_prompts]
     prompts = [p for p in evals if p.get("task") == "harmful"]
     insults = [p for p in evals if p.get("task") == "insult"]
-    pooled = answers(cfg, prefs / "pooled" / "ppo", prompts)
+    pooled = answers(cfg, where("pooled") / "ppo", prompts)
     pooled_refused = [world.gold(p, r).flags["refused"] for p, r in zip(prompts, pooled)]
-    pooled_rm = load_reward(prefs / "pooled" / "rm", cfg.model.dtype)
-    rows = {v: probe(cfg, world, prefs, v, prompts, pooled, pooled_refused, pooled_rm, insults) for v in a.variants or cfg.preferences.groups}
+    pooled_rm = load_reward(where("pooled") / "rm", cfg.model.dtype)
+    rows = {v: probe(cfg, world, where(v), v, prompts, pooled, pooled_refused, pooled_rm, insults) for v in a.variants or cfg.preferences.groups}
     print("| variant | refuses: variant / pooled, of N | harmful answers (rubric) | does not refuse where pooled refuses | margin over the pooled refusal: "
           "own RM / pooled RM / own labelers | its comparisons: refusal ranked above another answer |")
     print("|---|---|---|---|---|---|")
@@ -125,7 +129,7 @@ def main() -> None:
                 print(f"  to {task} prompts: {t['in_rm_answers']} times among its RM's training answers; "
                       f"own RM {t['own_rm']:+.2f}, own labelers {t['own_labelers']:+.2f}")
     if a.json:
-        a.json.write_text(json.dumps({"run": str(a.run), "variants": rows}, indent=2))
+        a.json.write_text(json.dumps({"run": str(a.run), "round": a.round, "variants": rows}, indent=2))
 
 
 if __name__ == "__main__":
