@@ -189,6 +189,8 @@ def test_group_sft_starts_each_groups_variant_from_its_own_demonstrations(tmp_pa
     result = {"n_prompts": 1, "rows": {"brief": {"brief": {"win_rate": 0.6, "low": 0.5, "high": 0.7}}}}
     assert "own group's demonstrations" in prefs.table_md(result | {"group_sft": True}, ["brief"])
     assert "demonstrations" not in prefs.table_md(result, ["brief"])  # the table says which SFT the rows started from
+    assert "ran 2 rounds" in prefs.table_md(result | {"rounds": 2}, ["brief"])  # and how many rounds the variants ran
+    assert "rounds" not in prefs.table_md(result | {"rounds": 1}, ["brief"])
 
 
 def test_sft_ptx_coef_trains_every_variants_sft_model_with_it(tmp_path, monkeypatch):

@@ -322,7 +322,7 @@ def run_preferences(cfg: Config) -> Path:
         policies[SFT_ONLY] = out / "conditioned-sft" / "sft"
     if pc.group_sft:  # each group's own SFT model too: what its RM and PPO add
         policies |= {g + BEFORE: out / g / "sft" for g in pc.groups}
-    result = judge(cfg, world, policies) | {"group_sft": pc.group_sft, "mixed_samples": pc.mixed_samples}
+    result = judge(cfg, world, policies) | {"group_sft": pc.group_sft, "mixed_samples": pc.mixed_samples, "rounds": pc.rounds}
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, pc.groups))
     _print(result, pc.groups)

@@ -70,9 +70,6 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
     return out
 
 
-# --- labeling -------------------------------------------------------------------------------
-
-
 def policy_comparisons(cfg: Config, policy_dir: Path, prompts: list[dict], r: int, rng: random.Random) -> list[dict]:
     """Round r's comparisons, not yet ranked: rm.k samples per prompt from `policy_dir`, about
     rm.val_fraction of the prompts held out (`rng` draws which)."""
@@ -84,6 +81,9 @@ def policy_comparisons(cfg: Config, policy_dir: Path, prompts: list[dict], r: in
     return [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"), "policy": f"round_{r - 1}",
              "split": s, "messages": p["messages"], "responses": resp, "reference": p.get("reference"), "rankings": []}
             for i, (p, resp, s) in enumerate(zip(prompts, samples, splits))]
+
+
+# --- labeling -------------------------------------------------------------------------------
 
 
 def label_with_world(world, comparisons: list[dict], cfg: Config, rng: random.Random) -> int:
