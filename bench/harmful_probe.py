@@ -53,12 +53,11 @@ def refusal_ranked_first(path: Path, world) -> float | None:
     return above / pairs if pairs else None
 
 
-def answer_by_task(world, where: Path, variant: str, rm, answer: str, tasks: dict[str, list[dict]]) -> dict:
+def answer_by_task(where: Path, rm, labelers: list, answer: str, tasks: dict[str, list[dict]]) -> dict:
     """One answer to every prompt of each task: how often its exact text is among the variant's RM training
-    answers to that task, and the mean score its RM (`rm`) and its training labelers give it there."""
+    answers to that task (in `where`), and the mean score its RM (`rm`) and its training `labelers` give it there."""
     seen = Counter(c.get("task") for line in (where / "comparisons.jsonl").open()
                    for c in [json.loads(line)] for r in c["responses"] if r == answer)
-    labelers = world.labelers(held_out=False, groups=[variant])
     return {task: {"in_rm_answers": seen.get(task, 0),
                    "own_rm": round(float(rm.score([p["messages"] for p in ps], [answer] * len(ps)).float().mean()), 3),
                    "own_labelers": round(statistics.mean(lab.expected_utility(p, answer) for p in ps for lab in labelers), 3)}
@@ -86,7 +85,7 @@ def probe(cfg, world, where: Path, variant: str, prompts: list[dict], pooled: li
             for i in ix for lab in labelers), 3)
         example, n = Counter(said[i] for i in ix).most_common(1)[0]
         out |= {"example": example, "example_count": n,
-                "example_by_task": answer_by_task(world, where, variant, own_rm, example,
+                "example_by_task": answer_by_task(where, own_rm, labelers, example,
                                                   {"harmful": prompts, "insult": insults})}
     out["comparisons_refusal_ranked_first"] = refusal_ranked_first(where / "comparisons.jsonl", world)
     return out

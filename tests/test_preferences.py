@@ -831,8 +831,7 @@ def test_harmful_probe_scores_one_answer_per_task(tmp_path):
             return torch.tensor([by_task[m[0]["content"]] for m in messages])
 
     labeler = SimpleNamespace(expected_utility=lambda p, r: 1.0 if p["task"] == "insult" else 0.25)
-    world = SimpleNamespace(labelers=lambda held_out, groups: [labeler, labeler] if groups == ["brief"] else [])
     tasks = {t: [{"task": t, "messages": [{"role": "user", "content": t}]}] * 3 for t in ("harmful", "insult")}
-    got = bench_module("harmful_probe").answer_by_task(world, tmp_path / "brief", "brief", RM(), answer, tasks)
+    got = bench_module("harmful_probe").answer_by_task(tmp_path / "brief", RM(), [labeler, labeler], answer, tasks)
     assert got == {"harmful": {"in_rm_answers": 1, "own_rm": 2.0, "own_labelers": 0.25},
                    "insult": {"in_rm_answers": 2, "own_rm": 4.0, "own_labelers": 1.0}}

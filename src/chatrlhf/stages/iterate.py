@@ -91,16 +91,16 @@ def all_comparisons(cfg: Config, upto: int) -> list[dict]:
 
 def round_rm_data(cfg: Config, r: int) -> list[dict]:
     """The RM's data in round r. retrain: every comparison so far. continue: this round's fresh
-    comparisons plus as many earlier ones (replay): the RM learns the newest policy's mistakes
-    (the exploits PPO found) from half its data instead of a sliver, without forgetting the rest."""
+    comparisons plus as many earlier ones (stages.reward.with_replay): the RM learns the newest policy's
+    mistakes (the exploits PPO found) from half its data instead of a sliver, without forgetting the rest."""
     from chatrlhf.lm.rankings import load_comparisons
+    from chatrlhf.stages.reward import with_replay
 
     fresh = load_comparisons(round_dir(cfg, r) / "comparisons.jsonl", cfg.rm.allow_ties)
     older = all_comparisons(cfg, r - 1)
     if cfg.iterate.rm_mode == "retrain":
         return older + fresh
-    replay = random.Random(cfg.run.seed * 1000 + r).sample(older, min(len(older), len(fresh)))
-    return fresh + replay
+    return with_replay(fresh, older, cfg.run.seed * 1000 + r)
 
 
 def run_round(cfg: Config, world, r: int) -> Path:

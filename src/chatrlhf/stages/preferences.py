@@ -35,7 +35,7 @@ from chatrlhf.evaluate.world_eval import compare_to_baseline
 from chatrlhf.lm.modeling import stage_complete
 from chatrlhf.lm.rankings import load_comparisons, write_comparisons
 from chatrlhf.stages.ppo import run_ppo
-from chatrlhf.stages.reward import train_reward_model
+from chatrlhf.stages.reward import train_reward_model, with_replay
 from chatrlhf.stages.sampling import label_with_world
 from chatrlhf.stages.sft import train_sft
 from chatrlhf.world.groups import for_group
@@ -176,8 +176,7 @@ def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, re
             if not stage_complete(d / "rm"):
                 fresh = load_comparisons(files[-1], vcfg.rm.allow_ties)
                 older = [c for f in files[:-1] for c in load_comparisons(f, vcfg.rm.allow_ties)]
-                replay = random.Random(vcfg.run.seed * 1000 + r).sample(older, min(len(older), len(fresh)))
-                train_reward_model(vcfg, fresh + replay, rm_dir, d / "rm", world=world)
+                train_reward_model(vcfg, with_replay(fresh, older, vcfg.run.seed * 1000 + r), rm_dir, d / "rm", world=world)
             run_ppo(vcfg, policy_dir=ppo_dir, rm_dir=d / "rm", out_dir=d / "ppo", ref_dir=ref)
         rm_dir, ppo_dir = d / "rm", d / "ppo"
     return ppo_dir

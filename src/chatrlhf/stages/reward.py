@@ -308,6 +308,12 @@ def _packing_matches_padding(model, seqs: list[list[int]], pad_id: int, device) 
 MEMBER_SEED_STEP = 7919  # ensemble member m trains with seed run.seed + m * this
 
 
+def with_replay(fresh: list[dict], older: list[dict], seed: int) -> list[dict]:
+    """A continued RM's data: the fresh comparisons plus as many earlier ones drawn at random (replay), so
+    it learns the newest policy's mistakes from half its data without forgetting the rest."""
+    return fresh + random.Random(seed).sample(older, min(len(older), len(fresh)))
+
+
 def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_dir: str | Path,
                        out_dir: str | Path, world: Any = "auto", val: list[dict] | None = None,
                        member: int = 0) -> dict[str, Any]:
