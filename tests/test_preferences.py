@@ -427,7 +427,8 @@ def test_own_reference_anchors_each_variants_kl_to_its_own_sft_model(world, tmp_
 def test_rounds_rank_the_newest_policys_samples_continue_the_rm_and_run_ppo_again(world, tmp_path, monkeypatch):
     """preferences.rounds: each later round of an unconditioned variant ranks samples of its newest policy
     (by its own labelers: the variant's config), continues its newest RM on them with as many earlier
-    comparisons replayed, and runs PPO again from the newest policy; the conditioned variants keep one round."""
+    comparisons replayed, and runs PPO again from the newest policy; a conditioned variant too, its PPO
+    paid by each group's RM of the same round under preferences.conditioned_reward=groups."""
     import chatrlhf.stages.preferences as prefs
     from chatrlhf.stages import ppo, sampling
 
@@ -456,9 +457,36 @@ def test_rounds_rank_the_newest_policys_samples_continue_the_rm_and_run_ppo_agai
                      ("sample", out / "round_2" / "ppo", [3]), ("label", 2, brief),
                      ("rm", out / "round_2" / "rm", out / "round_3" / "rm", 4),
                      ("ppo", out / "round_2" / "ppo", out / "round_3" / "rm", out / "round_3" / "ppo")]
+    monkeypatch.setattr(prefs, "run_ppo", lambda cfg, **k: calls.append(("ppo", k["out_dir"], k["group_rm_dirs"])))
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.rounds=2", "preferences.conditioned_reward=groups"])
     calls.clear()
-    assert prefs.train_variant(cfg, world, base, "conditioned", tmp_path / "conditioned") == tmp_path / "conditioned" / "ppo"
-    assert [c[0] for c in calls] == ["label", "rm", "ppo"]
+    out = tmp_path / "conditioned"
+    assert prefs.train_variant(cfg, world, base, "conditioned", out) == out / "round_2" / "ppo"
+    rms = {r: {g: tmp_path / g / r / "rm" for g in ("brief", "thorough", "cautious")} for r in ("", "round_2")}
+    assert [c for c in calls if c[0] == "ppo"] == [("ppo", out / "ppo", rms[""]), ("ppo", out / "round_2" / "ppo", rms["round_2"])]
+    assert ("sample", out / "ppo", [2]) in calls
+
+
+def test_a_conditioned_later_round_samples_each_prompt_under_the_group_line_its_labelers_rank_for(world):
+    """fresh_prompts asks each of a conditioned run's round prompts for a group (as PPO's prompts are);
+    the comparison keeps that group, so the group that ranks it is the one the answers were asked for,
+    and an unconditioned run's prompts are left as they are."""
+    from chatrlhf.stages.ppo import fresh_prompts
+
+    plain = fresh_prompts(world, load_config(None, ["iterate.prompts_per_round=12"]), 2)
+    cfg = load_config(None, ["iterate.prompts_per_round=12", "rm.conditioned=true"])
+    asked = fresh_prompts(world, cfg, 2)
+    assert [p["id"] for p in asked] == [p["id"] for p in plain] and all("group" not in p for p in plain)
+    assert len({p["group"] for p in asked}) > 1
+    assert all(p["messages"] == for_group(q, p["group"])["messages"] for p, q in zip(asked, plain))
+    comps = [{"id": f"c{i}", "prompt_id": p["id"], "task": p.get("task"), "reference": p.get("reference"),
+              "messages": p["messages"], "group": p["group"], "responses": ["a", "b", "c"], "rankings": []}
+             for i, p in enumerate(asked)]
+    before = [(c["group"], c["messages"]) for c in comps]
+    label_with_world(world, comps, cfg, random.Random(0))
+    assert [(c["group"], c["messages"]) for c in comps] == before
+    groups = {lab.id: lab.group for held in (False, True) for lab in world.labelers(held_out=held)}
+    assert all(groups[r["labeler"]] == c["group"] for c in comps for r in c["rankings"])
 
 
 def test_conditioned_reward_groups_pays_the_conditioned_variants_by_each_groups_own_rm(world, tmp_path, monkeypatch):

@@ -113,11 +113,11 @@ class PreferencesConfig(Section):
                                         "so a faster rate takes them further from their SFT models than the main run's "
                                         "guarded PPO goes (docs/RESULTS.md, 'The whose-preferences table with PPO's "
                                         "learning rate 1.5e-4').")
-    rounds: int = Field(1, ge=1, description="Rounds of each unconditioned variant (pooled and each group's): every "
-                        "round after the first ranks rm.k samples of the variant's newest policy for "
-                        "iterate.prompts_per_round fresh PPO prompts by its own labelers, continues its RM on them with "
-                        "as many earlier comparisons replayed, and runs ppo_iterations more from the newest policy, as "
-                        "the main run's iterate does. The conditioned variants keep one round.")
+    rounds: int = Field(1, ge=1, description="Rounds of every variant: each round after the first ranks rm.k samples "
+                        "of the variant's newest policy for iterate.prompts_per_round fresh PPO prompts by its own "
+                        "labelers (a conditioned variant's prompts each ask for a group, answered under its line and "
+                        "ranked by that group), continues its RM on them with as many earlier comparisons replayed, "
+                        "and runs PPO again from the newest policy, as the main run's iterate does.")
     conditioned_ppo_iterations: int | None = Field(None, ge=1, description="PPO iterations of the conditioned "
                                                    "variants (None: ppo_iterations), whose prompts ask for every group.")
     best_of_n: int = Field(0, ge=0, description="Each variant's PPO starts from a best-of-n fine-tune of its own SFT model "

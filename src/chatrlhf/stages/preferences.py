@@ -149,7 +149,7 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
     ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
     if not stage_complete(ppo_dir):
         run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=ref, group_rm_dirs=group_rewards(vcfg, out))
-    if cfg.preferences.rounds > 1 and not vcfg.rm.conditioned:
+    if cfg.preferences.rounds > 1:
         return later_rounds(vcfg, world, out, rm_dir, ppo_dir, ref)
     return ppo_dir
 
@@ -158,7 +158,10 @@ def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, re
     """preferences.rounds: each later round r (into out/round_r) has the variant's own labelers rank rm.k
     samples of its newest policy for fresh PPO prompts (the prompts and samples of the main run's rounds),
     continues its newest RM on them with as many of its earlier comparisons replayed, and runs PPO again
-    from the newest policy to the same KL reference. Returns the last round's policy."""
+    from the newest policy to the same KL reference. A conditioned variant's prompts each ask for a group
+    (fresh_prompts), its policy answers under that group's line and that group's labelers rank; with
+    preferences.conditioned_reward=groups its PPO is paid by each group's RM of the same round.
+    Returns the last round's policy."""
     from chatrlhf.stages.ppo import fresh_prompts
     from chatrlhf.stages.sampling import policy_comparisons
 
@@ -177,17 +180,19 @@ def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, re
                 fresh = load_comparisons(files[-1], vcfg.rm.allow_ties)
                 older = [c for f in files[:-1] for c in load_comparisons(f, vcfg.rm.allow_ties)]
                 train_reward_model(vcfg, with_replay(fresh, older, vcfg.run.seed * 1000 + r), rm_dir, d / "rm", world=world)
-            run_ppo(vcfg, policy_dir=ppo_dir, rm_dir=d / "rm", out_dir=d / "ppo", ref_dir=ref)
+            run_ppo(vcfg, policy_dir=ppo_dir, rm_dir=d / "rm", out_dir=d / "ppo", ref_dir=ref,
+                    group_rm_dirs=group_rewards(vcfg, out, d.name))
         rm_dir, ppo_dir = d / "rm", d / "ppo"
     return ppo_dir
 
 
-def group_rewards(vcfg: Config, out: Path) -> dict[str, Path] | None:
+def group_rewards(vcfg: Config, out: Path, round_dir: str = "") -> dict[str, Path] | None:
     """With preferences.conditioned_reward=groups, a conditioned variant's PPO (`vcfg`, variant_config's)
-    is paid by each group's own RM (trained before it, beside `out`); None: by the variant's own RM."""
+    is paid by each group's own RM of the same round (trained before it, beside `out`; `round_dir`:
+    round_r, or "" for the first); None: by the variant's own RM."""
     if vcfg.preferences.conditioned_reward != "groups" or not vcfg.rm.conditioned:
         return None
-    return {g: out.parent / g / "rm" for g in vcfg.preferences.groups}
+    return {g: out.parent / g / round_dir / "rm" for g in vcfg.preferences.groups}
 
 
 def own_samples(world, vcfg: Config, sft: Path, comps: list[dict]) -> None:

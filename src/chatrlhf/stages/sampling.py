@@ -72,7 +72,8 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
 
 def policy_comparisons(cfg: Config, policy_dir: Path, prompts: list[dict], r: int, rng: random.Random) -> list[dict]:
     """Round r's comparisons, not yet ranked: rm.k samples per prompt from `policy_dir`, about
-    rm.val_fraction of the prompts held out (`rng` draws which)."""
+    rm.val_fraction of the prompts held out (`rng` draws which); a prompt asked for a group
+    (ppo.fresh_prompts, rm.conditioned) keeps it, so its labelers are that group's."""
     from chatrlhf.lm.engine import load_engine
 
     engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
@@ -80,6 +81,7 @@ def policy_comparisons(cfg: Config, policy_dir: Path, prompts: list[dict], r: in
     splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
     return [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"), "policy": f"round_{r - 1}",
              "split": s, "messages": p["messages"], "responses": resp, "reference": p.get("reference"), "rankings": []}
+            | ({"group": p["group"]} if p.get("group") else {})
             for i, (p, resp, s) in enumerate(zip(prompts, samples, splits))]
 
 
