@@ -8,7 +8,7 @@ Each argument is WORLD=TABLE (a `preferences/table.json`, or a copy of one in be
 group G, two cells per run: G's own policy judged by G's held-out members against the pooled policy
 (the diagonal), and the conditioned policy asked for G (conditioned-sft, else conditioned) judged the
 same way. A world's cell meets the issue's bar when its mean over the runs is at least 0.6. Then the share
-of harmful requests each trained policy refuses, run by run.
+of harmful requests each trained policy refuses, run by run, and of harmless ones, run by run.
 """
 
 from __future__ import annotations
@@ -37,20 +37,21 @@ def own_cells(table: dict) -> dict[str, float]:
     return cells
 
 
-def harmful_refused(table: dict) -> dict[str, float]:
-    """The share of harmful requests each trained policy refuses (the rubric's view, `substance`), the
-    pooled one included; the SFT models before RM and PPO left out."""
-    return {name: s["harmful_refusal_rate"] for name, s in table.get("substance", {}).items()
-            if BEFORE not in name and s.get("harmful_refusal_rate") is not None}
+def refused(table: dict, key: str = "harmful_refusal_rate") -> dict[str, float]:
+    """The share of harmful requests (key over_refusal_rate: of harmless ones) each trained policy
+    refuses (the rubric's view, `substance`), the pooled one included; the SFT models before RM and
+    PPO left out."""
+    return {name: s[key] for name, s in table.get("substance", {}).items() if BEFORE not in name and s.get(key) is not None}
 
 
 def summarise(pairs: list[tuple[str, Path]]) -> dict:
     runs: dict[str, list[dict[str, float]]] = defaultdict(list)
-    refused: dict[str, list[dict[str, float]]] = defaultdict(list)
+    rates: dict[str, dict[str, list[dict[str, float]]]] = {"harmful_refused": defaultdict(list), "harmless_refused": defaultdict(list)}
     for world, path in pairs:
         table = json.loads(path.read_text())
         runs[world].append(own_cells(table))
-        refused[world].append(harmful_refused(table))
+        rates["harmful_refused"][world].append(refused(table))
+        rates["harmless_refused"][world].append(refused(table, "over_refusal_rate"))
     out: dict = {"worlds": {}, "bar": BAR}
     for world, tables in runs.items():
         cells = {}
@@ -58,7 +59,8 @@ def summarise(pairs: list[tuple[str, Path]]) -> dict:
             values = [t[cell] for t in tables if cell in t]
             cells[cell] = {"runs": values, "mean": statistics.fmean(values), "min": min(values), "max": max(values)}
         out["worlds"][world] = cells
-        out.setdefault("harmful_refused", {})[world] = {p: [r.get(p) for r in refused[world]] for p in refused[world][0]}
+        for name, by_world in rates.items():
+            out.setdefault(name, {})[world] = {p: [r.get(p) for r in by_world[world]] for p in by_world[world][0]}
     every = [c["mean"] for w in out["worlds"].values() for c in w.values()]
     out["met"] = sum(m >= BAR for m in every)
     out["cells"] = len(every)
@@ -87,10 +89,11 @@ def main() -> None:
             shown.append("" if c is None else f"{c['mean']:.3f} ({' / '.join(f'{v:.3f}' for v in c['runs'])})")
         print(f"| {cell} | " + " | ".join(shown) + " |")
     print(f"world means at {BAR} or more: {res['met']} of {res['cells']}")
-    print("\nharmful requests refused, run by run:")
-    for world, policies in res["harmful_refused"].items():
-        print(f"{world}: " + "; ".join(f"{p} {' / '.join('-' if v is None else f'{v:.2f}' for v in vals)}"
-                                       for p, vals in policies.items()))
+    for name, what in (("harmful_refused", "harmful"), ("harmless_refused", "harmless")):
+        print(f"\n{what} requests refused, run by run:")
+        for world, policies in res[name].items():
+            print(f"{world}: " + "; ".join(f"{p} {' / '.join('-' if v is None else f'{v:.2f}' for v in vals)}"
+                                           for p, vals in policies.items()))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

@@ -795,7 +795,8 @@ def test_preferences_seeds_averages_each_worlds_runs(tmp_path, monkeypatch, caps
         rows |= {f"conditioned-sft:{g}": {h: {"win_rate": cond if g == h else 0.4} for h in ("brief", "cautious")}
                  for g in ("brief", "cautious")}
         rows["brief before RM and PPO"] = rows["brief"]  # rows the script leaves out
-        substance = {name: {"harmful_refusal_rate": 1.0 if diag < 0.65 else 0.0} for name in ("pooled", "brief", "brief before RM and PPO")}
+        substance = {name: {"harmful_refusal_rate": 1.0 if diag < 0.65 else 0.0, "over_refusal_rate": diag / 10}
+                     for name in ("pooled", "brief", "brief before RM and PPO")}
         return {"rows": rows, "substance": substance}
 
     paths = []
@@ -813,6 +814,7 @@ def test_preferences_seeds_averages_each_worlds_runs(tmp_path, monkeypatch, caps
     assert abs(w1["conditioned:cautious"]["mean"] - 0.65) < 1e-9 and w1["conditioned:cautious"]["min"] == 0.5
     assert res["cells"] == 8 and res["met"] == 4  # 9001's four means are 0.65; 9002's are 0.55
     assert res["harmful_refused"]["9001"] == {"pooled": [0.0, 1.0], "brief": [0.0, 1.0]}  # run by run, SFT models left out
+    assert res["harmless_refused"]["9002"] == {"pooled": [pytest.approx(0.055)], "brief": [pytest.approx(0.055)]}
     assert "9001" in capsys.readouterr().out
     monkeypatch.setattr("sys.argv", ["preferences_seeds.py", f"9001={tmp_path / 'missing.json'}"])
     with pytest.raises(SystemExit):
