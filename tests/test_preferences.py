@@ -189,8 +189,10 @@ def test_group_sft_starts_each_groups_variant_from_its_own_demonstrations(tmp_pa
     result = {"n_prompts": 1, "rows": {"brief": {"brief": {"win_rate": 0.6, "low": 0.5, "high": 0.7}}}}
     assert "own group's demonstrations" in prefs.table_md(result | {"group_sft": True}, ["brief"])
     assert "demonstrations" not in prefs.table_md(result, ["brief"])  # the table says which SFT the rows started from
-    assert "ran 2 rounds" in prefs.table_md(result | {"rounds": 2}, ["brief"])  # and how many rounds the variants ran
-    assert "rounds" not in prefs.table_md(result | {"rounds": 1}, ["brief"])
+    assert "ran 2 round(s), the conditioned policies 2;" in prefs.table_md(result | {"rounds": 2}, ["brief"])  # how many rounds
+    assert "ran 2 round(s), the conditioned policies 1;" in prefs.table_md(result | {"rounds": 2, "conditioned_rounds": 1}, ["brief"])
+    assert "ran 1 round(s), the conditioned policies 3;" in prefs.table_md(result | {"rounds": 1, "conditioned_rounds": 3}, ["brief"])
+    assert "round(s)" not in prefs.table_md(result | {"rounds": 1}, ["brief"])
 
 
 def test_sft_ptx_coef_trains_every_variants_sft_model_with_it(tmp_path, monkeypatch):
@@ -465,6 +467,10 @@ def test_rounds_rank_the_newest_policys_samples_continue_the_rm_and_run_ppo_agai
     rms = {r: {g: tmp_path / g / r / "rm" for g in ("brief", "thorough", "cautious")} for r in ("", "round_2")}
     assert [c for c in calls if c[0] == "ppo"] == [("ppo", out / "ppo", rms[""]), ("ppo", out / "round_2" / "ppo", rms["round_2"])]
     assert ("sample", out / "ppo", [2]) in calls
+    calls.clear()
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.rounds=2", "preferences.conditioned_rounds=1"])
+    assert prefs.train_variant(cfg, world, base, "conditioned", out) == out / "ppo"  # preferences.conditioned_rounds
+    assert [c[0] for c in calls] == ["label", "rm", "ppo"]
 
 
 def test_a_conditioned_later_round_samples_each_prompt_under_the_group_line_its_labelers_rank_for(world):
@@ -508,6 +514,9 @@ def test_conditioned_reward_groups_pays_the_conditioned_variants_by_each_groups_
                                                            else {"conditioned": None, "conditioned-sft": None})}
     with pytest.raises(ValueError, match="conditioned_reward"):
         load_config(None, ["preferences.conditioned_reward=mine"])
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.conditioned_reward=groups", "preferences.conditioned_rounds=2"])
+    with pytest.raises(ValueError, match="conditioned_rounds=2 with conditioned_reward=groups"):
+        prefs.run_preferences(cfg)
 
 
 def test_group_rewards_score_each_prompt_by_its_groups_rm_without_the_group_line():

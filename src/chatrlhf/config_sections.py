@@ -118,6 +118,7 @@ class PreferencesConfig(Section):
                         "labelers (a conditioned variant's prompts each ask for a group, answered under its line and "
                         "ranked by that group), continues its RM on them with as many earlier comparisons replayed, "
                         "and runs PPO again from the newest policy, as the main run's iterate does.")
+    conditioned_rounds: int | None = Field(None, ge=1, description="Rounds of the conditioned variants (None: rounds).")
     conditioned_ppo_iterations: int | None = Field(None, ge=1, description="PPO iterations of the conditioned "
                                                    "variants (None: ppo_iterations), whose prompts ask for every group.")
     best_of_n: int = Field(0, ge=0, description="Each variant's PPO starts from a best-of-n fine-tune of its own SFT model "

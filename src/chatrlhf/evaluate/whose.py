@@ -16,8 +16,9 @@ GROUP_SFT_NOTE = (" Each group's policy started from an SFT model on its own gro
                   "(preferences.group_sft): its row shows the bias of the labelers who write and rank; the pooled "
                   "and conditioned policies started from the run's SFT model. The rows \"<group> before RM and PPO\" "
                   "are those SFT models themselves.")
-ROUNDS_NOTE = (" The pooled and each group's policy ran {n} rounds, each later one ranked by its own labelers on "
-               "its newest policy's answers (preferences.rounds); the conditioned policies ran one.")
+ROUNDS_NOTE = (" The pooled and each group's policy ran {n} round(s), the conditioned policies {c}; each round after the "
+               "first ranked by the variant's own labelers on its newest policy's answers (preferences.rounds, "
+               "preferences.conditioned_rounds).")
 MIXED_NOTE = (" Every RM was trained on the same answers, drawn in turn from the run's SFT model and each group's "
               "(preferences.mixed_samples).")
 
@@ -68,7 +69,7 @@ def table_md(result: dict[str, Any], groups: list[str]) -> str:
             "with the safety note, and the share of fact and summary answers it hedges (\"..., I think.\"; the note "
             "and the hedge are what only the cautious group wants)." + (GROUP_SFT_NOTE if result.get("group_sft") else "")
             + (MIXED_NOTE if result.get("mixed_samples") else "")
-            + (ROUNDS_NOTE.format(n=result["rounds"]) if result.get("rounds", 1) > 1 else "")
+            + (ROUNDS_NOTE.format(n=n, c=c) if max(n := result.get("rounds", 1), c := result.get("conditioned_rounds", n)) > 1 else "")
             + "\n\n" + "\n".join(lines) + "\n\n" + own_group_by_task_md(result, groups))
 
 

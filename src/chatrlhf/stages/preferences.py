@@ -149,14 +149,20 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
     ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
     if not stage_complete(ppo_dir):
         run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=ref, group_rm_dirs=group_rewards(vcfg, out))
-    if cfg.preferences.rounds > 1:
-        return later_rounds(vcfg, world, out, rm_dir, ppo_dir, ref)
+    if (rounds := variant_rounds(vcfg)) > 1:
+        return later_rounds(vcfg, world, out, rm_dir, ppo_dir, ref, rounds)
     return ppo_dir
 
 
-def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, ref: Path | None) -> Path:
-    """preferences.rounds: each later round r (into out/round_r) has the variant's own labelers rank rm.k
-    samples of its newest policy for fresh PPO prompts (the prompts and samples of the main run's rounds),
+def variant_rounds(vcfg: Config) -> int:
+    """How many rounds a variant runs: preferences.rounds, a conditioned one preferences.conditioned_rounds where set."""
+    pc = vcfg.preferences
+    return pc.conditioned_rounds if vcfg.rm.conditioned and pc.conditioned_rounds is not None else pc.rounds
+
+
+def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, ref: Path | None, rounds: int) -> Path:
+    """Rounds 2 to `rounds` (variant_rounds): each round r (into out/round_r) has the variant's own labelers
+    rank rm.k samples of its newest policy for fresh PPO prompts (the prompts and samples of the main run's rounds),
     continues its newest RM on them with as many of its earlier comparisons replayed, and runs PPO again
     from the newest policy to the same KL reference. A conditioned variant's prompts each ask for a group
     (fresh_prompts), its policy answers under that group's line and that group's labelers rank; with
@@ -166,7 +172,7 @@ def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, re
     from chatrlhf.stages.sampling import policy_comparisons
 
     files = [out / "comparisons.jsonl"]
-    for r in range(2, vcfg.preferences.rounds + 1):
+    for r in range(2, rounds + 1):
         d = out / f"round_{r}"
         files.append(d / "comparisons.jsonl")
         if not stage_complete(d / "ppo"):
@@ -308,6 +314,10 @@ def run_preferences(cfg: Config) -> Path:
     if pc.mixed_samples and (pc.own_samples or not pc.group_sft):
         raise ValueError("preferences.mixed_samples draws the shared answers from each group's own SFT model: it needs "
                          "preferences.group_sft=true and preferences.own_samples=false")
+    if pc.conditioned_reward == "groups" and (pc.conditioned_rounds or pc.rounds) > pc.rounds:
+        raise ValueError(f"preferences.conditioned_rounds={pc.conditioned_rounds} with conditioned_reward=groups: each "
+                         f"round pays the conditioned model by the groups' RMs of that round, and they run "
+                         f"preferences.rounds={pc.rounds}; set conditioned_rounds at most rounds")
     world = require_world(cfg, "`chatrlhf preferences`")
     if not stage_complete(cfg.stage_dir("sft")):
         raise FileNotFoundError(f"preferences starts every variant from SFT at {cfg.stage_dir('sft')}; run `chatrlhf sft` first")
@@ -326,7 +336,8 @@ def run_preferences(cfg: Config) -> Path:
         policies[SFT_ONLY] = out / "conditioned-sft" / "sft"
     if pc.group_sft:  # each group's own SFT model too: what its RM and PPO add
         policies |= {g + BEFORE: out / g / "sft" for g in pc.groups}
-    result = judge(cfg, world, policies) | {"group_sft": pc.group_sft, "mixed_samples": pc.mixed_samples, "rounds": pc.rounds}
+    result = judge(cfg, world, policies) | {"group_sft": pc.group_sft, "mixed_samples": pc.mixed_samples, "rounds": pc.rounds,
+                                         "conditioned_rounds": pc.conditioned_rounds or pc.rounds}
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, pc.groups))
     _print(result, pc.groups)
