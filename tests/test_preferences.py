@@ -427,7 +427,7 @@ def test_own_reference_anchors_each_variants_kl_to_its_own_sft_model(world, tmp_
 
 
 def test_rounds_rank_the_newest_policys_samples_continue_the_rm_and_run_ppo_again(world, tmp_path, monkeypatch):
-    """preferences.rounds: each later round of an unconditioned variant ranks samples of its newest policy
+    """preferences.rounds: each later round of a variant ranks samples of its newest policy
     (by its own labelers: the variant's config), continues its newest RM on them with as many earlier
     comparisons replayed, and runs PPO again from the newest policy; a conditioned variant too, its PPO
     paid by each group's RM of the same round under preferences.conditioned_reward=groups."""
