@@ -708,6 +708,17 @@ def test_preferences_end_to_end_on_the_tiny_config(tmp_path, monkeypatch):
     own = [json.loads(x)["rm_score"] for x in (out / "conditioned" / "ppo" / "metrics.jsonl").read_text().splitlines()
            if "rm_score" in x]
     assert len(paid) == len(own) == 2 and paid != own  # the same rollouts' seed, another reward
+    # preferences.rounds=2 on the conditioned variant: its newest policy answers each round prompt under the line
+    # of the group that ranks it, the RM continues from round 1's, PPO continues from round 1's policy
+    r2_cfg = cfg.model_copy(update={"preferences": cfg.preferences.model_copy(update={"rounds": 2})})
+    shutil.copytree(out / "conditioned", out / "conditioned-r2")
+    ppo = train_variant(r2_cfg, world, [], "conditioned", out / "conditioned-r2")
+    assert ppo == out / "conditioned-r2" / "round_2" / "ppo" and read_meta(ppo)["complete"]
+    ranked = [json.loads(x) for x in (out / "conditioned-r2" / "round_2" / "comparisons.jsonl").read_text().splitlines()]
+    assert len(ranked) == cfg.iterate.prompts_per_round and len({c["group"] for c in ranked}) > 1
+    for c in ranked:
+        assert c["messages"][0] == group_message(c["group"]) and {by_id[r["labeler"]].group for r in c["rankings"]} == {c["group"]}
+    assert read_meta(out / "conditioned-r2" / "round_2" / "rm")["init_from"] == str(out / "conditioned-r2" / "rm")
     # bench/hedge_probe.py on the same run: hedge rates, P(hedge) and each RM's gain from the hedge
     from conftest import bench_module
 
