@@ -446,7 +446,7 @@ def test_rounds_rank_the_newest_policys_samples_continue_the_rm_and_run_ppo_agai
                         lambda cfg, comps, init, out, **k: calls.append(("rm", init, out, len(comps))))
     monkeypatch.setattr(prefs, "run_ppo", lambda cfg, **k: calls.append(("ppo", k["policy_dir"], k["rm_dir"], k["out_dir"])))
     monkeypatch.setattr(ppo, "fresh_prompts", lambda world, cfg, r: [r])
-    monkeypatch.setattr(sampling, "policy_comparisons", lambda cfg, policy, prompts, r, rng: (
+    monkeypatch.setattr(sampling, "policy_comparisons", lambda cfg, world, policy, prompts, r, rng: (
         calls.append(("sample", policy, prompts)), [comparison(i) for i in range(2)])[1])
     base = [comparison(i) for i in range(5)]
     cfg = load_config(None, [f"run.out_dir={tmp_path}", "preferences.group_sft=true", "preferences.rounds=3"])
@@ -473,26 +473,36 @@ def test_rounds_rank_the_newest_policys_samples_continue_the_rm_and_run_ppo_agai
     assert [c[0] for c in calls] == ["label", "rm", "ppo"]
 
 
-def test_a_conditioned_later_round_samples_each_prompt_under_the_group_line_its_labelers_rank_for(world):
-    """fresh_prompts asks each of a conditioned run's round prompts for a group (as PPO's prompts are);
-    the comparison keeps that group, so the group that ranks it is the one the answers were asked for,
-    and an unconditioned run's prompts are left as they are."""
+def test_a_conditioned_later_round_samples_each_prompt_under_the_group_line_its_labelers_rank_for(world, monkeypatch):
+    """policy_comparisons of a conditioned run asks each round prompt for a group (one, or with
+    rm.groups_per_prompt > 1 a copy per group) before sampling, so the policy answers under the line of
+    the group that ranks; labeling keeps the group; an unconditioned run's prompts are sampled as they are."""
+    import chatrlhf.lm.engine as engine
+    from chatrlhf.stages import sampling
     from chatrlhf.stages.ppo import fresh_prompts
 
-    plain = fresh_prompts(world, load_config(None, ["iterate.prompts_per_round=12"]), 2)
-    cfg = load_config(None, ["iterate.prompts_per_round=12", "rm.conditioned=true"])
-    asked = fresh_prompts(world, cfg, 2)
-    assert [p["id"] for p in asked] == [p["id"] for p in plain] and all("group" not in p for p in plain)
-    assert len({p["group"] for p in asked}) > 1
-    assert all(p["messages"] == for_group(q, p["group"])["messages"] for p, q in zip(asked, plain))
-    comps = [{"id": f"c{i}", "prompt_id": p["id"], "task": p.get("task"), "reference": p.get("reference"),
-              "messages": p["messages"], "group": p["group"], "responses": ["a", "b", "c"], "rankings": []}
-             for i, p in enumerate(asked)]
+    asked = []
+    monkeypatch.setattr(engine, "load_engine", lambda *a: None)
+    monkeypatch.setattr(sampling, "sample_responses", lambda eng, msgs, k, cfg: (asked.append(msgs), [["a", "b", "c"]] * len(msgs))[1])
+    prompts = fresh_prompts(world, load_config(None, ["iterate.prompts_per_round=12"]), 2)
+    plain = sampling.policy_comparisons(load_config(None, []), world, Path("p"), prompts, 2, random.Random(0))
+    assert asked.pop() == [p["messages"] for p in prompts] and all("group" not in c for c in plain)
+    cfg = load_config(None, ["rm.conditioned=true"])
+    comps = sampling.policy_comparisons(cfg, world, Path("p"), prompts, 2, random.Random(0))
+    assert [c["prompt_id"] for c in comps] == [p["id"] for p in prompts] and len({c["group"] for c in comps}) > 1
+    assert asked.pop() == [for_group(p, c["group"])["messages"] for p, c in zip(prompts, comps)]  # sampled under the line
+    assert [c["split"] for c in comps] == [c["split"] for c in plain]
     before = [(c["group"], c["messages"]) for c in comps]
     label_with_world(world, comps, cfg, random.Random(0))
     assert [(c["group"], c["messages"]) for c in comps] == before
     groups = {lab.id: lab.group for held in (False, True) for lab in world.labelers(held_out=held)}
     assert all(groups[r["labeler"]] == c["group"] for c in comps for r in c["rankings"])
+    copies = sampling.policy_comparisons(load_config(None, ["rm.conditioned=true", "rm.groups_per_prompt=3"]), world,
+                                         Path("p"), prompts, 2, random.Random(0))
+    assert len(copies) == 3 * len(prompts) and {c["group"] for c in copies[:3]} == {"brief", "thorough", "cautious"}
+    assert asked.pop() == [c["messages"] for c in copies] and all(c["messages"][0] == group_message(c["group"]) for c in copies)
+    with pytest.raises(ValueError, match="no world"):
+        sampling.policy_comparisons(cfg, None, Path("p"), prompts, 2, random.Random(0))
 
 
 def test_conditioned_reward_groups_pays_the_conditioned_variants_by_each_groups_own_rm(world, tmp_path, monkeypatch):

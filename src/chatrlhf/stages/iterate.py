@@ -45,7 +45,7 @@ def collect_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict
     from chatrlhf.stages.sampling import label_with_world, policy_comparisons
 
     rng = random.Random(cfg.run.seed * 1000 + r)
-    comparisons = policy_comparisons(cfg, policy_dir, prompts, r, rng)
+    comparisons = policy_comparisons(cfg, world, policy_dir, prompts, r, rng)
     if cfg.iterate.source == "labeling_app":
         comparisons = rank_in_labeling_app(cfg, comparisons, r)
     else:

@@ -43,14 +43,13 @@ def ppo_prompts(cfg: Config, world) -> tuple[list[dict], str]:
 
 def fresh_prompts(world, cfg: Config, r: int) -> list[dict]:
     """Round r's slice of the PPO prompt pool (ppo.data, else the world's, less the guard's
-    held-out tail); with rm.conditioned each asked for its group as PPO's are, so the round's samples
-    are drawn under the group line their labelers rank for."""
+    held-out tail)."""
     pool, _ = ppo_prompts(cfg, world)
     if not cfg.ppo.data:
         pool = pool[: len(pool) - min(cfg.ppo.guard.prompts, len(pool) // 4)]
     n = cfg.iterate.prompts_per_round
     start = ((r - 2) * n) % max(1, len(pool))
-    return _conditioned(cfg, world, [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))])
+    return [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))]
 
 
 def _conditioned(cfg: Config, world, prompts: list[dict]) -> list[dict]:

@@ -165,7 +165,7 @@ def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, re
     rank rm.k samples of its newest policy for fresh PPO prompts (the prompts and samples of the main run's rounds),
     continues its newest RM on them with as many of its earlier comparisons replayed, and runs PPO again
     from the newest policy to the same KL reference. A conditioned variant's prompts each ask for a group
-    (fresh_prompts), its policy answers under that group's line and that group's labelers rank; with
+    (sampling.asked_for_groups), its policy answers under that group's line and that group's labelers rank; with
     preferences.conditioned_reward=groups its PPO is paid by each group's RM of the same round.
     Returns the last round's policy."""
     from chatrlhf.stages.ppo import fresh_prompts
@@ -179,7 +179,7 @@ def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, re
             d.mkdir(parents=True, exist_ok=True)
             if not files[-1].is_file():
                 rng = random.Random(vcfg.run.seed * 1000 + r)
-                comps = policy_comparisons(vcfg, ppo_dir, fresh_prompts(world, vcfg, r), r, rng)
+                comps = policy_comparisons(vcfg, world, ppo_dir, fresh_prompts(world, vcfg, r), r, rng)
                 label_with_world(world, comps, vcfg, rng)
                 write_comparisons(comps, files[-1])
             if not stage_complete(d / "rm"):

@@ -70,19 +70,39 @@ def sample_responses(engine, message_lists: list[list[dict]], k: int, cfg: Confi
     return out
 
 
-def policy_comparisons(cfg: Config, policy_dir: Path, prompts: list[dict], r: int, rng: random.Random) -> list[dict]:
+def policy_comparisons(cfg: Config, world, policy_dir: Path, prompts: list[dict], r: int, rng: random.Random) -> list[dict]:
     """Round r's comparisons, not yet ranked: rm.k samples per prompt from `policy_dir`, about
-    rm.val_fraction of the prompts held out (`rng` draws which); a prompt asked for a group
-    (ppo.fresh_prompts, rm.conditioned) keeps it, so its labelers are that group's."""
+    rm.val_fraction of the prompts held out (`rng` draws which); with rm.conditioned each asked for
+    its group(s) first (asked_for_groups), so the policy answers under the line of the group that ranks."""
     from chatrlhf.lm.engine import load_engine
 
-    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
-    samples = sample_responses(engine, [p["messages"] for p in prompts], cfg.rm.k, cfg)
     splits = assign_splits(prompts, cfg.rm.val_fraction, rng)
-    return [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"), "policy": f"round_{r - 1}",
-             "split": s, "messages": p["messages"], "responses": resp, "reference": p.get("reference"), "rankings": []}
-            | ({"group": p["group"]} if p.get("group") else {})
-            for i, (p, resp, s) in enumerate(zip(prompts, samples, splits))]
+    comps = [{"id": f"cmp-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"), "policy": f"round_{r - 1}",
+              "split": s, "messages": p["messages"], "reference": p.get("reference"), "rankings": []}
+             for i, (p, s) in enumerate(zip(prompts, splits))]
+    if cfg.rm.conditioned:
+        comps = asked_for_groups(world, comps, cfg)
+    engine = load_engine(policy_dir, cfg.model.dtype, cfg.run.device, cfg.rm.sample_batch)
+    for c, responses in zip(comps, sample_responses(engine, [c["messages"] for c in comps], cfg.rm.k, cfg)):
+        c["responses"] = responses
+    return comps
+
+
+def asked_for_groups(world, comps: list[dict], cfg: Config) -> list[dict]:
+    """rm.conditioned: each comparison asked for its group before its answers are sampled, one drawn by
+    rm.labeler_groups' weights as label_with_world draws it, or with rm.groups_per_prompt > 1 one copy
+    per group asked (group_copies); each copy's messages carry its group's line."""
+    from chatrlhf.world.groups import group_weights
+
+    if world is None:
+        raise ValueError("rm.conditioned asks each comparison for one of the embedded world's labeler groups; "
+                         "this run has no world")
+    if cfg.rm.groups_per_prompt > 1:
+        comps = group_copies(world, comps, cfg)
+    weights = group_weights(world, cfg.rm.labeler_groups)
+    for c in comps:
+        ask_group(c, weights, cfg.run.seed)
+    return comps
 
 
 # --- labeling -------------------------------------------------------------------------------
