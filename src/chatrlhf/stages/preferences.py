@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from chatrlhf.config import Config
+from chatrlhf.config import Config, PreferencesConfig
 from chatrlhf.evaluate.headline import task_rows
 from chatrlhf.evaluate.models import generate, load_handle, prompt_text
 from chatrlhf.evaluate.report import run_report
@@ -149,15 +149,14 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
     ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
     if not stage_complete(ppo_dir):
         run_ppo(vcfg, policy_dir=sft, rm_dir=rm_dir, out_dir=ppo_dir, ref_dir=ref, group_rm_dirs=group_rewards(vcfg, out))
-    if (rounds := variant_rounds(vcfg)) > 1:
+    if (rounds := variant_rounds(vcfg.preferences, vcfg.rm.conditioned)) > 1:
         return later_rounds(vcfg, world, out, rm_dir, ppo_dir, ref, rounds)
     return ppo_dir
 
 
-def variant_rounds(vcfg: Config) -> int:
+def variant_rounds(pc: PreferencesConfig, conditioned: bool) -> int:
     """How many rounds a variant runs: preferences.rounds, a conditioned one preferences.conditioned_rounds where set."""
-    pc = vcfg.preferences
-    return pc.conditioned_rounds if vcfg.rm.conditioned and pc.conditioned_rounds is not None else pc.rounds
+    return (pc.conditioned_rounds or pc.rounds) if conditioned else pc.rounds
 
 
 def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, ref: Path | None, rounds: int) -> Path:
@@ -314,7 +313,7 @@ def run_preferences(cfg: Config) -> Path:
     if pc.mixed_samples and (pc.own_samples or not pc.group_sft):
         raise ValueError("preferences.mixed_samples draws the shared answers from each group's own SFT model: it needs "
                          "preferences.group_sft=true and preferences.own_samples=false")
-    if pc.conditioned_reward == "groups" and (pc.conditioned_rounds or pc.rounds) > pc.rounds:
+    if pc.conditioned_reward == "groups" and variant_rounds(pc, conditioned=True) > pc.rounds:
         raise ValueError(f"preferences.conditioned_rounds={pc.conditioned_rounds} with conditioned_reward=groups: each "
                          f"round pays the conditioned model by the groups' RMs of that round, and they run "
                          f"preferences.rounds={pc.rounds}; set conditioned_rounds at most rounds")
@@ -337,7 +336,7 @@ def run_preferences(cfg: Config) -> Path:
     if pc.group_sft:  # each group's own SFT model too: what its RM and PPO add
         policies |= {g + BEFORE: out / g / "sft" for g in pc.groups}
     result = judge(cfg, world, policies) | {"group_sft": pc.group_sft, "mixed_samples": pc.mixed_samples, "rounds": pc.rounds,
-                                         "conditioned_rounds": pc.conditioned_rounds or pc.rounds}
+                                         "conditioned_rounds": variant_rounds(pc, conditioned=True)}
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(table_md(result, pc.groups))
     _print(result, pc.groups)
