@@ -1,4 +1,4 @@
-"""Many processes: `accelerate launch` with two gloo ranks on the CPU, for pretrain, SFT, RM and PPO.
+"""Many processes: `accelerate launch` with two gloo ranks on the CPU, for pretrain, SFT, RM, PPO and DPO.
 
 Each 2-rank run is checked against a 1-process run with the same global batch (same steps, same
 schedule): the final weights agree within float tolerance, every output file is written once and
@@ -188,6 +188,57 @@ def test_ppo_on_two_ranks_matches_one_process(one_process, tmp_path, method):
     for a, b in zip(read_metrics(single / "ppo"), read_metrics(out), strict=True):
         for key in ("rm_score", "kl", "response_len"):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
+
+
+def test_online_dpo_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """DPO on the RM's comparisons, then a second (online) round on fresh samples of its policy: each
+    rank trains on its share of every batch and samples its share of the prompts; the weights, the
+    round-2 comparisons, the held-out accuracies and the logged losses are one process's."""
+    from chatrlhf.stages.dpo import run_dpo
+
+    extra = ["dpo.learning_rate=1e-3", "dpo.rounds=2", "dpo.save_every=2", "dpo.log_every=1"]
+    run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
+    log = launch("dpo", run, *extra)
+    assert "dpo: 2 process(es)" in log and "global batch 8 comparisons" in log
+    assert log.count("held-out preference accuracy") == 1, "every rank reported"
+    out = run / "dpo"
+    assert_written_once(out)
+    assert [c.name for c in Checkpoints(out).good()] == ["step_000002"]
+
+    single = copy_stages(one_process, tmp_path / "one", "world", "sft", "rm")
+    run_dpo(cfg_for(single, *extra))
+    moved = max((weights(single / "dpo")[k] - w).abs().max().item() for k, w in weights(one_process / "sft").items())
+    assert moved > 1e-4, "DPO hardly moved the policy: the comparison below would prove nothing"
+    assert_same_weights(single / "dpo", out, atol=1e-5)  # DPO moves weights by ~1e-3 here; Adam's update of a
+    # near-zero gradient amplifies the last-bit difference of a sum over two shares (about 1e-6)
+    assert (out / "round_2" / "comparisons.jsonl").read_text() == (single / "dpo" / "round_2" / "comparisons.jsonl").read_text()
+    a, b = (json.loads((d / "eval.json").read_text()) for d in (single / "dpo", out))
+    assert b["after"] == a["after"] and b["before"] == a["before"]
+    for d in ("", "round_2"):
+        one, two = read_metrics(single / "dpo" / d), read_metrics(out / d)
+        assert [r["step"] for r in two] == [r["step"] for r in one]
+        assert [r["dpo/loss"] for r in two] == pytest.approx([r["dpo/loss"] for r in one], abs=1e-5)
+
+
+def test_compare_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """`chatrlhf compare` trains DPO and GRPO, samples best-of-4 and judges every method under two
+    ranks: its table is one process's, written once."""
+    from chatrlhf.stages.compare import run_compare
+
+    methods = ["sft", "dpo", "grpo", "bon4"]
+    extra = [f"compare.methods=[{', '.join(methods)}]", "compare.kl_prompts=8", "dpo.epochs=1"]
+    run = copy_stages(one_process, tmp_path / "two", "world", "tokenizer", "pretrain", "sft", "rm")
+    log = launch("compare", run, *extra)
+    assert log.count("| bon4 |") == 1 and log.count("evaluating dpo") == 1, "every rank reported"
+    single = copy_stages(one_process, tmp_path / "one", "world", "tokenizer", "pretrain", "sft", "rm")
+    one = run_compare(cfg_for(single, *extra))["rows"]
+    two = json.loads((run / "compare" / "table.json").read_text())["rows"]
+    assert [r["method"] for r in two] == methods
+    for a, b in zip(one, two, strict=True):
+        for key in ("win_rate_greedy", "win_rate_sampled", "gold_greedy", "likert_greedy", "kl_to_sft"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), (a["method"], key)
+    for m in ("dpo", "grpo"):
+        assert_written_once(run / "compare" / m)
 
 
 def test_whole_run_on_two_ranks_matches_one_process(tmp_path):

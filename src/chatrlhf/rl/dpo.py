@@ -14,6 +14,11 @@ so the LM head runs on the response positions only (`experience.response_forward
 is frozen, so its log-probs are computed once before training and reused by every epoch (TRL's
 `precompute_ref_log_probs`). Held-out preference accuracy uses the implicit reward
 beta * (log pi - log pi_SFT), scored like the RM's pairwise accuracy.
+
+Under `accelerate launch` each rank trains on its contiguous share of every batch's comparisons, its
+loss weighted by its share of the batch's rankings (`lm.distributed.weighted_loss`), so the update is
+one process's on the whole batch; the reference and evaluation log-probs are shared out the same way
+and gathered on every rank.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ import torch
 
 from chatrlhf.config import DPOConfig
 from chatrlhf.lm.chat_data import ensure_template
+from chatrlhf.lm.distributed import (
+    all_mean,
+    announce,
+    gather,
+    optimizer_step,
+    rows_of_rank,
+    shard,
+    weighted_loss,
+    world_size,
+)
 from chatrlhf.lm.rankings import expand_pairs, make_batch
 from chatrlhf.lm.training import (
     Checkpoints,
@@ -153,6 +168,13 @@ def batched_logprobs(model, seqs: list[Encoded], pad_id: int, device, batch: int
     return out
 
 
+def shared_logprobs(model, seqs: list[Encoded], pad_id: int, device, batch: int, packing: bool = False) -> torch.Tensor:
+    """batched_logprobs with the sequences shared out over the ranks, each scoring its contiguous
+    share; every rank gets all of them back, in the input order."""
+    mine = batched_logprobs(model, shard(seqs), pad_id, device, batch, packing)
+    return torch.cat(gather([mine])) if world_size() > 1 else mine
+
+
 # --- evaluation -----------------------------------------------------------------------------
 def preference_accuracy(comparisons: list[dict], rewards: list[list[float]], keep) -> tuple[float, int]:
     """Share of ranked pairs (rankings whose labeler passes `keep`) whose chosen response gets the
@@ -170,7 +192,7 @@ def implicit_rewards(policy, tokens: list[list[Encoded]], ref_lp: list[torch.Ten
                      device, batch: int, packing: bool = False) -> list[list[float]]:
     """beta * (log pi(y) - log pi_SFT(y)) of every response of every comparison."""
     flat = [s for seqs in tokens for s in seqs]
-    lp = batched_logprobs(policy, flat, pad_id, device, batch, packing) if flat else torch.zeros(0)
+    lp = shared_logprobs(policy, flat, pad_id, device, batch, packing) if flat else torch.zeros(0)
     out, k = [], 0
     for seqs, ref in zip(tokens, ref_lp):
         out.append((beta * (lp[k:k + len(seqs)] - ref)).tolist())
@@ -239,7 +261,7 @@ def train_dpo(policy, ref, tokenizer, train: list[dict], val: list[dict], cfg: D
 def _reference_logprobs(ref, toks: list[list[Encoded]], pad: int, dev, batch: int, packing: bool) -> list[torch.Tensor]:
     """Each comparison's response log-probs under the frozen reference, computed once before training
     (the reference never changes, so one pass serves every epoch)."""
-    lp = batched_logprobs(ref, [s for seqs in toks for s in seqs], pad, dev, batch, packing)
+    lp = shared_logprobs(ref, [s for seqs in toks for s in seqs], pad, dev, batch, packing)
     out, k = [], 0
     for seqs in toks:
         out.append(lp[k:k + len(seqs)])
@@ -270,6 +292,8 @@ def _optimise(policy, data: _TrainData, cfg: DPOConfig, out_dir: Path, accelerat
                             weight_decay=cfg.weight_decay)
     sched = cosine_with_warmup(opt, cfg.warmup_steps, total, cfg.min_lr_ratio)
     model, opt, sched = accelerator.prepare(policy, opt, sched)
+    announce(accelerator, "dpo", f"{cfg.batch_prompts / accelerator.num_processes:g} comparisons",
+             f"{cfg.batch_prompts} comparisons")
     ckpts = Checkpoints(out_dir)
     state = ckpts.load(accelerator)
     start = state["step"] if state else 0
@@ -284,15 +308,19 @@ def _optimise(policy, data: _TrainData, cfg: DPOConfig, out_dir: Path, accelerat
             if epoch != batches_epoch:
                 batches = _epoch_batches(len(data.comparisons), cfg.batch_prompts, seed * 1000 + epoch)
                 batches_epoch = epoch
-            idx = batches[pos]
+            part, counts = rows_of_rank(len(batches[pos]))  # this rank's share of the global batch
+            idx = batches[pos][part]
             pb = make_batch([data.comparisons[i] for i in idx], data.held_out)
             seqs = [data.tokens[idx[g]][k] for g, k in pb.sequences]
             ref_seq = torch.stack([data.ref_lp[idx[g]][k] for g, k in pb.sequences]).to(dev)
-            last = _update(model, seqs, ref_seq, pb, data, cfg, accelerator, opt, sched, step, ckpts)
-            seqs_seen += len(seqs)
-            pairs_seen += len(pb.chosen)
-            tokens_seen += sum(len(p) + len(r) for p, r in seqs)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            last = _update(model, seqs, ref_seq, pb, counts, data, cfg, accelerator, opt, sched, step, ckpts)
+            whole = batches[pos]  # the global batch's counts
+            wb = make_batch([data.comparisons[i] for i in whole], data.held_out)
+            seqs_seen += len(wb.sequences)
+            pairs_seen += len(wb.chosen)
+            tokens_seen += sum(len(p) + len(r) for p, r in (data.tokens[whole[g]][k] for g, k in wb.sequences))
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:  # over ranks: logged and returned
+                last = {"loss": last["loss"]} | all_mean({k: v for k, v in last.items() if k != "loss"})
                 metrics.log(step + 1, {f"dpo/{k}": v for k, v in last.items()} | {"dpo/lr": sched.get_last_lr()[0]})
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 ckpts.save(accelerator, step + 1, {"epoch": epoch})
@@ -302,19 +330,16 @@ def _optimise(policy, data: _TrainData, cfg: DPOConfig, out_dir: Path, accelerat
                    "tokens": tokens_seen, "seconds": time.time() - t0, "last": last}
 
 
-def _update(model, seqs: list[Encoded], ref_seq: torch.Tensor, pb, data: _TrainData, cfg: DPOConfig, accelerator,
-            opt, sched, step: int, ckpts: Checkpoints) -> dict[str, float]:
-    """One optimiser step on one batch of comparisons; returns its loss and DPO statistics."""
+def _update(model, seqs: list[Encoded], ref_seq: torch.Tensor, pb, counts: bool, data: _TrainData, cfg: DPOConfig,
+            accelerator, opt, sched, step: int, ckpts: Checkpoints) -> dict[str, float]:
+    """One optimiser step on this rank's share of a batch (`counts`: whether it holds any of it);
+    returns the global batch's loss and this rank's DPO statistics."""
     dev = accelerator.device
     lp = (packed_sequence_logprobs if data.packing else sequence_logprobs)(model, seqs, data.pad, dev)
     ch, rj = torch.tensor(pb.chosen, device=dev), torch.tensor(pb.rejected, device=dev)
     loss, stats = dpo_loss(lp[ch], lp[rj], ref_seq[ch], ref_seq[rj], cfg.beta,
                            torch.tensor(pb.weight, device=dev), pb.n_groups)
-    check_finite(loss, step, "dpo", ckpts.latest())
-    accelerator.backward(loss)
-    if cfg.grad_clip > 0:
-        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return {"loss": loss.item(), **{k: v.item() for k, v in stats.items()}}
+    loss, global_loss = weighted_loss(loss, pb.n_groups if counts else 0)
+    check_finite(global_loss, step, "dpo", ckpts.latest())
+    optimizer_step(accelerator, loss, model.parameters(), opt, sched, cfg.grad_clip)
+    return {"loss": global_loss.item(), **{k: v.item() for k, v in stats.items()}}

@@ -30,6 +30,7 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config, PPOConfig
+from chatrlhf.lm.distributed import is_main, on_main
 from chatrlhf.lm.modeling import read_meta, stage_complete, write_meta
 
 console = Console(stderr=True)
@@ -162,7 +163,8 @@ def run_compare(cfg: Config, methods: list[str] | None = None) -> dict[str, Any]
     for m in methods:
         path = str(out / m) if m in TRAINED else str(sft_dir if m == "sft" else cfg.stage_dir("pretrain")
                                                      if m == "fewshot" else sft_dir)
-        console.print(f"[bold]compare[/bold]: evaluating {m} ({path})")
+        if is_main():
+            console.print(f"[bold]compare[/bold]: evaluating {m} ({path})")
         t = time.time()
         h = load_any_handle(ctx, m, path)
         r = evaluate_model(ctx, h)
@@ -189,11 +191,15 @@ def run_compare(cfg: Config, methods: list[str] | None = None) -> dict[str, Any]
     meta = {"methods": methods, "n_eval_prompts": len(ctx.prompts), "judgements_per_pair": cfg.eval.judgements_per_pair,
             "rm_train_seconds": (read_meta(rm_dir).get("eval") or {}).get("train_seconds"),
             "world_seed": cfg.world.seed, "seed": cfg.run.seed}
+    on_main(lambda: _write_table(out, table, meta))  # every rank holds the same table; one writes it
+    return {"meta": meta, "rows": table}
+
+
+def _write_table(out: Path, table: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     (out / "table.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=1))
     (out / "table.md").write_text(render_markdown(table, meta))
     write_meta(out, {"stage": "compare", "complete": True, **meta})
     console.print(render_markdown(table, meta))
-    return {"meta": meta, "rows": table}
 
 
 def build_table(methods: list[str], results: dict[str, dict], comparisons: dict[str, dict], ctx) -> list[dict[str, Any]]:

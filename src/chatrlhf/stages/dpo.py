@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.distributed import on_main
+from chatrlhf.lm.distributed import gather, init_processes, is_main, on_main, share
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
 from chatrlhf.lm.rankings import load_comparisons, split_by_prompt, write_comparisons
 from chatrlhf.lm.training import make_accelerator
@@ -56,7 +56,8 @@ def online_comparisons(cfg: Config, world, policy, tok, r: int, out: Path) -> li
 
     prompts = online_prompts(world, cfg, r)
     engine = Engine(policy, tok, max_batch=cfg.rm.sample_batch)
-    samples = sample_responses(engine, [p["messages"] for p in prompts], cfg.rm.k, cfg)
+    mine = share(len(prompts))  # each rank samples its share; all of them come back to every rank
+    samples = gather(sample_responses(engine, [p["messages"] for p in prompts[mine]], cfg.rm.k, cfg, offset=mine.start))
     comparisons = [{"id": f"dpo-r{r}-{i + 1:06d}", "prompt_id": p["id"], "task": p.get("task"), "split": "train",
                     "messages": p["messages"], "responses": s, "reference": p.get("reference"), "rankings": []}
                    for i, (p, s) in enumerate(zip(prompts, samples))]
@@ -74,6 +75,7 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
     if stage_complete(out):
         console.print(f"[dim]dpo: {out} complete, skipped[/dim]")
         return out
+    init_processes(cfg.run.device)
     out.mkdir(parents=True, exist_ok=True)
     policy_dir, ref_dir = Path(policy_dir or cfg.stage_dir("sft")), Path(ref_dir or cfg.stage_dir("sft"))
     source = comparisons if comparisons is not None else comparisons_path(cfg)
@@ -101,12 +103,14 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
     metrics = {"rounds": rounds, "before": rounds[0]["before"], "after": final["after"],
                "train_seconds": sum(r["train_seconds"] + r["reference_seconds"] for r in rounds),
                "tokens_generated": 0 if dc.rounds == 1 else None}
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+    on_main(lambda: (out / "eval.json").write_text(json.dumps(metrics, indent=2)))
     a, b = metrics["after"], metrics["before"]
-    if a:
+    if a and is_main():
         console.print(f"[bold]dpo[/bold]: held-out preference accuracy {b['acc_held_out_prompts']:.3f} -> "
                       f"{a['acc_held_out_prompts']:.3f} (held-out prompts), {b['acc_held_out_labelers']:.3f} -> "
                       f"{a['acc_held_out_labelers']:.3f} (held-out labelers)")
-    return save_stage(policy, tok, out, {"stage": "dpo", "policy_init": str(policy_dir), "reference": str(ref_dir),
-                                         "comparisons": str(source) if not isinstance(source, list) else "<memory>",
-                                         "beta": dc.beta, "eval": metrics, "config": dc.model_dump(mode="json")})
+    meta = {"stage": "dpo", "policy_init": str(policy_dir), "reference": str(ref_dir),
+            "comparisons": str(source) if not isinstance(source, list) else "<memory>",
+            "beta": dc.beta, "eval": metrics, "config": dc.model_dump(mode="json")}
+    on_main(lambda: save_stage(policy, tok, out, meta))  # every rank holds the same weights; one saves them
+    return out
