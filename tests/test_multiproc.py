@@ -1,4 +1,4 @@
-"""Many processes: `accelerate launch` with two gloo ranks on the CPU, for pretrain, SFT, RM, PPO and DPO.
+"""Many processes: `accelerate launch` with two gloo ranks on the CPU, for every trainer and the stages that wire them.
 
 Each 2-rank run is checked against a 1-process run with the same global batch (same steps, same
 schedule): the final weights agree within float tolerance, every output file is written once and
@@ -239,6 +239,32 @@ def test_compare_on_two_ranks_matches_one_process(one_process, tmp_path):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["method"], key)
     for m in ("dpo", "grpo"):
         assert_written_once(run / "compare" / m)
+
+
+def test_preferences_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """`chatrlhf preferences` (each group's SFT model, RM and PPO, the pooled and conditioned ones,
+    a second round for every variant) under two ranks: every cell of its table is one process's, and
+    each variant's files are written once."""
+    from chatrlhf.stages.preferences import run_preferences
+
+    extra = ["preferences.comparisons=16", "preferences.ppo_iterations=2", "preferences.eval_prompts=8",
+             "preferences.judgements=1", "preferences.group_sft=true", "preferences.rounds=2", "iterate.prompts_per_round=8"]
+    run = copy_stages(one_process, tmp_path / "two", "world", "tokenizer", "pretrain", "sft", "rm")
+    log = launch("preferences", run, *extra)
+    assert log.count("Whose preferences") == 1, "every rank reported"
+    single = copy_stages(one_process, tmp_path / "one", "world", "tokenizer", "pretrain", "sft", "rm")
+    run_preferences(cfg_for(single, *extra))
+    a, b = (json.loads((d / "preferences" / "table.json").read_text()) for d in (single, run))
+    assert b["rows"].keys() == a["rows"].keys() and b["substance"] == a["substance"]
+    for name, row in a["rows"].items():
+        for g, cell in row.items():
+            assert b["rows"][name][g]["win_rate"] == pytest.approx(cell["win_rate"], abs=1e-9), (name, g)
+    for variant in ("brief", "conditioned-sft"):
+        d = run / "preferences" / variant
+        for stage in ("sft", "rm", "ppo", "round_2/rm", "round_2/ppo"):
+            assert_written_once(d / stage)
+        assert (d / "round_2" / "comparisons.jsonl").read_text() == (
+            single / "preferences" / variant / "round_2" / "comparisons.jsonl").read_text()
 
 
 def test_whole_run_on_two_ranks_matches_one_process(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from chatrlhf.evaluate.report import run_report
 from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci
 from chatrlhf.evaluate.whose import BEFORE, CONDITIONED, SFT_ONLY, table_md, table_rows
 from chatrlhf.evaluate.world_eval import compare_to_baseline
+from chatrlhf.lm.distributed import init_processes, on_main
 from chatrlhf.lm.modeling import stage_complete
 from chatrlhf.lm.rankings import load_comparisons, write_comparisons
 from chatrlhf.stages.ppo import run_ppo
@@ -144,7 +146,7 @@ def train_variant(cfg: Config, world, base: list[dict], name: str, out: Path) ->
         if cfg.preferences.own_samples and sft != cfg.stage_dir("sft"):
             own_samples(world, vcfg, sft, comps)
         label_with_world(world, comps, vcfg, random.Random(cfg.run.seed))
-        write_comparisons(comps, out / "comparisons.jsonl")  # what this variant's labelers said, to audit
+        on_main(lambda: write_comparisons(comps, out / "comparisons.jsonl"))  # what this variant's labelers said, to audit
         train_reward_model(vcfg, comps, sft, rm_dir, world=world)
     ref = sft if cfg.preferences.own_reference else None  # None: the run's shared SFT model
     if not stage_complete(ppo_dir):
@@ -180,7 +182,7 @@ def later_rounds(vcfg: Config, world, out: Path, rm_dir: Path, ppo_dir: Path, re
                 rng = random.Random(vcfg.run.seed * 1000 + r)
                 comps = policy_comparisons(vcfg, world, ppo_dir, fresh_prompts(world, vcfg, r), r, rng)
                 label_with_world(world, comps, vcfg, rng)
-                write_comparisons(comps, files[-1])
+                on_main(partial(write_comparisons, comps, files[-1]))  # every rank holds the same; one writes
             if not stage_complete(d / "rm"):
                 fresh = load_comparisons(files[-1], vcfg.rm.allow_ties)
                 older = [c for f in files[:-1] for c in load_comparisons(f, vcfg.rm.allow_ties)]
@@ -247,7 +249,7 @@ def mixed_samples(cfg: Config, out: Path, base: list[dict]) -> list[dict]:
         taken = {s: iter(drawn[s][i]) for s in set(slots[i])}
         comps.append(c | {"responses": [next(taken[s]) for s in slots[i]], "policy": "mixed",
                           "sources": [names[s] for s in slots[i]]})
-    write_comparisons(comps, path)
+    on_main(lambda: write_comparisons(comps, path))
     return comps
 
 
@@ -318,6 +320,7 @@ def run_preferences(cfg: Config) -> Path:
                          f"round pays the conditioned model by the groups' RMs of that round, and they run "
                          f"preferences.rounds={pc.rounds}; set conditioned_rounds at most rounds")
     world = require_world(cfg, "`chatrlhf preferences`")
+    init_processes(cfg.run.device)
     if not stage_complete(cfg.stage_dir("sft")):
         raise FileNotFoundError(f"preferences starts every variant from SFT at {cfg.stage_dir('sft')}; run `chatrlhf sft` first")
     if pc.conditioned_sft and line_near_answer(cfg) and not pc.own_reference:
@@ -337,12 +340,16 @@ def run_preferences(cfg: Config) -> Path:
         policies |= {g + BEFORE: out / g / "sft" for g in pc.groups}
     result = judge(cfg, world, policies) | {"group_sft": pc.group_sft, "mixed_samples": pc.mixed_samples, "rounds": pc.rounds,
                                          "conditioned_rounds": variant_rounds(pc, conditioned=True)}
+    on_main(lambda: _write(cfg, out, result))  # every rank holds the same table; one writes it
+    return out
+
+
+def _write(cfg: Config, out: Path, result: dict[str, Any]) -> None:
     (out / "table.json").write_text(json.dumps(result, indent=2))
-    (out / "table.md").write_text(table_md(result, pc.groups))
-    _print(result, pc.groups)
+    (out / "table.md").write_text(table_md(result, cfg.preferences.groups))
+    _print(result, cfg.preferences.groups)
     if (cfg.stage_dir("report") / "report.html").is_file():  # the run's report shows the table from now on
         run_report(cfg)
-    return out
 
 
 def _print(result: dict[str, Any], groups: list[str]) -> None:
