@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from chatrlhf.config import load_config
 
@@ -49,6 +50,20 @@ def test_compare_trains_and_judges_every_method_on_the_tiny_world(tmp_path):
     assert meta["complete"] and [r["round"] for r in meta["eval"]["rounds"]] == [1, 2]
     fresh = (online / "round_2" / "comparisons.jsonl").read_text().splitlines()
     assert len(fresh) == cfg.iterate.prompts_per_round and json.loads(fresh[0])["rankings"]
+
+    # the same with LoRA: adapters on q and v only, the reference the policy with them off, a plain merged stage
+    from safetensors.torch import load_file
+
+    lora = cfg.dpo.lora.model_copy(update={"enabled": True, "r": 4, "target_modules": ["q_proj", "v_proj"]})
+    lcfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"rounds": 2, "learning_rate": 1e-2, "lora": lora})})
+    online = run_dpo(lcfg, out_dir=tmp_path / "dpo_lora")
+    meta = read_meta(online)
+    assert meta["complete"] and meta["lora"]["r"] == 4 and (online / "adapter" / "adapter_config.json").is_file()
+    merged, sft = load_file(online / "model.safetensors"), load_file(tmp_path / "sft" / "model.safetensors")
+    assert merged.keys() == sft.keys()  # a plain checkpoint: no lora_ weights
+    changed = {k for k in sft if not torch.equal(merged[k], sft[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
+    assert meta["eval"]["before"]["acc_held_out_prompts"] == pytest.approx(0.5)
 
 
 def test_compare_rejects_unknown_methods():

@@ -227,6 +227,38 @@ def test_short_dpo_run_raises_held_out_preference_accuracy(tiny_model_dir, tmp_p
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 12
 
 
+def test_lora_dpo_trains_adapters_only_against_the_policy_with_its_adapters_off(tiny_model_dir, tmp_path):
+    from chatrlhf.config import LoraConfig
+    from chatrlhf.lm.lora import is_lora, wrap_lora
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+    from chatrlhf.lm.rankings import split_by_prompt
+    from chatrlhf.lm.training import make_accelerator
+    from chatrlhf.rl.dpo import encode_pair_side, reference, sequence_logprobs, train_dpo
+
+    torch.manual_seed(0)
+    train, val = split_by_prompt(_toy_comparisons(), 0.0, 0)
+    tok, base = load_tokenizer(tiny_model_dir), load_causal_lm(tiny_model_dir)
+    policy = wrap_lora(load_causal_lm(tiny_model_dir), LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    frozen = {k: v.clone() for k, v in policy.state_dict().items() if "lora_" not in k}
+    cfg = DPOConfig(beta=0.1, epochs=6, batch_prompts=4, learning_rate=3e-2, warmup_steps=0, save_every=0)
+    res = train_dpo(policy, None, tok, train, val, cfg, tmp_path, make_accelerator(0, device="cpu"), held_out={"H1"})
+    model = res["model"]
+    assert is_lora(model) and res["before"]["acc_held_out_prompts"] == pytest.approx(0.5)  # the reference is the start
+    assert res["after"]["acc_held_out_prompts"] > 0.75, res["after"]
+    after = model.state_dict()
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen)  # only the adapters moved
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in after.items() if "lora_B" in k)
+    seqs = [encode_pair_side(tok, [{"role": "user", "content": q}], GOOD, 256) for q in QUESTIONS[:4]]
+    with torch.no_grad(), reference(model, None, "cpu") as ref:  # adapters off: the base model, however far it moved
+        assert torch.allclose(sequence_logprobs(ref, seqs, tok.pad_token_id, "cpu"),
+                              sequence_logprobs(base, seqs, tok.pad_token_id, "cpu"), atol=1e-5)
+    with torch.no_grad():
+        moved = sequence_logprobs(model, seqs, tok.pad_token_id, "cpu")  # adapters on again
+    assert not torch.allclose(moved, sequence_logprobs(base, seqs, tok.pad_token_id, "cpu"), atol=1e-3)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        train_dpo(load_causal_lm(tiny_model_dir), None, tok, train, val, cfg, tmp_path / "x", make_accelerator(0, device="cpu"))
+
+
 def test_dpo_encoding_keeps_the_response_and_its_end_of_turn(tiny_model_dir):
     from chatrlhf.lm.modeling import load_tokenizer
     from chatrlhf.rl.dpo import encode_pair_side

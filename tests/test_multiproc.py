@@ -190,13 +190,16 @@ def test_ppo_on_two_ranks_matches_one_process(one_process, tmp_path, method):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
 
 
-def test_online_dpo_on_two_ranks_matches_one_process(one_process, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_online_dpo_on_two_ranks_matches_one_process(one_process, tmp_path, lora):
     """DPO on the RM's comparisons, then a second (online) round on fresh samples of its policy: each
     rank trains on its share of every batch and samples its share of the prompts; the weights, the
-    round-2 comparisons, the held-out accuracies and the logged losses are one process's."""
+    round-2 comparisons, the held-out accuracies and the logged losses are one process's (with LoRA
+    too: the same adapters drawn, the reference the policy with them off)."""
     from chatrlhf.stages.dpo import run_dpo
 
     extra = ["dpo.learning_rate=1e-3", "dpo.rounds=2", "dpo.save_every=2", "dpo.log_every=1"]
+    extra += ["dpo.lora.enabled=true", "dpo.learning_rate=1e-2"] if lora else []
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
     log = launch("dpo", run, *extra)
     assert "dpo: 2 process(es)" in log and "global batch 8 comparisons" in log

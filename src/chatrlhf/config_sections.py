@@ -22,7 +22,7 @@ class LoraConfig(Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules that get adapters."
     )
-    merge: bool = Field(True, description="PPO: merge adapters into a plain checkpoint when the stage ends (false "
+    merge: bool = Field(True, description="PPO and DPO: merge adapters into a plain checkpoint when the stage ends (false "
                         "saves the peft adapter alone). SFT always saves merged weights, with the adapter alone in "
                         "sft/adapter/, because the RM and PPO load SFT as a plain model.")
 
@@ -213,6 +213,10 @@ class DPOConfig(Section):
                            "(once, before training: the reference is frozen, so one pass serves every epoch).")
     save_every: int = Field(100, description="Steps between resumable checkpoints.")
     log_every: int = Field(10, description="Steps between logged scalars.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA for the policy (as SFT's and PPO's): adapters "
+                             "trained, every other weight frozen; the reference is the policy with its adapters off, so no "
+                             "second model is loaded. The stage saves the merged weights (the adapter alone in dpo/adapter/; "
+                             "lora.merge=false saves the adapter alone).")
     rounds: int = Field(1, ge=1, description="Iterated (online) DPO: after the first pass, each further round samples rm.k "
                         "answers from the newest policy for iterate.prompts_per_round fresh PPO prompts, has the training "
                         "labelers rank them, and runs DPO on them from the newest policy (reference still SFT). 1 = offline DPO.")

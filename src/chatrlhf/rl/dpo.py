@@ -23,6 +23,7 @@ and gathered on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -224,8 +225,9 @@ def train_dpo(policy, ref, tokenizer, train: list[dict], val: list[dict], cfg: D
               accelerator, seed: int = 0, held_out: set[str] | frozenset = frozenset(),
               tensorboard: bool = False) -> dict[str, Any]:
     """DPO of `policy` against the frozen `ref` on `train` comparisons; resumable from out_dir's
-    checkpoints. Returns metrics (preference accuracy before and after on `val`, speed) and the
-    trained, unwrapped model under "model"."""
+    checkpoints. `ref=None` with a LoRA (peft) policy: the reference is the policy with its adapters
+    off, so no second model is held. Returns metrics (preference accuracy before and after on `val`,
+    speed) and the trained, unwrapped model under "model"."""
     out_dir = Path(out_dir)
     ensure_template(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -236,14 +238,13 @@ def train_dpo(policy, ref, tokenizer, train: list[dict], val: list[dict], cfg: D
     dev = accelerator.device
     enc = lambda cs: [[encode_pair_side(tokenizer, c["messages"], r, cfg.max_len) for r in c["responses"]] for c in cs]  # noqa: E731
     tokens, val_tokens = enc(train), enc(val)
-    ref.requires_grad_(False).eval()
-    ref.to(dev)
-    t_ref = time.time()
-    packing = cfg.packing and packing_matches_padding(ref, [s for seqs in tokens[:8] for s in seqs], pad, dev)
-    ref_lp = _reference_logprobs(ref, tokens, pad, dev, cfg.ref_batch, packing)
-    val_ref_lp = _reference_logprobs(ref, val_tokens, pad, dev, cfg.ref_batch, packing)
-    ref_seconds = time.time() - t_ref
     policy.to(dev)
+    t_ref = time.time()
+    with reference(policy, ref, dev) as frozen:
+        packing = cfg.packing and packing_matches_padding(frozen, [s for seqs in tokens[:8] for s in seqs], pad, dev)
+        ref_lp = _reference_logprobs(frozen, tokens, pad, dev, cfg.ref_batch, packing)
+        val_ref_lp = _reference_logprobs(frozen, val_tokens, pad, dev, cfg.ref_batch, packing)
+    ref_seconds = time.time() - t_ref
     before = evaluate_dpo(policy, val_tokens, val_ref_lp, val, held_out, cfg, pad, dev, packing)
 
     data = _TrainData(train, tokens, ref_lp, held_out, pad, packing)
@@ -256,6 +257,22 @@ def train_dpo(policy, ref, tokenizer, train: list[dict], val: list[dict], cfg: D
             "sequences_per_second": run["sequences"] / secs if secs > 0 else 0.0,
             "pairs_per_second": run["pairs"] / secs if secs > 0 else 0.0, "tokens_trained": run["tokens"],
             "packing": bool(packing), "before": before, "after": after, "last": run["last"]}
+
+
+@contextlib.contextmanager
+def reference(policy, ref, dev):
+    """The frozen reference to score with: `ref` on `dev`, or where it is None the LoRA policy with
+    its adapters disabled (its base weights, which the adapters never change)."""
+    if ref is not None:
+        ref.requires_grad_(False).eval()
+        yield ref.to(dev)
+        return
+    from chatrlhf.lm.lora import is_lora
+
+    if not is_lora(policy):
+        raise ValueError("dpo: no reference model given, and the policy has no LoRA adapters to switch off")
+    with policy.disable_adapter():
+        yield policy
 
 
 def _reference_logprobs(ref, toks: list[list[Encoded]], pad: int, dev, batch: int, packing: bool) -> list[torch.Tensor]:

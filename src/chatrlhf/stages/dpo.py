@@ -19,6 +19,7 @@ from rich.console import Console
 
 from chatrlhf.config import Config
 from chatrlhf.lm.distributed import gather, init_processes, is_main, on_main, share
+from chatrlhf.lm.lora import save_merged
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
 from chatrlhf.lm.rankings import load_comparisons, split_by_prompt, write_comparisons
 from chatrlhf.lm.training import make_accelerator
@@ -84,9 +85,16 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
     data = load_comparisons(source, cfg.rm.allow_ties)
     train, val = split_by_prompt(data, dc.val_fraction, cfg.run.seed)
     tok = load_tokenizer(policy_dir)
+    acc = make_accelerator(cfg.run.seed, device=cfg.run.device)  # seeded before LoRA draws its A matrices
     policy = load_causal_lm(policy_dir, cfg.model.dtype)
-    ref = load_causal_lm(ref_dir, cfg.model.dtype)
-    acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
+    if dc.lora.enabled:
+        from chatrlhf.lm.lora import trainable_params, wrap_lora
+
+        policy = wrap_lora(policy, dc.lora)
+        if is_main():
+            console.print("dpo: LoRA, {:,}/{:,} trainable params".format(*trainable_params(policy)))
+    # a LoRA policy that starts from the reference scores it with its adapters off: no second model
+    ref = None if dc.lora.enabled and ref_dir.resolve() == policy_dir.resolve() else load_causal_lm(ref_dir, cfg.model.dtype)
     res = train_dpo(policy, ref, tok, train, val, dc, out, acc, seed=cfg.run.seed, held_out=held_out,
                     tensorboard=cfg.run.tensorboard)
     policy = res.pop("model")
@@ -111,6 +119,7 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
                       f"{a['acc_held_out_labelers']:.3f} (held-out labelers)")
     meta = {"stage": "dpo", "policy_init": str(policy_dir), "reference": str(ref_dir),
             "comparisons": str(source) if not isinstance(source, list) else "<memory>",
-            "beta": dc.beta, "eval": metrics, "config": dc.model_dump(mode="json")}
-    on_main(lambda: save_stage(policy, tok, out, meta))  # every rank holds the same weights; one saves them
-    return out
+            "beta": dc.beta, "eval": metrics, "config": dc.model_dump(mode="json"),
+            "lora": dc.lora.model_dump() if dc.lora.enabled else None}
+    on_main(lambda: save_merged(policy, tok, out, meta) if dc.lora.merge else save_stage(policy, tok, out, meta))
+    return out  # every rank holds the same weights; one saves them (LoRA: merged, the adapter in dpo/adapter/)
