@@ -156,6 +156,26 @@ def test_rm_with_its_language_model_term_on_two_ranks_matches_one_process(one_pr
     assert not any("rm/lm_loss" in r for r in read_metrics(one_process / "rm"))  # off by default
 
 
+def test_lora_rm_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """rm.lora: both processes draw the same adapters from the seed, train them and the head on their
+    shares, and save the same merged weights."""
+    from chatrlhf.stages.reward import run_rm
+
+    extra = ["rm.lora.enabled=true", "rm.learning_rate=1e-2"]
+    runs = {}
+    for name in ("one", "two"):
+        runs[name] = copy_stages(one_process, tmp_path / name, "world", "tokenizer", "pretrain", "sft")
+        (runs[name] / "rm").mkdir()
+        shutil.copy(one_process / "rm" / "comparisons.jsonl", runs[name] / "rm" / "comparisons.jsonl")
+    run_rm(cfg_for(runs["one"], *extra))
+    launch("rm", runs["two"], *extra)
+    moved = max((weights(runs["one"] / "rm")[k] - w).abs().max().item() for k, w in weights(one_process / "sft").items()
+                if k in weights(runs["one"] / "rm"))
+    assert moved > 1e-3, "the adapters hardly moved: the comparison below would prove nothing"
+    assert_same_weights(runs["one"] / "rm", runs["two"] / "rm")
+    assert_written_once(runs["two"] / "rm")
+
+
 LAST = ["ppo.guard.early_stop=none"]  # the last iteration is exported, not the guard's pick
 RLOO = [*LAST, "ppo.advantage.estimator=rloo", "ppo.rollout.samples_per_prompt=2", "ppo.rejection_sampling.n=1"]
 

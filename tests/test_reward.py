@@ -411,3 +411,20 @@ def test_an_rm_with_the_language_model_term_ranks_as_well_and_keeps_modelling_th
     logged = [r["rm/lm_loss"] for r in read_metrics(tmp_path / "rm0.1" / "rm")]
     assert len(logged) == m["steps"] and logged[-1] < logged[0] - 0.5
     assert trained[0.1] < trained[0.0] - 0.5
+
+
+def test_a_lora_rm_trains_adapters_and_its_head_and_saves_a_plain_checkpoint(tiny_model_dir, tmp_path):
+    """rm.lora: adapters on q and v and the new head learn the preference; the saved RM is the merged
+    weights (no lora_ keys), whose backbone differs from the causal LM's only where adapters were."""
+    from safetensors.torch import load_file
+
+    cfg = cfg_for(tmp_path, lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    m = train_reward_model(cfg, comparisons(), tiny_model_dir, tmp_path / "rm", world=None)
+    assert m["acc_held_out_prompts"] > 0.9
+    saved, lm = load_file(tmp_path / "rm" / "model.safetensors"), load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert not any("lora" in k for k in saved) and "score.weight" in saved
+    changed = {k for k in saved if k in lm and not torch.equal(saved[k], lm[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
+    rm = RewardModel.load(tmp_path / "rm")  # an ordinary sequence-classification RM, scoring as it trained
+    good, bad = rm.score([[{"role": "user", "content": "question 1?"}]] * 2, [GOOD[0], BAD[0]]).tolist()
+    assert good > bad

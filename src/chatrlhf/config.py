@@ -288,6 +288,9 @@ class RMConfig(Section):
     ensemble_penalty: float = Field(0.0, ge=0, description="With rm.ensemble > 1: the reward is the members' mean minus "
                                     "this many standard deviations across them (uncertainty-weighted optimisation: "
                                     "answers the members disagree on pay).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA for the RM: adapters on lora.target_modules "
+                             "and the new scalar head trained, every other weight frozen; the saved RM holds the merged "
+                             "weights, an ordinary AutoModelForSequenceClassification checkpoint.")
 
 
 class IterateConfig(Section):

@@ -8,6 +8,7 @@ training, `merge` folds B @ A into W, so the saved stage is an ordinary safetens
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted(names)
 
 
-def wrap_lora(model, cfg: LoraConfig):
-    """A peft model with trainable adapters on `cfg.target_modules`; every other weight frozen."""
+def wrap_lora(model, cfg: LoraConfig, task_type: str | None = "CAUSAL_LM", also_train: Sequence[torch.nn.Module] = ()):
+    """A peft model with trainable adapters on `cfg.target_modules`; every other weight frozen but
+    those of `also_train` (a reward model's new scalar head, with `task_type=None`: peft's plain wrapper)."""
     import peft
 
     available = linear_module_names(model)
@@ -36,9 +38,12 @@ def wrap_lora(model, cfg: LoraConfig):
                          f"its adaptable layers are: {', '.join(available)}")
     fan_in_fan_out = any(type(m).__name__ == "Conv1D" for m in model.modules())  # GPT-2 stores W transposed
     peft_cfg = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                               target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
+                               target_modules=list(cfg.target_modules), task_type=task_type,
                                fan_in_fan_out=fan_in_fan_out)
-    return peft.get_peft_model(model, peft_cfg)
+    wrapped = peft.get_peft_model(model, peft_cfg)
+    for module in also_train:
+        module.requires_grad_(True)
+    return wrapped
 
 
 def is_lora(model) -> bool:

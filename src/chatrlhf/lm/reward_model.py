@@ -213,6 +213,7 @@ def build_reward_model(init_dir: str | Path, tokenizer, dtype: str = "float32"):
 def reward_backbone_and_head(model) -> tuple[nn.Module, nn.Linear]:
     """(backbone, scalar head) of an RM: per-token values are head(backbone(ids).last_hidden_state),
     how PPO initialises its value function from the RM (chatrlhf.value.ValueModel does this)."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA RM in training
     backbone = getattr(model, model.base_model_prefix)
     for name in ("score", "classifier", "v_head"):
         head = getattr(model, name, None)

@@ -44,6 +44,7 @@ from chatrlhf.lm.distributed import (
     rows_of_rank,
     weighted_loss,
 )
+from chatrlhf.lm.lora import merge, wrap_lora
 from chatrlhf.lm.modeling import check_context, load_tokenizer, read_meta, save_stage, stage_complete, write_meta
 from chatrlhf.lm.rankings import (
     PairBatch,
@@ -66,6 +67,7 @@ from chatrlhf.lm.reward_model import (
     encode_response,
     pair_rewards,
     raw_rewards,
+    reward_backbone_and_head,
     score_comparisons,
 )
 from chatrlhf.lm.training import Checkpoints, MetricsLogger, cosine_with_warmup, make_accelerator, progress_bar
@@ -342,10 +344,12 @@ def train_reward_model(cfg: Config, comparisons: str | Path | list[dict], init_d
     with torch.random.fork_rng():  # a new head's init is a function of the seed, however many processes run
         torch.manual_seed(seed)
         model = build_reward_model(init_dir, tok, cfg.model.dtype)
+        if cfg.rm.lora.enabled:  # its adapters drawn from the seed too; the new head trains in full
+            model = wrap_lora(model, cfg.rm.lora, task_type=None, also_train=[reward_backbone_and_head(model)[1]])
     tokens = [[encode_response(tok, c["messages"], r, cfg.rm.max_len) for r in c["responses"]] for c in train]
     check_context(model, cfg.rm.max_len, "rm.max_len", max(len(s) for seqs in tokens for s in seqs))
     run = _train_steps(cfg, model, tok, train, tokens, held_out, out_dir, seed, init_dir)
-    model = run.pop("model").eval()
+    model = merge(run.pop("model")).eval()  # LoRA: the adapters folded in, a plain checkpoint from here on
 
     rm = RewardModel(model, tok, 0.0, cfg.rm.max_len)
     dm, dr, bias_ref = demonstrations(world, train)
