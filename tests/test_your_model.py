@@ -115,6 +115,7 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
                   **s1, **s2, **s3)
     if lora:
         common += sets(sft__lora__enabled="true", sft__lora__target_modules=lora,
+                       rm__lora__enabled="true", rm__lora__target_modules=lora,
                        ppo__lora__enabled="true", ppo__lora__target_modules=lora)
 
     cli("sft", *common)
@@ -123,6 +124,8 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
 
     cli("rm", *common)
     assert (run / "rm" / "val_comparisons.jsonl").stat().st_size > 0
+    if lora:  # a LoRA RM is saved merged: the sequence-classification checkpoint every reader of the RM loads
+        assert not any("lora" in k for k in load_file(run / "rm" / "model.safetensors"))
 
     from chatrlhf.lm.conversations import load_prompts
     from chatrlhf.rl import ppo as rl_ppo
