@@ -9,6 +9,7 @@ import torch
 
 from chatrlhf.config import DPOConfig
 from chatrlhf.lm.rankings import expand_pairs, make_batch
+from chatrlhf.lm.training import read_metrics
 from chatrlhf.rl.losses import dpo_loss, group_normalized_advantages, k3_kl, leave_one_out_baseline, ranking_loss
 from tests.conftest import ppo_cfg
 
@@ -257,6 +258,42 @@ def test_lora_dpo_trains_adapters_only_against_the_policy_with_its_adapters_off(
     assert not torch.allclose(moved, sequence_logprobs(base, seqs, tok.pad_token_id, "cpu"), atol=1e-3)
     with pytest.raises(ValueError, match="no LoRA adapters"):
         train_dpo(load_causal_lm(tiny_model_dir), None, tok, train, val, cfg, tmp_path / "x", make_accelerator(0, device="cpu"))
+
+
+def test_an_interrupted_dpo_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_model_dir, tmp_path, monkeypatch):
+    from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer
+    from chatrlhf.lm.rankings import split_by_prompt
+    from chatrlhf.lm.training import make_accelerator
+    from chatrlhf.rl import dpo
+
+    train, val = split_by_prompt(_toy_comparisons(), 0.0, 0)
+    cfg = DPOConfig(beta=0.1, epochs=3, batch_prompts=4, learning_rate=3e-3, warmup_steps=2, save_every=2, log_every=1)
+    tok = load_tokenizer(tiny_model_dir)
+
+    def run(out):
+        return dpo.train_dpo(load_causal_lm(tiny_model_dir), load_causal_lm(tiny_model_dir), tok, train, val, cfg, out,
+                             make_accelerator(0, device="cpu"), held_out={"H1"})
+
+    full = run(tmp_path / "full")
+    real_loss, calls = dpo.dpo_loss, {"n": 0}
+
+    def crash_at_step_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the laptop lid closes
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(dpo, "dpo_loss", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "part")
+    monkeypatch.setattr(dpo, "dpo_loss", real_loss)
+    part = run(tmp_path / "part")
+    assert part["resumed_from"] == 2 and part["steps"] == full["steps"] == 6
+    a, b = full["model"].state_dict(), part["model"].state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert part["after"] == full["after"]
+    steps = [r["step"] for r in read_metrics(tmp_path / "part")]
+    assert steps == list(range(1, 7))  # the log picks up where the checkpoint was: no step twice
 
 
 def test_dpo_encoding_keeps_the_response_and_its_end_of_turn(tiny_model_dir):
