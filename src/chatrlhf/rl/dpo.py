@@ -331,8 +331,8 @@ def _optimise(policy, data: _TrainData, cfg: DPOConfig, out_dir: Path, accelerat
             seqs = [data.tokens[idx[g]][k] for g, k in pb.sequences]
             ref_seq = torch.stack([data.ref_lp[idx[g]][k] for g, k in pb.sequences]).to(dev)
             last = _update(model, seqs, ref_seq, pb, counts, data, cfg, accelerator, opt, sched, step, ckpts)
-            whole = batches[pos]  # the global batch's counts
-            wb = make_batch([data.comparisons[i] for i in whole], data.held_out)
+            whole = batches[pos]  # the global batch's counts (this rank's batch in one process)
+            wb = pb if accelerator.num_processes == 1 else make_batch([data.comparisons[i] for i in whole], data.held_out)
             seqs_seen += len(wb.sequences)
             pairs_seen += len(wb.chosen)
             tokens_seen += sum(len(p) + len(r) for p, r in (data.tokens[whole[g]][k] for g, k in wb.sequences))
