@@ -127,6 +127,16 @@ def test_whole_chain_on_your_model_and_data(case, tmp_path, no_world, monkeypatc
     if lora:  # a LoRA RM is saved merged: the sequence-classification checkpoint every reader of the RM loads
         assert not any("lora" in k for k in load_file(run / "rm" / "model.safetensors"))
 
+    # DPO on the same comparisons, read as the RM reads them (rm.columns included), with LoRA where the case has it
+    dpo_sets = sets(dpo__epochs=0.2, dpo__batch_prompts=4, dpo__max_len=128, dpo__learning_rate=1e-3)
+    if lora:
+        dpo_sets += sets(dpo__lora__enabled="true", dpo__lora__target_modules=lora)
+    cli("dpo", *common, *dpo_sets)
+    dpo_meta = json.loads((run / "dpo" / "meta.json").read_text())
+    assert dpo_meta["complete"] and dpo_meta["comparisons"] == rm_data and dpo_meta["eval"]["before"]
+    dpo_w, sft_w = load_file(run / "dpo" / "model.safetensors"), load_file(run / "sft" / "model.safetensors")
+    assert set(dpo_w) == set(sft_w) and any(not torch.equal(dpo_w[k], sft_w[k]) for k in sft_w)  # plain (LoRA merged), trained
+
     from chatrlhf.lm.conversations import load_prompts
     from chatrlhf.rl import ppo as rl_ppo
 

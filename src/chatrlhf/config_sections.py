@@ -191,8 +191,9 @@ class PreferencesConfig(Section):
 
 
 class DPOConfig(Section):
-    data: str | None = Field(None, description="Comparisons to learn from: None = the RM stage's comparisons (rm/comparisons.jsonl, "
-                             "sampled and ranked as the RM stage does when missing); or a rankings/pairs jsonl path or datasets name.")
+    data: str | None = Field(None, description="Comparisons to learn from: None = the RM stage's (rm.data where set, else "
+                             "rm/comparisons.jsonl, sampled and ranked as the RM stage does when missing); or a rankings/pairs "
+                             "file or datasets name. Read as the RM reads its data: rm.columns and rm.split apply.")
     beta: float = Field(0.1, gt=0, description="DPO's beta (TRL's name): the strength of the implicit KL to the reference; "
                         "the implicit reward is beta * (log pi(y) - log pi_SFT(y)).")
     epochs: float = Field(2.0, gt=0, description="Passes over the comparisons (the RM's default: the same data, seen as often).")

@@ -1,7 +1,8 @@
 """`chatrlhf dpo`: direct preference optimisation from the SFT model on the RM's comparisons.
 
-The same comparison file the RM learns from (rm/comparisons.jsonl, sampled and ranked here when
-missing, or `dpo.data`), the same prompt split and the same pair weighting; reference = SFT.
+The same comparisons the RM learns from (`rm.data` with `rm.columns`, or rm/comparisons.jsonl, sampled
+and ranked here when missing; or `dpo.data`), the same prompt split and the same pair weighting;
+reference = SFT.
 With dpo.rounds > 1, iterated (online) DPO: each further round samples rm.k answers from the newest
 policy for fresh PPO prompts, the training labelers rank them, and DPO continues on them from the
 newest policy, still against SFT (as the RLHF rounds do for PPO). Writes a stage directory that
@@ -30,9 +31,9 @@ console = Console(stderr=True)
 
 
 def comparisons_path(cfg: Config) -> str | Path:
-    """The comparisons DPO learns from: dpo.data, else the RM stage's file (made if missing)."""
-    if cfg.dpo.data:
-        return cfg.dpo.data
+    """The comparisons DPO learns from: dpo.data, else the RM's (rm.data, else the RM stage's file, made if missing)."""
+    if cfg.dpo.data or cfg.rm.data:
+        return cfg.dpo.data or cfg.rm.data
     path = cfg.stage_dir("rm") / "comparisons.jsonl"
     if not path.is_file():
         from chatrlhf.stages.sampling import run_sample
@@ -82,7 +83,7 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
     source = comparisons if comparisons is not None else comparisons_path(cfg)
     world = load_world(cfg)
     held_out = held_out_labelers(world)
-    data = load_comparisons(source, cfg.rm.allow_ties)
+    data = load_comparisons(source, cfg.rm.allow_ties, cfg.rm.columns, cfg.rm.split)  # read as the RM reads its data
     train, val = split_by_prompt(data, dc.val_fraction, cfg.run.seed)
     tok = load_tokenizer(policy_dir)
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)  # seeded before LoRA draws its A matrices
