@@ -27,6 +27,21 @@ def ppo_cfg(**kw):
     return PPOConfig.model_validate(tree)
 
 
+def interrupted_on_call(monkeypatch, owner, name: str, n: int):
+    """`owner.name` raises KeyboardInterrupt (the laptop lid closes) on its n-th call; returns the real
+    one, to put back with monkeypatch.setattr before the run is resumed."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def stand_in(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, stand_in)
+    return real
+
+
 def bench_module(name: str):
     """bench/NAME.py imported as a module (the bench folder is scripts, not a package)."""
     import importlib.util

@@ -11,7 +11,7 @@ from chatrlhf.config import DPOConfig
 from chatrlhf.lm.rankings import expand_pairs, make_batch
 from chatrlhf.lm.training import read_metrics
 from chatrlhf.rl.losses import dpo_loss, group_normalized_advantages, k3_kl, leave_one_out_baseline, ranking_loss
-from tests.conftest import ppo_cfg
+from tests.conftest import interrupted_on_call, ppo_cfg
 
 # --- DPO loss ---------------------------------------------------------------------------------
 
@@ -275,15 +275,7 @@ def test_an_interrupted_dpo_run_resumes_from_its_checkpoint_to_the_same_weights(
                              make_accelerator(0, device="cpu"), held_out={"H1"})
 
     full = run(tmp_path / "full")
-    real_loss, calls = dpo.dpo_loss, {"n": 0}
-
-    def crash_at_step_4(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # the laptop lid closes
-        return real_loss(*a, **k)
-
-    monkeypatch.setattr(dpo, "dpo_loss", crash_at_step_4)
+    real_loss = interrupted_on_call(monkeypatch, dpo, "dpo_loss", 4)  # in step 4, after the checkpoint of step 2
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "part")
     monkeypatch.setattr(dpo, "dpo_loss", real_loss)

@@ -29,6 +29,7 @@ from chatrlhf.lm.reward_model import (
 from chatrlhf.lm.training import NonFiniteLossError, read_metrics
 from chatrlhf.lm.rankings import calibration, pairwise_accuracy
 from chatrlhf.stages.reward import ceiling_gap, train_reward_model
+from tests.conftest import interrupted_on_call
 
 GOOD = ["Her favourite colour is teal.", "The capital of Varnok is Selmouth.", "Thank you, that is kind."]
 BAD = ["I cannot help with that.", "plum pear apple", "four four four"]
@@ -184,16 +185,7 @@ def test_resumed_run_continues_where_it_stopped(tiny_model_dir, tmp_path, monkey
     train_reward_model(cfg_for(full, save_every=3), comps, tiny_model_dir, full / "rm", world=None)
 
     part = tmp_path / "part"
-    calls = {"n": 0}
-    real_loss = reward.ranking_loss
-
-    def crash_at_step_5(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt  # the laptop lid closes
-        return real_loss(*a, **k)
-
-    monkeypatch.setattr(reward, "ranking_loss", crash_at_step_5)
+    real_loss = interrupted_on_call(monkeypatch, reward, "ranking_loss", 5)  # the laptop lid closes in step 5
     with pytest.raises(KeyboardInterrupt):
         train_reward_model(cfg_for(part, save_every=3), comps, tiny_model_dir, part / "rm", world=None)
     monkeypatch.setattr(reward, "ranking_loss", real_loss)
