@@ -92,6 +92,26 @@ def _write(tmp_path, lines: list[str], name: str = "bad.jsonl"):
     return p
 
 
+def test_trl_conversational_prompt_completion_and_prompt_only_rows(tmp_path):
+    """TRL's conversational formats: prompt and completion as chat messages (SFT), the prompt alone
+    (PPO prompts); a completion that does not end with the assistant is refused naming line and field."""
+    from chatrlhf.lm.conversations import load_prompts
+
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    p = tmp_path / "trl.jsonl"
+    p.write_text(json.dumps({"prompt": prompt, "completion": [{"role": "assistant", "content": "4"}]}) + "\n"
+                 + json.dumps({"prompt": "Hi", "completion": "Hello!"}) + "\n")
+    assert load_conversations(p) == [[*prompt, {"role": "assistant", "content": "4"}],
+                                     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]]
+    assert [x["messages"] for x in load_prompts(p)] == [prompt, [{"role": "user", "content": "Hi"}]]
+    q = tmp_path / "prompts.jsonl"
+    q.write_text(json.dumps({"prompt": prompt}) + "\n")
+    assert [x["messages"] for x in load_prompts(q)] == [prompt]
+    p.write_text(json.dumps({"prompt": prompt, "completion": [{"role": "user", "content": "4"}]}) + "\n")
+    with pytest.raises(DataError, match="trl.jsonl:1: field 'completion' must end with the assistant's reply"):
+        load_conversations(p)
+
+
 def test_malformed_json_line_names_file_and_line(tmp_path):
     good = json.dumps({"prompt": "a", "response": "b"})
     p = _write(tmp_path, [good, good, '{"prompt": "a", "response": '])
@@ -113,7 +133,7 @@ def test_bad_role_names_message_index(tmp_path):
 
 def test_wrong_type_is_an_error(tmp_path):
     p = _write(tmp_path, [json.dumps({"prompt": "a", "response": 3})])
-    with pytest.raises(DataError, match=r":1: field 'response' must be a string, got int"):
+    with pytest.raises(DataError, match=r":1: field 'response' must be a string or a list of messages, got int"):
         load_conversations(str(p))
 
 

@@ -180,6 +180,26 @@ def test_pairwise_rows_load_as_k2_comparisons(tmp_path):
     assert b["messages"] == [{"role": "user", "content": "Say hi"}] and b["rankings"][0]["ranks"] == [1, 2]
 
 
+def test_trl_conversational_pairs_load_with_an_implicit_or_explicit_prompt(tmp_path):
+    """TRL's preference datasets: chosen and rejected as chat messages, the prompt their shared turns
+    (implicit) or its own `prompt` list (explicit); a pair that does not share its turns, or a
+    conversation that does not end with the assistant, is refused naming the line and field."""
+    user = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    rows = [{"chosen": [*user, {"role": "assistant", "content": "4"}], "rejected": [*user, {"role": "assistant", "content": "5"}]},
+            {"prompt": user, "chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": "22"}]}]
+    p = tmp_path / "trl.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = load_comparisons(p)
+    assert a["messages"] == b["messages"] == user and a["responses"] == ["4", "5"] and b["responses"] == ["4", "22"]
+    assert a["rankings"][0]["ranks"] == [1, 2]
+    other = [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]
+    for row, field in [({"chosen": rows[0]["chosen"], "rejected": other}, "chosen'/'rejected"),
+                       ({"chosen": user, "rejected": rows[0]["rejected"]}, "chosen")]:
+        p.write_text(json.dumps(row) + "\n")
+        with pytest.raises(RankingError, match=f"trl.jsonl:1: field '{field}'"):
+            load_comparisons(p)
+
+
 def test_oasst_trees_give_the_documented_ranked_groups():
     comps = load_comparisons(shared_data("openassistant_oasst_sample/en_100_tree.jsonl"))
     full = [c for c in comps if None not in c["rankings"][0]["ranks"]]

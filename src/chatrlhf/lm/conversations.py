@@ -162,9 +162,23 @@ def _from_prompt_response(row: dict[str, Any], cols: dict[str, str], where: str)
     pcol = cols["prompt"]
     rcol = cols["response"] if cols["response"] in row else next(
         (c for c in ("completion", "chosen") if c in row), cols["response"])
-    prompt = _text(_field(row, pcol, where), where, pcol)
-    response = _text(_field(row, rcol, where), where, rcol)
-    return [[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]]
+    prompt, response = _field(row, pcol, where), _field(row, rcol, where)
+    if isinstance(prompt, str) and isinstance(response, str):
+        return [[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]]
+    # TRL's conversational prompt-completion rows: chat messages on either side (a string is one turn)
+    turns = [*_turns(prompt, "user", where, pcol), *_turns(response, "assistant", where, rcol)]
+    conv = _from_messages({"messages": turns}, {**cols, "messages": "messages"}, where)[0]
+    if conv[-1]["role"] != "assistant":
+        raise DataError(f"{where}: field '{rcol}' must end with the assistant's reply (its last role is {conv[-1]['role']!r})")
+    return [conv]
+
+
+def _turns(value: Any, role: str, where: str, col: str) -> list[Any]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        return list(value)
+    raise DataError(f"{where}: field '{col}' must be a string or a list of messages, got {type(value).__name__}")
 
 
 def _from_instruction(row: dict[str, Any], cols: dict[str, str], where: str) -> list[Conversation]:
@@ -296,7 +310,10 @@ def row_to_prompts(row: Any, fmt: str, columns: dict[str, str], where: str) -> l
     prompt_only = fmt in ("auto", "prompt_response") and pcol in row and not any(
         c in row for c in (columns.get("response", "response"), "completion", "chosen"))
     if prompt_only:
-        text = _text(_field(row, pcol, where), where, pcol)
+        text = _field(row, pcol, where)
+        if not isinstance(text, str):  # TRL's conversational prompt-only rows: the prompt as chat messages
+            conv = _from_messages({"messages": _turns(text, "user", where, pcol)}, {"messages": "messages"}, where)[0]
+            return [_prompt_of(conv) if conv[-1]["role"] == "assistant" else conv]
         conv = parse_transcript(text, where) if "\n\nHuman:" in text else [{"role": "user", "content": text}]
         conv = _prompt_of(conv) if conv[-1]["role"] == "assistant" else conv
         return [conv] if conv and conv[-1]["content"].strip() else []

@@ -3,7 +3,8 @@
 Sources, all turned into the comparison dict of docs/ARCHITECTURE.md
 (`{"id", "messages", "responses", "rankings": [{"labeler", "ranks"}], ...}`):
   - comparison files written by `chatrlhf sample` and filled by labelers (jsonl),
-  - pairwise files, HH-RLHF style (`chosen`/`rejected`, full transcripts or with `prompt`/`messages`):
+  - pairwise files, HH-RLHF style (`chosen`/`rejected`, full transcripts or with `prompt`/`messages`)
+    or TRL's conversational pairs (`chosen`/`rejected` chat messages, with or without a `prompt`):
     a pair is a comparison with K = 2 and ranks [1, 2],
   - OpenAssistant message trees (`message_tree_id`): each prompter node with >= 2 ranked replies.
 
@@ -132,20 +133,42 @@ def parse_hh_transcript(text: str) -> list[dict[str, str]]:
     return msgs
 
 
+def _reply(val: Any, name: str, at: str) -> tuple[list[dict], str] | None:
+    """A pair's side: (the turns before the reply, the reply). A string is a reply alone; a list of chat
+    messages (TRL's conversational format) ends with the assistant's reply. None: a string holding an
+    HH-RLHF transcript, split by the caller."""
+    if isinstance(val, str) and val.strip():
+        return None if "\n\nHuman:" in val else ([], val)
+    if isinstance(val, list) and val and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in val):
+        if val[-1]["role"] == "assistant" and isinstance(val[-1]["content"], str):
+            return [dict(m) for m in val[:-1]], val[-1]["content"]
+        raise RankingError(f"{at}: field '{name}': a conversation must end with the assistant's reply "
+                           f"(its last message has role {val[-1]['role']!r})")
+    raise RankingError(f"{at}: field '{name}': missing response (got {val!r}); expected a reply, an HH-RLHF transcript "
+                       "or a list of chat messages ending with the assistant's reply")
+
+
 def pair_to_comparison(row: dict, source: str, line: int | None) -> dict:
-    """A chosen/rejected row as a K = 2 comparison ranked [1, 2]."""
+    """A chosen/rejected row as a K = 2 comparison ranked [1, 2]: replies with a `prompt` (text, or chat
+    messages) or `messages`; HH-RLHF transcripts; or TRL's conversational pairs, chosen and rejected
+    conversations that share every turn but the assistant's last reply."""
     at = _where(source, line)
-    chosen, rejected = row.get("chosen"), row.get("rejected")
-    for name, val in (("chosen", chosen), ("rejected", rejected)):
-        if not isinstance(val, str) or not val.strip():
-            raise RankingError(f"{at}: field '{name}': missing response (got {val!r})")
-    if "messages" in row or "prompt" in row:
-        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-        if isinstance(row.get("prompt"), str) and "\n\nHuman:" in row["prompt"]:
-            messages = parse_hh_transcript(row["prompt"])
-        resp_c, resp_r = chosen, rejected
+    sides = [_reply(row.get(n), n, at) for n in ("chosen", "rejected")]
+    prompt = row.get("messages") or row.get("prompt")
+    if prompt is not None and None not in sides:
+        if isinstance(prompt, str):
+            messages = parse_hh_transcript(prompt) if "\n\nHuman:" in prompt else [{"role": "user", "content": prompt}]
+        else:
+            messages = [dict(m) for m in prompt]
+        messages += sides[0][0]  # TRL's explicit prompt: any turns before the reply continue it
+        resp_c, resp_r = sides[0][1], sides[1][1]
+    elif None not in sides:  # TRL's implicit prompt: two conversations sharing all turns but the last reply
+        if sides[0][0] != sides[1][0] or not sides[0][0]:
+            raise RankingError(f"{at}: field 'chosen'/'rejected': the two conversations must share every turn before "
+                               "the last reply (or give the prompt in 'prompt')")
+        messages, resp_c, resp_r = sides[0][0], sides[0][1], sides[1][1]
     else:  # HH-RLHF: two full transcripts sharing all turns but the last assistant reply
-        mc, mr = parse_hh_transcript(chosen), parse_hh_transcript(rejected)
+        mc, mr = (parse_hh_transcript(row[n]) if isinstance(row[n], str) else [] for n in ("chosen", "rejected"))
         if not mc or not mr or mc[-1]["role"] != "assistant" or mr[-1]["role"] != "assistant":
             raise RankingError(f"{at}: field 'chosen'/'rejected': expected transcripts ending with an Assistant turn")
         messages, resp_c, resp_r = mc[:-1], mc[-1]["content"], mr[-1]["content"]  # an empty reply stays a reply
