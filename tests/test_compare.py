@@ -65,6 +65,12 @@ def test_compare_trains_and_judges_every_method_on_the_tiny_world(tmp_path):
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), changed
     assert meta["eval"]["before"]["acc_held_out_prompts"] == pytest.approx(0.5)
 
+    # IPO as a method of its own: DPO's stage with dpo.loss_type=ipo, judged in the same table
+    res = run_compare(cfg, ["ipo"])
+    assert [r["method"] for r in res["rows"]] == ["sft", "ipo"] and res["rows"][1]["train_tokens_generated"] == 0
+    assert read_meta(tmp_path / "compare" / "ipo")["config"]["loss_type"] == "ipo"
+    assert read_meta(tmp_path / "compare" / "dpo")["config"]["loss_type"] == "sigmoid"
+
 
 def test_compare_rejects_unknown_methods():
     from chatrlhf.stages.compare import check_methods

@@ -49,6 +49,23 @@ def test_dpo_loss_at_the_reference_is_log_2_and_weights_like_the_ranking_loss():
     assert dpo.item() == pytest.approx(ranking_loss(chosen, rejected, w, 1).item())
 
 
+def test_ipo_hinge_and_conservative_dpo_losses_on_a_hand_computed_pair():
+    pc, pr = torch.tensor([-10.0]), torch.tensor([-12.0])
+    rc, rr = torch.tensor([-11.0]), torch.tensor([-11.5])  # h = (-10 + 11) - (-12 + 11.5) = 1.5
+    beta = 0.5
+    ipo, _ = dpo_loss(pc, pr, rc, rr, beta, loss_type="ipo")
+    assert ipo.item() == pytest.approx((1.5 - 1 / (2 * beta)) ** 2)  # 0.25: pulled to the margin 1, not beyond
+    at_margin, _ = dpo_loss(torch.tensor([-10.0]), torch.tensor([-11.0]), torch.zeros(1), torch.zeros(1), beta, loss_type="ipo")
+    assert at_margin.item() == pytest.approx(0.0)
+    hinge, _ = dpo_loss(pc, pr, rc, rr, beta, loss_type="hinge")
+    assert hinge.item() == pytest.approx(1 - 0.75)
+    eps = 0.1
+    cdpo, _ = dpo_loss(pc, pr, rc, rr, beta, loss_type="sigmoid", label_smoothing=eps)
+    assert cdpo.item() == pytest.approx((1 - eps) * math.log(1 + math.exp(-0.75)) + eps * math.log(1 + math.exp(0.75)))
+    with pytest.raises(ValueError, match="one of sigmoid, ipo, hinge"):
+        dpo_loss(pc, pr, rc, rr, beta, loss_type="kto")
+
+
 def test_dpo_pairs_come_from_the_rm_pair_expansion():
     """K-way rankings become DPO pairs through rankings.make_batch, the RM's own function: same pairs,
     same 1/C(K,2) weights, held-out labelers excluded."""

@@ -196,6 +196,11 @@ class DPOConfig(Section):
                              "file or datasets name. Read as the RM reads its data: rm.columns and rm.split apply.")
     beta: float = Field(0.1, gt=0, description="DPO's beta (TRL's name): the strength of the implicit KL to the reference; "
                         "the implicit reward is beta * (log pi(y) - log pi_SFT(y)).")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="sigmoid = DPO (Rafailov et al. 2023); ipo = IPO (Azar et al. 2023): the log-ratio margin "
+        "regressed to 1 / (2 beta); hinge = SLiC (Zhao et al. 2023): max(0, 1 - beta x margin). TRL's names.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="With loss_type=sigmoid: conservative DPO (Mitchell "
+                                   "2023), for preference labels flipped with this probability. 0 = DPO.")
     epochs: float = Field(2.0, gt=0, description="Passes over the comparisons (the RM's default: the same data, seen as often).")
     batch_prompts: int = Field(8, ge=1, description="Comparisons per optimizer step; all pairs of a K-way ranking share a batch "
                                "and each response is scored once, as in the RM stage.")
@@ -226,7 +231,8 @@ class DPOConfig(Section):
 class CompareConfig(Section):
     methods: list[str] = Field(
         default_factory=lambda: ["sft", "ppo", "dpo", "grpo", "rloo", "bon4", "bon16", "fewshot"],
-        description="Methods in the table: sft (the baseline), ppo (GAE), grpo, rloo, dpo, bonN (best of N SFT samples "
+        description="Methods in the table: sft (the baseline), ppo (GAE), grpo, rloo, dpo, ipo (DPO with IPO's loss), "
+                    "bonN (best of N SFT samples "
                     "under the RM, at inference), fewshot (the pre-trained model prompted with demonstrations).")
     samples_per_prompt: int = Field(4, ge=2, description="GRPO/RLOO group size; PPO gets the same ppo.rollout.batch_size in "
                                     "responses, so every RL method generates the same number of tokens' worth of answers.")

@@ -355,7 +355,7 @@ def _update(model, seqs: list[Encoded], ref_seq: torch.Tensor, pb, counts: bool,
     lp = (packed_sequence_logprobs if data.packing else sequence_logprobs)(model, seqs, data.pad, dev)
     ch, rj = torch.tensor(pb.chosen, device=dev), torch.tensor(pb.rejected, device=dev)
     loss, stats = dpo_loss(lp[ch], lp[rj], ref_seq[ch], ref_seq[rj], cfg.beta,
-                           torch.tensor(pb.weight, device=dev), pb.n_groups)
+                           torch.tensor(pb.weight, device=dev), pb.n_groups, cfg.loss_type, cfg.label_smoothing)
     loss, global_loss = weighted_loss(loss, pb.n_groups if counts else 0)
     check_finite(global_loss, step, "dpo", ckpts.latest())
     optimizer_step(accelerator, loss, model.parameters(), opt, sched, cfg.grad_clip)

@@ -199,17 +199,30 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 def dpo_loss(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    beta: float, weight: torch.Tensor | None = None, n_groups: int | None = None,
+    beta: float, weight: torch.Tensor | None = None, n_groups: int | None = None, loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO eq. 7: -log sigmoid(beta * ((log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)))),
+    """DPO eq. 7: -log sigmoid(beta * h), h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)),
     on summed response log-probs per pair, (P,) each. `weight` and `n_groups` weigh pairs as
     `ranking_loss` does (1/C(K,2) per ranking, every ranking the same total), so a K-way ranking
     counts in DPO as it counts in the RM; without them every pair weighs the same.
+    `loss_type` (TRL's names): "sigmoid" is DPO, with `label_smoothing` eps the conservative DPO of
+    Mitchell (2023), -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h), for labels flipped with
+    probability eps; "ipo" is IPO (Azar et al. 2023, eq. 17), (h - 1 / (2 beta))^2, which regresses h to
+    a fixed margin instead of pushing it without bound; "hinge" is SLiC (Zhao et al. 2023), max(0, 1 - beta h).
     Stats: the implicit rewards beta * (log pi - log pi_ref) of chosen and rejected, their margin and
     how often the chosen one is higher (TRL's rewards/* names)."""
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
-    per_pair = -F.logsigmoid(chosen_reward - rejected_reward)
+    h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if loss_type == "sigmoid":
+        per_pair = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        per_pair = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        per_pair = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"dpo loss_type {loss_type!r}: one of sigmoid, ipo, hinge")
     if weight is None:
         loss = per_pair.mean()
     else:

@@ -8,6 +8,7 @@ Every method starts from the same SFT model and learns from the same comparisons
     grpo    RL, group-normalised advantages, KL loss term   } reward, iterations and responses per rollout
     rloo    RL, leave-one-out baseline, KL in the reward    } batch; grpo/rloo sample compare.samples_per_prompt
     dpo     DPO on the comparisons themselves, reference SFT (no RM, no sampling)
+    ipo     the same with IPO's loss (dpo.loss_type=ipo), on request: not in the default list
     bonN    best of N SFT samples under the RM, at inference (no training)
     fewshot the pre-trained model with a few demonstrations in its prompt (no RM, no comparisons)
 
@@ -36,7 +37,8 @@ from chatrlhf.lm.modeling import read_meta, stage_complete, write_meta
 console = Console(stderr=True)
 
 RL_METHODS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo"}
-TRAINED = (*RL_METHODS, "dpo")
+DPO_METHODS = {"dpo": "sigmoid", "ipo": "ipo"}  # method -> dpo.loss_type
+TRAINED = (*RL_METHODS, *DPO_METHODS)
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -44,7 +46,7 @@ def check_methods(methods: list[str]) -> list[str]:
 
     bad = [m for m in methods if m not in ("sft", *TRAINED) and not is_method(m)]
     if bad:
-        raise ValueError(f"compare: unknown method(s) {bad}; known: sft, ppo, grpo, rloo, dpo, bonN (e.g. bon16), fewshot")
+        raise ValueError(f"compare: unknown method(s) {bad}; known: sft, ppo, grpo, rloo, dpo, ipo, bonN (e.g. bon16), fewshot")
     return ["sft", *[m for m in methods if m != "sft"]]  # SFT is the baseline every win rate is against
 
 
@@ -79,10 +81,11 @@ def train_method(cfg: Config, method: str, out: Path) -> dict[str, Any]:
     if not stage_complete(out):
         console.rule(f"[bold]compare: {method}")
         t0 = time.time()
-        if method == "dpo":
+        if method in DPO_METHODS:
             from chatrlhf.stages.dpo import run_dpo
 
-            run_dpo(cfg, comparisons=cfg.stage_dir("rm") / "comparisons.jsonl", out_dir=out)
+            dcfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"loss_type": DPO_METHODS[method]})})
+            run_dpo(dcfg, comparisons=cfg.stage_dir("rm") / "comparisons.jsonl", out_dir=out)
         else:
             from chatrlhf.stages.ppo import run_ppo
 
@@ -97,7 +100,7 @@ def training_cost(cfg: Config, method: str, out: Path) -> dict[str, Any]:
 
     meta = read_meta(out)
     cost: dict[str, Any] = {"train_seconds": meta.get("compare_train_seconds")}
-    if method == "dpo":
+    if method in DPO_METHODS:
         return cost | {"train_tokens_generated": 0, "guard_judgements": 0}
     rc = rl_config(cfg, method).ppo
     rows = read_metrics(out)
