@@ -105,8 +105,8 @@ def test_trl_conversational_prompt_completion_and_prompt_only_rows(tmp_path):
                                      [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]]
     assert [x["messages"] for x in load_prompts(p)] == [prompt, [{"role": "user", "content": "Hi"}]]
     q = tmp_path / "prompts.jsonl"
-    q.write_text(json.dumps({"prompt": prompt}) + "\n")
-    assert [x["messages"] for x in load_prompts(q)] == [prompt]
+    q.write_text(json.dumps({"prompt": prompt}) + "\n" + json.dumps({"prompt": []}) + "\n")
+    assert [x["messages"] for x in load_prompts(q)] == [prompt]  # an empty conversation asks nothing
     p.write_text(json.dumps({"prompt": prompt, "completion": [{"role": "user", "content": "4"}]}) + "\n")
     with pytest.raises(DataError, match="trl.jsonl:1: field 'completion' must end with the assistant's reply"):
         load_conversations(p)

@@ -168,8 +168,9 @@ def _from_prompt_response(row: dict[str, Any], cols: dict[str, str], where: str)
     # TRL's conversational prompt-completion rows: chat messages on either side (a string is one turn)
     turns = [*_turns(prompt, "user", where, pcol), *_turns(response, "assistant", where, rcol)]
     conv = _from_messages({"messages": turns}, {**cols, "messages": "messages"}, where)[0]
-    if conv[-1]["role"] != "assistant":
-        raise DataError(f"{where}: field '{rcol}' must end with the assistant's reply (its last role is {conv[-1]['role']!r})")
+    if not conv or conv[-1]["role"] != "assistant":
+        last = repr(conv[-1]["role"]) if conv else "none: no messages"
+        raise DataError(f"{where}: field '{rcol}' must end with the assistant's reply (its last role is {last})")
     return [conv]
 
 
@@ -313,7 +314,8 @@ def row_to_prompts(row: Any, fmt: str, columns: dict[str, str], where: str) -> l
         text = _field(row, pcol, where)
         if not isinstance(text, str):  # TRL's conversational prompt-only rows: the prompt as chat messages
             conv = _from_messages({"messages": _turns(text, "user", where, pcol)}, {"messages": "messages"}, where)[0]
-            return [_prompt_of(conv) if conv[-1]["role"] == "assistant" else conv]
+            conv = _prompt_of(conv) if conv and conv[-1]["role"] == "assistant" else conv
+            return [conv] if conv and conv[-1]["content"].strip() else []
         conv = parse_transcript(text, where) if "\n\nHuman:" in text else [{"role": "user", "content": text}]
         conv = _prompt_of(conv) if conv[-1]["role"] == "assistant" else conv
         return [conv] if conv and conv[-1]["content"].strip() else []
