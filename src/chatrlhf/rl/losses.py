@@ -209,7 +209,8 @@ def dpo_loss(
     `loss_type` (TRL's names): "sigmoid" is DPO, with `label_smoothing` eps the conservative DPO of
     Mitchell (2023), -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h), for labels flipped with
     probability eps; "ipo" is IPO (Azar et al. 2023, eq. 17), (h - 1 / (2 beta))^2, which regresses h to
-    a fixed margin instead of pushing it without bound; "hinge" is SLiC (Zhao et al. 2023), max(0, 1 - beta h).
+    a fixed margin instead of pushing it without bound (on summed log-probs, as the paper writes it;
+    TRL averages them per token for IPO); "hinge" is SLiC (Zhao et al. 2023), max(0, 1 - beta h).
     Stats: the implicit rewards beta * (log pi - log pi_ref) of chosen and rejected, their margin and
     how often the chosen one is higher (TRL's rewards/* names)."""
     chosen_reward = beta * (policy_chosen - ref_chosen)
