@@ -137,9 +137,9 @@ def test_rm_with_its_samples_on_two_ranks_matches_one_process(one_process, tmp_p
         assert read_meta(run / "rm")["eval"][key] == pytest.approx(read_meta(one_process / "rm")["eval"][key], abs=1e-4)
 
 
-def test_rm_with_its_language_model_term_on_two_ranks_matches_one_process(one_process, tmp_path):
-    """rm.lm_coef: each rank's language-model term on its share of the comparisons; the term averages
-    over comparisons as the ranking loss does, so two ranks take the one-process steps."""
+def rm_in_one_process_and_on_two_ranks(one_process: Path, tmp_path: Path, *extra: str) -> dict[str, Path]:
+    """`chatrlhf rm` with `extra` on one_process's stages and comparisons, in this process ("one") and
+    on two ranks ("two"); the two run directories."""
     from chatrlhf.stages.reward import run_rm
 
     runs = {}
@@ -147,8 +147,15 @@ def test_rm_with_its_language_model_term_on_two_ranks_matches_one_process(one_pr
         runs[name] = copy_stages(one_process, tmp_path / name, "world", "tokenizer", "pretrain", "sft")
         (runs[name] / "rm").mkdir()
         shutil.copy(one_process / "rm" / "comparisons.jsonl", runs[name] / "rm" / "comparisons.jsonl")
-    run_rm(cfg_for(runs["one"], "rm.lm_coef=0.5"))
-    launch("rm", runs["two"], "rm.lm_coef=0.5")
+    run_rm(cfg_for(runs["one"], *extra))
+    launch("rm", runs["two"], *extra)
+    return runs
+
+
+def test_rm_with_its_language_model_term_on_two_ranks_matches_one_process(one_process, tmp_path):
+    """rm.lm_coef: each rank's language-model term on its share of the comparisons; the term averages
+    over comparisons as the ranking loss does, so two ranks take the one-process steps."""
+    runs = rm_in_one_process_and_on_two_ranks(one_process, tmp_path, "rm.lm_coef=0.5")
     assert_same_weights(runs["one"] / "rm", runs["two"] / "rm")
     assert_written_once(runs["two"] / "rm")
     one, two = (read_metrics(runs[n] / "rm") for n in ("one", "two"))
@@ -159,16 +166,7 @@ def test_rm_with_its_language_model_term_on_two_ranks_matches_one_process(one_pr
 def test_lora_rm_on_two_ranks_matches_one_process(one_process, tmp_path):
     """rm.lora: both processes draw the same adapters from the seed, train them and the head on their
     shares, and save the same merged weights."""
-    from chatrlhf.stages.reward import run_rm
-
-    extra = ["rm.lora.enabled=true", "rm.learning_rate=1e-2"]
-    runs = {}
-    for name in ("one", "two"):
-        runs[name] = copy_stages(one_process, tmp_path / name, "world", "tokenizer", "pretrain", "sft")
-        (runs[name] / "rm").mkdir()
-        shutil.copy(one_process / "rm" / "comparisons.jsonl", runs[name] / "rm" / "comparisons.jsonl")
-    run_rm(cfg_for(runs["one"], *extra))
-    launch("rm", runs["two"], *extra)
+    runs = rm_in_one_process_and_on_two_ranks(one_process, tmp_path, "rm.lora.enabled=true", "rm.learning_rate=1e-2")
     moved = max((weights(runs["one"] / "rm")[k] - w).abs().max().item() for k, w in weights(one_process / "sft").items()
                 if k in weights(runs["one"] / "rm"))
     assert moved > 1e-3, "the adapters hardly moved: the comparison below would prove nothing"

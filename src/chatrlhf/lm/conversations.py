@@ -312,12 +312,11 @@ def row_to_prompts(row: Any, fmt: str, columns: dict[str, str], where: str) -> l
         c in row for c in (columns.get("response", "response"), "completion", "chosen"))
     if prompt_only:
         text = _field(row, pcol, where)
-        if not isinstance(text, str):  # TRL's conversational prompt-only rows: the prompt as chat messages
+        if isinstance(text, str):
+            conv = parse_transcript(text, where) if "\n\nHuman:" in text else [{"role": "user", "content": text}]
+        else:  # TRL's conversational prompt-only rows: the prompt as chat messages
             conv = _from_messages({"messages": _turns(text, "user", where, pcol)}, {"messages": "messages"}, where)[0]
-            conv = _prompt_of(conv) if conv and conv[-1]["role"] == "assistant" else conv
-            return [conv] if conv and conv[-1]["content"].strip() else []
-        conv = parse_transcript(text, where) if "\n\nHuman:" in text else [{"role": "user", "content": text}]
-        conv = _prompt_of(conv) if conv[-1]["role"] == "assistant" else conv
+        conv = _prompt_of(conv) if conv and conv[-1]["role"] == "assistant" else conv
         return [conv] if conv and conv[-1]["content"].strip() else []
     if fmt == "auto":
         try:
