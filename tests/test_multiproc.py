@@ -8,6 +8,7 @@ complete, and a 2-rank run killed with SIGKILL mid-way resumes under 2 processes
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from chatrlhf.lm.training import Checkpoints, read_metrics
 pytestmark = pytest.mark.slow  # each 2-rank job starts three interpreters: 20-50 s, 3.5 min in all on a loaded 2-core box
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+CONFIGS = TINY.parent / "accelerate"
 FAST = ["sft.eval_after=false", "sft.save_every=10", "rm.save_every=2"]
 
 
@@ -37,13 +39,15 @@ def cfg_for(out: Path, *extra: str):
     return load_config(TINY, [f"run.out_dir={out}", *FAST, *extra])
 
 
-def launch(stage: str, out: Path, *extra: str, ranks: int = 2, wait: bool = True):
-    """`accelerate launch --multi_gpu --num_processes N` of `chatrlhf <stage>`: real gloo ranks on a CPU."""
+def launch(stage: str, out: Path, *extra: str, ranks: int = 2, wait: bool = True, zero: int = 0):
+    """`accelerate launch --multi_gpu --num_processes N` of `chatrlhf <stage>`: real gloo ranks on a CPU;
+    with `zero` 2 or 3, DeepSpeed's ZeRO stage of that number instead (its CPU accelerator, on gloo)."""
     with socket.socket() as s:  # a free rendezvous port: other jobs may run on this machine
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sets = [a for o in [f"run.out_dir={out}", *FAST, *extra] for a in ("--set", o)]
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(ranks),
+    kind = ["--use_deepspeed", "--deepspeed_config_file", str(CONFIGS / f"ds_zero{zero}.json")] if zero else ["--multi_gpu"]
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", *kind, "--num_processes", str(ranks),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(port), "-m", "chatrlhf.cli", stage, "--config", str(TINY), *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -318,9 +322,9 @@ def test_whole_run_on_two_ranks_matches_one_process(tmp_path):
         (one / "pipeline.json").read_text())["stages"].keys()
 
 
-def kill_after_first_checkpoint(run: Path, *extra: str) -> Path:
+def kill_after_first_checkpoint(run: Path, *extra: str, zero: int = 0) -> Path:
     """Start a 2-rank pretrain, SIGKILL the launcher and both ranks once a checkpoint counts."""
-    proc = launch("pretrain", run, *extra, wait=False)
+    proc = launch("pretrain", run, *extra, wait=False, zero=zero)
     ckpts, deadline = Checkpoints(run / "pretrain"), time.time() + 300
     while ckpts.latest() is None and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -358,3 +362,82 @@ def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_
     assert read_meta(run / "pretrain")["steps"] == 200
     steps = [r["step"] for r in read_metrics(run / "pretrain") if "train/loss" in r]
     assert steps == sorted(set(steps)), "no step logged twice after the resume"
+
+
+# --- DeepSpeed: ZeRO-2 and ZeRO-3 on CPU ranks (DeepSpeed's CPU accelerator, on gloo)
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed is not installed; `make test` installs it (.ci/setup-test-deps)")
+
+
+def in_place_of(run: Path, one_process: Path, stage: str) -> None:
+    """Put the 1-process stage in the run, so the next stage starts from the same weights."""
+    shutil.rmtree(run / stage)
+    shutil.copytree(one_process / stage, run / stage)
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("zero", [2, 3])
+def test_deepspeed_pretrain_sft_and_rm_match_one_process(one_process, tmp_path, zero):
+    """Pretrain, SFT and the RM (with the comparisons it samples) under ZeRO-2 and ZeRO-3, each stage
+    started from the 1-process run's inputs, end with its weights (ZeRO-3's gathered from the shards,
+    tied embeddings tied) and write each file once."""
+    run = copy_stages(one_process, tmp_path, "world", "tokenizer")
+    log = launch("pretrain", run, zero=zero)
+    assert "pretrain: 2 process(es) [DEEPSPEED, backend gloo" in log and "global batch 4 x 64 tokens" in log
+    assert log.count("pretrain: val loss") == 1
+    assert_same_weights(one_process / "pretrain", run / "pretrain")
+    assert_written_once(run / "pretrain")
+    in_place_of(run, one_process, "pretrain")
+    launch("sft", run, zero=zero)
+    assert_same_weights(one_process / "sft", run / "sft")
+    assert_written_once(run / "sft")
+    in_place_of(run, one_process, "sft")
+    log = launch("rm", run, zero=zero)
+    assert log.count("rm: held-out prompts acc") == 1
+    assert (run / "rm" / "comparisons.jsonl").read_text() == (one_process / "rm" / "comparisons.jsonl").read_text()
+    assert_same_weights(one_process / "rm", run / "rm")
+    assert_written_once(run / "rm")
+
+
+@needs_deepspeed
+def test_deepspeed_zero2_ppo_and_online_dpo_match_one_process(one_process, tmp_path):
+    """ZeRO-2: best-of-n then PPO with GAE (policy and value head one DeepSpeed engine) and online DPO
+    end with one process's weights; ZeRO-3, which leaves each rank a shard, is refused where a stage
+    samples from its model."""
+    from chatrlhf.stages.dpo import run_dpo
+    from chatrlhf.stages.ppo import run_ppo
+
+    dpo = ["dpo.learning_rate=1e-3", "dpo.rounds=2", "dpo.save_every=2"]
+    run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
+    log = launch("ppo", run, *LAST, zero=2)
+    assert "ppo: 2 process(es) [DEEPSPEED" in log and log.count("best-of-4:") == 1
+    launch("dpo", run, *dpo, zero=2)
+    single = copy_stages(one_process, tmp_path / "one", "world", "sft", "rm")
+    run_ppo(cfg_for(single, *LAST))
+    run_dpo(cfg_for(single, *dpo))
+    for stage in ("ppo/best_of_n", "ppo", "dpo"):
+        assert_same_weights(single / stage, run / stage, atol=1e-5)
+    heads = [load_file(d / "ppo" / "value" / "value_head.safetensors") for d in (single, run)]
+    for k in heads[0]:
+        torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=1e-5, msg=k)
+    assert_written_once(run / "ppo")
+    assert_written_once(run / "dpo")
+    assert (run / "dpo" / "round_2" / "comparisons.jsonl").read_text() == (
+        single / "dpo" / "round_2" / "comparisons.jsonl").read_text()
+    with pytest.raises(AssertionError, match="ZeRO-3 leaves each rank a shard"):
+        launch("ppo", copy_stages(one_process, tmp_path / "zero3", "world", "sft", "rm"), zero=3)
+
+
+@needs_deepspeed
+def test_deepspeed_zero2_pretrain_killed_mid_way_resumes(one_process, tmp_path):
+    from chatrlhf.stages.pretrain import run_pretrain
+
+    full = run_pretrain(cfg_for(copy_stages(one_process, tmp_path / "full", "world", "tokenizer"), *LONG))
+    run = copy_stages(one_process, tmp_path / "killed", "world", "tokenizer")
+    killed_at = kill_after_first_checkpoint(run, *LONG, zero=2)
+    assert (killed_at / "pytorch_model").is_dir(), "a DeepSpeed engine checkpoint"
+    log = launch("pretrain", run, *LONG, zero=2)
+    assert "resuming from" in log
+    assert_same_weights(full, run / "pretrain", atol=5e-5)
+    assert read_meta(run / "pretrain")["steps"] == 200

@@ -15,7 +15,8 @@ from chatrlhf.config import Config
 from chatrlhf.lm import chat_data, prompts
 from chatrlhf.lm.conversations import DataError
 from chatrlhf.lm.modeling import load_tokenizer, read_meta
-from chatrlhf.lm.training import NonFiniteLossError, length_grouped_batches
+from chatrlhf.lm.packing import length_grouped_batches
+from chatrlhf.lm.training import NonFiniteLossError
 from chatrlhf.stages import sft
 
 CONV = [{"role": "system", "content": "Be brief."},
@@ -184,7 +185,7 @@ def test_resume_continues_where_it_stopped(tmp_path, tiny_model_dir, monkeypatch
 def test_sft_ptx_trains_on_pre_training_text_too(tmp_path, tiny_model_dir):
     """SFT-ptx (sft.ptx_coef): each step also fits pre-training text (here pretrain.data), so the model's
     loss on that text ends lower than after plain SFT; without any pre-training text it is off, with a note."""
-    from chatrlhf.lm.data import evaluate_lm_loss, eval_chunks, pack_documents
+    from chatrlhf.lm.data import eval_chunks, evaluate_lm_loss, pack_documents
 
     corpus = tmp_path / "corpus.jsonl"
     rng = random.Random(0)

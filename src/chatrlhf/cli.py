@@ -294,6 +294,15 @@ def _stopped(e: BaseException) -> bool:
     return training is not None and isinstance(e, training.TrainingStopped)
 
 
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, leave the process group before the interpreter exits: a DeepSpeed
+    rank whose communication threads are still up at exit aborts ("terminate called without an
+    active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()
@@ -302,6 +311,8 @@ def main() -> None:  # pragma: no cover
             raise
         console.print(f"[red]error:[/red] {e}")
         sys.exit(1)
+    finally:
+        _leave_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

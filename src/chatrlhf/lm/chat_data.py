@@ -11,10 +11,11 @@ from rich.console import Console
 
 from chatrlhf.lm.conversations import Conversation
 from chatrlhf.lm.data import DataError
+from chatrlhf.lm.distributed import is_main
+from chatrlhf.lm.packing import best_fit_decreasing, length_grouped_batches, pack_rows, packed_position_ids
 from chatrlhf.lm.tokenizer import apply_template, ensure_chat_template
-from chatrlhf.lm.training import best_fit_decreasing, length_grouped_batches, pack_rows, packed_position_ids
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 IGNORE = -100  # label id that cross-entropy skips
 
 
@@ -154,7 +155,7 @@ def collate_examples(examples: list[Example], pad_id: int) -> dict[str, torch.Te
 
 
 def collate_packed_examples(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Packed rows (`training.packed_position_ids`: conversations never see each other). Labels stay
+    """Packed rows (`packing.packed_position_ids`: conversations never see each other). Labels stay
     per conversation: the first token of each is never a target."""
     ids = pack_rows([[e.input_ids for e in row] for row in rows], pad_id)
     labels = pack_rows([[e.labels for e in row] for row in rows], IGNORE)

@@ -23,13 +23,59 @@ def use_cpu(device: str = "auto") -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
+def process_group_args(device: str = "auto") -> dict[str, Any]:
+    """How Accelerate should join the launcher's processes: `cpu`, and `backend` where it must be named.
+    Accelerate runs DeepSpeed only off its CPU path, and there finds no backend for CPU ranks, so a
+    DeepSpeed launch on CPUs names gloo (DeepSpeed's CPU accelerator runs on it)."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and use_cpu(device):
+        return {"cpu": False, "backend": "gloo"}
+    return {"cpu": use_cpu(device), "backend": None}
+
+
+def accelerator_args(device: str = "auto") -> dict[str, Any]:
+    """`Accelerator(...)`'s `cpu` and, where the backend must be named, `kwargs_handlers`."""
+    from accelerate.utils import InitProcessGroupKwargs
+
+    args = process_group_args(device)
+    handlers = [InitProcessGroupKwargs(backend=args["backend"])] if args["backend"] else None
+    return {"cpu": args["cpu"], "kwargs_handlers": handlers}
+
+
+def load_whole_models(accelerator) -> None:
+    """Under DeepSpeed every rank loads whole models, and ZeRO-3 shards them when they are prepared.
+    Left to Accelerate, from_pretrained would partition every model it loads under ZeRO-3, and a load
+    on rank 0 alone (an evaluation) would wait forever for the others."""
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
+def zero_stage(accelerator) -> int:
+    """DeepSpeed's ZeRO stage, 0 where DeepSpeed does not run."""
+    if accelerator.distributed_type.value != "DEEPSPEED":
+        return 0
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def require_whole_model(accelerator, what: str) -> None:
+    """Refuse ZeRO-3 to a stage that samples from its model between optimiser steps: every rank
+    generates from the whole model, and ZeRO-3 leaves each rank a shard of it."""
+    if zero_stage(accelerator) == 3:
+        raise ValueError(f"{what} samples from the whole model between optimiser steps, and DeepSpeed ZeRO-3 leaves "
+                         "each rank a shard of it: launch it with ZeRO-2 (configs/accelerate/zero2.yaml), DDP or "
+                         "one process")
+
+
 def init_processes(device: str = "auto") -> None:
     """Join the launcher's process group (a no-op in one process) before anything is shared out;
     the Accelerator a trainer builds later reuses it."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
         from accelerate import PartialState
 
-        PartialState(cpu=use_cpu(device))
+        args = process_group_args(device)
+        PartialState(cpu=args["cpu"], **({"backend": args["backend"]} if args["backend"] else {}))
 
 
 def rank() -> int:
@@ -138,8 +184,9 @@ def optimizer_step(accelerator, loss: torch.Tensor, params, opt, sched=None,
 
 def sharded_state_dict(accelerator, model) -> dict[str, torch.Tensor] | None:
     """The whole model's weights, for rank 0 to save, where the ranks hold shards of them (FSDP,
-    DeepSpeed); None where the unwrapped model holds them all. Every rank must call it."""
-    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+    ZeRO-3); None where the unwrapped model holds them all (DDP, ZeRO-1/2, whose own copy would untie
+    tied weights). Every rank must call it."""
+    if accelerator.distributed_type.value == "FSDP" or zero_stage(accelerator) == 3:
         return accelerator.get_state_dict(model)
     return None
 

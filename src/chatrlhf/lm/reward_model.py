@@ -13,8 +13,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from chatrlhf.lm.modeling import DTYPES, load_tokenizer, read_meta
+from chatrlhf.lm.packing import best_fit_decreasing, pack_rows, packed_position_ids
 from chatrlhf.lm.tokenizer import apply_template
-from chatrlhf.lm.training import best_fit_decreasing, pack_rows, packed_position_ids
 from chatrlhf.lm.unpadded import compile_unpadded, unpadded_hidden_states, why_not_unpadded
 
 Messages = list[dict[str, str]]
@@ -51,7 +51,7 @@ def collate_sequences(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Ten
 def collate_packed_sequences(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Pack the sequences into rows no longer than the longest one (best fit decreasing): about
     half the tokens of a padded batch of mixed lengths. Position ids restart for each sequence
-    (`training.packed_position_ids`); `last_token` holds each sequence's last position as a flat
+    (`packing.packed_position_ids`); `last_token` holds each sequence's last position as a flat
     index into the rows."""
     lengths = [len(s) for s in seqs]
     rows = best_fit_decreasing(lengths, max(lengths))

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import sys
 import time
@@ -21,9 +20,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from chatrlhf.lm.distributed import barrier, is_main, use_cpu
+from chatrlhf.lm.distributed import accelerator_args, barrier, is_main, load_whole_models, use_cpu
 
 # Accelerate warns on every save that it dropped lm_head.weight; with tied embeddings that is the
 # intended layout (the tie is restored on load), so the warning is noise in every progress bar.
@@ -67,8 +67,9 @@ def make_accelerator(seed: int | None, mixed_precision: str = "no", device: str 
     cpu = use_cpu(device)
     # each trainer shares out one global batch itself, so the schedule steps once per optimiser step
     # (Accelerate's default steps it once per process, for per-process batches)
-    acc = Accelerator(mixed_precision=mixed_precision if not cpu or mixed_precision == "bf16" else "no", cpu=cpu,
-                      step_scheduler_with_optimizer=False)
+    acc = Accelerator(mixed_precision=mixed_precision if not cpu or mixed_precision == "bf16" else "no",
+                      step_scheduler_with_optimizer=False, **accelerator_args(device))
+    load_whole_models(acc)
     if seed is not None:
         set_seed(seed)
     return acc
@@ -93,54 +94,6 @@ class WarmupCosine:
 def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
     """LambdaLR with WarmupCosine; `sched.lr_lambdas[0].total_steps` may be changed mid-run."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_lr_ratio))
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Shuffle, sort within mega-batches of 50 batches by length, then shuffle the batch order:
-    similar lengths share a batch (little padding) while the order stays random."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * 50
-    batches = []
-    for i in range(0, len(order), mega):
-        chunk = sorted(order[i:i + mega], key=lambda j: lengths[j], reverse=True)
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def best_fit_decreasing(lengths: list[int], capacity: int, order: list[int] | None = None) -> list[list[int]]:
-    """Bin packing: indices into rows of at most `capacity` tokens, longest first, each into the
-    fullest row it fits (best fit). `order` breaks ties between equal lengths (default: index order)."""
-    order = sorted(order if order is not None else range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in order:
-        fits = [r for r in range(len(rows)) if free[r] >= lengths[i]]
-        if fits:
-            r = min(fits, key=lambda r: free[r])
-            rows[r].append(i)
-            free[r] -= lengths[i]
-        else:
-            rows.append([i])
-            free.append(capacity - lengths[i])
-    return rows
-
-
-def pack_rows(rows: list[list[list[int]]], fill: int) -> torch.Tensor:
-    """(R, W) long tensor: each row's sequences back to back, then `fill` up to the longest row."""
-    flat = [[x for seq in row for x in seq] for row in rows]
-    width = max(map(len, flat))
-    return torch.tensor([r + [fill] * (width - len(r)) for r in flat], dtype=torch.long)
-
-
-def packed_position_ids(row_lengths: list[list[int]], width: int) -> torch.Tensor:
-    """Position ids of packed rows, given each row's sequence lengths: they restart at 0 for every
-    sequence and for the padding tail, so with no attention_mask (and no cache) transformers builds a
-    block-diagonal mask and no sequence sees another."""
-    return torch.tensor([[p for n in row + [width - sum(row)] for p in range(n)] for row in row_lengths],
-                        dtype=torch.long)
 
 
 RESUME_HINT = " (a rerun with changed settings continues from it with --resume-anyway)"
@@ -322,7 +275,8 @@ def _restore_hyperparameters(snap: list[tuple[Any, Any]]) -> None:
 
 
 # plain and DDP saves; FSDP's sharded state and DeepSpeed's engine directory
-WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "pytorch_model_fsdp_*", "pytorch_model*/mp_rank_*")
+WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "pytorch_model_fsdp_*", "pytorch_model*/mp_rank_*",
+                "pytorch_model*/zero_pp_rank_*_model_states.pt")  # DeepSpeed: ZeRO-1/2, and ZeRO-3
 _WARNED: set[Path] = set()  # incomplete checkpoints already reported
 
 
@@ -497,4 +451,5 @@ def progress_bar(description: str) -> Progress:
         TimeRemainingColumn(),
         transient=False,
         disable=not is_main(),
+        console=Console(quiet=not is_main()),  # bar.console.print: one process reports
     )

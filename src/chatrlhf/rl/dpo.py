@@ -46,17 +46,9 @@ from chatrlhf.lm.distributed import (
     weighted_loss,
     world_size,
 )
+from chatrlhf.lm.packing import best_fit_decreasing, pack_rows, packed_position_ids
 from chatrlhf.lm.rankings import expand_pairs, make_batch
-from chatrlhf.lm.training import (
-    Checkpoints,
-    MetricsLogger,
-    best_fit_decreasing,
-    check_finite,
-    cosine_with_warmup,
-    pack_rows,
-    packed_position_ids,
-    progress_bar,
-)
+from chatrlhf.lm.training import Checkpoints, MetricsLogger, check_finite, cosine_with_warmup, progress_bar
 from chatrlhf.rl.experience import response_forward
 from chatrlhf.rl.losses import dpo_loss, token_logprobs
 

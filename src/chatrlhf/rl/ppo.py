@@ -251,10 +251,7 @@ class PPOTrainer:
             trainable.append({"params": list(value_model.parameters()), "lr": head_lr})
         # fused: one kernel per step instead of ~10 small ops per tensor (TRL's default optimizer too)
         optimizer = torch.optim.AdamW(trainable, lr=cfg.update.learning_rate, eps=1e-5, weight_decay=0.0, fused=True)
-        if value_model is None:
-            (self.policy, self.optimizer), self.value_model = accelerator.prepare(policy, optimizer), None
-        else:
-            self.policy, self.value_model, self.optimizer = accelerator.prepare(policy, value_model, optimizer)
+        self._prepare(policy, value_model, optimizer)
         # eval mode throughout (gradients still flow): with dropout on, the update's log-probs would
         # differ from the rollout's and the reference's before any step, a ratio and KL made of noise
         self.policy.eval()
@@ -269,6 +266,19 @@ class PPOTrainer:
         self.guard_history: list[float] = []  # every guard evaluation, iteration 0 first
         self.history: list[dict[str, float]] = []
         self.stop_reason = "not_started"
+
+    def _prepare(self, policy, value_model, optimizer) -> None:
+        """Policy, critic and optimizer through Accelerate. DeepSpeed wraps one model per Accelerator:
+        there policy and critic become one engine, and each is called directly (ZeRO-1/2 reduce
+        gradients by parameter hooks, whichever module made them)."""
+        acc = self.accelerator
+        if value_model is None:
+            (self.policy, self.optimizer), self.value_model = acc.prepare(policy, optimizer), None
+        elif acc.distributed_type.value == "DEEPSPEED":
+            engine, self.optimizer = acc.prepare(torch.nn.ModuleDict({"policy": policy, "value": value_model}), optimizer)
+            self.policy, self.value_model = engine.module["policy"], engine.module["value"]
+        else:
+            self.policy, self.value_model, self.optimizer = acc.prepare(policy, value_model, optimizer)
 
     # -- one iteration
     def step(self) -> dict[str, float]:

@@ -34,7 +34,7 @@ from chatrlhf.config import Config, PPOConfig
 from chatrlhf.lm.distributed import is_main, on_main
 from chatrlhf.lm.modeling import read_meta, stage_complete, write_meta
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 RL_METHODS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo"}
 DPO_METHODS = {"dpo": "sigmoid", "ipo": "ipo"}  # method -> dpo.loss_type

@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from chatrlhf.config import Config
-from chatrlhf.lm.distributed import gather, init_processes, is_main, on_main, share
+from chatrlhf.lm.distributed import gather, init_processes, is_main, on_main, require_whole_model, share
 from chatrlhf.lm.lora import save_merged
 from chatrlhf.lm.modeling import load_causal_lm, load_tokenizer, save_stage, stage_complete
 from chatrlhf.lm.rankings import load_comparisons, split_by_prompt, write_comparisons
@@ -27,7 +27,7 @@ from chatrlhf.lm.training import make_accelerator
 from chatrlhf.rl.dpo import train_dpo
 from chatrlhf.world.loader import held_out_labelers, load_world
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 def comparisons_path(cfg: Config) -> str | Path:
@@ -87,6 +87,8 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
     train, val = split_by_prompt(data, dc.val_fraction, cfg.run.seed)
     tok = load_tokenizer(policy_dir)
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)  # seeded before LoRA draws its A matrices
+    if dc.rounds > 1:
+        require_whole_model(acc, "online DPO (dpo.rounds > 1)")
     policy = load_causal_lm(policy_dir, cfg.model.dtype)
     if dc.lora.enabled:
         from chatrlhf.lm.lora import trainable_params, wrap_lora

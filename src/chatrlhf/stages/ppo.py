@@ -13,7 +13,7 @@ from rich.console import Console
 
 from chatrlhf.config import Config, PPOConfig
 from chatrlhf.config_ppo import guard_sampling
-from chatrlhf.lm.distributed import barrier, is_main, on_main
+from chatrlhf.lm.distributed import barrier, is_main, on_main, require_whole_model
 from chatrlhf.lm.training import Checkpoints
 from chatrlhf.rl.critic import load_critic
 from chatrlhf.rl.experience import GoldFn, RewardFn, reference_model, rollout_texts
@@ -21,7 +21,7 @@ from chatrlhf.rl.guard import LabelerGuard
 from chatrlhf.rl.ppo import PPOTrainer
 from chatrlhf.world import loader
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -180,6 +180,7 @@ def run_ppo(cfg: Config, policy_dir: str | Path | None = None, rm_dir: str | Pat
     _require_stage(ref_dir, "the reference (SFT) model", "chatrlhf sft")
     _require_stage(rm_dir, "a reward model", "chatrlhf rm")
     acc = make_accelerator(cfg.run.seed, device=cfg.run.device)
+    require_whole_model(acc, "ppo")
     tok = load_tokenizer(policy_dir)
     policy = _load_policy(policy_dir, cfg).to(acc.device)  # on the device before any sampling or scoring
     ref = None if is_lora(policy) and ref_dir == policy_dir else load_causal_lm(ref_dir, cfg.model.dtype).to(acc.device)

@@ -33,7 +33,7 @@ from chatrlhf.evaluate.report import run_report
 from chatrlhf.evaluate.stats import change_verdict, cluster_bootstrap_ci
 from chatrlhf.evaluate.whose import BEFORE, CONDITIONED, SFT_ONLY, table_md, table_rows
 from chatrlhf.evaluate.world_eval import compare_to_baseline
-from chatrlhf.lm.distributed import init_processes, on_main
+from chatrlhf.lm.distributed import init_processes, is_main, on_main
 from chatrlhf.lm.modeling import stage_complete
 from chatrlhf.lm.rankings import load_comparisons, write_comparisons
 from chatrlhf.stages.ppo import run_ppo
@@ -43,7 +43,7 @@ from chatrlhf.stages.sft import train_sft
 from chatrlhf.world.groups import for_group
 from chatrlhf.world.loader import require_world
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=not is_main())  # one process reports
 
 
 def variants(groups: list[str], conditioned_sft: bool = False) -> dict[str, dict[str, Any]]:

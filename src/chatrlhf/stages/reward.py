@@ -425,7 +425,7 @@ def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], ini
         (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
         write_meta(out_dir, {**read_meta(out_dir), "eval": metrics, "member_eval": member_metrics[0],
                              "ensemble": [str(d.relative_to(out_dir)) for d in members[1:]]})
-        Console(stderr=True).print(f"[bold]rm[/bold]: the mean of {n} reward models: held-out labelers acc "
+        Console(stderr=True, quiet=not is_main()).print(f"[bold]rm[/bold]: the mean of {n} reward models: held-out labelers acc "
                                    f"{metrics['acc_held_out_labelers']:.3f} (members "
                                    + ", ".join(f"{e['acc_held_out_labelers']:.3f}" for e in metrics["members"]) + ")")
     barrier()
@@ -433,7 +433,7 @@ def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], ini
 
 
 def _print_summary(m: dict[str, Any]) -> None:
-    c = Console(stderr=True)
+    c = Console(stderr=True, quiet=not is_main())
     labelers = (f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
                 f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, gap "
                 f"{ci_text(m['ceiling_gap'])}, "
@@ -476,7 +476,7 @@ def run_rm(cfg: Config, keep_done: bool = False) -> Path:
                                     "or run `chatrlhf world` to rank samples with the embedded world's labelers")
         from rich.console import Console
 
-        Console(stderr=True).print(f"rm: comparisons ranked by the embedded world's simulated labelers ({comparisons}); "
+        Console(stderr=True, quiet=not is_main()).print(f"rm: comparisons ranked by the embedded world's simulated labelers ({comparisons}); "
                                    "set rm.data to use your own")
         if not comparisons.is_file():
             from chatrlhf.stages.sampling import run_sample
