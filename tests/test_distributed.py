@@ -26,3 +26,15 @@ def test_one_process_is_rank_zero_and_the_helpers_change_nothing():
     scaled, mean = d.weighted_loss(loss, 7)
     assert scaled is loss and float(mean) == 2.0
     assert d.on_main(lambda: 5) == 5
+
+
+def test_a_deepspeed_launch_on_cpus_names_gloo_and_others_keep_accelerates_choice(monkeypatch):
+    """Accelerate takes its DeepSpeed path only off its CPU path, where it finds no backend for CPU
+    ranks: a DeepSpeed launch on CPUs asks for gloo; a plain launch keeps `cpu` and Accelerate's backend."""
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert d.process_group_args("cpu") == {"cpu": True, "backend": None}
+    assert d.accelerator_args("cpu")["kwargs_handlers"] is None
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert d.process_group_args("cpu") == {"cpu": False, "backend": "gloo"}
+    (handler,) = d.accelerator_args("cpu")["kwargs_handlers"]
+    assert handler.backend == "gloo"
