@@ -6,6 +6,7 @@ import json
 import random
 import sys
 
+import pytest
 from conftest import bench_module
 
 
@@ -103,3 +104,25 @@ def test_random_token_rows_span_the_tokenizers_ordinary_tokens_and_score_only_re
         for i, t in enumerate(tgt):
             if t != -100:  # the bigram (row[i], t) occurred earlier in the row: reading the context predicts it
                 assert any(row[j] == row[i] and row[j + 1] == t for j in range(i))
+
+
+def test_the_masked_mix_loss_is_the_mean_over_every_scored_token(tiny_model_dir):
+    """bench/induction_mix.py: a step's loss weighs each scored token once, corpus rows (all scored)
+    and drill rows (recurring words only) alike; the unscored drill tokens add nothing."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    mix = bench_module("induction_mix")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(10, 300, (4, 16), generator=g)
+    y = torch.randint(10, 300, (4, 16), generator=g)
+    y[2:, ::3] = -100  # drill rows: a third of their tokens unscored
+    loss, corpus, drills = mix.step_losses(model, x, y, n_corpus=2)
+    logits = model(input_ids=x).logits
+    per_token = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none").view_as(y)
+    scored = y != -100
+    assert float(loss) == pytest.approx(float(per_token[scored].mean()), rel=1e-5)
+    assert corpus == pytest.approx(float(per_token[:2].mean()), rel=1e-5)
+    assert drills == pytest.approx(float(per_token[2:][scored[2:]].mean()), rel=1e-5)
