@@ -75,6 +75,8 @@ from chatrlhf.rl.losses import ranking_loss
 from chatrlhf.world.loader import held_out_labelers, load_world
 from chatrlhf.world.tasks import content_cluster
 
+console = Console(stderr=True, quiet=not is_main())  # one process reports
+
 log = logging.getLogger(__name__)
 
 
@@ -425,24 +427,23 @@ def train_reward_ensemble(cfg: Config, comparisons: str | Path | list[dict], ini
         (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
         write_meta(out_dir, {**read_meta(out_dir), "eval": metrics, "member_eval": member_metrics[0],
                              "ensemble": [str(d.relative_to(out_dir)) for d in members[1:]]})
-        Console(stderr=True, quiet=not is_main()).print(f"[bold]rm[/bold]: the mean of {n} reward models: held-out labelers acc "
-                                   f"{metrics['acc_held_out_labelers']:.3f} (members "
-                                   + ", ".join(f"{e['acc_held_out_labelers']:.3f}" for e in metrics["members"]) + ")")
+        console.print(f"[bold]rm[/bold]: the mean of {n} reward models: held-out labelers acc "
+                      f"{metrics['acc_held_out_labelers']:.3f} (members "
+                      + ", ".join(f"{e['acc_held_out_labelers']:.3f}" for e in metrics["members"]) + ")")
     barrier()
     return metrics
 
 
 def _print_summary(m: dict[str, Any]) -> None:
-    c = Console(stderr=True, quiet=not is_main())
     labelers = (f"held-out labelers acc {m['acc_held_out_labelers']:.3f} ({m['pairs_held_out_labelers']} pairs), "
                 f"held-out labelers' agreement (ceiling) {m['held_out_labeler_agreement']:.3f}, gap "
                 f"{ci_text(m['ceiling_gap'])}, "
                 if m["pairs_held_out_labelers"] else "")  # only simulated labelers are held out
-    c.print(f"[bold]rm[/bold]: held-out prompts acc {m['acc_held_out_prompts']:.3f} ({m['pairs_held_out_prompts']} pairs), "
-            f"{labelers}train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
-            + (f", gold spearman {m['gold_spearman']:.3f}" if "gold_spearman" in m else "")
-            + (f"; the world's noise-free rubric as the reward: {m['gold_acc_held_out_labelers']:.3f} on the same "
-               "held-out pairs" if "gold_acc_held_out_labelers" in m else ""))
+    console.print(f"[bold]rm[/bold]: held-out prompts acc {m['acc_held_out_prompts']:.3f} ({m['pairs_held_out_prompts']} pairs), "
+                  f"{labelers}train acc {m['acc_train']:.3f}, ECE {m['calibration']['ece']:.3f}"
+                  + (f", gold spearman {m['gold_spearman']:.3f}" if "gold_spearman" in m else "")
+                  + (f"; the world's noise-free rubric as the reward: {m['gold_acc_held_out_labelers']:.3f} on the same "
+                     "held-out pairs" if "gold_acc_held_out_labelers" in m else ""))
 
 
 # --- stage entry point ----------------------------------------------------------------------
@@ -474,10 +475,8 @@ def run_rm(cfg: Config, keep_done: bool = False) -> Path:
                                     "set rm.data to your comparisons (jsonl/csv/parquet or a datasets name: rankings, "
                                     "chosen/rejected pairs or OpenAssistant trees; rm.columns maps your column names), "
                                     "or run `chatrlhf world` to rank samples with the embedded world's labelers")
-        from rich.console import Console
-
-        Console(stderr=True, quiet=not is_main()).print(f"rm: comparisons ranked by the embedded world's simulated labelers ({comparisons}); "
-                                   "set rm.data to use your own")
+        console.print(f"rm: comparisons ranked by the embedded world's simulated labelers ({comparisons}); "
+                      "set rm.data to use your own")
         if not comparisons.is_file():
             from chatrlhf.stages.sampling import run_sample
 
