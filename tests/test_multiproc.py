@@ -1,4 +1,5 @@
-"""Many processes: `accelerate launch` with two gloo ranks on the CPU, for every trainer and the stages that wire them.
+"""Many processes: `accelerate launch` with two gloo ranks on the CPU, for every trainer and the stages that wire them,
+and under DeepSpeed ZeRO-2 and ZeRO-3 (its CPU accelerator).
 
 Each 2-rank run is checked against a 1-process run with the same global batch (same steps, same
 schedule): the final weights agree within float tolerance, every output file is written once and
@@ -346,15 +347,22 @@ def kill_after_first_checkpoint(run: Path, *extra: str, zero: int = 0) -> Path:
 LONG = ["pretrain.max_steps=200", "pretrain.save_every=10", "pretrain.eval_every=100"]
 
 
-@pytest.mark.parametrize("resume_ranks", [2, 1])
-def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_ranks):
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed is not installed; `make test` installs it (.ci/setup-test-deps)")
+
+
+@pytest.mark.parametrize(("resume_ranks", "zero"), [(2, 0), (1, 0), pytest.param(2, 2, marks=needs_deepspeed)])
+def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_ranks, zero):
+    """Killed after its first checkpoint, a 2-rank pretrain resumes under 2 ranks or 1 to the
+    uninterrupted weights; under DeepSpeed ZeRO-2 (zero=2) from its engine checkpoint, under 2 ranks."""
     from chatrlhf.stages.pretrain import run_pretrain
 
     full = run_pretrain(cfg_for(copy_stages(one_process, tmp_path / "full", "world", "tokenizer"), *LONG))
     run = copy_stages(one_process, tmp_path / "killed", "world", "tokenizer")
-    killed_at = kill_after_first_checkpoint(run, *LONG)
+    killed_at = kill_after_first_checkpoint(run, *LONG, zero=zero)
+    assert (killed_at / "pytorch_model").is_dir() == bool(zero), "DeepSpeed writes an engine checkpoint"
     if resume_ranks == 2:
-        log = launch("pretrain", run, *LONG)
+        log = launch("pretrain", run, *LONG, zero=zero)
         assert f"resuming from {killed_at}" in log or "resuming from" in log
     else:
         run_pretrain(cfg_for(run, *LONG))
@@ -365,9 +373,6 @@ def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_
 
 
 # --- DeepSpeed: ZeRO-2 and ZeRO-3 on CPU ranks (DeepSpeed's CPU accelerator, on gloo)
-
-needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                     reason="DeepSpeed is not installed; `make test` installs it (.ci/setup-test-deps)")
 
 
 def in_place_of(run: Path, one_process: Path, stage: str) -> None:
@@ -427,17 +432,3 @@ def test_deepspeed_zero2_ppo_and_online_dpo_match_one_process(one_process, tmp_p
         single / "dpo" / "round_2" / "comparisons.jsonl").read_text()
     with pytest.raises(AssertionError, match="ZeRO-3 leaves each rank a shard"):
         launch("ppo", copy_stages(one_process, tmp_path / "zero3", "world", "sft", "rm"), zero=3)
-
-
-@needs_deepspeed
-def test_deepspeed_zero2_pretrain_killed_mid_way_resumes(one_process, tmp_path):
-    from chatrlhf.stages.pretrain import run_pretrain
-
-    full = run_pretrain(cfg_for(copy_stages(one_process, tmp_path / "full", "world", "tokenizer"), *LONG))
-    run = copy_stages(one_process, tmp_path / "killed", "world", "tokenizer")
-    killed_at = kill_after_first_checkpoint(run, *LONG, zero=2)
-    assert (killed_at / "pytorch_model").is_dir(), "a DeepSpeed engine checkpoint"
-    log = launch("pretrain", run, *LONG, zero=2)
-    assert "resuming from" in log
-    assert_same_weights(full, run / "pretrain", atol=5e-5)
-    assert read_meta(run / "pretrain")["steps"] == 200
