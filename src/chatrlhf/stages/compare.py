@@ -166,8 +166,7 @@ def run_compare(cfg: Config, methods: list[str] | None = None) -> dict[str, Any]
     for m in methods:
         path = str(out / m) if m in TRAINED else str(sft_dir if m == "sft" else cfg.stage_dir("pretrain")
                                                      if m == "fewshot" else sft_dir)
-        if is_main():
-            console.print(f"[bold]compare[/bold]: evaluating {m} ({path})")
+        console.print(f"[bold]compare[/bold]: evaluating {m} ({path})")
         t = time.time()
         h = load_any_handle(ctx, m, path)
         r = evaluate_model(ctx, h)

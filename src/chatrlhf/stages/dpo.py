@@ -94,8 +94,7 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
         from chatrlhf.lm.lora import trainable_params, wrap_lora
 
         policy = wrap_lora(policy, dc.lora)
-        if is_main():
-            console.print("dpo: LoRA, {:,}/{:,} trainable params".format(*trainable_params(policy)))
+        console.print("dpo: LoRA, {:,}/{:,} trainable params".format(*trainable_params(policy)))
     # a LoRA policy that starts from the reference scores it with its adapters off: no second model
     ref = None if dc.lora.enabled and ref_dir.resolve() == policy_dir.resolve() else load_causal_lm(ref_dir, cfg.model.dtype)
     res = train_dpo(policy, ref, tok, train, val, dc, out, acc, seed=cfg.run.seed, held_out=held_out,
@@ -116,7 +115,7 @@ def run_dpo(cfg: Config, comparisons: str | Path | list[dict] | None = None, pol
                "tokens_generated": 0 if dc.rounds == 1 else None}
     on_main(lambda: (out / "eval.json").write_text(json.dumps(metrics, indent=2)))
     a, b = metrics["after"], metrics["before"]
-    if a and is_main():
+    if a:
         console.print(f"[bold]dpo[/bold]: held-out preference accuracy {b['acc_held_out_prompts']:.3f} -> "
                       f"{a['acc_held_out_prompts']:.3f} (held-out prompts), {b['acc_held_out_labelers']:.3f} -> "
                       f"{a['acc_held_out_labelers']:.3f} (held-out labelers)")
