@@ -181,15 +181,33 @@ def test_lora_rm_on_two_ranks_matches_one_process(one_process, tmp_path):
 
 LAST = ["ppo.guard.early_stop=none"]  # the last iteration is exported, not the guard's pick
 RLOO = [*LAST, "ppo.advantage.estimator=rloo", "ppo.rollout.samples_per_prompt=2", "ppo.rejection_sampling.n=1"]
+ONLINE_DPO = ["dpo.learning_rate=1e-3", "dpo.rounds=2", "dpo.save_every=2", "dpo.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def in_one_process(one_process, tmp_path_factory):
+    """`(stage, *extra) -> run directory`: `ppo` or `dpo` run in this process from the 1-process run's
+    world, SFT and RM, once per settings (the plain 2-rank and the DeepSpeed tests compare with the same run)."""
+    from chatrlhf.stages.dpo import run_dpo
+    from chatrlhf.stages.ppo import run_ppo
+
+    done: dict[tuple[str, ...], Path] = {}
+
+    def run(stage: str, *extra: str) -> Path:
+        if (stage, *extra) not in done:
+            d = copy_stages(one_process, tmp_path_factory.mktemp(f"one_{stage}"), "world", "sft", "rm")
+            {"ppo": run_ppo, "dpo": run_dpo}[stage](cfg_for(d, *extra))
+            done[(stage, *extra)] = d
+        return done[(stage, *extra)]
+
+    return run
 
 
 @pytest.mark.parametrize("method", ["gae", "rloo"])
-def test_ppo_on_two_ranks_matches_one_process(one_process, tmp_path, method):
+def test_ppo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_path, method):
     """Best-of-n, then PPO (GAE, or RLOO without a critic): the same rollouts (a row's sample depends
     on its seed only), advantages whitened over the global batch, and each mini-batch's rows run
     where they are held, weighted by their share of its tokens: the weights agree with one process's."""
-    from chatrlhf.stages.ppo import run_ppo
-
     extra = RLOO if method == "rloo" else LAST
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
     log = launch("ppo", run, *extra)
@@ -202,8 +220,7 @@ def test_ppo_on_two_ranks_matches_one_process(one_process, tmp_path, method):
     sft, ppo = weights(one_process / "sft"), weights(out)
     assert any(not torch.equal(sft[k], ppo[k]) for k in sft), "the policy moved away from SFT"
 
-    single = copy_stages(one_process, tmp_path / "one", "world", "sft", "rm")
-    run_ppo(cfg_for(single, *extra))
+    single = in_one_process("ppo", *extra)
     if method == "gae":
         assert read_meta(out / "best_of_n").get("complete")
         assert_same_weights(single / "ppo" / "best_of_n", out / "best_of_n", atol=1e-6)
@@ -214,14 +231,12 @@ def test_ppo_on_two_ranks_matches_one_process(one_process, tmp_path, method):
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_online_dpo_on_two_ranks_matches_one_process(one_process, tmp_path, lora):
+def test_online_dpo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_path, lora):
     """DPO on the RM's comparisons, then a second (online) round on fresh samples of its policy: each
     rank trains on its share of every batch and samples its share of the prompts; the weights, the
     round-2 comparisons, the held-out accuracies and the logged losses are one process's (with LoRA
     too: the same adapters drawn, the reference the policy with them off)."""
-    from chatrlhf.stages.dpo import run_dpo
-
-    extra = ["dpo.learning_rate=1e-3", "dpo.rounds=2", "dpo.save_every=2", "dpo.log_every=1"]
+    extra = list(ONLINE_DPO)
     extra += ["dpo.lora.enabled=true", "dpo.learning_rate=1e-2"] if lora else []
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
     log = launch("dpo", run, *extra)
@@ -231,8 +246,7 @@ def test_online_dpo_on_two_ranks_matches_one_process(one_process, tmp_path, lora
     assert_written_once(out)
     assert [c.name for c in Checkpoints(out).good()] == ["step_000002"]
 
-    single = copy_stages(one_process, tmp_path / "one", "world", "sft", "rm")
-    run_dpo(cfg_for(single, *extra))
+    single = in_one_process("dpo", *extra)
     moved = max((weights(single / "dpo")[k] - w).abs().max().item() for k, w in weights(one_process / "sft").items())
     assert moved > 1e-4, "DPO hardly moved the policy: the comparison below would prove nothing"
     assert_same_weights(single / "dpo", out, atol=1e-5)  # DPO moves weights by ~1e-3 here; Adam's update of a
@@ -406,29 +420,23 @@ def test_deepspeed_pretrain_sft_and_rm_match_one_process(one_process, tmp_path, 
 
 
 @needs_deepspeed
-def test_deepspeed_zero2_ppo_and_online_dpo_match_one_process(one_process, tmp_path):
+def test_deepspeed_zero2_ppo_and_online_dpo_match_one_process(one_process, in_one_process, tmp_path):
     """ZeRO-2: best-of-n then PPO with GAE (policy and value head one DeepSpeed engine) and online DPO
     end with one process's weights; ZeRO-3, which leaves each rank a shard, is refused where a stage
     samples from its model."""
-    from chatrlhf.stages.dpo import run_dpo
-    from chatrlhf.stages.ppo import run_ppo
-
-    dpo = ["dpo.learning_rate=1e-3", "dpo.rounds=2", "dpo.save_every=2"]
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
     log = launch("ppo", run, *LAST, zero=2)
     assert "ppo: 2 process(es) [DEEPSPEED" in log and log.count("best-of-4:") == 1
-    launch("dpo", run, *dpo, zero=2)
-    single = copy_stages(one_process, tmp_path / "one", "world", "sft", "rm")
-    run_ppo(cfg_for(single, *LAST))
-    run_dpo(cfg_for(single, *dpo))
-    for stage in ("ppo/best_of_n", "ppo", "dpo"):
+    launch("dpo", run, *ONLINE_DPO, zero=2)
+    ppo, dpo = in_one_process("ppo", *LAST), in_one_process("dpo", *ONLINE_DPO)
+    for single, stage in ((ppo, "ppo/best_of_n"), (ppo, "ppo"), (dpo, "dpo")):
         assert_same_weights(single / stage, run / stage, atol=1e-5)
-    heads = [load_file(d / "ppo" / "value" / "value_head.safetensors") for d in (single, run)]
+    heads = [load_file(d / "ppo" / "value" / "value_head.safetensors") for d in (ppo, run)]
     for k in heads[0]:
         torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=1e-5, msg=k)
     assert_written_once(run / "ppo")
     assert_written_once(run / "dpo")
     assert (run / "dpo" / "round_2" / "comparisons.jsonl").read_text() == (
-        single / "dpo" / "round_2" / "comparisons.jsonl").read_text()
+        dpo / "dpo" / "round_2" / "comparisons.jsonl").read_text()
     with pytest.raises(AssertionError, match="ZeRO-3 leaves each rank a shard"):
         launch("ppo", copy_stages(one_process, tmp_path / "zero3", "world", "sft", "rm"), zero=3)
