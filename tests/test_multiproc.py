@@ -34,6 +34,10 @@ pytestmark = pytest.mark.slow  # each 2-rank job starts three interpreters: 20-5
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 CONFIGS = TINY.parent / "accelerate"
 FAST = ["sft.eval_after=false", "sft.save_every=10", "rm.save_every=2"]
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed is not installed; `make test` installs it (.ci/setup-test-deps)")
+# plain gloo ranks, and DeepSpeed ZeRO-2 and ZeRO-3 (ZeRO-3's stage weights gathered from the shards)
+ZERO = [0, pytest.param(2, marks=needs_deepspeed), pytest.param(3, marks=needs_deepspeed)]
 
 
 def cfg_for(out: Path, *extra: str):
@@ -107,10 +111,13 @@ def assert_written_once(stage_dir: Path, ranks: int = 2) -> None:
     assert not leftovers, leftovers
 
 
-def test_pretrain_on_two_ranks_matches_one_process(one_process, tmp_path):
+@pytest.mark.parametrize("zero", ZERO)
+def test_pretrain_on_two_ranks_matches_one_process(one_process, tmp_path, zero):
     run = copy_stages(one_process, tmp_path, "world", "tokenizer")
-    log = launch("pretrain", run)
-    assert "pretrain: 2 process(es) [MULTI_CPU, backend gloo" in log and "per-rank batch 2 x 64 tokens" in log
+    log = launch("pretrain", run, zero=zero)
+    kind = "DEEPSPEED" if zero else "MULTI_CPU"
+    assert f"pretrain: 2 process(es) [{kind}, backend gloo" in log and "per-rank batch 2 x 64 tokens" in log
+    assert "global batch 4 x 64 tokens" in log
     assert log.count("pretrain: val loss") == 1  # one rank reports and writes
     assert_same_weights(one_process / "pretrain", run / "pretrain")
     assert_written_once(run / "pretrain")
@@ -118,20 +125,22 @@ def test_pretrain_on_two_ranks_matches_one_process(one_process, tmp_path):
     assert read_meta(run / "pretrain")["val_loss"] == pytest.approx(read_meta(one_process / "pretrain")["val_loss"], abs=1e-4)
 
 
-def test_sft_on_two_ranks_matches_one_process(one_process, tmp_path):
+@pytest.mark.parametrize("zero", ZERO)
+def test_sft_on_two_ranks_matches_one_process(one_process, tmp_path, zero):
     run = copy_stages(one_process, tmp_path, "world", "tokenizer", "pretrain")
-    log = launch("sft", run)
+    log = launch("sft", run, zero=zero)
     assert "sft: 2 process(es)" in log
     assert_same_weights(one_process / "sft", run / "sft")
     assert_written_once(run / "sft")
     assert read_meta(run / "sft")["steps"] == read_meta(one_process / "sft")["steps"]
 
 
-def test_rm_with_its_samples_on_two_ranks_matches_one_process(one_process, tmp_path):
+@pytest.mark.parametrize("zero", ZERO)
+def test_rm_with_its_samples_on_two_ranks_matches_one_process(one_process, tmp_path, zero):
     """`chatrlhf rm` samples the comparisons first: each rank samples its share of the prompts (row i
     keeps its seed), rank 0 labels and writes them, then both train."""
     run = copy_stages(one_process, tmp_path, "world", "tokenizer", "pretrain", "sft")
-    log = launch("rm", run)
+    log = launch("rm", run, zero=zero)
     assert log.count("rm: held-out prompts acc") == 1
     comparisons = (run / "rm" / "comparisons.jsonl").read_text()
     assert comparisons == (one_process / "rm" / "comparisons.jsonl").read_text()
@@ -361,10 +370,6 @@ def kill_after_first_checkpoint(run: Path, *extra: str, zero: int = 0) -> Path:
 LONG = ["pretrain.max_steps=200", "pretrain.save_every=10", "pretrain.eval_every=100"]
 
 
-needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                     reason="DeepSpeed is not installed; `make test` installs it (.ci/setup-test-deps)")
-
-
 @pytest.mark.parametrize(("resume_ranks", "zero"), [(2, 0), (1, 0), pytest.param(2, 2, marks=needs_deepspeed)])
 def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_ranks, zero):
     """Killed after its first checkpoint, a 2-rank pretrain resumes under 2 ranks or 1 to the
@@ -386,37 +391,7 @@ def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_
     assert steps == sorted(set(steps)), "no step logged twice after the resume"
 
 
-# --- DeepSpeed: ZeRO-2 and ZeRO-3 on CPU ranks (DeepSpeed's CPU accelerator, on gloo)
-
-
-def in_place_of(run: Path, one_process: Path, stage: str) -> None:
-    """Put the 1-process stage in the run, so the next stage starts from the same weights."""
-    shutil.rmtree(run / stage)
-    shutil.copytree(one_process / stage, run / stage)
-
-
-@needs_deepspeed
-@pytest.mark.parametrize("zero", [2, 3])
-def test_deepspeed_pretrain_sft_and_rm_match_one_process(one_process, tmp_path, zero):
-    """Pretrain, SFT and the RM (with the comparisons it samples) under ZeRO-2 and ZeRO-3, each stage
-    started from the 1-process run's inputs, end with its weights (ZeRO-3's gathered from the shards,
-    tied embeddings tied) and write each file once."""
-    run = copy_stages(one_process, tmp_path, "world", "tokenizer")
-    log = launch("pretrain", run, zero=zero)
-    assert "pretrain: 2 process(es) [DEEPSPEED, backend gloo" in log and "global batch 4 x 64 tokens" in log
-    assert log.count("pretrain: val loss") == 1
-    assert_same_weights(one_process / "pretrain", run / "pretrain")
-    assert_written_once(run / "pretrain")
-    in_place_of(run, one_process, "pretrain")
-    launch("sft", run, zero=zero)
-    assert_same_weights(one_process / "sft", run / "sft")
-    assert_written_once(run / "sft")
-    in_place_of(run, one_process, "sft")
-    log = launch("rm", run, zero=zero)
-    assert log.count("rm: held-out prompts acc") == 1
-    assert (run / "rm" / "comparisons.jsonl").read_text() == (one_process / "rm" / "comparisons.jsonl").read_text()
-    assert_same_weights(one_process / "rm", run / "rm")
-    assert_written_once(run / "rm")
+# --- DeepSpeed beyond pretrain, SFT and the RM (ZERO above): the stages that sample from their model
 
 
 @needs_deepspeed
