@@ -38,3 +38,20 @@ def test_a_deepspeed_launch_on_cpus_names_gloo_and_others_keep_accelerates_choic
     assert d.process_group_args("cpu") == {"cpu": False, "backend": "gloo"}
     (handler,) = d.accelerator_args("cpu")["kwargs_handlers"]
     assert handler.backend == "gloo"
+
+
+def test_the_startup_line_says_when_an_fsdp_launch_runs_without_fsdp(monkeypatch):
+    """Accelerate runs FSDP only on accelerators: an FSDP launch on CPUs gets plain data-parallel ranks,
+    and the startup line says so instead of letting a run pass for sharded."""
+    from types import SimpleNamespace
+
+    def line(kind: str) -> str:
+        st = SimpleNamespace(distributed_type=SimpleNamespace(value=kind), backend="gloo")
+        return d.describe(SimpleNamespace(state=st, num_processes=2, device="cpu"), "sft", "2 rows", "4 rows")
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert line("MULTI_CPU") == "sft: 2 process(es) [MULTI_CPU, backend gloo, device cpu], per-rank batch 2 rows, global batch 4 rows"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert "FSDP was asked for" in line("MULTI_CPU") and "each hold the whole model" in line("MULTI_CPU")
+    assert "FSDP was asked for" not in line("FSDP")

@@ -190,6 +190,8 @@ def test_lora_rm_on_two_ranks_matches_one_process(one_process, tmp_path):
 
 LAST = ["ppo.guard.early_stop=none"]  # the last iteration is exported, not the guard's pick
 RLOO = [*LAST, "ppo.advantage.estimator=rloo", "ppo.rollout.samples_per_prompt=2", "ppo.rejection_sampling.n=1"]
+GRPO = [*LAST, "ppo.advantage.estimator=grpo", "ppo.rollout.samples_per_prompt=2", "ppo.rejection_sampling.n=1"]
+RL = {"gae": LAST, "rloo": RLOO, "grpo": GRPO}  # GAE starts from best-of-n, the group baselines without a critic
 ONLINE_DPO = ["dpo.learning_rate=1e-3", "dpo.rounds=2", "dpo.save_every=2", "dpo.log_every=1"]
 
 
@@ -212,12 +214,12 @@ def in_one_process(one_process, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("method", ["gae", "rloo"])
+@pytest.mark.parametrize("method", list(RL))
 def test_ppo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_path, method):
-    """Best-of-n, then PPO (GAE, or RLOO without a critic): the same rollouts (a row's sample depends
-    on its seed only), advantages whitened over the global batch, and each mini-batch's rows run
+    """Best-of-n, then PPO (GAE; or RLOO or GRPO without a critic): the same rollouts (a row's sample
+    depends on its seed only), advantages whitened over the global batch, and each mini-batch's rows run
     where they are held, weighted by their share of its tokens: the weights agree with one process's."""
-    extra = RLOO if method == "rloo" else LAST
+    extra = RL[method]
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
     log = launch("ppo", run, *extra)
     assert "ppo: 2 process(es)" in log and log.count("best-of-4:") == (method == "gae")
@@ -395,21 +397,33 @@ def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_
 
 
 @needs_deepspeed
-def test_deepspeed_zero2_ppo_and_online_dpo_match_one_process(one_process, in_one_process, tmp_path):
-    """ZeRO-2: best-of-n then PPO with GAE (policy and value head one DeepSpeed engine) and online DPO
-    end with one process's weights; ZeRO-3, which leaves each rank a shard, is refused where a stage
-    samples from its model."""
+@pytest.mark.parametrize("method", list(RL))
+def test_deepspeed_zero2_ppo_matches_one_process(one_process, in_one_process, tmp_path, method):
+    """ZeRO-2: PPO with GAE (best-of-n first; policy and value head one DeepSpeed engine), RLOO and GRPO
+    end with one process's weights."""
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
-    log = launch("ppo", run, *LAST, zero=2)
-    assert "ppo: 2 process(es) [DEEPSPEED" in log and log.count("best-of-4:") == 1
-    launch("dpo", run, *ONLINE_DPO, zero=2)
-    ppo, dpo = in_one_process("ppo", *LAST), in_one_process("dpo", *ONLINE_DPO)
-    for single, stage in ((ppo, "ppo/best_of_n"), (ppo, "ppo"), (dpo, "dpo")):
+    log = launch("ppo", run, *RL[method], zero=2)
+    assert "ppo: 2 process(es) [DEEPSPEED" in log and log.count("best-of-4:") == (method == "gae")
+    single = in_one_process("ppo", *RL[method])
+    stages = ["ppo/best_of_n", "ppo"] if method == "gae" else ["ppo"]
+    for stage in stages:
         assert_same_weights(single / stage, run / stage, atol=1e-5)
-    heads = [load_file(d / "ppo" / "value" / "value_head.safetensors") for d in (ppo, run)]
-    for k in heads[0]:
-        torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=1e-5, msg=k)
     assert_written_once(run / "ppo")
+    assert (run / "ppo" / "value").is_dir() == (method == "gae")
+    if method == "gae":
+        heads = [load_file(d / "ppo" / "value" / "value_head.safetensors") for d in (single, run)]
+        for k in heads[0]:
+            torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=1e-5, msg=k)
+
+
+@needs_deepspeed
+def test_deepspeed_zero2_online_dpo_matches_one_process_and_zero3_sampling_is_refused(one_process, in_one_process, tmp_path):
+    """ZeRO-2: online DPO ends with one process's weights and round-2 comparisons; ZeRO-3, which leaves
+    each rank a shard, is refused where a stage samples from its model."""
+    run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
+    launch("dpo", run, *ONLINE_DPO, zero=2)
+    dpo = in_one_process("dpo", *ONLINE_DPO)
+    assert_same_weights(dpo / "dpo", run / "dpo", atol=1e-5)
     assert_written_once(run / "dpo")
     assert (run / "dpo" / "round_2" / "comparisons.jsonl").read_text() == (
         dpo / "dpo" / "round_2" / "comparisons.jsonl").read_text()

@@ -209,6 +209,9 @@ def describe(accelerator, stage: str, per_rank: str, global_batch: str) -> str:
     if accelerator.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1"):
         line += (" (`accelerate launch --cpu` starts one process whatever --num_processes says; CPU ranks come from "
                  "`accelerate launch --multi_gpu --num_processes N` on a machine without GPUs)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and st.distributed_type.value != "FSDP":
+        line += (" (FSDP was asked for, but Accelerate runs FSDP on GPUs and other accelerators only: these ranks "
+                 "each hold the whole model, as with `--multi_gpu`)")
     return line
 
 
