@@ -214,15 +214,18 @@ def in_one_process(one_process, tmp_path_factory):
     return run
 
 
+@pytest.mark.parametrize("zero", [0, pytest.param(2, marks=needs_deepspeed)])
 @pytest.mark.parametrize("method", list(RL))
-def test_ppo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_path, method):
+def test_ppo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_path, method, zero):
     """Best-of-n, then PPO (GAE; or RLOO or GRPO without a critic): the same rollouts (a row's sample
     depends on its seed only), advantages whitened over the global batch, and each mini-batch's rows run
-    where they are held, weighted by their share of its tokens: the weights agree with one process's."""
+    where they are held, weighted by their share of its tokens: the weights agree with one process's,
+    on plain gloo ranks and under ZeRO-2 (policy and value head one DeepSpeed engine)."""
     extra = RL[method]
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
-    log = launch("ppo", run, *extra)
-    assert "ppo: 2 process(es)" in log and log.count("best-of-4:") == (method == "gae")
+    log = launch("ppo", run, *extra, zero=zero)
+    kind = "DEEPSPEED" if zero else "MULTI_CPU"
+    assert f"ppo: 2 process(es) [{kind}" in log and log.count("best-of-4:") == (method == "gae")
     out = run / "ppo"
     assert_written_once(out)
     assert (out / "value").is_dir() == (method == "gae")
@@ -232,26 +235,31 @@ def test_ppo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_p
     assert any(not torch.equal(sft[k], ppo[k]) for k in sft), "the policy moved away from SFT"
 
     single = in_one_process("ppo", *extra)
+    atol = 1e-5 if zero else 1e-6  # PPO moves weights by ~2e-4 here
     if method == "gae":
         assert read_meta(out / "best_of_n").get("complete")
-        assert_same_weights(single / "ppo" / "best_of_n", out / "best_of_n", atol=1e-6)
-    assert_same_weights(single / "ppo", out, atol=1e-6)  # PPO moves weights by ~2e-4 here
+        assert_same_weights(single / "ppo" / "best_of_n", out / "best_of_n", atol=atol)
+        heads = [load_file(d / "value" / "value_head.safetensors") for d in (single / "ppo", out)]
+        for k in heads[0]:
+            torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=atol, msg=k)
+    assert_same_weights(single / "ppo", out, atol=atol)
     for a, b in zip(read_metrics(single / "ppo"), read_metrics(out), strict=True):
         for key in ("rm_score", "kl", "response_len"):
             assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_online_dpo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_path, lora):
+@pytest.mark.parametrize(("lora", "zero"), [(False, 0), (True, 0), pytest.param(False, 2, marks=needs_deepspeed)])
+def test_online_dpo_on_two_ranks_matches_one_process(one_process, in_one_process, tmp_path, lora, zero):
     """DPO on the RM's comparisons, then a second (online) round on fresh samples of its policy: each
     rank trains on its share of every batch and samples its share of the prompts; the weights, the
     round-2 comparisons, the held-out accuracies and the logged losses are one process's (with LoRA
-    too: the same adapters drawn, the reference the policy with them off)."""
+    too: the same adapters drawn, the reference the policy with them off; and under ZeRO-2)."""
     extra = list(ONLINE_DPO)
     extra += ["dpo.lora.enabled=true", "dpo.learning_rate=1e-2"] if lora else []
     run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
-    log = launch("dpo", run, *extra)
-    assert "dpo: 2 process(es)" in log and "global batch 8 comparisons" in log
+    log = launch("dpo", run, *extra, zero=zero)
+    kind = "DEEPSPEED" if zero else "MULTI_CPU"
+    assert f"dpo: 2 process(es) [{kind}" in log and "global batch 8 comparisons" in log
     assert log.count("held-out preference accuracy") == 1, "every rank reported"
     out = run / "dpo"
     assert_written_once(out)
@@ -393,39 +401,11 @@ def test_two_rank_pretrain_killed_mid_way_resumes(one_process, tmp_path, resume_
     assert steps == sorted(set(steps)), "no step logged twice after the resume"
 
 
-# --- DeepSpeed beyond pretrain, SFT and the RM (ZERO above): the stages that sample from their model
+# --- DeepSpeed: ZeRO-2 runs in the tests above (ZERO, and PPO and online DPO); ZeRO-3 where a stage samples
 
 
 @needs_deepspeed
-@pytest.mark.parametrize("method", list(RL))
-def test_deepspeed_zero2_ppo_matches_one_process(one_process, in_one_process, tmp_path, method):
-    """ZeRO-2: PPO with GAE (best-of-n first; policy and value head one DeepSpeed engine), RLOO and GRPO
-    end with one process's weights."""
-    run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
-    log = launch("ppo", run, *RL[method], zero=2)
-    assert "ppo: 2 process(es) [DEEPSPEED" in log and log.count("best-of-4:") == (method == "gae")
-    single = in_one_process("ppo", *RL[method])
-    stages = ["ppo/best_of_n", "ppo"] if method == "gae" else ["ppo"]
-    for stage in stages:
-        assert_same_weights(single / stage, run / stage, atol=1e-5)
-    assert_written_once(run / "ppo")
-    assert (run / "ppo" / "value").is_dir() == (method == "gae")
-    if method == "gae":
-        heads = [load_file(d / "ppo" / "value" / "value_head.safetensors") for d in (single, run)]
-        for k in heads[0]:
-            torch.testing.assert_close(heads[1][k], heads[0][k], rtol=0, atol=1e-5, msg=k)
-
-
-@needs_deepspeed
-def test_deepspeed_zero2_online_dpo_matches_one_process_and_zero3_sampling_is_refused(one_process, in_one_process, tmp_path):
-    """ZeRO-2: online DPO ends with one process's weights and round-2 comparisons; ZeRO-3, which leaves
-    each rank a shard, is refused where a stage samples from its model."""
-    run = copy_stages(one_process, tmp_path / "two", "world", "sft", "rm")
-    launch("dpo", run, *ONLINE_DPO, zero=2)
-    dpo = in_one_process("dpo", *ONLINE_DPO)
-    assert_same_weights(dpo / "dpo", run / "dpo", atol=1e-5)
-    assert_written_once(run / "dpo")
-    assert (run / "dpo" / "round_2" / "comparisons.jsonl").read_text() == (
-        dpo / "dpo" / "round_2" / "comparisons.jsonl").read_text()
+def test_deepspeed_zero3_is_refused_where_a_stage_samples_from_its_model(one_process, tmp_path):
+    """ZeRO-3 leaves each rank a shard of the model, so a stage that samples from it (PPO) refuses it."""
     with pytest.raises(AssertionError, match="ZeRO-3 leaves each rank a shard"):
         launch("ppo", copy_stages(one_process, tmp_path / "zero3", "world", "sft", "rm"), zero=3)
